@@ -1,0 +1,115 @@
+//! Options of one core, with SOFAJRaft's defaults expressed in ticks.
+//!
+//! Owns: the names, defaults and validity of every limit and timeout. Must never: read a
+//! clock; a tick is whatever period the runtime drives (100 ms by default, so the defaults
+//! below equal SOFAJRaft's millisecond defaults).
+
+use crate::error::RaftError;
+use crate::types::PeerId;
+
+/// Options of one core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This peer.
+    pub id: PeerId,
+    /// Minimum election timeout; each election waits a random time in `[T, 2T)`. SOFAJRaft:
+    /// 1000 ms, randomized over a further 1000 ms.
+    pub election_timeout_ticks: u64,
+    /// Heartbeat period; SOFAJRaft: election timeout / 10.
+    pub heartbeat_interval_ticks: u64,
+    /// Leader lease as a percentage of the election timeout (SOFAJRaft: 90).
+    pub leader_lease_percent: u64,
+    /// AppendEntries in flight per peer (SOFAJRaft: 256).
+    pub inflight_msgs_max: usize,
+    /// Bytes in flight per peer (0 = no limit beyond the message count).
+    pub inflight_bytes_max: u64,
+    /// Entries per AppendEntries (SOFAJRaft: 1024).
+    pub append_entries_max: usize,
+    /// Bytes per AppendEntries (SOFAJRaft: 512 KiB).
+    pub append_bytes_max: u64,
+    /// Entries handed to the state machine in one batch.
+    pub apply_batch_max: usize,
+    /// Uncommitted bytes the leader accepts before refusing proposals with `busy`.
+    pub uncommitted_bytes_max: u64,
+    /// A new peer is caught up when within this many entries of the leader (SOFAJRaft: 1000).
+    pub catchup_margin: u64,
+    /// A catching-up peer that makes no progress for this long fails the change.
+    pub catchup_timeout_ticks: u64,
+    /// A leadership transfer that has not completed by then is abandoned.
+    pub transfer_timeout_ticks: u64,
+    /// Pending reads fail with `timed out` after this long (SOFAJRaft: 2 s).
+    pub read_timeout_ticks: u64,
+    /// A reader fails fast when its applied index lags the read index by more than this
+    /// (`None` = off, SOFAJRaft's default).
+    pub max_read_index_lag: Option<u64>,
+    /// Period of automatic snapshots (`0` = off; SOFAJRaft: 3600 s).
+    pub snapshot_interval_ticks: u64,
+    /// An automatic snapshot is skipped unless this many entries were applied since the
+    /// last one.
+    pub snapshot_log_margin: u64,
+    /// A snapshot install that has not answered by then is retried (SOFAJRaft: 5 min).
+    pub snapshot_install_timeout_ticks: u64,
+    /// Seed of the core's private random generator (election jitter).
+    pub random_seed: u64,
+}
+
+impl Config {
+    /// SOFAJRaft's defaults with a 100 ms tick.
+    #[must_use]
+    pub fn new(id: PeerId) -> Config {
+        Config {
+            id,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            leader_lease_percent: 90,
+            inflight_msgs_max: 256,
+            inflight_bytes_max: 0,
+            append_entries_max: 1024,
+            append_bytes_max: 512 * 1024,
+            apply_batch_max: 4096,
+            uncommitted_bytes_max: 256 * 1024 * 1024,
+            catchup_margin: 1000,
+            catchup_timeout_ticks: 10,
+            transfer_timeout_ticks: 10,
+            read_timeout_ticks: 20,
+            max_read_index_lag: None,
+            snapshot_interval_ticks: 36_000,
+            snapshot_log_margin: 0,
+            snapshot_install_timeout_ticks: 3_000,
+            random_seed: 0,
+        }
+    }
+
+    /// Lease length in ticks.
+    #[must_use]
+    pub fn lease_ticks(&self) -> u64 {
+        self.election_timeout_ticks * self.leader_lease_percent / 100
+    }
+
+    /// Checks the relations between options; the message names the offending option.
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let fail = |why: &str| Err(RaftError::InvalidArgument(why.to_string()));
+        if self.heartbeat_interval_ticks == 0 {
+            return fail("heartbeat_interval_ticks must be at least 1");
+        }
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks {
+            return fail("election_timeout_ticks must exceed heartbeat_interval_ticks");
+        }
+        if self.leader_lease_percent == 0 || self.leader_lease_percent >= 100 {
+            return fail("leader_lease_percent must be in 1..=99");
+        }
+        if self.inflight_msgs_max == 0 {
+            return fail("inflight_msgs_max must be at least 1");
+        }
+        if self.append_entries_max == 0 || self.append_bytes_max == 0 {
+            return fail("append_entries_max and append_bytes_max must be at least 1");
+        }
+        if self.apply_batch_max == 0 {
+            return fail("apply_batch_max must be at least 1");
+        }
+        if self.read_timeout_ticks == 0 || self.transfer_timeout_ticks == 0 {
+            return fail("read_timeout_ticks and transfer_timeout_ticks must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Messages exchanged between peers of one group. Names follow the Raft paper.
+//!
+//! Owns: the shape of every message. Must never: encode to bytes (the runtime's transport
+//! does, and validates what it decodes before handing it to the core).
+
+use crate::error::RaftError;
+use crate::types::{Entry, LogIndex, PeerId, SnapshotMeta, Term};
+
+/// A message from one peer to another, always stamped with the sender's term.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Sender.
+    pub from: PeerId,
+    /// Recipient.
+    pub to: PeerId,
+    /// Sender's current term (for a pre-vote request: the term it would campaign in).
+    pub term: Term,
+    /// Contents.
+    pub body: MessageBody,
+}
+
+/// Values a follower returns unchanged in its response so the leader can match a response
+/// to the moment it sent the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Echo {
+    /// Leader's tick when it sent the request (leader lease, Raft thesis §6.4.1).
+    pub tick: u64,
+    /// Leader's read-round sequence when it sent the request (ReadIndex, thesis §6.4).
+    pub read_seq: u64,
+}
+
+/// The outcome of an AppendEntries at the follower.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendResult {
+    /// The follower's log now matches the leader's up to `last_index` (durably).
+    Success {
+        /// Last index the request made durable and consistent.
+        last_index: LogIndex,
+    },
+    /// The log did not contain `prev_log_index` with `prev_log_term`.
+    Reject {
+        /// The `prev_log_index` that did not match.
+        rejected: LogIndex,
+        /// Highest index at which the follower's log may still match (fast back-off).
+        hint: LogIndex,
+    },
+    /// The follower cannot take entries now (installing a snapshot, queue full).
+    Busy,
+}
+
+/// Contents of a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// Pre-vote (thesis §9.6) or vote request (paper §5.2).
+    RequestVote {
+        /// A pre-vote: the recipient neither changes its term nor records a vote.
+        pre_vote: bool,
+        /// Candidate's last log index.
+        last_log_index: LogIndex,
+        /// Candidate's last log term.
+        last_log_term: Term,
+        /// Sent after TimeoutNow: voters grant even while they hear a live leader.
+        leadership_transfer: bool,
+    },
+    /// Answer to a [`MessageBody::RequestVote`].
+    RequestVoteResponse {
+        /// Answer to a pre-vote.
+        pre_vote: bool,
+        /// Whether the vote was granted.
+        granted: bool,
+    },
+    /// Log replication (paper §5.3).
+    AppendEntries {
+        /// Index of the entry just before `entries`.
+        prev_log_index: LogIndex,
+        /// Term of that entry.
+        prev_log_term: Term,
+        /// Entries to store (possibly none: a probe).
+        entries: Vec<Entry>,
+        /// Leader's commit index.
+        leader_commit: LogIndex,
+        /// Returned unchanged in the response.
+        echo: Echo,
+    },
+    /// Answer to [`MessageBody::AppendEntries`]; sent once the entries are durable.
+    AppendEntriesResponse {
+        /// What happened.
+        result: AppendResult,
+        /// The request's echo.
+        echo: Echo,
+    },
+    /// Keeps followers from electing and confirms leadership for reads and the lease.
+    Heartbeat {
+        /// `min(leader commit, follower's match index)`: safe for the follower to commit.
+        commit: LogIndex,
+        /// Returned unchanged in the response.
+        echo: Echo,
+    },
+    /// Answer to a [`MessageBody::Heartbeat`].
+    HeartbeatResponse {
+        /// The request's echo.
+        echo: Echo,
+    },
+    /// Tells a follower to install the leader's snapshot; the runtime moves the data.
+    InstallSnapshot {
+        /// The snapshot to fetch and install.
+        meta: SnapshotMeta,
+    },
+    /// Answer to [`MessageBody::InstallSnapshot`].
+    InstallSnapshotResponse {
+        /// Snapshot index now installed (or already covered), or `None` if it failed.
+        installed: Option<LogIndex>,
+    },
+    /// Leadership transfer: elect yourself now, without pre-vote (thesis §3.10).
+    TimeoutNow,
+    /// A follower or learner asks the leader for a read index on behalf of its readers.
+    ReadIndexRequest {
+        /// Identifies this batch of reads at the requester.
+        batch: u64,
+        /// The leader may answer from its lease if valid.
+        lease: bool,
+    },
+    /// The leader's answer: the index readers must wait for, or why it cannot give one.
+    ReadIndexResponse {
+        /// The requester's batch id.
+        batch: u64,
+        /// Read index, or the error.
+        result: Result<LogIndex, RaftError>,
+    },
+}
+
+impl MessageBody {
+    /// A short name, for traces and metrics.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageBody::RequestVote { pre_vote: true, .. } => "PreVote",
+            MessageBody::RequestVote { .. } => "RequestVote",
+            MessageBody::RequestVoteResponse { pre_vote: true, .. } => "PreVoteResponse",
+            MessageBody::RequestVoteResponse { .. } => "RequestVoteResponse",
+            MessageBody::AppendEntries { .. } => "AppendEntries",
+            MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::Heartbeat { .. } => "Heartbeat",
+            MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::InstallSnapshotResponse { .. } => "InstallSnapshotResponse",
+            MessageBody::TimeoutNow => "TimeoutNow",
+            MessageBody::ReadIndexRequest { .. } => "ReadIndexRequest",
+            MessageBody::ReadIndexResponse { .. } => "ReadIndexResponse",
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! Membership changes by joint consensus (paper §6) with a catch-up stage (thesis §4.2.1),
+//! and leadership transfer (thesis §3.10).
+//!
+//! Owns: the stages of a change on the leader — catch up new voters, append C(old,new),
+//! append C(new) once the joint entry commits, finish (or hand off leadership if this
+//! leader was removed) once C(new) commits — and the transfer handshake. Must never: start
+//! a second change while one is in progress, or accept writes while transferring.
+
+use std::collections::BTreeSet;
+
+use super::Raft;
+use crate::error::RaftError;
+use crate::log::LogStore;
+use crate::membership::Configuration;
+use crate::message::MessageBody;
+use crate::ready::{Event, Ready};
+use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role};
+
+/// Where a membership change stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeStage {
+    /// New voters are receiving the log; they join once within `catchup_margin`.
+    CatchingUp {
+        /// Peers still behind.
+        peers: BTreeSet<PeerId>,
+    },
+    /// The joint configuration was appended at `index` and waits to commit.
+    Joint {
+        /// Index of the joint entry.
+        index: LogIndex,
+    },
+    /// The final configuration was appended at `index` and waits to commit.
+    Final {
+        /// Index of the final entry.
+        index: LogIndex,
+    },
+}
+
+/// A change requested on this leader.
+#[derive(Debug)]
+pub(super) struct MembershipChange {
+    target: Configuration,
+    pub(super) stage: ChangeStage,
+}
+
+impl MembershipChange {
+    pub(super) fn catching_up(&self) -> impl Iterator<Item = &PeerId> {
+        let peers = match &self.stage {
+            ChangeStage::CatchingUp { peers } => Some(peers),
+            _ => None,
+        };
+        peers.into_iter().flatten()
+    }
+
+    pub(super) fn fail(self, error: RaftError, ready: &mut Ready) {
+        ready.events.push(Event::MembershipChangeFinished { result: Err(error) });
+    }
+}
+
+/// A leadership transfer in progress.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    pub(super) target: PeerId,
+    deadline: u64,
+    pub(super) timeout_now_sent: bool,
+}
+
+impl<S: LogStore> Raft<S> {
+    /// Changes the configuration to `target` (voters, learners, priorities) through joint
+    /// consensus. The outcome arrives as [`Event::MembershipChangeFinished`].
+    pub fn change_configuration(&mut self, target: Configuration) -> Result<(), RaftError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        target.validate_target()?;
+        if let Some(transfer) = &self.transfer {
+            return Err(RaftError::Transferring {
+                target: transfer.target.clone(),
+            });
+        }
+        let current = self.configurations.current().clone();
+        if self.change.is_some() || current.is_joint() {
+            return Err(RaftError::Busy("another configuration change is in progress".into()));
+        }
+        if !self.leader_started {
+            return Err(RaftError::Busy("leader has not committed an entry of its term".into()));
+        }
+        if self.configurations.current_index() > self.log.committed {
+            return Err(RaftError::Busy("the previous configuration has not committed".into()));
+        }
+        if target == current {
+            self.ready.events.push(Event::MembershipChangeFinished { result: Ok(current) });
+            return Ok(());
+        }
+        let new_voters: BTreeSet<PeerId> =
+            target.voters.difference(&current.voters).cloned().collect();
+        self.change = Some(MembershipChange {
+            target,
+            stage: ChangeStage::CatchingUp {
+                peers: new_voters,
+            },
+        });
+        self.sync_progress();
+        let now = self.now;
+        if let Some(change) = &self.change {
+            for peer in change.catching_up() {
+                if let Some(pr) = self.progress.get_mut(peer) {
+                    pr.last_progress_tick = now;
+                }
+            }
+        }
+        self.advance_change();
+        self.append_pending = true;
+        Ok(())
+    }
+
+    /// Adds `peer` as a voter (it catches up first).
+    pub fn add_peer(&mut self, peer: PeerId) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        target.learners.remove(&peer);
+        target.voters.insert(peer);
+        self.change_configuration(target)
+    }
+
+    /// Removes `peer` (voter or learner). Removing the leader hands leadership off once the
+    /// change commits.
+    pub fn remove_peer(&mut self, peer: &PeerId) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        if !target.voters.remove(peer) && !target.learners.remove(peer) {
+            return Err(RaftError::InvalidArgument(format!("peer {peer} is not in the group")));
+        }
+        target.priorities.remove(peer);
+        self.change_configuration(target)
+    }
+
+    /// Replaces the voters with `voters`, keeping learners that do not become voters.
+    pub fn change_peers(&mut self, voters: BTreeSet<PeerId>) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        target.learners.retain(|l| !voters.contains(l));
+        target.voters = voters;
+        self.change_configuration(target)
+    }
+
+    /// Adds learners.
+    pub fn add_learners(&mut self, learners: &[PeerId]) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        for learner in learners {
+            if target.voters.contains(learner) {
+                return Err(RaftError::InvalidArgument(format!(
+                    "peer {learner} is already a voter"
+                )));
+            }
+            target.learners.insert(learner.clone());
+        }
+        self.change_configuration(target)
+    }
+
+    /// Removes learners.
+    pub fn remove_learners(&mut self, learners: &[PeerId]) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        for learner in learners {
+            if !target.learners.remove(learner) {
+                return Err(RaftError::InvalidArgument(format!(
+                    "peer {learner} is not a learner"
+                )));
+            }
+        }
+        self.change_configuration(target)
+    }
+
+    /// Replaces the learners.
+    pub fn reset_learners(&mut self, learners: BTreeSet<PeerId>) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        if let Some(voter) = learners.intersection(&target.voters).next() {
+            return Err(RaftError::InvalidArgument(format!("peer {voter} is a voter")));
+        }
+        target.learners = learners;
+        self.change_configuration(target)
+    }
+
+    /// Promotes a learner to voter.
+    pub fn promote_learner(&mut self, learner: &PeerId) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        if !target.learners.remove(learner) {
+            return Err(RaftError::InvalidArgument(format!("peer {learner} is not a learner")));
+        }
+        target.voters.insert(learner.clone());
+        self.change_configuration(target)
+    }
+
+    fn append_configuration(&mut self, configuration: Configuration) -> LogIndex {
+        let index = self.log.last_index().next();
+        self.configurations.push(index, configuration.clone());
+        let entry = Entry {
+            index,
+            term: self.term,
+            payload: EntryPayload::Configuration(configuration),
+        };
+        self.uncommitted_bytes += entry.size_bytes();
+        self.log.append_one(entry);
+        self.append_pending = true;
+        self.target_priority = self.configurations.current().max_voter_priority();
+        self.sync_progress();
+        index
+    }
+
+    /// Moves a change (or a joint configuration inherited from a previous leader) forward.
+    pub(super) fn advance_change(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let committed = self.log.committed;
+        let current = self.configurations.current().clone();
+        let current_index = self.configurations.current_index();
+        // A committed joint configuration is always followed by the final one (paper §6),
+        // whether this leader started the change or inherited it.
+        if current.is_joint() && current_index <= committed && self.leader_started {
+            let index = self.append_configuration(current.leave_joint());
+            if let Some(change) = &mut self.change {
+                change.stage = ChangeStage::Final { index };
+            }
+            return;
+        }
+        let Some(change) = &self.change else {
+            return;
+        };
+        match &change.stage {
+            ChangeStage::CatchingUp { peers } if peers.is_empty() => {
+                let target = change.target.clone();
+                let next = if target.voters == current.voters {
+                    target // learners or priorities only: no joint stage needed
+                } else {
+                    Configuration {
+                        old_voters: Some(current.voters.clone()),
+                        ..target
+                    }
+                };
+                let joint = next.is_joint();
+                let index = self.append_configuration(next);
+                if let Some(change) = &mut self.change {
+                    change.stage = if joint {
+                        ChangeStage::Joint { index }
+                    } else {
+                        ChangeStage::Final { index }
+                    };
+                }
+            }
+            ChangeStage::Final { index } if *index <= committed => {
+                self.change = None;
+                self.ready.events.push(Event::MembershipChangeFinished {
+                    result: Ok(current.clone()),
+                });
+                if !current.is_voter(&self.id) {
+                    self.hand_off_after_removal();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The leader was removed and the change committed: wake the most up-to-date remaining
+    /// voter with TimeoutNow and step down (thesis §4.2.2, SOFAJRaft).
+    fn hand_off_after_removal(&mut self) {
+        let successor = self.most_up_to_date_voter();
+        let term = self.term;
+        if let Some(successor) = successor {
+            self.send(successor, MessageBody::TimeoutNow);
+        }
+        self.become_follower(term, None);
+    }
+
+    fn most_up_to_date_voter(&self) -> Option<PeerId> {
+        let configuration = self.configurations.current();
+        self.progress
+            .iter()
+            .filter(|(p, _)| **p != self.id && configuration.voters.contains(*p))
+            .max_by_key(|(_, pr)| pr.match_index)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// A peer's match index advanced: it may have caught up for a change, or for a transfer.
+    pub(super) fn on_peer_progress(&mut self, peer: &PeerId) {
+        let last = self.log.last_index();
+        let Some(matched) = self.progress.get(peer).map(|pr| pr.match_index) else {
+            return;
+        };
+        let margin = self.config.catchup_margin;
+        let mut caught_up = false;
+        if let Some(MembershipChange {
+            stage: ChangeStage::CatchingUp { peers },
+            ..
+        }) = &mut self.change
+        {
+            if peers.contains(peer) && matched.plus(margin) >= last {
+                peers.remove(peer);
+                caught_up = peers.is_empty();
+            }
+        }
+        if caught_up {
+            self.advance_change();
+        }
+        let transfer_ready = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target == *peer && !t.timeout_now_sent && matched >= last);
+        if transfer_ready {
+            self.send_timeout_now();
+        }
+    }
+
+    /// Fails a change whose catching-up peer made no progress within the deadline.
+    pub(super) fn tick_change(&mut self) {
+        let Some(MembershipChange {
+            stage: ChangeStage::CatchingUp { peers },
+            ..
+        }) = &self.change
+        else {
+            return;
+        };
+        let timeout = self.config.catchup_timeout_ticks;
+        let stuck = peers.iter().find(|p| {
+            self.progress
+                .get(*p)
+                .is_some_and(|pr| pr.last_progress_tick + timeout <= self.now)
+        });
+        if let Some(peer) = stuck.cloned() {
+            if let Some(change) = self.change.take() {
+                change.fail(RaftError::CatchUpFailed { peer }, &mut self.ready);
+            }
+            self.sync_progress();
+        }
+    }
+
+    /// Transfers leadership to `target`, or to the most up-to-date voter when `None`. The
+    /// leader refuses writes until the transfer ends; the outcome arrives as
+    /// [`Event::TransferFinished`]. Returns the chosen target.
+    pub fn transfer_leadership(&mut self, target: Option<PeerId>) -> Result<PeerId, RaftError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if let Some(transfer) = &self.transfer {
+            return Err(RaftError::Transferring {
+                target: transfer.target.clone(),
+            });
+        }
+        if self.change.is_some() || self.configurations.current().is_joint() {
+            return Err(RaftError::Busy("a configuration change is in progress".into()));
+        }
+        let target = match target {
+            Some(t) => t,
+            None => self.most_up_to_date_voter().ok_or_else(|| {
+                RaftError::InvalidArgument("no other voter to transfer leadership to".into())
+            })?,
+        };
+        if target == self.id {
+            return Ok(target);
+        }
+        if !self.configurations.current().voters.contains(&target) {
+            return Err(RaftError::InvalidArgument(format!(
+                "transfer target {target} is not a voter"
+            )));
+        }
+        self.transfer = Some(Transfer {
+            target: target.clone(),
+            deadline: self.now + self.config.transfer_timeout_ticks,
+            timeout_now_sent: false,
+        });
+        let caught_up = self
+            .progress
+            .get(&target)
+            .is_some_and(|pr| pr.match_index >= self.log.last_index());
+        if caught_up {
+            self.send_timeout_now();
+        } else {
+            self.send_append(&target, false);
+        }
+        Ok(target)
+    }
+
+    fn send_timeout_now(&mut self) {
+        if let Some(transfer) = &mut self.transfer {
+            transfer.timeout_now_sent = true;
+            let target = transfer.target.clone();
+            self.send(target, MessageBody::TimeoutNow);
+        }
+    }
+
+    /// Abandons a transfer that did not complete in time; the leader resumes.
+    pub(super) fn tick_transfer(&mut self) {
+        let expired = self.transfer.as_ref().is_some_and(|t| self.now >= t.deadline);
+        if !expired {
+            return;
+        }
+        if let Some(transfer) = self.transfer.take() {
+            self.ready.events.push(Event::TransferFinished {
+                target: transfer.target.clone(),
+                result: Err(RaftError::TimedOut(format!(
+                    "leadership transfer to {}",
+                    transfer.target
+                ))),
+            });
+        }
+    }
+}

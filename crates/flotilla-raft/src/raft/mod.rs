@@ -1,0 +1,888 @@
+//! The Raft state machine of one peer: [`Raft`].
+//!
+//! Owns: role, term and vote, the leader's view of its peers, and every protocol decision.
+//! It is driven by method calls (ticks, messages, proposals, reads, changes, "storage done"
+//! notices) and answers with a [`Ready`]. Must never: perform I/O, read a clock, spawn
+//! threads or use unseeded randomness; the simulator depends on it being a pure function of
+//! its inputs and seed.
+//!
+//! The protocol is split by concern: `election` (pre-vote, votes, priority), `replication`
+//! (AppendEntries, heartbeats, snapshots, commit), `read` (ReadIndex and lease reads) and
+//! `change` (membership and leadership transfer). This file holds the state, the public API
+//! and the role transitions, and dispatches each message to the role's step function.
+
+mod change;
+mod election;
+mod read;
+mod replication;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::RaftError;
+use crate::log::{LogStore, RaftLog};
+use crate::membership::{Configuration, ConfigurationHistory};
+use crate::message::{Message, MessageBody};
+use crate::progress::Progress;
+use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
+use crate::rng::Rng;
+use crate::types::{Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term};
+
+pub use change::ChangeStage;
+use change::{MembershipChange, Transfer};
+use read::ReadState;
+
+/// Deliberate protocol mistakes for the simulator's planted-bug test. Compiled only with the
+/// `planted-bugs` feature; every flag is off by default.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlantedBugs {
+    /// Grant a vote even after voting for another candidate in the same term.
+    pub double_vote: bool,
+    /// Commit an entry of an earlier term by counting its replicas (paper §5.4.2, Figure 8).
+    pub commit_old_term: bool,
+    /// Answer ReadIndex without confirming leadership with a heartbeat round.
+    pub read_without_round: bool,
+    /// While joint, count only the new configuration's quorum.
+    pub ignore_old_quorum: bool,
+    /// On a conflict, overwrite the conflicting entries but keep the suffix after them.
+    pub keep_conflicting_suffix: bool,
+}
+
+/// One peer's consensus core. See the module documentation.
+pub struct Raft<S: LogStore> {
+    config: Config,
+    id: PeerId,
+    role: Role,
+    term: Term,
+    vote: Option<PeerId>,
+    leader: Option<PeerId>,
+    log: RaftLog<S>,
+    configurations: ConfigurationHistory,
+    /// The newest snapshot taken or installed; sent to peers behind the log's first index.
+    latest_snapshot: SnapshotMeta,
+    /// The snapshot before it: the log is kept back to this one.
+    previous_snapshot_index: LogIndex,
+    /// A snapshot received from the leader that the driver is installing.
+    installing_snapshot: Option<(SnapshotMeta, PeerId)>,
+
+    /// Ticks since this core started. Time never moves otherwise.
+    now: u64,
+    election_elapsed: u64,
+    randomized_election_timeout: u64,
+    heartbeat_elapsed: u64,
+    /// Until this tick, vote and pre-vote requests are refused (a live leader was heard, or
+    /// the peer just restarted): thesis §4.2.3, the guard that makes leases safe.
+    vote_guard_until: u64,
+    /// Priority election: the priority a candidate needs now, decaying when nobody better
+    /// shows up (SOFAJRaft's `targetPriority`).
+    target_priority: Priority,
+    priority_wait_rounds: u64,
+
+    /// Votes received in the current (pre-)election.
+    votes: BTreeMap<PeerId, bool>,
+
+    /// Leader: what is known of each peer, this one included (its match is what is durable).
+    progress: BTreeMap<PeerId, Progress>,
+    /// Leader: the first entry of its term; "leader start" once it commits.
+    term_start_index: LogIndex,
+    leader_started: bool,
+    uncommitted_bytes: u64,
+    /// Leader: new entries or a new commit index must be sent at the next `ready`.
+    append_pending: bool,
+    commit_sent: LogIndex,
+    change: Option<MembershipChange>,
+    transfer: Option<Transfer>,
+    /// The configuration was reset locally (unsafe); a leader writes it as its first entry.
+    configuration_forced: bool,
+
+    reads: ReadState,
+
+    last_snapshot_tick: u64,
+    rng: Rng,
+    ready: Ready,
+    handed_out_hard_state: HardState,
+
+    #[cfg(feature = "planted-bugs")]
+    bugs: PlantedBugs,
+}
+
+/// A read-only summary of one core, for `describe` dumps, metrics and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This peer.
+    pub id: PeerId,
+    /// Role.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// Vote in the current term.
+    pub vote: Option<PeerId>,
+    /// Known leader.
+    pub leader: Option<PeerId>,
+    /// First index in the log.
+    pub first_index: LogIndex,
+    /// Last index in the log.
+    pub last_index: LogIndex,
+    /// Last durable index.
+    pub durable_index: LogIndex,
+    /// Commit index.
+    pub committed: LogIndex,
+    /// Applied index.
+    pub applied: LogIndex,
+    /// Configuration in force.
+    pub configuration: Configuration,
+    /// Leader only: match index per peer.
+    pub matched: BTreeMap<PeerId, LogIndex>,
+    /// Stage of a membership change in progress on this leader.
+    pub change_stage: Option<ChangeStage>,
+    /// Target of a leadership transfer in progress on this leader.
+    pub transfer_target: Option<PeerId>,
+    /// Newest snapshot index.
+    pub snapshot_index: LogIndex,
+}
+
+impl<S: LogStore> Raft<S> {
+    /// Creates a core over `store` (the durable log, with its latest snapshot) and the
+    /// durable `hard_state`. `applied` is the index the state machine has applied (after a
+    /// restart: the snapshot index it loaded).
+    pub fn new(
+        config: Config,
+        store: S,
+        hard_state: HardState,
+        applied: LogIndex,
+    ) -> Result<Raft<S>, RaftError> {
+        config.validate()?;
+        let snapshot = store.snapshot_meta();
+        let log = RaftLog::new(store, hard_state.commit, applied);
+        let mut configurations =
+            ConfigurationHistory::new(snapshot.index, snapshot.configuration.clone());
+        // Rebuild the configuration history from configuration entries in the log, as
+        // SOFAJRaft's log manager does when it opens a log.
+        let first = log.first_index().max(snapshot.index.next());
+        let last = log.last_index();
+        let mut next = first;
+        while next <= last {
+            let batch = log
+                .entries(next, last.next(), 4 * 1024 * 1024)
+                .map_err(|e| RaftError::Io(format!("reading the log at {next}: {e}")))?;
+            let Some(batch_last) = batch.last().map(|e| e.index) else {
+                break;
+            };
+            for entry in batch {
+                if let EntryPayload::Configuration(c) = entry.payload {
+                    configurations.push(entry.index, c);
+                }
+            }
+            next = batch_last.next();
+        }
+        let id = config.id.clone();
+        let rng = Rng::new(config.random_seed ^ hash_name(id.as_str()));
+        let vote_guard_until = config.election_timeout_ticks;
+        let target_priority = configurations.current().max_voter_priority();
+        let mut raft = Raft {
+            id: id.clone(),
+            role: Role::Follower,
+            term: hard_state.term,
+            vote: hard_state.vote.clone(),
+            leader: None,
+            log,
+            configurations,
+            previous_snapshot_index: snapshot.index,
+            latest_snapshot: snapshot,
+            installing_snapshot: None,
+            now: 0,
+            election_elapsed: 0,
+            randomized_election_timeout: 0,
+            heartbeat_elapsed: 0,
+            vote_guard_until,
+            target_priority,
+            priority_wait_rounds: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            term_start_index: LogIndex::ZERO,
+            leader_started: false,
+            uncommitted_bytes: 0,
+            append_pending: false,
+            commit_sent: LogIndex::ZERO,
+            change: None,
+            transfer: None,
+            configuration_forced: false,
+            reads: ReadState::default(),
+            last_snapshot_tick: 0,
+            rng,
+            ready: Ready::default(),
+            handed_out_hard_state: hard_state,
+            config,
+            #[cfg(feature = "planted-bugs")]
+            bugs: PlantedBugs::default(),
+        };
+        raft.reset_election_timer();
+        // SOFAJRaft: a single-member group elects itself at start.
+        if raft.is_sole_voter() {
+            raft.campaign(false);
+        }
+        Ok(raft)
+    }
+
+    /// Switches planted protocol mistakes on or off (planted-bug test only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn set_planted_bugs(&mut self, bugs: PlantedBugs) {
+        self.bugs = bugs;
+    }
+
+    // ----- accessors -------------------------------------------------------------------
+
+    /// This peer's id.
+    #[must_use]
+    pub fn id(&self) -> &PeerId {
+        &self.id
+    }
+
+    /// Current role.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current term.
+    #[must_use]
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The leader this peer knows of.
+    #[must_use]
+    pub fn leader(&self) -> Option<&PeerId> {
+        self.leader.as_ref()
+    }
+
+    /// Commit index.
+    #[must_use]
+    pub fn committed(&self) -> LogIndex {
+        self.log.committed
+    }
+
+    /// Applied index (as reported by the driver).
+    #[must_use]
+    pub fn applied(&self) -> LogIndex {
+        self.log.applied
+    }
+
+    /// Last log index.
+    #[must_use]
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// First log index.
+    #[must_use]
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn configuration(&self) -> &Configuration {
+        self.configurations.current()
+    }
+
+    /// The underlying store.
+    #[must_use]
+    pub fn store(&self) -> &S {
+        &self.log.store
+    }
+
+    /// True if this leader's lease is valid now (thesis §6.4.1).
+    #[must_use]
+    pub fn lease_valid(&self) -> bool {
+        self.role == Role::Leader && self.leader_started && self.lease_expiry() > self.now
+    }
+
+    /// Peers the leader heard from within an election timeout (SOFAJRaft's alive peers).
+    #[must_use]
+    pub fn alive_peers(&self) -> Vec<PeerId> {
+        let window = self.config.election_timeout_ticks;
+        self.progress
+            .iter()
+            .filter(|(p, pr)| **p == self.id || pr.last_heard_tick + window > self.now)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// A summary of this core.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id.clone(),
+            role: self.role,
+            term: self.term,
+            vote: self.vote.clone(),
+            leader: self.leader.clone(),
+            first_index: self.log.first_index(),
+            last_index: self.log.last_index(),
+            durable_index: self.log.durable_index(),
+            committed: self.log.committed,
+            applied: self.log.applied,
+            configuration: self.configurations.current().clone(),
+            matched: self
+                .progress
+                .iter()
+                .map(|(p, pr)| (p.clone(), pr.match_index))
+                .collect(),
+            change_stage: self.change.as_ref().map(|c| c.stage.clone()),
+            transfer_target: self.transfer.as_ref().map(|t| t.target.clone()),
+            snapshot_index: self.latest_snapshot.index,
+        }
+    }
+
+    /// A human-readable dump of everything (SOFAJRaft's `describe`).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let s = self.status();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "peer {} role={} term={} vote={:?} leader={:?}",
+            s.id, s.role, s.term, s.vote, s.leader
+        );
+        let _ = writeln!(
+            out,
+            "log first={} last={} durable={} committed={} applied={} snapshot={}",
+            s.first_index, s.last_index, s.durable_index, s.committed, s.applied, s.snapshot_index
+        );
+        let c = &s.configuration;
+        let _ = writeln!(
+            out,
+            "configuration voters={:?} learners={:?} old_voters={:?}",
+            c.voters, c.learners, c.old_voters
+        );
+        for (peer, pr) in &self.progress {
+            let _ = writeln!(
+                out,
+                "replicator {peer} state={:?} match={} next={} inflight={} heard={}",
+                pr.state,
+                pr.match_index,
+                pr.next_index,
+                pr.inflights.len(),
+                pr.last_heard_tick
+            );
+        }
+        out
+    }
+
+    // ----- inputs ------------------------------------------------------------------------
+
+    /// Advances time by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
+        }
+        self.tick_reads();
+        self.tick_snapshot();
+    }
+
+    /// Handles a message from a peer. Messages for another peer, or from a peer that is
+    /// this one, are ignored.
+    pub fn step(&mut self, message: Message) {
+        if message.to != self.id || message.from == self.id {
+            return;
+        }
+        if message.term > self.term {
+            if !self.accept_higher_term(&message) {
+                return;
+            }
+        } else if message.term < self.term {
+            self.answer_lower_term(message);
+            return;
+        }
+        match self.role {
+            Role::Leader => self.step_leader(message),
+            Role::PreCandidate | Role::Candidate => self.step_candidate(message),
+            Role::Follower => self.step_follower(message),
+        }
+    }
+
+    /// Proposes one entry of application data. On success returns where it will be if it
+    /// commits; the entry is committed when the state machine is handed `(index, term)`.
+    pub fn propose(
+        &mut self,
+        data: Bytes,
+        expected_term: Option<Term>,
+    ) -> Result<(LogIndex, Term), RaftError> {
+        self.check_can_propose(expected_term, data.len() as u64)?;
+        let index = self.log.last_index().next();
+        let entry = Entry {
+            index,
+            term: self.term,
+            payload: EntryPayload::Normal(data),
+        };
+        self.uncommitted_bytes += entry.size_bytes();
+        self.log.append_one(entry);
+        self.append_pending = true;
+        Ok((index, self.term))
+    }
+
+    /// Proposes many entries at once; they get consecutive indexes. Returns the first and
+    /// last index and the term.
+    pub fn propose_batch<I: IntoIterator<Item = Bytes>>(
+        &mut self,
+        batch: I,
+        expected_term: Option<Term>,
+    ) -> Result<(LogIndex, LogIndex, Term), RaftError> {
+        self.check_can_propose(expected_term, 0)?;
+        let first = self.log.last_index().next();
+        let mut index = first.prev();
+        for data in batch {
+            index = index.next();
+            let entry = Entry {
+                index,
+                term: self.term,
+                payload: EntryPayload::Normal(data),
+            };
+            self.uncommitted_bytes += entry.size_bytes();
+            self.log.append_one(entry);
+        }
+        if index < first {
+            return Err(RaftError::InvalidArgument("empty proposal batch".into()));
+        }
+        self.append_pending = true;
+        Ok((first, index, self.term))
+    }
+
+    fn check_can_propose(&self, expected: Option<Term>, bytes: u64) -> Result<(), RaftError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if let Some(transfer) = &self.transfer {
+            return Err(RaftError::Transferring {
+                target: transfer.target.clone(),
+            });
+        }
+        if let Some(expected) = expected {
+            if expected != self.term {
+                return Err(RaftError::WrongTerm {
+                    expected,
+                    actual: self.term,
+                });
+            }
+        }
+        if self.uncommitted_bytes + bytes > self.config.uncommitted_bytes_max {
+            return Err(RaftError::Busy(format!(
+                "{} uncommitted bytes exceed uncommitted_bytes_max {}",
+                self.uncommitted_bytes + bytes,
+                self.config.uncommitted_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Requests a linearizable read identified by `id`. The result arrives in
+    /// [`Ready::reads`] once the state machine has applied the read index.
+    pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
+        self.start_read(id, mode)
+    }
+
+    /// Storage reports the entries handed out up to `index` (with `term`) durable.
+    pub fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        if self.log.on_persisted(index, term).is_none() {
+            return;
+        }
+        if self.role == Role::Leader {
+            let now = self.now;
+            if let Some(me) = self.progress.get_mut(&self.id) {
+                me.update_match(index, now);
+            }
+            self.maybe_commit();
+        }
+    }
+
+    /// The state machine applied everything up to `index`.
+    pub fn on_applied(&mut self, index: LogIndex) {
+        assert!(
+            index <= self.log.applying,
+            "peer {} applied {index} beyond what it was handed ({})",
+            self.id,
+            self.log.applying
+        );
+        if index > self.log.applied {
+            self.log.applied = index;
+            self.release_applied_reads();
+        }
+    }
+
+    /// Metadata for a snapshot of the state machine at `index` (at most the applied index).
+    pub fn snapshot_meta_at(&self, index: LogIndex) -> Result<SnapshotMeta, RaftError> {
+        if index > self.log.applied {
+            return Err(RaftError::InvalidArgument(format!(
+                "snapshot index {index} beyond applied index {}",
+                self.log.applied
+            )));
+        }
+        let term = self.log.term(index).map_err(|_| RaftError::Compacted {
+            first_index: self.log.first_index(),
+        })?;
+        Ok(SnapshotMeta {
+            index,
+            term,
+            configuration: self.configurations.at(index).clone(),
+        })
+    }
+
+    /// The driver saved a snapshot durably. The log is then compacted back to the previous
+    /// snapshot, so slow followers can still catch up from the log (SOFAJRaft).
+    pub fn on_snapshot_saved(&mut self, meta: SnapshotMeta) {
+        if meta.index <= self.latest_snapshot.index {
+            return;
+        }
+        self.last_snapshot_tick = self.now;
+        let keep_from = self.latest_snapshot.index;
+        self.previous_snapshot_index = keep_from;
+        self.latest_snapshot = meta;
+        if keep_from > self.log.compacted_index {
+            if let Ok(term) = self.log.term(keep_from) {
+                self.log.compacted_to(keep_from, term);
+                self.configurations.compact_to(keep_from);
+                self.ready.compact_to = Some((keep_from, term));
+            }
+        }
+    }
+
+    /// The driver finished installing the snapshot from [`Ready::snapshot`] durably (state
+    /// machine loaded, log replaced by the snapshot).
+    pub fn on_snapshot_installed(&mut self, meta: &SnapshotMeta) {
+        let Some((installing, source)) = self.installing_snapshot.take() else {
+            return;
+        };
+        if installing != *meta {
+            self.installing_snapshot = Some((installing, source));
+            return;
+        }
+        self.log.restore(meta.index, meta.term);
+        self.configurations
+            .reset(meta.index, meta.configuration.clone());
+        self.previous_snapshot_index = meta.index;
+        self.latest_snapshot = meta.clone();
+        self.last_snapshot_tick = self.now;
+        let to = self.leader.clone().unwrap_or(source);
+        self.send(
+            to,
+            MessageBody::InstallSnapshotResponse {
+                installed: Some(meta.index),
+            },
+        );
+    }
+
+    /// The driver could not install the snapshot; the leader will retry.
+    pub fn on_snapshot_install_failed(&mut self, meta: &SnapshotMeta) {
+        if let Some((installing, source)) = self.installing_snapshot.take() {
+            if installing == *meta {
+                let to = self.leader.clone().unwrap_or(source);
+                self.send(to, MessageBody::InstallSnapshotResponse { installed: None });
+            } else {
+                self.installing_snapshot = Some((installing, source));
+            }
+        }
+    }
+
+    /// True if [`Raft::ready`] would return work.
+    #[must_use]
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+            || self.log.has_unpersisted()
+            || self.append_pending
+            || self.reads.has_unsent()
+            || self.log.applicable_index() > self.log.applying
+            || self.hard_state() != self.handed_out_hard_state
+    }
+
+    /// Collects the work accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            self.flush_reads_leader();
+            if self.append_pending || self.log.committed > self.commit_sent {
+                self.broadcast_append();
+            }
+        } else {
+            self.flush_reads_follower();
+        }
+        let hard_state = self.hard_state();
+        if hard_state != self.handed_out_hard_state {
+            self.ready.hard_state = Some(hard_state.clone());
+            self.handed_out_hard_state = hard_state;
+        }
+        self.ready.entries = self.log.take_unpersisted();
+        self.collect_committed_entries();
+        std::mem::take(&mut self.ready)
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote.clone(),
+            commit: self.log.committed,
+        }
+    }
+
+    fn collect_committed_entries(&mut self) {
+        let high = self.log.applicable_index();
+        if high <= self.log.applying {
+            return;
+        }
+        let low = self.log.applying.next();
+        let high = high.min(low.plus(self.config.apply_batch_max as u64 - 1));
+        let entries = match self.log.entries(low, high.next(), u64::MAX) {
+            Ok(entries) => entries,
+            Err(e) => panic!(
+                "peer {} cannot read committed entries [{low}, {high}]: {e}",
+                self.id
+            ),
+        };
+        for entry in &entries {
+            if let EntryPayload::Configuration(c) = &entry.payload {
+                self.ready.events.push(Event::ConfigurationCommitted {
+                    index: entry.index,
+                    configuration: c.clone(),
+                });
+            }
+        }
+        if let Some(last) = entries.last() {
+            self.log.applying = last.index;
+        }
+        self.ready.committed_entries = entries;
+    }
+
+    // ----- role transitions -------------------------------------------------------------
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.config.election_timeout_ticks;
+        self.randomized_election_timeout = base + self.rng.below(base);
+    }
+
+    fn set_leader(&mut self, leader: Option<PeerId>) {
+        if self.leader == leader {
+            return;
+        }
+        if let Some(old) = self.leader.take() {
+            if old != self.id {
+                self.ready.events.push(Event::StopFollowing {
+                    leader: old,
+                    term: self.term,
+                });
+            }
+        }
+        if let Some(new) = &leader {
+            if *new != self.id {
+                self.ready.events.push(Event::StartFollowing {
+                    leader: new.clone(),
+                    term: self.term,
+                });
+                // A new leader is somebody: start again from the best priority.
+                self.target_priority = self.configurations.current().max_voter_priority();
+                self.priority_wait_rounds = 0;
+            }
+        }
+        self.leader = leader;
+        self.reads.leader_changed(&self.leader, &mut self.ready);
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<PeerId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        if self.role == Role::Leader {
+            self.stop_leading();
+        }
+        self.role = Role::Follower;
+        self.votes.clear();
+        self.set_leader(leader);
+        self.reset_election_timer();
+    }
+
+    fn stop_leading(&mut self) {
+        let hint = RaftError::NotLeader { leader: None };
+        self.reads.fail_all_leader(&hint, &self.id, self.term, &mut self.ready);
+        if let Some(change) = self.change.take() {
+            change.fail(self.not_leader(), &mut self.ready);
+        }
+        if let Some(transfer) = self.transfer.take() {
+            let result = if transfer.timeout_now_sent {
+                Ok(())
+            } else {
+                Err(RaftError::NotLeader { leader: None })
+            };
+            self.ready.events.push(Event::TransferFinished {
+                target: transfer.target,
+                result,
+            });
+        }
+        for peer in self.progress.keys() {
+            if *peer != self.id {
+                self.ready.events.push(Event::Replicator {
+                    peer: peer.clone(),
+                    change: ReplicatorChange::Destroyed,
+                });
+            }
+        }
+        self.progress.clear();
+        self.leader_started = false;
+        self.uncommitted_bytes = 0;
+        self.ready.events.push(Event::LeaderStop { term: self.term });
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate, "peer {} term {}", self.id, self.term);
+        self.role = Role::Leader;
+        self.votes.clear();
+        self.set_leader(Some(self.id.clone()));
+        self.heartbeat_elapsed = 0;
+        self.leader_started = false;
+        self.progress.clear();
+        self.sync_progress();
+        // The first entry of the term: commit it to learn what is committed (thesis §6.4)
+        // and to signal "leader start". A locally reset configuration is written instead,
+        // so it becomes durable and replicated.
+        let payload = if self.configuration_forced {
+            self.configuration_forced = false;
+            EntryPayload::Configuration(self.configurations.current().clone())
+        } else {
+            EntryPayload::NoOp
+        };
+        let index = self.log.last_index().next();
+        self.term_start_index = index;
+        let entry = Entry {
+            index,
+            term: self.term,
+            payload,
+        };
+        if let EntryPayload::Configuration(c) = &entry.payload {
+            self.configurations.push(index, c.clone());
+        }
+        self.log.append_one(entry);
+        self.append_pending = true;
+        self.commit_sent = LogIndex::ZERO;
+    }
+
+    /// Makes the progress map hold exactly the peers the leader replicates to: every peer
+    /// of the configuration plus peers catching up for a change, and this peer itself.
+    fn sync_progress(&mut self) {
+        let mut wanted = self.configurations.current().all_peers();
+        wanted.insert(self.id.clone());
+        if let Some(change) = &self.change {
+            wanted.extend(change.catching_up().cloned());
+        }
+        let removed: Vec<PeerId> = self
+            .progress
+            .keys()
+            .filter(|p| !wanted.contains(*p))
+            .cloned()
+            .collect();
+        for peer in removed {
+            self.progress.remove(&peer);
+            self.ready.events.push(Event::Replicator {
+                peer,
+                change: ReplicatorChange::Destroyed,
+            });
+        }
+        let next = self.log.last_index().next();
+        for peer in wanted {
+            if self.progress.contains_key(&peer) {
+                continue;
+            }
+            let mut pr = Progress::new(
+                next,
+                self.now,
+                self.config.inflight_msgs_max,
+                self.config.inflight_bytes_max,
+            );
+            if peer == self.id {
+                pr.match_index = self.log.durable_index();
+                pr.become_replicate();
+            } else {
+                self.ready.events.push(Event::Replicator {
+                    peer: peer.clone(),
+                    change: ReplicatorChange::Created,
+                });
+            }
+            self.progress.insert(peer, pr);
+        }
+    }
+
+    fn not_leader(&self) -> RaftError {
+        RaftError::NotLeader {
+            leader: self.leader.clone().filter(|l| *l != self.id),
+        }
+    }
+
+    fn is_sole_voter(&self) -> bool {
+        let c = self.configurations.current();
+        !c.is_joint() && c.voters.len() == 1 && c.voters.contains(&self.id)
+    }
+
+    fn send(&mut self, to: PeerId, body: MessageBody) {
+        self.ready.messages.push(Message {
+            from: self.id.clone(),
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    fn send_after_persist(&mut self, to: PeerId, body: MessageBody) {
+        self.ready.messages_after_persist.push(Message {
+            from: self.id.clone(),
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    fn tick_snapshot(&mut self) {
+        let interval = self.config.snapshot_interval_ticks;
+        if interval == 0 || self.now < self.last_snapshot_tick + interval {
+            return;
+        }
+        self.last_snapshot_tick = self.now;
+        let margin = self.config.snapshot_log_margin;
+        if self.log.applied.distance_from(self.latest_snapshot.index) > margin.max(0)
+            && self.log.applied > self.latest_snapshot.index
+        {
+            self.ready.events.push(Event::SnapshotDue);
+        }
+    }
+
+    /// Unsafe: replaces the configuration locally, without consensus, to recover a group
+    /// that lost a majority (SOFAJRaft's `resetPeers`). If this peer then wins an election it
+    /// writes the configuration as its first entry.
+    pub fn reset_peers(&mut self, voters: Vec<PeerId>) -> Result<(), RaftError> {
+        let mut next = self.configurations.current().leave_joint();
+        next.voters = voters.into_iter().collect();
+        next.learners.retain(|l| !next.voters.contains(l));
+        next.validate_target()?;
+        self.configurations.force(next);
+        self.configuration_forced = true;
+        self.become_follower(self.term, None);
+        self.target_priority = self.configurations.current().max_voter_priority();
+        if self.is_sole_voter() {
+            self.campaign(false);
+        }
+        Ok(())
+    }
+}
+
+/// A stable hash of a peer name, so each peer's random sequence differs under one seed.
+fn hash_name(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

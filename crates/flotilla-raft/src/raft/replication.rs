@@ -1,0 +1,547 @@
+//! Log replication: the leader's replicators, the follower's AppendEntries handling,
+//! heartbeats, snapshot sending and installing, and the commit rule.
+//!
+//! Owns: what is sent to whom, how followers accept entries, and when an index commits.
+//! Must never: count an entry of an earlier term as committed by its replicas (paper
+//! §5.4.2), count learners or catching-up peers, or acknowledge an entry before it is durable.
+
+use super::Raft;
+use crate::error::StoreError;
+use crate::log::LogStore;
+use crate::message::{AppendResult, Echo, Message, MessageBody};
+use crate::progress::ProgressState;
+use crate::quorum::{committed_index, quorum_value};
+use crate::ready::{Event, ReplicatorChange};
+use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role, Term};
+
+impl<S: LogStore> Raft<S> {
+    // ----- leader ------------------------------------------------------------------------
+
+    pub(super) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+        if self.check_quorum_lost() {
+            return;
+        }
+        self.tick_replicators();
+        self.tick_change();
+        if self.role == Role::Leader {
+            self.tick_transfer();
+        }
+    }
+
+    /// SOFAJRaft's step-down: a leader that has not heard from a quorum (of both halves
+    /// while joint) within an election timeout steps down. Returns true if it did.
+    fn check_quorum_lost(&mut self) -> bool {
+        let (me, now) = (self.id.clone(), self.now);
+        let heard = quorum_value(self.configurations.current(), |p| {
+            if *p == me {
+                now
+            } else {
+                self.progress.get(p).map_or(0, |pr| pr.last_heard_tick)
+            }
+        });
+        if heard + self.config.election_timeout_ticks > now {
+            return false;
+        }
+        let term = self.term;
+        self.become_follower(term, None);
+        true
+    }
+
+    fn tick_replicators(&mut self) {
+        let (now, timeout) = (self.now, self.config.election_timeout_ticks);
+        let snapshot_timeout = self.config.snapshot_install_timeout_ticks;
+        let last = self.log.last_index();
+        let mut events = Vec::new();
+        for (peer, pr) in &mut self.progress {
+            if *peer == self.id {
+                continue;
+            }
+            if pr.last_heard_tick + timeout == now {
+                events.push((peer.clone(), ReplicatorChange::Offline));
+            }
+            match pr.state {
+                ProgressState::Snapshot { since_tick, .. } if now >= since_tick + snapshot_timeout => {
+                    pr.become_probe();
+                }
+                // A pipelined message was lost: nothing will free the window, so go back to
+                // probing once the peer has made no progress for half an election timeout.
+                ProgressState::Replicate
+                    if pr.match_index < last
+                        && !pr.inflights.is_empty()
+                        && now >= pr.last_progress_tick + timeout / 2 =>
+                {
+                    pr.become_probe();
+                }
+                _ => {}
+            }
+        }
+        for (peer, change) in events {
+            self.ready.events.push(Event::Replicator { peer, change });
+        }
+    }
+
+    fn echo(&self) -> Echo {
+        Echo {
+            tick: self.now,
+            read_seq: self.reads.read_seq(),
+        }
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let echo = self.echo();
+        let committed = self.log.committed;
+        let peers: Vec<PeerId> = self.progress.keys().filter(|p| **p != self.id).cloned().collect();
+        for peer in peers {
+            let pr = self.progress.get_mut(&peer).expect("peer listed above");
+            // A paused probe (busy peer, or lost probe) is retried once per heartbeat.
+            if pr.state == ProgressState::Probe {
+                pr.paused = false;
+            }
+            let commit = committed.min(pr.match_index);
+            self.send(peer.clone(), MessageBody::Heartbeat { commit, echo });
+            self.send_append(&peer, false);
+        }
+    }
+
+    /// Sends new entries (and the commit index) to every peer that can take them.
+    pub(super) fn broadcast_append(&mut self) {
+        self.append_pending = false;
+        let commit_changed = self.log.committed > self.commit_sent;
+        self.commit_sent = self.log.committed;
+        let peers: Vec<PeerId> = self.progress.keys().filter(|p| **p != self.id).cloned().collect();
+        for peer in peers {
+            self.send_append(&peer, commit_changed);
+        }
+    }
+
+    /// Sends `peer` the next AppendEntries if its replicator may send, or a snapshot if the
+    /// entries it needs were compacted. With `even_if_empty`, an empty AppendEntries carries
+    /// a new commit index. Returns true if something was sent.
+    pub(super) fn send_append(&mut self, peer: &PeerId, even_if_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get(peer) else {
+            return false;
+        };
+        if !pr.can_send() || (pr.next_index > last && !even_if_empty) {
+            return false;
+        }
+        let next = pr.next_index;
+        let prev_log_index = next.prev();
+        let prev_log_term = match self.log.term(prev_log_index) {
+            Ok(term) => term,
+            Err(StoreError::Compacted) => return self.send_snapshot(peer),
+            Err(e) => panic!("peer {} cannot read term at {prev_log_index}: {e}", self.id),
+        };
+        let high = next
+            .plus(self.config.append_entries_max as u64)
+            .min(last.next());
+        let entries = match self.log.entries(next, high, self.config.append_bytes_max) {
+            Ok(entries) => entries,
+            Err(StoreError::Compacted) => return self.send_snapshot(peer),
+            Err(e) => panic!("peer {} cannot read entries from {next}: {e}", self.id),
+        };
+        let echo = self.echo();
+        let pr = self.progress.get_mut(peer).expect("checked above");
+        if let Some(last_sent) = entries.last() {
+            match pr.state {
+                ProgressState::Replicate => {
+                    pr.inflights.add(last_sent.index, bytes_of(&entries));
+                    pr.next_index = last_sent.index.next();
+                }
+                ProgressState::Probe => pr.paused = true,
+                ProgressState::Snapshot { .. } => unreachable!("can_send is false in snapshot"),
+            }
+        }
+        let leader_commit = self.log.committed;
+        self.send(
+            peer.clone(),
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                echo,
+            },
+        );
+        true
+    }
+
+    fn send_snapshot(&mut self, peer: &PeerId) -> bool {
+        let meta = self.latest_snapshot.clone();
+        let now = self.now;
+        if let Some(pr) = self.progress.get_mut(peer) {
+            pr.become_snapshot(meta.index, now);
+        }
+        self.send(peer.clone(), MessageBody::InstallSnapshot { meta });
+        true
+    }
+
+    pub(super) fn step_leader(&mut self, message: Message) {
+        let from = message.from.clone();
+        if let Some(pr) = self.progress.get_mut(&from) {
+            if pr.last_heard_tick + self.config.election_timeout_ticks <= self.now {
+                self.ready.events.push(Event::Replicator {
+                    peer: from.clone(),
+                    change: ReplicatorChange::Online,
+                });
+            }
+            pr.last_heard_tick = self.now;
+        }
+        match message.body {
+            MessageBody::AppendEntriesResponse { result, echo } => {
+                self.record_echo(&from, echo);
+                self.handle_append_response(&from, result);
+            }
+            MessageBody::HeartbeatResponse { echo } => {
+                self.record_echo(&from, echo);
+                self.send_append(&from, false);
+            }
+            MessageBody::InstallSnapshotResponse { installed } => {
+                self.handle_snapshot_response(&from, installed);
+            }
+            MessageBody::RequestVote { .. } => {
+                // This peer is the live leader: refuse (only pre-votes arrive here).
+                let body = MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: false,
+                };
+                self.send(from, body);
+            }
+            MessageBody::ReadIndexRequest { batch, lease } => {
+                self.handle_remote_read(from, batch, lease);
+            }
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => {
+                // Two leaders in one term cannot happen; if it does, both step down with a
+                // higher term (SOFAJRaft) so a fresh election sorts it out.
+                let term = self.term.next();
+                self.become_follower(term, None);
+                self.send(
+                    from,
+                    MessageBody::HeartbeatResponse {
+                        echo: Echo::default(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn record_echo(&mut self, from: &PeerId, echo: Echo) {
+        let Some(pr) = self.progress.get_mut(from) else {
+            return;
+        };
+        pr.echoed_tick = pr.echoed_tick.max(echo.tick);
+        if echo.read_seq > pr.echoed_read_seq {
+            pr.echoed_read_seq = echo.read_seq;
+            self.confirm_read_rounds();
+        }
+    }
+
+    fn handle_append_response(&mut self, from: &PeerId, result: AppendResult) {
+        let now = self.now;
+        let Some(pr) = self.progress.get_mut(from) else {
+            return;
+        };
+        match result {
+            AppendResult::Success { last_index } => {
+                let advanced = pr.update_match(last_index, now);
+                pr.inflights.free_to(last_index);
+                match pr.state {
+                    ProgressState::Probe => pr.become_replicate(),
+                    ProgressState::Snapshot { index, .. } if pr.match_index >= index => {
+                        pr.become_probe();
+                    }
+                    _ => {}
+                }
+                if advanced {
+                    self.maybe_commit();
+                    self.on_peer_progress(from);
+                }
+                while self.role == Role::Leader && self.send_append(from, false) {
+                    let more = self.progress.get(from).is_some_and(|pr| {
+                        pr.state == ProgressState::Replicate && pr.next_index <= self.log.last_index()
+                    });
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            AppendResult::Reject { rejected, hint } => {
+                if pr.back_off(rejected, hint) {
+                    self.send_append(from, true);
+                }
+            }
+            AppendResult::Busy => {
+                // SOFAJRaft: pause the replicator for one heartbeat, then probe again.
+                pr.become_probe();
+                pr.paused = true;
+            }
+        }
+    }
+
+    fn handle_snapshot_response(&mut self, from: &PeerId, installed: Option<LogIndex>) {
+        let now = self.now;
+        let Some(pr) = self.progress.get_mut(from) else {
+            return;
+        };
+        match installed {
+            Some(index) => {
+                let advanced = pr.update_match(index, now);
+                pr.become_probe();
+                if advanced {
+                    self.maybe_commit();
+                    self.on_peer_progress(from);
+                }
+                self.send_append(from, false);
+            }
+            None => {
+                pr.become_probe();
+                pr.paused = true;
+            }
+        }
+    }
+
+    /// Advances the commit index to what a quorum stores, if that entry is of this term
+    /// (paper §5.4.2: entries of earlier terms commit only indirectly).
+    pub(super) fn maybe_commit(&mut self) {
+        #[allow(unused_mut)]
+        let mut configuration = self.configurations.current().clone();
+        #[cfg(feature = "planted-bugs")]
+        {
+            if self.bugs.ignore_old_quorum {
+                configuration.old_voters = None;
+            }
+        }
+        let quorum_index = committed_index(&configuration, |p| {
+            self.progress.get(p).map_or(LogIndex::ZERO, |pr| pr.match_index)
+        });
+        if quorum_index <= self.log.committed {
+            return;
+        }
+        let term = self.log.term(quorum_index).unwrap_or_else(|e| {
+            panic!("peer {} has no term for quorum index {quorum_index}: {e}", self.id)
+        });
+        #[allow(unused_mut)]
+        let mut current_term_only = term == self.term;
+        #[cfg(feature = "planted-bugs")]
+        {
+            if self.bugs.commit_old_term {
+                current_term_only = true;
+            }
+        }
+        if !current_term_only {
+            return;
+        }
+        let previous = self.log.committed;
+        self.log.commit_to(quorum_index);
+        self.after_commit(previous);
+    }
+
+    fn after_commit(&mut self, previous: LogIndex) {
+        let committed = self.log.committed;
+        // Entries between `previous` and `committed` are no longer uncommitted.
+        if let Ok(entries) = self.log.entries(previous.next(), committed.next(), u64::MAX) {
+            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
+        }
+        if !self.leader_started && committed >= self.term_start_index {
+            self.leader_started = true;
+            self.ready.events.push(Event::LeaderStart { term: self.term });
+            self.start_reads_after_leader_start();
+        }
+        self.advance_change();
+        self.append_pending = true;
+    }
+
+    // ----- follower ----------------------------------------------------------------------
+
+    pub(super) fn step_follower(&mut self, message: Message) {
+        let from = message.from.clone();
+        match message.body {
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                echo,
+            } => {
+                self.heard_from_leader(&from);
+                self.handle_append_entries(
+                    from,
+                    (prev_log_index, prev_log_term),
+                    entries,
+                    leader_commit,
+                    echo,
+                );
+            }
+            MessageBody::Heartbeat { commit, echo } => {
+                self.heard_from_leader(&from);
+                let commit = commit.min(self.log.last_index());
+                self.log.commit_to(commit);
+                self.send(from, MessageBody::HeartbeatResponse { echo });
+            }
+            MessageBody::InstallSnapshot { meta } => {
+                self.heard_from_leader(&from);
+                self.handle_install_snapshot(from, meta);
+            }
+            MessageBody::RequestVote { .. } => self.handle_request_vote(&message),
+            MessageBody::TimeoutNow => {
+                // Leadership transfer (thesis §3.10): elect ourselves now, skipping pre-vote.
+                if self.configurations.current().is_voter(&self.id)
+                    && self.installing_snapshot.is_none()
+                {
+                    self.campaign(true);
+                }
+            }
+            MessageBody::ReadIndexRequest { batch, .. } => {
+                let result = Err(self.not_leader());
+                self.send(from, MessageBody::ReadIndexResponse { batch, result });
+            }
+            MessageBody::ReadIndexResponse { batch, result } => {
+                self.handle_read_index_response(batch, result);
+            }
+            _ => {}
+        }
+    }
+
+    fn heard_from_leader(&mut self, from: &PeerId) {
+        self.election_elapsed = 0;
+        self.vote_guard_until = self.now + self.config.election_timeout_ticks;
+        if self.leader.as_ref() != Some(from) {
+            self.set_leader(Some(from.clone()));
+        }
+    }
+
+    fn handle_append_entries(
+        &mut self,
+        from: PeerId,
+        prev: (LogIndex, Term),
+        mut entries: Vec<Entry>,
+        leader_commit: LogIndex,
+        echo: Echo,
+    ) {
+        if self.installing_snapshot.is_some() {
+            let body = MessageBody::AppendEntriesResponse {
+                result: AppendResult::Busy,
+                echo,
+            };
+            self.send(from, body);
+            return;
+        }
+        let (mut prev_index, mut prev_term) = prev;
+        let committed = self.log.committed;
+        if prev_index < committed {
+            // Everything up to our commit index is in every later leader's log (Leader
+            // Completeness), so skip what we already committed.
+            let skip = committed.distance_from(prev_index) as usize;
+            if entries.len() <= skip {
+                self.ack_append(from, committed, echo);
+                return;
+            }
+            entries.drain(..skip);
+            prev_index = committed;
+            prev_term = self.log.term(committed).unwrap_or_else(|e| {
+                panic!("peer {} has no term at its commit index {committed}: {e}", self.id)
+            });
+        }
+        if !self.log.matches(prev_index, prev_term) {
+            let hint = self.reject_hint(prev_index, prev_term);
+            let result = AppendResult::Reject {
+                rejected: prev_index,
+                hint,
+            };
+            self.send(from, MessageBody::AppendEntriesResponse { result, echo });
+            return;
+        }
+        let last_new = prev_index.plus(entries.len() as u64);
+        let first_new = entries
+            .iter()
+            .position(|e| !self.log.matches(e.index, e.term));
+        if let Some(position) = first_new {
+            let conflict = entries[position].index;
+            let new_entries = entries.split_off(position);
+            self.append_from_leader(conflict, new_entries);
+        }
+        self.log.commit_to(leader_commit.min(last_new));
+        self.ack_append(from, last_new, echo);
+    }
+
+    /// Stores entries starting at `first`, truncating a conflicting suffix (paper §5.3).
+    fn append_from_leader(&mut self, first: LogIndex, entries: Vec<Entry>) {
+        #[allow(unused_mut, unused_variables)]
+        let mut kept_suffix: Vec<Entry> = Vec::new();
+        if first <= self.log.last_index() {
+            #[cfg(feature = "planted-bugs")]
+            {
+                if self.bugs.keep_conflicting_suffix {
+                    let after = first.plus(entries.len() as u64);
+                    kept_suffix = self
+                        .log
+                        .entries(after, self.log.last_index().next(), u64::MAX)
+                        .unwrap_or_default();
+                }
+            }
+            self.log.truncate_from(first);
+            self.configurations.truncate_suffix(first);
+        }
+        for entry in entries.into_iter().chain(kept_suffix) {
+            if let EntryPayload::Configuration(c) = &entry.payload {
+                self.configurations.push(entry.index, c.clone());
+            }
+            self.log.append_one(entry);
+        }
+    }
+
+    /// Fast back-off (SOFAJRaft, etcd): the highest index at or below `rejected` whose term
+    /// is not above `prev_term`; the leader resumes probing there.
+    fn reject_hint(&self, rejected: LogIndex, prev_term: Term) -> LogIndex {
+        let mut hint = rejected.min(self.log.last_index());
+        while hint > self.log.committed {
+            match self.log.term(hint) {
+                Ok(term) if term > prev_term => hint = hint.prev(),
+                _ => break,
+            }
+        }
+        hint
+    }
+
+    fn ack_append(&mut self, to: PeerId, last_index: LogIndex, echo: Echo) {
+        // Acknowledged only once durable: the driver sends this after the persist of
+        // everything handed out so far.
+        let result = AppendResult::Success { last_index };
+        self.send_after_persist(to, MessageBody::AppendEntriesResponse { result, echo });
+    }
+
+    fn handle_install_snapshot(&mut self, from: PeerId, meta: crate::types::SnapshotMeta) {
+        if meta.index <= self.log.committed {
+            let installed = Some(self.log.committed);
+            self.send_after_persist(from, MessageBody::InstallSnapshotResponse { installed });
+            return;
+        }
+        if let Some((installing, _)) = &self.installing_snapshot {
+            if installing.index >= meta.index {
+                return; // already installing this one or a newer one
+            }
+        }
+        if self.log.matches(meta.index, meta.term) {
+            // Our log already has the snapshot's last entry: just commit up to it.
+            self.log.commit_to(meta.index);
+            let installed = Some(meta.index);
+            self.send_after_persist(from, MessageBody::InstallSnapshotResponse { installed });
+            return;
+        }
+        // A newer install replaces an older one (SOFAJRaft).
+        self.installing_snapshot = Some((meta.clone(), from.clone()));
+        self.ready.snapshot = Some(meta);
+        self.ready.snapshot_source = Some(from);
+    }
+}
+
+fn bytes_of(entries: &[Entry]) -> u64 {
+    entries.iter().map(Entry::size_bytes).sum()
+}

@@ -1,0 +1,245 @@
+//! Newtypes and plain data shared by every module of the core: terms, log indexes, peer
+//! ids, log entries, hard state and snapshot metadata.
+//!
+//! These types own no behaviour beyond arithmetic helpers; they exist so that a term can
+//! never be passed where an index is expected (STYLE.md §2).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::membership::Configuration;
+
+/// A Raft term. Terms only ever grow on a given peer (Raft paper §5.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Term(pub u64);
+
+impl Term {
+    /// The term before any election.
+    pub const ZERO: Term = Term(0);
+
+    /// The raw value.
+    #[must_use]
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The following term.
+    #[must_use]
+    pub fn next(self) -> Term {
+        Term(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A position in the replicated log. Index 0 is "before the first entry"; the first real
+/// entry has index 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogIndex(pub u64);
+
+impl LogIndex {
+    /// The position before the first entry.
+    pub const ZERO: LogIndex = LogIndex(0);
+
+    /// The raw value.
+    #[must_use]
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The following index.
+    #[must_use]
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+
+    /// The preceding index, saturating at zero.
+    #[must_use]
+    pub fn prev(self) -> LogIndex {
+        LogIndex(self.0.saturating_sub(1))
+    }
+
+    /// `self + n`.
+    #[must_use]
+    pub fn plus(self, n: u64) -> LogIndex {
+        LogIndex(self.0 + n)
+    }
+
+    /// `self - other`, saturating at zero: the number of entries between two indexes.
+    #[must_use]
+    pub fn distance_from(self, other: LogIndex) -> u64 {
+        self.0.saturating_sub(other.0)
+    }
+}
+
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The identity of one peer (one replica of one group).
+///
+/// The core treats it as an opaque, cheaply clonable name. The runtime uses the address
+/// form `host:port[:index]` (SOFAJRaft's `PeerId` without the priority, which lives in the
+/// [`Configuration`]); the simulator uses `n1`, `n2`, ...
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(Arc<str>);
+
+impl PeerId {
+    /// A peer id from its textual name.
+    #[must_use]
+    pub fn new(name: &str) -> PeerId {
+        PeerId(Arc::from(name))
+    }
+
+    /// The textual name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for PeerId {
+    fn from(name: &str) -> PeerId {
+        PeerId::new(name)
+    }
+}
+
+/// Election priority, as SOFAJRaft's: `-1` disables priority election, `0` means "never
+/// become leader", `>= 1` is a preference (higher is preferred).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Priority(pub i32);
+
+impl Priority {
+    /// Priority election switched off for this peer.
+    pub const DISABLED: Priority = Priority(-1);
+    /// This peer never becomes leader.
+    pub const NEVER: Priority = Priority(0);
+
+    /// True when priority election applies to this peer.
+    #[must_use]
+    pub fn is_enabled(self) -> bool {
+        self.0 >= 0
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::DISABLED
+    }
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryPayload {
+    /// Appended by a new leader so that an entry of its own term can commit (Raft thesis
+    /// §6.4); never handed to the state machine's `apply` as data.
+    NoOp,
+    /// Application data, opaque to the core.
+    Normal(Bytes),
+    /// A configuration (stable or joint). It takes effect as soon as it is appended, as the
+    /// thesis (§4.1) and SOFAJRaft do, and is reverted if the entry is truncated.
+    Configuration(Configuration),
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in the log.
+    pub index: LogIndex,
+    /// Term of the leader that created the entry.
+    pub term: Term,
+    /// Contents.
+    pub payload: EntryPayload,
+}
+
+/// Fixed per-entry overhead counted toward byte limits, approximating framing on the wire.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+impl Entry {
+    /// Approximate size in bytes, used for message and batch byte limits.
+    #[must_use]
+    pub fn size_bytes(&self) -> u64 {
+        let body = match &self.payload {
+            EntryPayload::NoOp => 0,
+            EntryPayload::Normal(data) => data.len() as u64,
+            EntryPayload::Configuration(conf) => conf.size_bytes(),
+        };
+        ENTRY_OVERHEAD_BYTES + body
+    }
+
+    /// True for configuration entries.
+    #[must_use]
+    pub fn is_configuration(&self) -> bool {
+        matches!(self.payload, EntryPayload::Configuration(_))
+    }
+}
+
+/// The state that must be durable before the core may act on it: term, vote and commit.
+///
+/// Term and vote are persisted (and fsynced) before a vote is requested or granted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// Current term.
+    pub term: Term,
+    /// The peer this peer voted for in `term`, if any.
+    pub vote: Option<PeerId>,
+    /// Highest index known committed. Persisting it is an optimisation only: after a restart
+    /// it is clamped to the durable log.
+    pub commit: LogIndex,
+}
+
+/// Metadata of a snapshot: the last entry it covers and the configuration at that entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// Index of the last entry included.
+    pub index: LogIndex,
+    /// Term of the last entry included.
+    pub term: Term,
+    /// Configuration in force at `index`.
+    pub configuration: Configuration,
+}
+
+/// The role a peer currently plays in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Running a pre-vote (Raft thesis §9.6): asks whether it could win before bumping its term.
+    PreCandidate,
+    /// Running a real election in its current term.
+    Candidate,
+    /// Leads the group in its current term.
+    Leader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        f.write_str(name)
+    }
+}
