@@ -29,6 +29,7 @@ pub mod quorum;
 mod raft;
 mod ready;
 mod rng;
+pub mod testkit;
 mod types;
 
 pub use config::Config;

@@ -310,8 +310,7 @@ impl<S: LogStore> RaftLog<S> {
         if low < self.unstable_offset {
             let stable_high = high.min(self.unstable_offset);
             out = self.store.entries(low, stable_high, bytes_max)?;
-            if out.len() as u64 != stable_high.distance_from(low) || high <= self.unstable_offset
-            {
+            if out.len() as u64 != stable_high.distance_from(low) || high <= self.unstable_offset {
                 return Ok(out);
             }
         }

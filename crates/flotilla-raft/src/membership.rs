@@ -50,7 +50,11 @@ impl Configuration {
     /// True if `peer` votes in either half of the configuration.
     #[must_use]
     pub fn is_voter(&self, peer: &PeerId) -> bool {
-        self.voters.contains(peer) || self.old_voters.as_ref().is_some_and(|old| old.contains(peer))
+        self.voters.contains(peer)
+            || self
+                .old_voters
+                .as_ref()
+                .is_some_and(|old| old.contains(peer))
     }
 
     /// True if `peer` is a learner (and not a voter in either half).
@@ -163,7 +167,11 @@ impl ConfigurationHistory {
                 "configuration entries out of order: {index} after {last}"
             );
         }
-        assert!(index > self.base.0, "configuration at {index} not after base {}", self.base.0);
+        assert!(
+            index > self.base.0,
+            "configuration at {index} not after base {}",
+            self.base.0
+        );
         self.entries.push((index, configuration));
     }
 
@@ -246,7 +254,10 @@ mod tests {
         let mut c = Configuration::new(peers(&["a"]));
         c.learners = peers(&["a"]);
         let err = c.validate_target().unwrap_err();
-        assert!(err.to_string().contains("both a voter and a learner"), "{err}");
+        assert!(
+            err.to_string().contains("both a voter and a learner"),
+            "{err}"
+        );
         assert!(Configuration::default().validate_target().is_err());
     }
 }

@@ -40,7 +40,10 @@ impl Inflights {
     /// (`0` = no byte limit).
     #[must_use]
     pub fn new(count_max: usize, bytes_max: u64) -> Inflights {
-        assert!(count_max > 0, "inflight window must hold at least one message");
+        assert!(
+            count_max > 0,
+            "inflight window must hold at least one message"
+        );
         Inflights {
             sent: VecDeque::new(),
             bytes: 0,

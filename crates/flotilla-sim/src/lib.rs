@@ -1,1 +1,1 @@
-pub mod linearizability;
+//! Deterministic cluster simulator (in progress).

@@ -53,7 +53,9 @@ impl MembershipChange {
     }
 
     pub(super) fn fail(self, error: RaftError, ready: &mut Ready) {
-        ready.events.push(Event::MembershipChangeFinished { result: Err(error) });
+        ready
+            .events
+            .push(Event::MembershipChangeFinished { result: Err(error) });
     }
 }
 
@@ -80,25 +82,31 @@ impl<S: LogStore> Raft<S> {
         }
         let current = self.configurations.current().clone();
         if self.change.is_some() || current.is_joint() {
-            return Err(RaftError::Busy("another configuration change is in progress".into()));
+            return Err(RaftError::Busy(
+                "another configuration change is in progress".into(),
+            ));
         }
         if !self.leader_started {
-            return Err(RaftError::Busy("leader has not committed an entry of its term".into()));
+            return Err(RaftError::Busy(
+                "leader has not committed an entry of its term".into(),
+            ));
         }
         if self.configurations.current_index() > self.log.committed {
-            return Err(RaftError::Busy("the previous configuration has not committed".into()));
+            return Err(RaftError::Busy(
+                "the previous configuration has not committed".into(),
+            ));
         }
         if target == current {
-            self.ready.events.push(Event::MembershipChangeFinished { result: Ok(current) });
+            self.ready.events.push(Event::MembershipChangeFinished {
+                result: Ok(current),
+            });
             return Ok(());
         }
         let new_voters: BTreeSet<PeerId> =
             target.voters.difference(&current.voters).cloned().collect();
         self.change = Some(MembershipChange {
             target,
-            stage: ChangeStage::CatchingUp {
-                peers: new_voters,
-            },
+            stage: ChangeStage::CatchingUp { peers: new_voters },
         });
         self.sync_progress();
         let now = self.now;
@@ -127,7 +135,9 @@ impl<S: LogStore> Raft<S> {
     pub fn remove_peer(&mut self, peer: &PeerId) -> Result<(), RaftError> {
         let mut target = self.configurations.current().leave_joint();
         if !target.voters.remove(peer) && !target.learners.remove(peer) {
-            return Err(RaftError::InvalidArgument(format!("peer {peer} is not in the group")));
+            return Err(RaftError::InvalidArgument(format!(
+                "peer {peer} is not in the group"
+            )));
         }
         target.priorities.remove(peer);
         self.change_configuration(target)
@@ -172,7 +182,9 @@ impl<S: LogStore> Raft<S> {
     pub fn reset_learners(&mut self, learners: BTreeSet<PeerId>) -> Result<(), RaftError> {
         let mut target = self.configurations.current().leave_joint();
         if let Some(voter) = learners.intersection(&target.voters).next() {
-            return Err(RaftError::InvalidArgument(format!("peer {voter} is a voter")));
+            return Err(RaftError::InvalidArgument(format!(
+                "peer {voter} is a voter"
+            )));
         }
         target.learners = learners;
         self.change_configuration(target)
@@ -182,7 +194,9 @@ impl<S: LogStore> Raft<S> {
     pub fn promote_learner(&mut self, learner: &PeerId) -> Result<(), RaftError> {
         let mut target = self.configurations.current().leave_joint();
         if !target.learners.remove(learner) {
-            return Err(RaftError::InvalidArgument(format!("peer {learner} is not a learner")));
+            return Err(RaftError::InvalidArgument(format!(
+                "peer {learner} is not a learner"
+            )));
         }
         target.voters.insert(learner.clone());
         self.change_configuration(target)
@@ -344,7 +358,9 @@ impl<S: LogStore> Raft<S> {
             });
         }
         if self.change.is_some() || self.configurations.current().is_joint() {
-            return Err(RaftError::Busy("a configuration change is in progress".into()));
+            return Err(RaftError::Busy(
+                "a configuration change is in progress".into(),
+            ));
         }
         let target = match target {
             Some(t) => t,
@@ -387,7 +403,10 @@ impl<S: LogStore> Raft<S> {
 
     /// Abandons a transfer that did not complete in time; the leader resumes.
     pub(super) fn tick_transfer(&mut self) {
-        let expired = self.transfer.as_ref().is_some_and(|t| self.now >= t.deadline);
+        let expired = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| self.now >= t.deadline);
         if !expired {
             return;
         }

@@ -31,7 +31,7 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// Whether this peer may stand for election at all.
-    fn may_campaign(&self) -> bool {
+    pub(super) fn may_campaign(&self) -> bool {
         let configuration = self.configurations.current();
         configuration.is_voter(&self.id)
             && configuration.priority(&self.id) != Priority::NEVER

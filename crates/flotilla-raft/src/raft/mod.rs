@@ -28,7 +28,9 @@ use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term};
+use crate::types::{
+    Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term,
+};
 
 pub use change::ChangeStage;
 use change::{MembershipChange, Transfer};
@@ -180,7 +182,13 @@ impl<S: LogStore> Raft<S> {
         }
         let id = config.id.clone();
         let rng = Rng::new(config.random_seed ^ hash_name(id.as_str()));
-        let vote_guard_until = config.election_timeout_ticks;
+        // A restarted peer may have acknowledged a leader whose lease still runs: refuse
+        // votes for one election timeout. A brand-new peer (term 0) has acknowledged nobody.
+        let vote_guard_until = if hard_state.term > Term::ZERO {
+            config.election_timeout_ticks
+        } else {
+            0
+        };
         let target_priority = configurations.current().max_voter_priority();
         let mut raft = Raft {
             id: id.clone(),
@@ -708,7 +716,8 @@ impl<S: LogStore> Raft<S> {
 
     fn stop_leading(&mut self) {
         let hint = RaftError::NotLeader { leader: None };
-        self.reads.fail_all_leader(&hint, &self.id, self.term, &mut self.ready);
+        self.reads
+            .fail_all_leader(&hint, &self.id, self.term, &mut self.ready);
         if let Some(change) = self.change.take() {
             change.fail(self.not_leader(), &mut self.ready);
         }
@@ -734,11 +743,19 @@ impl<S: LogStore> Raft<S> {
         self.progress.clear();
         self.leader_started = false;
         self.uncommitted_bytes = 0;
-        self.ready.events.push(Event::LeaderStop { term: self.term });
+        self.ready
+            .events
+            .push(Event::LeaderStop { term: self.term });
     }
 
     fn become_leader(&mut self) {
-        assert_eq!(self.role, Role::Candidate, "peer {} term {}", self.id, self.term);
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "peer {} term {}",
+            self.id,
+            self.term
+        );
         self.role = Role::Leader;
         self.votes.clear();
         self.set_leader(Some(self.id.clone()));
@@ -856,6 +873,27 @@ impl<S: LogStore> Raft<S> {
         {
             self.ready.events.push(Event::SnapshotDue);
         }
+    }
+
+    /// Starts an election now (with pre-vote), as if the election timer fired. Does nothing
+    /// on a leader or on a peer that may not campaign (learner, priority 0, not a member).
+    pub fn campaign_now(&mut self) {
+        if self.role == Role::Leader {
+            return;
+        }
+        if self.may_campaign() {
+            self.campaign(false);
+        }
+    }
+
+    /// Changes the election timeout at run time (SOFAJRaft's `resetElectionTimeoutMs`).
+    pub fn set_election_timeout(&mut self, ticks: u64) -> Result<(), RaftError> {
+        let mut config = self.config.clone();
+        config.election_timeout_ticks = ticks;
+        config.validate()?;
+        self.config = config;
+        self.reset_election_timer();
+        Ok(())
     }
 
     /// Unsafe: replaces the configuration locally, without consensus, to recover a group

@@ -74,7 +74,8 @@ impl ReadState {
         for batch in stale {
             if let Some((_, reads)) = self.remote_batches.remove(&batch) {
                 for (id, _) in reads {
-                    let error = RaftError::Stale("leader changed while the read was pending".into());
+                    let error =
+                        RaftError::Stale("leader changed while the read was pending".into());
                     ready.reads.push(ReadResult {
                         id,
                         result: Err(error),
@@ -323,7 +324,10 @@ impl<S: LogStore> Raft<S> {
                 .remote_batches
                 .insert(batch, (leader.clone(), reads));
             let lease = mode == ReadMode::Lease;
-            self.send(leader.clone(), MessageBody::ReadIndexRequest { batch, lease });
+            self.send(
+                leader.clone(),
+                MessageBody::ReadIndexRequest { batch, lease },
+            );
         }
     }
 
@@ -393,7 +397,9 @@ impl<S: LogStore> Raft<S> {
                 false
             });
         }
-        self.reads.remote_batches.retain(|_, (_, reads)| !reads.is_empty());
+        self.reads
+            .remote_batches
+            .retain(|_, (_, reads)| !reads.is_empty());
         for id in failed {
             self.ready.reads.push(ReadResult {
                 id,

@@ -65,7 +65,9 @@ impl<S: LogStore> Raft<S> {
                 events.push((peer.clone(), ReplicatorChange::Offline));
             }
             match pr.state {
-                ProgressState::Snapshot { since_tick, .. } if now >= since_tick + snapshot_timeout => {
+                ProgressState::Snapshot { since_tick, .. }
+                    if now >= since_tick + snapshot_timeout =>
+                {
                     pr.become_probe();
                 }
                 // A pipelined message was lost: nothing will free the window, so go back to
@@ -95,7 +97,12 @@ impl<S: LogStore> Raft<S> {
     pub(super) fn broadcast_heartbeat(&mut self) {
         let echo = self.echo();
         let committed = self.log.committed;
-        let peers: Vec<PeerId> = self.progress.keys().filter(|p| **p != self.id).cloned().collect();
+        let peers: Vec<PeerId> = self
+            .progress
+            .keys()
+            .filter(|p| **p != self.id)
+            .cloned()
+            .collect();
         for peer in peers {
             let pr = self.progress.get_mut(&peer).expect("peer listed above");
             // A paused probe (busy peer, or lost probe) is retried once per heartbeat.
@@ -113,7 +120,12 @@ impl<S: LogStore> Raft<S> {
         self.append_pending = false;
         let commit_changed = self.log.committed > self.commit_sent;
         self.commit_sent = self.log.committed;
-        let peers: Vec<PeerId> = self.progress.keys().filter(|p| **p != self.id).cloned().collect();
+        let peers: Vec<PeerId> = self
+            .progress
+            .keys()
+            .filter(|p| **p != self.id)
+            .cloned()
+            .collect();
         for peer in peers {
             self.send_append(&peer, commit_changed);
         }
@@ -264,7 +276,8 @@ impl<S: LogStore> Raft<S> {
                 }
                 while self.role == Role::Leader && self.send_append(from, false) {
                     let more = self.progress.get(from).is_some_and(|pr| {
-                        pr.state == ProgressState::Replicate && pr.next_index <= self.log.last_index()
+                        pr.state == ProgressState::Replicate
+                            && pr.next_index <= self.log.last_index()
                     });
                     if !more {
                         break;
@@ -318,13 +331,18 @@ impl<S: LogStore> Raft<S> {
             }
         }
         let quorum_index = committed_index(&configuration, |p| {
-            self.progress.get(p).map_or(LogIndex::ZERO, |pr| pr.match_index)
+            self.progress
+                .get(p)
+                .map_or(LogIndex::ZERO, |pr| pr.match_index)
         });
         if quorum_index <= self.log.committed {
             return;
         }
         let term = self.log.term(quorum_index).unwrap_or_else(|e| {
-            panic!("peer {} has no term for quorum index {quorum_index}: {e}", self.id)
+            panic!(
+                "peer {} has no term for quorum index {quorum_index}: {e}",
+                self.id
+            )
         });
         #[allow(unused_mut)]
         let mut current_term_only = term == self.term;
@@ -345,13 +363,18 @@ impl<S: LogStore> Raft<S> {
     fn after_commit(&mut self, previous: LogIndex) {
         let committed = self.log.committed;
         // Entries between `previous` and `committed` are no longer uncommitted.
-        if let Ok(entries) = self.log.entries(previous.next(), committed.next(), u64::MAX) {
+        if let Ok(entries) = self
+            .log
+            .entries(previous.next(), committed.next(), u64::MAX)
+        {
             let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
         }
         if !self.leader_started && committed >= self.term_start_index {
             self.leader_started = true;
-            self.ready.events.push(Event::LeaderStart { term: self.term });
+            self.ready
+                .events
+                .push(Event::LeaderStart { term: self.term });
             self.start_reads_after_leader_start();
         }
         self.advance_change();
@@ -446,7 +469,10 @@ impl<S: LogStore> Raft<S> {
             entries.drain(..skip);
             prev_index = committed;
             prev_term = self.log.term(committed).unwrap_or_else(|e| {
-                panic!("peer {} has no term at its commit index {committed}: {e}", self.id)
+                panic!(
+                    "peer {} has no term at its commit index {committed}: {e}",
+                    self.id
+                )
             });
         }
         if !self.log.matches(prev_index, prev_term) {

@@ -1,0 +1,3 @@
+//! Integration tests of the core, compiled into one binary to save link time.
+
+mod smoke;
