@@ -868,7 +868,7 @@ impl<S: LogStore> Raft<S> {
         }
         self.last_snapshot_tick = self.now;
         let margin = self.config.snapshot_log_margin;
-        if self.log.applied.distance_from(self.latest_snapshot.index) > margin.max(0)
+        if self.log.applied.distance_from(self.latest_snapshot.index) > margin
             && self.log.applied > self.latest_snapshot.index
         {
             self.ready.events.push(Event::SnapshotDue);

@@ -413,13 +413,12 @@ impl<S: LogStore> Raft<S> {
                 self.handle_install_snapshot(from, meta);
             }
             MessageBody::RequestVote { .. } => self.handle_request_vote(&message),
-            MessageBody::TimeoutNow => {
-                // Leadership transfer (thesis §3.10): elect ourselves now, skipping pre-vote.
+            // Leadership transfer (thesis §3.10): elect ourselves now, skipping pre-vote.
+            MessageBody::TimeoutNow
                 if self.configurations.current().is_voter(&self.id)
-                    && self.installing_snapshot.is_none()
-                {
-                    self.campaign(true);
-                }
+                    && self.installing_snapshot.is_none() =>
+            {
+                self.campaign(true);
             }
             MessageBody::ReadIndexRequest { batch, .. } => {
                 let result = Err(self.not_leader());
