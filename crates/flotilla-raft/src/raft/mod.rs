@@ -16,7 +16,7 @@ mod election;
 mod read;
 mod replication;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -92,6 +92,10 @@ pub struct Raft<S: LogStore> {
     term_start_index: LogIndex,
     leader_started: bool,
     uncommitted_bytes: u64,
+    /// Leader: `(last index, bytes)` of each proposal counted in `uncommitted_bytes`, oldest
+    /// first; the bytes are released when the last index commits. Lets a commit release
+    /// bytes without reading (cloning) the committed entries back from the log.
+    uncommitted_batches: VecDeque<(LogIndex, u64)>,
     /// Leader: new entries or a new commit index must be sent at the next `ready`.
     append_pending: bool,
     commit_sent: LogIndex,
@@ -213,6 +217,7 @@ impl<S: LogStore> Raft<S> {
             term_start_index: LogIndex::ZERO,
             leader_started: false,
             uncommitted_bytes: 0,
+            uncommitted_batches: VecDeque::new(),
             append_pending: false,
             commit_sent: LogIndex::ZERO,
             change: None,
@@ -430,7 +435,7 @@ impl<S: LogStore> Raft<S> {
             term: self.term,
             payload: EntryPayload::Normal(data),
         };
-        self.uncommitted_bytes += entry.size_bytes();
+        self.count_uncommitted(index, entry.size_bytes());
         self.log.append_one(entry);
         self.append_pending = true;
         Ok((index, self.term))
@@ -446,6 +451,7 @@ impl<S: LogStore> Raft<S> {
         self.check_can_propose(expected_term, 0)?;
         let first = self.log.last_index().next();
         let mut index = first.prev();
+        let mut bytes = 0;
         for data in batch {
             index = index.next();
             let entry = Entry {
@@ -453,14 +459,22 @@ impl<S: LogStore> Raft<S> {
                 term: self.term,
                 payload: EntryPayload::Normal(data),
             };
-            self.uncommitted_bytes += entry.size_bytes();
+            bytes += entry.size_bytes();
             self.log.append_one(entry);
         }
         if index < first {
             return Err(RaftError::InvalidArgument("empty proposal batch".into()));
         }
+        self.count_uncommitted(index, bytes);
         self.append_pending = true;
         Ok((first, index, self.term))
+    }
+
+    /// Counts `bytes` of entries proposed up to `last` as uncommitted until `last` commits
+    /// (a batch is released whole, so a partly committed batch briefly counts in full).
+    fn count_uncommitted(&mut self, last: LogIndex, bytes: u64) {
+        self.uncommitted_bytes += bytes;
+        self.uncommitted_batches.push_back((last, bytes));
     }
 
     fn check_can_propose(&self, expected: Option<Term>, bytes: u64) -> Result<(), RaftError> {
@@ -603,8 +617,8 @@ impl<S: LogStore> Raft<S> {
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
             || self.log.has_unpersisted()
-            || self.append_pending
-            || self.reads.has_unsent()
+            || (self.append_pending && self.role == Role::Leader)
+            || self.reads_flushable()
             || self.log.applicable_index() > self.log.applying
             || self.hard_state() != self.handed_out_hard_state
     }
@@ -627,6 +641,12 @@ impl<S: LogStore> Raft<S> {
         self.ready.entries = self.log.take_unpersisted();
         self.collect_committed_entries();
         std::mem::take(&mut self.ready)
+    }
+
+    /// Queued reads can go out now: a leader sends its round only once it has committed
+    /// an entry of its term; a follower forwards (or fails) them at once.
+    fn reads_flushable(&self) -> bool {
+        self.reads.has_unsent() && (self.role != Role::Leader || self.leader_started)
     }
 
     fn hard_state(&self) -> HardState {
@@ -743,6 +763,7 @@ impl<S: LogStore> Raft<S> {
         self.progress.clear();
         self.leader_started = false;
         self.uncommitted_bytes = 0;
+        self.uncommitted_batches.clear();
         self.ready
             .events
             .push(Event::LeaderStop { term: self.term });

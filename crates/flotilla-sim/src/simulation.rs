@@ -1,0 +1,1298 @@
+//! One seeded simulation run: a cluster of cores, a simulated disk and network, a nemesis
+//! injecting faults, a client workload, and safety checks after every step.
+//!
+//! Owns: the event loop and the order of everything, which depends only on the seed, so a
+//! failing seed replays exactly. Must never: read a clock, use unseeded randomness, or
+//! iterate a hash map (its order is not deterministic).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use flotilla_raft::{
+    Config, Configuration, Entry, EntryPayload, Event, LogIndex, MemStorage, Message,
+    PeerId, Priority, Raft, ReadMode, Rng, Role, SnapshotMeta, Term,
+};
+
+use crate::chain::{chain_hash, Chain};
+use crate::kv::{Command, CommandKind};
+use crate::linearizability::{Checker, OpKind, OpOutcome, Operation, Verdict};
+use crate::network::{shuffle, Network, NetworkConfig, PartitionKind};
+use crate::node::{PendingWrite, Request, SimNode, SimSnapshot};
+
+/// Simulated time units per core tick (think milliseconds: a 100 ms tick).
+pub const TICK: u64 = 100;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed: everything else follows from it.
+    pub seed: u64,
+    /// Cluster size (3, 5 or 7 in the standard runs).
+    pub nodes: usize,
+    /// Length of the fault phase, in time units.
+    pub fault_time: u64,
+    /// After every fault heals, a leader must commit within this many ticks.
+    pub liveness_bound_ticks: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Registers the clients use.
+    pub keys: u64,
+    /// Budget of the linearizability search, per key.
+    pub checker_states_max: u64,
+    /// Planted protocol mistakes (planted-bug test only).
+    #[cfg(feature = "planted-bugs")]
+    pub bugs: flotilla_raft::PlantedBugs,
+}
+
+impl SimConfig {
+    /// The standard run for `seed` on `nodes` nodes.
+    #[must_use]
+    pub fn new(seed: u64, nodes: usize) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            fault_time: 40_000,
+            liveness_bound_ticks: 300,
+            clients: 5,
+            keys: 4,
+            checker_states_max: 2_000_000,
+            #[cfg(feature = "planted-bugs")]
+            bugs: flotilla_raft::PlantedBugs::default(),
+        }
+    }
+}
+
+/// A broken invariant, with what is needed to replay it.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// The numbers that disagree.
+    pub detail: String,
+    /// The last events before it.
+    pub trace: Vec<String>,
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Events processed.
+    pub steps: u64,
+    /// Client operations recorded.
+    pub operations: usize,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+    /// The linearizability search ran out of budget.
+    pub unknown: bool,
+    /// Ticks from the final heal to the first commit by a leader.
+    pub recovery_ticks: Option<u64>,
+}
+
+#[derive(Debug)]
+enum EventKind {
+    Tick(usize),
+    Deliver(Message),
+    PersistDone { node: usize, incarnation: u64 },
+    ClientWake(usize),
+    Nemesis,
+    Restart(usize),
+    Resume(usize),
+    HealNetwork,
+    HealAll,
+}
+
+struct Scheduled {
+    time: u64,
+    seq: u64,
+    kind: EventKind,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ClientOp {
+    op_id: u64,
+    key: u64,
+    kind: OpKind,
+    invoke: u64,
+    deadline: u64,
+}
+
+struct Client {
+    op: Option<ClientOp>,
+    last_seen: BTreeMap<u64, Option<u64>>,
+    preferred: usize,
+}
+
+/// Key the liveness probe writes; clients never use it.
+const PROBE_KEY: u64 = u64::MAX;
+const TRACE_LEN: usize = 40;
+
+/// A running simulation.
+pub struct Simulation {
+    config: SimConfig,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    steps: u64,
+    queue: BinaryHeap<Scheduled>,
+    nodes: Vec<SimNode>,
+    index_of: BTreeMap<PeerId, usize>,
+    network: Network,
+    net: NetworkConfig,
+    persist_latency_max: u64,
+    raft_config: Config,
+    clients: Vec<Client>,
+    next_op: u64,
+    history: Vec<Operation>,
+    // ----- checker state
+    /// Chain hash of every (index, term) ever emitted by any core.
+    entry_hashes: BTreeMap<(LogIndex, Term), u64>,
+    /// Chain hashes of the committed log (`None` where only a snapshot was seen).
+    canon: Vec<Option<u64>>,
+    leaders: BTreeMap<Term, usize>,
+    violation: Option<Violation>,
+    trace: VecDeque<String>,
+    // ----- phases
+    faults_active: bool,
+    healed_at: Option<u64>,
+    probe: Option<(usize, LogIndex, Term)>,
+    recovered_at: Option<u64>,
+    end_at: Option<u64>,
+}
+
+impl Simulation {
+    /// Builds the cluster for `config`; nothing runs until [`Simulation::run`].
+    #[must_use]
+    pub fn new(config: SimConfig) -> Simulation {
+        assert!(config.nodes >= 1, "a cluster needs at least one node");
+        let mut rng = Rng::new(config.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5eed);
+        let net = NetworkConfig {
+            delay_min: 1,
+            delay_max: 5 + rng.below(40),
+            slow_percent: rng.below(10),
+            loss_percent: rng.below(6),
+            duplicate_percent: rng.below(6),
+        };
+        let raft_config = random_raft_config(&mut rng);
+        let ids: Vec<PeerId> = (1..=config.nodes)
+            .map(|i| PeerId::new(&format!("n{i}")))
+            .collect();
+        let mut configuration = Configuration::new(ids.iter().cloned());
+        if rng.below(4) == 0 {
+            for id in &ids {
+                let priority = Priority(1 + rng.below(30) as i32);
+                configuration.priorities.insert(id.clone(), priority);
+            }
+        }
+        let meta = SnapshotMeta {
+            index: LogIndex::ZERO,
+            term: Term::ZERO,
+            configuration,
+        };
+        let nodes: Vec<SimNode> = ids
+            .iter()
+            .map(|id| SimNode::new(id.clone(), MemStorage::new(meta.clone())))
+            .collect();
+        let index_of = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
+        let clients = (0..config.clients)
+            .map(|c| Client {
+                op: None,
+                last_seen: BTreeMap::new(),
+                preferred: c % config.nodes,
+            })
+            .collect();
+        let persist_latency_max = 1 + rng.below(30);
+        Simulation {
+            rng,
+            now: 0,
+            seq: 0,
+            steps: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            index_of,
+            network: Network::default(),
+            net,
+            persist_latency_max,
+            raft_config,
+            clients,
+            next_op: 1,
+            history: Vec::new(),
+            entry_hashes: BTreeMap::new(),
+            canon: Vec::new(),
+            leaders: BTreeMap::new(),
+            violation: None,
+            trace: VecDeque::new(),
+            faults_active: true,
+            healed_at: None,
+            probe: None,
+            recovered_at: None,
+            end_at: None,
+            config,
+        }
+    }
+
+    /// Runs the seed to the end (or to the first violation) and checks the history.
+    pub fn run(mut self) -> SeedReport {
+        for node in 0..self.nodes.len() {
+            self.start_node(node);
+            let phase = self.rng.below(TICK);
+            self.schedule(phase, EventKind::Tick(node));
+        }
+        for client in 0..self.clients.len() {
+            let delay = self.rng.below(2_000);
+            self.schedule(delay, EventKind::ClientWake(client));
+        }
+        let first_fault = 1_000 + self.rng.below(3_000);
+        self.schedule(first_fault, EventKind::Nemesis);
+        let fault_time = self.config.fault_time;
+        self.schedule(fault_time, EventKind::HealAll);
+        while let Some(event) = self.queue.pop() {
+            self.now = event.time;
+            self.steps += 1;
+            self.handle(event.kind);
+            if self.violation.is_some() {
+                break;
+            }
+            if self.end_at.is_some_and(|end| self.now >= end) {
+                break;
+            }
+            if let Some(healed) = self.healed_at {
+                let bound = self.config.liveness_bound_ticks * TICK;
+                if self.recovered_at.is_none() && self.now > healed + bound {
+                    let detail = format!(
+                        "no leader committed an entry within {} ticks after every fault healed",
+                        self.config.liveness_bound_ticks
+                    );
+                    self.violate("liveness after heal", detail);
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn finish(mut self) -> SeedReport {
+        // Operations still open at the end have unknown outcomes.
+        for client in 0..self.clients.len() {
+            if let Some(op) = self.clients[client].op.take() {
+                self.record(client, &op, OpOutcome::Indeterminate);
+            }
+        }
+        let mut unknown = false;
+        if self.violation.is_none() {
+            let checker = Checker::new(self.config.checker_states_max);
+            match checker.check(&self.history) {
+                Verdict::Linearizable => {}
+                Verdict::Violation { key, explanation } => {
+                    self.violation = Some(Violation {
+                        invariant: "linearizability",
+                        detail: format!("key {key}: {explanation}"),
+                        trace: self.trace.iter().cloned().collect(),
+                    });
+                }
+                Verdict::Unknown { .. } => unknown = true,
+            }
+        }
+        let recovery_ticks = match (self.healed_at, self.recovered_at) {
+            (Some(h), Some(r)) => Some(r.saturating_sub(h) / TICK),
+            _ => None,
+        };
+        SeedReport {
+            seed: self.config.seed,
+            nodes: self.config.nodes,
+            steps: self.steps,
+            operations: self.history.len(),
+            violation: self.violation,
+            unknown,
+            recovery_ticks,
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, kind: EventKind) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            time: self.now + delay,
+            seq: self.seq,
+            kind,
+        });
+    }
+
+    fn note(&mut self, line: String) {
+        if self.trace.len() == TRACE_LEN {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(format!("t={} {line}", self.now));
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation {
+                invariant,
+                detail,
+                trace: self.trace.iter().cloned().collect(),
+            });
+        }
+    }
+
+    // ----- events ----------------------------------------------------------------------
+
+    fn handle(&mut self, kind: EventKind) {
+        match kind {
+            EventKind::Tick(node) => {
+                self.schedule(TICK, EventKind::Tick(node));
+                let n = &mut self.nodes[node];
+                if n.raft.is_none() {
+                    return;
+                }
+                if n.paused {
+                    n.missed_ticks += 1;
+                    return;
+                }
+                if let Some(raft) = n.raft.as_mut() {
+                    raft.tick();
+                }
+                self.process(node);
+                self.tick_probe(node);
+            }
+            EventKind::Deliver(message) => self.deliver(message),
+            EventKind::PersistDone { node, incarnation } => {
+                let n = &self.nodes[node];
+                if n.incarnation == incarnation && !n.paused {
+                    self.complete_writes(node);
+                }
+            }
+            EventKind::ClientWake(client) => self.client_wake(client),
+            EventKind::Nemesis => {
+                if self.faults_active {
+                    self.nemesis();
+                    let next = 500 + self.rng.below(3_000);
+                    self.schedule(next, EventKind::Nemesis);
+                }
+            }
+            EventKind::Restart(node) => {
+                if self.nodes[node].raft.is_none() {
+                    self.note(format!("restart {}", self.nodes[node].id));
+                    self.start_node(node);
+                }
+            }
+            EventKind::Resume(node) => self.resume(node),
+            EventKind::HealNetwork => {
+                if self.faults_active {
+                    self.network.heal();
+                    self.note("heal network".into());
+                }
+            }
+            EventKind::HealAll => self.heal_all(),
+        }
+    }
+
+    fn heal_all(&mut self) {
+        self.faults_active = false;
+        self.network.heal();
+        self.net.loss_percent = 0;
+        self.net.duplicate_percent = 0;
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].raft.is_none() {
+                self.start_node(node);
+            } else if self.nodes[node].paused {
+                self.resume(node);
+            }
+        }
+        self.healed_at = Some(self.now);
+        self.note("heal everything; liveness phase".into());
+    }
+
+    fn start_node(&mut self, node: usize) {
+        let mut config = self.raft_config.clone();
+        config.id = self.nodes[node].id.clone();
+        config.random_seed = self.config.seed ^ (node as u64).wrapping_mul(0x9e37_79b9);
+        let n = &mut self.nodes[node];
+        n.load_durable_state();
+        let applied = n.applied_index;
+        let raft = Raft::new(config, n.storage.clone(), n.hard_state.clone(), applied);
+        let raft = match raft {
+            Ok(raft) => raft,
+            Err(e) => {
+                let detail = format!("node {} cannot restart from its durable state: {e}", n.id);
+                self.violate("restart", detail);
+                return;
+            }
+        };
+        #[cfg(feature = "planted-bugs")]
+        let raft = {
+            let mut raft = raft;
+            raft.set_planted_bugs(self.config.bugs);
+            raft
+        };
+        let n = &mut self.nodes[node];
+        n.raft = Some(raft);
+        n.observed_commit = n.raft.as_ref().map_or(LogIndex::ZERO, Raft::committed);
+        self.process(node);
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let (Some(&from), Some(&to)) = (
+                self.index_of.get(&message.from),
+                self.index_of.get(&message.to),
+            ) else {
+                continue;
+            };
+            if self.network.is_blocked(from, to) || self.rng.below(100) < self.net.loss_percent {
+                continue;
+            }
+            let mut delay =
+                self.net.delay_min + self.rng.below(self.net.delay_max - self.net.delay_min + 1);
+            if self.rng.below(100) < self.net.slow_percent {
+                delay *= 1 + self.rng.below(20);
+            }
+            if self.rng.below(100) < self.net.duplicate_percent {
+                let extra = delay + self.rng.below(self.net.delay_max * 4 + 1);
+                self.schedule(extra, EventKind::Deliver(message.clone()));
+            }
+            self.schedule(delay, EventKind::Deliver(message));
+        }
+    }
+
+    fn deliver(&mut self, message: Message) {
+        let Some(&to) = self.index_of.get(&message.to) else {
+            return;
+        };
+        let n = &mut self.nodes[to];
+        if n.raft.is_none() {
+            return;
+        }
+        if n.paused {
+            n.inbox.push(message);
+            return;
+        }
+        if let Some(raft) = n.raft.as_mut() {
+            raft.step(message);
+        }
+        self.process(to);
+    }
+
+    fn resume(&mut self, node: usize) {
+        if !self.nodes[node].paused {
+            return;
+        }
+        self.note(format!("resume {}", self.nodes[node].id));
+        let n = &mut self.nodes[node];
+        n.paused = false;
+        // The process's clock moved while it was stopped: it sees the ticks first.
+        let missed = std::mem::take(&mut n.missed_ticks);
+        for _ in 0..missed {
+            if let Some(raft) = self.nodes[node].raft.as_mut() {
+                raft.tick();
+            }
+            self.process(node);
+        }
+        self.complete_writes(node);
+        let inbox = std::mem::take(&mut self.nodes[node].inbox);
+        for message in inbox {
+            if let Some(raft) = self.nodes[node].raft.as_mut() {
+                raft.step(message);
+            }
+            self.process(node);
+        }
+    }
+
+    // ----- the driver: the Ready contract ----------------------------------------------
+
+    /// Drains the node's `Ready`s: send, queue writes, check, apply, answer reads.
+    fn process(&mut self, node: usize) {
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > 10_000 {
+                let r = self.nodes[node].raft.as_mut().unwrap();
+                let ready = r.ready();
+                panic!("LOOP {}\n{:?}", r.describe(), ready);
+            }
+            let Some(raft) = self.nodes[node].raft.as_mut() else {
+                return;
+            };
+            if !raft.has_ready() {
+                return;
+            }
+            let mut ready = raft.ready();
+            self.send(std::mem::take(&mut ready.messages));
+            self.record_emitted_entries(node, &ready.entries);
+            let needs_write = ready.hard_state.is_some()
+                || !ready.entries.is_empty()
+                || ready.compact_to.is_some()
+                || !ready.messages_after_persist.is_empty()
+                || ready.snapshot.is_some();
+            if needs_write {
+                let latency = 1 + self.rng.below(self.persist_latency_max);
+                let n = &mut self.nodes[node];
+                let done_at = n
+                    .pending
+                    .back()
+                    .map_or(self.now, |w| w.done_at)
+                    .max(self.now + latency);
+                let snapshot = ready.snapshot.take().zip(ready.snapshot_source.take());
+                n.pending.push_back(PendingWrite {
+                    hard_state: ready.hard_state.take(),
+                    entries: std::mem::take(&mut ready.entries),
+                    compact: ready.compact_to,
+                    after: std::mem::take(&mut ready.messages_after_persist),
+                    snapshot,
+                    done_at,
+                });
+                let incarnation = n.incarnation;
+                self.schedule(done_at - self.now, EventKind::PersistDone { node, incarnation });
+            }
+            self.observe(node);
+            if self.violation.is_some() {
+                return;
+            }
+            self.apply(node, std::mem::take(&mut ready.committed_entries));
+            for read in std::mem::take(&mut ready.reads) {
+                self.complete_read(node, read.id, read.result.is_ok());
+            }
+            for event in std::mem::take(&mut ready.events) {
+                self.on_event(node, event);
+            }
+        }
+    }
+
+    fn complete_writes(&mut self, node: usize) {
+        while self.nodes[node]
+            .pending
+            .front()
+            .is_some_and(|w| w.done_at <= self.now)
+        {
+            let Some(write) = self.nodes[node].pending.pop_front() else {
+                break;
+            };
+            self.complete_write(node, write);
+            if self.nodes[node].raft.is_none() {
+                return;
+            }
+            self.process(node);
+        }
+    }
+
+    fn complete_write(&mut self, node: usize, write: PendingWrite) {
+        let n = &mut self.nodes[node];
+        if let Some(hs) = write.hard_state {
+            n.hard_state = hs;
+        }
+        if let Some((index, term)) = write.compact {
+            n.storage.compact(index, term);
+        }
+        if let Some(last) = write.entries.last() {
+            n.storage.append(&write.entries);
+            n.durable.append(&write.entries);
+            let (index, term) = (last.index, last.term);
+            if let Some(raft) = n.raft.as_mut() {
+                raft.on_persisted(index, term);
+            }
+        }
+        self.send(write.after);
+        if let Some((meta, source)) = write.snapshot {
+            self.install_snapshot(node, meta, &source);
+        }
+    }
+
+    fn install_snapshot(&mut self, node: usize, meta: SnapshotMeta, source: &PeerId) {
+        let data = self
+            .index_of
+            .get(source)
+            .map(|&s| &self.nodes[s])
+            .filter(|s| s.raft.is_some())
+            .and_then(|s| s.snapshot.clone())
+            .filter(|s| s.meta == meta);
+        let n = &mut self.nodes[node];
+        let Some(raft) = n.raft.as_mut() else {
+            return;
+        };
+        let Some(snapshot) = data else {
+            raft.on_snapshot_install_failed(&meta);
+            return;
+        };
+        n.storage.install_snapshot(meta.clone());
+        n.kv = snapshot.kv.clone();
+        n.applied_hash = snapshot.chain_hash;
+        n.applied_index = meta.index;
+        n.durable = Chain::new(meta.index, snapshot.chain_hash);
+        n.view = n.durable.clone();
+        n.snapshot = Some(snapshot);
+        raft.on_snapshot_installed(&meta);
+        let id = n.id.clone();
+        self.note(format!("{id} installed snapshot at {}", meta.index));
+    }
+
+    fn apply(&mut self, node: usize, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        for entry in entries {
+            self.apply_one(node, entry);
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        let n = &mut self.nodes[node];
+        n.applied_index = last;
+        if let Some(raft) = n.raft.as_mut() {
+            raft.on_applied(last);
+        }
+    }
+
+    fn apply_one(&mut self, node: usize, entry: Entry) {
+        let n = &mut self.nodes[node];
+        if entry.index != n.applied_index.next() {
+            let detail = format!(
+                "{} applied {} after {}: not in order",
+                n.id, entry.index, n.applied_index
+            );
+            self.violate("state machine safety", detail);
+            return;
+        }
+        n.applied_index = entry.index;
+        n.applied_hash = chain_hash(n.applied_hash, &entry);
+        let slot = entry.index.get() as usize - 1;
+        match self.canon.get(slot).copied().flatten() {
+            Some(h) if h != n.applied_hash => {
+                let detail = format!(
+                    "{} applied {}@{} which differs from the committed entry at that index",
+                    n.id, entry.index, entry.term
+                );
+                self.violate("state machine safety", detail);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if self.canon.len() <= slot {
+                    self.canon.resize(slot + 1, None);
+                }
+                self.canon[slot] = Some(n.applied_hash);
+            }
+        }
+        let EntryPayload::Normal(data) = &entry.payload else {
+            return;
+        };
+        let Some(command) = Command::decode(data) else {
+            return;
+        };
+        let swapped = n.kv.apply(&command);
+        let proposal = n.proposals.remove(&entry.index);
+        let Some((term, request)) = proposal else {
+            return;
+        };
+        if command.key == PROBE_KEY {
+            if term == entry.term && self.recovered_at.is_none() && self.healed_at.is_some() {
+                self.recovered_at = Some(self.now);
+                self.end_at = Some(self.now + 3_000);
+            }
+            return;
+        }
+        let outcome = if term == entry.term && command.op_id == request.op_id {
+            match command.kind {
+                CommandKind::Write(_) => OpOutcome::WriteOk,
+                CommandKind::Cas { .. } => OpOutcome::CasOk(swapped),
+            }
+        } else {
+            // Another entry took the index: ours was overwritten and can never commit.
+            OpOutcome::Failed
+        };
+        self.complete_op(request.client, request.op_id, outcome);
+    }
+
+    fn on_event(&mut self, node: usize, event: Event) {
+        match event {
+            Event::SnapshotDue => self.take_snapshot(node),
+            Event::LeaderStart { term } => {
+                let id = self.nodes[node].id.clone();
+                self.note(format!("{id} leader start term {term}"));
+            }
+            Event::MembershipChangeFinished { result } => {
+                let id = self.nodes[node].id.clone();
+                let text = match result {
+                    Ok(c) => format!("ok voters={:?} learners={:?}", c.voters, c.learners),
+                    Err(e) => format!("failed: {e}"),
+                };
+                self.note(format!("{id} membership change {text}"));
+            }
+            Event::TransferFinished { target, result } => {
+                let id = self.nodes[node].id.clone();
+                self.note(format!("{id} transfer to {target}: {result:?}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn take_snapshot(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        let Some(raft) = n.raft.as_mut() else {
+            return;
+        };
+        let Ok(meta) = raft.snapshot_meta_at(n.applied_index) else {
+            return;
+        };
+        // Saved synchronously: the snapshot is durable before the core hears of it.
+        n.storage.set_snapshot(meta.clone());
+        n.snapshot = Some(SimSnapshot {
+            meta: meta.clone(),
+            kv: n.kv.clone(),
+            chain_hash: n.applied_hash,
+        });
+        raft.on_snapshot_saved(meta);
+        self.process(node);
+    }
+
+    // ----- invariants ------------------------------------------------------------------
+
+    /// Log matching: the same (index, term) always carries the same history.
+    fn record_emitted_entries(&mut self, node: usize, entries: &[Entry]) {
+        let added = self.nodes[node].view.append(entries);
+        for (index, term, hash) in added {
+            match self.entry_hashes.get(&(index, term)) {
+                Some(existing) if *existing != hash => {
+                    let id = self.nodes[node].id.clone();
+                    let detail = format!(
+                        "{id} holds {index}@{term} with a history different from another peer's"
+                    );
+                    self.violate("log matching", detail);
+                    return;
+                }
+                Some(_) => {}
+                None => {
+                    self.entry_hashes.insert((index, term), hash);
+                }
+            }
+        }
+    }
+
+    /// Checks after every step: one leader per term, leader completeness, commit never
+    /// decreasing, applied <= committed, every commit agreeing with the committed log and
+    /// stored on a quorum of the configuration(s) in force.
+    fn observe(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        let Some(raft) = n.raft.as_ref() else {
+            return;
+        };
+        let (role, term, committed, applied) =
+            (raft.role(), raft.term(), raft.committed(), raft.applied());
+        let id = n.id.clone();
+        if applied > committed {
+            self.violate("applied <= committed", format!("{id} applied {applied} > {committed}"));
+            return;
+        }
+        if committed < n.observed_commit {
+            let detail = format!("{id} commit went from {} to {committed}", n.observed_commit);
+            self.violate("commit never decreases", detail);
+            return;
+        }
+        let became_leader = role == Role::Leader && n.observed_role != (Role::Leader, term);
+        let commit_advanced = committed > n.observed_commit;
+        let n = &mut self.nodes[node];
+        n.observed_role = (role, term);
+        n.observed_commit = committed;
+        if role == Role::Leader {
+            if let Some(other) = self.leaders.insert(term, node) {
+                if other != node {
+                    let detail = format!("{} and {id} both led term {term}", self.nodes[other].id);
+                    self.violate("one leader per term", detail);
+                    return;
+                }
+            }
+        }
+        if became_leader {
+            self.note(format!("{id} became leader of term {term}"));
+            self.check_leader_completeness(node);
+        }
+        if commit_advanced {
+            self.check_commit(node, committed);
+            if role == Role::Leader {
+                self.check_commit_quorum(node, committed);
+            }
+        }
+    }
+
+    fn check_leader_completeness(&mut self, node: usize) {
+        let n = &self.nodes[node];
+        let last_committed = LogIndex(self.canon.len() as u64);
+        let Some(Some(expected)) = self.canon.last().copied() else {
+            return;
+        };
+        if n.view.base_index() > last_committed {
+            return;
+        }
+        if n.view.hash_at(last_committed) != Some(expected) {
+            let detail = format!(
+                "{} became leader without committed entry {last_committed} (its log ends at {})",
+                n.id,
+                n.view.last_index()
+            );
+            self.violate("leader completeness", detail);
+        }
+    }
+
+    fn check_commit(&mut self, node: usize, committed: LogIndex) {
+        let n = &self.nodes[node];
+        let Some(hash) = n.view.hash_at(committed) else {
+            let detail = format!(
+                "{} committed {committed} outside its log (base {}, last {})",
+                n.id,
+                n.view.base_index(),
+                n.view.last_index()
+            );
+            self.violate("commit within log", detail);
+            return;
+        };
+        let slot = committed.get() as usize;
+        if slot == 0 {
+            return;
+        }
+        if slot <= self.canon.len() {
+            if let Some(known) = self.canon[slot - 1] {
+                if known != hash {
+                    let detail = format!(
+                        "{} committed a different entry at {committed} than was committed before",
+                        n.id
+                    );
+                    self.violate("state machine safety", detail);
+                }
+            } else {
+                self.canon[slot - 1] = Some(hash);
+            }
+            return;
+        }
+        // Extend the committed log with this node's entries, after checking it agrees with
+        // what was committed so far.
+        let last = LogIndex(self.canon.len() as u64);
+        if let Some(Some(known)) = self.canon.last().copied() {
+            if n.view.base_index() <= last && n.view.hash_at(last) != Some(known) {
+                let detail = format!(
+                    "{} committed {committed} on a log that disagrees with committed entry {last}",
+                    n.id
+                );
+                self.violate("state machine safety", detail);
+                return;
+            }
+        }
+        let mut index = last.next();
+        while index <= committed {
+            let h = n.view.hash_at(index);
+            self.canon.push(h);
+            index = index.next();
+        }
+    }
+
+    /// Nothing commits unless a quorum of every configuration in force stores it durably.
+    fn check_commit_quorum(&mut self, node: usize, committed: LogIndex) {
+        let n = &self.nodes[node];
+        let Some(raft) = n.raft.as_ref() else {
+            return;
+        };
+        let Some(hash) = n.view.hash_at(committed) else {
+            return;
+        };
+        let configuration = raft.configuration().clone();
+        let stored = |peer: &PeerId| -> bool {
+            self.index_of.get(peer).is_some_and(|&i| {
+                let d = &self.nodes[i].durable;
+                d.hash_at(committed) == Some(hash) || d.base_index() >= committed
+            })
+        };
+        let halves = std::iter::once(&configuration.voters).chain(configuration.old_voters.iter());
+        for voters in halves {
+            let count = voters.iter().filter(|p| stored(p)).count();
+            if count < voters.len() / 2 + 1 {
+                let detail = format!(
+                    "{} committed {committed} stored durably on {count} of voters {voters:?}",
+                    n.id
+                );
+                self.violate("commit needs a quorum", detail);
+                return;
+            }
+        }
+    }
+
+    // ----- liveness probe ----------------------------------------------------------------
+
+    fn tick_probe(&mut self, node: usize) {
+        if self.healed_at.is_none() || self.recovered_at.is_some() {
+            return;
+        }
+        if let Some((p, index, term)) = self.probe {
+            let pending = self.nodes[p]
+                .proposals
+                .get(&index)
+                .is_some_and(|(t, _)| *t == term);
+            let same_term = self.nodes[p].raft.as_ref().is_some_and(|r| r.term() == term);
+            if pending && same_term {
+                return;
+            }
+        }
+        let n = &mut self.nodes[node];
+        let Some(raft) = n.raft.as_mut() else {
+            return;
+        };
+        if raft.role() != Role::Leader {
+            return;
+        }
+        let command = Command {
+            op_id: 0,
+            key: PROBE_KEY,
+            kind: CommandKind::Write(0),
+        };
+        if let Ok((index, term)) = raft.propose(command.encode(), None) {
+            let request = Request {
+                client: usize::MAX,
+                op_id: 0,
+            };
+            n.proposals.insert(index, (term, request));
+            self.probe = Some((node, index, term));
+            self.process(node);
+        }
+    }
+
+    // ----- clients -----------------------------------------------------------------------
+
+    fn client_wake(&mut self, client: usize) {
+        if let Some(op) = self.clients[client].op.clone() {
+            if self.now >= op.deadline {
+                self.clients[client].op = None;
+                let outcome = match op.kind {
+                    OpKind::Read => OpOutcome::Failed,
+                    _ => OpOutcome::Indeterminate,
+                };
+                self.record(client, &op, outcome);
+            } else {
+                let wait = op.deadline - self.now;
+                self.schedule(wait, EventKind::ClientWake(client));
+                return;
+            }
+        }
+        self.start_op(client);
+    }
+
+    fn start_op(&mut self, client: usize) {
+        let op_id = self.next_op;
+        self.next_op += 1;
+        let key = self.rng.below(self.config.keys);
+        let kind = match self.rng.below(100) {
+            0..=39 => OpKind::Read,
+            40..=74 => OpKind::Write(op_id),
+            _ => {
+                let expected = self.clients[client].last_seen.get(&key).copied().flatten();
+                OpKind::Cas {
+                    expected,
+                    new: op_id,
+                }
+            }
+        };
+        let op = ClientOp {
+            op_id,
+            key,
+            kind: kind.clone(),
+            invoke: self.now,
+            deadline: self.now + 30 * TICK,
+        };
+        let node = if self.rng.below(100) < 70 {
+            self.clients[client].preferred
+        } else {
+            self.rng.below(self.nodes.len() as u64) as usize
+        };
+        let request = Request { client, op_id };
+        self.clients[client].op = Some(op.clone());
+        let SimNode {
+            raft,
+            paused,
+            proposals,
+            reads,
+            ..
+        } = &mut self.nodes[node];
+        let accepted = match raft.as_mut().filter(|_| !*paused) {
+            None => Err(()),
+            Some(raft) => match &kind {
+                OpKind::Read => {
+                    let mode = if op_id % 2 == 0 {
+                        ReadMode::ReadIndex
+                    } else {
+                        ReadMode::Lease
+                    };
+                    raft.read(op_id, mode)
+                        .map(|()| {
+                            reads.insert(op_id, request);
+                        })
+                        .map_err(|_| ())
+                }
+                OpKind::Write(v) => {
+                    let kind = CommandKind::Write(*v);
+                    propose(raft, proposals, op_id, key, kind, request)
+                }
+                OpKind::Cas { expected, new } => {
+                    let kind = CommandKind::Cas {
+                        expected: *expected,
+                        new: *new,
+                    };
+                    propose(raft, proposals, op_id, key, kind, request)
+                }
+            },
+        };
+        match accepted {
+            Ok(()) => {
+                let wait = op.deadline - self.now;
+                self.schedule(wait, EventKind::ClientWake(client));
+                self.process(node);
+            }
+            Err(()) => {
+                // Refused before anything was proposed: a definite failure. Try another
+                // node next time.
+                self.clients[client].preferred = self.rng.below(self.nodes.len() as u64) as usize;
+                self.complete_op(client, op_id, OpOutcome::Failed);
+            }
+        }
+    }
+
+    fn complete_read(&mut self, node: usize, read_id: u64, ok: bool) {
+        let Some(request) = self.nodes[node].reads.remove(&read_id) else {
+            return;
+        };
+        let outcome = if ok {
+            let Some(op) = self.clients[request.client].op.as_ref() else {
+                return;
+            };
+            if op.op_id != request.op_id {
+                return;
+            }
+            OpOutcome::ReadOk(self.nodes[node].kv.get(op.key))
+        } else {
+            OpOutcome::Failed
+        };
+        self.complete_op(request.client, request.op_id, outcome);
+    }
+
+    fn complete_op(&mut self, client: usize, op_id: u64, outcome: OpOutcome) {
+        let Some(c) = self.clients.get_mut(client) else {
+            return;
+        };
+        let Some(op) = c.op.clone().filter(|op| op.op_id == op_id) else {
+            return;
+        };
+        c.op = None;
+        match (&op.kind, &outcome) {
+            (_, OpOutcome::ReadOk(v)) => {
+                c.last_seen.insert(op.key, *v);
+            }
+            (OpKind::Write(v), OpOutcome::WriteOk) => {
+                c.last_seen.insert(op.key, Some(*v));
+            }
+            (OpKind::Cas { new, .. }, OpOutcome::CasOk(true)) => {
+                c.last_seen.insert(op.key, Some(*new));
+            }
+            (_, OpOutcome::Failed) => {
+                c.preferred = self.rng.below(self.nodes.len() as u64) as usize;
+            }
+            _ => {}
+        }
+        self.record(client, &op, outcome);
+        let think = self.rng.below(60);
+        self.schedule(think, EventKind::ClientWake(client));
+    }
+
+    fn record(&mut self, client: usize, op: &ClientOp, outcome: OpOutcome) {
+        self.history.push(Operation {
+            client: client as u64,
+            key: op.key,
+            kind: op.kind.clone(),
+            invoke: op.invoke,
+            complete: self.now,
+            outcome,
+        });
+    }
+
+    // ----- nemesis -----------------------------------------------------------------------
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_live())
+            .filter_map(|(i, n)| n.raft.as_ref().map(|r| (i, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.term())
+            .map(|(i, _)| i)
+    }
+
+    fn nemesis(&mut self) {
+        let n = self.nodes.len();
+        match self.rng.below(100) {
+            0..=24 => {
+                let kind = match self.rng.below(6) {
+                    0 => PartitionKind::Halves,
+                    1 => PartitionKind::Bridge,
+                    2 => PartitionKind::MajorityRing,
+                    3 => PartitionKind::OneWay,
+                    4 => PartitionKind::Isolate(self.leader().unwrap_or(0)),
+                    _ => PartitionKind::Isolate(self.rng.below(n as u64) as usize),
+                };
+                let text = self.network.partition(kind, n, &mut self.rng);
+                self.note(text);
+                let heal = 1_000 + self.rng.below(5_000);
+                self.schedule(heal, EventKind::HealNetwork);
+            }
+            25..=39 => {
+                let victims = 1 + self.rng.below(n.div_ceil(2) as u64) as usize;
+                let mut order: Vec<usize> = (0..n).collect();
+                shuffle(&mut order, &mut self.rng);
+                for &victim in order.iter().take(victims) {
+                    if self.nodes[victim].raft.is_some() {
+                        self.note(format!("crash {}", self.nodes[victim].id));
+                        self.nodes[victim].crash();
+                        let back = 500 + self.rng.below(5_000);
+                        self.schedule(back, EventKind::Restart(victim));
+                    }
+                }
+            }
+            40..=51 => {
+                let victim = if self.rng.below(2) == 0 {
+                    self.leader().unwrap_or(0)
+                } else {
+                    self.rng.below(n as u64) as usize
+                };
+                if self.nodes[victim].is_live() {
+                    self.note(format!("pause {}", self.nodes[victim].id));
+                    self.nodes[victim].paused = true;
+                    let back = 200 + self.rng.below(4_000);
+                    self.schedule(back, EventKind::Resume(victim));
+                }
+            }
+            52..=61 => self.nemesis_transfer(),
+            62..=79 => self.nemesis_membership(),
+            80..=89 => {
+                let node = self.rng.below(n as u64) as usize;
+                if self.nodes[node].is_live() {
+                    self.note(format!("snapshot on {}", self.nodes[node].id));
+                    self.take_snapshot(node);
+                }
+            }
+            _ => {
+                self.net.loss_percent = self.rng.below(15);
+                self.net.duplicate_percent = self.rng.below(10);
+                let text = format!(
+                    "network loss {}% duplication {}%",
+                    self.net.loss_percent, self.net.duplicate_percent
+                );
+                self.note(text);
+            }
+        }
+    }
+
+    fn nemesis_transfer(&mut self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let target = if self.rng.below(2) == 0 {
+            None
+        } else {
+            let pick = self.rng.below(self.nodes.len() as u64) as usize;
+            Some(self.nodes[pick].id.clone())
+        };
+        let Some(raft) = self.nodes[leader].raft.as_mut() else {
+            return;
+        };
+        let result = raft.transfer_leadership(target.clone());
+        let id = self.nodes[leader].id.clone();
+        self.note(format!("transfer {id} -> {target:?}: {result:?}"));
+        self.process(leader);
+    }
+
+    fn nemesis_membership(&mut self) {
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        let all: Vec<PeerId> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        let pick = self.rng.below(all.len() as u64) as usize;
+        let peer = all[pick].clone();
+        let choice = self.rng.below(5);
+        let Some(raft) = self.nodes[leader].raft.as_mut() else {
+            return;
+        };
+        let configuration = raft.configuration().clone();
+        let (what, result) = match choice {
+            0 if configuration.voters.len() > 2 && configuration.voters.contains(&peer) => {
+                ("remove", raft.remove_peer(&peer))
+            }
+            1 if !configuration.contains(&peer) => ("add", raft.add_peer(peer.clone())),
+            2 if !configuration.contains(&peer) => {
+                ("add learner", raft.add_learners(std::slice::from_ref(&peer)))
+            }
+            3 if configuration.is_learner(&peer) => ("promote", raft.promote_learner(&peer)),
+            4 => {
+                // Any set containing a majority of the current voters plus some others.
+                let mut voters: Vec<PeerId> = configuration.voters.iter().cloned().collect();
+                shuffle(&mut voters, &mut self.rng);
+                voters.truncate(configuration.voters.len() / 2 + 1);
+                for p in &all {
+                    if self.rng.below(3) == 0 && !voters.contains(p) {
+                        voters.push(p.clone());
+                    }
+                }
+                ("change", raft.change_peers(voters.into_iter().collect()))
+            }
+            _ => return,
+        };
+        let id = self.nodes[leader].id.clone();
+        self.note(format!("membership {what} {peer} on {id}: {result:?}"));
+        self.process(leader);
+    }
+}
+
+fn propose(
+    raft: &mut Raft<MemStorage>,
+    proposals: &mut BTreeMap<LogIndex, (Term, Request)>,
+    op_id: u64,
+    key: u64,
+    kind: CommandKind,
+    request: Request,
+) -> Result<(), ()> {
+    let command = Command { op_id, key, kind };
+    match raft.propose(command.encode(), None) {
+        Ok((index, term)) => {
+            proposals.insert(index, (term, request));
+            Ok(())
+        }
+        Err(_) => Err(()),
+    }
+}
+
+/// Per-seed core options: small limits in some seeds so that message splitting, windows
+/// and snapshots are exercised.
+fn random_raft_config(rng: &mut Rng) -> Config {
+    let mut config = Config::new(PeerId::new("template"));
+    config.append_entries_max = [1, 3, 64, 1024][rng.below(4) as usize];
+    config.append_bytes_max = [200, 4096, 512 * 1024][rng.below(3) as usize];
+    config.inflight_msgs_max = [1, 4, 256][rng.below(3) as usize];
+    config.snapshot_interval_ticks = [0, 30, 100][rng.below(3) as usize];
+    config.snapshot_log_margin = [0, 20][rng.below(2) as usize];
+    config.catchup_margin = [0, 10, 1000][rng.below(3) as usize];
+    config.catchup_timeout_ticks = 20;
+    config
+}
