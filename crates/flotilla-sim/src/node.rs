@@ -63,6 +63,8 @@ pub struct SimNode {
     pub missed_ticks: u64,
     /// Messages that arrived while paused.
     pub inbox: Vec<Message>,
+    /// Client requests that arrived while paused: (client, operation).
+    pub queued_requests: Vec<(usize, crate::simulation::ClientOp)>,
     /// Durable log.
     pub storage: MemStorage,
     /// Durable hard state.
@@ -102,6 +104,7 @@ impl SimNode {
             paused: false,
             missed_ticks: 0,
             inbox: Vec::new(),
+            queued_requests: Vec::new(),
             storage,
             hard_state: HardState::default(),
             snapshot: None,
@@ -130,6 +133,7 @@ impl SimNode {
         self.paused = false;
         self.missed_ticks = 0;
         self.inbox.clear();
+        self.queued_requests.clear();
         self.pending.clear();
         self.proposals.clear();
         self.reads.clear();

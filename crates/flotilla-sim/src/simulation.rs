@@ -97,7 +97,8 @@ enum EventKind {
     Tick(usize),
     Deliver(Message),
     PersistDone { node: usize, incarnation: u64 },
-    ClientWake(usize),
+    /// A client's think time ended (`None`) or an operation's deadline came (`Some(op)`).
+    ClientWake(usize, Option<u64>),
     Nemesis,
     Restart(usize),
     Resume(usize),
@@ -129,13 +130,13 @@ impl Ord for Scheduled {
     }
 }
 
+/// One client operation in flight.
 #[derive(Clone, Debug)]
-struct ClientOp {
+pub struct ClientOp {
     op_id: u64,
     key: u64,
     kind: OpKind,
     invoke: u64,
-    deadline: u64,
 }
 
 struct Client {
@@ -261,7 +262,7 @@ impl Simulation {
         }
         for client in 0..self.clients.len() {
             let delay = self.rng.below(2_000);
-            self.schedule(delay, EventKind::ClientWake(client));
+            self.schedule(delay, EventKind::ClientWake(client, None));
         }
         let first_fault = 1_000 + self.rng.below(3_000);
         self.schedule(first_fault, EventKind::Nemesis);
@@ -382,7 +383,7 @@ impl Simulation {
                     self.complete_writes(node);
                 }
             }
-            EventKind::ClientWake(client) => self.client_wake(client),
+            EventKind::ClientWake(client, deadline_of) => self.client_wake(client, deadline_of),
             EventKind::Nemesis => {
                 if self.faults_active {
                     self.nemesis();
@@ -500,13 +501,30 @@ impl Simulation {
         self.note(format!("resume {}", self.nodes[node].id));
         let n = &mut self.nodes[node];
         n.paused = false;
-        // The process's clock moved while it was stopped: it sees the ticks first.
-        let missed = std::mem::take(&mut n.missed_ticks);
+        let queued = std::mem::take(&mut n.queued_requests);
+        let (lease_reads, others): (Vec<_>, Vec<_>) = queued
+            .into_iter()
+            .partition(|(_, op)| op.kind == OpKind::Read && read_mode(op.op_id) == ReadMode::Lease);
+        // A resumed process may serve requests that waited in its socket before its timers
+        // fire: the core must stay safe for writes and ReadIndex reads regardless.
+        for (client, op) in others {
+            if self.clients[client].op.as_ref().is_some_and(|o| o.op_id == op.op_id) {
+                self.submit(node, client, &op);
+            }
+        }
+        // Lease reads are different: the runtime contract is that elapsed time is fed to
+        // the core (as ticks) before a lease is trusted, so the clock moves first.
+        let missed = std::mem::take(&mut self.nodes[node].missed_ticks);
         for _ in 0..missed {
             if let Some(raft) = self.nodes[node].raft.as_mut() {
                 raft.tick();
             }
             self.process(node);
+        }
+        for (client, op) in lease_reads {
+            if self.clients[client].op.as_ref().is_some_and(|o| o.op_id == op.op_id) {
+                self.submit(node, client, &op);
+            }
         }
         self.complete_writes(node);
         let inbox = std::mem::take(&mut self.nodes[node].inbox);
@@ -829,6 +847,7 @@ impl Simulation {
             self.check_commit(node, committed);
             if role == Role::Leader {
                 self.check_commit_quorum(node, committed);
+                self.check_commit_term(node, committed, term);
             }
         }
     }
@@ -933,6 +952,20 @@ impl Simulation {
         }
     }
 
+    /// Raft paper §5.4.2: a leader advances its commit index only to an entry of its own
+    /// term; earlier entries commit indirectly.
+    fn check_commit_term(&mut self, node: usize, committed: LogIndex, term: Term) {
+        let n = &self.nodes[node];
+        let entry_term = n.view.term_at(committed);
+        if entry_term.is_some_and(|t| t != term) {
+            let detail = format!(
+                "leader {} of term {term} committed {committed} of term {:?} by counting",
+                n.id, entry_term
+            );
+            self.violate("leader commits only its own term", detail);
+        }
+    }
+
     // ----- liveness probe ----------------------------------------------------------------
 
     fn tick_probe(&mut self, node: usize) {
@@ -974,22 +1007,21 @@ impl Simulation {
 
     // ----- clients -----------------------------------------------------------------------
 
-    fn client_wake(&mut self, client: usize) {
-        if let Some(op) = self.clients[client].op.clone() {
-            if self.now >= op.deadline {
+    fn client_wake(&mut self, client: usize, deadline_of: Option<u64>) {
+        match (self.clients[client].op.clone(), deadline_of) {
+            (None, None) => self.start_op(client),
+            (Some(op), Some(op_id)) if op.op_id == op_id => {
+                // The client gives up: a read tells nothing, a write may or may not happen.
                 self.clients[client].op = None;
                 let outcome = match op.kind {
                     OpKind::Read => OpOutcome::Failed,
                     _ => OpOutcome::Indeterminate,
                 };
                 self.record(client, &op, outcome);
-            } else {
-                let wait = op.deadline - self.now;
-                self.schedule(wait, EventKind::ClientWake(client));
-                return;
+                self.start_op(client);
             }
+            _ => {} // a stale wake-up: the operation it was for already finished
         }
-        self.start_op(client);
     }
 
     fn start_op(&mut self, client: usize) {
@@ -1010,63 +1042,67 @@ impl Simulation {
         let op = ClientOp {
             op_id,
             key,
-            kind: kind.clone(),
+            kind,
             invoke: self.now,
-            deadline: self.now + 30 * TICK,
         };
         let node = if self.rng.below(100) < 70 {
             self.clients[client].preferred
         } else {
             self.rng.below(self.nodes.len() as u64) as usize
         };
-        let request = Request { client, op_id };
         self.clients[client].op = Some(op.clone());
+        self.schedule(30 * TICK, EventKind::ClientWake(client, Some(op_id)));
+        let n = &mut self.nodes[node];
+        if n.paused && n.raft.is_some() {
+            // The request waits in the stopped process's socket.
+            n.queued_requests.push((client, op));
+            return;
+        }
+        self.submit(node, client, &op);
+    }
+
+    /// Hands a client's request to a node's core.
+    fn submit(&mut self, node: usize, client: usize, op: &ClientOp) {
+        let request = Request {
+            client,
+            op_id: op.op_id,
+        };
         let SimNode {
             raft,
-            paused,
             proposals,
             reads,
             ..
         } = &mut self.nodes[node];
-        let accepted = match raft.as_mut().filter(|_| !*paused) {
+        let accepted = match raft.as_mut() {
             None => Err(()),
-            Some(raft) => match &kind {
+            Some(raft) => match &op.kind {
                 OpKind::Read => {
-                    let mode = if op_id % 2 == 0 {
-                        ReadMode::ReadIndex
-                    } else {
-                        ReadMode::Lease
-                    };
-                    raft.read(op_id, mode)
+                    raft.read(op.op_id, read_mode(op.op_id))
                         .map(|()| {
-                            reads.insert(op_id, request);
+                            reads.insert(op.op_id, request);
                         })
                         .map_err(|_| ())
                 }
                 OpKind::Write(v) => {
                     let kind = CommandKind::Write(*v);
-                    propose(raft, proposals, op_id, key, kind, request)
+                    propose(raft, proposals, op.op_id, op.key, kind, request)
                 }
                 OpKind::Cas { expected, new } => {
                     let kind = CommandKind::Cas {
                         expected: *expected,
                         new: *new,
                     };
-                    propose(raft, proposals, op_id, key, kind, request)
+                    propose(raft, proposals, op.op_id, op.key, kind, request)
                 }
             },
         };
         match accepted {
-            Ok(()) => {
-                let wait = op.deadline - self.now;
-                self.schedule(wait, EventKind::ClientWake(client));
-                self.process(node);
-            }
+            Ok(()) => self.process(node),
             Err(()) => {
                 // Refused before anything was proposed: a definite failure. Try another
                 // node next time.
                 self.clients[client].preferred = self.rng.below(self.nodes.len() as u64) as usize;
-                self.complete_op(client, op_id, OpOutcome::Failed);
+                self.complete_op(client, op.op_id, OpOutcome::Failed);
             }
         }
     }
@@ -1114,7 +1150,7 @@ impl Simulation {
         }
         self.record(client, &op, outcome);
         let think = self.rng.below(60);
-        self.schedule(think, EventKind::ClientWake(client));
+        self.schedule(think, EventKind::ClientWake(client, None));
     }
 
     fn record(&mut self, client: usize, op: &ClientOp, outcome: OpOutcome) {
@@ -1262,6 +1298,15 @@ impl Simulation {
         let id = self.nodes[leader].id.clone();
         self.note(format!("membership {what} {peer} on {id}: {result:?}"));
         self.process(leader);
+    }
+}
+
+/// Half the reads use ReadIndex, half the lease.
+fn read_mode(op_id: u64) -> ReadMode {
+    if op_id % 2 == 0 {
+        ReadMode::ReadIndex
+    } else {
+        ReadMode::Lease
     }
 }
 
