@@ -380,7 +380,8 @@ impl Cluster {
         let mut out = String::new();
         for (id, node) in &self.nodes {
             let r = &node.raft;
-            let _ = writeln!(
+            let configuration = r.configuration();
+            let _ = write!(
                 out,
                 "{id}: {} term={} leader={} last={} commit={} applied={} voters={}",
                 r.role(),
@@ -389,8 +390,15 @@ impl Cluster {
                 r.last_index(),
                 r.committed(),
                 r.applied(),
-                names(&r.configuration().voters),
+                names(&configuration.voters),
             );
+            if let Some(old) = &configuration.old_voters {
+                let _ = write!(out, " old={}", names(old));
+            }
+            if !configuration.learners.is_empty() {
+                let _ = write!(out, " learners={}", names(&configuration.learners));
+            }
+            out.push('\n');
         }
         out
     }

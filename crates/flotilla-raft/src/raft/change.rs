@@ -13,6 +13,7 @@ use crate::error::RaftError;
 use crate::log::LogStore;
 use crate::membership::Configuration;
 use crate::message::MessageBody;
+use crate::progress::ProgressState;
 use crate::ready::{Event, Ready};
 use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role};
 
@@ -102,8 +103,23 @@ impl<S: LogStore> Raft<S> {
             });
             return Ok(());
         }
-        let new_voters: BTreeSet<PeerId> =
-            target.voters.difference(&current.voters).cloned().collect();
+        // A peer that already receives the log (a learner being promoted) may be caught up
+        // already: its match index would then never advance to say so in an idle group, and
+        // the change would fail after catchup_timeout_ticks. Only a match confirmed by an
+        // acknowledgement (replicate state) counts; a new peer always waits for one.
+        let last = self.log.last_index();
+        let margin = self.config.catchup_margin;
+        let caught_up = |peer: &PeerId| {
+            self.progress.get(peer).is_some_and(|pr| {
+                pr.state == ProgressState::Replicate && pr.match_index.plus(margin) >= last
+            })
+        };
+        let new_voters: BTreeSet<PeerId> = target
+            .voters
+            .difference(&current.voters)
+            .filter(|peer| !caught_up(peer))
+            .cloned()
+            .collect();
         self.change = Some(MembershipChange {
             target,
             stage: ChangeStage::CatchingUp { peers: new_voters },

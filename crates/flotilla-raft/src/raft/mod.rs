@@ -61,6 +61,9 @@ pub struct Raft<S: LogStore> {
     term: Term,
     vote: Option<PeerId>,
     leader: Option<PeerId>,
+    /// The term in which this peer started following `leader`: reported when it stops
+    /// following, after its own term may already have moved on.
+    following_term: Term,
     log: RaftLog<S>,
     configurations: ConfigurationHistory,
     /// The newest snapshot taken or installed; sent to peers behind the log's first index.
@@ -200,6 +203,7 @@ impl<S: LogStore> Raft<S> {
             term: hard_state.term,
             vote: hard_state.vote.clone(),
             leader: None,
+            following_term: Term::ZERO,
             log,
             configurations,
             previous_snapshot_index: snapshot.index,
@@ -701,12 +705,13 @@ impl<S: LogStore> Raft<S> {
             if old != self.id {
                 self.ready.events.push(Event::StopFollowing {
                     leader: old,
-                    term: self.term,
+                    term: self.following_term,
                 });
             }
         }
         if let Some(new) = &leader {
             if *new != self.id {
+                self.following_term = self.term;
                 self.ready.events.push(Event::StartFollowing {
                     leader: new.clone(),
                     term: self.term,
@@ -721,12 +726,13 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<PeerId>) {
+        // Before the term moves on: `LeaderStop` reports the term this peer led.
+        if self.role == Role::Leader {
+            self.stop_leading();
+        }
         if term > self.term {
             self.term = term;
             self.vote = None;
-        }
-        if self.role == Role::Leader {
-            self.stop_leading();
         }
         self.role = Role::Follower;
         self.votes.clear();

@@ -211,7 +211,17 @@ impl<S: LogStore> Raft<S> {
             }
             MessageBody::HeartbeatResponse { echo } => {
                 self.record_echo(&from, echo);
-                self.send_append(&from, false);
+                // A probed peer whose match is unknown gets an AppendEntries even when there
+                // is nothing new to send: a peer added to an idle group starts with
+                // `next_index = last + 1`, so without this empty probe it would never learn
+                // the log (and a voter being added would fail to catch up). etcd does the
+                // same on a heartbeat response.
+                let last = self.log.last_index();
+                let probe = self
+                    .progress
+                    .get(&from)
+                    .is_some_and(|pr| pr.state == ProgressState::Probe && pr.match_index < last);
+                self.send_append(&from, probe);
             }
             MessageBody::InstallSnapshotResponse { installed } => {
                 self.handle_snapshot_response(&from, installed);
