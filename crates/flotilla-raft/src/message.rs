@@ -43,6 +43,11 @@ pub enum AppendResult {
         rejected: LogIndex,
         /// Highest index at which the follower's log may still match (fast back-off).
         hint: LogIndex,
+        /// Term of the follower's entry at `hint`. The leader skips back past every entry
+        /// of its own log whose term is above it, so a follower holding a long suffix of an
+        /// older term is repaired in one round trip per term, not one per entry (etcd's
+        /// `RejectHint`/`LogTerm`; Raft paper §5.3, end).
+        hint_term: Term,
     },
     /// The follower cannot take entries now (installing a snapshot, queue full).
     Busy,

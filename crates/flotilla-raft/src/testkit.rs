@@ -443,7 +443,7 @@ pub fn describe_message(m: &Message) -> String {
         }
         MessageBody::AppendEntriesResponse { result, .. } => match result {
             AppendResult::Success { last_index } => format!(" ok last={last_index}"),
-            AppendResult::Reject { rejected, hint } => {
+            AppendResult::Reject { rejected, hint, .. } => {
                 format!(" reject rejected={rejected} hint={hint}")
             }
             AppendResult::Busy => " busy".to_string(),

@@ -139,7 +139,13 @@ impl<S: LogStore> Raft<S> {
         let Some(pr) = self.progress.get(peer) else {
             return false;
         };
-        if !pr.can_send() || (pr.next_index > last && !even_if_empty) {
+        // A peer in probe whose match is not yet known (a new peer catching up, a peer
+        // back from a snapshot timeout) gets an empty probe even when there is nothing
+        // new: without it an idle leader never learns where the peer's log ends, and a
+        // catching-up peer never catches up (SOFAJRaft's replicator starts with a probe).
+        let match_unknown =
+            pr.state == ProgressState::Probe && pr.match_index.next() < pr.next_index;
+        if !pr.can_send() || (pr.next_index > last && !even_if_empty && !match_unknown) {
             return false;
         }
         let next = pr.next_index;
@@ -159,15 +165,16 @@ impl<S: LogStore> Raft<S> {
         };
         let echo = self.echo();
         let pr = self.progress.get_mut(peer).expect("checked above");
-        if let Some(last_sent) = entries.last() {
-            match pr.state {
-                ProgressState::Replicate => {
+        match pr.state {
+            ProgressState::Replicate => {
+                if let Some(last_sent) = entries.last() {
                     pr.inflights.add(last_sent.index, bytes_of(&entries));
                     pr.next_index = last_sent.index.next();
                 }
-                ProgressState::Probe => pr.paused = true,
-                ProgressState::Snapshot { .. } => unreachable!("can_send is false in snapshot"),
             }
+            // One probe at a time, empty or not, until it is answered or a heartbeat.
+            ProgressState::Probe => pr.paused = true,
+            ProgressState::Snapshot { .. } => unreachable!("can_send is false in snapshot"),
         }
         let leader_commit = self.log.committed;
         self.send(
@@ -294,7 +301,17 @@ impl<S: LogStore> Raft<S> {
                     }
                 }
             }
-            AppendResult::Reject { rejected, hint } => {
+            AppendResult::Reject {
+                rejected,
+                hint,
+                hint_term,
+            } => {
+                // Leader half of fast back-off: the follower's log matches ours at most up
+                // to the last of our entries whose term is not above `hint_term`.
+                let hint = self.last_index_with_term_at_most(hint, hint_term);
+                let Some(pr) = self.progress.get_mut(from) else {
+                    return;
+                };
                 if pr.back_off(rejected, hint) {
                     self.send_append(from, true);
                 }
@@ -486,9 +503,16 @@ impl<S: LogStore> Raft<S> {
         }
         if !self.log.matches(prev_index, prev_term) {
             let hint = self.reject_hint(prev_index, prev_term);
+            let hint_term = self.log.term(hint).unwrap_or_else(|e| {
+                panic!(
+                    "peer {} has no term at its reject hint {hint} (commit {}): {e}",
+                    self.id, self.log.committed
+                )
+            });
             let result = AppendResult::Reject {
                 rejected: prev_index,
                 hint,
+                hint_term,
             };
             self.send(from, MessageBody::AppendEntriesResponse { result, echo });
             return;
@@ -543,6 +567,20 @@ impl<S: LogStore> Raft<S> {
             }
         }
         hint
+    }
+
+    /// Leader half of fast back-off (etcd's `findConflictByTerm`): the highest index at or
+    /// below `index` whose term in this log is at most `term`. A compacted index stops the
+    /// search there; the next send then falls back to a snapshot.
+    fn last_index_with_term_at_most(&self, index: LogIndex, term: Term) -> LogIndex {
+        let mut candidate = index.min(self.log.last_index());
+        while candidate > LogIndex::ZERO {
+            match self.log.term(candidate) {
+                Ok(t) if t > term => candidate = candidate.prev(),
+                _ => break,
+            }
+        }
+        candidate
     }
 
     fn ack_append(&mut self, to: PeerId, last_index: LogIndex, echo: Echo) {

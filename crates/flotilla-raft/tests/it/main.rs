@@ -1,4 +1,6 @@
 //! Integration tests of the core, compiled into one binary to save link time.
 
-mod interaction;
+mod features;
+mod paper;
 mod smoke;
+mod util;
