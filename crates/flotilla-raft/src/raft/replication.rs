@@ -139,13 +139,7 @@ impl<S: LogStore> Raft<S> {
         let Some(pr) = self.progress.get(peer) else {
             return false;
         };
-        // A peer in probe whose match is not yet known (a new peer catching up, a peer
-        // back from a snapshot timeout) gets an empty probe even when there is nothing
-        // new: without it an idle leader never learns where the peer's log ends, and a
-        // catching-up peer never catches up (SOFAJRaft's replicator starts with a probe).
-        let match_unknown =
-            pr.state == ProgressState::Probe && pr.match_index.next() < pr.next_index;
-        if !pr.can_send() || (pr.next_index > last && !even_if_empty && !match_unknown) {
+        if !pr.can_send() || (pr.next_index > last && !even_if_empty) {
             return false;
         }
         let next = pr.next_index;
@@ -165,16 +159,15 @@ impl<S: LogStore> Raft<S> {
         };
         let echo = self.echo();
         let pr = self.progress.get_mut(peer).expect("checked above");
-        match pr.state {
-            ProgressState::Replicate => {
-                if let Some(last_sent) = entries.last() {
+        if let Some(last_sent) = entries.last() {
+            match pr.state {
+                ProgressState::Replicate => {
                     pr.inflights.add(last_sent.index, bytes_of(&entries));
                     pr.next_index = last_sent.index.next();
                 }
+                ProgressState::Probe => pr.paused = true,
+                ProgressState::Snapshot { .. } => unreachable!("can_send is false in snapshot"),
             }
-            // One probe at a time, empty or not, until it is answered or a heartbeat.
-            ProgressState::Probe => pr.paused = true,
-            ProgressState::Snapshot { .. } => unreachable!("can_send is false in snapshot"),
         }
         let leader_commit = self.log.committed;
         self.send(

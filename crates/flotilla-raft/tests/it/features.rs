@@ -228,6 +228,7 @@ fn joint_leader_steps_down_when_the_old_quorum_is_lost() {
     let target = Configuration::new(voters(&[n1, &n4, &n5]));
     c.raft(n1).change_configuration(target).unwrap();
     c.process(n1);
+    c.tick(n1); // the heartbeat round probes the new peers
     assert!(deliver_until(&mut c, |c| stage_name(c, n1) == Some("Joint")));
     c.cut_both(n1, n2);
     c.cut_both(n1, n3);
@@ -974,6 +975,7 @@ fn membership_change_goes_through_catch_up_joint_and_final() {
     c.raft(n1).add_peer(n4.clone()).unwrap();
     let mut stages = vec![stage_name(&c, n1).unwrap()];
     c.process(n1);
+    c.tick(n1); // the heartbeat round probes the new peer
     while let Some(stage) = stage_name(&c, n1) {
         if stages.last() != Some(&stage) {
             stages.push(stage);

@@ -366,6 +366,7 @@ fn joint_commit_needs_both_majorities() {
     let target = Configuration::new([n1.clone(), n4.clone(), n5.clone()]);
     c.raft(n1).change_configuration(target).unwrap();
     c.process(n1);
+    c.tick(n1); // the heartbeat round probes the new peers
     let joint = |c: &Cluster| c.node(n1).raft.configuration().is_joint();
     assert!(deliver_until(&mut c, joint));
     let joint_index = c.node(n1).raft.last_index();
