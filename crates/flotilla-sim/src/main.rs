@@ -78,7 +78,9 @@ fn main() -> ExitCode {
         }
         if report.unknown {
             unknown += 1;
-            println!("seed {seed} nodes={nodes}: linearizability check ran out of budget (unknown)");
+            println!(
+                "seed {seed} nodes={nodes}: linearizability check ran out of budget (unknown)"
+            );
         }
         if let Some(v) = &report.violation {
             violations += 1;
@@ -86,7 +88,9 @@ fn main() -> ExitCode {
                 "VIOLATION seed={seed} nodes={nodes} invariant=\"{}\": {}",
                 v.invariant, v.detail
             );
-            println!("  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}");
+            println!(
+                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}"
+            );
             for line in &v.trace {
                 println!("  | {line}");
             }
@@ -100,7 +104,10 @@ fn main() -> ExitCode {
             );
         }
     }
-    println!("seeds={} steps={steps} violations={violations} unknown={unknown}", args.seeds);
+    println!(
+        "seeds={} steps={steps} violations={violations} unknown={unknown}",
+        args.seeds
+    );
     if violations > 0 {
         ExitCode::FAILURE
     } else {

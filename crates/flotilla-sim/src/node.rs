@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use flotilla_raft::{Entry, HardState, LogIndex, MemStorage, Message, PeerId, Raft, Role, SnapshotMeta, Term};
+use flotilla_raft::{
+    Entry, HardState, LogIndex, MemStorage, Message, PeerId, Raft, Role, SnapshotMeta, Term,
+};
 
 use crate::chain::Chain;
 use crate::kv::KvState;

@@ -9,8 +9,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use flotilla_raft::{
-    Config, Configuration, Entry, EntryPayload, Event, LogIndex, MemStorage, Message,
-    PeerId, Priority, Raft, ReadMode, Rng, Role, SnapshotMeta, Term,
+    Config, Configuration, Entry, EntryPayload, Event, LogIndex, MemStorage, Message, PeerId,
+    Priority, Raft, ReadMode, Rng, Role, SnapshotMeta, Term,
 };
 
 use crate::chain::{chain_hash, Chain};
@@ -96,7 +96,10 @@ pub struct SeedReport {
 enum EventKind {
     Tick(usize),
     Deliver(Message),
-    PersistDone { node: usize, incarnation: u64 },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+    },
     /// A client's think time ended (`None`) or an operation's deadline came (`Some(op)`).
     ClientWake(usize, Option<u64>),
     Nemesis,
@@ -215,7 +218,12 @@ impl Simulation {
             .iter()
             .map(|id| SimNode::new(id.clone(), MemStorage::new(meta.clone())))
             .collect();
-        let index_of = ids.iter().cloned().enumerate().map(|(i, id)| (id, i)).collect();
+        let index_of = ids
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
         let clients = (0..config.clients)
             .map(|c| Client {
                 op: None,
@@ -347,13 +355,33 @@ impl Simulation {
     }
 
     fn violate(&mut self, invariant: &'static str, detail: String) {
-        if self.violation.is_none() {
-            self.violation = Some(Violation {
-                invariant,
-                detail,
-                trace: self.trace.iter().cloned().collect(),
-            });
+        if self.violation.is_some() {
+            return;
         }
+        let mut trace: Vec<String> = self.trace.iter().cloned().collect();
+        trace.push(format!("t={} state of every node:", self.now));
+        for n in &self.nodes {
+            match &n.raft {
+                Some(raft) => {
+                    let paused = if n.paused { " (paused)" } else { "" };
+                    for line in raft.describe().lines() {
+                        trace.push(format!("  {line}{paused}"));
+                    }
+                    let front = n.pending.front().map(|w| w.done_at);
+                    trace.push(format!(
+                        "  writes pending={} first done at {front:?}; storage last={}",
+                        n.pending.len(),
+                        flotilla_raft::LogStore::last_index(&n.storage)
+                    ));
+                }
+                None => trace.push(format!("  peer {} crashed", n.id)),
+            }
+        }
+        self.violation = Some(Violation {
+            invariant,
+            detail,
+            trace,
+        });
     }
 
     // ----- events ----------------------------------------------------------------------
@@ -508,7 +536,11 @@ impl Simulation {
         // A resumed process may serve requests that waited in its socket before its timers
         // fire: the core must stay safe for writes and ReadIndex reads regardless.
         for (client, op) in others {
-            if self.clients[client].op.as_ref().is_some_and(|o| o.op_id == op.op_id) {
+            if self.clients[client]
+                .op
+                .as_ref()
+                .is_some_and(|o| o.op_id == op.op_id)
+            {
                 self.submit(node, client, &op);
             }
         }
@@ -522,7 +554,11 @@ impl Simulation {
             self.process(node);
         }
         for (client, op) in lease_reads {
-            if self.clients[client].op.as_ref().is_some_and(|o| o.op_id == op.op_id) {
+            if self.clients[client]
+                .op
+                .as_ref()
+                .is_some_and(|o| o.op_id == op.op_id)
+            {
                 self.submit(node, client, &op);
             }
         }
@@ -543,10 +579,10 @@ impl Simulation {
         let mut rounds = 0;
         loop {
             rounds += 1;
-            if rounds > 10_000 {
-                let r = self.nodes[node].raft.as_mut().unwrap();
-                let ready = r.ready();
-                panic!("LOOP {}\n{:?}", r.describe(), ready);
+            if rounds > 100_000 {
+                let id = self.nodes[node].id.clone();
+                self.violate("ready settles", format!("{id} keeps reporting work"));
+                return;
             }
             let Some(raft) = self.nodes[node].raft.as_mut() else {
                 return;
@@ -580,7 +616,10 @@ impl Simulation {
                     done_at,
                 });
                 let incarnation = n.incarnation;
-                self.schedule(done_at - self.now, EventKind::PersistDone { node, incarnation });
+                self.schedule(
+                    done_at - self.now,
+                    EventKind::PersistDone { node, incarnation },
+                );
             }
             self.observe(node);
             if self.violation.is_some() {
@@ -817,7 +856,10 @@ impl Simulation {
             (raft.role(), raft.term(), raft.committed(), raft.applied());
         let id = n.id.clone();
         if applied > committed {
-            self.violate("applied <= committed", format!("{id} applied {applied} > {committed}"));
+            self.violate(
+                "applied <= committed",
+                format!("{id} applied {applied} > {committed}"),
+            );
             return;
         }
         if committed < n.observed_commit {
@@ -977,8 +1019,11 @@ impl Simulation {
                 .proposals
                 .get(&index)
                 .is_some_and(|(t, _)| *t == term);
-            let same_term = self.nodes[p].raft.as_ref().is_some_and(|r| r.term() == term);
-            if pending && same_term {
+            let still_leading = self.nodes[p]
+                .raft
+                .as_ref()
+                .is_some_and(|r| r.term() == term && r.role() == Role::Leader);
+            if pending && still_leading {
                 return;
             }
         }
@@ -1076,13 +1121,12 @@ impl Simulation {
         let accepted = match raft.as_mut() {
             None => Err(()),
             Some(raft) => match &op.kind {
-                OpKind::Read => {
-                    raft.read(op.op_id, read_mode(op.op_id))
-                        .map(|()| {
-                            reads.insert(op.op_id, request);
-                        })
-                        .map_err(|_| ())
-                }
+                OpKind::Read => raft
+                    .read(op.op_id, read_mode(op.op_id))
+                    .map(|()| {
+                        reads.insert(op.op_id, request);
+                    })
+                    .map_err(|_| ()),
                 OpKind::Write(v) => {
                     let kind = CommandKind::Write(*v);
                     propose(raft, proposals, op.op_id, op.key, kind, request)
@@ -1277,9 +1321,10 @@ impl Simulation {
                 ("remove", raft.remove_peer(&peer))
             }
             1 if !configuration.contains(&peer) => ("add", raft.add_peer(peer.clone())),
-            2 if !configuration.contains(&peer) => {
-                ("add learner", raft.add_learners(std::slice::from_ref(&peer)))
-            }
+            2 if !configuration.contains(&peer) => (
+                "add learner",
+                raft.add_learners(std::slice::from_ref(&peer)),
+            ),
             3 if configuration.is_learner(&peer) => ("promote", raft.promote_learner(&peer)),
             4 => {
                 // Any set containing a majority of the current voters plus some others.

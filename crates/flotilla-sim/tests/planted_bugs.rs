@@ -77,7 +77,11 @@ fn the_correct_core_passes_the_same_seeds() {
     // Control: without planted bugs, the same seeds report nothing.
     for seed in 0..40 {
         let report = run_seed(SimConfig::new(seed, nodes_for_seed(seed)));
-        assert!(report.violation.is_none(), "seed {seed}: {:?}", report.violation);
+        assert!(
+            report.violation.is_none(),
+            "seed {seed}: {:?}",
+            report.violation
+        );
         assert!(!report.unknown, "seed {seed}: checker ran out of budget");
     }
 }

@@ -165,7 +165,9 @@ impl<S: LogStore> Raft<S> {
     ) -> Result<Raft<S>, RaftError> {
         config.validate()?;
         let snapshot = store.snapshot_meta();
-        let log = RaftLog::new(store, hard_state.commit, applied);
+        // A snapshot holds only committed entries, so its index is committed even if the
+        // hard state written before it was installed says less.
+        let log = RaftLog::new(store, hard_state.commit.max(snapshot.index), applied);
         let mut configurations =
             ConfigurationHistory::new(snapshot.index, snapshot.configuration.clone());
         // Rebuild the configuration history from configuration entries in the log, as

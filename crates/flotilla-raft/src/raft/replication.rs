@@ -57,6 +57,7 @@ impl<S: LogStore> Raft<S> {
         let snapshot_timeout = self.config.snapshot_install_timeout_ticks;
         let last = self.log.last_index();
         let mut events = Vec::new();
+        let mut resend_snapshot = Vec::new();
         for (peer, pr) in &mut self.progress {
             if *peer == self.id {
                 continue;
@@ -69,6 +70,13 @@ impl<S: LogStore> Raft<S> {
                     if now >= since_tick + snapshot_timeout =>
                 {
                     pr.become_probe();
+                }
+                // The InstallSnapshot may have been lost: repeat it every election timeout.
+                // A follower already installing it ignores the repeat.
+                ProgressState::Snapshot { since_tick, .. }
+                    if now > since_tick && (now - since_tick) % timeout == 0 =>
+                {
+                    resend_snapshot.push(peer.clone());
                 }
                 // A pipelined message was lost: nothing will free the window, so go back to
                 // probing once the peer has made no progress for half an election timeout.
@@ -84,6 +92,10 @@ impl<S: LogStore> Raft<S> {
         }
         for (peer, change) in events {
             self.ready.events.push(Event::Replicator { peer, change });
+        }
+        for peer in resend_snapshot {
+            let meta = self.latest_snapshot.clone();
+            self.send(peer, MessageBody::InstallSnapshot { meta });
         }
     }
 
@@ -342,12 +354,14 @@ impl<S: LogStore> Raft<S> {
     /// Advances the commit index to what a quorum stores, if that entry is of this term
     /// (paper §5.4.2: entries of earlier terms commit only indirectly).
     pub(super) fn maybe_commit(&mut self) {
+        // Borrowed, not cloned: this runs on every acknowledgement, and cloning the
+        // configuration (four B-trees) cost more than the quorum computation itself.
         #[allow(unused_mut)]
-        let mut configuration = self.configurations.current().clone();
+        let mut configuration = std::borrow::Cow::Borrowed(self.configurations.current());
         #[cfg(feature = "planted-bugs")]
         {
             if self.bugs.ignore_old_quorum {
-                configuration.old_voters = None;
+                configuration.to_mut().old_voters = None;
             }
         }
         let quorum_index = committed_index(&configuration, |p| {
@@ -375,20 +389,20 @@ impl<S: LogStore> Raft<S> {
         if !current_term_only {
             return;
         }
-        let previous = self.log.committed;
         self.log.commit_to(quorum_index);
-        self.after_commit(previous);
+        self.after_commit();
     }
 
-    fn after_commit(&mut self, previous: LogIndex) {
+    fn after_commit(&mut self) {
         let committed = self.log.committed;
-        // Entries between `previous` and `committed` are no longer uncommitted.
-        if let Ok(entries) = self
-            .log
-            .entries(previous.next(), committed.next(), u64::MAX)
-        {
-            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        // Proposals whose last entry committed are no longer uncommitted. (This used to read
+        // the newly committed entries back from the log, cloning each, to sum their sizes.)
+        while let Some(&(last, bytes)) = self.uncommitted_batches.front() {
+            if last > committed {
+                break;
+            }
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(bytes);
+            self.uncommitted_batches.pop_front();
         }
         if !self.leader_started && committed >= self.term_start_index {
             self.leader_started = true;
