@@ -106,7 +106,7 @@ impl Network {
             PartitionKind::MajorityRing => {
                 // Node order[i] talks to the nodes within `reach` positions on the ring:
                 // itself plus its neighbours make a majority, and no two nodes share one.
-                let reach = (n / 2 + 1) / 2;
+                let reach = (n / 2).div_ceil(2);
                 for i in 0..n {
                     for j in 0..n {
                         let d = (i + n - j) % n;
