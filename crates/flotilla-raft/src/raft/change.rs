@@ -226,7 +226,7 @@ impl<S: LogStore> Raft<S> {
             term: self.term,
             payload: EntryPayload::Configuration(configuration),
         };
-        self.uncommitted_bytes += entry.size_bytes();
+        self.count_uncommitted(index, entry.size_bytes());
         self.log.append_one(entry);
         self.append_pending = true;
         self.target_priority = self.configurations.current().max_voter_priority();
