@@ -68,11 +68,15 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut steps, mut violations, mut unknown) = (0u64, 0u64, 0u64);
     let mut recovery_max = 0u64;
+    let mut totals: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let progress_every = (args.seeds / 20).max(1);
     for (done, seed) in (args.first..args.first + args.seeds).enumerate() {
         let nodes = args.nodes.unwrap_or_else(|| nodes_for_seed(seed));
         let report = run_seed(SimConfig::new(seed, nodes));
         steps += report.steps;
+        for (what, n) in &report.stats {
+            *totals.entry(what).or_insert(0) += n;
+        }
         if let Some(r) = report.recovery_ticks {
             recovery_max = recovery_max.max(r);
         }
@@ -104,6 +108,12 @@ fn main() -> ExitCode {
             );
         }
     }
+    let summary: Vec<String> = totals
+        .iter()
+        .map(|(what, n)| format!("{what}={n}"))
+        .collect();
+    println!("exercised: {}", summary.join(" "));
+    println!("slowest recovery after the final heal: {recovery_max} ticks");
     println!(
         "seeds={} steps={steps} violations={violations} unknown={unknown}",
         args.seeds

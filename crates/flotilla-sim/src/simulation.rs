@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use flotilla_raft::{
     Config, Configuration, Entry, EntryPayload, Event, LogIndex, MemStorage, Message, PeerId,
-    Priority, Raft, ReadMode, Rng, Role, SnapshotMeta, Term,
+    Priority, Raft, RaftError, ReadMode, Rng, Role, SnapshotMeta, Term,
 };
 
 use crate::chain::{chain_hash, Chain};
@@ -90,6 +90,8 @@ pub struct SeedReport {
     pub unknown: bool,
     /// Ticks from the final heal to the first commit by a leader.
     pub recovery_ticks: Option<u64>,
+    /// What happened, by kind (elections, crashes, snapshots installed, reads...).
+    pub stats: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug)]
@@ -177,6 +179,7 @@ pub struct Simulation {
     leaders: BTreeMap<Term, usize>,
     violation: Option<Violation>,
     trace: VecDeque<String>,
+    stats: BTreeMap<&'static str, u64>,
     // ----- phases
     faults_active: bool,
     healed_at: Option<u64>,
@@ -252,6 +255,7 @@ impl Simulation {
             leaders: BTreeMap::new(),
             violation: None,
             trace: VecDeque::new(),
+            stats: BTreeMap::new(),
             faults_active: true,
             healed_at: None,
             probe: None,
@@ -335,6 +339,7 @@ impl Simulation {
             violation: self.violation,
             unknown,
             recovery_ticks,
+            stats: self.stats,
         }
     }
 
@@ -345,6 +350,10 @@ impl Simulation {
             seq: self.seq,
             kind,
         });
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_insert(0) += 1;
     }
 
     fn note(&mut self, line: String) {
@@ -700,6 +709,7 @@ impl Simulation {
         raft.on_snapshot_installed(&meta);
         let id = n.id.clone();
         self.note(format!("{id} installed snapshot at {}", meta.index));
+        self.count("snapshots installed");
     }
 
     fn apply(&mut self, node: usize, entries: Vec<Entry>) {
@@ -789,13 +799,19 @@ impl Simulation {
             Event::MembershipChangeFinished { result } => {
                 let id = self.nodes[node].id.clone();
                 let text = match result {
-                    Ok(c) => format!("ok voters={:?} learners={:?}", c.voters, c.learners),
+                    Ok(c) => {
+                        self.count("membership changes");
+                        format!("ok voters={:?} learners={:?}", c.voters, c.learners)
+                    }
                     Err(e) => format!("failed: {e}"),
                 };
                 self.note(format!("{id} membership change {text}"));
             }
             Event::TransferFinished { target, result } => {
                 let id = self.nodes[node].id.clone();
+                if result.is_ok() {
+                    self.count("leadership transfers");
+                }
                 self.note(format!("{id} transfer to {target}: {result:?}"));
             }
             _ => {}
@@ -883,6 +899,7 @@ impl Simulation {
         }
         if became_leader {
             self.note(format!("{id} became leader of term {term}"));
+            self.count("elections won");
             self.check_leader_completeness(node);
         }
         if commit_advanced {
@@ -1119,14 +1136,11 @@ impl Simulation {
             ..
         } = &mut self.nodes[node];
         let accepted = match raft.as_mut() {
-            None => Err(()),
+            None => Err(RaftError::ShutDown),
             Some(raft) => match &op.kind {
-                OpKind::Read => raft
-                    .read(op.op_id, read_mode(op.op_id))
-                    .map(|()| {
-                        reads.insert(op.op_id, request);
-                    })
-                    .map_err(|_| ()),
+                OpKind::Read => raft.read(op.op_id, read_mode(op.op_id)).map(|()| {
+                    reads.insert(op.op_id, request);
+                }),
                 OpKind::Write(v) => {
                     let kind = CommandKind::Write(*v);
                     propose(raft, proposals, op.op_id, op.key, kind, request)
@@ -1142,11 +1156,17 @@ impl Simulation {
         };
         match accepted {
             Ok(()) => self.process(node),
-            Err(()) => {
-                // Refused before anything was proposed: a definite failure. Try another
-                // node next time.
-                self.clients[client].preferred = self.rng.below(self.nodes.len() as u64) as usize;
+            Err(error) => {
+                // Refused before anything was proposed: a definite failure. Follow the
+                // leader hint if there is one, else try another node next time.
+                let hinted = match &error {
+                    RaftError::NotLeader { leader: Some(l) } => self.index_of.get(l).copied(),
+                    _ => None,
+                };
                 self.complete_op(client, op.op_id, OpOutcome::Failed);
+                if let Some(leader) = hinted {
+                    self.clients[client].preferred = leader;
+                }
             }
         }
     }
@@ -1198,6 +1218,15 @@ impl Simulation {
     }
 
     fn record(&mut self, client: usize, op: &ClientOp, outcome: OpOutcome) {
+        let what = match (&op.kind, &outcome) {
+            (_, OpOutcome::Indeterminate) => "ops indeterminate",
+            (_, OpOutcome::Failed) => "ops failed",
+            (OpKind::Read, _) if read_mode(op.op_id) == ReadMode::Lease => "lease reads ok",
+            (OpKind::Read, _) => "read-index reads ok",
+            (OpKind::Write(_), _) => "writes ok",
+            (OpKind::Cas { .. }, _) => "cas ok",
+        };
+        self.count(what);
         self.history.push(Operation {
             client: client as u64,
             key: op.key,
@@ -1235,6 +1264,7 @@ impl Simulation {
                 };
                 let text = self.network.partition(kind, n, &mut self.rng);
                 self.note(text);
+                self.count("partitions");
                 let heal = 1_000 + self.rng.below(5_000);
                 self.schedule(heal, EventKind::HealNetwork);
             }
@@ -1245,6 +1275,7 @@ impl Simulation {
                 for &victim in order.iter().take(victims) {
                     if self.nodes[victim].raft.is_some() {
                         self.note(format!("crash {}", self.nodes[victim].id));
+                        self.count("crashes");
                         self.nodes[victim].crash();
                         let back = 500 + self.rng.below(5_000);
                         self.schedule(back, EventKind::Restart(victim));
@@ -1259,6 +1290,7 @@ impl Simulation {
                 };
                 if self.nodes[victim].is_live() {
                     self.note(format!("pause {}", self.nodes[victim].id));
+                    self.count("pauses");
                     self.nodes[victim].paused = true;
                     let back = 200 + self.rng.below(4_000);
                     self.schedule(back, EventKind::Resume(victim));
@@ -1362,15 +1394,11 @@ fn propose(
     key: u64,
     kind: CommandKind,
     request: Request,
-) -> Result<(), ()> {
+) -> Result<(), RaftError> {
     let command = Command { op_id, key, kind };
-    match raft.propose(command.encode(), None) {
-        Ok((index, term)) => {
-            proposals.insert(index, (term, request));
-            Ok(())
-        }
-        Err(_) => Err(()),
-    }
+    let (index, term) = raft.propose(command.encode(), None)?;
+    proposals.insert(index, (term, request));
+    Ok(())
 }
 
 /// Per-seed core options: small limits in some seeds so that message splitting, windows
