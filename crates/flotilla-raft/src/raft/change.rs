@@ -15,7 +15,7 @@ use crate::membership::Configuration;
 use crate::message::MessageBody;
 use crate::progress::ProgressState;
 use crate::ready::{Event, Ready};
-use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role};
+use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Priority, Role};
 
 /// Where a membership change stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,11 +299,13 @@ impl<S: LogStore> Raft<S> {
         self.become_follower(term, None);
     }
 
+    /// The voter (other than this leader) with the highest match index that may lead.
     fn most_up_to_date_voter(&self) -> Option<PeerId> {
         let configuration = self.configurations.current();
         self.progress
             .iter()
             .filter(|(p, _)| **p != self.id && configuration.voters.contains(*p))
+            .filter(|(p, _)| configuration.priority(p) != Priority::NEVER)
             .max_by_key(|(_, pr)| pr.match_index)
             .map(|(p, _)| p.clone())
     }
@@ -390,6 +392,11 @@ impl<S: LogStore> Raft<S> {
         if !self.configurations.current().voters.contains(&target) {
             return Err(RaftError::InvalidArgument(format!(
                 "transfer target {target} is not a voter"
+            )));
+        }
+        if self.configurations.current().priority(&target) == Priority::NEVER {
+            return Err(RaftError::InvalidArgument(format!(
+                "transfer target {target} has priority 0 and never leads"
             )));
         }
         self.transfer = Some(Transfer {

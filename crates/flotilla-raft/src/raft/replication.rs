@@ -448,10 +448,8 @@ impl<S: LogStore> Raft<S> {
             }
             MessageBody::RequestVote { .. } => self.handle_request_vote(&message),
             // Leadership transfer (thesis §3.10): elect ourselves now, skipping pre-vote.
-            MessageBody::TimeoutNow
-                if self.configurations.current().is_voter(&self.id)
-                    && self.installing_snapshot.is_none() =>
-            {
+            // `may_campaign` also keeps a priority-0 peer from ever leading.
+            MessageBody::TimeoutNow if self.may_campaign() => {
                 self.campaign(true);
             }
             MessageBody::ReadIndexRequest { batch, .. } => {

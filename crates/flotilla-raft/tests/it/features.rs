@@ -308,6 +308,40 @@ fn priority_decays_until_a_lower_peer_may_win_and_zero_never_leads() {
     );
 }
 
+/// Priority 0 means "never leader", leadership transfer included: a transfer to such a peer
+/// is refused, `any` skips it, and a stray TimeoutNow does not make it campaign.
+#[test]
+fn priority_zero_is_never_a_transfer_target() {
+    let ids = ids(3);
+    let (high, mid, never) = (&ids[0], &ids[1], &ids[2]);
+    let conf = with_priorities(&[(high, 10), (mid, 5), (never, 0)]);
+    let mut c = cluster_with(&conf, &ids, Config::new);
+    tick_until(&mut c, 400, |c| c.leader().is_some()).expect("elected");
+    let leader = c.leader().expect("a leader");
+    propose_quiet(&mut c, &leader, "x");
+    let err = c
+        .raft(&leader)
+        .transfer_leadership(Some(never.clone()))
+        .unwrap_err();
+    assert!(matches!(err, RaftError::InvalidArgument(_)), "{err:?}");
+    let chosen = c.raft(&leader).transfer_leadership(None).expect("a target");
+    assert_ne!(&chosen, never, "transfer to any picked the priority-0 peer");
+    let term_before = term(&c, never);
+    c.raft(never).step(Message {
+        from: leader.clone(),
+        to: never.clone(),
+        term: term_before,
+        body: MessageBody::TimeoutNow,
+    });
+    c.process(never);
+    assert_eq!(role(&c, never), Role::Follower);
+    assert_eq!(
+        term(&c, never),
+        term_before,
+        "priority 0 campaigned on TimeoutNow"
+    );
+}
+
 /// SOFAJRaft: a single-member group elects itself at start, without a tick.
 #[test]
 fn single_member_group_elects_itself_at_start() {
