@@ -116,14 +116,11 @@ impl<S: LogStore> Raft<S> {
             .cloned()
             .collect();
         for peer in peers {
-            let pr = self.progress.get_mut(&peer).expect("peer listed above");
-            // A paused probe (busy peer, or lost probe) is retried once per heartbeat.
-            if pr.state == ProgressState::Probe {
-                pr.paused = false;
-            }
-            let commit = committed.min(pr.match_index);
-            self.send(peer.clone(), MessageBody::Heartbeat { commit, echo });
-            self.send_append(&peer, false);
+            let commit = self
+                .progress
+                .get(&peer)
+                .map_or(LogIndex::ZERO, |pr| committed.min(pr.match_index));
+            self.send(peer, MessageBody::Heartbeat { commit, echo });
         }
     }
 
@@ -228,11 +225,17 @@ impl<S: LogStore> Raft<S> {
                 // `next_index = last + 1`, so without this empty probe it would never learn
                 // the log (and a voter being added would fail to catch up). etcd does the
                 // same on a heartbeat response.
+                // A paused probe (the peer was busy, or the probe was lost) is retried once
+                // per heartbeat answered, so an unreachable peer is not re-sent entries every
+                // heartbeat.
                 let last = self.log.last_index();
-                let probe = self
-                    .progress
-                    .get(&from)
-                    .is_some_and(|pr| pr.state == ProgressState::Probe && pr.match_index < last);
+                let mut probe = false;
+                if let Some(pr) = self.progress.get_mut(&from) {
+                    if pr.state == ProgressState::Probe {
+                        pr.paused = false;
+                        probe = pr.match_index < last;
+                    }
+                }
                 self.send_append(&from, probe);
             }
             MessageBody::InstallSnapshotResponse { installed } => {
