@@ -34,7 +34,8 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// SOFAJRaft's step-down: a leader that has not heard from a quorum (of both halves
-    /// while joint) within an election timeout steps down. Returns true if it did.
+    /// while joint) within its lease steps down (never sooner than two heartbeats, so a
+    /// tiny election timeout cannot make it flap). Returns true if it did.
     fn check_quorum_lost(&mut self) -> bool {
         let (me, now) = (self.id.clone(), self.now);
         let heard = quorum_value(self.configurations.current(), |p| {
@@ -44,7 +45,11 @@ impl<S: LogStore> Raft<S> {
                 self.progress.get(p).map_or(0, |pr| pr.last_heard_tick)
             }
         });
-        if heard + self.config.election_timeout_ticks > now {
+        let window = self
+            .config
+            .lease_ticks()
+            .max(2 * self.config.heartbeat_interval_ticks);
+        if heard + window > now {
             return false;
         }
         let term = self.term;
@@ -204,7 +209,15 @@ impl<S: LogStore> Raft<S> {
 
     pub(super) fn step_leader(&mut self, message: Message) {
         let from = message.from.clone();
-        if let Some(pr) = self.progress.get_mut(&from) {
+        // Only an answer to something this leader sent proves the peer still hears it; a
+        // (pre-)vote request from a peer that no longer hears the leader must not count.
+        let is_answer = matches!(
+            message.body,
+            MessageBody::AppendEntriesResponse { .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::InstallSnapshotResponse { .. }
+        );
+        if let Some(pr) = self.progress.get_mut(&from).filter(|_| is_answer) {
             if pr.last_heard_tick + self.config.election_timeout_ticks <= self.now {
                 self.ready.events.push(Event::Replicator {
                     peer: from.clone(),
