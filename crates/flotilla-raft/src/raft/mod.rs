@@ -106,6 +106,9 @@ pub struct Raft<S: LogStore> {
     transfer: Option<Transfer>,
     /// The configuration was reset locally (unsafe); a leader writes it as its first entry.
     configuration_forced: bool,
+    /// The driver's queues are full: answer AppendEntries with busy (SOFAJRaft's follower
+    /// answers EBUSY when its log manager cannot take more).
+    busy: bool,
 
     reads: ReadState,
 
@@ -229,6 +232,7 @@ impl<S: LogStore> Raft<S> {
             change: None,
             transfer: None,
             configuration_forced: false,
+            busy: false,
             reads: ReadState::default(),
             last_snapshot_tick: 0,
             rng,
@@ -913,6 +917,13 @@ impl<S: LogStore> Raft<S> {
         if self.may_campaign() {
             self.campaign(false);
         }
+    }
+
+    /// Tells the core whether the driver can take more entries. While busy, a follower
+    /// answers AppendEntries with busy; the leader pauses that peer until its next
+    /// heartbeat answer, then probes again.
+    pub fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
     }
 
     /// Changes the election timeout at run time (SOFAJRaft's `resetElectionTimeoutMs`).

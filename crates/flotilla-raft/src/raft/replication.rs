@@ -495,7 +495,7 @@ impl<S: LogStore> Raft<S> {
         leader_commit: LogIndex,
         echo: Echo,
     ) {
-        if self.installing_snapshot.is_some() {
+        if self.installing_snapshot.is_some() || self.busy {
             let body = MessageBody::AppendEntriesResponse {
                 result: AppendResult::Busy,
                 echo,

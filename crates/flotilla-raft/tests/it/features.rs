@@ -563,6 +563,32 @@ fn quick_snapshot_retry(id: PeerId) -> Config {
     config
 }
 
+/// A follower whose driver is full (`set_busy`) answers busy; the leader stops sending it
+/// entries, and replication resumes once the driver clears the flag.
+#[test]
+fn follower_busy_by_its_driver_is_paused_then_resumed() {
+    let (mut c, ids) = elected(3);
+    let (n1, n3) = (&ids[0], &ids[2]);
+    c.raft(n3).set_busy(true);
+    propose_quiet(&mut c, n1, "a");
+    run(&mut c);
+    assert_eq!(replicator_state(&c, n1, n3), "Probe");
+    assert!(
+        c.applied_data(n3).is_empty(),
+        "a busy follower stored entries"
+    );
+    propose_quiet(&mut c, n1, "b");
+    let msgs = run(&mut c);
+    assert_eq!(
+        sent(&msgs, n1, n3, "AppendEntries").count(),
+        0,
+        "not paused"
+    );
+    c.raft(n3).set_busy(false);
+    tick_rounds(&mut c, 2);
+    assert_eq!(c.applied_data(n3).len(), 2, "{}", c.describe_states());
+}
+
 /// A follower installing a snapshot answers Busy; the leader stops sending to it until the
 /// next heartbeat, then probes again.
 #[test]
