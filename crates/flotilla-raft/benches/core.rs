@@ -66,6 +66,7 @@ impl Group {
                 // Automatic snapshots off: the driver takes them itself.
                 let mut config = Config::new(id.clone());
                 config.snapshot_interval_ticks = 0;
+                config.start_with_vote_guard = false;
                 let raft = Raft::new(
                     config,
                     storage.clone(),

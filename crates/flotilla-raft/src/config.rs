@@ -51,6 +51,11 @@ pub struct Config {
     pub snapshot_install_timeout_ticks: u64,
     /// Seed of the core's private random generator (election jitter).
     pub random_seed: u64,
+    /// Refuse votes for one election timeout after starting. A restarted peer may have
+    /// acknowledged a leader (its lease counts on that) without the term being durable yet,
+    /// so it must not vote for another until that lease has surely ended. Only a driver
+    /// that knows the peer never ran before (a fresh, empty data directory) may turn it off.
+    pub start_with_vote_guard: bool,
 }
 
 impl Config {
@@ -77,6 +82,7 @@ impl Config {
             snapshot_log_margin: 0,
             snapshot_install_timeout_ticks: 3_000,
             random_seed: 0,
+            start_with_vote_guard: true,
         }
     }
 

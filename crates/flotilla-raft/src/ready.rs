@@ -5,6 +5,13 @@
 //! `compact_to` (one write, one fsync), then send `messages_after_persist` and call
 //! `Raft::on_persisted`; install `snapshot` if any and call `Raft::on_snapshot_installed`;
 //! apply `committed_entries` and call `Raft::on_applied`; answer `reads`; act on `events`.
+//!
+//! Writes complete in the order the `Ready`s were taken, and `messages_after_persist` of a
+//! `Ready` leave only once every write handed out up to and including that `Ready` is
+//! durable — even when that `Ready` itself has nothing to write. A driver may pipeline:
+//! take the next `Ready` before the previous write completed, as long as that order holds.
+//! Before trusting a lease read, the driver must have fed the core the ticks for the time
+//! that has elapsed (after a pause, ticks first).
 
 use crate::error::RaftError;
 use crate::membership::Configuration;

@@ -100,14 +100,27 @@ impl Cluster {
     /// Adds a peer whose bootstrap configuration is `configuration` (empty = it waits to
     /// be added by a leader).
     pub fn add_node(&mut self, id: PeerId, configuration: Configuration) {
+        self.insert_new_node(id, configuration, false);
+    }
+
+    /// Like [`Cluster::add_node`], but the peer holds back every write from its first
+    /// `Ready` on (see [`Cluster::release_persist`]).
+    pub fn add_node_holding_persist(&mut self, id: PeerId, configuration: Configuration) {
+        self.insert_new_node(id, configuration, true);
+    }
+
+    fn insert_new_node(&mut self, id: PeerId, configuration: Configuration, hold_persist: bool) {
         let meta = SnapshotMeta {
             index: LogIndex::ZERO,
             term: Term::ZERO,
             configuration,
         };
         let storage = MemStorage::new(meta);
+        let mut config = (self.make_config)(id.clone());
+        // Never ran before: it acknowledged nobody, so it may vote at once.
+        config.start_with_vote_guard = false;
         let raft = Raft::new(
-            (self.make_config)(id.clone()),
+            config,
             storage.clone(),
             HardState::default(),
             LogIndex::ZERO,
@@ -122,7 +135,7 @@ impl Cluster {
             snapshot: None,
             reads: Vec::new(),
             events: Vec::new(),
-            hold_persist: false,
+            hold_persist,
             pending_writes: Vec::new(),
         };
         self.nodes.insert(id.clone(), node);

@@ -465,6 +465,8 @@ impl Simulation {
         let mut config = self.raft_config.clone();
         config.id = self.nodes[node].id.clone();
         config.random_seed = self.config.seed ^ (node as u64).wrapping_mul(0x9e37_79b9);
+        // Only the very first start is known to have acknowledged nobody.
+        config.start_with_vote_guard = self.nodes[node].incarnation > 0;
         let n = &mut self.nodes[node];
         n.load_durable_state();
         let applied = n.applied_index;

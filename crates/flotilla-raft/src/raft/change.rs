@@ -104,20 +104,11 @@ impl<S: LogStore> Raft<S> {
             return Ok(());
         }
         // A peer that already receives the log (a learner being promoted) may be caught up
-        // already: its match index would then never advance to say so in an idle group, and
-        // the change would fail after catchup_timeout_ticks. Only a match confirmed by an
-        // acknowledgement (replicate state) counts; a new peer always waits for one.
-        let last = self.log.last_index();
-        let margin = self.config.catchup_margin;
-        let caught_up = |peer: &PeerId| {
-            self.progress.get(peer).is_some_and(|pr| {
-                pr.state == ProgressState::Replicate && pr.match_index.plus(margin) >= last
-            })
-        };
+        // already; in an idle group its match index would never move to say so.
         let new_voters: BTreeSet<PeerId> = target
             .voters
             .difference(&current.voters)
-            .filter(|peer| !caught_up(peer))
+            .filter(|peer| !self.is_caught_up(peer))
             .cloned()
             .collect();
         self.change = Some(MembershipChange {
@@ -280,11 +271,19 @@ impl<S: LogStore> Raft<S> {
                 self.ready.events.push(Event::MembershipChangeFinished {
                     result: Ok(current.clone()),
                 });
-                if !current.is_voter(&self.id) {
-                    self.hand_off_after_removal();
-                }
             }
             _ => {}
+        }
+        // A leader outside the committed configuration hands off, whether it made the change
+        // or inherited it from the leader before it.
+        let final_committed = !current.is_joint() && current_index <= committed;
+        if self.role == Role::Leader
+            && self.change.is_none()
+            && final_committed
+            && self.leader_started
+            && !current.is_voter(&self.id)
+        {
+            self.hand_off_after_removal();
         }
     }
 
@@ -308,6 +307,17 @@ impl<S: LogStore> Raft<S> {
             .filter(|(p, _)| configuration.priority(p) != Priority::NEVER)
             .max_by_key(|(_, pr)| pr.match_index)
             .map(|(p, _)| p.clone())
+    }
+
+    /// A new voter is caught up once it acknowledged entries (a match index only ever comes
+    /// from an acknowledgement, and a new peer starts at zero) within `catchup_margin` of the
+    /// leader's last index (SOFAJRaft: 1000 entries).
+    fn is_caught_up(&self, peer: &PeerId) -> bool {
+        let last = self.log.last_index();
+        self.progress.get(peer).is_some_and(|pr| {
+            pr.match_index > LogIndex::ZERO
+                && pr.match_index.plus(self.config.catchup_margin) >= last
+        })
     }
 
     /// A peer's match index advanced: it may have caught up for a change, or for a transfer.
@@ -349,11 +359,36 @@ impl<S: LogStore> Raft<S> {
         else {
             return;
         };
-        let timeout = self.config.catchup_timeout_ticks;
+        // Peers that were caught up already when nothing new was being written.
+        let done: Vec<PeerId> = peers
+            .iter()
+            .filter(|p| self.is_caught_up(p))
+            .cloned()
+            .collect();
+        if !done.is_empty() {
+            if let Some(MembershipChange {
+                stage: ChangeStage::CatchingUp { peers },
+                ..
+            }) = &mut self.change
+            {
+                for peer in &done {
+                    peers.remove(peer);
+                }
+            }
+            self.advance_change();
+            return;
+        }
+        // A peer receiving a snapshot gets the snapshot's deadline, not the catch-up one:
+        // a big state machine would otherwise never let a voter join.
+        let (catchup, snapshot) = (
+            self.config.catchup_timeout_ticks,
+            self.config.snapshot_install_timeout_ticks,
+        );
         let stuck = peers.iter().find(|p| {
-            self.progress
-                .get(*p)
-                .is_some_and(|pr| pr.last_progress_tick + timeout <= self.now)
+            self.progress.get(*p).is_some_and(|pr| match pr.state {
+                ProgressState::Snapshot { since_tick, .. } => since_tick + snapshot <= self.now,
+                _ => pr.last_progress_tick + catchup <= self.now,
+            })
         });
         if let Some(peer) = stuck.cloned() {
             if let Some(change) = self.change.take() {
@@ -417,6 +452,9 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn send_timeout_now(&mut self) {
+        // The target will campaign without waiting for the vote guard, so from now on no
+        // lease of this term can be trusted (even if the transfer later times out).
+        self.lease_disabled = true;
         if let Some(transfer) = &mut self.transfer {
             transfer.timeout_now_sent = true;
             let target = transfer.target.clone();

@@ -106,6 +106,11 @@ pub struct Raft<S: LogStore> {
     transfer: Option<Transfer>,
     /// The configuration was reset locally (unsafe); a leader writes it as its first entry.
     configuration_forced: bool,
+    /// Leader: a leadership transfer sent TimeoutNow, so another peer may be elected in a
+    /// later term without waiting for the vote guard; leases end for the rest of this term.
+    lease_disabled: bool,
+    /// Leader: won without a vote request (sole voter), so the term may not be durable yet.
+    leader_term_unsure: bool,
     /// The driver's queues are full: answer AppendEntries with busy (SOFAJRaft's follower
     /// answers EBUSY when its log manager cannot take more).
     busy: bool,
@@ -195,8 +200,8 @@ impl<S: LogStore> Raft<S> {
         let id = config.id.clone();
         let rng = Rng::new(config.random_seed ^ hash_name(id.as_str()));
         // A restarted peer may have acknowledged a leader whose lease still runs: refuse
-        // votes for one election timeout. A brand-new peer (term 0) has acknowledged nobody.
-        let vote_guard_until = if hard_state.term > Term::ZERO {
+        // votes for one election timeout (see `Config::start_with_vote_guard`).
+        let vote_guard_until = if config.start_with_vote_guard {
             config.election_timeout_ticks
         } else {
             0
@@ -233,6 +238,8 @@ impl<S: LogStore> Raft<S> {
             transfer: None,
             configuration_forced: false,
             busy: false,
+            lease_disabled: false,
+            leader_term_unsure: false,
             reads: ReadState::default(),
             last_snapshot_tick: 0,
             rng,
@@ -321,7 +328,10 @@ impl<S: LogStore> Raft<S> {
     /// True if this leader's lease is valid now (thesis §6.4.1).
     #[must_use]
     pub fn lease_valid(&self) -> bool {
-        self.role == Role::Leader && self.leader_started && self.lease_expiry() > self.now
+        self.role == Role::Leader
+            && self.leader_started
+            && !self.lease_disabled
+            && self.lease_expiry() > self.now
     }
 
     /// Peers the leader heard from within an election timeout (SOFAJRaft's alive peers).
@@ -525,6 +535,10 @@ impl<S: LogStore> Raft<S> {
         if self.log.on_persisted(index, term).is_none() {
             return;
         }
+        if self.log.durable_index() >= self.term_start_index {
+            // The first entry of the term is durable, so the hard state written before it is.
+            self.leader_term_unsure = false;
+        }
         if self.role == Role::Leader {
             let now = self.now;
             if let Some(me) = self.progress.get_mut(&self.id) {
@@ -587,13 +601,20 @@ impl<S: LogStore> Raft<S> {
 
     /// The driver finished installing the snapshot from [`Ready::snapshot`] durably (state
     /// machine loaded, log replaced by the snapshot).
+    ///
+    /// An older install that completes after a newer one was requested still counts: the
+    /// driver's state machine and log now hold it, so the core moves to it too and keeps
+    /// waiting for the newer one.
     pub fn on_snapshot_installed(&mut self, meta: &SnapshotMeta) {
         let Some((installing, source)) = self.installing_snapshot.take() else {
             return;
         };
         if installing != *meta {
-            self.installing_snapshot = Some((installing, source));
-            return;
+            let superseded = meta.index < installing.index && meta.index > self.log.applied;
+            self.installing_snapshot = Some((installing, source.clone()));
+            if !superseded {
+                return;
+            }
         }
         self.log.restore(meta.index, meta.term);
         self.configurations
@@ -601,6 +622,7 @@ impl<S: LogStore> Raft<S> {
         self.previous_snapshot_index = meta.index;
         self.latest_snapshot = meta.clone();
         self.last_snapshot_tick = self.now;
+        self.release_applied_reads();
         let to = self.leader.clone().unwrap_or(source);
         self.send(
             to,
@@ -629,7 +651,8 @@ impl<S: LogStore> Raft<S> {
             || self.log.has_unpersisted()
             || (self.append_pending && self.role == Role::Leader)
             || self.reads_flushable()
-            || self.log.applicable_index() > self.log.applying
+            || (self.log.applicable_index() > self.log.applying
+                && self.installing_snapshot.is_none())
             || self.hard_state() != self.handed_out_hard_state
     }
 
@@ -668,6 +691,11 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn collect_committed_entries(&mut self) {
+        if self.installing_snapshot.is_some() {
+            // The snapshot replaces the state machine: entries after the old applied index
+            // would be applied on top of it in the wrong order.
+            return;
+        }
         let high = self.log.applicable_index();
         if high <= self.log.applying {
             return;
@@ -790,6 +818,9 @@ impl<S: LogStore> Raft<S> {
             self.term
         );
         self.role = Role::Leader;
+        // Only our own vote: no request went out, so nothing proves the term durable yet.
+        self.leader_term_unsure = self.votes.len() <= 1;
+        self.lease_disabled = false;
         self.votes.clear();
         self.set_leader(Some(self.id.clone()));
         self.heartbeat_elapsed = 0;
@@ -877,6 +908,12 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn send(&mut self, to: PeerId, body: MessageBody) {
+        if self.role == Role::Leader && self.leader_term_unsure {
+            // Elected without asking anyone (sole voter): nothing of this term may leave
+            // before the term and vote are durable, or a crash could reuse the term.
+            self.send_after_persist(to, body);
+            return;
+        }
         self.ready.messages.push(Message {
             from: self.id.clone(),
             to,

@@ -247,6 +247,11 @@ impl<S: LogStore> Raft<S> {
                     if pr.state == ProgressState::Probe {
                         pr.paused = false;
                         probe = pr.match_index < last;
+                        if pr.match_index == last {
+                            // Known to match all of our log (after a snapshot or a busy
+                            // spell in an idle group): nothing to probe for.
+                            pr.become_replicate();
+                        }
                     }
                 }
                 self.send_append(&from, probe);

@@ -4,5 +4,6 @@ mod features;
 mod hygiene;
 mod interaction;
 mod paper;
+mod safety;
 mod smoke;
 mod util;

@@ -1,0 +1,150 @@
+//! Safety rules found by review rather than by the paper: each test fails if its rule is
+//! broken.
+
+use bytes::Bytes;
+use flotilla_raft::testkit::Cluster;
+use flotilla_raft::{
+    Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, Role, SnapshotMeta,
+};
+
+use crate::util::{elected, ids, propose_quiet, run, tick_rounds};
+
+/// Once a leadership transfer sent TimeoutNow, the target may be elected without waiting for
+/// the vote guard, so the old leader's lease is worthless: lease reads fall back to ReadIndex
+/// for the rest of its term, even if the transfer times out.
+#[test]
+fn lease_ends_when_a_transfer_sends_timeout_now() {
+    let (mut c, ids) = elected(3);
+    let (n1, n2) = (&ids[0], &ids[1]);
+    tick_rounds(&mut c, 2);
+    assert!(c.node(n1).raft.lease_valid());
+    c.cut_both(n1, n2); // TimeoutNow will be lost: the transfer times out
+    c.raft(n1)
+        .transfer_leadership(Some(n2.clone()))
+        .expect("transfer starts");
+    c.process(n1);
+    assert!(!c.node(n1).raft.lease_valid(), "lease survived TimeoutNow");
+    tick_rounds(&mut c, 12); // transfer timeout: n1 resumes
+    assert_eq!(c.node(n1).raft.role(), Role::Leader);
+    assert!(
+        !c.node(n1).raft.lease_valid(),
+        "lease came back in the same term"
+    );
+}
+
+/// A sole voter elects itself without asking anyone. Until its term is durable, nothing of
+/// that term may reach a learner: a crash could otherwise reuse the term for other entries.
+#[test]
+fn sole_voter_sends_nothing_before_its_term_is_durable() {
+    let mut c = Cluster::new(0);
+    let ids = ids(2);
+    let (n1, learner) = (&ids[0], &ids[1]);
+    let mut conf = Configuration::new([n1.clone()]);
+    conf.learners.insert(learner.clone());
+    c.add_node(learner.clone(), conf.clone());
+    // Hold n1's writes from its very first Ready on.
+    c.add_node_holding_persist(n1.clone(), conf);
+    assert_eq!(c.node(n1).raft.role(), Role::Leader);
+    propose_quiet(&mut c, n1, "x");
+    let to_learner = |m: &Message| m.to == *learner && m.body.name() == "AppendEntries";
+    assert!(
+        !c.queue.iter().any(to_learner),
+        "leader traffic left before its term was durable"
+    );
+    c.release_persist(n1);
+    let msgs = run(&mut c);
+    assert!(msgs.iter().any(to_learner), "replication never started");
+}
+
+/// A follower installing a snapshot is handed no committed entries: they would be applied
+/// on top of the snapshot, out of order.
+#[test]
+fn no_entries_are_applied_while_a_snapshot_installs() {
+    let (mut c, ids) = elected(3);
+    let (n1, n3) = (&ids[0], &ids[2]);
+    let term = c.node(n1).raft.term();
+    let last = c.node(n3).raft.last_index();
+    let send = |c: &mut Cluster, body: MessageBody| {
+        c.raft(n3).step(Message {
+            from: n1.clone(),
+            to: n3.clone(),
+            term,
+            body,
+        });
+        c.process(n3);
+    };
+    // Entries that are durable on n3 but not yet known committed there.
+    let entries: Vec<Entry> = (1..=4)
+        .map(|i| Entry {
+            index: last.plus(i),
+            term,
+            payload: EntryPayload::Normal(Bytes::from_static(b"e")),
+        })
+        .collect();
+    send(
+        &mut c,
+        MessageBody::AppendEntries {
+            prev_log_index: last,
+            prev_log_term: term,
+            entries,
+            leader_commit: last,
+            echo: Echo::default(),
+        },
+    );
+    let applied_before = c.node(n3).applied_index;
+    c.node_mut(n3).hold_persist = true; // the install below never completes
+    let meta = SnapshotMeta {
+        index: last.plus(10),
+        term,
+        configuration: c.node(n3).raft.configuration().clone(),
+    };
+    send(&mut c, MessageBody::InstallSnapshot { meta });
+    send(
+        &mut c,
+        MessageBody::Heartbeat {
+            commit: last.plus(4),
+            echo: Echo::default(),
+        },
+    );
+    assert_eq!(c.node(n3).raft.committed(), last.plus(4));
+    assert_eq!(
+        c.node(n3).applied_index,
+        applied_before,
+        "entries applied while the snapshot was installing"
+    );
+}
+
+/// A restarted peer refuses votes for an election timeout: it may have answered a leader
+/// (whose lease counts on it) without its term being durable.
+#[test]
+fn a_restarted_peer_refuses_votes_for_an_election_timeout() {
+    let (mut c, ids) = elected(3);
+    let (n2, n3) = (&ids[1], &ids[2]);
+    c.restart(n3);
+    let term = c.node(n3).raft.term();
+    c.raft(n3).step(Message {
+        from: n2.clone(),
+        to: n3.clone(),
+        term: term.next(),
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: LogIndex(100),
+            last_log_term: term.next(),
+            leadership_transfer: false,
+        },
+    });
+    c.process(n3);
+    assert_eq!(
+        c.node(n3).raft.term(),
+        term,
+        "a guarded peer learned the new term"
+    );
+    let granted = c.queue.iter().any(|m| {
+        m.from == *n3
+            && matches!(
+                m.body,
+                MessageBody::RequestVoteResponse { granted: true, .. }
+            )
+    });
+    assert!(!granted, "restarted peer voted inside its guard");
+}
