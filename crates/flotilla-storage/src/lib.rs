@@ -1,8 +1,22 @@
 //! # flotilla-storage: durable state for many raft groups per process
 //!
-//! Work in progress (issue 3). So far: the file layer ([`fs`]) every component is written
-//! against, with a simulated file system for crash and fault tests.
+//! SOFAJRaft's three storage roles — a log store, a meta store (term and vote) and a
+//! snapshot store — designed for many raft groups per process and for never losing an
+//! acknowledged write (see `DESIGN.md`, "One log for many groups" and "Durability is not
+//! optional").
+//!
+//! Work in progress (issue 3). In place: the file layer ([`fs`]) with a simulated file
+//! system for crash and fault tests, the on-disk codec ([`codec`]), the storage contracts
+//! ([`traits`]) and in-memory implementations ([`memory`]).
 
 #![deny(missing_docs)]
 
+pub mod codec;
+pub mod error;
 pub mod fs;
+pub mod memory;
+pub mod traits;
+
+pub use error::StorageError;
+pub use memory::{MemLogStorage, MemMetaStorage};
+pub use traits::{GroupId, LogStorage, MetaStorage, RaftMeta};
