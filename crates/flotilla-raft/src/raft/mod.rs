@@ -964,6 +964,10 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// Changes the election timeout at run time (SOFAJRaft's `resetElectionTimeoutMs`).
+    ///
+    /// Change it on every peer of the group. A leader's lease is derived from its own
+    /// setting and is safe only while it does not exceed the followers' vote guard: lower
+    /// it on the leader first, raise it on the leader last.
     pub fn set_election_timeout(&mut self, ticks: u64) -> Result<(), RaftError> {
         let mut config = self.config.clone();
         config.election_timeout_ticks = ticks;
