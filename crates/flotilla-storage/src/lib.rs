@@ -15,8 +15,10 @@ pub mod codec;
 pub mod error;
 pub mod fs;
 pub mod memory;
+pub mod meta;
 pub mod traits;
 
 pub use error::StorageError;
 pub use memory::{MemLogStorage, MemMetaStorage};
+pub use meta::FileMetaStorage;
 pub use traits::{GroupId, LogStorage, MetaStorage, RaftMeta};
