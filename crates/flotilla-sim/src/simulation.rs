@@ -22,6 +22,11 @@ use crate::node::{PendingWrite, Request, SimNode, SimSnapshot};
 /// Simulated time units per core tick (think milliseconds: a 100 ms tick).
 pub const TICK: u64 = 100;
 
+/// Bound on clock drift between nodes, in percent of the tick. Leases stay safe while the
+/// drift is well under the 10% margin between the lease (90% of the election timeout) and
+/// the followers' vote guard (a full election timeout).
+pub const CLOCK_DRIFT_PERCENT: u64 = 3;
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -167,6 +172,8 @@ pub struct Simulation {
     network: Network,
     net: NetworkConfig,
     persist_latency_max: u64,
+    /// Each node's tick period: clocks drift by up to `CLOCK_DRIFT_PERCENT` either way.
+    tick_periods: Vec<u64>,
     raft_config: Config,
     clients: Vec<Client>,
     next_op: u64,
@@ -235,6 +242,10 @@ impl Simulation {
             })
             .collect();
         let persist_latency_max = 1 + rng.below(30);
+        let drift = TICK * CLOCK_DRIFT_PERCENT / 100;
+        let tick_periods = (0..config.nodes)
+            .map(|_| TICK - drift + rng.below(2 * drift + 1))
+            .collect();
         Simulation {
             rng,
             now: 0,
@@ -246,6 +257,7 @@ impl Simulation {
             network: Network::default(),
             net,
             persist_latency_max,
+            tick_periods,
             raft_config,
             clients,
             next_op: 1,
@@ -398,7 +410,8 @@ impl Simulation {
     fn handle(&mut self, kind: EventKind) {
         match kind {
             EventKind::Tick(node) => {
-                self.schedule(TICK, EventKind::Tick(node));
+                let period = self.tick_periods[node];
+                self.schedule(period, EventKind::Tick(node));
                 let n = &mut self.nodes[node];
                 if n.raft.is_none() {
                     return;
