@@ -220,6 +220,10 @@ struct SimState {
     /// After a failure, or when `stop_at` is reached, every later mutation fails.
     stopped: bool,
     stop_at: Option<u64>,
+    /// Directory renames not yet made durable by a `sync_dir` of the new parent: the
+    /// durable names under `from` move to `to` only then (POSIX: a directory's entries
+    /// travel with it; the rename itself is durable after the parent's fsync).
+    pending_dir_renames: Vec<(PathBuf, PathBuf)>,
 }
 
 /// An in-memory file system with crash semantics, for fault tests.
@@ -295,6 +299,7 @@ impl SimFs {
         s.stopped = false;
         s.stop_at = None;
         s.fail_at = None;
+        s.pending_dir_renames.clear();
     }
 
     /// Overwrites bytes of a file in place, durably (corruption tests).
@@ -552,6 +557,8 @@ impl FileSystem for SimFs {
                     s.identity.insert(to.join(&rest), id);
                 }
             }
+            s.pending_dir_renames
+                .push((from.to_path_buf(), to.to_path_buf()));
             return Ok(());
         }
         Err(not_found(from))
@@ -577,8 +584,51 @@ impl FileSystem for SimFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut s = lock(&self.state);
         s.begin(FaultKind::Sync)?;
-        // Names directly in `dir` (files and subdirectories) become durable as they are now.
         let in_dir = |p: &Path| p.parent() == Some(dir);
+        // Directory renames into `dir` become durable: durable names under the old path
+        // now live under the new one.
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut s.pending_dir_renames)
+            .into_iter()
+            .partition(|(_, to)| in_dir(to));
+        s.pending_dir_renames = pending;
+        for (from, to) in done {
+            let moved: Vec<(PathBuf, u64)> = s
+                .durable_names
+                .iter()
+                .filter(|(p, _)| p.starts_with(&from))
+                .map(|(p, id)| (p.clone(), *id))
+                .collect();
+            for (p, id) in moved {
+                s.durable_names.remove(&p);
+                if let Ok(rest) = p.strip_prefix(&from) {
+                    s.durable_names.insert(to.join(rest), id);
+                }
+            }
+            let moved: Vec<PathBuf> = s
+                .durable_dirs
+                .iter()
+                .filter(|d| d.starts_with(&from) && **d != from)
+                .cloned()
+                .collect();
+            for d in moved {
+                s.durable_dirs.remove(&d);
+                if let Ok(rest) = d.strip_prefix(&from) {
+                    s.durable_dirs.insert(to.join(rest));
+                }
+            }
+        }
+        // Subdirectories of `dir` that are gone (removed) take their durable names with them.
+        let gone: Vec<PathBuf> = s
+            .durable_dirs
+            .iter()
+            .filter(|d| in_dir(d) && !s.dirs.contains(*d))
+            .cloned()
+            .collect();
+        for d in gone {
+            s.durable_names.retain(|p, _| !p.starts_with(&d));
+            s.durable_dirs.retain(|x| !x.starts_with(&d));
+        }
+        // Names directly in `dir` (files and subdirectories) become durable as they are now.
         let stale: Vec<PathBuf> = s
             .durable_names
             .keys()

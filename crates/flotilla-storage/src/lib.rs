@@ -16,9 +16,14 @@ pub mod error;
 pub mod fs;
 pub mod memory;
 pub mod meta;
+pub mod snapshot;
 pub mod traits;
 
 pub use error::StorageError;
 pub use memory::{MemLogStorage, MemMetaStorage};
 pub use meta::FileMetaStorage;
+pub use snapshot::{
+    copy_snapshot, CopyOptions, CopyReport, SnapshotReader, SnapshotSource, SnapshotStore,
+    SnapshotWriter, Throttle,
+};
 pub use traits::{GroupId, LogStorage, MetaStorage, RaftMeta};
