@@ -14,12 +14,14 @@
 pub mod codec;
 pub mod error;
 pub mod fs;
+pub mod log;
 pub mod memory;
 pub mod meta;
 pub mod snapshot;
 pub mod traits;
 
 pub use error::StorageError;
+pub use log::{GroupLog, LogOptions, RecoveryReport, SharedLog, WriteBatch};
 pub use memory::{MemLogStorage, MemMetaStorage};
 pub use meta::FileMetaStorage;
 pub use snapshot::{
