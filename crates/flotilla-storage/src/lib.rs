@@ -5,9 +5,22 @@
 //! acknowledged write (see `DESIGN.md`, "One log for many groups" and "Durability is not
 //! optional").
 //!
-//! Work in progress (issue 3). In place: the file layer ([`fs`]) with a simulated file
-//! system for crash and fault tests, the on-disk codec ([`codec`]), the storage contracts
-//! ([`traits`]) and in-memory implementations ([`memory`]).
+//! - [`SharedLog`] ([`log`]): one segmented, append-only log for every group of a process.
+//!   A [`WriteBatch`] of appends and truncations for any number of groups is one write and
+//!   one fsync (group commit). Records carry CRC32C; segments rotate and are reclaimed once
+//!   every group compacted past them; an index and a byte-capped cache serve reads. On open
+//!   a torn tail is cut (and reported), any other damage stops the open naming the file and
+//!   offset. A failed write or fsync fails the log for good. [`GroupLog`] is one group's
+//!   view: the core's `LogStore` and this crate's [`LogStorage`].
+//! - [`FileMetaStorage`] ([`meta`]): term and vote per group, replaced atomically and
+//!   fsynced before `save` returns.
+//! - [`SnapshotStore`] ([`snapshot`]): a directory per snapshot with a checksummed
+//!   manifest, committed by rename; chunked, verified, resumable, throttled copy from a
+//!   [`SnapshotSource`].
+//! - [`fs`]: the file layer, real ([`fs::StdFs`]) and simulated ([`fs::SimFs`], with crash
+//!   and failure injection) — every fault test runs on the simulated one.
+//! - [`memory`]: in-memory log and meta for tests and the simulator
+//!   ([`SnapshotStore::in_memory`] for snapshots).
 
 #![deny(missing_docs)]
 
@@ -28,4 +41,4 @@ pub use snapshot::{
     copy_snapshot, CopyOptions, CopyReport, SnapshotReader, SnapshotSource, SnapshotStore,
     SnapshotWriter, Throttle,
 };
-pub use traits::{GroupId, LogStorage, MetaStorage, RaftMeta};
+pub use traits::{GroupId, LogStorage, MetaStorage, RaftMeta, SnapshotStorage};

@@ -52,3 +52,88 @@ pub trait MetaStorage {
     /// Saves term and vote atomically. Durable on return.
     fn save(&mut self, group: GroupId, meta: &RaftMeta) -> Result<(), StorageError>;
 }
+
+/// A group's snapshot store (SOFAJRaft's `SnapshotStorage`): create a writer, open a reader
+/// (whose manifest lists every file with its size and checksum), and copy a snapshot from a
+/// remote source. Implemented by [`crate::SnapshotStore`]; its in-memory form runs the
+/// same code over [`crate::fs::SimFs`] ([`crate::SnapshotStore::in_memory`]).
+pub trait SnapshotStorage {
+    /// Metadata of the newest complete snapshot, if any.
+    fn newest(&self) -> Option<flotilla_raft::SnapshotMeta>;
+    /// Starts writing a snapshot; it becomes the newest when the writer finishes.
+    fn create_writer(
+        &self,
+        meta: flotilla_raft::SnapshotMeta,
+    ) -> Result<crate::SnapshotWriter, StorageError>;
+    /// Opens the newest snapshot for reading; it is kept on disk while the reader lives.
+    fn open_reader(&self) -> Option<crate::SnapshotReader>;
+    /// Copies the snapshot `source` offers (chunked, verified, resumable, throttled).
+    fn copy_from(
+        &self,
+        source: &dyn crate::SnapshotSource,
+        options: &crate::CopyOptions,
+    ) -> Result<(crate::SnapshotReader, crate::CopyReport), StorageError>;
+}
+
+impl SnapshotStorage for crate::SnapshotStore {
+    fn newest(&self) -> Option<flotilla_raft::SnapshotMeta> {
+        self.newest_meta()
+    }
+
+    fn create_writer(
+        &self,
+        meta: flotilla_raft::SnapshotMeta,
+    ) -> Result<crate::SnapshotWriter, StorageError> {
+        crate::SnapshotStore::create_writer(self, meta)
+    }
+
+    fn open_reader(&self) -> Option<crate::SnapshotReader> {
+        crate::SnapshotStore::open_reader(self)
+    }
+
+    fn copy_from(
+        &self,
+        source: &dyn crate::SnapshotSource,
+        options: &crate::CopyOptions,
+    ) -> Result<(crate::SnapshotReader, crate::CopyReport), StorageError> {
+        crate::copy_snapshot(source, self, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_raft::{Configuration, LogIndex, SnapshotMeta};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(1),
+            configuration: Configuration::new([PeerId::new("a")]),
+        }
+    }
+
+    /// The in-memory snapshot store behind the trait: write, read back, copy to another.
+    #[test]
+    fn in_memory_snapshot_storage_through_the_trait() {
+        let leader = crate::SnapshotStore::in_memory().unwrap();
+        let follower = crate::SnapshotStore::in_memory().unwrap();
+        let store: &dyn SnapshotStorage = &leader;
+        let mut writer = store.create_writer(meta(7)).unwrap();
+        writer.append("data", b"registers").unwrap();
+        writer.finish().unwrap();
+        assert_eq!(store.newest().map(|m| m.index), Some(LogIndex(7)));
+        let reader = store.open_reader().expect("a snapshot");
+        let file = reader
+            .manifest()
+            .file("data")
+            .expect("listed with its checksum");
+        assert_eq!(file.size, 9);
+        let target: &dyn SnapshotStorage = &follower;
+        let (copied, _) = target
+            .copy_from(&reader, &crate::CopyOptions::default())
+            .unwrap();
+        assert_eq!(copied.meta(), &meta(7));
+        assert_eq!(target.newest(), Some(meta(7)));
+    }
+}

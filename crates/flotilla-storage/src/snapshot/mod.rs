@@ -120,6 +120,12 @@ fn snapshot_dir_name(index: LogIndex) -> String {
 }
 
 impl SnapshotStore {
+    /// A store held entirely in memory (over a fresh [`crate::fs::SimFs`]), for tests and
+    /// the simulator: the same code paths, nothing survives the process.
+    pub fn in_memory() -> Result<Self, StorageError> {
+        SnapshotStore::open(Arc::new(crate::fs::SimFs::new()), "/snapshots")
+    }
+
     /// Opens (creating if needed) the store at `root`: removes writers' temporary
     /// directories, verifies the newest snapshot in full and deletes older ones. Fails,
     /// naming the file, if the newest snapshot does not verify (see the module docs).
