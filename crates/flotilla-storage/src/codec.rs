@@ -223,6 +223,76 @@ pub fn get_snapshot_meta(r: &mut Reader<'_>) -> Result<SnapshotMeta, DecodeError
     })
 }
 
+/// Bytes before a framed body: magic (4), version (1), body length (4).
+pub const FRAME_HEADER_BYTES: usize = 9;
+/// Bytes after a framed body: the CRC32C of everything before it.
+pub const FRAME_CHECKSUM_BYTES: usize = 4;
+
+/// Frames `body` as a small self-checking file: magic, version, body length, body, and a
+/// CRC32C of all of that (the meta files and snapshot manifests use it).
+#[must_use]
+pub fn frame(magic: &[u8; 4], version: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + body.len() + FRAME_CHECKSUM_BYTES);
+    out.put_slice(magic);
+    out.put_u8(version);
+    out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    out.put_slice(body);
+    let crc = checksum(&out);
+    out.put_u32_le(crc);
+    out
+}
+
+/// Checks a [`frame`]d file read from `path` — size bound, checksum, magic, version, body
+/// length — and returns its body (which starts at offset [`FRAME_HEADER_BYTES`]). Errors
+/// name `path` and the offset of what was wrong.
+pub fn unframe<'a>(
+    path: &std::path::Path,
+    bytes: &'a [u8],
+    magic: &[u8; 4],
+    version: u8,
+    bytes_max: usize,
+) -> Result<&'a [u8], crate::StorageError> {
+    let corrupt = |offset: usize, reason: String| crate::StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    if bytes.len() > bytes_max {
+        return Err(corrupt(0, format!("{} bytes is too large", bytes.len())));
+    }
+    if bytes.len() < FRAME_HEADER_BYTES + FRAME_CHECKSUM_BYTES {
+        return Err(corrupt(0, format!("{} bytes is too short", bytes.len())));
+    }
+    let crc_at = bytes.len() - FRAME_CHECKSUM_BYTES;
+    let stored = Reader::new(&bytes[crc_at..])
+        .u32()
+        .map_err(|e| corrupt(crc_at, e.0))?;
+    let computed = checksum(&bytes[..crc_at]);
+    if stored != computed {
+        return Err(corrupt(
+            crc_at,
+            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+        ));
+    }
+    let mut r = Reader::new(&bytes[..crc_at]);
+    if r.bytes(4).map_err(|e| corrupt(0, e.0))? != magic {
+        return Err(corrupt(0, "bad magic".into()));
+    }
+    let found = r.u8().map_err(|e| corrupt(4, e.0))?;
+    if found != version {
+        return Err(corrupt(4, format!("unknown version {found}")));
+    }
+    let body_len = r.u32().map_err(|e| corrupt(5, e.0))? as usize;
+    if body_len != r.remaining() {
+        return Err(corrupt(
+            5,
+            format!("body length {body_len}, {} bytes present", r.remaining()),
+        ));
+    }
+    r.bytes(body_len)
+        .map_err(|e| corrupt(FRAME_HEADER_BYTES, e.0))
+}
+
 /// CRC32C (Castagnoli) of `data`, as every record and file on disk carries.
 #[must_use]
 pub fn checksum(data: &[u8]) -> u32 {

@@ -28,15 +28,13 @@ use std::sync::Arc;
 use bytes::BufMut;
 use flotilla_raft::{PeerId, Term};
 
-use crate::codec::{checksum, put_blob, Reader};
+use crate::codec::{frame, put_blob, unframe, Reader, FRAME_HEADER_BYTES};
 use crate::error::StorageError;
 use crate::fs::FileSystem;
 use crate::traits::{GroupId, MetaStorage, RaftMeta};
 
 const MAGIC: &[u8; 4] = b"FLMT";
 const VERSION: u8 = 1;
-const HEADER_BYTES: usize = 9;
-const CHECKSUM_BYTES: usize = 4;
 /// Largest meta file accepted: a peer id is a host:port string, so anything bigger is damage.
 pub const META_FILE_BYTES_MAX: usize = 64 * 1024;
 const SUFFIX: &str = ".meta";
@@ -191,14 +189,7 @@ fn encode(group: GroupId, meta: &RaftMeta) -> Vec<u8> {
         }
         None => body.put_u8(0),
     }
-    let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CHECKSUM_BYTES);
-    out.put_slice(MAGIC);
-    out.put_u8(VERSION);
-    out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
-    out.put_slice(&body);
-    let crc = checksum(&out);
-    out.put_u32_le(crc);
-    out
+    frame(MAGIC, VERSION, &body)
 }
 
 /// Validates and decodes one meta file. Errors name `path` and the offset of the bad field.
@@ -208,38 +199,9 @@ fn decode(path: &Path, group: GroupId, bytes: &[u8]) -> Result<RaftMeta, Storage
         offset: offset as u64,
         reason,
     };
-    if bytes.len() > META_FILE_BYTES_MAX {
-        return Err(corrupt(0, format!("{} bytes is too large", bytes.len())));
-    }
-    if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
-        return Err(corrupt(0, format!("{} bytes is too short", bytes.len())));
-    }
-    let crc_at = bytes.len() - CHECKSUM_BYTES;
-    let mut tail = Reader::new(&bytes[crc_at..]);
-    let stored = tail.u32().map_err(|e| corrupt(crc_at, e.0))?;
-    let computed = checksum(&bytes[..crc_at]);
-    if stored != computed {
-        return Err(corrupt(
-            crc_at,
-            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-        ));
-    }
-    let mut r = Reader::new(&bytes[..crc_at]);
-    let magic = r.bytes(4).map_err(|e| corrupt(0, e.0))?;
-    if magic != MAGIC {
-        return Err(corrupt(0, "bad magic".into()));
-    }
-    let version = r.u8().map_err(|e| corrupt(4, e.0))?;
-    if version != VERSION {
-        return Err(corrupt(4, format!("unknown version {version}")));
-    }
-    let body_len = r.u32().map_err(|e| corrupt(5, e.0))? as usize;
-    if body_len != r.remaining() {
-        return Err(corrupt(
-            5,
-            format!("body length {body_len}, {} bytes present", r.remaining()),
-        ));
-    }
+    let body = unframe(path, bytes, MAGIC, VERSION, META_FILE_BYTES_MAX)?;
+    let crc_at = FRAME_HEADER_BYTES + body.len();
+    let mut r = Reader::new(body);
     let stored_group = r.u64().map_err(|e| corrupt(9, e.0))?;
     if stored_group != group {
         return Err(corrupt(

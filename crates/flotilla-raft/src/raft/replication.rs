@@ -111,16 +111,19 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    pub(super) fn broadcast_heartbeat(&mut self) {
-        let echo = self.echo();
-        let committed = self.log.committed;
-        let peers: Vec<PeerId> = self
-            .progress
+    /// Every peer the leader replicates to, this one excluded.
+    fn replicated_peers(&self) -> Vec<PeerId> {
+        self.progress
             .keys()
             .filter(|p| **p != self.id)
             .cloned()
-            .collect();
-        for peer in peers {
+            .collect()
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let echo = self.echo();
+        let committed = self.log.committed;
+        for peer in self.replicated_peers() {
             let commit = self
                 .progress
                 .get(&peer)
@@ -134,13 +137,7 @@ impl<S: LogStore> Raft<S> {
         self.append_pending = false;
         let commit_changed = self.log.committed > self.commit_sent;
         self.commit_sent = self.log.committed;
-        let peers: Vec<PeerId> = self
-            .progress
-            .keys()
-            .filter(|p| **p != self.id)
-            .cloned()
-            .collect();
-        for peer in peers {
+        for peer in self.replicated_peers() {
             self.send_append(&peer, commit_changed);
         }
     }

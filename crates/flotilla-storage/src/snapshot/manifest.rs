@@ -22,13 +22,13 @@ use std::path::Path;
 use bytes::BufMut;
 use flotilla_raft::SnapshotMeta;
 
-use crate::codec::{checksum, get_snapshot_meta, put_blob, put_snapshot_meta, Reader};
+use crate::codec::{
+    frame, get_snapshot_meta, put_blob, put_snapshot_meta, unframe, Reader, FRAME_HEADER_BYTES,
+};
 use crate::error::StorageError;
 
 const MAGIC: &[u8; 4] = b"FLSN";
 const VERSION: u8 = 1;
-const HEADER_BYTES: usize = 9;
-const CHECKSUM_BYTES: usize = 4;
 /// Name of the manifest file inside a snapshot directory.
 pub const MANIFEST_NAME: &str = "manifest";
 /// Largest manifest accepted (from disk or from a source).
@@ -91,14 +91,7 @@ impl Manifest {
             body.put_u64_le(f.size);
             body.put_u32_le(f.checksum);
         }
-        let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CHECKSUM_BYTES);
-        out.put_slice(MAGIC);
-        out.put_u8(VERSION);
-        out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
-        out.put_slice(&body);
-        let crc = checksum(&out);
-        out.put_u32_le(crc);
-        out
+        frame(MAGIC, VERSION, &body)
     }
 
     /// Validates and decodes a manifest; errors name `path` (where the bytes came from) and
@@ -109,40 +102,11 @@ impl Manifest {
             offset: offset as u64,
             reason,
         };
-        if bytes.len() > MANIFEST_BYTES_MAX {
-            return Err(corrupt(0, format!("manifest of {} bytes", bytes.len())));
-        }
-        if bytes.len() < HEADER_BYTES + CHECKSUM_BYTES {
-            return Err(corrupt(0, format!("manifest of {} bytes", bytes.len())));
-        }
-        let crc_at = bytes.len() - CHECKSUM_BYTES;
-        let stored = Reader::new(&bytes[crc_at..])
-            .u32()
-            .map_err(|e| corrupt(crc_at, e.0))?;
-        let computed = checksum(&bytes[..crc_at]);
-        if stored != computed {
-            return Err(corrupt(
-                crc_at,
-                format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
-            ));
-        }
-        let mut r = Reader::new(&bytes[..crc_at]);
-        if r.bytes(4).map_err(|e| corrupt(0, e.0))? != MAGIC {
-            return Err(corrupt(0, "bad magic".into()));
-        }
-        let version = r.u8().map_err(|e| corrupt(4, e.0))?;
-        if version != VERSION {
-            return Err(corrupt(4, format!("unknown version {version}")));
-        }
-        let body_len = r.u32().map_err(|e| corrupt(5, e.0))? as usize;
-        if body_len != r.remaining() {
-            return Err(corrupt(
-                5,
-                format!("body length {body_len}, {} bytes present", r.remaining()),
-            ));
-        }
+        let body = unframe(path, bytes, MAGIC, VERSION, MANIFEST_BYTES_MAX)?;
+        let crc_at = FRAME_HEADER_BYTES + body.len();
+        let mut r = Reader::new(body);
         let at = |r: &Reader<'_>| crc_at - r.remaining();
-        let meta = get_snapshot_meta(&mut r).map_err(|e| corrupt(HEADER_BYTES, e.0))?;
+        let meta = get_snapshot_meta(&mut r).map_err(|e| corrupt(FRAME_HEADER_BYTES, e.0))?;
         let count_at = at(&r);
         let count = r.u32().map_err(|e| corrupt(count_at, e.0))? as usize;
         // Each file takes at least 16 bytes: a bogus count cannot make us allocate much.
