@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::error::StoreError;
+use crate::error::{RaftError, StoreError};
 use crate::types::{Entry, LogIndex, SnapshotMeta, Term};
 
 /// Read access to the durable log, implemented by the runtime's storage (and by
@@ -217,18 +217,31 @@ pub(crate) struct RaftLog<S: LogStore> {
 }
 
 impl<S: LogStore> RaftLog<S> {
-    pub(crate) fn new(store: S, committed: LogIndex, applied: LogIndex) -> RaftLog<S> {
+    /// A view over `store`. Fails if the store is inconsistent (it comes from a disk, so it
+    /// is checked rather than trusted).
+    pub(crate) fn new(
+        store: S,
+        committed: LogIndex,
+        applied: LogIndex,
+    ) -> Result<RaftLog<S>, RaftError> {
         let first = store.first_index();
         let last = store.last_index();
+        if last.next() < first {
+            return Err(RaftError::Io(format!(
+                "store reports last index {last} before first index {first}"
+            )));
+        }
         let compacted_index = first.prev();
-        let compacted_term = store.term(compacted_index).unwrap_or_else(|e| {
-            panic!("store cannot give the term of its compaction point {compacted_index}: {e}")
-        });
+        let compacted_term = store.term(compacted_index).map_err(|e| {
+            RaftError::Io(format!(
+                "store cannot give the term of its compaction point {compacted_index}: {e}"
+            ))
+        })?;
         // A committed index beyond the durable log may have been persisted ahead of its
         // entries; clamp it (it only ever grows again through the protocol).
         let committed = committed.min(last).max(compacted_index);
         let applied = applied.max(compacted_index).min(committed);
-        RaftLog {
+        Ok(RaftLog {
             store,
             unstable: Vec::new(),
             unstable_offset: last.next(),
@@ -239,7 +252,7 @@ impl<S: LogStore> RaftLog<S> {
             applied,
             compacted_index,
             compacted_term,
-        }
+        })
     }
 
     pub(crate) fn first_index(&self) -> LogIndex {

@@ -175,7 +175,7 @@ impl<S: LogStore> Raft<S> {
         let snapshot = store.snapshot_meta();
         // A snapshot holds only committed entries, so its index is committed even if the
         // hard state written before it was installed says less.
-        let log = RaftLog::new(store, hard_state.commit.max(snapshot.index), applied);
+        let log = RaftLog::new(store, hard_state.commit.max(snapshot.index), applied)?;
         let mut configurations =
             ConfigurationHistory::new(snapshot.index, snapshot.configuration.clone());
         // Rebuild the configuration history from configuration entries in the log, as

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use flotilla_raft::testkit::Cluster;
 use flotilla_raft::{
-    Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, Role, SnapshotMeta,
+    Config, Configuration, Echo, Entry, EntryPayload, HardState, LogIndex, LogStore, Message,
+    MessageBody, PeerId, Raft, RaftError, Role, SnapshotMeta, StoreError, Term,
 };
 
 use crate::util::{elected, ids, propose_quiet, run, tick_rounds};
@@ -147,4 +148,35 @@ fn a_restarted_peer_refuses_votes_for_an_election_timeout() {
             )
     });
     assert!(!granted, "restarted peer voted inside its guard");
+}
+
+/// Storage comes from a disk: a store that cannot answer for its own compaction point is
+/// refused with an error, not a panic.
+#[test]
+fn an_inconsistent_store_is_refused_at_start() {
+    struct Broken;
+    impl LogStore for Broken {
+        fn first_index(&self) -> LogIndex {
+            LogIndex(5)
+        }
+        fn last_index(&self) -> LogIndex {
+            LogIndex(9)
+        }
+        fn term(&self, _: LogIndex) -> Result<Term, StoreError> {
+            Err(StoreError::Io("bad sector".into()))
+        }
+        fn entries(&self, _: LogIndex, _: LogIndex, _: u64) -> Result<Vec<Entry>, StoreError> {
+            Err(StoreError::Io("bad sector".into()))
+        }
+        fn snapshot_meta(&self) -> SnapshotMeta {
+            SnapshotMeta::default()
+        }
+    }
+    let config = Config::new(PeerId::new("n1"));
+    let result = Raft::new(config, Broken, HardState::default(), LogIndex::ZERO);
+    match result {
+        Err(RaftError::Io(why)) => assert!(why.contains("bad sector"), "{why}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("an inconsistent store was accepted"),
+    }
 }
