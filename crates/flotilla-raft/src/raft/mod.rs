@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::RaftError;
 use crate::log::{LogStore, RaftLog};
 use crate::membership::{Configuration, ConfigurationHistory};
-use crate::message::{Message, MessageBody};
+use crate::message::{AppendResult, Message, MessageBody};
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
@@ -422,16 +422,22 @@ impl<S: LogStore> Raft<S> {
 
     /// Handles a message from a peer. Messages for another peer, or from a peer that is
     /// this one, are ignored.
+    ///
+    /// Messages come from the network: one that is malformed or claims what this peer's log
+    /// cannot hold is dropped (see [`Raft::check_message`]) and never reaches the protocol.
     pub fn step(&mut self, message: Message) {
         if message.to != self.id || message.from == self.id {
             return;
         }
-        if message.term > self.term {
-            if !self.accept_higher_term(&message) {
-                return;
-            }
-        } else if message.term < self.term {
+        if message.term < self.term {
+            // Only the sender and the echo are used: a stale leader learns our term.
             self.answer_lower_term(message);
+            return;
+        }
+        if self.check_message(&message).is_err() {
+            return;
+        }
+        if message.term > self.term && !self.accept_higher_term(&message) {
             return;
         }
         match self.role {
@@ -439,6 +445,81 @@ impl<S: LogStore> Raft<S> {
             Role::PreCandidate | Role::Candidate => self.step_candidate(message),
             Role::Follower => self.step_follower(message),
         }
+    }
+
+    /// Validates a message before the protocol sees it, so that a buggy or hostile peer
+    /// cannot trip an internal assertion: entries must follow `prev_log_index` one by one
+    /// with terms that never exceed the message's term or go backwards; acknowledgements may
+    /// not claim indexes beyond this leader's log. The error says what was wrong (the
+    /// runtime logs it once and may disconnect the peer).
+    pub fn check_message(&self, message: &Message) -> Result<(), RaftError> {
+        let bad = |why: String| {
+            Err(RaftError::InvalidArgument(format!(
+                "message {} from {} dropped: {why}",
+                message.body.name(),
+                message.from
+            )))
+        };
+        match &message.body {
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                ..
+            } => {
+                if *prev_log_term > message.term {
+                    return bad(format!(
+                        "prev_log_term {prev_log_term} after term {}",
+                        message.term
+                    ));
+                }
+                let mut expected = prev_log_index.next();
+                let mut term = *prev_log_term;
+                for entry in entries {
+                    if entry.index != expected {
+                        return bad(format!("entry {} where {expected} was due", entry.index));
+                    }
+                    if entry.term < term || entry.term > message.term {
+                        return bad(format!("entry {} has term {}", entry.index, entry.term));
+                    }
+                    expected = expected.next();
+                    term = entry.term;
+                }
+            }
+            MessageBody::AppendEntriesResponse {
+                result:
+                    AppendResult::Reject {
+                        rejected: last_index,
+                        ..
+                    },
+                ..
+            }
+            | MessageBody::AppendEntriesResponse {
+                result: AppendResult::Success { last_index },
+                ..
+            }
+            | MessageBody::InstallSnapshotResponse {
+                installed: Some(last_index),
+            } if *last_index > self.log.last_index() && message.term == self.term => {
+                return bad(format!(
+                    "acknowledges {last_index} beyond the last index {}",
+                    self.log.last_index()
+                ));
+            }
+            MessageBody::InstallSnapshot { meta } => {
+                if meta.term > message.term {
+                    return bad(format!(
+                        "snapshot term {} after term {}",
+                        meta.term, message.term
+                    ));
+                }
+                if meta.configuration.is_empty() {
+                    return bad("snapshot without a configuration".into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Proposes one entry of application data. On success returns where it will be if it

@@ -180,3 +180,163 @@ fn an_inconsistent_store_is_refused_at_start() {
         Ok(_) => panic!("an inconsistent store was accepted"),
     }
 }
+
+/// Messages come from the network. Garbage that is well-typed but nonsensical (random kinds,
+/// indexes, terms and entries) must never crash a peer; once it stops, the group elects a
+/// leader and commits again.
+#[test]
+fn garbage_messages_never_crash_a_peer() {
+    let (mut c, ids) = elected(3);
+    let mut rng = flotilla_raft::Rng::new(7);
+    let mut pick = |n: u64| rng.below(n);
+    for round in 0..3000u64 {
+        let from = ids[pick(3) as usize].clone();
+        let to = ids[pick(3) as usize].clone();
+        // Half the garbage carries the receiver's own term, so it reaches the role's
+        // handlers instead of being sorted out by the term rules.
+        let own_term = c.node(&to).raft.term();
+        let own_last = c.node(&to).raft.last_index();
+        let term = if pick(2) == 0 {
+            own_term
+        } else {
+            Term(pick(6))
+        };
+        let index = |v: u64| LogIndex(v);
+        let body = match pick(12) {
+            0 => MessageBody::RequestVote {
+                pre_vote: pick(2) == 0,
+                last_log_index: index(pick(50)),
+                last_log_term: Term(pick(6)),
+                leadership_transfer: pick(4) == 0,
+            },
+            1 => MessageBody::RequestVoteResponse {
+                pre_vote: pick(2) == 0,
+                granted: pick(2) == 0,
+            },
+            2 => {
+                // Sometimes right at the end of the receiver's log, so the consistency
+                // check passes and the entries themselves are what is wrong.
+                let prev = if pick(2) == 0 {
+                    own_last.get()
+                } else {
+                    pick(40)
+                };
+                let entries = (0..pick(4))
+                    .map(|i| Entry {
+                        index: index(prev + 1 + i + pick(2)),
+                        term: Term(pick(6)),
+                        payload: EntryPayload::Normal(Bytes::from_static(b"g")),
+                    })
+                    .collect();
+                let prev_log_term = if prev == own_last.get() {
+                    flotilla_raft::testkit::durable_entries(&c.node(&to).storage)
+                        .last()
+                        .map_or(Term(0), |e| e.term)
+                } else {
+                    Term(pick(6))
+                };
+                MessageBody::AppendEntries {
+                    prev_log_index: index(prev),
+                    prev_log_term,
+                    entries,
+                    leader_commit: index(pick(60)),
+                    echo: Echo {
+                        tick: pick(100),
+                        read_seq: pick(10),
+                    },
+                }
+            }
+            3 => MessageBody::AppendEntriesResponse {
+                result: match pick(3) {
+                    0 => flotilla_raft::AppendResult::Success {
+                        last_index: index(pick(60)),
+                    },
+                    1 => flotilla_raft::AppendResult::Reject {
+                        rejected: index(pick(60)),
+                        hint: index(pick(60)),
+                        hint_term: Term(pick(6)),
+                    },
+                    _ => flotilla_raft::AppendResult::Busy,
+                },
+                echo: Echo {
+                    tick: pick(100),
+                    read_seq: pick(10),
+                },
+            },
+            4 => MessageBody::Heartbeat {
+                commit: index(pick(60)),
+                echo: Echo::default(),
+            },
+            5 => MessageBody::HeartbeatResponse {
+                echo: Echo {
+                    tick: pick(100),
+                    read_seq: pick(10),
+                },
+            },
+            6 => MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: index(pick(60)),
+                    term: Term(pick(6)),
+                    configuration: Configuration::new(ids.iter().cloned()),
+                },
+            },
+            7 => MessageBody::InstallSnapshotResponse {
+                installed: (pick(2) == 0).then(|| index(pick(60))),
+            },
+            8 => MessageBody::TimeoutNow,
+            9 => MessageBody::ReadIndexRequest {
+                batch: pick(5),
+                lease: pick(2) == 0,
+            },
+            10 => MessageBody::ReadIndexResponse {
+                batch: pick(5),
+                result: Ok(index(pick(60))),
+            },
+            _ => {
+                // Real traffic keeps flowing in between.
+                if let Some(leader) = c.leader() {
+                    let _ = c
+                        .raft(&leader)
+                        .propose(Bytes::from(format!("p{round}")), None);
+                    c.process(&leader);
+                }
+                c.tick_all();
+                run(&mut c);
+                continue;
+            }
+        };
+        c.raft(&to).step(Message {
+            from,
+            to: to.clone(),
+            term,
+            body,
+        });
+        c.process(&to);
+        run(&mut c);
+    }
+    // The garbage stops: the group recovers and commits.
+    let mut committed = false;
+    for _ in 0..400 {
+        c.tick_all();
+        run(&mut c);
+        if let Some(leader) = c.leader() {
+            if c.raft(&leader)
+                .propose(Bytes::from_static(b"after"), None)
+                .is_ok()
+            {
+                c.process(&leader);
+                run(&mut c);
+                let applied = c.applied_data(&leader);
+                if applied.last().is_some_and(|d| d.as_ref() == b"after") {
+                    committed = true;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        committed,
+        "no commit after the garbage stopped\n{}",
+        c.describe_states()
+    );
+}
