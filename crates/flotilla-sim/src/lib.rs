@@ -13,6 +13,10 @@
 //! it checks the client history for linearizability and that, once every fault healed, a
 //! leader committed within a bound. Everything follows from the seed: a failing seed
 //! replays exactly with `--seed S`.
+//!
+//! [`StorageMode::SharedLog`] runs the nodes on the real storage module (`SharedLog` and
+//! `FileMetaStorage` over a crashable simulated file system, with torn tails) and checks
+//! at every restart that recovery returns exactly the log that was acknowledged durable.
 
 #![deny(missing_docs)]
 
@@ -23,7 +27,7 @@ pub mod network;
 pub mod node;
 pub mod simulation;
 
-pub use simulation::{SeedReport, SimConfig, Simulation, Violation, TICK};
+pub use simulation::{SeedReport, SimConfig, Simulation, StorageMode, Violation, TICK};
 
 /// Runs one seed.
 #[must_use]

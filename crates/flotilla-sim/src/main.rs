@@ -1,18 +1,27 @@
 //! `flotilla-sim`: runs many seeded simulations and reports violations.
 //!
-//! Usage: `flotilla-sim --seeds N [--seed S] [--nodes K] [--quiet]`. Runs seeds S..S+N
-//! (S defaults to 0; with `--seed` alone, N defaults to 1). The last line printed is exactly
-//! `seeds=N steps=T violations=V unknown=U`; the exit status is non-zero when V > 0.
+//! Usage: `flotilla-sim --seeds N [--seed S] [--nodes K] [--storage memory|shared-log]
+//! [--quiet]`. Runs seeds S..S+N (S defaults to 0; with `--seed` alone, N defaults to 1).
+//! `--storage` picks the nodes' disk: `memory` (the default) keeps the durable log in
+//! memory; `shared-log` runs the real storage module (`SharedLog` and `FileMetaStorage`)
+//! over a simulated file system, crashes it with torn tails, recovers it at every restart
+//! and checks that recovery returns exactly what was acknowledged as durable. A seed replays
+//! exactly given the same `--seed`, `--nodes` and `--storage`. The last line printed is
+//! exactly `seeds=N steps=T violations=V unknown=U`; the exit status is non-zero when V > 0.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use flotilla_sim::{nodes_for_seed, run_seed, SimConfig};
+use flotilla_sim::{nodes_for_seed, run_seed, SimConfig, StorageMode};
+
+const USAGE: &str =
+    "usage: flotilla-sim --seeds N [--seed S] [--nodes K] [--storage memory|shared-log] [--quiet]";
 
 struct Args {
     seeds: u64,
     first: u64,
     nodes: Option<usize>,
+    storage: StorageMode,
     quiet: bool,
 }
 
@@ -21,6 +30,7 @@ fn parse_args() -> Result<Args, String> {
         seeds: 0,
         first: 0,
         nodes: None,
+        storage: StorageMode::Memory,
         quiet: false,
     };
     let mut seeds_given = false;
@@ -44,10 +54,12 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.nodes = Some(k as usize);
             }
-            "--quiet" => args.quiet = true,
-            "-h" | "--help" => {
-                return Err("usage: flotilla-sim --seeds N [--seed S] [--nodes K] [--quiet]".into())
+            "--storage" => {
+                let v = it.next().ok_or("--storage needs a value")?;
+                args.storage = v.parse()?;
             }
+            "--quiet" => args.quiet = true,
+            "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
@@ -72,7 +84,9 @@ fn main() -> ExitCode {
     let progress_every = (args.seeds / 20).max(1);
     for (done, seed) in (args.first..args.first + args.seeds).enumerate() {
         let nodes = args.nodes.unwrap_or_else(|| nodes_for_seed(seed));
-        let report = run_seed(SimConfig::new(seed, nodes));
+        let mut config = SimConfig::new(seed, nodes);
+        config.storage = args.storage;
+        let report = run_seed(config);
         steps += report.steps;
         for (what, n) in &report.stats {
             *totals.entry(what).or_insert(0) += n;
@@ -92,8 +106,12 @@ fn main() -> ExitCode {
                 "VIOLATION seed={seed} nodes={nodes} invariant=\"{}\": {}",
                 v.invariant, v.detail
             );
+            let storage = match args.storage {
+                StorageMode::Memory => "",
+                StorageMode::SharedLog => " --storage shared-log",
+            };
             println!(
-                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}"
+                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}{storage}"
             );
             for line in &v.trace {
                 println!("  | {line}");

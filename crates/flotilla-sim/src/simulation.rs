@@ -9,15 +9,18 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use flotilla_raft::{
-    Config, Configuration, Entry, EntryPayload, Event, LogIndex, MemStorage, Message, PeerId,
-    Priority, Raft, RaftError, ReadMode, Rng, Role, SnapshotMeta, Term,
+    Config, Configuration, Entry, EntryPayload, Event, HardState, LogIndex, LogStore, MemStorage,
+    Message, PeerId, Priority, Raft, RaftError, ReadMode, Rng, Role, SnapshotMeta, Term,
 };
+use flotilla_storage::{LogOptions, RaftMeta};
 
 use crate::chain::{chain_hash, Chain};
 use crate::kv::{Command, CommandKind};
 use crate::linearizability::{Checker, OpKind, OpOutcome, Operation, Verdict};
 use crate::network::{shuffle, Network, NetworkConfig, PartitionKind};
-use crate::node::{PendingWrite, Request, SimNode, SimSnapshot};
+use crate::node::{
+    write_batch, Disk, PendingWrite, Request, SharedDisk, SimNode, SimSnapshot, SimStore, GROUP,
+};
 
 /// Simulated time units per core tick (think milliseconds: a 100 ms tick).
 pub const TICK: u64 = 100;
@@ -26,6 +29,36 @@ pub const TICK: u64 = 100;
 /// drift is well under the 10% margin between the lease (90% of the election timeout) and
 /// the followers' vote guard (a full election timeout).
 pub const CLOCK_DRIFT_PERCENT: u64 = 3;
+
+/// Which disk the simulated nodes run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StorageMode {
+    /// An in-memory log: a completed write updates it, a crash keeps it.
+    #[default]
+    Memory,
+    /// The real storage module (`SharedLog` and `FileMetaStorage`) over a simulated file
+    /// system: a crash keeps only fsynced bytes (sometimes plus a torn prefix of the write
+    /// in flight), and every restart recovers the log and checks it against what was
+    /// acknowledged as durable.
+    SharedLog,
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StorageMode, String> {
+        match s {
+            "memory" => Ok(StorageMode::Memory),
+            "shared-log" => Ok(StorageMode::SharedLog),
+            other => Err(format!(
+                "unknown storage mode {other:?}: expected memory or shared-log"
+            )),
+        }
+    }
+}
+
+/// Segment size of the simulated shared log: small, so segments rotate and are reclaimed.
+pub const SIM_SEGMENT_BYTES: u64 = 16 * 1024;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -44,6 +77,8 @@ pub struct SimConfig {
     pub keys: u64,
     /// Budget of the linearizability search, per key.
     pub checker_states_max: u64,
+    /// The nodes' disk.
+    pub storage: StorageMode,
     /// Planted protocol mistakes (planted-bug test only).
     #[cfg(feature = "planted-bugs")]
     pub bugs: flotilla_raft::PlantedBugs,
@@ -61,6 +96,7 @@ impl SimConfig {
             clients: 5,
             keys: 4,
             checker_states_max: 2_000_000,
+            storage: StorageMode::Memory,
             #[cfg(feature = "planted-bugs")]
             bugs: flotilla_raft::PlantedBugs::default(),
         }
@@ -175,6 +211,8 @@ pub struct Simulation {
     /// Each node's tick period: clocks drift by up to `CLOCK_DRIFT_PERCENT` either way.
     tick_periods: Vec<u64>,
     raft_config: Config,
+    /// The snapshot every node starts from: index 0, the initial configuration.
+    bootstrap: SnapshotMeta,
     clients: Vec<Client>,
     next_op: u64,
     history: Vec<Operation>,
@@ -224,9 +262,23 @@ impl Simulation {
             term: Term::ZERO,
             configuration,
         };
+        let log_options = LogOptions {
+            segment_bytes_max: SIM_SEGMENT_BYTES,
+            // A small cache, so that the core's reads also go to the (simulated) disk.
+            cache_bytes_max: 32 * 1024,
+            ..LogOptions::default()
+        };
         let nodes: Vec<SimNode> = ids
             .iter()
-            .map(|id| SimNode::new(id.clone(), MemStorage::new(meta.clone())))
+            .map(|id| {
+                let disk = match config.storage {
+                    StorageMode::Memory => Disk::Memory(MemStorage::new(meta.clone())),
+                    StorageMode::SharedLog => {
+                        Disk::SharedLog(Box::new(SharedDisk::new(log_options.clone())))
+                    }
+                };
+                SimNode::new(id.clone(), disk)
+            })
             .collect();
         let index_of = ids
             .iter()
@@ -259,6 +311,7 @@ impl Simulation {
             persist_latency_max,
             tick_periods,
             raft_config,
+            bootstrap: meta,
             clients,
             next_op: 1,
             history: Vec::new(),
@@ -392,7 +445,7 @@ impl Simulation {
                     trace.push(format!(
                         "  writes pending={} first done at {front:?}; storage last={}",
                         n.pending.len(),
-                        flotilla_raft::LogStore::last_index(&n.storage)
+                        raft.store().last_index()
                     ));
                 }
                 None => trace.push(format!("  peer {} crashed", n.id)),
@@ -480,10 +533,48 @@ impl Simulation {
         config.random_seed = self.config.seed ^ (node as u64).wrapping_mul(0x9e37_79b9);
         // Only the very first start is known to have acknowledged nobody.
         config.start_with_vote_guard = self.nodes[node].incarnation > 0;
+        let bootstrap = self.bootstrap.clone();
         let n = &mut self.nodes[node];
         n.load_durable_state();
         let applied = n.applied_index;
-        let raft = Raft::new(config, n.storage.clone(), n.hard_state.clone(), applied);
+        let (store, hard_state) = match &mut n.disk {
+            Disk::Memory(storage) => (SimStore::Memory(storage.clone()), n.hard_state.clone()),
+            Disk::SharedLog(disk) => {
+                let meta = match disk.open() {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        let detail = format!("node {} cannot recover its disk: {e}", n.id);
+                        self.violate("storage recovery", detail);
+                        return;
+                    }
+                };
+                let Some(log) = disk.log.as_ref() else {
+                    return;
+                };
+                let torn = log.recovery().torn_bytes_cut;
+                let snapshot = n.snapshot.as_ref().map_or(bootstrap, |s| s.meta.clone());
+                let store = SimStore::SharedLog {
+                    log: log.group(GROUP),
+                    snapshot,
+                };
+                // The commit index is not stored: the core clamps it up to the snapshot.
+                let hard_state = HardState {
+                    term: meta.term,
+                    vote: meta.vote,
+                    commit: LogIndex::ZERO,
+                };
+                if torn > 0 {
+                    self.count("torn tails cut");
+                }
+                self.check_recovered(node, &store, &hard_state);
+                if self.violation.is_some() {
+                    return;
+                }
+                (store, hard_state)
+            }
+        };
+        let n = &mut self.nodes[node];
+        let raft = Raft::new(config, store, hard_state, applied);
         let raft = match raft {
             Ok(raft) => raft,
             Err(e) => {
@@ -677,15 +768,51 @@ impl Simulation {
     }
 
     fn complete_write(&mut self, node: usize, write: PendingWrite) {
+        // The snapshot's data, if it is to be installed (fetched before the write, so that
+        // the log is reset in the same batch).
+        let snapshot = write
+            .snapshot
+            .as_ref()
+            .map(|(meta, source)| (meta.clone(), self.fetch_snapshot(meta, source)));
+        let n = &mut self.nodes[node];
+        match &mut n.disk {
+            Disk::Memory(storage) => {
+                if let Some((index, term)) = write.compact {
+                    storage.compact(index, term);
+                }
+                storage.append(&write.entries);
+            }
+            Disk::SharedLog(disk) => {
+                let reset = snapshot
+                    .as_ref()
+                    .filter(|(_, data)| data.is_some())
+                    .map(|(meta, _)| (meta.index, meta.term));
+                let batch = write_batch(&write, reset);
+                let meta = write
+                    .hard_state
+                    .as_ref()
+                    .filter(|hs| (&hs.term, &hs.vote) != (&n.hard_state.term, &n.hard_state.vote))
+                    .map(|hs| RaftMeta {
+                        term: hs.term,
+                        vote: hs.vote.clone(),
+                    });
+                let written = disk.write(&batch, meta.as_ref());
+                let reclaimed = disk.take_reclaimed();
+                if let Err(e) = written {
+                    let detail = format!("{}: {e}", n.id);
+                    self.violate("storage write", detail);
+                    return;
+                }
+                for _ in 0..reclaimed {
+                    self.count("segments reclaimed");
+                }
+            }
+        }
         let n = &mut self.nodes[node];
         if let Some(hs) = write.hard_state {
             n.hard_state = hs;
         }
-        if let Some((index, term)) = write.compact {
-            n.storage.compact(index, term);
-        }
         if let Some(last) = write.entries.last() {
-            n.storage.append(&write.entries);
             n.durable.append(&write.entries);
             let (index, term) = (last.index, last.term);
             if let Some(raft) = n.raft.as_mut() {
@@ -693,19 +820,24 @@ impl Simulation {
             }
         }
         self.send(write.after);
-        if let Some((meta, source)) = write.snapshot {
-            self.install_snapshot(node, meta, &source);
+        if let Some((meta, data)) = snapshot {
+            self.install_snapshot(node, meta, data);
         }
     }
 
-    fn install_snapshot(&mut self, node: usize, meta: SnapshotMeta, source: &PeerId) {
-        let data = self
-            .index_of
+    /// The snapshot `source` offers, if it is up and still holds `meta`.
+    fn fetch_snapshot(&self, meta: &SnapshotMeta, source: &PeerId) -> Option<SimSnapshot> {
+        self.index_of
             .get(source)
             .map(|&s| &self.nodes[s])
             .filter(|s| s.raft.is_some())
             .and_then(|s| s.snapshot.clone())
-            .filter(|s| s.meta == meta);
+            .filter(|s| s.meta == *meta)
+    }
+
+    /// Installs a fetched snapshot (on the shared log, the log was already reset in the
+    /// write that carried it).
+    fn install_snapshot(&mut self, node: usize, meta: SnapshotMeta, data: Option<SimSnapshot>) {
         let n = &mut self.nodes[node];
         let Some(raft) = n.raft.as_mut() else {
             return;
@@ -714,7 +846,9 @@ impl Simulation {
             raft.on_snapshot_install_failed(&meta);
             return;
         };
-        n.storage.install_snapshot(meta.clone());
+        if let Disk::Memory(storage) = &n.disk {
+            storage.install_snapshot(meta.clone());
+        }
         n.kv = snapshot.kv.clone();
         n.applied_hash = snapshot.chain_hash;
         n.applied_index = meta.index;
@@ -842,7 +976,9 @@ impl Simulation {
             return;
         };
         // Saved synchronously: the snapshot is durable before the core hears of it.
-        n.storage.set_snapshot(meta.clone());
+        if let Disk::Memory(storage) = &n.disk {
+            storage.set_snapshot(meta.clone());
+        }
         n.snapshot = Some(SimSnapshot {
             meta: meta.clone(),
             kv: n.kv.clone(),
@@ -850,6 +986,121 @@ impl Simulation {
         });
         raft.on_snapshot_saved(meta);
         self.process(node);
+    }
+
+    /// Power loss on `node`: the core, its in-flight writes and its volatile state are
+    /// lost. On the shared log, the write in flight sometimes reached the disk in part (a
+    /// torn tail: a random strict prefix of its record survives, never the whole of it, since
+    /// it was not acknowledged); otherwise the crash is clean.
+    fn crash_node(&mut self, node: usize) {
+        let Simulation { nodes, rng, .. } = self;
+        let n = &mut nodes[node];
+        if let Disk::SharedLog(disk) = &mut n.disk {
+            let in_flight = n
+                .pending
+                .front()
+                .filter(|_| rng.below(3) != 0)
+                .map(|w| write_batch(w, None));
+            let mut torn_bytes = 0;
+            disk.crash(in_flight.as_ref(), |unsynced| {
+                let kept = if unsynced == 0 {
+                    0
+                } else {
+                    rng.below(unsynced as u64) as usize
+                };
+                torn_bytes += kept;
+                kept
+            });
+            if torn_bytes > 0 {
+                self.count("torn tails");
+            }
+        }
+        self.nodes[node].crash();
+    }
+
+    /// At a restart on the shared log: the recovered log holds exactly the durable log the
+    /// simulator tracked (what was acknowledged to the core as persisted) from its first
+    /// index on (entries compacted away are exempt), and the recovered term and vote are
+    /// the acknowledged ones.
+    fn check_recovered(&mut self, node: usize, store: &SimStore, hard_state: &HardState) {
+        let n = &self.nodes[node];
+        let id = n.id.clone();
+        if (&hard_state.term, &hard_state.vote) != (&n.hard_state.term, &n.hard_state.vote) {
+            let detail = format!(
+                "{id} recovered term {} vote {:?}, but term {} vote {:?} was acknowledged",
+                hard_state.term, hard_state.vote, n.hard_state.term, n.hard_state.vote
+            );
+            self.violate("recovery returns what was durable", detail);
+            return;
+        }
+        let durable = &n.durable;
+        let (first, last) = (store.first_index(), store.last_index());
+        let Some(mut previous) = durable.hash_at(first.prev()) else {
+            let detail = format!(
+                "{id} recovered a log from {first} to {last}, but the durable log runs from {} \
+                 to {}",
+                durable.base_index().next(),
+                durable.last_index()
+            );
+            self.violate("recovery returns what was durable", detail);
+            return;
+        };
+        let compaction_term = store.term(first.prev());
+        if let Some(expected) = durable.term_at(first.prev()) {
+            if compaction_term != Ok(expected) {
+                let detail = format!(
+                    "{id} recovered compaction point {} of term {compaction_term:?}, durable \
+                     term {expected}",
+                    first.prev()
+                );
+                self.violate("recovery returns what was durable", detail);
+                return;
+            }
+        }
+        let entries = if first <= last {
+            store.entries(first, last.next(), u64::MAX)
+        } else {
+            Ok(Vec::new())
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                let detail = format!("{id} cannot read its recovered log {first}..={last}: {e}");
+                self.violate("recovery returns what was durable", detail);
+                return;
+            }
+        };
+        let mut differs = None;
+        let mut expected_index = first;
+        for entry in &entries {
+            if entry.index != expected_index {
+                differs = Some((expected_index, "is missing from the recovered log"));
+                break;
+            }
+            previous = chain_hash(previous, entry);
+            match durable.hash_at(entry.index) {
+                Some(h) if h == previous => {}
+                Some(_) => {
+                    differs = Some((entry.index, "differs from the durable entry"));
+                    break;
+                }
+                None => {
+                    differs = Some((entry.index, "was recovered but never acknowledged"));
+                    break;
+                }
+            }
+            expected_index = expected_index.next();
+        }
+        if differs.is_none() && expected_index <= durable.last_index() {
+            differs = Some((expected_index, "was acknowledged but not recovered"));
+        }
+        if let Some((index, what)) = differs {
+            let detail = format!(
+                "{id}: entry {index} {what} (recovered {first}..={last}, durable up to {})",
+                durable.last_index()
+            );
+            self.violate("recovery returns what was durable", detail);
+        }
     }
 
     // ----- invariants ------------------------------------------------------------------
@@ -1291,7 +1542,7 @@ impl Simulation {
                     if self.nodes[victim].raft.is_some() {
                         self.note(format!("crash {}", self.nodes[victim].id));
                         self.count("crashes");
-                        self.nodes[victim].crash();
+                        self.crash_node(victim);
                         let back = 500 + self.rng.below(5_000);
                         self.schedule(back, EventKind::Restart(victim));
                     }
@@ -1403,7 +1654,7 @@ fn read_mode(op_id: u64) -> ReadMode {
 }
 
 fn propose(
-    raft: &mut Raft<MemStorage>,
+    raft: &mut Raft<SimStore>,
     proposals: &mut BTreeMap<LogIndex, (Term, Request)>,
     op_id: u64,
     key: u64,
