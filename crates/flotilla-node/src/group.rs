@@ -1,0 +1,404 @@
+//! One group's runtime state inside the manager's round: its core, state machine,
+//! snapshot store and the requests waiting for an answer.
+//!
+//! Owns: matching answers to requests — proposals by `(index, term)` as `propose` returned
+//! them, reads by id, the one membership change and the one transfer in flight. Must never:
+//! answer a proposal "failed" when its fate is unknown (leadership lost, node stopped), or
+//! write to the log (the manager batches every group's write).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use flotilla_raft::{
+    Config, Configuration, Entry, EntryPayload, Event, LogIndex, PeerId, Raft, RaftError,
+    ReadResult, SnapshotMeta, Term,
+};
+use flotilla_storage::{FileMetaStorage, GroupId, MetaStorage, RaftMeta, SharedLog, SnapshotStore};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NodeError;
+use crate::node::{lock_status, Membership, NodeStatus, Request};
+use crate::state_machine::{ApplyIter, Completion, StateMachine, Task};
+use crate::store::NodeStore;
+
+pub(crate) fn storage_error(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Io(e.to_string())
+}
+
+type Answer<T> = oneshot::Sender<Result<T, NodeError>>;
+
+fn answer<T>(done: Answer<T>, result: Result<T, NodeError>) {
+    // The caller may have stopped waiting (dropped its future); nothing to do then.
+    let _ = done.send(result);
+}
+
+/// What a group is created from.
+pub(crate) struct GroupSetup {
+    pub(crate) id: GroupId,
+    /// Initial voters (used when the group has no snapshot; empty: a peer waiting to be
+    /// added).
+    pub(crate) peers: Vec<PeerId>,
+    pub(crate) state_machine: Box<dyn StateMachine>,
+}
+
+pub(crate) struct Group {
+    pub(crate) id: GroupId,
+    pub(crate) raft: Raft<NodeStore>,
+    state_machine: Box<dyn StateMachine>,
+    snapshots: SnapshotStore,
+    requests: mpsc::Receiver<Request>,
+    /// Term and vote as durable in the meta store.
+    pub(crate) saved_meta: RaftMeta,
+    /// Proposals accepted by this leader, by index, with the term `propose` returned.
+    proposals: BTreeMap<LogIndex, (Term, Completion)>,
+    reads: BTreeMap<u64, Answer<LogIndex>>,
+    next_read_id: u64,
+    change: Option<Answer<()>>,
+    transfer: Option<Answer<PeerId>>,
+    status: Arc<Mutex<NodeStatus>>,
+}
+
+impl Group {
+    /// Loads its state machine from the newest snapshot,
+    /// and creates its core over the shared log.
+    pub(crate) fn open(
+        setup: GroupSetup,
+        config: Config,
+        log: &SharedLog,
+        meta: &FileMetaStorage,
+        snapshots: SnapshotStore,
+        requests: mpsc::Receiver<Request>,
+        status: Arc<Mutex<NodeStatus>>,
+    ) -> Result<Group, NodeError> {
+        let GroupSetup {
+            id,
+            peers,
+            mut state_machine,
+        } = setup;
+        let saved_meta = meta.load(id).map_err(storage_error)?;
+        let (snapshot, applied) = match snapshots.open_reader() {
+            Some(reader) => {
+                state_machine
+                    .on_snapshot_load(&reader)
+                    .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))?;
+                (reader.meta().clone(), reader.meta().index)
+            }
+            None => (
+                SnapshotMeta {
+                    index: LogIndex::ZERO,
+                    term: Term::ZERO,
+                    configuration: Configuration::new(peers),
+                },
+                LogIndex::ZERO,
+            ),
+        };
+        let store = NodeStore {
+            log: log.group(id),
+            snapshot,
+        };
+        // The commit index is not stored: the core clamps it up to the snapshot and learns
+        // the rest from the leader.
+        let hard_state = flotilla_raft::HardState {
+            term: saved_meta.term,
+            vote: saved_meta.vote.clone(),
+            commit: LogIndex::ZERO,
+        };
+        let raft = Raft::new(config, store, hard_state, applied)?;
+        let group = Group {
+            id,
+            raft,
+            state_machine,
+            snapshots,
+            requests,
+            saved_meta,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read_id: 1,
+            change: None,
+            transfer: None,
+            status,
+        };
+        group.publish();
+        Ok(group)
+    }
+
+    /// Feeds up to `max` queued requests to the core. Returns true if more are queued.
+    pub(crate) fn take_requests(&mut self, max: usize) -> bool {
+        for _ in 0..max {
+            match self.requests.try_recv() {
+                Ok(request) => self.handle_request(request),
+                Err(_) => return false,
+            }
+        }
+        !self.requests.is_empty()
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Apply {
+                data,
+                expected_term,
+                done,
+            } => match self.raft.propose(data, expected_term) {
+                Ok((index, term)) => {
+                    let previous = self.proposals.insert(index, (term, Completion::new(done)));
+                    assert!(
+                        previous.is_none(),
+                        "group {} proposal at {index} term {term} replaced an unanswered one",
+                        self.id
+                    );
+                }
+                Err(e) => answer(done, Err(e.into())),
+            },
+            Request::Read { mode, done } => {
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                match self.raft.read(id, mode) {
+                    Ok(()) => {
+                        self.reads.insert(id, done);
+                    }
+                    Err(e) => answer(done, Err(e.into())),
+                }
+            }
+            Request::Change { change, done } => self.start_change(change, done),
+            Request::Transfer { target, done } => match self.raft.transfer_leadership(target) {
+                Ok(_) => {
+                    if let Some(old) = self.transfer.replace(done) {
+                        answer(
+                            old,
+                            Err(NodeError::Unknown("superseded by a newer transfer".into())),
+                        );
+                    }
+                }
+                Err(e) => answer(done, Err(e.into())),
+            },
+            Request::Snapshot { done } => answer(done, self.take_snapshot()),
+            Request::Describe { done } => answer(done, Ok(self.raft.describe())),
+            Request::SetElectionTimeout { ticks, done } => {
+                answer(
+                    done,
+                    self.raft
+                        .set_election_timeout(ticks)
+                        .map_err(NodeError::from),
+                );
+            }
+        }
+    }
+
+    fn start_change(&mut self, change: Membership, done: Answer<()>) {
+        let started = match change {
+            Membership::AddPeer(peer) => self.raft.add_peer(peer),
+            Membership::RemovePeer(peer) => self.raft.remove_peer(&peer),
+            Membership::ChangePeers(voters) => self.raft.change_peers(voters),
+            Membership::AddLearners(learners) => self.raft.add_learners(&learners),
+            Membership::RemoveLearners(learners) => self.raft.remove_learners(&learners),
+            Membership::PromoteLearner(learner) => self.raft.promote_learner(&learner),
+            Membership::ResetPeers(voters) => {
+                // Local and immediate: nothing to wait for.
+                answer(done, self.raft.reset_peers(voters).map_err(NodeError::from));
+                return;
+            }
+        };
+        match started {
+            Ok(()) => {
+                if let Some(old) = self.change.replace(done) {
+                    answer(
+                        old,
+                        Err(NodeError::Unknown("superseded by a newer change".into())),
+                    );
+                }
+            }
+            Err(e) => answer(done, Err(e.into())),
+        }
+    }
+
+    /// Applies committed entries through the state machine, in order, handing each
+    /// proposer's completion with its entry; then tells the core.
+    pub(crate) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let mut tasks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let completion = match self.proposals.remove(&entry.index) {
+                Some((term, completion)) if term == entry.term => Some(completion.mark_applied()),
+                Some((term, completion)) => {
+                    // Another leader's entry took the index: ours can never commit.
+                    completion.fail(NodeError::Raft(RaftError::Stale(format!(
+                        "entry {} of term {term} was replaced by one of term {}",
+                        entry.index, entry.term
+                    ))));
+                    None
+                }
+                None => None,
+            };
+            if let EntryPayload::Normal(data) = entry.payload {
+                tasks.push(Task {
+                    index: entry.index,
+                    term: entry.term,
+                    data,
+                    completion,
+                });
+            }
+        }
+        if !tasks.is_empty() {
+            let mut iter = ApplyIter::new(tasks);
+            self.state_machine.on_apply(&mut iter);
+            if iter.remaining() > 0 {
+                return Err(NodeError::Raft(RaftError::StateMachine(format!(
+                    "on_apply returned with {} of the batch ending at {last} unconsumed",
+                    iter.remaining()
+                ))));
+            }
+        }
+        self.raft.on_applied(last);
+        Ok(())
+    }
+
+    pub(crate) fn complete_reads(&mut self, reads: Vec<ReadResult>) {
+        for read in reads {
+            if let Some(done) = self.reads.remove(&read.id) {
+                answer(done, read.result.map_err(NodeError::from));
+            }
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, event: Event) {
+        match event {
+            Event::LeaderStart { term } => self.state_machine.on_leader_start(term),
+            Event::LeaderStop { term } => {
+                self.forget_pending("leadership was lost");
+                self.state_machine.on_leader_stop(term);
+            }
+            Event::StartFollowing { leader, term } => {
+                self.state_machine.on_start_following(&leader, term);
+            }
+            Event::StopFollowing { leader, term } => {
+                self.state_machine.on_stop_following(&leader, term);
+            }
+            Event::ConfigurationCommitted { configuration, .. } => {
+                self.state_machine
+                    .on_configuration_committed(&configuration);
+            }
+            Event::MembershipChangeFinished { result } => {
+                if let Some(done) = self.change.take() {
+                    answer(done, result.map(|_| ()).map_err(NodeError::from));
+                }
+            }
+            Event::TransferFinished { target, result } => {
+                if let Some(done) = self.transfer.take() {
+                    answer(done, result.map(|()| target).map_err(NodeError::from));
+                }
+            }
+            Event::SnapshotDue => {
+                if let Err(e) = self.take_snapshot() {
+                    tracing::warn!(group = self.id, error = %e, "periodic snapshot failed");
+                }
+            }
+            Event::Replicator { peer, change } => {
+                tracing::debug!(group = self.id, peer = %peer, ?change, "replicator");
+            }
+        }
+    }
+
+    /// Proposals, the change and the transfer in flight have an unknown outcome now: they
+    /// may still commit under the next leader.
+    fn forget_pending(&mut self, why: &str) {
+        for (_, (_, completion)) in std::mem::take(&mut self.proposals) {
+            completion.fail(NodeError::Unknown(why.to_string()));
+        }
+        if let Some(done) = self.change.take() {
+            answer(done, Err(NodeError::Unknown(why.to_string())));
+        }
+        if let Some(done) = self.transfer.take() {
+            answer(done, Err(NodeError::Unknown(why.to_string())));
+        }
+    }
+
+    /// Saves the state machine at the applied index into the snapshot store, then lets the
+    /// core compact the log (back to the previous snapshot).
+    fn take_snapshot(&mut self) -> Result<LogIndex, NodeError> {
+        let applied = self.raft.applied();
+        if let Some(newest) = self.snapshots.newest_meta() {
+            if newest.index >= applied {
+                return Ok(newest.index);
+            }
+        }
+        let meta = self.raft.snapshot_meta_at(applied)?;
+        let mut writer = self
+            .snapshots
+            .create_writer(meta.clone())
+            .map_err(storage_error)?;
+        self.state_machine
+            .on_snapshot_save(&mut writer)
+            .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))?;
+        writer.finish().map_err(storage_error)?;
+        self.raft.on_snapshot_saved(meta);
+        Ok(applied)
+    }
+
+    /// A snapshot the leader sent. Known debt: fetching it from the leader needs the
+    /// network snapshot source of a later slice; until then the install is refused and the
+    /// leader retries after its install timeout.
+    pub(crate) fn install_snapshot(&mut self, meta: &SnapshotMeta, source: Option<&PeerId>) {
+        tracing::warn!(
+            group = self.id,
+            index = %meta.index,
+            source = ?source,
+            "snapshot install is not supported by this runtime yet; refused"
+        );
+        self.raft.on_snapshot_install_failed(meta);
+    }
+
+    /// Publishes the core's status for the handle's synchronous queries.
+    pub(crate) fn publish(&self) {
+        let status = self.raft.status();
+        let alive_peers = if status.role == flotilla_raft::Role::Leader {
+            self.raft.alive_peers()
+        } else {
+            Vec::new()
+        };
+        let next = NodeStatus {
+            role: status.role,
+            term: status.term,
+            leader: status.leader,
+            configuration: status.configuration,
+            alive_peers,
+            last_index: status.last_index,
+            committed: status.committed,
+            applied: status.applied,
+        };
+        *lock_status(&self.status) = next;
+    }
+
+    /// Stops the group: every waiting request is answered (proposals "unknown"), queued
+    /// requests are refused, and the state machine hears `on_error` (if any) and
+    /// `on_shutdown`.
+    pub(crate) fn stop(&mut self, error: Option<&NodeError>) {
+        let why = error.map_or("the node shut down".to_string(), ToString::to_string);
+        self.forget_pending(&why);
+        for (_, done) in std::mem::take(&mut self.reads) {
+            answer(done, Err(error.cloned().unwrap_or(NodeError::ShutDown)));
+        }
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            let refusal = error.cloned().unwrap_or(NodeError::ShutDown);
+            match request {
+                Request::Apply { done, .. } => answer(done, Err(refusal)),
+                Request::Read { done, .. } | Request::Snapshot { done } => {
+                    answer(done, Err(refusal))
+                }
+                Request::Change { done, .. } | Request::SetElectionTimeout { done, .. } => {
+                    answer(done, Err(refusal));
+                }
+                Request::Transfer { done, .. } => answer(done, Err(refusal)),
+                Request::Describe { done } => answer(done, Err(refusal)),
+            }
+        }
+        if let Some(error) = error {
+            self.state_machine.on_error(error);
+        }
+        self.state_machine.on_shutdown();
+        self.publish();
+    }
+}

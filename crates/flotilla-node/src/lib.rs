@@ -1,0 +1,36 @@
+//! # flotilla-node: the runtime that turns the core into a Raft library
+//!
+//! SOFAJRaft's node layer on tokio (`DESIGN.md`, "flotilla-node"; the reference's §1 "Node
+//! API" and "Many groups in one process"):
+//!
+//! - [`NodeManager`] ([`manager`]): every group of one process, driven in rounds over one
+//!   shared log — one write and one fsync per round for all groups, one frame per
+//!   destination process.
+//! - [`Node`]: the per-group handle applications call (apply, read_index, membership,
+//!   transfer, snapshot, status).
+//! - [`StateMachine`]: the application's callbacks, applied from a batched [`ApplyIter`].
+//! - [`Transport`]: how frames travel; [`LocalTransport`] joins managers in one process.
+//!
+//! This first slice has no network transport, CLI service, metrics export or snapshot
+//! install to followers yet; see the crate README section.
+
+#![deny(missing_docs)]
+
+mod error;
+mod group;
+pub mod manager;
+mod node;
+mod options;
+mod state_machine;
+mod store;
+mod transport;
+
+pub use error::NodeError;
+pub use manager::{ManagerStats, NodeManager};
+pub use node::{Node, NodeStatus};
+pub use options::{ManagerOptions, QueueFullPolicy};
+pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
+pub use transport::{Frame, Inbox, LocalTransport, Transport};
+
+pub use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};
+pub use flotilla_storage::GroupId;

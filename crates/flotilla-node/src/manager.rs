@@ -1,0 +1,633 @@
+//! [`NodeManager`]: every raft group of one process, driven in rounds (SOFAJRaft's
+//! `NodeManager` plus the batching of TiKV's raftstore).
+//!
+//! Architecture: one tokio task per manager waits for work (a request, an inbound frame,
+//! the next tick) and then runs one *round* on tokio's blocking pool (`spawn_blocking`),
+//! handing it the whole driver state by value and getting it back. A round is plain
+//! synchronous code, so the fsync and the state machine callbacks never block an async
+//! worker, and no lock is held across an `.await`. One round, for every group with work:
+//!
+//! 1. ticks for the time elapsed since the last round (first: a lease read is safe only
+//!    once the core's clock is current), then inbound messages, then queued requests;
+//! 2. `ready()`; `messages` leave at once, one [`Frame`] per destination process (the
+//!    leader's AppendEntries go before its own fsync);
+//! 3. one [`WriteBatch`] for every group's entries and compactions — one write, one fsync
+//!    — preceded by the term/vote saves that changed (`FileMetaStorage`, fsynced);
+//! 4. `messages_after_persist` leave, `on_persisted`;
+//! 5. committed entries go through each group's state machine (in order), reads complete,
+//!    events reach the callbacks.
+//!
+//! Steps 2-5 repeat (a bounded number of passes) while a group still has work, e.g. reads
+//! released by the apply. Owns: the order of that round and the rule that a failed write
+//! stops every group and acknowledges nothing. Must never: acknowledge after a failed
+//! write, block an async worker, or queue without bound.
+//!
+//! Known debt: every round visits every group (no hibernation yet, DESIGN.md "Idle groups
+//! cost nothing"); each meta save is its own fsync; a round's write is not pipelined with
+//! the next round's work; snapshot install to followers awaits the network snapshot
+//! source.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use flotilla_raft::{Message, PeerId, Ready};
+use flotilla_storage::{
+    FileMetaStorage, GroupId, MetaStorage, RaftMeta, SharedLog, SnapshotStore, WriteBatch,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use crate::error::NodeError;
+use crate::group::{storage_error, Group, GroupSetup};
+use crate::node::{Node, NodeInner, NodeStatus};
+use crate::options::ManagerOptions;
+use crate::state_machine::StateMachine;
+use crate::transport::{Frame, Inbox, Transport};
+
+/// Passes of steps 2-5 per round before yielding to new input.
+const READY_PASSES_MAX: usize = 4;
+/// Ticks fed in one round after a long pause (the rest of the pause is skipped: the core
+/// only needs to know that its timeouts expired).
+const TICKS_PER_ROUND_MAX: u64 = 1_000;
+/// Group creations queued to the round.
+const CONTROL_QUEUE_MAX: usize = 64;
+
+/// Counters of one manager, for tests, benchmarks and (later) metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManagerStats {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Shared-log writes (each one write + one fsync).
+    pub log_writes: u64,
+    /// Entries written to the shared log.
+    pub entries_written: u64,
+    /// Group-writes covered by those log writes (a log write covering 5 groups counts 5).
+    pub group_writes: u64,
+    /// Term/vote saves (each fsynced).
+    pub meta_saves: u64,
+    /// Frames handed to the transport.
+    pub frames_sent: u64,
+    /// Messages in those frames.
+    pub messages_sent: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    rounds: AtomicU64,
+    log_writes: AtomicU64,
+    entries_written: AtomicU64,
+    group_writes: AtomicU64,
+    meta_saves: AtomicU64,
+    frames_sent: AtomicU64,
+    messages_sent: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// What the handles and the round share.
+pub(crate) struct ManagerShared {
+    pub(crate) address: PeerId,
+    pub(crate) wake: Arc<Notify>,
+    stopping: AtomicBool,
+    /// Set once a write failed: every group stopped.
+    failed: Mutex<Option<String>>,
+    stats: Stats,
+    nodes: Mutex<BTreeMap<GroupId, Node>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ManagerShared {
+    /// The error for a request the manager can no longer take.
+    pub(crate) fn stopped_error(&self) -> NodeError {
+        lock(&self.failed)
+            .as_ref()
+            .map_or(NodeError::ShutDown, |why| NodeError::Io(why.clone()))
+    }
+}
+
+enum Control {
+    AddGroup {
+        setup: GroupSetup,
+        done: oneshot::Sender<Result<Node, NodeError>>,
+    },
+}
+
+/// Every raft group of one process. See the module documentation.
+pub struct NodeManager {
+    shared: Arc<ManagerShared>,
+    control: mpsc::Sender<Control>,
+    inbox: Inbox,
+    fresh: bool,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for NodeManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeManager")
+            .field("address", &self.shared.address)
+            .field("fresh", &self.fresh)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeManager {
+    /// Opens (recovering) the data directory and starts the round task. Must be called
+    /// within a tokio runtime. Frames for this process go to [`NodeManager::inbox`]; wire
+    /// it to the transport (e.g. [`crate::LocalTransport::register`]).
+    pub async fn open(
+        options: ManagerOptions,
+        transport: Arc<dyn Transport>,
+    ) -> Result<NodeManager, NodeError> {
+        options.raft.validate()?;
+        if options.request_queue_max == 0 || options.inbound_frames_max == 0 {
+            return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
+                "request_queue_max and inbound_frames_max must be at least 1".into(),
+            )));
+        }
+        let opening = options.clone();
+        let (fresh, log, meta) = tokio::task::spawn_blocking(move || open_storage(&opening))
+            .await
+            .map_err(|e| NodeError::Io(format!("opening storage panicked: {e}")))??;
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(ManagerShared {
+            address: options.address.clone(),
+            wake: wake.clone(),
+            stopping: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            stats: Stats::default(),
+            nodes: Mutex::new(BTreeMap::new()),
+        });
+        let (frames_tx, frames_rx) = mpsc::channel(options.inbound_frames_max);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
+        let driver = Driver {
+            shared: shared.clone(),
+            fresh,
+            log,
+            meta,
+            groups: BTreeMap::new(),
+            transport,
+            inbound: frames_rx,
+            control: control_rx,
+            last_tick: Instant::now(),
+            more_work: false,
+            failed: None,
+            options,
+        };
+        let task = tokio::spawn(run(Box::new(driver)));
+        Ok(NodeManager {
+            inbox: Inbox {
+                frames: frames_tx,
+                wake,
+            },
+            shared,
+            control: control_tx,
+            fresh,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// This process's address (the peer id of its peers).
+    #[must_use]
+    pub fn address(&self) -> &PeerId {
+        &self.shared.address
+    }
+
+    /// Where transports deliver frames for this process.
+    #[must_use]
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    /// True if the data directory was empty when opened (its peers never acknowledged
+    /// anyone, so they start without the vote guard).
+    #[must_use]
+    pub fn was_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Starts (or restarts, from its durable state) the peer of `group` on this process.
+    /// `peers`: the initial voters, used only when the group has no snapshot yet (the same
+    /// list on every peer; empty for a peer that waits to be added).
+    pub async fn add_group(
+        &self,
+        group: GroupId,
+        peers: Vec<PeerId>,
+        state_machine: impl StateMachine,
+    ) -> Result<Node, NodeError> {
+        let (done, answer) = oneshot::channel();
+        let setup = GroupSetup {
+            id: group,
+            peers,
+            state_machine: Box::new(state_machine),
+        };
+        self.control
+            .send(Control::AddGroup { setup, done })
+            .await
+            .map_err(|_| self.shared.stopped_error())?;
+        self.shared.wake.notify_one();
+        answer.await.map_err(|_| self.shared.stopped_error())?
+    }
+
+    /// The handle of `group`, if this process hosts it.
+    #[must_use]
+    pub fn node(&self, group: GroupId) -> Option<Node> {
+        lock(&self.shared.nodes).get(&group).cloned()
+    }
+
+    /// Counters since open.
+    #[must_use]
+    pub fn stats(&self) -> ManagerStats {
+        let s = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ManagerStats {
+            rounds: get(&s.rounds),
+            log_writes: get(&s.log_writes),
+            entries_written: get(&s.entries_written),
+            group_writes: get(&s.group_writes),
+            meta_saves: get(&s.meta_saves),
+            frames_sent: get(&s.frames_sent),
+            messages_sent: get(&s.messages_sent),
+        }
+    }
+
+    /// The storage failure that stopped the manager, if any.
+    #[must_use]
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.failed).clone()
+    }
+
+    /// Stops every group (pending proposals answer "unknown", state machines hear
+    /// `on_shutdown`) and waits for the round task to finish. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(address = %self.shared.address, error = %e, "round task failed");
+            }
+        }
+    }
+}
+
+impl Drop for NodeManager {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Opens the log and meta store; reports whether the data directory was empty.
+fn open_storage(options: &ManagerOptions) -> Result<(bool, SharedLog, FileMetaStorage), NodeError> {
+    let fs = options.fs.clone();
+    let dir = &options.data_dir;
+    let fresh = !fs.exists(dir) || fs.list(dir).map_err(storage_error)?.is_empty();
+    fs.create_dir_all(dir).map_err(storage_error)?;
+    let log = SharedLog::open(fs.clone(), &dir.join("log"), options.log.clone())
+        .map_err(storage_error)?;
+    let meta = FileMetaStorage::open(fs, dir.join("meta")).map_err(storage_error)?;
+    Ok((fresh, log, meta))
+}
+
+/// The round task: wait for work, run a round on the blocking pool, repeat.
+async fn run(mut driver: Box<Driver>) {
+    let shared = driver.shared.clone();
+    let tick = driver.options.tick;
+    loop {
+        if !driver.more_work {
+            let deadline = tokio::time::Instant::from_std(driver.last_tick + tick);
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        driver = match tokio::task::spawn_blocking(move || {
+            driver.round();
+            driver
+        })
+        .await
+        {
+            Ok(driver) => driver,
+            Err(e) => {
+                // A round panicked (a broken invariant): the groups' state went with it.
+                tracing::error!(address = %shared.address, error = %e, "round panicked; manager stopped");
+                *lock(&shared.failed) = Some(format!("round panicked: {e}"));
+                lock(&shared.nodes).clear();
+                return;
+            }
+        };
+        if driver.failed.is_some() {
+            break;
+        }
+    }
+    let stopped = tokio::task::spawn_blocking(move || driver.stop_all()).await;
+    if let Err(e) = stopped {
+        tracing::error!(address = %shared.address, error = %e, "stopping the groups panicked");
+    }
+}
+
+/// Everything a round owns; moved to the blocking pool for each round.
+struct Driver {
+    shared: Arc<ManagerShared>,
+    options: ManagerOptions,
+    fresh: bool,
+    log: SharedLog,
+    meta: FileMetaStorage,
+    groups: BTreeMap<GroupId, Group>,
+    transport: Arc<dyn Transport>,
+    inbound: mpsc::Receiver<Frame>,
+    control: mpsc::Receiver<Control>,
+    /// When the last tick was fed (advanced by whole tick periods).
+    last_tick: Instant,
+    /// The last round left work behind (queued requests or readies): run again at once.
+    more_work: bool,
+    failed: Option<NodeError>,
+}
+
+/// Messages bundled per destination process.
+#[derive(Default)]
+struct Outbound {
+    frames: BTreeMap<PeerId, Vec<(GroupId, Message)>>,
+}
+
+impl Outbound {
+    fn push(&mut self, group: GroupId, messages: Vec<Message>) {
+        for message in messages {
+            self.frames
+                .entry(message.to.clone())
+                .or_default()
+                .push((group, message));
+        }
+    }
+}
+
+impl Driver {
+    fn round(&mut self) {
+        bump(&self.shared.stats.rounds, 1);
+        self.accept_controls();
+        let ticks = self.elapsed_ticks();
+        for group in self.groups.values_mut() {
+            for _ in 0..ticks {
+                group.raft.tick();
+            }
+        }
+        self.deliver_inbound();
+        let mut more_requests = false;
+        let per_round = self.options.requests_per_round_max;
+        for group in self.groups.values_mut() {
+            more_requests |= group.take_requests(per_round);
+        }
+        for _ in 0..READY_PASSES_MAX {
+            if !self.pass() || self.failed.is_some() {
+                break;
+            }
+        }
+        if self.failed.is_some() {
+            return;
+        }
+        for group in self.groups.values() {
+            group.publish();
+        }
+        self.more_work = more_requests
+            || !self.inbound.is_empty()
+            || self.groups.values().any(|g| g.raft.has_ready());
+    }
+
+    fn elapsed_ticks(&mut self) -> u64 {
+        let tick = self.options.tick;
+        let elapsed = self.last_tick.elapsed();
+        let ticks = (elapsed.as_nanos() / tick.as_nanos().max(1)) as u64;
+        if ticks > 0 {
+            let whole = u32::try_from(ticks).unwrap_or(u32::MAX);
+            self.last_tick += tick.saturating_mul(whole);
+        }
+        ticks.min(TICKS_PER_ROUND_MAX)
+    }
+
+    fn accept_controls(&mut self) {
+        while let Ok(control) = self.control.try_recv() {
+            match control {
+                Control::AddGroup { setup, done } => {
+                    let result = self.add_group(setup);
+                    let _ = done.send(result);
+                }
+            }
+        }
+    }
+
+    fn add_group(&mut self, setup: GroupSetup) -> Result<Node, NodeError> {
+        let id = setup.id;
+        if self.groups.contains_key(&id) {
+            return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
+                format!("group {id} already runs on {}", self.shared.address),
+            )));
+        }
+        let mut config = self.options.raft.clone();
+        config.id = self.shared.address.clone();
+        config.random_seed = random_seed(id, &self.shared.address);
+        // Only a peer that never ran (empty data directory) may vote at once.
+        config.start_with_vote_guard = !self.fresh;
+        let (requests_tx, requests_rx) = mpsc::channel(self.options.request_queue_max);
+        let status = Arc::new(Mutex::new(NodeStatus::default()));
+        let snapshots_dir = self.options.data_dir.join("snapshots").join(id.to_string());
+        let snapshots =
+            SnapshotStore::open(self.options.fs.clone(), snapshots_dir).map_err(storage_error)?;
+        let group = Group::open(
+            setup,
+            config,
+            &self.log,
+            &self.meta,
+            snapshots,
+            requests_rx,
+            status.clone(),
+        )?;
+        self.groups.insert(id, group);
+        let tick_ms = u64::try_from(self.options.tick.as_millis()).unwrap_or(u64::MAX);
+        let node = Node::new(NodeInner {
+            group: id,
+            requests: requests_tx,
+            status,
+            shared: self.shared.clone(),
+            queue_full: self.options.queue_full,
+            tick_ms,
+        });
+        lock(&self.shared.nodes).insert(id, node.clone());
+        self.more_work = true;
+        Ok(node)
+    }
+
+    fn deliver_inbound(&mut self) {
+        for _ in 0..self.options.inbound_frames_per_round_max {
+            let Ok(frame) = self.inbound.try_recv() else {
+                return;
+            };
+            for (group, message) in frame.messages {
+                match self.groups.get_mut(&group) {
+                    Some(g) => g.raft.step(message),
+                    None => {
+                        tracing::debug!(group, from = %frame.from, "message for a group not hosted here")
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass of steps 2-5 over every group with work. Returns false if none had any.
+    fn pass(&mut self) -> bool {
+        let mut outbound = Outbound::default();
+        let mut batch = WriteBatch::new();
+        let mut metas: Vec<(GroupId, RaftMeta)> = Vec::new();
+        let mut readies: Vec<(GroupId, Ready)> = Vec::new();
+        let mut entries = 0u64;
+        for (&id, group) in &mut self.groups {
+            if !group.raft.has_ready() {
+                continue;
+            }
+            let mut ready = group.raft.ready();
+            outbound.push(id, std::mem::take(&mut ready.messages));
+            if let Some((index, term)) = ready.compact_to {
+                batch.truncate_prefix(id, index, term);
+            }
+            batch.append(id, &ready.entries);
+            entries += ready.entries.len() as u64;
+            if let Some(hs) = &ready.hard_state {
+                if (hs.term, &hs.vote) != (group.saved_meta.term, &group.saved_meta.vote) {
+                    metas.push((
+                        id,
+                        RaftMeta {
+                            term: hs.term,
+                            vote: hs.vote.clone(),
+                        },
+                    ));
+                }
+            }
+            readies.push((id, ready));
+        }
+        if readies.is_empty() {
+            return false;
+        }
+        self.send(outbound);
+        if let Err(e) = self.persist(&batch, &metas, entries) {
+            self.fail(e);
+            return false;
+        }
+        let mut outbound = Outbound::default();
+        for (id, ready) in &mut readies {
+            let group = self.groups.get_mut(id).expect("group of a ready");
+            outbound.push(*id, std::mem::take(&mut ready.messages_after_persist));
+            if let Some(last) = ready.entries.last() {
+                group.raft.on_persisted(last.index, last.term);
+            }
+        }
+        self.send(outbound);
+        for (id, ready) in readies {
+            self.finish_ready(id, ready);
+        }
+        true
+    }
+
+    /// Step 3: the term/vote saves, then one write with one fsync for every group.
+    fn persist(
+        &mut self,
+        batch: &WriteBatch,
+        metas: &[(GroupId, RaftMeta)],
+        entries: u64,
+    ) -> Result<(), NodeError> {
+        for (id, meta) in metas {
+            self.meta.save(*id, meta).map_err(storage_error)?;
+            bump(&self.shared.stats.meta_saves, 1);
+            if let Some(group) = self.groups.get_mut(id) {
+                group.saved_meta = meta.clone();
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.log.write(batch).map_err(storage_error)?;
+        let stats = &self.shared.stats;
+        bump(&stats.log_writes, 1);
+        bump(&stats.entries_written, entries);
+        bump(&stats.group_writes, batch.len() as u64);
+        Ok(())
+    }
+
+    /// Step 5 for one group: snapshot, apply, reads, events.
+    fn finish_ready(&mut self, id: GroupId, mut ready: Ready) {
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        if let Some(meta) = ready.snapshot.take() {
+            group.install_snapshot(&meta, ready.snapshot_source.as_ref());
+        }
+        if let Err(e) = group.apply(std::mem::take(&mut ready.committed_entries)) {
+            tracing::error!(group = id, error = %e, "state machine failed; group stopped");
+            let mut group = self.groups.remove(&id).expect("group present");
+            group.stop(Some(&e));
+            lock(&self.shared.nodes).remove(&id);
+            return;
+        }
+        group.complete_reads(std::mem::take(&mut ready.reads));
+        for event in std::mem::take(&mut ready.events) {
+            group.on_event(event);
+        }
+    }
+
+    fn send(&self, outbound: Outbound) {
+        let stats = &self.shared.stats;
+        for (to, messages) in outbound.frames {
+            bump(&stats.frames_sent, 1);
+            bump(&stats.messages_sent, messages.len() as u64);
+            let frame = Frame {
+                from: self.shared.address.clone(),
+                messages,
+            };
+            self.transport.send(&to, frame);
+        }
+    }
+
+    /// A write failed: nothing more is acknowledged; every group stops.
+    fn fail(&mut self, error: NodeError) {
+        tracing::error!(address = %self.shared.address, error = %error, "storage write failed; every group stops");
+        *lock(&self.shared.failed) = Some(error.to_string());
+        self.failed = Some(error);
+    }
+
+    fn stop_all(mut self: Box<Self>) {
+        let error = self.failed.take();
+        for group in self.groups.values_mut() {
+            group.stop(error.as_ref());
+        }
+        self.inbound.close();
+        self.control.close();
+        while let Ok(Control::AddGroup { done, .. }) = self.control.try_recv() {
+            let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
+        }
+        lock(&self.shared.nodes).clear();
+    }
+}
+
+/// A per-(group, peer) seed so that peers of one group draw different election timeouts.
+fn random_seed(group: GroupId, address: &PeerId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ group.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in address.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Mix in the wall clock so restarts do not replay the same timeouts.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h ^ u64::from(now.subsec_nanos()) ^ now.as_secs()
+}

@@ -1,0 +1,343 @@
+//! [`Node`]: the handle applications hold for one group on this process (SOFAJRaft's
+//! `Node`). Cheap to clone, `Send + Sync`; every call is a request queued to the manager's
+//! round, or a look at the status the last round published.
+//!
+//! Owns: turning calls into bounded requests and answers into typed results. Must never:
+//! wait on anything but its own answer, or queue without bound.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use flotilla_raft::{Configuration, LogIndex, PeerId, RaftError, ReadMode, Role, Term};
+use flotilla_storage::GroupId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::NodeError;
+use crate::manager::ManagerShared;
+use crate::options::QueueFullPolicy;
+
+/// What the last round saw of one group (for cheap, synchronous queries).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Role of this peer.
+    pub role: Role,
+    /// Current term.
+    pub term: Term,
+    /// Known leader.
+    pub leader: Option<PeerId>,
+    /// Configuration in force.
+    pub configuration: Configuration,
+    /// Leader only: peers heard from within an election timeout (this one included).
+    pub alive_peers: Vec<PeerId>,
+    /// Last index in the log.
+    pub last_index: LogIndex,
+    /// Commit index.
+    pub committed: LogIndex,
+    /// Index the state machine has applied.
+    pub applied: LogIndex,
+}
+
+impl Default for NodeStatus {
+    fn default() -> Self {
+        NodeStatus {
+            role: Role::Follower,
+            term: Term::ZERO,
+            leader: None,
+            configuration: Configuration::default(),
+            alive_peers: Vec::new(),
+            last_index: LogIndex::ZERO,
+            committed: LogIndex::ZERO,
+            applied: LogIndex::ZERO,
+        }
+    }
+}
+
+/// A membership operation (SOFAJRaft's CLI operations on one node).
+#[derive(Clone, Debug)]
+pub(crate) enum Membership {
+    AddPeer(PeerId),
+    RemovePeer(PeerId),
+    ChangePeers(BTreeSet<PeerId>),
+    AddLearners(Vec<PeerId>),
+    RemoveLearners(Vec<PeerId>),
+    PromoteLearner(PeerId),
+    ResetPeers(Vec<PeerId>),
+}
+
+/// A request to a group's round.
+pub(crate) enum Request {
+    Apply {
+        data: Bytes,
+        expected_term: Option<Term>,
+        done: oneshot::Sender<Result<Bytes, NodeError>>,
+    },
+    Read {
+        mode: ReadMode,
+        done: oneshot::Sender<Result<LogIndex, NodeError>>,
+    },
+    Change {
+        change: Membership,
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Transfer {
+        target: Option<PeerId>,
+        done: oneshot::Sender<Result<PeerId, NodeError>>,
+    },
+    Snapshot {
+        done: oneshot::Sender<Result<LogIndex, NodeError>>,
+    },
+    Describe {
+        done: oneshot::Sender<Result<String, NodeError>>,
+    },
+    SetElectionTimeout {
+        ticks: u64,
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) group: GroupId,
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) status: Arc<Mutex<NodeStatus>>,
+    pub(crate) shared: Arc<ManagerShared>,
+    pub(crate) queue_full: QueueFullPolicy,
+    pub(crate) tick_ms: u64,
+}
+
+/// One group's peer on this process. See the module documentation.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("group", &self.inner.group)
+            .field("peer", &self.inner.shared.address)
+            .finish()
+    }
+}
+
+pub(crate) fn lock_status(status: &Mutex<NodeStatus>) -> MutexGuard<'_, NodeStatus> {
+    status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Node {
+    pub(crate) fn new(inner: NodeInner) -> Node {
+        Node {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The group.
+    #[must_use]
+    pub fn group(&self) -> GroupId {
+        self.inner.group
+    }
+
+    /// This peer (the process address).
+    #[must_use]
+    pub fn peer_id(&self) -> &PeerId {
+        &self.inner.shared.address
+    }
+
+    /// Proposes `data`; answers with the state machine's result once the entry applied
+    /// here. `expected_term`: refuse unless this leader's term is that one (SOFAJRaft's
+    /// `Task::expectedTerm`). `Unknown` means the entry may or may not commit.
+    pub async fn apply(
+        &self,
+        data: Bytes,
+        expected_term: Option<Term>,
+    ) -> Result<Bytes, NodeError> {
+        self.submit(
+            |done| Request::Apply {
+                data,
+                expected_term,
+                done,
+            },
+            NodeError::Unknown("the node stopped before answering".into()),
+        )
+        .await
+    }
+
+    /// A linearizable read point: answers once this peer's state machine has applied the
+    /// read index (on a follower or learner too), so the caller may read its state machine.
+    pub async fn read_index(&self, mode: ReadMode) -> Result<LogIndex, NodeError> {
+        self.submit(|done| Request::Read { mode, done }, NodeError::ShutDown)
+            .await
+    }
+
+    async fn change(&self, change: Membership) -> Result<(), NodeError> {
+        self.submit(
+            |done| Request::Change { change, done },
+            NodeError::Unknown("the node stopped during the change".into()),
+        )
+        .await
+    }
+
+    /// Adds a voter (catch-up first, then joint consensus). Answers when the change is done.
+    pub async fn add_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change(Membership::AddPeer(peer)).await
+    }
+
+    /// Removes a voter.
+    pub async fn remove_peer(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change(Membership::RemovePeer(peer)).await
+    }
+
+    /// Changes the voters to exactly `voters`.
+    pub async fn change_peers(&self, voters: BTreeSet<PeerId>) -> Result<(), NodeError> {
+        self.change(Membership::ChangePeers(voters)).await
+    }
+
+    /// Adds learners.
+    pub async fn add_learners(&self, learners: Vec<PeerId>) -> Result<(), NodeError> {
+        self.change(Membership::AddLearners(learners)).await
+    }
+
+    /// Removes learners.
+    pub async fn remove_learners(&self, learners: Vec<PeerId>) -> Result<(), NodeError> {
+        self.change(Membership::RemoveLearners(learners)).await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote_learner(&self, learner: PeerId) -> Result<(), NodeError> {
+        self.change(Membership::PromoteLearner(learner)).await
+    }
+
+    /// Unsafe, local: replaces the voters without consensus, to recover a group that lost
+    /// its majority (SOFAJRaft's `resetPeers`).
+    pub async fn reset_peers(&self, voters: Vec<PeerId>) -> Result<(), NodeError> {
+        self.change(Membership::ResetPeers(voters)).await
+    }
+
+    /// Transfers leadership to `target` (`None`: the most up-to-date peer). Answers with the
+    /// new leader once this peer stepped down in its favour.
+    pub async fn transfer_leadership(&self, target: Option<PeerId>) -> Result<PeerId, NodeError> {
+        self.submit(
+            |done| Request::Transfer { target, done },
+            NodeError::Unknown("the node stopped during the transfer".into()),
+        )
+        .await
+    }
+
+    /// Takes a snapshot now; answers with its index.
+    pub async fn snapshot(&self) -> Result<LogIndex, NodeError> {
+        self.submit(|done| Request::Snapshot { done }, NodeError::ShutDown)
+            .await
+    }
+
+    /// A human-readable dump of the core (role, indexes, every replicator).
+    pub async fn describe(&self) -> Result<String, NodeError> {
+        self.submit(|done| Request::Describe { done }, NodeError::ShutDown)
+            .await
+    }
+
+    /// Changes the election timeout (rounded down to whole ticks; at least two ticks).
+    pub async fn set_election_timeout(&self, timeout_ms: u64) -> Result<(), NodeError> {
+        let ticks = timeout_ms / self.inner.tick_ms.max(1);
+        self.submit(
+            |done| Request::SetElectionTimeout { ticks, done },
+            NodeError::ShutDown,
+        )
+        .await
+    }
+
+    /// The leader this peer knows of.
+    #[must_use]
+    pub fn leader_id(&self) -> Option<PeerId> {
+        lock_status(&self.inner.status).leader.clone()
+    }
+
+    /// Voters of the configuration in force.
+    #[must_use]
+    pub fn list_peers(&self) -> Vec<PeerId> {
+        let status = lock_status(&self.inner.status);
+        status.configuration.voters.iter().cloned().collect()
+    }
+
+    /// Learners of the configuration in force.
+    #[must_use]
+    pub fn list_learners(&self) -> Vec<PeerId> {
+        let status = lock_status(&self.inner.status);
+        status.configuration.learners.iter().cloned().collect()
+    }
+
+    /// Leader only: peers heard from within an election timeout.
+    #[must_use]
+    pub fn list_alive_peers(&self) -> Vec<PeerId> {
+        lock_status(&self.inner.status).alive_peers.clone()
+    }
+
+    /// Last index in the log.
+    #[must_use]
+    pub fn last_log_index(&self) -> LogIndex {
+        lock_status(&self.inner.status).last_index
+    }
+
+    /// Commit index.
+    #[must_use]
+    pub fn committed_index(&self) -> LogIndex {
+        lock_status(&self.inner.status).committed
+    }
+
+    /// Applied index.
+    #[must_use]
+    pub fn applied_index(&self) -> LogIndex {
+        lock_status(&self.inner.status).applied
+    }
+
+    /// Role of this peer.
+    #[must_use]
+    pub fn state(&self) -> Role {
+        lock_status(&self.inner.status).role
+    }
+
+    /// Everything the last round published.
+    #[must_use]
+    pub fn status(&self) -> NodeStatus {
+        lock_status(&self.inner.status).clone()
+    }
+
+    /// True if this peer is the leader (as of the last round).
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        self.state() == Role::Leader
+    }
+
+    /// Queues one request and waits for its answer. `lost` answers when the round dropped
+    /// the request unanswered (the manager stopped).
+    async fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Request,
+        lost: NodeError,
+    ) -> Result<T, NodeError> {
+        let (done, answer) = oneshot::channel();
+        let request = make(done);
+        let queued = match self.inner.queue_full {
+            QueueFullPolicy::Busy => match self.inner.requests.try_send(request) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(NodeError::Raft(RaftError::Busy(format!(
+                        "request queue of group {} is full",
+                        self.inner.group
+                    ))))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            },
+            QueueFullPolicy::Block => self.inner.requests.send(request).await.map_err(|_| ()),
+        };
+        if queued.is_err() {
+            return Err(self.inner.shared.stopped_error());
+        }
+        self.inner.shared.wake.notify_one();
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(lost),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Options of a [`crate::NodeManager`] and its groups, with SOFAJRaft's defaults.
+//!
+//! Owns: every limit of the runtime, named with the qualifier last. Must never: hold an
+//! unbounded queue size.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_raft::{Config, PeerId};
+use flotilla_storage::fs::{FileSystem, StdFs};
+use flotilla_storage::LogOptions;
+
+/// What a request does when its group's request queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueFullPolicy {
+    /// Answer `Busy` at once (SOFAJRaft's default: the apply queue is a bounded ring buffer
+    /// and a full one refuses the task).
+    #[default]
+    Busy,
+    /// Wait for room (back-pressure reaches the caller's task).
+    Block,
+}
+
+/// Options of one manager (one process).
+#[derive(Clone)]
+pub struct ManagerOptions {
+    /// This process's address: the peer id of every peer it hosts.
+    pub address: PeerId,
+    /// Data directory: `log/` (the shared log), `meta/` (term and vote), `snapshots/<group>`.
+    pub data_dir: PathBuf,
+    /// File system (real by default; `SimFs` in tests).
+    pub fs: Arc<dyn FileSystem>,
+    /// Period of one core tick (SOFAJRaft's timeouts are 10 ticks of 100 ms).
+    pub tick: Duration,
+    /// Template of every group's core options; `id`, `random_seed` and
+    /// `start_with_vote_guard` are set by the manager.
+    pub raft: Config,
+    /// Requests (apply, read, admin) queued per group before `QueueFullPolicy` applies.
+    pub request_queue_max: usize,
+    /// Requests taken from one group's queue per round (the rest wait for the next round).
+    pub requests_per_round_max: usize,
+    /// Inbound frames queued before further frames are dropped.
+    pub inbound_frames_max: usize,
+    /// Inbound frames taken per round.
+    pub inbound_frames_per_round_max: usize,
+    /// What a full request queue does.
+    pub queue_full: QueueFullPolicy,
+    /// Limits of the shared log.
+    pub log: LogOptions,
+}
+
+impl std::fmt::Debug for ManagerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerOptions")
+            .field("address", &self.address)
+            .field("data_dir", &self.data_dir)
+            .field("tick", &self.tick)
+            .field("request_queue_max", &self.request_queue_max)
+            .field("queue_full", &self.queue_full)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ManagerOptions {
+    /// Defaults: real file system, 100 ms tick, SOFAJRaft's core defaults.
+    #[must_use]
+    pub fn new(address: PeerId, data_dir: impl Into<PathBuf>) -> ManagerOptions {
+        ManagerOptions {
+            raft: Config::new(address.clone()),
+            address,
+            data_dir: data_dir.into(),
+            fs: Arc::new(StdFs),
+            tick: Duration::from_millis(100),
+            request_queue_max: 1024,
+            requests_per_round_max: 1024,
+            inbound_frames_max: 1024,
+            inbound_frames_per_round_max: 256,
+            queue_full: QueueFullPolicy::Busy,
+            log: LogOptions::default(),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! How raft messages leave and enter a process: the [`Transport`] trait, the [`Inbox`] a
+//! manager receives on, and [`LocalTransport`] for many managers in one process (tests).
+//!
+//! Owns: the unit of traffic — one [`Frame`] per destination process per round, carrying
+//! messages of any number of groups (DESIGN.md, "Batch at every hop"). Must never: block
+//! the sender (a full inbox drops the frame; raft retransmits) or grow without bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use flotilla_raft::{Message, PeerId};
+use flotilla_storage::GroupId;
+use tokio::sync::{mpsc, Notify};
+
+/// Raft messages from one process to another, for any number of groups.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// The sending process (its address, which is its peer id).
+    pub from: PeerId,
+    /// `(group, message)` pairs, in the order the groups produced them (order is kept per
+    /// (group, peer), which makes pipelined AppendEntries safe).
+    pub messages: Vec<(GroupId, Message)>,
+}
+
+/// Sends frames to other processes. Implementations must not block: they queue or drop.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `frame` to the process listening at `to`. Delivery is best effort: raft
+    /// tolerates loss, duplication is not allowed.
+    fn send(&self, to: &PeerId, frame: Frame);
+}
+
+/// The receiving end a transport hands frames to: a bounded queue plus the manager's
+/// wake-up. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    pub(crate) frames: mpsc::Sender<Frame>,
+    pub(crate) wake: Arc<Notify>,
+}
+
+impl Inbox {
+    /// Hands `frame` to the manager. Returns it back when the manager's inbound queue is
+    /// full or the manager stopped (the caller drops it; raft retransmits).
+    pub fn deliver(&self, frame: Frame) -> Result<(), Frame> {
+        match self.frames.try_send(frame) {
+            Ok(()) => {
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(
+                mpsc::error::TrySendError::Full(frame) | mpsc::error::TrySendError::Closed(frame),
+            ) => Err(frame),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    inboxes: BTreeMap<PeerId, Inbox>,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(PeerId, PeerId)>,
+}
+
+/// Managers of one process reaching each other through their inboxes, with links that
+/// tests can cut. Messages are handed over as values: no encoding.
+#[derive(Clone, Default)]
+pub struct LocalTransport {
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl std::fmt::Debug for LocalTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let registry = self.lock();
+        f.debug_struct("LocalTransport")
+            .field("processes", &registry.inboxes.keys().collect::<Vec<_>>())
+            .field("cut", &registry.cut)
+            .finish()
+    }
+}
+
+impl LocalTransport {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> LocalTransport {
+        LocalTransport::default()
+    }
+
+    // A short critical section with no await inside: a std mutex is right (as mini-redis
+    // explains for its shared state).
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers (or replaces, after a restart) the inbox of the process at `address`.
+    pub fn register(&self, address: &PeerId, inbox: Inbox) {
+        self.lock().inboxes.insert(address.clone(), inbox);
+    }
+
+    /// Removes the process at `address`.
+    pub fn unregister(&self, address: &PeerId) {
+        self.lock().inboxes.remove(address);
+    }
+
+    /// Drops every frame from `from` to `to` until healed.
+    pub fn cut(&self, from: &PeerId, to: &PeerId) {
+        self.lock().cut.insert((from.clone(), to.clone()));
+    }
+
+    /// Cuts every link to and from `address`.
+    pub fn isolate(&self, address: &PeerId) {
+        let mut registry = self.lock();
+        let others: Vec<PeerId> = registry.inboxes.keys().cloned().collect();
+        for other in others.into_iter().filter(|o| o != address) {
+            registry.cut.insert((address.clone(), other.clone()));
+            registry.cut.insert((other, address.clone()));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal_all(&self) {
+        self.lock().cut.clear();
+    }
+}
+
+impl Transport for LocalTransport {
+    fn send(&self, to: &PeerId, frame: Frame) {
+        let inbox = {
+            let registry = self.lock();
+            if registry.cut.contains(&(frame.from.clone(), to.clone())) {
+                return;
+            }
+            registry.inboxes.get(to).cloned()
+        };
+        match inbox {
+            Some(inbox) => {
+                if let Err(frame) = inbox.deliver(frame) {
+                    tracing::debug!(to = %to, messages = frame.messages.len(), "inbox full or closed: frame dropped");
+                }
+            }
+            None => tracing::debug!(to = %to, "no such process: frame dropped"),
+        }
+    }
+}

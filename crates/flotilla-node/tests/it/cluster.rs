@@ -1,0 +1,247 @@
+//! A test cluster: managers on temp dirs joined by a `LocalTransport`, and a counter state
+//! machine whose value the tests can read.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_node::{
+    ApplyIter, GroupId, LocalTransport, ManagerOptions, Node, NodeError, NodeManager, PeerId,
+    StateMachine,
+};
+use flotilla_storage::{SnapshotReader, SnapshotWriter};
+
+/// Adds the little-endian u64 in each entry; answers with the new value.
+pub struct Counter {
+    pub value: Arc<AtomicU64>,
+}
+
+impl StateMachine for Counter {
+    fn on_apply(&mut self, iter: &mut ApplyIter) {
+        for task in iter {
+            let mut add = [0u8; 8];
+            add.copy_from_slice(&task.data[..8]);
+            let value = self.value.load(Ordering::SeqCst) + u64::from_le_bytes(add);
+            self.value.store(value, Ordering::SeqCst);
+            if let Some(completion) = task.completion {
+                completion.complete(Ok(Bytes::copy_from_slice(&value.to_le_bytes())));
+            }
+        }
+    }
+
+    fn on_snapshot_save(&mut self, writer: &mut SnapshotWriter) -> Result<(), String> {
+        let value = self.value.load(Ordering::SeqCst);
+        writer
+            .append("counter", &value.to_le_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        let bytes = reader
+            .read_chunk("counter", 0, 8)
+            .map_err(|e| e.to_string())?;
+        let array: [u8; 8] = bytes.try_into().map_err(|_| "short counter file")?;
+        self.value
+            .store(u64::from_le_bytes(array), Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+pub fn add(n: u64) -> Bytes {
+    Bytes::copy_from_slice(&n.to_le_bytes())
+}
+
+pub fn value_of(result: &Bytes) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&result[..8]);
+    u64::from_le_bytes(a)
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One process of the test cluster.
+pub struct Process {
+    pub address: PeerId,
+    pub dir: PathBuf,
+    pub manager: Option<NodeManager>,
+    /// Counter value per group.
+    pub counters: std::collections::BTreeMap<GroupId, Arc<AtomicU64>>,
+}
+
+pub struct Cluster {
+    pub transport: LocalTransport,
+    pub processes: Vec<Process>,
+    pub peers: Vec<PeerId>,
+    root: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+impl Cluster {
+    pub async fn new(name: &str, processes: usize) -> Cluster {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let root = std::env::temp_dir().join(format!(
+            "flotilla-node-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        let peers: Vec<PeerId> = (1..=processes)
+            .map(|i| PeerId::new(&format!("127.0.0.1:{}", 8000 + i)))
+            .collect();
+        let mut cluster = Cluster {
+            transport: LocalTransport::new(),
+            processes: peers
+                .iter()
+                .enumerate()
+                .map(|(i, address)| Process {
+                    address: address.clone(),
+                    dir: root.join(format!("p{}", i + 1)),
+                    manager: None,
+                    counters: Default::default(),
+                })
+                .collect(),
+            peers,
+            root,
+        };
+        for i in 0..processes {
+            cluster.start(i).await;
+        }
+        cluster
+    }
+
+    /// Opens process `i`'s manager from its data directory.
+    pub async fn start(&mut self, i: usize) {
+        let p = &mut self.processes[i];
+        let mut options = ManagerOptions::new(p.address.clone(), &p.dir);
+        options.tick = Duration::from_millis(10);
+        options.raft.election_timeout_ticks = 10;
+        options.raft.heartbeat_interval_ticks = 1;
+        options.raft.snapshot_interval_ticks = 0;
+        options.raft.read_timeout_ticks = 100;
+        let manager = NodeManager::open(options, Arc::new(self.transport.clone()))
+            .await
+            .expect("open manager");
+        self.transport.register(&p.address, manager.inbox());
+        p.manager = Some(manager);
+        p.counters.clear();
+    }
+
+    /// Starts `group` on every running process (a fresh counter each).
+    pub async fn add_group(&mut self, group: GroupId) {
+        for p in &mut self.processes {
+            let Some(manager) = &p.manager else { continue };
+            let value = Arc::new(AtomicU64::new(0));
+            manager
+                .add_group(
+                    group,
+                    self.peers.clone(),
+                    Counter {
+                        value: value.clone(),
+                    },
+                )
+                .await
+                .expect("add group");
+            p.counters.insert(group, value);
+        }
+    }
+
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(manager) = self.processes[i].manager.take() {
+            manager.shutdown().await;
+        }
+        self.transport.unregister(&self.processes[i].address);
+    }
+
+    pub fn node(&self, i: usize, group: GroupId) -> Option<Node> {
+        self.processes[i].manager.as_ref()?.node(group)
+    }
+
+    pub fn counter(&self, i: usize, group: GroupId) -> u64 {
+        self.processes[i].counters[&group].load(Ordering::SeqCst)
+    }
+
+    /// Waits for a leader of `group` among running processes; returns its index.
+    pub async fn leader(&self, group: GroupId) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for i in 0..self.processes.len() {
+                if self.node(i, group).is_some_and(|n| n.is_leader()) {
+                    return i;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader for group {group}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Applies `add(n)` through whoever leads, retrying "not leader" / "unknown" until a
+    /// definite answer. Returns the state machine's result.
+    pub async fn apply(&self, group: GroupId, n: u64) -> Result<u64, NodeError> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leader = self.leader(group).await;
+            let node = self.node(leader, group).expect("leader node");
+            match node.apply(add(n), None).await {
+                Ok(result) => return Ok(value_of(&result)),
+                Err(e @ NodeError::Unknown(_)) => return Err(e),
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "apply kept failing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until process `i`'s counter of `group` reaches `value`.
+    pub async fn wait_counter(&self, i: usize, group: GroupId, value: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.counter(i, group) < value {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process {i} group {group} counter stuck at {} < {value}",
+                self.counter(i, group)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            self.counter(i, group),
+            value,
+            "process {i} group {group} overshot"
+        );
+    }
+}
+
+impl Cluster {
+    /// Starts `group` on process `i` only (after a restart).
+    pub async fn add_group_on(&mut self, i: usize, group: GroupId) {
+        let peers = self.peers.clone();
+        let p = &mut self.processes[i];
+        let manager = p.manager.as_ref().expect("running");
+        let value = Arc::new(AtomicU64::new(0));
+        manager
+            .add_group(
+                group,
+                peers,
+                Counter {
+                    value: value.clone(),
+                },
+            )
+            .await
+            .expect("add group");
+        p.counters.insert(group, value);
+    }
+}

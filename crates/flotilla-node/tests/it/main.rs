@@ -1,0 +1,6 @@
+//! Integration tests of the node runtime: several managers in one process joined by
+//! `LocalTransport`, on real temporary directories, with a counter state machine. No
+//! assertion about speed: every wait is a generous deadline.
+
+mod cluster;
+mod tests;
