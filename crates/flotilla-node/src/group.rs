@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use flotilla_raft::{
-    Config, Configuration, Entry, EntryPayload, Event, LogIndex, PeerId, Raft, RaftError,
+    Config, Configuration, Entry, EntryPayload, Event, LogIndex, LogStore, PeerId, Raft, RaftError,
     ReadResult, SnapshotMeta, Term,
 };
-use flotilla_storage::{FileMetaStorage, GroupId, MetaStorage, RaftMeta, SharedLog, SnapshotStore};
+use flotilla_storage::{
+    FileMetaStorage, GroupId, GroupLog, MetaStorage, RaftMeta, SharedLog, SnapshotReader,
+    SnapshotStore, WriteBatch,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
@@ -30,6 +33,18 @@ type Answer<T> = oneshot::Sender<Result<T, NodeError>>;
 fn answer<T>(done: Answer<T>, result: Result<T, NodeError>) {
     // The caller may have stopped waiting (dropped its future); nothing to do then.
     let _ = done.send(result);
+}
+
+/// True if the log does not continue from `snapshot` (it ends before it, or holds another
+/// term at its index).
+fn needs_reset(log: &GroupLog, snapshot: &SnapshotMeta) -> bool {
+    if snapshot.index == LogIndex::ZERO {
+        return false;
+    }
+    if LogStore::last_index(log) < snapshot.index {
+        return true;
+    }
+    matches!(LogStore::term(log, snapshot.index), Ok(term) if term != snapshot.term)
 }
 
 /// What a group is created from.
@@ -56,6 +71,8 @@ pub(crate) struct Group {
     change: Option<Answer<()>>,
     transfer: Option<Answer<PeerId>>,
     status: Arc<Mutex<NodeStatus>>,
+    /// A snapshot copy into `snapshots` is running (the manager's): no local snapshot now.
+    pub(crate) installing: bool,
 }
 
 impl Group {
@@ -92,8 +109,18 @@ impl Group {
                 LogIndex::ZERO,
             ),
         };
+        let group_log = log.group(id);
+        if needs_reset(&group_log, &snapshot) {
+            // A snapshot copied from the leader became the newest, but the process stopped
+            // before the log was reset to it: the log does not lead on from the snapshot.
+            // Finish the install now (the reset is idempotent).
+            let mut batch = WriteBatch::new();
+            batch.reset(id, snapshot.index, snapshot.term);
+            log.write(&batch).map_err(storage_error)?;
+            tracing::info!(group = id, index = %snapshot.index, "log reset to an installed snapshot at restart");
+        }
         let store = NodeStore {
-            log: log.group(id),
+            log: group_log,
             snapshot,
         };
         // The commit index is not stored: the core clamps it up to the snapshot and learns
@@ -117,6 +144,7 @@ impl Group {
             change: None,
             transfer: None,
             status,
+            installing: false,
         };
         group.publish();
         Ok(group)
@@ -318,6 +346,11 @@ impl Group {
     /// Saves the state machine at the applied index into the snapshot store, then lets the
     /// core compact the log (back to the previous snapshot).
     fn take_snapshot(&mut self) -> Result<LogIndex, NodeError> {
+        if self.installing {
+            return Err(NodeError::Raft(RaftError::Busy(
+                "a snapshot from the leader is being installed".into(),
+            )));
+        }
         let applied = self.raft.applied();
         if let Some(newest) = self.snapshots.newest_meta() {
             if newest.index >= applied {
@@ -337,17 +370,16 @@ impl Group {
         Ok(applied)
     }
 
-    /// A snapshot the leader sent. Known debt: fetching it from the leader needs the
-    /// network snapshot source of a later slice; until then the install is refused and the
-    /// leader retries after its install timeout.
-    pub(crate) fn install_snapshot(&mut self, meta: &SnapshotMeta, source: Option<&PeerId>) {
-        tracing::warn!(
-            group = self.id,
-            index = %meta.index,
-            source = ?source,
-            "snapshot install is not supported by this runtime yet; refused"
-        );
-        self.raft.on_snapshot_install_failed(meta);
+    /// The group's snapshot store (the manager copies installs into it).
+    pub(crate) fn snapshot_store(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    /// Replaces the state machine's state with an installed snapshot.
+    pub(crate) fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), NodeError> {
+        self.state_machine
+            .on_snapshot_load(reader)
+            .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))
     }
 
     /// Publishes the core's status for the handle's synchronous queries.

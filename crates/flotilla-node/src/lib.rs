@@ -10,9 +10,11 @@
 //!   transfer, snapshot, status).
 //! - [`StateMachine`]: the application's callbacks, applied from a batched [`ApplyIter`].
 //! - [`Transport`]: how frames travel; [`LocalTransport`] joins managers in one process.
+//! - [`SnapshotService`] and [`Transport::fetch_snapshot`] ([`snapshot`]): followers pull
+//!   the leader's snapshot in chunks, off the round, resumable and throttled.
 //!
-//! This first slice has no network transport, CLI service, metrics export or snapshot
-//! install to followers yet; see the crate README section.
+//! This slice has no network transport, CLI service or metrics export yet; see the crate
+//! README section.
 
 #![deny(missing_docs)]
 
@@ -21,6 +23,7 @@ mod group;
 pub mod manager;
 mod node;
 mod options;
+pub mod snapshot;
 mod state_machine;
 mod store;
 mod transport;
@@ -29,6 +32,7 @@ pub use error::NodeError;
 pub use manager::{ManagerStats, NodeManager};
 pub use node::{Node, NodeStatus};
 pub use options::{ManagerOptions, QueueFullPolicy};
+pub use snapshot::{SnapshotFetch, SnapshotPart, SnapshotRequest, SnapshotService};
 pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
 pub use transport::{Frame, Inbox, LocalTransport, Transport};
 

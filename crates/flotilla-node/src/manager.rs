@@ -18,21 +18,29 @@
 //!    events reach the callbacks.
 //!
 //! Steps 2-5 repeat (a bounded number of passes) while a group still has work, e.g. reads
-//! released by the apply. Owns: the order of that round and the rule that a failed write
-//! stops every group and acknowledges nothing. Must never: acknowledge after a failed
-//! write, block an async worker, or queue without bound.
+//! released by the apply.
+//!
+//! Snapshot install (a `Ready::snapshot`): the copy from the leader runs as a blocking task
+//! off the round ([`crate::snapshot`]), one per group at a time; a newer request cancels
+//! the running copy and starts when it ends. While it runs the core answers AppendEntries
+//! with busy. At the start of a later round the outcome is taken: the state machine loads
+//! the snapshot, the group's log is reset to it (its own write + fsync, before the core
+//! hears of it), then `on_snapshot_installed`; on failure `on_snapshot_install_failed`.
+//!
+//! Owns: the order of that round and the rule that a failed write stops every group and
+//! acknowledges nothing. Must never: acknowledge after a failed write, block an async
+//! worker, run a snapshot copy on the round, or queue without bound.
 //!
 //! Known debt: every round visits every group (no hibernation yet, DESIGN.md "Idle groups
-//! cost nothing"); each meta save is its own fsync; a round's write is not pipelined with
-//! the next round's work; snapshot install to followers awaits the network snapshot
-//! source.
+//! cost nothing"); each meta save and each snapshot reset is its own fsync; a round's write
+//! is not pipelined with the next round's work.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use flotilla_raft::{Message, PeerId, Ready};
+use flotilla_raft::{Message, PeerId, Ready, SnapshotMeta};
 use flotilla_storage::{
     FileMetaStorage, GroupId, MetaStorage, RaftMeta, SharedLog, SnapshotStore, WriteBatch,
 };
@@ -43,6 +51,7 @@ use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup};
 use crate::node::{Node, NodeInner, NodeStatus};
 use crate::options::ManagerOptions;
+use crate::snapshot::{run_install, InstallDone, InstallJob, InstallOptions, SnapshotService};
 use crate::state_machine::StateMachine;
 use crate::transport::{Frame, Inbox, Transport};
 
@@ -71,6 +80,10 @@ pub struct ManagerStats {
     pub frames_sent: u64,
     /// Messages in those frames.
     pub messages_sent: u64,
+    /// Snapshots fetched from a leader and installed.
+    pub snapshots_installed: u64,
+    /// Snapshot installs that failed (copy error, deadline, superseded).
+    pub snapshot_installs_failed: u64,
 }
 
 #[derive(Default)]
@@ -82,6 +95,8 @@ struct Stats {
     meta_saves: AtomicU64,
     frames_sent: AtomicU64,
     messages_sent: AtomicU64,
+    snapshots_installed: AtomicU64,
+    snapshot_installs_failed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -97,6 +112,10 @@ pub(crate) struct ManagerShared {
     failed: Mutex<Option<String>>,
     stats: Stats,
     nodes: Mutex<BTreeMap<GroupId, Node>>,
+    /// Serves this process's snapshots (every group's store is registered here).
+    snapshots: SnapshotService,
+    /// Finished snapshot copies for the round to take; at most one per running copy.
+    installed: Mutex<Vec<InstallDone>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +184,8 @@ impl NodeManager {
             failed: Mutex::new(None),
             stats: Stats::default(),
             nodes: Mutex::new(BTreeMap::new()),
+            snapshots: SnapshotService::default(),
+            installed: Mutex::new(Vec::new()),
         });
         let (frames_tx, frames_rx) = mpsc::channel(options.inbound_frames_max);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
@@ -180,6 +201,8 @@ impl NodeManager {
             last_tick: Instant::now(),
             more_work: false,
             failed: None,
+            runtime: tokio::runtime::Handle::current(),
+            installs: BTreeMap::new(),
             options,
         };
         let task = tokio::spawn(run(Box::new(driver)));
@@ -187,6 +210,7 @@ impl NodeManager {
             inbox: Inbox {
                 frames: frames_tx,
                 wake,
+                snapshots: shared.snapshots.clone(),
             },
             shared,
             control: control_tx,
@@ -256,6 +280,8 @@ impl NodeManager {
             meta_saves: get(&s.meta_saves),
             frames_sent: get(&s.frames_sent),
             messages_sent: get(&s.messages_sent),
+            snapshots_installed: get(&s.snapshots_installed),
+            snapshot_installs_failed: get(&s.snapshot_installs_failed),
         }
     }
 
@@ -354,6 +380,18 @@ struct Driver {
     /// The last round left work behind (queued requests or readies): run again at once.
     more_work: bool,
     failed: Option<NodeError>,
+    /// Where install copies are spawned (the round runs on a blocking thread).
+    runtime: tokio::runtime::Handle,
+    /// Snapshot copies running, one per group.
+    installs: BTreeMap<GroupId, Install>,
+}
+
+/// A snapshot copy running for one group.
+struct Install {
+    meta: SnapshotMeta,
+    cancel: Arc<AtomicBool>,
+    /// A newer request that starts once this copy ends.
+    next: Option<(SnapshotMeta, PeerId)>,
 }
 
 /// Messages bundled per destination process.
@@ -377,6 +415,10 @@ impl Driver {
     fn round(&mut self) {
         bump(&self.shared.stats.rounds, 1);
         self.accept_controls();
+        self.finish_installs();
+        if self.failed.is_some() {
+            return;
+        }
         let ticks = self.elapsed_ticks();
         for group in self.groups.values_mut() {
             for _ in 0..ticks {
@@ -444,6 +486,7 @@ impl Driver {
         let snapshots_dir = self.options.data_dir.join("snapshots").join(id.to_string());
         let snapshots =
             SnapshotStore::open(self.options.fs.clone(), snapshots_dir).map_err(storage_error)?;
+        self.shared.snapshots.register(id, snapshots.clone());
         let group = Group::open(
             setup,
             config,
@@ -569,8 +612,14 @@ impl Driver {
             return;
         };
         if let Some(meta) = ready.snapshot.take() {
-            group.install_snapshot(&meta, ready.snapshot_source.as_ref());
+            match ready.snapshot_source.take() {
+                Some(source) => self.request_install(id, meta, source),
+                None => group.raft.on_snapshot_install_failed(&meta),
+            }
         }
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
         if let Err(e) = group.apply(std::mem::take(&mut ready.committed_entries)) {
             tracing::error!(group = id, error = %e, "state machine failed; group stopped");
             let mut group = self.groups.remove(&id).expect("group present");
@@ -582,6 +631,128 @@ impl Driver {
         for event in std::mem::take(&mut ready.events) {
             group.on_event(event);
         }
+    }
+
+    /// A snapshot to fetch from `source`: starts the copy, or queues it behind the running
+    /// one (which is cancelled: the newer request supersedes it).
+    fn request_install(&mut self, id: GroupId, meta: SnapshotMeta, source: PeerId) {
+        if let Some(install) = self.installs.get_mut(&id) {
+            if install.meta.index < meta.index {
+                install.cancel.store(true, Ordering::SeqCst);
+                install.next = Some((meta, source));
+            }
+            return;
+        }
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        group.installing = true;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = InstallJob {
+            transport: self.transport.clone(),
+            runtime: self.runtime.clone(),
+            peer: source,
+            group: id,
+            meta: meta.clone(),
+            store: group.snapshot_store().clone(),
+            options: InstallOptions {
+                chunk_bytes: self.options.snapshot_chunk_bytes,
+                deadline: self.options.snapshot_install_deadline,
+                throttle: self.options.snapshot_throttle.clone(),
+            },
+            cancel: cancel.clone(),
+        };
+        tracing::info!(group = id, index = %meta.index, "installing a snapshot from the leader");
+        self.installs.insert(
+            id,
+            Install {
+                meta,
+                cancel,
+                next: None,
+            },
+        );
+        let shared = self.shared.clone();
+        // The task's handle is not kept: it always reports through `installed`, and a
+        // cancelled or abandoned copy ends at its next chunk.
+        drop(self.runtime.spawn_blocking(move || {
+            let done = run_install(job);
+            lock(&shared.installed).push(done);
+            shared.wake.notify_one();
+        }));
+    }
+
+    /// Takes the finished copies: load the state machine, reset the log, tell the core.
+    fn finish_installs(&mut self) {
+        let finished = std::mem::take(&mut *lock(&self.shared.installed));
+        for done in finished {
+            let next = self
+                .installs
+                .remove(&done.group)
+                .and_then(|install| install.next);
+            let id = done.group;
+            if self.groups.contains_key(&id) {
+                self.install_finished(done);
+                if self.failed.is_some() {
+                    return;
+                }
+            }
+            if let Some(group) = self.groups.get_mut(&id) {
+                group.installing = false;
+                if let Some((meta, source)) = next {
+                    if meta.index > group.raft.applied() {
+                        self.request_install(id, meta, source);
+                    } else {
+                        group.raft.on_snapshot_install_failed(&meta);
+                    }
+                }
+            }
+        }
+    }
+
+    fn install_finished(&mut self, done: InstallDone) {
+        let InstallDone {
+            group: id,
+            meta,
+            result,
+        } = done;
+        let Some(group) = self.groups.get_mut(&id) else {
+            return;
+        };
+        let reader = match result {
+            // An older copy can still be taken if it moves the state machine forward.
+            Ok(reader) if meta.index > group.raft.applied() => reader,
+            Ok(_) => {
+                group.raft.on_snapshot_install_failed(&meta);
+                return;
+            }
+            Err(why) => {
+                tracing::warn!(group = id, index = %meta.index, error = %why, "snapshot install failed");
+                bump(&self.shared.stats.snapshot_installs_failed, 1);
+                group.raft.on_snapshot_install_failed(&meta);
+                return;
+            }
+        };
+        if let Err(e) = group.load_snapshot(&reader) {
+            tracing::error!(group = id, error = %e, "loading the snapshot failed; group stopped");
+            let mut group = self.groups.remove(&id).expect("group present");
+            group.stop(Some(&e));
+            lock(&self.shared.nodes).remove(&id);
+            return;
+        }
+        // The log must continue after the snapshot, durably, before the core (and through
+        // it the leader) hears that the snapshot is installed.
+        let mut batch = WriteBatch::new();
+        batch.reset(id, meta.index, meta.term);
+        if let Err(e) = self.log.write(&batch).map_err(storage_error) {
+            self.fail(e);
+            return;
+        }
+        bump(&self.shared.stats.log_writes, 1);
+        bump(&self.shared.stats.group_writes, 1);
+        let group = self.groups.get_mut(&id).expect("group present");
+        group.raft.on_snapshot_installed(&meta);
+        bump(&self.shared.stats.snapshots_installed, 1);
+        tracing::info!(group = id, index = %meta.index, "snapshot installed");
     }
 
     fn send(&self, outbound: Outbound) {
@@ -606,6 +777,9 @@ impl Driver {
 
     fn stop_all(mut self: Box<Self>) {
         let error = self.failed.take();
+        for install in self.installs.values() {
+            install.cancel.store(true, Ordering::SeqCst);
+        }
         for group in self.groups.values_mut() {
             group.stop(error.as_ref());
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flotilla_raft::{Config, PeerId};
 use flotilla_storage::fs::{FileSystem, StdFs};
-use flotilla_storage::LogOptions;
+use flotilla_storage::{LogOptions, Throttle};
 
 /// What a request does when its group's request queue is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +48,13 @@ pub struct ManagerOptions {
     pub queue_full: QueueFullPolicy,
     /// Limits of the shared log.
     pub log: LogOptions,
+    /// Longest a follower spends fetching one snapshot from its leader before the install
+    /// fails (SOFAJRaft: 5 minutes). A later attempt resumes what was received.
+    pub snapshot_install_deadline: Duration,
+    /// Bytes asked per snapshot chunk (SOFAJRaft's 128 KiB).
+    pub snapshot_chunk_bytes: u32,
+    /// Rate limit shared by every snapshot this process receives (none by default).
+    pub snapshot_throttle: Option<Arc<Throttle>>,
 }
 
 impl std::fmt::Debug for ManagerOptions {
@@ -58,6 +65,7 @@ impl std::fmt::Debug for ManagerOptions {
             .field("tick", &self.tick)
             .field("request_queue_max", &self.request_queue_max)
             .field("queue_full", &self.queue_full)
+            .field("snapshot_install_deadline", &self.snapshot_install_deadline)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +86,9 @@ impl ManagerOptions {
             inbound_frames_per_round_max: 256,
             queue_full: QueueFullPolicy::Busy,
             log: LogOptions::default(),
+            snapshot_install_deadline: Duration::from_secs(300),
+            snapshot_chunk_bytes: 128 * 1024,
+            snapshot_throttle: None,
         }
     }
 }

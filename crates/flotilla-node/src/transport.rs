@@ -2,8 +2,11 @@
 //! manager receives on, and [`LocalTransport`] for many managers in one process (tests).
 //!
 //! Owns: the unit of traffic — one [`Frame`] per destination process per round, carrying
-//! messages of any number of groups (DESIGN.md, "Batch at every hop"). Must never: block
-//! the sender (a full inbox drops the frame; raft retransmits) or grow without bound.
+//! messages of any number of groups (DESIGN.md, "Batch at every hop") — and the
+//! request/response path of snapshot transfers ([`Transport::fetch_snapshot`], served by
+//! the [`crate::SnapshotService`] an [`Inbox`] carries). Must never: block the sender (a full
+//! inbox drops the frame; raft retransmits), serve snapshot files on an async worker, or
+//! grow without bound.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,6 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use flotilla_raft::{Message, PeerId};
 use flotilla_storage::GroupId;
 use tokio::sync::{mpsc, Notify};
+
+use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 
 /// Raft messages from one process to another, for any number of groups.
 #[derive(Clone, Debug)]
@@ -27,17 +32,36 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends `frame` to the process listening at `to`. Delivery is best effort: raft
     /// tolerates loss, duplication is not allowed.
     fn send(&self, to: &PeerId, frame: Frame);
+
+    /// Asks the process at `to` for one part of a snapshot (a request/response call; the
+    /// remote side answers with [`SnapshotService::serve`] of its [`Inbox`]). The receiver
+    /// bounds the wait with its install deadline. The default refuses: a transport that
+    /// cannot carry snapshots leaves followers that fell behind the leader's log stuck.
+    fn fetch_snapshot(&self, to: &PeerId, request: SnapshotRequest) -> SnapshotFetch {
+        let why = format!(
+            "this transport cannot fetch snapshots (group {} from {to})",
+            request.group
+        );
+        Box::pin(std::future::ready(Err(why)))
+    }
 }
 
 /// The receiving end a transport hands frames to: a bounded queue plus the manager's
-/// wake-up. Cheap to clone.
+/// wake-up, and the service answering snapshot fetches. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Inbox {
     pub(crate) frames: mpsc::Sender<Frame>,
     pub(crate) wake: Arc<Notify>,
+    pub(crate) snapshots: SnapshotService,
 }
 
 impl Inbox {
+    /// Serves this process's snapshots to the peers installing them (blocking calls).
+    #[must_use]
+    pub fn snapshot_service(&self) -> &SnapshotService {
+        &self.snapshots
+    }
+
     /// Hands `frame` to the manager. Returns it back when the manager's inbound queue is
     /// full or the manager stopped (the caller drops it; raft retransmits).
     pub fn deliver(&self, frame: Frame) -> Result<(), Frame> {
@@ -140,5 +164,22 @@ impl Transport for LocalTransport {
             }
             None => tracing::debug!(to = %to, "no such process: frame dropped"),
         }
+    }
+
+    /// Served on the blocking pool by the process at `to`. Cut links do not apply (the
+    /// request does not name its sender); an unregistered process refuses.
+    fn fetch_snapshot(&self, to: &PeerId, request: SnapshotRequest) -> SnapshotFetch {
+        let service = self
+            .lock()
+            .inboxes
+            .get(to)
+            .map(|inbox| inbox.snapshots.clone());
+        let to = to.clone();
+        Box::pin(async move {
+            let service = service.ok_or_else(|| format!("no process at {to}"))?;
+            tokio::task::spawn_blocking(move || service.serve(&request))
+                .await
+                .map_err(|e| format!("serving the snapshot failed: {e}"))?
+        })
     }
 }

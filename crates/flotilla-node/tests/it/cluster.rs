@@ -245,3 +245,69 @@ impl Cluster {
         p.counters.insert(group, value);
     }
 }
+
+impl Cluster {
+    /// Starts `group` on process `i` with `peers` as its initial voters (empty: a peer
+    /// waiting to be added as a voter or learner).
+    pub async fn add_group_with(&mut self, i: usize, group: GroupId, peers: Vec<PeerId>) {
+        let p = &mut self.processes[i];
+        let manager = p.manager.as_ref().expect("running");
+        let value = Arc::new(AtomicU64::new(0));
+        manager
+            .add_group(
+                group,
+                peers,
+                Counter {
+                    value: value.clone(),
+                },
+            )
+            .await
+            .expect("add group");
+        p.counters.insert(group, value);
+    }
+
+    /// Waits for a leader of `group` among the processes in `among`.
+    pub async fn leader_among(&self, group: GroupId, among: &[usize]) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for &i in among {
+                if self.node(i, group).is_some_and(|n| n.is_leader()) {
+                    return i;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader for group {group} among {among:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.processes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// Retries `op` on errors that say "not now" (busy, not leader, catch-up failed...) until
+/// it succeeds or the deadline passes.
+pub async fn retry<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, NodeError>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what} kept failing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

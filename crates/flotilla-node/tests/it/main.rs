@@ -3,4 +3,5 @@
 //! assertion about speed: every wait is a generous deadline.
 
 mod cluster;
+mod snapshots_membership;
 mod tests;
