@@ -308,13 +308,17 @@ impl Group {
                 self.state_machine
                     .on_configuration_committed(&configuration);
             }
+            // The published status is brought up to date before the caller hears the
+            // outcome, so that what it reads next (leader, peers) agrees with the answer.
             Event::MembershipChangeFinished { result } => {
                 if let Some(done) = self.change.take() {
+                    self.publish();
                     answer(done, result.map(|_| ()).map_err(NodeError::from));
                 }
             }
             Event::TransferFinished { target, result } => {
                 if let Some(done) = self.transfer.take() {
+                    self.publish();
                     answer(done, result.map(|()| target).map_err(NodeError::from));
                 }
             }
