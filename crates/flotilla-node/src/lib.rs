@@ -20,6 +20,7 @@
 
 mod error;
 mod group;
+pub mod grpc;
 pub mod manager;
 mod node;
 mod options;

@@ -3,5 +3,6 @@
 //! assertion about speed: every wait is a generous deadline.
 
 mod cluster;
+mod grpc;
 mod snapshots_membership;
 mod tests;

@@ -1,0 +1,647 @@
+//! The network transport: raft frames between processes over gRPC (tonic, HTTP/2).
+//!
+//! DESIGN.md, "One address per process, gRPC on it": a process listens on one address,
+//! which is its peer id (`host:port`), and serves the `Raft` service of
+//! `proto/raft.proto` there ([`GrpcServer`]). To send, a process opens ONE long-lived
+//! bidirectional `Raft.Stream` call to each destination and writes its [`Frame`]s on it
+//! ([`GrpcTransport`]); one stream per pair of processes keeps frames in order, so order is
+//! kept per (group, peer) and pipelined AppendEntries are safe.
+//!
+//! Owns: the wire encoding ([`codec`]), per-destination queues and connection tasks,
+//! reconnection with capped, jittered exponential back-off, and the limits below.
+//! Must never: block [`Transport::send`] (a full queue drops the frame and counts it; raft
+//! retransmits), allocate what a peer claims before checking it against
+//! [`MAX_FRAME_BYTES`] (tonic checks the length prefix against its maximum decoding size
+//! before buffering), or let one misbehaving peer disturb the others: a frame that is
+//! oversized, undecodable or invalid ends that peer's stream with an error status and a
+//! logged error, and the server keeps serving every other stream.
+//!
+//! Not yet: mutual TLS with rustls (issue 4, part 3, a later slice: it will wrap the
+//! listener and the client endpoint, with the peer's certificate checked against the
+//! configured trust roots), snapshot transfer ([`Transport::fetch_snapshot`] keeps its
+//! refusing default here, so a follower behind the leader's log cannot catch up over gRPC
+//! yet: it needs a unary `FetchSnapshot` RPC served by the inbox's snapshot service),
+//! flow-control acknowledgements (`Ack` is reserved), and a limit on the number of
+//! concurrent inbound connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flotilla_raft::{PeerId, Rng};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::transport::{Frame, Inbox, Transport};
+
+pub mod codec;
+
+/// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("flotilla.raft.v1");
+}
+
+pub use codec::DecodeError;
+
+/// Largest encoded frame either side accepts (16 MiB). A sender drops (and logs) a larger
+/// frame instead of sending it; a receiver refuses it from its length prefix, without
+/// allocating it, and ends the sender's stream. The core's replication limits (512 KiB per
+/// AppendEntries) keep real frames far below it.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Frames one stream may hold between the connection task and HTTP/2 (the rest wait in the
+/// destination's queue).
+const STREAM_WINDOW_FRAMES: usize = 16;
+
+/// A connection that lived this long resets the back-off to its initial delay.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Where a server hands the frames it received: a manager's [`Inbox`], or a test's sink.
+pub trait FrameSink: Send + Sync + 'static {
+    /// Hands `frame` over, or returns it when there is no room (it is then dropped and
+    /// counted; raft retransmits). Must not block.
+    fn deliver(&self, frame: Frame) -> Result<(), Frame>;
+}
+
+impl FrameSink for Inbox {
+    fn deliver(&self, frame: Frame) -> Result<(), Frame> {
+        Inbox::deliver(self, frame)
+    }
+}
+
+/// Tuning of [`GrpcTransport`].
+#[derive(Clone, Debug)]
+pub struct GrpcOptions {
+    /// Frames queued per destination before `send` starts dropping (at least 1).
+    pub queue_frames: usize,
+    /// Limit on establishing a connection and opening the stream.
+    pub connect_timeout: Duration,
+    /// First reconnection delay.
+    pub backoff_initial: Duration,
+    /// Largest reconnection delay.
+    pub backoff_max: Duration,
+    /// Seed of the back-off jitter (mixed with the destination's address).
+    pub seed: u64,
+    /// HTTP/2 keep-alive ping interval, to notice a dead peer on an idle stream.
+    pub keepalive_interval: Duration,
+    /// How long a keep-alive ping may go unanswered before the connection is dropped.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> GrpcOptions {
+        GrpcOptions {
+            queue_frames: 1024,
+            connect_timeout: Duration::from_secs(1),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(2),
+            seed: 0x5eed_f107_1a00_0001,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of a [`GrpcTransport`], summed over destinations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Frames written to a stream.
+    pub frames_sent: u64,
+    /// Frames dropped by `send` because the destination's queue was full.
+    pub frames_dropped_queue_full: u64,
+    /// Frames dropped because they encode to more than [`MAX_FRAME_BYTES`].
+    pub frames_dropped_oversized: u64,
+    /// Frames lost with a broken stream, or addressed to an invalid destination.
+    pub frames_dropped_other: u64,
+    /// Streams opened (first connections and reconnections).
+    pub streams_opened: u64,
+    /// Failed attempts to connect or to open the stream.
+    pub connect_failures: u64,
+}
+
+#[derive(Default)]
+struct TransportCounters {
+    frames_sent: AtomicU64,
+    frames_dropped_queue_full: AtomicU64,
+    frames_dropped_oversized: AtomicU64,
+    frames_dropped_other: AtomicU64,
+    streams_opened: AtomicU64,
+    connect_failures: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+struct TransportInner {
+    options: GrpcOptions,
+    runtime: tokio::runtime::Handle,
+    counters: Arc<TransportCounters>,
+    /// Per destination, the queue its connection task drains.
+    queues: Mutex<HashMap<PeerId, mpsc::Sender<Frame>>>,
+}
+
+/// Sends frames to other processes over gRPC: per destination a bounded queue and a task
+/// that connects, streams the frames in order, and reconnects with back-off.
+#[derive(Clone)]
+pub struct GrpcTransport {
+    inner: Arc<TransportInner>,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport")
+            .field("destinations", &self.lock().keys().collect::<Vec<_>>())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl GrpcTransport {
+    /// A transport whose connection tasks run on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn new(mut options: GrpcOptions) -> GrpcTransport {
+        options.queue_frames = options.queue_frames.max(1);
+        options.backoff_max = options.backoff_max.max(options.backoff_initial);
+        GrpcTransport {
+            inner: Arc::new(TransportInner {
+                options,
+                runtime: tokio::runtime::Handle::current(),
+                counters: Arc::default(),
+                queues: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        TransportStats {
+            frames_sent: c.frames_sent.load(Ordering::Relaxed),
+            frames_dropped_queue_full: c.frames_dropped_queue_full.load(Ordering::Relaxed),
+            frames_dropped_oversized: c.frames_dropped_oversized.load(Ordering::Relaxed),
+            frames_dropped_other: c.frames_dropped_other.load(Ordering::Relaxed),
+            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            connect_failures: c.connect_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    // Short critical sections, no await inside: a std mutex is right.
+    fn lock(&self) -> MutexGuard<'_, HashMap<PeerId, mpsc::Sender<Frame>>> {
+        self.inner
+            .queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn spawn_connection(&self, to: &PeerId) -> mpsc::Sender<Frame> {
+        let (tx, rx) = mpsc::channel(self.inner.options.queue_frames);
+        let seed = self.inner.options.seed ^ fnv1a(to.as_str().as_bytes());
+        self.inner.runtime.spawn(connection(
+            to.clone(),
+            rx,
+            self.inner.options.clone(),
+            self.inner.counters.clone(),
+            seed,
+        ));
+        tx
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, to: &PeerId, frame: Frame) {
+        let mut queues = self.lock();
+        let queue = match queues.get(to) {
+            Some(queue) if !queue.is_closed() => queue,
+            _ => {
+                let queue = self.spawn_connection(to);
+                queues.insert(to.clone(), queue);
+                &queues[to]
+            }
+        };
+        match queue.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                bump(&self.inner.counters.frames_dropped_queue_full);
+                tracing::debug!(to = %to, messages = frame.messages.len(), "send queue full: frame dropped");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                bump(&self.inner.counters.frames_dropped_other);
+            }
+        }
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Exponential back-off, doubling up to a cap, each delay drawn uniformly from its upper
+/// half (jitter, so peers that lost the same server do not reconnect in lockstep).
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+    rng: Rng,
+}
+
+impl Backoff {
+    fn new(options: &GrpcOptions, seed: u64) -> Backoff {
+        Backoff {
+            initial: options.backoff_initial,
+            max: options.backoff_max,
+            next: options.backoff_initial,
+            rng: Rng::new(seed),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        let spread = u64::try_from(half.as_micros()).unwrap_or(u64::MAX);
+        half + Duration::from_micros(self.rng.below(spread.saturating_add(1)))
+    }
+}
+
+/// Why a stream ended.
+enum Ended {
+    /// The transport was dropped: the task ends.
+    QueueClosed,
+    /// Connecting failed or the stream broke: reconnect after a back-off.
+    Broken,
+}
+
+/// The connection task of one destination: connect, stream, reconnect, until the
+/// transport is dropped.
+async fn connection(
+    to: PeerId,
+    mut queue: mpsc::Receiver<Frame>,
+    options: GrpcOptions,
+    counters: Arc<TransportCounters>,
+    seed: u64,
+) {
+    let endpoint = match Endpoint::from_shared(format!("http://{to}")) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true),
+        Err(error) => {
+            tracing::error!(to = %to, %error, "destination is not a valid address: its frames are dropped");
+            while queue.recv().await.is_some() {
+                bump(&counters.frames_dropped_other);
+            }
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(&options, seed);
+    loop {
+        let started = Instant::now();
+        match stream_to(&to, &endpoint, &mut queue, &options, &counters).await {
+            Ended::QueueClosed => return,
+            Ended::Broken => {}
+        }
+        if started.elapsed() >= STABLE_CONNECTION {
+            backoff.reset();
+        }
+        let delay = backoff.delay();
+        tracing::debug!(to = %to, ?delay, "reconnecting after back-off");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// One connection: opens the stream and writes queued frames on it until it breaks.
+async fn stream_to(
+    to: &PeerId,
+    endpoint: &Endpoint,
+    queue: &mut mpsc::Receiver<Frame>,
+    options: &GrpcOptions,
+    counters: &TransportCounters,
+) -> Ended {
+    let opening = async {
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = proto::raft_client::RaftClient::new(channel)
+            .max_encoding_message_size(MAX_FRAME_BYTES)
+            .max_decoding_message_size(MAX_FRAME_BYTES);
+        let (tx, rx) = mpsc::channel::<proto::Frame>(STREAM_WINDOW_FRAMES);
+        let responses = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|status| status.to_string())?
+            .into_inner();
+        Ok::<_, String>((tx, responses))
+    };
+    let (tx, mut responses) = match tokio::time::timeout(options.connect_timeout, opening).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(error)) => {
+            bump(&counters.connect_failures);
+            tracing::debug!(to = %to, %error, "connecting failed");
+            return Ended::Broken;
+        }
+        Err(_) => {
+            bump(&counters.connect_failures);
+            tracing::debug!(to = %to, "connecting timed out");
+            return Ended::Broken;
+        }
+    };
+    bump(&counters.streams_opened);
+    tracing::debug!(to = %to, "stream open");
+    loop {
+        tokio::select! {
+            frame = queue.recv() => {
+                let Some(frame) = frame else { return Ended::QueueClosed };
+                let wire = codec::encode_frame(&frame);
+                let size = wire.encoded_len();
+                if size > MAX_FRAME_BYTES {
+                    bump(&counters.frames_dropped_oversized);
+                    tracing::error!(to = %to, size, limit = MAX_FRAME_BYTES, messages = frame.messages.len(), "frame too large: dropped");
+                    continue;
+                }
+                if tx.send(wire).await.is_err() {
+                    bump(&counters.frames_dropped_other);
+                    tracing::warn!(to = %to, "stream closed while sending");
+                    return Ended::Broken;
+                }
+                bump(&counters.frames_sent);
+            }
+            response = responses.message() => match response {
+                Ok(Some(_ack)) => {}
+                Ok(None) => {
+                    tracing::warn!(to = %to, "peer ended the stream");
+                    return Ended::Broken;
+                }
+                Err(status) => {
+                    tracing::warn!(to = %to, code = ?status.code(), message = status.message(), "stream failed");
+                    return Ended::Broken;
+                }
+            },
+        }
+    }
+}
+
+/// Counters of a [`GrpcServer`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Streams opened by peers.
+    pub streams_opened: u64,
+    /// Frames decoded and handed to the sink.
+    pub frames_delivered: u64,
+    /// Frames decoded but dropped because the sink was full.
+    pub frames_dropped_sink_full: u64,
+    /// Streams ended because their peer sent an oversized, undecodable or invalid frame.
+    pub streams_refused: u64,
+}
+
+#[derive(Default)]
+struct ServerCounters {
+    streams_opened: AtomicU64,
+    frames_delivered: AtomicU64,
+    frames_dropped_sink_full: AtomicU64,
+    streams_refused: AtomicU64,
+}
+
+/// The process's listener, bound but not yet serving: bind first to learn the address
+/// (the peer id, e.g. after binding port 0), build the manager, then [`GrpcServer::serve`]
+/// its inbox.
+#[derive(Debug)]
+pub struct GrpcServer {
+    listener: TcpListener,
+    address: PeerId,
+}
+
+impl GrpcServer {
+    /// Binds `address` (`host:port`; port 0 picks a free port). Bind to the address other
+    /// processes will dial: it becomes this process's peer id.
+    pub async fn bind(address: &str) -> std::io::Result<GrpcServer> {
+        let listener = TcpListener::bind(address).await?;
+        let address = PeerId::new(&listener.local_addr()?.to_string());
+        Ok(GrpcServer { listener, address })
+    }
+
+    /// The bound address, `ip:port`: this process's peer id.
+    #[must_use]
+    pub fn address(&self) -> &PeerId {
+        &self.address
+    }
+
+    /// Starts serving the `Raft` service, handing every decoded frame to `sink`. Must be
+    /// called within a tokio runtime.
+    pub fn serve(self, sink: Arc<dyn FrameSink>) -> ServerHandle {
+        let counters = Arc::new(ServerCounters::default());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let service = RaftService {
+            sink,
+            counters: counters.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        let server = proto::raft_server::RaftServer::new(service)
+            .max_decoding_message_size(MAX_FRAME_BYTES)
+            .max_encoding_message_size(MAX_FRAME_BYTES);
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let address = self.address.clone();
+        let mut signal = shutdown_rx;
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .serve_with_incoming_shutdown(server, incoming, stopped)
+                .await
+            {
+                tracing::error!(address = %address, %error, "raft gRPC server failed");
+            }
+        });
+        ServerHandle {
+            address: self.address,
+            counters,
+            shutdown: shutdown_tx,
+            task: Some(task),
+        }
+    }
+}
+
+/// A serving [`GrpcServer`]. Dropping it stops the server in the background.
+#[derive(Debug)]
+pub struct ServerHandle {
+    address: PeerId,
+    counters: Arc<ServerCounters>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCounters")
+    }
+}
+
+impl ServerHandle {
+    /// The address served.
+    #[must_use]
+    pub fn address(&self) -> &PeerId {
+        &self.address
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn stats(&self) -> ServerStats {
+        let c = &self.counters;
+        ServerStats {
+            streams_opened: c.streams_opened.load(Ordering::Relaxed),
+            frames_delivered: c.frames_delivered.load(Ordering::Relaxed),
+            frames_dropped_sink_full: c.frames_dropped_sink_full.load(Ordering::Relaxed),
+            streams_refused: c.streams_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every stream, stops accepting and closes the listener (within a few seconds at
+    /// worst: a connection that does not close in time is abandoned).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+struct RaftService {
+    sink: Arc<dyn FrameSink>,
+    counters: Arc<ServerCounters>,
+    shutdown: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl proto::raft_server::Raft for RaftService {
+    type StreamStream = ReceiverStream<Result<proto::Ack, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<proto::Frame>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let remote = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let frames = request.into_inner();
+        let (tx, rx) = mpsc::channel(1);
+        bump(&self.counters.streams_opened);
+        tokio::spawn(receive(
+            remote,
+            frames,
+            tx,
+            self.sink.clone(),
+            self.counters.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Reads one peer's stream: decodes, validates and delivers each frame; on the first bad
+/// frame, logs it, ends the stream with an error status and returns.
+async fn receive(
+    remote: String,
+    mut frames: Streaming<proto::Frame>,
+    responses: mpsc::Sender<Result<proto::Ack, Status>>,
+    sink: Arc<dyn FrameSink>,
+    counters: Arc<ServerCounters>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sender: Option<PeerId> = None;
+    let refuse = |sender: &Option<PeerId>, status: Status| {
+        bump(&counters.streams_refused);
+        tracing::error!(remote = %remote, peer = ?sender, code = ?status.code(), error = status.message(), "refusing frame: stream ended");
+        let responses = responses.clone();
+        async move {
+            let _ = responses.send(Err(status)).await;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            stopping = shutdown.wait_for(|stop| *stop) => {
+                drop(stopping);
+                None
+            }
+            next = frames.message() => Some(next),
+        };
+        let Some(next) = next else {
+            let _ = responses
+                .send(Err(Status::unavailable("server shutting down")))
+                .await;
+            return;
+        };
+        let wire = match next {
+            Ok(Some(wire)) => wire,
+            Ok(None) => return,
+            // Oversized (OutOfRange: refused from the length prefix) or undecodable
+            // (Internal) frames; anything else is the connection going away.
+            Err(status) if matches!(status.code(), Code::OutOfRange | Code::Internal) => {
+                refuse(&sender, status).await;
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(remote = %remote, code = ?status.code(), error = status.message(), "stream ended");
+                return;
+            }
+        };
+        let frame = match codec::decode_frame(wire) {
+            Ok(frame) => frame,
+            Err(error) => {
+                refuse(&sender, Status::invalid_argument(error.to_string())).await;
+                return;
+            }
+        };
+        match &sender {
+            None => sender = Some(frame.from.clone()),
+            Some(first) if *first != frame.from => {
+                let status = Status::invalid_argument(format!(
+                    "frame from {} on the stream of {first}",
+                    frame.from
+                ));
+                refuse(&sender, status).await;
+                return;
+            }
+            Some(_) => {}
+        }
+        match sink.deliver(frame) {
+            Ok(()) => bump(&counters.frames_delivered),
+            Err(frame) => {
+                bump(&counters.frames_dropped_sink_full);
+                tracing::debug!(from = %frame.from, messages = frame.messages.len(), "inbox full: frame dropped");
+            }
+        }
+    }
+}
