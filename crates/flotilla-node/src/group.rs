@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use flotilla_raft::{
     Config, Configuration, Entry, EntryPayload, Event, LogIndex, LogStore, PeerId, Raft, RaftError,
@@ -20,6 +21,7 @@ use flotilla_storage::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
+use crate::metrics::{GroupMetrics, ReplicatorSample};
 use crate::node::{lock_status, Membership, NodeStatus, Request};
 use crate::state_machine::{ApplyIter, Completion, StateMachine, Task};
 use crate::store::NodeStore;
@@ -73,6 +75,8 @@ pub(crate) struct Group {
     status: Arc<Mutex<NodeStatus>>,
     /// A snapshot copy into `snapshots` is running (the manager's): no local snapshot now.
     pub(crate) installing: bool,
+    /// Recorded here, rendered by the manager's `metrics_text`.
+    metrics: Arc<GroupMetrics>,
 }
 
 impl Group {
@@ -131,6 +135,7 @@ impl Group {
             commit: LogIndex::ZERO,
         };
         let raft = Raft::new(config, store, hard_state, applied)?;
+        let saved_meta_term = saved_meta.term.get();
         let group = Group {
             id,
             raft,
@@ -145,9 +150,41 @@ impl Group {
             transfer: None,
             status,
             installing: false,
+            metrics: Arc::new(GroupMetrics::new(saved_meta_term)),
         };
         group.publish();
         Ok(group)
+    }
+
+    /// The group's metrics (shared with its handle).
+    pub(crate) fn metrics(&self) -> &Arc<GroupMetrics> {
+        &self.metrics
+    }
+
+    /// A debug-level span for this group's work in the round: group, peer and term.
+    pub(crate) fn span(&self, what: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "group",
+            what,
+            group = self.id,
+            peer = %self.raft.id(),
+            term = self.raft.term().get()
+        )
+    }
+
+    /// The core's dump plus what the runtime holds for the group.
+    pub(crate) fn describe(&self) -> String {
+        let mut out = self.raft.describe();
+        out.push_str(&format!(
+            "runtime proposals_pending={} reads_pending={} requests_queued={} change_in_flight={} transfer_in_flight={} installing={}\n",
+            self.proposals.len(),
+            self.reads.len(),
+            self.requests.len(),
+            self.change.is_some(),
+            self.transfer.is_some(),
+            self.installing
+        ));
+        out
     }
 
     /// Feeds up to `max` queued requests to the core. Returns true if more are queued.
@@ -246,6 +283,7 @@ impl Group {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        let batch = entries.len() as u64;
         let mut tasks = Vec::with_capacity(entries.len());
         for entry in entries {
             let completion = match self.proposals.remove(&entry.index) {
@@ -271,7 +309,11 @@ impl Group {
         }
         if !tasks.is_empty() {
             let mut iter = ApplyIter::new(tasks);
+            let started = Instant::now();
             self.state_machine.on_apply(&mut iter);
+            self.metrics
+                .apply_seconds
+                .observe_duration(started.elapsed());
             if iter.remaining() > 0 {
                 return Err(NodeError::Raft(RaftError::StateMachine(format!(
                     "on_apply returned with {} of the batch ending at {last} unconsumed",
@@ -279,6 +321,7 @@ impl Group {
                 ))));
             }
         }
+        self.metrics.apply_entries.observe(batch);
         self.raft.on_applied(last);
         Ok(())
     }
@@ -293,12 +336,17 @@ impl Group {
 
     pub(crate) fn on_event(&mut self, event: Event) {
         match event {
-            Event::LeaderStart { term } => self.state_machine.on_leader_start(term),
+            Event::LeaderStart { term } => {
+                self.metrics.leader_starts.add(1);
+                self.metrics.leader_changes.add(1);
+                self.state_machine.on_leader_start(term);
+            }
             Event::LeaderStop { term } => {
                 self.forget_pending("leadership was lost");
                 self.state_machine.on_leader_stop(term);
             }
             Event::StartFollowing { leader, term } => {
+                self.metrics.leader_changes.add(1);
                 self.state_machine.on_start_following(&leader, term);
             }
             Event::StopFollowing { leader, term } => {
@@ -328,6 +376,7 @@ impl Group {
                 }
             }
             Event::Replicator { peer, change } => {
+                self.metrics.replicator_events.add(1);
                 tracing::debug!(group = self.id, peer = %peer, ?change, "replicator");
             }
         }
@@ -361,6 +410,7 @@ impl Group {
                 return Ok(newest.index);
             }
         }
+        let started = Instant::now();
         let meta = self.raft.snapshot_meta_at(applied)?;
         let mut writer = self
             .snapshots
@@ -370,6 +420,9 @@ impl Group {
             .on_snapshot_save(&mut writer)
             .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))?;
         writer.finish().map_err(storage_error)?;
+        self.metrics
+            .snapshot_save_seconds
+            .observe_duration(started.elapsed());
         self.raft.on_snapshot_saved(meta);
         Ok(applied)
     }
@@ -404,7 +457,36 @@ impl Group {
             committed: status.committed,
             applied: status.applied,
         };
+        self.metrics.observe_term(next.term.get());
         *lock_status(&self.status) = next;
+        self.publish_metrics();
+    }
+
+    /// Queue depths and, on a leader, its replicators (the core's progress of every peer
+    /// but this one).
+    fn publish_metrics(&self) {
+        let m = &self.metrics;
+        m.proposals_pending.set(self.proposals.len() as u64);
+        m.reads_pending.set(self.reads.len() as u64);
+        let leading = self.raft.role() == flotilla_raft::Role::Leader;
+        m.set_replicators(|samples| {
+            if !leading {
+                return;
+            }
+            let me = self.raft.id();
+            for (peer, pr) in self.raft.progress() {
+                if peer == me {
+                    continue;
+                }
+                samples.push(ReplicatorSample {
+                    peer: peer.clone(),
+                    match_index: pr.match_index,
+                    next_index: pr.next_index,
+                    inflight: pr.inflights.len(),
+                    state: pr.state,
+                });
+            }
+        });
     }
 
     /// Stops the group: every waiting request is answered (proposals "unknown"), queued

@@ -12,9 +12,12 @@
 //! - [`Transport`]: how frames travel; [`LocalTransport`] joins managers in one process.
 //! - [`SnapshotService`] and [`Transport::fetch_snapshot`] ([`snapshot`]): followers pull
 //!   the leader's snapshot in chunks, off the round, resumable and throttled.
+//! - Observability: [`NodeManager::metrics_text`] (Prometheus text format: latencies,
+//!   batch sizes, queue depths, elections, snapshots, replicator lag and state),
+//!   [`NodeManager::describe`] (every group's dump) and debug-level `tracing` spans per
+//!   group in the round.
 //!
-//! This slice has no network transport, CLI service or metrics export yet; see the crate
-//! README section.
+//! Not yet: the CLI service; see the crate README section.
 
 #![deny(missing_docs)]
 
@@ -22,6 +25,7 @@ mod error;
 mod group;
 pub mod grpc;
 pub mod manager;
+mod metrics;
 mod node;
 mod options;
 pub mod snapshot;

@@ -31,6 +31,11 @@
 //! acknowledges nothing. Must never: acknowledge after a failed write, block an async
 //! worker, run a snapshot copy on the round, or queue without bound.
 //!
+//! Observability: [`NodeManager::metrics_text`] renders the `metrics` module's registry (durations are
+//! measured here with `Instant`: the runtime reads clocks, the core never does) and
+//! [`NodeManager::describe`] asks the round for every group's dump. Per-group work in the
+//! round runs in debug-level `tracing` spans carrying group, peer and term.
+//!
 //! Known debt: every round visits every group (no hibernation yet, DESIGN.md "Idle groups
 //! cost nothing"); each meta save and each snapshot reset is its own fsync; a round's write
 //! is not pipelined with the next round's work.
@@ -49,6 +54,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup};
+use crate::metrics::{GroupView, ManagerMetrics, ProcessCounters};
 use crate::node::{Node, NodeInner, NodeStatus};
 use crate::options::ManagerOptions;
 use crate::snapshot::{run_install, InstallDone, InstallJob, InstallOptions, SnapshotService};
@@ -111,6 +117,7 @@ pub(crate) struct ManagerShared {
     /// Set once a write failed: every group stopped.
     failed: Mutex<Option<String>>,
     stats: Stats,
+    metrics: ManagerMetrics,
     nodes: Mutex<BTreeMap<GroupId, Node>>,
     /// Serves this process's snapshots (every group's store is registered here).
     snapshots: SnapshotService,
@@ -138,6 +145,8 @@ enum Control {
         setup: GroupSetup,
         done: oneshot::Sender<Result<Node, NodeError>>,
     },
+    /// Every group's dump, taken at the start of a round.
+    Describe { done: oneshot::Sender<String> },
 }
 
 /// Every raft group of one process. See the module documentation.
@@ -183,6 +192,7 @@ impl NodeManager {
             stopping: AtomicBool::new(false),
             failed: Mutex::new(None),
             stats: Stats::default(),
+            metrics: ManagerMetrics::default(),
             nodes: Mutex::new(BTreeMap::new()),
             snapshots: SnapshotService::default(),
             installed: Mutex::new(Vec::new()),
@@ -283,6 +293,52 @@ impl NodeManager {
             snapshots_installed: get(&s.snapshots_installed),
             snapshot_installs_failed: get(&s.snapshot_installs_failed),
         }
+    }
+
+    /// Every metric of this process in Prometheus text exposition format (version 0.0.4):
+    /// process-wide counters and histograms, then per-group ones labelled `group`, then
+    /// the replicators of the groups this process leads labelled `group` and `peer` (the
+    /// follower). Reads atomics and each group's published status; never waits for a
+    /// round.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        let s = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counters = ProcessCounters {
+            rounds: get(&s.rounds),
+            log_writes: get(&s.log_writes),
+            entries_written: get(&s.entries_written),
+            group_writes: get(&s.group_writes),
+            meta_saves: get(&s.meta_saves),
+            frames_sent: get(&s.frames_sent),
+            messages_sent: get(&s.messages_sent),
+        };
+        let nodes: Vec<Node> = lock(&self.shared.nodes).values().cloned().collect();
+        let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
+        let views: Vec<GroupView<'_>> = nodes
+            .iter()
+            .zip(&statuses)
+            .map(|(node, status)| GroupView {
+                group: node.group(),
+                metrics: node.metrics(),
+                status,
+                requests_queued: node.requests_queued(),
+            })
+            .collect();
+        crate::metrics::render(&counters, &self.shared.metrics, &views)
+    }
+
+    /// A human-readable dump of this process and every group it runs (the core's
+    /// `describe` plus what the runtime holds), taken by the round in one pass at the start
+    /// of its next round.
+    pub async fn describe(&self) -> Result<String, NodeError> {
+        let (done, answer) = oneshot::channel();
+        self.control
+            .send(Control::Describe { done })
+            .await
+            .map_err(|_| self.shared.stopped_error())?;
+        self.shared.wake.notify_one();
+        answer.await.map_err(|_| self.shared.stopped_error())
     }
 
     /// The storage failure that stopped the manager, if any.
@@ -413,6 +469,15 @@ impl Outbound {
 
 impl Driver {
     fn round(&mut self) {
+        let started = Instant::now();
+        let _round = tracing::debug_span!("round", peer = %self.shared.address).entered();
+        self.round_inner();
+        let metrics = &self.shared.metrics;
+        metrics.round_seconds.observe_duration(started.elapsed());
+        metrics.inbound_frames_queued.set(self.inbound.len() as u64);
+    }
+
+    fn round_inner(&mut self) {
         bump(&self.shared.stats.rounds, 1);
         self.accept_controls();
         self.finish_installs();
@@ -429,6 +494,7 @@ impl Driver {
         let mut more_requests = false;
         let per_round = self.options.requests_per_round_max;
         for group in self.groups.values_mut() {
+            let _span = group.span("requests").entered();
             more_requests |= group.take_requests(per_round);
         }
         for _ in 0..READY_PASSES_MAX {
@@ -465,8 +531,35 @@ impl Driver {
                     let result = self.add_group(setup);
                     let _ = done.send(result);
                 }
+                Control::Describe { done } => {
+                    let _ = done.send(self.describe());
+                }
             }
         }
+    }
+
+    fn describe(&self) -> String {
+        use std::fmt::Write;
+        let stats = &self.shared.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "manager {} groups={} rounds={} log_writes={} installs_running={} inbound_frames_queued={}",
+            self.shared.address,
+            self.groups.len(),
+            get(&stats.rounds),
+            get(&stats.log_writes),
+            self.installs.len(),
+            self.inbound.len()
+        );
+        for (id, group) in &self.groups {
+            let _ = writeln!(out, "group {id}");
+            for line in group.describe().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        out
     }
 
     fn add_group(&mut self, setup: GroupSetup) -> Result<Node, NodeError> {
@@ -496,6 +589,7 @@ impl Driver {
             requests_rx,
             status.clone(),
         )?;
+        let group_metrics = group.metrics().clone();
         self.groups.insert(id, group);
         let tick_ms = u64::try_from(self.options.tick.as_millis()).unwrap_or(u64::MAX);
         let node = Node::new(NodeInner {
@@ -505,6 +599,7 @@ impl Driver {
             shared: self.shared.clone(),
             queue_full: self.options.queue_full,
             tick_ms,
+            metrics: group_metrics,
         });
         lock(&self.shared.nodes).insert(id, node.clone());
         self.more_work = true;
@@ -534,10 +629,12 @@ impl Driver {
         let mut metas: Vec<(GroupId, RaftMeta)> = Vec::new();
         let mut readies: Vec<(GroupId, Ready)> = Vec::new();
         let mut entries = 0u64;
+        let mut bytes = 0u64;
         for (&id, group) in &mut self.groups {
             if !group.raft.has_ready() {
                 continue;
             }
+            let _span = group.span("ready").entered();
             let mut ready = group.raft.ready();
             outbound.push(id, std::mem::take(&mut ready.messages));
             if let Some((index, term)) = ready.compact_to {
@@ -545,6 +642,11 @@ impl Driver {
             }
             batch.append(id, &ready.entries);
             entries += ready.entries.len() as u64;
+            bytes += ready
+                .entries
+                .iter()
+                .map(flotilla_raft::Entry::size_bytes)
+                .sum::<u64>();
             if let Some(hs) = &ready.hard_state {
                 if (hs.term, &hs.vote) != (group.saved_meta.term, &group.saved_meta.vote) {
                     metas.push((
@@ -562,7 +664,7 @@ impl Driver {
             return false;
         }
         self.send(outbound);
-        if let Err(e) = self.persist(&batch, &metas, entries) {
+        if let Err(e) = self.persist(&batch, &metas, entries, bytes) {
             self.fail(e);
             return false;
         }
@@ -587,9 +689,15 @@ impl Driver {
         batch: &WriteBatch,
         metas: &[(GroupId, RaftMeta)],
         entries: u64,
+        bytes: u64,
     ) -> Result<(), NodeError> {
+        let metrics = &self.shared.metrics;
         for (id, meta) in metas {
+            let started = Instant::now();
             self.meta.save(*id, meta).map_err(storage_error)?;
+            metrics
+                .meta_save_seconds
+                .observe_duration(started.elapsed());
             bump(&self.shared.stats.meta_saves, 1);
             if let Some(group) = self.groups.get_mut(id) {
                 group.saved_meta = meta.clone();
@@ -598,7 +706,15 @@ impl Driver {
         if batch.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         self.log.write(batch).map_err(storage_error)?;
+        metrics
+            .log_append_seconds
+            .observe_duration(started.elapsed());
+        metrics.round_entries.observe(entries);
+        metrics.round_bytes.observe(bytes);
+        metrics.round_groups.observe(batch.len() as u64);
+        metrics.bytes_written.add(bytes);
         let stats = &self.shared.stats;
         bump(&stats.log_writes, 1);
         bump(&stats.entries_written, entries);
@@ -620,6 +736,7 @@ impl Driver {
         let Some(group) = self.groups.get_mut(&id) else {
             return;
         };
+        let _span = group.span("apply").entered();
         if let Err(e) = group.apply(std::mem::take(&mut ready.committed_entries)) {
             tracing::error!(group = id, error = %e, "state machine failed; group stopped");
             let mut group = self.groups.remove(&id).expect("group present");
@@ -728,6 +845,7 @@ impl Driver {
             Err(why) => {
                 tracing::warn!(group = id, index = %meta.index, error = %why, "snapshot install failed");
                 bump(&self.shared.stats.snapshot_installs_failed, 1);
+                group.metrics().snapshot_install_failures.add(1);
                 group.raft.on_snapshot_install_failed(&meta);
                 return;
             }
@@ -752,6 +870,7 @@ impl Driver {
         let group = self.groups.get_mut(&id).expect("group present");
         group.raft.on_snapshot_installed(&meta);
         bump(&self.shared.stats.snapshots_installed, 1);
+        group.metrics().snapshot_installs.add(1);
         tracing::info!(group = id, index = %meta.index, "snapshot installed");
     }
 
@@ -785,8 +904,14 @@ impl Driver {
         }
         self.inbound.close();
         self.control.close();
-        while let Ok(Control::AddGroup { done, .. }) = self.control.try_recv() {
-            let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
+        while let Ok(control) = self.control.try_recv() {
+            match control {
+                Control::AddGroup { done, .. } => {
+                    let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
+                }
+                // Dropped unanswered: the caller hears that the manager stopped.
+                Control::Describe { .. } => {}
+            }
         }
         lock(&self.shared.nodes).clear();
     }

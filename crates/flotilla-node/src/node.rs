@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use flotilla_raft::{Configuration, LogIndex, PeerId, RaftError, ReadMode, Role, Term};
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::manager::ManagerShared;
+use crate::metrics::GroupMetrics;
 use crate::options::QueueFullPolicy;
 
 /// What the last round saw of one group (for cheap, synchronous queries).
@@ -103,6 +105,7 @@ pub(crate) struct NodeInner {
     pub(crate) shared: Arc<ManagerShared>,
     pub(crate) queue_full: QueueFullPolicy,
     pub(crate) tick_ms: u64,
+    pub(crate) metrics: Arc<GroupMetrics>,
 }
 
 /// One group's peer on this process. See the module documentation.
@@ -153,22 +156,42 @@ impl Node {
         data: Bytes,
         expected_term: Option<Term>,
     ) -> Result<Bytes, NodeError> {
-        self.submit(
-            |done| Request::Apply {
-                data,
-                expected_term,
-                done,
-            },
-            NodeError::Unknown("the node stopped before answering".into()),
-        )
-        .await
+        let started = Instant::now();
+        let result = self
+            .submit(
+                |done| Request::Apply {
+                    data,
+                    expected_term,
+                    done,
+                },
+                NodeError::Unknown("the node stopped before answering".into()),
+            )
+            .await;
+        if result.is_ok() {
+            let elapsed = started.elapsed();
+            self.inner
+                .metrics
+                .proposal_seconds
+                .observe_duration(elapsed);
+        }
+        result
     }
 
     /// A linearizable read point: answers once this peer's state machine has applied the
     /// read index (on a follower or learner too), so the caller may read its state machine.
     pub async fn read_index(&self, mode: ReadMode) -> Result<LogIndex, NodeError> {
-        self.submit(|done| Request::Read { mode, done }, NodeError::ShutDown)
-            .await
+        let started = Instant::now();
+        let result = self
+            .submit(|done| Request::Read { mode, done }, NodeError::ShutDown)
+            .await;
+        if result.is_ok() {
+            let elapsed = started.elapsed();
+            self.inner
+                .metrics
+                .read_index_seconds
+                .observe_duration(elapsed);
+        }
+        result
     }
 
     async fn change(&self, change: Membership) -> Result<(), NodeError> {
@@ -307,6 +330,16 @@ impl Node {
     #[must_use]
     pub fn is_leader(&self) -> bool {
         self.state() == Role::Leader
+    }
+
+    /// Requests queued to the round and not yet taken.
+    pub(crate) fn requests_queued(&self) -> u64 {
+        let sender = &self.inner.requests;
+        (sender.max_capacity() - sender.capacity()) as u64
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<GroupMetrics> {
+        &self.inner.metrics
     }
 
     /// Queues one request and waits for its answer. `lost` answers when the round dropped

@@ -4,5 +4,6 @@
 
 mod cluster;
 mod grpc;
+mod observability;
 mod snapshots_membership;
 mod tests;

@@ -345,6 +345,13 @@ impl<S: LogStore> Raft<S> {
             .collect()
     }
 
+    /// Leader only (empty otherwise): what it knows of each replicated peer, this one
+    /// included (for metrics: match and next index, state, inflight window).
+    #[must_use]
+    pub fn progress(&self) -> &BTreeMap<PeerId, Progress> {
+        &self.progress
+    }
+
     /// A summary of this core.
     #[must_use]
     pub fn status(&self) -> Status {

@@ -1,0 +1,686 @@
+//! A small metrics registry and its Prometheus text rendering (the reference's §1
+//! "Metrics and diagnostics"): counters, gauges and histograms with fixed buckets, all
+//! lock-free atomics, so the round records without contention and a scrape reads without
+//! stopping it.
+//!
+//! Owns: the metric names (units as suffix), their help texts and buckets, and the text
+//! exposition format. Must never: take a lock the round waits for while rendering, or
+//! allocate per observation.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_raft::progress::ProgressState;
+use flotilla_raft::{LogIndex, PeerId};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn add(&self, by: u64) {
+        self.0.fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down (never negative here).
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub(crate) fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of duration histograms, in nanoseconds (50 µs to 10 s).
+const DURATION_BOUNDS_NS: &[u64] = &[
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Upper bounds of count histograms (entries, groups per batch).
+const COUNT_BOUNDS: &[u64] = &[
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+];
+
+/// Upper bounds of byte-size histograms (64 B to 64 MiB).
+const BYTES_BOUNDS: &[u64] = &[
+    64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304, 16_777_216, 67_108_864,
+];
+
+/// A histogram with fixed buckets over integer observations (nanoseconds for durations,
+/// rendered in seconds). Buckets hold per-bucket counts; rendering makes them cumulative.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    bounds: &'static [u64],
+    /// Divisor from the observed unit to the rendered one (1e9 for seconds from nanos).
+    scale: f64,
+    /// One per bound, plus the overflow bucket.
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [u64], scale: f64) -> Histogram {
+        Histogram {
+            bounds,
+            scale,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn durations() -> Histogram {
+        Histogram::new(DURATION_BOUNDS_NS, 1e9)
+    }
+
+    pub(crate) fn counts() -> Histogram {
+        Histogram::new(COUNT_BOUNDS, 1.0)
+    }
+
+    pub(crate) fn bytes() -> Histogram {
+        Histogram::new(BYTES_BOUNDS, 1.0)
+    }
+
+    pub(crate) fn observe(&self, value: u64) {
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe_duration(&self, elapsed: Duration) {
+        self.observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Observations so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Histograms of one manager (process-wide).
+#[derive(Debug)]
+pub(crate) struct ManagerMetrics {
+    pub(crate) round_seconds: Histogram,
+    pub(crate) log_append_seconds: Histogram,
+    pub(crate) round_entries: Histogram,
+    pub(crate) round_bytes: Histogram,
+    pub(crate) round_groups: Histogram,
+    pub(crate) meta_save_seconds: Histogram,
+    pub(crate) bytes_written: Counter,
+    pub(crate) inbound_frames_queued: Gauge,
+}
+
+impl Default for ManagerMetrics {
+    fn default() -> Self {
+        ManagerMetrics {
+            round_seconds: Histogram::durations(),
+            log_append_seconds: Histogram::durations(),
+            round_entries: Histogram::counts(),
+            round_bytes: Histogram::bytes(),
+            round_groups: Histogram::counts(),
+            meta_save_seconds: Histogram::durations(),
+            bytes_written: Counter::default(),
+            inbound_frames_queued: Gauge::default(),
+        }
+    }
+}
+
+/// What the leader knows of one follower or learner, as of the last round.
+#[derive(Clone, Debug)]
+pub(crate) struct ReplicatorSample {
+    pub(crate) peer: PeerId,
+    pub(crate) match_index: LogIndex,
+    pub(crate) next_index: LogIndex,
+    pub(crate) inflight: usize,
+    pub(crate) state: ProgressState,
+}
+
+/// Metrics of one group on this process. Shared by the round (which records) and the
+/// group's [`crate::Node`] handle (which records request latencies and renders).
+#[derive(Debug)]
+pub(crate) struct GroupMetrics {
+    pub(crate) apply_seconds: Histogram,
+    pub(crate) apply_entries: Histogram,
+    pub(crate) proposal_seconds: Histogram,
+    pub(crate) read_index_seconds: Histogram,
+    pub(crate) snapshot_save_seconds: Histogram,
+    pub(crate) snapshot_installs: Counter,
+    pub(crate) snapshot_install_failures: Counter,
+    pub(crate) leader_starts: Counter,
+    pub(crate) leader_changes: Counter,
+    pub(crate) term_changes: Counter,
+    pub(crate) replicator_events: Counter,
+    pub(crate) proposals_pending: Gauge,
+    pub(crate) reads_pending: Gauge,
+    /// The term last published (to count changes).
+    last_term: AtomicU64,
+    /// Leader only: one per replicated peer other than this one; empty otherwise.
+    replicators: Mutex<Vec<ReplicatorSample>>,
+}
+
+impl GroupMetrics {
+    pub(crate) fn new(term: u64) -> GroupMetrics {
+        GroupMetrics {
+            apply_seconds: Histogram::durations(),
+            apply_entries: Histogram::counts(),
+            proposal_seconds: Histogram::durations(),
+            read_index_seconds: Histogram::durations(),
+            snapshot_save_seconds: Histogram::durations(),
+            snapshot_installs: Counter::default(),
+            snapshot_install_failures: Counter::default(),
+            leader_starts: Counter::default(),
+            leader_changes: Counter::default(),
+            term_changes: Counter::default(),
+            replicator_events: Counter::default(),
+            proposals_pending: Gauge::default(),
+            reads_pending: Gauge::default(),
+            last_term: AtomicU64::new(term),
+            replicators: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts a term change if `term` differs from the one last seen.
+    pub(crate) fn observe_term(&self, term: u64) {
+        if self.last_term.swap(term, Ordering::Relaxed) != term {
+            self.term_changes.add(1);
+        }
+    }
+
+    /// Replaces the replicator samples (`fill` pushes the new ones; nothing for a
+    /// non-leader). The lock is held only for the copy.
+    pub(crate) fn set_replicators(&self, fill: impl FnOnce(&mut Vec<ReplicatorSample>)) {
+        let mut samples = self
+            .replicators
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        samples.clear();
+        fill(&mut samples);
+    }
+
+    fn replicators(&self) -> Vec<ReplicatorSample> {
+        self.replicators
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One group as a scrape sees it.
+pub(crate) struct GroupView<'a> {
+    pub(crate) group: u64,
+    pub(crate) metrics: &'a GroupMetrics,
+    pub(crate) status: &'a crate::NodeStatus,
+    /// Requests queued to the round and not yet taken.
+    pub(crate) requests_queued: u64,
+}
+
+/// Counters kept by the manager since before metrics existed (`ManagerStats`).
+pub(crate) struct ProcessCounters {
+    pub(crate) rounds: u64,
+    pub(crate) log_writes: u64,
+    pub(crate) entries_written: u64,
+    pub(crate) group_writes: u64,
+    pub(crate) meta_saves: u64,
+    pub(crate) frames_sent: u64,
+    pub(crate) messages_sent: u64,
+}
+
+/// Writes Prometheus text exposition format (version 0.0.4).
+struct Writer {
+    out: String,
+}
+
+impl Writer {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{key}=\"");
+                escape_label(&mut self.out, value);
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn scalar(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.header(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram_samples(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        // Count first-then-buckets can race with an observation; read the buckets and
+        // derive the count from them so that `+Inf` always equals `_count`.
+        let mut cumulative = 0u64;
+        let bucket_name = format!("{name}_bucket");
+        for (i, bucket) in h.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = match h.bounds.get(i) {
+                Some(&bound) => format_float(bound as f64 / h.scale),
+                None => "+Inf".to_string(),
+            };
+            let mut with_le: Vec<(&str, &str)> = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket_name, &with_le, cumulative);
+        }
+        let sum = h.sum.load(Ordering::Relaxed) as f64 / h.scale;
+        self.sample(&format!("{name}_sum"), labels, format_float(sum));
+        self.sample(&format!("{name}_count"), labels, cumulative);
+    }
+}
+
+fn format_float(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value}")
+    } else if value.is_nan() {
+        "NaN".into()
+    } else if value > 0.0 {
+        "+Inf".into()
+    } else {
+        "-Inf".into()
+    }
+}
+
+fn escape_label(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn state_name(state: ProgressState) -> &'static str {
+    match state {
+        ProgressState::Probe => "probe",
+        ProgressState::Replicate => "replicate",
+        ProgressState::Snapshot { .. } => "snapshot",
+    }
+}
+
+/// Renders every metric of one manager. Families come one after the other, each with its
+/// HELP and TYPE lines first.
+pub(crate) fn render(
+    counters: &ProcessCounters,
+    manager: &ManagerMetrics,
+    groups: &[GroupView<'_>],
+) -> String {
+    let mut w = Writer { out: String::new() };
+    let c = counters;
+    w.scalar(
+        "flotilla_rounds_total",
+        "counter",
+        "Rounds run by the manager.",
+        c.rounds,
+    );
+    w.scalar(
+        "flotilla_log_writes_total",
+        "counter",
+        "Shared-log writes (each one write and one fsync).",
+        c.log_writes,
+    );
+    w.scalar(
+        "flotilla_log_entries_written_total",
+        "counter",
+        "Entries written to the shared log.",
+        c.entries_written,
+    );
+    w.scalar(
+        "flotilla_log_bytes_written_total",
+        "counter",
+        "Entry bytes written to the shared log.",
+        manager.bytes_written.get(),
+    );
+    w.scalar(
+        "flotilla_log_group_writes_total",
+        "counter",
+        "Group-writes covered by the shared-log writes.",
+        c.group_writes,
+    );
+    w.scalar(
+        "flotilla_meta_saves_total",
+        "counter",
+        "Term and vote saves (each fsynced).",
+        c.meta_saves,
+    );
+    w.scalar(
+        "flotilla_frames_sent_total",
+        "counter",
+        "Frames handed to the transport.",
+        c.frames_sent,
+    );
+    w.scalar(
+        "flotilla_messages_sent_total",
+        "counter",
+        "Raft messages in the frames sent.",
+        c.messages_sent,
+    );
+    w.scalar(
+        "flotilla_inbound_frames_queued",
+        "gauge",
+        "Inbound frames waiting for the round (as of the last round).",
+        manager.inbound_frames_queued.get(),
+    );
+    let process_histograms: [(&str, &str, &Histogram); 6] = [
+        (
+            "flotilla_round_duration_seconds",
+            "Duration of one round (ticks, messages, requests, writes, applies).",
+            &manager.round_seconds,
+        ),
+        (
+            "flotilla_log_append_seconds",
+            "One shared-log write including its fsync.",
+            &manager.log_append_seconds,
+        ),
+        (
+            "flotilla_round_entries",
+            "Entries per shared-log write.",
+            &manager.round_entries,
+        ),
+        (
+            "flotilla_round_bytes",
+            "Entry bytes per shared-log write.",
+            &manager.round_bytes,
+        ),
+        (
+            "flotilla_round_groups",
+            "Groups per shared-log write.",
+            &manager.round_groups,
+        ),
+        (
+            "flotilla_meta_save_seconds",
+            "One term and vote save including its fsync.",
+            &manager.meta_save_seconds,
+        ),
+    ];
+    for (name, help, h) in process_histograms {
+        w.header(name, "histogram", help);
+        w.histogram_samples(name, &[], h);
+    }
+    render_groups(&mut w, groups);
+    w.out
+}
+
+type GroupHistogram = fn(&GroupMetrics) -> &Histogram;
+type GroupValue = fn(&GroupView<'_>) -> u64;
+
+fn render_groups(w: &mut Writer, groups: &[GroupView<'_>]) {
+    let ids: Vec<String> = groups.iter().map(|g| g.group.to_string()).collect();
+    let histograms: [(&str, &str, GroupHistogram); 5] = [
+        (
+            "flotilla_apply_seconds",
+            "One state machine on_apply call.",
+            |m| &m.apply_seconds,
+        ),
+        (
+            "flotilla_apply_entries",
+            "Committed entries per apply batch.",
+            |m| &m.apply_entries,
+        ),
+        (
+            "flotilla_proposal_seconds",
+            "Node::apply from call to a successful answer (queue, replication, apply).",
+            |m| &m.proposal_seconds,
+        ),
+        (
+            "flotilla_read_index_seconds",
+            "Node::read_index from call to a successful answer.",
+            |m| &m.read_index_seconds,
+        ),
+        (
+            "flotilla_snapshot_save_seconds",
+            "Taking one local snapshot (state machine save and store).",
+            |m| &m.snapshot_save_seconds,
+        ),
+    ];
+    for (name, help, get) in histograms {
+        w.header(name, "histogram", help);
+        for (g, id) in groups.iter().zip(&ids) {
+            w.histogram_samples(name, &[("group", id)], get(g.metrics));
+        }
+    }
+    let values: [(&str, &str, &str, GroupValue); 16] = [
+        (
+            "flotilla_snapshot_saves_total",
+            "counter",
+            "Local snapshots taken.",
+            |g| g.metrics.snapshot_save_seconds.count(),
+        ),
+        (
+            "flotilla_snapshot_installs_total",
+            "counter",
+            "Snapshots fetched from the leader and installed.",
+            |g| g.metrics.snapshot_installs.get(),
+        ),
+        (
+            "flotilla_snapshot_install_failures_total",
+            "counter",
+            "Snapshot installs that failed (copy error, deadline, superseded).",
+            |g| g.metrics.snapshot_install_failures.get(),
+        ),
+        (
+            "flotilla_leader_starts_total",
+            "counter",
+            "Times this peer became the group's leader.",
+            |g| g.metrics.leader_starts.get(),
+        ),
+        (
+            "flotilla_leader_changes_total",
+            "counter",
+            "Leaders this peer came to know (became leader or started following).",
+            |g| g.metrics.leader_changes.get(),
+        ),
+        (
+            "flotilla_term_changes_total",
+            "counter",
+            "Term changes seen by this peer (elections anywhere in the group).",
+            |g| g.metrics.term_changes.get(),
+        ),
+        (
+            "flotilla_replicator_events_total",
+            "counter",
+            "Replicator created, online, offline and destroyed events on this leader.",
+            |g| g.metrics.replicator_events.get(),
+        ),
+        (
+            "flotilla_requests_queued",
+            "gauge",
+            "Requests (proposals, reads, admin) queued to the round and not yet taken.",
+            |g| g.requests_queued,
+        ),
+        (
+            "flotilla_proposals_pending",
+            "gauge",
+            "Proposals accepted by the leader and not yet applied.",
+            |g| g.metrics.proposals_pending.get(),
+        ),
+        (
+            "flotilla_reads_pending",
+            "gauge",
+            "Reads accepted by the core and not yet answered.",
+            |g| g.metrics.reads_pending.get(),
+        ),
+        ("flotilla_term", "gauge", "Current term.", |g| {
+            g.status.term.get()
+        }),
+        (
+            "flotilla_is_leader",
+            "gauge",
+            "1 if this peer leads the group.",
+            |g| u64::from(g.status.role == flotilla_raft::Role::Leader),
+        ),
+        (
+            "flotilla_last_log_index",
+            "gauge",
+            "Last index in this peer's log.",
+            |g| g.status.last_index.get(),
+        ),
+        (
+            "flotilla_committed_index",
+            "gauge",
+            "Commit index known to this peer.",
+            |g| g.status.committed.get(),
+        ),
+        (
+            "flotilla_applied_index",
+            "gauge",
+            "Index applied by this peer's state machine.",
+            |g| g.status.applied.get(),
+        ),
+        (
+            "flotilla_apply_backlog_entries",
+            "gauge",
+            "Committed entries not yet applied (commit index minus applied index).",
+            |g| {
+                g.status
+                    .committed
+                    .get()
+                    .saturating_sub(g.status.applied.get())
+            },
+        ),
+    ];
+    for (name, kind, help, get) in values {
+        w.header(name, kind, help);
+        for (g, id) in groups.iter().zip(&ids) {
+            w.sample(name, &[("group", id)], get(g));
+        }
+    }
+    render_replicators(w, groups, &ids);
+}
+
+fn render_replicators(w: &mut Writer, groups: &[GroupView<'_>], ids: &[String]) {
+    let samples: Vec<(&str, u64, Vec<ReplicatorSample>)> = groups
+        .iter()
+        .zip(ids)
+        .map(|(g, id)| {
+            (
+                id.as_str(),
+                g.status.last_index.get(),
+                g.metrics.replicators(),
+            )
+        })
+        .collect();
+    type Get = fn(u64, &ReplicatorSample) -> u64;
+    let gauges: [(&str, &str, Get); 4] = [
+        (
+            "flotilla_replicator_match_index",
+            "Leader only: highest index known to be stored on the peer.",
+            |_, r| r.match_index.get(),
+        ),
+        (
+            "flotilla_replicator_next_index",
+            "Leader only: next index to send to the peer.",
+            |_, r| r.next_index.get(),
+        ),
+        (
+            "flotilla_replicator_lag_entries",
+            "Leader only: the leader's last index minus the peer's match index.",
+            |last, r| last.saturating_sub(r.match_index.get()),
+        ),
+        (
+            "flotilla_replicator_inflight_messages",
+            "Leader only: AppendEntries sent to the peer and not yet acknowledged.",
+            |_, r| r.inflight as u64,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        w.header(name, "gauge", help);
+        for (id, last, replicators) in &samples {
+            for r in replicators {
+                let peer = r.peer.as_str();
+                w.sample(name, &[("group", id), ("peer", peer)], get(*last, r));
+            }
+        }
+    }
+    let name = "flotilla_replicator_state";
+    w.header(
+        name,
+        "gauge",
+        "Leader only: 1 for the replicator's current state (probe, replicate, snapshot).",
+    );
+    for (id, _, replicators) in &samples {
+        for r in replicators {
+            let current = state_name(r.state);
+            for state in ["probe", "replicate", "snapshot"] {
+                let labels = [("group", *id), ("peer", r.peer.as_str()), ("state", state)];
+                w.sample(name, &labels, u64::from(state == current));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_count() {
+        let h = Histogram::counts();
+        for v in [0, 1, 2, 3, 100, 1_000_000] {
+            h.observe(v);
+        }
+        let mut w = Writer { out: String::new() };
+        w.histogram_samples("x", &[("group", "1")], &h);
+        let lines: Vec<&str> = w.out.lines().collect();
+        assert_eq!(lines[0], "x_bucket{group=\"1\",le=\"1\"} 2");
+        assert_eq!(lines[1], "x_bucket{group=\"1\",le=\"2\"} 3");
+        assert!(lines.contains(&"x_bucket{group=\"1\",le=\"+Inf\"} 6"));
+        assert!(lines.contains(&"x_count{group=\"1\"} 6"));
+        assert!(lines.contains(&"x_sum{group=\"1\"} 1000106"));
+    }
+
+    #[test]
+    fn durations_render_in_seconds_and_labels_are_escaped() {
+        let h = Histogram::durations();
+        h.observe_duration(Duration::from_millis(3));
+        let mut w = Writer { out: String::new() };
+        w.histogram_samples("d", &[("peer", "a\"b\\c")], &h);
+        assert!(w
+            .out
+            .starts_with("d_bucket{peer=\"a\\\"b\\\\c\",le=\"0.00005\"} 0\n"));
+        assert!(w.out.contains("le=\"0.005\"} 1\n"), "{}", w.out);
+        assert!(w.out.contains("d_sum{peer=\"a\\\"b\\\\c\"} 0.003\n"));
+    }
+}
