@@ -9,12 +9,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use bytes::Bytes;
 use flotilla_raft::{
     AppendResult, Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, PeerId,
     Priority, RaftError, SnapshotMeta, Term,
 };
 
 use super::proto;
+use crate::snapshot::{SnapshotPart, SnapshotRequest};
 use crate::transport::Frame;
 
 /// Most `(group, message)` pairs one frame may carry.
@@ -25,12 +27,16 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 65_536;
 pub const MAX_PEERS_PER_CONFIGURATION: usize = 1024;
 /// Longest peer id, in bytes (`host:port[:index[:priority]]`).
 pub const MAX_PEER_ID_BYTES: usize = 256;
-/// Longest text carried in a [`RaftError`], in bytes.
+/// Longest text carried in a [`RaftError`] or a snapshot fetch's error, in bytes.
 pub const MAX_ERROR_TEXT_BYTES: usize = 4096;
+/// Longest snapshot file name a fetch may ask for, in bytes (the storage allows 255).
+pub const MAX_SNAPSHOT_FILE_NAME_BYTES: usize = 1024;
 
 /// Why a decoded frame was refused: the path of the offending field and what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError {
+    /// The message the path starts from (`frame`, `snapshot_request`, ...).
+    root: &'static str,
     path: Vec<String>,
     problem: String,
 }
@@ -38,9 +44,15 @@ pub struct DecodeError {
 impl DecodeError {
     fn new(problem: impl Into<String>) -> DecodeError {
         DecodeError {
+            root: "frame",
             path: Vec::new(),
             problem: problem.into(),
         }
+    }
+
+    fn rooted(mut self, root: &'static str) -> DecodeError {
+        self.root = root;
+        self
     }
 
     fn missing(field: &str) -> DecodeError {
@@ -62,7 +74,7 @@ impl DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("frame")?;
+        f.write_str(self.root)?;
         for segment in self.path.iter().rev() {
             write!(f, ".{segment}")?;
         }
@@ -573,6 +585,132 @@ fn decode_error(error: proto::RaftError) -> Result<RaftError> {
     )
 }
 
+// ---- snapshot fetches ----
+
+/// Encodes a snapshot fetch request for the wire.
+#[must_use]
+pub fn encode_snapshot_request(request: &SnapshotRequest) -> proto::SnapshotChunkRequest {
+    use proto::snapshot_chunk_request::Part;
+    proto::SnapshotChunkRequest {
+        group: request.group,
+        index: request.index.get(),
+        term: request.term.get(),
+        part: Some(match &request.part {
+            SnapshotPart::Manifest => Part::Manifest(proto::Empty {}),
+            SnapshotPart::Chunk {
+                name,
+                offset,
+                len_max,
+            } => Part::Chunk(proto::FileChunk {
+                name: name.clone(),
+                offset: *offset,
+                len_max: *len_max,
+            }),
+        }),
+    }
+}
+
+/// Decodes and validates a snapshot fetch request from a peer.
+pub fn decode_snapshot_request(request: proto::SnapshotChunkRequest) -> Result<SnapshotRequest> {
+    use proto::snapshot_chunk_request::Part;
+    let root = |e: DecodeError| e.rooted("snapshot_request");
+    let part = match request
+        .part
+        .ok_or_else(|| root(DecodeError::missing("part")))?
+    {
+        Part::Manifest(proto::Empty {}) => SnapshotPart::Manifest,
+        Part::Chunk(chunk) => {
+            if chunk.name.is_empty() {
+                return Err(root(DecodeError::new("empty file name").at("chunk.name")));
+            }
+            if chunk.name.len() > MAX_SNAPSHOT_FILE_NAME_BYTES {
+                return Err(root(
+                    DecodeError::new(format!(
+                        "file name of {} bytes, more than the limit of \
+                         {MAX_SNAPSHOT_FILE_NAME_BYTES}",
+                        chunk.name.len()
+                    ))
+                    .at("chunk.name"),
+                ));
+            }
+            if chunk.len_max == 0 {
+                return Err(root(
+                    DecodeError::new("asks for 0 bytes").at("chunk.len_max"),
+                ));
+            }
+            SnapshotPart::Chunk {
+                name: chunk.name,
+                offset: chunk.offset,
+                len_max: chunk.len_max,
+            }
+        }
+    };
+    Ok(SnapshotRequest {
+        group: request.group,
+        index: LogIndex(request.index),
+        term: Term(request.term),
+        part,
+    })
+}
+
+/// Encodes the answer to a snapshot fetch. An error text longer than
+/// [`MAX_ERROR_TEXT_BYTES`] is cut (at a character boundary) so the peer accepts it.
+#[must_use]
+pub fn encode_snapshot_chunk(result: std::result::Result<Bytes, String>) -> proto::SnapshotChunk {
+    use proto::snapshot_chunk::Result as R;
+    proto::SnapshotChunk {
+        result: Some(match result {
+            Ok(data) => R::Data(data),
+            Err(mut why) => {
+                if why.len() > MAX_ERROR_TEXT_BYTES {
+                    let mut end = MAX_ERROR_TEXT_BYTES;
+                    while !why.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    why.truncate(end);
+                }
+                R::Error(why)
+            }
+        }),
+    }
+}
+
+/// Decodes and validates the answer to `request`: the bytes (at most the chunk's `len_max`,
+/// at most `max_bytes` in any case), or the error the serving peer gave. The outer error
+/// says the answer itself was malformed.
+pub fn decode_snapshot_chunk(
+    chunk: proto::SnapshotChunk,
+    request: &SnapshotRequest,
+    max_bytes: usize,
+) -> Result<std::result::Result<Bytes, String>> {
+    use proto::snapshot_chunk::Result as R;
+    let root = |e: DecodeError| e.rooted("snapshot_chunk");
+    match chunk
+        .result
+        .ok_or_else(|| root(DecodeError::missing("result")))?
+    {
+        R::Data(data) => {
+            let limit = match &request.part {
+                SnapshotPart::Manifest => max_bytes,
+                SnapshotPart::Chunk { len_max, .. } => {
+                    usize::try_from(*len_max).map_or(max_bytes, |l| l.min(max_bytes))
+                }
+            };
+            if data.len() > limit {
+                return Err(root(
+                    DecodeError::new(format!(
+                        "{} bytes, more than the {limit} asked for",
+                        data.len()
+                    ))
+                    .at("data"),
+                ));
+            }
+            Ok(Ok(data))
+        }
+        R::Error(why) => Ok(Err(text(why).map_err(|e| root(e.at("error")))?)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -930,5 +1068,100 @@ mod tests {
             error.to_string(),
             "frame: body is missing (absent or of an unknown kind)"
         );
+    }
+
+    fn chunk_request(len_max: u32) -> SnapshotRequest {
+        SnapshotRequest {
+            group: 3,
+            index: LogIndex(40),
+            term: Term(2),
+            part: SnapshotPart::Chunk {
+                name: "data".into(),
+                offset: 7,
+                len_max,
+            },
+        }
+    }
+
+    #[test]
+    fn snapshot_requests_round_trip_and_bad_ones_are_named() {
+        let manifest = SnapshotRequest {
+            part: SnapshotPart::Manifest,
+            ..chunk_request(1)
+        };
+        for request in [manifest, chunk_request(128 * 1024)] {
+            let bytes = encode_snapshot_request(&request).encode_to_vec();
+            let wire = proto::SnapshotChunkRequest::decode(bytes.as_slice()).expect("decode");
+            assert_eq!(decode_snapshot_request(wire).expect("valid"), request);
+        }
+        let mut wire = encode_snapshot_request(&chunk_request(1));
+        wire.part = None;
+        assert_eq!(
+            decode_snapshot_request(wire).unwrap_err().to_string(),
+            "snapshot_request: part is missing (absent or of an unknown kind)"
+        );
+        let named = |name: String, len_max: u32| {
+            let mut wire = encode_snapshot_request(&chunk_request(len_max));
+            if let Some(proto::snapshot_chunk_request::Part::Chunk(c)) = wire.part.as_mut() {
+                c.name = name;
+            }
+            decode_snapshot_request(wire).unwrap_err().to_string()
+        };
+        assert_eq!(
+            named(String::new(), 1),
+            "snapshot_request.chunk.name: empty file name"
+        );
+        assert!(named("x".repeat(MAX_SNAPSHOT_FILE_NAME_BYTES + 1), 1)
+            .starts_with("snapshot_request.chunk.name: file name of 1025 bytes"));
+        assert_eq!(
+            named("data".into(), 0),
+            "snapshot_request.chunk.len_max: asks for 0 bytes"
+        );
+    }
+
+    #[test]
+    fn snapshot_chunks_are_bounded() {
+        let request = chunk_request(4);
+        let ok = encode_snapshot_chunk(Ok(Bytes::from_static(b"abcd")));
+        assert_eq!(
+            decode_snapshot_chunk(ok, &request, 1 << 20).expect("valid"),
+            Ok(Bytes::from_static(b"abcd"))
+        );
+        let long = encode_snapshot_chunk(Ok(Bytes::from_static(b"abcde")));
+        assert_eq!(
+            decode_snapshot_chunk(long, &request, 1 << 20)
+                .unwrap_err()
+                .to_string(),
+            "snapshot_chunk.data: 5 bytes, more than the 4 asked for"
+        );
+        let manifest = SnapshotRequest {
+            part: SnapshotPart::Manifest,
+            ..chunk_request(1)
+        };
+        let big = encode_snapshot_chunk(Ok(Bytes::from(vec![0u8; 11])));
+        assert!(decode_snapshot_chunk(big, &manifest, 10).is_err());
+        assert!(
+            decode_snapshot_chunk(proto::SnapshotChunk { result: None }, &request, 10)
+                .unwrap_err()
+                .to_string()
+                .starts_with("snapshot_chunk: result is missing")
+        );
+
+        // The server cuts long error texts (at a character boundary); the client refuses
+        // longer ones.
+        let cut = encode_snapshot_chunk(Err("é".repeat(MAX_ERROR_TEXT_BYTES)));
+        match decode_snapshot_chunk(cut, &request, 10).expect("valid") {
+            Err(why) => assert_eq!(why.len(), MAX_ERROR_TEXT_BYTES),
+            Ok(_) => panic!("an error was sent"),
+        }
+        let raw = proto::SnapshotChunk {
+            result: Some(proto::snapshot_chunk::Result::Error(
+                "x".repeat(MAX_ERROR_TEXT_BYTES + 1),
+            )),
+        };
+        assert!(decode_snapshot_chunk(raw, &request, 10)
+            .unwrap_err()
+            .to_string()
+            .starts_with("snapshot_chunk.error: error text of 4097 bytes"));
     }
 }

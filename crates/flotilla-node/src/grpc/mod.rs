@@ -16,30 +16,38 @@
 //! oversized, undecodable or invalid ends that peer's stream with an error status and a
 //! logged error, and the server keeps serving every other stream.
 //!
+//! Snapshot transfer: [`Transport::fetch_snapshot`] is one unary `Raft.FetchSnapshot` call
+//! per part (manifest or chunk), on a connection of its own per destination (bulk chunks do
+//! not queue behind, or ahead of, the raft stream), each call bounded by
+//! [`GrpcOptions::snapshot_fetch_timeout`]. The server answers it with the
+//! [`SnapshotService`] its sink offers ([`FrameSink::snapshot_service`]; a manager's
+//! [`Inbox`] offers its own), on tokio's blocking pool, at most
+//! [`MAX_CONCURRENT_SNAPSHOT_SERVES`] at a time. The answer is checked before it is handed
+//! on: no more bytes than the chunk asked for, error texts bounded.
+//!
 //! Not yet: mutual TLS with rustls (issue 4, part 3, a later slice: it will wrap the
 //! listener and the client endpoint, with the peer's certificate checked against the
-//! configured trust roots), snapshot transfer ([`Transport::fetch_snapshot`] keeps its
-//! refusing default here, so a follower behind the leader's log cannot catch up over gRPC
-//! yet: it needs a unary `FetchSnapshot` RPC served by the inbox's snapshot service),
-//! flow-control acknowledgements (`Ack` is reserved), and a limit on the number of
-//! concurrent inbound connections.
+//! configured trust roots), flow-control acknowledgements (`Ack` is reserved), and a limit
+//! on the number of concurrent inbound connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use flotilla_raft::{PeerId, Rng};
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 use crate::transport::{Frame, Inbox, Transport};
 
 pub mod codec;
@@ -58,6 +66,15 @@ pub use codec::DecodeError;
 /// AppendEntries) keep real frames far below it.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// Largest snapshot part (manifest or chunk) one `FetchSnapshot` answer may carry: the frame
+/// limit less room for the answer's own encoding. Chunks are far smaller (the storage caps
+/// them at 4 MiB); a manifest larger than this is refused by the server with an error.
+pub const MAX_SNAPSHOT_DATA_BYTES: usize = MAX_FRAME_BYTES - 1024;
+
+/// Snapshot parts a server reads at once (each on a blocking-pool thread); further requests
+/// wait their turn.
+pub const MAX_CONCURRENT_SNAPSHOT_SERVES: usize = 16;
+
 /// Frames one stream may hold between the connection task and HTTP/2 (the rest wait in the
 /// destination's queue).
 const STREAM_WINDOW_FRAMES: usize = 16;
@@ -70,11 +87,21 @@ pub trait FrameSink: Send + Sync + 'static {
     /// Hands `frame` over, or returns it when there is no room (it is then dropped and
     /// counted; raft retransmits). Must not block.
     fn deliver(&self, frame: Frame) -> Result<(), Frame>;
+
+    /// The service answering `FetchSnapshot` calls, if this sink's process serves
+    /// snapshots. The default serves none: such a server answers `UNIMPLEMENTED`.
+    fn snapshot_service(&self) -> Option<SnapshotService> {
+        None
+    }
 }
 
 impl FrameSink for Inbox {
     fn deliver(&self, frame: Frame) -> Result<(), Frame> {
         Inbox::deliver(self, frame)
+    }
+
+    fn snapshot_service(&self) -> Option<SnapshotService> {
+        Some(Inbox::snapshot_service(self).clone())
     }
 }
 
@@ -95,6 +122,9 @@ pub struct GrpcOptions {
     pub keepalive_interval: Duration,
     /// How long a keep-alive ping may go unanswered before the connection is dropped.
     pub keepalive_timeout: Duration,
+    /// Limit on one `FetchSnapshot` call (one manifest or chunk), connecting included. The
+    /// whole install is also bounded by the manager's install deadline.
+    pub snapshot_fetch_timeout: Duration,
 }
 
 impl Default for GrpcOptions {
@@ -107,6 +137,7 @@ impl Default for GrpcOptions {
             seed: 0x5eed_f107_1a00_0001,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
+            snapshot_fetch_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -126,10 +157,17 @@ pub struct TransportStats {
     pub streams_opened: u64,
     /// Failed attempts to connect or to open the stream.
     pub connect_failures: u64,
+    /// Snapshot parts received (valid answers carrying data).
+    pub snapshot_parts_fetched: u64,
+    /// Snapshot fetches that failed: call errors, time-outs, refusals by the peer, invalid
+    /// answers.
+    pub snapshot_fetch_failures: u64,
 }
 
 #[derive(Default)]
 struct TransportCounters {
+    snapshot_parts_fetched: AtomicU64,
+    snapshot_fetch_failures: AtomicU64,
     frames_sent: AtomicU64,
     frames_dropped_queue_full: AtomicU64,
     frames_dropped_oversized: AtomicU64,
@@ -148,6 +186,68 @@ struct TransportInner {
     counters: Arc<TransportCounters>,
     /// Per destination, the queue its connection task drains.
     queues: Mutex<HashMap<PeerId, mpsc::Sender<Frame>>>,
+    /// Per destination, the channel snapshot fetches use (connects lazily, reconnects on
+    /// the next call after a failure).
+    fetch_channels: Mutex<HashMap<PeerId, Channel>>,
+}
+
+impl TransportInner {
+    /// The snapshot-fetch channel to `to`, created on first use. Must be called within the
+    /// runtime (the channel spawns its worker).
+    fn fetch_channel(&self, to: &PeerId) -> Result<Channel, String> {
+        let mut channels = self
+            .fetch_channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(to) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{to}"))
+            .map_err(|e| format!("{to} is not a valid address: {e}"))?
+            .connect_timeout(self.options.connect_timeout)
+            .timeout(self.options.snapshot_fetch_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.options.keepalive_interval)
+            .keep_alive_timeout(self.options.keepalive_timeout);
+        let channel = endpoint.connect_lazy();
+        channels.insert(to.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// One `FetchSnapshot` call to `to`, within the per-call timeout, its answer checked.
+    async fn fetch_snapshot(&self, to: &PeerId, request: SnapshotRequest) -> Result<Bytes, String> {
+        let limit = self.options.snapshot_fetch_timeout;
+        let call = async {
+            let channel = self.fetch_channel(to)?;
+            let mut client = proto::raft_client::RaftClient::new(channel)
+                .max_encoding_message_size(MAX_FRAME_BYTES)
+                .max_decoding_message_size(MAX_FRAME_BYTES);
+            let mut wire = Request::new(codec::encode_snapshot_request(&request));
+            wire.set_timeout(limit);
+            client.fetch_snapshot(wire).await.map_err(|status| {
+                format!(
+                    "fetching group {}'s snapshot from {to} failed: {:?}: {}",
+                    request.group,
+                    status.code(),
+                    status.message()
+                )
+            })
+        };
+        let answer = tokio::time::timeout(limit, call).await.map_err(|_| {
+            format!(
+                "fetching group {}'s snapshot from {to} timed out after {limit:?}",
+                request.group
+            )
+        })??;
+        match codec::decode_snapshot_chunk(answer.into_inner(), &request, MAX_SNAPSHOT_DATA_BYTES) {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(why)) => Err(format!("{to} cannot serve the snapshot: {why}")),
+            Err(error) => {
+                tracing::error!(from = %to, group = request.group, %error, "invalid snapshot answer");
+                Err(format!("{to} sent an invalid snapshot answer: {error}"))
+            }
+        }
+    }
 }
 
 /// Sends frames to other processes over gRPC: per destination a bounded queue and a task
@@ -181,6 +281,7 @@ impl GrpcTransport {
                 runtime: tokio::runtime::Handle::current(),
                 counters: Arc::default(),
                 queues: Mutex::new(HashMap::new()),
+                fetch_channels: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -196,6 +297,8 @@ impl GrpcTransport {
             frames_dropped_other: c.frames_dropped_other.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             connect_failures: c.connect_failures.load(Ordering::Relaxed),
+            snapshot_parts_fetched: c.snapshot_parts_fetched.load(Ordering::Relaxed),
+            snapshot_fetch_failures: c.snapshot_fetch_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -242,6 +345,25 @@ impl Transport for GrpcTransport {
                 bump(&self.inner.counters.frames_dropped_other);
             }
         }
+    }
+
+    /// One unary `FetchSnapshot` call, bounded by [`GrpcOptions::snapshot_fetch_timeout`];
+    /// the answer is refused if it carries more than the chunk asked for (or more than
+    /// [`MAX_SNAPSHOT_DATA_BYTES`]) or an error text over the limit.
+    fn fetch_snapshot(&self, to: &PeerId, request: SnapshotRequest) -> SnapshotFetch {
+        let inner = self.inner.clone();
+        let to = to.clone();
+        Box::pin(async move {
+            let result = inner.fetch_snapshot(&to, request).await;
+            match &result {
+                Ok(_) => bump(&inner.counters.snapshot_parts_fetched),
+                Err(why) => {
+                    bump(&inner.counters.snapshot_fetch_failures);
+                    tracing::debug!(from = %to, error = %why, "snapshot fetch failed");
+                }
+            }
+            result
+        })
     }
 }
 
@@ -411,10 +533,17 @@ pub struct ServerStats {
     pub frames_dropped_sink_full: u64,
     /// Streams ended because their peer sent an oversized, undecodable or invalid frame.
     pub streams_refused: u64,
+    /// Snapshot parts served (answers carrying data).
+    pub snapshot_parts_served: u64,
+    /// Snapshot fetches answered with an error (no such snapshot, read failure) or refused
+    /// (invalid request, no snapshot service).
+    pub snapshot_fetches_refused: u64,
 }
 
 #[derive(Default)]
 struct ServerCounters {
+    snapshot_parts_served: AtomicU64,
+    snapshot_fetches_refused: AtomicU64,
     streams_opened: AtomicU64,
     frames_delivered: AtomicU64,
     frames_dropped_sink_full: AtomicU64,
@@ -445,12 +574,15 @@ impl GrpcServer {
         &self.address
     }
 
-    /// Starts serving the `Raft` service, handing every decoded frame to `sink`. Must be
-    /// called within a tokio runtime.
+    /// Starts serving the `Raft` service, handing every decoded frame to `sink` and
+    /// answering snapshot fetches with [`FrameSink::snapshot_service`] (a manager's
+    /// [`Inbox`] serves its snapshots). Must be called within a tokio runtime.
     pub fn serve(self, sink: Arc<dyn FrameSink>) -> ServerHandle {
         let counters = Arc::new(ServerCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let service = RaftService {
+            snapshots: sink.snapshot_service(),
+            snapshot_serves: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_SERVES)),
             sink,
             counters: counters.clone(),
             shutdown: shutdown_rx.clone(),
@@ -514,6 +646,8 @@ impl ServerHandle {
             frames_delivered: c.frames_delivered.load(Ordering::Relaxed),
             frames_dropped_sink_full: c.frames_dropped_sink_full.load(Ordering::Relaxed),
             streams_refused: c.streams_refused.load(Ordering::Relaxed),
+            snapshot_parts_served: c.snapshot_parts_served.load(Ordering::Relaxed),
+            snapshot_fetches_refused: c.snapshot_fetches_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -540,6 +674,9 @@ impl Drop for ServerHandle {
 
 struct RaftService {
     sink: Arc<dyn FrameSink>,
+    snapshots: Option<SnapshotService>,
+    /// Bounds the blocking-pool threads snapshot reads may take.
+    snapshot_serves: Arc<Semaphore>,
     counters: Arc<ServerCounters>,
     shutdown: watch::Receiver<bool>,
 }
@@ -567,6 +704,59 @@ impl proto::raft_server::Raft for RaftService {
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_snapshot(
+        &self,
+        request: Request<proto::SnapshotChunkRequest>,
+    ) -> Result<Response<proto::SnapshotChunk>, Status> {
+        let remote = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let refuse = |status: Status| {
+            bump(&self.counters.snapshot_fetches_refused);
+            tracing::warn!(remote = %remote, code = ?status.code(), error = status.message(), "snapshot fetch refused");
+            status
+        };
+        let Some(service) = self.snapshots.clone() else {
+            return Err(refuse(Status::unimplemented(
+                "this process serves no snapshots",
+            )));
+        };
+        let request = codec::decode_snapshot_request(request.into_inner())
+            .map_err(|e| refuse(Status::invalid_argument(e.to_string())))?;
+        let _permit = self
+            .snapshot_serves
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| refuse(Status::unavailable("server shutting down")))?;
+        let group = request.group;
+        let served = tokio::task::spawn_blocking(move || {
+            let served = service.serve(&request);
+            match served {
+                Ok(data) if data.len() > MAX_SNAPSHOT_DATA_BYTES => Err(format!(
+                    "group {group}: part of {} bytes, more than the wire limit of \
+                     {MAX_SNAPSHOT_DATA_BYTES}",
+                    data.len()
+                )),
+                other => other,
+            }
+        })
+        .await
+        .map_err(|e| {
+            refuse(Status::internal(format!(
+                "serving the snapshot failed: {e}"
+            )))
+        })?;
+        match &served {
+            Ok(_) => bump(&self.counters.snapshot_parts_served),
+            Err(why) => {
+                bump(&self.counters.snapshot_fetches_refused);
+                tracing::debug!(remote = %remote, group, error = %why, "snapshot part not served");
+            }
+        }
+        Ok(Response::new(codec::encode_snapshot_chunk(served)))
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod grpc;
+mod grpc_snapshots;
 mod observability;
 mod snapshots_membership;
 mod tests;
