@@ -50,6 +50,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 use crate::transport::{Frame, Inbox, Transport};
 
+pub mod cli;
 pub mod codec;
 
 /// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
@@ -58,6 +59,7 @@ pub mod proto {
     tonic::include_proto!("flotilla.raft.v1");
 }
 
+pub use cli::{CliClient, CliError, CliNodes, CliOptions};
 pub use codec::DecodeError;
 
 /// Largest encoded frame either side accepts (16 MiB). A sender drops (and logs) a larger
@@ -578,6 +580,25 @@ impl GrpcServer {
     /// answering snapshot fetches with [`FrameSink::snapshot_service`] (a manager's
     /// [`Inbox`] serves its snapshots). Must be called within a tokio runtime.
     pub fn serve(self, sink: Arc<dyn FrameSink>) -> ServerHandle {
+        self.serve_services(sink, None)
+    }
+
+    /// [`GrpcServer::serve`], plus the CLI service ([`cli`]) on the same address, answered
+    /// with the groups `nodes` finds (a [`crate::NodeManager`] behind an `Arc`).
+    pub fn serve_with_cli(
+        self,
+        sink: Arc<dyn FrameSink>,
+        nodes: Arc<dyn CliNodes>,
+    ) -> ServerHandle {
+        let cli = proto_cli_server(nodes);
+        self.serve_services(sink, Some(cli))
+    }
+
+    fn serve_services(
+        self,
+        sink: Arc<dyn FrameSink>,
+        cli: Option<cli::proto::cli_server::CliServer<cli::CliService>>,
+    ) -> ServerHandle {
         let counters = Arc::new(ServerCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let service = RaftService {
@@ -600,7 +621,11 @@ impl GrpcServer {
             if let Err(error) = Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .serve_with_incoming_shutdown(server, incoming, stopped)
+                .serve_with_incoming_shutdown(
+                    cli::Dispatch { raft: server, cli },
+                    incoming,
+                    stopped,
+                )
                 .await
             {
                 tracing::error!(address = %address, %error, "raft gRPC server failed");
@@ -613,6 +638,14 @@ impl GrpcServer {
             task: Some(task),
         }
     }
+}
+
+fn proto_cli_server(
+    nodes: Arc<dyn CliNodes>,
+) -> cli::proto::cli_server::CliServer<cli::CliService> {
+    cli::proto::cli_server::CliServer::new(cli::CliService::new(nodes))
+        .max_decoding_message_size(1024 * 1024)
+        .max_encoding_message_size(1024 * 1024)
 }
 
 /// A serving [`GrpcServer`]. Dropping it stops the server in the background.

@@ -2,6 +2,7 @@
 //! `LocalTransport`, on real temporary directories, with a counter state machine. No
 //! assertion about speed: every wait is a generous deadline.
 
+mod cli;
 mod cluster;
 mod grpc;
 mod grpc_snapshots;

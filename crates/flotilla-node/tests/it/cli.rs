@@ -1,0 +1,343 @@
+//! The CLI service over gRPC: 3 managers each serving raft and CLI on one address, driven
+//! through `CliClient` (leader discovery, redirects from followers, membership, learners,
+//! transfers, rebalance) and the raw generated client (the server-side rebalance, the error
+//! metadata).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_node::grpc::cli::{proto, ERROR_KIND_KEY};
+use flotilla_node::grpc::{
+    CliClient, CliError, CliOptions, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle,
+};
+use flotilla_node::{GroupId, ManagerOptions, NodeManager, PeerId};
+
+use super::cluster::Counter;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Processes {
+    root: std::path::PathBuf,
+    peers: Vec<PeerId>,
+    managers: Vec<Arc<NodeManager>>,
+    servers: Vec<ServerHandle>,
+}
+
+impl Processes {
+    async fn start(name: &str) -> Processes {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let root = std::env::temp_dir().join(format!(
+            "flotilla-node-cli-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+        let mut managers = Vec::new();
+        let mut servers = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let mut options = ManagerOptions::new(peers[i].clone(), root.join(format!("p{i}")));
+            options.tick = Duration::from_millis(10);
+            options.raft.election_timeout_ticks = 10;
+            options.raft.heartbeat_interval_ticks = 1;
+            options.raft.snapshot_interval_ticks = 0;
+            let transport = GrpcTransport::new(GrpcOptions::default());
+            let manager = Arc::new(
+                NodeManager::open(options, Arc::new(transport))
+                    .await
+                    .expect("open manager"),
+            );
+            servers.push(listener.serve_with_cli(Arc::new(manager.inbox()), manager.clone()));
+            managers.push(manager);
+        }
+        Processes {
+            root,
+            peers,
+            managers,
+            servers,
+        }
+    }
+
+    async fn add_group(&self, i: usize, group: GroupId, voters: Vec<PeerId>) {
+        self.managers[i]
+            .add_group(
+                group,
+                voters,
+                Counter {
+                    value: Arc::new(AtomicU64::new(0)),
+                },
+            )
+            .await
+            .expect("add group");
+    }
+
+    async fn stop(self) {
+        for manager in &self.managers {
+            manager.shutdown().await;
+        }
+        for server in self.servers {
+            server.shutdown().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Retries `op` until it answers `Ok` with a value `accept` takes, or the deadline passes.
+async fn until<T, F, Fut>(what: &str, mut op: F, accept: impl Fn(&T) -> bool) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let outcome = op().await;
+        match &outcome {
+            Ok(value) if accept(value) => return outcome.expect("checked"),
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn raw_client(to: &PeerId) -> proto::cli_client::CliClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    proto::cli_client::CliClient::new(channel)
+}
+
+fn set(peers: &[PeerId]) -> BTreeSet<PeerId> {
+    peers.iter().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_client_administers_a_group_over_grpc() {
+    const GROUP: GroupId = 1;
+    let processes = Processes::start("admin").await;
+    let p = processes.peers.clone();
+    // Two voters; the third process waits to be added.
+    processes
+        .add_group(0, GROUP, vec![p[0].clone(), p[1].clone()])
+        .await;
+    processes
+        .add_group(1, GROUP, vec![p[0].clone(), p[1].clone()])
+        .await;
+    processes.add_group(2, GROUP, Vec::new()).await;
+
+    let client = CliClient::new(p.clone(), GROUP).expect("client");
+    let leader = until("get leader", || client.get_leader(), |_| true).await;
+    assert!(leader == p[0] || leader == p[1], "{leader}");
+    let peers = until("get peers", || client.get_peers(), |_| true).await;
+    assert_eq!(set(&peers), set(&p[..2]));
+
+    // A learner, then promoted.
+    until(
+        "add learner",
+        || client.add_learners(std::slice::from_ref(&p[2])),
+        |_| true,
+    )
+    .await;
+    let learners = until("get learners", || client.get_learners(), |_| true).await;
+    assert_eq!(learners, vec![p[2].clone()]);
+    until(
+        "alive learners",
+        || client.get_alive_learners(),
+        |l| l == &vec![p[2].clone()],
+    )
+    .await;
+    until("promote", || client.promote_learner(&p[2]), |_| true).await;
+    let peers = until("peers after promote", || client.get_peers(), |_| true).await;
+    assert_eq!(set(&peers), set(&p));
+    assert!(
+        until("learners after promote", || client.get_learners(), |_| true)
+            .await
+            .is_empty()
+    );
+    until(
+        "alive peers",
+        || client.get_alive_peers(),
+        |alive| alive.len() == 3,
+    )
+    .await;
+
+    // A client that only knows a follower is redirected to the leader transparently.
+    let leader = until("leader", || client.get_leader(), |_| true).await;
+    let follower = p
+        .iter()
+        .find(|x| **x != leader)
+        .expect("a follower")
+        .clone();
+    let via_follower = CliClient::new(vec![follower.clone()], GROUP).expect("client");
+    let peers = until(
+        "peers via a follower",
+        || via_follower.get_peers(),
+        |_| true,
+    )
+    .await;
+    assert_eq!(set(&peers), set(&p));
+
+    // Transfer to a named peer (through the follower-only client), then to any.
+    let new = until(
+        "transfer to a named peer",
+        || via_follower.transfer_leader(Some(&follower)),
+        |_| true,
+    )
+    .await;
+    assert_eq!(new, follower);
+    until(
+        "leader after transfer",
+        || client.get_leader(),
+        |l| *l == follower,
+    )
+    .await;
+    let any = until("transfer to any", || client.transfer_leader(None), |_| true).await;
+    assert_ne!(any, follower);
+    let leader = until(
+        "leader after transfer to any",
+        || client.get_leader(),
+        |l| *l == any,
+    )
+    .await;
+
+    // Remove a peer that does not lead.
+    let victim = p
+        .iter()
+        .find(|x| **x != leader)
+        .expect("a follower")
+        .clone();
+    until("remove peer", || client.remove_peer(&victim), |_| true).await;
+    let peers = until("peers after remove", || client.get_peers(), |_| true).await;
+    assert_eq!(peers.len(), 2);
+    assert!(!peers.contains(&victim));
+
+    // A snapshot on one named peer.
+    let index = until("snapshot", || client.snapshot(&leader), |_| true).await;
+    assert!(index > 0);
+
+    // Errors keep their kind: no such group, and an invalid peer id.
+    let fast = CliOptions {
+        max_attempts: 3,
+        ..CliOptions::default()
+    };
+    let missing = client.for_group(99).with_options(fast);
+    let error = missing.get_peers().await.expect_err("no group 99");
+    assert_eq!(error.kind(), "NoSuchGroup", "{error}");
+    let mut raw = raw_client(&p[0]).await;
+    let status = raw
+        .add_peer(proto::PeerRequest {
+            group: GROUP,
+            peer: "not a peer".into(),
+        })
+        .await
+        .expect_err("invalid peer id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status
+            .metadata()
+            .get(ERROR_KIND_KEY)
+            .and_then(|v| v.to_str().ok()),
+        Some("InvalidArgument")
+    );
+    processes.stop().await;
+}
+
+/// Leaders of `groups` per process, once every group has one.
+async fn leader_counts(client: &CliClient, groups: &[GroupId]) -> BTreeMap<PeerId, usize> {
+    let mut counts = BTreeMap::new();
+    for group in groups {
+        let c = client.for_group(*group);
+        let leader = until("leader of a group", || c.get_leader(), |_| true).await;
+        *counts.entry(leader).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Moves every group's leader to `to`.
+async fn concentrate(client: &CliClient, groups: &[GroupId], to: &PeerId) {
+    for group in groups {
+        let c = client.for_group(*group);
+        until(
+            "concentrate",
+            || async {
+                let leader = c.get_leader().await?;
+                if leader == *to {
+                    return Ok(leader);
+                }
+                c.transfer_leader(Some(to)).await
+            },
+            |l| l == to,
+        )
+        .await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while leader_counts(client, groups).await.get(to).copied() != Some(groups.len()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leaders not on {to}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn assert_balanced(client: &CliClient, groups: &[GroupId], limit: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let counts = leader_counts(client, groups).await;
+        if counts.values().all(|c| *c <= limit) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unbalanced: {counts:?} (limit {limit})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalance_leaves_no_process_leading_more_than_its_share() {
+    let groups: Vec<GroupId> = (10..17).collect();
+    let processes = Processes::start("rebalance").await;
+    let p = processes.peers.clone();
+    for group in &groups {
+        for i in 0..3 {
+            processes.add_group(i, *group, p.clone()).await;
+        }
+    }
+    let limit = groups.len().div_ceil(p.len());
+    let client = CliClient::new(p.clone(), groups[0]).expect("client");
+
+    // Client-driven.
+    concentrate(&client, &groups, &p[0]).await;
+    let leaders = until("rebalance", || client.rebalance(&groups), |_| true).await;
+    assert_eq!(leaders.len(), groups.len());
+    assert_balanced(&client, &groups, limit).await;
+
+    // Driven by a server, through the Rebalance RPC.
+    concentrate(&client, &groups, &p[1]).await;
+    let mut raw = raw_client(&p[2]).await;
+    let reply = raw
+        .rebalance(proto::RebalanceRequest {
+            groups: groups.clone(),
+        })
+        .await
+        .expect("rebalance RPC")
+        .into_inner();
+    assert_eq!(reply.leaders.len(), groups.len());
+    assert_balanced(&client, &groups, limit).await;
+    processes.stop().await;
+}
