@@ -17,7 +17,11 @@
 //!   [`NodeManager::describe`] (every group's dump) and debug-level `tracing` spans per
 //!   group in the round.
 //!
-//! Not yet: the CLI service; see the crate README section.
+//! - [`grpc`]: the network — one address per process serving the raft stream, snapshot
+//!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on
+//!   "not leader"); `examples/counter` is the quick-start built on this public API.
+//!
+//! Not yet: mutual TLS, an HTTP endpoint for metrics, idle-group hibernation.
 
 #![deny(missing_docs)]
 
