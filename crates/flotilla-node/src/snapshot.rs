@@ -8,7 +8,7 @@
 //!   a [`SnapshotRequest`] for `(group, index, term)` from the group's snapshot store. The
 //!   reader it serves from is kept (pinned) between requests, so a snapshot superseded
 //!   mid-transfer is not deleted under a receiver that is still copying it.
-//! - **Receiving** ([`run_install`]): runs `flotilla_storage::copy_snapshot` (resumable,
+//! - **Receiving** (`run_install`): runs `flotilla_storage::copy_snapshot` (resumable,
 //!   checksummed, throttled) on a blocking-pool thread, off the manager's round, through a
 //!   [`flotilla_storage::SnapshotSource`] that turns every chunk into one transport request,
 //!   under one overall deadline and a cancel flag (a newer install supersedes it). The
