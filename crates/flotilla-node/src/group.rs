@@ -277,6 +277,11 @@ impl Group {
         }
     }
 
+    /// The core's election timeout, in ticks (bounds how many ticks a pause must feed).
+    pub(crate) fn election_timeout_ticks(&self) -> u64 {
+        self.raft.election_timeout_ticks()
+    }
+
     /// Applies committed entries through the state machine, in order, handing each
     /// proposer's completion with its entry; then tells the core.
     pub(crate) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
@@ -287,7 +292,7 @@ impl Group {
         let mut tasks = Vec::with_capacity(entries.len());
         for entry in entries {
             let completion = match self.proposals.remove(&entry.index) {
-                Some((term, completion)) if term == entry.term => Some(completion.mark_applied()),
+                Some((term, completion)) if term == entry.term => Some(completion),
                 Some((term, completion)) => {
                     // Another leader's entry took the index: ours can never commit.
                     completion.fail(NodeError::Raft(RaftError::Stale(format!(

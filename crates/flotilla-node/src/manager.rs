@@ -213,6 +213,7 @@ impl NodeManager {
             failed: None,
             runtime: tokio::runtime::Handle::current(),
             installs: BTreeMap::new(),
+            opened_groups: std::collections::BTreeSet::new(),
             options,
         };
         let task = tokio::spawn(run(Box::new(driver)));
@@ -440,6 +441,9 @@ struct Driver {
     runtime: tokio::runtime::Handle,
     /// Snapshot copies running, one per group.
     installs: BTreeMap<GroupId, Install>,
+    /// Groups opened since this process started: a group opened again (after it was
+    /// stopped by a failure) may have acknowledged a leader, so it gets the vote guard.
+    opened_groups: std::collections::BTreeSet<GroupId>,
 }
 
 /// A snapshot copy running for one group.
@@ -521,7 +525,16 @@ impl Driver {
             let whole = u32::try_from(ticks).unwrap_or(u32::MAX);
             self.last_tick += tick.saturating_mul(whole);
         }
-        ticks.min(TICKS_PER_ROUND_MAX)
+        // Every elapsed tick must reach the cores before a lease is trusted (ready.rs), so
+        // the cap is never below what ends the longest lease: one round of an election
+        // timeout per group is plenty; the rest of a longer pause changes nothing.
+        let lease_bound = self
+            .groups
+            .values()
+            .map(|g| g.election_timeout_ticks() + 1)
+            .max()
+            .unwrap_or(0);
+        ticks.min(TICKS_PER_ROUND_MAX.max(lease_bound))
     }
 
     fn accept_controls(&mut self) {
@@ -569,11 +582,20 @@ impl Driver {
                 format!("group {id} already runs on {}", self.shared.address),
             )));
         }
+        if self.installs.contains_key(&id) {
+            // A snapshot copy of the group's previous incarnation is still running: it would
+            // land in the new one's store and log.
+            return Err(NodeError::Raft(flotilla_raft::RaftError::Busy(format!(
+                "group {id} is still finishing a snapshot install; retry shortly"
+            ))));
+        }
         let mut config = self.options.raft.clone();
         config.id = self.shared.address.clone();
         config.random_seed = random_seed(id, &self.shared.address);
-        // Only a peer that never ran (empty data directory) may vote at once.
-        config.start_with_vote_guard = !self.fresh;
+        // Only a peer that never ran (empty data directory, first opening of the group in
+        // this process) may vote at once.
+        let first_opening = self.opened_groups.insert(id);
+        config.start_with_vote_guard = !(self.fresh && first_opening);
         let (requests_tx, requests_rx) = mpsc::channel(self.options.request_queue_max);
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         let snapshots_dir = self.options.data_dir.join("snapshots").join(id.to_string());

@@ -32,9 +32,10 @@ impl Completion {
         }
     }
 
-    pub(crate) fn mark_applied(mut self) -> Completion {
+    /// The entry is being handed to the state machine: from now on, dropping the
+    /// completion uncompleted means the entry applied with an empty result.
+    fn mark_applied(&mut self) {
         self.applied = true;
-        self
     }
 
     /// Answers the proposer: `Ok(result)`, or the state machine's error for this entry.
@@ -58,7 +59,9 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let answer = if self.applied {
+        // An entry never handed out (the state machine stopped early) or dropped while the
+        // state machine panicked did not apply here: its outcome is unknown, not success.
+        let answer = if self.applied && !std::thread::panicking() {
             Ok(Bytes::new())
         } else {
             Err(NodeError::Unknown(
@@ -107,7 +110,11 @@ impl Iterator for ApplyIter {
     type Item = Task;
 
     fn next(&mut self) -> Option<Task> {
-        self.tasks.next()
+        let mut task = self.tasks.next()?;
+        if let Some(completion) = task.completion.as_mut() {
+            completion.mark_applied();
+        }
+        Some(task)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

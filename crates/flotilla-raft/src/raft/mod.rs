@@ -289,6 +289,12 @@ impl<S: LogStore> Raft<S> {
         self.leader.as_ref()
     }
 
+    /// The election timeout in force, in ticks.
+    #[must_use]
+    pub fn election_timeout_ticks(&self) -> u64 {
+        self.config.election_timeout_ticks
+    }
+
     /// Commit index.
     #[must_use]
     pub fn committed(&self) -> LogIndex {
