@@ -303,16 +303,15 @@ impl NodeManager {
     /// round.
     #[must_use]
     pub fn metrics_text(&self) -> String {
-        let s = &self.shared.stats;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = self.stats();
         let counters = ProcessCounters {
-            rounds: get(&s.rounds),
-            log_writes: get(&s.log_writes),
-            entries_written: get(&s.entries_written),
-            group_writes: get(&s.group_writes),
-            meta_saves: get(&s.meta_saves),
-            frames_sent: get(&s.frames_sent),
-            messages_sent: get(&s.messages_sent),
+            rounds: stats.rounds,
+            log_writes: stats.log_writes,
+            entries_written: stats.entries_written,
+            group_writes: stats.group_writes,
+            meta_saves: stats.meta_saves,
+            frames_sent: stats.frames_sent,
+            messages_sent: stats.messages_sent,
         };
         let nodes: Vec<Node> = lock(&self.shared.nodes).values().cloned().collect();
         let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
