@@ -12,9 +12,9 @@ use flotilla_node::grpc::cli::{proto, ERROR_KIND_KEY};
 use flotilla_node::grpc::{
     CliClient, CliError, CliOptions, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle,
 };
-use flotilla_node::{GroupId, ManagerOptions, NodeManager, PeerId};
+use flotilla_node::{GroupId, NodeManager, PeerId};
 
-use super::cluster::Counter;
+use super::cluster::{temp_root, test_options, Counter};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -27,14 +27,7 @@ struct Processes {
 
 impl Processes {
     async fn start(name: &str) -> Processes {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let root = std::env::temp_dir().join(format!(
-            "flotilla-node-cli-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let root = temp_root(&format!("cli-{name}"));
         let mut listeners = Vec::new();
         for _ in 0..3 {
             listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
@@ -43,11 +36,7 @@ impl Processes {
         let mut managers = Vec::new();
         let mut servers = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let mut options = ManagerOptions::new(peers[i].clone(), root.join(format!("p{i}")));
-            options.tick = Duration::from_millis(10);
-            options.raft.election_timeout_ticks = 10;
-            options.raft.heartbeat_interval_ticks = 1;
-            options.raft.snapshot_interval_ticks = 0;
+            let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
             let transport = GrpcTransport::new(GrpcOptions::default());
             let manager = Arc::new(
                 NodeManager::open(options, Arc::new(transport))

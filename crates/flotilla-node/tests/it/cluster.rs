@@ -49,6 +49,28 @@ impl StateMachine for Counter {
     }
 }
 
+/// A fresh directory under the system temp dir for one test (`name` keeps them apart).
+pub fn temp_root(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!(
+        "flotilla-node-{name}-{}-{nanos}",
+        std::process::id()
+    ))
+}
+
+/// Manager options for tests: 10 ms ticks, a 100 ms election timeout, no periodic
+/// snapshots.
+pub fn test_options(address: PeerId, dir: impl Into<std::path::PathBuf>) -> ManagerOptions {
+    let mut options = ManagerOptions::new(address, dir);
+    options.tick = Duration::from_millis(10);
+    options.raft.election_timeout_ticks = 10;
+    options.raft.heartbeat_interval_ticks = 1;
+    options.raft.snapshot_interval_ticks = 0;
+    options
+}
+
 pub fn add(n: u64) -> Bytes {
     Bytes::copy_from_slice(&n.to_le_bytes())
 }
@@ -85,14 +107,7 @@ impl Drop for Cluster {
 
 impl Cluster {
     pub async fn new(name: &str, processes: usize) -> Cluster {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let root = std::env::temp_dir().join(format!(
-            "flotilla-node-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let root = temp_root(name);
         let peers: Vec<PeerId> = (1..=processes)
             .map(|i| PeerId::new(&format!("127.0.0.1:{}", 8000 + i)))
             .collect();
@@ -120,11 +135,7 @@ impl Cluster {
     /// Opens process `i`'s manager from its data directory.
     pub async fn start(&mut self, i: usize) {
         let p = &mut self.processes[i];
-        let mut options = ManagerOptions::new(p.address.clone(), &p.dir);
-        options.tick = Duration::from_millis(10);
-        options.raft.election_timeout_ticks = 10;
-        options.raft.heartbeat_interval_ticks = 1;
-        options.raft.snapshot_interval_ticks = 0;
+        let mut options = test_options(p.address.clone(), &p.dir);
         options.raft.read_timeout_ticks = 100;
         let manager = NodeManager::open(options, Arc::new(self.transport.clone()))
             .await
@@ -229,20 +240,7 @@ impl Cluster {
     /// Starts `group` on process `i` only (after a restart).
     pub async fn add_group_on(&mut self, i: usize, group: GroupId) {
         let peers = self.peers.clone();
-        let p = &mut self.processes[i];
-        let manager = p.manager.as_ref().expect("running");
-        let value = Arc::new(AtomicU64::new(0));
-        manager
-            .add_group(
-                group,
-                peers,
-                Counter {
-                    value: value.clone(),
-                },
-            )
-            .await
-            .expect("add group");
-        p.counters.insert(group, value);
+        self.add_group_with(i, group, peers).await;
     }
 }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use flotilla_node::grpc::{proto, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle};
 use flotilla_node::{
-    LogIndex, ManagerOptions, NodeManager, PeerId, SnapshotPart, SnapshotRequest, Term, Transport,
+    LogIndex, NodeManager, PeerId, SnapshotPart, SnapshotRequest, Term, Transport,
 };
 use tonic::Code;
 
-use super::cluster::{add, retry, value_of, Counter, WAIT};
+use super::cluster::{add, retry, temp_root, test_options, value_of, Counter, WAIT};
 
 const GROUP: u64 = 11;
 
@@ -33,14 +33,7 @@ struct GrpcCluster {
 
 impl GrpcCluster {
     async fn new(name: &str, size: usize) -> GrpcCluster {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        let root = std::env::temp_dir().join(format!(
-            "flotilla-node-grpc-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let root = temp_root(&format!("grpc-{name}"));
         let mut listeners = Vec::new();
         for _ in 0..size {
             listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
@@ -48,11 +41,7 @@ impl GrpcCluster {
         let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
         let mut processes = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
-            let mut options = ManagerOptions::new(peers[i].clone(), root.join(format!("p{i}")));
-            options.tick = Duration::from_millis(10);
-            options.raft.election_timeout_ticks = 10;
-            options.raft.heartbeat_interval_ticks = 1;
-            options.raft.snapshot_interval_ticks = 0;
+            let mut options = test_options(peers[i].clone(), root.join(format!("p{i}")));
             // Tiny chunks: the 8-byte counter file takes several fetches.
             options.snapshot_chunk_bytes = 3;
             let transport = GrpcTransport::new(GrpcOptions {
