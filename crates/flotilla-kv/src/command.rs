@@ -1,0 +1,502 @@
+//! The write operations that go through the raft log ([`KvCommand`]) and their results
+//! ([`KvOutput`]), with a versioned binary codec.
+//!
+//! Owns: the wire format of log entries and apply results, and the checks a command must
+//! pass before it is proposed or applied (limits, valid ranges, keys inside the region).
+//! Must never: allocate from a length it has not checked, accept trailing bytes, or nest a
+//! batch inside a batch (bounded recursion: one level).
+
+use bytes::Bytes;
+
+use crate::codec::{Reader, Writer};
+use crate::error::KvError;
+use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::region::Region;
+
+/// Version of the command and output formats; the first byte of every encoding.
+const FORMAT_VERSION: u8 = 1;
+
+/// Longest error text an encoded [`KvOutput::Batch`] element carries (longer ones are cut).
+pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
+
+/// A write operation, applied by every replica in log order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvCommand {
+    /// Sets `key` to `value`. Output: [`KvOutput::Done`].
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Removes `key` (absent is fine). Output: [`KvOutput::Done`].
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Removes every key in `[start, end)`; an empty `end` is unbounded (up to the
+    /// region's end). Output: [`KvOutput::Done`].
+    DeleteRange {
+        /// First key removed.
+        start: Bytes,
+        /// First key kept; empty = unbounded.
+        end: Bytes,
+    },
+    /// Sets `key` to `value` only if its current value equals `expected` (`None` = the key
+    /// must be absent). Output: [`KvOutput::Swapped`].
+    CompareAndPut {
+        /// The key.
+        key: Bytes,
+        /// The value it must hold; `None` = it must be absent.
+        expected: Option<Bytes>,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Sets `key` to `value` only if absent. Output: [`KvOutput::Previous`] with the value
+    /// that was there (`None` = the put happened), as RheaKV's `putIfAbsent`.
+    PutIfAbsent {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Sets `key` to `value`. Output: [`KvOutput::Previous`] with the value it replaced.
+    GetAndPut {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+    },
+    /// Sets every pair, atomically. Output: [`KvOutput::Done`].
+    BatchPut(Vec<(Bytes, Bytes)>),
+    /// Removes every key, atomically. Output: [`KvOutput::Done`].
+    BatchDelete(Vec<Bytes>),
+    /// Client-side batching: the commands apply in order, each with its own result
+    /// ([`KvOutput::Batch`]); a refused element changes nothing and the others still apply.
+    /// Elements may not be batches themselves.
+    Batch(Vec<KvCommand>),
+}
+
+/// Tags of the encoded commands.
+mod tag {
+    pub const PUT: u8 = 1;
+    pub const DELETE: u8 = 2;
+    pub const DELETE_RANGE: u8 = 3;
+    pub const COMPARE_AND_PUT: u8 = 4;
+    pub const PUT_IF_ABSENT: u8 = 5;
+    pub const GET_AND_PUT: u8 = 6;
+    pub const BATCH_PUT: u8 = 7;
+    pub const BATCH_DELETE: u8 = 8;
+    pub const BATCH: u8 = 9;
+}
+
+/// Smallest encoding of one key (its u32 length).
+const KEY_BYTES_MIN: usize = 4;
+/// Smallest encoding of one command (tag + one empty key).
+const COMMAND_BYTES_MIN: usize = 1 + KEY_BYTES_MIN;
+
+impl KvCommand {
+    /// Number of keys (pairs, or 1 per single-key command and per range) the command
+    /// touches, counting every element of a batch.
+    #[must_use]
+    pub fn key_count(&self) -> usize {
+        match self {
+            KvCommand::BatchPut(pairs) => pairs.len(),
+            KvCommand::BatchDelete(keys) => keys.len(),
+            KvCommand::Batch(commands) => commands.iter().map(KvCommand::key_count).sum(),
+            _ => 1,
+        }
+    }
+
+    /// Checks the limits: key and value sizes, batch sizes (at most
+    /// [`BATCH_KEYS_MAX`] keys in all), valid ranges, no batch nested in a batch.
+    pub fn validate(&self) -> Result<(), KvError> {
+        limits::check_batch_len(self.key_count())?;
+        self.validate_element(true)
+    }
+
+    fn validate_element(&self, top: bool) -> Result<(), KvError> {
+        match self {
+            KvCommand::Put { key, value }
+            | KvCommand::PutIfAbsent { key, value }
+            | KvCommand::GetAndPut { key, value } => {
+                limits::check_key(key)?;
+                limits::check_value(value)
+            }
+            KvCommand::Delete { key } => limits::check_key(key),
+            KvCommand::DeleteRange { start, end } => {
+                limits::check_key(start)?;
+                limits::check_key(end)?;
+                limits::check_range(start, end)
+            }
+            KvCommand::CompareAndPut {
+                key,
+                expected,
+                value,
+            } => {
+                limits::check_key(key)?;
+                if let Some(expected) = expected {
+                    limits::check_value(expected)?;
+                }
+                limits::check_value(value)
+            }
+            KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(key, value)| {
+                limits::check_key(key)?;
+                limits::check_value(value)
+            }),
+            KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|key| limits::check_key(key)),
+            KvCommand::Batch(commands) => {
+                if !top {
+                    return Err(KvError::Corrupt(
+                        "a batch of commands may not hold another batch".into(),
+                    ));
+                }
+                commands.iter().try_for_each(|c| c.validate_element(false))
+            }
+        }
+    }
+
+    /// Refuses the command unless every key (and range) lies in `region`; for a
+    /// [`KvCommand::Batch`], every element's. An unbounded `DeleteRange` end means "to the
+    /// region's end", so it is allowed in any region.
+    pub fn check_region(&self, region: &Region) -> Result<(), KvError> {
+        match self {
+            KvCommand::Put { key, .. }
+            | KvCommand::Delete { key }
+            | KvCommand::CompareAndPut { key, .. }
+            | KvCommand::PutIfAbsent { key, .. }
+            | KvCommand::GetAndPut { key, .. } => region.check_key(key),
+            KvCommand::DeleteRange { start, end } => {
+                let end = if end.is_empty() { &region.end } else { end };
+                region.check_range(start, end)
+            }
+            KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(k, _)| region.check_key(k)),
+            KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|k| region.check_key(k)),
+            KvCommand::Batch(commands) => commands.iter().try_for_each(|c| c.check_region(region)),
+        }
+    }
+
+    /// The versioned binary form carried by a log entry.
+    ///
+    /// # Panics
+    /// If a key, value or batch exceeds the u32 lengths of the format: [`KvCommand::validate`]
+    /// refuses such a command first.
+    #[must_use]
+    pub fn encode(&self) -> Bytes {
+        let mut writer = Writer::with_capacity(self.encoded_len_hint());
+        writer.u8(FORMAT_VERSION);
+        self.encode_into(&mut writer);
+        writer.finish()
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        let pair = |k: &Bytes, v: &Bytes| 8 + k.len() + v.len();
+        1 + match self {
+            KvCommand::Put { key, value }
+            | KvCommand::PutIfAbsent { key, value }
+            | KvCommand::GetAndPut { key, value } => 1 + pair(key, value),
+            KvCommand::Delete { key } => 5 + key.len(),
+            KvCommand::DeleteRange { start, end } => 1 + pair(start, end),
+            KvCommand::CompareAndPut {
+                key,
+                expected,
+                value,
+            } => 2 + pair(key, value) + expected.as_ref().map_or(0, |e| 4 + e.len()),
+            KvCommand::BatchPut(pairs) => 5 + pairs.iter().map(|(k, v)| pair(k, v)).sum::<usize>(),
+            KvCommand::BatchDelete(keys) => 5 + keys.iter().map(|k| 4 + k.len()).sum::<usize>(),
+            KvCommand::Batch(commands) => {
+                5 + commands
+                    .iter()
+                    .map(KvCommand::encoded_len_hint)
+                    .sum::<usize>()
+            }
+        }
+    }
+
+    fn encode_into(&self, writer: &mut Writer) {
+        match self {
+            KvCommand::Put { key, value } => {
+                writer.u8(tag::PUT);
+                writer.bytes(key);
+                writer.bytes(value);
+            }
+            KvCommand::Delete { key } => {
+                writer.u8(tag::DELETE);
+                writer.bytes(key);
+            }
+            KvCommand::DeleteRange { start, end } => {
+                writer.u8(tag::DELETE_RANGE);
+                writer.bytes(start);
+                writer.bytes(end);
+            }
+            KvCommand::CompareAndPut {
+                key,
+                expected,
+                value,
+            } => {
+                writer.u8(tag::COMPARE_AND_PUT);
+                writer.bytes(key);
+                writer.option(expected.as_deref());
+                writer.bytes(value);
+            }
+            KvCommand::PutIfAbsent { key, value } => {
+                writer.u8(tag::PUT_IF_ABSENT);
+                writer.bytes(key);
+                writer.bytes(value);
+            }
+            KvCommand::GetAndPut { key, value } => {
+                writer.u8(tag::GET_AND_PUT);
+                writer.bytes(key);
+                writer.bytes(value);
+            }
+            KvCommand::BatchPut(pairs) => {
+                writer.u8(tag::BATCH_PUT);
+                writer.count(pairs.len());
+                for (key, value) in pairs {
+                    writer.bytes(key);
+                    writer.bytes(value);
+                }
+            }
+            KvCommand::BatchDelete(keys) => {
+                writer.u8(tag::BATCH_DELETE);
+                writer.count(keys.len());
+                for key in keys {
+                    writer.bytes(key);
+                }
+            }
+            KvCommand::Batch(commands) => {
+                writer.u8(tag::BATCH);
+                writer.count(commands.len());
+                for command in commands {
+                    command.encode_into(writer);
+                }
+            }
+        }
+    }
+
+    /// Decodes [`KvCommand::encode`]'s output: refuses another format version, unknown
+    /// tags, short input, lengths over the limits (before allocating), a nested batch,
+    /// more than [`BATCH_KEYS_MAX`] keys in all, and trailing bytes.
+    pub fn decode(data: &[u8]) -> Result<KvCommand, KvError> {
+        let mut reader = Reader::new(data, "command");
+        let version = reader.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(KvError::Corrupt(format!(
+                "command: format version {version}, expected {FORMAT_VERSION}"
+            )));
+        }
+        let command = decode_command(&mut reader, true)?;
+        reader.finish()?;
+        if command.key_count() > BATCH_KEYS_MAX {
+            return Err(KvError::Corrupt(format!(
+                "command: {} keys in all exceed batch_keys_max ({BATCH_KEYS_MAX})",
+                command.key_count()
+            )));
+        }
+        // Ranges and the rest of the limits (lengths were checked while reading).
+        command
+            .validate()
+            .map_err(|e| KvError::Corrupt(format!("command: {e}")))?;
+        Ok(command)
+    }
+}
+
+fn decode_command(reader: &mut Reader<'_>, top: bool) -> Result<KvCommand, KvError> {
+    let key = |r: &mut Reader<'_>| r.bytes("key", KEY_BYTES_MAX);
+    let value = |r: &mut Reader<'_>| r.bytes("value", VALUE_BYTES_MAX);
+    let command = match reader.u8("tag")? {
+        tag::PUT => KvCommand::Put {
+            key: key(reader)?,
+            value: value(reader)?,
+        },
+        tag::DELETE => KvCommand::Delete { key: key(reader)? },
+        tag::DELETE_RANGE => KvCommand::DeleteRange {
+            start: reader.bytes("range start", KEY_BYTES_MAX)?,
+            end: reader.bytes("range end", KEY_BYTES_MAX)?,
+        },
+        tag::COMPARE_AND_PUT => KvCommand::CompareAndPut {
+            key: key(reader)?,
+            expected: reader.option("expected value", VALUE_BYTES_MAX)?,
+            value: value(reader)?,
+        },
+        tag::PUT_IF_ABSENT => KvCommand::PutIfAbsent {
+            key: key(reader)?,
+            value: value(reader)?,
+        },
+        tag::GET_AND_PUT => KvCommand::GetAndPut {
+            key: key(reader)?,
+            value: value(reader)?,
+        },
+        tag::BATCH_PUT => {
+            let count = reader.count("batch put pairs", BATCH_KEYS_MAX, 2 * KEY_BYTES_MIN)?;
+            let mut pairs = Vec::with_capacity(count);
+            for _ in 0..count {
+                pairs.push((key(reader)?, value(reader)?));
+            }
+            KvCommand::BatchPut(pairs)
+        }
+        tag::BATCH_DELETE => {
+            let count = reader.count("batch delete keys", BATCH_KEYS_MAX, KEY_BYTES_MIN)?;
+            let mut keys = Vec::with_capacity(count);
+            for _ in 0..count {
+                keys.push(key(reader)?);
+            }
+            KvCommand::BatchDelete(keys)
+        }
+        tag::BATCH if top => {
+            let count = reader.count("batch commands", BATCH_KEYS_MAX, COMMAND_BYTES_MIN)?;
+            let mut commands = Vec::with_capacity(count);
+            for _ in 0..count {
+                commands.push(decode_command(reader, false)?);
+            }
+            KvCommand::Batch(commands)
+        }
+        tag::BATCH => {
+            return Err(KvError::Corrupt(
+                "command: a batch of commands may not hold another batch".into(),
+            ))
+        }
+        unknown => {
+            return Err(KvError::Corrupt(format!(
+                "command: unknown tag {unknown} ({} bytes left)",
+                reader.remaining()
+            )))
+        }
+    };
+    Ok(command)
+}
+
+/// The result of applying one [`KvCommand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvOutput {
+    /// The write applied (put, delete, delete-range, batch put, batch delete).
+    Done,
+    /// Whether a compare-and-put swapped.
+    Swapped(bool),
+    /// The value before the write (get-and-put; put-if-absent, where `None` means the put
+    /// happened).
+    Previous(Option<Bytes>),
+    /// One result per element of a [`KvCommand::Batch`], in order; an error is the
+    /// refusal's message (that element changed nothing).
+    Batch(Vec<Result<KvOutput, String>>),
+}
+
+mod output_tag {
+    pub const DONE: u8 = 1;
+    pub const SWAPPED: u8 = 2;
+    pub const PREVIOUS: u8 = 3;
+    pub const BATCH: u8 = 4;
+    pub const ELEMENT_OK: u8 = 0;
+    pub const ELEMENT_ERR: u8 = 1;
+}
+
+impl KvOutput {
+    /// The versioned binary form returned through the proposer's completion. Error texts
+    /// longer than [`ERROR_TEXT_BYTES_MAX`] are cut at a character boundary.
+    #[must_use]
+    pub fn encode(&self) -> Bytes {
+        let mut writer = Writer::with_capacity(16);
+        writer.u8(FORMAT_VERSION);
+        self.encode_into(&mut writer);
+        writer.finish()
+    }
+
+    fn encode_into(&self, writer: &mut Writer) {
+        match self {
+            KvOutput::Done => writer.u8(output_tag::DONE),
+            KvOutput::Swapped(swapped) => {
+                writer.u8(output_tag::SWAPPED);
+                writer.u8(u8::from(*swapped));
+            }
+            KvOutput::Previous(previous) => {
+                writer.u8(output_tag::PREVIOUS);
+                writer.option(previous.as_deref());
+            }
+            KvOutput::Batch(results) => {
+                writer.u8(output_tag::BATCH);
+                writer.count(results.len());
+                for result in results {
+                    match result {
+                        Ok(output) => {
+                            writer.u8(output_tag::ELEMENT_OK);
+                            output.encode_into(writer);
+                        }
+                        Err(why) => {
+                            writer.u8(output_tag::ELEMENT_ERR);
+                            writer.bytes(cut_text(why).as_bytes());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes [`KvOutput::encode`]'s output with the same refusals as
+    /// [`KvCommand::decode`].
+    pub fn decode(data: &[u8]) -> Result<KvOutput, KvError> {
+        let mut reader = Reader::new(data, "output");
+        let version = reader.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(KvError::Corrupt(format!(
+                "output: format version {version}, expected {FORMAT_VERSION}"
+            )));
+        }
+        let output = decode_output(&mut reader, true)?;
+        reader.finish()?;
+        Ok(output)
+    }
+}
+
+fn decode_output(reader: &mut Reader<'_>, top: bool) -> Result<KvOutput, KvError> {
+    match reader.u8("tag")? {
+        output_tag::DONE => Ok(KvOutput::Done),
+        output_tag::SWAPPED => match reader.u8("swapped flag")? {
+            0 => Ok(KvOutput::Swapped(false)),
+            1 => Ok(KvOutput::Swapped(true)),
+            flag => Err(KvError::Corrupt(format!(
+                "output: swapped flag {flag}, expected 0 or 1"
+            ))),
+        },
+        output_tag::PREVIOUS => Ok(KvOutput::Previous(
+            reader.option("previous value", VALUE_BYTES_MAX)?,
+        )),
+        output_tag::BATCH if top => {
+            let count = reader.count("batch results", BATCH_KEYS_MAX, 2)?;
+            let mut results = Vec::with_capacity(count);
+            for _ in 0..count {
+                match reader.u8("batch result kind")? {
+                    output_tag::ELEMENT_OK => results.push(Ok(decode_output(reader, false)?)),
+                    output_tag::ELEMENT_ERR => {
+                        let text = reader.bytes("error text", ERROR_TEXT_BYTES_MAX)?;
+                        let text = String::from_utf8(text.to_vec()).map_err(|_| {
+                            KvError::Corrupt("output: error text is not UTF-8".into())
+                        })?;
+                        results.push(Err(text));
+                    }
+                    kind => {
+                        return Err(KvError::Corrupt(format!(
+                            "output: batch result kind {kind}, expected 0 or 1"
+                        )))
+                    }
+                }
+            }
+            Ok(KvOutput::Batch(results))
+        }
+        output_tag::BATCH => Err(KvError::Corrupt(
+            "output: a batch result may not hold another batch".into(),
+        )),
+        unknown => Err(KvError::Corrupt(format!("output: unknown tag {unknown}"))),
+    }
+}
+
+/// `text` cut to at most [`ERROR_TEXT_BYTES_MAX`] bytes at a character boundary.
+fn cut_text(text: &str) -> &str {
+    if text.len() <= ERROR_TEXT_BYTES_MAX {
+        return text;
+    }
+    let mut end = ERROR_TEXT_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

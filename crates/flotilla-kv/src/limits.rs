@@ -1,0 +1,76 @@
+//! Named limits of the KV layer (STYLE.md §5) and the checks that enforce them.
+//!
+//! Owns: the sizes every gateway (decoders, the store, engines) checks before allocating or
+//! proposing. Must never: be bypassed by a decoder (lengths are checked before allocation).
+
+use crate::error::KvError;
+
+/// Largest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 8 * 1024;
+/// Largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most keys (or operations) in one batch command, multi-get or batch of commands.
+pub const BATCH_KEYS_MAX: usize = 10_000;
+/// Most pairs one scan returns.
+pub const SCAN_LIMIT_MAX: usize = 10_000;
+
+// Encoded lengths and counts are u32s: every key, value and batch length must fit one.
+const _: () = assert!(KEY_BYTES_MAX < VALUE_BYTES_MAX);
+const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(BATCH_KEYS_MAX <= u32::MAX as usize && SCAN_LIMIT_MAX <= u32::MAX as usize);
+
+/// Refuses a key longer than [`KEY_BYTES_MAX`].
+pub fn check_key(key: &[u8]) -> Result<(), KvError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(KvError::KeyTooLarge {
+            size: key.len(),
+            limit: KEY_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a value longer than [`VALUE_BYTES_MAX`].
+pub fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(KvError::ValueTooLarge {
+            size: value.len(),
+            limit: VALUE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a batch of more than [`BATCH_KEYS_MAX`] keys or operations.
+pub fn check_batch_len(len: usize) -> Result<(), KvError> {
+    if len > BATCH_KEYS_MAX {
+        return Err(KvError::BatchTooLarge {
+            size: len,
+            limit: BATCH_KEYS_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a scan limit above [`SCAN_LIMIT_MAX`].
+pub fn check_scan_limit(limit: usize) -> Result<(), KvError> {
+    if limit > SCAN_LIMIT_MAX {
+        return Err(KvError::ScanLimitTooLarge {
+            size: limit,
+            limit: SCAN_LIMIT_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a range `[start, end)` whose start lies after its end (an empty `end` is
+/// unbounded, so never before `start`).
+pub fn check_range(start: &[u8], end: &[u8]) -> Result<(), KvError> {
+    if !end.is_empty() && start > end {
+        return Err(KvError::InvalidRange {
+            start: crate::error::show(start),
+            end: crate::error::show(end),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Regions: the key range `[start, end)` a raft group replicates, with its epoch
+//! (DESIGN.md vocabulary: region, epoch).
+//!
+//! Owns: range membership (`contains`, `contains_range`) and the compact encoding the
+//! store persists region metadata with. Must never: treat an empty `end` as anything but
+//! "unbounded", or an empty `start` as anything but "from the first key".
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::codec::{Reader, Writer};
+use crate::error::KvError;
+use crate::limits::KEY_BYTES_MAX;
+
+/// Identifies a region (and its raft group) across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RegionId(pub u64);
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A region's version: `conf_version` grows with every membership change, `version` with
+/// every split or merge (RheaKV's `RegionEpoch`). A request carrying an epoch other than
+/// the region's current one is refused as stale. Ordered by `conf_version`, then `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch {
+    /// Configuration version: bumped by every membership change.
+    pub conf_version: u64,
+    /// Range version: bumped by every split or merge.
+    pub version: u64,
+}
+
+impl Epoch {
+    /// An epoch with the two versions given.
+    #[must_use]
+    pub const fn new(conf_version: u64, version: u64) -> Epoch {
+        Epoch {
+            conf_version,
+            version,
+        }
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(conf {}, version {})", self.conf_version, self.version)
+    }
+}
+
+/// A key range `[start, end)` with its epoch. An empty `end` is unbounded.
+///
+/// Invariant: `end` is empty or `start < end` (checked by [`Region::new`] and
+/// [`Region::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Region {
+    /// The region's id.
+    pub id: RegionId,
+    /// First key of the region (inclusive); empty = from the first key.
+    pub start: Bytes,
+    /// First key past the region (exclusive); empty = unbounded.
+    pub end: Bytes,
+    /// Current epoch.
+    pub epoch: Epoch,
+}
+
+/// Version of [`Region::encode`]'s format.
+const REGION_FORMAT_VERSION: u8 = 1;
+
+impl Region {
+    /// A region, refusing keys over the key limit and an empty range (`start >= end`
+    /// with a bounded end).
+    pub fn new(id: RegionId, start: Bytes, end: Bytes, epoch: Epoch) -> Result<Region, KvError> {
+        crate::limits::check_key(&start)?;
+        crate::limits::check_key(&end)?;
+        if !end.is_empty() && start >= end {
+            return Err(KvError::InvalidRange {
+                start: crate::error::show(&start),
+                end: crate::error::show(&end),
+            });
+        }
+        Ok(Region {
+            id,
+            start,
+            end,
+            epoch,
+        })
+    }
+
+    /// A region covering every key.
+    #[must_use]
+    pub fn whole(id: RegionId, epoch: Epoch) -> Region {
+        Region {
+            id,
+            start: Bytes::new(),
+            end: Bytes::new(),
+            epoch,
+        }
+    }
+
+    /// Whether `key` lies in `[start, end)`.
+    #[must_use]
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_ref() && (self.end.is_empty() || key < self.end.as_ref())
+    }
+
+    /// Whether the range `[start, end)` (an empty `end` = unbounded) lies within the
+    /// region. An empty range (`start == end`, bounded) inside the region counts.
+    #[must_use]
+    pub fn contains_range(&self, start: &[u8], end: &[u8]) -> bool {
+        if start < self.start.as_ref() {
+            return false;
+        }
+        if self.end.is_empty() {
+            return true;
+        }
+        // A bounded region cannot hold an unbounded range.
+        !end.is_empty() && end <= self.end.as_ref() && start <= end
+    }
+
+    /// The error for `key` lying outside this region.
+    #[must_use]
+    pub fn out_of_region(&self, key: &[u8]) -> KvError {
+        KvError::KeyOutOfRegion {
+            region: self.id,
+            key: crate::error::show(key),
+            start: crate::error::show(&self.start),
+            end: crate::error::show(&self.end),
+        }
+    }
+
+    /// Refuses `key` unless the region contains it.
+    pub fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
+        if self.contains(key) {
+            Ok(())
+        } else {
+            Err(self.out_of_region(key))
+        }
+    }
+
+    /// Refuses `[start, end)` unless it is a valid range the region contains.
+    pub fn check_range(&self, start: &[u8], end: &[u8]) -> Result<(), KvError> {
+        crate::limits::check_range(start, end)?;
+        if self.contains_range(start, end) {
+            Ok(())
+        } else if !self.contains(start) {
+            Err(self.out_of_region(start))
+        } else {
+            Err(self.out_of_region(end))
+        }
+    }
+
+    /// Compact binary form: format version, id, epoch, start, end.
+    #[must_use]
+    pub fn encode(&self) -> Bytes {
+        let mut writer = Writer::with_capacity(1 + 8 * 3 + 8 + self.start.len() + self.end.len());
+        writer.u8(REGION_FORMAT_VERSION);
+        writer.u64(self.id.0);
+        writer.u64(self.epoch.conf_version);
+        writer.u64(self.epoch.version);
+        writer.bytes(&self.start);
+        writer.bytes(&self.end);
+        writer.finish()
+    }
+
+    /// Decodes [`Region::encode`]'s output, refusing other versions, short or trailing
+    /// input, oversized keys and an empty range.
+    pub fn decode(data: &[u8]) -> Result<Region, KvError> {
+        let mut reader = Reader::new(data, "region");
+        let version = reader.u8("format version")?;
+        if version != REGION_FORMAT_VERSION {
+            return Err(KvError::Corrupt(format!(
+                "region: format version {version}, expected {REGION_FORMAT_VERSION}"
+            )));
+        }
+        let id = RegionId(reader.u64("id")?);
+        let epoch = Epoch::new(reader.u64("conf_version")?, reader.u64("version")?);
+        let start = reader.bytes("start key", KEY_BYTES_MAX)?;
+        let end = reader.bytes("end key", KEY_BYTES_MAX)?;
+        reader.finish()?;
+        Region::new(id, start, end, epoch)
+            .map_err(|e| KvError::Corrupt(format!("region {id}: {e}")))
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "region {} [{:?}, {:?}) epoch {}",
+            self.id,
+            crate::error::show(&self.start),
+            crate::error::show(&self.end),
+            self.epoch
+        )
+    }
+}
