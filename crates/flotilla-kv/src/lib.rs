@@ -12,18 +12,27 @@
 //!   the Node runtime.
 //! - [`limits`] and [`KvError`]: the named limits and the typed errors.
 //!
-//! Not yet: the store engine hosting regions, the gRPC KV service, the routing client,
-//! splits, sequences and locks.
+//! - [`store`]: [`store::Store`], the store engine of one process: its data directory,
+//!   static regions, request admission (region, epoch, range, limits) and shutdown.
+//! - [`service`]: the gRPC KV service (`proto/kv.proto`) served on the store's address,
+//!   with the CLI service and `GET /metrics`.
+//! - [`client`]: [`client::KvClient`], routing by key, leader discovery, retries of
+//!   definite failures only, batching of concurrent single-key requests.
+//!
+//! Not yet: splits and merges (regions are static), sequences and locks.
 
 #![deny(missing_docs)]
 
+pub mod client;
 mod codec;
 pub mod command;
 pub mod engine;
 pub mod error;
 pub mod limits;
 pub mod region;
+pub mod service;
 pub mod state_machine;
+pub mod store;
 
 pub use command::{KvCommand, KvOutput};
 pub use engine::{FjallEngine, KvEngine, MemoryEngine, WriteBatch, WriteOp};

@@ -1,0 +1,367 @@
+//! The KV service (`proto/kv.proto`, `flotilla.kv.v1.Kv`): RheaKV's region KV API over
+//! gRPC, served by a [`Store`] on its one address next to the raft stream, the CLI service
+//! and `GET /metrics`.
+//!
+//! Owns: translation between protobuf and the store's calls, and the error mapping: every
+//! refusal is a gRPC status whose metadata carries `flotilla-error-kind` (and
+//! `flotilla-leader` when a leader is known), the same keys as the CLI service. Must never:
+//! let a malformed request reach the store (field limits are checked here or by the
+//! store before anything is proposed).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle, ERROR_KIND_KEY, LEADER_KEY};
+use flotilla_node::{Node, ReadMode};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+use crate::command::{KvCommand, KvOutput};
+use crate::error::KvError;
+use crate::region::{Epoch, Region, RegionId};
+use crate::store::Store;
+
+/// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("flotilla.kv.v1");
+}
+
+/// Largest KV request or answer (a batch of large values; single values are limited to
+/// [`crate::limits::VALUE_BYTES_MAX`]).
+pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The kind name of `error` carried in `flotilla-error-kind`.
+#[must_use]
+pub fn kind_of(error: &KvError) -> String {
+    match error {
+        KvError::KeyTooLarge { .. } => "KeyTooLarge".into(),
+        KvError::ValueTooLarge { .. } => "ValueTooLarge".into(),
+        KvError::BatchTooLarge { .. } => "BatchTooLarge".into(),
+        KvError::ScanLimitTooLarge { .. } => "ScanLimitTooLarge".into(),
+        KvError::KeyOutOfRegion { .. } => "KeyOutOfRegion".into(),
+        KvError::InvalidRange { .. } => "InvalidRange".into(),
+        KvError::Corrupt(_) => "Corrupt".into(),
+        KvError::Engine(_) | KvError::RangeInconsistent { .. } => "Engine".into(),
+        KvError::StaleEpoch { .. } => "StaleEpoch".into(),
+        KvError::NotLeader { .. } => "NotLeader".into(),
+        KvError::NoSuchRegion(_) => "NoSuchRegion".into(),
+        KvError::Busy(_) => "Busy".into(),
+        KvError::Unknown(_) => "Unknown".into(),
+        KvError::Refused(_) => "Refused".into(),
+        KvError::Node { kind, .. } => kind.clone(),
+    }
+}
+
+fn code_of(error: &KvError) -> Code {
+    match error {
+        KvError::KeyTooLarge { .. }
+        | KvError::ValueTooLarge { .. }
+        | KvError::BatchTooLarge { .. }
+        | KvError::ScanLimitTooLarge { .. }
+        | KvError::KeyOutOfRegion { .. }
+        | KvError::InvalidRange { .. }
+        | KvError::Corrupt(_)
+        | KvError::Refused(_) => Code::InvalidArgument,
+        KvError::StaleEpoch { .. } | KvError::NotLeader { .. } => Code::FailedPrecondition,
+        KvError::NoSuchRegion(_) => Code::NotFound,
+        KvError::Busy(_) => Code::ResourceExhausted,
+        KvError::Unknown(_) => Code::Unknown,
+        KvError::Engine(_) | KvError::RangeInconsistent { .. } => Code::Internal,
+        KvError::Node { kind, .. } => match kind.as_str() {
+            "TimedOut" => Code::DeadlineExceeded,
+            "InvalidArgument" => Code::InvalidArgument,
+            "Io" | "StateMachine" => Code::Internal,
+            _ => Code::Unavailable,
+        },
+    }
+}
+
+/// The status a KV call ends with when it failed with `error`.
+#[must_use]
+pub fn status_of(error: &KvError) -> Status {
+    let mut status = Status::new(code_of(error), error.to_string());
+    if let Ok(kind) = MetadataValue::try_from(kind_of(error)) {
+        status.metadata_mut().insert(ERROR_KIND_KEY, kind);
+    }
+    if let KvError::NotLeader {
+        leader: Some(leader),
+        ..
+    } = error
+    {
+        if let Ok(value) = MetadataValue::try_from(leader.as_str()) {
+            status.metadata_mut().insert(LEADER_KEY, value);
+        }
+    }
+    status
+}
+
+fn invalid(message: String) -> Status {
+    status_of(&KvError::Node {
+        kind: "InvalidArgument".into(),
+        message,
+    })
+}
+
+fn context(context: Option<proto::RegionContext>) -> Result<(RegionId, Epoch), Status> {
+    let context = context.ok_or_else(|| invalid("request without a region context".into()))?;
+    Ok((
+        RegionId(context.region_id),
+        Epoch::new(context.conf_version, context.version),
+    ))
+}
+
+fn read_mode(mode: i32) -> Result<Option<ReadMode>, Status> {
+    match proto::ReadMode::try_from(mode) {
+        Ok(proto::ReadMode::ReadIndex) => Ok(Some(ReadMode::ReadIndex)),
+        Ok(proto::ReadMode::Lease) => Ok(Some(ReadMode::Lease)),
+        Ok(proto::ReadMode::Follower) => Ok(None),
+        Err(_) => Err(invalid(format!("unknown read mode {mode}"))),
+    }
+}
+
+/// The command of a `Write` request's ops (one op as itself, several as a batch).
+pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
+    if ops.is_empty() {
+        return Err(invalid("write without ops".into()));
+    }
+    let mut commands = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        use proto::op::Op;
+        let command = match op.op {
+            Some(Op::Put(p)) => KvCommand::Put {
+                key: p.key,
+                value: p.value,
+            },
+            Some(Op::Delete(d)) => KvCommand::Delete { key: d.key },
+            Some(Op::DeleteRange(r)) => KvCommand::DeleteRange {
+                start: r.start,
+                end: r.end,
+            },
+            Some(Op::CompareAndPut(c)) => KvCommand::CompareAndPut {
+                key: c.key,
+                expected: c.expected,
+                value: c.value,
+            },
+            Some(Op::PutIfAbsent(p)) => KvCommand::PutIfAbsent {
+                key: p.key,
+                value: p.value,
+            },
+            Some(Op::GetAndPut(p)) => KvCommand::GetAndPut {
+                key: p.key,
+                value: p.value,
+            },
+            None => return Err(invalid(format!("op {i} is empty"))),
+        };
+        commands.push(command);
+    }
+    if commands.len() == 1 {
+        Ok(commands.pop().unwrap_or(KvCommand::Batch(Vec::new())))
+    } else {
+        Ok(KvCommand::Batch(commands))
+    }
+}
+
+fn result_of(output: Result<KvOutput, String>) -> proto::OpResult {
+    use proto::op_result::Result as R;
+    let result = match output {
+        Ok(KvOutput::Done) => R::Done(true),
+        Ok(KvOutput::Swapped(swapped)) => R::Swapped(swapped),
+        Ok(KvOutput::Previous(previous)) => R::Previous(proto::MaybeValue {
+            found: previous.is_some(),
+            value: previous.unwrap_or_default(),
+        }),
+        Ok(KvOutput::Batch(_)) => R::Error("nested batch output".into()),
+        Err(why) => R::Error(why),
+    };
+    proto::OpResult {
+        result: Some(result),
+    }
+}
+
+/// The protobuf form of a region's status.
+#[must_use]
+pub fn region_info(status: &crate::store::RegionStatus) -> proto::RegionInfo {
+    proto::RegionInfo {
+        id: status.region.id.0,
+        start: status.region.start.clone(),
+        end: status.region.end.clone(),
+        conf_version: status.region.epoch.conf_version,
+        version: status.region.epoch.version,
+        leader: status.leader.clone().unwrap_or_default(),
+        term: status.term,
+        peers: status.peers.clone(),
+        learners: status.learners.clone(),
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        role: status.role.clone(),
+    }
+}
+
+/// The region described by `info` (id, range, epoch), checked.
+pub fn region_of(info: &proto::RegionInfo) -> Result<Region, KvError> {
+    Region::new(
+        RegionId(info.id),
+        info.start.clone(),
+        info.end.clone(),
+        Epoch::new(info.conf_version, info.version),
+    )
+}
+
+struct KvService {
+    store: Store,
+}
+
+#[tonic::async_trait]
+impl proto::kv_server::Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetReply>, Status> {
+        let r = request.into_inner();
+        let (id, epoch) = context(r.context)?;
+        let mode = read_mode(r.read)?;
+        let value = self
+            .store
+            .get(id, epoch, r.key, mode)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::GetReply {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn multi_get(
+        &self,
+        request: Request<proto::MultiGetRequest>,
+    ) -> Result<Response<proto::MultiGetReply>, Status> {
+        let r = request.into_inner();
+        let (id, epoch) = context(r.context)?;
+        let mode = read_mode(r.read)?;
+        let values = self
+            .store
+            .multi_get(id, epoch, r.keys, mode)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::MultiGetReply {
+            values: values
+                .into_iter()
+                .map(|v| proto::MaybeValue {
+                    found: v.is_some(),
+                    value: v.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<proto::ScanRequest>,
+    ) -> Result<Response<proto::ScanReply>, Status> {
+        let r = request.into_inner();
+        let (id, epoch) = context(r.context)?;
+        let mode = read_mode(r.read)?;
+        let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
+        let entries = self
+            .store
+            .scan(id, epoch, r.start, r.end, limit, r.reverse, mode)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::ScanReply {
+            entries: entries
+                .into_iter()
+                .map(|(key, value)| proto::KeyValue {
+                    key,
+                    value: if r.keys_only { Bytes::new() } else { value },
+                })
+                .collect(),
+        }))
+    }
+
+    async fn write(
+        &self,
+        request: Request<proto::WriteRequest>,
+    ) -> Result<Response<proto::WriteReply>, Status> {
+        let r = request.into_inner();
+        let (id, epoch) = context(r.context)?;
+        let command = command_of(r.ops)?;
+        let batched = matches!(command, KvCommand::Batch(_));
+        let output = self
+            .store
+            .write(id, epoch, command)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let results = match (batched, output) {
+            (true, KvOutput::Batch(outputs)) => outputs.into_iter().map(result_of).collect(),
+            (false, output @ (KvOutput::Done | KvOutput::Swapped(_) | KvOutput::Previous(_))) => {
+                vec![result_of(Ok(output))]
+            }
+            (_, other) => {
+                return Err(status_of(&KvError::Unknown(format!(
+                    "the state machine answered {other:?} to a {} write",
+                    if batched { "batched" } else { "single" }
+                ))))
+            }
+        };
+        Ok(Response::new(proto::WriteReply { results }))
+    }
+
+    async fn regions(
+        &self,
+        _request: Request<proto::RegionsRequest>,
+    ) -> Result<Response<proto::RegionsReply>, Status> {
+        Ok(Response::new(self.regions_reply()))
+    }
+
+    async fn open_region(
+        &self,
+        request: Request<proto::OpenRegionRequest>,
+    ) -> Result<Response<proto::RegionsReply>, Status> {
+        let r = request.into_inner();
+        let info = r
+            .region
+            .ok_or_else(|| invalid("open region without a region".into()))?;
+        let region = region_of(&info).map_err(|e| invalid(format!("region: {e}")))?;
+        self.store
+            .open_region(region, r.cluster)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(self.regions_reply()))
+    }
+}
+
+impl KvService {
+    fn regions_reply(&self) -> proto::RegionsReply {
+        proto::RegionsReply {
+            store: self.store.address().as_str().to_string(),
+            regions: self.store.regions().iter().map(region_info).collect(),
+            cluster: self.store.cluster(),
+        }
+    }
+}
+
+/// Finds a region's node for the CLI service (group id = region id).
+struct StoreNodes(Store);
+
+impl flotilla_node::grpc::CliNodes for StoreNodes {
+    fn node(&self, group: u64) -> Option<Node> {
+        self.0.manager().node(group)
+    }
+}
+
+/// Serves raft, the CLI service, the KV service and `GET /metrics` for `store` on `server`.
+pub(crate) fn serve(server: GrpcServer, store: Store) -> ServerHandle {
+    let kv = proto::kv_server::KvServer::new(KvService {
+        store: store.clone(),
+    })
+    .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
+    let metrics_store = store.clone();
+    let extra = vec![
+        ExtraService::grpc(kv),
+        ExtraService::http_get("/metrics", move || metrics_store.metrics_text()),
+    ];
+    let sink = Arc::new(store.manager().inbox());
+    server.serve_with(sink, Some(Arc::new(StoreNodes(store))), extra)
+}

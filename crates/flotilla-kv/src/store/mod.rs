@@ -1,0 +1,738 @@
+//! The store engine: one per process (RheaKV's `StoreEngine`), hosting one region peer per
+//! region it replicates, each a raft group of the process's [`NodeManager`] over one shared
+//! [`KvEngine`], all served on the process's one address.
+//!
+//! Owns: the data directory (`store.meta`, `raft/` for the node runtime, `kv/` for the
+//! fjall engine), bootstrap of static regions, request admission (region, epoch, range,
+//! limits) before anything is proposed, and a clean shutdown that hands leadership off.
+//! Must never: serve a data directory that belongs to another address or cluster, or
+//! propose a request it has not validated.
+//!
+//! Not yet: regions change only by membership (no split or merge: the placement driver
+//! comes later), so `Epoch::version` stays 1 and `conf_version` is not bumped by membership
+//! changes yet; a peer removed from a region stays open (idle) on its store until restart.
+
+pub mod meta;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, TlsConfig};
+use flotilla_node::{ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode};
+
+use crate::command::{KvCommand, KvOutput};
+use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
+use crate::error::KvError;
+use crate::region::{Epoch, Region, RegionId};
+use crate::state_machine::KvStateMachine;
+use meta::{cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_FILE};
+
+/// Which [`KvEngine`] a store keeps its data in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// In memory: rebuilt from the raft snapshot and log at every restart.
+    Memory,
+    /// fjall (LSM tree) under `data-dir/kv`: the default.
+    #[default]
+    Fjall,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<EngineKind, String> {
+        match text {
+            "memory" => Ok(EngineKind::Memory),
+            "fjall" => Ok(EngineKind::Fjall),
+            other => Err(format!(
+                "unknown engine {other:?}: expected memory or fjall"
+            )),
+        }
+    }
+}
+
+/// How a store starts.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Address to listen on (`host:port`): the store's peer id in every region.
+    pub address: String,
+    /// Data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Initial members of a new cluster (this store among them). Used only with an empty
+    /// data directory; with an existing one it must name the same cluster, if given.
+    pub peers: Option<Vec<String>>,
+    /// Static regions a new cluster splits the key space into.
+    pub regions: u32,
+    /// Storage engine.
+    pub engine: EngineKind,
+    /// Raft tick (SOFAJRaft: 100 ms; election timeout = 10 ticks).
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_timeout_ticks: u64,
+    /// Snapshot every this many ticks (0: never automatically).
+    pub snapshot_interval_ticks: u64,
+    /// Longest a request waits for its raft group (apply or read) before it is answered
+    /// `Unknown` (a write) or `TimedOut` (a read).
+    pub request_timeout: Duration,
+    /// Mutual TLS for peers and clients; `None`: plain text.
+    pub tls: Option<TlsConfig>,
+}
+
+impl StoreOptions {
+    /// Defaults: one region, fjall, 100 ms ticks, 1 s election timeout, a snapshot every
+    /// hour, 5 s request timeout, no TLS.
+    #[must_use]
+    pub fn new(address: impl Into<String>, data_dir: impl Into<PathBuf>) -> StoreOptions {
+        StoreOptions {
+            address: address.into(),
+            data_dir: data_dir.into(),
+            peers: None,
+            regions: 1,
+            engine: EngineKind::Fjall,
+            tick: Duration::from_millis(100),
+            election_timeout_ticks: 10,
+            snapshot_interval_ticks: 36_000,
+            request_timeout: Duration::from_secs(5),
+            tls: None,
+        }
+    }
+}
+
+/// Why a store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Bad options (the message names the option).
+    #[error("{0}")]
+    InvalidOptions(String),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {address}: {reason}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The OS's reason (e.g. address already in use).
+        reason: String,
+    },
+    /// The data directory belongs to something else, or is damaged.
+    #[error("data dir {dir}: {reason}")]
+    DataDir {
+        /// The directory.
+        dir: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The raft runtime or the engine failed to start.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// One region peer of this store.
+#[derive(Clone)]
+struct RegionPeer {
+    region: Region,
+    node: Node,
+}
+
+/// What the store knows of one region (`admin status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStatus {
+    /// The region.
+    pub region: Region,
+    /// The leader this store knows of.
+    pub leader: Option<String>,
+    /// This store's term in the region's group.
+    pub term: u64,
+    /// Voters.
+    pub peers: Vec<String>,
+    /// Learners.
+    pub learners: Vec<String>,
+    /// Commit index on this store.
+    pub commit_index: u64,
+    /// Applied index on this store.
+    pub applied_index: u64,
+    /// This store's role ("leader", "follower", "candidate", "learner").
+    pub role: String,
+}
+
+struct StoreInner {
+    address: PeerId,
+    data_dir: PathBuf,
+    engine: Arc<dyn KvEngine>,
+    manager: NodeManager,
+    regions: RwLock<BTreeMap<RegionId, RegionPeer>>,
+    /// Serialises changes of `store.meta` (and the region map with them).
+    meta: tokio::sync::Mutex<StoreMeta>,
+    cluster: Mutex<u64>,
+    request_timeout: Duration,
+    fresh: bool,
+    /// The gRPC server, stopped by [`Store::shutdown`].
+    server: Mutex<Option<ServerHandle>>,
+}
+
+/// A running store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("address", &self.inner.address)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A data directory counts as empty if it is missing or holds nothing.
+fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(StoreError::DataDir {
+            dir: dir.display().to_string(),
+            reason: format!("cannot list it: {e}"),
+        }),
+    }
+}
+
+/// What `open` decided from the options and the data directory.
+struct Plan {
+    meta: StoreMeta,
+    fresh: bool,
+}
+
+fn plan(options: &StoreOptions, bound: &str) -> Result<Plan, StoreError> {
+    let dir = &options.data_dir;
+    let data_dir_error = |reason: String| StoreError::DataDir {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let peers: Option<Vec<PeerId>> = options
+        .peers
+        .as_ref()
+        .map(|list| list.iter().map(|p| PeerId::new(p.trim())).collect());
+    if let Some(peers) = &peers {
+        if !peers.iter().any(|p| p.as_str() == bound) {
+            return Err(StoreError::InvalidOptions(format!(
+                "--peers {} does not include this store's address {bound}",
+                options.peers.as_deref().unwrap_or_default().join(",")
+            )));
+        }
+    }
+    let existing = StoreMeta::load(dir).map_err(data_dir_error)?;
+    match existing {
+        Some(meta) => {
+            if meta.address != bound {
+                return Err(data_dir_error(format!(
+                    "it belongs to the store at {}, not {bound} (a store's address is its peer id; \
+                     start it with --addr {} or use another data dir)",
+                    meta.address, meta.address
+                )));
+            }
+            if let Some(peers) = &peers {
+                let wanted = cluster_id(peers, options.regions);
+                if meta.cluster != 0 && meta.cluster != wanted {
+                    return Err(data_dir_error(format!(
+                        "it belongs to cluster {:016x}, not to the cluster of --peers {} with \
+                         --regions {} ({wanted:016x})",
+                        meta.cluster,
+                        options.peers.as_deref().unwrap_or_default().join(","),
+                        options.regions
+                    )));
+                }
+            }
+            Ok(Plan { meta, fresh: false })
+        }
+        None => {
+            if !dir_is_empty(dir)? {
+                return Err(data_dir_error(format!(
+                    "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
+                )));
+            }
+            let (cluster, regions) = match &peers {
+                Some(peers) => {
+                    let regions = static_regions(options.regions)
+                        .map_err(StoreError::InvalidOptions)?
+                        .into_iter()
+                        .map(|region| HostedRegion {
+                            region,
+                            initial_peers: peers.clone(),
+                        })
+                        .collect();
+                    (cluster_id(peers, options.regions), regions)
+                }
+                None => (0, Vec::new()),
+            };
+            Ok(Plan {
+                meta: StoreMeta {
+                    address: bound.to_string(),
+                    cluster,
+                    regions,
+                },
+                fresh: true,
+            })
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or bootstraps) the store and starts serving raft, the CLI service and the KV
+    /// service on `options.address`. Must be called within a multi-threaded tokio runtime.
+    pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        let server = GrpcServer::bind(&options.address)
+            .await
+            .map_err(|e| StoreError::Listen {
+                address: options.address.clone(),
+                reason: e.to_string(),
+            })?;
+        let server = match &options.tls {
+            Some(tls) => server.with_tls(tls.clone()),
+            None => server,
+        };
+        let address = server.address().clone();
+        let requested_port_zero = options.address.ends_with(":0");
+        // Listening on port 0 gives the bound port; otherwise the address as given is the
+        // peer id (so `localhost:8081` stays what the other peers were told).
+        let bound = if requested_port_zero {
+            address.as_str().to_string()
+        } else {
+            options.address.clone()
+        };
+        let Plan { meta, fresh } = plan(&options, &bound)?;
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| StoreError::DataDir {
+            dir: options.data_dir.display().to_string(),
+            reason: format!("cannot create it: {e}"),
+        })?;
+        meta.save(&options.data_dir)
+            .map_err(|reason| StoreError::DataDir {
+                dir: options.data_dir.display().to_string(),
+                reason,
+            })?;
+        let engine: Arc<dyn KvEngine> = match options.engine {
+            EngineKind::Memory => Arc::new(MemoryEngine::new()),
+            EngineKind::Fjall => {
+                let dir = options.data_dir.join("kv");
+                let engine = tokio::task::spawn_blocking(move || FjallEngine::open(dir))
+                    .await
+                    .map_err(|e| StoreError::Start(format!("opening fjall panicked: {e}")))?
+                    .map_err(|e| StoreError::Start(format!("cannot open the fjall engine: {e}")))?;
+                Arc::new(engine)
+            }
+        };
+        let peer_id = PeerId::new(&bound);
+        let mut manager_options =
+            ManagerOptions::new(peer_id.clone(), options.data_dir.join("raft"));
+        manager_options.tick = options.tick;
+        manager_options.raft.election_timeout_ticks = options.election_timeout_ticks;
+        manager_options.raft.snapshot_interval_ticks = options.snapshot_interval_ticks;
+        manager_options
+            .raft
+            .validate()
+            .map_err(|e| StoreError::InvalidOptions(format!("raft options: {e}")))?;
+        let grpc_options = GrpcOptions {
+            tls: options.tls.clone(),
+            ..GrpcOptions::default()
+        };
+        let transport = Arc::new(GrpcTransport::new(grpc_options));
+        let manager = NodeManager::open(manager_options, transport)
+            .await
+            .map_err(|e| StoreError::Start(format!("cannot start the raft runtime: {e}")))?;
+        let cluster = meta.cluster;
+        let inner = Arc::new(StoreInner {
+            address: peer_id,
+            data_dir: options.data_dir.clone(),
+            engine,
+            manager,
+            regions: RwLock::new(BTreeMap::new()),
+            meta: tokio::sync::Mutex::new(meta.clone()),
+            cluster: Mutex::new(cluster),
+            request_timeout: options.request_timeout,
+            fresh,
+            server: Mutex::new(None),
+        });
+        let store = Store { inner };
+        for hosted in &meta.regions {
+            store.start_region(hosted).await?;
+        }
+        let handle = crate::service::serve(server, store.clone());
+        *lock(&store.inner.server) = Some(handle);
+        Ok(store)
+    }
+
+    async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
+        let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone());
+        let node = self
+            .inner
+            .manager
+            .add_group(hosted.region.id.0, hosted.initial_peers.clone(), machine)
+            .await
+            .map_err(|e| StoreError::Start(format!("cannot start {}: {e}", hosted.region)))?;
+        self.inner
+            .regions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                hosted.region.id,
+                RegionPeer {
+                    region: hosted.region.clone(),
+                    node: node.clone(),
+                },
+            );
+        Ok(node)
+    }
+
+    /// This store's address (its peer id).
+    #[must_use]
+    pub fn address(&self) -> &PeerId {
+        &self.inner.address
+    }
+
+    /// The cluster this store belongs to (0: none yet).
+    #[must_use]
+    pub fn cluster(&self) -> u64 {
+        *lock(&self.inner.cluster)
+    }
+
+    /// True if the data directory was empty when the store opened.
+    #[must_use]
+    pub fn was_fresh(&self) -> bool {
+        self.inner.fresh
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The node runtime (metrics, describe, the CLI service).
+    #[must_use]
+    pub fn manager(&self) -> &NodeManager {
+        &self.inner.manager
+    }
+
+    /// Every metric of this store in Prometheus text format: the node runtime's, then the
+    /// store's own (regions hosted and led).
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        let mut text = self.inner.manager.metrics_text();
+        let regions = self.regions();
+        let led = regions.iter().filter(|r| r.role == "leader").count();
+        text.push_str(&format!(
+            "# HELP flotilla_store_regions Regions this store hosts a peer of.\n\
+             # TYPE flotilla_store_regions gauge\n\
+             flotilla_store_regions {}\n\
+             # HELP flotilla_store_regions_led Regions this store's peer leads.\n\
+             # TYPE flotilla_store_regions_led gauge\n\
+             flotilla_store_regions_led {led}\n",
+            regions.len()
+        ));
+        text
+    }
+
+    fn peer(&self, id: RegionId) -> Option<RegionPeer> {
+        self.inner
+            .regions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// The region's peer, if `epoch` is its current epoch.
+    fn admit(&self, id: RegionId, epoch: Epoch) -> Result<RegionPeer, KvError> {
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        if peer.region.epoch != epoch {
+            return Err(KvError::StaleEpoch {
+                region: id,
+                current: peer.region.epoch,
+                given: epoch,
+            });
+        }
+        Ok(peer)
+    }
+
+    /// What this store knows of every region it hosts.
+    #[must_use]
+    pub fn regions(&self) -> Vec<RegionStatus> {
+        let peers: Vec<RegionPeer> = self
+            .inner
+            .regions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        peers
+            .into_iter()
+            .map(|peer| {
+                let status = peer.node.status();
+                let learner = status.configuration.learners.contains(&self.inner.address);
+                let role = if learner {
+                    "learner".to_string()
+                } else {
+                    format!("{:?}", status.role).to_lowercase()
+                };
+                RegionStatus {
+                    region: peer.region,
+                    leader: status.leader.map(|l| l.as_str().to_string()),
+                    term: status.term.0,
+                    peers: status
+                        .configuration
+                        .voters
+                        .iter()
+                        .map(|p| p.as_str().to_string())
+                        .collect(),
+                    learners: status
+                        .configuration
+                        .learners
+                        .iter()
+                        .map(|p| p.as_str().to_string())
+                        .collect(),
+                    commit_index: status.committed.0,
+                    applied_index: status.applied.0,
+                    role,
+                }
+            })
+            .collect()
+    }
+
+    /// Creates an empty peer of `region` on this store, to be added by the region's leader
+    /// (`admin add-peer` calls this on the new store first). Idempotent; a store of another
+    /// cluster refuses.
+    pub async fn open_region(&self, region: Region, cluster: u64) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        if cluster == 0 {
+            return Err(KvError::Engine(
+                "open region: cluster id 0 is not valid".into(),
+            ));
+        }
+        if meta.cluster != 0 && meta.cluster != cluster {
+            return Err(KvError::Engine(format!(
+                "this store belongs to cluster {:016x}, not {cluster:016x}",
+                meta.cluster
+            )));
+        }
+        if let Some(existing) = self.peer(region.id) {
+            if existing.region.start == region.start && existing.region.end == region.end {
+                return Ok(());
+            }
+            return Err(KvError::Engine(format!(
+                "this store already hosts {} which differs from {region}",
+                existing.region
+            )));
+        }
+        let hosted = HostedRegion {
+            region,
+            initial_peers: Vec::new(),
+        };
+        let mut next = meta.clone();
+        next.cluster = cluster;
+        next.regions.push(hosted.clone());
+        let dir = self.inner.data_dir.clone();
+        let to_save = next.clone();
+        tokio::task::spawn_blocking(move || to_save.save(&dir))
+            .await
+            .map_err(|e| KvError::Engine(format!("saving store.meta panicked: {e}")))?
+            .map_err(KvError::Engine)?;
+        *meta = next;
+        *lock(&self.inner.cluster) = cluster;
+        self.start_region(&hosted)
+            .await
+            .map_err(|e| KvError::Engine(e.to_string()))?;
+        Ok(())
+    }
+
+    fn node_error(&self, region: RegionId, error: NodeError) -> KvError {
+        match error {
+            NodeError::Raft(RaftError::NotLeader { leader }) => KvError::NotLeader {
+                region,
+                leader: leader.map(|l| l.as_str().to_string()),
+            },
+            NodeError::Raft(RaftError::Busy(why)) => KvError::Busy(why),
+            NodeError::Unknown(why) | NodeError::Raft(RaftError::TimedOut(why)) => {
+                KvError::Unknown(why)
+            }
+            other => KvError::Node {
+                kind: flotilla_node::grpc::kind_of(&other).to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Waits until a read of `region` at this store is linearizable (`mode`: leader
+    /// ReadIndex, leader lease, or `None` for a follower read through ReadIndex).
+    async fn read_ready(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        mode: Option<ReadMode>,
+    ) -> Result<Region, KvError> {
+        let peer = self.admit(id, epoch)?;
+        if mode.is_some() && !peer.node.is_leader() {
+            return Err(KvError::NotLeader {
+                region: id,
+                leader: peer.node.leader_id().map(|l| l.as_str().to_string()),
+            });
+        }
+        let read = peer.node.read_index(mode.unwrap_or(ReadMode::ReadIndex));
+        match tokio::time::timeout(self.inner.request_timeout, read).await {
+            Ok(Ok(_)) => Ok(peer.region),
+            Ok(Err(e)) => Err(self.node_error(id, e)),
+            Err(_) => Err(KvError::Node {
+                kind: "TimedOut".into(),
+                message: format!(
+                    "read of region {id} not confirmed within {:?}",
+                    self.inner.request_timeout
+                ),
+            }),
+        }
+    }
+
+    /// A linearizable get.
+    pub async fn get(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        key: Bytes,
+        mode: Option<ReadMode>,
+    ) -> Result<Option<Bytes>, KvError> {
+        crate::limits::check_key(&key)?;
+        let region = self.admit(id, epoch)?.region;
+        region.check_key(&key)?;
+        self.read_ready(id, epoch, mode).await?;
+        self.inner.engine.get(&key)
+    }
+
+    /// A linearizable multi-get (every key in the region).
+    pub async fn multi_get(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        keys: Vec<Bytes>,
+        mode: Option<ReadMode>,
+    ) -> Result<Vec<Option<Bytes>>, KvError> {
+        crate::limits::check_batch_len(keys.len())?;
+        let region = self.admit(id, epoch)?.region;
+        for key in &keys {
+            crate::limits::check_key(key)?;
+            region.check_key(key)?;
+        }
+        self.read_ready(id, epoch, mode).await?;
+        self.inner.engine.multi_get(&keys)
+    }
+
+    /// A linearizable scan of `[start, end)` clipped to the region (an empty `end`: to the
+    /// region's end).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn scan(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        reverse: bool,
+        mode: Option<ReadMode>,
+    ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+        crate::limits::check_scan_limit(limit)?;
+        crate::limits::check_range(&start, &end)?;
+        let region = self.admit(id, epoch)?.region;
+        let start = if start < region.start {
+            region.start.clone()
+        } else {
+            start
+        };
+        let end = match (end.is_empty(), region.end.is_empty()) {
+            (true, _) => region.end.clone(),
+            (false, true) => end,
+            (false, false) => end.min(region.end.clone()),
+        };
+        if !end.is_empty() && start >= end {
+            return Ok(Vec::new());
+        }
+        self.read_ready(id, epoch, mode).await?;
+        self.inner.engine.scan(&start, &end, limit, reverse)
+    }
+
+    /// Applies `command` through the region's raft log; answers its output once applied.
+    /// `KvError::Unknown`: the command may or may not have applied.
+    pub async fn write(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        command: KvCommand,
+    ) -> Result<KvOutput, KvError> {
+        command.validate()?;
+        let peer = self.admit(id, epoch)?;
+        command.check_region(&peer.region)?;
+        if !peer.node.is_leader() {
+            return Err(KvError::NotLeader {
+                region: id,
+                leader: peer.node.leader_id().map(|l| l.as_str().to_string()),
+            });
+        }
+        let apply = peer.node.apply(command.encode(), None);
+        let output = match tokio::time::timeout(self.inner.request_timeout, apply).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(NodeError::Raft(RaftError::StateMachine(why)))) => {
+                return Err(KvError::Refused(why))
+            }
+            Ok(Err(e)) => return Err(self.node_error(id, e)),
+            Err(_) => {
+                return Err(KvError::Unknown(format!(
+                    "region {id}: not applied within {:?}; the write may still apply",
+                    self.inner.request_timeout
+                )))
+            }
+        };
+        KvOutput::decode(&output)
+            .map_err(|e| KvError::Unknown(format!("the state machine's answer: {e}")))
+    }
+
+    /// Stops the store: every region this store leads hands leadership to another peer
+    /// first (bounded by `handoff`), then the runtime stops and the engine is flushed.
+    pub async fn shutdown(&self, handoff: Duration) {
+        let peers: Vec<RegionPeer> = self
+            .inner
+            .regions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let transfers = peers
+            .iter()
+            .filter(|p| p.node.is_leader() && p.node.list_peers().len() > 1)
+            .map(|p| {
+                let node = p.node.clone();
+                async move {
+                    let _ = tokio::time::timeout(handoff, node.transfer_leadership(None)).await;
+                }
+            });
+        futures_join_all(transfers).await;
+        let handle = lock(&self.inner.server).take();
+        if let Some(handle) = handle {
+            handle.shutdown().await;
+        }
+        self.inner.manager.shutdown().await;
+        let engine = self.inner.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.flush()).await;
+    }
+}
+
+/// Runs futures concurrently (a tiny `join_all`, to avoid a dependency for it).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}

@@ -1,0 +1,366 @@
+//! `flotilla admin`: the regions' status and membership, over the KV service (routes,
+//! `OpenRegion`) and the CLI service (membership, transfer, snapshot, rebalance).
+//!
+//! Adding a store to a region is two steps, as in SOFAJRaft (start the new node empty,
+//! then `addPeer` on the leader): `OpenRegion` on the new store creates its empty peer,
+//! then the leader adds it (catching it up first, by snapshot if needed).
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use flotilla_kv::client::KvClient;
+use flotilla_kv::service::proto::RegionInfo;
+use flotilla_node::grpc::{CliClient, CliError, CliOptions};
+use flotilla_node::PeerId;
+use serde_json::{json, Value};
+
+use crate::config::FileConfig;
+use crate::kv::ClientArgs;
+use crate::output::{success, Failure, EXIT_OK};
+
+/// `flotilla admin` flags.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this region (default: every region).
+    #[arg(long, value_name = "ID", global = true)]
+    pub region: Option<u64>,
+    #[command(subcommand)]
+    pub op: AdminOp,
+}
+
+/// One administrative operation.
+#[derive(Subcommand, Debug)]
+pub enum AdminOp {
+    /// Every region: range, epoch, leader, term, peers, learners, indexes.
+    Status,
+    /// Adds the store at PEER to the regions (it must run, empty or not).
+    AddPeer { peer: String },
+    /// Removes the store at PEER from the regions.
+    RemovePeer { peer: String },
+    /// Makes the regions' voters exactly A,B,C.
+    ChangePeers {
+        #[arg(value_delimiter = ',')]
+        peers: Vec<String>,
+    },
+    /// Adds the store at PEER as a learner (replicates and serves reads, never votes).
+    AddLearner { peer: String },
+    /// Makes the learner PEER a voter.
+    PromoteLearner { peer: String },
+    /// Hands the regions' leadership to PEER, or `any` for the most up-to-date peer.
+    TransferLeader { peer: String },
+    /// Takes a snapshot of the regions on the store at PEER.
+    Snapshot { peer: String },
+    /// Spreads region leadership evenly over the stores.
+    Rebalance,
+}
+
+fn cli_failure(error: CliError) -> Failure {
+    Failure {
+        kind: error.kind().to_string(),
+        message: error.to_string(),
+        indeterminate: matches!(error, CliError::Unknown(_)),
+        usage: false,
+    }
+}
+
+fn peer_arg(text: &str) -> Result<PeerId, Failure> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 255 || !text.contains(':') {
+        return Err(Failure::usage(format!(
+            "{text:?} is not a store address HOST:PORT"
+        )));
+    }
+    Ok(PeerId::new(text))
+}
+
+/// Runs the operation; returns the exit code.
+pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
+    let json_flag = args.client.json || file.json.unwrap_or(false);
+    let settings = match args.client.clone().settings(file) {
+        Ok(settings) => settings,
+        Err(failure) => return failure.report("admin", json_flag),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return Failure::failed("Internal", format!("cannot start the runtime: {e}"))
+                .report("admin", settings.json)
+        }
+    };
+    let json = settings.json;
+    let result = runtime.block_on(async move {
+        let client = KvClient::connect(settings.endpoints, settings.options).await?;
+        execute(&client, args.region, args.op).await
+    });
+    match result {
+        Ok((value, human)) => {
+            if json {
+                println!("{value}");
+            } else {
+                println!("{human}");
+            }
+            EXIT_OK
+        }
+        Err(failure) => failure.report("admin", json),
+    }
+}
+
+/// The merged view of every region: for each, the report of the store that leads it with
+/// the highest term (or else the highest term seen).
+async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>) {
+    let (replies, errors) = client.stores().await;
+    let mut best: BTreeMap<u64, RegionInfo> = BTreeMap::new();
+    for reply in &replies {
+        for info in &reply.regions {
+            let key = |i: &RegionInfo| (i.role == "leader", i.term, i.commit_index);
+            let better = best.get(&info.id).is_none_or(|old| key(info) > key(old));
+            if better {
+                best.insert(info.id, info.clone());
+            }
+        }
+    }
+    let mut stores: Vec<Value> = replies
+        .iter()
+        .map(|r| json!({"address": r.store, "reachable": true, "regions": r.regions.len()}))
+        .collect();
+    stores.extend(errors.iter().map(
+        |(address, e)| json!({"address": address, "reachable": false, "error": e.to_string()}),
+    ));
+    (best.into_values().collect(), stores)
+}
+
+/// A key for display: printable ASCII as is, other bytes as `\xNN`.
+fn key_text(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect()
+}
+
+fn region_json(info: &RegionInfo) -> Value {
+    json!({
+        "id": info.id,
+        "start": key_text(&info.start),
+        "end": key_text(&info.end),
+        "epoch": {"conf_version": info.conf_version, "version": info.version},
+        "leader": if info.leader.is_empty() { Value::Null } else { Value::String(info.leader.clone()) },
+        "term": info.term,
+        "peers": info.peers,
+        "learners": info.learners,
+        "commit_index": info.commit_index,
+        "applied_index": info.applied_index,
+    })
+}
+
+fn region_line(info: &RegionInfo) -> String {
+    format!(
+        "region {:>3} [\"{}\", \"{}\") epoch {}/{} leader {} term {} peers {} learners {} commit {} applied {}",
+        info.id,
+        key_text(&info.start),
+        key_text(&info.end),
+        info.conf_version,
+        info.version,
+        if info.leader.is_empty() { "-" } else { &info.leader },
+        info.term,
+        info.peers.join(","),
+        if info.learners.is_empty() { "-".to_string() } else { info.learners.join(",") },
+        info.commit_index,
+        info.applied_index
+    )
+}
+
+async fn execute(
+    client: &KvClient,
+    only: Option<u64>,
+    op: AdminOp,
+) -> Result<(Value, String), Failure> {
+    let (regions, stores) = status(client).await;
+    let regions: Vec<RegionInfo> = regions
+        .into_iter()
+        .filter(|r| only.is_none_or(|id| r.id == id))
+        .collect();
+    if let Some(id) = only {
+        if regions.is_empty() {
+            return Err(Failure::failed(
+                "NoSuchRegion",
+                format!("no store reports region {id}"),
+            ));
+        }
+    }
+    if let AdminOp::Status = op {
+        let human = regions
+            .iter()
+            .map(region_line)
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Ok((
+            success(vec![
+                (
+                    "regions",
+                    Value::Array(regions.iter().map(region_json).collect()),
+                ),
+                ("stores", Value::Array(stores)),
+            ]),
+            human,
+        ));
+    }
+    // Every store known: the endpoints' views and the regions' members.
+    let mut endpoints: Vec<PeerId> = Vec::new();
+    for info in &regions {
+        for peer in info.peers.iter().chain(&info.learners) {
+            let peer = PeerId::new(peer);
+            if !endpoints.contains(&peer) {
+                endpoints.push(peer);
+            }
+        }
+    }
+    let cli_options = CliOptions {
+        tls: client.options().tls.clone(),
+        ..CliOptions::default()
+    };
+    let cli = |group: u64| -> Result<CliClient, Failure> {
+        Ok(CliClient::new(endpoints.clone(), group)
+            .map_err(cli_failure)?
+            .with_options(cli_options.clone()))
+    };
+    let mut done: Vec<Value> = Vec::new();
+    let mut human: Vec<String> = Vec::new();
+    match op {
+        AdminOp::Status => {}
+        AdminOp::AddPeer { peer } => {
+            let peer = peer_arg(&peer)?;
+            for info in &regions {
+                open_on(client, &peer, info).await?;
+                cli(info.id)?.add_peer(&peer).await.map_err(cli_failure)?;
+                human.push(format!("region {}: added {peer}", info.id));
+                done.push(json!({"region": info.id, "added": peer.as_str()}));
+            }
+        }
+        AdminOp::AddLearner { peer } => {
+            let peer = peer_arg(&peer)?;
+            for info in &regions {
+                open_on(client, &peer, info).await?;
+                cli(info.id)?
+                    .add_learners(std::slice::from_ref(&peer))
+                    .await
+                    .map_err(cli_failure)?;
+                human.push(format!("region {}: added learner {peer}", info.id));
+                done.push(json!({"region": info.id, "learner": peer.as_str()}));
+            }
+        }
+        AdminOp::RemovePeer { peer } => {
+            let peer = peer_arg(&peer)?;
+            for info in &regions {
+                cli(info.id)?
+                    .remove_peer(&peer)
+                    .await
+                    .map_err(cli_failure)?;
+                human.push(format!("region {}: removed {peer}", info.id));
+                done.push(json!({"region": info.id, "removed": peer.as_str()}));
+            }
+        }
+        AdminOp::ChangePeers { peers } => {
+            let peers: Vec<PeerId> = peers
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| peer_arg(p))
+                .collect::<Result<_, _>>()?;
+            if peers.is_empty() {
+                return Err(Failure::usage("change-peers needs at least one peer"));
+            }
+            for info in &regions {
+                for peer in &peers {
+                    if !info.peers.iter().any(|p| p == peer.as_str()) {
+                        open_on(client, peer, info).await?;
+                    }
+                }
+                cli(info.id)?
+                    .change_peers(&peers)
+                    .await
+                    .map_err(cli_failure)?;
+                let names: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
+                human.push(format!(
+                    "region {}: peers are now {}",
+                    info.id,
+                    names.join(",")
+                ));
+                done.push(json!({"region": info.id, "peers": names}));
+            }
+        }
+        AdminOp::PromoteLearner { peer } => {
+            let peer = peer_arg(&peer)?;
+            for info in &regions {
+                cli(info.id)?
+                    .promote_learner(&peer)
+                    .await
+                    .map_err(cli_failure)?;
+                human.push(format!("region {}: promoted {peer}", info.id));
+                done.push(json!({"region": info.id, "promoted": peer.as_str()}));
+            }
+        }
+        AdminOp::TransferLeader { peer } => {
+            let target = if peer == "any" {
+                None
+            } else {
+                Some(peer_arg(&peer)?)
+            };
+            for info in &regions {
+                let leader = cli(info.id)?
+                    .transfer_leader(target.as_ref())
+                    .await
+                    .map_err(cli_failure)?;
+                human.push(format!("region {}: leader is {leader}", info.id));
+                done.push(json!({"region": info.id, "leader": leader.as_str()}));
+            }
+        }
+        AdminOp::Snapshot { peer } => {
+            let peer = peer_arg(&peer)?;
+            for info in &regions {
+                let index = cli(info.id)?.snapshot(&peer).await.map_err(cli_failure)?;
+                human.push(format!(
+                    "region {}: snapshot on {peer} at index {index}",
+                    info.id
+                ));
+                done.push(json!({"region": info.id, "peer": peer.as_str(), "index": index}));
+            }
+        }
+        AdminOp::Rebalance => {
+            let groups: Vec<u64> = regions.iter().map(|r| r.id).collect();
+            let Some(first) = groups.first() else {
+                return Err(Failure::failed("NoSuchRegion", "no regions to rebalance"));
+            };
+            let leaders = cli(*first)?.rebalance(&groups).await.map_err(cli_failure)?;
+            for (group, leader) in &leaders {
+                human.push(format!("region {group}: leader is {leader}"));
+                done.push(json!({"region": group, "leader": leader.as_str()}));
+            }
+        }
+    }
+    Ok((
+        success(vec![("done", Value::Array(done))]),
+        human.join("\n"),
+    ))
+}
+
+/// Creates the empty peer of `info` on the store at `peer` (idempotent).
+async fn open_on(client: &KvClient, peer: &PeerId, info: &RegionInfo) -> Result<(), Failure> {
+    client
+        .open_region(peer.as_str(), info.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let mut failure = Failure::from(e);
+            failure.message = format!(
+                "cannot open region {} on {peer} (is `flotilla server --addr {peer}` running?): {}",
+                info.id, failure.message
+            );
+            failure
+        })
+}

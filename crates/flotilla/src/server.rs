@@ -1,0 +1,203 @@
+//! `flotilla server`: one store of a cluster, until SIGTERM or Ctrl-C (then every region it
+//! leads hands leadership off before it stops).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use flotilla_kv::store::{EngineKind, Store, StoreOptions};
+
+use crate::config::{self, FileConfig};
+use crate::output::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// `flotilla server` flags.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on, HOST:PORT: the store's peer id, serving peers, clients and
+    /// administration.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+    /// Data directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Initial members of a new cluster, this one included (the same list on each). Without
+    /// it, an empty store starts empty and waits to be added (`admin add-peer`).
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Static regions a new cluster splits the key space into [default: 1].
+    #[arg(long, value_name = "N")]
+    regions: Option<u32>,
+    /// Storage engine: memory or fjall [default: fjall].
+    #[arg(long, value_name = "ENGINE")]
+    engine: Option<String>,
+    /// Raft tick in milliseconds [default: 100].
+    #[arg(long, value_name = "MS")]
+    tick_ms: Option<u64>,
+    /// Election timeout in milliseconds, a multiple of the tick [default: 1000].
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u64>,
+    /// Seconds between automatic snapshots of each region [default: 3600].
+    #[arg(long, value_name = "S")]
+    snapshot_interval_s: Option<u64>,
+    /// Log filter (tracing's env-filter syntax) [default: warn,flotilla=info].
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// CA certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This store's certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// This store's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+}
+
+fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, String), String> {
+    let addr = args
+        .addr
+        .or_else(|| file.addr.clone())
+        .ok_or("missing --addr HOST:PORT")?;
+    let data_dir = args
+        .data_dir
+        .or_else(|| file.data_dir.clone())
+        .ok_or("missing --data-dir DIR")?;
+    let mut options = StoreOptions::new(addr, data_dir);
+    options.peers = args
+        .peers
+        .or_else(|| file.peers.clone())
+        .map(config::list)
+        .filter(|p| !p.is_empty());
+    options.regions = args.regions.or(file.regions).unwrap_or(1);
+    if options.regions == 0 {
+        return Err("--regions must be at least 1".into());
+    }
+    options.engine = match args.engine.or_else(|| file.engine.clone()) {
+        Some(name) => name
+            .parse::<EngineKind>()
+            .map_err(|e| format!("--engine: {e}"))?,
+        None => EngineKind::Fjall,
+    };
+    let tick_ms = args.tick_ms.or(file.tick_ms).unwrap_or(100);
+    if tick_ms == 0 || tick_ms > 10_000 {
+        return Err(format!("--tick-ms {tick_ms}: must be 1 to 10000"));
+    }
+    let election_ms = args
+        .election_timeout_ms
+        .or(file.election_timeout_ms)
+        .unwrap_or(tick_ms * 10);
+    let ticks = election_ms / tick_ms;
+    if election_ms % tick_ms != 0 || ticks < 3 {
+        return Err(format!(
+            "--election-timeout-ms {election_ms}: must be a multiple of --tick-ms {tick_ms}, at least 3 ticks"
+        ));
+    }
+    options.tick = Duration::from_millis(tick_ms);
+    options.election_timeout_ticks = ticks;
+    let snapshot_s = args
+        .snapshot_interval_s
+        .or(file.snapshot_interval_s)
+        .unwrap_or(3600);
+    options.snapshot_interval_ticks = snapshot_s.saturating_mul(1000) / tick_ms;
+    options.tls = config::tls(
+        args.tls_ca.or_else(|| file.tls_ca.clone()),
+        args.tls_cert.or_else(|| file.tls_cert.clone()),
+        args.tls_key.or_else(|| file.tls_key.clone()),
+    )?;
+    let log = args
+        .log
+        .or_else(|| file.log.clone())
+        .unwrap_or_else(|| "warn,flotilla=info,flotilla_kv=info".into());
+    Ok((options, log))
+}
+
+/// Runs the server; returns the exit code.
+pub fn run(args: ServerArgs, file: &FileConfig) -> i32 {
+    let (options, log) = match options(args, file) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            eprintln!("flotilla server: {why}");
+            return EXIT_USAGE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("flotilla server: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: StoreOptions) -> i32 {
+    let data_dir = options.data_dir.clone();
+    let store = match Store::open(options).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("flotilla server: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let regions = store.regions().len();
+    println!(
+        "flotilla server {}: data in {} ({}), {} region{}, cluster {}",
+        store.address(),
+        data_dir.display(),
+        if store.was_fresh() {
+            "fresh"
+        } else {
+            "recovered"
+        },
+        regions,
+        if regions == 1 { "" } else { "s" },
+        if store.cluster() == 0 {
+            "none yet: waiting to be added".to_string()
+        } else {
+            format!("{:016x}", store.cluster())
+        },
+    );
+    println!(
+        "serving raft, the KV and CLI services, and GET /metrics on {}",
+        store.address()
+    );
+    wait_for_stop().await;
+    println!(
+        "flotilla server {}: stopping (handing leadership off)",
+        store.address()
+    );
+    store.shutdown(Duration::from_secs(3)).await;
+    println!("flotilla server {}: stopped", store.address());
+    EXIT_OK
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
