@@ -354,14 +354,15 @@ impl StateMachine for KvStateMachine {
         let engine = Arc::clone(&self.engine);
         let mut overlay = Overlay::new(engine.as_ref());
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
+        // The last entry applied here (not skipped), which the write records.
         let mut last = None;
         let mut engine_failure = None;
         for task in iter.by_ref() {
-            last = Some((task.index, task.term));
             if task.index <= engine_applied {
                 // Already in the engine: applied before a restart.
                 continue;
             }
+            last = Some((task.index, task.term));
             let result = match KvCommand::decode(&task.data) {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
                 Ok(command) => match apply_command(&command, &region, &mut overlay) {
@@ -382,7 +383,7 @@ impl StateMachine for KvStateMachine {
         let Some((index, term)) = last else {
             return;
         };
-        if index > engine_applied && engine_failure.is_none() {
+        if engine_failure.is_none() {
             let mut batch = overlay.into_batch();
             batch.meta_put(applied_key(region.id), encode_applied(index, term));
             match self.engine.write(batch) {

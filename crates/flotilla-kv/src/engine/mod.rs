@@ -27,7 +27,7 @@ use bytes::Bytes;
 
 use crate::error::KvError;
 
-pub use self::fjall::FjallEngine;
+pub use self::fjall::{FjallEngine, FjallOptions};
 pub use self::memory::MemoryEngine;
 
 /// Prefixes of the meta key space, one per owner.

@@ -1,0 +1,392 @@
+//! The KV state machine in clusters of three (or four) node managers: every command's
+//! output, the same data on every replica, compare-and-put semantics inside one applied
+//! batch, refusals that change nothing, a snapshot installed on a newly added peer, and
+//! restarts on fjall over the shared log.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
+
+use crate::cluster::{EngineKind, KvCluster, WAIT};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: b(key),
+        value: b(value),
+    }
+}
+
+fn cas(key: &str, expected: Option<&str>, value: &str) -> KvCommand {
+    KvCommand::CompareAndPut {
+        key: b(key),
+        expected: expected.map(b),
+        value: b(value),
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(Bytes, Bytes)> {
+    list.iter().map(|(k, v)| (b(k), b(v))).collect()
+}
+
+fn whole(id: u64) -> Region {
+    Region::whole(RegionId(id), Epoch::new(1, 1))
+}
+
+/// Every command kind through the log, with its output, and the same data everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_apply_on_every_replica() {
+    let mut cluster = KvCluster::new("commands", 3, EngineKind::Memory).await;
+    let region = whole(1);
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    let run = |command| cluster.propose(g, command);
+    assert_eq!(run(put("a", "1")).await, Ok(KvOutput::Done));
+    assert_eq!(
+        run(KvCommand::GetAndPut {
+            key: b("a"),
+            value: b("2")
+        })
+        .await,
+        Ok(KvOutput::Previous(Some(b("1"))))
+    );
+    assert_eq!(
+        run(KvCommand::PutIfAbsent {
+            key: b("a"),
+            value: b("3")
+        })
+        .await,
+        Ok(KvOutput::Previous(Some(b("2"))))
+    );
+    assert_eq!(
+        run(KvCommand::PutIfAbsent {
+            key: b("b"),
+            value: b("1")
+        })
+        .await,
+        Ok(KvOutput::Previous(None))
+    );
+    assert_eq!(
+        run(KvCommand::BatchPut(pairs(&[
+            ("c", "1"),
+            ("d", "1"),
+            ("e", "1"),
+            ("f", "1")
+        ])))
+        .await,
+        Ok(KvOutput::Done)
+    );
+    assert_eq!(
+        run(KvCommand::BatchDelete(vec![b("c"), b("zz")])).await,
+        Ok(KvOutput::Done)
+    );
+    assert_eq!(
+        run(KvCommand::DeleteRange {
+            start: b("e"),
+            end: Bytes::new()
+        })
+        .await,
+        Ok(KvOutput::Done)
+    );
+    assert_eq!(
+        run(KvCommand::Delete { key: b("b") }).await,
+        Ok(KvOutput::Done)
+    );
+    let data = cluster.converged(g).await;
+    assert_eq!(data.len(), 3);
+    assert_eq!(data[0], pairs(&[("a", "2"), ("d", "1")]));
+    // The handle reports the region and how far the engine got.
+    let leader = cluster.leader(g).await;
+    let handle = cluster.handle(leader, g);
+    assert_eq!(handle.region(), region);
+    assert!(!handle.failed());
+    assert!(handle.applied_index() > flotilla_node::LogIndex(0));
+    cluster.stop_all().await;
+}
+
+/// Compare-and-put semantics, including commands of one batch that must see each other's
+/// writes (within one entry, and across entries applied in one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_put_semantics() {
+    let mut cluster = KvCluster::new("cas", 3, EngineKind::Memory).await;
+    let region = whole(2);
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    let run = |command| cluster.propose(g, command);
+    assert_eq!(run(cas("k", None, "1")).await, Ok(KvOutput::Swapped(true)));
+    assert_eq!(run(cas("k", None, "x")).await, Ok(KvOutput::Swapped(false)));
+    assert_eq!(
+        run(cas("k", Some("9"), "x")).await,
+        Ok(KvOutput::Swapped(false))
+    );
+    assert_eq!(
+        run(cas("k", Some("1"), "2")).await,
+        Ok(KvOutput::Swapped(true))
+    );
+    assert_eq!(
+        run(cas("absent", Some("1"), "2")).await,
+        Ok(KvOutput::Swapped(false))
+    );
+    // One entry: each element sees the writes of the elements before it.
+    let batch = KvCommand::Batch(vec![
+        put("j", "1"),
+        cas("j", Some("1"), "2"),
+        cas("j", Some("1"), "3"),
+        KvCommand::PutIfAbsent {
+            key: b("j"),
+            value: b("x"),
+        },
+        KvCommand::GetAndPut {
+            key: b("j"),
+            value: b("4"),
+        },
+        KvCommand::DeleteRange {
+            start: b("i"),
+            end: b("k"),
+        },
+        cas("j", None, "5"),
+        put("z", "after"),
+    ]);
+    assert_eq!(
+        run(batch).await,
+        Ok(KvOutput::Batch(vec![
+            Ok(KvOutput::Done),
+            Ok(KvOutput::Swapped(true)),
+            Ok(KvOutput::Swapped(false)),
+            Ok(KvOutput::Previous(Some(b("2")))),
+            Ok(KvOutput::Previous(Some(b("2")))),
+            Ok(KvOutput::Done),
+            Ok(KvOutput::Swapped(true)),
+            Ok(KvOutput::Done),
+        ]))
+    );
+    let data = cluster.converged(g).await;
+    assert_eq!(data[0], pairs(&[("j", "5"), ("k", "2"), ("z", "after")]));
+    // Racers: each tries to move "race" from "0" to its own name, all at once; entries
+    // applied in one batch see each other through the overlay, so exactly one wins.
+    cluster.propose(g, put("race", "0")).await.unwrap();
+    let leader = cluster.leader(g).await;
+    let node = cluster.node(leader, g).unwrap();
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let node = node.clone();
+        racers.spawn(async move {
+            let command = cas("race", Some("0"), &format!("r{i}"));
+            node.apply(command.encode(), None).await
+        });
+    }
+    let mut winners = 0;
+    while let Some(result) = racers.join_next().await {
+        let output = result.unwrap().expect("leader stayed");
+        if KvOutput::decode(&output).unwrap() == KvOutput::Swapped(true) {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    let data = cluster.converged(g).await;
+    assert!(data[0]
+        .iter()
+        .any(|(k, v)| k == "race" && v.starts_with(b"r")));
+    cluster.stop_all().await;
+}
+
+/// Keys outside the region and undecodable entries are refused, change nothing, and the
+/// group goes on; an unbounded delete-range stops at the region's end (the engine holds
+/// other regions' keys too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_change_nothing() {
+    let mut cluster = KvCluster::new("refused", 3, EngineKind::Memory).await;
+    let region = Region::new(RegionId(3), b("b"), b("m"), Epoch::new(1, 1)).unwrap();
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    for i in 0..3 {
+        // Another region's key in the same engine.
+        cluster.engine(i).put(b("x-other"), b("keep")).unwrap();
+    }
+    let refusal = cluster.propose(g, put("z", "1")).await.unwrap_err();
+    assert!(refusal.contains("outside region 3"), "{refusal}");
+    let refusal = cluster
+        .propose(g, KvCommand::BatchPut(pairs(&[("c", "1"), ("a", "1")])))
+        .await
+        .unwrap_err();
+    assert!(refusal.contains("\"a\""), "{refusal}");
+    let output = cluster
+        .propose(
+            g,
+            KvCommand::Batch(vec![put("c", "1"), put("q", "1"), put("d", "1")]),
+        )
+        .await
+        .unwrap();
+    match output {
+        KvOutput::Batch(results) => {
+            assert_eq!(results[0], Ok(KvOutput::Done));
+            assert!(results[1].as_ref().unwrap_err().contains("outside region"));
+            assert_eq!(results[2], Ok(KvOutput::Done));
+        }
+        other => panic!("{other:?}"),
+    }
+    let garbage = cluster
+        .propose_raw(g, Bytes::from_static(b"\x01\xffnot a command"))
+        .await
+        .unwrap_err();
+    assert!(garbage.contains("does not decode"), "{garbage}");
+    let data = cluster.converged(g).await;
+    assert_eq!(data[0], pairs(&[("c", "1"), ("d", "1")]));
+    cluster
+        .propose(
+            g,
+            KvCommand::DeleteRange {
+                start: b("b"),
+                end: Bytes::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let data = cluster.converged(g).await;
+    assert!(data[0].is_empty());
+    for i in 0..3 {
+        assert_eq!(cluster.engine(i).get(b"x-other").unwrap(), Some(b("keep")));
+        assert_eq!(cluster.engine(i).get(b"z").unwrap(), None);
+    }
+    cluster.stop_all().await;
+}
+
+/// A peer added after the leader compacted its log gets the region through a snapshot
+/// (exported from the leader's engine, verified and imported into its own), then follows
+/// the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_installed_on_a_new_peer() {
+    let mut cluster = KvCluster::new("snapshot", 4, EngineKind::Memory).await;
+    let region = Region::new(RegionId(4), b("k"), b("l"), Epoch::new(1, 1)).unwrap();
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    for i in 0..20 {
+        cluster
+            .propose(g, put(&format!("k{i:02}"), &format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let node = cluster.node(leader, g).unwrap();
+    let first = node.snapshot().await.unwrap();
+    cluster
+        .propose(
+            g,
+            KvCommand::DeleteRange {
+                start: b("k05"),
+                end: b("k10"),
+            },
+        )
+        .await
+        .unwrap();
+    cluster.propose(g, put("k99", "late")).await.unwrap();
+    let second = node.snapshot().await.unwrap();
+    assert!(second > first);
+    // The new peer's engine already holds a stale key in the region, and one outside it.
+    cluster.engine(3).put(b("k50"), b("stale")).unwrap();
+    cluster.engine(3).put(b("z"), b("other region")).unwrap();
+    cluster.add_region_on(3, &region, Vec::new()).await;
+    let new_peer = cluster.peers[3].clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = node.add_peer(new_peer.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.propose(g, put("k98", "after")).await.unwrap();
+    let data = cluster.converged(g).await;
+    assert_eq!(data.len(), 4);
+    assert_eq!(data[3].len(), 20 - 5 + 2);
+    assert!(!data[3].iter().any(|(k, _)| k == "k50"));
+    assert_eq!(
+        cluster.engine(3).get(b"z").unwrap(),
+        Some(b("other region"))
+    );
+    let stats = cluster.processes[3].manager.as_ref().unwrap().stats();
+    assert!(stats.snapshots_installed >= 1, "{stats:?}");
+    assert!(cluster.handle(3, g).applied_index() >= second);
+    cluster.stop_all().await;
+}
+
+/// Moves `key` from "a" (which it must hold) to "b" with two compare-and-puts whose
+/// replay over the result would end elsewhere: applied once they leave "b", applied twice
+/// "c" (the first one, refused the first time, would then swap "b" to "c").
+async fn swap_replay_sensitive(cluster: &KvCluster, g: u64, key: &str) {
+    assert_eq!(
+        cluster.propose(g, cas(key, Some("b"), "c")).await,
+        Ok(KvOutput::Swapped(false))
+    );
+    assert_eq!(
+        cluster.propose(g, cas(key, Some("a"), "b")).await,
+        Ok(KvOutput::Swapped(true))
+    );
+}
+
+/// A node on fjall and the shared log stops and restarts: with its engine (ahead of its
+/// snapshot: entries the engine holds are skipped, not applied twice) and with its engine
+/// wiped (the snapshot is imported and the log replayed). Both end with the data of the
+/// others and keep following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_on_fjall_recovers_the_same_data() {
+    let mut cluster = KvCluster::new("restart", 3, EngineKind::Fjall).await;
+    let region = whole(5);
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    for i in 0..30 {
+        cluster
+            .propose(g, put(&format!("key{i:02}"), &format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    cluster.propose(g, put("swapped", "a")).await.unwrap();
+    let restarted = (cluster.leader(g).await + 1) % 3;
+    cluster.converged(g).await;
+    let snapshot = cluster
+        .node(restarted, g)
+        .unwrap()
+        .snapshot()
+        .await
+        .unwrap();
+    assert!(snapshot > flotilla_node::LogIndex(30));
+    cluster
+        .propose(g, KvCommand::BatchDelete(vec![b("key00"), b("key01")]))
+        .await
+        .unwrap();
+    swap_replay_sensitive(&cluster, g, "swapped").await;
+    let expected = cluster.converged(g).await.remove(0);
+    assert!(expected.iter().any(|(k, v)| k == "swapped" && v == "b"));
+
+    // Restart with the engine as it was, after writes it missed: its first batch then
+    // holds entries its engine has (skipped) and entries it lacks (applied).
+    cluster.stop(restarted).await;
+    cluster.propose(g, put("while-down", "1")).await.unwrap();
+    cluster.start(restarted).await;
+    cluster
+        .add_region_on(restarted, &region, cluster.peers.clone())
+        .await;
+    let data = cluster.converged(g).await;
+    assert_eq!(data[restarted].len(), expected.len() + 1);
+    cluster.propose(g, put("post-restart", "1")).await.unwrap();
+    let expected = cluster.converged(g).await.remove(0);
+
+    // Restart with the engine lost: the snapshot and the log rebuild it.
+    cluster.stop(restarted).await;
+    let engine_dir = cluster.processes[restarted].engine_dir();
+    std::fs::remove_dir_all(&engine_dir).unwrap();
+    cluster.start(restarted).await;
+    assert!(cluster.engine(restarted).get(b"key05").unwrap().is_none());
+    cluster
+        .add_region_on(restarted, &region, cluster.peers.clone())
+        .await;
+    let data = cluster.converged(g).await;
+    assert_eq!(data[restarted], expected);
+    cluster.propose(g, put("post-wipe", "1")).await.unwrap();
+    cluster.converged(g).await;
+    cluster.stop_all().await;
+}
