@@ -7,5 +7,6 @@ mod cluster;
 mod grpc;
 mod grpc_snapshots;
 mod observability;
+mod process;
 mod snapshots_membership;
 mod tests;
