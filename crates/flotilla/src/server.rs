@@ -145,7 +145,10 @@ async fn serve(options: StoreOptions) -> i32 {
         Ok(store) => store,
         Err(e) => {
             eprintln!("flotilla server: {e}");
-            return EXIT_FAILED;
+            return match e {
+                flotilla_kv::store::StoreError::InvalidOptions(_) => EXIT_USAGE,
+                _ => EXIT_FAILED,
+            };
         }
     };
     let regions = store.regions().len();

@@ -1,2 +1,501 @@
 //! End-to-end tests of the `flotilla` binary: real server processes on loopback, driven
-//! with `flotilla kv` and `flotilla admin` as a user or a script would.
+//! with `flotilla kv` and `flotilla admin` as a user or a script would, checking the
+//! machine-readable contract (one JSON object, exit status 0 / 1 / 2 / 3), bad input, a
+//! `kill -9` of the leader, and replacing a member with a new empty store.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+/// Fast timeouts for tests: 50 ms ticks, 500 ms election timeout.
+const TIMING: [&str; 4] = ["--tick-ms", "50", "--election-timeout-ms", "500"];
+
+fn free_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").to_string()
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "flotilla-cli-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `flotilla server`; killed when dropped.
+struct Server {
+    address: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(address: &str, peers: Option<&str>, data_dir: &Path, regions: u32) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--addr", address])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--regions", &regions.to_string(), "--engine", "fjall"])
+            .args(TIMING)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(peers) = peers {
+            command.args(["--peers", peers]);
+        }
+        let child = command.spawn().expect("start flotilla server");
+        Server {
+            address: address.to_string(),
+            child: Some(child),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flotilla")
+}
+
+/// Runs a `--json` command: (exit code, the one JSON object it printed).
+fn json(args: &[&str]) -> (i32, Value) {
+    let output = run(args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stdout for {args:?}, got {stdout:?} (stderr {})",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
+    assert!(value.is_object(), "{value}");
+    (output.status.code().unwrap_or(-1), value)
+}
+
+fn kv(endpoints: &str, op: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "kv",
+        "--endpoints",
+        endpoints,
+        "--json",
+        "--timeout-ms",
+        "3000",
+    ];
+    args.extend_from_slice(op);
+    json(&args)
+}
+
+fn admin(endpoints: &str, op: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "admin",
+        "--endpoints",
+        endpoints,
+        "--json",
+        "--timeout-ms",
+        "10000",
+    ];
+    args.extend_from_slice(op);
+    json(&args)
+}
+
+/// Waits until every region has a leader; returns the status.
+fn wait_for_leaders(endpoints: &str, regions: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, status) = admin(endpoints, &["status"]);
+        if code == 0 {
+            let list = status["regions"].as_array().cloned().unwrap_or_default();
+            if list.len() == regions && list.iter().all(|r| r["leader"].is_string()) {
+                return status;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leaders within 30 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn put_until_ok(endpoints: &str, key: &str, value: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (code, answer) = kv(endpoints, &["put", key, value]);
+        if code == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "put {key} kept failing for {within:?}: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct ThreeNodes {
+    _dir: TempDir,
+    dir: PathBuf,
+    servers: Vec<Server>,
+    endpoints: String,
+}
+
+fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
+    let dir = TempDir::new(name);
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let peers = addresses.join(",");
+    let servers = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Server::start(a, Some(&peers), &dir.0.join(format!("s{i}")), regions))
+        .collect();
+    wait_for_leaders(&peers, regions as usize);
+    ThreeNodes {
+        dir: dir.0.clone(),
+        _dir: dir,
+        servers,
+        endpoints: peers,
+    }
+}
+
+#[test]
+fn json_contract_and_exit_codes() {
+    let cluster = three_nodes("contract", 2);
+    let e = cluster.endpoints.as_str();
+
+    assert_eq!(
+        kv(e, &["put", "k1", "v1"]),
+        (0, serde_json::json!({"ok": true}))
+    );
+    assert_eq!(
+        kv(e, &["get", "k1"]),
+        (0, serde_json::json!({"ok": true, "value": "v1"}))
+    );
+    for mode in ["index", "lease", "follower"] {
+        let (code, answer) = kv(e, &["get", "k1", "--read", mode]);
+        assert_eq!(
+            (code, &answer["value"]),
+            (0, &Value::from("v1")),
+            "{mode}: {answer}"
+        );
+    }
+    assert_eq!(
+        kv(e, &["get", "missing"]),
+        (0, serde_json::json!({"ok": true, "value": null}))
+    );
+    assert_eq!(
+        kv(e, &["cas", "k1", "wrong", "v2"]).1["swapped"],
+        Value::Bool(false)
+    );
+    assert_eq!(
+        kv(e, &["cas", "k1", "v1", "v2"]).1["swapped"],
+        Value::Bool(true)
+    );
+    assert_eq!(kv(e, &["get", "k1"]).1["value"], Value::from("v2"));
+    assert_eq!(
+        kv(e, &["put-if-absent", "k1", "x"]).1["swapped"],
+        Value::Bool(false)
+    );
+    assert_eq!(
+        kv(e, &["put-if-absent", "k2", "x"]).1["swapped"],
+        Value::Bool(true)
+    );
+    for key in ["a", "b", "c"] {
+        assert_eq!(kv(e, &["put", key, key]).0, 0);
+    }
+    // Keys on both sides of the region boundary (0x80) are scanned across regions.
+    assert_eq!(kv(e, &["put", "\u{00ff}high", "h"]).0, 0);
+    let (code, scan) = kv(e, &["scan", "a", "", "--limit", "10"]);
+    assert_eq!(code, 0, "{scan}");
+    let keys: Vec<&str> = scan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "b", "c", "k1", "k2", "\u{00ff}high"]);
+    let (_, scan) = kv(e, &["scan", "a", "k", "--limit", "2", "--reverse"]);
+    assert_eq!(
+        scan["entries"],
+        serde_json::json!([{"key": "c", "value": "c"}, {"key": "b", "value": "b"}])
+    );
+    assert_eq!(kv(e, &["delete", "a"]).0, 0);
+    assert_eq!(kv(e, &["get", "a"]).1["value"], Value::Null);
+
+    // Certain failures: exit 1, ok=false, indeterminate=false, nothing changed.
+    let (code, answer) = kv(e, &["scan", "z", "a"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("InvalidRange")),
+        "{answer}"
+    );
+    assert_eq!(answer["indeterminate"], Value::Bool(false));
+    let big_key = "k".repeat(9000);
+    let (code, answer) = kv(e, &["put", &big_key, "v"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("KeyTooLarge")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("key_bytes_max"),
+        "{answer}"
+    );
+    let dead = free_address();
+    let (code, answer) = kv(&dead, &["get", "k1"]);
+    assert_eq!(code, 1, "{answer}");
+    assert_eq!(answer["ok"], Value::Bool(false));
+
+    // Usage errors: exit 2, still one JSON object with --json.
+    let (code, answer) = json(&["kv", "--endpoints", e, "--json", "get", "k1", "--bogus"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (2, Some("Usage")),
+        "{answer}"
+    );
+    let (code, answer) = json(&["kv", "--json", "get", "k1"]);
+    assert_eq!(code, 2, "missing endpoints: {answer}");
+
+    // admin status --json: one object per region with the documented fields.
+    let status = wait_for_leaders(e, 2);
+    let regions = status["regions"].as_array().unwrap();
+    for region in regions {
+        for field in [
+            "id",
+            "start",
+            "end",
+            "epoch",
+            "leader",
+            "term",
+            "peers",
+            "learners",
+            "commit_index",
+            "applied_index",
+        ] {
+            assert!(
+                region.get(field).is_some(),
+                "region lacks {field}: {region}"
+            );
+        }
+        assert_eq!(region["peers"].as_array().unwrap().len(), 3);
+    }
+    assert_eq!(regions[0]["start"], Value::from(""));
+    assert_eq!(regions[1]["end"], Value::from(""));
+
+    // Metrics over plain HTTP on the same address.
+    let address = &cluster.servers[0].address;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:.200}");
+    assert!(
+        response.contains("flotilla_store_regions 2"),
+        "{response:.2000}"
+    );
+}
+
+#[test]
+fn server_refuses_bad_starts() {
+    let dir = TempDir::new("refuse");
+    let address = free_address();
+    // Address in use.
+    let listener = TcpListener::bind(&address).unwrap();
+    let output = run(&[
+        "server",
+        "--addr",
+        &address,
+        "--data-dir",
+        dir.0.join("a").to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains(&address),
+        "{stderr}"
+    );
+    drop(listener);
+    // A non-empty directory that is not a Flotilla data dir.
+    let foreign = dir.0.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let output = run(&[
+        "server",
+        "--addr",
+        &address,
+        "--data-dir",
+        foreign.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a Flotilla data dir"));
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    // --peers without this address; unknown flag.
+    let output = run(&[
+        "server",
+        "--addr",
+        &address,
+        "--data-dir",
+        "/nonexistent/x",
+        "--peers",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        run(&["server", "--addr", &address, "--frobnicate"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // A data dir of one cluster started with another cluster's --peers.
+    let data = dir.0.join("store");
+    let peers = format!("{address},127.0.0.1:1");
+    let mut server = Server::start(&address, Some(&peers), &data, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+    let other = format!("{address},127.0.0.1:2");
+    let output = run(&[
+        "server",
+        "--addr",
+        &address,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--peers",
+        &other,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+    // ... and with another address.
+    let output = run(&[
+        "server",
+        "--addr",
+        &free_address(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("belongs to the store at"));
+}
+
+#[test]
+fn leader_kill_then_member_replacement_keeps_every_acknowledged_write() {
+    let mut cluster = three_nodes("failover", 1);
+    let e = cluster.endpoints.clone();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("key{i:03}");
+        put_until_ok(&e, &key, &format!("v{i}"), Duration::from_secs(10));
+        acked.push(key);
+    }
+    // kill -9 the leader: writes resume within two election timeouts (plus the time a
+    // fresh `flotilla kv` process takes to start and find the new leader).
+    let status = wait_for_leaders(&e, 1);
+    let leader = status["regions"][0]["leader"].as_str().unwrap().to_string();
+    let index = cluster
+        .servers
+        .iter()
+        .position(|s| s.address == leader)
+        .unwrap();
+    cluster.servers[index].kill();
+    let resumed = put_until_ok(&e, "after-kill", "yes", Duration::from_secs(20));
+    println!(
+        "writes resumed {} ms after the leader was killed",
+        resumed.as_millis()
+    );
+    acked.push("after-kill".into());
+    let status = wait_for_leaders(&e, 1);
+    assert_ne!(
+        status["regions"][0]["leader"].as_str(),
+        Some(leader.as_str())
+    );
+
+    // Add an empty fourth store, then remove the dead one: three members again.
+    let fourth = free_address();
+    let _fourth = Server::start(&fourth, None, &cluster.dir.join("s3"), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, answer) = admin(&e, &["add-peer", &fourth]);
+    assert_eq!(code, 0, "add-peer: {answer}");
+    let (code, answer) = admin(&e, &["remove-peer", &leader]);
+    assert_eq!(code, 0, "remove-peer: {answer}");
+    let survivors: Vec<String> = cluster
+        .servers
+        .iter()
+        .filter(|s| s.address != leader)
+        .map(|s| s.address.clone())
+        .chain([fourth.clone()])
+        .collect();
+    let survivors = survivors.join(",");
+    let status = wait_for_leaders(&survivors, 1);
+    let mut peers: Vec<String> = status["regions"][0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    peers.sort();
+    let mut expected: Vec<String> = survivors.split(',').map(str::to_string).collect();
+    expected.sort();
+    assert_eq!(peers, expected);
+    // Every acknowledged write is readable, also from the new store alone.
+    for key in &acked {
+        let (code, answer) = kv(&survivors, &["get", key]);
+        assert_eq!(code, 0, "{answer}");
+        assert!(answer["value"].is_string(), "{key} lost: {answer}");
+        let (code, answer) = kv(&fourth, &["get", key, "--read", "follower"]);
+        assert_eq!(
+            (code, answer["value"].is_string()),
+            (0, true),
+            "{key} on the new store: {answer}"
+        );
+    }
+    put_until_ok(&survivors, "after-replace", "yes", Duration::from_secs(10));
+}
