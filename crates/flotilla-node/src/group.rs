@@ -7,6 +7,7 @@
 //! write to the log (the manager batches every group's write).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,6 +50,13 @@ fn needs_reset(log: &GroupLog, snapshot: &SnapshotMeta) -> bool {
     matches!(LogStore::term(log, snapshot.index), Ok(term) if term != snapshot.term)
 }
 
+/// The round's end of a group's request queue.
+pub(crate) struct RequestQueue {
+    pub(crate) receiver: mpsc::Receiver<Request>,
+    /// Shared with the handle: set when it queues a request (see `Node`'s `requested`).
+    pub(crate) requested: Arc<AtomicBool>,
+}
+
 /// What a group is created from.
 pub(crate) struct GroupSetup {
     pub(crate) id: GroupId,
@@ -77,6 +85,8 @@ pub(crate) struct Group {
     pub(crate) installing: bool,
     /// Recorded here, rendered by the manager's `metrics_text`.
     metrics: Arc<GroupMetrics>,
+    /// Shared with the handle: a request was queued since the round last polled.
+    requested: Arc<AtomicBool>,
 }
 
 impl Group {
@@ -88,9 +98,13 @@ impl Group {
         log: &SharedLog,
         meta: &FileMetaStorage,
         snapshots: SnapshotStore,
-        requests: mpsc::Receiver<Request>,
+        requests: RequestQueue,
         status: Arc<Mutex<NodeStatus>>,
     ) -> Result<Group, NodeError> {
+        let RequestQueue {
+            receiver: requests,
+            requested,
+        } = requests;
         let GroupSetup {
             id,
             peers,
@@ -151,6 +165,7 @@ impl Group {
             status,
             installing: false,
             metrics: Arc::new(GroupMetrics::new(saved_meta_term)),
+            requested,
         };
         group.publish();
         Ok(group)
@@ -176,19 +191,23 @@ impl Group {
     pub(crate) fn describe(&self) -> String {
         let mut out = self.raft.describe();
         out.push_str(&format!(
-            "runtime proposals_pending={} reads_pending={} requests_queued={} change_in_flight={} transfer_in_flight={} installing={}\n",
+            "runtime proposals_pending={} reads_pending={} requests_queued={} change_in_flight={} transfer_in_flight={} installing={} hibernating={}\n",
             self.proposals.len(),
             self.reads.len(),
             self.requests.len(),
             self.change.is_some(),
             self.transfer.is_some(),
-            self.installing
+            self.installing,
+            self.raft.is_hibernating()
         ));
         out
     }
 
     /// Feeds up to `max` queued requests to the core. Returns true if more are queued.
     pub(crate) fn take_requests(&mut self, max: usize) -> bool {
+        // Cleared before polling: a request queued from now on flags the group again, and
+        // one queued before is seen below.
+        self.requested.store(false, Ordering::SeqCst);
         for _ in 0..max {
             match self.requests.try_recv() {
                 Ok(request) => self.handle_request(request),
@@ -237,7 +256,11 @@ impl Group {
                 }
                 Err(e) => answer(done, Err(e.into())),
             },
-            Request::Snapshot { done } => answer(done, self.take_snapshot()),
+            Request::Snapshot { done } => {
+                // The group must not sleep through its own snapshot (and compaction).
+                self.raft.wake();
+                answer(done, self.take_snapshot());
+            }
             Request::Describe { done } => answer(done, Ok(self.raft.describe())),
             Request::SetElectionTimeout { ticks, done } => {
                 answer(
@@ -461,6 +484,7 @@ impl Group {
             last_index: status.last_index,
             committed: status.committed,
             applied: status.applied,
+            hibernating: status.hibernating,
         };
         self.metrics.observe_term(next.term.get());
         *lock_status(&self.status) = next;

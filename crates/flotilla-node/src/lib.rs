@@ -16,18 +16,23 @@
 //!   batch sizes, queue depths, elections, snapshots, replicator lag and state),
 //!   [`NodeManager::describe`] (every group's dump) and debug-level `tracing` spans per
 //!   group in the round.
+//! - Hibernation (on by default, [`ManagerOptions::hibernation`]): an idle group stops
+//!   ticking and exchanging messages on every peer and wakes on a request or a message;
+//!   processes exchange one small liveness beacon per heartbeat interval, so the sleeping
+//!   followers of a dead leader still elect (see [`manager`]).
 //!
 //! - [`grpc`]: the network — one address per process serving the raft stream, snapshot
 //!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on
 //!   "not leader"); `examples/counter` is the quick-start built on this public API.
 //!
-//! Not yet: mutual TLS, an HTTP endpoint for metrics, idle-group hibernation.
+//! Not yet: mutual TLS, an HTTP endpoint for metrics.
 
 #![deny(missing_docs)]
 
 mod error;
 mod group;
 pub mod grpc;
+mod hibernation;
 pub mod manager;
 mod metrics;
 mod node;

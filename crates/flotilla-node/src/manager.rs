@@ -20,6 +20,13 @@
 //! Steps 2-5 repeat (a bounded number of passes) while a group still has work, e.g. reads
 //! released by the apply.
 //!
+//! Hibernation (module `hibernation`, on by default): a round visits only the groups that
+//! are awake, plus those something reached this round — a request flagged by its handle, a
+//! message, a liveness verdict. A group whose core hibernates and has nothing left to do
+//! leaves the awake set and costs nothing until then; its peer processes exchange one
+//! beacon per heartbeat interval (not per group) so a dead leader's sleeping followers
+//! still wake and elect.
+//!
 //! Snapshot install (a `Ready::snapshot`): the copy from the leader runs as a blocking task
 //! off the round ([`crate::snapshot`]), one per group at a time; a newer request cancels
 //! the running copy and starts when it ends. While it runs the core answers AppendEntries
@@ -36,14 +43,15 @@
 //! [`NodeManager::describe`] asks the round for every group's dump. Per-group work in the
 //! round runs in debug-level `tracing` spans carrying group, peer and term.
 //!
-//! Known debt: every round visits every group (no hibernation yet, DESIGN.md "Idle groups
-//! cost nothing"); each meta save and each snapshot reset is its own fsync; a round's write
-//! is not pipelined with the next round's work.
+//! Known debt: each meta save and each snapshot reset is its own fsync; a round's write is
+//! not pipelined with the next round's work; a sleeping follower whose leader's *group*
+//! (not process) went away on a live process — stopped by a state machine failure — is not
+//! woken by the beacons (a request or a message wakes it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flotilla_raft::{Message, PeerId, Ready, SnapshotMeta};
 use flotilla_storage::{
@@ -53,7 +61,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::NodeError;
-use crate::group::{storage_error, Group, GroupSetup};
+use crate::group::{storage_error, Group, GroupSetup, RequestQueue};
+use crate::hibernation::{Liveness, Sleepers, WakeReason};
 use crate::metrics::{GroupView, ManagerMetrics, ProcessCounters};
 use crate::node::{Node, NodeInner, NodeStatus};
 use crate::options::ManagerOptions;
@@ -68,6 +77,9 @@ const READY_PASSES_MAX: usize = 4;
 const TICKS_PER_ROUND_MAX: u64 = 1_000;
 /// Group creations queued to the round.
 const CONTROL_QUEUE_MAX: usize = 64;
+/// Rounds between two recomputations of the processes to send beacons to (also redone when
+/// a group is added).
+const BEACON_TARGETS_REFRESH_ROUNDS: u64 = 50;
 
 /// Counters of one manager, for tests, benchmarks and (later) metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,6 +102,12 @@ pub struct ManagerStats {
     pub snapshots_installed: u64,
     /// Snapshot installs that failed (copy error, deadline, superseded).
     pub snapshot_installs_failed: u64,
+    /// Groups hibernating as of the last round.
+    pub groups_hibernating: u64,
+    /// Hibernating groups woken, whatever the reason.
+    pub group_wakes: u64,
+    /// Liveness beacons sent (frames without messages).
+    pub beacons_sent: u64,
 }
 
 #[derive(Default)]
@@ -112,7 +130,12 @@ fn bump(counter: &AtomicU64, by: u64) {
 /// What the handles and the round share.
 pub(crate) struct ManagerShared {
     pub(crate) address: PeerId,
+    /// Drawn at open, never 0: tells peers this process restarted.
+    incarnation: u64,
     pub(crate) wake: Arc<Notify>,
+    /// Groups whose handle queued a request since the round last polled them (each at most
+    /// once while its flag is set, so at most one entry per group).
+    requested: Mutex<Vec<GroupId>>,
     stopping: AtomicBool,
     /// Set once a write failed: every group stopped.
     failed: Mutex<Option<String>>,
@@ -132,6 +155,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ManagerShared {
+    /// A request was queued for `group`: flag it for the next round (once until polled).
+    pub(crate) fn note_request(&self, group: GroupId, flag: &AtomicBool) {
+        if !flag.swap(true, Ordering::SeqCst) {
+            lock(&self.requested).push(group);
+        }
+    }
+
     /// The error for a request the manager can no longer take.
     pub(crate) fn stopped_error(&self) -> NodeError {
         lock(&self.failed)
@@ -176,6 +206,11 @@ impl NodeManager {
         transport: Arc<dyn Transport>,
     ) -> Result<NodeManager, NodeError> {
         options.raft.validate()?;
+        if options.hibernation && options.hibernate_idle_ticks == 0 {
+            return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
+                "hibernate_idle_ticks must be at least 1 when hibernation is on".into(),
+            )));
+        }
         if options.request_queue_max == 0 || options.inbound_frames_max == 0 {
             return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
                 "request_queue_max and inbound_frames_max must be at least 1".into(),
@@ -188,7 +223,9 @@ impl NodeManager {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(ManagerShared {
             address: options.address.clone(),
+            incarnation: incarnation(&options.address),
             wake: wake.clone(),
+            requested: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             failed: Mutex::new(None),
             stats: Stats::default(),
@@ -209,7 +246,14 @@ impl NodeManager {
             inbound: frames_rx,
             control: control_rx,
             last_tick: Instant::now(),
+            last_round: Instant::now(),
             more_work: false,
+            awake: BTreeSet::new(),
+            requests_left: BTreeSet::new(),
+            sleepers: Sleepers::default(),
+            liveness: Liveness::default(),
+            beacon_targets: BTreeSet::new(),
+            beacon_targets_round: None,
             failed: None,
             runtime: tokio::runtime::Handle::current(),
             installs: BTreeMap::new(),
@@ -293,6 +337,15 @@ impl NodeManager {
             messages_sent: get(&s.messages_sent),
             snapshots_installed: get(&s.snapshots_installed),
             snapshot_installs_failed: get(&s.snapshot_installs_failed),
+            groups_hibernating: self.shared.metrics.groups_hibernating.get(),
+            group_wakes: self
+                .shared
+                .metrics
+                .group_wakes
+                .iter()
+                .map(|c| c.get())
+                .sum(),
+            beacons_sent: self.shared.metrics.beacons_sent.get(),
         }
     }
 
@@ -433,8 +486,22 @@ struct Driver {
     control: mpsc::Receiver<Control>,
     /// When the last tick was fed (advanced by whole tick periods).
     last_tick: Instant,
+    /// When the previous round started (a late one means this process stalled).
+    last_round: Instant,
     /// The last round left work behind (queued requests or readies): run again at once.
     more_work: bool,
+    /// Groups ticked and visited every round. Every group is here or in `sleepers`.
+    awake: BTreeSet<GroupId>,
+    /// Groups with more queued requests than one round takes.
+    requests_left: BTreeSet<GroupId>,
+    /// Groups that hibernate, by their leader's process.
+    sleepers: Sleepers,
+    /// What this process knows of the processes it exchanges frames with.
+    liveness: Liveness,
+    /// Processes sharing a group with this one: they get a beacon when sent nothing else.
+    beacon_targets: BTreeSet<PeerId>,
+    /// Round of the last recomputation of `beacon_targets` (`None`: due now).
+    beacon_targets_round: Option<u64>,
     failed: Option<NodeError>,
     /// Where install copies are spawned (the round runs on a blocking thread).
     runtime: tokio::runtime::Handle,
@@ -482,38 +549,233 @@ impl Driver {
 
     fn round_inner(&mut self) {
         bump(&self.shared.stats.rounds, 1);
+        let now = Instant::now();
+        self.forgive_own_stall(now);
         self.accept_controls();
         self.finish_installs();
         if self.failed.is_some() {
             return;
         }
         let ticks = self.elapsed_ticks();
-        for group in self.groups.values_mut() {
-            for _ in 0..ticks {
-                group.raft.tick();
+        for id in &self.awake {
+            if let Some(group) = self.groups.get_mut(id) {
+                for _ in 0..ticks {
+                    group.raft.tick();
+                }
             }
         }
-        self.deliver_inbound();
-        let mut more_requests = false;
-        let per_round = self.options.requests_per_round_max;
-        for group in self.groups.values_mut() {
-            let _span = group.span("requests").entered();
-            more_requests |= group.take_requests(per_round);
+        // The groups this round visits: the awake ones, and any that something reaches.
+        let mut active = self.awake.clone();
+        self.deliver_inbound(&mut active, now);
+        self.take_requests(&mut active);
+        if self.options.hibernation {
+            self.send_beacons(now);
+            self.wake_followers_of_silent_leaders(&mut active, now);
         }
         for _ in 0..READY_PASSES_MAX {
-            if !self.pass() || self.failed.is_some() {
+            if !self.pass(&active) || self.failed.is_some() {
                 break;
             }
         }
         if self.failed.is_some() {
             return;
         }
-        for group in self.groups.values() {
-            group.publish();
+        for id in &active {
+            if let Some(group) = self.groups.get(id) {
+                group.publish();
+            }
         }
-        self.more_work = more_requests
+        self.put_to_sleep(&active);
+        self.more_work = !self.requests_left.is_empty()
             || !self.inbound.is_empty()
-            || self.groups.values().any(|g| g.raft.has_ready());
+            || active
+                .iter()
+                .filter_map(|id| self.groups.get(id))
+                .any(|g| g.raft.has_ready());
+    }
+
+    /// A round far later than the tick period means this process stalled (a pause, an
+    /// overloaded machine): the silence of others measured meanwhile may be its own.
+    fn forgive_own_stall(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_round);
+        self.last_round = now;
+        if gap > self.silence_threshold() / 2 {
+            self.liveness.forgive_all(now);
+        }
+    }
+
+    /// An election timeout of the template options: how long a leader's process may be
+    /// silent before its sleeping followers are woken (per group, their own timeout).
+    fn silence_threshold(&self) -> Duration {
+        self.ticks_duration(self.options.raft.election_timeout_ticks)
+    }
+
+    fn ticks_duration(&self, ticks: u64) -> Duration {
+        self.options
+            .tick
+            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
+    /// Takes the requests of every group whose handle flagged one (and of those with more
+    /// left from the last round); a request wakes a sleeping group.
+    fn take_requests(&mut self, active: &mut BTreeSet<GroupId>) {
+        let mut flagged: Vec<GroupId> = std::mem::take(&mut *lock(&self.shared.requested));
+        flagged.extend(std::mem::take(&mut self.requests_left));
+        let per_round = self.options.requests_per_round_max;
+        for id in flagged {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let _span = group.span("requests").entered();
+            if group.take_requests(per_round) {
+                self.requests_left.insert(id);
+            }
+            active.insert(id);
+            self.note_if_woken(id, WakeReason::Request);
+        }
+    }
+
+    /// If `id` slept and its core is awake now, it counts as woken for `reason`.
+    fn note_if_woken(&mut self, id: GroupId, reason: WakeReason) {
+        let awake = self
+            .groups
+            .get(&id)
+            .is_some_and(|g| !g.raft.is_hibernating());
+        if awake && self.sleepers.remove(id) {
+            self.awake.insert(id);
+            self.shared.metrics.group_wakes[reason.index()].add(1);
+            self.publish_sleepers();
+        }
+    }
+
+    /// End of round: a visited group whose core hibernates with nothing left to do leaves
+    /// the awake set; the others are (or stay) in it.
+    fn put_to_sleep(&mut self, active: &BTreeSet<GroupId>) {
+        let mut changed = false;
+        for id in active {
+            let Some(group) = self.groups.get(id) else {
+                self.awake.remove(id);
+                continue;
+            };
+            if group.raft.is_hibernating() && !group.raft.has_ready() {
+                if self.awake.remove(id) || !self.sleepers.contains(*id) {
+                    let leader = group.raft.leader().filter(|l| **l != self.shared.address);
+                    self.sleepers.insert(*id, leader.cloned());
+                    changed = true;
+                }
+            } else {
+                self.awake.insert(*id);
+                if self.sleepers.remove(*id) {
+                    // Woken by something not attributed above (an install finishing).
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.publish_sleepers();
+        }
+    }
+
+    fn publish_sleepers(&self) {
+        let sleeping = self.sleepers.len() as u64;
+        self.shared.metrics.groups_hibernating.set(sleeping);
+    }
+
+    /// One beacon (a frame without messages) to every process sharing a group with this
+    /// one that was sent nothing else for a heartbeat interval.
+    fn send_beacons(&mut self, now: Instant) {
+        let round = self.shared.stats.rounds.load(Ordering::Relaxed);
+        let stale = self
+            .beacon_targets_round
+            .is_none_or(|at| round >= at + BEACON_TARGETS_REFRESH_ROUNDS);
+        if stale {
+            self.beacon_targets = self.peer_processes();
+            self.beacon_targets_round = Some(round);
+        }
+        let period = self.ticks_duration(self.options.raft.heartbeat_interval_ticks);
+        let due = self.liveness.beacons_due(&self.beacon_targets, now, period);
+        if due.is_empty() {
+            return;
+        }
+        let mut outbound = Outbound::default();
+        for to in due {
+            outbound.frames.insert(to, Vec::new());
+        }
+        self.shared
+            .metrics
+            .beacons_sent
+            .add(outbound.frames.len() as u64);
+        self.send(outbound);
+    }
+
+    /// Every process with a peer in one of this process's groups.
+    fn peer_processes(&self) -> BTreeSet<PeerId> {
+        let mut peers = BTreeSet::new();
+        for group in self.groups.values() {
+            let c = group.raft.configuration();
+            let old = c.old_voters.iter().flatten();
+            for peer in c.voters.iter().chain(&c.learners).chain(old) {
+                if *peer != self.shared.address && !peers.contains(peer) {
+                    peers.insert(peer.clone());
+                }
+            }
+        }
+        peers
+    }
+
+    /// Wakes, to campaign, every sleeping follower whose leader's process has been silent
+    /// for an election timeout: the template's, or the group's own if longer (a group whose
+    /// timeout was lowered waits for the template's: slower to fail over, never sooner).
+    fn wake_followers_of_silent_leaders(&mut self, active: &mut BTreeSet<GroupId>, now: Instant) {
+        for process in self.liveness.silent(now, self.silence_threshold()) {
+            let silence = self.liveness.silence(&process, now).unwrap_or_default();
+            for id in self.sleepers.following(&process) {
+                let timeout = match self.groups.get(&id) {
+                    Some(group) => self.ticks_duration(group.election_timeout_ticks()),
+                    None => continue,
+                };
+                if silence < timeout {
+                    continue;
+                }
+                let Some(group) = self.groups.get_mut(&id) else {
+                    continue;
+                };
+                tracing::info!(group = id, leader = %process, ?silence, "leader's process silent: waking to campaign");
+                group.raft.wake_and_campaign();
+                active.insert(id);
+                self.note_if_woken(id, WakeReason::LeaderDown);
+            }
+        }
+    }
+
+    /// The process at `process` restarted: its peers' old state is gone. Sleeping followers
+    /// of a leader there campaign now; sleeping leaders with a peer there wake, so the
+    /// restarted peer hears them at once.
+    fn wake_for_restart(&mut self, process: &PeerId, active: &mut BTreeSet<GroupId>) {
+        let sleeping: Vec<(GroupId, Option<PeerId>)> = self
+            .sleepers
+            .all()
+            .map(|(id, leader)| (id, leader.cloned()))
+            .collect();
+        for (id, leader) in sleeping {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let reason = match leader {
+                Some(leader) if leader == *process => {
+                    group.raft.wake_and_campaign();
+                    WakeReason::LeaderRestarted
+                }
+                None if group.raft.configuration().contains(process) => {
+                    group.raft.wake();
+                    WakeReason::PeerRestarted
+                }
+                _ => continue,
+            };
+            tracing::info!(group = id, peer = %process, reason = reason.name(), "peer's process restarted: waking");
+            active.insert(id);
+            self.note_if_woken(id, reason);
+        }
     }
 
     fn elapsed_ticks(&mut self) -> u64 {
@@ -528,8 +790,9 @@ impl Driver {
         // the cap is never below what ends the longest lease: one round of an election
         // timeout per group is plenty; the rest of a longer pause changes nothing.
         let lease_bound = self
-            .groups
-            .values()
+            .awake
+            .iter()
+            .filter_map(|id| self.groups.get(id))
             .map(|g| g.election_timeout_ticks() + 1)
             .max()
             .unwrap_or(0);
@@ -557,9 +820,11 @@ impl Driver {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "manager {} groups={} rounds={} log_writes={} installs_running={} inbound_frames_queued={}",
+            "manager {} incarnation={:#x} groups={} hibernating={} rounds={} log_writes={} installs_running={} inbound_frames_queued={}",
             self.shared.address,
+            self.shared.incarnation,
             self.groups.len(),
+            self.sleepers.len(),
             get(&stats.rounds),
             get(&stats.log_writes),
             self.installs.len(),
@@ -591,11 +856,17 @@ impl Driver {
         let mut config = self.options.raft.clone();
         config.id = self.shared.address.clone();
         config.random_seed = random_seed(id, &self.shared.address);
+        config.hibernate_idle_ticks = if self.options.hibernation {
+            self.options.hibernate_idle_ticks
+        } else {
+            0
+        };
         // Only a peer that never ran (empty data directory, first opening of the group in
         // this process) may vote at once.
         let first_opening = self.opened_groups.insert(id);
         config.start_with_vote_guard = !(self.fresh && first_opening);
         let (requests_tx, requests_rx) = mpsc::channel(self.options.request_queue_max);
+        let requested = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(NodeStatus::default()));
         let snapshots_dir = self.options.data_dir.join("snapshots").join(id.to_string());
         let snapshots =
@@ -607,11 +878,16 @@ impl Driver {
             &self.log,
             &self.meta,
             snapshots,
-            requests_rx,
+            RequestQueue {
+                receiver: requests_rx,
+                requested: requested.clone(),
+            },
             status.clone(),
         )?;
         let group_metrics = group.metrics().clone();
         self.groups.insert(id, group);
+        self.awake.insert(id);
+        self.beacon_targets_round = None;
         let tick_ms = u64::try_from(self.options.tick.as_millis()).unwrap_or(u64::MAX);
         let node = Node::new(NodeInner {
             group: id,
@@ -621,20 +897,31 @@ impl Driver {
             queue_full: self.options.queue_full,
             tick_ms,
             metrics: group_metrics,
+            requested,
         });
         lock(&self.shared.nodes).insert(id, node.clone());
         self.more_work = true;
         Ok(node)
     }
 
-    fn deliver_inbound(&mut self) {
+    /// Steps inbound messages into their groups (waking sleeping ones) and notes who is
+    /// alive; a frame without messages is a beacon.
+    fn deliver_inbound(&mut self, active: &mut BTreeSet<GroupId>, now: Instant) {
         for _ in 0..self.options.inbound_frames_per_round_max {
             let Ok(frame) = self.inbound.try_recv() else {
                 return;
             };
+            if self.liveness.heard(&frame.from, frame.incarnation, now) {
+                tracing::info!(process = %frame.from, "peer process restarted");
+                self.wake_for_restart(&frame.from, active);
+            }
             for (group, message) in frame.messages {
                 match self.groups.get_mut(&group) {
-                    Some(g) => g.raft.step(message),
+                    Some(g) => {
+                        g.raft.step(message);
+                        active.insert(group);
+                        self.note_if_woken(group, WakeReason::Message);
+                    }
                     None => {
                         tracing::debug!(group, from = %frame.from, "message for a group not hosted here")
                     }
@@ -643,15 +930,19 @@ impl Driver {
         }
     }
 
-    /// One pass of steps 2-5 over every group with work. Returns false if none had any.
-    fn pass(&mut self) -> bool {
+    /// One pass of steps 2-5 over the `active` groups with work. Returns false if none had
+    /// any.
+    fn pass(&mut self, active: &BTreeSet<GroupId>) -> bool {
         let mut outbound = Outbound::default();
         let mut batch = WriteBatch::new();
         let mut metas: Vec<(GroupId, RaftMeta)> = Vec::new();
         let mut readies: Vec<(GroupId, Ready)> = Vec::new();
         let mut entries = 0u64;
         let mut bytes = 0u64;
-        for (&id, group) in &mut self.groups {
+        for &id in active {
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
             if !group.raft.has_ready() {
                 continue;
             }
@@ -762,7 +1053,7 @@ impl Driver {
             tracing::error!(group = id, error = %e, "state machine failed; group stopped");
             let mut group = self.groups.remove(&id).expect("group present");
             group.stop(Some(&e));
-            lock(&self.shared.nodes).remove(&id);
+            self.forget(id);
             return;
         }
         group.complete_reads(std::mem::take(&mut ready.reads));
@@ -875,7 +1166,7 @@ impl Driver {
             tracing::error!(group = id, error = %e, "loading the snapshot failed; group stopped");
             let mut group = self.groups.remove(&id).expect("group present");
             group.stop(Some(&e));
-            lock(&self.shared.nodes).remove(&id);
+            self.forget(id);
             return;
         }
         // The log must continue after the snapshot, durably, before the core (and through
@@ -895,16 +1186,29 @@ impl Driver {
         tracing::info!(group = id, index = %meta.index, "snapshot installed");
     }
 
-    fn send(&self, outbound: Outbound) {
+    fn send(&mut self, outbound: Outbound) {
         let stats = &self.shared.stats;
+        let now = Instant::now();
         for (to, messages) in outbound.frames {
             bump(&stats.frames_sent, 1);
             bump(&stats.messages_sent, messages.len() as u64);
+            self.liveness.sent(&to, now);
             let frame = Frame {
                 from: self.shared.address.clone(),
+                incarnation: self.shared.incarnation,
                 messages,
             };
             self.transport.send(&to, frame);
+        }
+    }
+
+    /// A stopped group's bookkeeping goes with it.
+    fn forget(&mut self, id: GroupId) {
+        lock(&self.shared.nodes).remove(&id);
+        self.awake.remove(&id);
+        self.requests_left.remove(&id);
+        if self.sleepers.remove(id) {
+            self.publish_sleepers();
         }
     }
 
@@ -936,6 +1240,25 @@ impl Driver {
         }
         lock(&self.shared.nodes).clear();
     }
+}
+
+/// This run's incarnation: different at every start (wall clock, process id, address),
+/// never 0 (which means "not given" on the wire).
+fn incarnation(address: &PeerId) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // Two managers opened in one process within a clock tick still differ.
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    let opened = OPENED.fetch_add(1, Ordering::Relaxed);
+    let mut h: u64 = 0x6a09_e667_f3bc_c908 ^ u64::from(std::process::id()) ^ (opened << 32);
+    for b in address.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h.max(1)
 }
 
 /// A per-(group, peer) seed so that peers of one group draw different election timeouts.

@@ -15,6 +15,8 @@ use std::time::Duration;
 use flotilla_raft::progress::ProgressState;
 use flotilla_raft::{LogIndex, PeerId};
 
+use crate::hibernation::WakeReason;
+
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -138,6 +140,12 @@ pub(crate) struct ManagerMetrics {
     pub(crate) meta_save_seconds: Histogram,
     pub(crate) bytes_written: Counter,
     pub(crate) inbound_frames_queued: Gauge,
+    /// Groups asleep (`crate::hibernation`), as of the last round.
+    pub(crate) groups_hibernating: Gauge,
+    /// Sleeping groups woken, by `WakeReason::index`.
+    pub(crate) group_wakes: [Counter; WakeReason::ALL.len()],
+    /// Liveness beacons sent (frames without messages).
+    pub(crate) beacons_sent: Counter,
 }
 
 impl Default for ManagerMetrics {
@@ -151,6 +159,9 @@ impl Default for ManagerMetrics {
             meta_save_seconds: Histogram::durations(),
             bytes_written: Counter::default(),
             inbound_frames_queued: Gauge::default(),
+            groups_hibernating: Gauge::default(),
+            group_wakes: Default::default(),
+            beacons_sent: Counter::default(),
         }
     }
 }
@@ -402,6 +413,29 @@ pub(crate) fn render(
         "gauge",
         "Inbound frames waiting for the round (as of the last round).",
         manager.inbound_frames_queued.get(),
+    );
+    w.scalar(
+        "flotilla_groups_hibernating",
+        "gauge",
+        "Groups of this process that hibernate: idle, not ticked until woken.",
+        manager.groups_hibernating.get(),
+    );
+    let wakes = "flotilla_group_wakes_total";
+    w.header(
+        wakes,
+        "counter",
+        "Hibernating groups woken, by reason (request, message, leader_down, \
+         leader_restarted, peer_restarted).",
+    );
+    for reason in WakeReason::ALL {
+        let count = manager.group_wakes[reason.index()].get();
+        w.sample(wakes, &[("reason", reason.name())], count);
+    }
+    w.scalar(
+        "flotilla_beacons_sent_total",
+        "counter",
+        "Liveness beacons sent to peer processes (frames without messages).",
+        manager.beacons_sent.get(),
     );
     let process_histograms: [(&str, &str, &Histogram); 6] = [
         (

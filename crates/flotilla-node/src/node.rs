@@ -6,6 +6,7 @@
 //! wait on anything but its own answer, or queue without bound.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -38,6 +39,9 @@ pub struct NodeStatus {
     pub committed: LogIndex,
     /// Index the state machine has applied.
     pub applied: LogIndex,
+    /// The group hibernates on this process: idle, not ticked until something wakes it
+    /// (the next request does).
+    pub hibernating: bool,
 }
 
 impl Default for NodeStatus {
@@ -51,6 +55,7 @@ impl Default for NodeStatus {
             last_index: LogIndex::ZERO,
             committed: LogIndex::ZERO,
             applied: LogIndex::ZERO,
+            hibernating: false,
         }
     }
 }
@@ -106,6 +111,9 @@ pub(crate) struct NodeInner {
     pub(crate) queue_full: QueueFullPolicy,
     pub(crate) tick_ms: u64,
     pub(crate) metrics: Arc<GroupMetrics>,
+    /// Set when a request was queued and the round has not yet looked at the queue: the
+    /// round polls only flagged queues, so a hibernating group costs nothing until asked.
+    pub(crate) requested: Arc<AtomicBool>,
 }
 
 /// One group's peer on this process. See the module documentation.
@@ -367,6 +375,9 @@ impl Node {
         if queued.is_err() {
             return Err(self.inner.shared.stopped_error());
         }
+        self.inner
+            .shared
+            .note_request(self.inner.group, &self.inner.requested);
         self.inner.shared.wake.notify_one();
         match answer.await {
             Ok(result) => result,

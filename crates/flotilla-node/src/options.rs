@@ -33,9 +33,19 @@ pub struct ManagerOptions {
     pub fs: Arc<dyn FileSystem>,
     /// Period of one core tick (SOFAJRaft's timeouts are 10 ticks of 100 ms).
     pub tick: Duration,
-    /// Template of every group's core options; `id`, `random_seed` and
-    /// `start_with_vote_guard` are set by the manager.
+    /// Template of every group's core options; `id`, `random_seed`,
+    /// `start_with_vote_guard` and `hibernate_idle_ticks` are set by the manager.
     pub raft: Config,
+    /// Idle groups hibernate (DESIGN.md, "Idle groups cost nothing"): a group whose leader
+    /// had nothing to do for `hibernate_idle_ticks` stops ticking and heartbeating on every
+    /// peer, and wakes on a request, a message, or its leader's process going silent or
+    /// restarting (see the `hibernation` notes of [`crate::manager`]). On by default; every
+    /// process of a cluster should use the same setting (a peer that does not hibernate
+    /// keeps waking its leader).
+    pub hibernation: bool,
+    /// Quiet ticks after which a leader hibernates its group (default 20: two election
+    /// timeouts with SOFAJRaft's defaults). At least 1.
+    pub hibernate_idle_ticks: u64,
     /// Requests (apply, read, admin) queued per group before `QueueFullPolicy` applies.
     pub request_queue_max: usize,
     /// Requests taken from one group's queue per round (the rest wait for the next round).
@@ -63,6 +73,8 @@ impl std::fmt::Debug for ManagerOptions {
             .field("address", &self.address)
             .field("data_dir", &self.data_dir)
             .field("tick", &self.tick)
+            .field("hibernation", &self.hibernation)
+            .field("hibernate_idle_ticks", &self.hibernate_idle_ticks)
             .field("request_queue_max", &self.request_queue_max)
             .field("queue_full", &self.queue_full)
             .field("snapshot_install_deadline", &self.snapshot_install_deadline)
@@ -80,6 +92,8 @@ impl ManagerOptions {
             data_dir: data_dir.into(),
             fs: Arc::new(StdFs),
             tick: Duration::from_millis(100),
+            hibernation: true,
+            hibernate_idle_ticks: 20,
             request_queue_max: 1024,
             requests_per_round_max: 1024,
             inbound_frames_max: 1024,

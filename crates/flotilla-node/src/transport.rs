@@ -22,6 +22,10 @@ use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 pub struct Frame {
     /// The sending process (its address, which is its peer id).
     pub from: PeerId,
+    /// Identifies this run of the sending process: new at every start, never 0 from a
+    /// [`crate::NodeManager`] (0: not given). A frame without messages is a liveness
+    /// beacon; see the manager's hibernation notes.
+    pub incarnation: u64,
     /// `(group, message)` pairs, in the order the groups produced them (order is kept per
     /// (group, peer), which makes pipelined AppendEntries safe).
     pub messages: Vec<(GroupId, Message)>,

@@ -56,6 +56,15 @@ pub struct Config {
     /// so it must not vote for another until that lease has surely ended. Only a driver
     /// that knows the peer never ran before (a fresh, empty data directory) may turn it off.
     pub start_with_vote_guard: bool,
+    /// Hibernation (DESIGN.md, "Idle groups cost nothing"): a leader that has had nothing to
+    /// do for this many ticks in a row — every peer matched its last index, everything
+    /// committed and applied, no read, change, transfer or snapshot pending — sends one last
+    /// heartbeat marked `hibernate` and stops sending; followers whose log matches it stop
+    /// their election timer. `0` (the default) never hibernates. Turn it on only under a
+    /// driver that wakes the group on demand and calls [`crate::Raft::wake_and_campaign`]
+    /// on a hibernating follower whose leader's process stopped answering (see
+    /// `Raft::is_hibernating`); every peer of a group should use the same setting.
+    pub hibernate_idle_ticks: u64,
 }
 
 impl Config {
@@ -83,6 +92,7 @@ impl Config {
             snapshot_install_timeout_ticks: 3_000,
             random_seed: 0,
             start_with_vote_guard: true,
+            hibernate_idle_ticks: 0,
         }
     }
 

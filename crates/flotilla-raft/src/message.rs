@@ -100,6 +100,12 @@ pub enum MessageBody {
         commit: LogIndex,
         /// Returned unchanged in the response.
         echo: Echo,
+        /// The leader's last heartbeat before it hibernates: it sends nothing more until
+        /// woken. Sent only when every peer matched the leader's last index and `commit`
+        /// equals it. A follower whose log ends at `commit` with the message's term
+        /// hibernates too and does not answer; any other follower answers, which wakes the
+        /// leader.
+        hibernate: bool,
     },
     /// Answer to a [`MessageBody::Heartbeat`].
     HeartbeatResponse {

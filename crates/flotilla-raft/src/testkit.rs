@@ -65,6 +65,17 @@ pub fn test_config(id: PeerId) -> Config {
     Config::new(id)
 }
 
+/// Quiet ticks after which test peers hibernate (see [`hibernating_test_config`]).
+pub const TEST_HIBERNATE_IDLE_TICKS: u64 = 3;
+
+/// [`test_config`] with hibernation on after [`TEST_HIBERNATE_IDLE_TICKS`] quiet ticks.
+#[must_use]
+pub fn hibernating_test_config(id: PeerId) -> Config {
+    let mut config = Config::new(id);
+    config.hibernate_idle_ticks = TEST_HIBERNATE_IDLE_TICKS;
+    config
+}
+
 /// `n1`, `n2`, ... `nN`.
 #[must_use]
 pub fn peer_ids(n: usize) -> Vec<PeerId> {
@@ -411,6 +422,9 @@ impl Cluster {
             if !configuration.learners.is_empty() {
                 let _ = write!(out, " learners={}", names(&configuration.learners));
             }
+            if r.is_hibernating() {
+                out.push_str(" hibernating");
+            }
             out.push('\n');
         }
         out
@@ -461,8 +475,13 @@ pub fn describe_message(m: &Message) -> String {
             }
             AppendResult::Busy => " busy".to_string(),
         },
-        MessageBody::Heartbeat { commit, echo } => {
-            format!(" commit={commit} read_seq={}", echo.read_seq)
+        MessageBody::Heartbeat {
+            commit,
+            echo,
+            hibernate,
+        } => {
+            let hibernate = if *hibernate { " hibernate" } else { "" };
+            format!(" commit={commit} read_seq={}{hibernate}", echo.read_seq)
         }
         MessageBody::HeartbeatResponse { echo } => format!(" read_seq={}", echo.read_seq),
         MessageBody::InstallSnapshot { meta } => format!(" snapshot={}@{}", meta.index, meta.term),

@@ -93,6 +93,7 @@ type Result<T> = std::result::Result<T, DecodeError>;
 pub fn encode_frame(frame: &Frame) -> proto::Frame {
     proto::Frame {
         from: frame.from.as_str().to_owned(),
+        incarnation: frame.incarnation,
         messages: frame
             .messages
             .iter()
@@ -161,9 +162,14 @@ pub fn encode_message(message: &Message) -> proto::Message {
                 echo: Some(encode_echo(*echo)),
             })
         }
-        MessageBody::Heartbeat { commit, echo } => Body::Heartbeat(proto::Heartbeat {
+        MessageBody::Heartbeat {
+            commit,
+            echo,
+            hibernate,
+        } => Body::Heartbeat(proto::Heartbeat {
             commit: commit.get(),
             echo: Some(encode_echo(*echo)),
+            hibernate: *hibernate,
         }),
         MessageBody::HeartbeatResponse { echo } => {
             Body::HeartbeatResponse(proto::HeartbeatResponse {
@@ -303,7 +309,11 @@ pub fn decode_frame(frame: proto::Frame) -> Result<Frame> {
             .map_err(|e| e.at(format!("messages[{i}]")))?;
         messages.push((pair.group, message));
     }
-    Ok(Frame { from, messages })
+    Ok(Frame {
+        from,
+        incarnation: frame.incarnation,
+        messages,
+    })
 }
 
 /// Decodes and validates one raft message.
@@ -375,9 +385,12 @@ fn decode_body(body: proto::message::Body) -> Result<MessageBody> {
                 echo: decode_echo(r.echo).map_err(at)?,
             }
         }
+        // A hibernate mark with a commit the core cannot take is the core's gateway's to drop
+        // (`Raft::check_message`): it is a protocol matter, not a malformed frame.
         Body::Heartbeat(h) => MessageBody::Heartbeat {
             commit: LogIndex(h.commit),
             echo: decode_echo(h.echo).map_err(|e| e.at("heartbeat"))?,
+            hibernate: h.hibernate,
         },
         Body::HeartbeatResponse(h) => MessageBody::HeartbeatResponse {
             echo: decode_echo(h.echo).map_err(|e| e.at("heartbeat_response"))?,
@@ -832,6 +845,12 @@ mod tests {
             MessageBody::Heartbeat {
                 commit: LogIndex(12),
                 echo: echo(),
+                hibernate: false,
+            },
+            MessageBody::Heartbeat {
+                commit: LogIndex(13),
+                echo: echo(),
+                hibernate: true,
             },
             MessageBody::HeartbeatResponse { echo: echo() },
             MessageBody::InstallSnapshot {
@@ -883,6 +902,7 @@ mod tests {
     fn frame_of(bodies: Vec<MessageBody>) -> Frame {
         Frame {
             from: p("127.0.0.1:1"),
+            incarnation: 0x1234_5678_9abc_def0,
             messages: bodies
                 .into_iter()
                 .enumerate()
@@ -903,6 +923,7 @@ mod tests {
 
     fn same(a: &Frame, b: &Frame) {
         assert_eq!(a.from, b.from);
+        assert_eq!(a.incarnation, b.incarnation);
         assert_eq!(a.messages, b.messages);
     }
 
@@ -920,12 +941,19 @@ mod tests {
         let decoded =
             decode_frame(proto::Frame::decode(bytes.as_slice()).expect("decode")).expect("valid");
         same(&all, &decoded);
+        // A beacon: no messages, only the sender and its incarnation.
+        let beacon = frame_of(Vec::new());
+        let bytes = encode_frame(&beacon).encode_to_vec();
+        let decoded =
+            decode_frame(proto::Frame::decode(bytes.as_slice()).expect("decode")).expect("valid");
+        same(&beacon, &decoded);
     }
 
     fn one_message() -> proto::Frame {
         encode_frame(&frame_of(vec![MessageBody::Heartbeat {
             commit: LogIndex(1),
             echo: echo(),
+            hibernate: false,
         }]))
     }
 

@@ -44,6 +44,7 @@ async fn serve_on(address: &str) -> (ServerHandle, mpsc::Receiver<Frame>) {
 fn numbered(from: &PeerId, to: &PeerId, seq: u64) -> Frame {
     Frame {
         from: from.clone(),
+        incarnation: 0,
         messages: vec![(
             seq % 7,
             Message {
@@ -53,6 +54,7 @@ fn numbered(from: &PeerId, to: &PeerId, seq: u64) -> Frame {
                 body: MessageBody::Heartbeat {
                     commit: LogIndex(seq),
                     echo: Echo::default(),
+                    hibernate: false,
                 },
             },
         )],
@@ -290,6 +292,7 @@ async fn garbage_is_refused_and_other_peers_keep_working() {
     // Decodable but invalid (no sender): refused, naming the field.
     let invalid = proto::Frame {
         from: String::new(),
+        incarnation: 0,
         messages: vec![],
     }
     .encode_to_vec();
@@ -338,6 +341,7 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
         &to,
         Frame {
             from: me.clone(),
+            incarnation: 0,
             messages: vec![(
                 1,
                 Message {

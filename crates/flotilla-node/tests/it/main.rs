@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod grpc;
 mod grpc_snapshots;
+mod hibernation;
 mod observability;
 mod process;
 mod snapshots_membership;

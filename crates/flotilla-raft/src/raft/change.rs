@@ -72,6 +72,7 @@ impl<S: LogStore> Raft<S> {
     /// Changes the configuration to `target` (voters, learners, priorities) through joint
     /// consensus. The outcome arrives as [`Event::MembershipChangeFinished`].
     pub fn change_configuration(&mut self, target: Configuration) -> Result<(), RaftError> {
+        self.wake();
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }
@@ -402,6 +403,7 @@ impl<S: LogStore> Raft<S> {
     /// leader refuses writes until the transfer ends; the outcome arrives as
     /// [`Event::TransferFinished`]. Returns the chosen target.
     pub fn transfer_leadership(&mut self, target: Option<PeerId>) -> Result<PeerId, RaftError> {
+        self.wake();
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }

@@ -40,7 +40,7 @@ impl<S: LogStore> Raft<S> {
 
     /// SOFAJRaft's priority election: a peer below the target priority waits; after a
     /// round without a better leader the target decays by `max(10, target / 5)`.
-    fn priority_allows_campaign(&mut self) -> bool {
+    pub(super) fn priority_allows_campaign(&mut self) -> bool {
         let mine = self.configurations.current().priority(&self.id);
         if !mine.is_enabled() || mine >= self.target_priority {
             return true;
@@ -68,6 +68,7 @@ impl<S: LogStore> Raft<S> {
         if self.role == Role::Leader {
             self.stop_leading();
         }
+        self.stop_hibernating();
         self.role = Role::PreCandidate;
         self.set_leader(None);
         self.votes.clear();
@@ -98,6 +99,7 @@ impl<S: LogStore> Raft<S> {
         if self.role == Role::Leader {
             self.stop_leading();
         }
+        self.stop_hibernating();
         self.term = self.term.next();
         self.vote = Some(self.id.clone());
         self.role = Role::Candidate;
@@ -147,9 +149,11 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// True while this peer must refuse votes: it heard a live leader less than an election
-    /// timeout ago, or it restarted less than an election timeout ago (thesis §4.2.3).
+    /// timeout ago, or it restarted less than an election timeout ago (thesis §4.2.3), or it
+    /// hibernates with its leader (which is silent on purpose, not gone).
     fn vote_guarded(&self) -> bool {
-        self.now < self.vote_guard_until && self.leader.as_ref() != Some(&self.id)
+        (self.hibernating || self.now < self.vote_guard_until)
+            && self.leader.as_ref() != Some(&self.id)
     }
 
     /// Rules for a message with a higher term (paper §5.1). Returns false if the message

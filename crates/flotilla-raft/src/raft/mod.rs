@@ -13,6 +13,7 @@
 
 mod change;
 mod election;
+mod hibernation;
 mod read;
 mod replication;
 
@@ -24,7 +25,7 @@ use crate::config::Config;
 use crate::error::RaftError;
 use crate::log::{LogStore, RaftLog};
 use crate::membership::{Configuration, ConfigurationHistory};
-use crate::message::{AppendResult, Message, MessageBody};
+use crate::message::{AppendResult, Echo, Message, MessageBody};
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
@@ -117,6 +118,27 @@ pub struct Raft<S: LogStore> {
 
     reads: ReadState,
 
+    /// Hibernation (module `hibernation`): this peer sends nothing and its timers stand
+    /// still until something wakes it. Invariant: a hibernating peer is a leader with
+    /// nothing pending, or a follower that knows its leader.
+    hibernating: bool,
+    /// Leader: consecutive ticks with nothing to do; it hibernates at
+    /// `Config::hibernate_idle_ticks`.
+    idle_ticks: u64,
+    /// Leader: tick of its last hibernate heartbeat. An answer echoing an older tick answers
+    /// something sent before it hibernated: stale, it does not wake the leader.
+    hibernated_at: u64,
+    /// Leader: echoes of messages sent before this tick never count toward the lease. Set
+    /// on waking: the clock stood still while the leader hibernated, so an older echo says
+    /// nothing about how long ago a quorum heard it.
+    lease_floor_tick: u64,
+    /// Follower: the highest echo tick seen from the current leader in this term, to tell a
+    /// hibernate heartbeat from one overtaken by newer messages.
+    leader_echo_tick: u64,
+    /// Follower: the echo of the hibernate heartbeat it hibernated on. Answering it later
+    /// tells the leader this follower is awake, which wakes the leader.
+    hibernated_echo: Echo,
+
     last_snapshot_tick: u64,
     rng: Rng,
     ready: Ready,
@@ -159,6 +181,8 @@ pub struct Status {
     pub transfer_target: Option<PeerId>,
     /// Newest snapshot index.
     pub snapshot_index: LogIndex,
+    /// The peer hibernates (see [`Raft::is_hibernating`]).
+    pub hibernating: bool,
 }
 
 impl<S: LogStore> Raft<S> {
@@ -241,6 +265,12 @@ impl<S: LogStore> Raft<S> {
             lease_disabled: false,
             leader_term_unsure: false,
             reads: ReadState::default(),
+            hibernating: false,
+            idle_ticks: 0,
+            hibernated_at: 0,
+            lease_floor_tick: 0,
+            leader_echo_tick: 0,
+            hibernated_echo: Echo::default(),
             last_snapshot_tick: 0,
             rng,
             ready: Ready::default(),
@@ -331,10 +361,12 @@ impl<S: LogStore> Raft<S> {
         &self.log.store
     }
 
-    /// True if this leader's lease is valid now (thesis §6.4.1).
+    /// True if this leader's lease is valid now (thesis §6.4.1). Never while it hibernates,
+    /// nor after it wakes until a quorum answered a message sent since.
     #[must_use]
     pub fn lease_valid(&self) -> bool {
         self.role == Role::Leader
+            && !self.hibernating
             && self.leader_started
             && !self.lease_disabled
             && self.lease_expiry() > self.now
@@ -381,6 +413,7 @@ impl<S: LogStore> Raft<S> {
             change_stage: self.change.as_ref().map(|c| c.stage.clone()),
             transfer_target: self.transfer.as_ref().map(|t| t.target.clone()),
             snapshot_index: self.latest_snapshot.index,
+            hibernating: self.hibernating,
         }
     }
 
@@ -392,8 +425,8 @@ impl<S: LogStore> Raft<S> {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "peer {} role={} term={} vote={:?} leader={:?}",
-            s.id, s.role, s.term, s.vote, s.leader
+            "peer {} role={} term={} vote={:?} leader={:?} hibernating={}",
+            s.id, s.role, s.term, s.vote, s.leader, s.hibernating
         );
         let _ = writeln!(
             out,
@@ -422,9 +455,13 @@ impl<S: LogStore> Raft<S> {
 
     // ----- inputs ------------------------------------------------------------------------
 
-    /// Advances time by one tick.
+    /// Advances time by one tick. A hibernating peer only counts it: it has nothing to time
+    /// out, and its driver need not tick it at all.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.hibernating {
+            return;
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
@@ -448,6 +485,9 @@ impl<S: LogStore> Raft<S> {
             return;
         }
         if self.check_message(&message).is_err() {
+            return;
+        }
+        if self.hibernating && !self.hibernating_accepts(&message) {
             return;
         }
         if message.term > self.term && !self.accept_higher_term(&message) {
@@ -519,6 +559,14 @@ impl<S: LogStore> Raft<S> {
                     self.log.last_index()
                 ));
             }
+            MessageBody::Heartbeat {
+                commit,
+                hibernate: true,
+                ..
+            } if *commit == LogIndex::ZERO => {
+                // A leader hibernates only once an entry of its term committed.
+                return bad("hibernate heartbeat with commit 0".into());
+            }
             MessageBody::InstallSnapshot { meta } => {
                 if meta.term > message.term {
                     return bad(format!(
@@ -542,6 +590,7 @@ impl<S: LogStore> Raft<S> {
         data: Bytes,
         expected_term: Option<Term>,
     ) -> Result<(LogIndex, Term), RaftError> {
+        self.wake();
         self.check_can_propose(expected_term, data.len() as u64)?;
         let index = self.log.last_index().next();
         let entry = Entry {
@@ -562,6 +611,7 @@ impl<S: LogStore> Raft<S> {
         batch: I,
         expected_term: Option<Term>,
     ) -> Result<(LogIndex, LogIndex, Term), RaftError> {
+        self.wake();
         self.check_can_propose(expected_term, 0)?;
         let first = self.log.last_index().next();
         let mut index = first.prev();
@@ -621,6 +671,7 @@ impl<S: LogStore> Raft<S> {
     /// Requests a linearizable read identified by `id`. The result arrives in
     /// [`Ready::reads`] once the state machine has applied the read index.
     pub fn read(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
+        self.wake();
         self.start_read(id, mode)
     }
 
@@ -837,6 +888,7 @@ impl<S: LogStore> Raft<S> {
                 });
             }
         }
+        self.leader_echo_tick = 0;
         if let Some(new) = &leader {
             if *new != self.id {
                 self.following_term = self.term;
@@ -861,7 +913,9 @@ impl<S: LogStore> Raft<S> {
         if term > self.term {
             self.term = term;
             self.vote = None;
+            self.leader_echo_tick = 0;
         }
+        self.stop_hibernating();
         self.role = Role::Follower;
         self.votes.clear();
         self.set_leader(leader);
@@ -911,6 +965,7 @@ impl<S: LogStore> Raft<S> {
             self.id,
             self.term
         );
+        self.stop_hibernating();
         self.role = Role::Leader;
         // Only our own vote: no request went out, so nothing proves the term durable yet.
         self.leader_term_unsure = self.votes.len() <= 1;

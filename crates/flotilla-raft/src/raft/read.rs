@@ -63,6 +63,16 @@ impl ReadState {
         !self.unsent.is_empty() || !self.unsent_remote.is_empty()
     }
 
+    /// No read is queued, in a round, forwarded or waiting for apply (nothing would time
+    /// out if the peer stopped ticking).
+    pub(super) fn is_idle(&self) -> bool {
+        self.unsent.is_empty()
+            && self.rounds.is_empty()
+            && self.waiting_apply.is_empty()
+            && self.unsent_remote.is_empty()
+            && self.remote_batches.is_empty()
+    }
+
     /// Reads forwarded to a leader that is no longer the leader can never be answered.
     pub(super) fn leader_changed(&mut self, leader: &Option<PeerId>, ready: &mut Ready) {
         let stale: Vec<u64> = self
@@ -146,7 +156,9 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    /// Tick at which the lease ends: the quorum's oldest confirmed send tick plus the lease.
+    /// Tick at which the lease ends: the quorum's oldest confirmed send tick plus the lease;
+    /// 0 (over) until a quorum confirmed a message sent since the leader last woke from
+    /// hibernation.
     pub(super) fn lease_expiry(&self) -> u64 {
         let (me, now) = (&self.id, self.now);
         let confirmed = quorum_value(self.configurations.current(), |p| {
@@ -156,6 +168,9 @@ impl<S: LogStore> Raft<S> {
                 self.progress.get(p).map_or(0, |pr| pr.echoed_tick)
             }
         });
+        if confirmed < self.lease_floor_tick {
+            return 0;
+        }
         confirmed.saturating_add(self.config.lease_ticks())
     }
 
@@ -237,7 +252,15 @@ impl<S: LogStore> Raft<S> {
                 .progress
                 .get(&peer)
                 .map_or(LogIndex::ZERO, |pr| pr.match_index.min(self.log.committed));
-            self.send(peer, MessageBody::Heartbeat { commit, echo });
+            let hibernate = false;
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    commit,
+                    echo,
+                    hibernate,
+                },
+            );
         }
         self.confirm_read_rounds();
     }

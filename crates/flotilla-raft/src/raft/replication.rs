@@ -19,6 +19,9 @@ impl<S: LogStore> Raft<S> {
 
     pub(super) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        if self.tick_idle() {
+            return; // hibernated: its last heartbeat went out marked `hibernate`
+        }
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
@@ -112,7 +115,7 @@ impl<S: LogStore> Raft<S> {
     }
 
     /// Every peer the leader replicates to, this one excluded.
-    fn replicated_peers(&self) -> Vec<PeerId> {
+    pub(super) fn replicated_peers(&self) -> Vec<PeerId> {
         self.progress
             .keys()
             .filter(|p| **p != self.id)
@@ -128,7 +131,15 @@ impl<S: LogStore> Raft<S> {
                 .progress
                 .get(&peer)
                 .map_or(LogIndex::ZERO, |pr| committed.min(pr.match_index));
-            self.send(peer, MessageBody::Heartbeat { commit, echo });
+            let hibernate = false;
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    commit,
+                    echo,
+                    hibernate,
+                },
+            );
         }
     }
 
@@ -287,7 +298,11 @@ impl<S: LogStore> Raft<S> {
         let Some(pr) = self.progress.get_mut(from) else {
             return;
         };
-        pr.echoed_tick = pr.echoed_tick.max(echo.tick);
+        // An echo of a message sent before the leader last woke from hibernation says
+        // nothing about the time since: it never extends the lease.
+        if echo.tick >= self.lease_floor_tick {
+            pr.echoed_tick = pr.echoed_tick.max(echo.tick);
+        }
         if echo.read_seq > pr.echoed_read_seq {
             pr.echoed_read_seq = echo.read_seq;
             self.confirm_read_rounds();
@@ -437,6 +452,7 @@ impl<S: LogStore> Raft<S> {
 
     pub(super) fn step_follower(&mut self, message: Message) {
         let from = message.from.clone();
+        let term = message.term;
         match message.body {
             MessageBody::AppendEntries {
                 prev_log_index,
@@ -446,6 +462,7 @@ impl<S: LogStore> Raft<S> {
                 echo,
             } => {
                 self.heard_from_leader(&from);
+                self.leader_echo_tick = self.leader_echo_tick.max(echo.tick);
                 self.handle_append_entries(
                     from,
                     (prev_log_index, prev_log_term),
@@ -454,10 +471,25 @@ impl<S: LogStore> Raft<S> {
                     echo,
                 );
             }
-            MessageBody::Heartbeat { commit, echo } => {
+            MessageBody::Heartbeat {
+                commit,
+                echo,
+                hibernate,
+            } => {
                 self.heard_from_leader(&from);
-                let commit = commit.min(self.log.last_index());
-                self.log.commit_to(commit);
+                // Older than something the leader sent since: a hibernate mark on it is stale.
+                let latest = echo.tick >= self.leader_echo_tick;
+                self.leader_echo_tick = self.leader_echo_tick.max(echo.tick);
+                let claimed = commit;
+                self.log.commit_to(commit.min(self.log.last_index()));
+                if hibernate && latest && self.may_hibernate_follower(claimed, term) {
+                    // Not answered: the answer would wake the leader.
+                    self.hibernate_follower(echo);
+                    return;
+                }
+                if self.hibernating {
+                    self.wake_up(Some(&from));
+                }
                 self.send(from, MessageBody::HeartbeatResponse { echo });
             }
             MessageBody::InstallSnapshot { meta } => {

@@ -12,7 +12,8 @@
 //!
 //! | command                          | does                                                       |
 //! |----------------------------------|------------------------------------------------------------|
-//! | `add-nodes N`                    | a cluster of voters `n1..nN` (must come first)             |
+//! | `add-nodes N [hibernate]`        | a cluster of voters `n1..nN` (must come first); with       |
+//! |                                  | `hibernate`, they hibernate after 3 quiet ticks            |
 //! | `campaign n1`                    | `n1` starts an election now (pre-vote first)               |
 //! | `propose n1 data`                | `n1` proposes one entry                                    |
 //! | `tick n2 [K]`                    | ticks `n2` K times (default 1); nothing is delivered       |
@@ -32,6 +33,8 @@
 //! | `promote n1 n4`                  | leader `n1` promotes learner `n4` to voter                 |
 //! | `snapshot n1`                    | `n1` snapshots its state machine at its applied index      |
 //! | `restart n2`                     | `n2` restarts from what is durable                         |
+//! | `wake n2`                        | `n2`'s driver wakes it (a request that needs the group)    |
+//! | `wake-campaign n2`               | `n2`'s driver judged its leader gone: wake and campaign    |
 //! | `hold-persist n2`                | `n2`'s writes wait (and so do its acknowledgements)        |
 //! | `release-persist n2`             | `n2` persists what waited                                  |
 //! | `status`                         | one state line per peer                                    |
@@ -50,7 +53,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use flotilla_raft::testkit::{describe_entry, describe_message, durable_entries, Cluster};
+use flotilla_raft::testkit::{
+    describe_entry, describe_message, durable_entries, hibernating_test_config, test_config,
+    Cluster,
+};
 use flotilla_raft::{
     Configuration, Event, LogStore, PeerId, RaftError, ReadMode, ReadResult, ReplicatorChange,
 };
@@ -241,11 +247,16 @@ impl Runner {
         let words: Vec<&str> = command.split_whitespace().collect();
         let (name, args) = words.split_first().ok_or("empty command")?;
         if *name == "add-nodes" {
-            let n: usize = number(args.first().copied(), "add-nodes N")?;
+            let n: usize = number(args.first().copied(), "add-nodes N [hibernate]")?;
             if self.cluster.is_some() {
                 return Err("add-nodes must come once, first".into());
             }
-            let mut cluster = Cluster::new(n);
+            let make = match args.get(1).copied() {
+                None => test_config,
+                Some("hibernate") => hibernating_test_config,
+                Some(other) => return Err(format!("unknown option `{other}` of add-nodes")),
+            };
+            let mut cluster = Cluster::with_config(n, make);
             cluster.tracing = true;
             out.extend(cluster.describe_states().lines().map(str::to_string));
             self.cluster = Some(cluster);
@@ -401,6 +412,16 @@ impl Runner {
             "restart" => {
                 let id = self.peer(arg(0))?;
                 self.cluster_mut().restart(&id);
+            }
+            "wake" => {
+                let id = self.peer(arg(0))?;
+                self.cluster_mut().raft(&id).wake();
+                self.cluster_mut().process(&id);
+            }
+            "wake-campaign" => {
+                let id = self.peer(arg(0))?;
+                self.cluster_mut().raft(&id).wake_and_campaign();
+                self.cluster_mut().process(&id);
             }
             "hold-persist" => {
                 let id = self.peer(arg(0))?;

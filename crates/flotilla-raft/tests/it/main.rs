@@ -1,6 +1,7 @@
 //! Integration tests of the core, compiled into one binary to save link time.
 
 mod features;
+mod hibernation;
 mod hygiene;
 mod interaction;
 mod paper;

@@ -105,6 +105,7 @@ fn no_entries_are_applied_while_a_snapshot_installs() {
         MessageBody::Heartbeat {
             commit: last.plus(4),
             echo: Echo::default(),
+            hibernate: false,
         },
     );
     assert_eq!(c.node(n3).raft.committed(), last.plus(4));
@@ -266,6 +267,7 @@ fn garbage_messages_never_crash_a_peer() {
             4 => MessageBody::Heartbeat {
                 commit: index(pick(60)),
                 echo: Echo::default(),
+                hibernate: pick(2) == 0,
             },
             5 => MessageBody::HeartbeatResponse {
                 echo: Echo {

@@ -1,0 +1,286 @@
+//! What the runtime adds to the core's hibernation (`flotilla_raft`, module
+//! `raft::hibernation`): which groups sleep, and the liveness of peer processes that wakes
+//! them when their leader is gone (DESIGN.md, "Idle groups cost nothing"; TiKV's hibernate
+//! regions are the model).
+//!
+//! A sleeping group costs nothing per round: the manager neither ticks, polls nor publishes
+//! it. It is visited again only when something needs it — a request queued on its handle, a
+//! message for it, or one of the liveness verdicts below.
+//!
+//! The core cannot tell a leader that sleeps from one that died; the manager can, cheaply.
+//! Every process sends each process it shares a group with one small frame per heartbeat
+//! interval when it sent that process nothing else: a *beacon*, a frame with no messages
+//! that carries only the sender's address and incarnation (a number drawn at every start),
+//! whatever the number of groups. Then:
+//!
+//! - a sleeping follower whose leader's process has sent nothing for the group's election
+//!   timeout (the time its vote guard would have run) is woken to campaign
+//!   (`Raft::wake_and_campaign`; pre-vote still applies, so a leader that is in fact alive
+//!   keeps its term);
+//! - a sleeping follower whose leader's process came back with a new incarnation is woken to
+//!   campaign at once (the leader it knew is gone with the old process);
+//! - a sleeping leader one of whose peers' process restarted is woken, so the restarted peer
+//!   hears it at once instead of timing out.
+//!
+//! Owns: the sleeping set and its index by leader process, process liveness, beacon timing
+//! and wake reasons. Must never: visit a sleeping group without cause, or judge a process
+//! silent because this process itself stalled (a round that comes late forgives the
+//! silence measured meanwhile).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use flotilla_raft::PeerId;
+use flotilla_storage::GroupId;
+
+/// Why a sleeping group woke (the `reason` label of `flotilla_group_wakes_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WakeReason {
+    /// A request on its handle (proposal, read, change, transfer, snapshot).
+    Request,
+    /// A message from a peer.
+    Message,
+    /// Its leader's process sent nothing for an election timeout.
+    LeaderDown,
+    /// Its leader's process restarted.
+    LeaderRestarted,
+    /// It leads, and a peer's process restarted.
+    PeerRestarted,
+}
+
+impl WakeReason {
+    /// Every reason, in the order metrics list them.
+    pub(crate) const ALL: [WakeReason; 5] = [
+        WakeReason::Request,
+        WakeReason::Message,
+        WakeReason::LeaderDown,
+        WakeReason::LeaderRestarted,
+        WakeReason::PeerRestarted,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            WakeReason::Request => "request",
+            WakeReason::Message => "message",
+            WakeReason::LeaderDown => "leader_down",
+            WakeReason::LeaderRestarted => "leader_restarted",
+            WakeReason::PeerRestarted => "peer_restarted",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The groups that sleep, with the process of each sleeping follower's leader.
+/// Invariant: `by_leader` holds exactly the followers of `groups`, under their leader.
+#[derive(Debug, Default)]
+pub(crate) struct Sleepers {
+    /// Sleeping group -> its leader's process (`None`: it leads).
+    groups: BTreeMap<GroupId, Option<PeerId>>,
+    by_leader: BTreeMap<PeerId, BTreeSet<GroupId>>,
+}
+
+impl Sleepers {
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub(crate) fn contains(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+
+    /// `group` fell asleep following `leader` (`None`: leading).
+    pub(crate) fn insert(&mut self, group: GroupId, leader: Option<PeerId>) {
+        self.remove(group);
+        if let Some(leader) = &leader {
+            self.by_leader
+                .entry(leader.clone())
+                .or_default()
+                .insert(group);
+        }
+        self.groups.insert(group, leader);
+    }
+
+    /// `group` woke (or went away). Returns true if it slept.
+    pub(crate) fn remove(&mut self, group: GroupId) -> bool {
+        let Some(leader) = self.groups.remove(&group) else {
+            return false;
+        };
+        if let Some(leader) = leader {
+            if let Some(followers) = self.by_leader.get_mut(&leader) {
+                followers.remove(&group);
+                if followers.is_empty() {
+                    self.by_leader.remove(&leader);
+                }
+            }
+        }
+        true
+    }
+
+    /// Sleeping followers of a leader on `process`.
+    pub(crate) fn following(&self, process: &PeerId) -> Vec<GroupId> {
+        self.by_leader
+            .get(process)
+            .map(|groups| groups.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every sleeping group and its leader's process (`None`: it leads).
+    pub(crate) fn all(&self) -> impl Iterator<Item = (GroupId, Option<&PeerId>)> {
+        self.groups.iter().map(|(g, l)| (*g, l.as_ref()))
+    }
+}
+
+/// What this process knows of another process.
+#[derive(Debug)]
+struct Process {
+    /// When a frame from it was last taken by a round.
+    heard: Option<Instant>,
+    /// Its incarnation as of its latest frame (0: never given).
+    incarnation: u64,
+    /// When a frame to it was last handed to the transport.
+    sent: Option<Instant>,
+}
+
+/// Liveness of the processes this one exchanges frames with.
+#[derive(Debug, Default)]
+pub(crate) struct Liveness {
+    processes: BTreeMap<PeerId, Process>,
+}
+
+impl Liveness {
+    fn process(&mut self, address: &PeerId) -> &mut Process {
+        self.processes
+            .entry(address.clone())
+            .or_insert_with(|| Process {
+                heard: None,
+                incarnation: 0,
+                sent: None,
+            })
+    }
+
+    /// A frame from `from` carrying `incarnation` was taken at `now`. Returns true if the
+    /// process restarted since its previous frame (both incarnations given, and different).
+    pub(crate) fn heard(&mut self, from: &PeerId, incarnation: u64, now: Instant) -> bool {
+        let process = self.process(from);
+        process.heard = Some(now);
+        let restarted =
+            incarnation != 0 && process.incarnation != 0 && incarnation != process.incarnation;
+        if incarnation != 0 {
+            process.incarnation = incarnation;
+        }
+        restarted
+    }
+
+    /// A frame to `to` was sent at `now`.
+    pub(crate) fn sent(&mut self, to: &PeerId, now: Instant) {
+        self.process(to).sent = Some(now);
+    }
+
+    /// Of `targets`, those to which nothing was sent for at least `period`.
+    pub(crate) fn beacons_due(
+        &mut self,
+        targets: &BTreeSet<PeerId>,
+        now: Instant,
+        period: Duration,
+    ) -> Vec<PeerId> {
+        targets
+            .iter()
+            .filter(|t| {
+                self.processes
+                    .get(*t)
+                    .and_then(|p| p.sent)
+                    .is_none_or(|sent| now.duration_since(sent) >= period)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// How long `process` has been silent, if it was ever heard.
+    pub(crate) fn silence(&self, process: &PeerId, now: Instant) -> Option<Duration> {
+        let heard = self.processes.get(process)?.heard?;
+        Some(now.saturating_duration_since(heard))
+    }
+
+    /// Processes heard before and silent for at least `silence` now.
+    pub(crate) fn silent(&self, now: Instant, silence: Duration) -> Vec<PeerId> {
+        self.processes
+            .iter()
+            .filter(|(_, p)| {
+                p.heard
+                    .is_some_and(|heard| now.saturating_duration_since(heard) >= silence)
+            })
+            .map(|(address, _)| address.clone())
+            .collect()
+    }
+
+    /// This process stalled (its round came late): what looks like silence of the others
+    /// may be its own. Counts every known process as heard now.
+    pub(crate) fn forgive_all(&mut self, now: Instant) {
+        for process in self.processes.values_mut() {
+            if process.heard.is_some() {
+                process.heard = Some(now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(name: &str) -> PeerId {
+        PeerId::new(name)
+    }
+
+    #[test]
+    fn sleepers_index_followers_by_leader() {
+        let mut s = Sleepers::default();
+        s.insert(1, Some(p("a:1")));
+        s.insert(2, Some(p("a:1")));
+        s.insert(3, None);
+        s.insert(4, Some(p("b:1")));
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.following(&p("a:1")), vec![1, 2]);
+        // Re-inserted under another leader: moves.
+        s.insert(2, Some(p("b:1")));
+        assert_eq!(s.following(&p("a:1")), vec![1]);
+        assert_eq!(s.following(&p("b:1")), vec![2, 4]);
+        assert!(s.remove(1));
+        assert!(!s.remove(1));
+        assert!(s.following(&p("a:1")).is_empty());
+        assert!(s.contains(3) && !s.contains(1));
+    }
+
+    #[test]
+    fn liveness_sees_restarts_silence_and_forgives_stalls() {
+        let mut l = Liveness::default();
+        let t0 = Instant::now();
+        let a = p("a:1");
+        assert!(!l.heard(&a, 7, t0), "first contact is no restart");
+        assert!(!l.heard(&a, 7, t0));
+        assert!(!l.heard(&a, 0, t0), "an unnamed incarnation is no restart");
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(l.silence(&a, t1), Some(Duration::from_secs(2)));
+        assert_eq!(l.silent(t1, Duration::from_secs(1)), vec![a.clone()]);
+        assert!(l.silent(t1, Duration::from_secs(3)).is_empty());
+        l.forgive_all(t1);
+        assert!(l.silent(t1, Duration::from_secs(1)).is_empty());
+        assert!(l.heard(&a, 8, t1), "a new incarnation is a restart");
+        assert_eq!(l.silence(&p("never:1"), t1), None);
+
+        let targets: BTreeSet<PeerId> = [a.clone(), p("b:1")].into_iter().collect();
+        assert_eq!(
+            l.beacons_due(&targets, t1, Duration::from_millis(100))
+                .len(),
+            2
+        );
+        l.sent(&a, t1);
+        assert_eq!(
+            l.beacons_due(&targets, t1, Duration::from_millis(100)),
+            vec![p("b:1")]
+        );
+    }
+}
