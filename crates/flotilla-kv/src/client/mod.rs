@@ -326,6 +326,22 @@ struct ClientInner {
     rotation: AtomicUsize,
     /// Stores that refused a connection recently, and until when they are skipped.
     down: Mutex<HashMap<String, Instant>>,
+    /// Requests sent (attempts included).
+    requests_sent: AtomicU64,
+    /// Single-key operations that went out in batches, and the batches.
+    batched_ops: AtomicU64,
+    batches_sent: AtomicU64,
+}
+
+/// Counters of a [`KvClient`] (shared by its clones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// KV requests sent, retries included.
+    pub requests_sent: u64,
+    /// Single-key operations sent in batches.
+    pub batched_ops: u64,
+    /// Batches sent (each one request per attempt).
+    pub batches_sent: u64,
 }
 
 /// How long a store that refused a connection is skipped (unless no other is left).
@@ -383,10 +399,23 @@ impl KvClient {
                 cluster: AtomicU64::new(0),
                 rotation: AtomicUsize::new(0),
                 down: Mutex::new(HashMap::new()),
+                requests_sent: AtomicU64::new(0),
+                batched_ops: AtomicU64::new(0),
+                batches_sent: AtomicU64::new(0),
             }),
         };
         client.refresh_routes().await?;
         Ok(client)
+    }
+
+    /// Counters since the client was made.
+    #[must_use]
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            requests_sent: self.inner.requests_sent.load(Ordering::Relaxed),
+            batched_ops: self.inner.batched_ops.load(Ordering::Relaxed),
+            batches_sent: self.inner.batches_sent.load(Ordering::Relaxed),
+        }
     }
 
     /// The options in force.
@@ -717,6 +746,7 @@ impl KvClient {
                 conf_version: route.region.epoch.conf_version,
                 version: route.region.epoch.version,
             });
+            self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
             let sent = request.send(GrpcKvClient::new(channel));
             let status = match tokio::time::timeout(remaining, sent).await {
                 Ok(Ok(reply)) => {
@@ -1155,6 +1185,10 @@ impl KvClient {
                 }
                 batch
             };
+            self.inner.batches_sent.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .batched_ops
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             match class {
                 BatchClass::Write => self.send_write_batch(batch).await,
                 BatchClass::Get(read) => self.send_get_batch(batch, read).await,

@@ -7,4 +7,5 @@ mod cluster;
 mod codec;
 mod engines;
 mod replication;
+mod store;
 mod util;

@@ -1,0 +1,269 @@
+//! Stores over gRPC in one test process (three `Store`s on loopback ports) driven through
+//! `KvClient` and the raw KV service: routing over several regions, batching of concurrent
+//! single-key requests, and the distinct refusals (stale epoch, no such region, not leader
+//! with a hint, out-of-region keys, limits).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_kv::client::{ClientOptions, KvClient, ReadConsistency};
+use flotilla_kv::service::proto::{self, kv_client::KvClient as RawClient};
+use flotilla_kv::store::{EngineKind, Store, StoreOptions};
+use flotilla_node::grpc::ERROR_KIND_KEY;
+
+use crate::util::TempDir;
+
+async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
+    // Reserve three addresses (the peer list must be known before the stores start).
+    let addresses: Vec<String> = (0..3)
+        .map(|_| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let mut options = StoreOptions::new(address.clone(), dir.path().join(format!("s{i}")));
+        options.peers = Some(addresses.clone());
+        options.regions = regions;
+        options.engine = engine;
+        options.tick = Duration::from_millis(20);
+        options.election_timeout_ticks = 10;
+        stores.push(Store::open(options).await.expect("open store"));
+    }
+    stores
+}
+
+async fn client_for(stores: &[Store], regions: usize) -> KvClient {
+    let endpoints: Vec<String> = stores
+        .iter()
+        .map(|s| s.address().as_str().to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(client) = KvClient::connect(endpoints.clone(), ClientOptions::default()).await {
+            let routes = client.routes();
+            if routes.len() == regions && routes.iter().all(|r| r.leader.is_some()) {
+                return client;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leaders for every region");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kind(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get(ERROR_KIND_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_batches_and_reads_across_regions() {
+    let dir = TempDir::new("store-routes");
+    let stores = start(&dir, 4, EngineKind::Memory).await;
+    let client = client_for(&stores, 4).await;
+
+    // 200 concurrent puts over every region (first bytes 0..=255), batched per region.
+    let mut tasks = Vec::new();
+    for i in 0u32..200 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = Bytes::from(vec![
+                (i * 37 % 256) as u8,
+                b'k',
+                (i % 256) as u8,
+                (i / 256) as u8,
+            ]);
+            client
+                .put(key, Bytes::from(i.to_string()))
+                .await
+                .map(|()| i)
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("put");
+    }
+    // Concurrent single-key puts went out in batches: fewer batches than puts.
+    let stats = client.stats();
+    assert_eq!(stats.batched_ops, 200, "{stats:?}");
+    assert!(stats.batches_sent < 200, "no batching happened: {stats:?}");
+    println!("200 concurrent puts: {stats:?}");
+    let leader_stats: u64 = stores
+        .iter()
+        .map(|s| s.manager().stats().entries_written)
+        .sum();
+    // Every key reads back, in every read mode, and concurrently (batched gets).
+    let mut reads = Vec::new();
+    for i in 0u32..200 {
+        let client = client.clone();
+        reads.push(tokio::spawn(async move {
+            let key = Bytes::from(vec![
+                (i * 37 % 256) as u8,
+                b'k',
+                (i % 256) as u8,
+                (i / 256) as u8,
+            ]);
+            let mode = [
+                ReadConsistency::Index,
+                ReadConsistency::Lease,
+                ReadConsistency::Follower,
+            ][i as usize % 3];
+            (i, client.get(key, mode).await)
+        }));
+    }
+    for read in reads {
+        let (i, value) = read.await.unwrap();
+        assert_eq!(value.unwrap(), Some(Bytes::from(i.to_string())), "key {i}");
+    }
+    // A scan over the whole key space crosses all four regions, in order both ways.
+    let all = client
+        .scan(
+            Bytes::new(),
+            Bytes::new(),
+            1000,
+            false,
+            ReadConsistency::Index,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 200);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ascending");
+    let last = client
+        .scan(Bytes::new(), Bytes::new(), 5, true, ReadConsistency::Index)
+        .await
+        .unwrap();
+    let expected: Vec<_> = all.iter().rev().take(5).cloned().collect();
+    assert_eq!(last, expected);
+    // multi-get and delete-range split over regions too.
+    let keys: Vec<Bytes> = all.iter().map(|(k, _)| k.clone()).take(50).collect();
+    let values = client
+        .multi_get(keys.clone(), ReadConsistency::Index)
+        .await
+        .unwrap();
+    assert!(values.iter().all(Option::is_some));
+    client
+        .delete_range(Bytes::from_static(&[0x40]), Bytes::from_static(&[0xc0]))
+        .await
+        .unwrap();
+    let left = client
+        .scan(
+            Bytes::new(),
+            Bytes::new(),
+            1000,
+            false,
+            ReadConsistency::Index,
+        )
+        .await
+        .unwrap();
+    assert!(left.iter().all(|(k, _)| k[0] < 0x40 || k[0] >= 0xc0));
+    assert!(left.len() < 200 && !left.is_empty());
+    // Conditional writes.
+    assert!(!client
+        .compare_and_put(&b"cas"[..], Some(Bytes::from_static(b"x")), &b"y"[..])
+        .await
+        .unwrap());
+    assert!(client
+        .compare_and_put(&b"cas"[..], None, &b"y"[..])
+        .await
+        .unwrap());
+    assert_eq!(
+        client.put_if_absent(&b"cas"[..], &b"z"[..]).await.unwrap(),
+        Some(Bytes::from_static(b"y"))
+    );
+    assert_eq!(
+        client.get_and_put(&b"cas"[..], &b"w"[..]).await.unwrap(),
+        Some(Bytes::from_static(b"y"))
+    );
+    assert!(leader_stats > 0);
+    for store in &stores {
+        store.shutdown(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_distinct_and_change_nothing() {
+    let dir = TempDir::new("store-refusals");
+    let stores = start(&dir, 2, EngineKind::Fjall).await;
+    let client = client_for(&stores, 2).await;
+    client.put(&b"a"[..], &b"1"[..]).await.unwrap();
+    let route = client
+        .routes()
+        .into_iter()
+        .find(|r| r.region.contains(b"a"))
+        .unwrap();
+    let leader = route.leader.clone().unwrap();
+    let follower = route.peers.iter().find(|p| **p != leader).unwrap().clone();
+    let context = |id: u64, version: u64| proto::RegionContext {
+        region_id: id,
+        conf_version: route.region.epoch.conf_version,
+        version,
+    };
+    let put = |key: &[u8], ctx: proto::RegionContext| proto::WriteRequest {
+        context: Some(ctx),
+        ops: vec![proto::Op {
+            op: Some(proto::op::Op::Put(proto::Put {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::from_static(b"2"),
+            })),
+        }],
+    };
+    let mut raw = RawClient::new(client.channel(&leader).await.unwrap());
+    let id = route.region.id.0;
+    let stale = raw.write(put(b"a", context(id, 99))).await.unwrap_err();
+    assert_eq!(kind(&stale), "StaleEpoch", "{stale:?}");
+    let missing = raw.write(put(b"a", context(999, 1))).await.unwrap_err();
+    assert_eq!(kind(&missing), "NoSuchRegion", "{missing:?}");
+    let outside = raw
+        .write(put(&[0xff, 1], context(id, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&outside), "KeyOutOfRegion", "{outside:?}");
+    let huge = raw
+        .write(put(&vec![b'a'; 9000], context(id, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&huge), "KeyTooLarge", "{huge:?}");
+    assert!(huge.message().contains("key_bytes_max"), "{huge:?}");
+    let mut raw_follower = RawClient::new(client.channel(&follower).await.unwrap());
+    let redirected = raw_follower
+        .write(put(b"a", context(id, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&redirected), "NotLeader", "{redirected:?}");
+    let hint = redirected
+        .metadata()
+        .get("flotilla-leader")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(hint, Some(leader.as_str()));
+    // None of them changed anything.
+    assert_eq!(
+        client.get(&b"a"[..], ReadConsistency::Index).await.unwrap(),
+        Some(Bytes::from_static(b"1"))
+    );
+    assert_eq!(
+        client
+            .get(Bytes::from(vec![0xff, 1]), ReadConsistency::Index)
+            .await
+            .unwrap(),
+        None
+    );
+    // The client reports a limit before or after sending, never as unknown.
+    let error = client
+        .put(Bytes::from(vec![b'k'; 9000]), &b"v"[..])
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, "KeyTooLarge");
+    assert!(!error.indeterminate);
+    let error = client
+        .scan(&b"z"[..], &b"a"[..], 10, false, ReadConsistency::Index)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, "InvalidRange");
+    for store in &stores {
+        store.shutdown(Duration::from_millis(500)).await;
+    }
+}
