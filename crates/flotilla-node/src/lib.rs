@@ -25,7 +25,7 @@
 //!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on
 //!   "not leader"); `examples/counter` is the quick-start built on this public API.
 //!
-//! Not yet: mutual TLS, an HTTP endpoint for metrics.
+//! Not yet: an HTTP endpoint for metrics. Mutual TLS (optional): [`grpc::tls`].
 
 #![deny(missing_docs)]
 

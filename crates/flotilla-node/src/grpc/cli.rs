@@ -16,8 +16,12 @@
 //! unknown (the client answers [`CliError::Unknown`] instead), or trust a peer's answer
 //! without checking it.
 //!
+//! TLS: a server given a [`super::TlsConfig`] serves the CLI service under mutual TLS too;
+//! a client then needs one in [`CliOptions::tls`] (its certificate signed by the cluster's
+//! CA), and a plain-text client is refused at the handshake.
+//!
 //! Not yet: `ResetLearners` is two changes (removals, then additions), not one atomic
-//! change; no TLS (as the raft transport).
+//! change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -33,6 +37,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use super::tls::{self, TlsConfig};
 use crate::error::NodeError;
 use crate::manager::NodeManager;
 use crate::node::Node;
@@ -188,6 +193,13 @@ impl CliService {
             nodes,
             client_options: CliOptions::default(),
         }
+    }
+
+    /// The TLS configuration the server-driven `Rebalance` dials the other processes with
+    /// (the server's own).
+    pub(crate) fn with_client_tls(mut self, tls: Option<TlsConfig>) -> CliService {
+        self.client_options.tls = tls;
+        self
     }
 
     fn node(&self, group: GroupId) -> Result<Node, Status> {
@@ -496,6 +508,10 @@ pub struct CliOptions {
     /// Limit on one call (a membership change waits for its commit and catch-up). A call
     /// that times out after it was sent has an unknown outcome.
     pub call_timeout: Duration,
+    /// Mutual TLS, for a cluster whose servers require it; `None` (the default): plain
+    /// text. A TLS handshake failure makes that endpoint unreachable, its reason in the
+    /// [`CliError::Unreachable`] message.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for CliOptions {
@@ -506,6 +522,7 @@ impl Default for CliOptions {
             backoff_max: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -726,10 +743,11 @@ impl CliClient {
                     .connect_timeout(self.options.connect_timeout)
                     .timeout(self.options.call_timeout)
                     .tcp_nodelay(true);
-                let channel = endpoint
-                    .connect()
+                let channel = super::connect_channel(&endpoint, self.options.tls.as_ref())
                     .await
-                    .map_err(|e| CliError::Unreachable(format!("{to}: {e}")))?;
+                    .map_err(|e| {
+                        CliError::Unreachable(format!("{to}: {}", tls::error_chain(&e)))
+                    })?;
                 lock(&self.channels).insert(to.clone(), channel.clone());
                 channel
             }
@@ -798,10 +816,17 @@ impl CliClient {
     }
 
     fn refused(status: &Status) -> CliError {
+        let kind = header(status, ERROR_KIND_KEY);
+        let message = match (&kind, std::error::Error::source(status)) {
+            // A transport failure: tonic's message alone ("transport error") does not say
+            // what happened (a connection refused, a TLS alert...); its causes do.
+            (None, Some(cause)) => format!("{}: {}", status.message(), tls::error_chain(cause)),
+            _ => status.message().to_owned(),
+        };
         CliError::Refused {
             code: status.code(),
-            kind: header(status, ERROR_KIND_KEY).unwrap_or_else(|| "Transport".into()),
-            message: status.message().to_owned(),
+            kind: kind.unwrap_or_else(|| "Transport".into()),
+            message,
             leader: header(status, LEADER_KEY).and_then(|l| peer_answer(&l).ok()),
         }
     }

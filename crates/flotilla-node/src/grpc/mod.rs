@@ -25,10 +25,18 @@
 //! [`MAX_CONCURRENT_SNAPSHOT_SERVES`] at a time. The answer is checked before it is handed
 //! on: no more bytes than the chunk asked for, error texts bounded.
 //!
-//! Not yet: mutual TLS with rustls (issue 4, part 3, a later slice: it will wrap the
-//! listener and the client endpoint, with the peer's certificate checked against the
-//! configured trust roots), flow-control acknowledgements (`Ack` is reserved), and a limit
-//! on the number of concurrent inbound connections.
+//! Mutual TLS ([`tls`]) is optional: with a [`TlsConfig`] in [`GrpcOptions::tls`] the
+//! transport's connections (raft stream and snapshot fetches) present this process's
+//! certificate and check the server's against the configured CAs, and a server given one
+//! ([`GrpcServer::with_tls`]) accepts only clients whose certificate those CAs signed. A
+//! failed handshake is counted ([`TransportStats::tls_handshake_failures`],
+//! [`ServerStats::tls_handshakes_failed`]), logged once per peer and reason, and the
+//! connection retried with the usual back-off; it never stops the server. Without a
+//! `TlsConfig` everything is plain text.
+//!
+//! Not yet: flow-control acknowledgements (`Ack` is reserved), and a limit on the number
+//! of concurrent inbound connections (TLS handshakes are bounded by
+//! [`tls::MAX_CONCURRENT_TLS_HANDSHAKES`], established connections are not).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +60,7 @@ use crate::transport::{Frame, Inbox, Transport};
 
 pub mod cli;
 pub mod codec;
+pub mod tls;
 
 /// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -61,6 +70,7 @@ pub mod proto {
 
 pub use cli::{CliClient, CliError, CliNodes, CliOptions};
 pub use codec::DecodeError;
+pub use tls::{TlsConfig, TlsConfigError};
 
 /// Largest encoded frame either side accepts (16 MiB). A sender drops (and logs) a larger
 /// frame instead of sending it; a receiver refuses it from its length prefix, without
@@ -127,6 +137,10 @@ pub struct GrpcOptions {
     /// Limit on one `FetchSnapshot` call (one manifest or chunk), connecting included. The
     /// whole install is also bounded by the manager's install deadline.
     pub snapshot_fetch_timeout: Duration,
+    /// Mutual TLS for every connection to a peer; `None` (the default): plain text. The
+    /// peers' servers must then be given a matching [`TlsConfig`] too
+    /// ([`GrpcServer::with_tls`]).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcOptions {
@@ -140,6 +154,7 @@ impl Default for GrpcOptions {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
             snapshot_fetch_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -164,6 +179,11 @@ pub struct TransportStats {
     /// Snapshot fetches that failed: call errors, time-outs, refusals by the peer, invalid
     /// answers.
     pub snapshot_fetch_failures: u64,
+    /// Connection attempts that failed in TLS (raft stream and snapshot fetches): this side
+    /// refused the server's certificate, the handshake timed out, or the server refused
+    /// this side's certificate. Also counted in `connect_failures` (raft stream) or
+    /// `snapshot_fetch_failures`.
+    pub tls_handshake_failures: u64,
 }
 
 #[derive(Default)]
@@ -176,6 +196,56 @@ struct TransportCounters {
     frames_dropped_other: AtomicU64,
     streams_opened: AtomicU64,
     connect_failures: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    /// The last TLS failure warned about, per destination.
+    tls_warnings: tls::HandshakeWarnings,
+}
+
+impl TransportCounters {
+    /// Counts a TLS failure connecting to `to` and logs it: at `warn` the first time (and
+    /// when the reason changes), at `debug` while it repeats.
+    fn tls_failed(&self, to: &PeerId, reason: &str) {
+        bump(&self.tls_handshake_failures);
+        if self.tls_warnings.should_warn(to.as_str(), reason) {
+            tracing::warn!(to = %to, error = %reason, "TLS handshake with peer failed: retrying with back-off");
+        } else {
+            tracing::debug!(to = %to, error = %reason, "TLS handshake with peer failed again");
+        }
+    }
+}
+
+/// The endpoint of the process `to` (`host:port`). The scheme stays `http` with TLS too:
+/// [`tls::Connector`] runs the handshake under HTTP/2.
+fn endpoint_of(to: &PeerId) -> Result<Endpoint, String> {
+    Endpoint::from_shared(format!("http://{to}"))
+        .map_err(|e| format!("{to} is not a valid address: {e}"))
+}
+
+/// A channel over `endpoint`, through TLS when `tls` is set, connecting on first use.
+fn lazy_channel(endpoint: &Endpoint, tls: Option<&TlsConfig>) -> Channel {
+    match tls {
+        Some(tls) => endpoint.connect_with_connector_lazy(tls::Connector::new(tls.clone())),
+        None => endpoint.connect_lazy(),
+    }
+}
+
+/// A connected channel over `endpoint` (`http://host:port`), through mutual TLS when `tls`
+/// is set: how [`GrpcTransport`] and [`CliClient`] connect, for clients of further services
+/// served on a process's address. With TLS the server's certificate is checked against the
+/// endpoint's host (or [`TlsConfig::with_server_name`]); a handshake failure is an error of
+/// the connection.
+pub async fn connect_channel(
+    endpoint: &Endpoint,
+    tls: Option<&TlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    match tls {
+        Some(tls) => {
+            endpoint
+                .connect_with_connector(tls::Connector::new(tls.clone()))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
 }
 
 fn bump(counter: &AtomicU64) {
@@ -204,14 +274,13 @@ impl TransportInner {
         if let Some(channel) = channels.get(to) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{to}"))
-            .map_err(|e| format!("{to} is not a valid address: {e}"))?
+        let endpoint = endpoint_of(to)?
             .connect_timeout(self.options.connect_timeout)
             .timeout(self.options.snapshot_fetch_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.options.keepalive_interval)
             .keep_alive_timeout(self.options.keepalive_timeout);
-        let channel = endpoint.connect_lazy();
+        let channel = lazy_channel(&endpoint, self.options.tls.as_ref());
         channels.insert(to.clone(), channel.clone());
         Ok(channel)
     }
@@ -227,11 +296,20 @@ impl TransportInner {
             let mut wire = Request::new(codec::encode_snapshot_request(&request));
             wire.set_timeout(limit);
             client.fetch_snapshot(wire).await.map_err(|status| {
+                let tls_failure = self
+                    .options
+                    .tls
+                    .as_ref()
+                    .and_then(|_| tls::tls_failure(&status));
+                if let Some(reason) = &tls_failure {
+                    self.counters.tls_failed(to, reason);
+                }
                 format!(
-                    "fetching group {}'s snapshot from {to} failed: {:?}: {}",
+                    "fetching group {}'s snapshot from {to} failed: {:?}: {}{}",
                     request.group,
                     status.code(),
-                    status.message()
+                    status.message(),
+                    tls_failure.map_or_else(String::new, |r| format!(" (TLS: {r})"))
                 )
             })
         };
@@ -301,6 +379,7 @@ impl GrpcTransport {
             connect_failures: c.connect_failures.load(Ordering::Relaxed),
             snapshot_parts_fetched: c.snapshot_parts_fetched.load(Ordering::Relaxed),
             snapshot_fetch_failures: c.snapshot_fetch_failures.load(Ordering::Relaxed),
+            tls_handshake_failures: c.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -424,7 +503,7 @@ async fn connection(
     counters: Arc<TransportCounters>,
     seed: u64,
 ) {
-    let endpoint = match Endpoint::from_shared(format!("http://{to}")) {
+    let endpoint = match endpoint_of(&to) {
         Ok(endpoint) => endpoint
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
@@ -455,6 +534,21 @@ async fn connection(
     }
 }
 
+/// Why opening a stream failed: the whole error chain, and the TLS failure in it, if any.
+struct ConnectFailure {
+    text: String,
+    tls: Option<String>,
+}
+
+impl ConnectFailure {
+    fn of(error: &(dyn std::error::Error + 'static), with_tls: bool) -> ConnectFailure {
+        ConnectFailure {
+            text: tls::error_chain(error),
+            tls: with_tls.then(|| tls::tls_failure(error)).flatten(),
+        }
+    }
+}
+
 /// One connection: opens the stream and writes queued frames on it until it breaks.
 async fn stream_to(
     to: &PeerId,
@@ -463,8 +557,11 @@ async fn stream_to(
     options: &GrpcOptions,
     counters: &TransportCounters,
 ) -> Ended {
+    let with_tls = options.tls.is_some();
     let opening = async {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = connect_channel(endpoint, options.tls.as_ref())
+            .await
+            .map_err(|e| ConnectFailure::of(&e, with_tls))?;
         let mut client = proto::raft_client::RaftClient::new(channel)
             .max_encoding_message_size(MAX_FRAME_BYTES)
             .max_decoding_message_size(MAX_FRAME_BYTES);
@@ -472,15 +569,18 @@ async fn stream_to(
         let responses = client
             .stream(ReceiverStream::new(rx))
             .await
-            .map_err(|status| status.to_string())?
+            .map_err(|status| ConnectFailure::of(&status, with_tls))?
             .into_inner();
-        Ok::<_, String>((tx, responses))
+        Ok::<_, ConnectFailure>((tx, responses))
     };
     let (tx, mut responses) = match tokio::time::timeout(options.connect_timeout, opening).await {
         Ok(Ok(opened)) => opened,
-        Ok(Err(error)) => {
+        Ok(Err(failure)) => {
             bump(&counters.connect_failures);
-            tracing::debug!(to = %to, %error, "connecting failed");
+            match &failure.tls {
+                Some(reason) => counters.tls_failed(to, reason),
+                None => tracing::debug!(to = %to, error = %failure.text, "connecting failed"),
+            }
             return Ended::Broken;
         }
         Err(_) => {
@@ -490,6 +590,7 @@ async fn stream_to(
         }
     };
     bump(&counters.streams_opened);
+    counters.tls_warnings.succeeded(to.as_str());
     tracing::debug!(to = %to, "stream open");
     loop {
         tokio::select! {
@@ -540,6 +641,11 @@ pub struct ServerStats {
     /// Snapshot fetches answered with an error (no such snapshot, read failure) or refused
     /// (invalid request, no snapshot service).
     pub snapshot_fetches_refused: u64,
+    /// TLS handshakes completed (a server with TLS only).
+    pub tls_handshakes_completed: u64,
+    /// Connections closed because their TLS handshake failed: no certificate, one the CAs
+    /// did not sign, a plain-text client, a time-out (a server with TLS only).
+    pub tls_handshakes_failed: u64,
 }
 
 #[derive(Default)]
@@ -550,15 +656,17 @@ struct ServerCounters {
     frames_delivered: AtomicU64,
     frames_dropped_sink_full: AtomicU64,
     streams_refused: AtomicU64,
+    tls: Arc<tls::HandshakeCounters>,
 }
 
 /// The process's listener, bound but not yet serving: bind first to learn the address
 /// (the peer id, e.g. after binding port 0), build the manager, then [`GrpcServer::serve`]
-/// its inbox.
+/// its inbox. Plain text unless given a [`TlsConfig`] ([`GrpcServer::with_tls`]).
 #[derive(Debug)]
 pub struct GrpcServer {
     listener: TcpListener,
     address: PeerId,
+    tls: Option<TlsConfig>,
 }
 
 impl GrpcServer {
@@ -567,7 +675,22 @@ impl GrpcServer {
     pub async fn bind(address: &str) -> std::io::Result<GrpcServer> {
         let listener = TcpListener::bind(address).await?;
         let address = PeerId::new(&listener.local_addr()?.to_string());
-        Ok(GrpcServer { listener, address })
+        Ok(GrpcServer {
+            listener,
+            address,
+            tls: None,
+        })
+    }
+
+    /// Serves with mutual TLS: every connection must complete a TLS handshake in which the
+    /// client presents a certificate signed by one of `tls`'s CAs; this server presents
+    /// `tls`'s certificate, which must name this address's host (see [`tls`]). A failed
+    /// handshake closes that connection only. The server-driven `Rebalance` of the CLI
+    /// service dials the other processes with the same configuration.
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsConfig) -> GrpcServer {
+        self.tls = Some(tls);
+        self
     }
 
     /// The bound address, `ip:port`: this process's peer id.
@@ -590,7 +713,7 @@ impl GrpcServer {
         sink: Arc<dyn FrameSink>,
         nodes: Arc<dyn CliNodes>,
     ) -> ServerHandle {
-        let cli = proto_cli_server(nodes);
+        let cli = proto_cli_server(nodes, self.tls.clone());
         self.serve_services(sink, Some(cli))
     }
 
@@ -611,26 +734,50 @@ impl GrpcServer {
         let server = proto::raft_server::RaftServer::new(service)
             .max_decoding_message_size(MAX_FRAME_BYTES)
             .max_encoding_message_size(MAX_FRAME_BYTES);
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let address = self.address.clone();
-        let mut signal = shutdown_rx;
-        let task = tokio::spawn(async move {
-            let stopped = async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .serve_with_incoming_shutdown(
-                    cli::Dispatch { raft: server, cli },
-                    incoming,
-                    stopped,
-                )
-                .await
-            {
+        let mut signal = shutdown_rx.clone();
+        let stopped = async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        };
+        let dispatch = cli::Dispatch { raft: server, cli };
+        let builder = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        let report = |address: &PeerId, served: Result<(), tonic::transport::Error>| {
+            if let Err(error) = served {
                 tracing::error!(address = %address, %error, "raft gRPC server failed");
             }
-        });
+        };
+        let task = match &self.tls {
+            None => {
+                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    let served = builder
+                        .serve_with_incoming_shutdown(dispatch, incoming, stopped)
+                        .await;
+                    report(&address, served);
+                })
+            }
+            Some(tls) => {
+                let (incoming, acceptor) = tls::serve_incoming(
+                    self.listener,
+                    tls,
+                    address.clone(),
+                    counters.tls.clone(),
+                    shutdown_rx,
+                );
+                tokio::spawn(async move {
+                    let served = builder
+                        .serve_with_incoming_shutdown(dispatch, incoming, stopped)
+                        .await;
+                    // The accept loop ends on the same signal, or once the server dropped
+                    // its connections' stream: wait for it, so that the listener is closed
+                    // when `shutdown` returns.
+                    let _ = acceptor.await;
+                    report(&address, served);
+                })
+            }
+        };
         ServerHandle {
             address: self.address,
             counters,
@@ -642,8 +789,9 @@ impl GrpcServer {
 
 fn proto_cli_server(
     nodes: Arc<dyn CliNodes>,
+    tls: Option<TlsConfig>,
 ) -> cli::proto::cli_server::CliServer<cli::CliService> {
-    cli::proto::cli_server::CliServer::new(cli::CliService::new(nodes))
+    cli::proto::cli_server::CliServer::new(cli::CliService::new(nodes).with_client_tls(tls))
         .max_decoding_message_size(1024 * 1024)
         .max_encoding_message_size(1024 * 1024)
 }
@@ -681,6 +829,8 @@ impl ServerHandle {
             streams_refused: c.streams_refused.load(Ordering::Relaxed),
             snapshot_parts_served: c.snapshot_parts_served.load(Ordering::Relaxed),
             snapshot_fetches_refused: c.snapshot_fetches_refused.load(Ordering::Relaxed),
+            tls_handshakes_completed: c.tls.completed.load(Ordering::Relaxed),
+            tls_handshakes_failed: c.tls.failed.load(Ordering::Relaxed),
         }
     }
 

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod grpc;
 mod grpc_snapshots;
+mod grpc_tls;
 mod hibernation;
 mod observability;
 mod process;
