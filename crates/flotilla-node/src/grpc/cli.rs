@@ -457,6 +457,8 @@ impl proto::cli_server::Cli for CliService {
 pub(crate) struct Dispatch<R> {
     pub(crate) raft: R,
     pub(crate) cli: Option<proto::cli_server::CliServer<CliService>>,
+    /// Services the application added ([`super::ExtraService`]), tried after the CLI's.
+    pub(crate) extra: Arc<Vec<super::ExtraService>>,
 }
 
 const CLI_PATH_PREFIX: &str = "/flotilla.cli.v1.Cli/";
@@ -487,9 +489,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        match &mut self.cli {
-            Some(cli) if request.uri().path().starts_with(CLI_PATH_PREFIX) => cli.call(request),
-            _ => self.raft.call(request),
+        if let Some(cli) = &mut self.cli {
+            if request.uri().path().starts_with(CLI_PATH_PREFIX) {
+                return cli.call(request);
+            }
+        }
+        match self.extra.iter().find(|service| service.claims(&request)) {
+            Some(service) => service.call(request),
+            None => self.raft.call(request),
         }
     }
 }

@@ -60,6 +60,7 @@ use crate::transport::{Frame, Inbox, Transport};
 
 pub mod cli;
 pub mod codec;
+mod extra;
 pub mod tls;
 
 /// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
@@ -68,8 +69,11 @@ pub mod proto {
     tonic::include_proto!("flotilla.raft.v1");
 }
 
-pub use cli::{CliClient, CliError, CliNodes, CliOptions};
+pub use cli::{
+    kind_of, status_of, CliClient, CliError, CliNodes, CliOptions, ERROR_KIND_KEY, LEADER_KEY,
+};
 pub use codec::DecodeError;
+pub use extra::ExtraService;
 pub use tls::{TlsConfig, TlsConfigError};
 
 /// Largest encoded frame either side accepts (16 MiB). A sender drops (and logs) a larger
@@ -717,11 +721,34 @@ impl GrpcServer {
         self.serve_services(sink, Some(cli))
     }
 
+    /// [`GrpcServer::serve`], plus the CLI service when `nodes` is given, plus `extra`
+    /// services (further gRPC services, HTTP `GET` endpoints such as `/metrics`) on the same
+    /// address. HTTP/1.1 is accepted too, for plain HTTP clients such as Prometheus.
+    pub fn serve_with(
+        self,
+        sink: Arc<dyn FrameSink>,
+        nodes: Option<Arc<dyn CliNodes>>,
+        extra: Vec<ExtraService>,
+    ) -> ServerHandle {
+        let cli = nodes.map(|nodes| proto_cli_server(nodes, self.tls.clone()));
+        self.serve_services_with(sink, cli, extra)
+    }
+
     fn serve_services(
         self,
         sink: Arc<dyn FrameSink>,
         cli: Option<cli::proto::cli_server::CliServer<cli::CliService>>,
     ) -> ServerHandle {
+        self.serve_services_with(sink, cli, Vec::new())
+    }
+
+    fn serve_services_with(
+        self,
+        sink: Arc<dyn FrameSink>,
+        cli: Option<cli::proto::cli_server::CliServer<cli::CliService>>,
+        extra: Vec<ExtraService>,
+    ) -> ServerHandle {
+        let accept_http1 = !extra.is_empty();
         let counters = Arc::new(ServerCounters::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let service = RaftService {
@@ -739,8 +766,13 @@ impl GrpcServer {
         let stopped = async move {
             let _ = signal.wait_for(|stop| *stop).await;
         };
-        let dispatch = cli::Dispatch { raft: server, cli };
+        let dispatch = cli::Dispatch {
+            raft: server,
+            cli,
+            extra: Arc::new(extra),
+        };
         let builder = Server::builder()
+            .accept_http1(accept_http1)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         let report = |address: &PeerId, served: Result<(), tonic::transport::Error>| {
