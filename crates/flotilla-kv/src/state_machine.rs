@@ -448,6 +448,16 @@ impl KvStateMachine {
                 meta.index, region.id, current.id
             )));
         }
+        let same_range = region.start == current.start && region.end == current.end;
+        if !same_range && region.epoch <= current.epoch {
+            // Importing another range than ours without a newer epoch could overwrite keys
+            // another region of this store owns now.
+            return Err(KvError::StaleEpoch {
+                region: region.id,
+                current: current.epoch,
+                given: region.epoch,
+            });
+        }
         let engine_applied = self.engine_applied()?;
         if engine_applied >= meta.index {
             // A restart over a durable engine that already holds this snapshot's state or
@@ -487,7 +497,8 @@ impl KvStateMachine {
         Ok(())
     }
 
-    /// Takes the snapshot's region description if it is newer than ours.
+    /// Takes the snapshot's region description if it is newer than ours (a snapshot never
+    /// carries another range at an epoch that is not newer: refused above).
     fn adopt(&mut self, region: Region) {
         let mut current = self
             .handle

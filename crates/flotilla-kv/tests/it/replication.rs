@@ -390,3 +390,53 @@ async fn restart_on_fjall_recovers_the_same_data() {
     cluster.converged(g).await;
     cluster.stop_all().await;
 }
+
+/// A snapshot of another range at an epoch that is not newer is refused: importing it
+/// could overwrite keys another region of the store owns. The peer's group stops and its
+/// engine is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_of_another_range_is_refused() {
+    let mut cluster = KvCluster::new("snapshot-range", 4, EngineKind::Memory).await;
+    let region = Region::new(RegionId(6), b("k"), b("l"), Epoch::new(1, 1)).unwrap();
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    for i in 0..5 {
+        cluster
+            .propose(g, put(&format!("k{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let node = cluster.node(leader, g).unwrap();
+    node.snapshot().await.unwrap();
+    cluster.propose(g, put("k8", "v")).await.unwrap();
+    node.snapshot().await.unwrap();
+    // The fourth peer believes the region is [k, m) at the same epoch.
+    let wider = Region::new(RegionId(6), b("k"), b("m"), Epoch::new(1, 1)).unwrap();
+    cluster.engine(3).put(b("k5"), b("mine")).unwrap();
+    cluster.add_region_on(3, &wider, Vec::new()).await;
+    // The change cannot complete (the new peer never catches up): ask in the background.
+    let new_peer = cluster.peers[3].clone();
+    let adding = tokio::spawn(async move { node.add_peer(new_peer).await });
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.node(3, g).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the peer with another range kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        cluster.engine(3).scan(b"", b"", 100, false).unwrap(),
+        pairs(&[("k5", "mine")])
+    );
+    assert_eq!(
+        cluster.handle(3, g).applied_index(),
+        flotilla_node::LogIndex(0)
+    );
+    adding.abort();
+    cluster.stop_all().await;
+}
