@@ -237,6 +237,9 @@ async fn serve_child(
     options.raft.heartbeat_interval_ticks = timing.heartbeat_interval_ticks;
     options.raft.snapshot_interval_ticks = 0;
     options.raft.read_timeout_ticks = 2_000 / timing.tick_ms.max(1);
+    // Explicit, whatever the default: the 100-group test kills a process while idle groups
+    // hibernate.
+    options.hibernation = true;
     // Reconnect quickly to a restarted peer.
     let transport = GrpcTransport::new(GrpcOptions {
         backoff_max: Duration::from_millis(200),
@@ -341,7 +344,7 @@ fn csv(values: &[u64]) -> String {
 /// read GROUP                  -> ok VALUES   after a linearizable read_index here
 /// values GROUP                -> ok VALUES   what this process applied so far
 /// status GROUP                -> ok role=.. leader=.. term=.. applied=..
-/// leaders                     -> ok led=N known=N groups=N
+/// leaders                     -> ok led=N known=N hibernating=N groups=N
 /// counts FIRST COUNT          -> ok N,N,...  register lengths
 /// stats                       -> ok snapshots_installed=.. log_writes=.. entries_written=..
 /// ```
@@ -392,7 +395,11 @@ async fn answer(request: &str, state: &ChildState) -> Result<String, String> {
                 .collect();
             let led = nodes.iter().filter(|n| n.is_leader()).count();
             let known = nodes.iter().filter(|n| n.leader_id().is_some()).count();
-            Ok(format!("ok led={led} known={known} groups={}", nodes.len()))
+            let hibernating = nodes.iter().filter(|n| n.status().hibernating).count();
+            Ok(format!(
+                "ok led={led} known={known} hibernating={hibernating} groups={}",
+                nodes.len()
+            ))
         }
         ["counts", first, count] => {
             let (first, count) = (number("first", first)?, number("count", count)?);
@@ -1024,7 +1031,9 @@ async fn check_survivors_and_restart(cluster: &Cluster, old: usize, acked: &BTre
 }
 
 /// 100 groups on 3 processes: every group elects a leader (all three processes agree who),
-/// commits a write, and every process applies it. Leaders are spread over the processes.
+/// commits a write, and every process applies it. Then, once the idle groups hibernate,
+/// the process leading the most groups is SIGKILLed: every group it led fails over and all
+/// 100 commit again on the two others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_groups_on_three_processes_elect_and_commit() {
     const GROUPS: u64 = 100;
@@ -1037,52 +1046,11 @@ async fn hundred_groups_on_three_processes_elect_and_commit() {
     cluster
         .start_groups(&[0, 1, 2], 1, GROUPS, &[0, 1, 2])
         .await;
-    let deadline = Instant::now() + WAIT;
-    let led = loop {
-        let mut led = Vec::new();
-        let mut known = Vec::new();
-        for i in 0..3 {
-            let line = cluster.ask_ok(i, "leaders").await;
-            led.push(number("led", field(&line, "led")).expect("led"));
-            known.push(number("known", field(&line, "known")).expect("known"));
-        }
-        if led.iter().sum::<u64>() == GROUPS && known.iter().all(|&k| k == GROUPS) {
-            break led;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "leaders per process {led:?}, groups with a known leader {known:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let led = wait_every_group_led(&cluster, &[0, 1, 2], GROUPS).await;
     eprintln!("100 groups: leaders per process {led:?}");
-    let mut writes = Vec::new();
-    for group in 1..=GROUPS {
-        let cluster = cluster.clone();
-        writes.push(tokio::spawn(async move {
-            cluster.apply_acked(group, group * 10).await
-        }));
-    }
-    for write in writes {
-        assert_eq!(
-            write.await.expect("write"),
-            1,
-            "the first write of its group"
-        );
-    }
+    write_every_group(&cluster, GROUPS, 10).await;
     for i in 0..3 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let counts = parse_values(&cluster.ask_ok(i, &format!("counts 1 {GROUPS}")).await);
-            if counts.iter().all(|&c| c == 1) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process {i}: register lengths {counts:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_register_lengths(&cluster, i, GROUPS, 1).await;
     }
     for group in [1, 50, 100] {
         for i in 0..3 {
@@ -1098,6 +1066,104 @@ async fn hundred_groups_on_three_processes_elect_and_commit() {
         "100 groups: {entries} entries in {writes} log writes ({:.1} per fsync)",
         entries as f64 / writes.max(1) as f64
     );
+
+    wait_hibernating(&cluster, GROUPS).await;
+    let victim = (0..3).max_by_key(|&i| led[i]).expect("three processes");
+    cluster.kill(victim);
+    let killed = Instant::now();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    write_every_group(&cluster, GROUPS, 10 + 1).await;
+    eprintln!(
+        "100 hibernating groups: all committed again {} ms after SIGKILL of the process \
+         leading {} of them",
+        killed.elapsed().as_millis(),
+        led[victim]
+    );
+    wait_every_group_led(&cluster, &survivors, GROUPS).await;
+    for &i in &survivors {
+        wait_register_lengths(&cluster, i, GROUPS, 2).await;
+    }
+}
+
+/// Waits until every group has a leader among `among` that all of them know; answers the
+/// groups each one leads.
+async fn wait_every_group_led(cluster: &Cluster, among: &[usize], groups: u64) -> Vec<u64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut led = Vec::new();
+        let mut known = Vec::new();
+        for &i in among {
+            let line = cluster.ask_ok(i, "leaders").await;
+            led.push(number("led", field(&line, "led")).expect("led"));
+            known.push(number("known", field(&line, "known")).expect("known"));
+        }
+        if led.iter().sum::<u64>() == groups && known.iter().all(|&k| k == groups) {
+            return led;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders per process {led:?}, groups with a known leader {known:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes `group * factor` to every group `1..=groups` at once; each must be acknowledged,
+/// and every group must then hold the same number of values.
+async fn write_every_group(cluster: &Arc<Cluster>, groups: u64, factor: u64) {
+    let mut writes = Vec::new();
+    for group in 1..=groups {
+        let cluster = cluster.clone();
+        writes.push(tokio::spawn(async move {
+            cluster.apply_acked(group, group * factor).await
+        }));
+    }
+    let lengths: BTreeSet<u64> = join_all(writes).await.into_iter().collect();
+    assert_eq!(lengths.len(), 1, "groups at different lengths: {lengths:?}");
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<u64>>) -> Vec<u64> {
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(handle.await.expect("write task"));
+    }
+    results
+}
+
+/// Waits until process `i` applied exactly `length` entries of every group.
+async fn wait_register_lengths(cluster: &Cluster, i: usize, groups: u64, length: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counts = parse_values(&cluster.ask_ok(i, &format!("counts 1 {groups}")).await);
+        if counts.iter().all(|&c| c == length) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {i}: register lengths {counts:?}, expected {length}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every group hibernates on every running process.
+async fn wait_hibernating(cluster: &Cluster, groups: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut hibernating = Vec::new();
+        for i in cluster.running() {
+            let line = cluster.ask_ok(i, "leaders").await;
+            hibernating.push(number("hibernating", field(&line, "hibernating")).expect("count"));
+        }
+        if hibernating.iter().all(|&h| h == groups) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle groups hibernating per process: {hibernating:?} of {groups}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Removing the leader through the CLI service: a new leader among the two others takes
