@@ -78,6 +78,22 @@ pub fn read_applied(engine: &dyn KvEngine, region: RegionId) -> Result<(LogIndex
     ))
 }
 
+/// Prefix of a completion's error text when the outcome is unknown (the engine failed
+/// while applying the batch: the entry is committed, the other replicas apply it).
+pub const UNKNOWN_OUTCOME_PREFIX: &str = "outcome unknown: ";
+
+/// The error a proposer should report for the text a [`KvStateMachine`] completed its
+/// entry with: [`KvError::Unknown`] after an engine failure (the entry committed and
+/// applies elsewhere, so it is not "failed"), [`KvError::Refused`] for a command it
+/// refused (nothing of it applied).
+#[must_use]
+pub fn completion_error(text: String) -> KvError {
+    match text.strip_prefix(UNKNOWN_OUTCOME_PREFIX) {
+        Some(why) => KvError::Unknown(why.to_string()),
+        None => KvError::Refused(text),
+    }
+}
+
 /// What the store can observe of a region's state machine once the state machine itself
 /// was handed to the node runtime. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -392,11 +408,12 @@ impl StateMachine for KvStateMachine {
             }
         }
         if let Some(why) = engine_failure {
-            let unknown = KvError::Unknown(format!("the KV engine failed: {why}")).to_string();
+            let unknown = format!("{UNKNOWN_OUTCOME_PREFIX}the KV engine failed: {why}");
+            // Failed before anyone hears of it: a proposer then sees the handle failed.
+            self.fail(why);
             for (completion, _) in answers {
                 completion.complete(Err(unknown.clone()));
             }
-            self.fail(why);
             return;
         }
         for (completion, result) in answers {

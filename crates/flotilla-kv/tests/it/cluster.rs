@@ -134,6 +134,15 @@ impl KvCluster {
         }
     }
 
+    /// Replaces process `i`'s engine (before its regions start), e.g. with one that fails.
+    pub fn set_engine(&mut self, i: usize, engine: Arc<dyn KvEngine>) {
+        assert!(
+            self.processes[i].handles.is_empty(),
+            "regions already use the engine"
+        );
+        self.processes[i].engine = Some(engine);
+    }
+
     /// Starts the peer of `region` on process `i` with `peers` as initial voters (empty:
     /// a peer waiting to be added).
     pub async fn add_region_on(&mut self, i: usize, region: &Region, peers: Vec<PeerId>) {

@@ -275,3 +275,21 @@ fn random_input_never_panics() {
         let _ = Region::decode(&input);
     }
 }
+
+/// The prefix the state machine marks unknown outcomes with is `KvError::Unknown`'s, and
+/// `completion_error` tells it from a refusal.
+#[test]
+fn completion_errors_keep_unknown_apart_from_refused() {
+    use flotilla_kv::state_machine::{completion_error, UNKNOWN_OUTCOME_PREFIX};
+    assert!(KvError::Unknown("x".into())
+        .to_string()
+        .starts_with(UNKNOWN_OUTCOME_PREFIX));
+    assert_eq!(
+        completion_error(format!("{UNKNOWN_OUTCOME_PREFIX}disk gone")),
+        KvError::Unknown("disk gone".into())
+    );
+    assert_eq!(
+        completion_error("key \"z\" is outside region 3".into()),
+        KvError::Refused("key \"z\" is outside region 3".into())
+    );
+}

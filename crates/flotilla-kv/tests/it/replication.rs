@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
+use flotilla_kv::state_machine::completion_error;
+use flotilla_kv::{Epoch, KvCommand, KvEngine, KvError, KvOutput, Region, RegionId};
 
 use crate::cluster::{EngineKind, KvCluster, WAIT};
 
@@ -438,5 +441,137 @@ async fn snapshot_of_another_range_is_refused() {
         flotilla_node::LogIndex(0)
     );
     adding.abort();
+    cluster.stop_all().await;
+}
+
+/// A memory engine whose writes fail on demand (a disk going bad under one replica).
+struct FailingEngine {
+    inner: flotilla_kv::MemoryEngine,
+    fail_writes: std::sync::atomic::AtomicBool,
+}
+
+impl KvEngine for FailingEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
+        self.inner.get(key)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+        self.inner.scan(start, end, limit, reverse)
+    }
+
+    fn write(&self, batch: flotilla_kv::WriteBatch) -> Result<(), KvError> {
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(KvError::Engine("injected write failure".into()));
+        }
+        self.inner.write(batch)
+    }
+
+    fn approximate_keys(&self, start: &[u8], end: &[u8]) -> Result<u64, KvError> {
+        self.inner.approximate_keys(start, end)
+    }
+
+    fn export_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, KvError> {
+        self.inner.export_range(start, end, out)
+    }
+
+    fn import_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        input: &mut dyn std::io::Read,
+    ) -> Result<u64, KvError> {
+        self.inner.import_range(start, end, input)
+    }
+
+    fn flush(&self) -> Result<(), KvError> {
+        self.inner.flush()
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
+        self.inner.meta_get(key)
+    }
+
+    fn meta_scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+        self.inner.meta_scan(start, end, limit)
+    }
+}
+
+/// When the leader's engine fails a write, its proposer hears "outcome unknown" (the
+/// entry committed and applies on the others), its handle says failed, and its group
+/// stops at the next batch; a new leader serves the region with the write applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_failure_answers_unknown_and_stops_the_region() {
+    let mut cluster = KvCluster::new("engine-failure", 3, EngineKind::Memory).await;
+    let failing = Arc::new(FailingEngine {
+        inner: flotilla_kv::MemoryEngine::new(),
+        fail_writes: std::sync::atomic::AtomicBool::new(false),
+    });
+    cluster.set_engine(0, failing.clone());
+    let region = whole(7);
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    cluster.propose(g, put("before", "1")).await.unwrap();
+    // Make process 0 lead, then break its engine.
+    let leader = cluster.leader(g).await;
+    if leader != 0 {
+        let node = cluster.node(leader, g).unwrap();
+        let target = cluster.peers[0].clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Err(e) = node.transfer_leadership(Some(target.clone())).await {
+            assert!(tokio::time::Instant::now() < deadline, "transfer: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let node = cluster
+        .node(cluster.leader_among(g, &[0]).await, g)
+        .unwrap();
+    failing
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = node.apply(put("during", "1").encode(), None).await;
+    let text = match answer {
+        Err(flotilla_node::NodeError::Raft(flotilla_node::RaftError::StateMachine(text))) => text,
+        other => panic!("expected the state machine's error, got {other:?}"),
+    };
+    assert!(
+        matches!(completion_error(text.clone()), KvError::Unknown(_)),
+        "{text}"
+    );
+    assert!(text.contains("injected write failure"), "{text}");
+    assert!(cluster.handle(0, g).failed());
+    // The next batch stops the group on process 0.
+    let _ = node.apply(put("after", "1").encode(), None).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.node(0, g).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "group kept running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The others elect a leader and hold the committed write.
+    let new_leader = cluster.leader_among(g, &[1, 2]).await;
+    cluster.propose(g, put("later", "1")).await.unwrap();
+    let target = cluster.handle(new_leader, g).applied_index();
+    for i in [1, 2] {
+        cluster.wait_applied(i, g, target).await;
+        assert_eq!(cluster.engine(i).get(b"during").unwrap(), Some(b("1")));
+        assert_eq!(cluster.engine(i).get(b"later").unwrap(), Some(b("1")));
+    }
+    assert_eq!(failing.inner.get(b"during").unwrap(), None);
+    drop(failing);
     cluster.stop_all().await;
 }
