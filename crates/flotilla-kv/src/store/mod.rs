@@ -27,7 +27,7 @@ use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
 use crate::region::{Epoch, Region, RegionId};
-use crate::state_machine::KvStateMachine;
+use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
 use meta::{cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_FILE};
 
 /// Which [`KvEngine`] a store keeps its data in.
@@ -133,6 +133,8 @@ pub enum StoreError {
 struct RegionPeer {
     region: Region,
     node: Node,
+    /// What the region's state machine reports (engine failure, applied index).
+    machine: KvRegionHandle,
 }
 
 /// What the store knows of one region (`admin status`).
@@ -367,6 +369,7 @@ impl Store {
 
     async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
         let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone());
+        let handle = machine.handle();
         let node = self
             .inner
             .manager
@@ -382,6 +385,7 @@ impl Store {
                 RegionPeer {
                     region: hosted.region.clone(),
                     node: node.clone(),
+                    machine: handle,
                 },
             );
         Ok(node)
@@ -575,6 +579,11 @@ impl Store {
         mode: Option<ReadMode>,
     ) -> Result<Region, KvError> {
         let peer = self.admit(id, epoch)?;
+        if peer.machine.failed() {
+            return Err(KvError::Engine(format!(
+                "region {id}: the storage engine failed while applying; this peer serves no reads"
+            )));
+        }
         if mode.is_some() && !peer.node.is_leader() {
             return Err(KvError::NotLeader {
                 region: id,
@@ -682,7 +691,7 @@ impl Store {
         let output = match tokio::time::timeout(self.inner.request_timeout, apply).await {
             Ok(Ok(output)) => output,
             Ok(Err(NodeError::Raft(RaftError::StateMachine(why)))) => {
-                return Err(KvError::Refused(why))
+                return Err(completion_error(why))
             }
             Ok(Err(e)) => return Err(self.node_error(id, e)),
             Err(_) => {
