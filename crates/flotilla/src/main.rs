@@ -3,6 +3,7 @@
 //! - `flotilla server`: one store (process) of a cluster; see `--help`.
 //! - `flotilla kv`: reads and writes through the routing client.
 //! - `flotilla admin`: status and membership of the regions (the CLI service).
+//! - `flotilla bench`: a load generator, against Flotilla or etcd (side-by-side figures).
 //! - `flotilla demo`: a three-process cluster on loopback, a workload, a leader kill.
 //!
 //! Every flag can also be set in a TOML file given by `--config` (keys are the flag names
@@ -13,6 +14,7 @@
 //! outcome is unknown (a write that timed out or lost its connection after sending).
 
 mod admin;
+mod bench;
 mod config;
 mod demo;
 mod kv;
@@ -47,6 +49,8 @@ enum Command {
     /// Starts a three-process cluster on loopback, runs a workload, kills the leader
     /// half way and checks that every acknowledged write survived.
     Demo(demo::DemoArgs),
+    /// Measures throughput and latency of a Flotilla (or etcd) cluster under a workload.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -88,6 +92,7 @@ fn main() {
         Command::Kv(args) => kv::run(args, &file),
         Command::Admin(args) => admin::run(args, &file),
         Command::Demo(args) => demo::run(args, &file),
+        Command::Bench(args) => bench::run(args, &file),
     };
     std::process::exit(code);
 }
