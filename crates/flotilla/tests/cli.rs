@@ -499,3 +499,110 @@ fn leader_kill_then_member_replacement_keeps_every_acknowledged_write() {
     }
     put_until_ok(&survivors, "after-replace", "yes", Duration::from_secs(10));
 }
+
+/// Writes a CA and one certificate for 127.0.0.1 (server and client use) under `dir`;
+/// returns the three flags that use them.
+fn tls_files(dir: &Path) -> Vec<String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "flotilla test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let certificate = params.signed_by(&key, &ca).unwrap();
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("cert.pem", certificate.pem()),
+        ("key.pem", key.serialize_pem()),
+    ];
+    let mut flags = Vec::new();
+    for ((name, pem), flag) in files.iter().zip(["--tls-ca", "--tls-cert", "--tls-key"]) {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        flags.push(flag.to_string());
+        flags.push(path.display().to_string());
+    }
+    flags
+}
+
+#[test]
+fn a_mutual_tls_cluster_serves_tls_clients_only() {
+    let dir = TempDir::new("tls");
+    let tls = tls_files(&dir.0);
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let peers = addresses.join(",");
+    let mut servers = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--addr", address, "--peers", &peers])
+            .arg("--data-dir")
+            .arg(dir.0.join(format!("s{i}")))
+            .args(TIMING)
+            .args(&tls)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        servers.push(Server {
+            address: address.clone(),
+            child: Some(command.spawn().unwrap()),
+        });
+    }
+    let with_tls = |op: &[&str]| {
+        let mut args: Vec<&str> = vec![
+            "kv",
+            "--endpoints",
+            &peers,
+            "--json",
+            "--timeout-ms",
+            "3000",
+        ];
+        args.extend(tls.iter().map(String::as_str));
+        args.extend_from_slice(op);
+        json(&args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, answer) = with_tls(&["put", "secret", "s3cr3t"]);
+        if code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS write within 30 s: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        with_tls(&["get", "secret"]).1["value"],
+        Value::from("s3cr3t")
+    );
+    // A plain-text client is refused at the handshake: a certain failure, nothing read.
+    let (code, answer) = kv(&peers, &["get", "secret"]);
+    assert_eq!(code, 1, "{answer}");
+    assert_eq!(answer["ok"], Value::Bool(false));
+    // Half a TLS configuration is a usage error.
+    let (code, answer) = json(&[
+        "kv",
+        "--endpoints",
+        &peers,
+        "--json",
+        "--tls-ca",
+        &tls[1],
+        "get",
+        "secret",
+    ]);
+    assert_eq!(code, 2, "{answer}");
+    drop(servers);
+}
