@@ -1,0 +1,420 @@
+//! Hosts and the network between them. With network namespaces, each server process runs
+//! in its own namespace (`ip netns`), wired by a veth pair to one bridge the harness creates,
+//! on a private /24 it checked is unused; a partition is a set of packet drops made with
+//! `iptables` inside the receiving namespace (real drops: the kernel discards the packets,
+//! TCP retransmits into the void). Without namespaces (not root, no `ip`, no `iptables`),
+//! every server listens on 127.0.0.1 and only the faults that need no network control run.
+//!
+//! Owns: creating and removing every namespace, link and rule it uses, and nothing else: it
+//! never touches a namespace, link or address it did not create (names carry this
+//! process's id; leftovers of a dead harness are recognised by that id and removed).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use anyhow::{bail, Context};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// Prefix of every namespace the harness creates: `flotilla-chaos-<pid>-<host>`.
+const NETNS_PREFIX: &str = "flotilla-chaos-";
+/// The port every server listens on inside its namespace.
+const NETNS_PORT: u16 = 7100;
+/// Hosts one run may create (addresses .1 to .250 of the /24; .254 is the bridge).
+const HOSTS_MAX: u8 = 250;
+
+/// Where one server process runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The address the server listens on and is known by (its peer id).
+    pub address: String,
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its network namespace (`None` on loopback).
+    pub netns: Option<String>,
+}
+
+/// The hosts' network.
+#[derive(Debug)]
+pub enum Network {
+    /// One namespace per host on a bridge: partitions are possible.
+    Namespaces(Namespaces),
+    /// Every host on 127.0.0.1: no partitions.
+    Loopback,
+}
+
+/// The namespaces, links and addresses one harness process created.
+#[derive(Debug)]
+pub struct Namespaces {
+    tag: String,
+    bridge: String,
+    subnet: [u8; 3],
+    next_host: u8,
+    /// Namespaces created and not yet removed.
+    live: Vec<String>,
+    /// The bridge exists.
+    bridge_up: bool,
+}
+
+/// Runs a command to completion; fails with its stderr when it exits non-zero.
+async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    run_with_input(program, args, None).await
+}
+
+async fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).await?;
+        drop(stdin);
+    }
+    let output = child.wait_with_output().await?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether `program` can be found on the PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released: good enough for a test harness).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl Network {
+    /// Namespaces if they can be made here (else loopback, with the reason why), unless
+    /// `loopback` forces it.
+    pub async fn create(loopback: bool) -> (Network, Option<String>) {
+        if loopback {
+            return (Network::Loopback, Some("--loopback given".into()));
+        }
+        match Namespaces::create().await {
+            Ok(namespaces) => (Network::Namespaces(namespaces), None),
+            Err(why) => (Network::Loopback, Some(format!("{why:#}"))),
+        }
+    }
+
+    /// A new host for one server.
+    pub async fn add_host(&mut self) -> anyhow::Result<Host> {
+        match self {
+            Network::Namespaces(ns) => ns.add_host().await,
+            Network::Loopback => {
+                let port = free_port()?;
+                Ok(Host {
+                    address: format!("127.0.0.1:{port}"),
+                    ip: Ipv4Addr::LOCALHOST,
+                    netns: None,
+                })
+            }
+        }
+    }
+
+    /// Removes a host that is no longer used (its namespace; the server must be stopped).
+    pub async fn remove_host(&mut self, host: &Host) -> anyhow::Result<()> {
+        match (self, &host.netns) {
+            (Network::Namespaces(ns), Some(name)) => ns.remove(name).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes exactly the pairs in `blocked` (from, to) of the numbered `hosts` drop their
+    /// packets: `to` discards everything from `from`. Every other pair delivers.
+    pub async fn set_blocked(
+        &self,
+        hosts: &[(usize, &Host)],
+        blocked: &BTreeSet<(usize, usize)>,
+    ) -> anyhow::Result<()> {
+        let Network::Namespaces(_) = self else {
+            if blocked.is_empty() {
+                return Ok(());
+            }
+            bail!("partitions need network namespaces");
+        };
+        for &(to, host) in hosts {
+            let Some(netns) = &host.netns else { continue };
+            let mut rules = String::from(
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+            );
+            for &(from, source) in hosts {
+                if blocked.contains(&(from, to)) {
+                    rules.push_str(&format!("-A INPUT -s {}/32 -j DROP\n", source.ip));
+                }
+            }
+            rules.push_str("COMMIT\n");
+            run_with_input(
+                "ip",
+                &["netns", "exec", netns, "iptables-restore"],
+                Some(&rules),
+            )
+            .await
+            .with_context(|| format!("cannot set the packet filter of {}", host.address))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything the harness created.
+    pub async fn teardown(&mut self) {
+        if let Network::Namespaces(ns) = self {
+            ns.teardown().await;
+        }
+    }
+
+    /// The command line prefix that runs a program on `host`.
+    pub fn exec_prefix(host: &Host) -> Vec<String> {
+        match &host.netns {
+            Some(netns) => vec!["ip".into(), "netns".into(), "exec".into(), netns.clone()],
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Namespaces {
+    async fn create() -> anyhow::Result<Namespaces> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("network namespaces need root");
+        }
+        for program in ["ip", "iptables-restore"] {
+            if !on_path(program) {
+                bail!("{program} is not installed (apt-get install iproute2 iptables)");
+            }
+        }
+        remove_leftovers().await;
+        let pid = std::process::id();
+        let tag = format!("{}", pid % 100_000);
+        let subnet = free_subnet(pid).await?;
+        let bridge = format!("fch{tag}");
+        run("ip", &["link", "add", &bridge, "type", "bridge"])
+            .await
+            .context("cannot create a bridge")?;
+        let mut namespaces = Namespaces {
+            tag,
+            bridge: bridge.clone(),
+            subnet,
+            next_host: 1,
+            live: Vec::new(),
+            bridge_up: true,
+        };
+        let gateway = format!("{}.{}.{}.254/24", subnet[0], subnet[1], subnet[2]);
+        let setup = async {
+            run("ip", &["addr", "add", &gateway, "dev", &bridge]).await?;
+            run("ip", &["link", "set", &bridge, "up"]).await?;
+            // Probe one namespace now, so a machine that cannot make them falls back early.
+            let probe = namespaces.add_host().await?;
+            // (Its number is not reused: the kernel removes the veth pair asynchronously.)
+            namespaces
+                .remove(probe.netns.as_deref().unwrap_or_default())
+                .await?;
+            anyhow::Ok(())
+        };
+        if let Err(why) = setup.await {
+            namespaces.teardown().await;
+            return Err(why);
+        }
+        Ok(namespaces)
+    }
+
+    async fn add_host(&mut self) -> anyhow::Result<Host> {
+        if self.next_host > HOSTS_MAX {
+            bail!("more than {HOSTS_MAX} hosts in one run");
+        }
+        let n = self.next_host;
+        self.next_host += 1;
+        let netns = format!("{NETNS_PREFIX}{}-{n}", std::process::id());
+        let veth = format!("fch{}v{n}", self.tag);
+        let ip = Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], n);
+        run("ip", &["netns", "add", &netns]).await?;
+        self.live.push(netns.clone());
+        let cidr = format!("{ip}/24");
+        run(
+            "ip",
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )
+        .await?;
+        run("ip", &["link", "set", &veth, "master", &self.bridge, "up"]).await?;
+        run("ip", &["-n", &netns, "addr", "add", &cidr, "dev", "eth0"]).await?;
+        run("ip", &["-n", &netns, "link", "set", "eth0", "up"]).await?;
+        run("ip", &["-n", &netns, "link", "set", "lo", "up"]).await?;
+        Ok(Host {
+            address: format!("{ip}:{NETNS_PORT}"),
+            ip,
+            netns: Some(netns),
+        })
+    }
+
+    async fn remove(&mut self, netns: &str) -> anyhow::Result<()> {
+        // Removing the namespace removes its end of the veth pair, and with it ours.
+        run("ip", &["netns", "del", netns]).await?;
+        self.live.retain(|n| n != netns);
+        Ok(())
+    }
+
+    async fn teardown(&mut self) {
+        for netns in std::mem::take(&mut self.live) {
+            if let Err(why) = run("ip", &["netns", "del", &netns]).await {
+                eprintln!("flotilla-chaos: cannot remove namespace {netns}: {why:#}");
+            }
+        }
+        if !std::mem::take(&mut self.bridge_up) {
+            return;
+        }
+        if let Err(why) = run("ip", &["link", "del", &self.bridge]).await {
+            eprintln!(
+                "flotilla-chaos: cannot remove bridge {}: {why:#}",
+                self.bridge
+            );
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    /// A run that ends early (an error, Ctrl-C) still removes what it created; this blocks,
+    /// which is fine at the end of a run.
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = std::process::Command::new("ip")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        for netns in std::mem::take(&mut self.live) {
+            quiet(&["netns", "del", &netns]);
+        }
+        if std::mem::take(&mut self.bridge_up) {
+            quiet(&["link", "del", &self.bridge]);
+        }
+    }
+}
+
+/// A 10.x.y.0/24 that no route of this machine overlaps (chosen from the pid so that two
+/// harnesses on one machine pick different ones).
+async fn free_subnet(pid: u32) -> anyhow::Result<[u8; 3]> {
+    let routes = run("ip", &["-4", "route", "show", "table", "all"])
+        .await
+        .unwrap_or_default();
+    let taken = |candidate: [u8; 3]| {
+        routes.lines().any(|line| {
+            let Some(prefix) = line.split_whitespace().find(|w| w.contains('.')) else {
+                return false;
+            };
+            overlaps(prefix, candidate)
+        })
+    };
+    for attempt in 0..4096u32 {
+        let n = pid.wrapping_add(attempt.wrapping_mul(7919));
+        let candidate = [10, 200 + (n % 50) as u8, ((n / 50) % 256) as u8];
+        if !taken(candidate) {
+            return Ok(candidate);
+        }
+    }
+    bail!("no free 10.x.y.0/24 subnet for the bridge")
+}
+
+/// Whether the route prefix `text` ("a.b.c.d/len" or "a.b.c.d") overlaps `subnet`.0/24.
+fn overlaps(text: &str, subnet: [u8; 3]) -> bool {
+    let (address, len) = match text.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().unwrap_or(32)),
+        None => (text, 32),
+    };
+    let Ok(address) = address.parse::<Ipv4Addr>() else {
+        return false;
+    };
+    let ours = u32::from(Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 0));
+    let theirs = u32::from(address);
+    // Two prefixes overlap when they agree on the shorter one's bits.
+    let bits = len.min(24);
+    if bits == 0 {
+        // A default route covers everything but claims nothing.
+        return false;
+    }
+    let mask = u32::MAX << (32 - bits);
+    ours & mask == theirs & mask
+}
+
+/// Removes namespaces (and the servers in them) and bridges that a harness which is no
+/// longer running left behind. Only names this harness makes are considered.
+async fn remove_leftovers() {
+    let Ok(list) = run("ip", &["netns", "list"]).await else {
+        return;
+    };
+    let mut dead_tags = BTreeSet::new();
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = run("ip", &["netns", "pids", name]).await {
+            for server in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(server, libc::SIGKILL) };
+            }
+        }
+        let _ = run("ip", &["netns", "del", name]).await;
+        dead_tags.insert(pid % 100_000);
+        eprintln!("flotilla-chaos: removed namespace {name} left by a harness that is gone");
+    }
+    for tag in dead_tags {
+        let _ = run("ip", &["link", "del", &format!("fch{tag}")]).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_overlap() {
+        assert!(overlaps("10.200.3.0/24", [10, 200, 3]));
+        assert!(overlaps("10.0.0.0/8", [10, 200, 3]));
+        assert!(overlaps("10.200.3.7", [10, 200, 3]));
+        assert!(!overlaps("10.200.4.0/24", [10, 200, 3]));
+        assert!(!overlaps("192.168.0.0/16", [10, 200, 3]));
+        assert!(!overlaps("0.0.0.0/0", [10, 200, 3]));
+        assert!(!overlaps("default", [10, 200, 3]));
+    }
+}

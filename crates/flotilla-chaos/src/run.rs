@@ -1,0 +1,579 @@
+//! One run: start a cluster, run the workload while the nemeses cycle fault / heal, heal
+//! everything, read the final state, stop the cluster, check the histories, and keep the
+//! run's directory (histories, journal, server logs, data) when anything failed.
+//!
+//! Owns: the run's timeline and its result. Must never: call a run passed when a checker
+//! could not decide, or delete the evidence of a failing run.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flotilla_kv::client::KvClient;
+use flotilla_sim::linearizability::Checker;
+
+use crate::checker::{self, quantile};
+use crate::cluster::{Cluster, Journal, ServerConfig};
+use crate::history::{self, Outcome, RegisterEvent, SetRead};
+use crate::nemesis::{self, Nemesis, NemesisConfig};
+use crate::net::Network;
+use crate::rng::Rng;
+use crate::workload::{self, Shared, WorkloadConfig};
+
+/// How long the cluster has to elect leaders at the start, and to recover after the last
+/// heal before the final reads.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wait after the workload stops, so that requests the servers still hold (their request
+/// timeout is 5 s) end before the final reads.
+const QUIESCE: Duration = Duration::from_secs(6);
+/// Findings printed per kind (all are in the run's report file).
+const SHOWN_MAX: usize = 10;
+
+/// Everything one run needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The nemeses selected.
+    pub nemeses: Vec<Nemesis>,
+    /// Cluster size.
+    pub nodes: usize,
+    /// How long the workload and the nemeses run.
+    pub time_limit: Duration,
+    /// The seed of every choice.
+    pub seed: u64,
+    /// The servers.
+    pub server: ServerConfig,
+    /// The clients.
+    pub workload: WorkloadConfig,
+    /// Nemesis settings.
+    pub nemesis: NemesisConfig,
+    /// Healthy time before each fault.
+    pub interval: Duration,
+    /// How long each fault lasts.
+    pub fault_duration: Duration,
+    /// Force loopback (no namespaces).
+    pub loopback: bool,
+    /// The run's directory.
+    pub dir: PathBuf,
+    /// Keep the directory even when the run passed.
+    pub keep: bool,
+    /// The linearizability checker's budget per key.
+    pub checker_states: u64,
+    /// Print only the result line.
+    pub quiet: bool,
+}
+
+/// What one run found.
+#[derive(Clone, Debug, Default)]
+pub struct RunResult {
+    /// The nemeses that ran.
+    pub nemeses: String,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Seconds of workload.
+    pub seconds: u64,
+    /// The seed.
+    pub seed: u64,
+    /// Operations recorded (workload, probes, final reads).
+    pub ops: usize,
+    /// Operations whose outcome is unknown.
+    pub indeterminate: usize,
+    /// Keys not linearizable, set anomalies, servers that died on their own.
+    pub violations: usize,
+    /// Keys the checker could not decide, stores never read, a cluster that did not recover.
+    pub unknown: usize,
+    /// Acknowledged writes lost.
+    pub lost: usize,
+    /// Fault cycles.
+    pub faults: usize,
+    /// Recovery time of each heal (ms).
+    pub recoveries_ms: Vec<u64>,
+    /// The run's directory when kept.
+    pub kept: Option<PathBuf>,
+    /// "namespaces" or why loopback.
+    pub network: String,
+}
+
+impl RunResult {
+    /// Whether the run passed.
+    pub fn passed(&self) -> bool {
+        self.violations == 0 && self.unknown == 0 && self.lost == 0
+    }
+}
+
+/// Everything the checks say, for the report file and the output.
+#[derive(Default)]
+struct Findings {
+    lines: Vec<String>,
+}
+
+impl Findings {
+    fn section(&mut self, title: &str, items: &[String]) {
+        if items.is_empty() {
+            return;
+        }
+        self.lines.push(format!("{title} ({}):", items.len()));
+        self.lines.extend(items.iter().map(|i| format!("  {i}")));
+    }
+
+    fn print(&self) {
+        let mut shown = 0;
+        for line in &self.lines {
+            if line.starts_with("  ") {
+                shown += 1;
+                if shown > SHOWN_MAX {
+                    continue;
+                }
+            } else {
+                if shown > SHOWN_MAX {
+                    println!("    ... {} more in the report", shown - SHOWN_MAX);
+                }
+                shown = 0;
+            }
+            println!("    {line}");
+        }
+        if shown > SHOWN_MAX {
+            println!("    ... {} more in the report", shown - SHOWN_MAX);
+        }
+    }
+}
+
+/// Runs one test.
+pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
+    std::fs::create_dir_all(&config.dir)
+        .with_context(|| format!("cannot create {}", config.dir.display()))?;
+    let started = Instant::now();
+    let journal = Arc::new(Journal::new(started, config.quiet));
+    let (network, fallback) = Network::create(config.loopback).await;
+    let mut nemeses = config.nemeses.clone();
+    let network_name = match &fallback {
+        None => "namespaces".to_string(),
+        Some(why) => {
+            let skipped: Vec<Nemesis> = nemeses
+                .iter()
+                .copied()
+                .filter(|n| n.needs_network())
+                .collect();
+            nemeses.retain(|n| !n.needs_network());
+            println!(
+                "  network namespaces unavailable ({why}): running on loopback{}",
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", without {}", Nemesis::list_name(&skipped))
+                }
+            );
+            format!("loopback ({why})")
+        }
+    };
+    let mut cluster = Cluster::new(
+        config.server.clone(),
+        config.dir.clone(),
+        network,
+        journal.clone(),
+    );
+    if nemeses.contains(&Nemesis::Clock) && cluster.faketime.is_none() {
+        println!(
+            "  libfaketime not found (apt-get install faketime): running without the clock nemesis"
+        );
+        nemeses.retain(|n| *n != Nemesis::Clock);
+    }
+    let outcome = drive(&config, &nemeses, &mut cluster, &journal).await;
+    cluster.teardown().await;
+    let (shared, driven) = outcome?;
+    let mut result = check_and_report(&config, &nemeses, &cluster, &journal, &shared, driven)?;
+    result.network = network_name;
+    Ok(result)
+}
+
+/// What the timeline produced besides the histories.
+struct Driven {
+    faults: usize,
+    recoveries_ms: Vec<u64>,
+    liveness: Vec<String>,
+    set_reads: Vec<SetRead>,
+    unread_keys: Vec<u64>,
+    workload_seconds: u64,
+}
+
+async fn drive(
+    config: &RunConfig,
+    nemeses: &[Nemesis],
+    cluster: &mut Cluster,
+    journal: &Arc<Journal>,
+) -> anyhow::Result<(Arc<Shared>, Driven)> {
+    let mut rng = Rng::new(config.seed);
+    // The cluster.
+    let mut indexes = Vec::new();
+    for _ in 0..config.nodes {
+        indexes.push(cluster.add_node(None).await?);
+    }
+    let peers = indexes
+        .iter()
+        .map(|&i| cluster.nodes[i].address().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for &i in &indexes {
+        cluster.nodes[i].bootstrap = Some(peers.clone());
+        cluster.start(i, "cluster start").await.map_err(|f| {
+            anyhow::anyhow!(
+                "{} did not start ({}): {}",
+                cluster.label(i),
+                f.status,
+                f.output.trim()
+            )
+        })?;
+    }
+    cluster.members = indexes.clone();
+    cluster.connect_admin().await?;
+    let took = cluster.wait_for_leaders(SETTLE_TIMEOUT).await.with_context(|| {
+        "the cluster elected no leaders (with namespaces, a host firewall dropping bridged traffic would do this)"
+    })?;
+    journal.note(format!(
+        "{} servers up ({peers}); every region has a leader after {} ms",
+        config.nodes,
+        took.as_millis()
+    ));
+
+    // The clients.
+    let shared = Shared::new(journal.clone(), config.workload.clone());
+    let mut clients = Vec::new();
+    for _ in 0..config.workload.clients.div_ceil(4).max(1) {
+        let client = KvClient::connect(cluster.member_addresses(), shared.client_options())
+            .await
+            .map_err(|e| anyhow::anyhow!("the workload client cannot connect: {e}"))?;
+        clients.push(client);
+    }
+    let probe_client = KvClient::connect(cluster.member_addresses(), shared.client_options())
+        .await
+        .map_err(|e| anyhow::anyhow!("the probe client cannot connect: {e}"))?;
+    let workers = shared.spawn_clients(&clients, &mut rng);
+
+    // The nemeses.
+    let mut nemesis_rng = rng.fork(0x6e65_6d65);
+    let deadline = Instant::now() + config.time_limit;
+    let mut faults = 0;
+    let mut recoveries_ms = Vec::new();
+    let mut liveness = Vec::new();
+    let workload_start = Instant::now();
+    while !nemeses.is_empty()
+        && Instant::now() + config.interval + config.fault_duration <= deadline
+    {
+        tokio::time::sleep(config.interval).await;
+        let kinds = nemesis::choose(nemeses, &mut nemesis_rng);
+        let applied = nemesis::apply(&kinds, cluster, &mut nemesis_rng, &config.nemesis).await;
+        faults += 1;
+        journal.note(format!(
+            "fault {}: {}",
+            Nemesis::list_name(&kinds),
+            applied.description.join("; ")
+        ));
+        tokio::time::sleep(config.fault_duration).await;
+        let heal_started = Instant::now();
+        let notes = nemesis::heal(applied, cluster, &shared, &probe_client).await;
+        let healed_ms = heal_started.elapsed().as_millis();
+        let recovery = shared.probe(&probe_client, SETTLE_TIMEOUT).await;
+        match recovery {
+            Some(d) => {
+                recoveries_ms.push(d.as_millis() as u64);
+                journal.note(format!(
+                    "healed in {healed_ms} ms ({}); every region took a write {} ms later",
+                    if notes.is_empty() {
+                        "nothing to note".to_string()
+                    } else {
+                        notes.join("; ")
+                    },
+                    d.as_millis()
+                ));
+            }
+            None => {
+                let text = format!(
+                    "no write accepted in every region within {} s after healing {}",
+                    SETTLE_TIMEOUT.as_secs(),
+                    Nemesis::list_name(&kinds)
+                );
+                journal.note(format!("FINDING: {text} ({})", notes.join("; ")));
+                liveness.push(text);
+            }
+        }
+        cluster.reap_exits();
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(remaining).await;
+    let workload_seconds = workload_start.elapsed().as_secs();
+
+    // Stop the workload; every operation ends within its timeout.
+    shared.stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = tokio::time::timeout(config.workload.op_timeout * 2, worker).await;
+    }
+    journal.note(format!(
+        "workload stopped: {} register and {} set operations",
+        shared.register.lock().map(|r| r.len()).unwrap_or(0),
+        shared.set_adds.lock().map(|s| s.len()).unwrap_or(0)
+    ));
+
+    // Heal everything: every node up, the intended members, then wait for quiet.
+    let mut notes = Vec::new();
+    nemesis::ensure_running(cluster, &mut notes).await;
+    for note in notes {
+        journal.note(note);
+    }
+    match nemesis::reconcile_members(cluster, SETTLE_TIMEOUT).await {
+        Ok(notes) => {
+            for note in notes {
+                journal.note(note);
+            }
+        }
+        Err(why) => {
+            journal.note(format!("FINDING: {why:#}"));
+            liveness.push(format!("{why:#}"));
+        }
+    }
+    tokio::time::sleep(QUIESCE).await;
+    match shared.probe(&probe_client, SETTLE_TIMEOUT).await {
+        Some(d) => journal.note(format!(
+            "final heal: every region took a write after {} ms",
+            d.as_millis()
+        )),
+        None => {
+            let text = format!(
+                "after the final heal no write was accepted in every region within {} s",
+                SETTLE_TIMEOUT.as_secs()
+            );
+            journal.note(format!("FINDING: {text}"));
+            liveness.push(text);
+        }
+    }
+
+    // Final reads: every register key; the whole set on every member.
+    let unread_keys = shared
+        .final_register_reads(&probe_client, SETTLE_TIMEOUT)
+        .await;
+    let mut set_reads = Vec::new();
+    if config.workload.workloads != workload::Workloads::Register {
+        let tasks: Vec<_> = cluster
+            .member_addresses()
+            .into_iter()
+            .map(|address| {
+                let client = probe_client.clone();
+                tokio::spawn(async move {
+                    workload::read_set_on(&client, &address, SETTLE_TIMEOUT).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            if let Ok(read) = task.await {
+                set_reads.push(read);
+            }
+        }
+    }
+    journal.note(format!(
+        "final reads: {} register keys ({} unanswered), the set on {} stores",
+        shared.register_keys(),
+        unread_keys.len(),
+        set_reads.len()
+    ));
+    cluster.reap_exits();
+    Ok((
+        shared,
+        Driven {
+            faults,
+            recoveries_ms,
+            liveness,
+            set_reads,
+            unread_keys,
+            workload_seconds,
+        },
+    ))
+}
+
+fn check_and_report(
+    config: &RunConfig,
+    nemeses: &[Nemesis],
+    cluster: &Cluster,
+    journal: &Journal,
+    shared: &Shared,
+    driven: Driven,
+) -> anyhow::Result<RunResult> {
+    let register: Vec<RegisterEvent> = shared
+        .register
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let adds = shared
+        .set_adds
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let checking = Instant::now();
+    let register_report = checker::check_register(&register, &Checker::new(config.checker_states));
+    let set_report = checker::check_set(&adds, &driven.set_reads);
+    journal.note(format!(
+        "checked {} register keys and {} set adds ({} acknowledged) in {} ms",
+        register_report.keys,
+        set_report.adds,
+        set_report.acked,
+        checking.elapsed().as_millis()
+    ));
+
+    let indeterminate = register
+        .iter()
+        .filter(|e| e.outcome == Outcome::Unknown)
+        .count()
+        + adds
+            .iter()
+            .filter(|a| a.outcome == Outcome::Unknown)
+            .count();
+    let mut findings = Findings::default();
+    let violations_text: Vec<String> = register_report
+        .violations
+        .iter()
+        .map(|(key, why)| format!("key {key}: {why}"))
+        .collect();
+    findings.section("register keys not linearizable", &violations_text);
+    findings.section("stale reads", &register_report.stale_reads);
+    findings.section("lost acknowledged register writes", &register_report.lost);
+    let lost_set: Vec<String> = set_report
+        .lost
+        .iter()
+        .map(|(e, stores)| format!("element {e} (acknowledged) missing on {}", stores.join(",")))
+        .collect();
+    findings.section("lost acknowledged set adds", &lost_set);
+    let unexpected: Vec<String> = set_report
+        .unexpected
+        .iter()
+        .map(|(e, stores)| {
+            format!(
+                "element {e} present on {} but never added, or its add failed",
+                stores.join(",")
+            )
+        })
+        .collect();
+    findings.section("unexpected set elements", &unexpected);
+    let disagreements: Vec<String> = set_report
+        .disagreements
+        .iter()
+        .map(|e| format!("element {e} (unknown add) on some stores only"))
+        .collect();
+    findings.section("stores disagreeing after healing", &disagreements);
+    let crashes: Vec<String> = cluster
+        .unexpected_exits
+        .iter()
+        .map(|x| {
+            format!(
+                "{} ({}): {}",
+                x.name,
+                x.status,
+                x.log_tail
+                    .lines()
+                    .rev()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            )
+        })
+        .collect();
+    findings.section(
+        "servers that died or failed to start on their own",
+        &crashes,
+    );
+    let unknown_keys: Vec<String> = register_report
+        .unknown
+        .iter()
+        .map(|k| {
+            format!(
+                "key {k}: search out of budget ({} states)",
+                config.checker_states
+            )
+        })
+        .collect();
+    findings.section("undecided keys", &unknown_keys);
+    let unread: Vec<String> = driven
+        .unread_keys
+        .iter()
+        .map(|k| format!("key {k}: no final read answered"))
+        .chain(
+            driven
+                .set_reads
+                .iter()
+                .filter(|r| r.elements.is_none())
+                .map(|r| {
+                    format!(
+                        "store {}: the final set read never answered ({})",
+                        r.store,
+                        r.error.as_deref().unwrap_or("?")
+                    )
+                }),
+        )
+        .collect();
+    findings.section("final reads that never answered", &unread);
+    findings.section("liveness", &driven.liveness);
+
+    let violations =
+        register_report.violations.len() + set_report.violations() + cluster.unexpected_exits.len();
+    let unknown = register_report.unknown.len()
+        + driven.unread_keys.len()
+        + set_report.unread.len()
+        + driven.liveness.len();
+    let lost = register_report.lost.len() + set_report.lost_count();
+    let mut result = RunResult {
+        nemeses: Nemesis::list_name(nemeses),
+        nodes: config.nodes,
+        seconds: driven.workload_seconds,
+        seed: config.seed,
+        ops: register.len() + adds.len(),
+        indeterminate,
+        violations,
+        unknown,
+        lost,
+        faults: driven.faults,
+        recoveries_ms: driven.recoveries_ms,
+        kept: None,
+        network: String::new(),
+    };
+
+    // Keep the evidence of a failing run.
+    history::write_jsonl(&config.dir.join("history-register.jsonl"), &register)?;
+    history::write_jsonl(&config.dir.join("history-set.jsonl"), &adds)?;
+    history::write_jsonl(&config.dir.join("final-set-reads.jsonl"), &driven.set_reads)?;
+    let mut report = journal.lines();
+    report.push(String::new());
+    report.push(result_line(&result));
+    report.extend(findings.lines.iter().cloned());
+    std::fs::write(config.dir.join("report.txt"), report.join("\n") + "\n")?;
+    if !findings.lines.is_empty() {
+        findings.print();
+    }
+    if result.passed() && !config.keep {
+        let _ = std::fs::remove_dir_all(&config.dir);
+    } else {
+        result.kept = Some(config.dir.clone());
+    }
+    Ok(result)
+}
+
+/// One run's result as a line.
+pub fn result_line(r: &RunResult) -> String {
+    format!(
+        "{} nodes={} {} s seed={}: ops={} indeterminate={} violations={} unknown={} lost={} faults={} recovery p50={} max={}",
+        r.nemeses,
+        r.nodes,
+        r.seconds,
+        r.seed,
+        r.ops,
+        r.indeterminate,
+        r.violations,
+        r.unknown,
+        r.lost,
+        r.faults,
+        ms(quantile(&r.recoveries_ms, 0.5)),
+        ms(r.recoveries_ms.iter().max().copied()),
+    )
+}
+
+/// `1234 ms` or `-`.
+pub fn ms(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v} ms"))
+}

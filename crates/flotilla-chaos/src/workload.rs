@@ -1,0 +1,638 @@
+//! The workloads, run by concurrent client tasks through `flotilla_kv::client::KvClient`:
+//!
+//! - **register**: keys used a bounded number of times each (fresh keys replace used ones,
+//!   as Jepsen's independent keys do, so each key's history stays small enough to check);
+//!   reads in the selected modes, writes of values unique to the run, and compare-and-set
+//!   from the last value the clients saw.
+//! - **set**: adds of unique elements (each a key of its own, spread over every region),
+//!   then, once every fault healed, a read of the whole set on every store (follower reads
+//!   sent to that store itself).
+//!
+//! Also the recovery probe: after a heal, a write to every region until each succeeds.
+//!
+//! Owns: issuing operations and recording exactly what the client learned, with times.
+//! Must never: record an operation whose outcome is unknown as failed, or retry one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_kv::client::{ClientError, ClientOptions, KvClient, ReadConsistency};
+use flotilla_kv::service::proto::{self, kv_client::KvClient as GrpcKvClient};
+
+use crate::cluster::Journal;
+use crate::history::{Outcome, RegisterEvent, RegisterOp, SetAdd, SetRead, PROBE_KEY_BASE};
+use crate::rng::Rng;
+
+/// Operations one run may record (then the workload stops: histories must fit in memory
+/// and in the checker's time).
+pub const HISTORY_OPS_MAX: usize = 2_000_000;
+/// Client id of the recovery probe in the history.
+const PROBE_CLIENT: u64 = 1_000_000;
+/// Client id of the final reads.
+const FINAL_CLIENT: u64 = 1_000_001;
+/// Keys in use at any time by the register workload.
+const REGISTER_LANES: u64 = 4;
+/// Elements per page of the final set read (the store's scan limit is 10,000).
+const SCAN_PAGE: u32 = 5_000;
+
+/// Which workloads run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workloads {
+    /// Register only.
+    Register,
+    /// Set only.
+    Set,
+    /// Both, half of the clients each.
+    Both,
+}
+
+impl std::str::FromStr for Workloads {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Workloads, String> {
+        match text {
+            "register" => Ok(Workloads::Register),
+            "set" => Ok(Workloads::Set),
+            "both" => Ok(Workloads::Both),
+            other => Err(format!(
+                "unknown workload {other:?}: expected register, set or both"
+            )),
+        }
+    }
+}
+
+/// Workload settings.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Which workloads.
+    pub workloads: Workloads,
+    /// Client tasks.
+    pub clients: usize,
+    /// Read modes the register's reads use (one at random per read).
+    pub read_modes: Vec<ReadConsistency>,
+    /// Operations per register key before it is retired.
+    pub ops_per_key: u64,
+    /// Longest one operation may take (the client's own timeout is a little shorter).
+    pub op_timeout: Duration,
+    /// Upper bound of the random pause between one client's operations.
+    pub think_max: Duration,
+}
+
+/// The name of a read mode, as histories record it.
+pub fn mode_name(mode: ReadConsistency) -> &'static str {
+    match mode {
+        ReadConsistency::Index => "index",
+        ReadConsistency::Lease => "lease",
+        ReadConsistency::Follower => "follower",
+    }
+}
+
+/// The first byte of a key: spreads keys over the static regions (split by first byte).
+fn spread(id: u64) -> u8 {
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// The KV key of register `id`.
+pub fn register_key(id: u64) -> Bytes {
+    let mut key = vec![spread(id)];
+    key.extend_from_slice(format!("r{id:012}").as_bytes());
+    Bytes::from(key)
+}
+
+/// The KV key of set element `element`.
+pub fn set_key(element: u64) -> Bytes {
+    let mut key = vec![spread(element ^ 0x5555)];
+    key.extend_from_slice(format!("s{element:012}").as_bytes());
+    Bytes::from(key)
+}
+
+/// The element a key of the set holds, if it is one.
+fn set_element(key: &[u8]) -> Option<u64> {
+    let rest = key.get(1..)?.strip_prefix(b"s")?;
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+/// The probe key of the region starting at `start`: inside it whatever its end.
+fn probe_key(start: &[u8]) -> Bytes {
+    let mut key = start.to_vec();
+    key.extend_from_slice(b"\x00probe");
+    Bytes::from(key)
+}
+
+/// A register value as stored.
+fn value_bytes(value: u64) -> Bytes {
+    Bytes::from(value.to_string())
+}
+
+/// A stored register value; `Err` with the bytes shown when it is not one of ours.
+fn parse_value(bytes: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "read a value the workload never writes: {:?}",
+                String::from_utf8_lossy(bytes)
+            )
+        })
+}
+
+/// What a failed call tells: unknown (may have applied) or failed (did not).
+fn failure_outcome(error: &ClientError) -> Outcome {
+    if error.indeterminate {
+        Outcome::Unknown
+    } else {
+        Outcome::Failed
+    }
+}
+
+/// State shared by the client tasks.
+pub struct Shared {
+    /// Times and notes.
+    pub journal: Arc<Journal>,
+    config: WorkloadConfig,
+    /// Next unique value / element.
+    next_value: AtomicU64,
+    register_ops_started: AtomicU64,
+    /// The register history.
+    pub register: Mutex<Vec<RegisterEvent>>,
+    /// The set's adds.
+    pub set_adds: Mutex<Vec<SetAdd>>,
+    /// The last value the clients saw per register key (CAS expects it).
+    last_seen: Mutex<HashMap<u64, Option<u64>>>,
+    /// Register keys used.
+    keys_used: Mutex<BTreeSet<u64>>,
+    /// Set when the workload must stop.
+    pub stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Shared state for one run.
+    pub fn new(journal: Arc<Journal>, config: WorkloadConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            journal,
+            config,
+            next_value: AtomicU64::new(1),
+            register_ops_started: AtomicU64::new(0),
+            register: Mutex::new(Vec::new()),
+            set_adds: Mutex::new(Vec::new()),
+            last_seen: Mutex::new(HashMap::new()),
+            keys_used: Mutex::new(BTreeSet::new()),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn unique(&self) -> u64 {
+        self.next_value.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn recorded(&self) -> usize {
+        lock(&self.register).len() + lock(&self.set_adds).len()
+    }
+
+    fn push_register(&self, event: RegisterEvent) {
+        lock(&self.register).push(event);
+    }
+
+    /// Client options for the workload's clients.
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            // The client gives up a little before the harness does, so that most timeouts
+            // come with the client's own classification.
+            timeout: self
+                .config
+                .op_timeout
+                .saturating_sub(Duration::from_millis(500)),
+            connect_timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// Starts the client tasks; they run until [`Shared::stop`] is set.
+    pub fn spawn_clients(
+        self: &Arc<Self>,
+        clients: &[KvClient],
+        rng: &mut Rng,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let count = self.config.clients.max(1);
+        (0..count)
+            .map(|worker| {
+                let shared = self.clone();
+                let client = clients[worker % clients.len()].clone();
+                let rng = rng.fork(worker as u64);
+                let set = match self.config.workloads {
+                    Workloads::Register => false,
+                    Workloads::Set => true,
+                    Workloads::Both => worker % 2 == 1,
+                };
+                let id = worker as u64;
+                tokio::spawn(async move {
+                    if set {
+                        shared.set_worker(client, id, rng).await;
+                    } else {
+                        shared.register_worker(client, id, rng).await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    fn keep_going(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.recorded() >= HISTORY_OPS_MAX {
+            if !self.stop.swap(true, Ordering::Relaxed) {
+                self.journal.note(format!(
+                    "history reached {HISTORY_OPS_MAX} operations: the workload stops"
+                ));
+            }
+            return false;
+        }
+        true
+    }
+
+    async fn think(&self, rng: &mut Rng) {
+        let max = self.config.think_max.as_micros() as u64;
+        if max > 0 {
+            tokio::time::sleep(Duration::from_micros(rng.below(max))).await;
+        }
+    }
+
+    async fn register_worker(&self, client: KvClient, worker: u64, mut rng: Rng) {
+        let per_generation = self.config.ops_per_key.max(1) * REGISTER_LANES;
+        while self.keep_going() {
+            let started = self.register_ops_started.fetch_add(1, Ordering::Relaxed);
+            let key = started / per_generation * REGISTER_LANES + rng.below(REGISTER_LANES);
+            lock(&self.keys_used).insert(key);
+            let roll = rng.below(100);
+            let event = if roll < 50 {
+                let modes = &self.config.read_modes;
+                let mode = modes[rng.index(modes.len())];
+                self.read(&client, worker, key, register_key(key), mode, false)
+                    .await
+            } else if roll < 75 {
+                self.write(&client, worker, key, register_key(key)).await
+            } else {
+                self.cas(&client, worker, key).await
+            };
+            self.push_register(event);
+            self.think(&mut rng).await;
+        }
+    }
+
+    async fn read(
+        &self,
+        client: &KvClient,
+        worker: u64,
+        key: u64,
+        bytes: Bytes,
+        mode: ReadConsistency,
+        final_read: bool,
+    ) -> RegisterEvent {
+        let invoke_us = self.journal.now_us();
+        let answer = tokio::time::timeout(self.config.op_timeout, client.get(bytes, mode)).await;
+        let complete_us = self.journal.now_us();
+        let (outcome, error) = match answer {
+            Ok(Ok(None)) => (Outcome::Read(None), None),
+            Ok(Ok(Some(value))) => match parse_value(&value) {
+                Ok(v) => {
+                    lock(&self.last_seen).insert(key, Some(v));
+                    (Outcome::Read(Some(v)), None)
+                }
+                // A value nobody wrote: the checker reports it as such.
+                Err(why) => (Outcome::Read(Some(u64::MAX)), Some(why)),
+            },
+            Ok(Err(e)) => (failure_outcome(&e), Some(e.to_string())),
+            Err(_) => (Outcome::Unknown, Some("harness timeout".into())),
+        };
+        RegisterEvent {
+            client: worker,
+            key,
+            op: RegisterOp::Read {
+                mode: mode_name(mode).into(),
+            },
+            invoke_us,
+            complete_us,
+            outcome,
+            final_read,
+            error,
+        }
+    }
+
+    async fn write(&self, client: &KvClient, worker: u64, key: u64, bytes: Bytes) -> RegisterEvent {
+        let value = self.unique();
+        let invoke_us = self.journal.now_us();
+        let answer = tokio::time::timeout(
+            self.config.op_timeout,
+            client.put(bytes, value_bytes(value)),
+        )
+        .await;
+        let complete_us = self.journal.now_us();
+        let (outcome, error) = match answer {
+            Ok(Ok(())) => {
+                lock(&self.last_seen).insert(key, Some(value));
+                (Outcome::Written, None)
+            }
+            Ok(Err(e)) => (failure_outcome(&e), Some(e.to_string())),
+            Err(_) => (Outcome::Unknown, Some("harness timeout".into())),
+        };
+        RegisterEvent {
+            client: worker,
+            key,
+            op: RegisterOp::Write { value },
+            invoke_us,
+            complete_us,
+            outcome,
+            final_read: false,
+            error,
+        }
+    }
+
+    async fn cas(&self, client: &KvClient, worker: u64, key: u64) -> RegisterEvent {
+        let expected = lock(&self.last_seen).get(&key).copied().flatten();
+        let new = self.unique();
+        let invoke_us = self.journal.now_us();
+        let call = client.compare_and_put(
+            register_key(key),
+            expected.map(value_bytes),
+            value_bytes(new),
+        );
+        let answer = tokio::time::timeout(self.config.op_timeout, call).await;
+        let complete_us = self.journal.now_us();
+        let (outcome, error) = match answer {
+            Ok(Ok(swapped)) => {
+                if swapped {
+                    lock(&self.last_seen).insert(key, Some(new));
+                }
+                (Outcome::Cas(swapped), None)
+            }
+            Ok(Err(e)) => (failure_outcome(&e), Some(e.to_string())),
+            Err(_) => (Outcome::Unknown, Some("harness timeout".into())),
+        };
+        RegisterEvent {
+            client: worker,
+            key,
+            op: RegisterOp::Cas { expected, new },
+            invoke_us,
+            complete_us,
+            outcome,
+            final_read: false,
+            error,
+        }
+    }
+
+    async fn set_worker(&self, client: KvClient, worker: u64, mut rng: Rng) {
+        while self.keep_going() {
+            let element = self.unique();
+            let invoke_us = self.journal.now_us();
+            let put = client.put(set_key(element), Bytes::from_static(b"1"));
+            let answer = tokio::time::timeout(self.config.op_timeout, put).await;
+            let complete_us = self.journal.now_us();
+            let (outcome, error) = match answer {
+                Ok(Ok(())) => (Outcome::Written, None),
+                Ok(Err(e)) => (failure_outcome(&e), Some(e.to_string())),
+                Err(_) => (Outcome::Unknown, Some("harness timeout".into())),
+            };
+            lock(&self.set_adds).push(SetAdd {
+                client: worker,
+                element,
+                invoke_us,
+                complete_us,
+                outcome,
+                error,
+            });
+            self.think(&mut rng).await;
+        }
+    }
+
+    /// After a heal: writes to every region until each acknowledges one (each write is in
+    /// the history, on the region's probe key). Returns how long it took, or `None` if some
+    /// region accepted no write `within`.
+    pub async fn probe(self: &Arc<Self>, client: &KvClient, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let deadline = started + within;
+        let _ = client.refresh_routes().await;
+        let mut regions: Vec<(u64, Bytes)> = client
+            .routes()
+            .iter()
+            .map(|r| (r.region.id.0, r.region.start.clone()))
+            .collect();
+        while regions.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = client.refresh_routes().await;
+            regions = client
+                .routes()
+                .iter()
+                .map(|r| (r.region.id.0, r.region.start.clone()))
+                .collect();
+        }
+        let tasks: Vec<_> = regions
+            .into_iter()
+            .map(|(region, start)| {
+                let shared = self.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let key = PROBE_KEY_BASE + region;
+                    while Instant::now() < deadline {
+                        let event = shared
+                            .write(&client, PROBE_CLIENT, key, probe_key(&start))
+                            .await;
+                        let ok = event.outcome == Outcome::Written;
+                        shared.push_register(event);
+                        if ok {
+                            return true;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    false
+                })
+            })
+            .collect();
+        let mut all = !tasks.is_empty();
+        for task in tasks {
+            all &= task.await.unwrap_or(false);
+        }
+        all.then(|| started.elapsed())
+    }
+
+    /// The final register reads (index reads, after every fault healed): one answered read
+    /// per key used, workload and probe keys alike. Returns the keys no read answered.
+    pub async fn final_register_reads(
+        self: &Arc<Self>,
+        client: &KvClient,
+        within: Duration,
+    ) -> Vec<u64> {
+        let deadline = Instant::now() + within;
+        let mut keys: Vec<(u64, Bytes)> = lock(&self.keys_used)
+            .iter()
+            .map(|&k| (k, register_key(k)))
+            .collect();
+        for route in client.routes() {
+            keys.push((
+                PROBE_KEY_BASE + route.region.id.0,
+                probe_key(&route.region.start),
+            ));
+        }
+        let mut unread = Vec::new();
+        // A few keys at a time: the cluster just healed.
+        for chunk in keys.chunks(16) {
+            let tasks: Vec<_> = chunk
+                .iter()
+                .cloned()
+                .map(|(key, bytes)| {
+                    let shared = self.clone();
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        while Instant::now() < deadline {
+                            let event = shared
+                                .read(
+                                    &client,
+                                    FINAL_CLIENT,
+                                    key,
+                                    bytes.clone(),
+                                    ReadConsistency::Index,
+                                    true,
+                                )
+                                .await;
+                            if matches!(event.outcome, Outcome::Read(_)) {
+                                shared.push_register(event);
+                                return None;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Some(key)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                if let Ok(Some(key)) = task.await {
+                    unread.push(key);
+                }
+            }
+        }
+        unread
+    }
+
+    /// The register keys used so far.
+    pub fn register_keys(&self) -> usize {
+        lock(&self.keys_used).len()
+    }
+}
+
+/// Reads the whole set from the store at `address` alone: a follower read of every region
+/// it hosts, page by page, sent to it directly (so what it answers is what it holds, after
+/// catching up to the leader's commit index).
+pub async fn read_set_on(client: &KvClient, address: &str, within: Duration) -> SetRead {
+    let deadline = Instant::now() + within;
+    let mut last_error = String::from("no attempt");
+    while Instant::now() < deadline {
+        match read_set_once(client, address).await {
+            Ok(elements) => {
+                return SetRead {
+                    store: address.to_string(),
+                    elements: Some(elements),
+                    error: None,
+                }
+            }
+            Err(why) => last_error = why,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    SetRead {
+        store: address.to_string(),
+        elements: None,
+        error: Some(last_error),
+    }
+}
+
+async fn read_set_once(client: &KvClient, address: &str) -> Result<Vec<u64>, String> {
+    let reply = client
+        .regions_of(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = client.channel(address).await.map_err(|e| e.to_string())?;
+    let mut grpc = GrpcKvClient::new(channel)
+        .max_decoding_message_size(flotilla_kv::service::KV_MESSAGE_BYTES_MAX);
+    let mut elements = BTreeSet::new();
+    let mut regions_read = BTreeMap::new();
+    for info in &reply.regions {
+        let context = proto::RegionContext {
+            region_id: info.id,
+            conf_version: info.conf_version,
+            version: info.version,
+        };
+        let mut start = info.start.clone();
+        loop {
+            let request = proto::ScanRequest {
+                context: Some(context),
+                start: start.clone(),
+                end: info.end.clone(),
+                limit: SCAN_PAGE,
+                reverse: false,
+                keys_only: true,
+                read: proto::ReadMode::Follower as i32,
+            };
+            let page = tokio::time::timeout(Duration::from_secs(10), grpc.scan(request))
+                .await
+                .map_err(|_| format!("scan of region {} on {address} timed out", info.id))?
+                .map_err(|status| {
+                    format!(
+                        "scan of region {} on {address}: {}",
+                        info.id,
+                        status.message()
+                    )
+                })?
+                .into_inner();
+            let count = page.entries.len();
+            for entry in &page.entries {
+                if let Some(element) = set_element(&entry.key) {
+                    elements.insert(element);
+                }
+            }
+            match page.entries.last() {
+                Some(last) if count == SCAN_PAGE as usize => {
+                    let mut next = last.key.to_vec();
+                    next.push(0);
+                    start = Bytes::from(next);
+                }
+                _ => break,
+            }
+        }
+        regions_read.insert(info.id, ());
+    }
+    if regions_read.is_empty() {
+        return Err(format!("{address} hosts no region"));
+    }
+    Ok(elements.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_spread() {
+        for element in [0, 1, 77, 123_456_789] {
+            assert_eq!(set_element(&set_key(element)), Some(element));
+        }
+        assert_eq!(set_element(&register_key(5)), None);
+        let firsts: BTreeSet<u8> = (0..64).map(|id| register_key(id)[0]).collect();
+        assert!(
+            firsts.iter().any(|b| *b < 128) && firsts.iter().any(|b| *b >= 128),
+            "{firsts:?}"
+        );
+        assert_eq!(parse_value(b"42"), Ok(42));
+        assert!(parse_value(b"x").is_err());
+        let probe = probe_key(&[0x80]);
+        assert!(probe.as_ref() > &[0x80][..] && probe.as_ref() < &[0x81][..]);
+        assert!(probe_key(&[]).as_ref() < &[0x01][..]);
+    }
+}
