@@ -82,16 +82,9 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
         Ok(settings) => settings,
         Err(failure) => return failure.report("admin", json_flag),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::output::client_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            return Failure::failed("Internal", format!("cannot start the runtime: {e}"))
-                .report("admin", settings.json)
-        }
+        Err(failure) => return failure.report("admin", settings.json),
     };
     let json = settings.json;
     let result = runtime.block_on(async move {

@@ -187,16 +187,9 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
     if let Err(failure) = validate(&args.op) {
         return failure.report("kv", settings.json);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::output::client_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            return Failure::failed("Internal", format!("cannot start the runtime: {e}"))
-                .report("kv", settings.json)
-        }
+        Err(failure) => return failure.report("kv", settings.json),
     };
     let json = settings.json;
     match runtime.block_on(execute(settings, args.op)) {

@@ -108,3 +108,12 @@ pub fn success(fields: Vec<(&str, Value)>) -> Value {
     }
     Value::Object(object)
 }
+
+/// The small runtime `kv` and `admin` run one operation on.
+pub fn client_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed("Internal", format!("cannot start the runtime: {e}")))
+}

@@ -462,17 +462,21 @@ impl Store {
         Ok(peer)
     }
 
-    /// What this store knows of every region it hosts.
-    #[must_use]
-    pub fn regions(&self) -> Vec<RegionStatus> {
-        let peers: Vec<RegionPeer> = self
-            .inner
+    /// Every region peer of this store (a copy: the map's lock is not held after).
+    fn all_peers(&self) -> Vec<RegionPeer> {
+        self.inner
             .regions
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// What this store knows of every region it hosts.
+    #[must_use]
+    pub fn regions(&self) -> Vec<RegionStatus> {
+        let peers = self.all_peers();
         peers
             .into_iter()
             .map(|peer| {
@@ -708,14 +712,7 @@ impl Store {
     /// Stops the store: every region this store leads hands leadership to another peer
     /// first (bounded by `handoff`), then the runtime stops and the engine is flushed.
     pub async fn shutdown(&self, handoff: Duration) {
-        let peers: Vec<RegionPeer> = self
-            .inner
-            .regions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let peers = self.all_peers();
         let transfers = peers
             .iter()
             .filter(|p| p.node.is_leader() && p.node.list_peers().len() > 1)
