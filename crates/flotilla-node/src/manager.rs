@@ -594,12 +594,18 @@ impl Driver {
                 .any(|g| g.raft.has_ready());
     }
 
-    /// A round far later than the tick period means this process stalled (a pause, an
-    /// overloaded machine): the silence of others measured meanwhile may be its own.
+    /// A round an election timeout late means this process stalled (a pause, a swapped-out
+    /// process): the silence of others measured meanwhile is its own, and frames they sent
+    /// may still wait in the inbox. Shorter delays are not forgiven, so that an overloaded
+    /// process still notices a dead leader.
     fn forgive_own_stall(&mut self, now: Instant) {
         let gap = now.saturating_duration_since(self.last_round);
         self.last_round = now;
-        if gap > self.silence_threshold() / 2 {
+        if gap >= self.silence_threshold() {
+            tracing::info!(
+                ?gap,
+                "round came late: peer silence measured meanwhile forgiven"
+            );
             self.liveness.forgive_all(now);
         }
     }

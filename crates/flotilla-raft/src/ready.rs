@@ -11,7 +11,10 @@
 //! durable — even when that `Ready` itself has nothing to write. A driver may pipeline:
 //! take the next `Ready` before the previous write completed, as long as that order holds.
 //! Before trusting a lease read, the driver must have fed the core the ticks for the time
-//! that has elapsed (after a pause, ticks first).
+//! that has elapsed (after a pause, ticks first). The one exception is a hibernating core
+//! (`Raft::is_hibernating`): it need not be ticked at all, since it holds no lease and wakes
+//! on any input that needs it; with hibernation on, the driver must also wake a hibernating
+//! follower whose leader's process went silent (`Raft::wake_and_campaign`).
 
 use crate::error::RaftError;
 use crate::membership::Configuration;

@@ -1,12 +1,14 @@
 //! `flotilla-sim`: runs many seeded simulations and reports violations.
 //!
 //! Usage: `flotilla-sim --seeds N [--seed S] [--nodes K] [--storage memory|shared-log]
-//! [--quiet]`. Runs seeds S..S+N (S defaults to 0; with `--seed` alone, N defaults to 1).
+//! [--hibernation] [--quiet]`. Runs seeds S..S+N (S defaults to 0; with `--seed` alone, N defaults to 1).
 //! `--storage` picks the nodes' disk: `memory` (the default) keeps the durable log in
 //! memory; `shared-log` runs the real storage module (`SharedLog` and `FileMetaStorage`)
 //! over a simulated file system, crashes it with torn tails, recovers it at every restart
-//! and checks that recovery returns exactly what was acknowledged as durable. A seed replays
-//! exactly given the same `--seed`, `--nodes` and `--storage`. The last line printed is
+//! and checks that recovery returns exactly what was acknowledged as durable.
+//! `--hibernation` lets idle groups hibernate, driven as the runtime drives them (see
+//! `SimConfig::hibernation`). A seed replays exactly given the same `--seed`, `--nodes`,
+//! `--storage` and `--hibernation`. The last line printed is
 //! exactly `seeds=N steps=T violations=V unknown=U`; the exit status is non-zero when V > 0.
 
 use std::process::ExitCode;
@@ -14,14 +16,15 @@ use std::time::Instant;
 
 use flotilla_sim::{nodes_for_seed, run_seed, SimConfig, StorageMode};
 
-const USAGE: &str =
-    "usage: flotilla-sim --seeds N [--seed S] [--nodes K] [--storage memory|shared-log] [--quiet]";
+const USAGE: &str = "usage: flotilla-sim --seeds N [--seed S] [--nodes K] \
+                     [--storage memory|shared-log] [--hibernation] [--quiet]";
 
 struct Args {
     seeds: u64,
     first: u64,
     nodes: Option<usize>,
     storage: StorageMode,
+    hibernation: bool,
     quiet: bool,
 }
 
@@ -31,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
         first: 0,
         nodes: None,
         storage: StorageMode::Memory,
+        hibernation: false,
         quiet: false,
     };
     let mut seeds_given = false;
@@ -59,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
                 args.storage = v.parse()?;
             }
             "--quiet" => args.quiet = true,
+            "--hibernation" => args.hibernation = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         let nodes = args.nodes.unwrap_or_else(|| nodes_for_seed(seed));
         let mut config = SimConfig::new(seed, nodes);
         config.storage = args.storage;
+        config.hibernation = args.hibernation;
         let report = run_seed(config);
         steps += report.steps;
         for (what, n) in &report.stats {
@@ -110,8 +116,13 @@ fn main() -> ExitCode {
                 StorageMode::Memory => "",
                 StorageMode::SharedLog => " --storage shared-log",
             };
+            let hibernation = if args.hibernation {
+                " --hibernation"
+            } else {
+                ""
+            };
             println!(
-                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}{storage}"
+                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}{storage}{hibernation}"
             );
             for line in &v.trace {
                 println!("  | {line}");

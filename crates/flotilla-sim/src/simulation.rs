@@ -79,6 +79,13 @@ pub struct SimConfig {
     pub checker_states_max: u64,
     /// The nodes' disk.
     pub storage: StorageMode,
+    /// Idle groups hibernate (`Config::hibernate_idle_ticks` drawn per seed), and the
+    /// simulator drives them as the runtime does: a hibernating core is not ticked, and each
+    /// node hears per-tick liveness beacons from the others (blocked by partitions, missing
+    /// while a node is crashed or paused) and wakes a hibernating follower to campaign when
+    /// its leader is silent for an election timeout or restarted, and a hibernating leader
+    /// when a peer restarted.
+    pub hibernation: bool,
     /// Planted protocol mistakes (planted-bug test only).
     #[cfg(feature = "planted-bugs")]
     pub bugs: flotilla_raft::PlantedBugs,
@@ -97,6 +104,7 @@ impl SimConfig {
             keys: 4,
             checker_states_max: 2_000_000,
             storage: StorageMode::Memory,
+            hibernation: false,
             #[cfg(feature = "planted-bugs")]
             bugs: flotilla_raft::PlantedBugs::default(),
         }
@@ -231,6 +239,15 @@ pub struct Simulation {
     probe: Option<(usize, LogIndex, Term)>,
     recovered_at: Option<u64>,
     end_at: Option<u64>,
+    // ----- hibernation (the runtime's liveness beacons, see `SimConfig::hibernation`)
+    /// `heard[m][n]`: when node `m` last heard from node `n` (a beacon or a message), and
+    /// `n`'s incarnation as of its last beacon.
+    heard: Vec<Vec<Option<(u64, u64)>>>,
+    /// Whether each node's core hibernated when last observed (to count hibernations).
+    asleep: Vec<bool>,
+    /// Clients start no operation before this time: a quiet spell in which the group can
+    /// hibernate while the nemesis keeps striking (with hibernation only).
+    quiet_until: u64,
 }
 
 impl Simulation {
@@ -246,7 +263,12 @@ impl Simulation {
             loss_percent: rng.below(6),
             duplicate_percent: rng.below(6),
         };
-        let raft_config = random_raft_config(&mut rng);
+        let mut raft_config = random_raft_config(&mut rng);
+        if config.hibernation {
+            // A separate stream, so that a seed's other draws do not depend on the flag.
+            let mut hibernation_rng = Rng::new(config.seed ^ 0x4869_6265_726e_6174);
+            raft_config.hibernate_idle_ticks = 1 + hibernation_rng.below(20);
+        }
         let ids: Vec<PeerId> = (1..=config.nodes)
             .map(|i| PeerId::new(&format!("n{i}")))
             .collect();
@@ -326,6 +348,9 @@ impl Simulation {
             probe: None,
             recovered_at: None,
             end_at: None,
+            heard: vec![vec![None; config.nodes]; config.nodes],
+            asleep: vec![false; config.nodes],
+            quiet_until: 0,
             config,
         }
     }
@@ -474,9 +499,16 @@ impl Simulation {
                     return;
                 }
                 if let Some(raft) = n.raft.as_mut() {
-                    raft.tick();
+                    // The runtime does not tick a hibernating group.
+                    if !raft.is_hibernating() {
+                        raft.tick();
+                    }
                 }
                 self.process(node);
+                if self.config.hibernation {
+                    self.send_beacons(node);
+                    self.watch_leader(node);
+                }
                 self.tick_probe(node);
             }
             EventKind::Deliver(message) => self.deliver(message),
@@ -489,7 +521,15 @@ impl Simulation {
             EventKind::ClientWake(client, deadline_of) => self.client_wake(client, deadline_of),
             EventKind::Nemesis => {
                 if self.faults_active {
-                    self.nemesis();
+                    if self.config.hibernation && self.rng.below(3) == 0 {
+                        let quiet = 3_000 + self.rng.below(12_000);
+                        self.quiet_until = self.quiet_until.max(self.now + quiet);
+                        self.note(format!("clients quiet for {quiet}"));
+                        self.count("quiet spells");
+                    }
+                    if !(self.config.hibernation && self.nemesis_sleeping_leader()) {
+                        self.nemesis();
+                    }
                     let next = 500 + self.rng.below(3_000);
                     self.schedule(next, EventKind::Nemesis);
                 }
@@ -592,6 +632,8 @@ impl Simulation {
         let n = &mut self.nodes[node];
         n.raft = Some(raft);
         n.observed_commit = n.raft.as_ref().map_or(LogIndex::ZERO, Raft::committed);
+        // A new process knows nothing of the others yet.
+        self.heard[node] = vec![None; self.nodes.len()];
         self.process(node);
     }
 
@@ -631,10 +673,87 @@ impl Simulation {
             n.inbox.push(message);
             return;
         }
+        if let Some(&from) = self.index_of.get(&message.from) {
+            // Any frame from a process says it is alive (its incarnation comes in beacons).
+            let incarnation = self.heard[to][from].map_or(0, |(_, i)| i);
+            self.heard[to][from] = Some((self.now, incarnation));
+        }
+        let n = &mut self.nodes[to];
         if let Some(raft) = n.raft.as_mut() {
             raft.step(message);
         }
         self.process(to);
+    }
+
+    // ----- hibernation: the runtime's liveness beacons ----------------------------------
+
+    /// `node` sends its per-tick beacon: every live, running node it can reach hears it.
+    fn send_beacons(&mut self, node: usize) {
+        let incarnation = self.nodes[node].incarnation;
+        for other in 0..self.nodes.len() {
+            if other == node || !self.nodes[other].is_live() || self.network.is_blocked(node, other)
+            {
+                continue;
+            }
+            let previous = self.heard[other][node].replace((self.now, incarnation));
+            if previous.is_some_and(|(_, i)| i != incarnation) {
+                self.peer_restarted(other, node);
+            }
+        }
+    }
+
+    /// `node` learned that `restarted` came back with a new incarnation: a hibernating
+    /// follower of it campaigns, a hibernating leader with it as a peer wakes.
+    fn peer_restarted(&mut self, node: usize, restarted: usize) {
+        let restarted_id = self.nodes[restarted].id.clone();
+        let Some(raft) = self.nodes[node].raft.as_mut() else {
+            return;
+        };
+        if !raft.is_hibernating() {
+            return;
+        }
+        if raft.leader() == Some(&restarted_id) {
+            raft.wake_and_campaign();
+            self.count("hibernation wakes (leader restarted)");
+        } else if raft.role() == Role::Leader && raft.configuration().contains(&restarted_id) {
+            raft.wake();
+            self.count("hibernation wakes (peer restarted)");
+        } else {
+            return;
+        }
+        let id = self.nodes[node].id.clone();
+        self.note(format!("{id} woken: {restarted_id} restarted"));
+        self.process(node);
+    }
+
+    /// A hibernating follower whose leader has been silent for an election timeout
+    /// campaigns (the runtime's verdict from missing beacons).
+    fn watch_leader(&mut self, node: usize) {
+        let timeout = self.raft_config.election_timeout_ticks * TICK;
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return;
+        };
+        if !raft.is_hibernating() || raft.role() == Role::Leader {
+            return;
+        }
+        let Some(leader) = raft.leader().and_then(|l| self.index_of.get(l)).copied() else {
+            return;
+        };
+        let silent = match self.heard[node][leader] {
+            Some((at, _)) => self.now.saturating_sub(at) >= timeout,
+            None => true,
+        };
+        if !silent {
+            return;
+        }
+        let leader_id = self.nodes[leader].id.clone();
+        let id = self.nodes[node].id.clone();
+        self.note(format!("{id} woken to campaign: {leader_id} silent"));
+        self.count("hibernation wakes (leader silent)");
+        if let Some(raft) = self.nodes[node].raft.as_mut() {
+            raft.wake_and_campaign();
+        }
+        self.process(node);
     }
 
     fn resume(&mut self, node: usize) {
@@ -664,9 +783,17 @@ impl Simulation {
         let missed = std::mem::take(&mut self.nodes[node].missed_ticks);
         for _ in 0..missed {
             if let Some(raft) = self.nodes[node].raft.as_mut() {
-                raft.tick();
+                if !raft.is_hibernating() {
+                    raft.tick();
+                }
             }
             self.process(node);
+        }
+        // The silence of others measured while this process stood still is its own (the
+        // runtime forgives a late round the same way).
+        let now = self.now;
+        for entry in self.heard[node].iter_mut().flatten() {
+            entry.0 = now;
         }
         for (client, op) in lease_reads {
             if self.clients[client]
@@ -1149,8 +1276,13 @@ impl Simulation {
             self.violate("commit never decreases", detail);
             return;
         }
+        let hibernating = raft.is_hibernating();
         let became_leader = role == Role::Leader && n.observed_role != (Role::Leader, term);
         let commit_advanced = committed > n.observed_commit;
+        if hibernating && !self.asleep[node] {
+            self.count("hibernations");
+        }
+        self.asleep[node] = hibernating;
         let n = &mut self.nodes[node];
         n.observed_role = (role, term);
         n.observed_commit = committed;
@@ -1177,12 +1309,32 @@ impl Simulation {
         }
     }
 
+    /// Leader completeness (Raft paper §5.4.3): an entry committed in term T is in the log
+    /// of every leader of a term above T. A leader elected late, in a term below entries
+    /// committed meanwhile (its votes waited in a paused process while the others moved on),
+    /// need not hold those: it can commit nothing and steps down at the first answer.
     fn check_leader_completeness(&mut self, node: usize) {
         let n = &self.nodes[node];
-        let last_committed = LogIndex(self.canon.len() as u64);
-        let Some(Some(expected)) = self.canon.last().copied() else {
+        let Some(term) = n.raft.as_ref().map(Raft::term) else {
             return;
         };
+        // The newest committed entry of a term below the leader's (committed terms never
+        // decrease along the log).
+        let mut slot = self.canon.len();
+        let expected = loop {
+            if slot == 0 {
+                return;
+            }
+            let Some(hash) = self.canon[slot - 1] else {
+                return;
+            };
+            match self.committed_term(LogIndex(slot as u64), hash) {
+                Some(t) if t >= term => slot -= 1,
+                Some(_) => break hash,
+                None => return,
+            }
+        };
+        let last_committed = LogIndex(slot as u64);
         if n.view.base_index() > last_committed {
             return;
         }
@@ -1194,6 +1346,14 @@ impl Simulation {
             );
             self.violate("leader completeness", detail);
         }
+    }
+
+    /// The term of the entry at `index` whose chain hash is `hash`, if any core emitted it.
+    fn committed_term(&self, index: LogIndex, hash: u64) -> Option<Term> {
+        self.entry_hashes
+            .range((index, Term::ZERO)..=(index, Term(u64::MAX)))
+            .find(|(_, h)| **h == hash)
+            .map(|((_, term), _)| *term)
     }
 
     fn check_commit(&mut self, node: usize, committed: LogIndex) {
@@ -1353,6 +1513,11 @@ impl Simulation {
     }
 
     fn start_op(&mut self, client: usize) {
+        if self.now < self.quiet_until {
+            let resume = self.quiet_until - self.now + self.rng.below(2_000);
+            self.schedule(resume, EventKind::ClientWake(client, None));
+            return;
+        }
         let op_id = self.next_op;
         self.next_op += 1;
         let key = self.rng.below(self.config.keys);
@@ -1581,6 +1746,33 @@ impl Simulation {
                 self.note(text);
             }
         }
+    }
+
+    /// With hibernation: now and then, cut off a leader that hibernates and let the
+    /// clients loose soon after, so that the others elect and write while the old leader
+    /// still sleeps believing it leads — the case where a lease kept across hibernation
+    /// would serve stale reads. Returns true if it struck.
+    fn nemesis_sleeping_leader(&mut self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let sleeping = self.nodes[leader]
+            .raft
+            .as_ref()
+            .is_some_and(Raft::is_hibernating);
+        if !sleeping || self.rng.below(2) != 0 {
+            return false;
+        }
+        let n = self.nodes.len();
+        let text = self
+            .network
+            .partition(PartitionKind::Isolate(leader), n, &mut self.rng);
+        self.note(format!("hibernating leader cut off: {text}"));
+        self.count("hibernating leaders cut off");
+        let heal = 3_000 + self.rng.below(6_000);
+        self.schedule(heal, EventKind::HealNetwork);
+        self.quiet_until = self.now + 1_500 + self.rng.below(1_500);
+        true
     }
 
     fn nemesis_transfer(&mut self) {

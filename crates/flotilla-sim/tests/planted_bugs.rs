@@ -12,6 +12,8 @@ fn seeds_to_detect(bugs: PlantedBugs) -> Option<(u64, String)> {
     for seed in 0..SEEDS_MAX {
         let mut config = SimConfig::new(seed, nodes_for_seed(seed));
         config.bugs = bugs;
+        // Hibernation bugs need groups that hibernate.
+        config.hibernation = bugs.lease_across_hibernation;
         let report = run_seed(config);
         if let Some(v) = report.violation {
             return Some((seed, format!("{}: {}", v.invariant, v.detail)));
@@ -73,6 +75,15 @@ fn not_truncating_a_conflicting_suffix() {
 }
 
 #[test]
+fn keeping_the_lease_across_hibernation() {
+    let bugs = PlantedBugs {
+        lease_across_hibernation: true,
+        ..PlantedBugs::default()
+    };
+    assert_detected("lease across hibernation", bugs);
+}
+
+#[test]
 fn the_correct_core_passes_the_same_seeds() {
     // Control: without planted bugs, the same seeds report nothing.
     for seed in 0..40 {
@@ -83,5 +94,13 @@ fn the_correct_core_passes_the_same_seeds() {
             report.violation
         );
         assert!(!report.unknown, "seed {seed}: checker ran out of budget");
+        let mut hibernating = SimConfig::new(seed, nodes_for_seed(seed));
+        hibernating.hibernation = true;
+        let report = run_seed(hibernating);
+        assert!(
+            report.violation.is_none(),
+            "seed {seed} with hibernation: {:?}",
+            report.violation
+        );
     }
 }

@@ -151,9 +151,22 @@ impl<S: LogStore> Raft<S> {
         self.hibernated_at = self.now;
         self.idle_ticks = 0;
         self.heartbeat_elapsed = 0;
-        for pr in self.progress.values_mut() {
-            pr.echoed_tick = 0;
+        if !self.planted_lease_across_hibernation() {
+            for pr in self.progress.values_mut() {
+                pr.echoed_tick = 0;
+            }
         }
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    fn planted_lease_across_hibernation(&self) -> bool {
+        self.bugs.lease_across_hibernation
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[allow(clippy::unused_self)]
+    fn planted_lease_across_hibernation(&self) -> bool {
+        false
     }
 
     /// Follower, on a hibernate heartbeat from its leader in `term` claiming `commit` as its
@@ -238,10 +251,15 @@ impl<S: LogStore> Raft<S> {
     /// window, and a heartbeat now so followers wake too.
     fn wake_leader(&mut self) {
         self.now += 1;
-        self.lease_floor_tick = self.now;
+        let keep_lease = self.planted_lease_across_hibernation();
+        if !keep_lease {
+            self.lease_floor_tick = self.now;
+        }
         let now = self.now;
         for (peer, pr) in &mut self.progress {
-            pr.echoed_tick = 0;
+            if !keep_lease {
+                pr.echoed_tick = 0;
+            }
             if *peer != self.id {
                 pr.last_heard_tick = now;
                 pr.last_progress_tick = now;

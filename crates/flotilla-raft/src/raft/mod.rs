@@ -52,6 +52,9 @@ pub struct PlantedBugs {
     pub ignore_old_quorum: bool,
     /// On a conflict, overwrite the conflicting entries but keep the suffix after them.
     pub keep_conflicting_suffix: bool,
+    /// Keep the leader's lease across hibernation (echoes from before it count after it
+    /// wakes, though its clock stood still).
+    pub lease_across_hibernation: bool,
 }
 
 /// One peer's consensus core. See the module documentation.
