@@ -924,6 +924,7 @@ impl Driver {
             for (group, message) in frame.messages {
                 match self.groups.get_mut(&group) {
                     Some(g) => {
+                        self.shared.metrics.message_received(message.body.name());
                         g.raft.step(message);
                         active.insert(group);
                         self.note_if_woken(group, WakeReason::Message);

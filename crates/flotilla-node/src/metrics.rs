@@ -146,6 +146,35 @@ pub(crate) struct ManagerMetrics {
     pub(crate) group_wakes: [Counter; WakeReason::ALL.len()],
     /// Liveness beacons sent (frames without messages).
     pub(crate) beacons_sent: Counter,
+    /// Raft messages received, by kind ([`MESSAGE_KINDS`]): SOFAJRaft's per-handler
+    /// counters (pre-vote, request vote, append entries, heartbeat, install snapshot, ...).
+    pub(crate) messages_received: [Counter; MESSAGE_KINDS.len()],
+}
+
+/// The kinds of raft message, as [`flotilla_raft::MessageBody::name`] names them.
+pub(crate) const MESSAGE_KINDS: [&str; 13] = [
+    "PreVote",
+    "RequestVote",
+    "PreVoteResponse",
+    "RequestVoteResponse",
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "InstallSnapshotResponse",
+    "TimeoutNow",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+];
+
+impl ManagerMetrics {
+    /// Counts one received message of kind `name`.
+    pub(crate) fn message_received(&self, name: &str) {
+        if let Some(i) = MESSAGE_KINDS.iter().position(|k| *k == name) {
+            self.messages_received[i].add(1);
+        }
+    }
 }
 
 impl Default for ManagerMetrics {
@@ -162,6 +191,7 @@ impl Default for ManagerMetrics {
             groups_hibernating: Gauge::default(),
             group_wakes: Default::default(),
             beacons_sent: Counter::default(),
+            messages_received: Default::default(),
         }
     }
 }
@@ -437,6 +467,20 @@ pub(crate) fn render(
         "Liveness beacons sent to peer processes (frames without messages).",
         manager.beacons_sent.get(),
     );
+    let received = "flotilla_messages_received_total";
+    w.header(
+        received,
+        "counter",
+        "Raft messages received from peers, by kind (PreVote, RequestVote, AppendEntries, \
+         Heartbeat, InstallSnapshot, ReadIndexRequest, their responses, TimeoutNow).",
+    );
+    for (i, kind) in MESSAGE_KINDS.iter().enumerate() {
+        w.sample(
+            received,
+            &[("kind", kind)],
+            manager.messages_received[i].get(),
+        );
+    }
     let process_histograms: [(&str, &str, &Histogram); 6] = [
         (
             "flotilla_round_duration_seconds",

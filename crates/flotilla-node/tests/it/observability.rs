@@ -303,6 +303,16 @@ async fn metrics_text_is_valid_and_counts_the_work() {
         assert!(at("flotilla_log_append_seconds_count", &[]) > 0.0);
         assert!(at("flotilla_round_entries_sum", &[]) >= 10.0);
         assert!(at("flotilla_round_duration_seconds_count", &[]) > 0.0);
+        // Every process received replication traffic: a leader the appends' answers, a
+        // follower the appends themselves (each process leads or follows some group).
+        let appends = at(
+            "flotilla_messages_received_total",
+            &[("kind", "AppendEntries")],
+        ) + at(
+            "flotilla_messages_received_total",
+            &[("kind", "AppendEntriesResponse")],
+        );
+        assert!(appends > 0.0, "process {i}: no append traffic counted");
         for group in GROUPS {
             let g = group.to_string();
             let labels = [("group", g.as_str())];
