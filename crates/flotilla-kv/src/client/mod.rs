@@ -784,14 +784,19 @@ impl KvClient {
                 }
                 Next::Backoff => self.pause(&mut backoff, deadline).await,
                 Next::Lost => {
+                    // Whatever happened to this peer, the next request must neither assume
+                    // it still leads nor reuse the connection that failed — for writes too:
+                    // a client that only writes would otherwise send every later write to a
+                    // dead leader for ever, each failing at once with "tcp connect error"
+                    // (found by flotilla-chaos: `--nemesis drift,kill --nodes 3 --seed 21`).
+                    self.forget_channel(&target);
+                    self.set_leader(&route.region, None);
                     if write {
                         return Err(ClientError {
                             indeterminate: true,
                             ..error
                         });
                     }
-                    self.forget_channel(&target);
-                    self.set_leader(&route.region, None);
                 }
                 Next::Fail => return Err(error),
             }
