@@ -28,7 +28,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a SIGTERM'd server has to stop before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 /// Longest one `flotilla admin` call may take.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(40);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Lines the journal keeps (older ones are dropped from memory; the file keeps them all).
 const JOURNAL_LINES_MAX: usize = 100_000;
 

@@ -147,7 +147,7 @@ fn suite(name: &str) -> anyhow::Result<Vec<Plan>> {
             plan("partitions", 5, 40)?,
             plan("kill,pause", 3, 40)?,
             plan("membership,drift", 3, 40)?,
-            plan("clock,disk", 3, 40)?,
+            plan("clock,isolate-leader,disk", 3, 40)?,
         ]),
         // Each nemesis alone for three minutes, then everything together.
         "full" => {

@@ -11,7 +11,7 @@
 //! | `pause`            | SIGSTOP of the leader or a random subset                 | SIGCONT                    |
 //! | `membership`       | `admin remove-peer` of a member (often the leader)       | `admin add-peer` it back   |
 //! | `drift`            | a fresh store on a new address, empty, `add-peer`'d      | `remove-peer` of the one it replaces, which stops for good |
-//! | `clock`            | restart of a random subset under libfaketime: clock rate within ±`drift` of real time (the bound the leader lease assumes) and a wall clock off by minutes | restart with the real clock |
+//! | `clock`            | restarts under libfaketime, clock rates within ±`drift` of real time (the bound the leader lease assumes), wall clocks off by minutes; half the time the worst case: the leader slowest, the rest fastest | restart with the real clock |
 //! | `disk`             | `kill -9` of one member, then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and re-added |
 //!
 //! Partitions drop packets between servers only: the harness's clients reach every server
@@ -295,7 +295,17 @@ pub async fn apply(
     config: &NemesisConfig,
 ) -> Faults {
     let mut faults = Faults::default();
-    for &kind in kinds {
+    // Membership changes first, while the cluster is healthy enough to make them; then the
+    // clock, whose restarts may move leadership (isolating the leader should act on the
+    // leader it leaves); then partitions, kills and pauses.
+    let rank = |k: &Nemesis| match k {
+        Nemesis::Membership | Nemesis::Drift => 0,
+        Nemesis::Clock => 1,
+        _ => 2,
+    };
+    let mut ordered = kinds.to_vec();
+    ordered.sort_by_key(rank);
+    for kind in ordered {
         let result = apply_one(kind, cluster, rng, config, &mut faults).await;
         if let Err(why) = result {
             faults
@@ -403,62 +413,19 @@ async fn apply_one(
                     failure.output.trim()
                 );
             }
-            let address = cluster.nodes[new].address().to_string();
-            if let Err(why) = cluster.admin(&["add-peer", &address]).await {
-                // It may have joined some regions: keep it as a member, the final
-                // reconciliation decides from what the cluster reports.
-                cluster.members.push(new);
-                faults.drift = Some((new, usize::MAX));
-                return Err(why.context(format!(
-                    "add-peer of the fresh store {}",
-                    cluster.label(new)
-                )));
-            }
+            let old = cluster.members[rng.index(cluster.members.len())];
             cluster.members.push(new);
-            let candidates: Vec<usize> = cluster
-                .members
-                .iter()
-                .copied()
-                .filter(|&m| m != new)
-                .collect();
-            let old = candidates[rng.index(candidates.len())];
-            faults.description.push(format!(
-                "added the fresh store {} (it will replace {})",
-                cluster.label(new),
-                cluster.label(old)
-            ));
             faults.drift = Some((new, old));
+            let address = cluster.nodes[new].address().to_string();
+            let added = cluster.admin(&["add-peer", &address]).await;
+            faults.description.push(format!(
+                "started the fresh store {} to replace {}; add-peer: {}",
+                cluster.label(new),
+                cluster.label(old),
+                added.map_or_else(|e| format!("{e:#} (retried at the heal)"), |_| "ok".into())
+            ));
         }
-        Nemesis::Clock => {
-            let up: Vec<usize> = cluster
-                .members
-                .iter()
-                .copied()
-                .filter(|&i| cluster.nodes[i].is_up())
-                .collect();
-            let targets = rng.subset(&up);
-            for &t in &targets {
-                let rate = 1.0 + (rng.unit() * 2.0 - 1.0) * config.clock_drift_max;
-                let offset_s = rng.below(601) as i64 - 300;
-                let skew = Skew { rate, offset_s };
-                cluster.stop(t).await;
-                cluster.nodes[t].skew = Some(skew);
-                if let Err(failure) = cluster.start(t, "clock nemesis: skewed clock").await {
-                    faults.skewed.push(t);
-                    bail!(
-                        "{} did not restart under libfaketime ({}): {}",
-                        cluster.label(t),
-                        failure.status,
-                        failure.output.trim()
-                    );
-                }
-                faults.description.push(format!(
-                    "{} restarted with clock rate {rate:.4} and wall clock {offset_s:+} s",
-                    cluster.nodes[t].name
-                ));
-                faults.skewed.push(t);
-            }
-        }
+        Nemesis::Clock => apply_clock(cluster, rng, config, faults).await?,
         Nemesis::Disk => {
             let victim = cluster.members[rng.index(cluster.members.len())];
             cluster.kill(victim).await;
@@ -469,6 +436,72 @@ async fn apply_one(
                 .push(format!("kill -9 {}, then {what}", cluster.label(victim)));
         }
         _ => unreachable!("{kind:?} has no branch"),
+    }
+    Ok(())
+}
+
+/// Restarts members under libfaketime. Half the time a random subset at random rates;
+/// half the time the worst case the lease bound allows: one member's clock runs slowest,
+/// every other's fastest, and leadership is handed to the slow one (its lease then lasts
+/// longest in real time while the others' election timers run out soonest — combined with
+/// `isolate-leader`, exactly the case the bound must cover).
+async fn apply_clock(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    config: &NemesisConfig,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    let up: Vec<usize> = cluster
+        .members
+        .iter()
+        .copied()
+        .filter(|&i| cluster.nodes[i].is_up())
+        .collect();
+    let drift = config.clock_drift_max;
+    let slow = (rng.chance(0.5) && up.len() == cluster.members.len() && !up.is_empty())
+        .then(|| up[rng.index(up.len())]);
+    let targets = if slow.is_some() {
+        up.clone()
+    } else {
+        rng.subset(&up)
+    };
+    for &t in &targets {
+        let rate = match slow {
+            Some(s) if s == t => 1.0 - drift,
+            Some(_) => 1.0 + drift,
+            None => 1.0 + (rng.unit() * 2.0 - 1.0) * drift,
+        };
+        let offset_s = rng.below(601) as i64 - 300;
+        cluster.stop(t).await;
+        cluster.nodes[t].skew = Some(Skew { rate, offset_s });
+        faults.skewed.push(t);
+        if let Err(failure) = cluster.start(t, "clock nemesis: skewed clock").await {
+            bail!(
+                "{} did not restart under libfaketime ({}): {}",
+                cluster.label(t),
+                failure.status,
+                failure.output.trim()
+            );
+        }
+        faults.description.push(format!(
+            "{} restarted with clock rate {rate:.4} and wall clock {offset_s:+} s",
+            cluster.nodes[t].name
+        ));
+        // One restart at a time: the next waits until every region has a leader again.
+        let _ = cluster.wait_for_leaders(Duration::from_secs(15)).await;
+    }
+    if let Some(s) = slow {
+        let address = cluster.nodes[s].address().to_string();
+        match cluster.admin(&["transfer-leader", &address]).await {
+            Ok(_) => faults.description.push(format!(
+                "leadership handed to the slow {}",
+                cluster.nodes[s].name
+            )),
+            Err(why) => faults.description.push(format!(
+                "transfer to the slow {} failed: {why:#}",
+                cluster.nodes[s].name
+            )),
+        }
     }
     Ok(())
 }
@@ -530,31 +563,63 @@ pub async fn heal(
         }
     }
     if let Some((new, old)) = faults.drift {
-        if old != usize::MAX {
-            notes.push(retire(old, new, cluster).await);
-        }
+        notes.push(finish_drift(new, old, cluster).await);
     }
     ensure_running(cluster, &mut notes).await;
     notes
 }
 
-/// Removes `old` from the regions, stops it and removes its host: the drift's second half.
+/// The drift's second half: makes sure the fresh store `new` is a member (add-peer again,
+/// as an operator would after a failure; if it never joins, it is removed and stopped
+/// instead), then removes `old` from the regions, stops it and removes its host.
+async fn finish_drift(new: usize, old: usize, cluster: &mut Cluster) -> String {
+    let new_address = cluster.nodes[new].address().to_string();
+    let mut joined = false;
+    let mut why_not = String::new();
+    for _ in 0..3 {
+        match cluster.admin(&["add-peer", &new_address]).await {
+            Ok(_) => {
+                joined = true;
+                break;
+            }
+            Err(why) => why_not = format!("{why:#}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if !joined {
+        let _ = cluster.admin(&["remove-peer", &new_address]).await;
+        retire_node(new, cluster).await;
+        return format!(
+            "the fresh store {} never joined ({why_not}); stopped, {} stays",
+            cluster.label(new),
+            cluster.label(old)
+        );
+    }
+    retire(old, new, cluster).await
+}
+
+/// Stops a node for good and removes its host.
+async fn retire_node(index: usize, cluster: &mut Cluster) {
+    cluster.members.retain(|m| *m != index);
+    cluster.stop(index).await;
+    cluster.nodes[index].retired = true;
+    let host = cluster.nodes[index].host.clone();
+    if let Err(why) = cluster.network.remove_host(&host).await {
+        cluster.journal.note(format!(
+            "{} stopped, but its host stays: {why:#}",
+            cluster.label(index)
+        ));
+    }
+}
+
+/// Removes `old` from the regions, then stops it and removes its host.
 async fn retire(old: usize, new: usize, cluster: &mut Cluster) -> String {
     let address = cluster.nodes[old].address().to_string();
     let mut last = String::new();
     for _ in 0..3 {
         match cluster.admin(&["remove-peer", &address]).await {
             Ok(_) => {
-                cluster.members.retain(|m| *m != old);
-                cluster.stop(old).await;
-                cluster.nodes[old].retired = true;
-                let host = cluster.nodes[old].host.clone();
-                if let Err(why) = cluster.network.remove_host(&host).await {
-                    return format!(
-                        "{} replaced, but its host stays: {why:#}",
-                        cluster.label(old)
-                    );
-                }
+                retire_node(old, cluster).await;
                 return format!(
                     "{} replaced by {}: removed and stopped",
                     cluster.label(old),
@@ -655,12 +720,20 @@ async fn heal_disk(
         ));
         return notes;
     }
-    match cluster.admin(&["add-peer", &address]).await {
-        Ok(_) => notes.push(format!("{} wiped and added back", cluster.label(victim))),
-        Err(why) => notes.push(format!(
-            "add-peer of the repaired {} failed: {why:#}",
-            cluster.label(victim)
-        )),
+    // A fresh peer catches up by snapshot; under load that can outlast the leader's
+    // catch-up timeout, so retry as an operator would (each failure is noted).
+    for attempt in 1..=3 {
+        match cluster.admin(&["add-peer", &address]).await {
+            Ok(_) => {
+                notes.push(format!("{} wiped and added back", cluster.label(victim)));
+                break;
+            }
+            Err(why) => notes.push(format!(
+                "add-peer {attempt} of the repaired {} failed: {why:#}",
+                cluster.label(victim)
+            )),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     notes
 }

@@ -12,17 +12,24 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-/// Prefix of every namespace the harness creates: `flotilla-chaos-<pid>-<host>`.
+/// Prefix of every namespace the harness creates: `flotilla-chaos-<pid>-<number>`; its
+/// links are `fch<pid>b<number>` (bridge) and `fch<pid>v<number>` (veth), `<pid>` taken
+/// modulo 100,000 (interface names are at most 15 bytes).
 const NETNS_PREFIX: &str = "flotilla-chaos-";
 /// The port every server listens on inside its namespace.
 const NETNS_PORT: u16 = 7100;
 /// Hosts one run may create (addresses .1 to .250 of the /24; .254 is the bridge).
 const HOSTS_MAX: u8 = 250;
+/// Networks this process created (numbers its bridges).
+static NETWORKS_CREATED: AtomicU32 = AtomicU32::new(0);
+/// Hosts this process created (numbers its namespaces and veth links).
+static HOSTS_CREATED: AtomicU32 = AtomicU32::new(0);
 
 /// Where one server process runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,9 +216,12 @@ impl Namespaces {
         }
         remove_leftovers().await;
         let pid = std::process::id();
+        // Names are unique within this process too: the kernel removes a deleted
+        // namespace's veth pair asynchronously, so a name is never reused.
+        let number = NETWORKS_CREATED.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}", pid % 100_000);
         let subnet = free_subnet(pid).await?;
-        let bridge = format!("fch{tag}");
+        let bridge = format!("fch{tag}b{}", number % 1000);
         run("ip", &["link", "add", &bridge, "type", "bridge"])
             .await
             .context("cannot create a bridge")?;
@@ -248,8 +258,9 @@ impl Namespaces {
         }
         let n = self.next_host;
         self.next_host += 1;
-        let netns = format!("{NETNS_PREFIX}{}-{n}", std::process::id());
-        let veth = format!("fch{}v{n}", self.tag);
+        let id = HOSTS_CREATED.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let netns = format!("{NETNS_PREFIX}{}-{id}", std::process::id());
+        let veth = format!("fch{}v{id}", self.tag);
         let ip = Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], n);
         run("ip", &["netns", "add", &netns]).await?;
         self.live.push(netns.clone());
@@ -398,8 +409,24 @@ async fn remove_leftovers() {
         dead_tags.insert(pid % 100_000);
         eprintln!("flotilla-chaos: removed namespace {name} left by a harness that is gone");
     }
-    for tag in dead_tags {
-        let _ = run("ip", &["link", "del", &format!("fch{tag}")]).await;
+    if dead_tags.is_empty() {
+        return;
+    }
+    let Ok(links) = run("ip", &["-o", "link", "show", "type", "bridge"]).await else {
+        return;
+    };
+    for line in links.lines() {
+        // "7: fch123b0: <BROADCAST,...>"
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let dead = dead_tags.iter().any(|tag| {
+            name.strip_prefix(&format!("fch{tag}b"))
+                .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+        });
+        if dead {
+            let _ = run("ip", &["link", "del", name]).await;
+        }
     }
 }
 

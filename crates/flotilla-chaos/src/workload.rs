@@ -419,7 +419,9 @@ impl Shared {
     pub async fn probe(self: &Arc<Self>, client: &KvClient, within: Duration) -> Option<Duration> {
         let started = Instant::now();
         let deadline = started + within;
-        let _ = client.refresh_routes().await;
+        // The client's own route table (it follows redirects and refreshes on stale routes
+        // itself): a refresh here would ask every store it ever knew, retired ones included,
+        // and charge their connect timeouts to the recovery time.
         let mut regions: Vec<(u64, Bytes)> = client
             .routes()
             .iter()
