@@ -20,7 +20,12 @@
 //! - a sleeping follower whose leader's process came back with a new incarnation is woken to
 //!   campaign at once (the leader it knew is gone with the old process);
 //! - a sleeping leader one of whose peers' process restarted is woken, so the restarted peer
-//!   hears it at once instead of timing out.
+//!   hears it at once instead of timing out;
+//! - a follower that something other than its leader woke (a request, another follower's
+//!   pre-vote) is watched until its leader's process is heard again: if it stays silent for
+//!   the election timeout, the follower campaigns as if still asleep. Otherwise its core,
+//!   which took the wake as "the leader was heard just now", would wait out a fresh vote
+//!   guard, and the first follower to notice a dead leader would delay the others.
 //!
 //! Owns: the sleeping set and its index by leader process, process liveness, beacon timing
 //! and wake reasons. Must never: visit a sleeping group without cause, or judge a process
@@ -200,8 +205,13 @@ impl Liveness {
 
     /// How long `process` has been silent, if it was ever heard.
     pub(crate) fn silence(&self, process: &PeerId, now: Instant) -> Option<Duration> {
-        let heard = self.processes.get(process)?.heard?;
+        let heard = self.heard_at(process)?;
         Some(now.saturating_duration_since(heard))
+    }
+
+    /// When a frame from `process` was last taken, if ever.
+    pub(crate) fn heard_at(&self, process: &PeerId) -> Option<Instant> {
+        self.processes.get(process)?.heard
     }
 
     /// Processes heard before and silent for at least `silence` now.

@@ -251,6 +251,7 @@ impl NodeManager {
             awake: BTreeSet::new(),
             requests_left: BTreeSet::new(),
             sleepers: Sleepers::default(),
+            watched: BTreeMap::new(),
             liveness: Liveness::default(),
             beacon_targets: BTreeSet::new(),
             beacon_targets_round: None,
@@ -496,6 +497,10 @@ struct Driver {
     requests_left: BTreeSet<GroupId>,
     /// Groups that hibernate, by their leader's process.
     sleepers: Sleepers,
+    /// Followers woken while asleep by something other than their leader, with that leader
+    /// and when: they campaign if it turns out gone (see `note_if_woken`). At most one entry
+    /// per group; entries end within a heartbeat interval of the leader being heard.
+    watched: BTreeMap<GroupId, (PeerId, Instant)>,
     /// What this process knows of the processes it exchanges frames with.
     liveness: Liveness,
     /// Processes sharing a group with this one: they get a beacon when sent nothing else.
@@ -571,6 +576,7 @@ impl Driver {
         if self.options.hibernation {
             self.send_beacons(now);
             self.wake_followers_of_silent_leaders(&mut active, now);
+            self.campaign_watched_followers(&mut active, now);
         }
         for _ in 0..READY_PASSES_MAX {
             if !self.pass(&active) || self.failed.is_some() {
@@ -637,20 +643,68 @@ impl Driver {
                 self.requests_left.insert(id);
             }
             active.insert(id);
-            self.note_if_woken(id, WakeReason::Request);
+            self.note_if_woken(id, WakeReason::Request, None);
         }
     }
 
-    /// If `id` slept and its core is awake now, it counts as woken for `reason`.
-    fn note_if_woken(&mut self, id: GroupId, reason: WakeReason) {
-        let awake = self
-            .groups
-            .get(&id)
-            .is_some_and(|g| !g.raft.is_hibernating());
-        if awake && self.sleepers.remove(id) {
-            self.awake.insert(id);
-            self.shared.metrics.group_wakes[reason.index()].add(1);
-            self.publish_sleepers();
+    /// If `id` slept and its core is awake now, it counts as woken for `reason`. A
+    /// follower woken by anything but its leader (a request, another peer's message: `by`)
+    /// is watched: if its leader's process turns out silent, it campaigns as a sleeping
+    /// follower would have (its core, woken, would wait out a fresh vote guard first).
+    fn note_if_woken(&mut self, id: GroupId, reason: WakeReason, by: Option<&PeerId>) {
+        let Some(group) = self.groups.get(&id) else {
+            return;
+        };
+        if group.raft.is_hibernating() || !self.sleepers.remove(id) {
+            return;
+        }
+        self.awake.insert(id);
+        self.shared.metrics.group_wakes[reason.index()].add(1);
+        self.publish_sleepers();
+        let leader = group
+            .raft
+            .leader()
+            .filter(|l| **l != self.shared.address && Some(*l) != by);
+        if let Some(leader) = leader {
+            if group.raft.role() == flotilla_raft::Role::Follower {
+                self.watched.insert(id, (leader.clone(), Instant::now()));
+            }
+        }
+    }
+
+    /// The watched followers (see `note_if_woken`): those whose leader's process has been
+    /// silent for their election timeout since before they woke campaign; a leader heard
+    /// since, or a follower that moved on (new leader, campaigning, asleep again), ends the
+    /// watch.
+    fn campaign_watched_followers(&mut self, active: &mut BTreeSet<GroupId>, now: Instant) {
+        if self.watched.is_empty() {
+            return;
+        }
+        for (id, (leader, woken_at)) in std::mem::take(&mut self.watched) {
+            let timeout = match self.groups.get(&id) {
+                Some(g)
+                    if !g.raft.is_hibernating()
+                        && g.raft.role() == flotilla_raft::Role::Follower
+                        && g.raft.leader() == Some(&leader) =>
+                {
+                    self.ticks_duration(g.election_timeout_ticks())
+                }
+                _ => continue,
+            };
+            let silence = match self.liveness.heard_at(&leader) {
+                Some(heard) if heard > woken_at => continue,
+                Some(heard) => now.saturating_duration_since(heard),
+                None => Duration::MAX,
+            };
+            if silence < timeout {
+                self.watched.insert(id, (leader, woken_at));
+                continue;
+            }
+            tracing::info!(group = id, leader = %leader, ?silence, "woken follower's leader silent: campaigning");
+            if let Some(group) = self.groups.get_mut(&id) {
+                group.raft.wake_and_campaign();
+                active.insert(id);
+            }
         }
     }
 
@@ -749,7 +803,7 @@ impl Driver {
                 tracing::info!(group = id, leader = %process, ?silence, "leader's process silent: waking to campaign");
                 group.raft.wake_and_campaign();
                 active.insert(id);
-                self.note_if_woken(id, WakeReason::LeaderDown);
+                self.note_if_woken(id, WakeReason::LeaderDown, None);
             }
         }
     }
@@ -780,7 +834,7 @@ impl Driver {
             };
             tracing::info!(group = id, peer = %process, reason = reason.name(), "peer's process restarted: waking");
             active.insert(id);
-            self.note_if_woken(id, reason);
+            self.note_if_woken(id, reason, None);
         }
     }
 
@@ -927,7 +981,7 @@ impl Driver {
                         self.shared.metrics.message_received(message.body.name());
                         g.raft.step(message);
                         active.insert(group);
-                        self.note_if_woken(group, WakeReason::Message);
+                        self.note_if_woken(group, WakeReason::Message, Some(&frame.from));
                     }
                     None => {
                         tracing::debug!(group, from = %frame.from, "message for a group not hosted here")
@@ -1214,6 +1268,7 @@ impl Driver {
         lock(&self.shared.nodes).remove(&id);
         self.awake.remove(&id);
         self.requests_left.remove(&id);
+        self.watched.remove(&id);
         if self.sleepers.remove(id) {
             self.publish_sleepers();
         }

@@ -245,6 +245,10 @@ pub struct Simulation {
     heard: Vec<Vec<Option<(u64, u64)>>>,
     /// Whether each node's core hibernated when last observed (to count hibernations).
     asleep: Vec<bool>,
+    /// A follower woken while asleep by something other than its leader: that leader and
+    /// when. If the leader turns out silent, the follower campaigns as a sleeping one would
+    /// have (the runtime's watch, see its `note_if_woken`).
+    watched: Vec<Option<(usize, u64)>>,
     /// Clients start no operation before this time: a quiet spell in which the group can
     /// hibernate while the nemesis keeps striking (with hibernation only).
     quiet_until: u64,
@@ -350,6 +354,7 @@ impl Simulation {
             end_at: None,
             heard: vec![vec![None; config.nodes]; config.nodes],
             asleep: vec![false; config.nodes],
+            watched: vec![None; config.nodes],
             quiet_until: 0,
             config,
         }
@@ -634,6 +639,7 @@ impl Simulation {
         n.observed_commit = n.raft.as_ref().map_or(LogIndex::ZERO, Raft::committed);
         // A new process knows nothing of the others yet.
         self.heard[node] = vec![None; self.nodes.len()];
+        self.watched[node] = None;
         self.process(node);
     }
 
@@ -678,11 +684,38 @@ impl Simulation {
             let incarnation = self.heard[to][from].map_or(0, |(_, i)| i);
             self.heard[to][from] = Some((self.now, incarnation));
         }
+        let from = self.index_of.get(&message.from).copied();
+        let was_hibernating = self.is_hibernating(to);
         let n = &mut self.nodes[to];
         if let Some(raft) = n.raft.as_mut() {
             raft.step(message);
         }
+        self.note_woken(to, was_hibernating, from);
         self.process(to);
+    }
+
+    fn is_hibernating(&self, node: usize) -> bool {
+        self.nodes[node]
+            .raft
+            .as_ref()
+            .is_some_and(Raft::is_hibernating)
+    }
+
+    /// After an input to `node`: if it was asleep, is awake now and follows a leader other
+    /// than `by` (the sender of the message that woke it; `None`: a request), watch it.
+    fn note_woken(&mut self, node: usize, was_hibernating: bool, by: Option<usize>) {
+        if !self.config.hibernation || !was_hibernating || self.is_hibernating(node) {
+            return;
+        }
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return;
+        };
+        let leader = raft.leader().and_then(|l| self.index_of.get(l)).copied();
+        if let Some(leader) = leader.filter(|l| *l != node && Some(*l) != by) {
+            if raft.role() == Role::Follower {
+                self.watched[node] = Some((leader, self.now));
+            }
+        }
     }
 
     // ----- hibernation: the runtime's liveness beacons ----------------------------------
@@ -727,9 +760,32 @@ impl Simulation {
     }
 
     /// A hibernating follower whose leader has been silent for an election timeout
-    /// campaigns (the runtime's verdict from missing beacons).
+    /// campaigns (the runtime's verdict from missing beacons); so does a watched one (see
+    /// `watched`) whose leader was not heard since it woke.
     fn watch_leader(&mut self, node: usize) {
         let timeout = self.raft_config.election_timeout_ticks * TICK;
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return;
+        };
+        if let Some((leader, woken_at)) = self.watched[node] {
+            let still = !raft.is_hibernating()
+                && raft.role() == Role::Follower
+                && raft.leader() == Some(&self.nodes[leader].id);
+            let heard = self.heard[node][leader].map(|(at, _)| at);
+            if !still || heard.is_some_and(|at| at > woken_at) {
+                self.watched[node] = None;
+            } else if heard.is_none_or(|at| self.now.saturating_sub(at) >= timeout) {
+                self.watched[node] = None;
+                let id = self.nodes[node].id.clone();
+                self.note(format!("{id} (woken) campaigns: its leader is silent"));
+                self.count("woken followers campaigning (leader silent)");
+                if let Some(raft) = self.nodes[node].raft.as_mut() {
+                    raft.wake_and_campaign();
+                }
+                self.process(node);
+                return;
+            }
+        }
         let Some(raft) = self.nodes[node].raft.as_ref() else {
             return;
         };
@@ -1556,6 +1612,12 @@ impl Simulation {
 
     /// Hands a client's request to a node's core.
     fn submit(&mut self, node: usize, client: usize, op: &ClientOp) {
+        let was_hibernating = self.is_hibernating(node);
+        self.submit_to_core(node, client, op);
+        self.note_woken(node, was_hibernating, None);
+    }
+
+    fn submit_to_core(&mut self, node: usize, client: usize, op: &ClientOp) {
         let request = Request {
             client,
             op_id: op.op_id,
