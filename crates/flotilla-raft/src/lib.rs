@@ -11,7 +11,8 @@
 //! and step-down, pipelined replication with per-peer probe / replicate / snapshot states,
 //! ReadIndex and lease reads (on followers and learners too), snapshots and compaction,
 //! joint-consensus membership changes with a catch-up stage, learners, and leadership
-//! transfer.
+//! transfer; and, beyond SOFAJRaft, hibernation of idle groups (`Config::hibernate_idle_ticks`,
+//! [`Raft::is_hibernating`]), which the runtime drives.
 //!
 //! Modules are cut by the invariant they own: [`quorum`] (majorities), [`progress`] (what a
 //! leader knows of a peer), [`membership`] (configurations), `log` (the unstable tail and

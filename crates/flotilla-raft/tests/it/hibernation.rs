@@ -368,3 +368,33 @@ fn leader_does_not_step_down_on_waking() {
     run(&mut c);
     assert_eq!(c.node(n1).raft.role(), Role::Leader);
 }
+
+/// The gateway drops a hibernate mark that claims commit 0 (a leader hibernates only after
+/// an entry of its term committed), naming what was wrong; the follower neither sleeps nor
+/// answers.
+#[test]
+fn hibernate_mark_with_commit_zero_is_dropped_at_the_gateway() {
+    let (mut c, ids) = elected_with(3, hibernating_test_config);
+    let (n1, n2) = (&ids[0], &ids[1]);
+    run(&mut c);
+    let term = c.node(n1).raft.term();
+    let bad = heartbeat(n1, n2, term, 0, 1_000);
+    let why = c
+        .node(n2)
+        .raft
+        .check_message(&bad)
+        .expect_err("must be refused");
+    assert!(
+        why.to_string()
+            .contains("hibernate heartbeat with commit 0"),
+        "{why}"
+    );
+    c.raft(n2).step(bad);
+    c.process(n2);
+    assert!(!hibernating(&c, n2));
+    assert!(
+        c.queue.is_empty(),
+        "answered a dropped message: {:?}",
+        c.queue
+    );
+}
