@@ -6,9 +6,13 @@
 
 use std::time::Duration;
 
-use flotilla_node::{GroupId, NodeError, NodeManager, ReadMode};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use crate::cluster::{Cluster, WAIT};
+use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
+use flotilla_node::{GroupId, NodeError, NodeManager, PeerId, ReadMode};
+
+use crate::cluster::{add, temp_root, test_options, Cluster, Counter, WAIT};
 
 const GROUPS: u64 = 8;
 
@@ -247,12 +251,7 @@ async fn reads_stay_linearizable_across_hibernate_and_wake() {
     let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
     let new = cluster.leader_among(group, &others).await;
     let node = cluster.node(new, group).expect("new leader");
-    let written = crate::cluster::value_of(
-        &node
-            .apply(crate::cluster::add(100), None)
-            .await
-            .expect("apply"),
-    );
+    let written = crate::cluster::value_of(&node.apply(add(100), None).await.expect("apply"));
     assert_eq!(written, acknowledged + 100);
     assert!(
         old_node.is_leader(),
@@ -268,4 +267,105 @@ async fn reads_stay_linearizable_across_hibernate_and_wake() {
     }
     cluster.transport.heal_all();
     cluster.stop_all().await;
+}
+
+/// Over gRPC, where beacons are frames without messages on the same streams as the raft
+/// traffic: groups that hibernated fail over when their leader's process (manager and
+/// server) stops, woken by the missing beacons alone, and commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hibernated_groups_fail_over_across_grpc() {
+    const GRPC_GROUPS: u64 = 4;
+    let root = temp_root("hibernate-grpc");
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+    let mut managers = Vec::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+        let transport = GrpcTransport::new(GrpcOptions::default());
+        let manager = NodeManager::open(options, Arc::new(transport))
+            .await
+            .expect("open manager");
+        servers.push(Some(listener.serve(Arc::new(manager.inbox()))));
+        for group in 1..=GRPC_GROUPS {
+            let value = Arc::new(AtomicU64::new(0));
+            manager
+                .add_group(group, peers.clone(), Counter { value })
+                .await
+                .expect("add group");
+        }
+        managers.push(Some(manager));
+    }
+    let running = |managers: &[Option<NodeManager>]| -> Vec<usize> {
+        (0..managers.len())
+            .filter(|&i| managers[i].is_some())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !managers
+        .iter()
+        .flatten()
+        .all(|m| m.stats().groups_hibernating == GRPC_GROUPS)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "groups did not hibernate over gRPC"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader_of = |managers: &[Option<NodeManager>], group: GroupId| {
+        running(managers).into_iter().find(|&i| {
+            managers[i]
+                .as_ref()
+                .and_then(|m| m.node(group))
+                .is_some_and(|n| n.is_leader())
+        })
+    };
+    let old = leader_of(&managers, 1).expect("group 1 has a leader");
+    if let Some(manager) = managers[old].take() {
+        manager.shutdown().await;
+    }
+    if let Some(server) = servers[old].take() {
+        server.shutdown().await;
+    }
+    // Status only, no request: the wake comes from the missing beacons.
+    let new = loop {
+        if let Some(new) = leader_of(&managers, 1) {
+            break new;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + WAIT,
+            "no new leader over gRPC"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(new, old);
+    let woken: u64 = managers
+        .iter()
+        .flatten()
+        .map(|m| {
+            metric(
+                &m.metrics_text(),
+                "flotilla_group_wakes_total{reason=\"leader_down\"}",
+            )
+        })
+        .sum();
+    assert!(woken >= 1, "no group was woken by its leader's silence");
+    let node = managers[new]
+        .as_ref()
+        .and_then(|m| m.node(1))
+        .expect("new leader");
+    node.apply(add(1), None)
+        .await
+        .expect("commit after failover");
+    for manager in managers.iter().flatten() {
+        manager.shutdown().await;
+    }
+    for server in servers.into_iter().flatten() {
+        server.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
