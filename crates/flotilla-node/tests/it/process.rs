@@ -63,12 +63,14 @@ struct Timing {
 }
 
 impl Timing {
-    /// 10 ms ticks and a 200 ms election timeout: short, yet twice `test_options()`'s,
-    /// because here several debug-build processes share two cores with other tests.
+    /// 20 ms ticks and a 500 ms election timeout: short, yet five times `test_options()`'s,
+    /// because here several debug-build processes share two cores with other tests (with
+    /// 200 ms, a loaded machine lost leaderships mid-test and the writes' outcomes became
+    /// unknown).
     const FAST: Timing = Timing {
-        tick_ms: 10,
-        election_timeout_ticks: 20,
-        heartbeat_interval_ticks: 2,
+        tick_ms: 20,
+        election_timeout_ticks: 25,
+        heartbeat_interval_ticks: 3,
     };
 
     fn election_timeout(self) -> Duration {
