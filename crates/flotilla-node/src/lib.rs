@@ -41,6 +41,7 @@ pub mod snapshot;
 mod state_machine;
 mod store;
 mod transport;
+mod wake;
 
 pub use error::NodeError;
 pub use manager::{ManagerStats, NodeManager};

@@ -1,10 +1,10 @@
 //! [`NodeManager`]: every raft group of one process, driven in rounds (SOFAJRaft's
 //! `NodeManager` plus the batching of TiKV's raftstore).
 //!
-//! Architecture: one tokio task per manager waits for work (a request, an inbound frame,
-//! the next tick) and then runs one *round* on tokio's blocking pool (`spawn_blocking`),
-//! handing it the whole driver state by value and getting it back. A round is plain
-//! synchronous code, so the fsync and the state machine callbacks never block an async
+//! Architecture: one thread per manager (`flotilla-round`) owns the whole driver state,
+//! parks until there is work (a request, an inbound frame, the next tick; see
+//! [`crate::wake::RoundWake`]) and then runs one *round*. A round is plain synchronous
+//! code on that thread, so the fsync and the state machine callbacks never block an async
 //! worker, and no lock is held across an `.await`. One round, for every group with work:
 //!
 //! 1. ticks for the time elapsed since the last round (first: a lease read is safe only
@@ -57,8 +57,7 @@ use flotilla_raft::{Message, PeerId, Ready, SnapshotMeta};
 use flotilla_storage::{
     FileMetaStorage, GroupId, MetaStorage, RaftMeta, SharedLog, SnapshotStore, WriteBatch,
 };
-use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup, RequestQueue};
@@ -69,6 +68,7 @@ use crate::options::ManagerOptions;
 use crate::snapshot::{run_install, InstallDone, InstallJob, InstallOptions, SnapshotService};
 use crate::state_machine::StateMachine;
 use crate::transport::{Frame, Inbox, Transport};
+use crate::wake::RoundWake;
 
 /// Passes of steps 2-5 per round before yielding to new input.
 const READY_PASSES_MAX: usize = 4;
@@ -132,7 +132,7 @@ pub(crate) struct ManagerShared {
     pub(crate) address: PeerId,
     /// Drawn at open, never 0: tells peers this process restarted.
     incarnation: u64,
-    pub(crate) wake: Arc<Notify>,
+    pub(crate) wake: Arc<RoundWake>,
     /// Groups whose handle queued a request since the round last polled them (each at most
     /// once while its flag is set, so at most one entry per group).
     requested: Mutex<Vec<GroupId>>,
@@ -185,7 +185,8 @@ pub struct NodeManager {
     control: mpsc::Sender<Control>,
     inbox: Inbox,
     fresh: bool,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Answers (or is dropped) when the round thread has stopped every group and ended.
+    task: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl std::fmt::Debug for NodeManager {
@@ -220,7 +221,7 @@ impl NodeManager {
         let (fresh, log, meta) = tokio::task::spawn_blocking(move || open_storage(&opening))
             .await
             .map_err(|e| NodeError::Io(format!("opening storage panicked: {e}")))??;
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(RoundWake::default());
         let shared = Arc::new(ManagerShared {
             address: options.address.clone(),
             incarnation: incarnation(&options.address),
@@ -261,7 +262,12 @@ impl NodeManager {
             opened_groups: std::collections::BTreeSet::new(),
             options,
         };
-        let task = tokio::spawn(run(Box::new(driver)));
+        let (finished_tx, finished_rx) = oneshot::channel();
+        let driver = Box::new(driver);
+        std::thread::Builder::new()
+            .name("flotilla-round".into())
+            .spawn(move || run(driver, finished_tx))
+            .map_err(|e| NodeError::Io(format!("cannot start the round thread: {e}")))?;
         Ok(NodeManager {
             inbox: Inbox {
                 frames: frames_tx,
@@ -271,7 +277,7 @@ impl NodeManager {
             shared,
             control: control_tx,
             fresh,
-            task: Mutex::new(Some(task)),
+            task: Mutex::new(Some(finished_rx)),
         })
     }
 
@@ -402,15 +408,14 @@ impl NodeManager {
     }
 
     /// Stops every group (pending proposals answer "unknown", state machines hear
-    /// `on_shutdown`) and waits for the round task to finish. Idempotent.
+    /// `on_shutdown`) and waits for the round thread to finish. Idempotent.
     pub async fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
         let task = lock(&self.task).take();
         if let Some(task) = task {
-            if let Err(e) = task.await {
-                tracing::error!(address = %self.shared.address, error = %e, "round task failed");
-            }
+            // An error only means the thread ended without answering (it logged why).
+            let _ = task.await;
         }
     }
 }
@@ -434,47 +439,56 @@ fn open_storage(options: &ManagerOptions) -> Result<(bool, SharedLog, FileMetaSt
     Ok((fresh, log, meta))
 }
 
-/// The round task: wait for work, run a round on the blocking pool, repeat.
-async fn run(mut driver: Box<Driver>) {
+/// The text of a panic's payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// The round thread: wait for work, run a round, repeat; then stop every group and answer
+/// `finished`.
+fn run(mut driver: Box<Driver>, finished: oneshot::Sender<()>) {
     let shared = driver.shared.clone();
+    // The round spawns onto the runtime (the transport's connections, snapshot copies) as
+    // the blocking pool's threads could: enter its context for the thread's life.
+    let runtime = driver.runtime.clone();
+    let _context = runtime.enter();
+    shared.wake.register();
     let tick = driver.options.tick;
     loop {
         if !driver.more_work {
-            let deadline = tokio::time::Instant::from_std(driver.last_tick + tick);
-            tokio::select! {
-                () = shared.wake.notified() => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
+            shared.wake.wait_until(driver.last_tick + tick);
         }
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        driver = match tokio::task::spawn_blocking(move || {
-            driver.round();
-            driver
-        })
-        .await
-        {
-            Ok(driver) => driver,
-            Err(e) => {
-                // A round panicked (a broken invariant): the groups' state went with it.
-                tracing::error!(address = %shared.address, error = %e, "round panicked; manager stopped");
-                *lock(&shared.failed) = Some(format!("round panicked: {e}"));
-                lock(&shared.nodes).clear();
-                return;
-            }
-        };
+        let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.round()));
+        if let Err(payload) = round {
+            // A round panicked (a broken invariant): the groups' state cannot be trusted,
+            // so they are dropped unanswered (their callers hear that the node stopped).
+            let why = panic_text(payload.as_ref());
+            tracing::error!(address = %shared.address, error = %why, "round panicked; manager stopped");
+            *lock(&shared.failed) = Some(format!("round panicked: {why}"));
+            lock(&shared.nodes).clear();
+            drop(driver);
+            let _ = finished.send(());
+            return;
+        }
         if driver.failed.is_some() {
             break;
         }
     }
-    let stopped = tokio::task::spawn_blocking(move || driver.stop_all()).await;
-    if let Err(e) = stopped {
-        tracing::error!(address = %shared.address, error = %e, "stopping the groups panicked");
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || driver.stop_all()));
+    if let Err(payload) = stopped {
+        tracing::error!(address = %shared.address, error = %panic_text(payload.as_ref()), "stopping the groups panicked");
     }
+    let _ = finished.send(());
 }
 
-/// Everything a round owns; moved to the blocking pool for each round.
+/// Everything a round owns; lives on the round thread.
 struct Driver {
     shared: Arc<ManagerShared>,
     options: ManagerOptions,
@@ -508,7 +522,7 @@ struct Driver {
     /// Round of the last recomputation of `beacon_targets` (`None`: due now).
     beacon_targets_round: Option<u64>,
     failed: Option<NodeError>,
-    /// Where install copies are spawned (the round runs on a blocking thread).
+    /// Where install copies are spawned (the round runs on its own thread).
     runtime: tokio::runtime::Handle,
     /// Snapshot copies running, one per group.
     installs: BTreeMap<GroupId, Install>,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_raft::{Message, PeerId};
 use flotilla_storage::GroupId;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 
@@ -55,7 +55,7 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct Inbox {
     pub(crate) frames: mpsc::Sender<Frame>,
-    pub(crate) wake: Arc<Notify>,
+    pub(crate) wake: Arc<crate::wake::RoundWake>,
     pub(crate) snapshots: SnapshotService,
 }
 
