@@ -28,7 +28,7 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use flotilla_kv::client::ReadConsistency;
 use flotilla_sim::linearizability::{Checker, DEFAULT_MAX_STATES_PER_KEY};
@@ -90,11 +90,12 @@ struct Args {
     /// Healthy seconds before each fault.
     #[arg(long, default_value_t = 2.0)]
     interval_s: f64,
-    /// Seconds each fault lasts.
+    /// The longest a fault lasts, seconds (each lasts 20% to 100% of it).
     #[arg(long, default_value_t = 5.0)]
     fault_s: f64,
-    /// Longest one client operation may take, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
+    /// Longest one client operation may take, in milliseconds (longer than a fault, so a
+    /// request held by a paused or cut-off store is answered, and checked, after the heal).
+    #[arg(long, default_value_t = 6000)]
     op_timeout_ms: u64,
     /// Operations per register key before a fresh key replaces it.
     #[arg(long, default_value_t = 200)]
@@ -340,6 +341,13 @@ async fn main_async(args: Args) -> anyhow::Result<i32> {
             .join("flotilla-chaos")
             .join(format!("{stamp}-{seed}"))
     });
+    // Every run of this invocation uses one copy of the server binary, so a rebuild of
+    // `flotilla` while a suite runs (the target directory is shared) cannot change it.
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let copy = base.join("flotilla");
+    std::fs::copy(&bin, &copy)
+        .with_context(|| format!("cannot copy {} to {}", bin.display(), copy.display()))?;
+    let bin = copy;
     println!(
         "flotilla-chaos: seed {seed}, {} run{}, server {}, run directories under {}",
         plans.len(),
@@ -441,6 +449,10 @@ async fn main_async(args: Args) -> anyhow::Result<i32> {
         }
     }
     let failed = results.iter().any(|r| !r.passed());
+    if !failed && !args.keep {
+        let _ = std::fs::remove_file(&bin);
+        let _ = std::fs::remove_dir(&base);
+    }
     println!("{}", totals_line(&results));
     Ok(if failed { EXIT_FOUND } else { 0 })
 }

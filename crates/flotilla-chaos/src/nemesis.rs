@@ -371,6 +371,9 @@ async fn apply_one(
                 Some(l) if rng.chance(0.5) => vec![l],
                 _ => rng.subset(&up),
             };
+            if victims.is_empty() {
+                bail!("no running store to pause");
+            }
             for &v in &victims {
                 cluster.pause(v);
             }

@@ -50,7 +50,7 @@ pub struct RunConfig {
     pub nemesis: NemesisConfig,
     /// Healthy time before each fault.
     pub interval: Duration,
-    /// How long each fault lasts.
+    /// The longest a fault lasts (each lasts 20% to 100% of it).
     pub fault_duration: Duration,
     /// Force loopback (no namespaces).
     pub loopback: bool,
@@ -204,7 +204,71 @@ async fn drive(
     journal: &Arc<Journal>,
 ) -> anyhow::Result<(Arc<Shared>, Driven)> {
     let mut rng = Rng::new(config.seed);
-    // The cluster.
+    start_cluster(config, cluster, journal).await?;
+    let shared = Shared::new(journal.clone(), config.workload.clone());
+    let mut clients = Vec::new();
+    for _ in 0..config.workload.clients.div_ceil(4).max(1) {
+        let client = KvClient::connect(cluster.member_addresses(), shared.client_options())
+            .await
+            .map_err(|e| anyhow::anyhow!("the workload client cannot connect: {e}"))?;
+        clients.push(client);
+    }
+    let probe_client = KvClient::connect(cluster.member_addresses(), shared.client_options())
+        .await
+        .map_err(|e| anyhow::anyhow!("the probe client cannot connect: {e}"))?;
+    let workers = shared.spawn_clients(&clients, &mut rng);
+
+    let workload_start = Instant::now();
+    let deadline = workload_start + config.time_limit;
+    let mut nemesis_rng = rng.fork(0x6e65_6d65);
+    let mut driven = Driven {
+        faults: 0,
+        recoveries_ms: Vec::new(),
+        liveness: Vec::new(),
+        set_reads: Vec::new(),
+        unread_keys: Vec::new(),
+        workload_seconds: 0,
+    };
+    while !nemeses.is_empty()
+        && Instant::now() + config.interval + config.fault_duration <= deadline
+    {
+        tokio::time::sleep(config.interval).await;
+        cycle(
+            config,
+            nemeses,
+            cluster,
+            &shared,
+            &probe_client,
+            &mut nemesis_rng,
+            &mut driven,
+        )
+        .await;
+    }
+    tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+    driven.workload_seconds = workload_start.elapsed().as_secs();
+
+    // Stop the workload; every operation ends within its timeout.
+    shared.stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = tokio::time::timeout(config.workload.op_timeout * 2, worker).await;
+    }
+    journal.note(format!(
+        "workload stopped: {} register and {} set operations",
+        shared.register.lock().map(|r| r.len()).unwrap_or(0),
+        shared.set_adds.lock().map(|s| s.len()).unwrap_or(0)
+    ));
+    final_heal(cluster, &shared, &probe_client, &mut driven.liveness).await;
+    final_reads(config, cluster, &shared, &probe_client, &mut driven).await;
+    cluster.reap_exits();
+    Ok((shared, driven))
+}
+
+/// Starts `config.nodes` servers as a new cluster and waits for every region's leader.
+async fn start_cluster(
+    config: &RunConfig,
+    cluster: &mut Cluster,
+    journal: &Journal,
+) -> anyhow::Result<()> {
     let mut indexes = Vec::new();
     for _ in 0..config.nodes {
         indexes.push(cluster.add_node(None).await?);
@@ -225,7 +289,7 @@ async fn drive(
             )
         })?;
     }
-    cluster.members = indexes.clone();
+    cluster.members = indexes;
     cluster.connect_admin().await?;
     let took = cluster.wait_for_leaders(SETTLE_TIMEOUT).await.with_context(|| {
         "the cluster elected no leaders (with namespaces, a host firewall dropping bridged traffic would do this)"
@@ -235,104 +299,85 @@ async fn drive(
         config.nodes,
         took.as_millis()
     ));
+    Ok(())
+}
 
-    // The clients.
-    let shared = Shared::new(journal.clone(), config.workload.clone());
-    let mut clients = Vec::new();
-    for _ in 0..config.workload.clients.div_ceil(4).max(1) {
-        let client = KvClient::connect(cluster.member_addresses(), shared.client_options())
-            .await
-            .map_err(|e| anyhow::anyhow!("the workload client cannot connect: {e}"))?;
-        clients.push(client);
-    }
-    let probe_client = KvClient::connect(cluster.member_addresses(), shared.client_options())
-        .await
-        .map_err(|e| anyhow::anyhow!("the probe client cannot connect: {e}"))?;
-    let workers = shared.spawn_clients(&clients, &mut rng);
-
-    // The nemeses.
-    let mut nemesis_rng = rng.fork(0x6e65_6d65);
-    let deadline = Instant::now() + config.time_limit;
-    let mut faults = 0;
-    let mut recoveries_ms = Vec::new();
-    let mut liveness = Vec::new();
-    let workload_start = Instant::now();
-    while !nemeses.is_empty()
-        && Instant::now() + config.interval + config.fault_duration <= deadline
-    {
-        tokio::time::sleep(config.interval).await;
-        let kinds = nemesis::choose(nemeses, &mut nemesis_rng);
-        let applied = nemesis::apply(&kinds, cluster, &mut nemesis_rng, &config.nemesis).await;
-        faults += 1;
-        journal.note(format!(
-            "fault {}: {}",
-            Nemesis::list_name(&kinds),
-            applied.description.join("; ")
-        ));
-        tokio::time::sleep(config.fault_duration).await;
-        let heal_started = Instant::now();
-        let notes = nemesis::heal(applied, cluster, &shared, &probe_client).await;
-        let healed_ms = heal_started.elapsed().as_millis();
-        let recovery = shared.probe(&probe_client, SETTLE_TIMEOUT).await;
-        match recovery {
-            Some(d) => {
-                recoveries_ms.push(d.as_millis() as u64);
-                journal.note(format!(
-                    "healed in {healed_ms} ms ({}); every region took a write {} ms later",
-                    if notes.is_empty() {
-                        "nothing to note".to_string()
-                    } else {
-                        notes.join("; ")
-                    },
-                    d.as_millis()
-                ));
-            }
-            None => {
-                let text = format!(
-                    "no write accepted in every region within {} s after healing {}",
-                    SETTLE_TIMEOUT.as_secs(),
-                    Nemesis::list_name(&kinds)
-                );
-                journal.note(format!("FINDING: {text} ({})", notes.join("; ")));
-                liveness.push(text);
-            }
-        }
-        cluster.reap_exits();
-    }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    tokio::time::sleep(remaining).await;
-    let workload_seconds = workload_start.elapsed().as_secs();
-
-    // Stop the workload; every operation ends within its timeout.
-    shared.stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        let _ = tokio::time::timeout(config.workload.op_timeout * 2, worker).await;
-    }
+/// One fault cycle: choose, apply, hold, heal, then time the recovery.
+async fn cycle(
+    config: &RunConfig,
+    nemeses: &[Nemesis],
+    cluster: &mut Cluster,
+    shared: &Arc<Shared>,
+    probe_client: &KvClient,
+    rng: &mut Rng,
+    driven: &mut Driven,
+) {
+    let journal = cluster.journal.clone();
+    let kinds = nemesis::choose(nemeses, rng);
+    let applied = nemesis::apply(&kinds, cluster, rng, &config.nemesis).await;
+    driven.faults += 1;
     journal.note(format!(
-        "workload stopped: {} register and {} set operations",
-        shared.register.lock().map(|r| r.len()).unwrap_or(0),
-        shared.set_adds.lock().map(|s| s.len()).unwrap_or(0)
+        "fault {}: {}",
+        Nemesis::list_name(&kinds),
+        applied.description.join("; ")
     ));
+    // Holds vary from a fifth of the maximum to all of it: short ones end while clients
+    // still wait for answers from a paused or cut-off leader (the op timeout is longer), so
+    // whatever it answers when it comes back is checked, not dropped as a timeout.
+    let hold = config.fault_duration.mul_f64(0.2 + 0.8 * rng.unit());
+    tokio::time::sleep(hold).await;
+    let heal_started = Instant::now();
+    let notes = nemesis::heal(applied, cluster, shared, probe_client).await;
+    let healed_ms = heal_started.elapsed().as_millis();
+    match shared.probe(probe_client, SETTLE_TIMEOUT).await {
+        Some(d) => {
+            driven.recoveries_ms.push(d.as_millis() as u64);
+            journal.note(format!(
+                "healed in {healed_ms} ms ({}); every region took a write {} ms later",
+                if notes.is_empty() {
+                    "nothing to note".to_string()
+                } else {
+                    notes.join("; ")
+                },
+                d.as_millis()
+            ));
+        }
+        None => {
+            let text = format!(
+                "no write accepted in every region within {} s after healing {}",
+                SETTLE_TIMEOUT.as_secs(),
+                Nemesis::list_name(&kinds)
+            );
+            journal.note(format!("FINDING: {text} ({})", notes.join("; ")));
+            driven.liveness.push(text);
+        }
+    }
+    cluster.reap_exits();
+}
 
-    // Heal everything: every node up, the intended members, then wait for quiet.
+/// Every node up, the intended members, requests still held by the servers ended, and a
+/// write acknowledged in every region.
+async fn final_heal(
+    cluster: &mut Cluster,
+    shared: &Arc<Shared>,
+    probe_client: &KvClient,
+    liveness: &mut Vec<String>,
+) {
+    let journal = cluster.journal.clone();
     let mut notes = Vec::new();
     nemesis::ensure_running(cluster, &mut notes).await;
-    for note in notes {
-        journal.note(note);
-    }
     match nemesis::reconcile_members(cluster, SETTLE_TIMEOUT).await {
-        Ok(notes) => {
-            for note in notes {
-                journal.note(note);
-            }
-        }
+        Ok(more) => notes.extend(more),
         Err(why) => {
-            journal.note(format!("FINDING: {why:#}"));
+            notes.push(format!("FINDING: {why:#}"));
             liveness.push(format!("{why:#}"));
         }
     }
+    for note in notes {
+        journal.note(note);
+    }
     tokio::time::sleep(QUIESCE).await;
-    match shared.probe(&probe_client, SETTLE_TIMEOUT).await {
+    match shared.probe(probe_client, SETTLE_TIMEOUT).await {
         Some(d) => journal.note(format!(
             "final heal: every region took a write after {} ms",
             d.as_millis()
@@ -346,12 +391,19 @@ async fn drive(
             liveness.push(text);
         }
     }
+}
 
-    // Final reads: every register key; the whole set on every member.
-    let unread_keys = shared
-        .final_register_reads(&probe_client, SETTLE_TIMEOUT)
+/// Reads every register key, and the whole set on every member.
+async fn final_reads(
+    config: &RunConfig,
+    cluster: &Cluster,
+    shared: &Arc<Shared>,
+    probe_client: &KvClient,
+    driven: &mut Driven,
+) {
+    driven.unread_keys = shared
+        .final_register_reads(probe_client, SETTLE_TIMEOUT)
         .await;
-    let mut set_reads = Vec::new();
     if config.workload.workloads != workload::Workloads::Register {
         let tasks: Vec<_> = cluster
             .member_addresses()
@@ -365,28 +417,16 @@ async fn drive(
             .collect();
         for task in tasks {
             if let Ok(read) = task.await {
-                set_reads.push(read);
+                driven.set_reads.push(read);
             }
         }
     }
-    journal.note(format!(
+    cluster.journal.note(format!(
         "final reads: {} register keys ({} unanswered), the set on {} stores",
         shared.register_keys(),
-        unread_keys.len(),
-        set_reads.len()
+        driven.unread_keys.len(),
+        driven.set_reads.len()
     ));
-    cluster.reap_exits();
-    Ok((
-        shared,
-        Driven {
-            faults,
-            recoveries_ms,
-            liveness,
-            set_reads,
-            unread_keys,
-            workload_seconds,
-        },
-    ))
 }
 
 fn check_and_report(
@@ -426,6 +466,59 @@ fn check_and_report(
             .iter()
             .filter(|a| a.outcome == Outcome::Unknown)
             .count();
+    let findings = describe_findings(config, cluster, &driven, &register_report, &set_report);
+
+    let violations =
+        register_report.violations.len() + set_report.violations() + cluster.unexpected_exits.len();
+    let unknown = register_report.unknown.len()
+        + driven.unread_keys.len()
+        + set_report.unread.len()
+        + driven.liveness.len();
+    let lost = register_report.lost.len() + set_report.lost_count();
+    let mut result = RunResult {
+        nemeses: Nemesis::list_name(nemeses),
+        nodes: config.nodes,
+        seconds: driven.workload_seconds,
+        seed: config.seed,
+        ops: register.len() + adds.len(),
+        indeterminate,
+        violations,
+        unknown,
+        lost,
+        faults: driven.faults,
+        recoveries_ms: driven.recoveries_ms,
+        kept: None,
+        network: String::new(),
+    };
+
+    // Keep the evidence of a failing run.
+    history::write_jsonl(&config.dir.join("history-register.jsonl"), &register)?;
+    history::write_jsonl(&config.dir.join("history-set.jsonl"), &adds)?;
+    history::write_jsonl(&config.dir.join("final-set-reads.jsonl"), &driven.set_reads)?;
+    let mut report = journal.lines();
+    report.push(String::new());
+    report.push(result_line(&result));
+    report.extend(findings.lines.iter().cloned());
+    std::fs::write(config.dir.join("report.txt"), report.join("\n") + "\n")?;
+    if !findings.lines.is_empty() {
+        findings.print();
+    }
+    if result.passed() && !config.keep {
+        let _ = std::fs::remove_dir_all(&config.dir);
+    } else {
+        result.kept = Some(config.dir.clone());
+    }
+    Ok(result)
+}
+
+/// Every finding of a run, by kind, in words.
+fn describe_findings(
+    config: &RunConfig,
+    cluster: &Cluster,
+    driven: &Driven,
+    register_report: &checker::RegisterReport,
+    set_report: &checker::SetReport,
+) -> Findings {
     let mut findings = Findings::default();
     let violations_text: Vec<String> = register_report
         .violations
@@ -510,48 +603,7 @@ fn check_and_report(
         .collect();
     findings.section("final reads that never answered", &unread);
     findings.section("liveness", &driven.liveness);
-
-    let violations =
-        register_report.violations.len() + set_report.violations() + cluster.unexpected_exits.len();
-    let unknown = register_report.unknown.len()
-        + driven.unread_keys.len()
-        + set_report.unread.len()
-        + driven.liveness.len();
-    let lost = register_report.lost.len() + set_report.lost_count();
-    let mut result = RunResult {
-        nemeses: Nemesis::list_name(nemeses),
-        nodes: config.nodes,
-        seconds: driven.workload_seconds,
-        seed: config.seed,
-        ops: register.len() + adds.len(),
-        indeterminate,
-        violations,
-        unknown,
-        lost,
-        faults: driven.faults,
-        recoveries_ms: driven.recoveries_ms,
-        kept: None,
-        network: String::new(),
-    };
-
-    // Keep the evidence of a failing run.
-    history::write_jsonl(&config.dir.join("history-register.jsonl"), &register)?;
-    history::write_jsonl(&config.dir.join("history-set.jsonl"), &adds)?;
-    history::write_jsonl(&config.dir.join("final-set-reads.jsonl"), &driven.set_reads)?;
-    let mut report = journal.lines();
-    report.push(String::new());
-    report.push(result_line(&result));
-    report.extend(findings.lines.iter().cloned());
-    std::fs::write(config.dir.join("report.txt"), report.join("\n") + "\n")?;
-    if !findings.lines.is_empty() {
-        findings.print();
-    }
-    if result.passed() && !config.keep {
-        let _ = std::fs::remove_dir_all(&config.dir);
-    } else {
-        result.kept = Some(config.dir.clone());
-    }
-    Ok(result)
+    findings
 }
 
 /// One run's result as a line.
