@@ -4,8 +4,13 @@
 //! request to the region's leader (or, for follower reads, to any of its peers), follows
 //! "not leader" hints, refreshes routes on a stale epoch or an unknown region, and backs
 //! off on "busy". Concurrent single-key puts, deletes and gets to one region are batched
-//! into one request, by draining what is queued while the previous batch is in flight —
+//! into one request, by draining what is queued while earlier batches are in flight —
 //! never by waiting for a timer (RheaKV batches up to 100 ops or 32 KiB; so does this).
+//! One batch per region and class is in flight normally; when a whole batch's worth of
+//! ops waits behind it, another sender starts, up to `batches_in_flight_max`, so under a
+//! heavy load the region's leader has the next batch to propose while one is being made
+//! durable, and under a light one batches stay as large as they can be (each request
+//! costs CPU on both ends).
 //!
 //! Owns: routing, retries and the outcome classification. Must never: retry a write whose
 //! outcome is unknown (a timeout or a connection lost after sending): such a write is
@@ -78,6 +83,9 @@ pub struct ClientOptions {
     pub batch_ops_max: usize,
     /// Most key and value bytes in one batch.
     pub batch_bytes_max: usize,
+    /// Most batches of one region and class (writes, or gets of one read mode) in flight
+    /// at once (at least 1).
+    pub batches_in_flight_max: usize,
     /// Mutual TLS; `None`: plain text.
     pub tls: Option<TlsConfig>,
 }
@@ -91,6 +99,7 @@ impl Default for ClientOptions {
             batching: true,
             batch_ops_max: 100,
             batch_bytes_max: 32 * 1024,
+            batches_in_flight_max: 4,
             tls: None,
         }
     }
@@ -282,7 +291,8 @@ struct Batcher {
 #[derive(Default)]
 struct BatchQueue {
     pending: VecDeque<Pending>,
-    running: bool,
+    /// Senders running (each sends one batch at a time); at most `batches_in_flight_max`.
+    senders: usize,
 }
 
 enum Pending {
@@ -390,6 +400,7 @@ impl KvClient {
                 options: ClientOptions {
                     attempts_max: options.attempts_max.max(1),
                     batch_ops_max: options.batch_ops_max.max(1),
+                    batches_in_flight_max: options.batches_in_flight_max.max(1),
                     ..options
                 },
                 routes: RwLock::new(BTreeMap::new()),
@@ -1156,7 +1167,11 @@ impl KvClient {
         let start = {
             let mut queue = lock(&batcher.queue);
             queue.pending.push_back(pending);
-            !std::mem::replace(&mut queue.running, true)
+            let start = starts_sender(queue.senders, queue.pending.len(), &self.inner.options);
+            if start {
+                queue.senders += 1;
+            }
+            start
         };
         if start {
             let client = self.clone();
@@ -1164,7 +1179,8 @@ impl KvClient {
         }
     }
 
-    /// Sends what `batcher` holds, batch after batch, until it is empty.
+    /// One sender: sends what `batcher` holds, batch after batch, until it is empty (other
+    /// senders of the same queue may run meanwhile).
     async fn drain(&self, batcher: Arc<Batcher>, class: BatchClass) {
         loop {
             let batch: Vec<Pending> = {
@@ -1185,7 +1201,7 @@ impl KvClient {
                     }
                 }
                 if batch.is_empty() {
-                    queue.running = false;
+                    queue.senders -= 1;
                     return;
                 }
                 batch
@@ -1283,6 +1299,12 @@ impl KvClient {
     }
 }
 
+/// Whether an op queued behind `senders` running senders, leaving `pending` ops waiting,
+/// starts another sender: the first always; more only once a whole batch waits.
+fn starts_sender(senders: usize, pending: usize, options: &ClientOptions) -> bool {
+    senders == 0 || (senders < options.batches_in_flight_max && pending >= options.batch_ops_max)
+}
+
 fn op_value_len(op: &proto::Op) -> usize {
     use proto::op::Op;
     match &op.op {
@@ -1347,4 +1369,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_batch_goes_out_only_once_a_whole_batch_waits() {
+        let options = ClientOptions {
+            batch_ops_max: 100,
+            batches_in_flight_max: 3,
+            ..ClientOptions::default()
+        };
+        assert!(
+            starts_sender(0, 1, &options),
+            "nothing in flight: send at once"
+        );
+        assert!(
+            !starts_sender(1, 1, &options),
+            "a lone op waits to join the next batch"
+        );
+        assert!(!starts_sender(1, 99, &options));
+        assert!(
+            starts_sender(1, 100, &options),
+            "a full batch waits: send it now"
+        );
+        assert!(starts_sender(2, 150, &options));
+        assert!(
+            !starts_sender(3, 1000, &options),
+            "never more than batches_in_flight_max"
+        );
+    }
 }
