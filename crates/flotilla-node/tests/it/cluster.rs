@@ -65,8 +65,10 @@ pub fn temp_root(name: &str) -> std::path::PathBuf {
 pub fn test_options(address: PeerId, dir: impl Into<std::path::PathBuf>) -> ManagerOptions {
     let mut options = ManagerOptions::new(address, dir);
     options.tick = Duration::from_millis(10);
-    options.raft.election_timeout_ticks = 10;
-    options.raft.heartbeat_interval_ticks = 1;
+    // 300 ms: short enough for quick failovers, long enough that a loaded 2-core machine
+    // running tests in parallel does not lose leaderships by starving a round (100 ms did).
+    options.raft.election_timeout_ticks = 30;
+    options.raft.heartbeat_interval_ticks = 3;
     options.raft.snapshot_interval_ticks = 0;
     options
 }
