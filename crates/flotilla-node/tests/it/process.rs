@@ -1039,10 +1039,12 @@ async fn check_survivors_and_restart(cluster: &Cluster, old: usize, acked: &BTre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_groups_on_three_processes_elect_and_commit() {
     const GROUPS: u64 = 100;
+    // A 1 s election timeout: 100 groups per debug-build process ticking beside other
+    // tests starved rounds under load and lost leaderships with 300 ms.
     let timing = Timing {
         tick_ms: 20,
-        election_timeout_ticks: 15,
-        heartbeat_interval_ticks: 3,
+        election_timeout_ticks: 50,
+        heartbeat_interval_ticks: 5,
     };
     let cluster = Arc::new(Cluster::start("hundred", 3, timing).await);
     cluster
