@@ -11,7 +11,8 @@
 //!
 //! Children die with the parent: they are SIGKILLed on drop and exit by themselves when their
 //! stdin closes (the parent died), removing their data directory. They run in their own
-//! process group so a Ctrl-C reaches only the parent.
+//! process group so a Ctrl-C reaches only the parent. One gap: a child the test itself
+//! SIGKILLed leaves its directory behind if the parent dies before restarting it.
 //!
 //! Every wait is a generous deadline; the only figure about speed (failover time) is
 //! printed and checked against a bound of many election timeouts, never a tight one.
