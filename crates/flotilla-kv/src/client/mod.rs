@@ -336,6 +336,8 @@ struct ClientInner {
     rotation: AtomicUsize,
     /// Stores that refused a connection recently, and until when they are skipped.
     down: Mutex<HashMap<String, Instant>>,
+    /// When an unreachable store last triggered a route refresh.
+    unreachable_refresh: Mutex<Option<Instant>>,
     /// Requests sent (attempts included).
     requests_sent: AtomicU64,
     /// Single-key operations that went out in batches, and the batches.
@@ -356,6 +358,8 @@ pub struct ClientStats {
 
 /// How long a store that refused a connection is skipped (unless no other is left).
 const DOWN_FOR: Duration = Duration::from_millis(500);
+/// Least time between two route refreshes caused by an unreachable store.
+const UNREACHABLE_REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// A client of a Flotilla cluster. Cheap to clone; clones share routes and connections.
 #[derive(Clone)]
@@ -410,6 +414,7 @@ impl KvClient {
                 cluster: AtomicU64::new(0),
                 rotation: AtomicUsize::new(0),
                 down: Mutex::new(HashMap::new()),
+                unreachable_refresh: Mutex::new(None),
                 requests_sent: AtomicU64::new(0),
                 batched_ops: AtomicU64::new(0),
                 batches_sent: AtomicU64::new(0),
@@ -675,6 +680,27 @@ impl KvClient {
 
     fn mark_down(&self, address: &str) {
         lock(&self.inner.down).insert(address.to_string(), Instant::now() + DOWN_FOR);
+        self.refresh_soon();
+    }
+
+    /// A store is unreachable: the region may have members this client never heard of
+    /// (membership changes do not bump the epoch yet, so no `StaleEpoch` would tell it), and
+    /// once every store it knows is gone it could never find them. So refresh the routes in
+    /// the background, at most once per [`UNREACHABLE_REFRESH_EVERY`], while some known store
+    /// still answers (found by flotilla-chaos: after a few `drift` replacements every client
+    /// was stuck on the original, removed stores while the cluster served).
+    fn refresh_soon(&self) {
+        {
+            let mut last = lock(&self.inner.unreachable_refresh);
+            if last.is_some_and(|at| at.elapsed() < UNREACHABLE_REFRESH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let client = self.clone();
+        tokio::spawn(async move {
+            let _ = client.refresh_routes().await;
+        });
     }
 
     /// The store to send to: the leader (unless it is down), else the next live peer in
