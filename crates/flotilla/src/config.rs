@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub election_timeout_ms: Option<u64>,
     pub snapshot_interval_s: Option<u64>,
     pub log: Option<String>,
+    pub worker_threads: Option<usize>,
     // kv, admin
     pub endpoints: Option<Vec<String>>,
     pub json: Option<bool>,
