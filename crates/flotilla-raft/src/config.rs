@@ -65,6 +65,15 @@ pub struct Config {
     /// on a hibernating follower whose leader's process stopped answering (see
     /// `Raft::is_hibernating`); every peer of a group should use the same setting.
     pub hibernate_idle_ticks: u64,
+    /// A leader tells its followers of every commit at once, with an AppendEntries that may
+    /// carry no entries (etcd's behaviour, the default). Off (raft-rs's
+    /// `skip_bcast_commit`, as TiKV runs it): the commit index travels with the next
+    /// AppendEntries or heartbeat instead (within `heartbeat_interval_ticks`), which saves
+    /// one message and its answer per commit to each follower, and a round on each side;
+    /// followers then apply up to a heartbeat later. Safety does not depend on it (a
+    /// follower applies only what it learned is committed), nor do reads: a ReadIndex
+    /// round's heartbeats carry the commit, and lease reads are the leader's.
+    pub commit_broadcast: bool,
 }
 
 impl Config {
@@ -93,6 +102,7 @@ impl Config {
             random_seed: 0,
             start_with_vote_guard: true,
             hibernate_idle_ticks: 0,
+            commit_broadcast: true,
         }
     }
 

@@ -273,6 +273,10 @@ impl Simulation {
             let mut hibernation_rng = Rng::new(config.seed ^ 0x4869_6265_726e_6174);
             raft_config.hibernate_idle_ticks = 1 + hibernation_rng.below(20);
         }
+        // Half the seeds run without the commit broadcast, as the KV store does (a separate
+        // stream too, so that the seed's other draws stay what they were).
+        let mut commit_rng = Rng::new(config.seed ^ 0x636f_6d6d_6974_6273);
+        raft_config.commit_broadcast = commit_rng.below(2) == 0;
         let ids: Vec<PeerId> = (1..=config.nodes)
             .map(|i| PeerId::new(&format!("n{i}")))
             .collect();

@@ -808,7 +808,8 @@ impl<S: LogStore> Raft<S> {
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             self.flush_reads_leader();
-            if self.append_pending || self.log.committed > self.commit_sent {
+            let commit_news = self.config.commit_broadcast && self.log.committed > self.commit_sent;
+            if self.append_pending || commit_news {
                 self.broadcast_append();
             }
         } else {

@@ -445,7 +445,9 @@ impl<S: LogStore> Raft<S> {
             self.start_reads_after_leader_start();
         }
         self.advance_change();
-        self.append_pending = true;
+        if self.config.commit_broadcast {
+            self.append_pending = true;
+        }
     }
 
     // ----- follower ----------------------------------------------------------------------

@@ -1406,3 +1406,66 @@ fn snapshot_below_the_first_index_is_compacted() {
         Err(RaftError::Compacted { first_index })
     );
 }
+
+fn without_commit_broadcast(id: PeerId) -> Config {
+    let mut config = Config::new(id);
+    config.commit_broadcast = false;
+    config
+}
+
+/// `commit_broadcast` (etcd's behaviour, the default) tells followers of a commit at once
+/// with an AppendEntries of no entries; without it (raft-rs's `skip_bcast_commit`) the
+/// commit index rides on the next AppendEntries or heartbeat, and no message is spent on it.
+#[test]
+fn without_commit_broadcast_the_commit_rides_on_the_next_append_or_heartbeat() {
+    // Default: two AppendEntries per follower for one proposal (entries, then the commit).
+    let (mut c, ids) = elected(3);
+    let (n1, n2) = (&ids[0], &ids[1]);
+    propose_quiet(&mut c, n1, "x");
+    let msgs = run(&mut c);
+    assert_eq!(sent(&msgs, n1, n2, "AppendEntries").count(), 2, "{msgs:?}");
+    let last = c.node(n1).raft.status().last_index;
+    assert_eq!(c.node(n2).raft.status().committed, last);
+
+    let (mut c, ids) = elected_with(3, without_commit_broadcast);
+    let (n1, n2, n3) = (&ids[0], &ids[1], &ids[2]);
+    propose_quiet(&mut c, n1, "x");
+    let msgs = run(&mut c);
+    let x = c.node(n1).raft.status().last_index;
+    assert_eq!(
+        c.node(n1).raft.status().committed,
+        x,
+        "the leader commits x"
+    );
+    for follower in [n2, n3] {
+        assert_eq!(
+            sent(&msgs, n1, follower, "AppendEntries").count(),
+            1,
+            "only the entries went out: {msgs:?}"
+        );
+        assert!(
+            c.node(follower).raft.status().committed < x,
+            "{follower} learned the commit without a message for it"
+        );
+    }
+    // The next proposal's AppendEntries carries the commit of x.
+    propose_quiet(&mut c, n1, "y");
+    run(&mut c);
+    let y = c.node(n1).raft.status().last_index;
+    for follower in [n2, n3] {
+        assert_eq!(c.node(follower).raft.status().committed, x);
+        assert_eq!(
+            c.applied_data(follower).last().map(|d| d.as_ref()),
+            Some(&b"x"[..])
+        );
+    }
+    // And the next heartbeat carries the commit of y.
+    tick_rounds(&mut c, 1);
+    for follower in [n2, n3] {
+        assert_eq!(c.node(follower).raft.status().committed, y);
+        assert_eq!(
+            c.applied_data(follower).last().map(|d| d.as_ref()),
+            Some(&b"y"[..])
+        );
+    }
+}
