@@ -192,34 +192,11 @@ import json, sys
 r = json.load(sys.stdin)
 r["cell"] = sys.argv[1]
 print(json.dumps(r))
+print("    %-8s %-8s %4d clients: %9.0f ops/s  p99 %8.3f ms  errors %d"
+      % (r["target"], sys.argv[1], r["clients"], r["ops_per_sec"], r["p99_ms"], r["errors"]),
+      file=sys.stderr)
 ' "$workload" >>"$RESULTS"
-    printf '    %-8s %-8s %4s clients: %9.0f ops/s  p99 %8.3f ms  errors %s\n' "$target" "$workload" "$clients" \
-        "$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])')" \
-        "$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_ms"])')" \
-        "$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"])')" >&2
 }
-
-log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
-log "$(etcd --version | head -1), $("$FLOTILLA" --version)"
-log "starting etcd (3 members) and Flotilla (3 stores, 1 region: the defaults) in $WORK"
-start_etcd
-start_flotilla "$FPORT" 1 flotilla
-
-# ---- the side-by-side table: each cell runs both systems, alternating who goes first ----
-log "running each workload for $DURATION s per system and client count"
-turn=0
-for workload in $WORKLOADS; do
-    for clients in $CLIENTS; do
-        if [ $((turn % 2)) = 0 ]; then
-            bench flotilla "$FLOTILLA_ENDPOINTS" "$workload" "$clients"
-            bench etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
-        else
-            bench etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
-            bench flotilla "$FLOTILLA_ENDPOINTS" "$workload" "$clients"
-        fi
-        turn=$((turn + 1))
-    done
-done
 
 # rss_mb PID...: resident memory of each, in MiB.
 rss_mb() {
@@ -252,16 +229,40 @@ peak_rss_during() {
     cat "$peaks_file"
 }
 
+log "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+log "$(etcd --version | head -1), $("$FLOTILLA" --version)"
+log "starting etcd (3 members) and Flotilla (3 stores, 1 region: the defaults) in $WORK"
+start_etcd
+start_flotilla "$FPORT" 1 flotilla
 MEMORY_LINES=()
 if [ "$MEMORY" = 1 ]; then
-    log "memory: 1 region per process (the table's cluster) and etcd"
     sleep 2
-    MEMORY_LINES+=("flotilla 1 region     idle: $(rss_mb "${FLOTILLA_PIDS[@]}")MiB")
-    MEMORY_LINES+=("flotilla 1 region     load: $(peak_rss_during "${FLOTILLA_PIDS[@]}" -- \
+    MEMORY_LINES+=("flotilla 1 region      idle: $(rss_mb "${FLOTILLA_PIDS[@]}")MiB (after start)")
+    MEMORY_LINES+=("etcd                   idle: $(rss_mb "${ETCD_PIDS[@]}")MiB (after start)")
+fi
+
+# ---- the side-by-side table: each cell runs both systems, alternating who goes first ----
+log "running each workload for $DURATION s per system and client count"
+turn=0
+for workload in $WORKLOADS; do
+    for clients in $CLIENTS; do
+        if [ $((turn % 2)) = 0 ]; then
+            bench flotilla "$FLOTILLA_ENDPOINTS" "$workload" "$clients"
+            bench etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+        else
+            bench etcd "$ETCD_ENDPOINTS" "$workload" "$clients"
+            bench flotilla "$FLOTILLA_ENDPOINTS" "$workload" "$clients"
+        fi
+        turn=$((turn + 1))
+    done
+done
+
+if [ "$MEMORY" = 1 ]; then
+    log "memory under load: 1 region per process (the table's cluster) and etcd"
+    MEMORY_LINES+=("flotilla 1 region      load: $(peak_rss_during "${FLOTILLA_PIDS[@]}" -- \
         "$FLOTILLA" bench --target flotilla --endpoints "$FLOTILLA_ENDPOINTS" --workload write \
         --clients 256 --duration "$DURATION" --json)MiB (peak during write, 256 clients)")
-    MEMORY_LINES+=("etcd                  idle: $(rss_mb "${ETCD_PIDS[@]}")MiB")
-    MEMORY_LINES+=("etcd                  load: $(peak_rss_during "${ETCD_PIDS[@]}" -- \
+    MEMORY_LINES+=("etcd                   load: $(peak_rss_during "${ETCD_PIDS[@]}" -- \
         "$FLOTILLA" bench --target etcd --endpoints "$ETCD_ENDPOINTS" --workload write \
         --clients 256 --duration "$DURATION" --json)MiB (peak during write, 256 clients)")
 fi
@@ -270,12 +271,17 @@ fi
 stop_group "${ETCD_PIDS[@]}"
 stop_group "${FLOTILLA_PIDS[@]}"
 
-RHEAKV_LINE=""
+RHEAKV_FILE=$WORK/rheakv.jsonl
+: >"$RHEAKV_FILE"
 if [ "$RHEAKV" = 1 ]; then
-    log "RheaKV's mix on 24 regions (3 stores), 256 clients"
+    log "RheaKV's mix on 24 regions (3 stores), 256 and 1024 clients"
     start_flotilla $((FPORT + 10)) 24 flotilla24
-    bench flotilla "$FLOTILLA_ENDPOINTS" mix 256
-    RHEAKV_LINE=$(tail -n 1 "$RESULTS")
+    for clients in 256 1024; do
+        bench flotilla "$FLOTILLA_ENDPOINTS" mix "$clients"
+        tail -n 1 "$RESULTS" >>"$RHEAKV_FILE"
+        # Not part of the side-by-side table.
+        sed -i '$d' "$RESULTS"
+    done
     stop_group "${FLOTILLA_PIDS[@]}"
 fi
 
@@ -283,7 +289,7 @@ if [ "$MEMORY" = 1 ]; then
     log "memory: 1,000 regions per process"
     start_flotilla $((FPORT + 20)) 1000 flotilla1000
     sleep 5
-    MEMORY_LINES+=("flotilla 1,000 regions idle: $(rss_mb "${FLOTILLA_PIDS[@]}")MiB")
+    MEMORY_LINES+=("flotilla 1,000 regions idle: $(rss_mb "${FLOTILLA_PIDS[@]}")MiB (5 s after every region has a leader)")
     MEMORY_LINES+=("flotilla 1,000 regions load: $(peak_rss_during "${FLOTILLA_PIDS[@]}" -- \
         "$FLOTILLA" bench --target flotilla --endpoints "$FLOTILLA_ENDPOINTS" --workload write \
         --clients 256 --duration "$DURATION" --json)MiB (peak during write, 256 clients)")
@@ -293,7 +299,7 @@ fi
 [ -n "$JSON_OUT" ] && cp "$RESULTS" "$JSON_OUT"
 
 # ---- the table ----
-python3 - "$RESULTS" "$RHEAKV_LINE" <<'EOF'
+python3 - "$RESULTS" "$RHEAKV_FILE" "$(nproc)" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 cells = {}
@@ -317,11 +323,18 @@ print()
 print("ratio = Flotilla / etcd throughput (higher is better); p99 ratio = Flotilla / etcd p99")
 print("latency (lower is better). *lease: Flotilla's lease reads vs etcd's serializable reads")
 print("(etcd has no lease read; serializable reads are local and may be stale).")
-if len(sys.argv) > 2 and sys.argv[2]:
-    r = json.loads(sys.argv[2])
+rhea = [json.loads(line) for line in open(sys.argv[2]) if line.strip()]
+cores = int(sys.argv[3])
+if rhea:
     print()
-    print(f"RheaKV's mix, 24 regions on 3 processes, {r['clients']} clients: "
-          f"{r['ops_per_sec']:.0f} ops/s, p99 {r['p99_ms']:.2f} ms, errors {r['errors']}")
+    print(f"RheaKV's mix (90% writes, 16-byte keys and values), 24 regions on 3 processes, "
+          f"this machine's {cores} cores shared by all three and the client:")
+    for r in rhea:
+        print(f"  {r['clients']:>5} clients: {r['ops_per_sec']:.0f} ops/s = "
+              f"{r['ops_per_sec'] / cores:.0f} ops/s per core, p99 {r['p99_ms']:.2f} ms, "
+              f"errors {r['errors']}")
+    print("  RheaKV's published figure: 400,000 ops/s on 3 x 16-core servers = "
+          "8,333 ops/s per core")
 EOF
 if [ ${#MEMORY_LINES[@]} -gt 0 ]; then
     echo
