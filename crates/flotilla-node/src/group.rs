@@ -354,7 +354,13 @@ impl Group {
         Ok(())
     }
 
+    /// Answers finished reads. The published status is brought up to date first, so that a
+    /// caller that reads `applied_index()` next sees at least the index it was answered.
     pub(crate) fn complete_reads(&mut self, reads: Vec<ReadResult>) {
+        if reads.is_empty() {
+            return;
+        }
+        self.publish();
         for read in reads {
             if let Some(done) = self.reads.remove(&read.id) {
                 answer(done, read.result.map_err(NodeError::from));
@@ -405,7 +411,16 @@ impl Group {
             }
             Event::Replicator { peer, change } => {
                 self.metrics.replicator_events.add(1);
-                tracing::debug!(group = self.id, peer = %peer, ?change, "replicator");
+                if change == flotilla_raft::ReplicatorChange::LostEntries {
+                    tracing::warn!(
+                        group = self.id,
+                        peer = %peer,
+                        "the peer lost log entries it had acknowledged (damaged or restored \
+                         storage); replicating them again"
+                    );
+                } else {
+                    tracing::debug!(group = self.id, peer = %peer, ?change, "replicator");
+                }
             }
         }
     }

@@ -95,6 +95,14 @@ impl MemStorage {
         inner.offset = (index, term);
     }
 
+    /// Drops every entry after `index`, as a damaged disk would (tests of recovery from a
+    /// log that lost entries it had acknowledged).
+    pub fn truncate_after(&self, index: LogIndex) {
+        let mut inner = self.inner.borrow_mut();
+        let keep = index.get().saturating_sub(inner.offset.0.get()) as usize;
+        inner.entries.truncate(keep);
+    }
+
     /// Records a snapshot taken locally (log unchanged).
     pub fn set_snapshot(&self, meta: SnapshotMeta) {
         self.inner.borrow_mut().snapshot = meta;

@@ -197,17 +197,30 @@ impl Progress {
     /// Handles a rejection of the AppendEntries whose previous index was `rejected`; `hint`
     /// is the highest index at which the peer's log might still match. Returns false if the
     /// rejection is stale (it refers to an index already known to match) and was ignored.
+    ///
+    /// A peer that rejects the very probe it was last sent, at or below what it had
+    /// acknowledged, has lost entries it once stored (a damaged or restored disk: storage
+    /// that broke Raft's durability assumption). Its match index is then forgotten and the
+    /// probe goes back to its hint, so the peer is repaired instead of silently dropping out
+    /// of replication forever. Forgetting a match index is always safe: the commit index
+    /// never moves back, and the peer counts again only once it acknowledges anew.
     pub fn back_off(&mut self, rejected: LogIndex, hint: LogIndex) -> bool {
-        if rejected <= self.match_index {
-            return false; // stale: we already know the logs match there
-        }
         if self.state == ProgressState::Replicate {
+            if rejected <= self.match_index {
+                return false; // stale: we already know the logs match there
+            }
             self.become_probe();
             self.next_index = self.match_index.next().max(hint.next().min(rejected));
             return true;
         }
         if self.next_index.prev() != rejected {
             return false; // stale response to an older probe
+        }
+        if rejected <= self.match_index {
+            if hint >= self.match_index {
+                return false; // nothing says the peer lost anything
+            }
+            self.match_index = LogIndex::ZERO;
         }
         self.next_index = self.match_index.next().max(hint.next().min(rejected));
         self.paused = false;
@@ -244,5 +257,27 @@ mod tests {
         // A duplicate of the same rejection is stale now.
         assert!(!p.back_off(LogIndex(100), LogIndex(40)));
         assert_eq!(p.next_index, LogIndex(41));
+    }
+
+    #[test]
+    fn back_off_forgets_a_match_the_peer_lost() {
+        let mut p = Progress::new(LogIndex(101), 0, 256, 0);
+        p.update_match(LogIndex(90), 0);
+        p.become_replicate();
+        // Stale in replicate state: at or below the match.
+        assert!(!p.back_off(LogIndex(90), LogIndex(30)));
+        assert_eq!(p.match_index, LogIndex(90));
+        // A rejection above the match: probe from just after the match.
+        assert!(p.back_off(LogIndex(95), LogIndex(30)));
+        assert_eq!(p.next_index, LogIndex(91));
+        assert_eq!(p.match_index, LogIndex(90));
+        // A stale rejection of an older probe changes nothing.
+        assert!(!p.back_off(LogIndex(60), LogIndex(30)));
+        assert_eq!(p.match_index, LogIndex(90));
+        // The current probe, at the match, rejected with a hint below it: entries the peer
+        // acknowledged are gone; forget the match and probe from the hint.
+        assert!(p.back_off(LogIndex(90), LogIndex(30)));
+        assert_eq!(p.match_index, LogIndex::ZERO);
+        assert_eq!(p.next_index, LogIndex(31));
     }
 }

@@ -112,6 +112,9 @@ pub enum ReplicatorChange {
     Offline,
     /// The leader stopped replicating to the peer.
     Destroyed,
+    /// The peer rejected entries it had acknowledged: its storage lost them (a damaged or
+    /// restored disk). The leader forgot its match index and replicates them again.
+    LostEntries,
 }
 
 /// Work for the driver, accumulated since the last call to `Raft::ready`.

@@ -350,7 +350,14 @@ impl<S: LogStore> Raft<S> {
                 let Some(pr) = self.progress.get_mut(from) else {
                     return;
                 };
+                let matched = pr.match_index;
                 if pr.back_off(rejected, hint) {
+                    if pr.match_index < matched {
+                        self.ready.events.push(Event::Replicator {
+                            peer: from.clone(),
+                            change: ReplicatorChange::LostEntries,
+                        });
+                    }
                     self.send_append(from, true);
                 }
             }

@@ -613,6 +613,7 @@ fn describe_event(event: &Event) -> String {
                 ReplicatorChange::Online => "online",
                 ReplicatorChange::Offline => "offline",
                 ReplicatorChange::Destroyed => "destroyed",
+                ReplicatorChange::LostEntries => "lost-entries",
             };
             format!("replicator {peer} {change}")
         }

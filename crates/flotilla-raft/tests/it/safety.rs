@@ -4,8 +4,9 @@
 use bytes::Bytes;
 use flotilla_raft::testkit::Cluster;
 use flotilla_raft::{
-    Config, Configuration, Echo, Entry, EntryPayload, HardState, LogIndex, LogStore, Message,
-    MessageBody, PeerId, Raft, RaftError, Role, SnapshotMeta, StoreError, Term,
+    Config, Configuration, Echo, Entry, EntryPayload, Event, HardState, LogIndex, LogStore,
+    Message, MessageBody, PeerId, Raft, RaftError, ReplicatorChange, Role, SnapshotMeta,
+    StoreError, Term,
 };
 
 use crate::util::{elected, ids, propose_quiet, run, tick_rounds};
@@ -340,5 +341,46 @@ fn garbage_messages_never_crash_a_peer() {
         committed,
         "no commit after the garbage stopped\n{}",
         c.describe_states()
+    );
+}
+
+/// A peer restarted on a log that lost entries it had acknowledged (a damaged disk) is
+/// repaired: its rejection of what it had acknowledged makes the leader forget that match
+/// and replicate the lost entries again, so the peer counts towards commits once more.
+/// With the third peer cut off, nothing new commits until the repair is done.
+#[test]
+fn a_peer_that_lost_acknowledged_entries_is_repaired() {
+    let (mut c, ids) = elected(3);
+    let (n1, n2, n3) = (&ids[0], &ids[1], &ids[2]);
+    crate::util::propose_many(&mut c, n1, "a", 10);
+    let last = c.node(n1).raft.last_index();
+    assert_eq!(c.node(n3).raft.last_index(), last);
+    let kept = LogIndex(last.get() - 6);
+    c.node(n3).storage.truncate_after(kept);
+    c.restart(n3);
+    assert_eq!(c.node(n3).raft.last_index(), kept);
+    c.isolate(n2);
+    c.node_mut(n1).events.clear();
+    for i in 0..3 {
+        propose_quiet(&mut c, n1, &format!("b{i}"));
+        tick_rounds(&mut c, 2);
+    }
+    tick_rounds(&mut c, 5);
+    let now_last = c.node(n1).raft.last_index();
+    assert_eq!(now_last, last.plus(3));
+    assert_eq!(
+        c.node(n1).raft.committed(),
+        now_last,
+        "the leader and the repaired peer commit without the cut-off one: {}",
+        c.describe_states()
+    );
+    assert_eq!(c.node(n3).raft.last_index(), now_last);
+    assert_eq!(c.applied_data(n3), c.applied_data(n1));
+    assert!(
+        c.node(n1).events.iter().any(|e| matches!(
+            e,
+            Event::Replicator { peer, change: ReplicatorChange::LostEntries } if peer == n3
+        )),
+        "the leader did not report the loss"
     );
 }
