@@ -482,27 +482,37 @@ impl Group {
             .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))
     }
 
-    /// Publishes the core's status for the handle's synchronous queries.
+    /// Publishes the core's status for the handle's synchronous queries. Runs for every
+    /// visited group every round, so it updates the published status in place and copies
+    /// the configuration, the leader and the alive peers only when they changed.
     pub(crate) fn publish(&self) {
-        let status = self.raft.status();
-        let alive_peers = if status.role == flotilla_raft::Role::Leader {
-            self.raft.alive_peers()
-        } else {
-            Vec::new()
-        };
-        let next = NodeStatus {
-            role: status.role,
-            term: status.term,
-            leader: status.leader,
-            configuration: status.configuration,
-            alive_peers,
-            last_index: status.last_index,
-            committed: status.committed,
-            applied: status.applied,
-            hibernating: status.hibernating,
-        };
-        self.metrics.observe_term(next.term.get());
-        *lock_status(&self.status) = next;
+        let raft = &self.raft;
+        let role = raft.role();
+        let term = raft.term();
+        {
+            let mut status = lock_status(&self.status);
+            status.role = role;
+            status.term = term;
+            if status.leader.as_ref() != raft.leader() {
+                status.leader = raft.leader().cloned();
+            }
+            if status.configuration != *raft.configuration() {
+                status.configuration = raft.configuration().clone();
+            }
+            if role == flotilla_raft::Role::Leader {
+                let alive = raft.alive_peers_iter();
+                if !status.alive_peers.iter().eq(alive.clone()) {
+                    status.alive_peers = alive.cloned().collect();
+                }
+            } else if !status.alive_peers.is_empty() {
+                status.alive_peers.clear();
+            }
+            status.last_index = raft.last_index();
+            status.committed = raft.committed();
+            status.applied = raft.applied();
+            status.hibernating = raft.is_hibernating();
+        }
+        self.metrics.observe_term(term.get());
         self.publish_metrics();
     }
 

@@ -378,12 +378,16 @@ impl<S: LogStore> Raft<S> {
     /// Peers the leader heard from within an election timeout (SOFAJRaft's alive peers).
     #[must_use]
     pub fn alive_peers(&self) -> Vec<PeerId> {
+        self.alive_peers_iter().cloned().collect()
+    }
+
+    /// [`Raft::alive_peers`] without allocating (in peer order).
+    pub fn alive_peers_iter(&self) -> impl Iterator<Item = &PeerId> + Clone + '_ {
         let window = self.config.election_timeout_ticks;
         self.progress
             .iter()
-            .filter(|(p, pr)| **p == self.id || pr.last_heard_tick + window > self.now)
-            .map(|(p, _)| p.clone())
-            .collect()
+            .filter(move |(p, pr)| **p == self.id || pr.last_heard_tick + window > self.now)
+            .map(|(p, _)| p)
     }
 
     /// Leader only (empty otherwise): what it knows of each replicated peer, this one
