@@ -828,6 +828,20 @@ impl KvClient {
                     // (found by flotilla-chaos: `--nemesis drift,kill --nodes 3 --seed 21`).
                     self.forget_channel(&target);
                     self.set_leader(&route.region, None);
+                    if never_sent(&status) {
+                        // Refused before anything was sent: a definite failure of this
+                        // attempt, and another store may be tried, even for a write.
+                        self.mark_down(&target);
+                        last = ClientError::definite(
+                            "Unavailable",
+                            format!("{target} refused the connection: {}", error.message),
+                        );
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        self.pause(&mut backoff, deadline).await;
+                        continue;
+                    }
                     if write {
                         return Err(ClientError {
                             indeterminate: true,
@@ -1386,6 +1400,30 @@ fn previous(result: proto::OpResult) -> Result<Option<Bytes>, ClientError> {
 }
 
 /// `error` and its sources, joined.
+/// True if `status` says the request never left this client: the connection it needed was
+/// refused or could not be made (tonic reconnects a cached channel lazily, so a store that
+/// died shows up here, not when the channel is checked). Nothing reached the store, so even
+/// a write may be sent elsewhere without risking a duplicate.
+fn never_sent(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        // hyper-util's connector error: the TCP connect itself failed.
+        if cause.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -1400,6 +1438,35 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request on a channel whose store refuses connections fails as "never sent"; a
+    /// request that timed out, or a status without a transport cause, does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_is_known_to_have_sent_nothing() {
+        // A port that was just free: bound, then released, so nothing listens on it.
+        let address = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address")
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let status = GrpcKvClient::new(channel)
+            .get(proto::GetRequest {
+                context: None,
+                key: Bytes::from_static(b"k"),
+                read: 0,
+            })
+            .await
+            .expect_err("nothing listens there");
+        assert!(
+            never_sent(&status),
+            "not recognised as never sent: {status:?} ({})",
+            error_chain(&status)
+        );
+        assert!(!never_sent(&Status::unavailable("connection reset")));
+        assert!(!never_sent(&Status::deadline_exceeded("slow")));
+    }
 
     #[test]
     fn a_second_batch_goes_out_only_once_a_whole_batch_waits() {
