@@ -33,7 +33,10 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// A new peer is caught up when within this many entries of the leader (SOFAJRaft: 1000).
     pub catchup_margin: u64,
-    /// A catching-up peer that makes no progress for this long fails the change.
+    /// A catching-up peer that makes no progress for this long fails the change. The
+    /// default, three election timeouts, outlasts a transport's reconnect back-off (the gRPC
+    /// transport's is at most 2 s), so a store that just came back on an address that was
+    /// unreachable is not refused before the first frame can reach it.
     pub catchup_timeout_ticks: u64,
     /// A leadership transfer that has not completed by then is abandoned.
     pub transfer_timeout_ticks: u64,
@@ -92,7 +95,7 @@ impl Config {
             apply_batch_max: 4096,
             uncommitted_bytes_max: 256 * 1024 * 1024,
             catchup_margin: 1000,
-            catchup_timeout_ticks: 10,
+            catchup_timeout_ticks: 30,
             transfer_timeout_ticks: 10,
             read_timeout_ticks: 20,
             max_read_index_lag: None,

@@ -1182,7 +1182,7 @@ fn peer_that_never_catches_up_fails_the_change() {
     let last = c.node(n1).raft.last_index();
     c.raft(n1).add_peer(ghost.clone()).unwrap();
     c.process(n1);
-    let rounds = tick_until(&mut c, 3 * TIMEOUT as usize, |c| {
+    let rounds = tick_until(&mut c, 5 * TIMEOUT as usize, |c| {
         change_finished(c, n1).is_some()
     });
     assert!(rounds.is_some());
