@@ -849,6 +849,10 @@ impl CliClient {
         let mut next_endpoint = 0usize;
         let mut target = lock(&self.leader).clone();
         let mut last = CliError::Unreachable("no attempt made".into());
+        // Processes asked during this call: a hint naming one of them again is a view from
+        // before an election that is still running (two stale hints can point at each
+        // other), so it is followed only after a pause, like any other retry.
+        let mut asked: Vec<PeerId> = Vec::new();
         for attempt in 0..self.options.max_attempts.max(1) {
             let to = match target.take() {
                 Some(t) => t,
@@ -858,6 +862,9 @@ impl CliClient {
                     e
                 }
             };
+            if !asked.contains(&to) {
+                asked.push(to.clone());
+            }
             let client = match self.connect(&to).await {
                 Ok(c) => c,
                 Err(e @ CliError::Unreachable(_)) => {
@@ -876,7 +883,12 @@ impl CliClient {
                 Err(status) => {
                     last = Self::refused(&status);
                     match self.judge(&to, &status, effect)? {
-                        Next::Redirect(hint) => target = Some(hint),
+                        Next::Redirect(hint) => {
+                            if asked.contains(&hint) {
+                                tokio::time::sleep(self.backoff(attempt)).await;
+                            }
+                            target = Some(hint);
+                        }
                         Next::Elsewhere => tokio::time::sleep(self.backoff(attempt)).await,
                         Next::Again => {
                             target = Some(to);
