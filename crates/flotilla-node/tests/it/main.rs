@@ -3,6 +3,7 @@
 //! assertion about speed: every wait is a generous deadline.
 
 mod cli;
+mod cli_hints;
 mod cluster;
 mod grpc;
 mod grpc_snapshots;
