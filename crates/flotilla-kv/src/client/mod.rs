@@ -88,6 +88,10 @@ pub struct ClientOptions {
     pub batches_in_flight_max: usize,
     /// Mutual TLS; `None`: plain text.
     pub tls: Option<TlsConfig>,
+    /// Refresh the route table in the background this often, so that a client left idle
+    /// while the stores are replaced one by one (containers moving) still knows current
+    /// members when it is used again; `None`: only when a request needs it.
+    pub route_refresh_every: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -101,6 +105,7 @@ impl Default for ClientOptions {
             batch_bytes_max: 32 * 1024,
             batches_in_flight_max: 4,
             tls: None,
+            route_refresh_every: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -421,6 +426,19 @@ impl KvClient {
             }),
         };
         client.refresh_routes().await?;
+        if let Some(every) = client.inner.options.route_refresh_every {
+            // Holds the client only while refreshing: it ends once every clone is dropped.
+            let weak = Arc::downgrade(&client.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every.max(Duration::from_millis(100))).await;
+                    let Some(inner) = weak.upgrade() else {
+                        return;
+                    };
+                    let _ = KvClient { inner }.refresh_routes().await;
+                }
+            });
+        }
         Ok(client)
     }
 
