@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_node::grpc::cli::{proto, ERROR_KIND_KEY};
-use flotilla_node::grpc::{
-    CliClient, CliError, CliOptions, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle,
-};
+use flotilla_node::grpc::{CliClient, CliError, CliOptions, ServerHandle};
 use flotilla_node::{GroupId, NodeManager, PeerId};
 
-use super::cluster::{temp_root, test_options, Counter};
+use super::cluster::{grpc_managers, temp_root, Counter};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,21 +26,11 @@ struct Processes {
 impl Processes {
     async fn start(name: &str) -> Processes {
         let root = temp_root(&format!("cli-{name}"));
-        let mut listeners = Vec::new();
-        for _ in 0..3 {
-            listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
-        }
-        let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+        let (peers, processes) = grpc_managers(&root, 3).await;
         let mut managers = Vec::new();
         let mut servers = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
-            let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
-            let transport = GrpcTransport::new(GrpcOptions::default());
-            let manager = Arc::new(
-                NodeManager::open(options, Arc::new(transport))
-                    .await
-                    .expect("open manager"),
-            );
+        for (listener, manager) in processes {
+            let manager = Arc::new(manager);
             servers.push(listener.serve_with_cli(Arc::new(manager.inbox()), manager.clone()));
             managers.push(manager);
         }

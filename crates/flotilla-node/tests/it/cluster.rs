@@ -311,3 +311,31 @@ where
         }
     }
 }
+
+/// `n` processes' worth of gRPC: a listener bound on loopback for each and its manager
+/// (test options, data under `root/p{i}`) over a gRPC transport, not serving yet; with
+/// every listener's address, which is its manager's peer id.
+pub async fn grpc_managers(
+    root: &std::path::Path,
+    n: usize,
+) -> (
+    Vec<PeerId>,
+    Vec<(flotilla_node::grpc::GrpcServer, flotilla_node::NodeManager)>,
+) {
+    use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+    let mut processes = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+        let transport = GrpcTransport::new(GrpcOptions::default());
+        let manager = flotilla_node::NodeManager::open(options, Arc::new(transport))
+            .await
+            .expect("open manager");
+        processes.push((listener, manager));
+    }
+    (peers, processes)
+}

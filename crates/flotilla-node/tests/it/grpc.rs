@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, Bytes};
 use flotilla_node::grpc::{
     proto, FrameSink, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, MAX_FRAME_BYTES,
 };
-use flotilla_node::{Frame, NodeManager, PeerId, Transport};
+use flotilla_node::{Frame, PeerId, Transport};
 use flotilla_raft::{Echo, LogIndex, Message, MessageBody, Term};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 
-use super::cluster::{add, temp_root, test_options, value_of, Counter};
+use super::cluster::{add, grpc_managers, temp_root, value_of, Counter};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -370,20 +370,11 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_managers_commit_over_grpc() {
     let root = temp_root("grpc");
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+    let (peers, processes) = grpc_managers(&root, 3).await;
     let mut managers = Vec::new();
     let mut servers = Vec::new();
     let mut counters = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
-        let transport = GrpcTransport::new(GrpcOptions::default());
-        let manager = NodeManager::open(options, Arc::new(transport))
-            .await
-            .expect("open manager");
+    for (listener, manager) in processes {
         servers.push(listener.serve(Arc::new(manager.inbox())));
         let value = Arc::new(AtomicU64::new(0));
         manager

@@ -9,10 +9,9 @@ use std::time::Duration;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
-use flotilla_node::{GroupId, NodeError, NodeManager, PeerId, ReadMode};
+use flotilla_node::{GroupId, NodeError, NodeManager, ReadMode};
 
-use crate::cluster::{add, temp_root, test_options, Cluster, Counter, WAIT};
+use crate::cluster::{add, grpc_managers, temp_root, Cluster, Counter, WAIT};
 
 const GROUPS: u64 = 8;
 
@@ -276,19 +275,10 @@ async fn reads_stay_linearizable_across_hibernate_and_wake() {
 async fn hibernated_groups_fail_over_across_grpc() {
     const GRPC_GROUPS: u64 = 4;
     let root = temp_root("hibernate-grpc");
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+    let (peers, processes) = grpc_managers(&root, 3).await;
     let mut managers = Vec::new();
     let mut servers = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
-        let transport = GrpcTransport::new(GrpcOptions::default());
-        let manager = NodeManager::open(options, Arc::new(transport))
-            .await
-            .expect("open manager");
+    for (listener, manager) in processes {
         servers.push(Some(listener.serve(Arc::new(manager.inbox()))));
         for group in 1..=GRPC_GROUPS {
             let value = Arc::new(AtomicU64::new(0));
