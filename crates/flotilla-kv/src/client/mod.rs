@@ -2,8 +2,10 @@
 //!
 //! It keeps a route table (regions by start key, with the leader last seen), sends each
 //! request to the region's leader (or, for follower reads, to any of its peers), follows
-//! "not leader" hints, refreshes routes on a stale epoch or an unknown region, and backs
-//! off on "busy". Concurrent single-key puts, deletes and gets to one region are batched
+//! "not leader" hints, refreshes routes on a stale epoch or an unknown region, when a store
+//! is unreachable, and every `route_refresh_every` in the background, and backs off on
+//! "busy". A request whose connection was refused never left the client: it is a definite
+//! failure, retried elsewhere even for a write. Concurrent single-key puts, deletes and gets to one region are batched
 //! into one request, by draining what is queued while earlier batches are in flight —
 //! never by waiting for a timer (RheaKV batches up to 100 ops or 32 KiB; so does this).
 //! One batch per region and class is in flight normally; when a whole batch's worth of
