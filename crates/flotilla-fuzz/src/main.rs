@@ -1,0 +1,189 @@
+//! `flotilla-fuzz`: runs the fuzz targets from the command line.
+//!
+//! ```text
+//! flotilla-fuzz [--target NAME|all] [--inputs N] [--seed S] [--crash-dir DIR] [--quiet]
+//! flotilla-fuzz --target NAME --replay FILE
+//! flotilla-fuzz --list
+//! ```
+//!
+//! Progress (inputs per second) goes to stderr, one summary line per target to stdout, and
+//! each crash is printed (target, seed, iteration, panic, input in hex, backtrace) and saved
+//! under the crash dir. Exit status: 0 without crashes, 1 with any, 2 for a usage error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use flotilla_fuzz::{fuzz, run_one, targets, Options, Target};
+
+const USAGE: &str = "usage: flotilla-fuzz [--target NAME|all] [--inputs N] [--seed S] \
+[--crash-dir DIR] [--quiet]\n       flotilla-fuzz --target NAME --replay FILE\n       \
+flotilla-fuzz --list";
+
+struct Args {
+    target: String,
+    options: Options,
+    replay: Option<PathBuf>,
+    list: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        target: "all".into(),
+        options: Options {
+            progress: true,
+            crash_dir: Some(PathBuf::from("fuzz-crashes")),
+            ..Options::default()
+        },
+        replay: None,
+        list: false,
+    };
+    let mut raw = std::env::args_os().skip(1);
+    while let Some(flag) = raw.next() {
+        let flag = flag
+            .into_string()
+            .map_err(|f| format!("argument {f:?} is not UTF-8"))?;
+        let mut value = |name: &str| -> Result<String, String> {
+            raw.next()
+                .ok_or_else(|| format!("{name} needs a value"))?
+                .into_string()
+                .map_err(|v| format!("{name} {v:?}: not UTF-8"))
+        };
+        let number = |name: &str, text: String| -> Result<u64, String> {
+            text.parse()
+                .map_err(|_| format!("{name} {text:?}: not a whole number"))
+        };
+        match flag.as_str() {
+            "--target" => args.target = value("--target")?,
+            "--inputs" => args.options.inputs = number("--inputs", value("--inputs")?)?,
+            "--seed" => args.options.seed = number("--seed", value("--seed")?)?,
+            "--crash-dir" => args.options.crash_dir = Some(value("--crash-dir")?.into()),
+            "--replay" => args.replay = Some(value("--replay")?.into()),
+            "--quiet" => args.options.progress = false,
+            "--list" => args.list = true,
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(args)
+}
+
+/// The targets `name` selects: every real one for `all`; the planted one only when built
+/// with the `planted-decoder-bug` feature.
+fn select(name: &str) -> Result<Vec<Target>, String> {
+    if name == "all" {
+        return Ok(targets::all());
+    }
+    if name == "planted" && cfg!(feature = "planted-decoder-bug") {
+        return Ok(vec![targets::planted::planted()]);
+    }
+    targets::by_name(name).map(|t| vec![t]).ok_or_else(|| {
+        let names: Vec<&str> = targets::all().iter().map(|t| t.name).collect();
+        format!(
+            "unknown target {name:?}: one of all, {} (planted needs --features planted-decoder-bug)",
+            names.join(", ")
+        )
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(why) => {
+            if !why.is_empty() {
+                eprintln!("flotilla-fuzz: {why}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.list {
+        for target in targets::all() {
+            println!("{:<18} {}", target.name, target.about);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected = match select(&args.target) {
+        Ok(selected) => selected,
+        Err(why) => {
+            eprintln!("flotilla-fuzz: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = &args.replay {
+        return replay(&selected, path);
+    }
+    let mut crashed = false;
+    let mut total_inputs = 0;
+    let started = std::time::Instant::now();
+    for target in &selected {
+        if args.options.progress {
+            eprintln!("fuzzing {}: {}", target.name, target.about);
+        }
+        let report = fuzz(target, &args.options);
+        for crash in &report.crashes {
+            eprintln!("{}", crash.describe());
+        }
+        if report.seeds_refused > 0 {
+            // A seed the decoder refuses means the seeding is broken, not the decoder.
+            eprintln!(
+                "flotilla-fuzz: {} of {}'s seeds were refused by its decoder",
+                report.seeds_refused, target.name
+            );
+            crashed = true;
+        }
+        crashed |= !report.crashes.is_empty();
+        total_inputs += report.inputs;
+        println!("{}", report.summary());
+    }
+    println!(
+        "total targets={} inputs={total_inputs} seed={} seconds={:.1} result={}",
+        selected.len(),
+        args.options.seed,
+        started.elapsed().as_secs_f64(),
+        if crashed { "CRASHES" } else { "ok" }
+    );
+    if crashed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs one saved input (raw bytes, or hex text) against the selected target.
+fn replay(selected: &[Target], path: &std::path::Path) -> ExitCode {
+    let [target] = selected else {
+        eprintln!("flotilla-fuzz: --replay needs one --target");
+        return ExitCode::from(2);
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("flotilla-fuzz: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let input = std::str::from_utf8(&bytes)
+        .ok()
+        .filter(|_| path.extension().is_some_and(|e| e == "hex"))
+        .and_then(flotilla_fuzz::unhex)
+        .unwrap_or(bytes);
+    match run_one(target, &input) {
+        Ok(accepted) => {
+            println!(
+                "target={} len={} result={}",
+                target.name,
+                input.len(),
+                if accepted { "accepted" } else { "refused" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err((panic, backtrace)) => {
+            println!(
+                "target={} len={} result=CRASH\npanic: {panic}\nbacktrace:\n{backtrace}",
+                target.name,
+                input.len()
+            );
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Targets on what flotilla-kv decodes: `kv-command` (a log entry's command, applied by
+//! every replica), `kv-output` (a command's result), `kv-region` (a region record),
+//! `kv-export` (a region snapshot's data file, from disk or a peer) and `store-meta` (the
+//! data directory's `store.meta`).
+//!
+//! Owns: seeds from the crate's own encoders and the checksum repairs of the export and
+//! `store.meta` formats. Must never: touch the real file system.
+
+use bytes::Bytes;
+use flotilla_kv::engine::export::{ExportReader, ExportWriter};
+use flotilla_kv::store::meta::{HostedRegion, StoreMeta};
+use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
+use flotilla_raft::{PeerId, Rng};
+
+use crate::Target;
+
+fn b(data: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(data)
+}
+
+fn commands() -> Vec<KvCommand> {
+    let put = KvCommand::Put {
+        key: b(b"user/1"),
+        value: b(b"alice"),
+    };
+    vec![
+        put.clone(),
+        KvCommand::Delete { key: b(b"user/2") },
+        KvCommand::DeleteRange {
+            start: b(b"a"),
+            end: b(b"m"),
+        },
+        KvCommand::DeleteRange {
+            start: b(b"q"),
+            end: Bytes::new(),
+        },
+        KvCommand::CompareAndPut {
+            key: b(b"k"),
+            expected: Some(b(b"old")),
+            value: b(b"new"),
+        },
+        KvCommand::CompareAndPut {
+            key: b(b"k"),
+            expected: None,
+            value: b(b"first"),
+        },
+        KvCommand::PutIfAbsent {
+            key: b(b"k"),
+            value: b(b"v"),
+        },
+        KvCommand::GetAndPut {
+            key: b(b"k"),
+            value: Bytes::from(vec![0xab; 300]),
+        },
+        KvCommand::BatchPut(vec![(b(b"a"), b(b"1")), (b(b"b"), b(b"2"))]),
+        KvCommand::BatchDelete(vec![b(b"a"), b(b"b"), b(b"c")]),
+        KvCommand::Batch(vec![
+            put,
+            KvCommand::Delete { key: b(b"x") },
+            KvCommand::BatchPut(vec![(b(b"y"), b(b"z"))]),
+        ]),
+    ]
+}
+
+/// Decodes a command as the state machine does on apply, and checks the pair.
+fn run_command(bytes: &[u8]) -> bool {
+    let Ok(command) = KvCommand::decode(bytes) else {
+        return false;
+    };
+    let _ = command.key_count();
+    let again = KvCommand::decode(&command.encode())
+        .unwrap_or_else(|e| panic!("an accepted command, re-encoded, is refused: {e}"));
+    assert_eq!(again, command, "command changed in a round trip");
+    true
+}
+
+/// `kv-command`: a KV command from a raft log entry.
+pub(crate) fn kv_command() -> Target {
+    Target {
+        name: "kv-command",
+        about: "entry data -> KvCommand::decode (round trip checked)",
+        seeds: || commands().iter().map(|c| c.encode().to_vec()).collect(),
+        run: run_command,
+        fixup: None,
+    }
+}
+
+fn outputs() -> Vec<KvOutput> {
+    vec![
+        KvOutput::Done,
+        KvOutput::Swapped(true),
+        KvOutput::Previous(Some(b(b"old"))),
+        KvOutput::Previous(None),
+        KvOutput::Batch(vec![
+            Ok(KvOutput::Done),
+            Err("key too long".into()),
+            Ok(KvOutput::Previous(Some(b(b"v")))),
+        ]),
+    ]
+}
+
+fn run_output(bytes: &[u8]) -> bool {
+    let Ok(output) = KvOutput::decode(bytes) else {
+        return false;
+    };
+    let again = KvOutput::decode(&output.encode())
+        .unwrap_or_else(|e| panic!("an accepted output, re-encoded, is refused: {e}"));
+    assert_eq!(again, output, "output changed in a round trip");
+    true
+}
+
+/// `kv-output`: a command's result, handed back to the proposer.
+pub(crate) fn kv_output() -> Target {
+    Target {
+        name: "kv-output",
+        about: "apply result bytes -> KvOutput::decode (round trip checked)",
+        seeds: || outputs().iter().map(|o| o.encode().to_vec()).collect(),
+        run: run_output,
+        fixup: None,
+    }
+}
+
+fn regions() -> Vec<Region> {
+    [
+        (1, Bytes::new(), Bytes::new()),
+        (2, b(b"a"), b(b"m")),
+        (3, b(b"m"), Bytes::new()),
+    ]
+    .into_iter()
+    .map(|(id, start, end)| {
+        Region::new(RegionId(id), start, end, Epoch::new(2, 5)).expect("seed region")
+    })
+    .collect()
+}
+
+fn run_region(bytes: &[u8]) -> bool {
+    let Ok(region) = Region::decode(bytes) else {
+        return false;
+    };
+    let again = Region::decode(&region.encode())
+        .unwrap_or_else(|e| panic!("an accepted region, re-encoded, is refused: {e}"));
+    assert_eq!(again, region, "region changed in a round trip");
+    true
+}
+
+/// `kv-region`: a region record (a snapshot's `region` file, the engine's region meta).
+pub(crate) fn kv_region() -> Target {
+    Target {
+        name: "kv-region",
+        about: "region record bytes -> Region::decode (round trip checked)",
+        seeds: || regions().iter().map(|r| r.encode().to_vec()).collect(),
+        run: run_region,
+        fixup: None,
+    }
+}
+
+/// The range every export seed covers (the reader must be told the range it expects).
+const EXPORT_START: &[u8] = b"b";
+const EXPORT_END: &[u8] = b"t";
+/// Pairs read from one export, at most.
+const EXPORT_PAIRS_MAX: usize = 10_000;
+
+fn export_seeds() -> Vec<Vec<u8>> {
+    let pair_sets: [&[(&[u8], &[u8])]; 3] = [
+        &[],
+        &[(b"b", b"1"), (b"c", b""), (b"cc", b"three")],
+        &[(b"k", &[0xff; 200]), (b"s\xff", b"x")],
+    ];
+    pair_sets
+        .iter()
+        .map(|pairs| {
+            let mut out = Vec::new();
+            let mut writer =
+                ExportWriter::new(&mut out, EXPORT_START, EXPORT_END).expect("seed export");
+            for (key, value) in pairs.iter() {
+                writer.pair(key, value).expect("seed pair");
+            }
+            writer.finish().expect("seed export finishes");
+            out
+        })
+        .collect()
+}
+
+/// Reads an export as a snapshot install does: header, every pair, the trailer.
+fn run_export(bytes: &[u8]) -> bool {
+    let mut input = bytes;
+    let Ok(mut reader) = ExportReader::new(&mut input, EXPORT_START, EXPORT_END) else {
+        return false;
+    };
+    for _ in 0..EXPORT_PAIRS_MAX {
+        match reader.next_pair() {
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Repairs an export's checksums, walking its records as their lengths now say.
+fn fix_export(data: &mut Vec<u8>, _rng: &mut Rng) {
+    let u32_at = |d: &[u8], at: usize| -> Option<usize> {
+        let s = d.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok()
+    };
+    // Header: magic, version, start, end, CRC of all that.
+    let Some(start_len) = u32_at(data, 5) else {
+        return;
+    };
+    let Some(end_len_at) = (9usize).checked_add(start_len) else {
+        return;
+    };
+    let Some(end_len) = u32_at(data, end_len_at) else {
+        return;
+    };
+    let Some(mut at) = (end_len_at + 4).checked_add(end_len) else {
+        return;
+    };
+    if at + 4 > data.len() {
+        return;
+    }
+    let sum = crc32c::crc32c(&data[..at]);
+    data[at..at + 4].copy_from_slice(&sum.to_le_bytes());
+    at += 4;
+    // Records: a pair's CRC covers tag, lengths, key, value; the trailer's tag and count.
+    while at < data.len() {
+        let record_end = match data[at] {
+            1 => {
+                let (Some(k), Some(v)) = (u32_at(data, at + 1), u32_at(data, at + 5)) else {
+                    return;
+                };
+                match (at + 9).checked_add(k).and_then(|e| e.checked_add(v)) {
+                    Some(end) => end,
+                    None => return,
+                }
+            }
+            2 => at + 9,
+            _ => return,
+        };
+        if record_end + 4 > data.len() {
+            return;
+        }
+        let sum = crc32c::crc32c(&data[at..record_end]);
+        data[record_end..record_end + 4].copy_from_slice(&sum.to_le_bytes());
+        at = record_end + 4;
+    }
+}
+
+/// `kv-export`: a region snapshot's data file.
+pub(crate) fn kv_export() -> Target {
+    Target {
+        name: "kv-export",
+        about: "range export bytes -> engine::export::ExportReader (header, pairs, trailer)",
+        seeds: export_seeds,
+        run: run_export,
+        fixup: Some(fix_export),
+    }
+}
+
+fn store_meta_seeds() -> Vec<Vec<u8>> {
+    let peers = vec![
+        PeerId::new("10.0.0.1:7001"),
+        PeerId::new("10.0.0.2:7001"),
+        PeerId::new("10.0.0.3:7001"),
+    ];
+    let metas = [
+        StoreMeta {
+            address: "10.0.0.1:7001".into(),
+            cluster: 0,
+            regions: Vec::new(),
+        },
+        StoreMeta {
+            address: "10.0.0.1:7001".into(),
+            cluster: 0x1234_5678_9abc_def0,
+            regions: regions()
+                .into_iter()
+                .map(|region| HostedRegion {
+                    region,
+                    initial_peers: peers.clone(),
+                })
+                .collect(),
+        },
+        StoreMeta {
+            address: "[::1]:7004".into(),
+            cluster: u64::MAX,
+            regions: vec![HostedRegion {
+                region: Region::new(RegionId(9), b(b"\x00\xff"), Bytes::new(), Epoch::new(7, 1))
+                    .expect("seed region"),
+                initial_peers: Vec::new(),
+            }],
+        },
+    ];
+    metas.iter().map(|m| m.render().into_bytes()).collect()
+}
+
+/// Parses `store.meta` as a store's start does (which reads it as UTF-8 text), and checks
+/// the pair: what was accepted renders back to a file that parses equal.
+fn run_store_meta(bytes: &[u8]) -> bool {
+    let path = std::path::Path::new("/data/store.meta");
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let Ok(meta) = StoreMeta::parse(text, path) else {
+        return false;
+    };
+    let again = StoreMeta::parse(&meta.render(), path)
+        .unwrap_or_else(|e| panic!("an accepted store.meta, rendered again, is refused: {e}"));
+    assert_eq!(again, meta, "store.meta changed in a round trip");
+    true
+}
+
+/// Rewrites the last line as the CRC32C of the lines before it.
+fn fix_store_meta(data: &mut Vec<u8>, _rng: &mut Rng) {
+    let trimmed = data.iter().rposition(|&c| c != b'\n').map_or(0, |i| i + 1);
+    let body_end = data[..trimmed]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map_or(0, |i| i + 1);
+    data.truncate(body_end);
+    let sum = crc32c::crc32c(data);
+    data.extend_from_slice(format!("crc32c {sum:08x}\n").as_bytes());
+}
+
+/// `store-meta`: the data directory's `store.meta`.
+pub(crate) fn store_meta() -> Target {
+    Target {
+        name: "store-meta",
+        about: "store.meta text -> store::meta::StoreMeta::parse (round trip checked)",
+        seeds: store_meta_seeds,
+        run: run_store_meta,
+        fixup: Some(fix_store_meta),
+    }
+}
