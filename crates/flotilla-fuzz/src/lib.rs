@@ -20,7 +20,8 @@ pub mod mutate;
 pub mod targets;
 
 use std::backtrace::Backtrace;
-use std::cell::RefCell;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
@@ -185,6 +186,8 @@ const INPUT_BYTES_MAX_CAP: usize = 1 << 20;
 thread_local! {
     /// Set while a target runs on this thread: its panics are captured, not printed.
     static CAPTURING: RefCell<bool> = const { RefCell::new(false) };
+    /// The crash dir of the run in progress (for [`CappedAllocator`]'s report).
+    static CRASH_DIR: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
     /// The last captured panic: message with location, and backtrace (resolved to text
     /// only for a crash reported, since symbolising costs milliseconds).
     static CAPTURED: RefCell<Option<Captured>> = const { RefCell::new(None) };
@@ -224,7 +227,7 @@ fn install_panic_hook() {
 /// Runs `target` on `input` once, catching a panic: `Ok(accepted)` or `Err((panic,
 /// backtrace))`.
 pub fn run_one(target: &Target, input: &[u8]) -> Result<bool, (String, String)> {
-    run_captured(target, input).map_err(|c| (c.panic(), c.backtrace.to_string()))
+    run_captured(target, input, 0, 0).map_err(|c| (c.panic(), c.backtrace.to_string()))
 }
 
 /// A panic caught by the hook.
@@ -241,10 +244,20 @@ impl Captured {
     }
 }
 
-fn run_captured(target: &Target, input: &[u8]) -> Result<bool, Captured> {
+/// Runs `target` on `input` (iteration `iteration` of the run seeded `seed`) with panics
+/// captured and oversized allocations refused ([`CappedAllocator`]).
+fn run_captured(
+    target: &Target,
+    input: &[u8],
+    seed: u64,
+    iteration: u64,
+) -> Result<bool, Captured> {
     install_panic_hook();
     CAPTURING.with(|c| *c.borrow_mut() = true);
+    let running = (target.name, seed, iteration, input.as_ptr() as usize, input.len());
+    RUNNING.with(|r| r.set(Some(running)));
     let result = panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
+    RUNNING.with(|r| r.set(None));
     CAPTURING.with(|c| *c.borrow_mut() = false);
     result.map_err(|_| {
         CAPTURED
@@ -303,6 +316,7 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
         crashes: Vec::new(),
         seconds: 0.0,
     };
+    CRASH_DIR.with(|d| d.borrow_mut().clone_from(&options.crash_dir));
     let mut locations = BTreeSet::new();
     let mut last_progress = Instant::now();
     let mut inputs_at_last_progress = 0;
@@ -324,7 +338,7 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
         };
         let is_seed = (iteration as usize) < seeds.len();
         report.inputs += 1;
-        match run_captured(target, &input) {
+        match run_captured(target, &input, options.seed, iteration) {
             Ok(true) => {
                 report.accepted += 1;
                 if !is_seed {
@@ -388,4 +402,83 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
 
 fn below(rng: &mut Rng, bound: usize) -> usize {
     usize::try_from(rng.below(bound as u64)).unwrap_or(0)
+}
+
+/// Largest single allocation a target may make while it runs (256 MiB): inputs are at most
+/// 1 MiB, so a decoder asking for more believed a number it should have checked.
+pub const ALLOCATION_BYTES_MAX: usize = 256 << 20;
+
+thread_local! {
+    /// The run in progress on this thread, for the report of an absurd allocation: the
+    /// target, seed, iteration and (address, length) of the input being run.
+    static RUNNING: Cell<Option<(&'static str, u64, u64, usize, usize)>> = const { Cell::new(None) };
+}
+
+/// The system allocator, refusing any allocation over [`ALLOCATION_BYTES_MAX`] made while a
+/// target runs on the thread: such an allocation is reported as a crash (target, seed,
+/// iteration, input in hex, saved under the crash dir when one was given) and the process
+/// aborts, since an allocation failure cannot be unwound on stable Rust. Without it, a
+/// decoder believing a length of 2^30 would first eat the machine's memory. Install it in
+/// a binary with `#[global_allocator]`.
+pub struct CappedAllocator;
+
+// SAFETY: every call is forwarded to `System` unchanged, except an oversized allocation
+// during a run, which never returns (the process aborts after the report).
+unsafe impl GlobalAlloc for CappedAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_BYTES_MAX {
+            absurd_allocation(layout.size());
+        }
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOCATION_BYTES_MAX {
+            absurd_allocation(layout.size());
+        }
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > ALLOCATION_BYTES_MAX {
+            absurd_allocation(new_size);
+        }
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Reports an oversized allocation made during a run and aborts; returns (does nothing)
+/// outside a run.
+fn absurd_allocation(size: usize) {
+    let Some((target, seed, iteration, address, len)) = RUNNING.with(Cell::take) else {
+        return;
+    };
+    // SAFETY: the fuzz loop sets RUNNING to the input it is running, which lives (borrowed,
+    // unmoved) until the run ends and RUNNING is cleared; we are inside that run.
+    let input = unsafe { std::slice::from_raw_parts(address as *const u8, len) }.to_vec();
+    let mut crash = Crash {
+        target,
+        seed,
+        iteration,
+        input,
+        panic: format!(
+            "absurd allocation: {size} bytes in one allocation (limit {ALLOCATION_BYTES_MAX})"
+        ),
+        backtrace: Backtrace::force_capture().to_string(),
+        saved: None,
+    };
+    if let Some(dir) = CRASH_DIR.with(|d| d.borrow().clone()) {
+        crash.saved = save_crash(&dir, &crash);
+    }
+    eprintln!("{}", crash.describe());
+    eprintln!("flotilla-fuzz: aborting (an allocation failure cannot be unwound)");
+    std::process::abort();
 }

@@ -13,7 +13,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use flotilla_fuzz::{fuzz, run_one, targets, Options, Target};
+use flotilla_fuzz::{fuzz, run_one, targets, CappedAllocator, Options, Target};
+
+/// Turns a decoder's absurd allocation into a reported crash instead of an exhausted
+/// machine.
+#[global_allocator]
+static ALLOCATOR: CappedAllocator = CappedAllocator;
 
 const USAGE: &str = "usage: flotilla-fuzz [--target NAME|all] [--inputs N] [--seed S] \
 [--crash-dir DIR] [--quiet]\n       flotilla-fuzz --target NAME --replay FILE\n       \

@@ -28,6 +28,8 @@ const LOG_DIR: &str = "/data/log";
 const META_DIR: &str = "/data/meta";
 /// The group whose meta file the `raft-meta` target writes.
 const META_GROUP: u64 = 7;
+/// Segment files one input is cut into, at most.
+const SEGMENTS_MAX: usize = 8;
 /// Entries read back one by one per group, at most.
 const READ_BACK_ENTRIES_MAX: u64 = 64;
 
@@ -62,7 +64,7 @@ fn log_seeds() -> Vec<Vec<u8>> {
     let fs = SimFs::new();
     let dir = Path::new(LOG_DIR);
     let options = LogOptions {
-        segment_bytes_max: 2048,
+        segment_bytes_max: 400,
         ..LogOptions::default()
     };
     let log = SharedLog::open(Arc::new(fs.clone()), dir, options)
@@ -85,33 +87,90 @@ fn log_seeds() -> Vec<Vec<u8>> {
     let mut batch = WriteBatch::new();
     batch.append(3, &entries(11, 6, 4));
     log.write(&batch).expect("seed batch");
+    let mut seeds = log_prefixes(&fs, dir);
+    // Compact every group past the early segments, so they are reclaimed and the log's
+    // first segment opens with a checkpoint counting entries it no longer holds.
+    let mut batch = WriteBatch::new();
+    batch
+        .truncate_prefix(1, LogIndex(9), Term(2))
+        .truncate_prefix(2, LogIndex(6), Term(3))
+        .truncate_prefix(3, LogIndex(14), Term(4));
+    log.write(&batch).expect("seed batch");
+    for first in [17, 21] {
+        let mut batch = WriteBatch::new();
+        batch.append(3, &entries(first, 4, 5));
+        log.write(&batch).expect("seed batch");
+    }
     drop(log);
+    seeds.extend(log_prefixes(&fs, dir));
+    seeds
+}
+
+/// The log in `dir` as it was after each of its segments was written: its first segment,
+/// its first two, ... (a later segment alone is not a log: the entries its checkpoint
+/// counts live in the segments before it).
+fn log_prefixes(fs: &SimFs, dir: &Path) -> Vec<Vec<u8>> {
     let mut names = fs.list(dir).expect("seed log dir");
     names.sort();
-    names
+    let segments: Vec<Vec<u8>> = names
         .iter()
         .map(|name| fs.read_all(&dir.join(name)).expect("seed segment"))
         .filter(|bytes| bytes.len() > SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES)
+        .collect();
+    assert!(segments.len() >= 2, "the seed log did not rotate");
+    (1..=segments.len())
+        .map(|n| segments[..n].concat())
         .collect()
 }
 
-/// Opens a log whose only segment holds `bytes` (named after the sequence its header
-/// claims), then reads every entry of every group back: recovery and the read path both
-/// decode what is on disk.
+/// Where the input's segments start: 0, then each later segment magic (at most
+/// [`SEGMENTS_MAX`] segments; the last runs to the end).
+fn segment_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = vec![0];
+    starts.extend(
+        (1..bytes.len())
+            .filter(|&i| bytes[i..].starts_with(&SEGMENT_MAGIC))
+            .take(SEGMENTS_MAX - 1),
+    );
+    starts
+}
+
+/// Cuts the input into segment files where a segment magic starts (so one input can be a
+/// whole log: recovery checks that each segment's checkpoint agrees with the replay before
+/// it), each named after the sequence its header claims; a later file claiming a sequence
+/// already taken is dropped.
+fn split_segments(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+    let starts = segment_starts(bytes);
+    let mut out: Vec<(u64, &[u8])> = Vec::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(bytes.len());
+        let piece = &bytes[start..end];
+        let sequence = piece
+            .get(8..16)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map_or(1, u64::from_le_bytes);
+        if out.iter().all(|(s, _)| *s != sequence) {
+            out.push((sequence, piece));
+        }
+    }
+    out
+}
+
+/// Opens a log of the segments in `bytes` ([`split_segments`]), then reads every entry of
+/// every group back: recovery and the read path both decode what is on disk.
 fn run_log(bytes: &[u8]) -> bool {
-    let sequence = bytes
-        .get(8..16)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map_or(1, u64::from_le_bytes);
     let fs = SimFs::new();
     let dir = Path::new(LOG_DIR);
-    let path = dir.join(segment_name(sequence));
-    let written = fs.create_dir_all(dir).and_then(|()| {
-        let mut file = fs.open_append(&path)?;
-        file.append(bytes)?;
-        file.sync()
-    });
-    written.expect("the simulated file system writes");
+    fs.create_dir_all(dir)
+        .expect("the simulated file system creates directories");
+    for (sequence, piece) in split_segments(bytes) {
+        let path = dir.join(segment_name(sequence));
+        let written = fs.open_append(&path).and_then(|mut file| {
+            file.append(piece)?;
+            file.sync()
+        });
+        written.expect("the simulated file system writes");
+    }
     let Ok(log) = SharedLog::open(Arc::new(fs), dir, LogOptions::default()) else {
         return false;
     };
@@ -135,9 +194,22 @@ fn u32_at(data: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
 }
 
+/// Repairs the checksums of every segment in the input ([`fix_segment`]).
+fn fix_log(data: &mut Vec<u8>, rng: &mut Rng) {
+    let starts = segment_starts(data);
+    let mut out = Vec::with_capacity(data.len());
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(data.len());
+        let mut piece = data[start..end].to_vec();
+        fix_segment(&mut piece, rng);
+        out.extend_from_slice(&piece);
+    }
+    *data = out;
+}
+
 /// Repairs a segment's checksums: its header's, and every record's header and body (and,
 /// in a batch record, every entry's own CRC), walking the lengths as they now are.
-fn fix_log(data: &mut Vec<u8>, rng: &mut Rng) {
+fn fix_segment(data: &mut Vec<u8>, rng: &mut Rng) {
     if data.len() >= SEGMENT_HEADER_BYTES {
         if rng.below(4) == 0 {
             data[..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -358,3 +430,4 @@ pub(crate) fn snapshot_manifest() -> Target {
         fixup: Some(fix_framed),
     }
 }
+
