@@ -186,6 +186,11 @@ fn snapshot_manifest_takes_2000_inputs_without_a_crash() {
 }
 
 #[test]
+fn snapshot_copy_takes_2000_inputs_without_a_crash() {
+    clean_run("snapshot-copy");
+}
+
+#[test]
 fn raft_step_takes_2000_inputs_without_a_crash() {
     clean_run("raft-step");
 }

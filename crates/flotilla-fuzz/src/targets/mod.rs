@@ -25,6 +25,7 @@ pub fn all() -> Vec<Target> {
         storage::log_segment(),
         storage::raft_meta(),
         storage::snapshot_manifest(),
+        storage::snapshot_copy(),
         raft::raft_step(),
         raft::raft_step_generated(),
     ]

@@ -431,3 +431,189 @@ pub(crate) fn snapshot_manifest() -> Target {
     }
 }
 
+
+/// Bytes a hostile source serves in one `snapshot-copy` run before it fails every further
+/// read (a manifest may claim files of up to 1 TiB; the copy must not need them to fail).
+const SOURCE_BYTES_MAX: usize = 1 << 20;
+
+/// A snapshot source answering from the input: its manifest, its files, and how it
+/// misbehaves.
+struct HostileSource {
+    manifest: Vec<u8>,
+    files: Vec<Vec<u8>>,
+    /// Bit 0: serve one byte more than asked; bit 1: serve every chunk empty; bit 2: fail
+    /// reads of the second file.
+    mode: u8,
+    served: std::cell::Cell<usize>,
+}
+
+impl flotilla_storage::SnapshotSource for HostileSource {
+    fn manifest(&self) -> Result<Vec<u8>, flotilla_storage::StorageError> {
+        Ok(self.manifest.clone())
+    }
+
+    fn read_chunk(
+        &self,
+        name: &str,
+        offset: u64,
+        len_max: u32,
+    ) -> Result<Vec<u8>, flotilla_storage::StorageError> {
+        let refuse = |why: &str| {
+            Err(flotilla_storage::StorageError::InvalidArgument(format!(
+                "hostile source: {why}"
+            )))
+        };
+        // Files are served in the manifest's order, matched by position.
+        let Ok(manifest) = Manifest::decode(Path::new("<source>"), &self.manifest) else {
+            return refuse("no manifest");
+        };
+        let Some(position) = manifest.files.iter().position(|f| f.name == name) else {
+            return refuse("no such file");
+        };
+        if position == 1 && self.mode & 4 != 0 {
+            return refuse("read failed");
+        }
+        if self.served.get() >= SOURCE_BYTES_MAX {
+            return refuse("served enough");
+        }
+        if self.mode & 2 != 0 {
+            return Ok(Vec::new());
+        }
+        let data = self.files.get(position).map_or(&[][..], Vec::as_slice);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let extra = usize::from(self.mode & 1 != 0);
+        let end = start
+            .saturating_add(len_max as usize)
+            .saturating_add(extra)
+            .min(data.len());
+        self.served.set(self.served.get() + (end - start));
+        Ok(data[start..end].to_vec())
+    }
+}
+
+/// The `snapshot-copy` input: manifest length u32, manifest, file count u8, each file as
+/// length u32 and bytes, then the mode byte.
+fn encode_source(manifest: &[u8], files: &[Vec<u8>], mode: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&u32::try_from(manifest.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(manifest);
+    out.push(u8::try_from(files.len()).unwrap_or(u8::MAX));
+    for file in files {
+        out.extend_from_slice(&u32::try_from(file.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(file);
+    }
+    out.push(mode);
+    out
+}
+
+fn decode_source(bytes: &[u8]) -> Option<HostileSource> {
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let len = |b: &[u8]| usize::try_from(u32::from_le_bytes(b.try_into().ok()?)).ok();
+    let manifest_len = len(take(4)?)?;
+    let manifest = take(manifest_len)?.to_vec();
+    let count = take(1)?[0];
+    let mut files = Vec::new();
+    for _ in 0..count {
+        let file_len = len(take(4)?)?;
+        files.push(take(file_len)?.to_vec());
+    }
+    let mode = take(1).map_or(0, |m| m[0]);
+    Some(HostileSource {
+        manifest,
+        files,
+        mode,
+        served: std::cell::Cell::new(0),
+    })
+}
+
+/// Real snapshots written by a `SnapshotWriter`, served honestly, a byte too much, empty,
+/// and failing.
+fn copy_seeds() -> Vec<Vec<u8>> {
+    let store = flotilla_storage::SnapshotStore::in_memory().expect("in-memory snapshot store");
+    let meta = SnapshotMeta {
+        index: LogIndex(40),
+        term: Term(3),
+        configuration: Configuration::new([PeerId::new("a:1"), PeerId::new("b:2")]),
+    };
+    let mut writer = store.create_writer(meta).expect("seed snapshot writer");
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    writer.append("data.kv", &data).expect("seed snapshot data");
+    writer.append("region", b"region record").expect("seed snapshot file");
+    let reader = writer.finish().expect("seed snapshot finishes");
+    let files: Vec<Vec<u8>> = reader
+        .manifest()
+        .files
+        .iter()
+        .map(|f| {
+            reader
+                .read_chunk(&f.name, 0, u32::try_from(f.size).unwrap_or(u32::MAX))
+                .expect("seed snapshot file reads")
+        })
+        .collect();
+    let manifest = reader.manifest_bytes();
+    [0, 1, 2, 4]
+        .iter()
+        .map(|&mode| encode_source(&manifest, &files, mode))
+        .collect()
+}
+
+/// Copies a snapshot from a hostile source into an empty in-memory store, as a follower
+/// installing a leader's snapshot does, with small chunks and frequent checkpoints; then
+/// opens the store again (which verifies what was installed).
+fn run_copy(bytes: &[u8]) -> bool {
+    let Some(source) = decode_source(bytes) else {
+        return false;
+    };
+    let fs = SimFs::new();
+    let store = flotilla_storage::SnapshotStore::open(Arc::new(fs.clone()), "/snapshots")
+        .expect("an empty snapshot store opens");
+    let options = flotilla_storage::CopyOptions {
+        chunk_bytes: 1024,
+        checkpoint_bytes: 2048,
+        throttle: None,
+    };
+    let copied = flotilla_storage::copy_snapshot(&source, &store, &options).is_ok();
+    drop(store);
+    let reopened = flotilla_storage::SnapshotStore::open(Arc::new(fs), "/snapshots");
+    // A copy that was accepted must survive a restart.
+    if copied {
+        let reopened =
+            reopened.unwrap_or_else(|e| panic!("an installed snapshot does not reopen: {e}"));
+        assert!(reopened.newest_meta().is_some(), "installed snapshot lost on reopen");
+    }
+    // Accepted (worth mutating further): the copy got past the manifest.
+    Manifest::decode(Path::new("<source>"), &source.manifest).is_ok()
+}
+
+/// Repairs the manifest's checksum inside a `snapshot-copy` input.
+fn fix_copy(data: &mut Vec<u8>, rng: &mut Rng) {
+    let Some(len) = data
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .and_then(|b| usize::try_from(u32::from_le_bytes(b)).ok())
+    else {
+        return;
+    };
+    let Some(end) = len.checked_add(4).filter(|&e| e <= data.len()) else {
+        return;
+    };
+    let mut manifest = data[4..end].to_vec();
+    fix_framed(&mut manifest, rng);
+    data[4..end].copy_from_slice(&manifest);
+}
+
+/// `snapshot-copy`: a snapshot installed from a hostile remote source.
+pub(crate) fn snapshot_copy() -> Target {
+    Target {
+        name: "snapshot-copy",
+        about: "manifest + chunks from a hostile SnapshotSource -> copy_snapshot into a SimFs store -> reopen",
+        seeds: copy_seeds,
+        run: run_copy,
+        fixup: Some(fix_copy),
+    }
+}
