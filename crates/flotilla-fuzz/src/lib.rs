@@ -19,8 +19,8 @@
 pub mod mutate;
 pub mod targets;
 
-use std::backtrace::Backtrace;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -56,7 +56,7 @@ pub struct Options {
     pub seed: u64,
     /// Where crashing inputs are saved (`<dir>/<target>-<seed>-<iteration>.bin`).
     pub crash_dir: Option<PathBuf>,
-    /// Print progress (inputs per second) to stderr about once a second.
+    /// Print progress (inputs per second) to stderr every few seconds.
     pub progress: bool,
     /// Crashes reported in full per target (the first at each panic location); later
     /// ones are only counted.
@@ -156,10 +156,12 @@ impl Report {
 /// Lower-case hex of `bytes`.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Bytes of a hex string (whitespace ignored), or `None` if it is not hex.
@@ -175,6 +177,8 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// How often progress is printed (with `Options::progress`).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest corpus kept per target: accepted mutants beyond it replace older mutants.
 const CORPUS_MAX: usize = 2048;
 /// Smallest cap on a mutant's length (targets with larger seeds get four times the
@@ -211,9 +215,10 @@ fn install_panic_hook() {
                 .map(|s| (*s).to_string())
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(non-text panic payload)".to_string());
-            let location = info
-                .location()
-                .map_or_else(|| "(unknown)".to_string(), |l| format!("{}:{}", l.file(), l.line()));
+            let location = info.location().map_or_else(
+                || "(unknown)".to_string(),
+                |l| format!("{}:{}", l.file(), l.line()),
+            );
             let captured = Captured {
                 message,
                 location,
@@ -254,7 +259,12 @@ fn run_captured(
 ) -> Result<bool, Captured> {
     install_panic_hook();
     CAPTURING.with(|c| *c.borrow_mut() = true);
-    let running = (target.name, seed, iteration, input.as_ptr() as usize, input.len());
+    let running = Running {
+        target: target.name,
+        seed,
+        iteration,
+        input: (input.as_ptr() as usize, input.len()),
+    };
     RUNNING.with(|r| r.set(Some(running)));
     let result = panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
     RUNNING.with(|r| r.set(None));
@@ -380,7 +390,7 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
         }
         if options.progress && iteration % 64 == 0 {
             let since = last_progress.elapsed();
-            if since >= Duration::from_secs(1) {
+            if since >= PROGRESS_INTERVAL {
                 let rate = (report.inputs - inputs_at_last_progress) as f64 / since.as_secs_f64();
                 eprintln!(
                     "  {} inputs={}/{} rate={rate:.0}/s corpus={} crashes={}",
@@ -408,10 +418,19 @@ fn below(rng: &mut Rng, bound: usize) -> usize {
 /// 1 MiB, so a decoder asking for more believed a number it should have checked.
 pub const ALLOCATION_BYTES_MAX: usize = 256 << 20;
 
+/// The run in progress on a thread, for the report of an absurd allocation.
+#[derive(Clone, Copy)]
+struct Running {
+    target: &'static str,
+    seed: u64,
+    iteration: u64,
+    /// Address and length of the input being run (borrowed for the run's duration).
+    input: (usize, usize),
+}
+
 thread_local! {
-    /// The run in progress on this thread, for the report of an absurd allocation: the
-    /// target, seed, iteration and (address, length) of the input being run.
-    static RUNNING: Cell<Option<(&'static str, u64, u64, usize, usize)>> = const { Cell::new(None) };
+    /// The run in progress on this thread, if any.
+    static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
 }
 
 /// The system allocator, refusing any allocation over [`ALLOCATION_BYTES_MAX`] made while a
@@ -458,16 +477,17 @@ unsafe impl GlobalAlloc for CappedAllocator {
 /// Reports an oversized allocation made during a run and aborts; returns (does nothing)
 /// outside a run.
 fn absurd_allocation(size: usize) {
-    let Some((target, seed, iteration, address, len)) = RUNNING.with(Cell::take) else {
+    let Some(running) = RUNNING.with(Cell::take) else {
         return;
     };
-    // SAFETY: the fuzz loop sets RUNNING to the input it is running, which lives (borrowed,
+    let (address, len) = running.input;
+    // SAFETY: `run_captured` sets RUNNING to the input it runs, which lives (borrowed,
     // unmoved) until the run ends and RUNNING is cleared; we are inside that run.
     let input = unsafe { std::slice::from_raw_parts(address as *const u8, len) }.to_vec();
     let mut crash = Crash {
-        target,
-        seed,
-        iteration,
+        target: running.target,
+        seed: running.seed,
+        iteration: running.iteration,
         input,
         panic: format!(
             "absurd allocation: {size} bytes in one allocation (limit {ALLOCATION_BYTES_MAX})"

@@ -68,10 +68,8 @@ fn the_planted_target_is_not_part_of_all() {
 /// Runs the `flotilla-fuzz` binary on one target, as CI does, and checks it found nothing.
 /// A separate process, because an absurd allocation aborts the process that made it.
 fn clean_run(name: &str) {
-    let crash_dir = std::env::temp_dir().join(format!(
-        "flotilla-fuzz-test-{name}-{}",
-        std::process::id()
-    ));
+    let crash_dir =
+        std::env::temp_dir().join(format!("flotilla-fuzz-test-{name}-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla-fuzz"))
         .args(["--target", name, "--seed", "1", "--quiet", "--inputs"])
         .arg(INPUTS_PER_TARGET.to_string())
@@ -106,7 +104,11 @@ fn clean_run(name: &str) {
         corpus > 20,
         "{name}: only {corpus} inputs in the corpus: mutants never pass the decoder"
     );
-    assert!(!crash_dir.exists(), "{name}: crashes saved in {}", crash_dir.display());
+    assert!(
+        !crash_dir.exists(),
+        "{name}: crashes saved in {}",
+        crash_dir.display()
+    );
 }
 
 #[test]

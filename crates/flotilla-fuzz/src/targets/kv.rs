@@ -198,7 +198,7 @@ fn run_export(bytes: &[u8]) -> bool {
 }
 
 /// Repairs an export's checksums, walking its records as their lengths now say.
-fn fix_export(data: &mut Vec<u8>, _rng: &mut Rng) {
+fn fix_export(data: &mut [u8]) {
     let u32_at = |d: &[u8], at: usize| -> Option<usize> {
         let s = d.get(at..at.checked_add(4)?)?;
         usize::try_from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok()
@@ -253,7 +253,7 @@ pub(crate) fn kv_export() -> Target {
         about: "range export bytes -> engine::export::ExportReader (header, pairs, trailer)",
         seeds: export_seeds,
         run: run_export,
-        fixup: Some(fix_export),
+        fixup: Some(|data, _| fix_export(data)),
     }
 }
 

@@ -17,8 +17,8 @@ use flotilla_node::grpc::proto;
 use flotilla_node::{Frame, SnapshotPart, SnapshotRequest};
 use flotilla_raft::testkit::Cluster;
 use flotilla_raft::{
-    AppendResult, Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody,
-    PeerId, Priority, RaftError, ReadMode, SnapshotMeta, Term,
+    AppendResult, Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, PeerId,
+    Priority, RaftError, ReadMode, SnapshotMeta, Term,
 };
 use prost::Message as _;
 
@@ -254,9 +254,15 @@ fn run_frame(bytes: &[u8]) -> bool {
     };
     let again = decode_frame(encode_frame(&frame))
         .unwrap_or_else(|e| panic!("an accepted frame, re-encoded, is refused: {e}"));
-    assert_eq!(again.from, frame.from, "frame sender changed in a round trip");
+    assert_eq!(
+        again.from, frame.from,
+        "frame sender changed in a round trip"
+    );
     assert_eq!(again.incarnation, frame.incarnation);
-    assert_eq!(again.messages, frame.messages, "messages changed in a round trip");
+    assert_eq!(
+        again.messages, frame.messages,
+        "messages changed in a round trip"
+    );
     true
 }
 
@@ -464,7 +470,8 @@ fn run_on(cluster: &mut Cluster) {
 pub(crate) fn raft_step() -> Target {
     Target {
         name: "raft-step",
-        about: "protobuf Frame bytes -> decode_frame -> Raft::step on a live 3-peer testkit cluster",
+        about:
+            "protobuf Frame bytes -> decode_frame -> Raft::step on a live 3-peer testkit cluster",
         seeds: step_seeds,
         run: run_step,
         fixup: None,
@@ -501,7 +508,9 @@ impl Choices<'_> {
             0 => 0,
             1 => u64::MAX,
             2 => u64::MAX - u64::from(self.u8() % 4),
-            3 => around.wrapping_add(1 << 32).wrapping_add(u64::from(self.u8() % 3)),
+            3 => around
+                .wrapping_add(1 << 32)
+                .wrapping_add(u64::from(self.u8() % 3)),
             4 => self.u64(),
             _ => around
                 .wrapping_add(u64::from(self.u8() % 8))

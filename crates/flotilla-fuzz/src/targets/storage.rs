@@ -70,7 +70,9 @@ fn log_seeds() -> Vec<Vec<u8>> {
     let log = SharedLog::open(Arc::new(fs.clone()), dir, options)
         .unwrap_or_else(|e| panic!("seed log does not open: {e}"));
     let mut batch = WriteBatch::new();
-    batch.append(1, &entries(1, 5, 1)).append(2, &entries(1, 3, 2));
+    batch
+        .append(1, &entries(1, 5, 1))
+        .append(2, &entries(1, 3, 2));
     log.write(&batch).expect("seed batch");
     let mut batch = WriteBatch::new();
     batch
@@ -209,7 +211,7 @@ fn fix_log(data: &mut Vec<u8>, rng: &mut Rng) {
 
 /// Repairs a segment's checksums: its header's, and every record's header and body (and,
 /// in a batch record, every entry's own CRC), walking the lengths as they now are.
-fn fix_segment(data: &mut Vec<u8>, rng: &mut Rng) {
+fn fix_segment(data: &mut [u8], rng: &mut Rng) {
     if data.len() >= SEGMENT_HEADER_BYTES {
         if rng.below(4) == 0 {
             data[..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -294,7 +296,7 @@ pub(crate) fn log_segment() -> Target {
 
 /// Repairs a small framed file (`codec::frame`: magic, version, body length, body,
 /// CRC32C): the CRC always, the body length half the time.
-pub(crate) fn fix_framed(data: &mut Vec<u8>, rng: &mut Rng) {
+pub(crate) fn fix_framed(data: &mut [u8], rng: &mut Rng) {
     if data.len() < 13 {
         return;
     }
@@ -324,8 +326,8 @@ fn meta_seeds() -> Vec<Vec<u8>> {
         .iter()
         .map(|meta| {
             let fs = SimFs::new();
-            let mut storage = FileMetaStorage::open(Arc::new(fs.clone()), META_DIR)
-                .expect("seed meta dir opens");
+            let mut storage =
+                FileMetaStorage::open(Arc::new(fs.clone()), META_DIR).expect("seed meta dir opens");
             storage.save(META_GROUP, meta).expect("seed meta saved");
             fs.read_all(&Path::new(META_DIR).join(format!("{META_GROUP}.meta")))
                 .expect("seed meta file")
@@ -355,7 +357,7 @@ pub(crate) fn raft_meta() -> Target {
         about: "<group>.meta bytes on SimFs -> FileMetaStorage::open -> load",
         seeds: meta_seeds,
         run: run_meta,
-        fixup: Some(fix_framed),
+        fixup: Some(|data, rng| fix_framed(data, rng)),
     }
 }
 
@@ -368,8 +370,11 @@ fn manifest_seeds() -> Vec<Vec<u8>> {
                 .into_iter()
                 .collect(),
             learners: [PeerId::new("d:4")].into_iter().collect(),
-            old_voters: joint
-                .then(|| [PeerId::new("a:1"), PeerId::new("e:5")].into_iter().collect()),
+            old_voters: joint.then(|| {
+                [PeerId::new("a:1"), PeerId::new("e:5")]
+                    .into_iter()
+                    .collect()
+            }),
             priorities: [(PeerId::new("b:2"), Priority(2))].into_iter().collect(),
         },
     };
@@ -427,10 +432,9 @@ pub(crate) fn snapshot_manifest() -> Target {
         about: "manifest bytes -> snapshot::Manifest::decode (round trip checked)",
         seeds: manifest_seeds,
         run: run_manifest,
-        fixup: Some(fix_framed),
+        fixup: Some(|data, rng| fix_framed(data, rng)),
     }
 }
-
 
 /// Bytes a hostile source serves in one `snapshot-copy` run before it fails every further
 /// read (a manifest may claim files of up to 1 TiB; the copy must not need them to fail).
@@ -480,7 +484,9 @@ impl flotilla_storage::SnapshotSource for HostileSource {
             return Ok(Vec::new());
         }
         let data = self.files.get(position).map_or(&[][..], Vec::as_slice);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let extra = usize::from(self.mode & 1 != 0);
         let end = start
             .saturating_add(len_max as usize)
@@ -495,7 +501,11 @@ impl flotilla_storage::SnapshotSource for HostileSource {
 /// length u32 and bytes, then the mode byte.
 fn encode_source(manifest: &[u8], files: &[Vec<u8>], mode: u8) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&u32::try_from(manifest.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(manifest.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     out.extend_from_slice(manifest);
     out.push(u8::try_from(files.len()).unwrap_or(u8::MAX));
     for file in files {
@@ -543,7 +553,9 @@ fn copy_seeds() -> Vec<Vec<u8>> {
     let mut writer = store.create_writer(meta).expect("seed snapshot writer");
     let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     writer.append("data.kv", &data).expect("seed snapshot data");
-    writer.append("region", b"region record").expect("seed snapshot file");
+    writer
+        .append("region", b"region record")
+        .expect("seed snapshot file");
     let reader = writer.finish().expect("seed snapshot finishes");
     let files: Vec<Vec<u8>> = reader
         .manifest()
@@ -584,14 +596,17 @@ fn run_copy(bytes: &[u8]) -> bool {
     if copied {
         let reopened =
             reopened.unwrap_or_else(|e| panic!("an installed snapshot does not reopen: {e}"));
-        assert!(reopened.newest_meta().is_some(), "installed snapshot lost on reopen");
+        assert!(
+            reopened.newest_meta().is_some(),
+            "installed snapshot lost on reopen"
+        );
     }
     // Accepted (worth mutating further): the copy got past the manifest.
     Manifest::decode(Path::new("<source>"), &source.manifest).is_ok()
 }
 
 /// Repairs the manifest's checksum inside a `snapshot-copy` input.
-fn fix_copy(data: &mut Vec<u8>, rng: &mut Rng) {
+fn fix_copy(data: &mut [u8], rng: &mut Rng) {
     let Some(len) = data
         .get(..4)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -614,6 +629,6 @@ pub(crate) fn snapshot_copy() -> Target {
         about: "manifest + chunks from a hostile SnapshotSource -> copy_snapshot into a SimFs store -> reopen",
         seeds: copy_seeds,
         run: run_copy,
-        fixup: Some(fix_copy),
+        fixup: Some(|data, rng| fix_copy(data, rng)),
     }
 }
