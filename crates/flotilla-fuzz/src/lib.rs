@@ -192,6 +192,8 @@ thread_local! {
     static CAPTURING: RefCell<bool> = const { RefCell::new(false) };
     /// The crash dir of the run in progress (for [`CappedAllocator`]'s report).
     static CRASH_DIR: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    /// Panic locations already reported in full by the run on this thread.
+    static REPORTED: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
     /// The last captured panic: message with location, and backtrace (resolved to text
     /// only for a crash reported, since symbolising costs milliseconds).
     static CAPTURED: RefCell<Option<Captured>> = const { RefCell::new(None) };
@@ -219,10 +221,17 @@ fn install_panic_hook() {
                 || "(unknown)".to_string(),
                 |l| format!("{}:{}", l.file(), l.line()),
             );
+            // A backtrace costs far more than the input's run: take one only for a panic
+            // location not reported yet.
+            let known = REPORTED.with(|r| r.borrow().contains(&location));
             let captured = Captured {
                 message,
+                backtrace: if known {
+                    Backtrace::disabled()
+                } else {
+                    Backtrace::force_capture()
+                },
                 location,
-                backtrace: Backtrace::force_capture(),
             };
             CAPTURED.with(|c| *c.borrow_mut() = Some(captured));
         }));
@@ -304,7 +313,8 @@ fn save_crash(dir: &Path, crash: &Crash) -> Option<PathBuf> {
 }
 
 /// Fuzzes `target` with `options`: the seeds first (unmutated), then mutants of the
-/// corpus. Every crash is in the report (and saved, if a crash dir was given).
+/// corpus. Every crashing input is counted; the first at each panic location (up to
+/// `crashes_max`) is in the report in full, and saved if a crash dir was given.
 #[must_use]
 pub fn fuzz(target: &Target, options: &Options) -> Report {
     let started = Instant::now();
@@ -327,7 +337,7 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
         seconds: 0.0,
     };
     CRASH_DIR.with(|d| d.borrow_mut().clone_from(&options.crash_dir));
-    let mut locations = BTreeSet::new();
+    REPORTED.with(|r| r.borrow_mut().clear());
     let mut last_progress = Instant::now();
     let mut inputs_at_last_progress = 0;
     for iteration in 0..options.inputs {
@@ -370,7 +380,7 @@ pub fn fuzz(target: &Target, options: &Options) -> Report {
                 report.crashing_inputs += 1;
                 // One report per panic location: the rest are the same bug again.
                 if report.crashes.len() < options.crashes_max
-                    && locations.insert(captured.location.clone())
+                    && REPORTED.with(|r| r.borrow_mut().insert(captured.location.clone()))
                 {
                     let mut crash = Crash {
                         target: target.name,
