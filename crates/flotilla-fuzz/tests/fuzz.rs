@@ -219,3 +219,69 @@ fn every_target_has_a_test_here() {
         );
     }
 }
+
+/// The first crash raft-step-gen found (seed 7, iteration 26352), sent over the wire: a
+/// member forges an AppendEntries with a huge term whose entries overlap the receiver's
+/// committed ones (so its prev check is skipped) and carry a configuration with no voters.
+/// The core then computes the quorum of no one as index u64::MAX and panics in
+/// `maybe_commit`. The gRPC codec now refuses such a configuration, so the frame never
+/// reaches the core.
+#[test]
+fn a_configuration_without_voters_is_refused_at_the_wire() {
+    use bytes::Bytes;
+    use flotilla_node::grpc::codec::{decode_frame, encode_frame};
+    use flotilla_node::Frame;
+    use flotilla_raft::{
+        Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, PeerId, Term,
+    };
+    use prost::Message as _;
+
+    let term = Term(14_761_036_551_934_631_250);
+    let no_voters = Configuration {
+        old_voters: Some([PeerId::new("n1")].into_iter().collect()),
+        ..Configuration::default()
+    };
+    let message = Message {
+        from: PeerId::new("n3"),
+        to: PeerId::new("n1"),
+        term,
+        body: MessageBody::AppendEntries {
+            prev_log_index: LogIndex(3),
+            prev_log_term: Term(4_294_967_297),
+            entries: vec![
+                Entry {
+                    index: LogIndex(4),
+                    term,
+                    payload: EntryPayload::Normal(Bytes::from_static(b"   ")),
+                },
+                Entry {
+                    index: LogIndex(5),
+                    term,
+                    payload: EntryPayload::Configuration(no_voters),
+                },
+                Entry {
+                    index: LogIndex(6),
+                    term,
+                    payload: EntryPayload::NoOp,
+                },
+            ],
+            leader_commit: LogIndex(0),
+            echo: Echo::default(),
+        },
+    };
+    let frame = Frame {
+        from: PeerId::new("n3"),
+        incarnation: 1,
+        messages: vec![(0, message)],
+    };
+    let refusal = decode_frame(encode_frame(&frame)).expect_err("refused");
+    assert!(
+        refusal
+            .to_string()
+            .contains("a configuration needs at least one voter"),
+        "{refusal}"
+    );
+    let raft_step = targets::by_name("raft-step").expect("raft-step target");
+    let bytes = encode_frame(&frame).encode_to_vec();
+    assert_eq!(run_one(&raft_step, &bytes), Ok(false));
+}

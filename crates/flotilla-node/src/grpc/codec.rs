@@ -510,6 +510,21 @@ fn decode_configuration(conf: proto::Configuration) -> Result<Configuration> {
                 .at("old_voters"),
         );
     };
+    // What every configuration the core creates holds (`Configuration::validate_target`,
+    // and a joint one's old half was such a target). Without a voter the quorum is of no
+    // one: the core's commit rule then reads the term at index u64::MAX and panics (found
+    // by flotilla-fuzz, raft-step-gen).
+    if voters.is_empty() {
+        return Err(DecodeError::new("a configuration needs at least one voter").at("voters"));
+    }
+    if old_voters.as_ref().is_some_and(BTreeSet::is_empty) {
+        return Err(DecodeError::new("a joint configuration needs old voters").at("old_voters"));
+    }
+    if let Some(both) = voters.intersection(&learners).next() {
+        return Err(
+            DecodeError::new(format!("peer {both} is both a voter and a learner")).at("learners"),
+        );
+    }
     if conf.priorities.len() > MAX_PEERS_PER_CONFIGURATION {
         return Err(DecodeError::new(format!(
             "{} priorities, more than the limit of {MAX_PEERS_PER_CONFIGURATION}",
