@@ -1,4 +1,8 @@
 //! `flotilla kv`: one read or write through the routing client.
+//!
+//! Keys, values and range bounds are arguments in the `--encoding` (UTF-8 text, or base64
+//! for exact bytes), decoded and checked against the KV limits before anyone is contacted;
+//! the output shows them in the same encoding.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,9 +90,11 @@ pub struct KvArgs {
     pub client: ClientArgs,
     /// How keys, values and range bounds are written in arguments and shown in the output:
     /// utf8 (output shows invalid UTF-8 as U+FFFD, so not always the stored bytes) or
-    /// base64 (standard alphabet with padding, both ways: exact bytes).
-    #[arg(long, value_enum, default_value_t = Encoding::Utf8, global = true)]
-    pub encoding: Encoding,
+    /// base64 (standard alphabet with padding, both ways: exact bytes) [default: utf8].
+    // An Option, as every flag a config file may also set (`config.rs` has no `encoding`
+    // key yet: `run` takes the flag or the default).
+    #[arg(long, value_enum, global = true)]
+    pub encoding: Option<Encoding>,
     #[command(subcommand)]
     pub op: KvOp,
 }
@@ -250,7 +256,8 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         Ok(settings) => settings,
         Err(failure) => return failure.report("kv", json_flag),
     };
-    let request = match prepare(args.op, args.encoding) {
+    let encoding = args.encoding.unwrap_or_default();
+    let request = match prepare(args.op, encoding) {
         Ok(request) => request,
         Err(failure) => return failure.report("kv", settings.json),
     };
@@ -259,7 +266,7 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         Err(failure) => return failure.report("kv", settings.json),
     };
     let json = settings.json;
-    match runtime.block_on(execute(settings, request, args.encoding)) {
+    match runtime.block_on(execute(settings, request, encoding)) {
         Ok((value, human)) => {
             if json {
                 println!("{value}");

@@ -100,7 +100,8 @@ impl From<ClientError> for Failure {
 /// `Utf8` takes arguments as their UTF-8 bytes and shows bytes as UTF-8 with invalid
 /// sequences replaced by U+FFFD, so what it prints may not be the stored bytes. `Base64`
 /// (RFC 4648 standard alphabet, padded, strict) carries any bytes exactly both ways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]
     Utf8,
