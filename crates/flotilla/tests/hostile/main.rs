@@ -3,5 +3,6 @@
 //! processes on loopback, sends the request, and asserts the outcome: a clear refusal,
 //! nothing changed, and the cluster still serving.
 
+mod cli;
 #[path = "../support/mod.rs"]
 mod support;
