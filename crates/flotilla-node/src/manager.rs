@@ -653,7 +653,16 @@ impl Driver {
                 continue;
             };
             let _span = group.span("requests").entered();
-            if group.take_requests(per_round) {
+            let (liveness, now) = (&self.liveness, Instant::now());
+            let silence = self.options.tick.saturating_mul(
+                u32::try_from(self.options.raft.election_timeout_ticks).unwrap_or(u32::MAX),
+            );
+            let live = |process: &PeerId| {
+                liveness
+                    .silence(process, now)
+                    .is_some_and(|quiet| quiet < silence)
+            };
+            if group.take_requests(per_round, &live) {
                 self.requests_left.insert(id);
             }
             active.insert(id);

@@ -85,6 +85,8 @@ pub(crate) enum Request {
     },
     Change {
         change: Membership,
+        /// Skip the strict reconfiguration check (see [`Node::change_peers_forced`]).
+        force: bool,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
     Transfer {
@@ -203,8 +205,16 @@ impl Node {
     }
 
     async fn change(&self, change: Membership) -> Result<(), NodeError> {
+        self.change_with(change, false).await
+    }
+
+    async fn change_with(&self, change: Membership, force: bool) -> Result<(), NodeError> {
         self.submit(
-            |done| Request::Change { change, done },
+            |done| Request::Change {
+                change,
+                force,
+                done,
+            },
             NodeError::Unknown("the node stopped during the change".into()),
         )
         .await
@@ -225,6 +235,24 @@ impl Node {
         self.change(Membership::ChangePeers(voters)).await
     }
 
+    /// [`Node::add_peer`] without the strict reconfiguration check: membership changes are
+    /// otherwise refused when the new voters would include fewer live ones (heard by the
+    /// leader within an election timeout, or new and caught up) than their majority.
+    pub async fn add_peer_forced(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change_with(Membership::AddPeer(peer), true).await
+    }
+
+    /// [`Node::remove_peer`] without the strict reconfiguration check.
+    pub async fn remove_peer_forced(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change_with(Membership::RemovePeer(peer), true).await
+    }
+
+    /// [`Node::change_peers`] without the strict reconfiguration check.
+    pub async fn change_peers_forced(&self, voters: BTreeSet<PeerId>) -> Result<(), NodeError> {
+        self.change_with(Membership::ChangePeers(voters), true)
+            .await
+    }
+
     /// Adds learners.
     pub async fn add_learners(&self, learners: Vec<PeerId>) -> Result<(), NodeError> {
         self.change(Membership::AddLearners(learners)).await
@@ -241,7 +269,10 @@ impl Node {
     }
 
     /// Unsafe, local: replaces the voters without consensus, to recover a group that lost
-    /// its majority (SOFAJRaft's `resetPeers`).
+    /// its majority (SOFAJRaft's `resetPeers`). Refused while this peer leads or heard its
+    /// leader within an election timeout, or while a majority of the current voters'
+    /// processes (this one included) were heard from within an election timeout: the group
+    /// still has a quorum, so a reset would make a second leader.
     pub async fn reset_peers(&self, voters: Vec<PeerId>) -> Result<(), NodeError> {
         self.change(Membership::ResetPeers(voters)).await
     }

@@ -218,6 +218,14 @@ impl<S: LogStore> Raft<S> {
         self.change_configuration(target)
     }
 
+    /// [`Raft::change_peers`] without the strict reconfiguration check.
+    pub fn change_peers_forced(&mut self, voters: BTreeSet<PeerId>) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        target.learners.retain(|l| !voters.contains(l));
+        target.voters = voters;
+        self.change_configuration_forced(target)
+    }
+
     /// Adds learners.
     pub fn add_learners(&mut self, learners: &[PeerId]) -> Result<(), RaftError> {
         let mut target = self.configurations.current().leave_joint();
