@@ -30,6 +30,15 @@ pub fn check_key(key: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
+/// Refuses the key of a write: empty (the engines cannot store it; an empty key means
+/// "unbounded" in ranges) or longer than [`KEY_BYTES_MAX`].
+pub fn check_write_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::KeyEmpty);
+    }
+    check_key(key)
+}
+
 /// Refuses a value longer than [`VALUE_BYTES_MAX`].
 pub fn check_value(value: &[u8]) -> Result<(), KvError> {
     if value.len() > VALUE_BYTES_MAX {

@@ -31,7 +31,16 @@ use tonic::{Code, Status};
 
 use crate::region::Region;
 use crate::service::proto::{self, kv_client::KvClient as GrpcKvClient};
-use crate::service::region_of;
+use crate::service::{region_of, KV_MESSAGE_BYTES_MAX};
+
+/// A KV service client on `channel` with the server's message limits both ways
+/// ([`KV_MESSAGE_BYTES_MAX`]): tonic's 4 MiB default decoding limit would refuse a scan
+/// reply the server is allowed to send (five 1 MiB values).
+fn grpc_client(channel: Channel) -> GrpcKvClient<Channel> {
+    GrpcKvClient::new(channel)
+        .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(KV_MESSAGE_BYTES_MAX)
+}
 
 /// How reads are made linearizable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -545,7 +554,7 @@ impl KvClient {
     /// One store's view of its regions.
     pub async fn regions_of(&self, address: &str) -> Result<proto::RegionsReply, ClientError> {
         let channel = self.channel(address).await?;
-        let mut client = GrpcKvClient::new(channel);
+        let mut client = grpc_client(channel);
         let call = client.regions(proto::RegionsRequest {});
         match tokio::time::timeout(self.inner.options.timeout, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
@@ -570,7 +579,7 @@ impl KvClient {
         region: proto::RegionInfo,
     ) -> Result<proto::RegionsReply, ClientError> {
         let channel = self.channel(store).await?;
-        let mut client = GrpcKvClient::new(channel);
+        let mut client = grpc_client(channel);
         let request = proto::OpenRegionRequest {
             region: Some(region),
             cluster: self.cluster(),
@@ -804,7 +813,7 @@ impl KvClient {
                 version: route.region.epoch.version,
             });
             self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
-            let sent = request.send(GrpcKvClient::new(channel));
+            let sent = request.send(grpc_client(channel));
             let status = match tokio::time::timeout(remaining, sent).await {
                 Ok(Ok(reply)) => {
                     if !follower {
@@ -955,7 +964,34 @@ impl KvClient {
         reverse: bool,
         read: ReadConsistency,
     ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
-        let (start, end) = (start.into(), end.into());
+        self.scan_pairs(start.into(), end.into(), limit, reverse, false, read)
+            .await
+    }
+
+    /// The keys of [`KvClient::scan`]'s pairs: no value is read by the store or sent.
+    pub async fn scan_keys(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: usize,
+        reverse: bool,
+        read: ReadConsistency,
+    ) -> Result<Vec<Bytes>, ClientError> {
+        let pairs = self
+            .scan_pairs(start.into(), end.into(), limit, reverse, true, read)
+            .await?;
+        Ok(pairs.into_iter().map(|(key, _)| key).collect())
+    }
+
+    async fn scan_pairs(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        reverse: bool,
+        keys_only: bool,
+        read: ReadConsistency,
+    ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
         if !end.is_empty() && start > end {
             return Err(ClientError::definite(
                 "InvalidRange",
@@ -988,7 +1024,7 @@ impl KvClient {
                 end: end.clone(),
                 limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
                 reverse,
-                keys_only: false,
+                keys_only,
                 read: read.proto(),
             });
             let route_key = if start > region.start {

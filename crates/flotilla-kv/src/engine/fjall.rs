@@ -275,6 +275,30 @@ impl KvEngine for FjallEngine {
         self.scan_partition(&self.data, start, end, limit, reverse)
     }
 
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Bytes>, KvError> {
+        check_scan(start, end, limit)?;
+        // fjall 2 has no keys-only range (its own `keys()` maps a full iteration): values
+        // are read with their block, as a reference-counted slice of it, and dropped here
+        // without being copied out.
+        let view = self.view(&self.data);
+        let range = view.range::<&[u8], _>(bounds(start, end));
+        let key_of = |item: Result<(fjall::Slice, fjall::Slice), lsm_error::Error>| {
+            item.map(|(key, _)| bytes_of(&key))
+                .map_err(|e| lsm_error::convert("scan keys", e))
+        };
+        if reverse {
+            range.rev().take(limit).map(key_of).collect()
+        } else {
+            range.take(limit).map(key_of).collect()
+        }
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
         check_batch(&batch)?;
         let _guard = self.lock();

@@ -97,6 +97,26 @@ impl KvEngine for MemoryEngine {
         Ok(scan_space(&self.read()?.data, start, end, limit, reverse))
     }
 
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Bytes>, KvError> {
+        check_scan(start, end, limit)?;
+        let spaces = self.read()?;
+        let keys = spaces
+            .data
+            .range::<[u8], _>(bounds(start, end))
+            .map(|(k, _)| k.clone());
+        Ok(if reverse {
+            keys.rev().take(limit).collect()
+        } else {
+            keys.take(limit).collect()
+        })
+    }
+
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {
         check_batch(&batch)?;
         let mut spaces = self.write_lock()?;

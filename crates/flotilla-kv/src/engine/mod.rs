@@ -166,6 +166,20 @@ pub trait KvEngine: Send + Sync + 'static {
         reverse: bool,
     ) -> Result<Vec<(Bytes, Bytes)>, KvError>;
 
+    /// The keys of up to `limit` data pairs in `[start, end)`, in the order of
+    /// [`KvEngine::scan`], without their values: an engine copies no value (the default
+    /// drops the values [`KvEngine::scan`] copied; both engines here override it).
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<Bytes>, KvError> {
+        let pairs = self.scan(start, end, limit, reverse)?;
+        Ok(pairs.into_iter().map(|(key, _)| key).collect())
+    }
+
     /// Applies `batch` atomically (see [`WriteBatch`]).
     fn write(&self, batch: WriteBatch) -> Result<(), KvError>;
 
@@ -247,17 +261,17 @@ pub(crate) fn check_scan(start: &[u8], end: &[u8], limit: usize) -> Result<(), K
     crate::limits::check_scan_limit(limit)
 }
 
-/// Refuses a batch holding a key or value over the limits or an invalid range, before
-/// anything is written.
+/// Refuses a batch holding an empty key (fjall asserts on one: a panic, not an error), a
+/// key or value over the limits or an invalid range, before anything is written.
 pub(crate) fn check_batch(batch: &WriteBatch) -> Result<(), KvError> {
-    use crate::limits::{check_key, check_range, check_value};
+    use crate::limits::{check_key, check_range, check_value, check_write_key};
     for op in batch.ops() {
         match op {
             WriteOp::Put { key, value } | WriteOp::MetaPut { key, value } => {
-                check_key(key)?;
+                check_write_key(key)?;
                 check_value(value)?;
             }
-            WriteOp::Delete { key } | WriteOp::MetaDelete { key } => check_key(key)?,
+            WriteOp::Delete { key } | WriteOp::MetaDelete { key } => check_write_key(key)?,
             WriteOp::DeleteRange { start, end } => {
                 check_key(start)?;
                 check_key(end)?;

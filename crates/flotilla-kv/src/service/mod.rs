@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle, ERROR_KIND_KEY, LEADER_KEY};
 use flotilla_node::{Node, ReadMode};
 use tonic::metadata::MetadataValue;
@@ -35,6 +34,8 @@ pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 #[must_use]
 pub fn kind_of(error: &KvError) -> String {
     match error {
+        KvError::KeyEmpty => "KeyEmpty".into(),
+        KvError::NoSpace { .. } => "NoSpace".into(),
         KvError::KeyTooLarge { .. } => "KeyTooLarge".into(),
         KvError::ValueTooLarge { .. } => "ValueTooLarge".into(),
         KvError::BatchTooLarge { .. } => "BatchTooLarge".into(),
@@ -55,7 +56,8 @@ pub fn kind_of(error: &KvError) -> String {
 
 fn code_of(error: &KvError) -> Code {
     match error {
-        KvError::KeyTooLarge { .. }
+        KvError::KeyEmpty
+        | KvError::KeyTooLarge { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::BatchTooLarge { .. }
         | KvError::ScanLimitTooLarge { .. }
@@ -65,7 +67,8 @@ fn code_of(error: &KvError) -> Code {
         | KvError::Refused(_) => Code::InvalidArgument,
         KvError::StaleEpoch { .. } | KvError::NotLeader { .. } => Code::FailedPrecondition,
         KvError::NoSuchRegion(_) => Code::NotFound,
-        KvError::Busy(_) => Code::ResourceExhausted,
+        // etcd answers its NOSPACE alarm with RESOURCE_EXHAUSTED too.
+        KvError::Busy(_) | KvError::NoSpace { .. } => Code::ResourceExhausted,
         KvError::Unknown(_) => Code::Unknown,
         KvError::Engine(_) | KvError::RangeInconsistent { .. } => Code::Internal,
         KvError::Node { kind, .. } => match kind.as_str() {
@@ -265,16 +268,23 @@ impl proto::kv_server::Kv for KvService {
         let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
         let entries = self
             .store
-            .scan(id, epoch, r.start, r.end, limit, r.reverse, mode)
+            .scan(
+                id,
+                epoch,
+                r.start,
+                r.end,
+                limit,
+                r.reverse,
+                r.keys_only,
+                mode,
+            )
             .await
             .map_err(|e| status_of(&e))?;
+        // Keys only: the store read no value, every one here is empty.
         Ok(Response::new(proto::ScanReply {
             entries: entries
                 .into_iter()
-                .map(|(key, value)| proto::KeyValue {
-                    key,
-                    value: if r.keys_only { Bytes::new() } else { value },
-                })
+                .map(|(key, value)| proto::KeyValue { key, value })
                 .collect(),
         }))
     }

@@ -646,7 +646,8 @@ impl Store {
     }
 
     /// A linearizable scan of `[start, end)` clipped to the region (an empty `end`: to the
-    /// region's end).
+    /// region's end). With `keys_only` every value is empty: the engine scans keys only
+    /// ([`KvEngine::scan_keys`]) and no value is copied.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -656,6 +657,7 @@ impl Store {
         end: Bytes,
         limit: usize,
         reverse: bool,
+        keys_only: bool,
         mode: Option<ReadMode>,
     ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
         crate::limits::check_scan_limit(limit)?;
@@ -675,6 +677,10 @@ impl Store {
             return Ok(Vec::new());
         }
         self.read_ready(id, epoch, mode).await?;
+        if keys_only {
+            let keys = self.inner.engine.scan_keys(&start, &end, limit, reverse)?;
+            return Ok(keys.into_iter().map(|key| (key, Bytes::new())).collect());
+        }
         self.inner.engine.scan(&start, &end, limit, reverse)
     }
 

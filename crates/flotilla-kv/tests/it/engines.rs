@@ -106,6 +106,66 @@ fn scans(engine: &dyn KvEngine) {
     assert_eq!(engine.approximate_keys(b"", b"c").unwrap(), 2);
 }
 
+/// Keys-only scans give the keys of `scan`, in its order, with its limits and refusals.
+fn keys_only_scans(engine: &dyn KvEngine) {
+    fill(engine, &["a", "b", "c", "d", "e"]);
+    let key_names = |found: Vec<Bytes>| -> Vec<String> {
+        found
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    for (start, end, limit, reverse) in [
+        ("", "", 100, false),
+        ("b", "d", 100, false),
+        ("b", "", 2, false),
+        ("", "", 2, true),
+        ("b", "d", 100, true),
+        ("c", "c", 100, false),
+    ] {
+        let pairs = engine
+            .scan(start.as_bytes(), end.as_bytes(), limit, reverse)
+            .unwrap();
+        let only = engine
+            .scan_keys(start.as_bytes(), end.as_bytes(), limit, reverse)
+            .unwrap();
+        assert_eq!(
+            key_names(only),
+            keys(&pairs),
+            "{start:?}..{end:?} {limit} {reverse}"
+        );
+    }
+    assert!(matches!(
+        engine.scan_keys(b"d", b"b", 10, false),
+        Err(KvError::InvalidRange { .. })
+    ));
+    assert!(matches!(
+        engine.scan_keys(b"", b"", SCAN_LIMIT_MAX + 1, false),
+        Err(KvError::ScanLimitTooLarge { .. })
+    ));
+}
+
+/// Issue 12: an empty key in a write is refused with `KeyEmpty` before anything is
+/// written — fjall asserts on one (a panic of the thread applying the batch).
+fn empty_keys_are_refused(engine: &dyn KvEngine) {
+    fill(engine, &["a"]);
+    assert_eq!(engine.put(Bytes::new(), b("x")), Err(KvError::KeyEmpty));
+    assert_eq!(engine.delete(Bytes::new()), Err(KvError::KeyEmpty));
+    assert_eq!(
+        engine.meta_put(Bytes::new(), b("x")),
+        Err(KvError::KeyEmpty)
+    );
+    let mut batch = WriteBatch::new();
+    batch.put(b("b"), b("1"));
+    batch.delete(Bytes::new());
+    assert_eq!(engine.write(batch), Err(KvError::KeyEmpty));
+    assert_eq!(keys(&everything(engine)), ["a"]);
+    // An empty range bound is "unbounded", not a key: still fine.
+    engine.delete_range(Bytes::new(), Bytes::new()).unwrap();
+    assert!(everything(engine).is_empty());
+    assert_eq!(engine.get(b"").unwrap(), None);
+}
+
 fn delete_range(engine: &dyn KvEngine) {
     fill(engine, &["a", "b", "c", "d", "e"]);
     engine.delete_range(b("b"), b("d")).unwrap();
@@ -309,6 +369,8 @@ macro_rules! conformance {
 conformance!(
     put_get_delete,
     scans,
+    keys_only_scans,
+    empty_keys_are_refused,
     delete_range,
     batches_apply_in_order,
     meta_space_is_separate,
