@@ -118,6 +118,11 @@ pub enum KvError {
         /// Its quota.
         quota: u64,
     },
+    /// `OpenRegion` or `CloseRegion` refused: the region's description is not acceptable
+    /// to this store (another cluster, a range over a region it hosts, a reused id, the
+    /// cap), or the peer cannot be closed (a member, or it holds data). Nothing changed.
+    #[error("region refused: {0}")]
+    RegionRefused(String),
     /// A bounded queue is full; retry later.
     #[error("busy: {0}")]
     Busy(String),

@@ -11,6 +11,10 @@ pub const KEY_BYTES_MAX: usize = 8 * 1024;
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most keys (or operations) in one batch command, multi-get or batch of commands.
 pub const BATCH_KEYS_MAX: usize = 10_000;
+/// Most regions one store hosts a peer of (`OpenRegion` refuses more). Each is a raft group
+/// of the store's node runtime and a line of `store.meta`; TiKV stores host up to about
+/// this many regions with hibernation, as this runtime's groups hibernate too.
+pub const REGIONS_PER_STORE_MAX: usize = 100_000;
 /// Most pairs one scan returns.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 

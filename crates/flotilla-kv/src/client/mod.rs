@@ -594,8 +594,30 @@ impl KvClient {
         }
     }
 
+    /// Asks `store` to close its peer of region `id`, opened by mistake (see
+    /// `Kv.CloseRegion`).
+    pub async fn close_region(
+        &self,
+        store: &str,
+        id: u64,
+    ) -> Result<proto::RegionsReply, ClientError> {
+        let channel = self.channel(store).await?;
+        let mut client = grpc_client(channel);
+        let request = proto::CloseRegionRequest { region_id: id };
+        match tokio::time::timeout(self.inner.options.timeout, client.close_region(request)).await
+        {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(classify(&status).1),
+            Err(_) => Err(ClientError::unknown(format!(
+                "{store} did not answer within {:?}",
+                self.inner.options.timeout
+            ))),
+        }
+    }
+
     /// Rebuilds the route table from what the stores report: per region the newest epoch,
-    /// and the leader reported by the store that leads it with the highest term.
+    /// and the leader reported by the store that leads it with the highest term. A region
+    /// reported without voters is not routed to.
     pub async fn refresh_routes(&self) -> Result<(), ClientError> {
         let _one_at_a_time = self.inner.refreshing.lock().await;
         let (replies, errors) = self.stores().await;
@@ -616,6 +638,12 @@ impl KvClient {
                 self.inner.cluster.store(reply.cluster, Ordering::Relaxed);
             }
             for info in &reply.regions {
+                if info.peers.is_empty() {
+                    // A peer that belongs to no configuration (opened, not added yet; or
+                    // opened by mistake): it serves nothing, and its range must not take
+                    // the routes of the regions that do.
+                    continue;
+                }
                 let leads = info.role == "leader";
                 let better = match best.get(&info.id) {
                     None => true,

@@ -35,6 +35,7 @@ pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub fn kind_of(error: &KvError) -> String {
     match error {
         KvError::KeyEmpty => "KeyEmpty".into(),
+        KvError::RegionRefused(_) => "RegionRefused".into(),
         KvError::NoSpace { .. } => "NoSpace".into(),
         KvError::KeyTooLarge { .. } => "KeyTooLarge".into(),
         KvError::ValueTooLarge { .. } => "ValueTooLarge".into(),
@@ -57,6 +58,7 @@ pub fn kind_of(error: &KvError) -> String {
 fn code_of(error: &KvError) -> Code {
     match error {
         KvError::KeyEmpty
+        | KvError::RegionRefused(_)
         | KvError::KeyTooLarge { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::BatchTooLarge { .. }
@@ -332,9 +334,22 @@ impl proto::kv_server::Kv for KvService {
         let info = r
             .region
             .ok_or_else(|| invalid("open region without a region".into()))?;
-        let region = region_of(&info).map_err(|e| invalid(format!("region: {e}")))?;
+        let region = region_of(&info)
+            .map_err(|e| status_of(&KvError::RegionRefused(format!("region {}: {e}", info.id))))?;
         self.store
             .open_region(region, r.cluster)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(self.regions_reply()))
+    }
+
+    async fn close_region(
+        &self,
+        request: Request<proto::CloseRegionRequest>,
+    ) -> Result<Response<proto::RegionsReply>, Status> {
+        let r = request.into_inner();
+        self.store
+            .close_region(RegionId(r.region_id))
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(self.regions_reply()))

@@ -28,7 +28,10 @@ use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
 use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
-use meta::{cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_FILE};
+use crate::limits::REGIONS_PER_STORE_MAX;
+use meta::{
+    cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE,
+};
 
 /// Which [`KvEngine`] a store keeps its data in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,6 +204,44 @@ fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
             reason: format!("cannot list it: {e}"),
         }),
     }
+}
+
+/// The checks of [`Store::open_region`] against what this store knows (`meta`), for a
+/// region id it does not host yet.
+fn check_open(meta: &StoreMeta, region: &Region, cluster: u64) -> Result<(), KvError> {
+    if cluster == 0 {
+        return Err(KvError::RegionRefused("cluster id 0 is not valid".into()));
+    }
+    if meta.cluster != 0 && meta.cluster != cluster {
+        return Err(KvError::RegionRefused(format!(
+            "this store belongs to cluster {:016x}, not {cluster:016x}",
+            meta.cluster
+        )));
+    }
+    if let Some(overlapped) = meta.regions.iter().find(|h| h.region.overlaps(region)) {
+        return Err(KvError::RegionRefused(format!(
+            "{region} overlaps {} which this store hosts: a store's regions never share a key",
+            overlapped.region
+        )));
+    }
+    if meta.regions.len() >= REGIONS_PER_STORE_MAX {
+        return Err(KvError::RegionRefused(format!(
+            "this store hosts {} regions, regions_per_store_max ({REGIONS_PER_STORE_MAX})",
+            meta.regions.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `store.meta` larger than a restart reads back.
+fn check_meta_size(meta: &StoreMeta) -> Result<(), KvError> {
+    let size = meta.render().len() as u64;
+    if size > STORE_META_BYTES_MAX {
+        return Err(KvError::RegionRefused(format!(
+            "store.meta would grow to {size} bytes, over its {STORE_META_BYTES_MAX}-byte limit"
+        )));
+    }
+    Ok(())
 }
 
 /// What `open` decided from the options and the data directory.
@@ -516,28 +557,30 @@ impl Store {
     }
 
     /// Creates an empty peer of `region` on this store, to be added by the region's leader
-    /// (`admin add-peer` calls this on the new store first). Idempotent; a store of another
-    /// cluster refuses.
+    /// (`admin add-peer` calls this on the new store first). Idempotent (the same id and
+    /// range again). Refused with [`KvError::RegionRefused`], nothing changed: cluster id 0
+    /// or another cluster than this store's, a region id this store hosts with another
+    /// range, a range overlapping a region this store hosts (it would take those keys'
+    /// routes), more than [`REGIONS_PER_STORE_MAX`] regions, or a `store.meta` that would
+    /// outgrow what a restart reads back.
     pub async fn open_region(&self, region: Region, cluster: u64) -> Result<(), KvError> {
         let mut meta = self.inner.meta.lock().await;
-        if cluster == 0 {
-            return Err(KvError::Engine(
-                "open region: cluster id 0 is not valid".into(),
-            ));
-        }
-        if meta.cluster != 0 && meta.cluster != cluster {
-            return Err(KvError::Engine(format!(
-                "this store belongs to cluster {:016x}, not {cluster:016x}",
-                meta.cluster
-            )));
-        }
-        if let Some(existing) = self.peer(region.id) {
-            if existing.region.start == region.start && existing.region.end == region.end {
+        if let Some(existing) = meta.regions.iter().find(|h| h.region.id == region.id) {
+            let existing = &existing.region;
+            if existing.start == region.start && existing.end == region.end {
                 return Ok(());
             }
-            return Err(KvError::Engine(format!(
-                "this store already hosts {} which differs from {region}",
-                existing.region
+            return Err(KvError::RegionRefused(format!(
+                "this store already hosts {existing}, which differs from {region}"
+            )));
+        }
+        check_open(&meta, &region, cluster)?;
+        if self.peer(region.id).is_some() || self.inner.manager.node(region.id.0).is_some() {
+            // Closed since this process started: its raft group is still in the runtime.
+            return Err(KvError::RegionRefused(format!(
+                "region {} was closed on this store since it started; restart the store to \
+                 open it again",
+                region.id
             )));
         }
         let hosted = HostedRegion {
@@ -547,18 +590,74 @@ impl Store {
         let mut next = meta.clone();
         next.cluster = cluster;
         next.regions.push(hosted.clone());
-        let dir = self.inner.data_dir.clone();
-        let to_save = next.clone();
-        tokio::task::spawn_blocking(move || to_save.save(&dir))
-            .await
-            .map_err(|e| KvError::Engine(format!("saving store.meta panicked: {e}")))?
-            .map_err(KvError::Engine)?;
+        check_meta_size(&next)?;
+        self.save_meta(&next).await?;
         *meta = next;
         *lock(&self.inner.cluster) = cluster;
         self.start_region(&hosted)
             .await
             .map_err(|e| KvError::Engine(e.to_string()))?;
         Ok(())
+    }
+
+    /// Removes this store's peer of region `id`, opened by mistake: from `store.meta` and
+    /// from what the store serves and reports. Refused with [`KvError::RegionRefused`]
+    /// unless the peer belongs to no configuration (it was never added, nor bootstrapped)
+    /// and its log is empty (it holds no data). Once the store hosts no region it belongs
+    /// to no cluster again (a mistaken `OpenRegion` may have bound it to one).
+    ///
+    /// The raft group stays idle in the node runtime until the process restarts (the
+    /// runtime has no call to remove a group; known debt): it holds nothing, and reopening
+    /// the same region id is refused until then.
+    pub async fn close_region(&self, id: RegionId) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        let status = peer.node.status();
+        let configuration = &status.configuration;
+        if !configuration.voters.is_empty() || !configuration.learners.is_empty() {
+            let members: Vec<&str> = configuration
+                .voters
+                .iter()
+                .chain(&configuration.learners)
+                .map(PeerId::as_str)
+                .collect();
+            return Err(KvError::RegionRefused(format!(
+                "region {id} on this store belongs to a configuration ({}): remove the store \
+                 from the region with `admin remove-peer` instead",
+                members.join(",")
+            )));
+        }
+        if status.last_index.0 != 0 || status.applied.0 != 0 {
+            return Err(KvError::RegionRefused(format!(
+                "region {id} on this store holds log entries up to {} (applied {}): it holds \
+                 data",
+                status.last_index, status.applied
+            )));
+        }
+        let mut next = meta.clone();
+        next.regions.retain(|hosted| hosted.region.id != id);
+        if next.regions.is_empty() {
+            next.cluster = 0;
+        }
+        self.save_meta(&next).await?;
+        self.inner
+            .regions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        *lock(&self.inner.cluster) = next.cluster;
+        *meta = next;
+        tracing::warn!(region = %id, "region closed on this store (it held nothing)");
+        Ok(())
+    }
+
+    async fn save_meta(&self, next: &StoreMeta) -> Result<(), KvError> {
+        let dir = self.inner.data_dir.clone();
+        let to_save = next.clone();
+        tokio::task::spawn_blocking(move || to_save.save(&dir))
+            .await
+            .map_err(|e| KvError::Engine(format!("saving store.meta panicked: {e}")))?
+            .map_err(KvError::Engine)
     }
 
     fn node_error(&self, region: RegionId, error: NodeError) -> KvError {
