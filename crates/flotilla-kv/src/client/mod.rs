@@ -604,8 +604,7 @@ impl KvClient {
         let channel = self.channel(store).await?;
         let mut client = grpc_client(channel);
         let request = proto::CloseRegionRequest { region_id: id };
-        match tokio::time::timeout(self.inner.options.timeout, client.close_region(request)).await
-        {
+        match tokio::time::timeout(self.inner.options.timeout, client.close_region(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(classify(&status).1),
             Err(_) => Err(ClientError::unknown(format!(
@@ -1446,10 +1445,23 @@ fn wrong_reply_unknown() -> ClientError {
     ClientError::unknown("the store answered a write with a malformed reply")
 }
 
+/// The kind of an op refused inside a batch, whose result carries only the message: the
+/// refusals a caller acts on keep their kind, the rest are `Refused`.
+fn element_error_kind(message: &str) -> &'static str {
+    // The texts of `KvError::NoSpace` and `KvError::KeyEmpty` (a test checks they match).
+    if message.starts_with("no space:") {
+        "NoSpace"
+    } else if message == "key is empty" {
+        "KeyEmpty"
+    } else {
+        "Refused"
+    }
+}
+
 fn op_error(result: &proto::OpResult) -> Option<ClientError> {
     match &result.result {
         Some(proto::op_result::Result::Error(why)) => {
-            Some(ClientError::definite("Refused", why.clone()))
+            Some(ClientError::definite(element_error_kind(why), why.clone()))
         }
         None => Some(wrong_reply_unknown()),
         _ => None,
@@ -1550,6 +1562,24 @@ mod tests {
         );
         assert!(!never_sent(&Status::unavailable("connection reset")));
         assert!(!never_sent(&Status::deadline_exceeded("slow")));
+    }
+
+    #[test]
+    fn batch_element_refusals_keep_their_kind() {
+        let no_space = crate::KvError::NoSpace {
+            store: "s:1".into(),
+            used: 2,
+            quota: 1,
+        };
+        assert_eq!(element_error_kind(&no_space.to_string()), "NoSpace");
+        assert_eq!(
+            element_error_kind(&crate::KvError::KeyEmpty.to_string()),
+            "KeyEmpty"
+        );
+        assert_eq!(
+            element_error_kind("key \"z\" is outside region 1"),
+            "Refused"
+        );
     }
 
     #[test]

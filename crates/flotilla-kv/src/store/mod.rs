@@ -13,6 +13,7 @@
 //! changes yet; a peer removed from a region stays open (idle) on its store until restart.
 
 pub mod meta;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,12 +27,14 @@ use flotilla_node::{ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftEr
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
+use crate::limits::REGIONS_PER_STORE_MAX;
 use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
-use crate::limits::REGIONS_PER_STORE_MAX;
 use meta::{
     cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE,
 };
+use quota::SpaceQuota;
+pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
 
 /// Which [`KvEngine`] a store keeps its data in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,11 +85,14 @@ pub struct StoreOptions {
     pub request_timeout: Duration,
     /// Mutual TLS for peers and clients; `None`: plain text.
     pub tls: Option<TlsConfig>,
+    /// Size of the data directory at which writes that add data are refused with
+    /// [`KvError::NoSpace`] until it falls back below (see `quota`); 0: unlimited.
+    pub quota_bytes: u64,
 }
 
 impl StoreOptions {
     /// Defaults: one region, fjall, 100 ms ticks, 1 s election timeout, a snapshot every
-    /// hour, 5 s request timeout, no TLS.
+    /// hour, 5 s request timeout, no TLS, a quota of [`QUOTA_BYTES_DEFAULT`].
     #[must_use]
     pub fn new(address: impl Into<String>, data_dir: impl Into<PathBuf>) -> StoreOptions {
         StoreOptions {
@@ -100,6 +106,7 @@ impl StoreOptions {
             snapshot_interval_ticks: 36_000,
             request_timeout: Duration::from_secs(5),
             tls: None,
+            quota_bytes: QUOTA_BYTES_DEFAULT,
         }
     }
 }
@@ -174,6 +181,10 @@ struct StoreInner {
     fresh: bool,
     /// The gRPC server, stopped by [`Store::shutdown`].
     server: Mutex<Option<ServerHandle>>,
+    /// The data directory's size against its quota (the NOSPACE alarm).
+    quota: SpaceQuota,
+    /// The task measuring the data directory, stopped by [`Store::shutdown`].
+    usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running store. Cheap to clone.
@@ -402,8 +413,14 @@ impl Store {
             request_timeout: options.request_timeout,
             fresh,
             server: Mutex::new(None),
+            quota: SpaceQuota::new(options.quota_bytes),
+            usage_task: Mutex::new(None),
         });
         let store = Store { inner };
+        // Measured once before serving, so a store restarted over its quota refuses at once.
+        measure_usage(&store.inner).await;
+        let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));
+        *lock(&store.inner.usage_task) = Some(task);
         for hosted in &meta.regions {
             store.start_region(hosted).await?;
         }
@@ -482,6 +499,7 @@ impl Store {
              flotilla_store_regions_led {led}\n",
             regions.len()
         ));
+        text.push_str(&self.inner.quota.metrics_text());
         text
     }
 
@@ -792,6 +810,77 @@ impl Store {
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
         command.validate()?;
+        if self.inner.quota.alarm() {
+            if let KvCommand::Batch(elements) = &command {
+                if elements.iter().any(|e| !e.adds_data()) {
+                    return self.write_without_additions(id, epoch, elements).await;
+                }
+            }
+            if command.adds_data() {
+                return Err(self.no_space());
+            }
+        }
+        self.propose(id, epoch, command).await
+    }
+
+    /// The NOSPACE refusal, with the last measurement.
+    fn no_space(&self) -> KvError {
+        KvError::NoSpace {
+            store: self.inner.address.as_str().to_string(),
+            used: self.inner.quota.used_bytes(),
+            quota: self.inner.quota.quota_bytes(),
+        }
+    }
+
+    /// A batch of commands under the NOSPACE alarm: its elements that add data are refused
+    /// (each with its own [`KvError::NoSpace`] result), the others (deletes) are applied.
+    async fn write_without_additions(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        elements: &[KvCommand],
+    ) -> Result<KvOutput, KvError> {
+        let kept: Vec<KvCommand> = elements
+            .iter()
+            .filter(|e| !e.adds_data())
+            .cloned()
+            .collect();
+        let kept_count = kept.len();
+        let KvOutput::Batch(applied) = self.propose(id, epoch, KvCommand::Batch(kept)).await?
+        else {
+            return Err(KvError::Unknown(
+                "the state machine answered a batch with a single output".into(),
+            ));
+        };
+        if applied.len() != kept_count {
+            return Err(KvError::Unknown(format!(
+                "the state machine answered {} results to a batch of {kept_count}",
+                applied.len()
+            )));
+        }
+        let refusal = self.no_space().to_string();
+        let mut applied = applied.into_iter();
+        let results = elements
+            .iter()
+            .map(|element| {
+                if element.adds_data() {
+                    Err(refusal.clone())
+                } else {
+                    applied.next().unwrap_or_else(|| Err(refusal.clone()))
+                }
+            })
+            .collect();
+        Ok(KvOutput::Batch(results))
+    }
+
+    /// Proposes a validated `command` through the region's raft log; answers its output
+    /// once applied.
+    async fn propose(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        command: KvCommand,
+    ) -> Result<KvOutput, KvError> {
         let peer = self.admit(id, epoch)?;
         command.check_region(&peer.region)?;
         if !peer.node.is_leader() {
@@ -832,6 +921,9 @@ impl Store {
                 }
             });
         futures_join_all(transfers).await;
+        if let Some(task) = lock(&self.inner.usage_task).take() {
+            task.abort();
+        }
         let handle = lock(&self.inner.server).take();
         if let Some(handle) = handle {
             handle.shutdown().await;
@@ -839,6 +931,33 @@ impl Store {
         self.inner.manager.shutdown().await;
         let engine = self.inner.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.flush()).await;
+    }
+}
+
+/// Measures the data directory once (on the blocking pool) and records it.
+async fn measure_usage(inner: &StoreInner) {
+    let dir = inner.data_dir.clone();
+    match tokio::task::spawn_blocking(move || quota::directory_bytes(&dir)).await {
+        Ok(Ok(bytes)) => inner.quota.record(bytes, inner.address.as_str()),
+        Ok(Err(why)) => {
+            tracing::warn!(store = %inner.address, error = %why, "measuring the data dir failed; the NOSPACE alarm keeps its state");
+        }
+        Err(e) => {
+            tracing::warn!(store = %inner.address, error = %e, "measuring the data dir panicked");
+        }
+    }
+}
+
+/// Measures the data directory every [`USAGE_INTERVAL`] while the store lives.
+async fn measure_usage_every(inner: std::sync::Weak<StoreInner>) {
+    let mut ticks = tokio::time::interval(USAGE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        measure_usage(&inner).await;
     }
 }
 
