@@ -224,10 +224,6 @@ async fn serve(options: StoreOptions) -> i32 {
             format!("{:016x}", store.cluster())
         },
     );
-    println!(
-        "serving raft, the KV and CLI services, and GET /metrics on {}",
-        store.address()
-    );
     if plain_text && beyond_loopback(store.address().as_str()).await {
         // Without TLS nothing tells a store from any other process: raft frames, admin
         // calls and writes are accepted from whoever connects (issue 12).
@@ -238,6 +234,10 @@ async fn serve(options: StoreOptions) -> i32 {
             store.address()
         );
     }
+    println!(
+        "serving raft, the KV and CLI services, and GET /metrics on {}",
+        store.address()
+    );
     wait_for_stop().await;
     println!(
         "flotilla server {}: stopping (handing leadership off)",

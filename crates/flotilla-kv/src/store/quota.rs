@@ -96,7 +96,7 @@ impl SpaceQuota {
              # HELP flotilla_store_quota_bytes The store's data quota (0: unlimited).\n\
              # TYPE flotilla_store_quota_bytes gauge\n\
              flotilla_store_quota_bytes {}\n\
-             # HELP flotilla_store_nospace_alarm 1 while the data is over its quota and writes that add data are refused.\n\
+             # HELP flotilla_store_nospace_alarm Whether the NOSPACE alarm is on (1): the data is over its quota and writes that add data are refused.\n\
              # TYPE flotilla_store_nospace_alarm gauge\n\
              flotilla_store_nospace_alarm {}\n",
             self.used_bytes(),
@@ -155,7 +155,7 @@ mod tests {
         assert!(quota.alarm());
         assert!(quota
             .metrics_text()
-            .contains("flotilla_store_nospace_alarm 1"));
+            .contains("\nflotilla_store_nospace_alarm 1\n"));
         quota.record(50, "s");
         assert!(!quota.alarm());
         let unlimited = SpaceQuota::new(0);
