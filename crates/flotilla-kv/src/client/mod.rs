@@ -1040,29 +1040,43 @@ impl KvClient {
             if out.len() >= limit {
                 break;
             }
-            let part_start = if start > region.start {
-                start.clone()
-            } else {
-                region.start.clone()
-            };
-            let call = Call::Scan(proto::ScanRequest {
-                context: None,
-                start: part_start,
-                end: end.clone(),
-                limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
-                reverse,
-                keys_only,
-                read: read.proto(),
-            });
             let route_key = if start > region.start {
                 start.clone()
             } else {
                 region.start.clone()
             };
-            let Reply::Scan(reply) = self.call(&route_key, call).await?.0 else {
-                return Err(wrong_reply());
-            };
-            out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+            let mut part_start = route_key.clone();
+            let mut part_end = end.clone();
+            // Pages of one region: a store answers at most scan_reply_bytes_max of keys and
+            // values and says when it left pairs for another call.
+            while out.len() < limit {
+                let call = Call::Scan(proto::ScanRequest {
+                    context: None,
+                    start: part_start.clone(),
+                    end: part_end.clone(),
+                    limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
+                    reverse,
+                    keys_only,
+                    read: read.proto(),
+                });
+                let Reply::Scan(reply) = self.call(&route_key, call).await?.0 else {
+                    return Err(wrong_reply());
+                };
+                let last = reply.entries.last().map(|kv| kv.key.clone());
+                out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+                let Some(last) = last.filter(|_| reply.more) else {
+                    break;
+                };
+                if reverse {
+                    part_end = last;
+                } else {
+                    // The smallest key after `last`.
+                    let mut next = Vec::with_capacity(last.len() + 1);
+                    next.extend_from_slice(&last);
+                    next.push(0);
+                    part_start = Bytes::from(next);
+                }
+            }
         }
         out.truncate(limit);
         Ok(out)

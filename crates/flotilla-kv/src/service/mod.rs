@@ -26,9 +26,7 @@ pub mod proto {
     tonic::include_proto!("flotilla.kv.v1");
 }
 
-/// Largest KV request or answer (a batch of large values; single values are limited to
-/// [`crate::limits::VALUE_BYTES_MAX`]).
-pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub use crate::limits::KV_MESSAGE_BYTES_MAX;
 
 /// The kind name of `error` carried in `flotilla-error-kind`.
 #[must_use]
@@ -268,7 +266,7 @@ impl proto::kv_server::Kv for KvService {
         let (id, epoch) = context(r.context)?;
         let mode = read_mode(r.read)?;
         let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
-        let entries = self
+        let (entries, more) = self
             .store
             .scan(
                 id,
@@ -288,6 +286,7 @@ impl proto::kv_server::Kv for KvService {
                 .into_iter()
                 .map(|(key, value)| proto::KeyValue { key, value })
                 .collect(),
+            more,
         }))
     }
 

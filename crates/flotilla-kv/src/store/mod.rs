@@ -27,7 +27,7 @@ use flotilla_node::{ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftEr
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
-use crate::limits::REGIONS_PER_STORE_MAX;
+use crate::limits::{REGIONS_PER_STORE_MAX, SCAN_REPLY_BYTES_MAX};
 use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
 use meta::{
@@ -764,7 +764,9 @@ impl Store {
 
     /// A linearizable scan of `[start, end)` clipped to the region (an empty `end`: to the
     /// region's end). With `keys_only` every value is empty: the engine scans keys only
-    /// ([`KvEngine::scan_keys`]) and no value is copied.
+    /// ([`KvEngine::scan_keys`]) and no value is copied. The answer stops at
+    /// [`SCAN_REPLY_BYTES_MAX`] bytes of keys and values (after one pair at least): the
+    /// flag is true when pairs under `limit` were left for another call.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -776,7 +778,7 @@ impl Store {
         reverse: bool,
         keys_only: bool,
         mode: Option<ReadMode>,
-    ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
         crate::limits::check_scan_limit(limit)?;
         crate::limits::check_range(&start, &end)?;
         let region = self.admit(id, epoch)?.region;
@@ -791,14 +793,17 @@ impl Store {
             (false, false) => end.min(region.end.clone()),
         };
         if !end.is_empty() && start >= end {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         self.read_ready(id, epoch, mode).await?;
+        let engine = &self.inner.engine;
         if keys_only {
-            let keys = self.inner.engine.scan_keys(&start, &end, limit, reverse)?;
-            return Ok(keys.into_iter().map(|key| (key, Bytes::new())).collect());
+            let (keys, more) =
+                engine.scan_keys(&start, &end, limit, reverse, SCAN_REPLY_BYTES_MAX)?;
+            let pairs = keys.into_iter().map(|key| (key, Bytes::new())).collect();
+            return Ok((pairs, more));
         }
-        self.inner.engine.scan(&start, &end, limit, reverse)
+        engine.scan_within(&start, &end, limit, reverse, SCAN_REPLY_BYTES_MAX)
     }
 
     /// Applies `command` through the region's raft log; answers its output once applied.

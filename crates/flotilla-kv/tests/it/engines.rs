@@ -106,7 +106,8 @@ fn scans(engine: &dyn KvEngine) {
     assert_eq!(engine.approximate_keys(b"", b"c").unwrap(), 2);
 }
 
-/// Keys-only scans give the keys of `scan`, in its order, with its limits and refusals.
+/// Keys-only scans give the keys of `scan`, in its order, with its limits and refusals;
+/// both stop at a byte budget (after one pair at least) and say so.
 fn keys_only_scans(engine: &dyn KvEngine) {
     fill(engine, &["a", "b", "c", "d", "e"]);
     let key_names = |found: Vec<Bytes>| -> Vec<String> {
@@ -123,24 +124,50 @@ fn keys_only_scans(engine: &dyn KvEngine) {
         ("b", "d", 100, true),
         ("c", "c", 100, false),
     ] {
-        let pairs = engine
-            .scan(start.as_bytes(), end.as_bytes(), limit, reverse)
-            .unwrap();
-        let only = engine
-            .scan_keys(start.as_bytes(), end.as_bytes(), limit, reverse)
-            .unwrap();
+        let (s, e) = (start.as_bytes(), end.as_bytes());
+        let pairs = engine.scan(s, e, limit, reverse).unwrap();
+        let (only, more) = engine.scan_keys(s, e, limit, reverse, usize::MAX).unwrap();
+        assert!(!more);
         assert_eq!(
             key_names(only),
             keys(&pairs),
             "{start:?}..{end:?} {limit} {reverse}"
         );
+        let (within, more) = engine
+            .scan_within(s, e, limit, reverse, usize::MAX)
+            .unwrap();
+        assert!(!more);
+        assert_eq!(within, pairs);
     }
+    // Budgets: each pair is 1 + 4 bytes ("a", "v-a"), each key 1.
+    let (within, more) = engine.scan_within(b"", b"", 100, false, 10).unwrap();
+    assert_eq!(
+        (keys(&within), more),
+        (vec!["a".to_string(), "b".into()], true)
+    );
+    let (within, more) = engine.scan_within(b"", b"", 100, true, 1).unwrap();
+    assert_eq!(
+        (keys(&within), more),
+        (vec!["e".to_string()], true),
+        "one pair at least"
+    );
+    let (within, more) = engine.scan_within(b"", b"", 2, false, 10).unwrap();
+    assert_eq!(
+        (within.len(), more),
+        (2, false),
+        "the limit, not the budget, stopped it"
+    );
+    let (only, more) = engine.scan_keys(b"b", b"", 100, false, 3).unwrap();
+    assert_eq!(
+        (key_names(only), more),
+        (vec!["b".to_string(), "c".into(), "d".into()], true)
+    );
     assert!(matches!(
-        engine.scan_keys(b"d", b"b", 10, false),
+        engine.scan_keys(b"d", b"b", 10, false, usize::MAX),
         Err(KvError::InvalidRange { .. })
     ));
     assert!(matches!(
-        engine.scan_keys(b"", b"", SCAN_LIMIT_MAX + 1, false),
+        engine.scan_within(b"", b"", SCAN_LIMIT_MAX + 1, false, usize::MAX),
         Err(KvError::ScanLimitTooLarge { .. })
     ));
 }

@@ -368,31 +368,46 @@ fn a_tiny_quota_refuses_puts_from_the_start() {
 }
 
 /// The CLI client's 4 MiB decoding limit made `scan --limit 5` over 1 MiB values fail; its
-/// limits are now the server's. A keys-only scan returns the keys alone.
+/// limits are now the server's. A scan over more than one answer's worth (20 MiB here) is
+/// answered in pages of at most scan_reply_bytes_max, so it works too. A keys-only scan
+/// returns the keys alone.
 #[test]
-fn a_scan_of_five_1_mib_values_works() {
+fn a_scan_of_1_mib_values_works() {
     let cluster = three_nodes("big-scan", 1);
     let endpoints = cluster.endpoints.clone();
     let runtime = runtime();
     let client = connect(&runtime, &endpoints);
     let value = Bytes::from(vec![b'x'; VALUE_BYTES_MAX]);
-    for i in 0..5 {
+    for i in 0..20 {
         runtime
-            .block_on(client.put(format!("big{i}"), value.clone()))
+            .block_on(client.put(format!("big{i:02}"), value.clone()))
             .expect("put 1 MiB");
     }
-    let (code, answer) = kv(&endpoints, &["scan", "big", "", "--limit", "5"]);
-    assert_eq!(code, 0, "{}", answer["message"]);
-    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
-    assert_eq!(entries.len(), 5);
-    for entry in &entries {
-        assert_eq!(entry["value"].as_str().map(str::len), Some(VALUE_BYTES_MAX));
+    for limit in [5, 20] {
+        let (code, answer) = kv(
+            &endpoints,
+            &["scan", "big", "", "--limit", &limit.to_string()],
+        );
+        assert_eq!(code, 0, "{}", answer["message"]);
+        let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), limit);
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry["key"], format!("big{i:02}"));
+            assert_eq!(entry["value"].as_str().map(str::len), Some(VALUE_BYTES_MAX));
+        }
     }
+    let reversed = runtime
+        .block_on(client.scan("big", "", 20, true, ReadConsistency::Index))
+        .expect("reverse scan");
+    let keys: Vec<Bytes> = reversed.into_iter().map(|(k, _)| k).collect();
+    let mut expected: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("big{i:02}"))).collect();
+    expected.reverse();
+    assert_eq!(keys, expected);
     let keys = runtime
         .block_on(client.scan_keys("big", "", 5, false, ReadConsistency::Index))
         .expect("keys-only scan");
-    let expected: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("big{i}"))).collect();
-    assert_eq!(keys, expected);
+    expected.reverse();
+    assert_eq!(keys, expected[..5]);
 }
 
 /// Starts a server on `address` (no peers) and returns what it printed on stderr by the
