@@ -4,13 +4,16 @@
 //!
 //! Owns: the data directory (`store.meta`, `raft/` for the node runtime, `kv/` for the
 //! fjall engine), bootstrap of static regions, request admission (region, epoch, range,
-//! limits) before anything is proposed, and a clean shutdown that hands leadership off.
-//! Must never: serve a data directory that belongs to another address or cluster, or
-//! propose a request it has not validated.
+//! limits, no empty key, the space quota: see `quota`) before anything is proposed, the
+//! regions it hosts (`OpenRegion` validated against them; `CloseRegion` for a peer opened
+//! by mistake), and a clean shutdown that hands leadership off. Must never: serve a data
+//! directory that belongs to another address or cluster, propose a request it has not
+//! validated, or host two regions that share a key.
 //!
 //! Not yet: regions change only by membership (no split or merge: the placement driver
 //! comes later), so `Epoch::version` stays 1 and `conf_version` is not bumped by membership
-//! changes yet; a peer removed from a region stays open (idle) on its store until restart.
+//! changes yet; a peer removed from a region stays open (idle) on its store until restart,
+//! and so does the raft group of a closed region (the node runtime cannot remove a group).
 
 pub mod meta;
 mod quota;
@@ -237,7 +240,8 @@ fn check_open(meta: &StoreMeta, region: &Region, cluster: u64) -> Result<(), KvE
     }
     if meta.regions.len() >= REGIONS_PER_STORE_MAX {
         return Err(KvError::RegionRefused(format!(
-            "this store hosts {} regions, regions_per_store_max ({REGIONS_PER_STORE_MAX})",
+            "this store already hosts {} regions, the most regions_per_store_max \
+             ({REGIONS_PER_STORE_MAX}) allows",
             meta.regions.len()
         )));
     }
@@ -973,5 +977,81 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
         let _ = handle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, start: &'static [u8], end: &'static [u8]) -> Region {
+        Region::new(
+            RegionId(id),
+            Bytes::from_static(start),
+            Bytes::from_static(end),
+            Epoch::new(1, 1),
+        )
+        .expect("a valid region")
+    }
+
+    fn meta(regions: Vec<Region>) -> StoreMeta {
+        StoreMeta {
+            address: "127.0.0.1:1".into(),
+            cluster: 7,
+            regions: regions
+                .into_iter()
+                .map(|region| HostedRegion {
+                    region,
+                    initial_peers: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn refusal(result: Result<(), KvError>) -> String {
+        match result {
+            Err(KvError::RegionRefused(why)) => why,
+            other => panic!("expected RegionRefused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_region_refuses_overlaps_other_clusters_and_cluster_zero() {
+        let hosted = meta(vec![region(1, b"", b"m"), region(2, b"m", b"t")]);
+        assert!(refusal(check_open(&hosted, &region(9, b"a", b"c"), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"s", b""), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"", b""), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"t", b""), 8)).contains("cluster"));
+        assert!(refusal(check_open(&hosted, &region(9, b"t", b""), 0)).contains("cluster id 0"));
+        // Adjacent ranges share no key.
+        assert_eq!(check_open(&hosted, &region(9, b"t", b""), 7), Ok(()));
+        // A store of no cluster yet takes any cluster's region.
+        let empty = StoreMeta {
+            cluster: 0,
+            ..meta(Vec::new())
+        };
+        assert_eq!(check_open(&empty, &region(9, b"", b""), 5), Ok(()));
+    }
+
+    #[test]
+    fn open_region_refuses_more_than_regions_per_store_max() {
+        let mut full = meta(Vec::new());
+        full.regions = (0..REGIONS_PER_STORE_MAX as u64)
+            .map(|i| HostedRegion {
+                region: Region::new(
+                    RegionId(i + 1),
+                    Bytes::from(i.to_be_bytes().to_vec()),
+                    Bytes::from((i + 1).to_be_bytes().to_vec()),
+                    Epoch::new(1, 1),
+                )
+                .expect("a valid region"),
+                initial_peers: Vec::new(),
+            })
+            .collect();
+        let next = region(u64::MAX, b"\xff", b"");
+        assert!(refusal(check_open(&full, &next, 7)).contains("regions_per_store_max"));
+        full.regions.pop();
+        assert_eq!(check_open(&full, &next, 7), Ok(()));
+        assert_eq!(check_meta_size(&full), Ok(()));
     }
 }
