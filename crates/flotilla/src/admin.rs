@@ -54,6 +54,14 @@ pub enum AdminOp {
     Snapshot { peer: String },
     /// Spreads region leadership evenly over the stores.
     Rebalance,
+    /// Removes the peer of `--region ID` from the store at `--store ADDR`, where it was
+    /// opened by mistake: refused unless the peer belongs to no configuration (no store
+    /// lists it as a member) and holds no data.
+    CloseRegion {
+        /// The store holding the peer.
+        #[arg(long, value_name = "HOST:PORT")]
+        store: String,
+    },
 }
 
 fn cli_failure(error: CliError) -> Failure {
@@ -175,6 +183,9 @@ async fn execute(
     op: AdminOp,
 ) -> Result<(Value, String), Failure> {
     let (regions, stores) = status(client).await;
+    if let AdminOp::CloseRegion { store } = &op {
+        return close_region(client, &regions, only, store).await;
+    }
     let regions: Vec<RegionInfo> = regions
         .into_iter()
         .filter(|r| only.is_none_or(|id| r.id == id))
@@ -226,7 +237,7 @@ async fn execute(
     let mut done: Vec<Value> = Vec::new();
     let mut human: Vec<String> = Vec::new();
     match op {
-        AdminOp::Status => {}
+        AdminOp::Status | AdminOp::CloseRegion { .. } => {}
         AdminOp::AddPeer { peer } => {
             let peer = peer_arg(&peer)?;
             for info in &regions {
@@ -339,6 +350,48 @@ async fn execute(
     Ok((
         success(vec![("done", Value::Array(done))]),
         human.join("\n"),
+    ))
+}
+
+/// `admin close-region`: the store refuses a peer that belongs to a configuration or holds
+/// data; this side refuses first when the region's best-known view (its leader's) lists the
+/// store as a member, e.g. one being added whose own peer has not heard of it yet.
+async fn close_region(
+    client: &KvClient,
+    regions: &[RegionInfo],
+    only: Option<u64>,
+    store: &str,
+) -> Result<(Value, String), Failure> {
+    let id = only.ok_or_else(|| Failure::usage("close-region needs --region ID"))?;
+    let store = peer_arg(store)?;
+    if let Some(info) = regions.iter().find(|r| r.id == id) {
+        let member = info
+            .peers
+            .iter()
+            .chain(&info.learners)
+            .any(|p| p == store.as_str());
+        if member {
+            return Err(Failure::failed(
+                "RegionRefused",
+                format!(
+                    "region {id} lists {store} as a member (peers {}, learners {}): remove it \
+                     with `admin remove-peer` instead",
+                    info.peers.join(","),
+                    info.learners.join(",")
+                ),
+            ));
+        }
+    }
+    client
+        .close_region(store.as_str(), id)
+        .await
+        .map_err(Failure::from)?;
+    Ok((
+        success(vec![(
+            "done",
+            json!([{"region": id, "closed_on": store.as_str()}]),
+        )]),
+        format!("region {id}: closed on {store}"),
     ))
 }
 

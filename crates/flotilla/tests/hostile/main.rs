@@ -6,3 +6,5 @@
 mod cli;
 #[path = "../support/mod.rs"]
 mod support;
+
+mod kv;
