@@ -26,6 +26,11 @@ pub struct AdminArgs {
     /// Only this region (default: every region).
     #[arg(long, value_name = "ID", global = true)]
     pub region: Option<u64>,
+    /// add-peer, remove-peer, change-peers: skip the check that refuses a change leaving
+    /// fewer live voters than a majority (etcd's strict reconfiguration). reset-peers:
+    /// required (and still refused while the region has a live leader or quorum).
+    #[arg(long, global = true)]
+    pub force: bool,
     #[command(subcommand)]
     pub op: AdminOp,
 }
@@ -54,6 +59,17 @@ pub enum AdminOp {
     Snapshot { peer: String },
     /// Spreads region leadership evenly over the stores.
     Rebalance,
+    /// Unsafe: on the store at `--store ADDR`, replaces the voters of the regions with
+    /// A,B,C without consensus, to recover regions that lost their majority for good
+    /// (SOFAJRaft's resetPeers). Needs `--force`; refused while a region has a live leader
+    /// or a majority of its voters' stores answer. Run it on every surviving store.
+    ResetPeers {
+        /// The store whose peers are reset.
+        #[arg(long, value_name = "HOST:PORT")]
+        store: String,
+        #[arg(value_delimiter = ',')]
+        peers: Vec<String>,
+    },
     /// Removes the peer of `--region ID` from the store at `--store ADDR`, where it was
     /// opened by mistake: refused unless the peer belongs to no configuration (no store
     /// lists it as a member) and holds no data.
@@ -97,7 +113,7 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
     let json = settings.json;
     let result = runtime.block_on(async move {
         let client = KvClient::connect(settings.endpoints, settings.options).await?;
-        execute(&client, args.region, args.op).await
+        execute(&client, args.region, args.force, args.op).await
     });
     match result {
         Ok((value, human)) => {
@@ -180,6 +196,7 @@ fn region_line(info: &RegionInfo) -> String {
 async fn execute(
     client: &KvClient,
     only: Option<u64>,
+    force: bool,
     op: AdminOp,
 ) -> Result<(Value, String), Failure> {
     let (regions, stores) = status(client).await;
@@ -227,6 +244,7 @@ async fn execute(
     }
     let cli_options = CliOptions {
         tls: client.options().tls.clone(),
+        force,
         ..CliOptions::default()
     };
     let cli = |group: u64| -> Result<CliClient, Failure> {
@@ -238,6 +256,36 @@ async fn execute(
     let mut human: Vec<String> = Vec::new();
     match op {
         AdminOp::Status | AdminOp::CloseRegion { .. } => {}
+        AdminOp::ResetPeers { store, peers } => {
+            let store = peer_arg(&store)?;
+            let peers: Vec<PeerId> = peers
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| peer_arg(p))
+                .collect::<Result<_, _>>()?;
+            if peers.is_empty() {
+                return Err(Failure::usage("reset-peers needs at least one peer"));
+            }
+            if !force {
+                return Err(Failure::usage(
+                    "reset-peers replaces the voters without consensus and can lose \
+                     acknowledged writes: add --force if the regions lost their majority for good",
+                ));
+            }
+            for info in &regions {
+                cli(info.id)?
+                    .reset_peers(&store, &peers)
+                    .await
+                    .map_err(cli_failure)?;
+                let names: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
+                human.push(format!(
+                    "region {}: voters on {store} reset to {}",
+                    info.id,
+                    names.join(",")
+                ));
+                done.push(json!({"region": info.id, "store": store.as_str(), "peers": names}));
+            }
+        }
         AdminOp::AddPeer { peer } => {
             let peer = peer_arg(&peer)?;
             for info in &regions {

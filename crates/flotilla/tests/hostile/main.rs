@@ -8,3 +8,4 @@ mod cli;
 mod support;
 
 mod kv;
+mod raft;
