@@ -15,6 +15,7 @@ use flotilla_raft::{Message, PeerId};
 use flotilla_storage::GroupId;
 use tokio::sync::mpsc;
 
+use crate::metrics::TransportMetrics;
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 
 /// Raft messages from one process to another, for any number of groups.
@@ -48,6 +49,13 @@ pub trait Transport: Send + Sync + 'static {
         );
         Box::pin(std::future::ready(Err(why)))
     }
+
+    /// The counters this transport keeps of what it dropped, if any: a manager opened on it
+    /// renders them with its own metrics and shares them with the server its inbox is
+    /// served by. The default keeps none (the manager then keeps its own).
+    fn metrics(&self) -> Option<Arc<TransportMetrics>> {
+        None
+    }
 }
 
 /// The receiving end a transport hands frames to: a bounded queue plus the manager's
@@ -57,6 +65,7 @@ pub struct Inbox {
     pub(crate) frames: mpsc::Sender<Frame>,
     pub(crate) wake: Arc<crate::wake::RoundWake>,
     pub(crate) snapshots: SnapshotService,
+    pub(crate) transport_metrics: Arc<TransportMetrics>,
 }
 
 impl Inbox {
@@ -64,6 +73,13 @@ impl Inbox {
     #[must_use]
     pub fn snapshot_service(&self) -> &SnapshotService {
         &self.snapshots
+    }
+
+    /// The manager's transport counters, for the server delivering to this inbox to count
+    /// the connections it refuses.
+    #[must_use]
+    pub fn transport_metrics(&self) -> &Arc<TransportMetrics> {
+        &self.transport_metrics
     }
 
     /// Hands `frame` to the manager. Returns it back when the manager's inbound queue is
