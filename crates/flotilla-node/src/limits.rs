@@ -102,7 +102,94 @@ const _: () = assert!(FRAME_MESSAGES_MAX * 16 <= FRAME_BYTES_MAX);
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use flotilla_raft::{Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, PeerId, Term};
+    use prost::Message as _;
+
     use super::*;
+    use crate::grpc::codec;
+    use crate::transport::Frame;
+
+    /// The longest peer id the decoder accepts.
+    fn longest_peer(c: char) -> PeerId {
+        PeerId::new(&c.to_string().repeat(PEER_ID_BYTES_MAX))
+    }
+
+    #[test]
+    fn the_largest_entry_fits_a_frame_with_the_longest_names_and_largest_numbers() {
+        let (from, to) = (longest_peer('a'), longest_peer('b'));
+        let frame = Frame {
+            from: from.clone(),
+            incarnation: u64::MAX,
+            messages: vec![(
+                u64::MAX,
+                Message {
+                    from,
+                    to,
+                    term: Term(u64::MAX),
+                    body: MessageBody::AppendEntries {
+                        prev_log_index: LogIndex(u64::MAX),
+                        prev_log_term: Term(u64::MAX),
+                        entries: vec![Entry {
+                            index: LogIndex(u64::MAX),
+                            term: Term(u64::MAX),
+                            payload: EntryPayload::Normal(Bytes::from(vec![0u8; ENTRY_BYTES_MAX])),
+                        }],
+                        leader_commit: LogIndex(u64::MAX),
+                        echo: Echo {
+                            tick: u64::MAX,
+                            read_seq: u64::MAX,
+                        },
+                    },
+                },
+            )],
+        };
+        let size = codec::encode_frame(&frame).encoded_len();
+        assert!(size <= ENTRY_BYTES_MAX + ENTRY_FRAMING_BYTES_MAX, "{size}");
+        assert!(size < FRAME_BYTES_MAX);
+        let cut = codec::encode_frames(&frame, FRAME_BYTES_MAX, FRAME_MESSAGES_MAX);
+        assert_eq!(cut.frames.len(), 1);
+        assert!(cut.oversized.is_empty());
+    }
+
+    #[test]
+    fn frames_are_cut_at_the_count_and_byte_limits_in_order() {
+        let me = PeerId::new("a:1");
+        let heartbeat = |seq: u64| Message {
+            from: me.clone(),
+            to: PeerId::new("b:1"),
+            term: Term(1),
+            body: MessageBody::Heartbeat {
+                commit: LogIndex(seq),
+                echo: Echo::default(),
+                hibernate: false,
+            },
+        };
+        let frame = Frame {
+            from: me.clone(),
+            incarnation: 3,
+            messages: (0..10).map(|seq| (seq, heartbeat(seq))).collect(),
+        };
+        let by_count = codec::encode_frames(&frame, FRAME_BYTES_MAX, 4);
+        let counts: Vec<usize> = by_count.frames.iter().map(|f| f.messages.len()).collect();
+        assert_eq!(counts, vec![4, 4, 2]);
+        let one = codec::encode_frame(&frame).encoded_len();
+        let by_bytes = codec::encode_frames(&frame, one / 3, FRAME_MESSAGES_MAX);
+        assert!(by_bytes.frames.len() >= 3);
+        let mut groups = Vec::new();
+        for wire in &by_bytes.frames {
+            assert!(wire.encoded_len() <= one / 3);
+            assert_eq!(wire.incarnation, 3);
+            groups.extend(wire.messages.iter().map(|m| m.group));
+        }
+        assert_eq!(groups, (0..10).collect::<Vec<_>>(), "order kept");
+        let beacon = Frame {
+            from: me,
+            incarnation: 3,
+            messages: Vec::new(),
+        };
+        assert_eq!(codec::encode_frames(&beacon, 64, 1).frames.len(), 1);
+    }
 
     #[test]
     fn the_core_default_batch_is_within_the_limit() {

@@ -792,7 +792,6 @@ pub fn decode_snapshot_chunk(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use prost::Message as _;
 
     fn p(name: &str) -> PeerId {
         PeerId::new(name)
