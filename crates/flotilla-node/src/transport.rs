@@ -6,7 +6,9 @@
 //! request/response path of snapshot transfers ([`Transport::fetch_snapshot`], served by
 //! the [`crate::SnapshotService`] an [`Inbox`] carries). Must never: block the sender (a full
 //! inbox drops the frame; raft retransmits), serve snapshot files on an async worker, or
-//! grow without bound.
+//! grow without bound. A frame names its sender ([`Frame::from`]); the manager drops any
+//! message in it whose `from` is another process (counted in
+//! `flotilla_transport_messages_dropped_total{reason="sender_mismatch"}`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};

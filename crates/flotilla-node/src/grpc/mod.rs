@@ -8,9 +8,13 @@
 //! kept per (group, peer) and pipelined AppendEntries are safe.
 //!
 //! Owns: the wire encoding ([`codec`]), per-destination queues and connection tasks,
-//! reconnection with capped, jittered exponential back-off, and the limits below.
+//! reconnection with capped, jittered exponential back-off, and the limits below (derived
+//! from [`crate::limits`]).
 //! Must never: block [`Transport::send`] (a full queue drops the frame and counts it; raft
-//! retransmits), allocate what a peer claims before checking it against
+//! retransmits), write a frame the receiver would refuse (what is queued for a destination
+//! is cut into frames of at most [`codec::MAX_MESSAGES_PER_FRAME`] messages and
+//! [`MAX_FRAME_BYTES`] bytes, in order; a message that alone exceeds a frame is dropped and
+//! counted), allocate what a peer claims before checking it against
 //! [`MAX_FRAME_BYTES`] (tonic checks the length prefix against its maximum decoding size
 //! before buffering), or let one misbehaving peer disturb the others: a frame that is
 //! oversized, undecodable or invalid ends that peer's stream with an error status and a
