@@ -152,7 +152,8 @@ impl MessageDrop {
 /// Why a server closed a connection before handing it to the gRPC server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConnectionClose {
-    /// Its source address already had as many connections being set up as it may.
+    /// Its source address had as many connections being set up as it may, and a newer one
+    /// took its place (the oldest goes).
     SourceCap,
     /// Its TLS handshake did not finish in time.
     HandshakeTimeout,
@@ -237,9 +238,9 @@ impl TransportMetrics {
         w.header(
             closed,
             "counter",
-            "Inbound connections closed before being served, by reason (source_cap: too many \
-             being set up from its address; handshake_timeout; request_timeout: no complete \
-             plain-text request in time).",
+            "Inbound connections closed before being served, by reason (source_cap: the oldest \
+             of too many being set up from one address; handshake_timeout; request_timeout: \
+             no complete plain-text request in time).",
         );
         for reason in ConnectionClose::ALL {
             w.sample(

@@ -132,3 +132,28 @@ impl ManagerOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_whose_messages_could_exceed_a_frame_are_refused() {
+        let options = ManagerOptions::new(PeerId::new("a:1"), "/tmp/unused");
+        assert!(options.check_wire_limits().is_ok(), "the defaults fit");
+        let mut batch = options.clone();
+        batch.raft.append_bytes_max = APPEND_BYTES_MAX_LIMIT + 1;
+        let refused = batch.check_wire_limits().expect_err("batch too large");
+        assert!(
+            refused.to_string().contains("append_bytes_max"),
+            "{refused}"
+        );
+        let mut chunk = options;
+        chunk.snapshot_chunk_bytes = 0;
+        let refused = chunk.check_wire_limits().expect_err("empty chunks");
+        assert!(
+            refused.to_string().contains("snapshot_chunk_bytes"),
+            "{refused}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //!
 //! Owns: how many connections are being set up at once (in all: [`SETUPS_TLS_MAX`] or
 //! [`SETUPS_PLAIN_MAX`]; per source address: [`SETUPS_PER_SOURCE_MAX`], beyond which a new
-//! connection from that address is closed at once), the time they may take
+//! connection from that address evicts the oldest being set up), the time they may take
 //! ([`super::tls::HANDSHAKE_TIMEOUT_MAX`], [`PLAIN_REQUEST_TIMEOUT`]), and the back-off after
 //! accept errors ([`AcceptBackoff`]: at the file-descriptor limit the loop used to spin at
 //! 85% CPU and log nothing). Must never: let one source's silent connections starve the
@@ -15,10 +15,11 @@
 //! Established connections are bounded by the gRPC server's HTTP/2 keep-alive (a peer that
 //! stops answering pings is dropped), not here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use flotilla_raft::PeerId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -42,9 +43,11 @@ pub const SETUPS_TLS_MAX: usize = 64;
 /// Connections a plain-text server sets up (waits for the first request of) at once.
 pub const SETUPS_PLAIN_MAX: usize = 256;
 
-/// Connections from one source address (IP) set up at once; a further one is closed at
-/// once and counted (`flotilla_transport_connections_closed_total{reason="source_cap"}`),
-/// so that one source's silent connections cannot take every slot.
+/// Connections from one source address (IP) set up at once; a further one evicts the
+/// oldest, which is closed and counted
+/// (`flotilla_transport_connections_closed_total{reason="source_cap"}`), so that one
+/// source's silent connections can take neither every slot nor the place of a real client
+/// from the same address.
 pub const SETUPS_PER_SOURCE_MAX: usize = 16;
 
 /// How long a plain-text connection may take to send its first complete request: the whole
@@ -99,48 +102,69 @@ impl AcceptBackoff {
     }
 }
 
-/// Connections being set up, per source address. Entries are removed when they reach zero,
-/// so the map holds at most as many addresses as connections being set up.
+/// Per source address, its connections being set up, oldest first: an id and the sender that
+/// evicts it.
+type SettingUp = HashMap<IpAddr, VecDeque<(u64, oneshot::Sender<()>)>>;
+
+/// Connections being set up, per source address, oldest first. Entries are removed when
+/// their connection's set-up ends, so the map holds at most as many addresses as
+/// connections being set up.
 #[derive(Debug, Default)]
 struct Sources {
-    setting_up: Mutex<HashMap<IpAddr, usize>>,
+    setting_up: Mutex<SettingUp>,
+    next_id: AtomicU64,
 }
 
-/// One connection being set up from a source; dropping it frees its place.
+/// One connection being set up from a source: `evicted` fires when a newer connection from
+/// the same source took its place; dropping it frees its place.
 struct SourceSlot {
     sources: Arc<Sources>,
     ip: IpAddr,
+    id: u64,
+    evicted: oneshot::Receiver<()>,
 }
 
 impl Sources {
-    /// A place for one more connection from `ip`, unless it has [`SETUPS_PER_SOURCE_MAX`].
-    fn enter(self: &Arc<Sources>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut map = self
-            .setting_up
+    fn lock(&self) -> std::sync::MutexGuard<'_, SettingUp> {
+        self.setting_up
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = map.entry(ip).or_insert(0);
-        if *count >= SETUPS_PER_SOURCE_MAX {
-            return None;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more connection from `ip`. If `ip` already has
+    /// [`SETUPS_PER_SOURCE_MAX`] being set up, the oldest of them is evicted (its set-up
+    /// ends and it is closed): returns true then. Evicting the oldest rather than refusing
+    /// the newest means connections held open in silence cannot keep a real client from
+    /// the same address out; they are what gets closed.
+    fn enter(self: &Arc<Sources>, ip: IpAddr) -> (SourceSlot, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, evicted) = oneshot::channel();
+        let mut map = self.lock();
+        let queue = map.entry(ip).or_default();
+        let mut evicted_one = false;
+        if queue.len() >= SETUPS_PER_SOURCE_MAX {
+            if let Some((_, oldest)) = queue.pop_front() {
+                let _ = oldest.send(());
+                evicted_one = true;
+            }
         }
-        *count += 1;
-        Some(SourceSlot {
+        queue.push_back((id, tx));
+        let slot = SourceSlot {
             sources: self.clone(),
             ip,
-        })
+            id,
+            evicted,
+        };
+        (slot, evicted_one)
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .sources
-            .setting_up
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = map.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+        let mut map = self.sources.lock();
+        if let Some(queue) = map.get_mut(&self.ip) {
+            queue.retain(|(id, _)| *id != self.id);
+            if queue.is_empty() {
                 map.remove(&self.ip);
             }
         }
@@ -310,11 +334,11 @@ async fn accept_loop(
                 if let Some(errors) = backoff.succeeded() {
                     tracing::info!(address = %shared.address, errors, "accepting connections again");
                 }
-                let Some(slot) = shared.sources.enter(remote.ip()) else {
+                let (slot, evicted) = shared.sources.enter(remote.ip());
+                if evicted {
                     shared.metrics.connection_closed(ConnectionClose::SourceCap);
-                    tracing::debug!(address = %shared.address, remote = %remote, limit = SETUPS_PER_SOURCE_MAX, "too many connections being set up from this source: closed");
-                    continue;
-                };
+                    tracing::debug!(address = %shared.address, remote = %remote, limit = SETUPS_PER_SOURCE_MAX, "too many connections being set up from this source: the oldest closed");
+                }
                 tokio::spawn(set_up(shared.clone(), tcp, remote, permit, slot));
             }
             Err(error) if transient(&error) => {}
@@ -352,47 +376,56 @@ fn transient(error: &io::Error) -> bool {
     )
 }
 
-/// Sets up one connection within its time limit; on success hands it to the gRPC server,
-/// else closes it (counted and logged by the set-up).
+/// Sets up one connection within its time limit, unless a newer one from its source evicts
+/// it first; on success hands it to the gRPC server, else closes it (counted and logged
+/// where it failed).
 async fn set_up(
     shared: Arc<Shared>,
     tcp: TcpStream,
     remote: SocketAddr,
     _permit: OwnedSemaphorePermit,
-    _slot: SourceSlot,
+    mut slot: SourceSlot,
 ) {
     let info = TcpConnectInfo {
         local_addr: tcp.local_addr().ok(),
         remote_addr: Some(remote),
     };
     let _ = tcp.set_nodelay(true);
-    let stream = match &shared.setup {
+    let stream = tokio::select! {
+        // Counted by the accept loop, which evicted it.
+        _ = &mut slot.evicted => return,
+        stream = set_up_stream(&shared, tcp, remote) => stream,
+    };
+    drop(slot);
+    let Some(stream) = stream else { return };
+    // Waits while the server is behind (bounded queue, the global permit held); an error
+    // means the server stopped.
+    let _ = shared.accepted.send(Ok(ServerIo { stream, info })).await;
+}
+
+/// The TLS handshake, or for plain text the first complete request, within its time limit.
+async fn set_up_stream(shared: &Shared, tcp: TcpStream, remote: SocketAddr) -> Option<Stream> {
+    match &shared.setup {
         Setup::Tls(tls) => {
-            let Some(stream) = tls
+            let stream = tls
                 .accept(tcp, remote, &shared.address, &shared.metrics)
-                .await
-            else {
-                return;
-            };
-            Stream::Tls(Box::new(stream))
+                .await?;
+            Some(Stream::Tls(Box::new(stream)))
         }
         Setup::Plain => {
             match tokio::time::timeout(PLAIN_REQUEST_TIMEOUT, first_request(tcp)).await {
-                Ok(Some((read, tcp))) => Stream::Plain { read, tcp },
-                Ok(None) => return,
+                Ok(Some((read, tcp))) => Some(Stream::Plain { read, tcp }),
+                Ok(None) => None,
                 Err(_) => {
                     shared
                         .metrics
                         .connection_closed(ConnectionClose::RequestTimeout);
                     tracing::debug!(address = %shared.address, remote = %remote, timeout = ?PLAIN_REQUEST_TIMEOUT, "no complete first request in time: connection closed");
-                    return;
+                    None
                 }
             }
         }
-    };
-    // Waits while the server is behind (bounded queue, permits held); an error means the
-    // server stopped.
-    let _ = shared.accepted.send(Ok(ServerIo { stream, info })).await;
+    }
 }
 
 /// Reads until `tcp` has sent a complete first request (see [`first_request_complete`]);
@@ -454,22 +487,28 @@ mod tests {
     }
 
     #[test]
-    fn sources_are_capped_and_freed() {
+    fn a_full_source_evicts_its_oldest_set_up() {
         let sources = Arc::new(Sources::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let slots: Vec<_> = (0..SETUPS_PER_SOURCE_MAX)
-            .map(|_| sources.enter(ip).expect("within the cap"))
+        let mut slots: Vec<_> = (0..SETUPS_PER_SOURCE_MAX)
+            .map(|_| {
+                let (slot, evicted) = sources.enter(ip);
+                assert!(!evicted, "within the cap");
+                slot
+            })
             .collect();
-        assert!(sources.enter(ip).is_none(), "over the cap");
-        assert!(
-            sources.enter(other).is_some(),
-            "another source is not affected"
-        );
+        let (newest, evicted) = sources.enter(ip);
+        assert!(evicted, "over the cap");
+        assert!(slots[0].evicted.try_recv().is_ok(), "the oldest goes");
+        assert!(slots[1].evicted.try_recv().is_err(), "the others stay");
+        let (_, evicted) = sources.enter(other);
+        assert!(!evicted, "another source is not affected");
         drop(slots);
-        assert!(sources.enter(ip).is_some());
-        assert!(
-            sources.setting_up.lock().unwrap().is_empty(),
+        drop(newest);
+        assert_eq!(
+            sources.lock().get(&ip).map(VecDeque::len),
+            None,
             "no entry outlives its connections"
         );
     }

@@ -700,8 +700,8 @@ pub struct ServerStats {
     /// Connections closed because their TLS handshake failed: no certificate, one the CAs
     /// did not sign, a plain-text client, a time-out (a server with TLS only).
     pub tls_handshakes_failed: u64,
-    /// Connections closed at once because their source address already had
-    /// [`listener::SETUPS_PER_SOURCE_MAX`] connections being set up.
+    /// Connections closed while being set up because a newer one from the same source
+    /// address took their place (at most [`listener::SETUPS_PER_SOURCE_MAX`] per address).
     pub connections_closed_source_cap: u64,
     /// Connections closed because their TLS handshake took longer than the limit (also
     /// counted in `tls_handshakes_failed`).

@@ -1,5 +1,6 @@
 //! Issue 12, "bounded connections": silent TCP connections cannot keep TLS clients out (a
-//! cap per source address on handshakes in flight, a 2 s handshake limit), and plain-text
+//! cap per source address on handshakes in flight, the oldest evicted by a newer one, a 2 s
+//! handshake limit), and plain-text
 //! connections that send nothing or half a request are closed within
 //! `PLAIN_REQUEST_TIMEOUT`.
 
@@ -142,21 +143,23 @@ async fn silent_connections_do_not_keep_tls_clients_out() {
         "{stats:?}"
     );
 
-    // The same from the client's own address: the client is turned away until the silent
-    // handshakes time out (2 s), then gets in.
+    // The same from the client's own address: the client's connection takes the place of
+    // the oldest silent one, and gets in as quickly.
     let same_source = silent_connections("127.0.0.1", address, 100).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let elapsed = time_to_deliver(&tls, &to, &mut inbox).await;
     assert!(
-        elapsed < Duration::from_secs(5),
+        elapsed < Duration::from_millis(1500),
         "a TLS client took {elapsed:?} to get in: {:?}",
         server.stats()
     );
-    assert!(
-        server.stats().connections_closed_handshake_timeout >= SETUPS_PER_SOURCE_MAX as u64,
-        "{:?}",
-        server.stats()
-    );
+    // The silent connections left in their handshakes are closed after 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().connections_closed_handshake_timeout < 2 * SETUPS_PER_SOURCE_MAX as u64 - 1
+    {
+        assert!(Instant::now() < deadline, "{:?}", server.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(silent);
     drop(same_source);
     server.shutdown().await;
