@@ -16,6 +16,7 @@ use flotilla_storage::GroupId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
+use crate::limits::ENTRY_BYTES_MAX;
 use crate::manager::ManagerShared;
 use crate::metrics::GroupMetrics;
 use crate::options::QueueFullPolicy;
@@ -160,12 +161,23 @@ impl Node {
 
     /// Proposes `data`; answers with the state machine's result once the entry applied
     /// here. `expected_term`: refuse unless this leader's term is that one (SOFAJRaft's
-    /// `Task::expectedTerm`). `Unknown` means the entry may or may not commit.
+    /// `Task::expectedTerm`). `Unknown` means the entry may or may not commit. `data` of
+    /// more than [`ENTRY_BYTES_MAX`] bytes is refused at once with `InvalidArgument`.
     pub async fn apply(
         &self,
         data: Bytes,
         expected_term: Option<Term>,
     ) -> Result<Bytes, NodeError> {
+        // Refused here, before raft: a larger entry would be written to the log and then
+        // never fit in a frame, wedging the group (`crate::limits`).
+        if data.len() > ENTRY_BYTES_MAX {
+            self.inner.shared.metrics.entries_refused_too_large.add(1);
+            return Err(NodeError::Raft(RaftError::InvalidArgument(format!(
+                "entry of {} bytes, more than the limit of {ENTRY_BYTES_MAX} bytes \
+                 (flotilla_node::limits::ENTRY_BYTES_MAX)",
+                data.len()
+            ))));
+        }
         let started = Instant::now();
         let result = self
             .submit(

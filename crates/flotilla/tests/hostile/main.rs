@@ -3,9 +3,10 @@
 //! processes on loopback, sends the request, and asserts the outcome: a clear refusal,
 //! nothing changed, and the cluster still serving.
 
-mod cli;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cli;
 mod kv;
 mod raft;
+mod transport;
