@@ -108,22 +108,39 @@ impl KvCommand {
         }
     }
 
-    /// Checks the limits: key and value sizes, batch sizes (at most
-    /// [`BATCH_KEYS_MAX`] keys in all), valid ranges, no batch nested in a batch.
+    /// Checks everything the engines require of a command before it is proposed or
+    /// applied: no empty key in a write (the engines cannot store one), key and value
+    /// sizes, batch sizes (at most [`BATCH_KEYS_MAX`] keys in all), valid ranges, no batch
+    /// nested in a batch. The state machine runs it again on every decoded entry, so a
+    /// command that slipped past admission (an older version's log) is refused, never
+    /// handed to an engine that would panic.
     pub fn validate(&self) -> Result<(), KvError> {
         limits::check_batch_len(self.key_count())?;
-        self.validate_element(true)
+        self.validate_element(true, limits::check_write_key)
     }
 
-    fn validate_element(&self, top: bool) -> Result<(), KvError> {
+    /// The checks of the encoding alone (sizes, ranges, nesting), which the decoder runs:
+    /// an empty key decodes, so that a log entry holding one is answered by the state
+    /// machine as a refused operation ([`KvError::KeyEmpty`]) rather than as corrupt.
+    fn validate_format(&self) -> Result<(), KvError> {
+        limits::check_batch_len(self.key_count())?;
+        self.validate_element(true, limits::check_key)
+    }
+
+    fn validate_element(
+        &self,
+        top: bool,
+        check_key: fn(&[u8]) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
         match self {
             KvCommand::Put { key, value }
             | KvCommand::PutIfAbsent { key, value }
             | KvCommand::GetAndPut { key, value } => {
-                limits::check_key(key)?;
+                check_key(key)?;
                 limits::check_value(value)
             }
-            KvCommand::Delete { key } => limits::check_key(key),
+            KvCommand::Delete { key } => check_key(key),
+            // An empty start or end is a bound ("from the first key", "unbounded").
             KvCommand::DeleteRange { start, end } => {
                 limits::check_key(start)?;
                 limits::check_key(end)?;
@@ -134,25 +151,44 @@ impl KvCommand {
                 expected,
                 value,
             } => {
-                limits::check_key(key)?;
+                check_key(key)?;
                 if let Some(expected) = expected {
                     limits::check_value(expected)?;
                 }
                 limits::check_value(value)
             }
             KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(key, value)| {
-                limits::check_key(key)?;
+                check_key(key)?;
                 limits::check_value(value)
             }),
-            KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|key| limits::check_key(key)),
+            KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|key| check_key(key)),
             KvCommand::Batch(commands) => {
                 if !top {
                     return Err(KvError::Corrupt(
                         "a batch of commands may not hold another batch".into(),
                     ));
                 }
-                commands.iter().try_for_each(|c| c.validate_element(false))
+                commands
+                    .iter()
+                    .try_for_each(|c| c.validate_element(false, check_key))
             }
+        }
+    }
+
+    /// Whether the command can add data to the store (a put of any kind), as opposed to
+    /// only removing it: a store over its quota refuses the first kind only.
+    #[must_use]
+    pub fn adds_data(&self) -> bool {
+        match self {
+            KvCommand::Delete { .. }
+            | KvCommand::DeleteRange { .. }
+            | KvCommand::BatchDelete(_) => false,
+            KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
+            KvCommand::Put { .. }
+            | KvCommand::CompareAndPut { .. }
+            | KvCommand::PutIfAbsent { .. }
+            | KvCommand::GetAndPut { .. }
+            | KvCommand::BatchPut(_) => true,
         }
     }
 
@@ -295,7 +331,7 @@ impl KvCommand {
         }
         // Ranges and the rest of the limits (lengths were checked while reading).
         command
-            .validate()
+            .validate_format()
             .map_err(|e| KvError::Corrupt(format!("command: {e}")))?;
         Ok(command)
     }

@@ -8,6 +8,10 @@ use crate::region::{Epoch, RegionId};
 /// An operating error of the KV layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
+    /// An empty key in a write: the engines cannot store it (fjall asserts on it), and an
+    /// empty key means "unbounded" in ranges and scans (etcd: "key is empty").
+    #[error("key is empty")]
+    KeyEmpty,
     /// A key longer than [`crate::limits::KEY_BYTES_MAX`].
     #[error("key of {size} bytes exceeds key_bytes_max ({limit} bytes)")]
     KeyTooLarge {
@@ -99,6 +103,26 @@ pub enum KvError {
     /// This store hosts no such region.
     #[error("no such region: {0}")]
     NoSuchRegion(RegionId),
+    /// The store's data passed its quota (`--quota-bytes`): new data is refused until
+    /// usage falls back below it, while reads, deletes and compaction go on (etcd's NOSPACE
+    /// alarm).
+    #[error(
+        "no space: store {store} holds {used} bytes of data, over its quota of {quota} bytes; \
+             writes that add data are refused until it falls below (delete keys or compact)"
+    )]
+    NoSpace {
+        /// The store's address.
+        store: String,
+        /// Bytes of its data directory.
+        used: u64,
+        /// Its quota.
+        quota: u64,
+    },
+    /// `OpenRegion` or `CloseRegion` refused: the region's description is not acceptable
+    /// to this store (another cluster, a range over a region it hosts, a reused id, the
+    /// cap), or the peer cannot be closed (a member, or it holds data). Nothing changed.
+    #[error("region refused: {0}")]
+    RegionRefused(String),
     /// A bounded queue is full; retry later.
     #[error("busy: {0}")]
     Busy(String),

@@ -11,13 +11,34 @@ pub const KEY_BYTES_MAX: usize = 8 * 1024;
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most keys (or operations) in one batch command, multi-get or batch of commands.
 pub const BATCH_KEYS_MAX: usize = 10_000;
+/// Most regions one store hosts a peer of (`OpenRegion` refuses more). Each is a raft group
+/// of the store's node runtime and a line of `store.meta`; TiKV stores host up to about
+/// this many regions with hibernation, as this runtime's groups hibernate too.
+pub const REGIONS_PER_STORE_MAX: usize = 100_000;
 /// Most pairs one scan returns.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
+/// Largest KV service request or answer, on the server and on the client alike (a batch of
+/// large values; single values are limited to [`VALUE_BYTES_MAX`]).
+pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most key and value bytes one scan answer carries: a scan stops there (after at least one
+/// pair) and says there is more, so an answer always fits [`KV_MESSAGE_BYTES_MAX`] and a
+/// store never copies more than this for one scan, whatever the limit asked.
+pub const SCAN_REPLY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Protobuf framing of one pair in a scan answer, at most (tags and lengths).
+const SCAN_PAIR_FRAMING_BYTES_MAX: usize = 16;
 
 // Encoded lengths and counts are u32s: every key, value and batch length must fit one.
 const _: () = assert!(KEY_BYTES_MAX < VALUE_BYTES_MAX);
 const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(BATCH_KEYS_MAX <= u32::MAX as usize && SCAN_LIMIT_MAX <= u32::MAX as usize);
+// A scan answer: the budget, plus the one pair that may cross it, plus every pair's framing.
+const _: () = assert!(
+    SCAN_REPLY_BYTES_MAX
+        + KEY_BYTES_MAX
+        + VALUE_BYTES_MAX
+        + SCAN_LIMIT_MAX * SCAN_PAIR_FRAMING_BYTES_MAX
+        < KV_MESSAGE_BYTES_MAX
+);
 
 /// Refuses a key longer than [`KEY_BYTES_MAX`].
 pub fn check_key(key: &[u8]) -> Result<(), KvError> {
@@ -28,6 +49,15 @@ pub fn check_key(key: &[u8]) -> Result<(), KvError> {
         });
     }
     Ok(())
+}
+
+/// Refuses the key of a write: empty (the engines cannot store it; an empty key means
+/// "unbounded" in ranges) or longer than [`KEY_BYTES_MAX`].
+pub fn check_write_key(key: &[u8]) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::KeyEmpty);
+    }
+    check_key(key)
 }
 
 /// Refuses a value longer than [`VALUE_BYTES_MAX`].

@@ -141,6 +141,13 @@ impl Region {
         }
     }
 
+    /// Whether the two regions' ranges share a key (an empty `end` is unbounded).
+    #[must_use]
+    pub fn overlaps(&self, other: &Region) -> bool {
+        let starts_before_end = |start: &Bytes, end: &Bytes| end.is_empty() || start < end;
+        starts_before_end(&self.start, &other.end) && starts_before_end(&other.start, &self.end)
+    }
+
     /// Refuses `[start, end)` unless it is a valid range the region contains.
     pub fn check_range(&self, start: &[u8], end: &[u8]) -> Result<(), KvError> {
         crate::limits::check_range(start, end)?;

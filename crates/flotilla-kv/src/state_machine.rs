@@ -9,9 +9,14 @@
 //! pending writes.
 //!
 //! Owns: deterministic apply (every replica computes the same writes and outputs from the
-//! same entries), refusing commands outside the region (defence in depth; the store checks
-//! before proposing). Must never: write a key outside the region, crash on an entry that
-//! does not decode (it completes with an error), or apply an entry twice.
+//! same entries), refusing commands outside the region or that an engine cannot take (an
+//! empty key, sizes, range order: [`KvCommand::validate`], run on every decoded entry;
+//! defence in depth, the store checks before proposing). A refusal is the same on every
+//! replica, so it is answered as an error of that one operation and the entry counts as
+//! applied: a log that holds such an entry from an older version (one that let an empty
+//! key through, on which fjall panics) heals on upgrade. Must never: write a key outside
+//! the region, hand an engine a write it would panic on, crash on an entry that does not
+//! decode (it completes with an error), or apply an entry twice.
 //!
 //! An engine failure (read or write) is not an operating error of one command: replicas
 //! would diverge. The batch's proposers hear "outcome unknown", [`KvRegionHandle::failed`]

@@ -204,20 +204,21 @@ impl Group {
     }
 
     /// Feeds up to `max` queued requests to the core. Returns true if more are queued.
-    pub(crate) fn take_requests(&mut self, max: usize) -> bool {
+    /// `live` names the processes heard within an election timeout (for `reset_peers`).
+    pub(crate) fn take_requests(&mut self, max: usize, live: &dyn Fn(&PeerId) -> bool) -> bool {
         // Cleared before polling: a request queued from now on flags the group again, and
         // one queued before is seen below.
         self.requested.store(false, Ordering::SeqCst);
         for _ in 0..max {
             match self.requests.try_recv() {
-                Ok(request) => self.handle_request(request),
+                Ok(request) => self.handle_request(request, live),
                 Err(_) => return false,
             }
         }
         !self.requests.is_empty()
     }
 
-    fn handle_request(&mut self, request: Request) {
+    fn handle_request(&mut self, request: Request, live: &dyn Fn(&PeerId) -> bool) {
         match request {
             Request::Apply {
                 data,
@@ -244,7 +245,11 @@ impl Group {
                     Err(e) => answer(done, Err(e.into())),
                 }
             }
-            Request::Change { change, done } => self.start_change(change, done),
+            Request::Change {
+                change,
+                force,
+                done,
+            } => self.start_change(change, force, done, live),
             Request::Transfer { target, done } => match self.raft.transfer_leadership(target) {
                 Ok(_) => {
                     if let Some(old) = self.transfer.replace(done) {
@@ -273,8 +278,33 @@ impl Group {
         }
     }
 
-    fn start_change(&mut self, change: Membership, done: Answer<()>) {
+    fn start_change(
+        &mut self,
+        change: Membership,
+        force: bool,
+        done: Answer<()>,
+        live: &dyn Fn(&PeerId) -> bool,
+    ) {
+        if !force {
+            if let Err(why) = self.check_live_processes(&change, live) {
+                answer(done, Err(NodeError::Raft(RaftError::InvalidArgument(why))));
+                return;
+            }
+        }
         let started = match change {
+            Membership::AddPeer(peer) if force => {
+                let mut voters = self.raft.configuration().leave_joint().voters;
+                voters.insert(peer);
+                self.raft.change_peers_forced(voters)
+            }
+            Membership::RemovePeer(peer)
+                if force && self.raft.configuration().leave_joint().is_voter(&peer) =>
+            {
+                let mut voters = self.raft.configuration().leave_joint().voters;
+                voters.remove(&peer);
+                self.raft.change_peers_forced(voters)
+            }
+            Membership::ChangePeers(voters) if force => self.raft.change_peers_forced(voters),
             Membership::AddPeer(peer) => self.raft.add_peer(peer),
             Membership::RemovePeer(peer) => self.raft.remove_peer(&peer),
             Membership::ChangePeers(voters) => self.raft.change_peers(voters),
@@ -283,7 +313,11 @@ impl Group {
             Membership::PromoteLearner(learner) => self.raft.promote_learner(&learner),
             Membership::ResetPeers(voters) => {
                 // Local and immediate: nothing to wait for.
-                answer(done, self.raft.reset_peers(voters).map_err(NodeError::from));
+                let result = match self.quorum_answers(live) {
+                    Some(why) => Err(NodeError::Raft(RaftError::InvalidArgument(why))),
+                    None => self.raft.reset_peers(voters).map_err(NodeError::from),
+                };
+                answer(done, result);
                 return;
             }
         };
@@ -298,6 +332,69 @@ impl Group {
             }
             Err(e) => answer(done, Err(e.into())),
         }
+    }
+
+    /// The strict reconfiguration check with the runtime's eyes: the core counts a voter
+    /// live when its leader heard it within an election timeout, but right after waking from
+    /// hibernation (or an election) it counts every peer, having heard none yet. The
+    /// manager's liveness of processes (frames and beacons) does not sleep: a kept voter
+    /// whose process was silent for an election timeout is down here too.
+    fn check_live_processes(
+        &self,
+        change: &Membership,
+        live: &dyn Fn(&PeerId) -> bool,
+    ) -> Result<(), String> {
+        let current = self.raft.configuration().leave_joint().voters;
+        let mut target = current.clone();
+        match change {
+            Membership::AddPeer(peer) => {
+                target.insert(peer.clone());
+            }
+            Membership::RemovePeer(peer) => {
+                target.remove(peer);
+            }
+            Membership::ChangePeers(voters) => target.clone_from(voters),
+            _ => return Ok(()),
+        }
+        if target == current || self.raft.role() != flotilla_raft::Role::Leader {
+            return Ok(());
+        }
+        let me = self.raft.id();
+        let down: Vec<&PeerId> = target
+            .iter()
+            .filter(|v| current.contains(*v) && *v != me && !live(v))
+            .collect();
+        let needed = target.len() / 2 + 1;
+        if target.len() - down.len() < needed {
+            return Err(format!(
+                "the change would leave {} live voters of {}, fewer than the majority of \
+                 {needed} (processes silent for an election timeout: {down:?}); force it only \
+                 if they will return",
+                target.len() - down.len(),
+                target.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Some(why)` when a majority of the current voters' processes (this one included)
+    /// were heard within an election timeout (`live`, from the manager's liveness of
+    /// processes), so the group still has a quorum and `reset_peers` must be refused.
+    fn quorum_answers(&self, live: &dyn Fn(&PeerId) -> bool) -> Option<String> {
+        let configuration = self.raft.configuration();
+        let voters = configuration.leave_joint().voters;
+        let live: Vec<&PeerId> = voters
+            .iter()
+            .filter(|v| **v == *self.raft.id() || live(v))
+            .collect();
+        (live.len() > voters.len() / 2).then(|| {
+            format!(
+                "reset-peers refused: {} of the {} voters answered within an election timeout \
+                 ({live:?}), a quorum (change the membership through its leader instead)",
+                live.len(),
+                voters.len()
+            )
+        })
     }
 
     /// The core's election timeout, in ticks (bounds how many ticks a pause must feed).

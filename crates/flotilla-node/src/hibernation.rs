@@ -149,39 +149,81 @@ struct Process {
     sent: Option<Instant>,
 }
 
-/// Liveness of the processes this one exchanges frames with.
+/// Most processes the liveness map remembers. Frames name their sender, and anyone who can
+/// reach the port can send frames under any name: beyond this, the process heard from
+/// longest ago among those this one never sent to (strangers) is forgotten first, then the
+/// one heard from or sent to longest ago (issue 12, "the liveness map keyed by frame senders
+/// is bounded"). Real clusters have a few dozen processes.
+pub(crate) const LIVENESS_PROCESSES_MAX: usize = 4096;
+
+/// What taking one frame told the liveness map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heard {
+    /// The sender restarted since its previous frame (both incarnations given, different).
+    pub(crate) restarted: bool,
+    /// Another process was forgotten to make room for the sender.
+    pub(crate) evicted: bool,
+}
+
+/// Liveness of the processes this one exchanges frames with; at most
+/// [`LIVENESS_PROCESSES_MAX`] of them.
 #[derive(Debug, Default)]
 pub(crate) struct Liveness {
     processes: BTreeMap<PeerId, Process>,
 }
 
 impl Liveness {
-    fn process(&mut self, address: &PeerId) -> &mut Process {
-        self.processes
+    /// The entry of `address`, made (after forgetting another if full) if new. Returns
+    /// whether another was forgotten.
+    fn process(&mut self, address: &PeerId) -> (&mut Process, bool) {
+        let mut evicted = false;
+        if !self.processes.contains_key(address) && self.processes.len() >= LIVENESS_PROCESSES_MAX {
+            evicted = self.evict_one();
+        }
+        let process = self
+            .processes
             .entry(address.clone())
             .or_insert_with(|| Process {
                 heard: None,
                 incarnation: 0,
                 sent: None,
-            })
+            });
+        (process, evicted)
     }
 
-    /// A frame from `from` carrying `incarnation` was taken at `now`. Returns true if the
-    /// process restarted since its previous frame (both incarnations given, and different).
-    pub(crate) fn heard(&mut self, from: &PeerId, incarnation: u64, now: Instant) -> bool {
-        let process = self.process(from);
+    /// Forgets the stranger (never sent to) heard from longest ago, or if there is none,
+    /// the process least recently heard from or sent to. O(n), only when full.
+    fn evict_one(&mut self) -> bool {
+        let last_seen = |p: &Process| p.heard.max(p.sent);
+        let victim = self
+            .processes
+            .iter()
+            .min_by_key(|(_, p)| (p.sent.is_some(), last_seen(p)))
+            .map(|(address, _)| address.clone());
+        victim.is_some_and(|address| self.processes.remove(&address).is_some())
+    }
+
+    /// How many processes are remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// A frame from `from` carrying `incarnation` was taken at `now`.
+    pub(crate) fn heard(&mut self, from: &PeerId, incarnation: u64, now: Instant) -> Heard {
+        let (process, evicted) = self.process(from);
         process.heard = Some(now);
         let restarted =
             incarnation != 0 && process.incarnation != 0 && incarnation != process.incarnation;
         if incarnation != 0 {
             process.incarnation = incarnation;
         }
-        restarted
+        Heard { restarted, evicted }
     }
 
     /// A frame to `to` was sent at `now`.
     pub(crate) fn sent(&mut self, to: &PeerId, now: Instant) {
-        self.process(to).sent = Some(now);
+        self.process(to).0.sent = Some(now);
     }
 
     /// Of `targets`, those to which nothing was sent for at least `period`.
@@ -269,16 +311,22 @@ mod tests {
         let mut l = Liveness::default();
         let t0 = Instant::now();
         let a = p("a:1");
-        assert!(!l.heard(&a, 7, t0), "first contact is no restart");
-        assert!(!l.heard(&a, 7, t0));
-        assert!(!l.heard(&a, 0, t0), "an unnamed incarnation is no restart");
+        assert!(!l.heard(&a, 7, t0).restarted, "first contact is no restart");
+        assert!(!l.heard(&a, 7, t0).restarted);
+        assert!(
+            !l.heard(&a, 0, t0).restarted,
+            "an unnamed incarnation is no restart"
+        );
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(l.silence(&a, t1), Some(Duration::from_secs(2)));
         assert_eq!(l.silent(t1, Duration::from_secs(1)), vec![a.clone()]);
         assert!(l.silent(t1, Duration::from_secs(3)).is_empty());
         l.forgive_all(t1);
         assert!(l.silent(t1, Duration::from_secs(1)).is_empty());
-        assert!(l.heard(&a, 8, t1), "a new incarnation is a restart");
+        assert!(
+            l.heard(&a, 8, t1).restarted,
+            "a new incarnation is a restart"
+        );
         assert_eq!(l.silence(&p("never:1"), t1), None);
 
         let targets: BTreeSet<PeerId> = [a.clone(), p("b:1")].into_iter().collect();
@@ -292,5 +340,33 @@ mod tests {
             l.beacons_due(&targets, t1, Duration::from_millis(100)),
             vec![p("b:1")]
         );
+    }
+
+    #[test]
+    fn liveness_is_bounded_and_forgets_strangers_first() {
+        let mut l = Liveness::default();
+        let t0 = Instant::now();
+        let peer = p("peer:1");
+        l.sent(&peer, t0);
+        assert!(!l.heard(&peer, 1, t0).evicted);
+        let mut evicted = 0;
+        for i in 0..2 * LIVENESS_PROCESSES_MAX {
+            let at = t0 + Duration::from_millis(i as u64 + 1);
+            if l.heard(&p(&format!("stranger-{i}:1")), 0, at).evicted {
+                evicted += 1;
+            }
+            assert!(l.len() <= LIVENESS_PROCESSES_MAX);
+        }
+        assert_eq!(evicted, LIVENESS_PROCESSES_MAX + 1);
+        assert!(
+            l.heard_at(&peer).is_some(),
+            "a process this one sends to outlives a flood of strangers"
+        );
+        assert!(
+            l.heard_at(&p("stranger-0:1")).is_none(),
+            "the oldest stranger went first"
+        );
+        let last = format!("stranger-{}:1", 2 * LIVENESS_PROCESSES_MAX - 1);
+        assert!(l.heard_at(&p(&last)).is_some());
     }
 }

@@ -33,6 +33,7 @@ mod error;
 mod group;
 pub mod grpc;
 mod hibernation;
+pub mod limits;
 pub mod manager;
 mod metrics;
 mod node;
@@ -44,7 +45,9 @@ mod transport;
 mod wake;
 
 pub use error::NodeError;
+pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};
+pub use metrics::TransportMetrics;
 pub use node::{Node, NodeStatus};
 pub use options::{ManagerOptions, QueueFullPolicy};
 pub use snapshot::{SnapshotFetch, SnapshotPart, SnapshotRequest, SnapshotService};

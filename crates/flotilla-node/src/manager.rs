@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup, RequestQueue};
 use crate::hibernation::{Liveness, Sleepers, WakeReason};
-use crate::metrics::{GroupView, ManagerMetrics, ProcessCounters};
+use crate::metrics::{GroupView, ManagerMetrics, MessageDrop, ProcessCounters};
 use crate::node::{Node, NodeInner, NodeStatus};
 use crate::options::ManagerOptions;
 use crate::snapshot::{run_install, InstallDone, InstallJob, InstallOptions, SnapshotService};
@@ -140,7 +140,7 @@ pub(crate) struct ManagerShared {
     /// Set once a write failed: every group stopped.
     failed: Mutex<Option<String>>,
     stats: Stats,
-    metrics: ManagerMetrics,
+    pub(crate) metrics: ManagerMetrics,
     nodes: Mutex<BTreeMap<GroupId, Node>>,
     /// Serves this process's snapshots (every group's store is registered here).
     snapshots: SnapshotService,
@@ -207,6 +207,7 @@ impl NodeManager {
         transport: Arc<dyn Transport>,
     ) -> Result<NodeManager, NodeError> {
         options.raft.validate()?;
+        options.check_wire_limits()?;
         if options.hibernation && options.hibernate_idle_ticks == 0 {
             return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
                 "hibernate_idle_ticks must be at least 1 when hibernation is on".into(),
@@ -230,7 +231,7 @@ impl NodeManager {
             stopping: AtomicBool::new(false),
             failed: Mutex::new(None),
             stats: Stats::default(),
-            metrics: ManagerMetrics::default(),
+            metrics: ManagerMetrics::with_transport(transport.metrics().unwrap_or_default()),
             nodes: Mutex::new(BTreeMap::new()),
             snapshots: SnapshotService::default(),
             installed: Mutex::new(Vec::new()),
@@ -273,6 +274,7 @@ impl NodeManager {
                 frames: frames_tx,
                 wake,
                 snapshots: shared.snapshots.clone(),
+                transport_metrics: shared.metrics.transport.clone(),
             },
             shared,
             control: control_tx,
@@ -653,7 +655,16 @@ impl Driver {
                 continue;
             };
             let _span = group.span("requests").entered();
-            if group.take_requests(per_round) {
+            let (liveness, now) = (&self.liveness, Instant::now());
+            let silence = self.options.tick.saturating_mul(
+                u32::try_from(self.options.raft.election_timeout_ticks).unwrap_or(u32::MAX),
+            );
+            let live = |process: &PeerId| {
+                liveness
+                    .silence(process, now)
+                    .is_some_and(|quiet| quiet < silence)
+            };
+            if group.take_requests(per_round, &live) {
                 self.requests_left.insert(id);
             }
             active.insert(id);
@@ -985,11 +996,26 @@ impl Driver {
             let Ok(frame) = self.inbound.try_recv() else {
                 return;
             };
-            if self.liveness.heard(&frame.from, frame.incarnation, now) {
+            let heard = self.liveness.heard(&frame.from, frame.incarnation, now);
+            if heard.evicted {
+                self.shared.metrics.liveness_processes_evicted.add(1);
+            }
+            if heard.restarted {
                 tracing::info!(process = %frame.from, "peer process restarted");
                 self.wake_for_restart(&frame.from, active);
             }
             for (group, message) in frame.messages {
+                // A process speaks only for itself: a message naming another sender is
+                // dropped before any group sees it (issue 12; who the frame's sender really
+                // is, is the transport's and the certificates' business).
+                if message.from != frame.from {
+                    self.shared
+                        .metrics
+                        .transport
+                        .message_dropped(MessageDrop::SenderMismatch, 1);
+                    tracing::debug!(group, from = %frame.from, claimed = %message.from, "message from another sender than its frame's: dropped");
+                    continue;
+                }
                 match self.groups.get_mut(&group) {
                     Some(g) => {
                         self.shared.metrics.message_received(message.body.name());

@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_raft::progress::ProgressState;
@@ -129,6 +129,135 @@ impl Histogram {
     }
 }
 
+/// Why a raft message was dropped before it reached a group (or a peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MessageDrop {
+    /// Its `from` is not the process that sent the frame carrying it.
+    SenderMismatch,
+    /// It alone encodes to more than a frame may hold: it can never be sent.
+    Oversized,
+}
+
+impl MessageDrop {
+    pub(crate) const ALL: [MessageDrop; 2] = [MessageDrop::SenderMismatch, MessageDrop::Oversized];
+
+    fn name(self) -> &'static str {
+        match self {
+            MessageDrop::SenderMismatch => "sender_mismatch",
+            MessageDrop::Oversized => "oversized",
+        }
+    }
+}
+
+/// Why a server closed a connection before handing it to the gRPC server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionClose {
+    /// Its source address had as many connections being set up as it may, and a newer one
+    /// took its place (the oldest goes).
+    SourceCap,
+    /// Its TLS handshake did not finish in time.
+    HandshakeTimeout,
+    /// (Plain text) it did not send a complete HTTP/2 preface or HTTP/1 request head in
+    /// time.
+    RequestTimeout,
+}
+
+impl ConnectionClose {
+    pub(crate) const ALL: [ConnectionClose; 3] = [
+        ConnectionClose::SourceCap,
+        ConnectionClose::HandshakeTimeout,
+        ConnectionClose::RequestTimeout,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ConnectionClose::SourceCap => "source_cap",
+            ConnectionClose::HandshakeTimeout => "handshake_timeout",
+            ConnectionClose::RequestTimeout => "request_timeout",
+        }
+    }
+}
+
+/// Counters of what the transport refused or dropped to protect the process: shared by a
+/// [`crate::grpc::GrpcTransport`] (sending side), the [`crate::grpc::GrpcServer`] serving a
+/// manager's [`crate::Inbox`] (accepting side) and the manager (receive path), and rendered
+/// with the manager's metrics ([`crate::NodeManager::metrics_text`]).
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// Messages dropped, by [`MessageDrop`].
+    pub(crate) messages_dropped: [Counter; MessageDrop::ALL.len()],
+    /// Extra frames sent because what was queued for a destination exceeded one frame's
+    /// limits (a frame cut in three counts two).
+    pub(crate) frames_split: Counter,
+    /// Connections closed before being served, by [`ConnectionClose`].
+    pub(crate) connections_closed: [Counter; ConnectionClose::ALL.len()],
+    /// Errors accepting a connection (at the file-descriptor limit, for one).
+    pub(crate) accept_errors: Counter,
+}
+
+impl TransportMetrics {
+    pub(crate) fn message_dropped(&self, reason: MessageDrop, count: u64) {
+        self.messages_dropped[reason as usize].add(count);
+    }
+
+    pub(crate) fn messages_dropped(&self, reason: MessageDrop) -> u64 {
+        self.messages_dropped[reason as usize].get()
+    }
+
+    pub(crate) fn connection_closed(&self, reason: ConnectionClose) {
+        self.connections_closed[reason as usize].add(1);
+    }
+
+    pub(crate) fn connections_closed(&self, reason: ConnectionClose) -> u64 {
+        self.connections_closed[reason as usize].get()
+    }
+
+    fn render(&self, w: &mut Writer) {
+        let dropped = "flotilla_transport_messages_dropped_total";
+        w.header(
+            dropped,
+            "counter",
+            "Raft messages dropped by the transport, by reason (sender_mismatch: its from is \
+             not the frame's sender; oversized: alone larger than a frame).",
+        );
+        for reason in MessageDrop::ALL {
+            w.sample(
+                dropped,
+                &[("reason", reason.name())],
+                self.messages_dropped(reason),
+            );
+        }
+        w.scalar(
+            "flotilla_transport_frames_split_total",
+            "counter",
+            "Extra frames sent because what was queued for a destination exceeded one \
+             frame's message or byte limit.",
+            self.frames_split.get(),
+        );
+        let closed = "flotilla_transport_connections_closed_total";
+        w.header(
+            closed,
+            "counter",
+            "Inbound connections closed before being served, by reason (source_cap: the oldest \
+             of too many being set up from one address; handshake_timeout; request_timeout: \
+             no complete plain-text request in time).",
+        );
+        for reason in ConnectionClose::ALL {
+            w.sample(
+                closed,
+                &[("reason", reason.name())],
+                self.connections_closed(reason),
+            );
+        }
+        w.scalar(
+            "flotilla_transport_accept_errors_total",
+            "counter",
+            "Errors accepting inbound connections (the listener backs off after each).",
+            self.accept_errors.get(),
+        );
+    }
+}
+
 /// Histograms of one manager (process-wide).
 #[derive(Debug)]
 pub(crate) struct ManagerMetrics {
@@ -149,6 +278,13 @@ pub(crate) struct ManagerMetrics {
     /// Raft messages received, by kind ([`MESSAGE_KINDS`]): SOFAJRaft's per-handler
     /// counters (pre-vote, request vote, append entries, heartbeat, install snapshot, ...).
     pub(crate) messages_received: [Counter; MESSAGE_KINDS.len()],
+    /// Proposals refused because their entry exceeds [`crate::limits::ENTRY_BYTES_MAX`].
+    pub(crate) entries_refused_too_large: Counter,
+    /// Processes forgotten by the liveness map because it was full.
+    pub(crate) liveness_processes_evicted: Counter,
+    /// The transport's counters (shared with the transport and the server, when they
+    /// count).
+    pub(crate) transport: Arc<TransportMetrics>,
 }
 
 /// The kinds of raft message, as [`flotilla_raft::MessageBody::name`] names them.
@@ -192,6 +328,19 @@ impl Default for ManagerMetrics {
             group_wakes: Default::default(),
             beacons_sent: Counter::default(),
             messages_received: Default::default(),
+            entries_refused_too_large: Counter::default(),
+            liveness_processes_evicted: Counter::default(),
+            transport: Arc::default(),
+        }
+    }
+}
+
+impl ManagerMetrics {
+    /// Metrics sharing `transport`'s counters (the transport's own, when it keeps some).
+    pub(crate) fn with_transport(transport: Arc<TransportMetrics>) -> ManagerMetrics {
+        ManagerMetrics {
+            transport,
+            ..ManagerMetrics::default()
         }
     }
 }
@@ -481,6 +630,26 @@ pub(crate) fn render(
             manager.messages_received[i].get(),
         );
     }
+    let refused = "flotilla_proposals_refused_total";
+    w.header(
+        refused,
+        "counter",
+        "Proposals refused before reaching raft, by reason (entry_too_large: more than \
+         flotilla_node::limits::ENTRY_BYTES_MAX).",
+    );
+    w.sample(
+        refused,
+        &[("reason", "entry_too_large")],
+        manager.entries_refused_too_large.get(),
+    );
+    w.scalar(
+        "flotilla_liveness_processes_evicted_total",
+        "counter",
+        "Processes forgotten by the liveness map because it was full (frames from too many \
+         distinct senders).",
+        manager.liveness_processes_evicted.get(),
+    );
+    manager.transport.render(&mut w);
     let process_histograms: [(&str, &str, &Histogram); 6] = [
         (
             "flotilla_round_duration_seconds",

@@ -16,6 +16,7 @@ use flotilla_storage::GroupId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
+use crate::limits::ENTRY_BYTES_MAX;
 use crate::manager::ManagerShared;
 use crate::metrics::GroupMetrics;
 use crate::options::QueueFullPolicy;
@@ -85,6 +86,8 @@ pub(crate) enum Request {
     },
     Change {
         change: Membership,
+        /// Skip the strict reconfiguration check (see [`Node::change_peers_forced`]).
+        force: bool,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
     Transfer {
@@ -158,12 +161,23 @@ impl Node {
 
     /// Proposes `data`; answers with the state machine's result once the entry applied
     /// here. `expected_term`: refuse unless this leader's term is that one (SOFAJRaft's
-    /// `Task::expectedTerm`). `Unknown` means the entry may or may not commit.
+    /// `Task::expectedTerm`). `Unknown` means the entry may or may not commit. `data` of
+    /// more than [`ENTRY_BYTES_MAX`] bytes is refused at once with `InvalidArgument`.
     pub async fn apply(
         &self,
         data: Bytes,
         expected_term: Option<Term>,
     ) -> Result<Bytes, NodeError> {
+        // Refused here, before raft: a larger entry would be written to the log and then
+        // never fit in a frame, wedging the group (`crate::limits`).
+        if data.len() > ENTRY_BYTES_MAX {
+            self.inner.shared.metrics.entries_refused_too_large.add(1);
+            return Err(NodeError::Raft(RaftError::InvalidArgument(format!(
+                "entry of {} bytes, more than the limit of {ENTRY_BYTES_MAX} bytes \
+                 (flotilla_node::limits::ENTRY_BYTES_MAX)",
+                data.len()
+            ))));
+        }
         let started = Instant::now();
         let result = self
             .submit(
@@ -203,8 +217,16 @@ impl Node {
     }
 
     async fn change(&self, change: Membership) -> Result<(), NodeError> {
+        self.change_with(change, false).await
+    }
+
+    async fn change_with(&self, change: Membership, force: bool) -> Result<(), NodeError> {
         self.submit(
-            |done| Request::Change { change, done },
+            |done| Request::Change {
+                change,
+                force,
+                done,
+            },
             NodeError::Unknown("the node stopped during the change".into()),
         )
         .await
@@ -225,6 +247,24 @@ impl Node {
         self.change(Membership::ChangePeers(voters)).await
     }
 
+    /// [`Node::add_peer`] without the strict reconfiguration check: membership changes are
+    /// otherwise refused when the new voters would include fewer live ones (heard by the
+    /// leader within an election timeout, or new and caught up) than their majority.
+    pub async fn add_peer_forced(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change_with(Membership::AddPeer(peer), true).await
+    }
+
+    /// [`Node::remove_peer`] without the strict reconfiguration check.
+    pub async fn remove_peer_forced(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.change_with(Membership::RemovePeer(peer), true).await
+    }
+
+    /// [`Node::change_peers`] without the strict reconfiguration check.
+    pub async fn change_peers_forced(&self, voters: BTreeSet<PeerId>) -> Result<(), NodeError> {
+        self.change_with(Membership::ChangePeers(voters), true)
+            .await
+    }
+
     /// Adds learners.
     pub async fn add_learners(&self, learners: Vec<PeerId>) -> Result<(), NodeError> {
         self.change(Membership::AddLearners(learners)).await
@@ -241,7 +281,10 @@ impl Node {
     }
 
     /// Unsafe, local: replaces the voters without consensus, to recover a group that lost
-    /// its majority (SOFAJRaft's `resetPeers`).
+    /// its majority (SOFAJRaft's `resetPeers`). Refused while this peer leads or heard its
+    /// leader within an election timeout, or while a majority of the current voters'
+    /// processes (this one included) were heard from within an election timeout: the group
+    /// still has a quorum, so a reset would make a second leader.
     pub async fn reset_peers(&self, voters: Vec<PeerId>) -> Result<(), NodeError> {
         self.change(Membership::ResetPeers(voters)).await
     }

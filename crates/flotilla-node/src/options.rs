@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft::{Config, PeerId};
+use flotilla_raft::{Config, PeerId, RaftError};
 use flotilla_storage::fs::{FileSystem, StdFs};
 use flotilla_storage::{LogOptions, Throttle};
+
+use crate::error::NodeError;
+use crate::limits::{APPEND_BYTES_MAX_LIMIT, FRAME_BYTES_MAX, SNAPSHOT_DATA_BYTES_MAX};
 
 /// What a request does when its group's request queue is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,6 +86,29 @@ impl std::fmt::Debug for ManagerOptions {
 }
 
 impl ManagerOptions {
+    /// Refuses options under which a message the core builds could exceed a frame
+    /// ([`crate::limits`]): an AppendEntries batch above
+    /// [`crate::limits::APPEND_BYTES_MAX_LIMIT`], or snapshot chunks asked larger than a
+    /// fetch answer may carry.
+    pub(crate) fn check_wire_limits(&self) -> Result<(), NodeError> {
+        let refuse = |why: String| Err(NodeError::Raft(RaftError::InvalidArgument(why)));
+        if self.raft.append_bytes_max > APPEND_BYTES_MAX_LIMIT {
+            return refuse(format!(
+                "append_bytes_max of {} bytes, more than the limit of {APPEND_BYTES_MAX_LIMIT} \
+                 (its batches must fit in a frame of {FRAME_BYTES_MAX} bytes)",
+                self.raft.append_bytes_max
+            ));
+        }
+        let chunk = usize::try_from(self.snapshot_chunk_bytes).unwrap_or(usize::MAX);
+        if chunk == 0 || chunk > SNAPSHOT_DATA_BYTES_MAX {
+            return refuse(format!(
+                "snapshot_chunk_bytes of {chunk}, not within 1..={SNAPSHOT_DATA_BYTES_MAX} \
+                 (a chunk must fit in one fetch answer)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Defaults: real file system, 100 ms tick, SOFAJRaft's core defaults.
     #[must_use]
     pub fn new(address: PeerId, data_dir: impl Into<PathBuf>) -> ManagerOptions {
@@ -104,5 +130,30 @@ impl ManagerOptions {
             snapshot_chunk_bytes: 128 * 1024,
             snapshot_throttle: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_whose_messages_could_exceed_a_frame_are_refused() {
+        let options = ManagerOptions::new(PeerId::new("a:1"), "/tmp/unused");
+        assert!(options.check_wire_limits().is_ok(), "the defaults fit");
+        let mut batch = options.clone();
+        batch.raft.append_bytes_max = APPEND_BYTES_MAX_LIMIT + 1;
+        let refused = batch.check_wire_limits().expect_err("batch too large");
+        assert!(
+            refused.to_string().contains("append_bytes_max"),
+            "{refused}"
+        );
+        let mut chunk = options;
+        chunk.snapshot_chunk_bytes = 0;
+        let refused = chunk.check_wire_limits().expect_err("empty chunks");
+        assert!(
+            refused.to_string().contains("snapshot_chunk_bytes"),
+            "{refused}"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! request/response path of snapshot transfers ([`Transport::fetch_snapshot`], served by
 //! the [`crate::SnapshotService`] an [`Inbox`] carries). Must never: block the sender (a full
 //! inbox drops the frame; raft retransmits), serve snapshot files on an async worker, or
-//! grow without bound.
+//! grow without bound. A frame names its sender ([`Frame::from`]); the manager drops any
+//! message in it whose `from` is another process (counted in
+//! `flotilla_transport_messages_dropped_total{reason="sender_mismatch"}`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +17,7 @@ use flotilla_raft::{Message, PeerId};
 use flotilla_storage::GroupId;
 use tokio::sync::mpsc;
 
+use crate::metrics::TransportMetrics;
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 
 /// Raft messages from one process to another, for any number of groups.
@@ -48,6 +51,13 @@ pub trait Transport: Send + Sync + 'static {
         );
         Box::pin(std::future::ready(Err(why)))
     }
+
+    /// The counters this transport keeps of what it dropped, if any: a manager opened on it
+    /// renders them with its own metrics and shares them with the server its inbox is
+    /// served by. The default keeps none (the manager then keeps its own).
+    fn metrics(&self) -> Option<Arc<TransportMetrics>> {
+        None
+    }
 }
 
 /// The receiving end a transport hands frames to: a bounded queue plus the manager's
@@ -57,6 +67,7 @@ pub struct Inbox {
     pub(crate) frames: mpsc::Sender<Frame>,
     pub(crate) wake: Arc<crate::wake::RoundWake>,
     pub(crate) snapshots: SnapshotService,
+    pub(crate) transport_metrics: Arc<TransportMetrics>,
 }
 
 impl Inbox {
@@ -64,6 +75,13 @@ impl Inbox {
     #[must_use]
     pub fn snapshot_service(&self) -> &SnapshotService {
         &self.snapshots
+    }
+
+    /// The manager's transport counters, for the server delivering to this inbox to count
+    /// the connections it refuses.
+    #[must_use]
+    pub fn transport_metrics(&self) -> &Arc<TransportMetrics> {
+        &self.transport_metrics
     }
 
     /// Hands `frame` to the manager. Returns it back when the manager's inbound queue is

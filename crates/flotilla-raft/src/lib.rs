@@ -37,10 +37,10 @@ pub use config::Config;
 pub use error::{RaftError, StoreError};
 pub use log::{LogStore, MemStorage};
 pub use membership::{Configuration, ConfigurationHistory};
-pub use message::{AppendResult, Echo, Message, MessageBody};
+pub use message::{AppendResult, Echo, Message, MessageBody, INDEX_MAX, TERM_AHEAD_MAX, TERM_MAX};
 #[cfg(feature = "planted-bugs")]
 pub use raft::PlantedBugs;
-pub use raft::{ChangeStage, Raft, Status};
+pub use raft::{ChangeStage, DroppedMessages, Raft, Status};
 pub use ready::{Event, ReadMode, ReadResult, Ready, ReplicatorChange};
 pub use rng::Rng;
 pub use types::{

@@ -6,6 +6,21 @@
 use crate::error::RaftError;
 use crate::types::{Entry, LogIndex, PeerId, SnapshotMeta, Term};
 
+/// A message whose term is more than this far ahead of the receiver's is dropped: no honest
+/// group moves through four billion terms, and accepting any jump would let one message
+/// push a group's term to the top of the range (issue 12: a term of 2^64 - 1 bricked a
+/// region for good once the next term wrapped to 0).
+pub const TERM_AHEAD_MAX: u64 = 1 << 32;
+
+/// The highest term a message may carry or a peer may reach. A peer at it no longer
+/// campaigns (no arithmetic on a term can then overflow); reaching it takes 2^30 maximal
+/// jumps, each from a member.
+pub const TERM_MAX: Term = Term(1 << 62);
+
+/// The highest log index a message may name. No real log comes near it, and every sum of an
+/// index and a count bounded by the codec's limits stays far below `u64::MAX`.
+pub const INDEX_MAX: LogIndex = LogIndex(1 << 62);
+
 /// A message from one peer to another, always stamped with the sender's term.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

@@ -25,10 +25,12 @@ impl Term {
         self.0
     }
 
-    /// The following term.
+    /// The following term, saturating at `u64::MAX` (never wrapping to 0). Terms are
+    /// bounded far below it where they enter ([`crate::TERM_MAX`]), and a peer at that bound
+    /// does not campaign.
     #[must_use]
     pub fn next(self) -> Term {
-        Term(self.0 + 1)
+        Term(self.0.saturating_add(1))
     }
 }
 
@@ -53,10 +55,11 @@ impl LogIndex {
         self.0
     }
 
-    /// The following index.
+    /// The following index, saturating at `u64::MAX` (indexes from the network are bounded
+    /// by [`crate::INDEX_MAX`] where they enter, so it never saturates in practice).
     #[must_use]
     pub fn next(self) -> LogIndex {
-        LogIndex(self.0 + 1)
+        LogIndex(self.0.saturating_add(1))
     }
 
     /// The preceding index, saturating at zero.
@@ -65,10 +68,10 @@ impl LogIndex {
         LogIndex(self.0.saturating_sub(1))
     }
 
-    /// `self + n`.
+    /// `self + n`, saturating at `u64::MAX`.
     #[must_use]
     pub fn plus(self, n: u64) -> LogIndex {
-        LogIndex(self.0 + n)
+        LogIndex(self.0.saturating_add(n))
     }
 
     /// `self - other`, saturating at zero: the number of entries between two indexes.

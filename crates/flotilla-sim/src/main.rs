@@ -1,14 +1,16 @@
 //! `flotilla-sim`: runs many seeded simulations and reports violations.
 //!
 //! Usage: `flotilla-sim --seeds N [--seed S] [--nodes K] [--storage memory|shared-log]
-//! [--hibernation] [--quiet]`. Runs seeds S..S+N (S defaults to 0; with `--seed` alone, N defaults to 1).
+//! [--hibernation] [--outsider] [--quiet]`. Runs seeds S..S+N (S defaults to 0; with `--seed` alone, N defaults to 1).
 //! `--storage` picks the nodes' disk: `memory` (the default) keeps the durable log in
 //! memory; `shared-log` runs the real storage module (`SharedLog` and `FileMetaStorage`)
 //! over a simulated file system, crashes it with torn tails, recovers it at every restart
 //! and checks that recovery returns exactly what was acknowledged as durable.
 //! `--hibernation` lets idle groups hibernate, driven as the runtime drives them (see
-//! `SimConfig::hibernation`). A seed replays exactly given the same `--seed`, `--nodes`,
-//! `--storage` and `--hibernation`. The last line printed is
+//! `SimConfig::hibernation`). `--outsider` adds a hostile non-member that sends votes,
+//! forged AppendEntries, heartbeats and TimeoutNow with inflated terms throughout the run
+//! (see `SimConfig::outsider`). A seed replays exactly given the same `--seed`, `--nodes`,
+//! `--storage`, `--hibernation` and `--outsider`. The last line printed is
 //! exactly `seeds=N steps=T violations=V unknown=U`; the exit status is non-zero when V > 0.
 
 use std::process::ExitCode;
@@ -17,7 +19,7 @@ use std::time::Instant;
 use flotilla_sim::{nodes_for_seed, run_seed, SimConfig, StorageMode};
 
 const USAGE: &str = "usage: flotilla-sim --seeds N [--seed S] [--nodes K] \
-                     [--storage memory|shared-log] [--hibernation] [--quiet]";
+                     [--storage memory|shared-log] [--hibernation] [--outsider] [--quiet]";
 
 struct Args {
     seeds: u64,
@@ -25,6 +27,7 @@ struct Args {
     nodes: Option<usize>,
     storage: StorageMode,
     hibernation: bool,
+    outsider: bool,
     quiet: bool,
 }
 
@@ -35,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         nodes: None,
         storage: StorageMode::Memory,
         hibernation: false,
+        outsider: false,
         quiet: false,
     };
     let mut seeds_given = false;
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--quiet" => args.quiet = true,
             "--hibernation" => args.hibernation = true,
+            "--outsider" => args.outsider = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         let mut config = SimConfig::new(seed, nodes);
         config.storage = args.storage;
         config.hibernation = args.hibernation;
+        config.outsider = args.outsider;
         let report = run_seed(config);
         steps += report.steps;
         for (what, n) in &report.stats {
@@ -121,8 +127,9 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
+            let outsider = if args.outsider { " --outsider" } else { "" };
             println!(
-                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}{storage}{hibernation}"
+                "  replay: cargo run --release -p flotilla-sim -- --seed {seed} --nodes {nodes}{storage}{hibernation}{outsider}"
             );
             for line in &v.trace {
                 println!("  | {line}");

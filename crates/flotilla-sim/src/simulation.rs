@@ -9,8 +9,9 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use flotilla_raft::{
-    Config, Configuration, Entry, EntryPayload, Event, HardState, LogIndex, LogStore, MemStorage,
-    Message, PeerId, Priority, Raft, RaftError, ReadMode, Rng, Role, SnapshotMeta, Term,
+    Config, Configuration, Echo, Entry, EntryPayload, Event, HardState, LogIndex, LogStore,
+    MemStorage, Message, MessageBody, PeerId, Priority, Raft, RaftError, ReadMode, Rng, Role,
+    SnapshotMeta, Term,
 };
 use flotilla_storage::{LogOptions, RaftMeta};
 
@@ -86,6 +87,12 @@ pub struct SimConfig {
     /// its leader is silent for an election timeout or restarted, and a hibernating leader
     /// when a peer restarted.
     pub hibernation: bool,
+    /// A hostile outsider (issue 12): a process that is no member of the group sends
+    /// well-formed messages with inflated terms — votes (some flagged as leadership
+    /// transfers), AppendEntries carrying forged writes and a commit, heartbeats, and
+    /// TimeoutNow — to random members, throughout the run, the liveness phase included.
+    /// Safety and liveness must hold as without it.
+    pub outsider: bool,
     /// Planted protocol mistakes (planted-bug test only).
     #[cfg(feature = "planted-bugs")]
     pub bugs: flotilla_raft::PlantedBugs,
@@ -105,6 +112,7 @@ impl SimConfig {
             checker_states_max: 2_000_000,
             storage: StorageMode::Memory,
             hibernation: false,
+            outsider: false,
             #[cfg(feature = "planted-bugs")]
             bugs: flotilla_raft::PlantedBugs::default(),
         }
@@ -158,6 +166,8 @@ enum EventKind {
     Resume(usize),
     HealNetwork,
     HealAll,
+    /// The hostile outsider strikes (see [`SimConfig::outsider`]).
+    Outsider,
 }
 
 struct Scheduled {
@@ -198,6 +208,9 @@ struct Client {
     last_seen: BTreeMap<u64, Option<u64>>,
     preferred: usize,
 }
+
+/// The hostile outsider's name: no member has it.
+const OUTSIDER: &str = "outsider";
 
 /// Key the liveness probe writes; clients never use it.
 const PROBE_KEY: u64 = u64::MAX;
@@ -379,6 +392,10 @@ impl Simulation {
         self.schedule(first_fault, EventKind::Nemesis);
         let fault_time = self.config.fault_time;
         self.schedule(fault_time, EventKind::HealAll);
+        if self.config.outsider {
+            let first = self.rng.below(500);
+            self.schedule(first, EventKind::Outsider);
+        }
         while let Some(event) = self.queue.pop() {
             self.now = event.time;
             self.steps += 1;
@@ -557,7 +574,73 @@ impl Simulation {
                 }
             }
             EventKind::HealAll => self.heal_all(),
+            EventKind::Outsider => {
+                self.outsider_strikes();
+                let next = 50 + self.rng.below(400);
+                self.schedule(next, EventKind::Outsider);
+            }
         }
+    }
+
+    /// The outsider sends one well-formed message to a random live member, with a term a
+    /// little ahead of the member's (it sniffed the traffic), from its own name.
+    fn outsider_strikes(&mut self) {
+        let node = self.rng.below(self.nodes.len() as u64) as usize;
+        let Some(raft) = self.nodes[node].raft.as_ref() else {
+            return;
+        };
+        let (term, last) = (raft.term(), raft.last_index());
+        let last_term = raft.last_term();
+        let to = self.nodes[node].id.clone();
+        let inflated = Term(term.get() + 1 + self.rng.below(3));
+        let forged = Command {
+            op_id: u64::MAX - self.rng.below(1_000),
+            key: self.rng.below(self.config.keys),
+            kind: CommandKind::Write(u64::MAX - self.rng.below(1_000)),
+        };
+        let (term, body) = match self.rng.below(5) {
+            0 => (
+                inflated,
+                MessageBody::RequestVote {
+                    pre_vote: self.rng.below(2) == 0,
+                    last_log_index: last.plus(100),
+                    last_log_term: inflated,
+                    leadership_transfer: self.rng.below(2) == 0,
+                },
+            ),
+            1 | 2 => (
+                inflated,
+                MessageBody::AppendEntries {
+                    prev_log_index: last,
+                    prev_log_term: last_term.min(inflated),
+                    entries: vec![Entry {
+                        index: last.next(),
+                        term: inflated,
+                        payload: EntryPayload::Normal(forged.encode()),
+                    }],
+                    leader_commit: last.next(),
+                    echo: Echo::default(),
+                },
+            ),
+            3 => (
+                inflated,
+                MessageBody::Heartbeat {
+                    commit: last,
+                    echo: Echo::default(),
+                    hibernate: false,
+                },
+            ),
+            _ => (term, MessageBody::TimeoutNow),
+        };
+        self.count("outsider messages");
+        let message = Message {
+            from: PeerId::new(OUTSIDER),
+            to,
+            term,
+            body,
+        };
+        let delay = 1 + self.rng.below(20);
+        self.schedule(delay, EventKind::Deliver(message));
     }
 
     fn heal_all(&mut self) {

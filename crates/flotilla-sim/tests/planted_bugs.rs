@@ -12,6 +12,8 @@ fn seeds_to_detect(bugs: PlantedBugs) -> Option<(u64, String)> {
     for seed in 0..SEEDS_MAX {
         let mut config = SimConfig::new(seed, nodes_for_seed(seed));
         config.bugs = bugs;
+        // The member check is what keeps the hostile outsider out.
+        config.outsider = bugs.skip_member_check;
         // Hibernation bugs need groups that hibernate.
         config.hibernation = bugs.lease_across_hibernation;
         let report = run_seed(config);
@@ -84,6 +86,15 @@ fn keeping_the_lease_across_hibernation() {
 }
 
 #[test]
+fn accepting_messages_from_a_non_member() {
+    let bugs = PlantedBugs {
+        skip_member_check: true,
+        ..PlantedBugs::default()
+    };
+    assert_detected("skip member check", bugs);
+}
+
+#[test]
 fn the_correct_core_passes_the_same_seeds() {
     // Control: without planted bugs, the same seeds report nothing.
     for seed in 0..40 {
@@ -94,6 +105,14 @@ fn the_correct_core_passes_the_same_seeds() {
             report.violation
         );
         assert!(!report.unknown, "seed {seed}: checker ran out of budget");
+        let mut outsider = SimConfig::new(seed, nodes_for_seed(seed));
+        outsider.outsider = true;
+        let report = run_seed(outsider);
+        assert!(
+            report.violation.is_none(),
+            "seed {seed} with the outsider: {:?}",
+            report.violation
+        );
         let mut hibernating = SimConfig::new(seed, nodes_for_seed(seed));
         hibernating.hibernation = true;
         let report = run_seed(hibernating);

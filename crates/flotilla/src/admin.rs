@@ -26,6 +26,11 @@ pub struct AdminArgs {
     /// Only this region (default: every region).
     #[arg(long, value_name = "ID", global = true)]
     pub region: Option<u64>,
+    /// add-peer, remove-peer, change-peers: skip the check that refuses a change leaving
+    /// fewer live voters than a majority (etcd's strict reconfiguration). reset-peers:
+    /// required (and still refused while the region has a live leader or quorum).
+    #[arg(long, global = true)]
+    pub force: bool,
     #[command(subcommand)]
     pub op: AdminOp,
 }
@@ -54,6 +59,25 @@ pub enum AdminOp {
     Snapshot { peer: String },
     /// Spreads region leadership evenly over the stores.
     Rebalance,
+    /// Unsafe: on the store at `--store ADDR`, replaces the voters of the regions with
+    /// A,B,C without consensus, to recover regions that lost their majority for good
+    /// (SOFAJRaft's resetPeers). Needs `--force`; refused while a region has a live leader
+    /// or a majority of its voters' stores answer. Run it on every surviving store.
+    ResetPeers {
+        /// The store whose peers are reset.
+        #[arg(long, value_name = "HOST:PORT")]
+        store: String,
+        #[arg(value_delimiter = ',')]
+        peers: Vec<String>,
+    },
+    /// Removes the peer of `--region ID` from the store at `--store ADDR`, where it was
+    /// opened by mistake: refused unless the peer belongs to no configuration (no store
+    /// lists it as a member) and holds no data.
+    CloseRegion {
+        /// The store holding the peer.
+        #[arg(long, value_name = "HOST:PORT")]
+        store: String,
+    },
 }
 
 fn cli_failure(error: CliError) -> Failure {
@@ -89,7 +113,7 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
     let json = settings.json;
     let result = runtime.block_on(async move {
         let client = KvClient::connect(settings.endpoints, settings.options).await?;
-        execute(&client, args.region, args.op).await
+        execute(&client, args.region, args.force, args.op).await
     });
     match result {
         Ok((value, human)) => {
@@ -172,9 +196,13 @@ fn region_line(info: &RegionInfo) -> String {
 async fn execute(
     client: &KvClient,
     only: Option<u64>,
+    force: bool,
     op: AdminOp,
 ) -> Result<(Value, String), Failure> {
     let (regions, stores) = status(client).await;
+    if let AdminOp::CloseRegion { store } = &op {
+        return close_region(client, &regions, only, store).await;
+    }
     let regions: Vec<RegionInfo> = regions
         .into_iter()
         .filter(|r| only.is_none_or(|id| r.id == id))
@@ -216,6 +244,7 @@ async fn execute(
     }
     let cli_options = CliOptions {
         tls: client.options().tls.clone(),
+        force,
         ..CliOptions::default()
     };
     let cli = |group: u64| -> Result<CliClient, Failure> {
@@ -226,7 +255,37 @@ async fn execute(
     let mut done: Vec<Value> = Vec::new();
     let mut human: Vec<String> = Vec::new();
     match op {
-        AdminOp::Status => {}
+        AdminOp::Status | AdminOp::CloseRegion { .. } => {}
+        AdminOp::ResetPeers { store, peers } => {
+            let store = peer_arg(&store)?;
+            let peers: Vec<PeerId> = peers
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| peer_arg(p))
+                .collect::<Result<_, _>>()?;
+            if peers.is_empty() {
+                return Err(Failure::usage("reset-peers needs at least one peer"));
+            }
+            if !force {
+                return Err(Failure::usage(
+                    "reset-peers replaces the voters without consensus and can lose \
+                     acknowledged writes: add --force if the regions lost their majority for good",
+                ));
+            }
+            for info in &regions {
+                cli(info.id)?
+                    .reset_peers(&store, &peers)
+                    .await
+                    .map_err(cli_failure)?;
+                let names: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
+                human.push(format!(
+                    "region {}: voters on {store} reset to {}",
+                    info.id,
+                    names.join(",")
+                ));
+                done.push(json!({"region": info.id, "store": store.as_str(), "peers": names}));
+            }
+        }
         AdminOp::AddPeer { peer } => {
             let peer = peer_arg(&peer)?;
             for info in &regions {
@@ -339,6 +398,48 @@ async fn execute(
     Ok((
         success(vec![("done", Value::Array(done))]),
         human.join("\n"),
+    ))
+}
+
+/// `admin close-region`: the store refuses a peer that belongs to a configuration or holds
+/// data; this side refuses first when the region's best-known view (its leader's) lists the
+/// store as a member, e.g. one being added whose own peer has not heard of it yet.
+async fn close_region(
+    client: &KvClient,
+    regions: &[RegionInfo],
+    only: Option<u64>,
+    store: &str,
+) -> Result<(Value, String), Failure> {
+    let id = only.ok_or_else(|| Failure::usage("close-region needs --region ID"))?;
+    let store = peer_arg(store)?;
+    if let Some(info) = regions.iter().find(|r| r.id == id) {
+        let member = info
+            .peers
+            .iter()
+            .chain(&info.learners)
+            .any(|p| p == store.as_str());
+        if member {
+            return Err(Failure::failed(
+                "RegionRefused",
+                format!(
+                    "region {id} lists {store} as a member (peers {}, learners {}): remove it \
+                     with `admin remove-peer` instead",
+                    info.peers.join(","),
+                    info.learners.join(",")
+                ),
+            ));
+        }
+    }
+    client
+        .close_region(store.as_str(), id)
+        .await
+        .map_err(Failure::from)?;
+    Ok((
+        success(vec![(
+            "done",
+            json!([{"region": id, "closed_on": store.as_str()}]),
+        )]),
+        format!("region {id}: closed on {store}"),
     ))
 }
 

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub snapshot_interval_s: Option<u64>,
     pub log: Option<String>,
     pub worker_threads: Option<usize>,
+    pub quota_bytes: Option<u64>,
     // kv, admin
     pub endpoints: Option<Vec<String>>,
     pub json: Option<bool>,

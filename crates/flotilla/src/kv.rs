@@ -1,4 +1,8 @@
 //! `flotilla kv`: one read or write through the routing client.
+//!
+//! Keys, values and range bounds are arguments in the `--encoding` (UTF-8 text, or base64
+//! for exact bytes), decoded and checked against the KV limits before anyone is contacted;
+//! the output shows them in the same encoding.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +14,7 @@ use flotilla_kv::limits;
 use serde_json::Value;
 
 use crate::config::{self, FileConfig};
-use crate::output::{success, text, Failure, EXIT_OK};
+use crate::output::{success, Encoding, Failure, EXIT_OK};
 
 /// Flags shared by `kv` and `admin`.
 #[derive(Args, Debug, Clone)]
@@ -84,11 +88,18 @@ impl ClientArgs {
 pub struct KvArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// How keys, values and range bounds are written in arguments and shown in the output:
+    /// utf8 (output shows invalid UTF-8 as U+FFFD, so not always the stored bytes) or
+    /// base64 (standard alphabet with padding, both ways: exact bytes) [default: utf8].
+    // An Option, as every flag a config file may also set (`config.rs` has no `encoding`
+    // key yet: `run` takes the flag or the default).
+    #[arg(long, value_enum, global = true)]
+    pub encoding: Option<Encoding>,
     #[command(subcommand)]
     pub op: KvOp,
 }
 
-/// One KV operation.
+/// One KV operation, as given on the command line.
 #[derive(Subcommand, Debug)]
 pub enum KvOp {
     /// Prints the value of KEY.
@@ -127,54 +138,115 @@ pub enum KvOp {
     },
 }
 
-fn check_key(what: &str, key: &str) -> Result<(), Failure> {
-    limits::check_key(key.as_bytes())
-        .map_err(|e| Failure::failed("KeyTooLarge", format!("{what}: {e}")))
+/// One KV operation with its keys, values and bounds decoded (`--encoding`) and checked
+/// against the limits: what is sent.
+#[derive(Debug, PartialEq)]
+enum Request {
+    Get {
+        key: Bytes,
+        read: ReadConsistency,
+    },
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    Cas {
+        key: Bytes,
+        expected: Bytes,
+        new: Bytes,
+    },
+    PutIfAbsent {
+        key: Bytes,
+        value: Bytes,
+    },
+    Scan {
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        reverse: bool,
+        read: ReadConsistency,
+    },
 }
 
-fn check_value(value: &str) -> Result<(), Failure> {
-    limits::check_value(value.as_bytes())
-        .map_err(|e| Failure::failed("ValueTooLarge", format!("value: {e}")))
+/// A key argument (`what` names it in errors: KEY, START, END), decoded and checked.
+fn key(encoding: Encoding, what: &str, argument: &str) -> Result<Bytes, Failure> {
+    let key = encoding.decode(what, argument)?;
+    limits::check_key(&key)
+        .map_err(|e| Failure::failed("KeyTooLarge", format!("{}: {e}", what.to_lowercase())))?;
+    Ok(key)
 }
 
-/// Checks what can be checked before contacting anyone (nothing is sent on failure).
-fn validate(op: &KvOp) -> Result<(), Failure> {
-    match op {
-        KvOp::Get { key, read } => {
-            check_key("key", key)?;
-            read.parse::<ReadConsistency>().map_err(Failure::usage)?;
-        }
-        KvOp::Put { key, value } | KvOp::PutIfAbsent { key, value } => {
-            check_key("key", key)?;
-            check_value(value)?;
-        }
-        KvOp::Delete { key } => check_key("key", key)?,
-        KvOp::Cas { key, expected, new } => {
-            check_key("key", key)?;
-            check_value(expected)?;
-            check_value(new)?;
-        }
+/// A value argument (VALUE, EXPECTED, NEW), decoded and checked.
+fn value(encoding: Encoding, what: &str, argument: &str) -> Result<Bytes, Failure> {
+    let value = encoding.decode(what, argument)?;
+    limits::check_value(&value)
+        .map_err(|e| Failure::failed("ValueTooLarge", format!("value: {e}")))?;
+    Ok(value)
+}
+
+fn read(read: &str) -> Result<ReadConsistency, Failure> {
+    read.parse::<ReadConsistency>().map_err(Failure::usage)
+}
+
+/// Decodes and checks what can be checked before contacting anyone (nothing is sent on
+/// failure).
+fn prepare(op: KvOp, encoding: Encoding) -> Result<Request, Failure> {
+    let e = encoding;
+    Ok(match op {
+        KvOp::Get { key: k, read: r } => Request::Get {
+            key: key(e, "KEY", &k)?,
+            read: read(&r)?,
+        },
+        KvOp::Put { key: k, value: v } => Request::Put {
+            key: key(e, "KEY", &k)?,
+            value: value(e, "VALUE", &v)?,
+        },
+        KvOp::PutIfAbsent { key: k, value: v } => Request::PutIfAbsent {
+            key: key(e, "KEY", &k)?,
+            value: value(e, "VALUE", &v)?,
+        },
+        KvOp::Delete { key: k } => Request::Delete {
+            key: key(e, "KEY", &k)?,
+        },
+        KvOp::Cas {
+            key: k,
+            expected,
+            new,
+        } => Request::Cas {
+            key: key(e, "KEY", &k)?,
+            expected: value(e, "EXPECTED", &expected)?,
+            new: value(e, "NEW", &new)?,
+        },
         KvOp::Scan {
-            start,
-            end,
+            start: start_argument,
+            end: end_argument,
             limit,
-            read,
-            ..
+            reverse,
+            read: r,
         } => {
-            check_key("start", start)?;
-            check_key("end", end)?;
+            let start = key(e, "START", &start_argument)?;
+            let end = key(e, "END", &end_argument)?;
+            // Bytes compare as the store orders keys (unsigned, lexicographic).
             if !end.is_empty() && start > end {
                 return Err(Failure::failed(
                     "InvalidRange",
-                    format!("scan start {start:?} is after end {end:?}"),
+                    format!("scan start {start_argument:?} is after end {end_argument:?}"),
                 ));
             }
-            limits::check_scan_limit(*limit)
+            limits::check_scan_limit(limit)
                 .map_err(|e| Failure::failed("ScanLimitTooLarge", e.to_string()))?;
-            read.parse::<ReadConsistency>().map_err(Failure::usage)?;
+            Request::Scan {
+                start,
+                end,
+                limit,
+                reverse,
+                read: read(&r)?,
+            }
         }
-    }
-    Ok(())
+    })
 }
 
 /// Runs the operation; returns the exit code.
@@ -184,15 +256,17 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         Ok(settings) => settings,
         Err(failure) => return failure.report("kv", json_flag),
     };
-    if let Err(failure) = validate(&args.op) {
-        return failure.report("kv", settings.json);
-    }
+    let encoding = args.encoding.unwrap_or_default();
+    let request = match prepare(args.op, encoding) {
+        Ok(request) => request,
+        Err(failure) => return failure.report("kv", settings.json),
+    };
     let runtime = match crate::output::client_runtime() {
         Ok(runtime) => runtime,
         Err(failure) => return failure.report("kv", settings.json),
     };
     let json = settings.json;
-    match runtime.block_on(execute(settings, args.op)) {
+    match runtime.block_on(execute(settings, request, encoding)) {
         Ok((value, human)) => {
             if json {
                 println!("{value}");
@@ -205,49 +279,49 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
     }
 }
 
-async fn execute(settings: ClientSettings, op: KvOp) -> Result<(Value, Option<String>), Failure> {
+/// Sends the request; returns the `--json` object and the text to print without `--json`.
+/// Keys and values in both are shown in `encoding`.
+async fn execute(
+    settings: ClientSettings,
+    request: Request,
+    encoding: Encoding,
+) -> Result<(Value, Option<String>), Failure> {
     let client = KvClient::connect(settings.endpoints, settings.options).await?;
-    let bytes = |s: String| Bytes::from(s.into_bytes());
-    Ok(match op {
-        KvOp::Get { key, read } => {
-            let read = read.parse::<ReadConsistency>().map_err(Failure::usage)?;
-            let value = client.get(bytes(key), read).await?;
+    let shown = |bytes: Option<&Bytes>| bytes.map_or(Value::Null, |b| encoding.json(b));
+    Ok(match request {
+        Request::Get { key, read } => {
+            let value = client.get(key, read).await?;
             let human = match &value {
-                Some(v) => String::from_utf8_lossy(v).into_owned(),
+                Some(v) => encoding.show(v),
                 None => {
                     eprintln!("(not found)");
                     return Ok((success(vec![("value", Value::Null)]), None));
                 }
             };
-            (
-                success(vec![("value", value.as_ref().map_or(Value::Null, text))]),
-                Some(human),
-            )
+            (success(vec![("value", shown(value.as_ref()))]), Some(human))
         }
-        KvOp::Put { key, value } => {
-            client.put(bytes(key), bytes(value)).await?;
+        Request::Put { key, value } => {
+            client.put(key, value).await?;
             (success(vec![]), Some("OK".into()))
         }
-        KvOp::Delete { key } => {
-            client.delete(bytes(key)).await?;
+        Request::Delete { key } => {
+            client.delete(key).await?;
             (success(vec![]), Some("OK".into()))
         }
-        KvOp::Cas { key, expected, new } => {
-            let swapped = client
-                .compare_and_put(bytes(key), Some(bytes(expected)), bytes(new))
-                .await?;
+        Request::Cas { key, expected, new } => {
+            let swapped = client.compare_and_put(key, Some(expected), new).await?;
             (
                 success(vec![("swapped", Value::Bool(swapped))]),
                 Some(if swapped { "swapped" } else { "not swapped" }.into()),
             )
         }
-        KvOp::PutIfAbsent { key, value } => {
-            let previous = client.put_if_absent(bytes(key), bytes(value)).await?;
+        Request::PutIfAbsent { key, value } => {
+            let previous = client.put_if_absent(key, value).await?;
             let swapped = previous.is_none();
             (
                 success(vec![
                     ("swapped", Value::Bool(swapped)),
-                    ("previous", previous.as_ref().map_or(Value::Null, text)),
+                    ("previous", shown(previous.as_ref())),
                 ]),
                 Some(
                     if swapped {
@@ -259,31 +333,22 @@ async fn execute(settings: ClientSettings, op: KvOp) -> Result<(Value, Option<St
                 ),
             )
         }
-        KvOp::Scan {
+        Request::Scan {
             start,
             end,
             limit,
             reverse,
             read,
         } => {
-            let read = read.parse::<ReadConsistency>().map_err(Failure::usage)?;
-            let entries = client
-                .scan(bytes(start), bytes(end), limit, reverse, read)
-                .await?;
+            let entries = client.scan(start, end, limit, reverse, read).await?;
             let human = entries
                 .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}\t{}",
-                        String::from_utf8_lossy(k),
-                        String::from_utf8_lossy(v)
-                    )
-                })
+                .map(|(k, v)| format!("{}\t{}", encoding.show(k), encoding.show(v)))
                 .collect::<Vec<_>>()
                 .join("\n");
             let list: Vec<Value> = entries
                 .iter()
-                .map(|(k, v)| serde_json::json!({"key": text(k), "value": text(v)}))
+                .map(|(k, v)| serde_json::json!({"key": encoding.json(k), "value": encoding.json(v)}))
                 .collect();
             (
                 success(vec![("entries", Value::Array(list))]),
@@ -291,4 +356,114 @@ async fn execute(settings: ClientSettings, op: KvOp) -> Result<(Value, Option<St
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(start: &str, end: &str) -> KvOp {
+        KvOp::Scan {
+            start: start.into(),
+            end: end.into(),
+            limit: 10,
+            reverse: false,
+            read: "index".into(),
+        }
+    }
+
+    #[test]
+    fn base64_arguments_become_their_exact_bytes() {
+        let put = KvOp::Put {
+            key: "AP/DKA==".into(),
+            value: "/wD+".into(),
+        };
+        assert_eq!(
+            prepare(put, Encoding::Base64).unwrap(),
+            Request::Put {
+                key: Bytes::from_static(&[0x00, 0xff, 0xc3, 0x28]),
+                value: Bytes::from_static(&[0xff, 0x00, 0xfe]),
+            }
+        );
+        // The same argument under utf8 is its text.
+        let get = KvOp::Get {
+            key: "AP/DKA==".into(),
+            read: "lease".into(),
+        };
+        assert_eq!(
+            prepare(get, Encoding::Utf8).unwrap(),
+            Request::Get {
+                key: Bytes::from_static(b"AP/DKA=="),
+                read: ReadConsistency::Lease,
+            }
+        );
+    }
+
+    #[test]
+    fn scan_bounds_are_decoded_and_compared_as_bytes() {
+        // "/w==" is 0xff, "AA==" is 0x00: decoded, START is after END.
+        let failure = prepare(scan("/w==", "AA=="), Encoding::Base64).unwrap_err();
+        assert_eq!(failure.kind, "InvalidRange", "{}", failure.message);
+        // An empty END is unbounded in either encoding.
+        assert!(matches!(
+            prepare(scan("/w==", ""), Encoding::Base64).unwrap(),
+            Request::Scan { start, end, .. } if start[..] == [0xff] && end.is_empty()
+        ));
+    }
+
+    #[test]
+    fn a_bad_base64_argument_is_a_usage_failure_naming_it() {
+        let cases = [
+            (
+                KvOp::Put {
+                    key: "a!".into(),
+                    value: "eA==".into(),
+                },
+                "KEY",
+            ),
+            (
+                KvOp::Put {
+                    key: "eA==".into(),
+                    value: "eA=".into(),
+                },
+                "VALUE",
+            ),
+            (
+                KvOp::Cas {
+                    key: "eA==".into(),
+                    expected: "eA==".into(),
+                    new: "e".into(),
+                },
+                "NEW",
+            ),
+            (
+                KvOp::Cas {
+                    key: "eA==".into(),
+                    expected: "%%".into(),
+                    new: "eA==".into(),
+                },
+                "EXPECTED",
+            ),
+            (scan("x", ""), "START"),
+            (scan("", "x"), "END"),
+        ];
+        for (op, what) in cases {
+            let failure = prepare(op, Encoding::Base64).unwrap_err();
+            assert!(failure.usage, "{what}: {}", failure.message);
+            assert!(
+                failure.message.starts_with(&format!("{what} \"")),
+                "{what}: {}",
+                failure.message
+            );
+        }
+    }
+
+    #[test]
+    fn decoded_sizes_are_checked_against_the_limits() {
+        use base64::Engine as _;
+        let key = vec![0u8; limits::KEY_BYTES_MAX + 1];
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&key);
+        let failure = prepare(KvOp::Delete { key: encoded }, Encoding::Base64).unwrap_err();
+        assert_eq!(failure.kind, "KeyTooLarge", "{}", failure.message);
+    }
 }

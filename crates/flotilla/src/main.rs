@@ -54,8 +54,19 @@ enum Command {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let wants_json = args.iter().any(|a| a == "--json");
+    let args_os: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let wants_json = args_os.iter().any(|a| a == "--json");
+    let args = match utf8_arguments(args_os) {
+        Ok(args) => args,
+        Err(failure) => {
+            if wants_json {
+                failure.print_json();
+            } else {
+                eprintln!("flotilla: {}", failure.message);
+            }
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -95,4 +106,63 @@ fn main() {
         Command::Bench(args) => bench::run(args, &file),
     };
     std::process::exit(code);
+}
+
+/// The command line as UTF-8 text, or a usage failure naming the first argument that is not.
+///
+/// `std::env::args` panics on such an argument (exit 101 with a backtrace hint), and every
+/// flag and key here is text: binary keys and values go through `kv --encoding base64`.
+/// Position 1 is the first argument after the program name (`flotilla kv put K V`: `K` is 3).
+fn utf8_arguments(args: Vec<std::ffi::OsString>) -> Result<Vec<String>, Failure> {
+    args.into_iter()
+        .enumerate()
+        .map(|(position, arg)| {
+            arg.into_string().map_err(|arg| {
+                Failure::usage(format!(
+                    "argument {position} ({arg:?}) is not valid UTF-8; arguments must be UTF-8 text \
+                     (for binary keys and values use `flotilla kv --encoding base64`)"
+                ))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    use super::*;
+
+    #[test]
+    fn a_non_utf8_argument_is_a_usage_failure_naming_its_position() {
+        let args = vec![
+            OsString::from("flotilla"),
+            OsString::from("kv"),
+            OsString::from("put"),
+            OsString::from_vec(vec![b'k', 0xff, 0xfe]),
+            OsString::from("v"),
+        ];
+        let failure = utf8_arguments(args).unwrap_err();
+        assert!(failure.usage);
+        assert_eq!(failure.exit_code(), EXIT_USAGE);
+        assert!(
+            failure
+                .message
+                .starts_with("argument 3 (\"k\\xFF\\xFE\") is not valid UTF-8"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn utf8_arguments_pass_unchanged() {
+        let args = ["flotilla", "kv", "get", "ключ"]
+            .map(OsString::from)
+            .to_vec();
+        assert_eq!(
+            utf8_arguments(args).unwrap(),
+            ["flotilla", "kv", "get", "ключ"]
+        );
+    }
 }

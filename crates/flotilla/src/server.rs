@@ -46,6 +46,11 @@ pub struct ServerArgs {
     /// least 1]. The raft round has a thread of its own and the engine its own too.
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
+    /// Size of the data directory, in bytes, past which the store refuses writes that add
+    /// data (error NoSpace) while reads, deletes and compaction go on; the alarm clears
+    /// once usage is back below. 0: unlimited [default: 8589934592, 8 GiB].
+    #[arg(long, value_name = "BYTES")]
+    quota_bytes: Option<u64>,
     /// CA certificate (PEM) for mutual TLS.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -119,6 +124,10 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .or(file.snapshot_interval_s)
         .unwrap_or(3600);
     options.snapshot_interval_ticks = snapshot_s.saturating_mul(1000) / tick_ms;
+    options.quota_bytes = args
+        .quota_bytes
+        .or(file.quota_bytes)
+        .unwrap_or(flotilla_kv::store::QUOTA_BYTES_DEFAULT);
     options.tls = config::tls(
         args.tls_ca.or_else(|| file.tls_ca.clone()),
         args.tls_cert.or_else(|| file.tls_cert.clone()),
@@ -175,8 +184,18 @@ pub fn run(args: ServerArgs, file: &FileConfig) -> i32 {
     runtime.block_on(serve(options))
 }
 
+/// Whether `address` (HOST:PORT) is reachable from beyond this machine: it resolves to an
+/// address that is not loopback (a wildcard such as 0.0.0.0 counts), or does not resolve.
+async fn beyond_loopback(address: &str) -> bool {
+    match tokio::net::lookup_host(address).await {
+        Ok(mut resolved) => resolved.any(|a| !a.ip().is_loopback()),
+        Err(_) => true,
+    }
+}
+
 async fn serve(options: StoreOptions) -> i32 {
     let data_dir = options.data_dir.clone();
+    let plain_text = options.tls.is_none();
     let store = match Store::open(options).await {
         Ok(store) => store,
         Err(e) => {
@@ -205,6 +224,16 @@ async fn serve(options: StoreOptions) -> i32 {
             format!("{:016x}", store.cluster())
         },
     );
+    if plain_text && beyond_loopback(store.address().as_str()).await {
+        // Without TLS nothing tells a store from any other process: raft frames, admin
+        // calls and writes are accepted from whoever connects (issue 12).
+        eprintln!(
+            "flotilla server {}: WARNING: listening beyond loopback without TLS: anyone who \
+             can reach this port is trusted, raft traffic and administration included; use \
+             --tls-ca/--tls-cert/--tls-key or a private network",
+            store.address()
+        );
+    }
     println!(
         "serving raft, the KV and CLI services, and GET /metrics on {}",
         store.address()
@@ -272,5 +301,30 @@ mod tests {
         assert!(error.contains("--worker-threads"), "{error}");
         let file: FileConfig = toml::from_str("worker-threads = 2").expect("file key");
         assert_eq!(file.worker_threads, Some(2));
+    }
+
+    #[test]
+    fn quota_defaults_to_8_gib_and_0_is_unlimited() {
+        let (options, _) = parse(&[]).expect("defaults parse");
+        assert_eq!(options.quota_bytes, 8 * 1024 * 1024 * 1024);
+        let (options, _) = parse(&["--quota-bytes", "0"]).expect("0 parses");
+        assert_eq!(options.quota_bytes, 0);
+        let file: FileConfig = toml::from_str("quota-bytes = 1000").expect("file key");
+        assert_eq!(file.quota_bytes, Some(1000));
+    }
+
+    #[test]
+    fn loopback_addresses_are_told_apart_from_the_rest() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert!(!beyond_loopback("127.0.0.1:7000").await);
+            assert!(!beyond_loopback("[::1]:7000").await);
+            assert!(!beyond_loopback("localhost:7000").await);
+            assert!(beyond_loopback("0.0.0.0:7000").await);
+            assert!(beyond_loopback("192.0.2.1:7000").await);
+        });
     }
 }

@@ -31,7 +31,16 @@ use tonic::{Code, Status};
 
 use crate::region::Region;
 use crate::service::proto::{self, kv_client::KvClient as GrpcKvClient};
-use crate::service::region_of;
+use crate::service::{region_of, KV_MESSAGE_BYTES_MAX};
+
+/// A KV service client on `channel` with the server's message limits both ways
+/// ([`KV_MESSAGE_BYTES_MAX`]): tonic's 4 MiB default decoding limit would refuse a scan
+/// reply the server is allowed to send (five 1 MiB values).
+fn grpc_client(channel: Channel) -> GrpcKvClient<Channel> {
+    GrpcKvClient::new(channel)
+        .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(KV_MESSAGE_BYTES_MAX)
+}
 
 /// How reads are made linearizable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -545,7 +554,7 @@ impl KvClient {
     /// One store's view of its regions.
     pub async fn regions_of(&self, address: &str) -> Result<proto::RegionsReply, ClientError> {
         let channel = self.channel(address).await?;
-        let mut client = GrpcKvClient::new(channel);
+        let mut client = grpc_client(channel);
         let call = client.regions(proto::RegionsRequest {});
         match tokio::time::timeout(self.inner.options.timeout, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
@@ -570,7 +579,7 @@ impl KvClient {
         region: proto::RegionInfo,
     ) -> Result<proto::RegionsReply, ClientError> {
         let channel = self.channel(store).await?;
-        let mut client = GrpcKvClient::new(channel);
+        let mut client = grpc_client(channel);
         let request = proto::OpenRegionRequest {
             region: Some(region),
             cluster: self.cluster(),
@@ -585,8 +594,29 @@ impl KvClient {
         }
     }
 
+    /// Asks `store` to close its peer of region `id`, opened by mistake (see
+    /// `Kv.CloseRegion`).
+    pub async fn close_region(
+        &self,
+        store: &str,
+        id: u64,
+    ) -> Result<proto::RegionsReply, ClientError> {
+        let channel = self.channel(store).await?;
+        let mut client = grpc_client(channel);
+        let request = proto::CloseRegionRequest { region_id: id };
+        match tokio::time::timeout(self.inner.options.timeout, client.close_region(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(classify(&status).1),
+            Err(_) => Err(ClientError::unknown(format!(
+                "{store} did not answer within {:?}",
+                self.inner.options.timeout
+            ))),
+        }
+    }
+
     /// Rebuilds the route table from what the stores report: per region the newest epoch,
-    /// and the leader reported by the store that leads it with the highest term.
+    /// and the leader reported by the store that leads it with the highest term. A region
+    /// reported without voters is not routed to.
     pub async fn refresh_routes(&self) -> Result<(), ClientError> {
         let _one_at_a_time = self.inner.refreshing.lock().await;
         let (replies, errors) = self.stores().await;
@@ -607,6 +637,12 @@ impl KvClient {
                 self.inner.cluster.store(reply.cluster, Ordering::Relaxed);
             }
             for info in &reply.regions {
+                if info.peers.is_empty() {
+                    // A peer that belongs to no configuration (opened, not added yet; or
+                    // opened by mistake): it serves nothing, and its range must not take
+                    // the routes of the regions that do.
+                    continue;
+                }
                 let leads = info.role == "leader";
                 let better = match best.get(&info.id) {
                     None => true,
@@ -804,7 +840,7 @@ impl KvClient {
                 version: route.region.epoch.version,
             });
             self.inner.requests_sent.fetch_add(1, Ordering::Relaxed);
-            let sent = request.send(GrpcKvClient::new(channel));
+            let sent = request.send(grpc_client(channel));
             let status = match tokio::time::timeout(remaining, sent).await {
                 Ok(Ok(reply)) => {
                     if !follower {
@@ -955,7 +991,34 @@ impl KvClient {
         reverse: bool,
         read: ReadConsistency,
     ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
-        let (start, end) = (start.into(), end.into());
+        self.scan_pairs(start.into(), end.into(), limit, reverse, false, read)
+            .await
+    }
+
+    /// The keys of [`KvClient::scan`]'s pairs: no value is read by the store or sent.
+    pub async fn scan_keys(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: usize,
+        reverse: bool,
+        read: ReadConsistency,
+    ) -> Result<Vec<Bytes>, ClientError> {
+        let pairs = self
+            .scan_pairs(start.into(), end.into(), limit, reverse, true, read)
+            .await?;
+        Ok(pairs.into_iter().map(|(key, _)| key).collect())
+    }
+
+    async fn scan_pairs(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: usize,
+        reverse: bool,
+        keys_only: bool,
+        read: ReadConsistency,
+    ) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
         if !end.is_empty() && start > end {
             return Err(ClientError::definite(
                 "InvalidRange",
@@ -977,29 +1040,43 @@ impl KvClient {
             if out.len() >= limit {
                 break;
             }
-            let part_start = if start > region.start {
-                start.clone()
-            } else {
-                region.start.clone()
-            };
-            let call = Call::Scan(proto::ScanRequest {
-                context: None,
-                start: part_start,
-                end: end.clone(),
-                limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
-                reverse,
-                keys_only: false,
-                read: read.proto(),
-            });
             let route_key = if start > region.start {
                 start.clone()
             } else {
                 region.start.clone()
             };
-            let Reply::Scan(reply) = self.call(&route_key, call).await?.0 else {
-                return Err(wrong_reply());
-            };
-            out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+            let mut part_start = route_key.clone();
+            let mut part_end = end.clone();
+            // Pages of one region: a store answers at most scan_reply_bytes_max of keys and
+            // values and says when it left pairs for another call.
+            while out.len() < limit {
+                let call = Call::Scan(proto::ScanRequest {
+                    context: None,
+                    start: part_start.clone(),
+                    end: part_end.clone(),
+                    limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
+                    reverse,
+                    keys_only,
+                    read: read.proto(),
+                });
+                let Reply::Scan(reply) = self.call(&route_key, call).await?.0 else {
+                    return Err(wrong_reply());
+                };
+                let last = reply.entries.last().map(|kv| kv.key.clone());
+                out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+                let Some(last) = last.filter(|_| reply.more) else {
+                    break;
+                };
+                if reverse {
+                    part_end = last;
+                } else {
+                    // The smallest key after `last`.
+                    let mut next = Vec::with_capacity(last.len() + 1);
+                    next.extend_from_slice(&last);
+                    next.push(0);
+                    part_start = Bytes::from(next);
+                }
+            }
         }
         out.truncate(limit);
         Ok(out)
@@ -1382,10 +1459,23 @@ fn wrong_reply_unknown() -> ClientError {
     ClientError::unknown("the store answered a write with a malformed reply")
 }
 
+/// The kind of an op refused inside a batch, whose result carries only the message: the
+/// refusals a caller acts on keep their kind, the rest are `Refused`.
+fn element_error_kind(message: &str) -> &'static str {
+    // The texts of `KvError::NoSpace` and `KvError::KeyEmpty` (a test checks they match).
+    if message.starts_with("no space:") {
+        "NoSpace"
+    } else if message == "key is empty" {
+        "KeyEmpty"
+    } else {
+        "Refused"
+    }
+}
+
 fn op_error(result: &proto::OpResult) -> Option<ClientError> {
     match &result.result {
         Some(proto::op_result::Result::Error(why)) => {
-            Some(ClientError::definite("Refused", why.clone()))
+            Some(ClientError::definite(element_error_kind(why), why.clone()))
         }
         None => Some(wrong_reply_unknown()),
         _ => None,
@@ -1486,6 +1576,24 @@ mod tests {
         );
         assert!(!never_sent(&Status::unavailable("connection reset")));
         assert!(!never_sent(&Status::deadline_exceeded("slow")));
+    }
+
+    #[test]
+    fn batch_element_refusals_keep_their_kind() {
+        let no_space = crate::KvError::NoSpace {
+            store: "s:1".into(),
+            used: 2,
+            quota: 1,
+        };
+        assert_eq!(element_error_kind(&no_space.to_string()), "NoSpace");
+        assert_eq!(
+            element_error_kind(&crate::KvError::KeyEmpty.to_string()),
+            "KeyEmpty"
+        );
+        assert_eq!(
+            element_error_kind("key \"z\" is outside region 1"),
+            "Refused"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::export::{ExportReader, ExportWriter};
-use super::{bounds, check_batch, check_scan, KvEngine, WriteBatch, WriteOp};
+use super::{bounds, check_batch, check_scan, take_within, KvEngine, WriteBatch, WriteOp};
 use crate::error::{show, KvError};
 
 /// Tuning of a [`FjallEngine`].
@@ -273,6 +273,54 @@ impl KvEngine for FjallEngine {
     ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
         check_scan(start, end, limit)?;
         self.scan_partition(&self.data, start, end, limit, reverse)
+    }
+
+    fn scan_within(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
+        check_scan(start, end, limit)?;
+        let view = self.view(&self.data);
+        let range = view
+            .range::<&[u8], _>(bounds(start, end))
+            .map(|item| item.map_err(|e| lsm_error::convert("scan", e)));
+        let size = |(k, v): &(fjall::Slice, fjall::Slice)| k.len() + v.len();
+        let pair = |(k, v): (fjall::Slice, fjall::Slice)| (bytes_of(&k), bytes_of(&v));
+        if reverse {
+            take_within(range.rev(), limit, bytes_max, size, pair)
+        } else {
+            take_within(range, limit, bytes_max, size, pair)
+        }
+    }
+
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<Bytes>, bool), KvError> {
+        check_scan(start, end, limit)?;
+        // fjall 2 has no keys-only range (its own `keys()` maps a full iteration): values
+        // are read with their block, as a reference-counted slice of it, and dropped here
+        // without being copied out.
+        let view = self.view(&self.data);
+        let range = view.range::<&[u8], _>(bounds(start, end)).map(|item| {
+            item.map(|(key, _)| key)
+                .map_err(|e| lsm_error::convert("scan keys", e))
+        });
+        let size = |key: &fjall::Slice| key.len();
+        let key = |key: fjall::Slice| bytes_of(&key);
+        if reverse {
+            take_within(range.rev(), limit, bytes_max, size, key)
+        } else {
+            take_within(range, limit, bytes_max, size, key)
+        }
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {

@@ -12,7 +12,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 
 use super::export::{ExportReader, ExportWriter};
-use super::{bounds, check_batch, check_scan, KvEngine, WriteBatch, WriteOp};
+use super::{bounds, check_batch, check_scan, take_within, KvEngine, WriteBatch, WriteOp};
 use crate::error::KvError;
 
 type Space = BTreeMap<Bytes, Bytes>;
@@ -95,6 +95,49 @@ impl KvEngine for MemoryEngine {
     ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
         check_scan(start, end, limit)?;
         Ok(scan_space(&self.read()?.data, start, end, limit, reverse))
+    }
+
+    fn scan_within(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
+        check_scan(start, end, limit)?;
+        let spaces = self.read()?;
+        let range = spaces.data.range::<[u8], _>(bounds(start, end)).map(Ok);
+        let size = |(k, v): &(&Bytes, &Bytes)| k.len() + v.len();
+        let pair = |(k, v): (&Bytes, &Bytes)| (k.clone(), v.clone());
+        if reverse {
+            take_within(range.rev(), limit, bytes_max, size, pair)
+        } else {
+            take_within(range, limit, bytes_max, size, pair)
+        }
+    }
+
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<Bytes>, bool), KvError> {
+        check_scan(start, end, limit)?;
+        let spaces = self.read()?;
+        let range = spaces
+            .data
+            .range::<[u8], _>(bounds(start, end))
+            .map(|(k, _)| Ok(k));
+        let size = |k: &&Bytes| k.len();
+        let key = |k: &Bytes| k.clone();
+        if reverse {
+            take_within(range.rev(), limit, bytes_max, size, key)
+        } else {
+            take_within(range, limit, bytes_max, size, key)
+        }
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), KvError> {

@@ -166,6 +166,49 @@ pub trait KvEngine: Send + Sync + 'static {
         reverse: bool,
     ) -> Result<Vec<(Bytes, Bytes)>, KvError>;
 
+    /// [`KvEngine::scan`] that also stops before the pairs' key and value bytes pass
+    /// `bytes_max` (at least one pair is returned when there is one); the flag is true when
+    /// it stopped for that reason, with pairs left in the range and under `limit`. Both
+    /// engines here copy nothing past the budget (the default scans then cuts).
+    fn scan_within(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
+        let pairs = self.scan(start, end, limit, reverse)?;
+        take_within(
+            pairs.into_iter().map(Ok),
+            limit,
+            bytes_max,
+            |(k, v)| k.len() + v.len(),
+            |pair| pair,
+        )
+    }
+
+    /// The keys of [`KvEngine::scan_within`]'s pairs (the budget counts keys only), without
+    /// their values: an engine copies no value (the default drops the values
+    /// [`KvEngine::scan`] copied; both engines here override it).
+    fn scan_keys(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+        bytes_max: usize,
+    ) -> Result<(Vec<Bytes>, bool), KvError> {
+        let pairs = self.scan(start, end, limit, reverse)?;
+        take_within(
+            pairs.into_iter().map(|(key, _)| Ok(key)),
+            limit,
+            bytes_max,
+            Bytes::len,
+            |key| key,
+        )
+    }
+
     /// Applies `batch` atomically (see [`WriteBatch`]).
     fn write(&self, batch: WriteBatch) -> Result<(), KvError>;
 
@@ -241,23 +284,46 @@ pub(crate) fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     key >= start && (end.is_empty() || key < end)
 }
 
+/// Up to `limit` items, stopping before their `size`s pass `bytes_max` once one is taken;
+/// the flag: stopped for the bytes with an item left. Items are converted only when taken.
+pub(crate) fn take_within<T, U>(
+    items: impl Iterator<Item = Result<T, KvError>>,
+    limit: usize,
+    bytes_max: usize,
+    size: impl Fn(&T) -> usize,
+    convert: impl Fn(T) -> U,
+) -> Result<(Vec<U>, bool), KvError> {
+    let mut taken = Vec::with_capacity(limit.min(1024));
+    let mut bytes = 0usize;
+    for item in items.take(limit) {
+        let item = item?;
+        let item_bytes = size(&item);
+        if !taken.is_empty() && bytes.saturating_add(item_bytes) > bytes_max {
+            return Ok((taken, true));
+        }
+        bytes = bytes.saturating_add(item_bytes);
+        taken.push(convert(item));
+    }
+    Ok((taken, false))
+}
+
 /// The checks every engine's scan starts with.
 pub(crate) fn check_scan(start: &[u8], end: &[u8], limit: usize) -> Result<(), KvError> {
     crate::limits::check_range(start, end)?;
     crate::limits::check_scan_limit(limit)
 }
 
-/// Refuses a batch holding a key or value over the limits or an invalid range, before
-/// anything is written.
+/// Refuses a batch holding an empty key (fjall asserts on one: a panic, not an error), a
+/// key or value over the limits or an invalid range, before anything is written.
 pub(crate) fn check_batch(batch: &WriteBatch) -> Result<(), KvError> {
-    use crate::limits::{check_key, check_range, check_value};
+    use crate::limits::{check_key, check_range, check_value, check_write_key};
     for op in batch.ops() {
         match op {
             WriteOp::Put { key, value } | WriteOp::MetaPut { key, value } => {
-                check_key(key)?;
+                check_write_key(key)?;
                 check_value(value)?;
             }
-            WriteOp::Delete { key } | WriteOp::MetaDelete { key } => check_key(key)?,
+            WriteOp::Delete { key } | WriteOp::MetaDelete { key } => check_write_key(key)?,
             WriteOp::DeleteRange { start, end } => {
                 check_key(start)?;
                 check_key(end)?;

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle, ERROR_KIND_KEY, LEADER_KEY};
 use flotilla_node::{Node, ReadMode};
 use tonic::metadata::MetadataValue;
@@ -27,14 +26,15 @@ pub mod proto {
     tonic::include_proto!("flotilla.kv.v1");
 }
 
-/// Largest KV request or answer (a batch of large values; single values are limited to
-/// [`crate::limits::VALUE_BYTES_MAX`]).
-pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub use crate::limits::KV_MESSAGE_BYTES_MAX;
 
 /// The kind name of `error` carried in `flotilla-error-kind`.
 #[must_use]
 pub fn kind_of(error: &KvError) -> String {
     match error {
+        KvError::KeyEmpty => "KeyEmpty".into(),
+        KvError::RegionRefused(_) => "RegionRefused".into(),
+        KvError::NoSpace { .. } => "NoSpace".into(),
         KvError::KeyTooLarge { .. } => "KeyTooLarge".into(),
         KvError::ValueTooLarge { .. } => "ValueTooLarge".into(),
         KvError::BatchTooLarge { .. } => "BatchTooLarge".into(),
@@ -55,7 +55,9 @@ pub fn kind_of(error: &KvError) -> String {
 
 fn code_of(error: &KvError) -> Code {
     match error {
-        KvError::KeyTooLarge { .. }
+        KvError::KeyEmpty
+        | KvError::RegionRefused(_)
+        | KvError::KeyTooLarge { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::BatchTooLarge { .. }
         | KvError::ScanLimitTooLarge { .. }
@@ -65,7 +67,8 @@ fn code_of(error: &KvError) -> Code {
         | KvError::Refused(_) => Code::InvalidArgument,
         KvError::StaleEpoch { .. } | KvError::NotLeader { .. } => Code::FailedPrecondition,
         KvError::NoSuchRegion(_) => Code::NotFound,
-        KvError::Busy(_) => Code::ResourceExhausted,
+        // etcd answers its NOSPACE alarm with RESOURCE_EXHAUSTED too.
+        KvError::Busy(_) | KvError::NoSpace { .. } => Code::ResourceExhausted,
         KvError::Unknown(_) => Code::Unknown,
         KvError::Engine(_) | KvError::RangeInconsistent { .. } => Code::Internal,
         KvError::Node { kind, .. } => match kind.as_str() {
@@ -263,19 +266,27 @@ impl proto::kv_server::Kv for KvService {
         let (id, epoch) = context(r.context)?;
         let mode = read_mode(r.read)?;
         let limit = usize::try_from(r.limit).unwrap_or(usize::MAX);
-        let entries = self
+        let (entries, more) = self
             .store
-            .scan(id, epoch, r.start, r.end, limit, r.reverse, mode)
+            .scan(
+                id,
+                epoch,
+                r.start,
+                r.end,
+                limit,
+                r.reverse,
+                r.keys_only,
+                mode,
+            )
             .await
             .map_err(|e| status_of(&e))?;
+        // Keys only: the store read no value, every one here is empty.
         Ok(Response::new(proto::ScanReply {
             entries: entries
                 .into_iter()
-                .map(|(key, value)| proto::KeyValue {
-                    key,
-                    value: if r.keys_only { Bytes::new() } else { value },
-                })
+                .map(|(key, value)| proto::KeyValue { key, value })
                 .collect(),
+            more,
         }))
     }
 
@@ -322,9 +333,22 @@ impl proto::kv_server::Kv for KvService {
         let info = r
             .region
             .ok_or_else(|| invalid("open region without a region".into()))?;
-        let region = region_of(&info).map_err(|e| invalid(format!("region: {e}")))?;
+        let region = region_of(&info)
+            .map_err(|e| status_of(&KvError::RegionRefused(format!("region {}: {e}", info.id))))?;
         self.store
             .open_region(region, r.cluster)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(self.regions_reply()))
+    }
+
+    async fn close_region(
+        &self,
+        request: Request<proto::CloseRegionRequest>,
+    ) -> Result<Response<proto::RegionsReply>, Status> {
+        let r = request.into_inner();
+        self.store
+            .close_region(RegionId(r.region_id))
             .await
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(self.regions_reply()))

@@ -20,7 +20,7 @@ use crate::region::{Epoch, Region, RegionId};
 pub const STORE_META_FILE: &str = "store.meta";
 const HEADER: &str = "flotilla-store 1";
 /// Largest `store.meta` read (a region line is at most ~33 KiB with maximal keys).
-const STORE_META_BYTES_MAX: u64 = 64 * 1024 * 1024;
+pub(crate) const STORE_META_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// One region this store hosts a peer of.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,15 +4,19 @@
 //!
 //! Owns: the data directory (`store.meta`, `raft/` for the node runtime, `kv/` for the
 //! fjall engine), bootstrap of static regions, request admission (region, epoch, range,
-//! limits) before anything is proposed, and a clean shutdown that hands leadership off.
-//! Must never: serve a data directory that belongs to another address or cluster, or
-//! propose a request it has not validated.
+//! limits, no empty key, the space quota: see `quota`) before anything is proposed, the
+//! regions it hosts (`OpenRegion` validated against them; `CloseRegion` for a peer opened
+//! by mistake), and a clean shutdown that hands leadership off. Must never: serve a data
+//! directory that belongs to another address or cluster, propose a request it has not
+//! validated, or host two regions that share a key.
 //!
 //! Not yet: regions change only by membership (no split or merge: the placement driver
 //! comes later), so `Epoch::version` stays 1 and `conf_version` is not bumped by membership
-//! changes yet; a peer removed from a region stays open (idle) on its store until restart.
+//! changes yet; a peer removed from a region stays open (idle) on its store until restart,
+//! and so does the raft group of a closed region (the node runtime cannot remove a group).
 
 pub mod meta;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,9 +30,14 @@ use flotilla_node::{ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftEr
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
+use crate::limits::{REGIONS_PER_STORE_MAX, SCAN_REPLY_BYTES_MAX};
 use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
-use meta::{cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_FILE};
+use meta::{
+    cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE,
+};
+use quota::SpaceQuota;
+pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
 
 /// Which [`KvEngine`] a store keeps its data in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,11 +88,14 @@ pub struct StoreOptions {
     pub request_timeout: Duration,
     /// Mutual TLS for peers and clients; `None`: plain text.
     pub tls: Option<TlsConfig>,
+    /// Size of the data directory at which writes that add data are refused with
+    /// [`KvError::NoSpace`] until it falls back below (see `quota`); 0: unlimited.
+    pub quota_bytes: u64,
 }
 
 impl StoreOptions {
     /// Defaults: one region, fjall, 100 ms ticks, 1 s election timeout, a snapshot every
-    /// hour, 5 s request timeout, no TLS.
+    /// hour, 5 s request timeout, no TLS, a quota of [`QUOTA_BYTES_DEFAULT`].
     #[must_use]
     pub fn new(address: impl Into<String>, data_dir: impl Into<PathBuf>) -> StoreOptions {
         StoreOptions {
@@ -97,6 +109,7 @@ impl StoreOptions {
             snapshot_interval_ticks: 36_000,
             request_timeout: Duration::from_secs(5),
             tls: None,
+            quota_bytes: QUOTA_BYTES_DEFAULT,
         }
     }
 }
@@ -171,6 +184,10 @@ struct StoreInner {
     fresh: bool,
     /// The gRPC server, stopped by [`Store::shutdown`].
     server: Mutex<Option<ServerHandle>>,
+    /// The data directory's size against its quota (the NOSPACE alarm).
+    quota: SpaceQuota,
+    /// The task measuring the data directory, stopped by [`Store::shutdown`].
+    usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running store. Cheap to clone.
@@ -201,6 +218,45 @@ fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
             reason: format!("cannot list it: {e}"),
         }),
     }
+}
+
+/// The checks of [`Store::open_region`] against what this store knows (`meta`), for a
+/// region id it does not host yet.
+fn check_open(meta: &StoreMeta, region: &Region, cluster: u64) -> Result<(), KvError> {
+    if cluster == 0 {
+        return Err(KvError::RegionRefused("cluster id 0 is not valid".into()));
+    }
+    if meta.cluster != 0 && meta.cluster != cluster {
+        return Err(KvError::RegionRefused(format!(
+            "this store belongs to cluster {:016x}, not {cluster:016x}",
+            meta.cluster
+        )));
+    }
+    if let Some(overlapped) = meta.regions.iter().find(|h| h.region.overlaps(region)) {
+        return Err(KvError::RegionRefused(format!(
+            "{region} overlaps {} which this store hosts: a store's regions never share a key",
+            overlapped.region
+        )));
+    }
+    if meta.regions.len() >= REGIONS_PER_STORE_MAX {
+        return Err(KvError::RegionRefused(format!(
+            "this store already hosts {} regions, the most regions_per_store_max \
+             ({REGIONS_PER_STORE_MAX}) allows",
+            meta.regions.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `store.meta` larger than a restart reads back.
+fn check_meta_size(meta: &StoreMeta) -> Result<(), KvError> {
+    let size = meta.render().len() as u64;
+    if size > STORE_META_BYTES_MAX {
+        return Err(KvError::RegionRefused(format!(
+            "store.meta would grow to {size} bytes, over its {STORE_META_BYTES_MAX}-byte limit"
+        )));
+    }
+    Ok(())
 }
 
 /// What `open` decided from the options and the data directory.
@@ -361,8 +417,14 @@ impl Store {
             request_timeout: options.request_timeout,
             fresh,
             server: Mutex::new(None),
+            quota: SpaceQuota::new(options.quota_bytes),
+            usage_task: Mutex::new(None),
         });
         let store = Store { inner };
+        // Measured once before serving, so a store restarted over its quota refuses at once.
+        measure_usage(&store.inner).await;
+        let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));
+        *lock(&store.inner.usage_task) = Some(task);
         for hosted in &meta.regions {
             store.start_region(hosted).await?;
         }
@@ -441,6 +503,7 @@ impl Store {
              flotilla_store_regions_led {led}\n",
             regions.len()
         ));
+        text.push_str(&self.inner.quota.metrics_text());
         text
     }
 
@@ -516,28 +579,30 @@ impl Store {
     }
 
     /// Creates an empty peer of `region` on this store, to be added by the region's leader
-    /// (`admin add-peer` calls this on the new store first). Idempotent; a store of another
-    /// cluster refuses.
+    /// (`admin add-peer` calls this on the new store first). Idempotent (the same id and
+    /// range again). Refused with [`KvError::RegionRefused`], nothing changed: cluster id 0
+    /// or another cluster than this store's, a region id this store hosts with another
+    /// range, a range overlapping a region this store hosts (it would take those keys'
+    /// routes), more than [`REGIONS_PER_STORE_MAX`] regions, or a `store.meta` that would
+    /// outgrow what a restart reads back.
     pub async fn open_region(&self, region: Region, cluster: u64) -> Result<(), KvError> {
         let mut meta = self.inner.meta.lock().await;
-        if cluster == 0 {
-            return Err(KvError::Engine(
-                "open region: cluster id 0 is not valid".into(),
-            ));
-        }
-        if meta.cluster != 0 && meta.cluster != cluster {
-            return Err(KvError::Engine(format!(
-                "this store belongs to cluster {:016x}, not {cluster:016x}",
-                meta.cluster
-            )));
-        }
-        if let Some(existing) = self.peer(region.id) {
-            if existing.region.start == region.start && existing.region.end == region.end {
+        if let Some(existing) = meta.regions.iter().find(|h| h.region.id == region.id) {
+            let existing = &existing.region;
+            if existing.start == region.start && existing.end == region.end {
                 return Ok(());
             }
-            return Err(KvError::Engine(format!(
-                "this store already hosts {} which differs from {region}",
-                existing.region
+            return Err(KvError::RegionRefused(format!(
+                "this store already hosts {existing}, which differs from {region}"
+            )));
+        }
+        check_open(&meta, &region, cluster)?;
+        if self.peer(region.id).is_some() || self.inner.manager.node(region.id.0).is_some() {
+            // Closed since this process started: its raft group is still in the runtime.
+            return Err(KvError::RegionRefused(format!(
+                "region {} was closed on this store since it started; restart the store to \
+                 open it again",
+                region.id
             )));
         }
         let hosted = HostedRegion {
@@ -547,18 +612,74 @@ impl Store {
         let mut next = meta.clone();
         next.cluster = cluster;
         next.regions.push(hosted.clone());
-        let dir = self.inner.data_dir.clone();
-        let to_save = next.clone();
-        tokio::task::spawn_blocking(move || to_save.save(&dir))
-            .await
-            .map_err(|e| KvError::Engine(format!("saving store.meta panicked: {e}")))?
-            .map_err(KvError::Engine)?;
+        check_meta_size(&next)?;
+        self.save_meta(&next).await?;
         *meta = next;
         *lock(&self.inner.cluster) = cluster;
         self.start_region(&hosted)
             .await
             .map_err(|e| KvError::Engine(e.to_string()))?;
         Ok(())
+    }
+
+    /// Removes this store's peer of region `id`, opened by mistake: from `store.meta` and
+    /// from what the store serves and reports. Refused with [`KvError::RegionRefused`]
+    /// unless the peer belongs to no configuration (it was never added, nor bootstrapped)
+    /// and its log is empty (it holds no data). Once the store hosts no region it belongs
+    /// to no cluster again (a mistaken `OpenRegion` may have bound it to one).
+    ///
+    /// The raft group stays idle in the node runtime until the process restarts (the
+    /// runtime has no call to remove a group; known debt): it holds nothing, and reopening
+    /// the same region id is refused until then.
+    pub async fn close_region(&self, id: RegionId) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        let status = peer.node.status();
+        let configuration = &status.configuration;
+        if !configuration.voters.is_empty() || !configuration.learners.is_empty() {
+            let members: Vec<&str> = configuration
+                .voters
+                .iter()
+                .chain(&configuration.learners)
+                .map(PeerId::as_str)
+                .collect();
+            return Err(KvError::RegionRefused(format!(
+                "region {id} on this store belongs to a configuration ({}): remove the store \
+                 from the region with `admin remove-peer` instead",
+                members.join(",")
+            )));
+        }
+        if status.last_index.0 != 0 || status.applied.0 != 0 {
+            return Err(KvError::RegionRefused(format!(
+                "region {id} on this store holds log entries up to {} (applied {}): it holds \
+                 data",
+                status.last_index, status.applied
+            )));
+        }
+        let mut next = meta.clone();
+        next.regions.retain(|hosted| hosted.region.id != id);
+        if next.regions.is_empty() {
+            next.cluster = 0;
+        }
+        self.save_meta(&next).await?;
+        self.inner
+            .regions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        *lock(&self.inner.cluster) = next.cluster;
+        *meta = next;
+        tracing::warn!(region = %id, "region closed on this store (it held nothing)");
+        Ok(())
+    }
+
+    async fn save_meta(&self, next: &StoreMeta) -> Result<(), KvError> {
+        let dir = self.inner.data_dir.clone();
+        let to_save = next.clone();
+        tokio::task::spawn_blocking(move || to_save.save(&dir))
+            .await
+            .map_err(|e| KvError::Engine(format!("saving store.meta panicked: {e}")))?
+            .map_err(KvError::Engine)
     }
 
     fn node_error(&self, region: RegionId, error: NodeError) -> KvError {
@@ -646,7 +767,10 @@ impl Store {
     }
 
     /// A linearizable scan of `[start, end)` clipped to the region (an empty `end`: to the
-    /// region's end).
+    /// region's end). With `keys_only` every value is empty: the engine scans keys only
+    /// ([`KvEngine::scan_keys`]) and no value is copied. The answer stops at
+    /// [`SCAN_REPLY_BYTES_MAX`] bytes of keys and values (after one pair at least): the
+    /// flag is true when pairs under `limit` were left for another call.
     #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         &self,
@@ -656,8 +780,9 @@ impl Store {
         end: Bytes,
         limit: usize,
         reverse: bool,
+        keys_only: bool,
         mode: Option<ReadMode>,
-    ) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
         crate::limits::check_scan_limit(limit)?;
         crate::limits::check_range(&start, &end)?;
         let region = self.admit(id, epoch)?.region;
@@ -672,10 +797,17 @@ impl Store {
             (false, false) => end.min(region.end.clone()),
         };
         if !end.is_empty() && start >= end {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         self.read_ready(id, epoch, mode).await?;
-        self.inner.engine.scan(&start, &end, limit, reverse)
+        let engine = &self.inner.engine;
+        if keys_only {
+            let (keys, more) =
+                engine.scan_keys(&start, &end, limit, reverse, SCAN_REPLY_BYTES_MAX)?;
+            let pairs = keys.into_iter().map(|key| (key, Bytes::new())).collect();
+            return Ok((pairs, more));
+        }
+        engine.scan_within(&start, &end, limit, reverse, SCAN_REPLY_BYTES_MAX)
     }
 
     /// Applies `command` through the region's raft log; answers its output once applied.
@@ -687,6 +819,77 @@ impl Store {
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
         command.validate()?;
+        if self.inner.quota.alarm() {
+            if let KvCommand::Batch(elements) = &command {
+                if elements.iter().any(|e| !e.adds_data()) {
+                    return self.write_without_additions(id, epoch, elements).await;
+                }
+            }
+            if command.adds_data() {
+                return Err(self.no_space());
+            }
+        }
+        self.propose(id, epoch, command).await
+    }
+
+    /// The NOSPACE refusal, with the last measurement.
+    fn no_space(&self) -> KvError {
+        KvError::NoSpace {
+            store: self.inner.address.as_str().to_string(),
+            used: self.inner.quota.used_bytes(),
+            quota: self.inner.quota.quota_bytes(),
+        }
+    }
+
+    /// A batch of commands under the NOSPACE alarm: its elements that add data are refused
+    /// (each with its own [`KvError::NoSpace`] result), the others (deletes) are applied.
+    async fn write_without_additions(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        elements: &[KvCommand],
+    ) -> Result<KvOutput, KvError> {
+        let kept: Vec<KvCommand> = elements
+            .iter()
+            .filter(|e| !e.adds_data())
+            .cloned()
+            .collect();
+        let kept_count = kept.len();
+        let KvOutput::Batch(applied) = self.propose(id, epoch, KvCommand::Batch(kept)).await?
+        else {
+            return Err(KvError::Unknown(
+                "the state machine answered a batch with a single output".into(),
+            ));
+        };
+        if applied.len() != kept_count {
+            return Err(KvError::Unknown(format!(
+                "the state machine answered {} results to a batch of {kept_count}",
+                applied.len()
+            )));
+        }
+        let refusal = self.no_space().to_string();
+        let mut applied = applied.into_iter();
+        let results = elements
+            .iter()
+            .map(|element| {
+                if element.adds_data() {
+                    Err(refusal.clone())
+                } else {
+                    applied.next().unwrap_or_else(|| Err(refusal.clone()))
+                }
+            })
+            .collect();
+        Ok(KvOutput::Batch(results))
+    }
+
+    /// Proposes a validated `command` through the region's raft log; answers its output
+    /// once applied.
+    async fn propose(
+        &self,
+        id: RegionId,
+        epoch: Epoch,
+        command: KvCommand,
+    ) -> Result<KvOutput, KvError> {
         let peer = self.admit(id, epoch)?;
         command.check_region(&peer.region)?;
         if !peer.node.is_leader() {
@@ -727,6 +930,9 @@ impl Store {
                 }
             });
         futures_join_all(transfers).await;
+        if let Some(task) = lock(&self.inner.usage_task).take() {
+            task.abort();
+        }
         let handle = lock(&self.inner.server).take();
         if let Some(handle) = handle {
             handle.shutdown().await;
@@ -737,6 +943,33 @@ impl Store {
     }
 }
 
+/// Measures the data directory once (on the blocking pool) and records it.
+async fn measure_usage(inner: &StoreInner) {
+    let dir = inner.data_dir.clone();
+    match tokio::task::spawn_blocking(move || quota::directory_bytes(&dir)).await {
+        Ok(Ok(bytes)) => inner.quota.record(bytes, inner.address.as_str()),
+        Ok(Err(why)) => {
+            tracing::warn!(store = %inner.address, error = %why, "measuring the data dir failed; the NOSPACE alarm keeps its state");
+        }
+        Err(e) => {
+            tracing::warn!(store = %inner.address, error = %e, "measuring the data dir panicked");
+        }
+    }
+}
+
+/// Measures the data directory every [`USAGE_INTERVAL`] while the store lives.
+async fn measure_usage_every(inner: std::sync::Weak<StoreInner>) {
+    let mut ticks = tokio::time::interval(USAGE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        measure_usage(&inner).await;
+    }
+}
+
 /// Runs futures concurrently (a tiny `join_all`, to avoid a dependency for it).
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     futures: impl Iterator<Item = F>,
@@ -744,5 +977,81 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
         let _ = handle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(id: u64, start: &'static [u8], end: &'static [u8]) -> Region {
+        Region::new(
+            RegionId(id),
+            Bytes::from_static(start),
+            Bytes::from_static(end),
+            Epoch::new(1, 1),
+        )
+        .expect("a valid region")
+    }
+
+    fn meta(regions: Vec<Region>) -> StoreMeta {
+        StoreMeta {
+            address: "127.0.0.1:1".into(),
+            cluster: 7,
+            regions: regions
+                .into_iter()
+                .map(|region| HostedRegion {
+                    region,
+                    initial_peers: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn refusal(result: Result<(), KvError>) -> String {
+        match result {
+            Err(KvError::RegionRefused(why)) => why,
+            other => panic!("expected RegionRefused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_region_refuses_overlaps_other_clusters_and_cluster_zero() {
+        let hosted = meta(vec![region(1, b"", b"m"), region(2, b"m", b"t")]);
+        assert!(refusal(check_open(&hosted, &region(9, b"a", b"c"), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"s", b""), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"", b""), 7)).contains("overlaps"));
+        assert!(refusal(check_open(&hosted, &region(9, b"t", b""), 8)).contains("cluster"));
+        assert!(refusal(check_open(&hosted, &region(9, b"t", b""), 0)).contains("cluster id 0"));
+        // Adjacent ranges share no key.
+        assert_eq!(check_open(&hosted, &region(9, b"t", b""), 7), Ok(()));
+        // A store of no cluster yet takes any cluster's region.
+        let empty = StoreMeta {
+            cluster: 0,
+            ..meta(Vec::new())
+        };
+        assert_eq!(check_open(&empty, &region(9, b"", b""), 5), Ok(()));
+    }
+
+    #[test]
+    fn open_region_refuses_more_than_regions_per_store_max() {
+        let mut full = meta(Vec::new());
+        full.regions = (0..REGIONS_PER_STORE_MAX as u64)
+            .map(|i| HostedRegion {
+                region: Region::new(
+                    RegionId(i + 1),
+                    Bytes::from(i.to_be_bytes().to_vec()),
+                    Bytes::from((i + 1).to_be_bytes().to_vec()),
+                    Epoch::new(1, 1),
+                )
+                .expect("a valid region"),
+                initial_peers: Vec::new(),
+            })
+            .collect();
+        let next = region(u64::MAX, b"\xff", b"");
+        assert!(refusal(check_open(&full, &next, 7)).contains("regions_per_store_max"));
+        full.regions.pop();
+        assert_eq!(check_open(&full, &next, 7), Ok(()));
+        assert_eq!(check_meta_size(&full), Ok(()));
     }
 }

@@ -106,6 +106,93 @@ fn scans(engine: &dyn KvEngine) {
     assert_eq!(engine.approximate_keys(b"", b"c").unwrap(), 2);
 }
 
+/// Keys-only scans give the keys of `scan`, in its order, with its limits and refusals;
+/// both stop at a byte budget (after one pair at least) and say so.
+fn keys_only_scans(engine: &dyn KvEngine) {
+    fill(engine, &["a", "b", "c", "d", "e"]);
+    let key_names = |found: Vec<Bytes>| -> Vec<String> {
+        found
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    for (start, end, limit, reverse) in [
+        ("", "", 100, false),
+        ("b", "d", 100, false),
+        ("b", "", 2, false),
+        ("", "", 2, true),
+        ("b", "d", 100, true),
+        ("c", "c", 100, false),
+    ] {
+        let (s, e) = (start.as_bytes(), end.as_bytes());
+        let pairs = engine.scan(s, e, limit, reverse).unwrap();
+        let (only, more) = engine.scan_keys(s, e, limit, reverse, usize::MAX).unwrap();
+        assert!(!more);
+        assert_eq!(
+            key_names(only),
+            keys(&pairs),
+            "{start:?}..{end:?} {limit} {reverse}"
+        );
+        let (within, more) = engine
+            .scan_within(s, e, limit, reverse, usize::MAX)
+            .unwrap();
+        assert!(!more);
+        assert_eq!(within, pairs);
+    }
+    // Budgets: each pair is 1 + 4 bytes ("a", "v-a"), each key 1.
+    let (within, more) = engine.scan_within(b"", b"", 100, false, 10).unwrap();
+    assert_eq!(
+        (keys(&within), more),
+        (vec!["a".to_string(), "b".into()], true)
+    );
+    let (within, more) = engine.scan_within(b"", b"", 100, true, 1).unwrap();
+    assert_eq!(
+        (keys(&within), more),
+        (vec!["e".to_string()], true),
+        "one pair at least"
+    );
+    let (within, more) = engine.scan_within(b"", b"", 2, false, 10).unwrap();
+    assert_eq!(
+        (within.len(), more),
+        (2, false),
+        "the limit, not the budget, stopped it"
+    );
+    let (only, more) = engine.scan_keys(b"b", b"", 100, false, 3).unwrap();
+    assert_eq!(
+        (key_names(only), more),
+        (vec!["b".to_string(), "c".into(), "d".into()], true)
+    );
+    assert!(matches!(
+        engine.scan_keys(b"d", b"b", 10, false, usize::MAX),
+        Err(KvError::InvalidRange { .. })
+    ));
+    assert!(matches!(
+        engine.scan_within(b"", b"", SCAN_LIMIT_MAX + 1, false, usize::MAX),
+        Err(KvError::ScanLimitTooLarge { .. })
+    ));
+}
+
+/// Issue 12: an empty key in a write is refused with `KeyEmpty` before anything is
+/// written — fjall asserts on one (a panic of the thread applying the batch).
+fn empty_keys_are_refused(engine: &dyn KvEngine) {
+    fill(engine, &["a"]);
+    assert_eq!(engine.put(Bytes::new(), b("x")), Err(KvError::KeyEmpty));
+    assert_eq!(engine.delete(Bytes::new()), Err(KvError::KeyEmpty));
+    assert_eq!(
+        engine.meta_put(Bytes::new(), b("x")),
+        Err(KvError::KeyEmpty)
+    );
+    let mut batch = WriteBatch::new();
+    batch.put(b("b"), b("1"));
+    batch.delete(Bytes::new());
+    assert_eq!(engine.write(batch), Err(KvError::KeyEmpty));
+    assert_eq!(keys(&everything(engine)), ["a"]);
+    // An empty range bound is "unbounded", not a key: still fine.
+    engine.delete_range(Bytes::new(), Bytes::new()).unwrap();
+    assert!(everything(engine).is_empty());
+    assert_eq!(engine.get(b"").unwrap(), None);
+}
+
 fn delete_range(engine: &dyn KvEngine) {
     fill(engine, &["a", "b", "c", "d", "e"]);
     engine.delete_range(b("b"), b("d")).unwrap();
@@ -309,6 +396,8 @@ macro_rules! conformance {
 conformance!(
     put_get_delete,
     scans,
+    keys_only_scans,
+    empty_keys_are_refused,
     delete_range,
     batches_apply_in_order,
     meta_space_is_separate,

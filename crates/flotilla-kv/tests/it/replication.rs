@@ -394,6 +394,77 @@ async fn restart_on_fjall_recovers_the_same_data() {
     cluster.stop_all().await;
 }
 
+/// Issue 12: a command an engine cannot take (an empty key, on which fjall panics) that is
+/// already in the log — proposed straight to the node, past the store's admission, as an
+/// older version let it through — is answered as a refused operation on every replica and
+/// the group keeps applying; a replica replaying the log from the start (its engine lost)
+/// applies it the same way. Before the fix every replica's round thread panicked here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_entry_is_refused_and_the_log_heals() {
+    let mut cluster = KvCluster::new("poisoned", 3, EngineKind::Fjall).await;
+    let region = whole(6);
+    cluster.add_region(&region).await;
+    let g = region.id.0;
+    cluster.propose(g, put("before", "1")).await.unwrap();
+    let poisoned = [
+        put("", "x"),
+        KvCommand::Delete { key: Bytes::new() },
+        cas("", None, "x"),
+        KvCommand::PutIfAbsent {
+            key: Bytes::new(),
+            value: b("x"),
+        },
+        KvCommand::GetAndPut {
+            key: Bytes::new(),
+            value: b("x"),
+        },
+        KvCommand::BatchPut(pairs(&[("ok", "1"), ("", "x")])),
+        KvCommand::BatchDelete(vec![b("before"), Bytes::new()]),
+    ];
+    for command in &poisoned {
+        assert_eq!(command.validate(), Err(KvError::KeyEmpty), "{command:?}");
+        // `encode` does not validate: this is the entry an older store proposed.
+        let refusal = cluster.propose_raw(g, command.encode()).await.unwrap_err();
+        assert!(refusal.contains("key is empty"), "{command:?}: {refusal}");
+    }
+    // In a client batch only the poisoned element is refused.
+    let output = cluster
+        .propose_raw(
+            g,
+            KvCommand::Batch(vec![put("b1", "1"), put("", "x"), put("b2", "1")]).encode(),
+        )
+        .await
+        .unwrap();
+    match output {
+        KvOutput::Batch(results) => {
+            assert_eq!(results[0], Ok(KvOutput::Done));
+            assert!(results[1].as_ref().unwrap_err().contains("key is empty"));
+            assert_eq!(results[2], Ok(KvOutput::Done));
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.propose(g, put("after", "1")).await.unwrap();
+    let expected = pairs(&[("after", "1"), ("b1", "1"), ("b2", "1"), ("before", "1")]);
+    assert_eq!(cluster.converged(g).await[0], expected);
+    for i in 0..3 {
+        assert!(!cluster.handle(i, g).failed(), "replica {i} stopped");
+    }
+
+    // A replica that lost its engine replays the whole log, poisoned entries included.
+    let replayed = (cluster.leader(g).await + 1) % 3;
+    cluster.stop(replayed).await;
+    std::fs::remove_dir_all(cluster.processes[replayed].engine_dir()).unwrap();
+    cluster.start(replayed).await;
+    cluster
+        .add_region_on(replayed, &region, cluster.peers.clone())
+        .await;
+    cluster.propose(g, put("post-replay", "1")).await.unwrap();
+    let data = cluster.converged(g).await;
+    assert_eq!(data[replayed].len(), expected.len() + 1);
+    assert!(!cluster.handle(replayed, g).failed());
+    cluster.stop_all().await;
+}
+
 /// A snapshot of another range at an epoch that is not newer is refused: importing it
 /// could overwrite keys another region of the store owns. The peer's group stops and its
 /// engine is left as it was.

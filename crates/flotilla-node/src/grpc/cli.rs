@@ -239,7 +239,12 @@ impl proto::cli_server::Cli for CliService {
     ) -> Result<Response<proto::Done>, Status> {
         let r = request.into_inner();
         let peer = parse_peer("peer", &r.peer)?;
-        done(self.node(r.group)?.add_peer(peer).await)
+        let node = self.node(r.group)?;
+        done(if r.force {
+            node.add_peer_forced(peer).await
+        } else {
+            node.add_peer(peer).await
+        })
     }
 
     async fn remove_peer(
@@ -248,7 +253,12 @@ impl proto::cli_server::Cli for CliService {
     ) -> Result<Response<proto::Done>, Status> {
         let r = request.into_inner();
         let peer = parse_peer("peer", &r.peer)?;
-        done(self.node(r.group)?.remove_peer(peer).await)
+        let node = self.node(r.group)?;
+        done(if r.force {
+            node.remove_peer_forced(peer).await
+        } else {
+            node.remove_peer(peer).await
+        })
     }
 
     async fn change_peers(
@@ -260,7 +270,12 @@ impl proto::cli_server::Cli for CliService {
         if peers.is_empty() {
             return Err(invalid("peers: the new voters may not be empty".into()));
         }
-        done(self.node(r.group)?.change_peers(peers).await)
+        let node = self.node(r.group)?;
+        done(if r.force {
+            node.change_peers_forced(peers).await
+        } else {
+            node.change_peers(peers).await
+        })
     }
 
     async fn add_learners(
@@ -316,12 +331,33 @@ impl proto::cli_server::Cli for CliService {
         &self,
         request: Request<proto::PeersRequest>,
     ) -> Result<Response<proto::Done>, Status> {
+        let asked_by = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let r = request.into_inner();
         let peers = parse_peers(&r.peers)?;
         if peers.is_empty() {
             return Err(invalid("peers: the new voters may not be empty".into()));
         }
-        done(self.node(r.group)?.reset_peers(peers).await)
+        if !r.force {
+            return Err(invalid(
+                "reset-peers replaces the voters without consensus and can lose acknowledged \
+                 writes: it needs force (flotilla admin reset-peers ... --force)"
+                    .into(),
+            ));
+        }
+        let result = self.node(r.group)?.reset_peers(peers.clone()).await;
+        match &result {
+            Ok(()) => tracing::warn!(
+                group = r.group, ?peers, %asked_by,
+                "reset-peers: voters replaced without consensus"
+            ),
+            Err(e) => tracing::warn!(
+                group = r.group, ?peers, %asked_by, error = %e,
+                "reset-peers refused"
+            ),
+        }
+        done(result)
     }
 
     async fn transfer_leader(
@@ -519,6 +555,10 @@ pub struct CliOptions {
     /// text. A TLS handshake failure makes that endpoint unreachable, its reason in the
     /// [`CliError::Unreachable`] message.
     pub tls: Option<TlsConfig>,
+    /// Membership changes skip the strict reconfiguration check (a change that would leave
+    /// fewer live voters than a majority), and `reset_peers` is allowed at all (it is still
+    /// refused while the group has a live leader or quorum). Default: off.
+    pub force: bool,
 }
 
 impl Default for CliOptions {
@@ -530,6 +570,7 @@ impl Default for CliOptions {
             connect_timeout: Duration::from_secs(1),
             call_timeout: Duration::from_secs(30),
             tls: None,
+            force: false,
         }
     }
 }
@@ -925,6 +966,7 @@ impl CliClient {
         proto::PeerRequest {
             group: self.group,
             peer: peer.as_str().to_owned(),
+            force: self.options.force,
         }
     }
 
@@ -935,6 +977,7 @@ impl CliClient {
         proto::PeersRequest {
             group: self.group,
             peers: peers.into_iter().map(|p| p.as_str().to_owned()).collect(),
+            force: self.options.force,
         }
     }
 
@@ -1125,6 +1168,7 @@ impl CliClient {
         let r = proto::PeerRequest {
             group: self.group,
             peer: target.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            force: false,
         };
         let reply = self
             .on_leader(Effect::Change, |mut c| {

@@ -15,18 +15,22 @@ use flotilla_raft::{
     Priority, RaftError, SnapshotMeta, Term,
 };
 
+use flotilla_storage::GroupId;
+use prost::Message as _;
+
 use super::proto;
 use crate::snapshot::{SnapshotPart, SnapshotRequest};
 use crate::transport::Frame;
 
-/// Most `(group, message)` pairs one frame may carry.
-pub const MAX_MESSAGES_PER_FRAME: usize = 65_536;
+/// Most `(group, message)` pairs one frame may carry ([`crate::limits::FRAME_MESSAGES_MAX`]).
+pub const MAX_MESSAGES_PER_FRAME: usize = crate::limits::FRAME_MESSAGES_MAX;
 /// Most entries one AppendEntries may carry (the core sends at most 1024).
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 65_536;
 /// Most peers in one list of a configuration (voters, learners, old voters, priorities).
 pub const MAX_PEERS_PER_CONFIGURATION: usize = 1024;
-/// Longest peer id, in bytes (`host:port[:index[:priority]]`).
-pub const MAX_PEER_ID_BYTES: usize = 256;
+/// Longest peer id, in bytes (`host:port[:index[:priority]]`;
+/// [`crate::limits::PEER_ID_BYTES_MAX`]).
+pub const MAX_PEER_ID_BYTES: usize = crate::limits::PEER_ID_BYTES_MAX;
 /// Longest text carried in a [`RaftError`] or a snapshot fetch's error, in bytes.
 pub const MAX_ERROR_TEXT_BYTES: usize = 4096;
 /// Longest snapshot file name a fetch may ask for, in bytes (the storage allows 255).
@@ -103,6 +107,66 @@ pub fn encode_frame(frame: &Frame) -> proto::Frame {
             })
             .collect(),
     }
+}
+
+/// A frame encoded for the wire, cut at the receiver's limits.
+#[derive(Debug, Default)]
+pub struct EncodedFrames {
+    /// The wire frames, in the order their messages were queued: each within the limits
+    /// given to [`encode_frames`]. One empty frame for a liveness beacon.
+    pub frames: Vec<proto::Frame>,
+    /// The messages left out because each alone exceeds the byte limit: their group and
+    /// encoded size.
+    pub oversized: Vec<(GroupId, usize)>,
+}
+
+/// Encodes `frame` as as many wire frames as it takes for each to hold at most
+/// `messages_max` messages and encode to at most `bytes_max` bytes, keeping the messages'
+/// order (every wire frame carries the same sender and incarnation). A message that would
+/// exceed `bytes_max` in a frame of its own is left out and reported in
+/// [`EncodedFrames::oversized`]. A frame without messages (a beacon) stays one frame.
+#[must_use]
+pub fn encode_frames(frame: &Frame, bytes_max: usize, messages_max: usize) -> EncodedFrames {
+    let messages_max = messages_max.max(1);
+    let empty = || proto::Frame {
+        from: frame.from.as_str().to_owned(),
+        incarnation: frame.incarnation,
+        messages: Vec::new(),
+    };
+    let mut out = EncodedFrames::default();
+    let base = empty().encoded_len();
+    if frame.messages.is_empty() {
+        out.frames.push(empty());
+        return out;
+    }
+    let mut current = empty();
+    let mut current_bytes = base;
+    for (group, message) in &frame.messages {
+        let pair = proto::GroupMessage {
+            group: *group,
+            message: Some(encode_message(message)),
+        };
+        // The pair as field 2 of the frame: key, length prefix and body.
+        let size = prost::encoding::message::encoded_len(2, &pair);
+        if base + size > bytes_max {
+            out.oversized.push((*group, base + size));
+            continue;
+        }
+        if current.messages.len() >= messages_max || current_bytes + size > bytes_max {
+            out.frames.push(std::mem::replace(&mut current, empty()));
+            current_bytes = base;
+        }
+        current.messages.push(pair);
+        current_bytes += size;
+    }
+    if !current.messages.is_empty() {
+        out.frames.push(current);
+    }
+    debug_assert!(out
+        .frames
+        .iter()
+        .all(|f| f.encoded_len() <= bytes_max && f.messages.len() <= messages_max));
+    out
 }
 
 /// Encodes one raft message.
@@ -743,7 +807,6 @@ pub fn decode_snapshot_chunk(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use prost::Message as _;
 
     fn p(name: &str) -> PeerId {
         PeerId::new(name)

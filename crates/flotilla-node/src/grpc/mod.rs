@@ -8,9 +8,13 @@
 //! kept per (group, peer) and pipelined AppendEntries are safe.
 //!
 //! Owns: the wire encoding ([`codec`]), per-destination queues and connection tasks,
-//! reconnection with capped, jittered exponential back-off, and the limits below.
+//! reconnection with capped, jittered exponential back-off, and the limits below (derived
+//! from [`crate::limits`]).
 //! Must never: block [`Transport::send`] (a full queue drops the frame and counts it; raft
-//! retransmits), allocate what a peer claims before checking it against
+//! retransmits), write a frame the receiver would refuse (what is queued for a destination
+//! is cut into frames of at most [`codec::MAX_MESSAGES_PER_FRAME`] messages and
+//! [`MAX_FRAME_BYTES`] bytes, in order; a message that alone exceeds a frame is dropped and
+//! counted), allocate what a peer claims before checking it against
 //! [`MAX_FRAME_BYTES`] (tonic checks the length prefix against its maximum decoding size
 //! before buffering), or let one misbehaving peer disturb the others: a frame that is
 //! oversized, undecodable or invalid ends that peer's stream with an error status and a
@@ -34,9 +38,12 @@
 //! connection retried with the usual back-off; it never stops the server. Without a
 //! `TlsConfig` everything is plain text.
 //!
+//! Inbound connections ([`listener`]): every accepted connection is set up (TLS handshake,
+//! or for plain text its first complete request) within a time limit, with a cap on set-ups
+//! in all and per source address, and accept errors back off; see the constants there.
+//!
 //! Not yet: flow-control acknowledgements (`Ack` is reserved), and a limit on the number
-//! of concurrent inbound connections (TLS handshakes are bounded by
-//! [`tls::MAX_CONCURRENT_TLS_HANDSHAKES`], established connections are not).
+//! of established inbound connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,22 +52,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_raft::{PeerId, Rng};
-use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::metrics::{ConnectionClose, MessageDrop, TransportMetrics};
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 use crate::transport::{Frame, Inbox, Transport};
 
 pub mod cli;
 pub mod codec;
 mod extra;
+pub mod listener;
 pub mod tls;
 
 /// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
@@ -76,16 +83,16 @@ pub use codec::DecodeError;
 pub use extra::ExtraService;
 pub use tls::{TlsConfig, TlsConfigError};
 
-/// Largest encoded frame either side accepts (16 MiB). A sender drops (and logs) a larger
-/// frame instead of sending it; a receiver refuses it from its length prefix, without
-/// allocating it, and ends the sender's stream. The core's replication limits (512 KiB per
-/// AppendEntries) keep real frames far below it.
-pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest encoded frame either side accepts: [`crate::limits::FRAME_BYTES_MAX`] (16 MiB).
+/// A sender cuts what is queued for a destination into frames within it (a single message
+/// that alone exceeds it is dropped and counted); a receiver refuses a larger frame from its
+/// length prefix, without allocating it, and ends the sender's stream.
+pub const MAX_FRAME_BYTES: usize = crate::limits::FRAME_BYTES_MAX;
 
-/// Largest snapshot part (manifest or chunk) one `FetchSnapshot` answer may carry: the frame
-/// limit less room for the answer's own encoding. Chunks are far smaller (the storage caps
-/// them at 4 MiB); a manifest larger than this is refused by the server with an error.
-pub const MAX_SNAPSHOT_DATA_BYTES: usize = MAX_FRAME_BYTES - 1024;
+/// Largest snapshot part (manifest or chunk) one `FetchSnapshot` answer may carry:
+/// [`crate::limits::SNAPSHOT_DATA_BYTES_MAX`], the frame limit less room for the answer's
+/// own encoding.
+pub const MAX_SNAPSHOT_DATA_BYTES: usize = crate::limits::SNAPSHOT_DATA_BYTES_MAX;
 
 /// Snapshot parts a server reads at once (each on a blocking-pool thread); further requests
 /// wait their turn.
@@ -109,6 +116,13 @@ pub trait FrameSink: Send + Sync + 'static {
     fn snapshot_service(&self) -> Option<SnapshotService> {
         None
     }
+
+    /// Where the server counts the connections it refuses and its accept errors: a
+    /// manager's inbox offers the manager's transport counters, so they appear in its
+    /// metrics. The default: the server keeps its own ([`ServerHandle::stats`]).
+    fn transport_metrics(&self) -> Option<Arc<TransportMetrics>> {
+        None
+    }
 }
 
 impl FrameSink for Inbox {
@@ -118,6 +132,10 @@ impl FrameSink for Inbox {
 
     fn snapshot_service(&self) -> Option<SnapshotService> {
         Some(Inbox::snapshot_service(self).clone())
+    }
+
+    fn transport_metrics(&self) -> Option<Arc<TransportMetrics>> {
+        Some(Inbox::transport_metrics(self).clone())
     }
 }
 
@@ -166,12 +184,16 @@ impl Default for GrpcOptions {
 /// Counters of a [`GrpcTransport`], summed over destinations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Frames written to a stream.
+    /// Wire frames written to a stream (a queued frame cut in several counts each).
     pub frames_sent: u64,
     /// Frames dropped by `send` because the destination's queue was full.
     pub frames_dropped_queue_full: u64,
-    /// Frames dropped because they encode to more than [`MAX_FRAME_BYTES`].
-    pub frames_dropped_oversized: u64,
+    /// Messages dropped because each alone encodes to more than a frame may hold
+    /// ([`MAX_FRAME_BYTES`]); the rest of their frame is sent.
+    pub messages_dropped_oversized: u64,
+    /// Extra wire frames sent because a queued frame exceeded the receiver's limits
+    /// ([`MAX_FRAME_BYTES`], [`codec::MAX_MESSAGES_PER_FRAME`]) and was cut.
+    pub frames_split: u64,
     /// Frames lost with a broken stream, or addressed to an invalid destination.
     pub frames_dropped_other: u64,
     /// Streams opened (first connections and reconnections).
@@ -196,7 +218,6 @@ struct TransportCounters {
     snapshot_fetch_failures: AtomicU64,
     frames_sent: AtomicU64,
     frames_dropped_queue_full: AtomicU64,
-    frames_dropped_oversized: AtomicU64,
     frames_dropped_other: AtomicU64,
     streams_opened: AtomicU64,
     connect_failures: AtomicU64,
@@ -260,6 +281,8 @@ struct TransportInner {
     options: GrpcOptions,
     runtime: tokio::runtime::Handle,
     counters: Arc<TransportCounters>,
+    /// What was dropped or cut, shared with a manager opened on this transport.
+    metrics: Arc<TransportMetrics>,
     /// Per destination, the queue its connection task drains.
     queues: Mutex<HashMap<PeerId, mpsc::Sender<Frame>>>,
     /// Per destination, the channel snapshot fetches use (connects lazily, reconnects on
@@ -364,6 +387,7 @@ impl GrpcTransport {
                 options,
                 runtime: tokio::runtime::Handle::current(),
                 counters: Arc::default(),
+                metrics: Arc::default(),
                 queues: Mutex::new(HashMap::new()),
                 fetch_channels: Mutex::new(HashMap::new()),
             }),
@@ -377,7 +401,8 @@ impl GrpcTransport {
         TransportStats {
             frames_sent: c.frames_sent.load(Ordering::Relaxed),
             frames_dropped_queue_full: c.frames_dropped_queue_full.load(Ordering::Relaxed),
-            frames_dropped_oversized: c.frames_dropped_oversized.load(Ordering::Relaxed),
+            messages_dropped_oversized: self.inner.metrics.messages_dropped(MessageDrop::Oversized),
+            frames_split: self.inner.metrics.frames_split.get(),
             frames_dropped_other: c.frames_dropped_other.load(Ordering::Relaxed),
             streams_opened: c.streams_opened.load(Ordering::Relaxed),
             connect_failures: c.connect_failures.load(Ordering::Relaxed),
@@ -403,6 +428,7 @@ impl GrpcTransport {
             rx,
             self.inner.options.clone(),
             self.inner.counters.clone(),
+            self.inner.metrics.clone(),
             seed,
         ));
         tx
@@ -430,6 +456,10 @@ impl Transport for GrpcTransport {
                 bump(&self.inner.counters.frames_dropped_other);
             }
         }
+    }
+
+    fn metrics(&self) -> Option<Arc<TransportMetrics>> {
+        Some(self.inner.metrics.clone())
     }
 
     /// One unary `FetchSnapshot` call, bounded by [`GrpcOptions::snapshot_fetch_timeout`];
@@ -505,6 +535,7 @@ async fn connection(
     mut queue: mpsc::Receiver<Frame>,
     options: GrpcOptions,
     counters: Arc<TransportCounters>,
+    metrics: Arc<TransportMetrics>,
     seed: u64,
 ) {
     let endpoint = match endpoint_of(&to) {
@@ -525,7 +556,7 @@ async fn connection(
     let mut backoff = Backoff::new(&options, seed);
     loop {
         let started = Instant::now();
-        match stream_to(&to, &endpoint, &mut queue, &options, &counters).await {
+        match stream_to(&to, &endpoint, &mut queue, &options, &counters, &metrics).await {
             Ended::QueueClosed => return,
             Ended::Broken => {}
         }
@@ -560,6 +591,7 @@ async fn stream_to(
     queue: &mut mpsc::Receiver<Frame>,
     options: &GrpcOptions,
     counters: &TransportCounters,
+    metrics: &TransportMetrics,
 ) -> Ended {
     let with_tls = options.tls.is_some();
     let opening = async {
@@ -600,19 +632,9 @@ async fn stream_to(
         tokio::select! {
             frame = queue.recv() => {
                 let Some(frame) = frame else { return Ended::QueueClosed };
-                let wire = codec::encode_frame(&frame);
-                let size = wire.encoded_len();
-                if size > MAX_FRAME_BYTES {
-                    bump(&counters.frames_dropped_oversized);
-                    tracing::error!(to = %to, size, limit = MAX_FRAME_BYTES, messages = frame.messages.len(), "frame too large: dropped");
-                    continue;
-                }
-                if tx.send(wire).await.is_err() {
-                    bump(&counters.frames_dropped_other);
-                    tracing::warn!(to = %to, "stream closed while sending");
+                if !send_cut(to, &frame, &tx, counters, metrics).await {
                     return Ended::Broken;
                 }
-                bump(&counters.frames_sent);
             }
             response = responses.message() => match response {
                 Ok(Some(_ack)) => {}
@@ -627,6 +649,34 @@ async fn stream_to(
             },
         }
     }
+}
+
+/// Writes `frame` on the stream as as many wire frames as the receiver's limits need
+/// ([`MAX_FRAME_BYTES`], [`codec::MAX_MESSAGES_PER_FRAME`]), in order; a message that alone
+/// exceeds a frame is dropped and counted. Returns false if the stream broke.
+async fn send_cut(
+    to: &PeerId,
+    frame: &Frame,
+    tx: &mpsc::Sender<proto::Frame>,
+    counters: &TransportCounters,
+    metrics: &TransportMetrics,
+) -> bool {
+    let encoded = codec::encode_frames(frame, MAX_FRAME_BYTES, codec::MAX_MESSAGES_PER_FRAME);
+    for (group, size) in &encoded.oversized {
+        metrics.message_dropped(MessageDrop::Oversized, 1);
+        tracing::error!(to = %to, group, size, limit = MAX_FRAME_BYTES, "message larger than a frame: dropped");
+    }
+    let extra = encoded.frames.len().saturating_sub(1);
+    metrics.frames_split.add(extra as u64);
+    for wire in encoded.frames {
+        if tx.send(wire).await.is_err() {
+            bump(&counters.frames_dropped_other);
+            tracing::warn!(to = %to, "stream closed while sending");
+            return false;
+        }
+        bump(&counters.frames_sent);
+    }
+    true
 }
 
 /// Counters of a [`GrpcServer`].
@@ -650,6 +700,17 @@ pub struct ServerStats {
     /// Connections closed because their TLS handshake failed: no certificate, one the CAs
     /// did not sign, a plain-text client, a time-out (a server with TLS only).
     pub tls_handshakes_failed: u64,
+    /// Connections closed while being set up because a newer one from the same source
+    /// address took their place (at most [`listener::SETUPS_PER_SOURCE_MAX`] per address).
+    pub connections_closed_source_cap: u64,
+    /// Connections closed because their TLS handshake took longer than the limit (also
+    /// counted in `tls_handshakes_failed`).
+    pub connections_closed_handshake_timeout: u64,
+    /// Plain-text connections closed because they sent no complete first request within
+    /// [`listener::PLAIN_REQUEST_TIMEOUT`].
+    pub connections_closed_request_timeout: u64,
+    /// Errors accepting connections (each followed by a back-off).
+    pub accept_errors: u64,
 }
 
 #[derive(Default)]
@@ -661,6 +722,8 @@ struct ServerCounters {
     frames_dropped_sink_full: AtomicU64,
     streams_refused: AtomicU64,
     tls: Arc<tls::HandshakeCounters>,
+    /// Connections refused and accept errors (shared with the sink's manager, if any).
+    metrics: Arc<TransportMetrics>,
 }
 
 /// The process's listener, bound but not yet serving: bind first to learn the address
@@ -749,7 +812,10 @@ impl GrpcServer {
         extra: Vec<ExtraService>,
     ) -> ServerHandle {
         let accept_http1 = !extra.is_empty();
-        let counters = Arc::new(ServerCounters::default());
+        let counters = Arc::new(ServerCounters {
+            metrics: sink.transport_metrics().unwrap_or_default(),
+            ..ServerCounters::default()
+        });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let service = RaftService {
             snapshots: sink.snapshot_service(),
@@ -780,36 +846,27 @@ impl GrpcServer {
                 tracing::error!(address = %address, %error, "raft gRPC server failed");
             }
         };
-        let task = match &self.tls {
-            None => {
-                let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-                tokio::spawn(async move {
-                    let served = builder
-                        .serve_with_incoming_shutdown(dispatch, incoming, stopped)
-                        .await;
-                    report(&address, served);
-                })
-            }
-            Some(tls) => {
-                let (incoming, acceptor) = tls::serve_incoming(
-                    self.listener,
-                    tls,
-                    address.clone(),
-                    counters.tls.clone(),
-                    shutdown_rx,
-                );
-                tokio::spawn(async move {
-                    let served = builder
-                        .serve_with_incoming_shutdown(dispatch, incoming, stopped)
-                        .await;
-                    // The accept loop ends on the same signal, or once the server dropped
-                    // its connections' stream: wait for it, so that the listener is closed
-                    // when `shutdown` returns.
-                    let _ = acceptor.await;
-                    report(&address, served);
-                })
-            }
+        let setup = match &self.tls {
+            None => listener::Setup::Plain,
+            Some(tls) => listener::Setup::Tls(tls::TlsAccept::new(tls, counters.tls.clone())),
         };
+        let (incoming, acceptor) = listener::serve_incoming(
+            self.listener,
+            setup,
+            address.clone(),
+            counters.metrics.clone(),
+            shutdown_rx,
+        );
+        let task = tokio::spawn(async move {
+            let served = builder
+                .serve_with_incoming_shutdown(dispatch, incoming, stopped)
+                .await;
+            // The accept loop ends on the same signal, or once the server dropped its
+            // connections' stream: wait for it, so that the listener is closed when
+            // `shutdown` returns.
+            let _ = acceptor.await;
+            report(&address, served);
+        });
         ServerHandle {
             address: self.address,
             counters,
@@ -863,6 +920,14 @@ impl ServerHandle {
             snapshot_fetches_refused: c.snapshot_fetches_refused.load(Ordering::Relaxed),
             tls_handshakes_completed: c.tls.completed.load(Ordering::Relaxed),
             tls_handshakes_failed: c.tls.failed.load(Ordering::Relaxed),
+            connections_closed_source_cap: c.metrics.connections_closed(ConnectionClose::SourceCap),
+            connections_closed_handshake_timeout: c
+                .metrics
+                .connections_closed(ConnectionClose::HandshakeTimeout),
+            connections_closed_request_timeout: c
+                .metrics
+                .connections_closed(ConnectionClose::RequestTimeout),
+            accept_errors: c.metrics.accept_errors.get(),
         }
     }
 

@@ -20,8 +20,9 @@
 //! Owns: reading and checking the PEM material (with errors naming the file and what was
 //! wrong), the rustls configurations (TLS 1.3, ALPN `h2`, the ring provider named
 //! explicitly so no other provider compiled into the program is picked by accident), the
-//! server's handshakes (at most [`MAX_CONCURRENT_TLS_HANDSHAKES`] at once, each within the
-//! handshake timeout) and the client's connector. A failed handshake is counted and logged
+//! server's handshakes (each within the handshake timeout, at most [`HANDSHAKE_TIMEOUT_MAX`];
+//! how many run at once, in all and per source, is [`super::listener`]'s) and the client's
+//! connector. A failed handshake is counted and logged
 //! at `warn` once per peer and reason (repeats go to `debug` until a handshake with that
 //! peer succeeds), so a misconfigured peer retrying with back-off does not flood the log.
 //! Must never: crash the process or stop the listener on a failed handshake, hand a
@@ -45,30 +46,29 @@ use std::time::Duration;
 
 use flotilla_raft::PeerId;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::Uri;
 use tonic::codegen::Service;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// TLS handshakes a server runs at once; further connections wait in the listen backlog.
-pub const MAX_CONCURRENT_TLS_HANDSHAKES: usize = 64;
+use crate::metrics::{ConnectionClose, TransportMetrics};
+
+/// TLS handshakes a server runs at once ([`super::listener::SETUPS_TLS_MAX`]); further
+/// connections wait in the listen backlog. At most
+/// [`super::listener::SETUPS_PER_SOURCE_MAX`] of them from one source address.
+pub const MAX_CONCURRENT_TLS_HANDSHAKES: usize = super::listener::SETUPS_TLS_MAX;
 
 /// Largest PEM file read (1 MiB): certificate chains and keys are a few KiB.
 pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Default limit on one TLS handshake.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a TLS handshake may take, on either side (a silent connection holds a handshake
+/// slot at most this long).
+pub const HANDSHAKE_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 
-/// Connections completed by the server's handshakes that wait for the gRPC server to take
-/// them.
-const ACCEPTED_QUEUE_CONNECTIONS: usize = 16;
+/// Default limit on one TLS handshake: [`HANDSHAKE_TIMEOUT_MAX`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = HANDSHAKE_TIMEOUT_MAX;
 
 /// Peers whose last failure is remembered for the once-per-reason warning; the memory is
 /// cleared when it is full.
@@ -336,10 +336,10 @@ impl TlsConfig {
     }
 
     /// The same configuration with another limit on one handshake (default
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]; at least 1 ms).
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]; at least 1 ms, at most [`HANDSHAKE_TIMEOUT_MAX`]).
     #[must_use]
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> TlsConfig {
-        self.handshake_timeout = timeout.max(Duration::from_millis(1));
+        self.handshake_timeout = timeout.clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT_MAX);
         self
     }
 
@@ -640,202 +640,77 @@ async fn connect(
     Ok(stream)
 }
 
-/// A server-side TLS connection, with the addresses tonic reports to the services.
-pub(crate) struct ServerIo {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    info: TcpConnectInfo,
-}
-
-impl Connected for ServerIo {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for ServerIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ServerIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// What the server's accept task shares with its handshake tasks.
-struct Handshakes {
+/// The server side of TLS: runs one connection's handshake within the timeout, counting and
+/// logging a failure. The accept loop is [`super::listener`]'s.
+pub(crate) struct TlsAccept {
     acceptor: tokio_rustls::TlsAcceptor,
     timeout: Duration,
-    /// The server's address, for the logs.
-    address: PeerId,
     counters: Arc<HandshakeCounters>,
     warnings: HandshakeWarnings,
-    accepted: mpsc::Sender<io::Result<ServerIo>>,
 }
 
-/// Accepts TCP connections on `listener` and runs their TLS handshakes off the accept loop;
-/// the connections that complete one come out of the returned stream, for tonic's
-/// `serve_with_incoming_shutdown`. The task ends (closing the listener) when `shutdown`
-/// turns true or the stream is dropped.
-pub(crate) fn serve_incoming(
-    listener: TcpListener,
-    tls: &TlsConfig,
-    address: PeerId,
-    counters: Arc<HandshakeCounters>,
-    shutdown: watch::Receiver<bool>,
-) -> (ReceiverStream<io::Result<ServerIo>>, JoinHandle<()>) {
-    let (accepted, incoming) = mpsc::channel(ACCEPTED_QUEUE_CONNECTIONS);
-    let handshakes = Arc::new(Handshakes {
-        acceptor: tokio_rustls::TlsAcceptor::from(tls.server.clone()),
-        timeout: tls.handshake_timeout,
-        address,
-        counters,
-        warnings: HandshakeWarnings::default(),
-        accepted,
-    });
-    let task = tokio::spawn(accept_loop(listener, handshakes, shutdown));
-    (ReceiverStream::new(incoming), task)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    handshakes: Arc<Handshakes>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_TLS_HANDSHAKES));
-    loop {
-        let next = tokio::select! {
-            stopping = shutdown.wait_for(|stop| *stop) => {
-                drop(stopping);
-                None
-            }
-            () = handshakes.accepted.closed() => None,
-            permit = permits.clone().acquire_owned() => permit.ok(),
-        };
-        let Some(permit) = next else { return };
-        let accepted = tokio::select! {
-            stopping = shutdown.wait_for(|stop| *stop) => {
-                drop(stopping);
-                return;
-            }
-            () = handshakes.accepted.closed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, remote)) => {
-                tokio::spawn(handshake(handshakes.clone(), tcp, remote, permit));
-            }
-            Err(error) if transient(&error) => {}
-            Err(error) => {
-                // Out of file descriptors and the like: pause rather than spin.
-                tracing::warn!(address = %handshakes.address, %error, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+impl TlsAccept {
+    pub(crate) fn new(tls: &TlsConfig, counters: Arc<HandshakeCounters>) -> TlsAccept {
+        TlsAccept {
+            acceptor: tokio_rustls::TlsAcceptor::from(tls.server.clone()),
+            timeout: tls.handshake_timeout,
+            counters,
+            warnings: HandshakeWarnings::default(),
         }
     }
-}
 
-fn transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-            | io::ErrorKind::TimedOut
-    )
-}
-
-/// One server-side handshake: on success the connection goes to the gRPC server; on
-/// failure it is counted, logged and closed.
-async fn handshake(
-    handshakes: Arc<Handshakes>,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let info = TcpConnectInfo {
-        local_addr: tcp.local_addr().ok(),
-        remote_addr: Some(remote),
-    };
-    // Failures are remembered per remote host: a peer reconnects from a new port each time.
-    let peer = remote.ip().to_string();
-    let accepting = async {
-        let _ = tcp.set_nodelay(true);
-        let mut first = [0u8; 1];
-        match tcp.peek(&mut first).await {
-            Ok(0) => return Err("closed before the handshake".to_owned()),
-            Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
-                return Err(format!(
-                    "not a TLS handshake (first byte {:#04x}): a plain-text client?",
-                    first[0]
-                ))
+    /// One server-side handshake on `tcp` (from `remote`, to the server at `address`): the
+    /// TLS stream on success; on failure (counted, logged) `None`, and the connection is
+    /// closed.
+    pub(crate) async fn accept(
+        &self,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        address: &PeerId,
+        metrics: &TransportMetrics,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        // Failures are remembered per remote host: a peer reconnects from a new port each
+        // time.
+        let peer = remote.ip().to_string();
+        let accepting = async {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await {
+                Ok(0) => return Err("closed before the handshake".to_owned()),
+                Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    return Err(format!(
+                        "not a TLS handshake (first byte {:#04x}): a plain-text client?",
+                        first[0]
+                    ))
+                }
+                Ok(_) => {}
+                Err(error) => return Err(error.to_string()),
             }
-            Ok(_) => {}
-            Err(error) => return Err(error.to_string()),
-        }
-        handshakes
-            .acceptor
-            .accept(tcp)
-            .await
-            .map_err(|error| error.to_string())
-    };
-    let outcome = match tokio::time::timeout(handshakes.timeout, accepting).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!("timed out after {:?}", handshakes.timeout)),
-    };
-    match outcome {
-        Ok(stream) => {
-            handshakes
-                .counters
-                .completed
-                .fetch_add(1, Ordering::Relaxed);
-            handshakes.warnings.succeeded(&peer);
-            // Waits while the server is behind (bounded queue, handshake permit held); an
-            // error means the server stopped.
-            let _ = handshakes
-                .accepted
-                .send(Ok(ServerIo { stream, info }))
-                .await;
-        }
-        Err(reason) => {
-            handshakes.counters.failed.fetch_add(1, Ordering::Relaxed);
-            if handshakes.warnings.should_warn(&peer, &reason) {
-                tracing::warn!(address = %handshakes.address, remote = %remote, error = %reason, "TLS handshake refused: connection closed");
-            } else {
-                tracing::debug!(address = %handshakes.address, remote = %remote, error = %reason, "TLS handshake refused again");
+            self.acceptor
+                .accept(tcp)
+                .await
+                .map_err(|error| error.to_string())
+        };
+        let outcome = match tokio::time::timeout(self.timeout, accepting).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                metrics.connection_closed(ConnectionClose::HandshakeTimeout);
+                Err(format!("timed out after {:?}", self.timeout))
+            }
+        };
+        match outcome {
+            Ok(stream) => {
+                self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                self.warnings.succeeded(&peer);
+                Some(stream)
+            }
+            Err(reason) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                if self.warnings.should_warn(&peer, &reason) {
+                    tracing::warn!(address = %address, remote = %remote, error = %reason, "TLS handshake refused: connection closed");
+                } else {
+                    tracing::debug!(address = %address, remote = %remote, error = %reason, "TLS handshake refused again");
+                }
+                None
             }
         }
     }

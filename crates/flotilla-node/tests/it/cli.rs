@@ -218,6 +218,7 @@ async fn cli_client_administers_a_group_over_grpc() {
         .add_peer(proto::PeerRequest {
             group: GROUP,
             peer: "not a peer".into(),
+            force: false,
         })
         .await
         .expect_err("invalid peer id");
@@ -316,5 +317,85 @@ async fn rebalance_leaves_no_process_leading_more_than_its_share() {
         .into_inner();
     assert_eq!(reply.leaders.len(), groups.len());
     assert_balanced(&client, &groups, limit).await;
+    processes.stop().await;
+}
+
+/// Issue 12: `ResetPeers` sent to a follower made a second leader while the real one
+/// lived, and a change leaving no live majority went through without a word. Now a reset
+/// needs `force` and is refused while the group has a live leader or quorum, and a change
+/// to voters of which fewer than a majority are live is refused unless forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_peers_and_unsafe_changes_are_refused_while_the_group_lives() {
+    const GROUP: GroupId = 7;
+    let processes = Processes::start("unsafe").await;
+    let p = processes.peers.clone();
+    for i in 0..3 {
+        processes.add_group(i, GROUP, p.clone()).await;
+    }
+    let client = CliClient::new(p.clone(), GROUP).expect("client");
+    let leader = until("get leader", || client.get_leader(), |_| true).await;
+    let follower = p
+        .iter()
+        .find(|x| **x != leader)
+        .expect("a follower")
+        .clone();
+
+    // Without force: refused, whoever is asked.
+    let error = client
+        .reset_peers(&follower, std::slice::from_ref(&follower))
+        .await
+        .expect_err("reset-peers without force");
+    assert_eq!(error.kind(), "InvalidArgument", "{error}");
+    assert!(error.to_string().contains("force"), "{error}");
+    // With force, on a follower of a live leader: refused, and the group keeps its leader.
+    let forced = client.clone().with_options(CliOptions {
+        force: true,
+        ..CliOptions::default()
+    });
+    let error = forced
+        .reset_peers(&follower, std::slice::from_ref(&follower))
+        .await
+        .expect_err("reset-peers with a live leader");
+    assert_eq!(error.kind(), "InvalidArgument", "{error}");
+    assert!(error.to_string().contains("reset-peers refused"), "{error}");
+    let peers = until("peers", || client.get_peers(), |_| true).await;
+    assert_eq!(set(&peers), set(&p));
+
+    // Stop one member: removing another would leave one live voter of two.
+    let stopped = p
+        .iter()
+        .find(|x| **x != leader && **x != follower)
+        .expect("third")
+        .clone();
+    let index = p.iter().position(|x| *x == stopped).expect("index");
+    processes.managers[index].shutdown().await;
+    // The group may hibernate: its leader's view of its peers sleeps with it, but the
+    // runtime's liveness of processes does not. Wait two election timeouts (1 s each).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let strict = client.clone().with_options(CliOptions {
+        max_attempts: 2,
+        ..CliOptions::default()
+    });
+    let error = strict
+        .remove_peer(&follower)
+        .await
+        .expect_err("unsafe removal");
+    assert_eq!(error.kind(), "InvalidArgument", "{error}");
+    assert!(error.to_string().contains("live voters"), "{error}");
+    let peers = until("peers", || client.get_peers(), |_| true).await;
+    assert_eq!(
+        set(&peers),
+        set(&p),
+        "the refused change changed the voters"
+    );
+    // Removing the stopped member keeps a live majority: accepted.
+    until(
+        "remove the stopped member",
+        || client.remove_peer(&stopped),
+        |_| true,
+    )
+    .await;
+    let peers = until("peers", || client.get_peers(), |_| true).await;
+    assert_eq!(peers.len(), 2);
     processes.stop().await;
 }

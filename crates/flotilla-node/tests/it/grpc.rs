@@ -362,7 +362,7 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
     transport.send(&to, numbered(&me, &to, 9));
     assert_eq!(seq_of(&recv(&mut rx).await), 9);
     let stats = transport.stats();
-    assert_eq!(stats.frames_dropped_oversized, 1, "{stats:?}");
+    assert_eq!(stats.messages_dropped_oversized, 1, "{stats:?}");
     assert_eq!(stats.streams_opened, 1, "{stats:?}");
     server.shutdown().await;
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod cli_hints;
 mod cluster;
+mod connections;
 mod grpc;
 mod grpc_snapshots;
 mod grpc_tls;
@@ -13,3 +14,4 @@ mod observability;
 mod process;
 mod snapshots_membership;
 mod tests;
+mod transport_limits;

@@ -71,7 +71,63 @@ pub(super) struct Transfer {
 impl<S: LogStore> Raft<S> {
     /// Changes the configuration to `target` (voters, learners, priorities) through joint
     /// consensus. The outcome arrives as [`Event::MembershipChangeFinished`].
+    ///
+    /// Strict, as etcd's strict reconfiguration check: a change that would leave the group
+    /// without a majority of live voters (see [`Raft::check_live_quorum`]) is refused;
+    /// [`Raft::change_configuration_forced`] skips that check.
     pub fn change_configuration(&mut self, target: Configuration) -> Result<(), RaftError> {
+        self.change_configuration_with(target, false)
+    }
+
+    /// [`Raft::change_configuration`] without the live-quorum check: for an operator who
+    /// knows a voter counted as down will return.
+    pub fn change_configuration_forced(&mut self, target: Configuration) -> Result<(), RaftError> {
+        self.change_configuration_with(target, true)
+    }
+
+    /// A change whose target would have fewer live voters than its majority. New voters
+    /// count as live (they must catch up before the change is made, which proves it);
+    /// a voter kept from the current configuration counts if the leader heard it within
+    /// an election timeout ([`Raft::alive_peers`]; right after an election or waking from
+    /// hibernation every peer counts until that window passes).
+    pub fn check_live_quorum(&self, target: &Configuration) -> Result<(), RaftError> {
+        let current = self.configurations.current();
+        if target.voters == current.voters {
+            return Ok(());
+        }
+        let live = target
+            .voters
+            .iter()
+            .filter(|v| {
+                !current.is_voter(v) || **v == self.id || self.alive_peers_iter().any(|a| a == *v)
+            })
+            .count();
+        let needed = target.voters.len() / 2 + 1;
+        if live < needed {
+            let down: Vec<&PeerId> = target
+                .voters
+                .iter()
+                .filter(|v| {
+                    current.is_voter(v)
+                        && **v != self.id
+                        && !self.alive_peers_iter().any(|a| a == *v)
+                })
+                .collect();
+            return Err(RaftError::InvalidArgument(format!(
+                "the change would leave {live} live voters of {}, fewer than the majority of \
+                 {needed} (not heard within an election timeout: {down:?}); force it only if \
+                 they will return",
+                target.voters.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn change_configuration_with(
+        &mut self,
+        target: Configuration,
+        force: bool,
+    ) -> Result<(), RaftError> {
         self.wake();
         if self.role != Role::Leader {
             return Err(self.not_leader());
@@ -97,6 +153,9 @@ impl<S: LogStore> Raft<S> {
             return Err(RaftError::Busy(
                 "the previous configuration has not committed".into(),
             ));
+        }
+        if !force {
+            self.check_live_quorum(&target)?;
         }
         if target == current {
             self.ready.events.push(Event::MembershipChangeFinished {
@@ -157,6 +216,14 @@ impl<S: LogStore> Raft<S> {
         target.learners.retain(|l| !voters.contains(l));
         target.voters = voters;
         self.change_configuration(target)
+    }
+
+    /// [`Raft::change_peers`] without the strict reconfiguration check.
+    pub fn change_peers_forced(&mut self, voters: BTreeSet<PeerId>) -> Result<(), RaftError> {
+        let mut target = self.configurations.current().leave_joint();
+        target.learners.retain(|l| !voters.contains(l));
+        target.voters = voters;
+        self.change_configuration_forced(target)
     }
 
     /// Adds learners.

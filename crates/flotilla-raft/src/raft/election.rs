@@ -6,7 +6,7 @@
 
 use super::Raft;
 use crate::log::LogStore;
-use crate::message::{Message, MessageBody};
+use crate::message::{Message, MessageBody, TERM_MAX};
 use crate::quorum::{vote_result, VoteResult};
 use crate::types::{Priority, Role};
 
@@ -36,6 +36,8 @@ impl<S: LogStore> Raft<S> {
         configuration.is_voter(&self.id)
             && configuration.priority(&self.id) != Priority::NEVER
             && self.installing_snapshot.is_none()
+            // At the term bound no election can start: its term could not be carried.
+            && self.term < TERM_MAX
     }
 
     /// SOFAJRaft's priority election: a peer below the target priority waits; after a
@@ -151,7 +153,7 @@ impl<S: LogStore> Raft<S> {
     /// True while this peer must refuse votes: it heard a live leader less than an election
     /// timeout ago, or it restarted less than an election timeout ago (thesis §4.2.3), or it
     /// hibernates with its leader (which is silent on purpose, not gone).
-    fn vote_guarded(&self) -> bool {
+    pub(super) fn vote_guarded(&self) -> bool {
         (self.hibernating || self.now < self.vote_guard_until)
             && self.leader.as_ref() != Some(&self.id)
     }

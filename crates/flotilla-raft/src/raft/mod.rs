@@ -25,7 +25,9 @@ use crate::config::Config;
 use crate::error::RaftError;
 use crate::log::{LogStore, RaftLog};
 use crate::membership::{Configuration, ConfigurationHistory};
-use crate::message::{AppendResult, Echo, Message, MessageBody};
+use crate::message::{
+    AppendResult, Echo, Message, MessageBody, INDEX_MAX, TERM_AHEAD_MAX, TERM_MAX,
+};
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
@@ -55,6 +57,26 @@ pub struct PlantedBugs {
     /// Keep the leader's lease across hibernation (echoes from before it count after it
     /// wakes, though its clock stood still).
     pub lease_across_hibernation: bool,
+    /// Accept raft messages from peers outside the configuration (issue 12's member check
+    /// switched off).
+    pub skip_member_check: bool,
+}
+
+/// Messages the core dropped before the protocol saw them, by reason (for metrics; the
+/// runtime sums them over groups).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DroppedMessages {
+    /// From a peer outside the configuration ([`Raft::step`]'s member check).
+    pub non_member: u64,
+    /// A term or index beyond the bounds ([`Raft::check_bounds`]).
+    pub out_of_bounds: u64,
+    /// Malformed for this peer's log ([`Raft::check_message`]).
+    pub invalid: u64,
+    /// A vote flagged as a leadership transfer from a candidate that is not the current
+    /// leader's transfer target.
+    pub transfer_vote: u64,
+    /// Why the last bounded or invalid message was dropped.
+    pub last_reason: Option<RaftError>,
 }
 
 /// One peer's consensus core. See the module documentation.
@@ -146,6 +168,9 @@ pub struct Raft<S: LogStore> {
     rng: Rng,
     ready: Ready,
     handed_out_hard_state: HardState,
+
+    /// Messages dropped before the protocol saw them.
+    dropped: DroppedMessages,
 
     #[cfg(feature = "planted-bugs")]
     bugs: PlantedBugs,
@@ -281,6 +306,7 @@ impl<S: LogStore> Raft<S> {
             config,
             #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),
+            dropped: DroppedMessages::default(),
         };
         raft.reset_election_timer();
         // SOFAJRaft: a single-member group elects itself at start.
@@ -397,6 +423,18 @@ impl<S: LogStore> Raft<S> {
         &self.progress
     }
 
+    /// Term of the last entry of the log (of the snapshot when the log is empty).
+    #[must_use]
+    pub fn last_term(&self) -> Term {
+        self.log.last_term()
+    }
+
+    /// Messages dropped before the protocol saw them, by reason.
+    #[must_use]
+    pub fn dropped_messages(&self) -> &DroppedMessages {
+        &self.dropped
+    }
+
     /// A summary of this core.
     #[must_use]
     pub fn status(&self) -> Status {
@@ -486,12 +524,23 @@ impl<S: LogStore> Raft<S> {
         if message.to != self.id || message.from == self.id {
             return;
         }
+        if !self.accepts_sender(&message) {
+            self.dropped.non_member += 1;
+            return;
+        }
         if message.term < self.term {
             // Only the sender and the echo are used: a stale leader learns our term.
             self.answer_lower_term(message);
             return;
         }
-        if self.check_message(&message).is_err() {
+        if let Err(why) = self.check_bounds(&message) {
+            self.dropped.out_of_bounds += 1;
+            self.dropped.last_reason = Some(why);
+            return;
+        }
+        if let Err(why) = self.check_message(&message) {
+            self.dropped.invalid += 1;
+            self.dropped.last_reason = Some(why);
             return;
         }
         if self.hibernating && !self.hibernating_accepts(&message) {
@@ -505,6 +554,140 @@ impl<S: LogStore> Raft<S> {
             Role::PreCandidate | Role::Candidate => self.step_candidate(message),
             Role::Follower => self.step_follower(message),
         }
+    }
+
+    /// Raft traffic comes from members (issue 12): a message from a peer outside this
+    /// peer's configuration is dropped, except
+    /// - by a leader, from a peer it replicates to (a voter catching up before it joins);
+    /// - from the leader this peer follows in the current term (a leader that removed
+    ///   itself still hands off with TimeoutNow once the change committed);
+    /// - by a peer with no configuration yet (it is being added and knows no member): it
+    ///   accepts a leader's AppendEntries, Heartbeat and InstallSnapshot, which bring it one.
+    ///
+    /// Known limit: a follower whose log lacks the entry that added a peer drops that
+    /// peer's messages, so if that peer becomes leader first, the follower catches up only
+    /// once another member leads. Who a sender *is* is the transport's to prove (with TLS,
+    /// certificates name stores); this check keeps out removed members and strangers.
+    fn accepts_sender(&self, message: &Message) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        if self.bugs.skip_member_check {
+            return true;
+        }
+        let configuration = self.configurations.current();
+        if configuration.contains(&message.from) {
+            return true;
+        }
+        if self.role == Role::Leader && self.progress.contains_key(&message.from) {
+            return true;
+        }
+        if message.term == self.term && self.leader.as_ref() == Some(&message.from) {
+            return true;
+        }
+        configuration.is_empty()
+            && matches!(
+                message.body,
+                MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
+            )
+    }
+
+    /// Terms and indexes from the network are bounded before any arithmetic touches them:
+    /// a term more than [`TERM_AHEAD_MAX`] ahead of this peer's or above [`TERM_MAX`], an
+    /// index above [`INDEX_MAX`], or an echo of a tick or read round this leader has not
+    /// reached (it would stretch the lease or confirm reads no heartbeat confirmed) is
+    /// refused.
+    pub fn check_bounds(&self, message: &Message) -> Result<(), RaftError> {
+        let bad = |why: String| {
+            Err(RaftError::InvalidArgument(format!(
+                "message {} from {} dropped: {why}",
+                message.body.name(),
+                message.from
+            )))
+        };
+        let term = message.term;
+        if term > TERM_MAX || term.get() > self.term.get().saturating_add(TERM_AHEAD_MAX) {
+            return bad(format!(
+                "term {term} is too far ahead of this peer's term {} (at most {TERM_AHEAD_MAX} \
+                 ahead, at most {TERM_MAX})",
+                self.term
+            ));
+        }
+        let mut indexes: [LogIndex; 3] = [LogIndex::ZERO; 3];
+        let mut terms: [Term; 2] = [Term::ZERO; 2];
+        let mut echo_seen: Option<Echo> = None;
+        match &message.body {
+            MessageBody::RequestVote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => {
+                indexes[0] = *last_log_index;
+                terms[0] = *last_log_term;
+            }
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                ..
+            } => {
+                let count = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+                indexes = [*prev_log_index, *leader_commit, prev_log_index.plus(count)];
+                terms[0] = *prev_log_term;
+            }
+            MessageBody::AppendEntriesResponse { result, echo } => {
+                if let AppendResult::Reject {
+                    rejected,
+                    hint,
+                    hint_term,
+                } = result
+                {
+                    indexes = [*rejected, *hint, LogIndex::ZERO];
+                    terms[0] = *hint_term;
+                } else if let AppendResult::Success { last_index } = result {
+                    indexes[0] = *last_index;
+                }
+                echo_seen = Some(*echo);
+            }
+            MessageBody::HeartbeatResponse { echo } => echo_seen = Some(*echo),
+            MessageBody::Heartbeat { commit, .. } => indexes[0] = *commit,
+            MessageBody::InstallSnapshot { meta } => {
+                indexes[0] = meta.index;
+                terms[0] = meta.term;
+            }
+            MessageBody::InstallSnapshotResponse { installed } => {
+                indexes[0] = installed.unwrap_or(LogIndex::ZERO);
+            }
+            MessageBody::ReadIndexResponse { result, .. } => {
+                indexes[0] = *result.as_ref().unwrap_or(&LogIndex::ZERO);
+            }
+            MessageBody::RequestVoteResponse { .. }
+            | MessageBody::TimeoutNow
+            | MessageBody::ReadIndexRequest { .. } => {}
+        }
+        if let Some(index) = indexes.iter().find(|i| **i > INDEX_MAX) {
+            return bad(format!("index {index} above the limit {INDEX_MAX}"));
+        }
+        if let Some(t) = terms.iter().find(|t| **t > term) {
+            return bad(format!("names term {t}, after the message's term {term}"));
+        }
+        if let Some(echo) = echo_seen {
+            if self.role == Role::Leader
+                && term == self.term
+                && (echo.tick > self.now || echo.read_seq > self.reads.read_seq())
+            {
+                return bad(format!(
+                    "echoes tick {} and read round {}, which this leader has not reached \
+                     ({} and {})",
+                    echo.tick,
+                    echo.read_seq,
+                    self.now,
+                    self.reads.read_seq()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validates a message before the protocol sees it, so that a buggy or hostile peer
@@ -1137,7 +1320,24 @@ impl<S: LogStore> Raft<S> {
     /// Unsafe: replaces the configuration locally, without consensus, to recover a group
     /// that lost a majority (SOFAJRaft's `resetPeers`). If this peer then wins an election it
     /// writes the configuration as its first entry.
+    ///
+    /// Refused while this peer leads or heard its leader within an election timeout (the
+    /// group has a leader, so a reset would make a second one: issue 12); the runtime also
+    /// refuses it while a majority of the members' processes answer.
     pub fn reset_peers(&mut self, voters: Vec<PeerId>) -> Result<(), RaftError> {
+        if self.role == Role::Leader {
+            return Err(RaftError::InvalidArgument(format!(
+                "reset-peers refused: {} leads term {} (change the membership instead)",
+                self.id, self.term
+            )));
+        }
+        if let Some(leader) = self.leader.as_ref().filter(|_| self.vote_guarded()) {
+            return Err(RaftError::InvalidArgument(format!(
+                "reset-peers refused: leader {leader} of term {} was heard within an election \
+                 timeout (change the membership through it instead)",
+                self.term
+            )));
+        }
         let mut next = self.configurations.current().leave_joint();
         next.voters = voters.into_iter().collect();
         next.learners.retain(|l| !next.voters.contains(l));

@@ -1219,6 +1219,25 @@ fn reset_peers_recovers_a_group_that_lost_its_majority() {
         "two of five committed"
     );
     let survivors = vec![n1.clone(), n2.clone()];
+    // While a leader is live (or heard), a reset would make a second one: refused.
+    for peer in [n1, n2] {
+        let refused = c.raft(peer).reset_peers(survivors.clone());
+        assert!(
+            matches!(refused, Err(RaftError::InvalidArgument(ref why)) if why.contains("reset-peers refused")),
+            "{peer}: {refused:?}"
+        );
+    }
+    // The leader steps down once no quorum answered within its lease; the follower's vote
+    // guard lapses an election timeout after it last heard it.
+    for _ in 0..3 * TIMEOUT {
+        c.tick_all();
+        run(&mut c);
+    }
+    assert_ne!(
+        role(&c, n1),
+        Role::Leader,
+        "n1 kept leading without a quorum"
+    );
     c.raft(n1).reset_peers(survivors.clone()).unwrap();
     c.raft(n2).reset_peers(survivors.clone()).unwrap();
     c.process(n1);

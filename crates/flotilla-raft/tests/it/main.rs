@@ -2,6 +2,7 @@
 
 mod features;
 mod hibernation;
+mod hostile;
 mod hygiene;
 mod interaction;
 mod paper;

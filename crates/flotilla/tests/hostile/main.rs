@@ -5,3 +5,8 @@
 
 #[path = "../support/mod.rs"]
 mod support;
+
+mod cli;
+mod kv;
+mod raft;
+mod transport;

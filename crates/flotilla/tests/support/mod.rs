@@ -68,6 +68,35 @@ impl Server {
         }
     }
 
+    /// [`Server::start`] with more flags (e.g. `--quota-bytes`).
+    pub fn start_with(
+        address: &str,
+        peers: Option<&str>,
+        data_dir: &Path,
+        regions: u32,
+        extra: &[&str],
+    ) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["server", "--addr", address])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--regions", &regions.to_string(), "--engine", "fjall"])
+            .args(TIMING)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(peers) = peers {
+            command.args(["--peers", peers]);
+        }
+        let child = command.spawn().expect("start flotilla server");
+        Server {
+            address: address.to_string(),
+            child: Some(child),
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

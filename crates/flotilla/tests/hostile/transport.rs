@@ -1,0 +1,137 @@
+//! Issue 12, item 7 (resource exhaustion) against a real `flotilla server`: hundreds of
+//! silent TCP connections and a few that send half a request. The server closes the oldest
+//! of those over the per-source cap at once and the rest within `PLAIN_REQUEST_TIMEOUT`
+//! (10 s; they used to stay open for ever), keeps serving clients meanwhile (also from the
+//! attacker's address), and counts both in `/metrics`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::{free_address, kv, wait_for_leaders, Server, TempDir};
+
+/// The plain-text server's limit on the first request (`flotilla_node::grpc::listener`).
+const PLAIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `count` TCP connections to `to` from the loopback address `from` (Linux routes all of
+/// 127.0.0.0/8 to loopback, so 127.0.0.2 is another source on the same machine). Binding a
+/// source before connecting takes tokio's `TcpSocket` (std cannot); the connections are
+/// handed back as std streams.
+fn connect_from(from: &str, to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let source: SocketAddr = format!("{from}:0").parse().expect("source");
+    runtime.block_on(async {
+        let mut connections = Vec::with_capacity(count);
+        for _ in 0..count {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind(source).expect("bind the source address");
+            let stream = socket.connect(to).await.expect("connect");
+            let stream = stream.into_std().expect("std stream");
+            stream.set_nonblocking(false).expect("blocking");
+            connections.push(stream);
+        }
+        connections
+    })
+}
+
+/// Whether the server closed `connection` within `limit` (EOF or reset).
+fn closed_within(connection: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        connection
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        match connection.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// `GET /metrics` over HTTP/1.1: the body.
+fn metrics(address: &str) -> String {
+    let mut tcp = TcpStream::connect(address).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("answer");
+    text
+}
+
+/// The value of the sample that starts `line_start` in a metrics text.
+fn sample(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {line_start} in:\n{text}"))
+}
+
+#[test]
+fn silent_connections_are_closed_and_do_not_keep_clients_out() {
+    let dir = TempDir::new("hostile-connections");
+    let address = free_address();
+    let _server = Server::start(&address, Some(&address), &dir.0.join("s0"), 1);
+    wait_for_leaders(&address, 1);
+    let to: SocketAddr = address.parse().expect("address");
+
+    let started = Instant::now();
+    let mut silent = connect_from("127.0.0.2", to, 300);
+    // Some from the client's own address too: its connections take their places.
+    silent.extend(connect_from("127.0.0.1", to, 50));
+    let mut halves = connect_from("127.0.0.3", to, 2);
+    let mut half_head = halves.pop().expect("two");
+    let mut half_preface = halves.pop().expect("two");
+    half_preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .expect("write");
+    half_head
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+
+    // Clients are served meanwhile.
+    let (code, answer) = kv(&address, &["put", "k", "v"]);
+    assert_eq!(code, 0, "{answer}");
+    let (code, answer) = kv(&address, &["get", "k"]);
+    assert_eq!(code, 0, "{answer}");
+
+    let limit = PLAIN_REQUEST_TIMEOUT + Duration::from_secs(5);
+    assert!(
+        closed_within(&mut half_preface, limit),
+        "half an HTTP/2 preface kept its connection open"
+    );
+    assert!(
+        closed_within(&mut half_head, limit),
+        "half an HTTP/1 request head kept its connection open"
+    );
+    for (i, connection) in silent.iter_mut().enumerate() {
+        let left = limit.saturating_sub(started.elapsed());
+        assert!(
+            closed_within(connection, left.max(Duration::from_millis(200))),
+            "silent connection {i} still open after {:?}",
+            started.elapsed()
+        );
+    }
+
+    let text = metrics(&address);
+    let closed = "flotilla_transport_connections_closed_total";
+    assert!(
+        sample(&text, &format!("{closed}{{reason=\"source_cap\"}}")) >= 200.0,
+        "most of one source's silent connections are closed at once"
+    );
+    assert!(sample(&text, &format!("{closed}{{reason=\"request_timeout\"}}")) >= 3.0);
+    let (code, answer) = kv(&address, &["get", "k"]);
+    assert_eq!(code, 0, "still serving: {answer}");
+}
