@@ -285,3 +285,24 @@ fn a_configuration_without_voters_is_refused_at_the_wire() {
     let bytes = encode_frame(&frame).encode_to_vec();
     assert_eq!(run_one(&raft_step, &bytes), Ok(false));
 }
+
+/// Found by kv-export: a region snapshot's data file may carry a pair with an empty key
+/// (the writer checks only lengths, the CRCs hold), the reader handed it out, and fjall's
+/// import asserted on it: a follower installing such a snapshot from a peer, or reading it
+/// back from disk, panicked. The reader now refuses it, so the import fails cleanly.
+#[test]
+fn an_export_with_an_empty_key_is_refused_before_fjall_sees_it() {
+    use flotilla_kv::engine::export::ExportWriter;
+    use flotilla_kv::{FjallEngine, KvEngine};
+
+    let mut export = Vec::new();
+    let mut writer = ExportWriter::new(&mut export, b"", b"").expect("export");
+    writer.pair(b"", b"no engine can hold this").expect("pair");
+    writer.finish().expect("export finishes");
+    let dir = std::env::temp_dir().join(format!("flotilla-fuzz-empty-key-{}", std::process::id()));
+    let engine = FjallEngine::open(&dir).expect("engine opens");
+    let imported = engine.import_range(b"", b"", &mut export.as_slice());
+    let _ = std::fs::remove_dir_all(&dir);
+    let error = imported.expect_err("refused").to_string();
+    assert!(error.contains("empty key"), "{error}");
+}

@@ -154,9 +154,9 @@ pub(crate) fn kv_region() -> Target {
     }
 }
 
-/// The range every export seed covers (the reader must be told the range it expects).
-const EXPORT_START: &[u8] = b"b";
-const EXPORT_END: &[u8] = b"t";
+/// The ranges of the export seeds: a middle region's, and the whole key space (the first
+/// region's range starts at the empty key).
+const EXPORT_RANGES: [(&[u8], &[u8]); 2] = [(b"b", b"t"), (b"", b"")];
 /// Pairs read from one export, at most.
 const EXPORT_PAIRS_MAX: usize = 10_000;
 
@@ -166,30 +166,59 @@ fn export_seeds() -> Vec<Vec<u8>> {
         &[(b"b", b"1"), (b"c", b""), (b"cc", b"three")],
         &[(b"k", &[0xff; 200]), (b"s\xff", b"x")],
     ];
-    pair_sets
-        .iter()
-        .map(|pairs| {
+    let mut seeds = Vec::new();
+    for (start, end) in EXPORT_RANGES {
+        for pairs in pair_sets {
             let mut out = Vec::new();
-            let mut writer =
-                ExportWriter::new(&mut out, EXPORT_START, EXPORT_END).expect("seed export");
-            for (key, value) in pairs.iter() {
+            let mut writer = ExportWriter::new(&mut out, start, end).expect("seed export");
+            for (key, value) in pairs {
                 writer.pair(key, value).expect("seed pair");
             }
             writer.finish().expect("seed export finishes");
-            out
-        })
-        .collect()
+            seeds.push(out);
+        }
+    }
+    seeds
 }
 
-/// Reads an export as a snapshot install does: header, every pair, the trailer.
+/// The range an export's header claims (magic, version, start, end), read loosely; the
+/// middle range when the header does not parse (the reader then refuses it anyway).
+fn claimed_range(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let field = |at: usize| -> Option<(&[u8], usize)> {
+        let len = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        let start = at + 4;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        Some((bytes.get(start..end)?, end))
+    };
+    field(5)
+        .and_then(|(start, at)| field(at).map(|(end, _)| (start, end)))
+        .unwrap_or(EXPORT_RANGES[0])
+}
+
+/// Reads an export as a snapshot install does (header, every pair, the trailer), expecting
+/// the range its header claims, and checks what an engine's import relies on: every key
+/// non-empty (fjall asserts on an empty one), inside the range, increasing.
 fn run_export(bytes: &[u8]) -> bool {
+    let (start, end) = claimed_range(bytes);
     let mut input = bytes;
-    let Ok(mut reader) = ExportReader::new(&mut input, EXPORT_START, EXPORT_END) else {
+    let Ok(mut reader) = ExportReader::new(&mut input, start, end) else {
         return false;
     };
+    let mut previous: Option<Bytes> = None;
     for _ in 0..EXPORT_PAIRS_MAX {
         match reader.next_pair() {
-            Ok(Some(_)) => {}
+            Ok(Some((key, _))) => {
+                assert!(!key.is_empty(), "the export reader handed out an empty key");
+                assert!(
+                    key.as_ref() >= start && (end.is_empty() || key.as_ref() < end),
+                    "the export reader handed out a key outside its range"
+                );
+                assert!(
+                    previous.as_ref().is_none_or(|p| *p < key),
+                    "the export reader handed out keys out of order"
+                );
+                previous = Some(key);
+            }
             Ok(None) => return true,
             Err(_) => return false,
         }

@@ -203,6 +203,13 @@ impl<'a> ExportReader<'a> {
         self.read_into(&mut record, 8, "record lengths")?;
         let key_len = u32::from_le_bytes([record[1], record[2], record[3], record[4]]) as usize;
         let value_len = u32::from_le_bytes([record[5], record[6], record[7], record[8]]) as usize;
+        if key_len == 0 {
+            // No engine stores an empty key (fjall asserts on one): an import must not
+            // reach it (found by flotilla-fuzz).
+            return Err(KvError::Corrupt(format!(
+                "range export: record at offset {record_offset} has an empty key"
+            )));
+        }
         if key_len > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
             return Err(KvError::Corrupt(format!(
                 "range export: record at offset {record_offset} claims a {key_len}-byte key \
