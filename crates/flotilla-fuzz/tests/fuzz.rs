@@ -197,13 +197,7 @@ fn raft_step_takes_2000_inputs_without_a_crash() {
     clean_run("raft-step");
 }
 
-// Fails on today's core: a message with a term at or near u64::MAX is adopted, and the
-// next election computes `term + 1` (`Term::next`, flotilla-raft/src/types.rs:31; with an
-// index at the maximum, `LogIndex::next` at :59): "attempt to add with overflow", a panic
-// with overflow checks and a wrap to term 0 without (issue 12, item 3). Un-ignore once terms
-// from the network are bounded and the core's arithmetic is checked.
 #[test]
-#[ignore = "finds issue 12 item 3 (term/index overflow in the core) until that is fixed"]
 fn raft_step_gen_takes_2000_inputs_without_a_crash() {
     clean_run("raft-step-gen");
 }
