@@ -2,7 +2,8 @@
 //! silent TCP connections and a few that send half a request. The server closes the oldest
 //! of those over the per-source cap at once and the rest within `PLAIN_REQUEST_TIMEOUT`
 //! (10 s; they used to stay open for ever), keeps serving clients meanwhile (also from the
-//! attacker's address), and counts both in `/metrics`.
+//! attacker's address), and counts both in `/metrics`. At the file-descriptor limit the
+//! accept loop backs off (it used to spin at 85% of a core) and warns once per burst.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
