@@ -36,6 +36,15 @@ pub enum KvError {
         /// The limit it exceeds.
         limit: usize,
     },
+    /// A write whose encoded command is larger than the largest raft entry a store can
+    /// replicate ([`crate::limits::COMMAND_BYTES_MAX`]).
+    #[error("write of {size} bytes exceeds command_bytes_max ({limit} bytes, the largest entry a region replicates)")]
+    CommandTooLarge {
+        /// Bytes of the encoded command.
+        size: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
     /// A scan limit above [`crate::limits::SCAN_LIMIT_MAX`].
     #[error("scan limit {size} exceeds scan_limit_max ({limit})")]
     ScanLimitTooLarge {

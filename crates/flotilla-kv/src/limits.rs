@@ -20,6 +20,24 @@ pub const SCAN_LIMIT_MAX: usize = 10_000;
 /// Largest KV service request or answer, on the server and on the client alike (a batch of
 /// large values; single values are limited to [`VALUE_BYTES_MAX`]).
 pub const KV_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest encoded write command a store proposes: the largest raft entry the node runtime
+/// accepts, which fits a raft frame with room for its framing by construction
+/// (`flotilla_node::limits`). A larger write (a batch of large values within
+/// [`KV_MESSAGE_BYTES_MAX`]) is refused with [`KvError::CommandTooLarge`] before it is
+/// proposed: what is admitted can always be replicated.
+pub const COMMAND_BYTES_MAX: usize = flotilla_node::ENTRY_BYTES_MAX;
+
+/// Refuses an encoded command larger than [`COMMAND_BYTES_MAX`].
+pub fn check_command_bytes(size: usize) -> Result<(), KvError> {
+    if size > COMMAND_BYTES_MAX {
+        return Err(KvError::CommandTooLarge {
+            size,
+            limit: COMMAND_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// Most key and value bytes one scan answer carries: a scan stops there (after at least one
 /// pair) and says there is more, so an answer always fits [`KV_MESSAGE_BYTES_MAX`] and a
 /// store never copies more than this for one scan, whatever the limit asked.
@@ -29,6 +47,8 @@ const SCAN_PAIR_FRAMING_BYTES_MAX: usize = 16;
 
 // Encoded lengths and counts are u32s: every key, value and batch length must fit one.
 const _: () = assert!(KEY_BYTES_MAX < VALUE_BYTES_MAX);
+// A single put of the largest key and value always fits an entry.
+const _: () = assert!(KEY_BYTES_MAX + VALUE_BYTES_MAX + 1024 < COMMAND_BYTES_MAX);
 const _: () = assert!(VALUE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(BATCH_KEYS_MAX <= u32::MAX as usize && SCAN_LIMIT_MAX <= u32::MAX as usize);
 // A scan answer: the budget, plus the one pair that may cross it, plus every pair's framing.

@@ -163,6 +163,7 @@ mod tests {
                 commit: LogIndex(seq),
                 echo: Echo::default(),
                 hibernate: false,
+                transfer_target: None,
             },
         };
         let frame = Frame {

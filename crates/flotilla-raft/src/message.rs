@@ -121,6 +121,11 @@ pub enum MessageBody {
         /// hibernates too and does not answer; any other follower answers, which wakes the
         /// leader.
         hibernate: bool,
+        /// The voter this leader is handing leadership to, while a transfer runs. A
+        /// follower honours a vote flagged as a leadership transfer (granted despite a live
+        /// leader) only from the target its leader announced, for the next term (issue
+        /// 12: a forged transfer vote deposed a healthy leader).
+        transfer_target: Option<PeerId>,
     },
     /// Answer to a [`MessageBody::Heartbeat`].
     HeartbeatResponse {

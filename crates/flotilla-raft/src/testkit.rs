@@ -479,9 +479,16 @@ pub fn describe_message(m: &Message) -> String {
             commit,
             echo,
             hibernate,
+            transfer_target,
         } => {
             let hibernate = if *hibernate { " hibernate" } else { "" };
-            format!(" commit={commit} read_seq={}{hibernate}", echo.read_seq)
+            let transfer = transfer_target
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" transfer_to={t}"));
+            format!(
+                " commit={commit} read_seq={}{hibernate}{transfer}",
+                echo.read_seq
+            )
         }
         MessageBody::HeartbeatResponse { echo } => format!(" read_seq={}", echo.read_seq),
         MessageBody::InstallSnapshot { meta } => format!(" snapshot={}@{}", meta.index, meta.term),

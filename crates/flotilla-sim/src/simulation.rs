@@ -628,6 +628,7 @@ impl Simulation {
                     commit: last,
                     echo: Echo::default(),
                     hibernate: false,
+                    transfer_target: Some(PeerId::new(OUTSIDER)),
                 },
             ),
             _ => (term, MessageBody::TimeoutNow),

@@ -38,6 +38,7 @@ pub fn kind_of(error: &KvError) -> String {
         KvError::KeyTooLarge { .. } => "KeyTooLarge".into(),
         KvError::ValueTooLarge { .. } => "ValueTooLarge".into(),
         KvError::BatchTooLarge { .. } => "BatchTooLarge".into(),
+        KvError::CommandTooLarge { .. } => "CommandTooLarge".into(),
         KvError::ScanLimitTooLarge { .. } => "ScanLimitTooLarge".into(),
         KvError::KeyOutOfRegion { .. } => "KeyOutOfRegion".into(),
         KvError::InvalidRange { .. } => "InvalidRange".into(),
@@ -60,6 +61,7 @@ fn code_of(error: &KvError) -> Code {
         | KvError::KeyTooLarge { .. }
         | KvError::ValueTooLarge { .. }
         | KvError::BatchTooLarge { .. }
+        | KvError::CommandTooLarge { .. }
         | KvError::ScanLimitTooLarge { .. }
         | KvError::KeyOutOfRegion { .. }
         | KvError::InvalidRange { .. }

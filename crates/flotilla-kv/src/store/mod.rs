@@ -898,7 +898,9 @@ impl Store {
                 leader: peer.node.leader_id().map(|l| l.as_str().to_string()),
             });
         }
-        let apply = peer.node.apply(command.encode(), None);
+        let encoded = command.encode();
+        crate::limits::check_command_bytes(encoded.len())?;
+        let apply = peer.node.apply(encoded, None);
         let output = match tokio::time::timeout(self.inner.request_timeout, apply).await {
             Ok(Ok(output)) => output,
             Ok(Err(NodeError::Raft(RaftError::StateMachine(why)))) => {

@@ -230,10 +230,14 @@ pub fn encode_message(message: &Message) -> proto::Message {
             commit,
             echo,
             hibernate,
+            transfer_target,
         } => Body::Heartbeat(proto::Heartbeat {
             commit: commit.get(),
             echo: Some(encode_echo(*echo)),
             hibernate: *hibernate,
+            transfer_target: transfer_target
+                .as_ref()
+                .map_or_else(String::new, |t| t.as_str().to_owned()),
         }),
         MessageBody::HeartbeatResponse { echo } => {
             Body::HeartbeatResponse(proto::HeartbeatResponse {
@@ -455,6 +459,11 @@ fn decode_body(body: proto::message::Body) -> Result<MessageBody> {
             commit: LogIndex(h.commit),
             echo: decode_echo(h.echo).map_err(|e| e.at("heartbeat"))?,
             hibernate: h.hibernate,
+            transfer_target: if h.transfer_target.is_empty() {
+                None
+            } else {
+                Some(peer(&h.transfer_target).map_err(|e| e.at("heartbeat.transfer_target"))?)
+            },
         },
         Body::HeartbeatResponse(h) => MessageBody::HeartbeatResponse {
             echo: decode_echo(h.echo).map_err(|e| e.at("heartbeat_response"))?,
@@ -924,11 +933,13 @@ mod tests {
                 commit: LogIndex(12),
                 echo: echo(),
                 hibernate: false,
+                transfer_target: Some(PeerId::new("127.0.0.1:7003")),
             },
             MessageBody::Heartbeat {
                 commit: LogIndex(13),
                 echo: echo(),
                 hibernate: true,
+                transfer_target: None,
             },
             MessageBody::HeartbeatResponse { echo: echo() },
             MessageBody::InstallSnapshot {
@@ -1032,6 +1043,7 @@ mod tests {
             commit: LogIndex(1),
             echo: echo(),
             hibernate: false,
+            transfer_target: None,
         }]))
     }
 

@@ -55,6 +55,7 @@ fn numbered(from: &PeerId, to: &PeerId, seq: u64) -> Frame {
                     commit: LogIndex(seq),
                     echo: Echo::default(),
                     hibernate: false,
+                    transfer_target: None,
                 },
             },
         )],

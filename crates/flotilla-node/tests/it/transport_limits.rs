@@ -39,6 +39,7 @@ fn heartbeat(from: &PeerId, to: &PeerId, seq: u64) -> Message {
             commit: LogIndex(seq),
             echo: Echo::default(),
             hibernate: false,
+            transfer_target: None,
         },
     }
 }

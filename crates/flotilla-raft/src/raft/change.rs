@@ -361,6 +361,15 @@ impl<S: LogStore> Raft<S> {
         let successor = self.most_up_to_date_voter();
         let term = self.term;
         if let Some(successor) = successor {
+            // Announce the successor first: voters grant a transfer's vote despite a live
+            // leader only to the target their leader named.
+            self.transfer = Some(Transfer {
+                target: successor.clone(),
+                deadline: self.now + self.config.transfer_timeout_ticks,
+                timeout_now_sent: true,
+            });
+            self.broadcast_heartbeat();
+            self.transfer = None;
             self.send(successor, MessageBody::TimeoutNow);
         }
         self.become_follower(term, None);
@@ -508,6 +517,9 @@ impl<S: LogStore> Raft<S> {
             deadline: self.now + self.config.transfer_timeout_ticks,
             timeout_now_sent: false,
         });
+        // Tell every voter whom it may vote for despite this live leader, before the
+        // target is told to campaign.
+        self.broadcast_heartbeat();
         let caught_up = self
             .progress
             .get(&target)

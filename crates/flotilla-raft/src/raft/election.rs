@@ -158,6 +158,22 @@ impl<S: LogStore> Raft<S> {
             && self.leader.as_ref() != Some(&self.id)
     }
 
+    /// A vote flagged as a leadership transfer may be granted despite a live leader only
+    /// when this peer's leader announced the candidate as its transfer target (in its
+    /// heartbeats) and the vote is for the term right after the leader's: a transfer's
+    /// election (thesis §3.10).
+    pub(super) fn transfer_vote_allowed(&self, message: &Message) -> bool {
+        let MessageBody::RequestVote {
+            leadership_transfer: true,
+            ..
+        } = &message.body
+        else {
+            return false;
+        };
+        matches!(&self.announced_transfer,
+            Some((term, target)) if *target == message.from && term.next() == message.term)
+    }
+
     /// Rules for a message with a higher term (paper §5.1). Returns false if the message
     /// must be dropped.
     pub(super) fn accept_higher_term(&mut self, message: &Message) -> bool {
@@ -167,7 +183,10 @@ impl<S: LogStore> Raft<S> {
                 leadership_transfer,
                 ..
             } => {
-                if self.vote_guarded() && !leadership_transfer {
+                if *leadership_transfer && !self.transfer_vote_allowed(message) {
+                    self.dropped.transfer_vote += 1;
+                }
+                if self.vote_guarded() && !self.transfer_vote_allowed(message) {
                     // A live leader is heard: refuse, without learning the term, so a
                     // partitioned peer that comes back cannot depose a healthy leader.
                     self.reply_vote(message, false);
@@ -219,7 +238,7 @@ impl<S: LogStore> Raft<S> {
             pre_vote,
             last_log_index,
             last_log_term,
-            leadership_transfer,
+            ..
         } = &message.body
         else {
             return;
@@ -228,7 +247,7 @@ impl<S: LogStore> Raft<S> {
         if *pre_vote {
             let granted = up_to_date
                 && message.term > self.term
-                && (!self.vote_guarded() || *leadership_transfer);
+                && (!self.vote_guarded() || self.transfer_vote_allowed(message));
             self.reply_vote(message, granted);
             return;
         }

@@ -144,6 +144,7 @@ impl<S: LogStore> Raft<S> {
                     commit: last,
                     echo,
                     hibernate,
+                    transfer_target: None,
                 },
             );
         }

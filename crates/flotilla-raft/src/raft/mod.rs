@@ -171,6 +171,9 @@ pub struct Raft<S: LogStore> {
 
     /// Messages dropped before the protocol saw them.
     dropped: DroppedMessages,
+    /// Follower: the transfer target its leader announced in the given term (see
+    /// `MessageBody::Heartbeat::transfer_target`).
+    announced_transfer: Option<(Term, PeerId)>,
 
     #[cfg(feature = "planted-bugs")]
     bugs: PlantedBugs,
@@ -307,6 +310,7 @@ impl<S: LogStore> Raft<S> {
             #[cfg(feature = "planted-bugs")]
             bugs: PlantedBugs::default(),
             dropped: DroppedMessages::default(),
+            announced_transfer: None,
         };
         raft.reset_election_timer();
         // SOFAJRaft: a single-member group elects itself at start.

@@ -252,13 +252,14 @@ impl<S: LogStore> Raft<S> {
                 .progress
                 .get(&peer)
                 .map_or(LogIndex::ZERO, |pr| pr.match_index.min(self.log.committed));
-            let hibernate = false;
+            let transfer_target = self.transfer.as_ref().map(|t| t.target.clone());
             self.send(
                 peer,
                 MessageBody::Heartbeat {
                     commit,
                     echo,
-                    hibernate,
+                    hibernate: false,
+                    transfer_target,
                 },
             );
         }

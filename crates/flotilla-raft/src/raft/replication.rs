@@ -131,13 +131,14 @@ impl<S: LogStore> Raft<S> {
                 .progress
                 .get(&peer)
                 .map_or(LogIndex::ZERO, |pr| committed.min(pr.match_index));
-            let hibernate = false;
+            let transfer_target = self.transfer.as_ref().map(|t| t.target.clone());
             self.send(
                 peer,
                 MessageBody::Heartbeat {
                     commit,
                     echo,
-                    hibernate,
+                    hibernate: false,
+                    transfer_target,
                 },
             );
         }
@@ -484,8 +485,10 @@ impl<S: LogStore> Raft<S> {
                 commit,
                 echo,
                 hibernate,
+                transfer_target,
             } => {
                 self.heard_from_leader(&from);
+                self.announced_transfer = transfer_target.map(|target| (term, target));
                 // Older than something the leader sent since: a hibernate mark on it is stale.
                 let latest = echo.tick >= self.leader_echo_tick;
                 self.leader_echo_tick = self.leader_echo_tick.max(echo.tick);

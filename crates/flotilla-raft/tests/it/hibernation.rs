@@ -55,6 +55,7 @@ fn heartbeat(from: &PeerId, to: &PeerId, term: Term, commit: u64, tick: u64) -> 
             commit: LogIndex(commit),
             echo: Echo { tick, read_seq: 0 },
             hibernate: true,
+            transfer_target: None,
         },
     }
 }
@@ -67,6 +68,7 @@ fn hibernate_marks(messages: &[Message]) -> usize {
                 m.body,
                 MessageBody::Heartbeat {
                     hibernate: true,
+                    transfer_target: None,
                     ..
                 }
             )

@@ -144,6 +144,7 @@ fn indexes_beyond_the_bound_are_refused() {
             commit: LogIndex(u64::MAX),
             echo: Echo::default(),
             hibernate: false,
+            transfer_target: None,
         },
     ];
     for body in bodies {
@@ -239,4 +240,35 @@ fn a_change_that_leaves_no_live_majority_is_refused_unless_forced() {
     c.raft(n1)
         .change_configuration_forced(target)
         .expect("a forced change is accepted");
+}
+
+#[test]
+fn a_transfer_vote_counts_only_from_the_target_the_leader_announced() {
+    let (mut c, ids) = elected(3);
+    let (n1, n2, n3) = (&ids[0], &ids[1], &ids[2]);
+    let term = c.node(n1).raft.term();
+    // A member that was never named the transfer target flags its vote as a transfer:
+    // n2 hears a live leader and refuses, and n1 keeps leading in its term.
+    c.raft(n2)
+        .step(message(n3, n2, term.next(), vote_request(true)));
+    c.process(n2);
+    run(&mut c);
+    assert_eq!(c.node(n1).raft.role(), Role::Leader);
+    assert_eq!(
+        c.node(n2).raft.term(),
+        term,
+        "the forged transfer vote moved n2's term"
+    );
+    assert_eq!(c.node(n2).raft.dropped_messages().transfer_vote, 1);
+    // A real transfer to n3: the leader announces it, n3 wins the next term.
+    c.raft(n1)
+        .transfer_leadership(Some(n3.clone()))
+        .expect("transfer");
+    c.process(n1);
+    tick_until(&mut c, 5 * TIMEOUT, |c| {
+        c.leader().as_ref() == Some(&ids[2])
+    })
+    .expect("the announced transfer never completed");
+    assert_eq!(c.node(n3).raft.term(), term.next());
+    still_commits(&mut c, n3, "after");
 }

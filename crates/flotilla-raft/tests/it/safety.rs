@@ -107,6 +107,7 @@ fn no_entries_are_applied_while_a_snapshot_installs() {
             commit: last.plus(4),
             echo: Echo::default(),
             hibernate: false,
+            transfer_target: None,
         },
     );
     assert_eq!(c.node(n3).raft.committed(), last.plus(4));
@@ -269,6 +270,7 @@ fn garbage_messages_never_crash_a_peer() {
                 commit: index(pick(60)),
                 echo: Echo::default(),
                 hibernate: pick(2) == 0,
+                transfer_target: None,
             },
             5 => MessageBody::HeartbeatResponse {
                 echo: Echo {

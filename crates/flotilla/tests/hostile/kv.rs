@@ -452,3 +452,38 @@ fn a_plain_text_server_beyond_loopback_warns() {
     let stderr = stderr_at_start(&free_address(), &dir.0.join("loopback"));
     assert!(!stderr.contains("WARNING"), "{stderr}");
 }
+
+/// Issue 12: a batch write within the KV service's 16 MiB message limit but larger than
+/// the largest entry a region can replicate was admitted, and its AppendEntries was refused
+/// by every follower for ever: nothing after it committed. Now it is refused before it is
+/// proposed, with its size and the limit named, and the region keeps serving.
+#[test]
+fn a_write_larger_than_an_entry_is_refused_and_the_region_keeps_serving() {
+    let cluster = three_nodes("huge-write", 1);
+    let endpoints = cluster.endpoints.clone();
+    put_until_ok(&endpoints, "before", "1", Duration::from_secs(10));
+    let runtime = runtime();
+    let client = connect(&runtime, &endpoints);
+    // 15 values of 1 MiB: about 15.0 MiB of command, within the 16 MiB message limit.
+    let value = Bytes::from(vec![b'v'; VALUE_BYTES_MAX]);
+    let pairs: Vec<(Bytes, Bytes)> = (0..15)
+        .map(|i| (Bytes::from(format!("huge-{i:02}")), value.clone()))
+        .collect();
+    let refusal = runtime.block_on(client.batch_put(pairs)).unwrap_err();
+    assert_eq!(refusal.kind, "CommandTooLarge", "{refusal}");
+    assert!(!refusal.indeterminate, "{refusal}");
+    assert!(
+        refusal.to_string().contains("command_bytes_max"),
+        "{refusal}"
+    );
+    // Nothing of it was written, and the region still commits.
+    let found = runtime
+        .block_on(client.get("huge-00", ReadConsistency::Index))
+        .expect("get");
+    assert_eq!(found, None);
+    drop(client);
+    drop(runtime);
+    put_until_ok(&endpoints, "after", "2", Duration::from_secs(10));
+    let (code, answer) = kv(&endpoints, &["get", "before"]);
+    assert_eq!((code, answer["value"].as_str()), (0, Some("1")), "{answer}");
+}

@@ -52,6 +52,7 @@ fn heartbeat(from: &str, to: &str, term: u64) -> proto::Message {
             commit: 0,
             echo: Some(proto::Echo::default()),
             hibernate: false,
+            transfer_target: String::new(),
         })),
     }
 }
