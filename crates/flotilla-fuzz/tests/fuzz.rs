@@ -311,15 +311,57 @@ fn an_export_with_an_empty_key_is_refused_before_fjall_sees_it() {
 #[test]
 #[ignore = "the core's check_message accepts a configuration without voters (see the report)"]
 fn the_core_drops_a_configuration_without_voters() {
-    let input = flotilla_fuzz::unhex(
-        "330ef742636ba80d33248100875571d81f24e5f74dab1e563548134c5c8f4188bb1b707f5257c5c9\
-         2378006855ff0e4dcab15f78688a8d3e7eb0cb0ccb0b3140cc139f15271cc7b6f4b08454ea5d18ae\
-         b4ab2393be32c8",
-    )
-    .expect("hex");
-    let raft_step_gen = targets::by_name("raft-step-gen").expect("raft-step-gen target");
-    assert_eq!(
-        run_one(&raft_step_gen, &input).map_err(|(panic, _)| panic),
-        Ok(true)
+    use bytes::Bytes;
+    use flotilla_raft::testkit::Cluster;
+    use flotilla_raft::{
+        Configuration, Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, PeerId, Term,
+    };
+
+    let (n1, n2) = (PeerId::new("n1"), PeerId::new("n2"));
+    let mut cluster = Cluster::new(3);
+    cluster.elect(&n1);
+    for i in 0u8..3 {
+        cluster.propose(&n1, &[i; 5]).expect("proposed");
+    }
+    let committed = cluster.raft(&n1).committed();
+    assert_eq!(committed, LogIndex(4));
+    let term = Term((1 << 32) + 1);
+    let no_voters = Configuration {
+        old_voters: Some([n1.clone()].into_iter().collect()),
+        ..Configuration::default()
+    };
+    let entry = |index: u64, payload: EntryPayload| Entry {
+        index: LogIndex(index),
+        term,
+        payload,
+    };
+    let forged = Message {
+        from: n2,
+        to: n1.clone(),
+        term,
+        body: MessageBody::AppendEntries {
+            prev_log_index: LogIndex(2),
+            prev_log_term: Term(2),
+            entries: vec![
+                entry(3, EntryPayload::Normal(Bytes::from_static(b"   "))),
+                entry(4, EntryPayload::NoOp),
+                entry(5, EntryPayload::Configuration(no_voters)),
+            ],
+            leader_commit: LogIndex(0),
+            echo: Echo::default(),
+        },
+    };
+    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cluster.raft(&n1).step(forged);
+        cluster.process(&n1);
+        for _ in 0..30 {
+            cluster.tick_all();
+            cluster.stabilize();
+        }
+    }));
+    assert!(
+        stepped.is_ok(),
+        "the core panicked on a forged voterless configuration"
     );
+    assert!(!cluster.raft(&n1).configuration().voters.is_empty());
 }

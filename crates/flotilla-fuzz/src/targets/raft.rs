@@ -165,6 +165,13 @@ pub(crate) fn crafted_messages() -> Vec<Message> {
             commit: LogIndex(7),
             echo,
             hibernate: true,
+            transfer_target: None,
+        },
+        MessageBody::Heartbeat {
+            commit: LogIndex(7),
+            echo,
+            hibernate: false,
+            transfer_target: Some(peer("n3")),
         },
         MessageBody::InstallSnapshot {
             meta: SnapshotMeta {
@@ -602,6 +609,7 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
             commit: LogIndex(choices.near(last)),
             echo,
             hibernate: choices.u8() % 2 == 0,
+            transfer_target: (choices.u8() % 2 == 0).then(|| choices.peer()),
         },
         6 => MessageBody::HeartbeatResponse { echo },
         7 => MessageBody::InstallSnapshot {
