@@ -172,7 +172,6 @@ fn store_meta_takes_2000_inputs_without_a_crash() {
 // an absurd allocation (the fuzzer aborts on it), or a "capacity overflow" panic. Un-ignore
 // once recovery refuses or represents such a checkpoint without allocating per entry.
 #[test]
-#[ignore = "finds a storage recovery bug (checkpoint-sized allocation) until that is fixed"]
 fn log_segment_takes_2000_inputs_without_a_crash() {
     clean_run("log-segment");
 }
@@ -306,10 +305,10 @@ fn an_export_with_an_empty_key_is_refused_before_fjall_sees_it() {
 /// overlap n1's committed ones (so `handle_append_entries` skips the prev check, trusting
 /// Leader Completeness) and end in a configuration with no voters; n1 takes it, the quorum
 /// of no one is index u64::MAX, and `maybe_commit` panics (raft/replication.rs:416). The
-/// gRPC codec refuses such a configuration (test above), but the core's own gateway
-/// (`Raft::check_message`) does not, so any other path to `step` still panics.
+/// gRPC codec refuses such a configuration (test above), and since the fix so does the
+/// core's own gateway (`Raft::check_message`, through `Configuration::validate`), so no
+/// other path to `step` panics either.
 #[test]
-#[ignore = "the core's check_message accepts a configuration without voters (see the report)"]
 fn the_core_drops_a_configuration_without_voters() {
     use bytes::Bytes;
     use flotilla_raft::testkit::Cluster;
@@ -371,10 +370,10 @@ fn the_core_drops_a_configuration_without_voters() {
 /// index slot per claimed entry (`LogIndexState::start_from`, log/index.rs:290, before any
 /// later record could drop them): "capacity overflow" here; with a claim of 2^28 to 2^40
 /// entries, gigabytes to terabytes asked of the allocator (the fuzzer aborts on it; a
-/// store would be killed opening its data dir). Recovery should refuse such a segment, or
-/// hold the claimed entries as a count, without allocating per entry.
+/// store would be killed opening its data dir). Fixed: recovery holds the claimed entries
+/// as a count (`GroupIndex::reclaimed`) and refuses the segment when no later record drops
+/// them.
 #[test]
-#[ignore = "storage recovery allocates per entry a checkpoint claims (see the report)"]
 fn a_checkpoint_claiming_2_pow_60_entries_is_refused_without_allocating() {
     use flotilla_raft::{LogIndex, Term};
     use flotilla_storage::fs::{FileSystem, SimFs};

@@ -119,6 +119,31 @@ impl Configuration {
 
     /// Checks that this configuration can be a target of a change: at least one voter and
     /// no peer both voter and learner.
+    /// Checks a configuration that arrives from elsewhere (a log entry or a snapshot from a
+    /// peer, a record read from disk): at least one voter, an old half with at least one
+    /// voter when joint, no peer both voter and learner. Every configuration the core makes
+    /// passes; a voterless one would make a quorum of nobody (issue 12's fuzzing found a
+    /// forged AppendEntries carrying one that crashed its receiver).
+    pub fn validate(&self) -> Result<(), RaftError> {
+        if self.voters.is_empty() {
+            return Err(RaftError::InvalidArgument(
+                "a configuration needs at least one voter".into(),
+            ));
+        }
+        if self.old_voters.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(RaftError::InvalidArgument(
+                "a joint configuration needs at least one old voter".into(),
+            ));
+        }
+        if let Some(peer) = self.voters.intersection(&self.learners).next() {
+            return Err(RaftError::InvalidArgument(format!(
+                "peer {peer} cannot be both a voter and a learner"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the target of a membership change: [`Configuration::validate`], and not joint.
     pub fn validate_target(&self) -> Result<(), RaftError> {
         if self.voters.is_empty() {
             return Err(RaftError::InvalidArgument(

@@ -729,6 +729,11 @@ impl<S: LogStore> Raft<S> {
                     if entry.term < term || entry.term > message.term {
                         return bad(format!("entry {} has term {}", entry.index, entry.term));
                     }
+                    if let EntryPayload::Configuration(configuration) = &entry.payload {
+                        if let Err(why) = configuration.validate() {
+                            return bad(format!("entry {}: {why}", entry.index));
+                        }
+                    }
                     expected = expected.next();
                     term = entry.term;
                 }
@@ -768,8 +773,8 @@ impl<S: LogStore> Raft<S> {
                         meta.term, message.term
                     ));
                 }
-                if meta.configuration.is_empty() {
-                    return bad("snapshot without a configuration".into());
+                if let Err(why) = meta.configuration.validate() {
+                    return bad(format!("snapshot configuration: {why}"));
                 }
             }
             _ => {}

@@ -35,9 +35,15 @@ pub struct Location {
 /// One group's log, by location.
 #[derive(Clone, Debug, Default)]
 pub struct GroupIndex {
-    /// Index and term of the compaction point (the entry before `locations[0]`).
+    /// Index and term of the compaction point (the entry before the first one stored).
     pub prefix: (LogIndex, Term),
-    /// Entries `prefix.0 + 1 ..= last_index()`.
+    /// Recovery only: entries `prefix.0 + 1 ..= prefix.0 + reclaimed` stand in segments
+    /// already reclaimed (a checkpoint claimed them; a later record of the replay must
+    /// drop them). Kept as a count, not one location each: a checkpoint read from disk
+    /// may claim any number of them (a hostile or corrupt one claimed 2^60), and a real
+    /// log compacted after hours of writes claims hundreds of millions.
+    pub reclaimed: u64,
+    /// Entries `prefix.0 + reclaimed + 1 ..= last_index()`.
     pub locations: VecDeque<Location>,
 }
 
@@ -51,21 +57,57 @@ impl GroupIndex {
     /// Last index stored.
     #[must_use]
     pub fn last_index(&self) -> LogIndex {
-        self.prefix.0.plus(self.locations.len() as u64)
+        self.prefix
+            .0
+            .plus(self.reclaimed)
+            .plus(self.locations.len() as u64)
     }
 
-    /// Location of the entry at `index`.
+    /// Location of the entry at `index` (one standing in a reclaimed segment has the
+    /// segment [`SEGMENT_RECLAIMED`]).
     pub fn location(&self, index: LogIndex) -> Result<Location, StorageError> {
         if index <= self.prefix.0 {
             return Err(StorageError::Compacted {
                 first_index: self.first_index(),
             });
         }
-        let slot = usize::try_from(index.get() - self.prefix.0.get() - 1).unwrap_or(usize::MAX);
+        let offset = index.get() - self.prefix.0.get() - 1;
+        if offset < self.reclaimed {
+            return Ok(Location {
+                segment: SEGMENT_RECLAIMED,
+                offset: 0,
+                len: 0,
+                term: Term::ZERO,
+            });
+        }
+        let slot = usize::try_from(offset - self.reclaimed).unwrap_or(usize::MAX);
         self.locations
             .get(slot)
             .copied()
             .ok_or(StorageError::Unavailable { index })
+    }
+
+    /// Drops every entry from position `keep` (counted from the first entry after the
+    /// compaction point) on; returns the dropped locations (reclaimed ones are not
+    /// counted anywhere, so they are not returned).
+    fn drop_from(&mut self, keep: u64) -> Vec<Location> {
+        if keep < self.reclaimed {
+            self.reclaimed = keep;
+            return self.locations.drain(..).collect();
+        }
+        let slot = usize::try_from(keep - self.reclaimed).unwrap_or(usize::MAX);
+        let slot = slot.min(self.locations.len());
+        self.locations.drain(slot..).collect()
+    }
+
+    /// Drops the first `count` entries after the compaction point; returns the dropped
+    /// locations (reclaimed ones excepted, as in [`GroupIndex::drop_from`]).
+    fn drop_first(&mut self, count: u64) -> Vec<Location> {
+        let from_reclaimed = count.min(self.reclaimed);
+        self.reclaimed -= from_reclaimed;
+        let rest = usize::try_from(count - from_reclaimed).unwrap_or(usize::MAX);
+        let rest = rest.min(self.locations.len());
+        self.locations.drain(..rest).collect()
     }
 
     /// Term at `index`; the compaction point answers with its term.
@@ -87,7 +129,9 @@ impl GroupIndex {
     }
 
     fn is_default(&self) -> bool {
-        self.prefix == (LogIndex::ZERO, Term::ZERO) && self.locations.is_empty()
+        self.prefix == (LogIndex::ZERO, Term::ZERO)
+            && self.reclaimed == 0
+            && self.locations.is_empty()
     }
 }
 
@@ -202,9 +246,7 @@ impl LogIndexState {
         let dropped: Vec<Location> = match shape {
             Shape::Append { first, count } => {
                 debug_assert_eq!(count, locations.len() as u64);
-                let keep =
-                    usize::try_from(first.get() - index.prefix.0.get() - 1).unwrap_or(usize::MAX);
-                let dropped = index.locations.drain(keep..).collect();
+                let dropped = index.drop_from(first.get() - index.prefix.0.get() - 1);
                 index.locations.extend(locations.iter().copied());
                 dropped
             }
@@ -212,20 +254,15 @@ impl LogIndexState {
                 if at <= index.prefix.0 {
                     Vec::new()
                 } else {
-                    let n = usize::try_from(at.get() - index.prefix.0.get()).unwrap_or(usize::MAX);
-                    let n = n.min(index.locations.len());
+                    let dropped = index.drop_first(at.get() - index.prefix.0.get());
                     index.prefix = (at, term);
-                    index.locations.drain(..n).collect()
+                    dropped
                 }
             }
-            Shape::TruncateSuffix(from) => {
-                let keep =
-                    usize::try_from(from.get() - index.prefix.0.get() - 1).unwrap_or(usize::MAX);
-                let keep = keep.min(index.locations.len());
-                index.locations.drain(keep..).collect()
-            }
+            Shape::TruncateSuffix(from) => index.drop_from(from.get() - index.prefix.0.get() - 1),
             Shape::Reset(at, term) => {
                 index.prefix = (at, term);
+                index.reclaimed = 0;
                 index.locations.drain(..).collect()
             }
         };
@@ -277,17 +314,10 @@ impl LogIndexState {
     pub fn start_from(&mut self, checkpoint: &[(GroupId, GroupCheckpoint)]) {
         debug_assert!(self.groups.is_empty());
         for (group, c) in checkpoint {
-            let missing = c.last_index.distance_from(c.prefix_index);
-            let location = Location {
-                segment: SEGMENT_RECLAIMED,
-                offset: 0,
-                len: 0,
-                term: Term::ZERO,
-            };
             let index = GroupIndex {
                 prefix: (c.prefix_index, c.prefix_term),
-                locations: std::iter::repeat_n(location, usize::try_from(missing).unwrap_or(0))
-                    .collect(),
+                reclaimed: c.last_index.distance_from(c.prefix_index),
+                locations: VecDeque::new(),
             };
             self.groups.insert(*group, index);
         }
@@ -296,11 +326,9 @@ impl LogIndexState {
     /// First group entry still standing in a reclaimed segment, if any.
     #[must_use]
     pub fn first_reclaimed_entry(&self) -> Option<(GroupId, LogIndex)> {
-        self.groups.iter().find_map(|(id, g)| {
-            g.locations
-                .iter()
-                .position(|l| l.segment == SEGMENT_RECLAIMED)
-                .map(|slot| (*id, g.prefix.0.plus(slot as u64 + 1)))
-        })
+        self.groups
+            .iter()
+            .find(|(_, g)| g.reclaimed > 0)
+            .map(|(id, g)| (*id, g.prefix.0.next()))
     }
 }

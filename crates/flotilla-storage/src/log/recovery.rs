@@ -121,7 +121,10 @@ pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered, StorageErro
         return Err(corrupt(
             &first,
             0,
-            format!("group {group} entry {at} lies before this segment, and its segment is gone"),
+            format!(
+                "group {group} entry {at} lies before this segment (its checkpoint says so), \
+                 and its segment is gone"
+            ),
         ));
     }
     Ok(Recovered {
