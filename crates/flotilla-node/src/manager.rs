@@ -1019,7 +1019,21 @@ impl Driver {
                 match self.groups.get_mut(&group) {
                     Some(g) => {
                         self.shared.metrics.message_received(message.body.name());
+                        let before = g.raft.dropped_messages().counts();
                         g.raft.step(message);
+                        let after = g.raft.dropped_messages().counts();
+                        if after != before {
+                            self.shared.metrics.raft_dropped(before, after);
+                            let why = g.raft.dropped_messages().last_reason.as_ref();
+                            match why.filter(|_| after[0] == before[0]) {
+                                Some(why) => {
+                                    tracing::debug!(group, from = %frame.from, %why, "message dropped by the core")
+                                }
+                                None => {
+                                    tracing::debug!(group, from = %frame.from, "message from a non-member or an unannounced transfer: dropped")
+                                }
+                            }
+                        }
                         active.insert(group);
                         self.note_if_woken(group, WakeReason::Message, Some(&frame.from));
                     }

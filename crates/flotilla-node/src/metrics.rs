@@ -282,9 +282,28 @@ pub(crate) struct ManagerMetrics {
     pub(crate) entries_refused_too_large: Counter,
     /// Processes forgotten by the liveness map because it was full.
     pub(crate) liveness_processes_evicted: Counter,
+    /// Raft messages the groups' cores dropped before their protocol saw them, by reason
+    /// ([`RAFT_DROP_REASONS`]): from a non-member, out of bounds, invalid for the log, a
+    /// transfer vote from a candidate the leader did not announce.
+    pub(crate) raft_messages_dropped: [Counter; RAFT_DROP_REASONS.len()],
     /// The transport's counters (shared with the transport and the server, when they
     /// count).
     pub(crate) transport: Arc<TransportMetrics>,
+}
+
+/// Why a core dropped a message (`flotilla_raft::DroppedMessages::counts`, in that order).
+pub(crate) const RAFT_DROP_REASONS: [&str; 4] =
+    ["non_member", "out_of_bounds", "invalid", "transfer_vote"];
+
+impl ManagerMetrics {
+    /// Counts what a core dropped while stepping, from its counters before and after.
+    pub(crate) fn raft_dropped(&self, before: [u64; 4], after: [u64; 4]) {
+        for ((counter, was), now) in self.raft_messages_dropped.iter().zip(before).zip(after) {
+            if now > was {
+                counter.add(now - was);
+            }
+        }
+    }
 }
 
 /// The kinds of raft message, as [`flotilla_raft::MessageBody::name`] names them.
@@ -330,6 +349,7 @@ impl Default for ManagerMetrics {
             messages_received: Default::default(),
             entries_refused_too_large: Counter::default(),
             liveness_processes_evicted: Counter::default(),
+            raft_messages_dropped: Default::default(),
             transport: Arc::default(),
         }
     }
@@ -649,6 +669,19 @@ pub(crate) fn render(
          distinct senders).",
         manager.liveness_processes_evicted.get(),
     );
+    let dropped = "flotilla_raft_messages_dropped_total";
+    w.header(
+        dropped,
+        "counter",
+        "Raft messages the cores dropped before their protocol saw them, by reason \
+         (non_member: from a peer outside the group's configuration; out_of_bounds: a term \
+         more than 2^32 ahead or an index or echo beyond its bound; invalid: inconsistent \
+         with the log; transfer_vote: a vote flagged as a leadership transfer from a \
+         candidate the leader did not announce).",
+    );
+    for (reason, counter) in RAFT_DROP_REASONS.iter().zip(&manager.raft_messages_dropped) {
+        w.sample(dropped, &[("reason", reason)], counter.get());
+    }
     manager.transport.render(&mut w);
     let process_histograms: [(&str, &str, &Histogram); 6] = [
         (

@@ -79,6 +79,20 @@ pub struct DroppedMessages {
     pub last_reason: Option<RaftError>,
 }
 
+impl DroppedMessages {
+    /// The counters, in the order of the fields: non-member, out of bounds, invalid,
+    /// transfer vote (cheap to compare before and after a step).
+    #[must_use]
+    pub fn counts(&self) -> [u64; 4] {
+        [
+            self.non_member,
+            self.out_of_bounds,
+            self.invalid,
+            self.transfer_vote,
+        ]
+    }
+}
+
 /// One peer's consensus core. See the module documentation.
 pub struct Raft<S: LogStore> {
     config: Config,

@@ -3,8 +3,7 @@
 //! TLS — each against real `flotilla server` processes, asserting the refusal and that the
 //! cluster still serves.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +14,8 @@ use flotilla_kv::limits::VALUE_BYTES_MAX;
 use flotilla_kv::service::proto::{self, kv_client::KvClient as GrpcKvClient, RegionInfo};
 
 use crate::support::{
-    admin, free_address, kv, put_until_ok, three_nodes, wait_for_leaders, Server, TempDir, BIN,
+    admin, free_address, kv, metrics, put_until_ok, three_nodes, wait_for_leaders, Server, TempDir,
+    BIN,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -257,20 +257,6 @@ fn a_region_opened_by_mistake_can_be_closed() {
     let reply = regions_of_extra(&client);
     assert!(reply.regions.is_empty(), "closed for good: {reply:?}");
     assert_eq!(get_value(&endpoints, "a"), "1");
-}
-
-/// `GET /metrics` of a store.
-fn metrics(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect for /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

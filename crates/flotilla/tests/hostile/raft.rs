@@ -1,5 +1,6 @@
 //! The raft stream and the membership calls of issue 12, against real `flotilla server`
-//! processes: a term of 2^64 - 1 and votes from a stranger sent on the raft stream, and
+//! processes: a term of 2^64 - 1, and a stranger's votes, heartbeat and a forged
+//! AppendEntries that claims its entry committed, sent on the raft stream; and
 //! `reset-peers` and unsafe membership changes through `flotilla admin`. Each asserts the
 //! refusal, that the region keeps its leader and term, and that it still serves.
 
@@ -9,7 +10,7 @@ use flotilla_node::grpc::proto;
 use serde_json::Value;
 use tonic::codegen::tokio_stream;
 
-use crate::support::{admin, kv, put_until_ok, three_nodes, wait_for_leaders};
+use crate::support::{admin, kv, metrics, put_until_ok, sample, three_nodes, wait_for_leaders};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -57,6 +58,27 @@ fn heartbeat(from: &str, to: &str, term: u64) -> proto::Message {
     }
 }
 
+/// A leader's AppendEntries from `from` carrying one entry of arbitrary bytes after
+/// `prev` (at `prev_term`), which it claims committed.
+fn forged_append(from: &str, to: &str, term: u64, prev: u64, prev_term: u64) -> proto::Message {
+    proto::Message {
+        from: from.into(),
+        to: to.into(),
+        term,
+        body: Some(proto::message::Body::AppendEntries(proto::AppendEntries {
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries: vec![proto::Entry {
+                index: prev + 1,
+                term,
+                payload: Some(proto::entry::Payload::Normal(b"forged".to_vec().into())),
+            }],
+            leader_commit: prev + 1,
+            echo: Some(proto::Echo::default()),
+        })),
+    }
+}
+
 /// Sends one frame from `sender` on a raft stream to `to` and waits a moment.
 fn send_frame(to: &str, sender: &str, group: u64, messages: Vec<proto::Message>) {
     runtime().block_on(async {
@@ -93,6 +115,10 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
     let e = cluster.endpoints.as_str();
     put_until_ok(e, "before", "1", Duration::from_secs(10));
     let (leader, term, group) = leader_and_term(e);
+    let status = wait_for_leaders(e, 1);
+    let commit = status["regions"][0]["commit_index"]
+        .as_u64()
+        .expect("commit index");
     let stores: Vec<&str> = e.split(',').collect();
     let stranger = "127.0.0.1:9";
     for store in &stores {
@@ -113,6 +139,7 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
                 vote(stranger, store, term + 3, false),
                 vote(stranger, store, term + 3, true),
                 heartbeat(stranger, store, term + 3),
+                forged_append(stranger, store, term + 3, commit, term),
             ],
         );
     }
@@ -123,6 +150,14 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
     let (leader_now, term_now, _) = leader_and_term(e);
     assert_eq!(leader_now, leader, "the leader changed");
     assert_eq!(term_now, term, "the term moved");
+    // Every store counted what it dropped.
+    for store in &stores {
+        let text = metrics(store);
+        let line = "flotilla_raft_messages_dropped_total{reason=\"non_member\"} ";
+        assert!(sample(&text, line) >= 4.0, "{store}: {line}");
+        let line = "flotilla_raft_messages_dropped_total{reason=\"out_of_bounds\"} ";
+        assert!(sample(&text, line) >= 1.0, "{store}: {line}");
+    }
 }
 
 fn status_peers(endpoints: &str) -> Vec<String> {

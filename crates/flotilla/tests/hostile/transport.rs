@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use std::process::{Command, Stdio};
 
 use crate::support::{
-    free_address, kv, put_until_ok, wait_for_leaders, Server, TempDir, BIN, TIMING,
+    free_address, kv, metrics, put_until_ok, sample, wait_for_leaders, Server, TempDir, BIN, TIMING,
 };
 
 /// The plain-text server's limit on the first request (`flotilla_node::grpc::listener`).
@@ -62,26 +62,6 @@ fn closed_within(connection: &mut TcpStream, limit: Duration) -> bool {
         }
     }
     false
-}
-
-/// `GET /metrics` over HTTP/1.1: the body.
-fn metrics(address: &str) -> String {
-    let mut tcp = TcpStream::connect(address).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).expect("answer");
-    text
-}
-
-/// The value of the sample that starts `line_start` in a metrics text.
-fn sample(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(line_start))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {line_start} in:\n{text}"))
 }
 
 #[test]

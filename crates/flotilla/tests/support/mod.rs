@@ -3,7 +3,8 @@
 //! `flotilla kv` and `flotilla admin` (exactly one JSON object on stdout, an exit status).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -218,4 +219,24 @@ pub fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
         servers,
         endpoints: peers,
     }
+}
+
+/// `GET /metrics` of a store over HTTP/1.1 (the whole answer, headers included).
+pub fn metrics(address: &str) -> String {
+    let mut tcp = TcpStream::connect(address).expect("connect for /metrics");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    let _ = tcp.read_to_string(&mut text);
+    text
+}
+
+/// The value of the sample that starts `line_start` in a metrics text.
+pub fn sample(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {line_start} in:\n{text}"))
 }
