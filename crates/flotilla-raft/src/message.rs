@@ -88,6 +88,12 @@ pub enum MessageBody {
         pre_vote: bool,
         /// Whether the vote was granted.
         granted: bool,
+        /// A refusal because a live leader is heard names that leader. A candidate whose
+        /// configuration lacks it (its log is missing the entry that added it) then takes
+        /// that leader's traffic in that term, on a member's word, and catches up; without
+        /// it the member check would keep it from ever hearing a leader added after it fell
+        /// behind.
+        leader: Option<PeerId>,
     },
     /// Log replication (paper §5.3).
     AppendEntries {

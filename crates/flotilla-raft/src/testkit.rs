@@ -454,7 +454,12 @@ pub fn describe_message(m: &Message) -> String {
             };
             format!(" last={last_log_index}@{last_log_term}{transfer}")
         }
-        MessageBody::RequestVoteResponse { granted, .. } => format!(" granted={granted}"),
+        MessageBody::RequestVoteResponse {
+            granted, leader, ..
+        } => match leader {
+            Some(leader) => format!(" granted={granted} leader={leader}"),
+            None => format!(" granted={granted}"),
+        },
         MessageBody::AppendEntries {
             prev_log_index,
             prev_log_term,

@@ -568,6 +568,7 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
         1 => MessageBody::RequestVoteResponse {
             pre_vote: choices.u8() % 2 == 0,
             granted: choices.u8() % 2 == 0,
+            leader: (choices.u8() % 2 == 0).then(|| choices.peer()),
         },
         2 | 3 => {
             let prev = choices.near(last);

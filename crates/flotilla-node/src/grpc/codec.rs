@@ -185,12 +185,17 @@ pub fn encode_message(message: &Message) -> proto::Message {
             last_log_term: last_log_term.get(),
             leadership_transfer: *leadership_transfer,
         }),
-        MessageBody::RequestVoteResponse { pre_vote, granted } => {
-            Body::RequestVoteResponse(proto::RequestVoteResponse {
-                pre_vote: *pre_vote,
-                granted: *granted,
-            })
-        }
+        MessageBody::RequestVoteResponse {
+            pre_vote,
+            granted,
+            leader,
+        } => Body::RequestVoteResponse(proto::RequestVoteResponse {
+            pre_vote: *pre_vote,
+            granted: *granted,
+            leader: leader
+                .as_ref()
+                .map_or_else(String::new, |l| l.as_str().to_owned()),
+        }),
         MessageBody::AppendEntries {
             prev_log_index,
             prev_log_term,
@@ -412,6 +417,11 @@ fn decode_body(body: proto::message::Body) -> Result<MessageBody> {
         Body::RequestVoteResponse(v) => MessageBody::RequestVoteResponse {
             pre_vote: v.pre_vote,
             granted: v.granted,
+            leader: if v.leader.is_empty() {
+                None
+            } else {
+                Some(peer(&v.leader).map_err(|e| e.at("request_vote_response.leader"))?)
+            },
         },
         Body::AppendEntries(a) => {
             let at = |e: DecodeError| e.at("append_entries");
@@ -887,7 +897,8 @@ mod tests {
             },
             MessageBody::RequestVoteResponse {
                 pre_vote: true,
-                granted: true,
+                granted: false,
+                leader: Some(PeerId::new("127.0.0.1:7002")),
             },
             MessageBody::AppendEntries {
                 prev_log_index: LogIndex(3),

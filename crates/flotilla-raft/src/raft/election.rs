@@ -201,6 +201,7 @@ impl<S: LogStore> Raft<S> {
             MessageBody::RequestVoteResponse {
                 pre_vote: true,
                 granted: true,
+                ..
             } => true,
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }
@@ -284,11 +285,21 @@ impl<S: LogStore> Raft<S> {
         } else {
             self.term
         };
+        // A refusal on behalf of a live leader names it (see `RequestVoteResponse::leader`).
+        let leader = if granted || !self.vote_guarded() {
+            None
+        } else {
+            self.leader.clone()
+        };
         let reply = Message {
             from: self.id.clone(),
             to: request.from.clone(),
             term,
-            body: MessageBody::RequestVoteResponse { pre_vote, granted },
+            body: MessageBody::RequestVoteResponse {
+                pre_vote,
+                granted,
+                leader,
+            },
         };
         if granted && !pre_vote {
             self.ready.messages_after_persist.push(reply);
@@ -300,7 +311,9 @@ impl<S: LogStore> Raft<S> {
     /// Pre-candidate and candidate message handling.
     pub(super) fn step_candidate(&mut self, message: Message) {
         match &message.body {
-            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+            MessageBody::RequestVoteResponse {
+                pre_vote, granted, ..
+            } => {
                 let expected_pre_vote = self.role == Role::PreCandidate;
                 if *pre_vote != expected_pre_vote {
                     return;

@@ -188,6 +188,9 @@ pub struct Raft<S: LogStore> {
     /// Follower: the transfer target its leader announced in the given term (see
     /// `MessageBody::Heartbeat::transfer_target`).
     announced_transfer: Option<(Term, PeerId)>,
+    /// A leader outside this peer's configuration that a member named, with its term (see
+    /// `accepts_sender`).
+    vouched_leader: Option<(Term, PeerId)>,
 
     #[cfg(feature = "planted-bugs")]
     bugs: PlantedBugs,
@@ -325,6 +328,7 @@ impl<S: LogStore> Raft<S> {
             bugs: PlantedBugs::default(),
             dropped: DroppedMessages::default(),
             announced_transfer: None,
+            vouched_leader: None,
         };
         raft.reset_election_timer();
         // SOFAJRaft: a single-member group elects itself at start.
@@ -561,6 +565,7 @@ impl<S: LogStore> Raft<S> {
             self.dropped.last_reason = Some(why);
             return;
         }
+        self.note_vouched_leader(&message);
         if self.hibernating && !self.hibernating_accepts(&message) {
             return;
         }
@@ -580,12 +585,12 @@ impl<S: LogStore> Raft<S> {
     /// - from the leader this peer follows in the current term (a leader that removed
     ///   itself still hands off with TimeoutNow once the change committed);
     /// - by a peer with no configuration yet (it is being added and knows no member): it
-    ///   accepts a leader's AppendEntries, Heartbeat and InstallSnapshot, which bring it one.
+    ///   accepts a leader's AppendEntries, Heartbeat and InstallSnapshot, which bring it one;
+    /// - the same leader traffic from a leader a member named when it refused this peer's
+    ///   vote, in that term: this peer's log lacks the entry that added that leader.
     ///
-    /// Known limit: a follower whose log lacks the entry that added a peer drops that
-    /// peer's messages, so if that peer becomes leader first, the follower catches up only
-    /// once another member leads. Who a sender *is* is the transport's to prove (with TLS,
-    /// certificates name stores); this check keeps out removed members and strangers.
+    /// Who a sender *is* is the transport's to prove (with TLS, certificates name stores);
+    /// this check keeps out removed members and strangers.
     fn accepts_sender(&self, message: &Message) -> bool {
         #[cfg(feature = "planted-bugs")]
         if self.bugs.skip_member_check {
@@ -601,13 +606,31 @@ impl<S: LogStore> Raft<S> {
         if message.term == self.term && self.leader.as_ref() == Some(&message.from) {
             return true;
         }
-        configuration.is_empty()
-            && matches!(
-                message.body,
-                MessageBody::AppendEntries { .. }
-                    | MessageBody::Heartbeat { .. }
-                    | MessageBody::InstallSnapshot { .. }
-            )
+        let leader_traffic = matches!(
+            message.body,
+            MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. }
+        );
+        let vouched = matches!(&self.vouched_leader,
+            Some((term, leader)) if *term == message.term && *leader == message.from);
+        leader_traffic && (configuration.is_empty() || vouched)
+    }
+
+    /// A member refused this peer's vote on behalf of a leader this peer's configuration
+    /// lacks (its log is behind the entry that added it): that leader's traffic is taken
+    /// in that term (see `RequestVoteResponse::leader`).
+    fn note_vouched_leader(&mut self, message: &Message) {
+        if let MessageBody::RequestVoteResponse {
+            granted: false,
+            leader: Some(leader),
+            ..
+        } = &message.body
+        {
+            if *leader != self.id && !self.configurations.current().contains(leader) {
+                self.vouched_leader = Some((message.term, leader.clone()));
+            }
+        }
     }
 
     /// Terms and indexes from the network are bounded before any arithmetic touches them:

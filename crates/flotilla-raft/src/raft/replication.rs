@@ -273,6 +273,7 @@ impl<S: LogStore> Raft<S> {
                 let body = MessageBody::RequestVoteResponse {
                     pre_vote: true,
                     granted: false,
+                    leader: Some(self.id.clone()),
                 };
                 self.send(from, body);
             }

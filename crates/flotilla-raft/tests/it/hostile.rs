@@ -272,3 +272,47 @@ fn a_transfer_vote_counts_only_from_the_target_the_leader_announced() {
     assert_eq!(c.node(n3).raft.term(), term.next());
     still_commits(&mut c, n3, "after");
 }
+
+#[test]
+fn a_follower_behind_the_entry_that_added_its_new_leader_catches_up() {
+    // The member check must not strand a follower whose log lacks the configuration that
+    // added the current leader: its pre-vote is refused by members that name the leader,
+    // and it takes that leader's traffic on their word.
+    let (mut c, ids) = elected(3);
+    let (n1, n3) = (&ids[0], &ids[2]);
+    let n4 = id("n4");
+    c.add_node(n4.clone(), Configuration::default());
+    c.isolate(n3);
+    c.raft(n1).add_peer(n4.clone()).expect("add n4");
+    c.process(n1);
+    tick_until(&mut c, 10 * TIMEOUT, |c| {
+        c.node(&ids[0]).raft.configuration().voters.len() == 4
+            && c.node(&ids[0]).raft.status().change_stage.is_none()
+    })
+    .expect("n4 never joined");
+    c.raft(n1)
+        .transfer_leadership(Some(n4.clone()))
+        .expect("transfer");
+    c.process(n1);
+    tick_until(&mut c, 10 * TIMEOUT, |c| {
+        c.leader().as_ref() == Some(&id("n4"))
+    })
+    .expect("n4 never led");
+    still_commits(&mut c, &n4, "while n3 was away");
+    assert!(
+        !c.node(n3).raft.configuration().contains(&n4),
+        "n3's log already holds the configuration with n4"
+    );
+    c.heal();
+    let caught_up = tick_until(&mut c, 20 * TIMEOUT, |c| {
+        let (leader, behind) = (c.node(&id("n4")), c.node(&ids[2]));
+        behind.raft.configuration().contains(&id("n4"))
+            && behind.raft.committed() == leader.raft.committed()
+    });
+    assert!(
+        caught_up.is_some(),
+        "n3 never caught up from n4: {}",
+        c.describe_states()
+    );
+    assert_eq!(c.leader(), Some(n4.clone()), "n3 deposed the leader");
+}

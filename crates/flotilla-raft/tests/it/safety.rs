@@ -215,6 +215,7 @@ fn garbage_messages_never_crash_a_peer() {
             1 => MessageBody::RequestVoteResponse {
                 pre_vote: pick(2) == 0,
                 granted: pick(2) == 0,
+                leader: None,
             },
             2 => {
                 // Sometimes right at the end of the receiver's log, so the consistency
