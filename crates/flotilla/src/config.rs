@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub endpoints: Option<Vec<String>>,
     pub json: Option<bool>,
     pub timeout_ms: Option<u64>,
+    // kv
+    pub encoding: Option<crate::output::Encoding>,
     // everyone
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -90,6 +92,19 @@ mod tests {
             .to_string();
         assert!(
             error.contains("regions") || error.contains("integer"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_kv_encoding_can_be_set_in_the_file() {
+        let config: FileConfig = toml::from_str("encoding = \"base64\"\n").unwrap();
+        assert_eq!(config.encoding, Some(crate::output::Encoding::Base64));
+        let error = toml::from_str::<FileConfig>("encoding = \"hex\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("hex") || error.contains("variant"),
             "{error}"
         );
     }

@@ -91,8 +91,8 @@ pub struct KvArgs {
     /// How keys, values and range bounds are written in arguments and shown in the output:
     /// utf8 (output shows invalid UTF-8 as U+FFFD, so not always the stored bytes) or
     /// base64 (standard alphabet with padding, both ways: exact bytes) [default: utf8].
-    // An Option, as every flag a config file may also set (`config.rs` has no `encoding`
-    // key yet: `run` takes the flag or the default).
+    // An Option, as every flag a config file may also set: the flag wins over the file's
+    // `encoding` key, then the default.
     #[arg(long, value_enum, global = true)]
     pub encoding: Option<Encoding>,
     #[command(subcommand)]
@@ -256,7 +256,7 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         Ok(settings) => settings,
         Err(failure) => return failure.report("kv", json_flag),
     };
-    let encoding = args.encoding.unwrap_or_default();
+    let encoding = args.encoding.or(file.encoding).unwrap_or_default();
     let request = match prepare(args.op, encoding) {
         Ok(request) => request,
         Err(failure) => return failure.report("kv", settings.json),
