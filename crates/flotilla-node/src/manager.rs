@@ -177,6 +177,10 @@ enum Control {
     },
     /// Every group's dump, taken at the start of a round.
     Describe { done: oneshot::Sender<String> },
+    RemoveGroup {
+        group: GroupId,
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
 }
 
 /// Every raft group of one process. See the module documentation.
@@ -319,6 +323,20 @@ impl NodeManager {
         };
         self.control
             .send(Control::AddGroup { setup, done })
+            .await
+            .map_err(|_| self.shared.stopped_error())?;
+        self.shared.wake.notify_one();
+        answer.await.map_err(|_| self.shared.stopped_error())?
+    }
+
+    /// Stops and forgets `group` on this process, which must hold nothing: refused while
+    /// its peer belongs to a configuration or its log has an entry (a group created by
+    /// mistake, never added to any configuration). Its handles answer `ShutDown` from then
+    /// on; the id may be added again.
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), NodeError> {
+        let (done, answer) = oneshot::channel();
+        self.control
+            .send(Control::RemoveGroup { group, done })
             .await
             .map_err(|_| self.shared.stopped_error())?;
         self.shared.wake.notify_one();
@@ -894,8 +912,52 @@ impl Driver {
                 Control::Describe { done } => {
                     let _ = done.send(self.describe());
                 }
+                Control::RemoveGroup { group, done } => {
+                    let _ = done.send(self.remove_group(group));
+                }
             }
         }
+    }
+
+    /// See [`NodeManager::remove_group`].
+    fn remove_group(&mut self, id: GroupId) -> Result<(), NodeError> {
+        let refused = |why: String| {
+            Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
+                why,
+            )))
+        };
+        let Some(group) = self.groups.get(&id) else {
+            return refused(format!("no group {id} runs on {}", self.shared.address));
+        };
+        let configuration = group.raft.configuration();
+        if !configuration.is_empty() {
+            return refused(format!(
+                "group {id} belongs to a configuration ({:?}): remove its peer through the \
+                 group's leader instead",
+                configuration.all_peers()
+            ));
+        }
+        if group.raft.last_index() != flotilla_raft::LogIndex::ZERO {
+            return refused(format!(
+                "group {id} holds log entries up to {}",
+                group.raft.last_index()
+            ));
+        }
+        if self.installs.contains_key(&id) {
+            return refused(format!("group {id} is installing a snapshot"));
+        }
+        self.groups.remove(&id);
+        self.awake.remove(&id);
+        if self.sleepers.remove(id) {
+            self.publish_sleepers();
+        }
+        self.watched.remove(&id);
+        self.requests_left.remove(&id);
+        self.beacon_targets_round = None;
+        self.shared.snapshots.unregister(id);
+        lock(&self.shared.nodes).remove(&id);
+        tracing::info!(group = id, "group removed (it held nothing)");
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -1348,6 +1410,9 @@ impl Driver {
         while let Ok(control) = self.control.try_recv() {
             match control {
                 Control::AddGroup { done, .. } => {
+                    let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
+                }
+                Control::RemoveGroup { done, .. } => {
                     let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
                 }
                 // Dropped unanswered: the caller hears that the manager stopped.

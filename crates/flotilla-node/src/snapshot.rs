@@ -106,6 +106,10 @@ impl SnapshotService {
         self.lock().stores.insert(group, store);
     }
 
+    pub(crate) fn unregister(&self, group: GroupId) {
+        self.lock().stores.remove(&group);
+    }
+
     /// Answers one request. Does file I/O: call it from a blocking context (a transport
     /// server runs it on tokio's blocking pool), never on an async worker.
     pub fn serve(&self, request: &SnapshotRequest) -> Result<Bytes, String> {

@@ -627,10 +627,9 @@ impl Store {
     /// unless the peer belongs to no configuration (it was never added, nor bootstrapped)
     /// and its log is empty (it holds no data). Once the store hosts no region it belongs
     /// to no cluster again (a mistaken `OpenRegion` may have bound it to one).
-    ///
-    /// The raft group stays idle in the node runtime until the process restarts (the
-    /// runtime has no call to remove a group; known debt): it holds nothing, and reopening
-    /// the same region id is refused until then.
+    /// Its raft group is removed from the node runtime too (`NodeManager::remove_group`,
+    /// which checks again that it belongs to no configuration and holds no entry), so the
+    /// same region id may be opened again at once.
     pub async fn close_region(&self, id: RegionId) -> Result<(), KvError> {
         let mut meta = self.inner.meta.lock().await;
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
@@ -656,6 +655,11 @@ impl Store {
                 status.last_index, status.applied
             )));
         }
+        self.inner
+            .manager
+            .remove_group(id.0)
+            .await
+            .map_err(|e| KvError::RegionRefused(format!("region {id}: {e}")))?;
         let mut next = meta.clone();
         next.regions.retain(|hosted| hosted.region.id != id);
         if next.regions.is_empty() {

@@ -202,3 +202,37 @@ async fn many_groups_share_fsyncs() {
         cluster.stop(i).await;
     }
 }
+
+/// A group created by mistake (no configuration, no entry) can be removed from a running
+/// process and created again; one that belongs to a configuration cannot (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_holds_nothing_can_be_removed() {
+    let mut cluster = Cluster::new("remove-group", 3).await;
+    cluster.add_group(GROUP).await;
+    assert_eq!(cluster.apply(GROUP, 1).await.unwrap(), 1);
+    cluster.add_group_with(0, 2, Vec::new()).await;
+    let manager = cluster.processes[0].manager.as_ref().expect("running");
+    let refused = manager
+        .remove_group(GROUP)
+        .await
+        .expect_err("a member's group");
+    assert!(refused.to_string().contains("configuration"), "{refused}");
+    let stale = manager.node(2).expect("group 2 runs");
+    manager
+        .remove_group(2)
+        .await
+        .expect("an empty group is removed");
+    assert!(manager.node(2).is_none());
+    assert!(stale.read_index(ReadMode::ReadIndex).await.is_err());
+    let missing = manager.remove_group(2).await.expect_err("already gone");
+    assert!(missing.to_string().contains("no group 2"), "{missing}");
+    cluster.add_group_with(0, 2, Vec::new()).await;
+    assert!(cluster.processes[0]
+        .manager
+        .as_ref()
+        .expect("running")
+        .node(2)
+        .is_some());
+    assert_eq!(cluster.apply(GROUP, 1).await.unwrap(), 2, "group 1 went on");
+    cluster.stop_all().await;
+}

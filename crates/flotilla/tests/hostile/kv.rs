@@ -251,6 +251,15 @@ fn a_region_opened_by_mistake_can_be_closed() {
     );
     assert_eq!(code, 1, "{answer}");
     assert_eq!(answer["error"], "NoSuchRegion", "{answer}");
+    // Its raft group is gone too: the same id opens again at once, and closes again.
+    runtime
+        .block_on(client.open_region(&extra_address, region(7, "", "")))
+        .expect("the closed region's id opens again");
+    let (code, answer) = admin(
+        &with_extra,
+        &["close-region", "--region", "7", "--store", &extra_address],
+    );
+    assert_eq!(code, 0, "{answer}");
 
     extra.kill();
     let _extra = Server::start(&extra_address, None, &extra_dir, 1);
