@@ -362,7 +362,7 @@ fn tls_files(dir: &Path) -> Vec<String> {
 fn a_mutual_tls_cluster_serves_tls_clients_only() {
     let dir = TempDir::new("tls");
     let tls = tls_files(&dir.0);
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let addresses = free_addresses(3);
     let peers = addresses.join(",");
     let mut servers = Vec::new();
     for (i, address) in addresses.iter().enumerate() {

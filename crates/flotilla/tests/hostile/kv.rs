@@ -14,8 +14,8 @@ use flotilla_kv::limits::VALUE_BYTES_MAX;
 use flotilla_kv::service::proto::{self, kv_client::KvClient as GrpcKvClient, RegionInfo};
 
 use crate::support::{
-    admin, free_address, kv, metrics, put_until_ok, three_nodes, wait_for_leaders, Server, TempDir,
-    BIN,
+    admin, free_address, free_addresses, kv, metrics, put_until_ok, three_nodes, wait_for_leaders,
+    Server, TempDir, BIN,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -283,7 +283,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 fn a_store_over_its_quota_refuses_puts_and_serves_deletes_and_reads() {
     const QUOTA: &str = "1073741824";
     let dir = TempDir::new("quota");
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let addresses = free_addresses(3);
     let endpoints = addresses.join(",");
     let _servers: Vec<Server> = addresses
         .iter()

@@ -15,9 +15,27 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 /// Fast timeouts for tests: 50 ms ticks, 500 ms election timeout.
 pub const TIMING: [&str; 4] = ["--tick-ms", "50", "--election-timeout-ms", "500"];
 
+/// `n` distinct free loopback addresses (see [`free_address`]).
+pub fn free_addresses(n: usize) -> Vec<String> {
+    (0..n).map(|_| free_address()).collect()
+}
+
+/// A free loopback address, never one this test binary handed out before: the tests run
+/// in parallel, and a port freed by one may be given to another before the first one's
+/// server binds it (a cluster test once got two stores on one address).
 pub fn free_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").to_string()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let address = listener.local_addr().expect("local address");
+        if handed.insert(address.port()) {
+            return address.to_string();
+        }
+    }
 }
 
 pub struct TempDir(pub PathBuf);
@@ -205,7 +223,7 @@ pub struct ThreeNodes {
 
 pub fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
     let dir = TempDir::new(name);
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let addresses = free_addresses(3);
     let peers = addresses.join(",");
     let servers = addresses
         .iter()
