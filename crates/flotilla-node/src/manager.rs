@@ -1078,6 +1078,14 @@ impl Driver {
                     tracing::debug!(group, from = %frame.from, claimed = %message.from, "message from another sender than its frame's: dropped");
                     continue;
                 }
+                if message.to != self.shared.address {
+                    self.shared
+                        .metrics
+                        .transport
+                        .message_dropped(MessageDrop::WrongRecipient, 1);
+                    tracing::debug!(group, from = %frame.from, to = %message.to, "message for another process: dropped");
+                    continue;
+                }
                 match self.groups.get_mut(&group) {
                     Some(g) => {
                         self.shared.metrics.message_received(message.body.name());

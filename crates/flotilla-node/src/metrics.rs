@@ -136,15 +136,22 @@ pub(crate) enum MessageDrop {
     SenderMismatch,
     /// It alone encodes to more than a frame may hold: it can never be sent.
     Oversized,
+    /// Its `to` is not this process.
+    WrongRecipient,
 }
 
 impl MessageDrop {
-    pub(crate) const ALL: [MessageDrop; 2] = [MessageDrop::SenderMismatch, MessageDrop::Oversized];
+    pub(crate) const ALL: [MessageDrop; 3] = [
+        MessageDrop::SenderMismatch,
+        MessageDrop::Oversized,
+        MessageDrop::WrongRecipient,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             MessageDrop::SenderMismatch => "sender_mismatch",
             MessageDrop::Oversized => "oversized",
+            MessageDrop::WrongRecipient => "wrong_recipient",
         }
     }
 }
@@ -218,7 +225,8 @@ impl TransportMetrics {
             dropped,
             "counter",
             "Raft messages dropped by the transport, by reason (sender_mismatch: its from is \
-             not the frame's sender; oversized: alone larger than a frame).",
+             not the frame's sender; oversized: alone larger than a frame; wrong_recipient: \
+             its to is not this process).",
         );
         for reason in MessageDrop::ALL {
             w.sample(

@@ -342,6 +342,26 @@ async fn a_message_naming_another_sender_than_its_frame_is_dropped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(sample(&manager.metrics_text(), line), 1.0);
+    // A message its sender addressed to another process is dropped and counted too.
+    let misaddressed = Message {
+        from: cluster.peers[outsider].clone(),
+        to: leader_id.clone(),
+        term: Term(status.term.0 + 5),
+        body: MessageBody::TimeoutNow,
+    };
+    manager
+        .inbox()
+        .deliver(Frame {
+            from: cluster.peers[outsider].clone(),
+            incarnation: 1,
+            messages: vec![(1, misaddressed)],
+        })
+        .expect("inbox has room");
+    let line = "flotilla_transport_messages_dropped_total{reason=\"wrong_recipient\"}";
+    while sample(&manager.metrics_text(), line) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let after = cluster.node(victim, 1).expect("victim").status();
     assert_eq!(after.term, status.term, "the forged term was not adopted");
     assert_eq!(cluster.leader(1).await, leader, "the leader stays");
