@@ -158,6 +158,47 @@ fn json_contract_and_exit_codes() {
     );
 }
 
+/// One process per data directory: a second server on a running store's data dir (on
+/// another address) is refused before it reads or writes anything, naming the holder; a
+/// failed start leaves no directory it created behind.
+#[test]
+fn a_data_dir_in_use_is_refused_naming_its_holder() {
+    let dir = TempDir::new("lock");
+    let data = dir.0.join("store");
+    let first_address = free_address();
+    let mut first = Server::start(&first_address, Some(&first_address), &data, 1);
+    wait_for_leaders(&first_address, 1);
+    let meta_before = std::fs::read(data.join("store.meta")).expect("store.meta");
+    let second_address = free_address();
+    let output = run(&[
+        "server",
+        "--addr",
+        &second_address,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(stderr.contains(&first_address), "{stderr}");
+    assert_eq!(std::fs::read(data.join("store.meta")).unwrap(), meta_before);
+    put_until_ok(&first_address, "still", "mine", Duration::from_secs(10));
+    first.kill();
+    // A start that fails (a peer list without its own address) leaves no directory.
+    let fresh = dir.0.join("never");
+    let output = run(&[
+        "server",
+        "--addr",
+        &second_address,
+        "--peers",
+        &first_address,
+        "--data-dir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(!fresh.exists(), "the failed start left {}", fresh.display());
+}
+
 #[test]
 fn server_refuses_bad_starts() {
     let dir = TempDir::new("refuse");

@@ -15,6 +15,7 @@
 //! changes yet; a peer removed from a region stays open (idle) on its store until restart,
 //! and so does the raft group of a closed region (the node runtime cannot remove a group).
 
+mod lock;
 pub mod meta;
 mod quota;
 
@@ -33,6 +34,8 @@ use crate::error::KvError;
 use crate::limits::{REGIONS_PER_STORE_MAX, SCAN_REPLY_BYTES_MAX};
 use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
+use lock::DataDirLock;
+pub use lock::LOCK_FILE;
 use meta::{
     cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE,
 };
@@ -172,6 +175,8 @@ pub struct RegionStatus {
 }
 
 struct StoreInner {
+    /// Held for as long as the store runs (see `lock`).
+    _lock: DataDirLock,
     address: PeerId,
     data_dir: PathBuf,
     engine: Arc<dyn KvEngine>,
@@ -209,9 +214,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A data directory counts as empty if it is missing or holds nothing.
+/// Empty but for the lock file this process holds.
 fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
     match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
+        Ok(entries) => Ok(entries
+            .filter_map(Result::ok)
+            .all(|entry| entry.file_name() == LOCK_FILE)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(StoreError::DataDir {
             dir: dir.display().to_string(),
@@ -342,7 +350,33 @@ fn plan(options: &StoreOptions, bound: &str) -> Result<Plan, StoreError> {
 impl Store {
     /// Opens (or bootstraps) the store and starts serving raft, the CLI service and the KV
     /// service on `options.address`. Must be called within a multi-threaded tokio runtime.
+    ///
+    /// The data directory is locked first (one process per data directory, the holder
+    /// named when refused); a start that fails leaves a directory it created as it was:
+    /// absent.
     pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
+        let dir = options.data_dir.clone();
+        let created = !dir.exists();
+        let lock =
+            DataDirLock::acquire(&dir, &options.address).map_err(|reason| StoreError::DataDir {
+                dir: dir.display().to_string(),
+                reason,
+            })?;
+        let opened = Store::open_locked(options, lock).await;
+        if opened.is_err() && created {
+            // Nothing but the lock file can be in it before store.meta is written.
+            if dir_is_empty(&dir).unwrap_or(false) {
+                let _ = std::fs::remove_file(dir.join(LOCK_FILE));
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        opened
+    }
+
+    async fn open_locked(
+        options: StoreOptions,
+        dir_lock: DataDirLock,
+    ) -> Result<Store, StoreError> {
         let server = GrpcServer::bind(&options.address)
             .await
             .map_err(|e| StoreError::Listen {
@@ -407,6 +441,7 @@ impl Store {
             .map_err(|e| StoreError::Start(format!("cannot start the raft runtime: {e}")))?;
         let cluster = meta.cluster;
         let inner = Arc::new(StoreInner {
+            _lock: dir_lock,
             address: peer_id,
             data_dir: options.data_dir.clone(),
             engine,
