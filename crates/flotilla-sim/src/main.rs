@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             }
         }
         let done = done as u64 + 1;
-        if !args.quiet && (done % progress_every == 0 || done == args.seeds) {
+        if !args.quiet && (done.is_multiple_of(progress_every) || done == args.seeds) {
             eprintln!(
                 "progress: {done}/{} seeds, {steps} steps, {violations} violations, {:.1}s, max recovery {recovery_max} ticks",
                 args.seeds,

@@ -1988,7 +1988,7 @@ impl Simulation {
 
 /// Half the reads use ReadIndex, half the lease.
 fn read_mode(op_id: u64) -> ReadMode {
-    if op_id % 2 == 0 {
+    if op_id.is_multiple_of(2) {
         ReadMode::ReadIndex
     } else {
         ReadMode::Lease

@@ -55,7 +55,7 @@ fn shared_log(dir: &Path, groups: u64, size: usize, run_for: Duration) -> Outcom
             batch.append(g, std::slice::from_ref(&e));
         }
         log.write(&batch).expect("write");
-        if rounds % 256 == 0 {
+        if rounds.is_multiple_of(256) {
             // Keep the log short, as a runtime taking snapshots would.
             batch.clear();
             for g in 0..groups {

@@ -344,7 +344,7 @@ async fn worker(
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         let started = Instant::now();
-        if seq % 10 == 0 && !mine.is_empty() {
+        if seq.is_multiple_of(10) && !mine.is_empty() {
             let (key, value) = mine[(seq as usize / 10) % mine.len()].clone();
             match client.get(key, ReadConsistency::Index).await {
                 Ok(Some(read)) if read == value => {

@@ -112,7 +112,7 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .or(file.election_timeout_ms)
         .unwrap_or(tick_ms * 10);
     let ticks = election_ms / tick_ms;
-    if election_ms % tick_ms != 0 || ticks < 3 {
+    if !election_ms.is_multiple_of(tick_ms) || ticks < 3 {
         return Err(format!(
             "--election-timeout-ms {election_ms}: must be a multiple of --tick-ms {tick_ms}, at least 3 ticks"
         ));

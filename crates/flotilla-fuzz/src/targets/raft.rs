@@ -538,7 +538,7 @@ impl Choices<'_> {
         for _ in 0..self.u8() % 5 {
             voters.insert(self.peer());
         }
-        let joint = self.u8() % 4 == 0;
+        let joint = self.u8().is_multiple_of(4);
         Configuration {
             old_voters: joint.then(|| [self.peer(), self.peer()].into_iter().collect()),
             voters,
@@ -560,15 +560,15 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
     };
     let body = match choices.u8() % 11 {
         0 => MessageBody::RequestVote {
-            pre_vote: choices.u8() % 2 == 0,
+            pre_vote: choices.u8().is_multiple_of(2),
             last_log_index: LogIndex(choices.near(last)),
             last_log_term: Term(choices.near(term_now)),
-            leadership_transfer: choices.u8() % 2 == 0,
+            leadership_transfer: choices.u8().is_multiple_of(2),
         },
         1 => MessageBody::RequestVoteResponse {
-            pre_vote: choices.u8() % 2 == 0,
-            granted: choices.u8() % 2 == 0,
-            leader: (choices.u8() % 2 == 0).then(|| choices.peer()),
+            pre_vote: choices.u8().is_multiple_of(2),
+            granted: choices.u8().is_multiple_of(2),
+            leader: choices.u8().is_multiple_of(2).then(|| choices.peer()),
         },
         2 | 3 => {
             let prev = choices.near(last);
@@ -609,8 +609,8 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
         5 => MessageBody::Heartbeat {
             commit: LogIndex(choices.near(last)),
             echo,
-            hibernate: choices.u8() % 2 == 0,
-            transfer_target: (choices.u8() % 2 == 0).then(|| choices.peer()),
+            hibernate: choices.u8().is_multiple_of(2),
+            transfer_target: choices.u8().is_multiple_of(2).then(|| choices.peer()),
         },
         6 => MessageBody::HeartbeatResponse { echo },
         7 => MessageBody::InstallSnapshot {
@@ -621,14 +621,17 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
             },
         },
         8 => MessageBody::InstallSnapshotResponse {
-            installed: (choices.u8() % 2 == 0).then(|| LogIndex(choices.near(last))),
+            installed: choices
+                .u8()
+                .is_multiple_of(2)
+                .then(|| LogIndex(choices.near(last))),
         },
         9 => MessageBody::TimeoutNow,
         _ => {
-            if choices.u8() % 2 == 0 {
+            if choices.u8().is_multiple_of(2) {
                 MessageBody::ReadIndexRequest {
                     batch: choices.u64() % 8,
-                    lease: choices.u8() % 2 == 0,
+                    lease: choices.u8().is_multiple_of(2),
                 }
             } else {
                 MessageBody::ReadIndexResponse {

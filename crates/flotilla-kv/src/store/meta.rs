@@ -80,7 +80,7 @@ fn unhex(text: &str) -> Option<Bytes> {
     if text == "-" {
         return Some(Bytes::new());
     }
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
