@@ -67,24 +67,7 @@ pub struct Server {
 
 impl Server {
     pub fn start(address: &str, peers: Option<&str>, data_dir: &Path, regions: u32) -> Server {
-        let mut command = Command::new(BIN);
-        command
-            .args(["server", "--addr", address])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--regions", &regions.to_string(), "--engine", "fjall"])
-            .args(TIMING)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(peers) = peers {
-            command.args(["--peers", peers]);
-        }
-        let child = command.spawn().expect("start flotilla server");
-        Server {
-            address: address.to_string(),
-            child: Some(child),
-        }
+        Server::start_with(address, peers, data_dir, regions, &[])
     }
 
     /// [`Server::start`] with more flags (e.g. `--quota-bytes`).
