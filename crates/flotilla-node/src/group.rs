@@ -6,7 +6,7 @@
 //! answer a proposal "failed" when its fate is unknown (leadership lost, node stopped), or
 //! write to the log (the manager batches every group's write).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -285,26 +285,25 @@ impl Group {
         done: Answer<()>,
         live: &dyn Fn(&PeerId) -> bool,
     ) {
-        if !force {
-            if let Err(why) = self.check_live_processes(&change, live) {
-                answer(done, Err(NodeError::Raft(RaftError::InvalidArgument(why))));
+        // The voters a voter change would leave: on the leader, checked against the
+        // runtime's liveness of processes too (a core just woken from hibernation has heard
+        // no one yet and counts every peer live), or applied as they are when forced (a
+        // follower answers NotLeader as usual).
+        let voters_after = self.voters_after(&change);
+        let leads = self.raft.role() == flotilla_raft::Role::Leader;
+        if let (false, true, Some(voters)) = (force, leads, &voters_after) {
+            if let Err(e) = self.raft.check_live_quorum_with(voters, live) {
+                answer(done, Err(e.into()));
                 return;
             }
         }
         let started = match change {
-            Membership::AddPeer(peer) if force => {
-                let mut voters = self.raft.configuration().leave_joint().voters;
-                voters.insert(peer);
-                self.raft.change_peers_forced(voters)
-            }
-            Membership::RemovePeer(peer)
-                if force && self.raft.configuration().leave_joint().is_voter(&peer) =>
+            Membership::AddPeer(_) | Membership::RemovePeer(_) | Membership::ChangePeers(_)
+                if force && voters_after.is_some() =>
             {
-                let mut voters = self.raft.configuration().leave_joint().voters;
-                voters.remove(&peer);
+                let voters = voters_after.unwrap_or_default();
                 self.raft.change_peers_forced(voters)
             }
-            Membership::ChangePeers(voters) if force => self.raft.change_peers_forced(voters),
             Membership::AddPeer(peer) => self.raft.add_peer(peer),
             Membership::RemovePeer(peer) => self.raft.remove_peer(&peer),
             Membership::ChangePeers(voters) => self.raft.change_peers(voters),
@@ -334,47 +333,23 @@ impl Group {
         }
     }
 
-    /// The strict reconfiguration check with the runtime's eyes: the core counts a voter
-    /// live when its leader heard it within an election timeout, but right after waking from
-    /// hibernation (or an election) it counts every peer, having heard none yet. The
-    /// manager's liveness of processes (frames and beacons) does not sleep: a kept voter
-    /// whose process was silent for an election timeout is down here too.
-    fn check_live_processes(
-        &self,
-        change: &Membership,
-        live: &dyn Fn(&PeerId) -> bool,
-    ) -> Result<(), String> {
-        let current = self.raft.configuration().leave_joint().voters;
-        let mut target = current.clone();
+    /// The voters a voter change would leave (`None` for a change of learners, or the
+    /// removal of a peer that is no voter).
+    fn voters_after(&self, change: &Membership) -> Option<BTreeSet<PeerId>> {
+        let mut voters = self.raft.configuration().leave_joint().voters;
         match change {
             Membership::AddPeer(peer) => {
-                target.insert(peer.clone());
+                voters.insert(peer.clone());
             }
             Membership::RemovePeer(peer) => {
-                target.remove(peer);
+                if !voters.remove(peer) {
+                    return None;
+                }
             }
-            Membership::ChangePeers(voters) => target.clone_from(voters),
-            _ => return Ok(()),
+            Membership::ChangePeers(target) => voters.clone_from(target),
+            _ => return None,
         }
-        if target == current || self.raft.role() != flotilla_raft::Role::Leader {
-            return Ok(());
-        }
-        let me = self.raft.id();
-        let down: Vec<&PeerId> = target
-            .iter()
-            .filter(|v| current.contains(*v) && *v != me && !live(v))
-            .collect();
-        let needed = target.len() / 2 + 1;
-        if target.len() - down.len() < needed {
-            return Err(format!(
-                "the change would leave {} live voters of {}, fewer than the majority of \
-                 {needed} (processes silent for an election timeout: {down:?}); force it only \
-                 if they will return",
-                target.len() - down.len(),
-                target.len()
-            ));
-        }
-        Ok(())
+        Some(voters)
     }
 
     /// `Some(why)` when a majority of the current voters' processes (this one included)

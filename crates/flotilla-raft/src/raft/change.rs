@@ -91,33 +91,35 @@ impl<S: LogStore> Raft<S> {
     /// an election timeout ([`Raft::alive_peers`]; right after an election or waking from
     /// hibernation every peer counts until that window passes).
     pub fn check_live_quorum(&self, target: &Configuration) -> Result<(), RaftError> {
+        self.check_live_quorum_with(&target.voters, &|_| true)
+    }
+
+    /// [`Raft::check_live_quorum`] for the voters `target`, where a kept voter must also be
+    /// live by the driver's judgement (`driver_live`: the runtime's liveness of processes,
+    /// which keeps counting while the group hibernates, when this core has heard no one).
+    pub fn check_live_quorum_with(
+        &self,
+        target: &BTreeSet<PeerId>,
+        driver_live: &dyn Fn(&PeerId) -> bool,
+    ) -> Result<(), RaftError> {
         let current = self.configurations.current();
-        if target.voters == current.voters {
+        if *target == current.voters {
             return Ok(());
         }
-        let live = target
-            .voters
-            .iter()
-            .filter(|v| {
-                !current.is_voter(v) || **v == self.id || self.alive_peers_iter().any(|a| a == *v)
-            })
-            .count();
-        let needed = target.voters.len() / 2 + 1;
+        let is_down = |v: &PeerId| {
+            current.is_voter(v)
+                && *v != self.id
+                && !(driver_live(v) && self.alive_peers_iter().any(|a| a == v))
+        };
+        let down: Vec<&PeerId> = target.iter().filter(|v| is_down(v)).collect();
+        let live = target.len() - down.len();
+        let needed = target.len() / 2 + 1;
         if live < needed {
-            let down: Vec<&PeerId> = target
-                .voters
-                .iter()
-                .filter(|v| {
-                    current.is_voter(v)
-                        && **v != self.id
-                        && !self.alive_peers_iter().any(|a| a == *v)
-                })
-                .collect();
             return Err(RaftError::InvalidArgument(format!(
                 "the change would leave {live} live voters of {}, fewer than the majority of \
                  {needed} (not heard within an election timeout: {down:?}); force it only if \
                  they will return",
-                target.voters.len()
+                target.len()
             )));
         }
         Ok(())
