@@ -99,6 +99,19 @@ fn peer_arg(text: &str) -> Result<PeerId, Failure> {
     Ok(PeerId::new(text))
 }
 
+/// A comma-separated list of store addresses for `command`: at least one, each checked.
+fn peer_list(peers: &[String], command: &str) -> Result<Vec<PeerId>, Failure> {
+    let peers: Vec<PeerId> = peers
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| peer_arg(p))
+        .collect::<Result<_, _>>()?;
+    if peers.is_empty() {
+        return Err(Failure::usage(format!("{command} needs at least one peer")));
+    }
+    Ok(peers)
+}
+
 /// Runs the operation; returns the exit code.
 pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
     let json_flag = args.client.json || file.json.unwrap_or(false);
@@ -258,14 +271,7 @@ async fn execute(
         AdminOp::Status | AdminOp::CloseRegion { .. } => {}
         AdminOp::ResetPeers { store, peers } => {
             let store = peer_arg(&store)?;
-            let peers: Vec<PeerId> = peers
-                .iter()
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| peer_arg(p))
-                .collect::<Result<_, _>>()?;
-            if peers.is_empty() {
-                return Err(Failure::usage("reset-peers needs at least one peer"));
-            }
+            let peers = peer_list(&peers, "reset-peers")?;
             if !force {
                 return Err(Failure::usage(
                     "reset-peers replaces the voters without consensus and can lose \
@@ -319,14 +325,7 @@ async fn execute(
             }
         }
         AdminOp::ChangePeers { peers } => {
-            let peers: Vec<PeerId> = peers
-                .iter()
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| peer_arg(p))
-                .collect::<Result<_, _>>()?;
-            if peers.is_empty() {
-                return Err(Failure::usage("change-peers needs at least one peer"));
-            }
+            let peers = peer_list(&peers, "change-peers")?;
             for info in &regions {
                 for peer in &peers {
                     if !info.peers.iter().any(|p| p == peer.as_str()) {
