@@ -322,6 +322,18 @@ pub async fn grpc_managers(
     Vec<PeerId>,
     Vec<(flotilla_node::grpc::GrpcServer, flotilla_node::NodeManager)>,
 ) {
+    grpc_managers_with(root, n, |_| {}).await
+}
+
+/// [`grpc_managers`] with each manager's options changed by `tune` first.
+pub async fn grpc_managers_with(
+    root: &std::path::Path,
+    n: usize,
+    tune: fn(&mut ManagerOptions),
+) -> (
+    Vec<PeerId>,
+    Vec<(flotilla_node::grpc::GrpcServer, flotilla_node::NodeManager)>,
+) {
     use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
     let mut listeners = Vec::new();
     for _ in 0..n {
@@ -330,7 +342,8 @@ pub async fn grpc_managers(
     let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
     let mut processes = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+        let mut options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+        tune(&mut options);
         let transport = GrpcTransport::new(GrpcOptions::default());
         let manager = flotilla_node::NodeManager::open(options, Arc::new(transport))
             .await
@@ -338,4 +351,67 @@ pub async fn grpc_managers(
         processes.push((listener, manager));
     }
     (peers, processes)
+}
+
+/// Serves every process of [`grpc_managers`] and starts a counter group `group` on each,
+/// with every process a voter. Returns the managers, their servers and their counters.
+pub async fn serve_counter_group(
+    processes: Vec<(flotilla_node::grpc::GrpcServer, flotilla_node::NodeManager)>,
+    peers: &[PeerId],
+    group: GroupId,
+) -> (
+    Vec<flotilla_node::NodeManager>,
+    Vec<flotilla_node::grpc::ServerHandle>,
+    Vec<Arc<AtomicU64>>,
+) {
+    let mut managers = Vec::new();
+    let mut servers = Vec::new();
+    let mut counters = Vec::new();
+    for (listener, manager) in processes {
+        servers.push(listener.serve(Arc::new(manager.inbox())));
+        let value = Arc::new(AtomicU64::new(0));
+        manager
+            .add_group(
+                group,
+                peers.to_vec(),
+                Counter {
+                    value: value.clone(),
+                },
+            )
+            .await
+            .expect("add group");
+        counters.push(value);
+        managers.push(manager);
+    }
+    (managers, servers, counters)
+}
+
+/// A test's inbox: a bounded queue of the frames a server received.
+pub struct ChannelSink(pub tokio::sync::mpsc::Sender<flotilla_node::Frame>);
+
+impl flotilla_node::grpc::FrameSink for ChannelSink {
+    fn deliver(&self, frame: flotilla_node::Frame) -> Result<(), flotilla_node::Frame> {
+        use tokio::sync::mpsc::error::TrySendError;
+        self.0.try_send(frame).map_err(|e| match e {
+            TrySendError::Full(f) | TrySendError::Closed(f) => f,
+        })
+    }
+}
+
+/// A gRPC server on a free loopback port (with `tls`, if given) whose frames go to the
+/// returned queue (1,024 frames).
+pub async fn sink_server(
+    tls: Option<flotilla_node::grpc::TlsConfig>,
+) -> (
+    flotilla_node::grpc::ServerHandle,
+    tokio::sync::mpsc::Receiver<flotilla_node::Frame>,
+) {
+    let mut server = flotilla_node::grpc::GrpcServer::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    (server.serve(Arc::new(ChannelSink(tx))), rx)
 }

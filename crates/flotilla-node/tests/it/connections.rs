@@ -6,13 +6,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_node::grpc::listener::{PLAIN_REQUEST_TIMEOUT, SETUPS_PER_SOURCE_MAX};
-use flotilla_node::grpc::{
-    codec, proto, FrameSink, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, TlsConfig,
-};
+use flotilla_node::grpc::{codec, proto, GrpcOptions, GrpcTransport, TlsConfig};
 use flotilla_node::{Frame, PeerId, Transport};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -22,26 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
-use super::cluster::temp_root;
-
-struct ChannelSink(mpsc::Sender<Frame>);
-
-impl FrameSink for ChannelSink {
-    fn deliver(&self, frame: Frame) -> Result<(), Frame> {
-        self.0.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
-        })
-    }
-}
-
-async fn sink_server(tls: Option<TlsConfig>) -> (ServerHandle, mpsc::Receiver<Frame>) {
-    let mut server = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
-    if let Some(tls) = tls {
-        server = server.with_tls(tls);
-    }
-    let (tx, rx) = mpsc::channel(1024);
-    (server.serve(Arc::new(ChannelSink(tx))), rx)
-}
+use super::cluster::{sink_server, temp_root};
 
 fn beacon(from: &str) -> Frame {
     codec::decode_frame(proto::Frame {

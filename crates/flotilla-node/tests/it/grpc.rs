@@ -2,13 +2,12 @@
 //! the peer id), frames in order, reconnection after a server restart, peers sending
 //! garbage refused while others keep working, and a 3-process cluster committing over it.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use flotilla_node::grpc::{
-    proto, FrameSink, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, MAX_FRAME_BYTES,
+    proto, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, MAX_FRAME_BYTES,
 };
 use flotilla_node::{Frame, PeerId, Transport};
 use flotilla_raft::{Echo, LogIndex, Message, MessageBody, Term};
@@ -19,20 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Code;
 
-use super::cluster::{add, grpc_managers, temp_root, value_of, Counter};
+use super::cluster::{add, grpc_managers, serve_counter_group, temp_root, value_of, ChannelSink};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A test's inbox: a bounded queue of received frames.
-struct ChannelSink(mpsc::Sender<Frame>);
-
-impl FrameSink for ChannelSink {
-    fn deliver(&self, frame: Frame) -> Result<(), Frame> {
-        self.0.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
-        })
-    }
-}
 
 async fn serve_on(address: &str) -> (ServerHandle, mpsc::Receiver<Frame>) {
     let server = GrpcServer::bind(address).await.expect("bind");
@@ -372,25 +360,7 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
 async fn three_managers_commit_over_grpc() {
     let root = temp_root("grpc");
     let (peers, processes) = grpc_managers(&root, 3).await;
-    let mut managers = Vec::new();
-    let mut servers = Vec::new();
-    let mut counters = Vec::new();
-    for (listener, manager) in processes {
-        servers.push(listener.serve(Arc::new(manager.inbox())));
-        let value = Arc::new(AtomicU64::new(0));
-        manager
-            .add_group(
-                1,
-                peers.clone(),
-                Counter {
-                    value: value.clone(),
-                },
-            )
-            .await
-            .expect("add group");
-        counters.push(value);
-        managers.push(manager);
-    }
+    let (managers, servers, counters) = serve_counter_group(processes, &peers, 1).await;
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut total = 0;

@@ -12,17 +12,16 @@ use std::time::Duration;
 
 use flotilla_node::grpc::tls::PemKind;
 use flotilla_node::grpc::{
-    codec, proto, CliClient, CliOptions, FrameSink, GrpcOptions, GrpcServer, GrpcTransport,
-    ServerHandle, TlsConfig, TlsConfigError,
+    codec, proto, CliClient, CliOptions, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle,
+    TlsConfig, TlsConfigError,
 };
 use flotilla_node::{Frame, NodeManager, PeerId, Transport};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use tokio::sync::mpsc;
 
-use super::cluster::{add, temp_root, test_options, value_of, Counter, WAIT};
+use super::cluster::{add, sink_server, temp_root, test_options, value_of, Counter, WAIT};
 
 /// A certificate authority made for one test.
 struct Ca {
@@ -338,26 +337,6 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
     }
     stop(processes).await;
     let _ = std::fs::remove_dir_all(&root);
-}
-
-/// A test's inbox: a bounded queue of received frames.
-struct ChannelSink(mpsc::Sender<Frame>);
-
-impl FrameSink for ChannelSink {
-    fn deliver(&self, frame: Frame) -> Result<(), Frame> {
-        self.0.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
-        })
-    }
-}
-
-async fn sink_server(tls: Option<TlsConfig>) -> (ServerHandle, mpsc::Receiver<Frame>) {
-    let mut server = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
-    if let Some(tls) = tls {
-        server = server.with_tls(tls);
-    }
-    let (tx, rx) = mpsc::channel(1024);
-    (server.serve(Arc::new(ChannelSink(tx))), rx)
 }
 
 /// A frame without messages from `from` (built through the decoder, so the test does not

@@ -3,32 +3,22 @@
 //! a node admits commits over gRPC, a larger one is refused before raft, and a message
 //! naming another sender than its frame is dropped and counted.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_node::grpc::codec::MAX_MESSAGES_PER_FRAME;
-use flotilla_node::grpc::{FrameSink, GrpcOptions, GrpcServer, GrpcTransport};
+use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
 use flotilla_node::limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 use flotilla_node::{Frame, NodeError, PeerId, RaftError, Transport};
 use flotilla_raft::{Echo, Entry, EntryPayload, LogIndex, Message, MessageBody, Term};
 use tokio::sync::mpsc;
 
-use super::cluster::{add, temp_root, test_options, value_of, Cluster, Counter};
+use super::cluster::{
+    add, grpc_managers_with, serve_counter_group, temp_root, value_of, ChannelSink, Cluster,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A test's inbox: every received frame, unbounded enough for the test's traffic.
-struct ChannelSink(mpsc::Sender<Frame>);
-
-impl FrameSink for ChannelSink {
-    fn deliver(&self, frame: Frame) -> Result<(), Frame> {
-        self.0.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f,
-        })
-    }
-}
 
 fn heartbeat(from: &PeerId, to: &PeerId, seq: u64) -> Message {
     Message {
@@ -174,23 +164,11 @@ async fn more_bytes_than_one_frame_holds_are_cut_and_an_oversized_message_droppe
 async fn patient_grpc_managers(
     root: &std::path::Path,
 ) -> (Vec<PeerId>, Vec<(GrpcServer, flotilla_node::NodeManager)>) {
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
-    }
-    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
-    let mut processes = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let mut options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+    grpc_managers_with(root, 3, |options| {
         options.raft.election_timeout_ticks = 300;
         options.raft.heartbeat_interval_ticks = 10;
-        let transport = GrpcTransport::new(GrpcOptions::default());
-        let manager = flotilla_node::NodeManager::open(options, Arc::new(transport))
-            .await
-            .expect("open manager");
-        processes.push((listener, manager));
-    }
-    (peers, processes)
+    })
+    .await
 }
 
 /// An entry of `bytes` bytes adding `n` to the counter (the counter reads the first 8).
@@ -204,25 +182,7 @@ fn big_add(n: u64, bytes: usize) -> Bytes {
 async fn the_largest_admitted_entry_commits_over_grpc_and_a_larger_one_is_refused() {
     let root = temp_root("entry-limit");
     let (peers, processes) = patient_grpc_managers(&root).await;
-    let mut managers = Vec::new();
-    let mut servers = Vec::new();
-    let mut counters = Vec::new();
-    for (listener, manager) in processes {
-        servers.push(listener.serve(Arc::new(manager.inbox())));
-        let value = Arc::new(AtomicU64::new(0));
-        manager
-            .add_group(
-                1,
-                peers.clone(),
-                Counter {
-                    value: value.clone(),
-                },
-            )
-            .await
-            .expect("add group");
-        counters.push(value);
-        managers.push(manager);
-    }
+    let (managers, servers, counters) = serve_counter_group(processes, &peers, 1).await;
     let leader = async {
         loop {
             if let Some(node) = managers
