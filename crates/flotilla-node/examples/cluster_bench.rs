@@ -285,7 +285,7 @@ async fn serve(dir: &Path, closed: tokio::sync::oneshot::Receiver<()>) -> Result
             .map_err(|e| format!("server: cannot open {}: {e}", dir.display()))?,
     );
     let server = raft.serve_with_cli(Arc::new(manager.inbox()), manager.clone());
-    println!("{READY} raft={} control={control_addr}", manager.address());
+    println!("{READY} raft={} control={control_addr}", manager.id());
     let state = Arc::new(ServerState {
         manager: manager.clone(),
         commits: AtomicU64::new(0),

@@ -33,6 +33,7 @@ mod error;
 mod group;
 pub mod grpc;
 mod hibernation;
+pub mod identity;
 pub mod limits;
 pub mod manager;
 mod metrics;
@@ -45,6 +46,7 @@ mod transport;
 mod wake;
 
 pub use error::NodeError;
+pub use identity::{AddressBook, Identity, StoreId};
 pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};
 pub use metrics::TransportMetrics;

@@ -28,6 +28,10 @@ pub const FRAME_MESSAGES_MAX: usize = 65_536;
 /// decoder.
 pub const PEER_ID_BYTES_MAX: usize = 256;
 
+/// Longest address (`host:port`) a frame may announce or an address book hold: a DNS name
+/// of 253 bytes, a colon and a port.
+pub const ADDRESS_BYTES_MAX: usize = 261;
+
 /// Room kept in every frame for what surrounds one entry's payload (1 MiB): the frame's
 /// sender and incarnation, the group id, the message header (two peer ids, term), the
 /// AppendEntries fields and the entry's own index, term and length prefix. The bytes this
@@ -72,12 +76,15 @@ pub const ENTRY_WIRE_OVERHEAD_BYTES: usize =
 
 /// Wire bytes around one entry's payload in a frame that carries one AppendEntries with that
 /// one entry, at most: the frame (sender, incarnation, the message's field key and length),
-/// the group message (group id, the message's key and length), the message (from, to, term,
+/// with its receiver, cluster and announced address, the group message (group id, the
+/// message's key and length), the message (from, to, term,
 /// the body's key and length), the AppendEntries (previous index and term, commit, the echo
 /// of two varints) and the entry ([`ENTRY_WIRE_OVERHEAD_BYTES`]). Checked against real
 /// encodings by a test.
 pub const ENTRY_FRAMING_BYTES_MAX: usize = {
-    let frame = field_bytes(PEER_ID_BYTES_MAX) + FIELD_OVERHEAD_BYTES + FIELD_OVERHEAD_BYTES;
+    let frame = 2 * field_bytes(PEER_ID_BYTES_MAX)
+        + field_bytes(ADDRESS_BYTES_MAX)
+        + 3 * FIELD_OVERHEAD_BYTES;
     let group_message = FIELD_OVERHEAD_BYTES + FIELD_OVERHEAD_BYTES;
     let message = 2 * field_bytes(PEER_ID_BYTES_MAX) + FIELD_OVERHEAD_BYTES + FIELD_OVERHEAD_BYTES;
     let append_entries = 3 * FIELD_OVERHEAD_BYTES + FIELD_OVERHEAD_BYTES + 2 * FIELD_OVERHEAD_BYTES;
@@ -120,6 +127,9 @@ mod tests {
         let (from, to) = (longest_peer('a'), longest_peer('b'));
         let frame = Frame {
             from: from.clone(),
+            to: to.clone(),
+            cluster: u64::MAX,
+            from_address: format!("{}:65535", "h".repeat(ADDRESS_BYTES_MAX - 6)),
             incarnation: u64::MAX,
             messages: vec![(
                 u64::MAX,
@@ -168,6 +178,9 @@ mod tests {
         };
         let frame = Frame {
             from: me.clone(),
+            to: PeerId::new("them"),
+            cluster: 9,
+            from_address: String::new(),
             incarnation: 3,
             messages: (0..10).map(|seq| (seq, heartbeat(seq))).collect(),
         };
@@ -186,6 +199,9 @@ mod tests {
         assert_eq!(groups, (0..10).collect::<Vec<_>>(), "order kept");
         let beacon = Frame {
             from: me,
+            to: PeerId::new("them"),
+            cluster: 9,
+            from_address: String::new(),
             incarnation: 3,
             messages: Vec::new(),
         };

@@ -61,6 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup, RequestQueue};
+use crate::identity::Identity;
 use crate::hibernation::{Liveness, Sleepers, WakeReason};
 use crate::metrics::{GroupView, ManagerMetrics, MessageDrop, ProcessCounters};
 use crate::node::{Node, NodeInner, NodeStatus};
@@ -129,7 +130,9 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 /// What the handles and the round share.
 pub(crate) struct ManagerShared {
-    pub(crate) address: PeerId,
+    pub(crate) id: PeerId,
+    /// The id and cluster traffic must name (shared with the inbox and snapshot service).
+    pub(crate) identity: Arc<Identity>,
     /// Drawn at open, never 0: tells peers this process restarted.
     incarnation: u64,
     pub(crate) wake: Arc<RoundWake>,
@@ -196,7 +199,7 @@ pub struct NodeManager {
 impl std::fmt::Debug for NodeManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeManager")
-            .field("address", &self.shared.address)
+            .field("address", &self.shared.id)
             .field("fresh", &self.fresh)
             .finish_non_exhaustive()
     }
@@ -227,17 +230,25 @@ impl NodeManager {
             .await
             .map_err(|e| NodeError::Io(format!("opening storage panicked: {e}")))??;
         let wake = Arc::new(RoundWake::default());
+        let transport_metrics = transport.metrics().unwrap_or_default();
+        let identity = Arc::new(Identity::new(
+            options.id.clone(),
+            options.cluster,
+            transport_metrics.clone(),
+        ));
+        let addresses = options.addresses.clone();
         let shared = Arc::new(ManagerShared {
-            address: options.address.clone(),
-            incarnation: incarnation(&options.address),
+            id: options.id.clone(),
+            identity: identity.clone(),
+            incarnation: incarnation(&options.id),
             wake: wake.clone(),
             requested: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             failed: Mutex::new(None),
             stats: Stats::default(),
-            metrics: ManagerMetrics::with_transport(transport.metrics().unwrap_or_default()),
+            metrics: ManagerMetrics::with_transport(transport_metrics),
             nodes: Mutex::new(BTreeMap::new()),
-            snapshots: SnapshotService::default(),
+            snapshots: SnapshotService::with_identity(identity.clone()),
             installed: Mutex::new(Vec::new()),
         });
         let (frames_tx, frames_rx) = mpsc::channel(options.inbound_frames_max);
@@ -279,6 +290,8 @@ impl NodeManager {
                 wake,
                 snapshots: shared.snapshots.clone(),
                 transport_metrics: shared.metrics.transport.clone(),
+                identity,
+                addresses,
             },
             shared,
             control: control_tx,
@@ -287,10 +300,28 @@ impl NodeManager {
         })
     }
 
-    /// This process's address (the peer id of its peers).
+    /// This process's peer id (the id of its peers in every group).
     #[must_use]
-    pub fn address(&self) -> &PeerId {
-        &self.shared.address
+    pub fn id(&self) -> &PeerId {
+        &self.shared.id
+    }
+
+    /// The cluster this process belongs to (0: none).
+    #[must_use]
+    pub fn cluster(&self) -> u64 {
+        self.shared.identity.cluster()
+    }
+
+    /// Sets the cluster frames and snapshot fetches carry and must name (a store that
+    /// learns or makes its cluster after opening its runtime).
+    pub fn set_cluster(&self, cluster: u64) {
+        self.shared.identity.set_cluster(cluster);
+    }
+
+    /// The address book this process's transport dials from.
+    #[must_use]
+    pub fn addresses(&self) -> &crate::identity::AddressBook {
+        &self.inbox.addresses
     }
 
     /// Where transports deliver frames for this process.
@@ -490,7 +521,7 @@ fn run(mut driver: Box<Driver>, finished: oneshot::Sender<()>) {
             // A round panicked (a broken invariant): the groups' state cannot be trusted,
             // so they are dropped unanswered (their callers hear that the node stopped).
             let why = panic_text(payload.as_ref());
-            tracing::error!(address = %shared.address, error = %why, "round panicked; manager stopped");
+            tracing::error!(address = %shared.id, error = %why, "round panicked; manager stopped");
             *lock(&shared.failed) = Some(format!("round panicked: {why}"));
             lock(&shared.nodes).clear();
             drop(driver);
@@ -503,7 +534,7 @@ fn run(mut driver: Box<Driver>, finished: oneshot::Sender<()>) {
     }
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || driver.stop_all()));
     if let Err(payload) = stopped {
-        tracing::error!(address = %shared.address, error = %panic_text(payload.as_ref()), "stopping the groups panicked");
+        tracing::error!(address = %shared.id, error = %panic_text(payload.as_ref()), "stopping the groups panicked");
     }
     let _ = finished.send(());
 }
@@ -579,7 +610,7 @@ impl Outbound {
 impl Driver {
     fn round(&mut self) {
         let started = Instant::now();
-        let _round = tracing::debug_span!("round", peer = %self.shared.address).entered();
+        let _round = tracing::debug_span!("round", peer = %self.shared.id).entered();
         self.round_inner();
         let metrics = &self.shared.metrics;
         metrics.round_seconds.observe_duration(started.elapsed());
@@ -707,7 +738,7 @@ impl Driver {
         let leader = group
             .raft
             .leader()
-            .filter(|l| **l != self.shared.address && Some(*l) != by);
+            .filter(|l| **l != self.shared.id && Some(*l) != by);
         if let Some(leader) = leader {
             if group.raft.role() == flotilla_raft::Role::Follower {
                 self.watched.insert(id, (leader.clone(), Instant::now()));
@@ -762,7 +793,7 @@ impl Driver {
             };
             if group.raft.is_hibernating() && !group.raft.has_ready() {
                 if self.awake.remove(id) || !self.sleepers.contains(*id) {
-                    let leader = group.raft.leader().filter(|l| **l != self.shared.address);
+                    let leader = group.raft.leader().filter(|l| **l != self.shared.id);
                     self.sleepers.insert(*id, leader.cloned());
                     changed = true;
                 }
@@ -818,7 +849,7 @@ impl Driver {
             let c = group.raft.configuration();
             let old = c.old_voters.iter().flatten();
             for peer in c.voters.iter().chain(&c.learners).chain(old) {
-                if *peer != self.shared.address && !peers.contains(peer) {
+                if *peer != self.shared.id && !peers.contains(peer) {
                     peers.insert(peer.clone());
                 }
             }
@@ -927,7 +958,7 @@ impl Driver {
             )))
         };
         let Some(group) = self.groups.get(&id) else {
-            return refused(format!("no group {id} runs on {}", self.shared.address));
+            return refused(format!("no group {id} runs on {}", self.shared.id));
         };
         let configuration = group.raft.configuration();
         if !configuration.is_empty() {
@@ -968,7 +999,7 @@ impl Driver {
         let _ = writeln!(
             out,
             "manager {} incarnation={:#x} groups={} hibernating={} rounds={} log_writes={} installs_running={} inbound_frames_queued={}",
-            self.shared.address,
+            self.shared.id,
             self.shared.incarnation,
             self.groups.len(),
             self.sleepers.len(),
@@ -990,7 +1021,7 @@ impl Driver {
         let id = setup.id;
         if self.groups.contains_key(&id) {
             return Err(NodeError::Raft(flotilla_raft::RaftError::InvalidArgument(
-                format!("group {id} already runs on {}", self.shared.address),
+                format!("group {id} already runs on {}", self.shared.id),
             )));
         }
         if self.installs.contains_key(&id) {
@@ -1001,8 +1032,8 @@ impl Driver {
             ))));
         }
         let mut config = self.options.raft.clone();
-        config.id = self.shared.address.clone();
-        config.random_seed = random_seed(id, &self.shared.address);
+        config.id = self.shared.id.clone();
+        config.random_seed = random_seed(id, &self.shared.id);
         config.hibernate_idle_ticks = if self.options.hibernation {
             self.options.hibernate_idle_ticks
         } else {
@@ -1078,7 +1109,7 @@ impl Driver {
                     tracing::debug!(group, from = %frame.from, claimed = %message.from, "message from another sender than its frame's: dropped");
                     continue;
                 }
-                if message.to != self.shared.address {
+                if message.to != self.shared.id {
                     self.shared
                         .metrics
                         .transport
@@ -1266,6 +1297,7 @@ impl Driver {
             transport: self.transport.clone(),
             runtime: self.runtime.clone(),
             peer: source,
+            cluster: self.shared.identity.cluster(),
             group: id,
             meta: meta.clone(),
             store: group.snapshot_store().clone(),
@@ -1379,7 +1411,10 @@ impl Driver {
             bump(&stats.messages_sent, messages.len() as u64);
             self.liveness.sent(&to, now);
             let frame = Frame {
-                from: self.shared.address.clone(),
+                from: self.shared.id.clone(),
+                to: to.clone(),
+                cluster: self.shared.identity.cluster(),
+                from_address: String::new(),
                 incarnation: self.shared.incarnation,
                 messages,
             };
@@ -1400,7 +1435,7 @@ impl Driver {
 
     /// A write failed: nothing more is acknowledged; every group stops.
     fn fail(&mut self, error: NodeError) {
-        tracing::error!(address = %self.shared.address, error = %error, "storage write failed; every group stops");
+        tracing::error!(address = %self.shared.id, error = %error, "storage write failed; every group stops");
         *lock(&self.shared.failed) = Some(error.to_string());
         self.failed = Some(error);
     }

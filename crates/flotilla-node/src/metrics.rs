@@ -156,6 +156,27 @@ impl MessageDrop {
     }
 }
 
+/// Why traffic naming a receiver was refused (see [`crate::identity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IdentityRefusal {
+    /// It names another peer id (another store now holds the address it was sent to).
+    WrongPeer,
+    /// It names another cluster.
+    WrongCluster,
+}
+
+impl IdentityRefusal {
+    pub(crate) const ALL: [IdentityRefusal; 2] =
+        [IdentityRefusal::WrongPeer, IdentityRefusal::WrongCluster];
+
+    fn name(self) -> &'static str {
+        match self {
+            IdentityRefusal::WrongPeer => "wrong_peer",
+            IdentityRefusal::WrongCluster => "wrong_cluster",
+        }
+    }
+}
+
 /// Why a server closed a connection before handing it to the gRPC server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConnectionClose {
@@ -200,6 +221,8 @@ pub struct TransportMetrics {
     pub(crate) connections_closed: [Counter; ConnectionClose::ALL.len()],
     /// Errors accepting a connection (at the file-descriptor limit, for one).
     pub(crate) accept_errors: Counter,
+    /// Frames, snapshot fetches and CLI calls refused for naming another receiver.
+    pub(crate) identity_refused: [Counter; IdentityRefusal::ALL.len()],
 }
 
 impl TransportMetrics {
@@ -209,6 +232,14 @@ impl TransportMetrics {
 
     pub(crate) fn messages_dropped(&self, reason: MessageDrop) -> u64 {
         self.messages_dropped[reason as usize].get()
+    }
+
+    pub(crate) fn identity_refused(&self, reason: IdentityRefusal) {
+        self.identity_refused[reason as usize].add(1);
+    }
+
+    pub(crate) fn identity_refusals(&self, reason: IdentityRefusal) -> u64 {
+        self.identity_refused[reason as usize].get()
     }
 
     pub(crate) fn connection_closed(&self, reason: ConnectionClose) {
@@ -242,6 +273,21 @@ impl TransportMetrics {
              frame's message or byte limit.",
             self.frames_split.get(),
         );
+        let refused = "flotilla_identity_refused_total";
+        w.header(
+            refused,
+            "counter",
+            "Raft frames, snapshot fetches and CLI calls refused because they name another \
+             receiver (wrong_peer: another peer id, e.g. a store that lived at this address \
+             before; wrong_cluster: another cluster).",
+        );
+        for reason in IdentityRefusal::ALL {
+            w.sample(
+                refused,
+                &[("reason", reason.name())],
+                self.identity_refusals(reason),
+            );
+        }
         let closed = "flotilla_transport_connections_closed_total";
         w.header(
             closed,

@@ -129,7 +129,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("group", &self.inner.group)
-            .field("peer", &self.inner.shared.address)
+            .field("peer", &self.inner.shared.id)
             .finish()
     }
 }
@@ -156,7 +156,7 @@ impl Node {
     /// This peer (the process address).
     #[must_use]
     pub fn peer_id(&self) -> &PeerId {
-        &self.inner.shared.address
+        &self.inner.shared.id
     }
 
     /// Proposes `data`; answers with the state machine's result once the entry applied

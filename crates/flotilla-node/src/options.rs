@@ -12,6 +12,7 @@ use flotilla_storage::fs::{FileSystem, StdFs};
 use flotilla_storage::{LogOptions, Throttle};
 
 use crate::error::NodeError;
+use crate::identity::AddressBook;
 use crate::limits::{APPEND_BYTES_MAX_LIMIT, FRAME_BYTES_MAX, SNAPSHOT_DATA_BYTES_MAX};
 
 /// What a request does when its group's request queue is full.
@@ -28,8 +29,17 @@ pub enum QueueFullPolicy {
 /// Options of one manager (one process).
 #[derive(Clone)]
 pub struct ManagerOptions {
-    /// This process's address: the peer id of every peer it hosts.
-    pub address: PeerId,
+    /// This process's peer id: the id of every peer it hosts (a store's id in the KV
+    /// store; any stable name a library user gives it). Never an address: where the
+    /// process listens may change, the id may not.
+    pub id: PeerId,
+    /// The cluster this process belongs to (0: none). Frames and snapshot fetches carry
+    /// it; traffic naming another cluster is refused. Changed later with
+    /// [`crate::NodeManager::set_cluster`].
+    pub cluster: u64,
+    /// Where the other processes are: shared with the transport that dials them, and
+    /// filled from what incoming frames announce.
+    pub addresses: AddressBook,
     /// Data directory: `log/` (the shared log), `meta/` (term and vote), `snapshots/<group>`.
     pub data_dir: PathBuf,
     /// File system (real by default; `SimFs` in tests).
@@ -73,7 +83,8 @@ pub struct ManagerOptions {
 impl std::fmt::Debug for ManagerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ManagerOptions")
-            .field("address", &self.address)
+            .field("id", &self.id)
+            .field("cluster", &format_args!("{:016x}", self.cluster))
             .field("data_dir", &self.data_dir)
             .field("tick", &self.tick)
             .field("hibernation", &self.hibernation)
@@ -111,10 +122,12 @@ impl ManagerOptions {
 
     /// Defaults: real file system, 100 ms tick, SOFAJRaft's core defaults.
     #[must_use]
-    pub fn new(address: PeerId, data_dir: impl Into<PathBuf>) -> ManagerOptions {
+    pub fn new(id: PeerId, data_dir: impl Into<PathBuf>) -> ManagerOptions {
         ManagerOptions {
-            raft: Config::new(address.clone()),
-            address,
+            raft: Config::new(id.clone()),
+            id,
+            cluster: 0,
+            addresses: AddressBook::in_memory(),
             data_dir: data_dir.into(),
             fs: Arc::new(StdFs),
             tick: Duration::from_millis(100),

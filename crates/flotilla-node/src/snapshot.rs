@@ -57,6 +57,10 @@ pub enum SnapshotPart {
 /// One request of a snapshot transfer: a part of `group`'s snapshot at `(index, term)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRequest {
+    /// The peer asked (the serving process's peer id): another process refuses.
+    pub to: PeerId,
+    /// The cluster of both (0: none): a process of another cluster refuses.
+    pub cluster: u64,
     /// The group.
     pub group: GroupId,
     /// Last index the snapshot covers.
@@ -82,6 +86,8 @@ struct Served {
 #[derive(Clone, Default)]
 pub struct SnapshotService {
     served: Arc<Mutex<Served>>,
+    /// Checked against every request's receiver (`None`: a bare service in tests).
+    identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl std::fmt::Debug for SnapshotService {
@@ -95,6 +101,14 @@ impl std::fmt::Debug for SnapshotService {
 }
 
 impl SnapshotService {
+    /// A service that refuses requests naming another peer id or cluster than `identity`.
+    pub(crate) fn with_identity(identity: Arc<crate::identity::Identity>) -> SnapshotService {
+        SnapshotService {
+            served: Arc::default(),
+            identity: Some(identity),
+        }
+    }
+
     // Short critical sections, no await inside: a std mutex is right.
     fn lock(&self) -> MutexGuard<'_, Served> {
         self.served
@@ -113,6 +127,16 @@ impl SnapshotService {
     /// Answers one request. Does file I/O: call it from a blocking context (a transport
     /// server runs it on tokio's blocking pool), never on an async worker.
     pub fn serve(&self, request: &SnapshotRequest) -> Result<Bytes, String> {
+        if let Some(identity) = &self.identity {
+            identity
+                .check(
+                    request.to.as_str(),
+                    request.cluster,
+                    "snapshot fetch",
+                    &format!("group {}", request.group),
+                )
+                .map_err(|refused| identity.describe(&refused))?;
+        }
         let reader = self.reader_for(request)?;
         match &request.part {
             SnapshotPart::Manifest => Ok(Bytes::from(reader.manifest_bytes())),
@@ -173,6 +197,7 @@ struct RemoteSource {
     transport: Arc<dyn crate::Transport>,
     runtime: tokio::runtime::Handle,
     peer: PeerId,
+    cluster: u64,
     group: GroupId,
     meta: SnapshotMeta,
     deadline: Instant,
@@ -189,6 +214,8 @@ impl RemoteSource {
             return Err(self.error("install deadline passed".into()));
         }
         let request = SnapshotRequest {
+            to: self.peer.clone(),
+            cluster: self.cluster,
             group: self.group,
             index: self.meta.index,
             term: self.meta.term,
@@ -242,6 +269,7 @@ pub(crate) struct InstallJob {
     pub(crate) transport: Arc<dyn crate::Transport>,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) peer: PeerId,
+    pub(crate) cluster: u64,
     pub(crate) group: GroupId,
     pub(crate) meta: SnapshotMeta,
     pub(crate) store: SnapshotStore,
@@ -256,6 +284,7 @@ pub(crate) fn run_install(job: InstallJob) -> InstallDone {
         transport,
         runtime,
         peer,
+        cluster,
         group,
         meta,
         store,
@@ -266,6 +295,7 @@ pub(crate) fn run_install(job: InstallJob) -> InstallDone {
         transport,
         runtime,
         peer: peer.clone(),
+        cluster,
         group,
         meta: meta.clone(),
         deadline: Instant::now() + options.deadline,

@@ -6,8 +6,11 @@
 //! request/response path of snapshot transfers ([`Transport::fetch_snapshot`], served by
 //! the [`crate::SnapshotService`] an [`Inbox`] carries). Must never: block the sender (a full
 //! inbox drops the frame; raft retransmits), serve snapshot files on an async worker, or
-//! grow without bound. A frame names its sender ([`Frame::from`]); the manager drops any
-//! message in it whose `from` is another process (counted in
+//! grow without bound. A frame names its sender ([`Frame::from`]) and its receiver
+//! ([`Frame::to`], [`Frame::cluster`]): a frame meant for another peer id or cluster is
+//! refused before it is queued ([`Inbox::admit`], counted in
+//! `flotilla_identity_refused_total`); the manager drops any message in a frame whose `from`
+//! is another process (counted in
 //! `flotilla_transport_messages_dropped_total{reason="sender_mismatch"}`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,14 +20,23 @@ use flotilla_raft::{Message, PeerId};
 use flotilla_storage::GroupId;
 use tokio::sync::mpsc;
 
+use crate::identity::{AddressBook, Identity};
 use crate::metrics::TransportMetrics;
 use crate::snapshot::{SnapshotFetch, SnapshotRequest, SnapshotService};
 
 /// Raft messages from one process to another, for any number of groups.
 #[derive(Clone, Debug)]
 pub struct Frame {
-    /// The sending process (its address, which is its peer id).
+    /// The sending process's peer id.
     pub from: PeerId,
+    /// The receiving process's peer id: a process refuses frames naming another.
+    pub to: PeerId,
+    /// The cluster of both (0: none, for library users without cluster ids): a process
+    /// refuses frames naming another.
+    pub cluster: u64,
+    /// Where the sender can be reached, as it announces itself (empty: not announced).
+    /// Set by the transport; the receiver records it in its [`AddressBook`].
+    pub from_address: String,
     /// Identifies this run of the sending process: new at every start, never 0 from a
     /// [`crate::NodeManager`] (0: not given). A frame without messages is a liveness
     /// beacon; see the manager's hibernation notes.
@@ -36,8 +48,8 @@ pub struct Frame {
 
 /// Sends frames to other processes. Implementations must not block: they queue or drop.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `frame` to the process listening at `to`. Delivery is best effort: raft
-    /// tolerates loss, duplication is not allowed.
+    /// Sends `frame` to the process `to` (a peer id; where it listens is the transport's
+    /// business). Delivery is best effort: raft tolerates loss, duplication is not allowed.
     fn send(&self, to: &PeerId, frame: Frame);
 
     /// Asks the process at `to` for one part of a snapshot (a request/response call; the
@@ -68,6 +80,8 @@ pub struct Inbox {
     pub(crate) wake: Arc<crate::wake::RoundWake>,
     pub(crate) snapshots: SnapshotService,
     pub(crate) transport_metrics: Arc<TransportMetrics>,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) addresses: AddressBook,
 }
 
 impl Inbox {
@@ -82,6 +96,44 @@ impl Inbox {
     #[must_use]
     pub fn transport_metrics(&self) -> &Arc<TransportMetrics> {
         &self.transport_metrics
+    }
+
+    /// This process's identity (what frames must name to be admitted).
+    #[must_use]
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
+    /// The address book the manager's transport dials from.
+    #[must_use]
+    pub fn addresses(&self) -> &AddressBook {
+        &self.addresses
+    }
+
+    /// Refuses a frame meant for another peer id or cluster (counted, logged once per
+    /// sender) with a sentence saying why. Transports call it before [`Inbox::deliver`].
+    pub fn admit(&self, frame: &Frame) -> Result<(), String> {
+        self.identity
+            .check(
+                frame.to.as_str(),
+                frame.cluster,
+                "raft frame",
+                frame.from.as_str(),
+            )
+            .map_err(|refused| self.identity.describe(&refused))
+    }
+
+    /// Records the address an admitted frame's sender announced (a peer that moved is
+    /// reached at its new address from now on).
+    pub fn learn_address(&self, frame: &Frame) {
+        if frame.from_address.is_empty() {
+            return;
+        }
+        match self.addresses.set(&frame.from, &frame.from_address) {
+            Ok(true) => tracing::info!(peer = %frame.from, address = %frame.from_address, "peer announced a new address"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(peer = %frame.from, %error, "cannot record the address a peer announced"),
+        }
     }
 
     /// Hands `frame` to the manager. Returns it back when the manager's inbound queue is
@@ -180,6 +232,9 @@ impl Transport for LocalTransport {
         };
         match inbox {
             Some(inbox) => {
+                if inbox.admit(&frame).is_err() {
+                    return;
+                }
                 if let Err(frame) = inbox.deliver(frame) {
                     tracing::debug!(to = %to, messages = frame.messages.len(), "inbox full or closed: frame dropped");
                 }

@@ -200,6 +200,9 @@ pub fn region_info(status: &crate::store::RegionStatus) -> proto::RegionInfo {
         commit_index: status.commit_index,
         applied_index: status.applied_index,
         role: status.role.clone(),
+        leader_id: status.leader_id.clone().unwrap_or_default(),
+        peer_ids: status.peer_ids.clone(),
+        learner_ids: status.learner_ids.clone(),
     }
 }
 
@@ -355,14 +358,37 @@ impl proto::kv_server::Kv for KvService {
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(self.regions_reply()))
     }
+
+    async fn hello(
+        &self,
+        request: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::HelloReply>, Status> {
+        let reply = self
+            .store
+            .hello(request.into_inner())
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(reply))
+    }
 }
 
 impl KvService {
     fn regions_reply(&self) -> proto::RegionsReply {
         proto::RegionsReply {
-            store: self.store.address().as_str().to_string(),
+            store: self.store.advertised_address().to_string(),
             regions: self.store.regions().iter().map(region_info).collect(),
             cluster: self.store.cluster(),
+            store_id: self.store.id().as_str().to_string(),
+            stores: self
+                .store
+                .addresses()
+                .entries()
+                .into_iter()
+                .map(|(id, address)| proto::StoreInfo {
+                    id: id.as_str().to_string(),
+                    address,
+                })
+                .collect(),
         }
     }
 }
@@ -373,6 +399,10 @@ struct StoreNodes(Store);
 impl flotilla_node::grpc::CliNodes for StoreNodes {
     fn node(&self, group: u64) -> Option<Node> {
         self.0.manager().node(group)
+    }
+
+    fn addresses(&self) -> flotilla_node::AddressBook {
+        self.0.addresses().clone()
     }
 }
 

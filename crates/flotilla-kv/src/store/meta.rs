@@ -1,6 +1,8 @@
-//! `store.meta`: what a store's data directory belongs to — its address, its cluster, the
-//! regions it hosts — so a restart recovers the same store and a data directory is never
-//! reused for another cluster or another address by mistake.
+//! `store.meta`: what a store's data directory is — its store id, its cluster, how the
+//! cluster was bootstrapped, the regions it hosts — so a restart recovers the same store
+//! and a data directory is never reused for another cluster by mistake. The store's
+//! address is not in it: an address is where the store is, not who it is (it may change at
+//! every start; see `identity` in flotilla-node for the address book).
 //!
 //! Owns: the file format (a short text file, one fact per line, closed by a CRC32C line)
 //! and its atomic replacement (temp file, fsync, rename, directory fsync). Must never:
@@ -12,13 +14,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use flotilla_node::PeerId;
+use flotilla_node::{PeerId, StoreId};
 
 use crate::region::{Epoch, Region, RegionId};
 
 /// File name inside the data directory.
 pub const STORE_META_FILE: &str = "store.meta";
-const HEADER: &str = "flotilla-store 1";
+const HEADER: &str = "flotilla-store 2";
+/// The header of the format before store identity (a store named by its address).
+const HEADER_V1: &str = "flotilla-store 1";
 /// Largest `store.meta` read (a region line is at most ~33 KiB with maximal keys).
 pub(crate) const STORE_META_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
@@ -32,38 +36,29 @@ pub struct HostedRegion {
     pub initial_peers: Vec<PeerId>,
 }
 
+/// How the cluster this store belongs to was bootstrapped (the same on every initial
+/// member): what a store that finds it bootstrapped by a peer adopts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// Static regions it was split into.
+    pub regions: u32,
+    /// The initial members, by store id.
+    pub members: Vec<StoreId>,
+}
+
 /// The content of `store.meta`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreMeta {
-    /// The store's address: its peer id in every region.
-    pub address: String,
-    /// The cluster the store belongs to; 0 while it waits to be added to one.
+    /// The store's id: made with the data directory, never reused; its peer id in every
+    /// region.
+    pub store: StoreId,
+    /// The cluster the store belongs to (a random id made at bootstrap); 0 while it
+    /// belongs to none yet.
     pub cluster: u64,
+    /// How the cluster was bootstrapped, if this store was one of its initial members.
+    pub bootstrap: Option<Bootstrap>,
     /// Regions hosted, by id.
     pub regions: Vec<HostedRegion>,
-}
-
-/// The id of the cluster bootstrapped by `peers` with `regions` static regions: the same
-/// on every initial member, whatever order the list was given in (FNV-1a, 64 bits).
-#[must_use]
-pub fn cluster_id(peers: &[PeerId], regions: u32) -> u64 {
-    let mut sorted: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for peer in sorted {
-        feed(peer.as_bytes());
-        feed(b",");
-    }
-    feed(&regions.to_be_bytes());
-    // 0 means "no cluster yet".
-    hash.max(1)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -94,9 +89,21 @@ impl StoreMeta {
     /// The file's text.
     #[must_use]
     pub fn render(&self) -> String {
+        let bootstrap = match &self.bootstrap {
+            Some(b) => format!(
+                "{} {}",
+                b.regions,
+                b.members
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            None => "-".to_string(),
+        };
         let mut body = format!(
-            "{HEADER}\naddress {}\ncluster {:016x}\n",
-            self.address, self.cluster
+            "{HEADER}\nstore {}\ncluster {:016x}\nbootstrap {bootstrap}\n",
+            self.store, self.cluster
         );
         for hosted in &self.regions {
             let r = &hosted.region;
@@ -147,19 +154,36 @@ impl StoreMeta {
             )));
         }
         let mut lines = body.lines();
-        if lines.next() != Some(HEADER) {
-            return Err(bad(format!("first line is not {HEADER:?}")));
+        match lines.next() {
+            Some(HEADER) => {}
+            Some(HEADER_V1) => {
+                return Err(bad(format!(
+                    "format 1 ({HEADER_V1:?}), written before store identity, when a store was \
+                     named by its address. This version cannot use it safely and does not \
+                     convert it. Start this store with an empty data dir: it joins the cluster \
+                     as a new store; then add it to the regions and remove the old member by \
+                     hand (README, \"Replacing a store\")"
+                )))
+            }
+            _ => return Err(bad(format!("first line is not {HEADER:?}"))),
         }
-        let address = lines
+        let store = lines
             .next()
-            .and_then(|l| l.strip_prefix("address "))
-            .ok_or_else(|| bad("second line is not `address <host:port>`".into()))?
-            .to_string();
+            .and_then(|l| l.strip_prefix("store "))
+            .and_then(|h| StoreId::parse(h).ok())
+            .ok_or_else(|| bad("second line is not `store <16 hex digits>`".into()))?;
         let cluster = lines
             .next()
             .and_then(|l| l.strip_prefix("cluster "))
             .and_then(|h| u64::from_str_radix(h, 16).ok())
             .ok_or_else(|| bad("third line is not `cluster <hex>`".into()))?;
+        let bootstrap = lines
+            .next()
+            .and_then(|l| l.strip_prefix("bootstrap "))
+            .and_then(parse_bootstrap)
+            .ok_or_else(|| {
+                bad("fourth line is not `bootstrap -` or `bootstrap <regions> <ids>`".into())
+            })?;
         let mut regions = Vec::new();
         for (n, line) in lines.enumerate() {
             let hosted = parse_region_line(line)
@@ -167,8 +191,9 @@ impl StoreMeta {
             regions.push(hosted);
         }
         Ok(StoreMeta {
-            address,
+            store,
             cluster,
+            bootstrap,
             regions,
         })
     }
@@ -204,6 +229,21 @@ impl StoreMeta {
     }
 }
 
+/// `-` (no bootstrap) or `<regions> <id>,<id>...`; `None` when malformed.
+#[allow(clippy::option_option)]
+fn parse_bootstrap(text: &str) -> Option<Option<Bootstrap>> {
+    if text == "-" {
+        return Some(None);
+    }
+    let (regions, members) = text.split_once(' ')?;
+    let regions = regions.parse().ok()?;
+    let members = members
+        .split(',')
+        .map(|m| StoreId::parse(m).ok())
+        .collect::<Option<Vec<_>>>()?;
+    Some(Some(Bootstrap { regions, members }))
+}
+
 fn parse_region_line(line: &str) -> Option<HostedRegion> {
     let mut words = line.strip_prefix("region ")?.split(' ');
     let id = RegionId(words.next()?.parse().ok()?);
@@ -218,7 +258,10 @@ fn parse_region_line(line: &str) -> Option<HostedRegion> {
     let initial_peers = if peers == "-" {
         Vec::new()
     } else {
-        peers.split(',').map(PeerId::new).collect()
+        peers
+            .split(',')
+            .map(|p| StoreId::parse(p).ok().map(StoreId::peer_id))
+            .collect::<Option<Vec<_>>>()?
     };
     let region = Region::new(id, start, end, Epoch::new(conf_version, version)).ok()?;
     Some(HostedRegion {
@@ -263,9 +306,14 @@ mod tests {
 
     fn sample() -> StoreMeta {
         let regions = static_regions(3).unwrap();
+        let (a, b) = (StoreId(0x8081), StoreId(0x8082));
         StoreMeta {
-            address: "127.0.0.1:8081".into(),
+            store: a,
             cluster: 42,
+            bootstrap: Some(Bootstrap {
+                regions: 3,
+                members: vec![a, b],
+            }),
             regions: regions
                 .into_iter()
                 .enumerate()
@@ -274,7 +322,7 @@ mod tests {
                     initial_peers: if i == 2 {
                         Vec::new()
                     } else {
-                        vec![PeerId::new("127.0.0.1:8081"), PeerId::new("127.0.0.1:8082")]
+                        vec![a.peer_id(), b.peer_id()]
                     },
                 })
                 .collect(),
@@ -288,7 +336,7 @@ mod tests {
         let path = Path::new("store.meta");
         assert_eq!(StoreMeta::parse(&text, path).unwrap(), meta);
         // Any changed byte is refused.
-        let damaged = text.replace("8082", "8083");
+        let damaged = text.replace("cluster 000000000000002a", "cluster 000000000000002b");
         let error = StoreMeta::parse(&damaged, path).unwrap_err();
         assert!(error.contains("checksum mismatch"), "{error}");
         assert!(StoreMeta::parse("", path).is_err());
@@ -312,11 +360,25 @@ mod tests {
     }
 
     #[test]
-    fn cluster_id_ignores_order_only() {
-        let a = [PeerId::new("a:1"), PeerId::new("b:1")];
-        let b = [PeerId::new("b:1"), PeerId::new("a:1")];
-        assert_eq!(cluster_id(&a, 3), cluster_id(&b, 3));
-        assert_ne!(cluster_id(&a, 3), cluster_id(&a, 4));
-        assert_ne!(cluster_id(&a, 3), cluster_id(&a[..1], 3));
+    fn a_data_dir_from_before_store_identity_is_refused_with_what_to_do() {
+        let body = "flotilla-store 1\naddress 127.0.0.1:8081\ncluster 000000000000002a\n";
+        let text = format!("{body}crc32c {:08x}\n", crc32c::crc32c(body.as_bytes()));
+        let error = StoreMeta::parse(&text, Path::new("d/store.meta")).unwrap_err();
+        assert!(error.contains("format 1"), "{error}");
+        assert!(error.contains("empty data dir"), "{error}");
+        assert!(error.contains("Replacing a store"), "{error}");
+    }
+
+    #[test]
+    fn a_store_without_a_bootstrap_round_trips() {
+        let meta = StoreMeta {
+            store: StoreId(7),
+            cluster: 0,
+            bootstrap: None,
+            regions: Vec::new(),
+        };
+        let text = meta.render();
+        assert!(text.contains("bootstrap -\n"), "{text}");
+        assert_eq!(StoreMeta::parse(&text, Path::new("m")).unwrap(), meta);
     }
 }

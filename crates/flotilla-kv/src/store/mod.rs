@@ -2,20 +2,24 @@
 //! region it replicates, each a raft group of the process's [`NodeManager`] over one shared
 //! [`KvEngine`], all served on the process's one address.
 //!
-//! Owns: the data directory (`store.meta`, `raft/` for the node runtime, `kv/` for the
-//! fjall engine), bootstrap of static regions, request admission (region, epoch, range,
+//! Owns: the data directory (`store.meta`, `addresses` (the address book), `raft/` for
+//! the node runtime, `kv/` for the fjall engine), the store's identity (a random store id
+//! made with the data dir; the address is only where it is: see `bootstrap` for how a
+//! cluster is made once), bootstrap of static regions, request admission (region, epoch, range,
 //! limits, no empty key, the space quota: see `quota`) before anything is proposed, the
 //! regions it hosts (`OpenRegion` validated against them; `CloseRegion` for a peer opened
-//! by mistake), and a clean shutdown that hands leadership off. Must never: serve a data
-//! directory that belongs to another address or cluster, propose a request it has not
-//! validated, or host two regions that share a key.
+//! by mistake), and a clean shutdown that hands leadership off. Must never: let an empty
+//! data directory stand in for a store that had data (it is always a new store), propose a
+//! request it has not validated, or host two regions that share a key.
 //!
 //! Not yet: regions change only by membership (no split or merge: the placement driver
 //! comes later), so `Epoch::version` stays 1 and `conf_version` is not bumped by membership
 //! changes yet; a peer removed from a region stays open (idle) on its store until restart,
 //! and so does the raft group of a closed region (the node runtime cannot remove a group).
 
+pub mod bootstrap;
 mod lock;
+mod membership;
 pub mod meta;
 mod quota;
 
@@ -26,7 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, TlsConfig};
-use flotilla_node::{ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode};
+use flotilla_node::{
+    AddressBook, ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode,
+    StoreId,
+};
 
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
@@ -36,9 +43,9 @@ use crate::region::{Epoch, Region, RegionId};
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
 use lock::DataDirLock;
 pub use lock::LOCK_FILE;
-use meta::{
-    cluster_id, static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE,
-};
+/// File name of the address book inside the data directory.
+pub const ADDRESS_BOOK_FILE: &str = "addresses";
+use meta::{static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE};
 use quota::SpaceQuota;
 pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
 
@@ -69,12 +76,18 @@ impl std::str::FromStr for EngineKind {
 /// How a store starts.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Address to listen on (`host:port`): the store's peer id in every region.
+    /// Address to listen on (`host:port`; port 0 picks a free port).
     pub address: String,
+    /// Address the other stores and clients reach this store at (`host:port`, host names
+    /// allowed; `None`: the listen address). It may change from one start to the next:
+    /// the store keeps its id and data and tells the cluster.
+    pub advertise: Option<String>,
     /// Data directory (created if missing).
     pub data_dir: PathBuf,
-    /// Initial members of a new cluster (this store among them). Used only with an empty
-    /// data directory; with an existing one it must name the same cluster, if given.
+    /// Addresses of the initial members of a new cluster (this store's advertised address
+    /// among them). A store that belongs to no cluster asks them: it bootstraps a cluster
+    /// with them only when all are empty, else joins theirs as a new store (see
+    /// `bootstrap`). A store that belongs to a cluster tells them its address at start.
     pub peers: Option<Vec<String>>,
     /// Static regions a new cluster splits the key space into.
     pub regions: u32,
@@ -103,6 +116,7 @@ impl StoreOptions {
     pub fn new(address: impl Into<String>, data_dir: impl Into<PathBuf>) -> StoreOptions {
         StoreOptions {
             address: address.into(),
+            advertise: None,
             data_dir: data_dir.into(),
             peers: None,
             regions: 1,
@@ -158,14 +172,21 @@ struct RegionPeer {
 pub struct RegionStatus {
     /// The region.
     pub region: Region,
-    /// The leader this store knows of.
+    /// The address of the leader this store knows of (`Some("")` when it knows the
+    /// leader's id but not where it is).
     pub leader: Option<String>,
+    /// The leader's store id.
+    pub leader_id: Option<String>,
     /// This store's term in the region's group.
     pub term: u64,
-    /// Voters.
+    /// Voters' addresses (empty where not known), in the order of `peer_ids`.
     pub peers: Vec<String>,
-    /// Learners.
+    /// Voters' store ids.
+    pub peer_ids: Vec<String>,
+    /// Learners' addresses (empty where not known), in the order of `learner_ids`.
     pub learners: Vec<String>,
+    /// Learners' store ids.
+    pub learner_ids: Vec<String>,
     /// Commit index on this store.
     pub commit_index: u64,
     /// Applied index on this store.
@@ -177,7 +198,18 @@ pub struct RegionStatus {
 struct StoreInner {
     /// Held for as long as the store runs (see `lock`).
     _lock: DataDirLock,
-    address: PeerId,
+    /// This store's id, as the peer id of its peers.
+    id: PeerId,
+    /// Where this store says it is.
+    advertise: String,
+    /// Where every store is (this one included).
+    addresses: AddressBook,
+    /// `--peers`, as given.
+    peers: Option<Vec<String>>,
+    /// Static regions a bootstrap makes.
+    regions_at_bootstrap: u32,
+    /// TLS for the calls this store makes to others (bootstrap, announcements).
+    tls: Option<TlsConfig>,
     data_dir: PathBuf,
     engine: Arc<dyn KvEngine>,
     manager: NodeManager,
@@ -193,6 +225,8 @@ struct StoreInner {
     quota: SpaceQuota,
     /// The task measuring the data directory, stopped by [`Store::shutdown`].
     usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task bootstrapping, joining or announcing this store, stopped by shutdown.
+    membership_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running store. Cheap to clone.
@@ -204,7 +238,8 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("address", &self.inner.address)
+            .field("id", &self.inner.id)
+            .field("advertise", &self.inner.advertise)
             .finish_non_exhaustive()
     }
 }
@@ -273,73 +308,36 @@ struct Plan {
     fresh: bool,
 }
 
-fn plan(options: &StoreOptions, bound: &str) -> Result<Plan, StoreError> {
+fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
     let dir = &options.data_dir;
     let data_dir_error = |reason: String| StoreError::DataDir {
         dir: dir.display().to_string(),
         reason,
     };
-    let peers: Option<Vec<PeerId>> = options
-        .peers
-        .as_ref()
-        .map(|list| list.iter().map(|p| PeerId::new(p.trim())).collect());
-    if let Some(peers) = &peers {
-        if !peers.iter().any(|p| p.as_str() == bound) {
+    if let Some(peers) = &options.peers {
+        if !peers.iter().any(|p| p.trim() == advertise) {
             return Err(StoreError::InvalidOptions(format!(
-                "--peers {} does not include this store's address {bound}",
-                options.peers.as_deref().unwrap_or_default().join(",")
+                "--peers {} does not include this store's advertised address {advertise}",
+                peers.join(",")
             )));
         }
     }
-    let existing = StoreMeta::load(dir).map_err(data_dir_error)?;
-    match existing {
-        Some(meta) => {
-            if meta.address != bound {
-                return Err(data_dir_error(format!(
-                    "it belongs to the store at {}, not {bound} (a store's address is its peer id; \
-                     start it with --addr {} or use another data dir)",
-                    meta.address, meta.address
-                )));
-            }
-            if let Some(peers) = &peers {
-                let wanted = cluster_id(peers, options.regions);
-                if meta.cluster != 0 && meta.cluster != wanted {
-                    return Err(data_dir_error(format!(
-                        "it belongs to cluster {:016x}, not to the cluster of --peers {} with \
-                         --regions {} ({wanted:016x})",
-                        meta.cluster,
-                        options.peers.as_deref().unwrap_or_default().join(","),
-                        options.regions
-                    )));
-                }
-            }
-            Ok(Plan { meta, fresh: false })
-        }
+    static_regions(options.regions).map_err(StoreError::InvalidOptions)?;
+    match StoreMeta::load(dir).map_err(data_dir_error)? {
+        Some(meta) => Ok(Plan { meta, fresh: false }),
         None => {
             if !dir_is_empty(dir)? {
                 return Err(data_dir_error(format!(
                     "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
                 )));
             }
-            let (cluster, regions) = match &peers {
-                Some(peers) => {
-                    let regions = static_regions(options.regions)
-                        .map_err(StoreError::InvalidOptions)?
-                        .into_iter()
-                        .map(|region| HostedRegion {
-                            region,
-                            initial_peers: peers.clone(),
-                        })
-                        .collect();
-                    (cluster_id(peers, options.regions), regions)
-                }
-                None => (0, Vec::new()),
-            };
+            // A new data dir is a new store, whatever its address or command line.
             Ok(Plan {
                 meta: StoreMeta {
-                    address: bound.to_string(),
-                    cluster,
-                    regions,
+                    store: StoreId::random(),
+                    cluster: 0,
+                    bootstrap: None,
+                    regions: Vec::new(),
                 },
                 fresh: true,
             })
@@ -387,21 +385,43 @@ impl Store {
             Some(tls) => server.with_tls(tls.clone()),
             None => server,
         };
-        let address = server.address().clone();
-        let requested_port_zero = options.address.ends_with(":0");
-        // Listening on port 0 gives the bound port; otherwise the address as given is the
-        // peer id (so `localhost:8081` stays what the other peers were told).
-        let bound = if requested_port_zero {
-            address.as_str().to_string()
+        let bound = server.address().as_str().to_string();
+        // Listening on port 0 gives the bound port; otherwise the address as given (so
+        // `localhost:8081` stays what the other stores were told).
+        let listen = if options.address.ends_with(":0") {
+            bound
         } else {
             options.address.clone()
         };
-        let Plan { meta, fresh } = plan(&options, &bound)?;
+        let advertise = options.advertise.clone().unwrap_or(listen);
+        flotilla_node::identity::check_address(&advertise)
+            .map_err(|e| StoreError::InvalidOptions(format!("--advertise-addr: {e}")))?;
+        let Plan { meta, fresh } = plan(&options, &advertise)?;
         std::fs::create_dir_all(&options.data_dir).map_err(|e| StoreError::DataDir {
             dir: options.data_dir.display().to_string(),
             reason: format!("cannot create it: {e}"),
         })?;
         meta.save(&options.data_dir)
+            .map_err(|reason| StoreError::DataDir {
+                dir: options.data_dir.display().to_string(),
+                reason,
+            })?;
+        let addresses =
+            AddressBook::open(options.data_dir.join(ADDRESS_BOOK_FILE)).map_err(|reason| {
+                StoreError::DataDir {
+                    dir: options.data_dir.display().to_string(),
+                    reason,
+                }
+            })?;
+        let peer_id = meta.store.peer_id();
+        if let Some(previous) = addresses.id_at(&advertise).filter(|p| *p != peer_id) {
+            tracing::warn!(address = %advertise, previous = %previous, "this address was recorded for another store; it is this store's now");
+        }
+        if let Some(old) = addresses.get(&peer_id).filter(|a| *a != advertise) {
+            tracing::info!(store = %peer_id, from = %old, to = %advertise, "this store moved: it will tell the cluster its new address");
+        }
+        addresses
+            .set(&peer_id, &advertise)
             .map_err(|reason| StoreError::DataDir {
                 dir: options.data_dir.display().to_string(),
                 reason,
@@ -417,9 +437,10 @@ impl Store {
                 Arc::new(engine)
             }
         };
-        let peer_id = PeerId::new(&bound);
         let mut manager_options =
             ManagerOptions::new(peer_id.clone(), options.data_dir.join("raft"));
+        manager_options.cluster = meta.cluster;
+        manager_options.addresses = addresses.clone();
         manager_options.tick = options.tick;
         manager_options.raft.election_timeout_ticks = options.election_timeout_ticks;
         manager_options.raft.snapshot_interval_ticks = options.snapshot_interval_ticks;
@@ -433,6 +454,8 @@ impl Store {
             .map_err(|e| StoreError::InvalidOptions(format!("raft options: {e}")))?;
         let grpc_options = GrpcOptions {
             tls: options.tls.clone(),
+            addresses: addresses.clone(),
+            advertise: Some(advertise.clone()),
             ..GrpcOptions::default()
         };
         let transport = Arc::new(GrpcTransport::new(grpc_options));
@@ -442,7 +465,12 @@ impl Store {
         let cluster = meta.cluster;
         let inner = Arc::new(StoreInner {
             _lock: dir_lock,
-            address: peer_id,
+            id: peer_id,
+            advertise,
+            addresses,
+            peers: options.peers.clone(),
+            regions_at_bootstrap: options.regions,
+            tls: options.tls.clone(),
             data_dir: options.data_dir.clone(),
             engine,
             manager,
@@ -454,6 +482,7 @@ impl Store {
             server: Mutex::new(None),
             quota: SpaceQuota::new(options.quota_bytes),
             usage_task: Mutex::new(None),
+            membership_task: Mutex::new(None),
         });
         let store = Store { inner };
         // Measured once before serving, so a store restarted over its quota refuses at once.
@@ -465,6 +494,13 @@ impl Store {
         }
         let handle = crate::service::serve(server, store.clone());
         *lock(&store.inner.server) = Some(handle);
+        if meta.cluster == 0 {
+            tracing::info!(store = %store.inner.id, address = %store.inner.advertise, "store belongs to no cluster yet");
+        } else {
+            tracing::info!(store = %store.inner.id, cluster = format_args!("{:016x}", meta.cluster), address = %store.inner.advertise, regions = meta.regions.len(), "store started");
+        }
+        let task = tokio::spawn(membership::run(Arc::downgrade(&store.inner)));
+        *lock(&store.inner.membership_task) = Some(task);
         Ok(store)
     }
 
@@ -492,10 +528,28 @@ impl Store {
         Ok(node)
     }
 
-    /// This store's address (its peer id).
+    /// This store's id, as the peer id its peers have in every region.
     #[must_use]
-    pub fn address(&self) -> &PeerId {
-        &self.inner.address
+    pub fn id(&self) -> &PeerId {
+        &self.inner.id
+    }
+
+    /// The address this store advertises (where the others reach it).
+    #[must_use]
+    pub fn advertised_address(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    /// Where every store this one knows of is (itself included).
+    #[must_use]
+    pub fn addresses(&self) -> &AddressBook {
+        &self.inner.addresses
+    }
+
+    /// The address of `peer` (empty when not known).
+    #[must_use]
+    pub fn address_of(&self, peer: &PeerId) -> String {
+        self.inner.addresses.resolve(peer).unwrap_or_default()
     }
 
     /// The cluster this store belongs to (0: none yet).
@@ -583,28 +637,27 @@ impl Store {
             .into_iter()
             .map(|peer| {
                 let status = peer.node.status();
-                let learner = status.configuration.learners.contains(&self.inner.address);
+                let learner = status.configuration.learners.contains(&self.inner.id);
                 let role = if learner {
                     "learner".to_string()
                 } else {
                     format!("{:?}", status.role).to_lowercase()
                 };
+                let ids = |set: &std::collections::BTreeSet<PeerId>| -> Vec<String> {
+                    set.iter().map(|p| p.as_str().to_string()).collect()
+                };
+                let at = |set: &std::collections::BTreeSet<PeerId>| -> Vec<String> {
+                    set.iter().map(|p| self.address_of(p)).collect()
+                };
                 RegionStatus {
                     region: peer.region,
-                    leader: status.leader.map(|l| l.as_str().to_string()),
+                    leader: status.leader.as_ref().map(|l| self.address_of(l)),
+                    leader_id: status.leader.map(|l| l.as_str().to_string()),
                     term: status.term.0,
-                    peers: status
-                        .configuration
-                        .voters
-                        .iter()
-                        .map(|p| p.as_str().to_string())
-                        .collect(),
-                    learners: status
-                        .configuration
-                        .learners
-                        .iter()
-                        .map(|p| p.as_str().to_string())
-                        .collect(),
+                    peers: at(&status.configuration.voters),
+                    peer_ids: ids(&status.configuration.voters),
+                    learners: at(&status.configuration.learners),
+                    learner_ids: ids(&status.configuration.learners),
                     commit_index: status.committed.0,
                     applied_index: status.applied.0,
                     role,
@@ -725,7 +778,9 @@ impl Store {
         match error {
             NodeError::Raft(RaftError::NotLeader { leader }) => KvError::NotLeader {
                 region,
-                leader: leader.map(|l| l.as_str().to_string()),
+                leader: leader
+                    .and_then(|l| self.inner.addresses.resolve(&l))
+                    .filter(|a| !a.is_empty()),
             },
             NodeError::Raft(RaftError::Busy(why)) => KvError::Busy(why),
             NodeError::Unknown(why) | NodeError::Raft(RaftError::TimedOut(why)) => {
@@ -755,7 +810,10 @@ impl Store {
         if mode.is_some() && !peer.node.is_leader() {
             return Err(KvError::NotLeader {
                 region: id,
-                leader: peer.node.leader_id().map(|l| l.as_str().to_string()),
+                leader: peer
+                    .node
+                    .leader_id()
+                    .and_then(|l| self.inner.addresses.resolve(&l)),
             });
         }
         let read = peer.node.read_index(mode.unwrap_or(ReadMode::ReadIndex));
@@ -874,7 +932,7 @@ impl Store {
     /// The NOSPACE refusal, with the last measurement.
     fn no_space(&self) -> KvError {
         KvError::NoSpace {
-            store: self.inner.address.as_str().to_string(),
+            store: format!("{} ({})", self.inner.advertise, self.inner.id),
             used: self.inner.quota.used_bytes(),
             quota: self.inner.quota.quota_bytes(),
         }
@@ -934,7 +992,10 @@ impl Store {
         if !peer.node.is_leader() {
             return Err(KvError::NotLeader {
                 region: id,
-                leader: peer.node.leader_id().map(|l| l.as_str().to_string()),
+                leader: peer
+                    .node
+                    .leader_id()
+                    .and_then(|l| self.inner.addresses.resolve(&l)),
             });
         }
         let encoded = command.encode();
@@ -988,12 +1049,12 @@ impl Store {
 async fn measure_usage(inner: &StoreInner) {
     let dir = inner.data_dir.clone();
     match tokio::task::spawn_blocking(move || quota::directory_bytes(&dir)).await {
-        Ok(Ok(bytes)) => inner.quota.record(bytes, inner.address.as_str()),
+        Ok(Ok(bytes)) => inner.quota.record(bytes, &inner.advertise),
         Ok(Err(why)) => {
-            tracing::warn!(store = %inner.address, error = %why, "measuring the data dir failed; the NOSPACE alarm keeps its state");
+            tracing::warn!(store = %inner.id, error = %why, "measuring the data dir failed; the NOSPACE alarm keeps its state");
         }
         Err(e) => {
-            tracing::warn!(store = %inner.address, error = %e, "measuring the data dir panicked");
+            tracing::warn!(store = %inner.id, error = %e, "measuring the data dir panicked");
         }
     }
 }
@@ -1019,6 +1080,23 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     for handle in handles {
         let _ = handle.await;
     }
+}
+
+/// Runs `futures` concurrently (as tasks) and collects their outputs, in order (a task
+/// that panicked is left out).
+async fn futures_join_all_values<T, F>(futures: impl Iterator<Item = F>) -> Vec<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        if let Ok(value) = handle.await {
+            out.push(value);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::tls::{self, TlsConfig};
+use crate::identity::AddressBook;
 use crate::error::NodeError;
 use crate::manager::NodeManager;
 use crate::node::Node;
@@ -52,8 +53,11 @@ use proto::cli_client::CliClient as GrpcCliClient;
 
 /// Status metadata key naming the error kind (`NotLeader`, `Busy`, `Unknown`, ...).
 pub const ERROR_KIND_KEY: &str = "flotilla-error-kind";
-/// Status metadata key carrying the leader's address, when the refusing peer knows it.
+/// Status metadata key carrying the leader's address, when the refusing peer knows it (and
+/// knows where it is).
 pub const LEADER_KEY: &str = "flotilla-leader";
+/// Status metadata key carrying the leader's peer id, when the refusing peer knows it.
+pub const LEADER_ID_KEY: &str = "flotilla-leader-id";
 /// Longest peer id (address) accepted in a request or an answer.
 pub const MAX_PEER_ID_BYTES: usize = 255;
 /// Most peers one request may name.
@@ -63,11 +67,18 @@ pub const MAX_PEERS_PER_REQUEST: usize = 1024;
 pub trait CliNodes: Send + Sync + 'static {
     /// This process's node of `group`, if it has one.
     fn node(&self, group: GroupId) -> Option<Node>;
+
+    /// Where the peers are: answers and leader hints name addresses from it.
+    fn addresses(&self) -> AddressBook;
 }
 
 impl CliNodes for NodeManager {
     fn node(&self, group: GroupId) -> Option<Node> {
         NodeManager::node(self, group)
+    }
+
+    fn addresses(&self) -> AddressBook {
+        NodeManager::addresses(self).clone()
     }
 }
 
@@ -121,33 +132,40 @@ fn code_of(error: &NodeError) -> Code {
     }
 }
 
-fn status_with(code: Code, kind: &'static str, message: String, leader: Option<&PeerId>) -> Status {
+/// Puts the leader hint in `status`'s metadata: its address ([`LEADER_KEY`], when
+/// `addresses` knows it) and its peer id ([`LEADER_ID_KEY`]).
+pub fn insert_leader(status: &mut Status, leader: &PeerId, addresses: &AddressBook) {
+    if let Some(address) = addresses.resolve(leader) {
+        if let Ok(value) = MetadataValue::try_from(address.as_str()) {
+            status.metadata_mut().insert(LEADER_KEY, value);
+        }
+    }
+    if let Ok(value) = MetadataValue::try_from(leader.as_str()) {
+        status.metadata_mut().insert(LEADER_ID_KEY, value);
+    }
+}
+
+fn status_with(code: Code, kind: &'static str, message: String) -> Status {
     let mut status = Status::new(code, message);
     status
         .metadata_mut()
         .insert(ERROR_KIND_KEY, MetadataValue::from_static(kind));
-    if let Some(leader) = leader {
-        if let Ok(value) = MetadataValue::try_from(leader.as_str()) {
-            status.metadata_mut().insert(LEADER_KEY, value);
-        }
-    }
     status
 }
 
 /// The status a CLI call ends with when it failed with `error`: the code follows the kind,
-/// the metadata names the kind and the leader hint.
+/// the metadata names the kind and the leader hint (its address from `addresses`).
 #[must_use]
-pub fn status_of(error: &NodeError) -> Status {
-    status_with(
-        code_of(error),
-        kind_of(error),
-        error.to_string(),
-        error.leader_hint(),
-    )
+pub fn status_of(error: &NodeError, addresses: &AddressBook) -> Status {
+    let mut status = status_with(code_of(error), kind_of(error), error.to_string());
+    if let Some(leader) = error.leader_hint() {
+        insert_leader(&mut status, leader, addresses);
+    }
+    status
 }
 
 fn invalid(message: String) -> Status {
-    status_with(Code::InvalidArgument, "InvalidArgument", message, None)
+    status_with(Code::InvalidArgument, "InvalidArgument", message)
 }
 
 fn valid_peer_text(text: &str) -> bool {
@@ -183,6 +201,7 @@ fn names(peers: impl IntoIterator<Item = PeerId>) -> Vec<String> {
 /// The server side: answers CLI calls with this process's nodes.
 pub(crate) struct CliService {
     nodes: Arc<dyn CliNodes>,
+    addresses: AddressBook,
     /// Options of the client a `Rebalance` call drives.
     client_options: CliOptions,
 }
@@ -190,6 +209,7 @@ pub(crate) struct CliService {
 impl CliService {
     pub(crate) fn new(nodes: Arc<dyn CliNodes>) -> CliService {
         CliService {
+            addresses: nodes.addresses(),
             nodes,
             client_options: CliOptions::default(),
         }
@@ -208,7 +228,6 @@ impl CliService {
                 Code::NotFound,
                 "NoSuchGroup",
                 format!("no group {group} on this process"),
-                None,
             )
         })
     }
@@ -220,15 +239,41 @@ impl CliService {
             Ok(node)
         } else {
             let leader = node.leader_id().filter(|l| l != node.peer_id());
-            Err(status_of(&NodeError::Raft(RaftError::NotLeader { leader })))
+            Err(self.status(&NodeError::Raft(RaftError::NotLeader { leader })))
         }
     }
-}
 
-fn done(result: Result<(), NodeError>) -> Result<Response<proto::Done>, Status> {
-    result
-        .map(|()| Response::new(proto::Done {}))
-        .map_err(|e| status_of(&e))
+    fn status(&self, error: &NodeError) -> Status {
+        status_of(error, &self.addresses)
+    }
+
+    fn done(&self, result: Result<(), NodeError>) -> Result<Response<proto::Done>, Status> {
+        result
+            .map(|()| Response::new(proto::Done {}))
+            .map_err(|e| self.status(&e))
+    }
+
+    /// A reply naming `leader` by id and address.
+    fn leader_reply(&self, leader: Option<&PeerId>) -> proto::LeaderReply {
+        proto::LeaderReply {
+            leader: leader.map(|l| l.as_str().to_owned()).unwrap_or_default(),
+            address: leader
+                .and_then(|l| self.addresses.resolve(l))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A reply naming `peers` by id, with their addresses (empty where unknown).
+    fn peers_reply(&self, peers: impl IntoIterator<Item = PeerId>) -> proto::PeersReply {
+        let peers: Vec<PeerId> = peers.into_iter().collect();
+        proto::PeersReply {
+            addresses: peers
+                .iter()
+                .map(|p| self.addresses.resolve(p).unwrap_or_default())
+                .collect(),
+            peers: names(peers),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -240,7 +285,7 @@ impl proto::cli_server::Cli for CliService {
         let r = request.into_inner();
         let peer = parse_peer("peer", &r.peer)?;
         let node = self.node(r.group)?;
-        done(if r.force {
+        self.done(if r.force {
             node.add_peer_forced(peer).await
         } else {
             node.add_peer(peer).await
@@ -254,7 +299,7 @@ impl proto::cli_server::Cli for CliService {
         let r = request.into_inner();
         let peer = parse_peer("peer", &r.peer)?;
         let node = self.node(r.group)?;
-        done(if r.force {
+        self.done(if r.force {
             node.remove_peer_forced(peer).await
         } else {
             node.remove_peer(peer).await
@@ -271,7 +316,7 @@ impl proto::cli_server::Cli for CliService {
             return Err(invalid("peers: the new voters may not be empty".into()));
         }
         let node = self.node(r.group)?;
-        done(if r.force {
+        self.done(if r.force {
             node.change_peers_forced(peers).await
         } else {
             node.change_peers(peers).await
@@ -284,7 +329,7 @@ impl proto::cli_server::Cli for CliService {
     ) -> Result<Response<proto::Done>, Status> {
         let r = request.into_inner();
         let peers = parse_peers(&r.peers)?;
-        done(self.node(r.group)?.add_learners(peers).await)
+        self.done(self.node(r.group)?.add_learners(peers).await)
     }
 
     async fn remove_learners(
@@ -293,7 +338,7 @@ impl proto::cli_server::Cli for CliService {
     ) -> Result<Response<proto::Done>, Status> {
         let r = request.into_inner();
         let peers = parse_peers(&r.peers)?;
-        done(self.node(r.group)?.remove_learners(peers).await)
+        self.done(self.node(r.group)?.remove_learners(peers).await)
     }
 
     async fn reset_learners(
@@ -309,11 +354,11 @@ impl proto::cli_server::Cli for CliService {
         if !gone.is_empty() {
             node.remove_learners(gone)
                 .await
-                .map_err(|e| status_of(&e))?;
+                .map_err(|e| self.status(&e))?;
         }
         if !new.is_empty() {
             // The removals committed: a failure now leaves a state the caller must check.
-            node.add_learners(new).await.map_err(|e| status_of(&e))?;
+            node.add_learners(new).await.map_err(|e| self.status(&e))?;
         }
         Ok(Response::new(proto::Done {}))
     }
@@ -324,7 +369,7 @@ impl proto::cli_server::Cli for CliService {
     ) -> Result<Response<proto::Done>, Status> {
         let r = request.into_inner();
         let peer = parse_peer("peer", &r.peer)?;
-        done(self.node(r.group)?.promote_learner(peer).await)
+        self.done(self.node(r.group)?.promote_learner(peer).await)
     }
 
     async fn reset_peers(
@@ -357,7 +402,7 @@ impl proto::cli_server::Cli for CliService {
                 "reset-peers refused"
             ),
         }
-        done(result)
+        self.done(result)
     }
 
     async fn transfer_leader(
@@ -374,10 +419,8 @@ impl proto::cli_server::Cli for CliService {
             .node(r.group)?
             .transfer_leadership(target)
             .await
-            .map_err(|e| status_of(&e))?;
-        Ok(Response::new(proto::LeaderReply {
-            leader: leader.as_str().to_owned(),
-        }))
+            .map_err(|e| self.status(&e))?;
+        Ok(Response::new(self.leader_reply(Some(&leader))))
     }
 
     async fn snapshot(
@@ -389,7 +432,7 @@ impl proto::cli_server::Cli for CliService {
             .node(r.group)?
             .snapshot()
             .await
-            .map_err(|e| status_of(&e))?;
+            .map_err(|e| self.status(&e))?;
         Ok(Response::new(proto::SnapshotReply { index: index.0 }))
     }
 
@@ -398,10 +441,7 @@ impl proto::cli_server::Cli for CliService {
         request: Request<proto::GroupRequest>,
     ) -> Result<Response<proto::LeaderReply>, Status> {
         let node = self.node(request.into_inner().group)?;
-        let leader = node.leader_id().map(|l| l.as_str().to_owned());
-        Ok(Response::new(proto::LeaderReply {
-            leader: leader.unwrap_or_default(),
-        }))
+        Ok(Response::new(self.leader_reply(node.leader_id().as_ref())))
     }
 
     async fn get_peers(
@@ -409,9 +449,7 @@ impl proto::cli_server::Cli for CliService {
         request: Request<proto::GroupRequest>,
     ) -> Result<Response<proto::PeersReply>, Status> {
         let node = self.leader_node(request.into_inner().group)?;
-        Ok(Response::new(proto::PeersReply {
-            peers: names(node.list_peers()),
-        }))
+        Ok(Response::new(self.peers_reply(node.list_peers())))
     }
 
     async fn get_alive_peers(
@@ -424,9 +462,7 @@ impl proto::cli_server::Cli for CliService {
             .list_alive_peers()
             .into_iter()
             .filter(|p| voters.contains(p));
-        Ok(Response::new(proto::PeersReply {
-            peers: names(alive),
-        }))
+        Ok(Response::new(self.peers_reply(alive)))
     }
 
     async fn get_learners(
@@ -434,9 +470,7 @@ impl proto::cli_server::Cli for CliService {
         request: Request<proto::GroupRequest>,
     ) -> Result<Response<proto::PeersReply>, Status> {
         let node = self.leader_node(request.into_inner().group)?;
-        Ok(Response::new(proto::PeersReply {
-            peers: names(node.list_learners()),
-        }))
+        Ok(Response::new(self.peers_reply(node.list_learners())))
     }
 
     async fn get_alive_learners(
@@ -449,9 +483,7 @@ impl proto::cli_server::Cli for CliService {
             .list_alive_peers()
             .into_iter()
             .filter(|p| learners.contains(p));
-        Ok(Response::new(proto::PeersReply {
-            peers: names(alive),
-        }))
+        Ok(Response::new(self.peers_reply(alive)))
     }
 
     async fn rebalance(
@@ -462,13 +494,16 @@ impl proto::cli_server::Cli for CliService {
         if groups.len() > MAX_PEERS_PER_REQUEST * 16 {
             return Err(invalid(format!("groups: {} named", groups.len())));
         }
-        // Every process that votes in one of these groups (peer ids are addresses), and
-        // this one; the client finds the leaders from there.
+        // The addresses of every process that votes in one of these groups, and this one;
+        // the client finds the leaders from there.
         let mut endpoints = BTreeSet::new();
         for group in &groups {
             if let Some(node) = self.nodes.node(*group) {
-                endpoints.insert(node.peer_id().clone());
-                endpoints.extend(node.list_peers());
+                let ids = std::iter::once(node.peer_id().clone()).chain(node.list_peers());
+                endpoints.extend(
+                    ids.filter_map(|id| self.addresses.resolve(&id))
+                        .map(|a| PeerId::new(&a)),
+                );
             }
         }
         let Some(first) = groups.first() else {
@@ -587,7 +622,7 @@ pub enum CliError {
         kind: String,
         /// The server's message.
         message: String,
-        /// The leader the server knew of.
+        /// The address of the leader the server knew of.
         leader: Option<PeerId>,
     },
     /// The operation was sent but its outcome is unknown (the connection broke or the call
@@ -631,14 +666,22 @@ impl CliError {
                     "InvalidArgument" => "InvalidArgument",
                     _ => "Refused",
                 };
-                status_with(*code, kind, message.clone(), leader.as_ref())
+                let mut status = status_with(*code, kind, message.clone());
+                // The client's hints are addresses (see `judge`).
+                if let Some(value) = leader
+                    .as_ref()
+                    .and_then(|l| MetadataValue::try_from(l.as_str()).ok())
+                {
+                    status.metadata_mut().insert(LEADER_KEY, value);
+                }
+                status
             }
-            CliError::Unknown(m) => status_with(Code::Unknown, "Unknown", m.clone(), None),
+            CliError::Unknown(m) => status_with(Code::Unknown, "Unknown", m.clone()),
             CliError::Unreachable(m) => {
-                status_with(Code::Unavailable, "Unreachable", m.clone(), None)
+                status_with(Code::Unavailable, "Unreachable", m.clone())
             }
             CliError::InvalidAnswer(m) => {
-                status_with(Code::Internal, "InvalidAnswer", m.clone(), None)
+                status_with(Code::Internal, "InvalidAnswer", m.clone())
             }
             CliError::InvalidArgument(m) => invalid(m.clone()),
         }
@@ -680,7 +723,7 @@ enum Effect {
 }
 
 /// A client of the CLI service for one group, over a list of endpoints (process
-/// addresses). It finds the leader (asking any endpoint, following hints), retries on "not
+/// addresses; the peers its calls name are peer ids, and so are the ones it answers). It finds the leader (asking any endpoint, following hints), retries on "not
 /// leader" with the hint and on connection failures with the next endpoint, within
 /// [`CliOptions::max_attempts`] and with back-off. Cheap to clone;
 /// [`CliClient::for_group`] shares the connections.
@@ -803,6 +846,14 @@ impl CliClient {
         Ok(GrpcCliClient::new(channel)
             .max_decoding_message_size(1024 * 1024)
             .max_encoding_message_size(1024 * 1024))
+    }
+
+    /// Routes the next calls to the leader at `address` (ignored when empty or invalid).
+    fn remember_leader(&self, address: &str) {
+        let address = (!address.is_empty())
+            .then(|| peer_answer(address).ok())
+            .flatten();
+        *lock(&self.leader) = address;
     }
 
     fn forget(&self, to: &PeerId) {
@@ -1000,7 +1051,7 @@ impl CliClient {
             {
                 Ok(reply) if !reply.leader.is_empty() => {
                     let leader = peer_answer(&reply.leader)?;
-                    *lock(&self.leader) = Some(leader.clone());
+                    self.remember_leader(&reply.address);
                     return Ok(leader);
                 }
                 Ok(_) => {
@@ -1177,7 +1228,7 @@ impl CliClient {
             })
             .await?;
         let leader = peer_answer(&reply.leader)?;
-        *lock(&self.leader) = Some(leader.clone());
+        self.remember_leader(&reply.address);
         Ok(leader)
     }
 

@@ -97,6 +97,9 @@ type Result<T> = std::result::Result<T, DecodeError>;
 pub fn encode_frame(frame: &Frame) -> proto::Frame {
     proto::Frame {
         from: frame.from.as_str().to_owned(),
+        to: frame.to.as_str().to_owned(),
+        cluster: frame.cluster,
+        from_address: frame.from_address.clone(),
         incarnation: frame.incarnation,
         messages: frame
             .messages
@@ -130,6 +133,9 @@ pub fn encode_frames(frame: &Frame, bytes_max: usize, messages_max: usize) -> En
     let messages_max = messages_max.max(1);
     let empty = || proto::Frame {
         from: frame.from.as_str().to_owned(),
+        to: frame.to.as_str().to_owned(),
+        cluster: frame.cluster,
+        from_address: frame.from_address.clone(),
         incarnation: frame.incarnation,
         messages: Vec::new(),
     };
@@ -366,6 +372,11 @@ fn encode_error(error: &RaftError) -> proto::RaftError {
 /// Decodes and validates a frame received from a peer.
 pub fn decode_frame(frame: proto::Frame) -> Result<Frame> {
     let from = peer(&frame.from).map_err(|e| e.at("from"))?;
+    let to = peer(&frame.to).map_err(|e| e.at("to"))?;
+    if !frame.from_address.is_empty() {
+        crate::identity::check_address(&frame.from_address)
+            .map_err(|e| DecodeError::new(e).at("from_address"))?;
+    }
     if frame.messages.len() > MAX_MESSAGES_PER_FRAME {
         return Err(DecodeError::new(format!(
             "{} messages, more than the limit of {MAX_MESSAGES_PER_FRAME}",
@@ -384,6 +395,9 @@ pub fn decode_frame(frame: proto::Frame) -> Result<Frame> {
     }
     Ok(Frame {
         from,
+        to,
+        cluster: frame.cluster,
+        from_address: frame.from_address,
         incarnation: frame.incarnation,
         messages,
     })
@@ -703,6 +717,8 @@ fn decode_error(error: proto::RaftError) -> Result<RaftError> {
 pub fn encode_snapshot_request(request: &SnapshotRequest) -> proto::SnapshotChunkRequest {
     use proto::snapshot_chunk_request::Part;
     proto::SnapshotChunkRequest {
+        to: request.to.as_str().to_owned(),
+        cluster: request.cluster,
         group: request.group,
         index: request.index.get(),
         term: request.term.get(),
@@ -725,6 +741,7 @@ pub fn encode_snapshot_request(request: &SnapshotRequest) -> proto::SnapshotChun
 pub fn decode_snapshot_request(request: proto::SnapshotChunkRequest) -> Result<SnapshotRequest> {
     use proto::snapshot_chunk_request::Part;
     let root = |e: DecodeError| e.rooted("snapshot_request");
+    let to = peer(&request.to).map_err(|e| root(e.at("to")))?;
     let part = match request
         .part
         .ok_or_else(|| root(DecodeError::missing("part")))?
@@ -757,6 +774,8 @@ pub fn decode_snapshot_request(request: proto::SnapshotChunkRequest) -> Result<S
         }
     };
     Ok(SnapshotRequest {
+        to,
+        cluster: request.cluster,
         group: request.group,
         index: LogIndex(request.index),
         term: Term(request.term),
@@ -1002,6 +1021,9 @@ mod tests {
     fn frame_of(bodies: Vec<MessageBody>) -> Frame {
         Frame {
             from: p("127.0.0.1:1"),
+            to: p("0123456789abcdef"),
+            cluster: 0xfeed_0000_0000_0001,
+            from_address: "127.0.0.1:1".into(),
             incarnation: 0x1234_5678_9abc_def0,
             messages: bodies
                 .into_iter()
@@ -1023,6 +1045,9 @@ mod tests {
 
     fn same(a: &Frame, b: &Frame) {
         assert_eq!(a.from, b.from);
+        assert_eq!(a.to, b.to);
+        assert_eq!(a.cluster, b.cluster);
+        assert_eq!(a.from_address, b.from_address);
         assert_eq!(a.incarnation, b.incarnation);
         assert_eq!(a.messages, b.messages);
     }
@@ -1062,6 +1087,16 @@ mod tests {
         decode_frame(frame)
             .expect_err("must be refused")
             .to_string()
+    }
+
+    #[test]
+    fn a_frame_names_its_receiver_and_announces_a_valid_address() {
+        let mut f = one_message();
+        f.to = String::new();
+        assert!(refused(f).contains("to: empty peer id"));
+        let mut f = one_message();
+        f.from_address = "no port here".into();
+        assert!(refused(f).contains("from_address"));
     }
 
     #[test]
@@ -1201,6 +1236,8 @@ mod tests {
 
     fn chunk_request(len_max: u32) -> SnapshotRequest {
         SnapshotRequest {
+            to: p("0123456789abcdef"),
+            cluster: 7,
             group: 3,
             index: LogIndex(40),
             term: Term(2),
@@ -1223,6 +1260,12 @@ mod tests {
             let wire = proto::SnapshotChunkRequest::decode(bytes.as_slice()).expect("decode");
             assert_eq!(decode_snapshot_request(wire).expect("valid"), request);
         }
+        let mut wire = encode_snapshot_request(&chunk_request(1));
+        wire.to = String::new();
+        assert_eq!(
+            decode_snapshot_request(wire).unwrap_err().to_string(),
+            "snapshot_request.to: empty peer id"
+        );
         let mut wire = encode_snapshot_request(&chunk_request(1));
         wire.part = None;
         assert_eq!(

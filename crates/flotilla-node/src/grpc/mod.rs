@@ -52,6 +52,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_raft::{PeerId, Rng};
+
+use crate::identity::AddressBook;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -111,6 +113,19 @@ pub trait FrameSink: Send + Sync + 'static {
     /// counted; raft retransmits). Must not block.
     fn deliver(&self, frame: Frame) -> Result<(), Frame>;
 
+    /// Refuses a frame meant for another receiver (peer id or cluster), saying why: the
+    /// server then ends the stream with `FAILED_PRECONDITION`. The default admits all.
+    fn admit(&self, frame: &Frame) -> Result<(), String> {
+        let _ = frame;
+        Ok(())
+    }
+
+    /// Records the address an admitted, delivered frame's sender announced. The default
+    /// records nothing.
+    fn learn_address(&self, frame: &Frame) {
+        let _ = frame;
+    }
+
     /// The service answering `FetchSnapshot` calls, if this sink's process serves
     /// snapshots. The default serves none: such a server answers `UNIMPLEMENTED`.
     fn snapshot_service(&self) -> Option<SnapshotService> {
@@ -128,6 +143,14 @@ pub trait FrameSink: Send + Sync + 'static {
 impl FrameSink for Inbox {
     fn deliver(&self, frame: Frame) -> Result<(), Frame> {
         Inbox::deliver(self, frame)
+    }
+
+    fn admit(&self, frame: &Frame) -> Result<(), String> {
+        Inbox::admit(self, frame)
+    }
+
+    fn learn_address(&self, frame: &Frame) {
+        Inbox::learn_address(self, frame);
     }
 
     fn snapshot_service(&self) -> Option<SnapshotService> {
@@ -163,6 +186,13 @@ pub struct GrpcOptions {
     /// peers' servers must then be given a matching [`TlsConfig`] too
     /// ([`GrpcServer::with_tls`]).
     pub tls: Option<TlsConfig>,
+    /// Where peers are: the transport dials the address recorded for a frame's
+    /// destination id (an id with no entry that has the shape `host:port` is dialled as
+    /// itself). Share it with the manager ([`crate::ManagerOptions::addresses`]), which
+    /// fills it from what incoming frames announce.
+    pub addresses: AddressBook,
+    /// The address this process announces in every frame (`host:port`; `None`: none).
+    pub advertise: Option<String>,
 }
 
 impl Default for GrpcOptions {
@@ -177,6 +207,8 @@ impl Default for GrpcOptions {
             keepalive_timeout: Duration::from_secs(10),
             snapshot_fetch_timeout: Duration::from_secs(30),
             tls: None,
+            addresses: AddressBook::in_memory(),
+            advertise: None,
         }
     }
 }
@@ -239,11 +271,18 @@ impl TransportCounters {
     }
 }
 
-/// The endpoint of the process `to` (`host:port`). The scheme stays `http` with TLS too:
+/// The endpoint at `address` (`host:port`). The scheme stays `http` with TLS too:
 /// [`tls::Connector`] runs the handshake under HTTP/2.
-fn endpoint_of(to: &PeerId) -> Result<Endpoint, String> {
-    Endpoint::from_shared(format!("http://{to}"))
-        .map_err(|e| format!("{to} is not a valid address: {e}"))
+fn endpoint_at(address: &str) -> Result<Endpoint, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("{address} is not a valid address: {e}"))
+}
+
+/// Where to dial the process `to`, from the address book.
+fn address_of(addresses: &AddressBook, to: &PeerId) -> Result<String, String> {
+    addresses
+        .resolve(to)
+        .ok_or_else(|| format!("no address is known for peer {to}"))
 }
 
 /// A channel over `endpoint`, through TLS when `tls` is set, connecting on first use.
@@ -287,7 +326,7 @@ struct TransportInner {
     queues: Mutex<HashMap<PeerId, mpsc::Sender<Frame>>>,
     /// Per destination, the channel snapshot fetches use (connects lazily, reconnects on
     /// the next call after a failure).
-    fetch_channels: Mutex<HashMap<PeerId, Channel>>,
+    fetch_channels: Mutex<HashMap<PeerId, (String, Channel)>>,
 }
 
 impl TransportInner {
@@ -298,17 +337,20 @@ impl TransportInner {
             .fetch_channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(to) {
-            return Ok(channel.clone());
+        let address = address_of(&self.options.addresses, to)?;
+        if let Some((at, channel)) = channels.get(to) {
+            if *at == address {
+                return Ok(channel.clone());
+            }
         }
-        let endpoint = endpoint_of(to)?
+        let endpoint = endpoint_at(&address)?
             .connect_timeout(self.options.connect_timeout)
             .timeout(self.options.snapshot_fetch_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.options.keepalive_interval)
             .keep_alive_timeout(self.options.keepalive_timeout);
         let channel = lazy_channel(&endpoint, self.options.tls.as_ref());
-        channels.insert(to.clone(), channel.clone());
+        channels.insert(to.clone(), (address, channel.clone()));
         Ok(channel)
     }
 
@@ -436,7 +478,10 @@ impl GrpcTransport {
 }
 
 impl Transport for GrpcTransport {
-    fn send(&self, to: &PeerId, frame: Frame) {
+    fn send(&self, to: &PeerId, mut frame: Frame) {
+        if let Some(advertise) = &self.inner.options.advertise {
+            frame.from_address.clone_from(advertise);
+        }
         let mut queues = self.lock();
         let queue = match queues.get(to) {
             Some(queue) if !queue.is_closed() => queue,
@@ -538,27 +583,49 @@ async fn connection(
     metrics: Arc<TransportMetrics>,
     seed: u64,
 ) {
-    let endpoint = match endpoint_of(&to) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(options.keepalive_interval)
-            .keep_alive_timeout(options.keepalive_timeout)
-            .keep_alive_while_idle(true),
-        Err(error) => {
-            tracing::error!(to = %to, %error, "destination is not a valid address: its frames are dropped");
-            while queue.recv().await.is_some() {
-                bump(&counters.frames_dropped_other);
-            }
-            return;
-        }
-    };
     let mut backoff = Backoff::new(&options, seed);
+    let mut unknown_logged = false;
     loop {
         let started = Instant::now();
-        match stream_to(&to, &endpoint, &mut queue, &options, &counters, &metrics).await {
-            Ended::QueueClosed => return,
-            Ended::Broken => {}
+        // Resolved at every attempt: a peer that moved is dialled at its new address.
+        let resolved = address_of(&options.addresses, &to).and_then(|address| {
+            endpoint_at(&address).map(|endpoint| {
+                let endpoint = endpoint
+                    .connect_timeout(options.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(options.keepalive_interval)
+                    .keep_alive_timeout(options.keepalive_timeout)
+                    .keep_alive_while_idle(true);
+                (address, endpoint)
+            })
+        });
+        match resolved {
+            Ok((address, endpoint)) => {
+                unknown_logged = false;
+                let at = Destination {
+                    id: &to,
+                    address: &address,
+                    addresses: &options.addresses,
+                };
+                match stream_to(&at, &endpoint, &mut queue, &options, &counters, &metrics).await
+                {
+                    Ended::QueueClosed => return,
+                    Ended::Broken => {}
+                }
+            }
+            Err(error) => {
+                if !unknown_logged {
+                    tracing::warn!(to = %to, %error, "cannot dial peer: its frames are dropped until its address is known");
+                    unknown_logged = true;
+                }
+                // Drop what is queued (raft retransmits) until the address is learned.
+                while let Ok(_frame) = queue.try_recv() {
+                    bump(&counters.frames_dropped_other);
+                }
+                if queue.is_closed() && queue.is_empty() {
+                    return;
+                }
+            }
         }
         if started.elapsed() >= STABLE_CONNECTION {
             backoff.reset();
@@ -566,6 +633,27 @@ async fn connection(
         let delay = backoff.delay();
         tracing::debug!(to = %to, ?delay, "reconnecting after back-off");
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// The peer a connection streams to, and where.
+struct Destination<'a> {
+    id: &'a PeerId,
+    address: &'a str,
+    addresses: &'a AddressBook,
+}
+
+impl Destination<'_> {
+    /// True once the address book records another address for the peer (it moved).
+    fn moved(&self, version: &mut u64) -> bool {
+        let now = self.addresses.version();
+        if now == *version {
+            return false;
+        }
+        *version = now;
+        self.addresses
+            .resolve(self.id)
+            .is_some_and(|address| address != self.address)
     }
 }
 
@@ -586,13 +674,15 @@ impl ConnectFailure {
 
 /// One connection: opens the stream and writes queued frames on it until it breaks.
 async fn stream_to(
-    to: &PeerId,
+    at: &Destination<'_>,
     endpoint: &Endpoint,
     queue: &mut mpsc::Receiver<Frame>,
     options: &GrpcOptions,
     counters: &TransportCounters,
     metrics: &TransportMetrics,
 ) -> Ended {
+    let to = at.id;
+    let mut version = at.addresses.version();
     let with_tls = options.tls.is_some();
     let opening = async {
         let channel = connect_channel(endpoint, options.tls.as_ref())
@@ -615,7 +705,7 @@ async fn stream_to(
             bump(&counters.connect_failures);
             match &failure.tls {
                 Some(reason) => counters.tls_failed(to, reason),
-                None => tracing::debug!(to = %to, error = %failure.text, "connecting failed"),
+                None => tracing::debug!(to = %to, address = at.address, error = %failure.text, "connecting failed"),
             }
             return Ended::Broken;
         }
@@ -632,6 +722,11 @@ async fn stream_to(
         tokio::select! {
             frame = queue.recv() => {
                 let Some(frame) = frame else { return Ended::QueueClosed };
+                if at.moved(&mut version) {
+                    bump(&counters.frames_dropped_other);
+                    tracing::info!(to = %to, from_address = at.address, "peer moved: reconnecting at its new address");
+                    return Ended::Broken;
+                }
                 if !send_cut(to, &frame, &tx, counters, metrics).await {
                     return Ended::Broken;
                 }
@@ -643,7 +738,7 @@ async fn stream_to(
                     return Ended::Broken;
                 }
                 Err(status) => {
-                    tracing::warn!(to = %to, code = ?status.code(), message = status.message(), "stream failed");
+                    tracing::warn!(to = %to, address = at.address, code = ?status.code(), message = status.message(), "stream failed");
                     return Ended::Broken;
                 }
             },
@@ -1106,6 +1201,13 @@ async fn receive(
             }
             Some(_) => {}
         }
+        if let Err(why) = sink.admit(&frame) {
+            // The sender dialled an address that another peer holds now (or is of another
+            // cluster): ending the stream tells it, and it retries after a back-off.
+            let _ = responses.send(Err(Status::failed_precondition(why))).await;
+            return;
+        }
+        sink.learn_address(&frame);
         match sink.deliver(frame) {
             Ok(()) => bump(&counters.frames_delivered),
             Err(frame) => {

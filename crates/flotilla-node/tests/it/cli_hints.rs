@@ -119,6 +119,7 @@ impl proto::cli_server::Cli for Stub {
         if self.leads() {
             Ok(Response::new(proto::PeersReply {
                 peers: self.peers.clone(),
+                addresses: self.peers.clone(),
             }))
         } else {
             Err(self.not_leader())

@@ -24,6 +24,9 @@ use super::cluster::{sink_server, temp_root};
 fn beacon(from: &str) -> Frame {
     codec::decode_frame(proto::Frame {
         from: from.to_owned(),
+        to: "to".to_owned(),
+        cluster: 0,
+        from_address: String::new(),
         incarnation: 1,
         messages: Vec::new(),
     })

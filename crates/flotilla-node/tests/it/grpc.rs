@@ -32,6 +32,9 @@ async fn serve_on(address: &str) -> (ServerHandle, mpsc::Receiver<Frame>) {
 fn numbered(from: &PeerId, to: &PeerId, seq: u64) -> Frame {
     Frame {
         from: from.clone(),
+        to: to.clone(),
+        cluster: 0,
+        from_address: String::new(),
         incarnation: 0,
         messages: vec![(
             seq % 7,
@@ -281,6 +284,9 @@ async fn garbage_is_refused_and_other_peers_keep_working() {
     // Decodable but invalid (no sender): refused, naming the field.
     let invalid = proto::Frame {
         from: String::new(),
+        to: "to".to_owned(),
+        cluster: 0,
+        from_address: String::new(),
         incarnation: 0,
         messages: vec![],
     }
@@ -330,6 +336,9 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
         &to,
         Frame {
             from: me.clone(),
+            to: to.clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 0,
             messages: vec![(
                 1,

@@ -193,8 +193,10 @@ async fn a_new_peer_installs_a_snapshot_over_grpc() {
     cluster.shutdown().await;
 }
 
-fn manifest_request(group: u64, index: u64, term: u64) -> SnapshotRequest {
+fn manifest_request(to: &PeerId, group: u64, index: u64, term: u64) -> SnapshotRequest {
     SnapshotRequest {
+        to: to.clone(),
+        cluster: 0,
         group,
         index: LogIndex(index),
         term: Term(term),
@@ -215,14 +217,14 @@ async fn fetching_a_snapshot_that_is_not_there_fails_clearly() {
     // The real one is served.
     let term = node.status().term.get();
     let manifest = client
-        .fetch_snapshot(&me, manifest_request(GROUP, at.get(), term))
+        .fetch_snapshot(&me, manifest_request(&me, GROUP, at.get(), term))
         .await
         .expect("the snapshot that is there");
     assert!(!manifest.is_empty());
 
     // Another index, another group: refused by the peer, saying what is missing.
     let error = client
-        .fetch_snapshot(&me, manifest_request(GROUP, 999, 9))
+        .fetch_snapshot(&me, manifest_request(&me, GROUP, 999, 9))
         .await
         .expect_err("no such snapshot");
     assert!(
@@ -232,7 +234,7 @@ async fn fetching_a_snapshot_that_is_not_there_fails_clearly() {
         "{error}"
     );
     let error = client
-        .fetch_snapshot(&me, manifest_request(GROUP + 1, at.get(), term))
+        .fetch_snapshot(&me, manifest_request(&me, GROUP + 1, at.get(), term))
         .await
         .expect_err("no such group");
     assert!(
@@ -248,18 +250,41 @@ async fn fetching_a_snapshot_that_is_not_there_fails_clearly() {
                     offset: 0,
                     len_max: 16,
                 },
-                ..manifest_request(GROUP, at.get(), term)
+                ..manifest_request(&me, GROUP, at.get(), term)
             },
         )
         .await
         .expect_err("no such file");
     assert!(error.contains("no-such-file"), "{error}");
+    // A fetch meant for another peer id or cluster is refused, whatever it asks for.
+    let error = client
+        .fetch_snapshot(
+            &me,
+            SnapshotRequest {
+                to: PeerId::new("0123456789abcdef"),
+                ..manifest_request(&me, GROUP, at.get(), term)
+            },
+        )
+        .await
+        .expect_err("another peer's fetch");
+    assert!(error.contains("meant for peer 0123456789abcdef"), "{error}");
+    let error = client
+        .fetch_snapshot(
+            &me,
+            SnapshotRequest {
+                cluster: 42,
+                ..manifest_request(&me, GROUP, at.get(), term)
+            },
+        )
+        .await
+        .expect_err("another cluster's fetch");
+    assert!(error.contains("meant for cluster 000000000000002a"), "{error}");
     let stats = client.stats();
     assert_eq!(stats.snapshot_parts_fetched, 1, "{stats:?}");
-    assert_eq!(stats.snapshot_fetch_failures, 3, "{stats:?}");
+    assert_eq!(stats.snapshot_fetch_failures, 5, "{stats:?}");
     assert_eq!(
         cluster.processes[0].server.stats().snapshot_fetches_refused,
-        3
+        5
     );
 
     // An invalid request (no part) is refused naming the field.
@@ -271,6 +296,8 @@ async fn fetching_a_snapshot_that_is_not_there_fails_clearly() {
     let mut raw = proto::raft_client::RaftClient::new(channel);
     let status = raw
         .fetch_snapshot(proto::SnapshotChunkRequest {
+            to: me.as_str().to_owned(),
+            cluster: 0,
             group: GROUP,
             index: at.get(),
             term,
@@ -308,7 +335,7 @@ async fn fetches_from_a_process_without_snapshots_or_a_silent_one_fail() {
         ..GrpcOptions::default()
     });
     let error = client
-        .fetch_snapshot(&to, manifest_request(1, 5, 1))
+        .fetch_snapshot(&to, manifest_request(&to, 1, 5, 1))
         .await
         .expect_err("no snapshot service");
     assert!(
@@ -330,7 +357,7 @@ async fn fetches_from_a_process_without_snapshots_or_a_silent_one_fail() {
     });
     let started = std::time::Instant::now();
     let error = client
-        .fetch_snapshot(&silent_at, manifest_request(1, 5, 1))
+        .fetch_snapshot(&silent_at, manifest_request(&silent_at, 1, 5, 1))
         .await
         .expect_err("no answer");
     assert!(started.elapsed() < Duration::from_secs(5), "{error}");

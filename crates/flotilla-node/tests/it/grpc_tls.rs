@@ -344,6 +344,7 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
 fn empty_frame(from: &str) -> Frame {
     codec::decode_frame(proto::Frame {
         from: from.to_owned(),
+        to: "receiver".to_owned(),
         ..proto::Frame::default()
     })
     .expect("a valid frame")

@@ -288,7 +288,7 @@ async fn metrics_text_is_valid_and_counts_the_work() {
         assert!(described.contains("committed="), "{described}");
         assert!(described.contains("proposals_pending="), "{described}");
         assert!(
-            described.contains(manager.address().as_str()),
+            described.contains(manager.id().as_str()),
             "{described}"
         );
     }

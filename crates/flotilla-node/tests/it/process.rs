@@ -257,7 +257,7 @@ async fn serve_child(
     let server = raft.serve_with_cli(Arc::new(manager.inbox()), manager.clone());
     println!(
         "{READY} raft={} control={control_addr} fresh={}",
-        manager.address(),
+        manager.id(),
         manager.was_fresh()
     );
     let state = Arc::new(ChildState {

@@ -93,6 +93,9 @@ async fn more_messages_than_one_frame_holds_all_arrive_in_order() {
         &to,
         Frame {
             from: me.clone(),
+            to: to.clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 7,
             messages,
         },
@@ -102,6 +105,9 @@ async fn more_messages_than_one_frame_holds_all_arrive_in_order() {
         &to,
         Frame {
             from: me.clone(),
+            to: to.clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 7,
             messages: vec![(1, heartbeat(&me, &to, count as u64))],
         },
@@ -144,6 +150,9 @@ async fn more_bytes_than_one_frame_holds_are_cut_and_an_oversized_message_droppe
         &to,
         Frame {
             from: me.clone(),
+            to: to.clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 7,
             messages,
         },
@@ -291,6 +300,9 @@ async fn a_message_naming_another_sender_than_its_frame_is_dropped() {
         .inbox()
         .deliver(Frame {
             from: cluster.peers[outsider].clone(),
+            to: manager.id().clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 1,
             messages: vec![(1, forged)],
         })
@@ -313,6 +325,9 @@ async fn a_message_naming_another_sender_than_its_frame_is_dropped() {
         .inbox()
         .deliver(Frame {
             from: cluster.peers[outsider].clone(),
+            to: manager.id().clone(),
+            cluster: 0,
+            from_address: String::new(),
             incarnation: 1,
             messages: vec![(1, misaddressed)],
         })
