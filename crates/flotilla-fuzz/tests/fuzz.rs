@@ -264,6 +264,9 @@ fn a_configuration_without_voters_is_refused_at_the_wire() {
     };
     let frame = Frame {
         from: PeerId::new("n3"),
+        to: PeerId::new("n1"),
+        cluster: 0,
+        from_address: String::new(),
         incarnation: 1,
         messages: vec![(0, message)],
     };

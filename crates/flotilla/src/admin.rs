@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use flotilla_kv::client::KvClient;
 use flotilla_kv::service::proto::RegionInfo;
 use flotilla_node::grpc::{CliClient, CliError, CliOptions};
-use flotilla_node::PeerId;
+use flotilla_node::{PeerId, StoreId};
 use serde_json::{json, Value};
 
 use crate::config::FileConfig;
@@ -40,11 +40,12 @@ pub struct AdminArgs {
 pub enum AdminOp {
     /// Every region: range, epoch, leader, term, peers, learners, indexes.
     Status,
-    /// Adds the store at PEER to the regions (it must run, empty or not).
+    /// Adds the store PEER (a store id, or the address of a running store) to the regions
+    /// (it must run, empty or not).
     AddPeer { peer: String },
-    /// Removes the store at PEER from the regions.
+    /// Removes the store PEER (a store id or an address) from the regions.
     RemovePeer { peer: String },
-    /// Makes the regions' voters exactly A,B,C.
+    /// Makes the regions' voters exactly A,B,C (store ids or addresses).
     ChangePeers {
         #[arg(value_delimiter = ',')]
         peers: Vec<String>,
@@ -89,27 +90,92 @@ fn cli_failure(error: CliError) -> Failure {
     }
 }
 
-fn peer_arg(text: &str) -> Result<PeerId, Failure> {
-    let text = text.trim();
-    if text.is_empty() || text.len() > 255 || !text.contains(':') {
-        return Err(Failure::usage(format!(
-            "{text:?} is not a store address HOST:PORT"
-        )));
-    }
-    Ok(PeerId::new(text))
+/// A store named on the command line: its id, and its address when known.
+#[derive(Clone, Debug)]
+struct StoreRef {
+    id: PeerId,
+    address: Option<String>,
 }
 
-/// A comma-separated list of store addresses for `command`: at least one, each checked.
-fn peer_list(peers: &[String], command: &str) -> Result<Vec<PeerId>, Failure> {
-    let peers: Vec<PeerId> = peers
-        .iter()
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| peer_arg(p))
-        .collect::<Result<_, _>>()?;
-    if peers.is_empty() {
+impl std::fmt::Display for StoreRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.address {
+            Some(address) => write!(f, "{} ({address})", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+/// Every store the cluster knows: store id → address, from the stores' address books and
+/// their own answers.
+type Directory = BTreeMap<String, String>;
+
+/// A store named by its id (16 hex digits) or its address (HOST:PORT): an address is
+/// asked who it is (the store answering there, whatever store used to be there).
+async fn peer_arg(client: &KvClient, directory: &Directory, text: &str) -> Result<StoreRef, Failure> {
+    let text = text.trim();
+    if let Ok(id) = StoreId::parse(text) {
+        return Ok(StoreRef {
+            id: id.peer_id(),
+            address: directory.get(&id.to_string()).cloned(),
+        });
+    }
+    if flotilla_node::identity::check_address(text).is_err() {
+        return Err(Failure::usage(format!(
+            "{text:?} is neither a store id (16 hex digits) nor an address HOST:PORT"
+        )));
+    }
+    let reply = client.hello(text).await.map_err(|e| {
+        let mut failure = Failure::from(e);
+        failure.message = format!(
+            "cannot ask {text} which store it is (is `flotilla server --addr {text}` running?): {}",
+            failure.message
+        );
+        failure
+    })?;
+    let id = reply
+        .store
+        .as_ref()
+        .and_then(|s| StoreId::parse(&s.id).ok())
+        .ok_or_else(|| Failure::failed("InvalidAnswer", format!("{text} named no valid store id")))?;
+    Ok(StoreRef {
+        id: id.peer_id(),
+        address: Some(text.to_string()),
+    })
+}
+
+/// A comma-separated list of stores for `command`: at least one, each resolved.
+async fn peer_list(
+    client: &KvClient,
+    directory: &Directory,
+    peers: &[String],
+    command: &str,
+) -> Result<Vec<StoreRef>, Failure> {
+    let mut out = Vec::new();
+    for text in peers.iter().filter(|p| !p.trim().is_empty()) {
+        out.push(peer_arg(client, directory, text).await?);
+    }
+    if out.is_empty() {
         return Err(Failure::usage(format!("{command} needs at least one peer")));
     }
-    Ok(peers)
+    Ok(out)
+}
+
+fn ids(stores: &[StoreRef]) -> Vec<PeerId> {
+    stores.iter().map(|s| s.id.clone()).collect()
+}
+
+/// The address of `store`, needed for a call made on it.
+fn address_of(store: &StoreRef) -> Result<String, Failure> {
+    store.address.clone().ok_or_else(|| {
+        Failure::failed(
+            "NoAddress",
+            format!(
+                "no store knows where store {} is: name it by its address instead",
+                store.id
+            ),
+        )
+    })
 }
 
 /// Runs the operation; returns the exit code.
@@ -142,8 +208,9 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
 }
 
 /// The merged view of every region: for each, the report of the store that leads it with
-/// the highest term (or else the highest term seen).
-async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>) {
+/// the highest term (or else the highest term seen); every store asked; where every store
+/// is.
+async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>, Directory) {
     let (replies, errors) = client.stores().await;
     let mut best: BTreeMap<u64, RegionInfo> = BTreeMap::new();
     for reply in &replies {
@@ -155,14 +222,33 @@ async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>) {
             }
         }
     }
+    let mut directory = Directory::new();
+    for reply in &replies {
+        for store in &reply.stores {
+            if StoreId::parse(&store.id).is_ok() && !store.address.is_empty() {
+                directory.entry(store.id.clone()).or_insert_with(|| store.address.clone());
+            }
+        }
+    }
+    // A store's own word on where it is wins.
+    for reply in &replies {
+        directory.insert(reply.store_id.clone(), reply.store.clone());
+    }
     let mut stores: Vec<Value> = replies
         .iter()
-        .map(|r| json!({"address": r.store, "reachable": true, "regions": r.regions.len()}))
+        .map(|r| {
+            json!({"id": r.store_id, "address": r.store, "reachable": true,
+                   "cluster": format!("{:016x}", r.cluster), "regions": r.regions.len()})
+        })
         .collect();
-    stores.extend(errors.iter().map(
-        |(address, e)| json!({"address": address, "reachable": false, "error": e.to_string()}),
-    ));
-    (best.into_values().collect(), stores)
+    stores.extend(errors.iter().map(|(address, e)| {
+        let id = directory
+            .iter()
+            .find(|(_, a)| *a == address)
+            .map_or(Value::Null, |(id, _)| Value::String(id.clone()));
+        json!({"id": id, "address": address, "reachable": false, "error": e.to_string()})
+    }));
+    (best.into_values().collect(), stores, directory)
 }
 
 /// A key for display: printable ASCII as is, other bytes as `\xNN`.
@@ -181,12 +267,20 @@ fn region_json(info: &RegionInfo) -> Value {
         "end": key_text(&info.end),
         "epoch": {"conf_version": info.conf_version, "version": info.version},
         "leader": if info.leader.is_empty() { Value::Null } else { Value::String(info.leader.clone()) },
+        "leader_id": if info.leader_id.is_empty() { Value::Null } else { Value::String(info.leader_id.clone()) },
         "term": info.term,
         "peers": info.peers,
+        "peer_ids": info.peer_ids,
         "learners": info.learners,
+        "learner_ids": info.learner_ids,
         "commit_index": info.commit_index,
         "applied_index": info.applied_index,
     })
+}
+
+/// `id@address` (`id@?` when the address is not known).
+fn named(id: &str, address: &str) -> String {
+    format!("{id}@{}", if address.is_empty() { "?" } else { address })
 }
 
 fn region_line(info: &RegionInfo) -> String {
@@ -197,10 +291,14 @@ fn region_line(info: &RegionInfo) -> String {
         key_text(&info.end),
         info.conf_version,
         info.version,
-        if info.leader.is_empty() { "-" } else { &info.leader },
+        if info.leader_id.is_empty() { "-".to_string() } else { named(&info.leader_id, &info.leader) },
         info.term,
-        info.peers.join(","),
-        if info.learners.is_empty() { "-".to_string() } else { info.learners.join(",") },
+        info.peer_ids.iter().zip(&info.peers).map(|(i, a)| named(i, a)).collect::<Vec<_>>().join(","),
+        if info.learner_ids.is_empty() {
+            "-".to_string()
+        } else {
+            info.learner_ids.iter().zip(&info.learners).map(|(i, a)| named(i, a)).collect::<Vec<_>>().join(",")
+        },
         info.commit_index,
         info.applied_index
     )
@@ -212,9 +310,9 @@ async fn execute(
     force: bool,
     op: AdminOp,
 ) -> Result<(Value, String), Failure> {
-    let (regions, stores) = status(client).await;
+    let (regions, stores, directory) = status(client).await;
     if let AdminOp::CloseRegion { store } = &op {
-        return close_region(client, &regions, only, store).await;
+        return close_region(client, &directory, &regions, only, store).await;
     }
     let regions: Vec<RegionInfo> = regions
         .into_iter()
@@ -245,14 +343,15 @@ async fn execute(
             human,
         ));
     }
-    // Every store known: the endpoints' views and the regions' members.
+    // Every store known, by address: the CLI client routes by address.
     let mut endpoints: Vec<PeerId> = Vec::new();
-    for info in &regions {
-        for peer in info.peers.iter().chain(&info.learners) {
-            let peer = PeerId::new(peer);
-            if !endpoints.contains(&peer) {
-                endpoints.push(peer);
-            }
+    let members = regions
+        .iter()
+        .flat_map(|info| info.peers.iter().chain(&info.learners));
+    for address in members.chain(directory.values()) {
+        let address = PeerId::new(address);
+        if !address.as_str().is_empty() && !endpoints.contains(&address) {
+            endpoints.push(address);
         }
     }
     let cli_options = CliOptions {
@@ -270,8 +369,9 @@ async fn execute(
     match op {
         AdminOp::Status | AdminOp::CloseRegion { .. } => {}
         AdminOp::ResetPeers { store, peers } => {
-            let store = peer_arg(&store)?;
-            let peers = peer_list(&peers, "reset-peers")?;
+            let store = peer_arg(client, &directory, &store).await?;
+            let on = PeerId::new(&address_of(&store)?);
+            let peers = peer_list(client, &directory, &peers, "reset-peers").await?;
             if !force {
                 return Err(Failure::usage(
                     "reset-peers replaces the voters without consensus and can lose \
@@ -280,63 +380,63 @@ async fn execute(
             }
             for info in &regions {
                 cli(info.id)?
-                    .reset_peers(&store, &peers)
+                    .reset_peers(&on, &ids(&peers))
                     .await
                     .map_err(cli_failure)?;
-                let names: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
+                let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
                 human.push(format!(
                     "region {}: voters on {store} reset to {}",
                     info.id,
                     names.join(",")
                 ));
-                done.push(json!({"region": info.id, "store": store.as_str(), "peers": names}));
+                done.push(json!({"region": info.id, "store": store.id.as_str(), "peers": names}));
             }
         }
         AdminOp::AddPeer { peer } => {
-            let peer = peer_arg(&peer)?;
+            let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
                 open_on(client, &peer, info).await?;
-                cli(info.id)?.add_peer(&peer).await.map_err(cli_failure)?;
+                cli(info.id)?.add_peer(&peer.id).await.map_err(cli_failure)?;
                 human.push(format!("region {}: added {peer}", info.id));
-                done.push(json!({"region": info.id, "added": peer.as_str()}));
+                done.push(json!({"region": info.id, "added": peer.id.as_str()}));
             }
         }
         AdminOp::AddLearner { peer } => {
-            let peer = peer_arg(&peer)?;
+            let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
                 open_on(client, &peer, info).await?;
                 cli(info.id)?
-                    .add_learners(std::slice::from_ref(&peer))
+                    .add_learners(std::slice::from_ref(&peer.id))
                     .await
                     .map_err(cli_failure)?;
                 human.push(format!("region {}: added learner {peer}", info.id));
-                done.push(json!({"region": info.id, "learner": peer.as_str()}));
+                done.push(json!({"region": info.id, "learner": peer.id.as_str()}));
             }
         }
         AdminOp::RemovePeer { peer } => {
-            let peer = peer_arg(&peer)?;
+            let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
                 cli(info.id)?
-                    .remove_peer(&peer)
+                    .remove_peer(&peer.id)
                     .await
                     .map_err(cli_failure)?;
                 human.push(format!("region {}: removed {peer}", info.id));
-                done.push(json!({"region": info.id, "removed": peer.as_str()}));
+                done.push(json!({"region": info.id, "removed": peer.id.as_str()}));
             }
         }
         AdminOp::ChangePeers { peers } => {
-            let peers = peer_list(&peers, "change-peers")?;
+            let peers = peer_list(client, &directory, &peers, "change-peers").await?;
             for info in &regions {
                 for peer in &peers {
-                    if !info.peers.iter().any(|p| p == peer.as_str()) {
+                    if !info.peer_ids.iter().any(|p| p == peer.id.as_str()) {
                         open_on(client, peer, info).await?;
                     }
                 }
                 cli(info.id)?
-                    .change_peers(&peers)
+                    .change_peers(&ids(&peers))
                     .await
                     .map_err(cli_failure)?;
-                let names: Vec<&str> = peers.iter().map(PeerId::as_str).collect();
+                let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
                 human.push(format!(
                     "region {}: peers are now {}",
                     info.id,
@@ -346,21 +446,21 @@ async fn execute(
             }
         }
         AdminOp::PromoteLearner { peer } => {
-            let peer = peer_arg(&peer)?;
+            let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
                 cli(info.id)?
-                    .promote_learner(&peer)
+                    .promote_learner(&peer.id)
                     .await
                     .map_err(cli_failure)?;
                 human.push(format!("region {}: promoted {peer}", info.id));
-                done.push(json!({"region": info.id, "promoted": peer.as_str()}));
+                done.push(json!({"region": info.id, "promoted": peer.id.as_str()}));
             }
         }
         AdminOp::TransferLeader { peer } => {
             let target = if peer == "any" {
                 None
             } else {
-                Some(peer_arg(&peer)?)
+                Some(peer_arg(client, &directory, &peer).await?.id)
             };
             for info in &regions {
                 let leader = cli(info.id)?
@@ -372,14 +472,15 @@ async fn execute(
             }
         }
         AdminOp::Snapshot { peer } => {
-            let peer = peer_arg(&peer)?;
+            let peer = peer_arg(client, &directory, &peer).await?;
+            let on = PeerId::new(&address_of(&peer)?);
             for info in &regions {
-                let index = cli(info.id)?.snapshot(&peer).await.map_err(cli_failure)?;
+                let index = cli(info.id)?.snapshot(&on).await.map_err(cli_failure)?;
                 human.push(format!(
                     "region {}: snapshot on {peer} at index {index}",
                     info.id
                 ));
-                done.push(json!({"region": info.id, "peer": peer.as_str(), "index": index}));
+                done.push(json!({"region": info.id, "peer": peer.id.as_str(), "index": index}));
             }
         }
         AdminOp::Rebalance => {
@@ -405,18 +506,20 @@ async fn execute(
 /// store as a member, e.g. one being added whose own peer has not heard of it yet.
 async fn close_region(
     client: &KvClient,
+    directory: &Directory,
     regions: &[RegionInfo],
     only: Option<u64>,
     store: &str,
 ) -> Result<(Value, String), Failure> {
     let id = only.ok_or_else(|| Failure::usage("close-region needs --region ID"))?;
-    let store = peer_arg(store)?;
+    let store = peer_arg(client, directory, store).await?;
+    let at = address_of(&store)?;
     if let Some(info) = regions.iter().find(|r| r.id == id) {
         let member = info
-            .peers
+            .peer_ids
             .iter()
-            .chain(&info.learners)
-            .any(|p| p == store.as_str());
+            .chain(&info.learner_ids)
+            .any(|p| p == store.id.as_str());
         if member {
             return Err(Failure::failed(
                 "RegionRefused",
@@ -429,29 +532,27 @@ async fn close_region(
             ));
         }
     }
-    client
-        .close_region(store.as_str(), id)
-        .await
-        .map_err(Failure::from)?;
+    client.close_region(&at, id).await.map_err(Failure::from)?;
     Ok((
         success(vec![(
             "done",
-            json!([{"region": id, "closed_on": store.as_str()}]),
+            json!([{"region": id, "closed_on": store.id.as_str()}]),
         )]),
         format!("region {id}: closed on {store}"),
     ))
 }
 
 /// Creates the empty peer of `info` on the store at `peer` (idempotent).
-async fn open_on(client: &KvClient, peer: &PeerId, info: &RegionInfo) -> Result<(), Failure> {
+async fn open_on(client: &KvClient, peer: &StoreRef, info: &RegionInfo) -> Result<(), Failure> {
+    let at = address_of(peer)?;
     client
-        .open_region(peer.as_str(), info.clone())
+        .open_region(&at, info.clone())
         .await
         .map(|_| ())
         .map_err(|e| {
             let mut failure = Failure::from(e);
             failure.message = format!(
-                "cannot open region {} on {peer} (is `flotilla server --addr {peer}` running?): {}",
+                "cannot open region {} on {peer} (is `flotilla server --addr {at}` running?): {}",
                 info.id, failure.message
             );
             failure

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct FileConfig {
     // server
     pub addr: Option<String>,
+    pub advertise_addr: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub peers: Option<Vec<String>>,
     pub regions: Option<u32>,

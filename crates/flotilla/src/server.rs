@@ -13,15 +13,24 @@ use crate::output::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 /// `flotilla server` flags.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Address to listen on, HOST:PORT: the store's peer id, serving peers, clients and
-    /// administration.
+    /// Address to listen on, HOST:PORT, serving peers, clients and administration. It may
+    /// change from one start to the next: the store is its data dir (a store id made with
+    /// it), not its address.
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// Address the other stores and clients reach this store at, HOST:PORT (host names
+    /// allowed), when it differs from --addr (behind a Docker bridge, in a pod)
+    /// [default: --addr].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_addr: Option<String>,
     /// Data directory (created if missing).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Initial members of a new cluster, this one included (the same list on each). Without
-    /// it, an empty store starts empty and waits to be added (`admin add-peer`).
+    /// Addresses of the initial members of a new cluster, this one's advertised address
+    /// included (the same list on each). A store in no cluster asks them: it bootstraps a
+    /// cluster with them only once every one answered that it is empty, else it joins
+    /// their cluster as a new, empty store (add it with `admin add-peer`). Without it, an
+    /// empty store waits to be added.
     #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
     peers: Option<Vec<String>>,
     /// Static regions a new cluster splits the key space into [default: 1].
@@ -88,6 +97,7 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .or_else(|| file.data_dir.clone())
         .ok_or("missing --data-dir DIR")?;
     let mut options = StoreOptions::new(addr, data_dir);
+    options.advertise = args.advertise_addr.or_else(|| file.advertise_addr.clone());
     options.peers = args
         .peers
         .or_else(|| file.peers.clone())
@@ -196,6 +206,8 @@ async fn beyond_loopback(address: &str) -> bool {
 async fn serve(options: StoreOptions) -> i32 {
     let data_dir = options.data_dir.clone();
     let plain_text = options.tls.is_none();
+    let has_peers = options.peers.is_some();
+    let listen = options.address.clone();
     let store = match Store::open(options).await {
         Ok(store) => store,
         Err(e) => {
@@ -208,8 +220,9 @@ async fn serve(options: StoreOptions) -> i32 {
     };
     let regions = store.regions().len();
     println!(
-        "flotilla server {}: data in {} ({}), {} region{}, cluster {}",
-        store.address(),
+        "flotilla server {}: store {}, data in {} ({}), {} region{}, cluster {}",
+        store.advertised_address(),
+        store.id(),
         data_dir.display(),
         if store.was_fresh() {
             "fresh"
@@ -218,33 +231,35 @@ async fn serve(options: StoreOptions) -> i32 {
         },
         regions,
         if regions == 1 { "" } else { "s" },
-        if store.cluster() == 0 {
+        if store.cluster() == 0 && has_peers {
+            "none yet: asking --peers".to_string()
+        } else if store.cluster() == 0 {
             "none yet: waiting to be added".to_string()
         } else {
             format!("{:016x}", store.cluster())
         },
     );
-    if plain_text && beyond_loopback(store.address().as_str()).await {
+    if plain_text && beyond_loopback(&listen).await {
         // Without TLS nothing tells a store from any other process: raft frames, admin
         // calls and writes are accepted from whoever connects (issue 12).
         eprintln!(
             "flotilla server {}: WARNING: listening beyond loopback without TLS: anyone who \
              can reach this port is trusted, raft traffic and administration included; use \
              --tls-ca/--tls-cert/--tls-key or a private network",
-            store.address()
+            store.advertised_address()
         );
     }
     println!(
         "serving raft, the KV and CLI services, and GET /metrics on {}",
-        store.address()
+        store.advertised_address()
     );
     wait_for_stop().await;
     println!(
         "flotilla server {}: stopping (handing leadership off)",
-        store.address()
+        store.advertised_address()
     );
     store.shutdown(Duration::from_secs(3)).await;
-    println!("flotilla server {}: stopped", store.address());
+    println!("flotilla server {}: stopped", store.advertised_address());
     EXIT_OK
 }
 

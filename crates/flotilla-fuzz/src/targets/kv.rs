@@ -8,9 +8,10 @@
 
 use bytes::Bytes;
 use flotilla_kv::engine::export::{ExportReader, ExportWriter};
-use flotilla_kv::store::meta::{HostedRegion, StoreMeta};
+use flotilla_kv::store::meta::{Bootstrap, HostedRegion, StoreMeta};
+use flotilla_node::StoreId;
 use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
-use flotilla_raft::{PeerId, Rng};
+use flotilla_raft::Rng;
 
 use crate::Target;
 
@@ -288,19 +289,24 @@ pub(crate) fn kv_export() -> Target {
 
 fn store_meta_seeds() -> Vec<Vec<u8>> {
     let peers = vec![
-        PeerId::new("10.0.0.1:7001"),
-        PeerId::new("10.0.0.2:7001"),
-        PeerId::new("10.0.0.3:7001"),
+        StoreId(0x1111).peer_id(),
+        StoreId(0x2222).peer_id(),
+        StoreId(0x3333).peer_id(),
     ];
     let metas = [
         StoreMeta {
-            address: "10.0.0.1:7001".into(),
+            store: StoreId(0x1111),
             cluster: 0,
+            bootstrap: None,
             regions: Vec::new(),
         },
         StoreMeta {
-            address: "10.0.0.1:7001".into(),
+            store: StoreId(0x1111),
             cluster: 0x1234_5678_9abc_def0,
+            bootstrap: Some(Bootstrap {
+                regions: 3,
+                members: vec![StoreId(0x1111), StoreId(0x2222), StoreId(0x3333)],
+            }),
             regions: regions()
                 .into_iter()
                 .map(|region| HostedRegion {
@@ -310,8 +316,9 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
                 .collect(),
         },
         StoreMeta {
-            address: "[::1]:7004".into(),
+            store: StoreId(u64::MAX),
             cluster: u64::MAX,
+            bootstrap: None,
             regions: vec![HostedRegion {
                 region: Region::new(RegionId(9), b(b"\x00\xff"), Bytes::new(), Epoch::new(7, 1))
                     .expect("seed region"),

@@ -224,6 +224,9 @@ fn frames(messages: Vec<Message>) -> Vec<Vec<u8>> {
         rest = later;
         let frame = Frame {
             from: now[0].from.clone(),
+            to: now[0].to.clone(),
+            cluster: n,
+            from_address: format!("10.0.0.{n}:7001"),
             incarnation: n * 7919,
             messages: now.iter().map(|m| (n % 3, m.clone())).collect(),
         };
@@ -234,6 +237,9 @@ fn frames(messages: Vec<Message>) -> Vec<Vec<u8>> {
     out.push(
         encode_frame(&Frame {
             from: peer("n3"),
+            to: peer("n1"),
+            cluster: 7,
+            from_address: String::new(),
             incarnation: 42,
             messages: Vec::new(),
         })
@@ -287,12 +293,16 @@ pub(crate) fn raft_frame() -> Target {
 fn snapshot_requests() -> Vec<SnapshotRequest> {
     vec![
         SnapshotRequest {
+            to: peer("n1"),
+            cluster: 7,
             group: 3,
             index: LogIndex(100),
             term: Term(4),
             part: SnapshotPart::Manifest,
         },
         SnapshotRequest {
+            to: peer("n1"),
+            cluster: 7,
             group: 3,
             index: LogIndex(100),
             term: Term(4),

@@ -523,7 +523,7 @@ impl KvClient {
         let mut addresses: Vec<String> = self.inner.endpoints.clone();
         for route in self.routes() {
             for peer in route.peers.iter().chain(&route.learners) {
-                if !addresses.contains(peer) {
+                if !peer.is_empty() && !addresses.contains(peer) {
                     addresses.push(peer.clone());
                 }
             }
@@ -591,6 +591,24 @@ impl KvClient {
                 "{store} did not answer within {:?}",
                 self.inner.options.timeout
             ))),
+        }
+    }
+
+    /// Asks the store at `address` who it is (`Hello`, as a client: nothing is recorded).
+    pub async fn hello(&self, address: &str) -> Result<proto::HelloReply, ClientError> {
+        let channel = self.channel(address).await?;
+        let mut client = grpc_client(channel);
+        let request = proto::HelloRequest::default();
+        match tokio::time::timeout(self.inner.options.timeout, client.hello(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => {
+                self.forget_channel(address);
+                Err(classify(&status).1)
+            }
+            Err(_) => Err(ClientError::definite(
+                "TimedOut",
+                format!("{address} did not answer within {:?}", self.inner.options.timeout),
+            )),
         }
     }
 

@@ -1115,8 +1115,9 @@ mod tests {
 
     fn meta(regions: Vec<Region>) -> StoreMeta {
         StoreMeta {
-            address: "127.0.0.1:1".into(),
+            store: StoreId(1),
             cluster: 7,
+            bootstrap: None,
             regions: regions
                 .into_iter()
                 .map(|region| HostedRegion {

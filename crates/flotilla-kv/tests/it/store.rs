@@ -37,7 +37,7 @@ async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
 async fn client_for(stores: &[Store], regions: usize) -> KvClient {
     let endpoints: Vec<String> = stores
         .iter()
-        .map(|s| s.address().as_str().to_string())
+        .map(|s| s.advertised_address().to_string())
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

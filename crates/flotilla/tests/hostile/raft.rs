@@ -79,8 +79,30 @@ fn forged_append(from: &str, to: &str, term: u64, prev: u64, prev_term: u64) -> 
     }
 }
 
-/// Sends one frame from `sender` on a raft stream to `to` and waits a moment.
-fn send_frame(to: &str, sender: &str, group: u64, messages: Vec<proto::Message>) {
+/// Every store's (address, id) and the cluster, from `admin status`.
+fn identities(endpoints: &str) -> (Vec<(String, String)>, u64) {
+    let status = wait_for_leaders(endpoints, 1);
+    let stores = status["stores"].as_array().expect("stores");
+    let mut cluster = 0;
+    let mut out = Vec::new();
+    for store in stores {
+        let address = store["address"].as_str().expect("address").to_string();
+        let id = store["id"].as_str().expect("id").to_string();
+        cluster = u64::from_str_radix(store["cluster"].as_str().expect("cluster"), 16)
+            .expect("hex cluster");
+        out.push((address, id));
+    }
+    (out, cluster)
+}
+
+/// Sends one frame from `sender` on a raft stream to the store at `to` (store id `to_id`,
+/// cluster `cluster`) and waits a moment.
+fn send_frame(
+    (to, to_id, cluster): (&str, &str, u64),
+    sender: &str,
+    group: u64,
+    messages: Vec<proto::Message>,
+) {
     runtime().block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))
             .expect("endpoint")
@@ -90,6 +112,9 @@ fn send_frame(to: &str, sender: &str, group: u64, messages: Vec<proto::Message>)
         let mut client = proto::raft_client::RaftClient::new(channel);
         let frame = proto::Frame {
             from: sender.into(),
+            to: to_id.into(),
+            cluster,
+            from_address: String::new(),
             messages: messages
                 .into_iter()
                 .map(|message| proto::GroupMessage {
@@ -120,27 +145,44 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
         .as_u64()
         .expect("commit index");
     let stores: Vec<&str> = e.split(',').collect();
-    let stranger = "127.0.0.1:9";
+    let (ids, cluster) = identities(e);
+    let id_of = |address: &str| -> String {
+        ids.iter()
+            .find(|(a, _)| a == address)
+            .map(|(_, id)| id.clone())
+            .expect("every store's id")
+    };
+    let stranger = "00000000000000f9";
     for store in &stores {
-        let member = stores.iter().find(|s| *s != store).expect("another store");
+        let me = id_of(store);
+        let member = id_of(stores.iter().find(|s| *s != store).expect("another store"));
+        let to = (*store, me.as_str(), cluster);
         // A member's name with the top term (the message that bricked a region for good),
         // and a stranger's votes and heartbeat a few terms ahead, a transfer among them.
+        send_frame(to, &member, group, vec![vote(&member, &me, u64::MAX, false)]);
         send_frame(
-            store,
-            member,
-            group,
-            vec![vote(member, store, u64::MAX, false)],
-        );
-        send_frame(
-            store,
+            to,
             stranger,
             group,
             vec![
-                vote(stranger, store, term + 3, false),
-                vote(stranger, store, term + 3, true),
-                heartbeat(stranger, store, term + 3),
-                forged_append(stranger, store, term + 3, commit, term),
+                vote(stranger, &me, term + 3, false),
+                vote(stranger, &me, term + 3, true),
+                heartbeat(stranger, &me, term + 3),
+                forged_append(stranger, &me, term + 3, commit, term),
             ],
+        );
+        // A frame meant for another store id, or another cluster, is refused whole.
+        send_frame(
+            (*store, stranger, cluster),
+            &member,
+            group,
+            vec![vote(&member, stranger, term + 3, false)],
+        );
+        send_frame(
+            (*store, me.as_str(), cluster ^ 1),
+            &member,
+            group,
+            vec![vote(&member, &me, term + 3, false)],
         );
     }
     // Writes go on, the leader and term stay as they were.
@@ -156,6 +198,10 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
         let line = "flotilla_raft_messages_dropped_total{reason=\"non_member\"} ";
         assert!(sample(&text, line) >= 4.0, "{store}: {line}");
         let line = "flotilla_raft_messages_dropped_total{reason=\"out_of_bounds\"} ";
+        assert!(sample(&text, line) >= 1.0, "{store}: {line}");
+        let line = "flotilla_identity_refused_total{reason=\"wrong_peer\"} ";
+        assert!(sample(&text, line) >= 1.0, "{store}: {line}");
+        let line = "flotilla_identity_refused_total{reason=\"wrong_cluster\"} ";
         assert!(sample(&text, line) >= 1.0, "{store}: {line}");
     }
 }
