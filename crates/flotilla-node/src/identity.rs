@@ -91,7 +91,9 @@ pub fn random_nonzero_u64() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64);
         let mut x = nanos
             ^ (u64::from(std::process::id()) << 32)
-            ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            ^ COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // splitmix64 finaliser
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -360,8 +362,11 @@ impl AddressBook {
     /// the shape `host:port` (library users who name their processes by address).
     #[must_use]
     pub fn resolve(&self, id: &PeerId) -> Option<String> {
-        self.get(id)
-            .or_else(|| check_address(id.as_str()).ok().map(|()| id.as_str().to_string()))
+        self.get(id).or_else(|| {
+            check_address(id.as_str())
+                .ok()
+                .map(|()| id.as_str().to_string())
+        })
     }
 }
 
@@ -497,7 +502,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, text.replace("127.0.0.1:1", "127.0.0.1:2")).expect("write");
         let error = AddressBook::open(&path).expect_err("damaged");
-        assert!(error.contains("checksum mismatch") && error.contains("addresses"), "{error}");
+        assert!(
+            error.contains("checksum mismatch") && error.contains("addresses"),
+            "{error}"
+        );
     }
 
     #[test]

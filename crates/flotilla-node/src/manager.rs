@@ -61,8 +61,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::group::{storage_error, Group, GroupSetup, RequestQueue};
-use crate::identity::Identity;
 use crate::hibernation::{Liveness, Sleepers, WakeReason};
+use crate::identity::Identity;
 use crate::metrics::{GroupView, ManagerMetrics, MessageDrop, ProcessCounters};
 use crate::node::{Node, NodeInner, NodeStatus};
 use crate::options::ManagerOptions;

@@ -130,9 +130,13 @@ impl Inbox {
             return;
         }
         match self.addresses.set(&frame.from, &frame.from_address) {
-            Ok(true) => tracing::info!(peer = %frame.from, address = %frame.from_address, "peer announced a new address"),
+            Ok(true) => {
+                tracing::info!(peer = %frame.from, address = %frame.from_address, "peer announced a new address")
+            }
             Ok(false) => {}
-            Err(error) => tracing::warn!(peer = %frame.from, %error, "cannot record the address a peer announced"),
+            Err(error) => {
+                tracing::warn!(peer = %frame.from, %error, "cannot record the address a peer announced")
+            }
         }
     }
 

@@ -112,7 +112,11 @@ type Directory = BTreeMap<String, String>;
 
 /// A store named by its id (16 hex digits) or its address (HOST:PORT): an address is
 /// asked who it is (the store answering there, whatever store used to be there).
-async fn peer_arg(client: &KvClient, directory: &Directory, text: &str) -> Result<StoreRef, Failure> {
+async fn peer_arg(
+    client: &KvClient,
+    directory: &Directory,
+    text: &str,
+) -> Result<StoreRef, Failure> {
     let text = text.trim();
     if let Ok(id) = StoreId::parse(text) {
         return Ok(StoreRef {
@@ -137,7 +141,9 @@ async fn peer_arg(client: &KvClient, directory: &Directory, text: &str) -> Resul
         .store
         .as_ref()
         .and_then(|s| StoreId::parse(&s.id).ok())
-        .ok_or_else(|| Failure::failed("InvalidAnswer", format!("{text} named no valid store id")))?;
+        .ok_or_else(|| {
+            Failure::failed("InvalidAnswer", format!("{text} named no valid store id"))
+        })?;
     Ok(StoreRef {
         id: id.peer_id(),
         address: Some(text.to_string()),
@@ -226,7 +232,9 @@ async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>, Directory) {
     for reply in &replies {
         for store in &reply.stores {
             if StoreId::parse(&store.id).is_ok() && !store.address.is_empty() {
-                directory.entry(store.id.clone()).or_insert_with(|| store.address.clone());
+                directory
+                    .entry(store.id.clone())
+                    .or_insert_with(|| store.address.clone());
             }
         }
     }
@@ -395,8 +403,11 @@ async fn execute(
         AdminOp::AddPeer { peer } => {
             let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
-                open_on(client, &peer, info).await?;
-                cli(info.id)?.add_peer(&peer.id).await.map_err(cli_failure)?;
+                open_on(client, &directory, &peer, info).await?;
+                cli(info.id)?
+                    .add_peer(&peer.id)
+                    .await
+                    .map_err(cli_failure)?;
                 human.push(format!("region {}: added {peer}", info.id));
                 done.push(json!({"region": info.id, "added": peer.id.as_str()}));
             }
@@ -404,7 +415,7 @@ async fn execute(
         AdminOp::AddLearner { peer } => {
             let peer = peer_arg(client, &directory, &peer).await?;
             for info in &regions {
-                open_on(client, &peer, info).await?;
+                open_on(client, &directory, &peer, info).await?;
                 cli(info.id)?
                     .add_learners(std::slice::from_ref(&peer.id))
                     .await
@@ -429,7 +440,7 @@ async fn execute(
             for info in &regions {
                 for peer in &peers {
                     if !info.peer_ids.iter().any(|p| p == peer.id.as_str()) {
-                        open_on(client, peer, info).await?;
+                        open_on(client, &directory, peer, info).await?;
                     }
                 }
                 cli(info.id)?
@@ -543,9 +554,14 @@ async fn close_region(
 }
 
 /// Creates the empty peer of `info` on the store at `peer` (idempotent).
-async fn open_on(client: &KvClient, peer: &StoreRef, info: &RegionInfo) -> Result<(), Failure> {
+async fn open_on(
+    client: &KvClient,
+    directory: &Directory,
+    peer: &StoreRef,
+    info: &RegionInfo,
+) -> Result<(), Failure> {
     let at = address_of(peer)?;
-    client
+    let opened = client
         .open_region(&at, info.clone())
         .await
         .map(|_| ())
@@ -556,5 +572,20 @@ async fn open_on(client: &KvClient, peer: &StoreRef, info: &RegionInfo) -> Resul
                 info.id, failure.message
             );
             failure
-        })
+        });
+    opened?;
+    // The store is reached by id: tell every store where it is (one that started without
+    // --peers has told no one).
+    for address in directory.values().filter(|a| **a != at) {
+        if let Err(e) = client
+            .announce(address, peer.id.as_str(), &at, client.cluster())
+            .await
+        {
+            eprintln!(
+                "admin: could not tell {address} where store {} is: {e}",
+                peer.id
+            );
+        }
+    }
+    Ok(())
 }

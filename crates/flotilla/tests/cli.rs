@@ -258,35 +258,46 @@ fn server_refuses_bad_starts() {
             .code(),
         Some(2)
     );
-    // A data dir of one cluster started with another cluster's --peers.
-    let data = dir.0.join("store");
-    let peers = format!("{address},127.0.0.1:1");
-    let mut server = Server::start(&address, Some(&peers), &data, 1);
-    std::thread::sleep(Duration::from_millis(500));
-    server.kill();
-    let other = format!("{address},127.0.0.1:2");
+    // A data dir from before store identity (format 1, a store named by its address) is
+    // refused with what to do, and left as it was.
+    let old = dir.0.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let body = format!("flotilla-store 1\naddress {address}\ncluster 000000000000002a\n");
+    let text = format!("{body}crc32c {:08x}\n", crc32c(body.as_bytes()));
+    std::fs::write(old.join("store.meta"), &text).unwrap();
     let output = run(&[
         "server",
         "--addr",
         &address,
         "--data-dir",
-        data.to_str().unwrap(),
-        "--peers",
-        &other,
+        old.to_str().unwrap(),
     ]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("belongs to cluster"), "{stderr}");
-    // ... and with another address.
-    let output = run(&[
-        "server",
-        "--addr",
-        &free_address(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("belongs to the store at"));
+    assert!(
+        stderr.contains("format 1") && stderr.contains("Replacing a store"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(old.join("store.meta")).unwrap(),
+        text
+    );
+}
+
+/// CRC-32C (Castagnoli), bitwise: enough for a test to write a checksummed file.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 #[test]

@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use flotilla_kv::engine::export::{ExportReader, ExportWriter};
 use flotilla_kv::store::meta::{Bootstrap, HostedRegion, StoreMeta};
-use flotilla_node::StoreId;
 use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
+use flotilla_node::StoreId;
 use flotilla_raft::Rng;
 
 use crate::Target;

@@ -596,9 +596,37 @@ impl KvClient {
 
     /// Asks the store at `address` who it is (`Hello`, as a client: nothing is recorded).
     pub async fn hello(&self, address: &str) -> Result<proto::HelloReply, ClientError> {
+        self.hello_with(address, proto::HelloRequest::default())
+            .await
+    }
+
+    /// Tells the store at `address` that store `id` of cluster `cluster` is at `at` (what
+    /// `admin` does for a store it adds, which has no `--peers` to announce itself to).
+    pub async fn announce(
+        &self,
+        address: &str,
+        id: &str,
+        at: &str,
+        cluster: u64,
+    ) -> Result<proto::HelloReply, ClientError> {
+        let request = proto::HelloRequest {
+            from: Some(proto::StoreInfo {
+                id: id.to_string(),
+                address: at.to_string(),
+            }),
+            cluster,
+            peers: Vec::new(),
+        };
+        self.hello_with(address, request).await
+    }
+
+    async fn hello_with(
+        &self,
+        address: &str,
+        request: proto::HelloRequest,
+    ) -> Result<proto::HelloReply, ClientError> {
         let channel = self.channel(address).await?;
         let mut client = grpc_client(channel);
-        let request = proto::HelloRequest::default();
         match tokio::time::timeout(self.inner.options.timeout, client.hello(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => {
@@ -607,7 +635,10 @@ impl KvClient {
             }
             Err(_) => Err(ClientError::definite(
                 "TimedOut",
-                format!("{address} did not answer within {:?}", self.inner.options.timeout),
+                format!(
+                    "{address} did not answer within {:?}",
+                    self.inner.options.timeout
+                ),
             )),
         }
     }

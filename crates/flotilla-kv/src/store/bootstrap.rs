@@ -151,8 +151,7 @@ pub fn decide(
     let ids: BTreeSet<StoreId> = members.iter().map(|(id, _)| *id).collect();
     if ids.len() != members.len() {
         return Decision::Wait(
-            "two listed addresses answered with the same store id (one store listed twice?)"
-                .into(),
+            "two listed addresses answered with the same store id (one store listed twice?)".into(),
         );
     }
     let (smallest, at) = &members[0];
@@ -321,7 +320,10 @@ mod tests {
         let mut sims = three();
         for s in &mut sims[..2] {
             s.cluster = 7;
-            s.bootstrap = Some((1, vec![(StoreId(0x10), B.into()), (StoreId(0x30), A.into())]));
+            s.bootstrap = Some((
+                1,
+                vec![(StoreId(0x10), B.into()), (StoreId(0x30), A.into())],
+            ));
         }
         let wiped = StoreId(0x99);
         let answers: BTreeMap<String, PeerAnswer> = sims[..2]

@@ -128,7 +128,9 @@ impl Store {
                         tracing::info!(store = %peer, %address, "store announced its address");
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(store = %peer, error = %e, "cannot record a store's address"),
+                    Err(e) => {
+                        tracing::warn!(store = %peer, error = %e, "cannot record a store's address")
+                    }
                 }
             }
         }
@@ -159,8 +161,9 @@ impl Store {
         })
     }
 
-    /// Sets the cluster everywhere this process keeps it.
-    fn set_cluster(&self, cluster: u64) {
+    /// Sets the cluster everywhere this process keeps it (the store's view and the id its
+    /// runtime checks frames against).
+    pub(super) fn set_cluster(&self, cluster: u64) {
         *super::lock(&self.inner.cluster) = cluster;
         self.inner.manager.set_cluster(cluster);
     }

@@ -31,8 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, TlsConfig};
 use flotilla_node::{
-    AddressBook, ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode,
-    StoreId,
+    AddressBook, ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode, StoreId,
 };
 
 use crate::command::{KvCommand, KvOutput};
@@ -314,18 +313,27 @@ fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
         dir: dir.display().to_string(),
         reason,
     };
-    if let Some(peers) = &options.peers {
-        if !peers.iter().any(|p| p.trim() == advertise) {
-            return Err(StoreError::InvalidOptions(format!(
-                "--peers {} does not include this store's advertised address {advertise}",
-                peers.join(",")
-            )));
+    // A store that belongs to no cluster bootstraps or joins through --peers, which must
+    // name it; a member only tells them its address (it may have moved since).
+    let check_peers = |cluster: u64| -> Result<(), StoreError> {
+        match &options.peers {
+            Some(peers) if cluster == 0 && !peers.iter().any(|p| p.trim() == advertise) => {
+                Err(StoreError::InvalidOptions(format!(
+                    "--peers {} does not include this store's advertised address {advertise}",
+                    peers.join(",")
+                )))
+            }
+            _ => Ok(()),
         }
-    }
+    };
     static_regions(options.regions).map_err(StoreError::InvalidOptions)?;
     match StoreMeta::load(dir).map_err(data_dir_error)? {
-        Some(meta) => Ok(Plan { meta, fresh: false }),
+        Some(meta) => {
+            check_peers(meta.cluster)?;
+            Ok(Plan { meta, fresh: false })
+        }
         None => {
+            check_peers(0)?;
             if !dir_is_empty(dir)? {
                 return Err(data_dir_error(format!(
                     "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
@@ -703,7 +711,7 @@ impl Store {
         check_meta_size(&next)?;
         self.save_meta(&next).await?;
         *meta = next;
-        *lock(&self.inner.cluster) = cluster;
+        self.set_cluster(cluster);
         self.start_region(&hosted)
             .await
             .map_err(|e| KvError::Engine(e.to_string()))?;
@@ -759,7 +767,7 @@ impl Store {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        *lock(&self.inner.cluster) = next.cluster;
+        self.set_cluster(next.cluster);
         *meta = next;
         tracing::warn!(region = %id, "region closed on this store (it held nothing)");
         Ok(())

@@ -38,8 +38,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::tls::{self, TlsConfig};
-use crate::identity::AddressBook;
 use crate::error::NodeError;
+use crate::identity::AddressBook;
 use crate::manager::NodeManager;
 use crate::node::Node;
 
@@ -677,12 +677,8 @@ impl CliError {
                 status
             }
             CliError::Unknown(m) => status_with(Code::Unknown, "Unknown", m.clone()),
-            CliError::Unreachable(m) => {
-                status_with(Code::Unavailable, "Unreachable", m.clone())
-            }
-            CliError::InvalidAnswer(m) => {
-                status_with(Code::Internal, "InvalidAnswer", m.clone())
-            }
+            CliError::Unreachable(m) => status_with(Code::Unavailable, "Unreachable", m.clone()),
+            CliError::InvalidAnswer(m) => status_with(Code::Internal, "InvalidAnswer", m.clone()),
             CliError::InvalidArgument(m) => invalid(m.clone()),
         }
     }

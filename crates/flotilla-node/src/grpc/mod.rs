@@ -607,8 +607,7 @@ async fn connection(
                     address: &address,
                     addresses: &options.addresses,
                 };
-                match stream_to(&at, &endpoint, &mut queue, &options, &counters, &metrics).await
-                {
+                match stream_to(&at, &endpoint, &mut queue, &options, &counters, &metrics).await {
                     Ended::QueueClosed => return,
                     Ended::Broken => {}
                 }
@@ -705,7 +704,9 @@ async fn stream_to(
             bump(&counters.connect_failures);
             match &failure.tls {
                 Some(reason) => counters.tls_failed(to, reason),
-                None => tracing::debug!(to = %to, address = at.address, error = %failure.text, "connecting failed"),
+                None => {
+                    tracing::debug!(to = %to, address = at.address, error = %failure.text, "connecting failed")
+                }
             }
             return Ended::Broken;
         }

@@ -278,7 +278,10 @@ async fn fetching_a_snapshot_that_is_not_there_fails_clearly() {
         )
         .await
         .expect_err("another cluster's fetch");
-    assert!(error.contains("meant for cluster 000000000000002a"), "{error}");
+    assert!(
+        error.contains("meant for cluster 000000000000002a"),
+        "{error}"
+    );
     let stats = client.stats();
     assert_eq!(stats.snapshot_parts_fetched, 1, "{stats:?}");
     assert_eq!(stats.snapshot_fetch_failures, 5, "{stats:?}");

@@ -287,10 +287,7 @@ async fn metrics_text_is_valid_and_counts_the_work() {
         }
         assert!(described.contains("committed="), "{described}");
         assert!(described.contains("proposals_pending="), "{described}");
-        assert!(
-            described.contains(manager.id().as_str()),
-            "{described}"
-        );
+        assert!(described.contains(manager.id().as_str()), "{described}");
     }
     for (i, manager) in managers.iter().enumerate() {
         let text = manager.metrics_text();

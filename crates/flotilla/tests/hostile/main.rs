@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod identity;
 mod kv;
 mod raft;
 mod transport;

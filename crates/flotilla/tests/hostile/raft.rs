@@ -159,7 +159,12 @@ fn a_top_term_or_a_strangers_vote_on_the_raft_stream_changes_nothing() {
         let to = (*store, me.as_str(), cluster);
         // A member's name with the top term (the message that bricked a region for good),
         // and a stranger's votes and heartbeat a few terms ahead, a transfer among them.
-        send_frame(to, &member, group, vec![vote(&member, &me, u64::MAX, false)]);
+        send_frame(
+            to,
+            &member,
+            group,
+            vec![vote(&member, &me, u64::MAX, false)],
+        );
         send_frame(
             to,
             stranger,
