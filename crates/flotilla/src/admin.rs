@@ -129,7 +129,20 @@ async fn peer_arg(
             "{text:?} is neither a store id (16 hex digits) nor an address HOST:PORT"
         )));
     }
-    let reply = client.hello(text).await.map_err(|e| {
+    let reply = client.hello(text).await;
+    // A store that does not answer (a dead member being removed): the cluster's books say
+    // which store was last there.
+    if reply.is_err() {
+        if let Some((id, _)) = directory.iter().find(|(_, a)| a.as_str() == text) {
+            if let Ok(id) = StoreId::parse(id) {
+                return Ok(StoreRef {
+                    id: id.peer_id(),
+                    address: Some(text.to_string()),
+                });
+            }
+        }
+    }
+    let reply = reply.map_err(|e| {
         let mut failure = Failure::from(e);
         failure.message = format!(
             "cannot ask {text} which store it is (is `flotilla server --addr {text}` running?): {}",
