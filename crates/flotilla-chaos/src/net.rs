@@ -34,7 +34,8 @@ static HOSTS_CREATED: AtomicU32 = AtomicU32::new(0);
 /// Where one server process runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
-    /// The address the server listens on and is known by (its peer id).
+    /// The address the server listens on and advertises (where it is; its store id is in
+    /// its data dir).
     pub address: String,
     /// Its IPv4 address.
     pub ip: Ipv4Addr,

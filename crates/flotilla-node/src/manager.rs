@@ -199,7 +199,7 @@ pub struct NodeManager {
 impl std::fmt::Debug for NodeManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeManager")
-            .field("address", &self.shared.id)
+            .field("id", &self.shared.id)
             .field("fresh", &self.fresh)
             .finish_non_exhaustive()
     }
@@ -521,7 +521,7 @@ fn run(mut driver: Box<Driver>, finished: oneshot::Sender<()>) {
             // A round panicked (a broken invariant): the groups' state cannot be trusted,
             // so they are dropped unanswered (their callers hear that the node stopped).
             let why = panic_text(payload.as_ref());
-            tracing::error!(address = %shared.id, error = %why, "round panicked; manager stopped");
+            tracing::error!(peer = %shared.id, error = %why, "round panicked; manager stopped");
             *lock(&shared.failed) = Some(format!("round panicked: {why}"));
             lock(&shared.nodes).clear();
             drop(driver);
@@ -534,7 +534,7 @@ fn run(mut driver: Box<Driver>, finished: oneshot::Sender<()>) {
     }
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || driver.stop_all()));
     if let Err(payload) = stopped {
-        tracing::error!(address = %shared.id, error = %panic_text(payload.as_ref()), "stopping the groups panicked");
+        tracing::error!(peer = %shared.id, error = %panic_text(payload.as_ref()), "stopping the groups panicked");
     }
     let _ = finished.send(());
 }
@@ -1435,7 +1435,7 @@ impl Driver {
 
     /// A write failed: nothing more is acknowledged; every group stops.
     fn fail(&mut self, error: NodeError) {
-        tracing::error!(address = %self.shared.id, error = %error, "storage write failed; every group stops");
+        tracing::error!(peer = %self.shared.id, error = %error, "storage write failed; every group stops");
         *lock(&self.shared.failed) = Some(error.to_string());
         self.failed = Some(error);
     }
