@@ -306,6 +306,12 @@ impl NodeManager {
         &self.shared.id
     }
 
+    /// This process's identity: what frames, snapshot fetches and CLI calls must name.
+    #[must_use]
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.shared.identity
+    }
+
     /// The cluster this process belongs to (0: none).
     #[must_use]
     pub fn cluster(&self) -> u64 {

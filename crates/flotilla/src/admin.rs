@@ -556,7 +556,10 @@ async fn close_region(
             ));
         }
     }
-    client.close_region(&at, id).await.map_err(Failure::from)?;
+    client
+        .close_region_expecting(&at, Some(store.id.as_str()), id)
+        .await
+        .map_err(Failure::from)?;
     Ok((
         success(vec![(
             "done",
@@ -575,7 +578,7 @@ async fn open_on(
 ) -> Result<(), Failure> {
     let at = address_of(peer)?;
     let opened = client
-        .open_region(&at, info.clone())
+        .open_region_expecting(&at, Some(peer.id.as_str()), info.clone())
         .await
         .map(|_| ())
         .map_err(|e| {

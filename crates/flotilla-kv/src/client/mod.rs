@@ -578,12 +578,24 @@ impl KvClient {
         store: &str,
         region: proto::RegionInfo,
     ) -> Result<proto::RegionsReply, ClientError> {
-        let channel = self.channel(store).await?;
-        let mut client = grpc_client(channel);
+        self.open_region_expecting(store, None, region).await
+    }
+
+    /// [`KvClient::open_region`], refused unless the store at `store` is the store `id`
+    /// (when given): an address may belong to another store by now.
+    pub async fn open_region_expecting(
+        &self,
+        store: &str,
+        id: Option<&str>,
+        region: proto::RegionInfo,
+    ) -> Result<proto::RegionsReply, ClientError> {
         let request = proto::OpenRegionRequest {
             region: Some(region),
             cluster: self.cluster(),
         };
+        let request = self.addressed(store, id, request).await?;
+        let channel = self.channel(store).await?;
+        let mut client = grpc_client(channel);
         match tokio::time::timeout(self.inner.options.timeout, client.open_region(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(classify(&status).1),
@@ -592,6 +604,38 @@ impl KvClient {
                 self.inner.options.timeout
             ))),
         }
+    }
+
+    /// `message` as a request naming the store at `store` and its cluster (what calls that
+    /// act on a store's regions must carry), after asking it who it is; refused when it is
+    /// not the store `expected` (when given).
+    async fn addressed<T>(
+        &self,
+        store: &str,
+        expected: Option<&str>,
+        message: T,
+    ) -> Result<tonic::Request<T>, ClientError> {
+        let reply = self.hello(store).await?;
+        let id = reply.store.map(|s| s.id).unwrap_or_default();
+        if let Some(expected) = expected.filter(|e| *e != id) {
+            return Err(ClientError::definite(
+                "WrongStore",
+                format!("{store} is store {id} now, not {expected}"),
+            ));
+        }
+        let mut request = tonic::Request::new(message);
+        let store_id = tonic::metadata::MetadataValue::try_from(id.as_str()).map_err(|_| {
+            ClientError::definite("InvalidAnswer", format!("{store}: store id {id:?}"))
+        })?;
+        let cluster = tonic::metadata::MetadataValue::try_from(format!("{:016x}", reply.cluster))
+            .map_err(|_| ClientError::definite("InvalidAnswer", "cluster id"))?;
+        request
+            .metadata_mut()
+            .insert(flotilla_node::grpc::STORE_KEY, store_id);
+        request
+            .metadata_mut()
+            .insert(flotilla_node::grpc::CLUSTER_KEY, cluster);
+        Ok(request)
     }
 
     /// Asks the store at `address` who it is (`Hello`, as a client: nothing is recorded).
@@ -650,9 +694,22 @@ impl KvClient {
         store: &str,
         id: u64,
     ) -> Result<proto::RegionsReply, ClientError> {
+        self.close_region_expecting(store, None, id).await
+    }
+
+    /// [`KvClient::close_region`], refused unless the store at `store` is the store
+    /// `store_id` (when given).
+    pub async fn close_region_expecting(
+        &self,
+        store: &str,
+        store_id: Option<&str>,
+        id: u64,
+    ) -> Result<proto::RegionsReply, ClientError> {
+        let request = self
+            .addressed(store, store_id, proto::CloseRegionRequest { region_id: id })
+            .await?;
         let channel = self.channel(store).await?;
         let mut client = grpc_client(channel);
-        let request = proto::CloseRegionRequest { region_id: id };
         match tokio::time::timeout(self.inner.options.timeout, client.close_region(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(classify(&status).1),

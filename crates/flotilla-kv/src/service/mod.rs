@@ -334,6 +334,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::OpenRegionRequest>,
     ) -> Result<Response<proto::RegionsReply>, Status> {
+        self.check_receiver(&request, "OpenRegion")?;
         let r = request.into_inner();
         let info = r
             .region
@@ -351,6 +352,7 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::CloseRegionRequest>,
     ) -> Result<Response<proto::RegionsReply>, Status> {
+        self.check_receiver(&request, "CloseRegion")?;
         let r = request.into_inner();
         self.store
             .close_region(RegionId(r.region_id))
@@ -373,6 +375,22 @@ impl proto::kv_server::Kv for KvService {
 }
 
 impl KvService {
+    /// Refuses a call that acts on a region of this store but names another store or
+    /// cluster (see `flotilla_node::grpc::check_receiver`).
+    fn check_receiver<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        let metadata = request.metadata();
+        let get = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let source = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        flotilla_node::grpc::check_receiver(get, self.store.manager().identity(), what, &source)
+    }
+
     fn regions_reply(&self) -> proto::RegionsReply {
         proto::RegionsReply {
             store: self.store.advertised_address().to_string(),
@@ -403,6 +421,10 @@ impl flotilla_node::grpc::CliNodes for StoreNodes {
 
     fn addresses(&self) -> flotilla_node::AddressBook {
         self.0.addresses().clone()
+    }
+
+    fn identity(&self) -> Arc<flotilla_node::Identity> {
+        self.0.manager().identity().clone()
     }
 }
 

@@ -21,7 +21,7 @@ use crate::error::KvError;
 use crate::service::proto;
 
 /// Pause between two rounds of asking the listed peers while waiting.
-const BOOTSTRAP_RETRY: Duration = Duration::from_millis(500);
+const BOOTSTRAP_RETRY: Duration = Duration::from_millis(200);
 /// A waiting store repeats what it waits for at most this often (and whenever it changes).
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Limit on one `Hello` call.

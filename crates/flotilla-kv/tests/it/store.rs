@@ -31,6 +31,25 @@ async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
         options.election_timeout_ticks = 10;
         stores.push(Store::open(options).await.expect("open store"));
     }
+    // Bootstrap runs in the background: wait until every store adopted the cluster and
+    // knows where each region's leader is.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let settled = |stores: &[Store]| {
+        stores.iter().all(|s| {
+            let hosted = s.regions();
+            hosted.len() == regions as usize
+                && hosted
+                    .iter()
+                    .all(|r| r.leader.as_deref().is_some_and(|l| !l.is_empty()))
+        })
+    };
+    while !settled(&stores) {
+        assert!(
+            Instant::now() < deadline,
+            "the stores did not settle in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stores
 }
 

@@ -39,7 +39,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::tls::{self, TlsConfig};
 use crate::error::NodeError;
-use crate::identity::AddressBook;
+use crate::identity::{AddressBook, Identity};
 use crate::manager::NodeManager;
 use crate::node::Node;
 
@@ -51,6 +51,38 @@ pub mod proto {
 
 use proto::cli_client::CliClient as GrpcCliClient;
 
+/// Names the receiving process in every CLI call's metadata (see [`check_receiver`]).
+#[derive(Clone, Debug)]
+pub struct Stamp {
+    store: MetadataValue<tonic::metadata::Ascii>,
+    cluster: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Stamp {
+    /// A stamp naming the process `store` of `cluster`; `None` if the id is not ASCII
+    /// metadata.
+    #[must_use]
+    pub fn new(store: &str, cluster: u64) -> Option<Stamp> {
+        Some(Stamp {
+            store: MetadataValue::try_from(store).ok()?,
+            cluster: MetadataValue::try_from(format!("{cluster:016x}")).ok()?,
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Stamp {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert(STORE_KEY, self.store.clone());
+        request
+            .metadata_mut()
+            .insert(CLUSTER_KEY, self.cluster.clone());
+        Ok(request)
+    }
+}
+
+/// A CLI client whose calls name their receiver.
+type Stamped = GrpcCliClient<tonic::service::interceptor::InterceptedService<Channel, Stamp>>;
+
 /// Status metadata key naming the error kind (`NotLeader`, `Busy`, `Unknown`, ...).
 pub const ERROR_KIND_KEY: &str = "flotilla-error-kind";
 /// Status metadata key carrying the leader's address, when the refusing peer knows it (and
@@ -58,6 +90,40 @@ pub const ERROR_KIND_KEY: &str = "flotilla-error-kind";
 pub const LEADER_KEY: &str = "flotilla-leader";
 /// Status metadata key carrying the leader's peer id, when the refusing peer knows it.
 pub const LEADER_ID_KEY: &str = "flotilla-leader-id";
+/// Request metadata key naming the receiving process's peer id (every CLI call but
+/// `Identify`).
+pub const STORE_KEY: &str = "flotilla-store";
+/// Request metadata key naming the cluster id (16 hex digits) of the receiving process.
+pub const CLUSTER_KEY: &str = "flotilla-cluster";
+const IDENTIFY_PATH: &str = "/flotilla.cli.v1.Cli/Identify";
+
+/// Refuses a call whose metadata (`get` reads a key) does not name `identity`'s peer id
+/// ([`STORE_KEY`]) and cluster ([`CLUSTER_KEY`]): `FAILED_PRECONDITION`, kind
+/// `WrongStore`, counted and logged once per source like a misaddressed frame.
+pub fn check_receiver(
+    get: impl Fn(&str) -> Option<String>,
+    identity: &Identity,
+    what: &str,
+    source: &str,
+) -> Result<(), Status> {
+    let refuse =
+        |message: String| Err(status_with(Code::FailedPrecondition, "WrongStore", message));
+    let (Some(store), Some(cluster)) = (get(STORE_KEY), get(CLUSTER_KEY)) else {
+        return refuse(format!(
+            "a {what} must name the receiving store ({STORE_KEY}) and cluster ({CLUSTER_KEY}) \
+             in its metadata: ask Identify first"
+        ));
+    };
+    let Ok(cluster) = u64::from_str_radix(&cluster, 16) else {
+        return refuse(format!(
+            "{CLUSTER_KEY}: {cluster:?} is not a hex cluster id"
+        ));
+    };
+    identity
+        .check(&store, cluster, what, source)
+        .or_else(|refused| refuse(identity.describe(&refused)))
+}
+
 /// Longest peer id (address) accepted in a request or an answer.
 pub const MAX_PEER_ID_BYTES: usize = 255;
 /// Most peers one request may name.
@@ -70,6 +136,9 @@ pub trait CliNodes: Send + Sync + 'static {
 
     /// Where the peers are: answers and leader hints name addresses from it.
     fn addresses(&self) -> AddressBook;
+
+    /// This process's peer id and cluster (what `Identify` answers).
+    fn identity(&self) -> Arc<Identity>;
 }
 
 impl CliNodes for NodeManager {
@@ -79,6 +148,10 @@ impl CliNodes for NodeManager {
 
     fn addresses(&self) -> AddressBook {
         NodeManager::addresses(self).clone()
+    }
+
+    fn identity(&self) -> Arc<Identity> {
+        NodeManager::identity(self).clone()
     }
 }
 
@@ -278,6 +351,18 @@ impl CliService {
 
 #[tonic::async_trait]
 impl proto::cli_server::Cli for CliService {
+    async fn identify(
+        &self,
+        _request: Request<proto::IdentifyRequest>,
+    ) -> Result<Response<proto::IdentifyReply>, Status> {
+        let identity = self.nodes.identity();
+        Ok(Response::new(proto::IdentifyReply {
+            peer: identity.id().as_str().to_owned(),
+            cluster: identity.cluster(),
+            address: self.addresses.resolve(identity.id()).unwrap_or_default(),
+        }))
+    }
+
     async fn add_peer(
         &self,
         request: Request<proto::PeerRequest>,
@@ -530,6 +615,8 @@ pub(crate) struct Dispatch<R> {
     pub(crate) cli: Option<proto::cli_server::CliServer<CliService>>,
     /// Services the application added ([`super::ExtraService`]), tried after the CLI's.
     pub(crate) extra: Arc<Vec<super::ExtraService>>,
+    /// What CLI calls must name (`None`: not checked).
+    pub(crate) identity: Option<Arc<Identity>>,
 }
 
 const CLI_PATH_PREFIX: &str = "/flotilla.cli.v1.Cli/";
@@ -561,7 +648,20 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         if let Some(cli) = &mut self.cli {
-            if request.uri().path().starts_with(CLI_PATH_PREFIX) {
+            let path = request.uri().path();
+            if path.starts_with(CLI_PATH_PREFIX) {
+                if let Some(identity) = self.identity.as_ref().filter(|_| path != IDENTIFY_PATH) {
+                    let headers = request.headers();
+                    let get = |key: &str| {
+                        headers
+                            .get(key)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    if let Err(status) = check_receiver(get, identity, "CLI call", "CLI clients") {
+                        return Box::pin(std::future::ready(Ok(status.into_http())));
+                    }
+                }
                 return cli.call(request);
             }
         }
@@ -728,8 +828,10 @@ pub struct CliClient {
     endpoints: Vec<PeerId>,
     group: GroupId,
     options: CliOptions,
-    channels: Arc<Mutex<HashMap<PeerId, Channel>>>,
+    channels: Arc<Mutex<HashMap<PeerId, (Channel, Stamp)>>>,
     leader: Arc<Mutex<Option<PeerId>>>,
+    /// The cluster the first endpoint answered for: every other must answer the same.
+    cluster: Arc<Mutex<Option<u64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -792,6 +894,7 @@ impl CliClient {
             options: CliOptions::default(),
             channels: Arc::new(Mutex::new(HashMap::new())),
             leader: Arc::new(Mutex::new(None)),
+            cluster: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -811,6 +914,7 @@ impl CliClient {
             options: self.options.clone(),
             channels: self.channels.clone(),
             leader: Arc::new(Mutex::new(None)),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -820,10 +924,10 @@ impl CliClient {
         self.group
     }
 
-    async fn connect(&self, to: &PeerId) -> Result<GrpcCliClient<Channel>, CliError> {
+    async fn connect(&self, to: &PeerId) -> Result<Stamped, CliError> {
         let cached = lock(&self.channels).get(to).cloned();
-        let channel = match cached {
-            Some(channel) => channel,
+        let (channel, stamp) = match cached {
+            Some(cached) => cached,
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{to}"))
                     .map_err(|e| CliError::InvalidArgument(format!("endpoint {to}: {e}")))?
@@ -835,13 +939,55 @@ impl CliClient {
                     .map_err(|e| {
                         CliError::Unreachable(format!("{to}: {}", tls::error_chain(&e)))
                     })?;
-                lock(&self.channels).insert(to.clone(), channel.clone());
-                channel
+                let stamp = self.identify(to, channel.clone()).await?;
+                lock(&self.channels).insert(to.clone(), (channel.clone(), stamp.clone()));
+                (channel, stamp)
             }
         };
-        Ok(GrpcCliClient::new(channel)
+        Ok(GrpcCliClient::with_interceptor(channel, stamp)
             .max_decoding_message_size(1024 * 1024)
             .max_encoding_message_size(1024 * 1024))
+    }
+
+    /// Asks the process at `to` who it is: its calls will name it. Refused when it belongs
+    /// to another cluster than the endpoints answered before.
+    async fn identify(&self, to: &PeerId, channel: Channel) -> Result<Stamp, CliError> {
+        let reply = GrpcCliClient::new(channel)
+            .identify(proto::IdentifyRequest {})
+            .await
+            .map_err(|status| {
+                if status.code() == Code::Unimplemented {
+                    CliError::Unreachable(format!("{to} serves no CLI"))
+                } else {
+                    CliError::Unreachable(format!("{to}: Identify failed: {}", status.message()))
+                }
+            })?
+            .into_inner();
+        let peer = peer_answer(&reply.peer)?;
+        {
+            let mut cluster = lock(&self.cluster);
+            match *cluster {
+                Some(known) if known != reply.cluster => {
+                    return Err(CliError::Refused {
+                        code: Code::FailedPrecondition,
+                        kind: "WrongCluster".into(),
+                        message: format!(
+                            "{to} (peer {peer}) belongs to cluster {:016x}, the other endpoints \
+                             to {known:016x}",
+                            reply.cluster
+                        ),
+                        leader: None,
+                    });
+                }
+                Some(_) => {}
+                None => *cluster = Some(reply.cluster),
+            }
+        }
+        let store = MetadataValue::try_from(peer.as_str())
+            .map_err(|_| CliError::InvalidAnswer(format!("{to}: peer id {peer} is not ASCII")))?;
+        let cluster = MetadataValue::try_from(format!("{:016x}", reply.cluster))
+            .map_err(|_| CliError::InvalidAnswer("cluster id".into()))?;
+        Ok(Stamp { store, cluster })
     }
 
     /// Routes the next calls to the leader at `address` (ignored when empty or invalid).
@@ -892,6 +1038,11 @@ impl CliClient {
                 *lock(&self.leader) = hint.clone();
                 Ok(hint.map_or(Next::Elsewhere, Next::Redirect))
             }
+            // The address belongs to another process now: ask elsewhere.
+            "WrongStore" => {
+                self.forget(to);
+                Ok(Next::Elsewhere)
+            }
             "ShutDown" | "NoSuchGroup" | "Removed" => {
                 *lock(&self.leader) = None;
                 Ok(Next::Elsewhere)
@@ -930,7 +1081,7 @@ impl CliClient {
     /// following hints.
     async fn on_leader<T, F, Fut>(&self, effect: Effect, call: F) -> Result<T, CliError>
     where
-        F: Fn(GrpcCliClient<Channel>) -> Fut,
+        F: Fn(Stamped) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let n = self.endpoints.len();
@@ -997,7 +1148,7 @@ impl CliClient {
         call: F,
     ) -> Result<T, CliError>
     where
-        F: FnOnce(GrpcCliClient<Channel>) -> Fut,
+        F: FnOnce(Stamped) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let client = self.connect(peer).await?;
@@ -1120,7 +1271,7 @@ impl CliClient {
 
     async fn change(
         &self,
-        call: impl Fn(GrpcCliClient<Channel>) -> BoxFuture<Response<proto::Done>, Status>,
+        call: impl Fn(Stamped) -> BoxFuture<Response<proto::Done>, Status>,
     ) -> Result<(), CliError> {
         self.on_leader(Effect::Change, call).await.map(|_| ())
     }

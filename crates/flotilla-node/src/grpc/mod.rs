@@ -79,7 +79,8 @@ pub mod proto {
 }
 
 pub use cli::{
-    kind_of, status_of, CliClient, CliError, CliNodes, CliOptions, ERROR_KIND_KEY, LEADER_KEY,
+    check_receiver, kind_of, status_of, CliClient, CliError, CliNodes, CliOptions, CLUSTER_KEY,
+    ERROR_KIND_KEY, LEADER_ID_KEY, LEADER_KEY, STORE_KEY,
 };
 pub use codec::DecodeError;
 pub use extra::ExtraService;
@@ -120,6 +121,12 @@ pub trait FrameSink: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The identity CLI calls must name (the manager's). The default: none, and CLI calls
+    /// are not checked.
+    fn identity(&self) -> Option<Arc<crate::identity::Identity>> {
+        None
+    }
+
     /// Records the address an admitted, delivered frame's sender announced. The default
     /// records nothing.
     fn learn_address(&self, frame: &Frame) {
@@ -147,6 +154,10 @@ impl FrameSink for Inbox {
 
     fn admit(&self, frame: &Frame) -> Result<(), String> {
         Inbox::admit(self, frame)
+    }
+
+    fn identity(&self) -> Option<Arc<crate::identity::Identity>> {
+        Some(Inbox::identity(self).clone())
     }
 
     fn learn_address(&self, frame: &Frame) {
@@ -913,6 +924,7 @@ impl GrpcServer {
             ..ServerCounters::default()
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let identity = sink.identity();
         let service = RaftService {
             snapshots: sink.snapshot_service(),
             snapshot_serves: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_SERVES)),
@@ -932,6 +944,7 @@ impl GrpcServer {
             raft: server,
             cli,
             extra: Arc::new(extra),
+            identity,
         };
         let builder = Server::builder()
             .accept_http1(accept_http1)

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_node::grpc::cli::{proto, ERROR_KIND_KEY};
+use flotilla_node::grpc::cli::{proto, Stamp, ERROR_KIND_KEY};
 use flotilla_node::grpc::{CliClient, CliError, CliOptions, ServerHandle};
 use flotilla_node::{GroupId, NodeManager, PeerId};
 
@@ -88,13 +88,24 @@ where
     }
 }
 
-async fn raw_client(to: &PeerId) -> proto::cli_client::CliClient<tonic::transport::Channel> {
+type Raw = proto::cli_client::CliClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Stamp>,
+>;
+
+/// The generated client, its calls naming the process at `to` (whose peer id is its
+/// address in these tests) as `stamp_as` of cluster `cluster`.
+async fn raw_client_as(to: &PeerId, stamp_as: &str, cluster: u64) -> Raw {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{to}"))
         .expect("endpoint")
         .connect()
         .await
         .expect("connect");
-    proto::cli_client::CliClient::new(channel)
+    let stamp = Stamp::new(stamp_as, cluster).expect("ascii peer id");
+    proto::cli_client::CliClient::with_interceptor(channel, stamp)
+}
+
+async fn raw_client(to: &PeerId) -> Raw {
+    raw_client_as(to, to.as_str(), 0).await
 }
 
 fn set(peers: &[PeerId]) -> BTreeSet<PeerId> {
@@ -230,6 +241,40 @@ async fn cli_client_administers_a_group_over_grpc() {
             .and_then(|v| v.to_str().ok()),
         Some("InvalidArgument")
     );
+    // A call must name the process it is for: unnamed, another peer id, or another
+    // cluster is refused before it acts, whatever it asks.
+    let kind = |status: &tonic::Status| {
+        status
+            .metadata()
+            .get(ERROR_KIND_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p[0]))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut unnamed = proto::cli_client::CliClient::new(channel);
+    let request = proto::GroupRequest { group: GROUP };
+    let status = unnamed.snapshot(request).await.expect_err("unnamed");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert_eq!(kind(&status).as_deref(), Some("WrongStore"), "{status:?}");
+    let identity = unnamed
+        .identify(proto::IdentifyRequest {})
+        .await
+        .expect("identify is always answered")
+        .into_inner();
+    assert_eq!(identity.peer, p[0].as_str());
+    let mut other = raw_client_as(&p[0], p[1].as_str(), 0).await;
+    let status = other.snapshot(request).await.expect_err("another peer");
+    assert!(status.message().contains("meant for peer"), "{status:?}");
+    let mut other_cluster = raw_client_as(&p[0], p[0].as_str(), 7).await;
+    let status = other_cluster
+        .snapshot(request)
+        .await
+        .expect_err("another cluster");
+    assert!(status.message().contains("meant for cluster"), "{status:?}");
     processes.stop().await;
 }
 

@@ -46,6 +46,16 @@ fn refused<T>() -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl proto::cli_server::Cli for Stub {
+    async fn identify(
+        &self,
+        _: Request<proto::IdentifyRequest>,
+    ) -> Result<Response<proto::IdentifyReply>, Status> {
+        Ok(Response::new(proto::IdentifyReply {
+            peer: "stub".into(),
+            cluster: 0,
+            address: String::new(),
+        }))
+    }
     async fn add_peer(
         &self,
         _: Request<proto::PeerRequest>,

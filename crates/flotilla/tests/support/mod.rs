@@ -213,7 +213,24 @@ pub fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
         .enumerate()
         .map(|(i, a)| Server::start(a, Some(&peers), &dir.0.join(format!("s{i}")), regions))
         .collect();
-    wait_for_leaders(&peers, regions as usize);
+    // Bootstrap runs in the background: wait until every store hosts every region too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = wait_for_leaders(&peers, regions as usize);
+        let stores = status["stores"].as_array().cloned().unwrap_or_default();
+        let settled = stores.len() == 3
+            && stores
+                .iter()
+                .all(|s| s["reachable"] == true && s["regions"] == u64::from(regions));
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stores not settled in 30 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ThreeNodes {
         dir: dir.0.clone(),
         _dir: dir,
