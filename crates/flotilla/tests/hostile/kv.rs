@@ -140,16 +140,36 @@ fn open_region_over_another_regions_keys_is_refused() {
     assert!(refusal.message.contains("overlaps"), "{refusal}");
 
     let channel = runtime.block_on(client.channel(&store)).expect("channel");
-    let open = |info: RegionInfo, cluster: u64| {
+    let store_id = reply.store_id.clone();
+    // Raw calls name the store they are for, as KvClient's do.
+    let open_as = |info: RegionInfo, cluster: u64, named: Option<(&str, u64)>| {
         let mut grpc = GrpcKvClient::new(channel.clone());
-        runtime.block_on(async move {
-            grpc.open_region(proto::OpenRegionRequest {
-                region: Some(info),
-                cluster,
-            })
-            .await
-        })
+        let mut request = tonic::Request::new(proto::OpenRegionRequest {
+            region: Some(info),
+            cluster,
+        });
+        if let Some((id, named_cluster)) = named {
+            let metadata = request.metadata_mut();
+            metadata.insert("flotilla-store", id.parse().expect("ascii"));
+            metadata.insert(
+                "flotilla-cluster",
+                format!("{named_cluster:016x}").parse().expect("ascii"),
+            );
+        }
+        runtime.block_on(async move { grpc.open_region(request).await })
     };
+    let open = |info: RegionInfo, cluster: u64| {
+        open_as(info, cluster, Some((store_id.as_str(), cluster_id)))
+    };
+    // Unnamed, or named for another store: refused before anything is looked at.
+    for named in [None, Some(("00000000000000aa", cluster_id))] {
+        let status = open_as(region(98, "\u{ff}", ""), cluster_id, named).unwrap_err();
+        assert_eq!(
+            format!("{:?}", status.code()),
+            "FailedPrecondition",
+            "{status:?}"
+        );
+    }
     for (info, cluster, reason) in [
         (region(99, "a", "z"), cluster_id, "overlaps"),
         (region(98, "\u{ff}", ""), cluster_id ^ 1, "cluster"),
