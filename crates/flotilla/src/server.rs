@@ -26,6 +26,11 @@ pub struct ServerArgs {
     /// Data directory (created if missing).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Only create the data dir of a new store (or find the one there) and print its store
+    /// id, then exit: what a certificate naming the store (URI SAN flotilla://store/ID)
+    /// needs before the store first starts. Needs only --data-dir.
+    #[arg(long)]
+    init: bool,
     /// Addresses of the initial members of a new cluster, this one's advertised address
     /// included (the same list on each). A store in no cluster asks them: it bootstraps a
     /// cluster with them only once every one answered that it is empty, else it joins
@@ -167,6 +172,27 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
 
 /// Runs the server; returns the exit code.
 pub fn run(args: ServerArgs, file: &FileConfig) -> i32 {
+    if args.init {
+        let Some(dir) = args.data_dir.clone().or_else(|| file.data_dir.clone()) else {
+            eprintln!("flotilla server --init: missing --data-dir DIR");
+            return EXIT_USAGE;
+        };
+        return match flotilla_kv::store::init(&dir) {
+            Ok((id, created)) => {
+                eprintln!(
+                    "flotilla server --init: store {id} in {} ({})",
+                    dir.display(),
+                    if created { "created" } else { "already there" }
+                );
+                println!("{id}");
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("flotilla server --init: {e}");
+                EXIT_FAILED
+            }
+        };
+    }
     let (options, process) = match options(args, file) {
         Ok(parsed) => parsed,
         Err(why) => {

@@ -4,7 +4,7 @@
 //! `kill -9` of the leader, and replacing a member with a new empty store.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -374,57 +374,99 @@ fn leader_kill_then_member_replacement_keeps_every_acknowledged_write() {
     put_until_ok(&survivors, "after-replace", "yes", Duration::from_secs(10));
 }
 
-/// Writes a CA and one certificate for 127.0.0.1 (server and client use) under `dir`;
-/// returns the three flags that use them.
-fn tls_files(dir: &Path) -> Vec<String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "flotilla test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().unwrap();
-    let certificate = params.signed_by(&key, &ca).unwrap();
-    let files = [
-        ("ca.pem", ca.pem()),
-        ("cert.pem", certificate.pem()),
-        ("key.pem", key.serialize_pem()),
-    ];
-    let mut flags = Vec::new();
-    for ((name, pem), flag) in files.iter().zip(["--tls-ca", "--tls-cert", "--tls-key"]) {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        flags.push(flag.to_string());
-        flags.push(path.display().to_string());
-    }
-    flags
+/// A CA under `dir` (`ca.pem`) that issues certificates for 127.0.0.1 naming a role.
+struct TestCa {
+    dir: PathBuf,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
 }
 
+impl TestCa {
+    fn new(dir: &Path) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "flotilla test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+        TestCa {
+            dir: dir.to_path_buf(),
+            issuer,
+        }
+    }
+
+    /// A certificate for 127.0.0.1 naming `role` (`flotilla://ROLE`), written as
+    /// `NAME-cert.pem` and `NAME-key.pem`; returns the three TLS flags that use it.
+    fn flags(&self, name: &str, role: &str) -> Vec<String> {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let uri = format!("flotilla://{role}");
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.as_str().try_into().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = self.dir.join(format!("{name}-cert.pem"));
+        let key_path = self.dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert, certificate.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        [
+            ("--tls-ca", self.dir.join("ca.pem")),
+            ("--tls-cert", cert),
+            ("--tls-key", key_path),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+}
+
+/// Mutual TLS with certificates that name their role: each store's names its store id
+/// (made first with `server --init`), clients and admins have theirs. A certificate for
+/// another store, a client certificate sending raft frames (node tests) or calling admin
+/// are refused; the right ones work.
 #[test]
 fn a_mutual_tls_cluster_serves_tls_clients_only() {
     let dir = TempDir::new("tls");
-    let tls = tls_files(&dir.0);
+    let ca = TestCa::new(&dir.0);
     let addresses = free_addresses(3);
     let peers = addresses.join(",");
     let mut servers = Vec::new();
+    let mut store_flags: Vec<Vec<String>> = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
+        let data = dir.0.join(format!("s{i}"));
+        let init = run(&["server", "--init", "--data-dir", data.to_str().unwrap()]);
+        assert_eq!(init.status.code(), Some(0), "{init:?}");
+        let id = String::from_utf8_lossy(&init.stdout).trim().to_string();
+        assert_eq!(id.len(), 16, "{id:?}");
+        let flags = ca.flags(&format!("s{i}"), &format!("store/{id}"));
+        // Another store's certificate: refused at start, naming both.
+        if i == 1 {
+            let mut args = vec!["server", "--addr", address.as_str(), "--data-dir"];
+            args.push(data.to_str().unwrap());
+            args.extend(store_flags[0].iter().map(String::as_str));
+            let output = run(&args);
+            assert_eq!(output.status.code(), Some(2), "{output:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                stderr.contains(&id) && stderr.contains("store/"),
+                "{stderr}"
+            );
+        }
         let mut command = Command::new(BIN);
         command
             .args(["server", "--addr", address, "--peers", &peers])
             .arg("--data-dir")
-            .arg(dir.0.join(format!("s{i}")))
+            .arg(&data)
             .args(TIMING)
-            .args(&tls)
+            .args(&flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -432,7 +474,10 @@ fn a_mutual_tls_cluster_serves_tls_clients_only() {
             address: address.clone(),
             child: Some(command.spawn().unwrap()),
         });
+        store_flags.push(flags);
     }
+    let tls = ca.flags("app", "client/app");
+    let admin_tls = ca.flags("operator", "admin/operator");
     let with_tls = |op: &[&str]| {
         let mut args: Vec<&str> = vec![
             "kv",
@@ -478,5 +523,30 @@ fn a_mutual_tls_cluster_serves_tls_clients_only() {
         "secret",
     ]);
     assert_eq!(code, 2, "{answer}");
+    // Administration needs a store or admin certificate: a client's is refused, an
+    // admin's works.
+    let admin_with = |flags: &[String], op: &[&str]| {
+        let mut args: Vec<&str> = vec![
+            "admin",
+            "--endpoints",
+            &peers,
+            "--json",
+            "--timeout-ms",
+            "5000",
+        ];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend_from_slice(op);
+        json(&args)
+    };
+    let (code, answer) = admin_with(&tls, &["transfer-leader", "any"]);
+    assert_eq!(code, 1, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("needs a store or admin certificate")),
+        "{answer}"
+    );
+    let (code, answer) = admin_with(&admin_tls, &["transfer-leader", "any"]);
+    assert_eq!(code, 0, "{answer}");
     drop(servers);
 }

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use flotilla_node::grpc::roles::{self, Role};
 use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle, ERROR_KIND_KEY, LEADER_KEY};
 use flotilla_node::{Node, ReadMode};
 use tonic::metadata::MetadataValue;
@@ -99,6 +100,22 @@ pub fn status_of(error: &KvError) -> Status {
         }
     }
     status
+}
+
+/// Under TLS, refuses a request whose certificate's role is not in `allowed`.
+fn require<T>(request: &Request<T>, allowed: &[Role], what: &str) -> Result<(), Status> {
+    roles::peer_info(request.extensions())
+        .role
+        .require(allowed, what)
+        .map(|_| ())
+        .map_err(|why| {
+            let mut status = Status::permission_denied(why);
+            status.metadata_mut().insert(
+                ERROR_KIND_KEY,
+                MetadataValue::from_static("PermissionDenied"),
+            );
+            status
+        })
 }
 
 fn invalid(message: String) -> Status {
@@ -365,6 +382,15 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::HelloRequest>,
     ) -> Result<Response<proto::HelloReply>, Status> {
+        // Anyone may ask who a store is; only a store (or an admin adding one) may say
+        // where a store is.
+        if request.get_ref().from.is_some() {
+            require(
+                &request,
+                &[Role::Store, Role::Admin],
+                "a store announcement",
+            )?;
+        }
         let reply = self
             .store
             .hello(request.into_inner())
@@ -378,6 +404,7 @@ impl KvService {
     /// Refuses a call that acts on a region of this store but names another store or
     /// cluster (see `flotilla_node::grpc::check_receiver`).
     fn check_receiver<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
+        require(request, &[Role::Store, Role::Admin], what)?;
         let metadata = request.metadata();
         let get = |key: &str| {
             metadata
@@ -385,9 +412,7 @@ impl KvService {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let source = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let source = roles::remote_of(request.extensions());
         flotilla_node::grpc::check_receiver(get, self.store.manager().identity(), what, &source)
     }
 

@@ -353,6 +353,63 @@ fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
     }
 }
 
+/// Under TLS a store's certificate must name it: `flotilla://store/ID` with this data dir's
+/// store id (its peers accept frames only as the store a certificate names).
+fn check_certificate(tls: &TlsConfig, store: StoreId) -> Result<(), StoreError> {
+    use flotilla_node::grpc::roles::Role;
+    let wanted = format!("{}store/{store}", flotilla_node::grpc::roles::URI_PREFIX);
+    match tls.role() {
+        Ok(peer) if peer.role == Role::Store && peer.name == store.to_string() => Ok(()),
+        Ok(peer) => Err(StoreError::InvalidOptions(format!(
+            "--tls-cert names {peer}, but this data dir is store {store}: give this store a \
+             certificate with the URI SAN {wanted} (`flotilla server --init` creates a data \
+             dir and prints its store id first)"
+        ))),
+        Err(why) => Err(StoreError::InvalidOptions(format!(
+            "--tls-cert: {why}; a store needs the URI SAN {wanted}"
+        ))),
+    }
+}
+
+/// Creates the data dir of a new store (a fresh store id, no cluster yet) without starting
+/// it, so that its certificate can name its id; returns the id. Refused if the directory is
+/// in use or already holds a store (its id is returned then, nothing changed).
+pub fn init(data_dir: &Path) -> Result<(StoreId, bool), StoreError> {
+    let created = !data_dir.exists();
+    let lock = DataDirLock::acquire(data_dir, "flotilla server --init").map_err(|reason| {
+        StoreError::DataDir {
+            dir: data_dir.display().to_string(),
+            reason,
+        }
+    })?;
+    let data_dir_error = |reason: String| StoreError::DataDir {
+        dir: data_dir.display().to_string(),
+        reason,
+    };
+    let result = match StoreMeta::load(data_dir).map_err(data_dir_error)? {
+        Some(meta) => Ok((meta.store, false)),
+        None if !dir_is_empty(data_dir)? => Err(data_dir_error(format!(
+            "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
+        ))),
+        None => {
+            let meta = StoreMeta {
+                store: StoreId::random(),
+                cluster: 0,
+                bootstrap: None,
+                regions: Vec::new(),
+            };
+            meta.save(data_dir).map_err(data_dir_error)?;
+            Ok((meta.store, true))
+        }
+    };
+    drop(lock);
+    if result.is_err() && created && dir_is_empty(data_dir).unwrap_or(false) {
+        let _ = std::fs::remove_file(data_dir.join(LOCK_FILE));
+        let _ = std::fs::remove_dir(data_dir);
+    }
+    result
+}
+
 impl Store {
     /// Opens (or bootstraps) the store and starts serving raft, the CLI service and the KV
     /// service on `options.address`. Must be called within a multi-threaded tokio runtime.
@@ -422,6 +479,9 @@ impl Store {
                 }
             })?;
         let peer_id = meta.store.peer_id();
+        if let Some(tls) = &options.tls {
+            check_certificate(tls, meta.store)?;
+        }
         if let Some(previous) = addresses.id_at(&advertise).filter(|p| *p != peer_id) {
             tracing::warn!(address = %advertise, previous = %previous, "this address was recorded for another store; it is this store's now");
         }

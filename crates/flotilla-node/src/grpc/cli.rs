@@ -461,9 +461,7 @@ impl proto::cli_server::Cli for CliService {
         &self,
         request: Request<proto::PeersRequest>,
     ) -> Result<Response<proto::Done>, Status> {
-        let asked_by = request
-            .remote_addr()
-            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let asked_by = super::roles::remote_of(request.extensions());
         let r = request.into_inner();
         let peers = parse_peers(&r.peers)?;
         if peers.is_empty() {
@@ -650,6 +648,15 @@ where
         if let Some(cli) = &mut self.cli {
             let path = request.uri().path();
             if path.starts_with(CLI_PATH_PREFIX) {
+                // Under TLS, administration needs a store or admin certificate.
+                let role = super::roles::peer_info(request.extensions()).role;
+                if let Err(why) = role.require(
+                    &[super::roles::Role::Store, super::roles::Role::Admin],
+                    "a CLI call",
+                ) {
+                    let status = status_with(Code::PermissionDenied, "PermissionDenied", why);
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
                 if let Some(identity) = self.identity.as_ref().filter(|_| path != IDENTIFY_PATH) {
                     let headers = request.headers();
                     let get = |key: &str| {

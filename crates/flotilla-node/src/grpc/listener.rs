@@ -31,7 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use super::roles::{role_of, ConnectionRole, PeerInfo};
 
 use super::tls::TlsAccept;
 use crate::metrics::{ConnectionClose, TransportMetrics};
@@ -175,7 +177,7 @@ impl Drop for SourceSlot {
 /// the services.
 pub(crate) struct ServerIo {
     stream: Stream,
-    info: TcpConnectInfo,
+    info: PeerInfo,
 }
 
 enum Stream {
@@ -188,9 +190,9 @@ enum Stream {
 }
 
 impl Connected for ServerIo {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }
@@ -386,9 +388,10 @@ async fn set_up(
     _permit: OwnedSemaphorePermit,
     mut slot: SourceSlot,
 ) {
-    let info = TcpConnectInfo {
-        local_addr: tcp.local_addr().ok(),
-        remote_addr: Some(remote),
+    let mut info = PeerInfo {
+        local: tcp.local_addr().ok(),
+        remote: Some(remote),
+        role: ConnectionRole::default(),
     };
     let _ = tcp.set_nodelay(true);
     let stream = tokio::select! {
@@ -398,6 +401,19 @@ async fn set_up(
     };
     drop(slot);
     let Some(stream) = stream else { return };
+    if let Stream::Tls(tls) = &stream {
+        // The handshake verified the chain: what remains is the role it names.
+        let role = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map_or_else(
+                || Err("no client certificate".to_owned()),
+                |certificate| role_of(certificate.as_ref()),
+            );
+        info.role = ConnectionRole { role: Some(role) };
+    }
     // Waits while the server is behind (bounded queue, the global permit held); an error
     // means the server stopped.
     let _ = shared.accepted.send(Ok(ServerIo { stream, info })).await;

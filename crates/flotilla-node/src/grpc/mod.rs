@@ -70,6 +70,7 @@ pub mod cli;
 pub mod codec;
 mod extra;
 pub mod listener;
+pub mod roles;
 pub mod tls;
 
 /// The protobuf messages and the tonic client and server generated from `proto/raft.proto`.
@@ -1078,14 +1079,24 @@ impl proto::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<proto::Frame>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let remote = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let remote = roles::remote_of(request.extensions());
+        // Under TLS only a store certificate may stream frames, and only as the store it
+        // names.
+        let sender = roles::peer_info(request.extensions())
+            .role
+            .require(&[roles::Role::Store], "a raft stream")
+            .map(|peer| peer.map(|p| p.name.clone()))
+            .map_err(|why| {
+                bump(&self.counters.streams_refused);
+                tracing::warn!(remote = %remote, error = %why, "raft stream refused");
+                Status::permission_denied(why)
+            })?;
         let frames = request.into_inner();
         let (tx, rx) = mpsc::channel(1);
         bump(&self.counters.streams_opened);
         tokio::spawn(receive(
             remote,
+            sender,
             frames,
             tx,
             self.sink.clone(),
@@ -1099,14 +1110,15 @@ impl proto::raft_server::Raft for RaftService {
         &self,
         request: Request<proto::SnapshotChunkRequest>,
     ) -> Result<Response<proto::SnapshotChunk>, Status> {
-        let remote = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let remote = roles::remote_of(request.extensions());
+        let role = roles::peer_info(request.extensions()).role;
         let refuse = |status: Status| {
             bump(&self.counters.snapshot_fetches_refused);
             tracing::warn!(remote = %remote, code = ?status.code(), error = status.message(), "snapshot fetch refused");
             status
         };
+        role.require(&[roles::Role::Store], "a snapshot fetch")
+            .map_err(|why| refuse(Status::permission_denied(why)))?;
         let Some(service) = self.snapshots.clone() else {
             return Err(refuse(Status::unimplemented(
                 "this process serves no snapshots",
@@ -1153,6 +1165,7 @@ impl proto::raft_server::Raft for RaftService {
 /// frame, logs it, ends the stream with an error status and returns.
 async fn receive(
     remote: String,
+    certified: Option<String>,
     mut frames: Streaming<proto::Frame>,
     responses: mpsc::Sender<Result<proto::Ack, Status>>,
     sink: Arc<dyn FrameSink>,
@@ -1203,6 +1216,14 @@ async fn receive(
                 return;
             }
         };
+        if let Some(certified) = certified.as_deref().filter(|c| *c != frame.from.as_str()) {
+            let status = Status::permission_denied(format!(
+                "frame from {} on a connection whose certificate names store {certified}",
+                frame.from
+            ));
+            refuse(&sender, status).await;
+            return;
+        }
         match &sender {
             None => sender = Some(frame.from.clone()),
             Some(first) if *first != frame.from => {

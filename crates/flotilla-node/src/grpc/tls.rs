@@ -244,6 +244,8 @@ pub struct TlsConfig {
     handshake_timeout: Duration,
     /// Where the material came from, for `Debug` (never the key itself).
     description: String,
+    /// The role this process's own certificate names (see [`super::roles`]).
+    role: Result<super::roles::PeerRole, String>,
 }
 
 impl fmt::Debug for TlsConfig {
@@ -290,6 +292,12 @@ impl TlsConfig {
                 origin: origin(),
             },
         )
+    }
+
+    /// The role and name this process's certificate gives (`flotilla://ROLE/NAME`), or why
+    /// it gives none. Peers under TLS accept only what that role allows.
+    pub fn role(&self) -> Result<&super::roles::PeerRole, &str> {
+        self.role.as_ref().map_err(String::as_str)
     }
 
     /// [`TlsConfig::from_pem`] from three files; errors name the file.
@@ -399,7 +407,12 @@ impl TlsConfig {
             .with_client_auth_cert(chain_certificates.clone(), private_key)
             .map_err(|e| refused(e.to_string()))?;
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let role = chain_certificates.first().map_or_else(
+            || Err("no certificate".to_owned()),
+            |c| super::roles::role_of(c.as_ref()),
+        );
         Ok(TlsConfig {
+            role,
             server: Arc::new(server),
             client: Arc::new(client),
             server_name: None,

@@ -15,10 +15,10 @@ use flotilla_node::grpc::{
     codec, proto, CliClient, CliOptions, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle,
     TlsConfig, TlsConfigError,
 };
-use flotilla_node::{Frame, NodeManager, PeerId, Transport};
+use flotilla_node::{AddressBook, Frame, NodeManager, PeerId, Transport};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 use super::cluster::{add, sink_server, temp_root, test_options, value_of, Counter, WAIT};
@@ -44,11 +44,17 @@ impl Ca {
         self.issuer.pem()
     }
 
-    /// A process certificate for `names` (IP addresses or DNS names), usable as server and
-    /// client: (certificate PEM, private key PEM).
-    fn issue(&self, names: &[&str]) -> (String, String) {
+    /// A process certificate for `names` (IP addresses or DNS names) naming `role`
+    /// (`flotilla://ROLE/NAME`, if given), usable as server and client: (certificate PEM,
+    /// private key PEM).
+    fn issue(&self, names: &[&str], role: Option<&str>) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names).expect("params");
+        if let Some(role) = role {
+            params
+                .subject_alt_names
+                .push(SanType::URI(role.try_into().expect("an IA5 URI")));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, "flotilla process");
@@ -62,11 +68,18 @@ impl Ca {
     }
 }
 
-/// Writes the CA, a certificate for `names` and its key under `dir` with the prefix `name`,
-/// and loads them back through [`TlsConfig::from_pem_files`].
-fn identity(dir: &Path, name: &str, trusted: &Ca, signer: &Ca, names: &[&str]) -> TlsConfig {
+/// Writes the CA, a certificate for `names` naming `role` and its key under `dir` with the
+/// prefix `name`, and loads them back through [`TlsConfig::from_pem_files`].
+fn identity(
+    dir: &Path,
+    name: &str,
+    trusted: &Ca,
+    signer: &Ca,
+    names: &[&str],
+    role: &str,
+) -> TlsConfig {
     std::fs::create_dir_all(dir).expect("tls dir");
-    let (chain, key) = signer.issue(names);
+    let (chain, key) = signer.issue(names, Some(role));
     let paths = [
         dir.join(format!("{name}-ca.pem")),
         dir.join(format!("{name}-cert.pem")),
@@ -80,6 +93,7 @@ fn identity(dir: &Path, name: &str, trusted: &Ca, signer: &Ca, names: &[&str]) -
 
 /// One process: a manager over a TLS transport, serving raft and CLI with TLS.
 struct Process {
+    id: PeerId,
     address: PeerId,
     manager: Arc<NodeManager>,
     transport: GrpcTransport,
@@ -88,16 +102,26 @@ struct Process {
 }
 
 /// Starts one process per TLS configuration, on 127.0.0.1 ports picked by the system, all
-/// voters of group 1.
+/// voters of group 1. Process `i` is named `p{i}` (its certificate names
+/// `flotilla://store/p{i}`); an address book says where each is.
 async fn start(root: &Path, configs: &[TlsConfig]) -> Vec<Process> {
     let mut listeners = Vec::new();
     for _ in configs {
         listeners.push(GrpcServer::bind("127.0.0.1:0").await.expect("bind"));
     }
-    let peers: Vec<PeerId> = listeners.iter().map(|l| l.address().clone()).collect();
+    let peers: Vec<PeerId> = (0..configs.len())
+        .map(|i| PeerId::new(&format!("p{i}")))
+        .collect();
+    let book = AddressBook::in_memory();
+    for (peer, listener) in peers.iter().zip(&listeners) {
+        book.set(peer, listener.address().as_str())
+            .expect("address");
+    }
     let mut processes = Vec::new();
     for (i, (listener, tls)) in listeners.into_iter().zip(configs).enumerate() {
+        let address = listener.address().clone();
         let mut options = test_options(peers[i].clone(), root.join(format!("p{i}")));
+        options.addresses = book.clone();
         // 500 ms, not 100 ms: `commit` checks exact totals, so a write whose outcome
         // became unknown when a loaded machine lost the leadership must not happen.
         options.raft.election_timeout_ticks = 50;
@@ -105,6 +129,7 @@ async fn start(root: &Path, configs: &[TlsConfig]) -> Vec<Process> {
         let transport = GrpcTransport::new(GrpcOptions {
             tls: Some(tls.clone()),
             backoff_max: Duration::from_millis(200),
+            addresses: book.clone(),
             ..GrpcOptions::default()
         });
         let manager = Arc::new(
@@ -127,7 +152,8 @@ async fn start(root: &Path, configs: &[TlsConfig]) -> Vec<Process> {
             .await
             .expect("add group");
         processes.push(Process {
-            address: peers[i].clone(),
+            id: peers[i].clone(),
+            address,
             manager,
             transport,
             server,
@@ -202,6 +228,7 @@ async fn three_managers_commit_over_mutual_tls_and_the_cli_works() {
                 &ca,
                 &ca,
                 &["127.0.0.1"],
+                &format!("flotilla://store/p{i}"),
             )
         })
         .collect();
@@ -216,21 +243,76 @@ async fn three_managers_commit_over_mutual_tls_and_the_cli_works() {
     }
 
     // An operator's certificate from the same CA administers the cluster.
-    let operator = identity(&root.join("tls"), "operator", &ca, &ca, &["127.0.0.1"]);
-    let peers: Vec<PeerId> = processes.iter().map(|p| p.address.clone()).collect();
-    let client = CliClient::new(peers.clone(), 1)
+    let operator = identity(
+        &root.join("tls"),
+        "operator",
+        &ca,
+        &ca,
+        &["127.0.0.1"],
+        "flotilla://admin/operator",
+    );
+    let addresses: Vec<PeerId> = processes.iter().map(|p| p.address.clone()).collect();
+    let ids: Vec<PeerId> = processes.iter().map(|p| p.id.clone()).collect();
+    let client = CliClient::new(addresses.clone(), 1)
         .expect("client")
         .with_options(CliOptions {
             tls: Some(operator),
             ..CliOptions::default()
         });
     let leader = client.get_leader().await.expect("leader over TLS");
-    assert!(peers.contains(&leader), "{leader}");
+    assert!(ids.contains(&leader), "{leader}");
     let mut voters = client.get_peers().await.expect("peers over TLS");
     voters.sort();
-    let mut expected = peers.clone();
-    expected.sort();
-    assert_eq!(voters, expected);
+    assert_eq!(voters, ids);
+
+    // A certificate of the same CA for another role or identity gets nothing a store's
+    // certificate would: a client's is refused the CLI, and neither a client's nor another
+    // store's may stream frames in a store's name.
+    let client_cert = identity(
+        &root.join("tls"),
+        "app",
+        &ca,
+        &ca,
+        &["127.0.0.1"],
+        "flotilla://client/app",
+    );
+    let as_client = CliClient::new(addresses.clone(), 1)
+        .expect("client")
+        .with_options(CliOptions {
+            tls: Some(client_cert.clone()),
+            max_attempts: 2,
+            ..CliOptions::default()
+        });
+    let error = as_client
+        .get_peers()
+        .await
+        .expect_err("a client certificate");
+    assert!(
+        error
+            .to_string()
+            .contains("needs a store or admin certificate"),
+        "{error}"
+    );
+    for (cert, what) in [
+        (&configs[2], "p2's certificate sending as p1"),
+        (&client_cert, "a client certificate sending as p1"),
+    ] {
+        let impostor = GrpcTransport::new(GrpcOptions {
+            tls: Some(cert.clone()),
+            backoff_max: Duration::from_millis(100),
+            ..GrpcOptions::default()
+        });
+        let mut frame = empty_frame("p1");
+        frame.to = processes[0].id.clone();
+        let before = processes[0].server.stats().streams_refused;
+        impostor.send(&processes[0].address, frame);
+        until(&format!("{what}: refused"), || {
+            processes[0].server.stats().streams_refused > before
+        })
+        .await;
+        drop(impostor);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     for process in &processes {
         let server = process.server.stats();
@@ -259,6 +341,7 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
                 &ca,
                 &ca,
                 &["127.0.0.1"],
+                &format!("flotilla://store/p{i}"),
             )
         })
         .collect();
@@ -270,6 +353,7 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
         &ca,
         &rogue_ca,
         &["127.0.0.1"],
+        "flotilla://store/p3",
     ));
     // Every process, the rogue included, lists the rogue as a voter: the trusted ones dial
     // it and it dials them, so both directions are refused.
@@ -354,11 +438,18 @@ fn empty_frame(from: &str) -> Frame {
 async fn plain_text_and_tls_do_not_mix() {
     let root = temp_root("grpc-tls-plain");
     let ca = Ca::new("flotilla test CA");
-    let tls = identity(&root.join("tls"), "p0", &ca, &ca, &["127.0.0.1"]);
-
-    // A TLS process serving raft and CLI, leading its own one-voter group.
+    // A TLS process serving raft and CLI, leading its own one-voter group (named by its
+    // address, which its certificate names).
     let listener = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.address().clone();
+    let tls = identity(
+        &root.join("tls"),
+        "p0",
+        &ca,
+        &ca,
+        &["127.0.0.1"],
+        &format!("flotilla://store/{address}"),
+    );
     let transport = GrpcTransport::new(GrpcOptions {
         tls: Some(tls.clone()),
         ..GrpcOptions::default()
@@ -465,7 +556,14 @@ async fn the_server_name_is_the_peer_host_unless_overridden() {
     let root = temp_root("grpc-tls-name");
     let ca = Ca::new("flotilla test CA");
     // The server's certificate names a DNS name only, not 127.0.0.1.
-    let named = identity(&root.join("tls"), "named", &ca, &ca, &["flotilla.test"]);
+    let named = identity(
+        &root.join("tls"),
+        "named",
+        &ca,
+        &ca,
+        &["flotilla.test"],
+        "flotilla://store/127.0.0.1:2",
+    );
     let (server, mut inbox) = sink_server(Some(named.clone())).await;
     let to = server.address().clone();
 
@@ -508,8 +606,8 @@ fn tls_config_errors_name_the_file_and_the_problem() {
     let dir = temp_root("grpc-tls-errors");
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = Ca::new("flotilla test CA");
-    let (chain, key) = ca.issue(&["127.0.0.1"]);
-    let (other_chain, _) = ca.issue(&["127.0.0.1"]);
+    let (chain, key) = ca.issue(&["127.0.0.1"], None);
+    let (other_chain, _) = ca.issue(&["127.0.0.1"], None);
     let ca_file = write(&dir, "ca.pem", ca.pem());
     let chain_file = write(&dir, "cert.pem", &chain);
     let key_file = write(&dir, "key.pem", &key);
