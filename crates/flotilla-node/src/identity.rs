@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -375,30 +374,12 @@ fn render(entries: &BTreeMap<PeerId, String>) -> String {
     for (id, address) in entries {
         let _ = writeln!(body, "{} {address}", id.as_str());
     }
-    let crc = crc32c::crc32c(body.as_bytes());
-    let _ = writeln!(body, "crc32c {crc:08x}");
-    body
+    flotilla_storage::sealed::seal(&body)
 }
 
 fn parse(text: &str, path: &Path) -> Result<BTreeMap<PeerId, String>, String> {
     let bad = |what: String| format!("{}: {what}", path.display());
-    let body_end = text
-        .trim_end_matches('\n')
-        .rfind('\n')
-        .map(|i| i + 1)
-        .ok_or_else(|| bad("too short to be an address book".into()))?;
-    let (body, crc_line) = text.split_at(body_end);
-    let stored = crc_line
-        .trim_end()
-        .strip_prefix("crc32c ")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| bad("last line is not `crc32c <hex>`".into()))?;
-    let actual = crc32c::crc32c(body.as_bytes());
-    if stored != actual {
-        return Err(bad(format!(
-            "checksum mismatch (stored {stored:08x}, computed {actual:08x}): the file is damaged"
-        )));
-    }
+    let body = flotilla_storage::sealed::unseal(text, path, "an address book")?;
     let mut lines = body.lines();
     if lines.next() != Some(BOOK_HEADER) {
         return Err(bad(format!("first line is not {BOOK_HEADER:?}")));
@@ -430,21 +411,7 @@ fn load(path: &Path) -> Result<Option<BTreeMap<PeerId, String>>, String> {
 }
 
 fn save(path: &Path, entries: &BTreeMap<PeerId, String>) -> Result<(), String> {
-    let temp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(render(entries).as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| format!("cannot save {}: {e}", path.display()))
+    flotilla_storage::sealed::write_atomically(path, &render(entries))
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod fs;
 pub mod log;
 pub mod memory;
 pub mod meta;
+pub mod sealed;
 pub mod snapshot;
 pub mod traits;
 

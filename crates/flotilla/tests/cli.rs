@@ -275,7 +275,7 @@ fn server_refuses_bad_starts() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("format 1") && stderr.contains("Replacing a store"),
+        stderr.contains("format 1") && stderr.contains("Runbook: a store lost its disk"),
         "{stderr}"
     );
     assert_eq!(

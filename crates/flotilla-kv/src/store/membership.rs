@@ -57,6 +57,26 @@ pub(crate) async fn hello(
         .map_err(|_| format!("{address} did not answer within {HELLO_TIMEOUT:?}"))?
 }
 
+/// Refuses to start when a live store other than `me` answers at `advertise`, naming it.
+/// Nobody answering (or this very store, reached through a NAT) is fine.
+pub(super) async fn refuse_held_address(
+    advertise: &str,
+    me: StoreId,
+    tls: Option<&TlsConfig>,
+) -> Result<(), super::StoreError> {
+    let Ok(reply) = hello(advertise, tls, proto::HelloRequest::default()).await else {
+        return Ok(());
+    };
+    match store_info(reply.store.as_ref()) {
+        Ok((other, _)) if other != me => Err(super::StoreError::InvalidOptions(format!(
+            "--advertise-addr {advertise} is held by the live store {other} (cluster {:016x}): \
+             give this store ({me}) an address of its own",
+            reply.cluster
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a `StoreInfo` received from a peer: a valid id, a valid (or empty) address.
 fn store_info(info: Option<&proto::StoreInfo>) -> Result<(StoreId, String), String> {
     let info = info.ok_or("no store named")?;

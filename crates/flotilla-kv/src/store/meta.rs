@@ -4,14 +4,13 @@
 //! address is not in it: an address is where the store is, not who it is (it may change at
 //! every start; see `identity` in flotilla-node for the address book).
 //!
-//! Owns: the file format (a short text file, one fact per line, closed by a CRC32C line)
-//! and its atomic replacement (temp file, fsync, rename, directory fsync). Must never:
+//! Owns: the file format (a short text file, one fact per line, sealed by a CRC32C line and
+//! replaced atomically: `flotilla_storage::sealed`). Must never:
 //! leave a half-written file in place of a good one, or accept a file whose checksum or
 //! syntax is wrong.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
 use flotilla_node::{PeerId, StoreId};
@@ -128,31 +127,13 @@ impl StoreMeta {
                 peers
             );
         }
-        let crc = crc32c::crc32c(body.as_bytes());
-        let _ = writeln!(body, "crc32c {crc:08x}");
-        body
+        flotilla_storage::sealed::seal(&body)
     }
 
     /// Parses [`StoreMeta::render`]'s text; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<StoreMeta, String> {
         let bad = |what: String| format!("{}: {what}", path.display());
-        let body_end = text
-            .trim_end_matches('\n')
-            .rfind('\n')
-            .map(|i| i + 1)
-            .ok_or_else(|| bad("too short to be a store.meta file".into()))?;
-        let (body, crc_line) = text.split_at(body_end);
-        let stored = crc_line
-            .trim_end()
-            .strip_prefix("crc32c ")
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| bad("last line is not `crc32c <hex>`".into()))?;
-        let actual = crc32c::crc32c(body.as_bytes());
-        if stored != actual {
-            return Err(bad(format!(
-                "checksum mismatch (stored {stored:08x}, computed {actual:08x}): the file is damaged"
-            )));
-        }
+        let body = flotilla_storage::sealed::unseal(text, path, "a store.meta file")?;
         let mut lines = body.lines();
         match lines.next() {
             Some(HEADER) => {}
@@ -162,7 +143,7 @@ impl StoreMeta {
                      named by its address. This version cannot use it safely and does not \
                      convert it. Start this store with an empty data dir: it joins the cluster \
                      as a new store; then add it to the regions and remove the old member by \
-                     hand (README, \"Replacing a store\")"
+                     hand (README, \"Runbook: a store lost its disk\")"
                 )))
             }
             _ => return Err(bad(format!("first line is not {HEADER:?}"))),
@@ -216,16 +197,7 @@ impl StoreMeta {
 
     /// Replaces `dir/store.meta` atomically and durably.
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        let path = dir.join(STORE_META_FILE);
-        let temp: PathBuf = dir.join(format!("{STORE_META_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(self.render().as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+        flotilla_storage::sealed::write_atomically(&dir.join(STORE_META_FILE), &self.render())
     }
 }
 
@@ -366,7 +338,7 @@ mod tests {
         let error = StoreMeta::parse(&text, Path::new("d/store.meta")).unwrap_err();
         assert!(error.contains("format 1"), "{error}");
         assert!(error.contains("empty data dir"), "{error}");
-        assert!(error.contains("Replacing a store"), "{error}");
+        assert!(error.contains("Runbook: a store lost its disk"), "{error}");
     }
 
     #[test]

@@ -458,10 +458,15 @@ impl Store {
         } else {
             options.address.clone()
         };
-        let advertise = options.advertise.clone().unwrap_or(listen);
+        let advertise = options.advertise.clone().unwrap_or_else(|| listen.clone());
         flotilla_node::identity::check_address(&advertise)
             .map_err(|e| StoreError::InvalidOptions(format!("--advertise-addr: {e}")))?;
         let Plan { meta, fresh } = plan(&options, &advertise)?;
+        if advertise != listen {
+            // Another process could answer there (behind NAT, in another pod): a live store
+            // that holds the address keeps it. (On the listen address the bind settled it.)
+            membership::refuse_held_address(&advertise, meta.store, options.tls.as_ref()).await?;
+        }
         std::fs::create_dir_all(&options.data_dir).map_err(|e| StoreError::DataDir {
             dir: options.data_dir.display().to_string(),
             reason: format!("cannot create it: {e}"),

@@ -33,7 +33,8 @@ fn beacon(from: &str) -> Frame {
     .expect("a valid frame")
 }
 
-/// A CA and a certificate for 127.0.0.1 it signed, as a [`TlsConfig`] (files under `dir`).
+/// A CA and a certificate for 127.0.0.1 it signed (a store's, named `127.0.0.1:1`), as a
+/// [`TlsConfig`] (files under `dir`).
 fn loopback_tls(dir: &Path) -> TlsConfig {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params
@@ -44,6 +45,10 @@ fn loopback_tls(dir: &Path) -> TlsConfig {
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
         .expect("CA certificate");
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    // The beacons below come from the store "127.0.0.1:1", which the certificate names.
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "flotilla://store/127.0.0.1:1".try_into().expect("ia5"),
+    ));
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,

@@ -211,3 +211,31 @@ fn stores_started_at_once_or_late_make_one_cluster_and_a_late_empty_store_joins_
     assert_eq!(store_at(&status, &addresses[3])["regions"], 0, "{status}");
     assert_eq!(peer_ids(&status).len(), 3, "{status}");
 }
+
+#[test]
+fn an_advertised_address_a_live_store_holds_is_refused_naming_it() {
+    let dir = TempDir::new("identity-held");
+    let addresses = free_addresses(2);
+    let _holder = Server::start(&addresses[0], Some(&addresses[0]), &dir.0.join("a"), 1);
+    let status = status_until(&addresses[0], "the holder leads", led);
+    let holder = id_at(&status, &addresses[0]);
+    let output = crate::support::run(&[
+        "server",
+        "--addr",
+        &addresses[1],
+        "--advertise-addr",
+        &addresses[0],
+        "--data-dir",
+        dir.0.join("b").to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("held by the live store") && stderr.contains(&holder),
+        "{stderr}"
+    );
+    assert!(
+        !dir.0.join("b").exists(),
+        "the refused start left its data dir"
+    );
+}
