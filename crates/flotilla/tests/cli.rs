@@ -540,6 +540,7 @@ fn a_mutual_tls_cluster_serves_tls_clients_only() {
     };
     let (code, answer) = admin_with(&tls, &["transfer-leader", "any"]);
     assert_eq!(code, 1, "{answer}");
+    assert_eq!(answer["error"], "PermissionDenied", "{answer}");
     assert!(
         answer["message"]
             .as_str()

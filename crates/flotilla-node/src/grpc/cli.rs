@@ -965,6 +965,14 @@ impl CliClient {
             .map_err(|status| {
                 if status.code() == Code::Unimplemented {
                     CliError::Unreachable(format!("{to} serves no CLI"))
+                } else if status.code() == Code::PermissionDenied {
+                    // Certain and final: this certificate may not administer the cluster.
+                    CliError::Refused {
+                        code: status.code(),
+                        kind: "PermissionDenied".into(),
+                        message: format!("{to}: {}", status.message()),
+                        leader: None,
+                    }
                 } else {
                     CliError::Unreachable(format!("{to}: Identify failed: {}", status.message()))
                 }

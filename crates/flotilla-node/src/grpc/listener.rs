@@ -429,14 +429,18 @@ async fn set_up_stream(shared: &Shared, tcp: TcpStream, remote: SocketAddr) -> O
             Some(Stream::Tls(Box::new(stream)))
         }
         Setup::Plain => {
-            match tokio::time::timeout(PLAIN_REQUEST_TIMEOUT, first_request(tcp)).await {
-                Ok(Some((read, tcp))) => Some(Stream::Plain { read, tcp }),
-                Ok(None) => None,
-                Err(_) => {
+            let deadline = tokio::time::Instant::now() + PLAIN_REQUEST_TIMEOUT;
+            match first_request(tcp, deadline).await {
+                FirstRequest::Complete(read, tcp) => Some(Stream::Plain { read, tcp }),
+                FirstRequest::Closed => None,
+                FirstRequest::TimedOut(tcp) => {
+                    // Counted before the connection closes: whoever sees it closed sees it
+                    // counted.
                     shared
                         .metrics
                         .connection_closed(ConnectionClose::RequestTimeout);
                     tracing::debug!(address = %shared.address, remote = %remote, timeout = ?PLAIN_REQUEST_TIMEOUT, "no complete first request in time: connection closed");
+                    drop(tcp);
                     None
                 }
             }
@@ -446,16 +450,27 @@ async fn set_up_stream(shared: &Shared, tcp: TcpStream, remote: SocketAddr) -> O
 
 /// Reads until `tcp` has sent a complete first request (see [`first_request_complete`]);
 /// `None` if it closed or failed first.
-async fn first_request(mut tcp: TcpStream) -> Option<(Bytes, TcpStream)> {
+/// How waiting for a plain-text connection's first request ended.
+enum FirstRequest {
+    /// Read (the bytes so far, handed to the server first).
+    Complete(Bytes, TcpStream),
+    /// The peer closed or the connection failed.
+    Closed,
+    /// The deadline passed first.
+    TimedOut(TcpStream),
+}
+
+async fn first_request(mut tcp: TcpStream, deadline: tokio::time::Instant) -> FirstRequest {
     let mut read = BytesMut::with_capacity(1024);
     while !first_request_complete(&read) {
         let mut chunk = (&mut tcp).take((FIRST_REQUEST_BYTES_MAX - read.len()) as u64);
-        match chunk.read_buf(&mut read).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
+        match tokio::time::timeout_at(deadline, chunk.read_buf(&mut read)).await {
+            Ok(Ok(0) | Err(_)) => return FirstRequest::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => return FirstRequest::TimedOut(tcp),
         }
     }
-    Some((read.freeze(), tcp))
+    FirstRequest::Complete(read.freeze(), tcp)
 }
 
 /// True once `read` holds the whole HTTP/2 preface or a whole HTTP/1 request head (ended by
