@@ -555,7 +555,17 @@ impl KvClient {
     pub async fn regions_of(&self, address: &str) -> Result<proto::RegionsReply, ClientError> {
         let channel = self.channel(address).await?;
         let mut client = grpc_client(channel);
-        let call = client.regions(proto::RegionsRequest {});
+        self.query(address, client.regions(proto::RegionsRequest {}))
+            .await
+    }
+
+    /// One query of the store at `address` within the client's timeout; a refusal forgets
+    /// the channel (the next call reconnects).
+    async fn query<T>(
+        &self,
+        address: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
         match tokio::time::timeout(self.inner.options.timeout, call).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => {
@@ -671,20 +681,7 @@ impl KvClient {
     ) -> Result<proto::HelloReply, ClientError> {
         let channel = self.channel(address).await?;
         let mut client = grpc_client(channel);
-        match tokio::time::timeout(self.inner.options.timeout, client.hello(request)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
-            Ok(Err(status)) => {
-                self.forget_channel(address);
-                Err(classify(&status).1)
-            }
-            Err(_) => Err(ClientError::definite(
-                "TimedOut",
-                format!(
-                    "{address} did not answer within {:?}",
-                    self.inner.options.timeout
-                ),
-            )),
-        }
+        self.query(address, client.hello(request)).await
     }
 
     /// Asks `store` to close its peer of region `id`, opened by mistake (see
