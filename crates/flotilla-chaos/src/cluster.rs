@@ -832,48 +832,36 @@ impl Cluster {
         Ok(())
     }
 
-    /// Makes the node's `--peers` fit a start on an empty data dir: they must name its own
-    /// address (a moved store's list may not) and, to join, at least one store that runs.
-    /// Otherwise they become the members' addresses and its own, as an operator would
-    /// write them. Returns a note when they changed.
+    /// Makes the node's `--peers` fit a start on an empty data dir: the server refuses a
+    /// list that does not name its own address, which a moved store's first list may not;
+    /// its address is then added, as an operator would (the rest stays as it was, stale
+    /// entries included). Returns a note when the list changed.
     pub fn fit_bootstrap_for_empty_start(&mut self, index: usize) -> Option<String> {
         let own = self.nodes[index].address().to_string();
-        let list: Vec<String> = self.nodes[index]
-            .bootstrap
-            .as_deref()?
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        let running: Vec<String> = self
-            .active()
-            .into_iter()
-            .filter(|&i| i != index && self.nodes[i].is_up())
-            .map(|i| self.nodes[i].address().to_string())
-            .collect();
-        if list.contains(&own) && list.iter().any(|p| running.contains(p)) {
+        let list = self.nodes[index].bootstrap.clone()?;
+        if list.split(',').any(|p| p.trim() == own) {
             return None;
         }
-        let mut peers: Vec<String> = self
-            .members
-            .iter()
-            .filter(|&&i| i != index && self.nodes[i].is_up())
-            .map(|&i| self.nodes[i].address().to_string())
-            .collect();
-        peers.push(own.clone());
-        let peers = peers.join(",");
+        let peers = format!("{list},{own}");
         let note = format!(
-            "{}'s --peers {} name {}: started with --peers {peers}",
-            self.nodes[index].name,
-            list.join(","),
-            if list.contains(&own) {
-                "no store that runs"
-            } else {
-                "not its own address"
-            }
+            "{}'s --peers {list} do not name its address: started with --peers {peers}",
+            self.nodes[index].name
         );
         self.nodes[index].bootstrap = Some(peers);
         Some(note)
+    }
+
+    /// Whether the node's `--peers` name a running store other than itself (an empty store
+    /// joins the cluster through one; otherwise it waits, and is added by `add-peer`).
+    pub fn bootstrap_names_a_running_store(&self, index: usize) -> bool {
+        let Some(list) = &self.nodes[index].bootstrap else {
+            return false;
+        };
+        list.split(',').map(str::trim).any(|p| {
+            self.active()
+                .into_iter()
+                .any(|i| i != index && self.nodes[i].is_up() && self.nodes[i].address() == p)
+        })
     }
 
     /// Stops every process (SIGKILL: the histories are already recorded) and removes the
@@ -884,5 +872,26 @@ impl Cluster {
             self.kill(index).await;
         }
         self.network.teardown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_id_is_read_from_store_meta() {
+        let dir = std::env::temp_dir().join(format!("flotilla-chaos-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_store_id(&dir), None);
+        std::fs::write(
+            dir.join("store.meta"),
+            "flotilla-store 2\nstore 3f2a00000000c0c1\ncluster 00000000000000aa\nbootstrap -\ncrc 0\n",
+        )
+        .unwrap();
+        assert_eq!(read_store_id(&dir).as_deref(), Some("3f2a00000000c0c1"));
+        std::fs::write(dir.join("store.meta"), "flotilla-store 2\nstore nothex\n").unwrap();
+        assert_eq!(read_store_id(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

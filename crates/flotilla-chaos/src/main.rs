@@ -147,10 +147,10 @@ fn suite(name: &str) -> anyhow::Result<Vec<Plan>> {
         // About five minutes on two cores: every nemesis, a few cycles each.
         "quick" => Ok(vec![
             plan("partitions", 5, 40)?,
-            plan("kill,pause", 3, 40)?,
-            plan("membership,drift", 3, 40)?,
+            plan("kill,pause,readdress", 3, 40)?,
+            plan("membership,drift,wipe", 3, 40)?,
             plan("clock,isolate-leader,disk", 3, 40)?,
-            plan("wipe,readdress,kill", 3, 40)?,
+            plan("wipe,readdress", 3, 40)?,
         ]),
         // Each nemesis alone for three minutes, then everything together.
         "full" => {

@@ -610,24 +610,34 @@ async fn apply_wipe(
         }
     };
     text.push_str(&format!("; restarted as the new store {new_id}"));
-    // With --peers it joins the cluster by itself (without, it waits to be added).
-    if cluster.nodes[victim].bootstrap.is_some() {
+    // Through a running store its --peers name, it joins the cluster by itself; otherwise
+    // it waits (and is added all the same: `add-peer` opens its regions).
+    if cluster.bootstrap_names_a_running_store(victim) {
         let asked = Instant::now();
         let mut joined = None;
-        while asked.elapsed() < Duration::from_secs(10) {
+        while asked.elapsed() < Duration::from_secs(5) {
             if let Some(c) = cluster.cluster_of(victim).await.filter(|c| *c != 0) {
                 joined = Some(c);
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         text.push_str(&match joined {
             Some(c) => format!(
                 ", which joined cluster {c:016x} after {} ms",
                 asked.elapsed().as_millis()
             ),
-            None => ", which had not joined the cluster after 10 s".into(),
+            None => ", which had not joined the cluster after 5 s".into(),
         });
+    } else {
+        text.push_str(&format!(
+            ", which waits to be added ({})",
+            if cluster.nodes[victim].bootstrap.is_some() {
+                "its --peers name no running store"
+            } else {
+                "started without --peers"
+            }
+        ));
     }
     match cluster.admin(&["add-peer", &new_id]).await {
         Ok(_) => {
