@@ -12,7 +12,7 @@
 //! | `membership`       | `admin remove-peer` of a member (often the leader)       | `admin add-peer` it back   |
 //! | `drift`            | a fresh store on a new address, empty, `add-peer`'d      | `remove-peer` of the one it replaces, which stops for good |
 //! | `clock`            | restarts under libfaketime, clock rates within ±`drift` of real time (the bound the leader lease assumes), wall clocks off by minutes; half the time the worst case: the leader slowest, the rest fastest | restart with the real clock |
-//! | `disk`             | `kill -9` of one member, then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is replaced as the runbook says: `remove-peer OLD_ID`, wiped, started as usual (a new store), `add-peer NEW_ID` |
+//! | `disk`             | `kill -9` of one member (only when every member runs and every region's voters are the intended members, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is replaced as the runbook says: `remove-peer OLD_ID`, wiped, started as usual (a new store), `add-peer NEW_ID` |
 //! | `wipe`             | `kill -9` of one member, its data dir removed, restarted with its usual command line (same address, same `--peers`): it comes back as a new store; then, as the runbook says, `add-peer NEW_ID` and `remove-peer OLD_ID` | the add and the remove retried per region until the new store is a voter of every region and the old id of none |
 //! | `readdress`        | a member stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
 //!
@@ -468,6 +468,7 @@ async fn apply_one(
         }
         Nemesis::Clock => apply_clock(cluster, rng, config, faults).await?,
         Nemesis::Disk => {
+            safe_to_lose_a_member(cluster).await?;
             let victim = cluster.members[rng.index(cluster.members.len())];
             cluster.kill(victim).await;
             faults.damaged = Some(victim);
@@ -492,22 +493,14 @@ fn store_name(cluster: &Cluster, index: usize) -> String {
         .unwrap_or_else(|| cluster.nodes[index].address().to_string())
 }
 
-/// Kills one member, removes its data dir and starts it again with its usual command line:
-/// it comes back as a new store (a new id) that no region counts on. Then, as the runbook
-/// says, `add-peer NEW_ID` and `remove-peer OLD_ID` (retried at the heal when they fail).
-///
-/// Only when the loss of its state is safe and leaves the regions live: at least three
-/// members, every member running, and every region's voters exactly the intended members
-/// (an earlier replacement finished). A region then keeps a majority of its old members,
-/// and every committed entry a copy on one of them.
-async fn apply_wipe(
-    cluster: &mut Cluster,
-    rng: &mut Rng,
-    faults: &mut Faults,
-) -> anyhow::Result<()> {
+/// Whether one member may lose its state (disk damage, a wipe) now: at least three members,
+/// every member running, and every region's voters exactly the intended members (an
+/// earlier replacement finished). A region then keeps a majority of its old members, and
+/// every committed entry a copy on one of them.
+async fn safe_to_lose_a_member(cluster: &Cluster) -> anyhow::Result<()> {
     if cluster.members.len() < 3 {
         bail!(
-            "{} members: with one wiped the regions would keep no majority of their old members",
+            "{} members: with one lost the regions would keep no majority of their old members",
             cluster.members.len()
         );
     }
@@ -517,7 +510,7 @@ async fn apply_wipe(
         .find(|&&m| !cluster.nodes[m].is_up() || cluster.nodes[m].paused)
     {
         bail!(
-            "{} is not running: no wipe while another member is down",
+            "{} is not running: no member loses its state while another is down",
             cluster.label(down)
         );
     }
@@ -541,6 +534,20 @@ async fn apply_wipe(
             );
         }
     }
+    Ok(())
+}
+
+/// Kills one member, removes its data dir and starts it again with its usual command line:
+/// it comes back as a new store (a new id) that no region counts on. Then, as the runbook
+/// says, `add-peer NEW_ID` and `remove-peer OLD_ID` (retried at the heal when they fail).
+///
+/// Only when [`safe_to_lose_a_member`] says so.
+async fn apply_wipe(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    safe_to_lose_a_member(cluster).await?;
     let leader = cluster
         .leader()
         .await
