@@ -129,10 +129,16 @@ pub struct Node {
     pub skew: Option<Skew>,
     /// Replaced (drift) and gone for good.
     pub retired: bool,
+    /// The address it was first started at (the one the workload's clients were given for
+    /// the first members); `readdress` moves it away and back.
+    pub home_address: String,
+    /// The store id in its data dir (`store.meta`) as of its last start; `None` before its
+    /// first start and after a wipe. A wiped store comes back with a new one.
+    pub store_id: Option<String>,
 }
 
 impl Node {
-    /// The address (peer id).
+    /// Where it listens and is reached now (not who it is: that is [`Node::store_id`]).
     pub fn address(&self) -> &str {
         &self.host.address
     }
@@ -161,6 +167,25 @@ pub struct UnexpectedExit {
     pub log_tail: String,
 }
 
+/// A region as its leader reports it.
+#[derive(Clone, Debug)]
+pub struct LeaderView {
+    /// The node that leads it.
+    pub index: usize,
+    /// Its voters' store ids.
+    pub peer_ids: Vec<String>,
+    /// Its voters' addresses, in the same order ("" where the leader knows none).
+    pub peers: Vec<String>,
+}
+
+impl LeaderView {
+    /// The address the leader has for voter `id`, if `id` is a voter.
+    pub fn address_of(&self, id: &str) -> Option<&str> {
+        let at = self.peer_ids.iter().position(|p| p == id)?;
+        self.peers.get(at).map(String::as_str)
+    }
+}
+
 /// Why a start failed.
 #[derive(Debug)]
 pub struct StartFailure {
@@ -168,6 +193,17 @@ pub struct StartFailure {
     pub status: String,
     /// What it printed in this start.
     pub output: String,
+}
+
+/// The store id written in `DATA_DIR/store.meta` (its second line: `store <16 hex>`), if
+/// the file is there and says one.
+pub fn read_store_id(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join("store.meta")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("store "))
+        .map(str::trim)
+        .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
 }
 
 /// The servers of one run.
@@ -188,6 +224,9 @@ pub struct Cluster {
     pub journal: Arc<Journal>,
     /// Processes that died on their own.
     pub unexpected_exits: Vec<UnexpectedExit>,
+    /// The endpoints the workload's clients were given (fixed for the run: a moved or
+    /// retired store's old address stays in their list).
+    pub client_endpoints: Vec<String>,
     /// A client used for status queries (set once the cluster is up).
     admin_client: Option<KvClient>,
 }
@@ -253,6 +292,7 @@ impl Cluster {
             faketime: find_faketime(),
             journal,
             unexpected_exits: Vec::new(),
+            client_endpoints: Vec::new(),
             admin_client: None,
         }
     }
@@ -267,6 +307,8 @@ impl Cluster {
         std::fs::create_dir_all(self.dir.join("logs"))?;
         self.nodes.push(Node {
             name,
+            home_address: host.address.clone(),
+            store_id: None,
             host,
             data_dir,
             log_path,
@@ -303,6 +345,28 @@ impl Cluster {
             .iter()
             .map(|&i| self.nodes[i].address().to_string())
             .collect()
+    }
+
+    /// Store ids of the intended members (those started at least once since their last
+    /// wipe).
+    pub fn member_ids(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter_map(|&i| self.nodes[i].store_id.clone())
+            .collect()
+    }
+
+    /// The node whose store has id `id`, if any node's does.
+    pub fn node_of_id(&self, id: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.nodes[i].store_id.as_deref() == Some(id))
+    }
+
+    /// A store id with the name of its node when one has it: `3f2a...c1 (n2)`.
+    pub fn id_label(&self, id: &str) -> String {
+        match self.node_of_id(id) {
+            Some(i) => format!("{id} ({})", self.nodes[i].name),
+            None => id.to_string(),
+        }
     }
 
     /// Nodes that are not retired.
@@ -428,6 +492,9 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let output = read_from(&log_path, offset);
             if output.contains("serving raft") {
+                // store.meta is written before the store serves.
+                let node = &mut self.nodes[index];
+                node.store_id = read_store_id(&node.data_dir);
                 return Ok(());
             }
             let node = &mut self.nodes[index];
@@ -568,30 +635,42 @@ impl Cluster {
         replies
     }
 
+    /// The cluster id the store at node `index` reports (0 while it belongs to none).
+    pub async fn cluster_of(&self, index: usize) -> Option<u64> {
+        let client = self.admin_client.as_ref()?;
+        client
+            .regions_of(self.nodes[index].address())
+            .await
+            .ok()
+            .map(|reply| reply.cluster)
+    }
+
     /// Per region: the leader with the highest term any node reports, and the region's
-    /// voters as that leader reports them.
-    pub async fn leaders(&self) -> BTreeMap<u64, (usize, Vec<String>)> {
-        let mut best: BTreeMap<u64, (u64, usize, Vec<String>)> = BTreeMap::new();
+    /// voters as that leader reports them — by store id (an address says where a store is,
+    /// not which one: a wiped store comes back at its old address as another store) and
+    /// by address.
+    pub async fn leaders(&self) -> BTreeMap<u64, LeaderView> {
+        let mut best: BTreeMap<u64, (u64, LeaderView)> = BTreeMap::new();
         for (index, reply) in self.reports().await {
             for info in reply.regions.iter().filter(|i| i.role == "leader") {
-                if best
-                    .get(&info.id)
-                    .is_none_or(|(term, _, _)| info.term > *term)
-                {
-                    best.insert(info.id, (info.term, index, info.peers.clone()));
+                if best.get(&info.id).is_none_or(|(term, _)| info.term > *term) {
+                    let view = LeaderView {
+                        index,
+                        peer_ids: info.peer_ids.clone(),
+                        peers: info.peers.clone(),
+                    };
+                    best.insert(info.id, (info.term, view));
                 }
             }
         }
-        best.into_iter()
-            .map(|(id, (_, index, peers))| (id, (index, peers)))
-            .collect()
+        best.into_iter().map(|(id, (_, view))| (id, view)).collect()
     }
 
     /// The node leading the most regions.
     pub async fn leader(&self) -> Option<usize> {
         let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-        for (index, _) in self.leaders().await.into_values() {
-            *counts.entry(index).or_default() += 1;
+        for view in self.leaders().await.into_values() {
+            *counts.entry(view.index).or_default() += 1;
         }
         counts
             .into_iter()
@@ -739,7 +818,9 @@ impl Cluster {
         }
     }
 
-    /// Empties the node's data directory (it must be down).
+    /// Empties the node's data directory (it must be down). Its command line stays: started
+    /// again with its `--peers`, it joins the cluster as a new store (a new id) that no
+    /// region counts on, and must be added (and its old id removed) by hand.
     pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         assert!(!node.is_up(), "wipe of {} while it runs", node.name);
@@ -747,8 +828,40 @@ impl Cluster {
             std::fs::remove_dir_all(&node.data_dir)
                 .with_context(|| format!("cannot remove {}", node.data_dir.display()))?;
         }
-        node.bootstrap = None;
+        node.store_id = None;
         Ok(())
+    }
+
+    /// Makes the node's `--peers` fit a start on an empty data dir: the server refuses a
+    /// list that does not name its own address, which a moved store's first list may not;
+    /// its address is then added, as an operator would (the rest stays as it was, stale
+    /// entries included). Returns a note when the list changed.
+    pub fn fit_bootstrap_for_empty_start(&mut self, index: usize) -> Option<String> {
+        let own = self.nodes[index].address().to_string();
+        let list = self.nodes[index].bootstrap.clone()?;
+        if list.split(',').any(|p| p.trim() == own) {
+            return None;
+        }
+        let peers = format!("{list},{own}");
+        let note = format!(
+            "{}'s --peers {list} do not name its address: started with --peers {peers}",
+            self.nodes[index].name
+        );
+        self.nodes[index].bootstrap = Some(peers);
+        Some(note)
+    }
+
+    /// Whether the node's `--peers` name a running store other than itself (an empty store
+    /// joins the cluster through one; otherwise it waits, and is added by `add-peer`).
+    pub fn bootstrap_names_a_running_store(&self, index: usize) -> bool {
+        let Some(list) = &self.nodes[index].bootstrap else {
+            return false;
+        };
+        list.split(',').map(str::trim).any(|p| {
+            self.active()
+                .into_iter()
+                .any(|i| i != index && self.nodes[i].is_up() && self.nodes[i].address() == p)
+        })
     }
 
     /// Stops every process (SIGKILL: the histories are already recorded) and removes the
@@ -759,5 +872,26 @@ impl Cluster {
             self.kill(index).await;
         }
         self.network.teardown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_id_is_read_from_store_meta() {
+        let dir = std::env::temp_dir().join(format!("flotilla-chaos-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(read_store_id(&dir), None);
+        std::fs::write(
+            dir.join("store.meta"),
+            "flotilla-store 2\nstore 3f2a00000000c0c1\ncluster 00000000000000aa\nbootstrap -\ncrc 0\n",
+        )
+        .unwrap();
+        assert_eq!(read_store_id(&dir).as_deref(), Some("3f2a00000000c0c1"));
+        std::fs::write(dir.join("store.meta"), "flotilla-store 2\nstore nothex\n").unwrap();
+        assert_eq!(read_store_id(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! `flotilla-chaos`: Flotilla's chaos harness. It runs real `flotilla server` processes,
 //! each in its own network namespace, injects faults (partitions of several shapes, kill -9,
-//! SIGSTOP, membership changes, drift to new addresses, clock skew, disk damage) while
+//! SIGSTOP, membership changes, drift to new addresses, clock skew, disk damage, a store's
+//! data dir wiped and the store replaced, a store moved to another address) while
 //! concurrent clients run a register and a set workload, then checks the recorded
 //! histories: linearizability per key (the simulator's checker), stale reads, lost
 //! acknowledged writes, and recovery time after each heal.
@@ -49,8 +50,8 @@ const EXIT_HARNESS: i32 = 2;
 #[command(name = "flotilla-chaos", version, about)]
 struct Args {
     /// Nemeses, comma-separated: partition-halves, partition-ring, partition-bridge,
-    /// partition-one-way, isolate-leader, kill, pause, membership, drift, clock, disk;
-    /// or `partitions`, `all`, `none`. Each cycle applies a random non-empty subset.
+    /// partition-one-way, isolate-leader, kill, pause, membership, drift, clock, disk,
+    /// wipe, readdress; or `partitions`, `all`, `none`. Each cycle applies a random non-empty subset.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Servers in the cluster.
@@ -143,12 +144,13 @@ fn suite(name: &str) -> anyhow::Result<Vec<Plan>> {
         })
     };
     match name {
-        // About four minutes on two cores: every nemesis, a few cycles each.
+        // About five minutes on two cores: every nemesis, a few cycles each.
         "quick" => Ok(vec![
             plan("partitions", 5, 40)?,
-            plan("kill,pause", 3, 40)?,
-            plan("membership,drift", 3, 40)?,
+            plan("kill,pause,readdress", 3, 40)?,
+            plan("membership,drift,wipe", 3, 40)?,
             plan("clock,isolate-leader,disk", 3, 40)?,
+            plan("wipe,readdress", 3, 40)?,
         ]),
         // Each nemesis alone for three minutes, then everything together.
         "full" => {

@@ -12,24 +12,31 @@
 //! | `membership`       | `admin remove-peer` of a member (often the leader)       | `admin add-peer` it back   |
 //! | `drift`            | a fresh store on a new address, empty, `add-peer`'d      | `remove-peer` of the one it replaces, which stops for good |
 //! | `clock`            | restarts under libfaketime, clock rates within ±`drift` of real time (the bound the leader lease assumes), wall clocks off by minutes; half the time the worst case: the leader slowest, the rest fastest | restart with the real clock |
-//! | `disk`             | `kill -9` of one member, then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and re-added |
+//! | `disk`             | `kill -9` of one member (only when every member runs and every region's voters are the intended members, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is replaced as the runbook says: `remove-peer OLD_ID`, wiped, started as usual (a new store), `add-peer NEW_ID` |
+//! | `wipe`             | `kill -9` of one member (always alone, only when every member runs and every region's voters are the intended members), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store; then, as the runbook says, `add-peer NEW_ID` and `remove-peer OLD_ID` | the add and the remove retried per region until the new store is a voter of every region and the old id of none |
+//! | `readdress`        | a member stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
 //!
 //! Partitions drop packets between servers only: the harness's clients reach every server
 //! (an isolated old leader still gets requests — what stale reads need).
 //!
 //! Owns: choosing faults from the seed, applying them, and healing them completely.
-//! Must never: damage more than one node's disk at a time, or restart a damaged node before
-//! the others hold every committed entry (Raft tolerates the loss of a minority's state, not
-//! of a committed entry's last copies).
+//! Must never: damage or wipe more than one node's disk at a time, wipe a member while
+//! another is down or an earlier replacement is unfinished (a region must keep a majority
+//! of its old members: the wiped store's old id never answers again), restart a damaged
+//! node before the others hold every committed entry (Raft tolerates the loss of a
+//! minority's state, not of a committed entry's last copies), or name a store by its
+//! address where it means the store that used to be there (a wiped store comes back at its
+//! old address with a new id: members are removed by store id).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use flotilla_kv::client::KvClient;
 
-use crate::cluster::{Cluster, Skew};
+use crate::cluster::{read_store_id, Cluster, Skew};
+use crate::net::Network;
 use crate::rng::Rng;
 use crate::workload::Shared;
 
@@ -58,11 +65,15 @@ pub enum Nemesis {
     Clock,
     /// Log damage on a stopped member.
     Disk,
+    /// A member's data dir lost: it comes back as a new store and replaces its old id.
+    Wipe,
+    /// A member restarted on its data dir at another address.
+    Readdress,
 }
 
 impl Nemesis {
     /// Every nemesis, in the order of the table above.
-    pub const ALL: [Nemesis; 11] = [
+    pub const ALL: [Nemesis; 13] = [
         Nemesis::PartitionHalves,
         Nemesis::PartitionRing,
         Nemesis::PartitionBridge,
@@ -74,6 +85,8 @@ impl Nemesis {
         Nemesis::Drift,
         Nemesis::Clock,
         Nemesis::Disk,
+        Nemesis::Wipe,
+        Nemesis::Readdress,
     ];
 
     /// The name on the command line.
@@ -90,6 +103,8 @@ impl Nemesis {
             Nemesis::Drift => "drift",
             Nemesis::Clock => "clock",
             Nemesis::Disk => "disk",
+            Nemesis::Wipe => "wipe",
+            Nemesis::Readdress => "readdress",
         }
     }
 
@@ -103,6 +118,12 @@ impl Nemesis {
                 | Nemesis::PartitionOneWay
                 | Nemesis::IsolateLeader
         )
+    }
+
+    /// Whether it always runs alone: disk damage and wipes lose a member's state, which is
+    /// safe only while every other member runs with its own.
+    pub fn runs_alone(self) -> bool {
+        matches!(self, Nemesis::Disk | Nemesis::Wipe)
     }
 
     /// Parses `NAME[,NAME]` (or `all`, or `none`).
@@ -152,8 +173,19 @@ pub struct Faults {
     drift: Option<(usize, usize)>,
     skewed: Vec<usize>,
     damaged: Option<usize>,
+    wiped: Option<Wiped>,
+    /// Nodes restarted at another address.
+    moved: Vec<usize>,
     /// What was done, for the journal.
     pub description: Vec<String>,
+}
+
+/// A wipe to finish: the node, the store id its data dir had, and the one it has now.
+#[derive(Debug)]
+struct Wiped {
+    victim: usize,
+    old_id: String,
+    new_id: Option<String>,
 }
 
 /// Settings of the nemeses.
@@ -164,15 +196,19 @@ pub struct NemesisConfig {
 }
 
 /// Chooses which of `selected` to apply together this cycle: a random non-empty subset,
-/// except that disk damage always runs alone (its safety argument needs everything else
-/// healthy) and membership and drift never run together (both change the members).
+/// except that disk damage and wipes always run alone (their safety argument needs
+/// everything else healthy) and membership and drift never run together (both change the
+/// members).
 pub fn choose(selected: &[Nemesis], rng: &mut Rng) -> Vec<Nemesis> {
     let mut kinds = rng.subset(selected);
-    if kinds.contains(&Nemesis::Disk) {
-        if kinds.len() > 1 && rng.chance(0.5) {
-            kinds.retain(|k| *k != Nemesis::Disk);
+    let alone: Vec<Nemesis> = kinds.iter().copied().filter(|k| k.runs_alone()).collect();
+    if !alone.is_empty() {
+        if kinds.len() > alone.len() && rng.chance(0.5) {
+            kinds.retain(|k| !k.runs_alone());
+        } else if alone.len() == 1 {
+            return alone;
         } else {
-            return vec![Nemesis::Disk];
+            return vec![alone[rng.index(alone.len())]];
         }
     }
     if kinds.contains(&Nemesis::Membership) && kinds.contains(&Nemesis::Drift) {
@@ -298,10 +334,12 @@ pub async fn apply(
     // Membership changes first, while the cluster is healthy enough to make them; then the
     // clock, whose restarts may move leadership (isolating the leader should act on the
     // leader it leaves); then partitions, kills and pauses.
+    // A move comes before kills and pauses, which may then hit the store at its new address.
     let rank = |k: &Nemesis| match k {
-        Nemesis::Membership | Nemesis::Drift => 0,
+        Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe => 0,
         Nemesis::Clock => 1,
-        _ => 2,
+        Nemesis::Readdress => 2,
+        _ => 3,
     };
     let mut ordered = kinds.to_vec();
     ordered.sort_by_key(rank);
@@ -394,8 +432,8 @@ async fn apply_one(
                 Some(l) if rng.chance(0.5) => l,
                 _ => cluster.members[rng.index(cluster.members.len())],
             };
-            let address = cluster.nodes[target].address().to_string();
-            cluster.admin(&["remove-peer", &address]).await?;
+            let name = store_name(cluster, target);
+            cluster.admin(&["remove-peer", &name]).await?;
             cluster.members.retain(|m| *m != target);
             faults.description.push(format!(
                 "removed {} from every region",
@@ -430,6 +468,7 @@ async fn apply_one(
         }
         Nemesis::Clock => apply_clock(cluster, rng, config, faults).await?,
         Nemesis::Disk => {
+            safe_to_lose_a_member(cluster).await?;
             let victim = cluster.members[rng.index(cluster.members.len())];
             cluster.kill(victim).await;
             faults.damaged = Some(victim);
@@ -438,8 +477,288 @@ async fn apply_one(
                 .description
                 .push(format!("kill -9 {}, then {what}", cluster.label(victim)));
         }
+        Nemesis::Wipe => apply_wipe(cluster, rng, faults).await?,
+        Nemesis::Readdress => apply_readdress(cluster, rng, faults).await?,
         _ => unreachable!("{kind:?} has no branch"),
     }
+    Ok(())
+}
+
+/// How `admin` is to name the store of node `index`: its store id (an address names
+/// whichever store answers there now, or was last there), else its address.
+fn store_name(cluster: &Cluster, index: usize) -> String {
+    cluster.nodes[index]
+        .store_id
+        .clone()
+        .unwrap_or_else(|| cluster.nodes[index].address().to_string())
+}
+
+/// Whether one member may lose its state (disk damage, a wipe) now: at least three members,
+/// every member running, and every region's voters exactly the intended members (an
+/// earlier replacement finished). A region then keeps a majority of its old members, and
+/// every committed entry a copy on one of them.
+async fn safe_to_lose_a_member(cluster: &Cluster) -> anyhow::Result<()> {
+    if cluster.members.len() < 3 {
+        bail!(
+            "{} members: with one lost the regions would keep no majority of their old members",
+            cluster.members.len()
+        );
+    }
+    if let Some(&down) = cluster
+        .members
+        .iter()
+        .find(|&&m| !cluster.nodes[m].is_up() || cluster.nodes[m].paused)
+    {
+        bail!(
+            "{} is not running: no member loses its state while another is down",
+            cluster.label(down)
+        );
+    }
+    let intended: BTreeSet<String> = cluster.member_ids().into_iter().collect();
+    if intended.len() != cluster.members.len() {
+        bail!("a member's store id is unknown");
+    }
+    let leaders = cluster.leaders().await;
+    if leaders.len() != cluster.config.regions as usize {
+        bail!(
+            "only {} of {} regions have a leader",
+            leaders.len(),
+            cluster.config.regions
+        );
+    }
+    for (region, view) in &leaders {
+        let voters: BTreeSet<String> = view.peer_ids.iter().cloned().collect();
+        if voters != intended {
+            bail!(
+                "region {region}'s voters {voters:?} are not the intended members {intended:?} (an earlier change is unfinished)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Kills one member, removes its data dir and starts it again with its usual command line:
+/// it comes back as a new store (a new id) that no region counts on. Then, as the runbook
+/// says, `add-peer NEW_ID` and `remove-peer OLD_ID` (retried at the heal when they fail).
+///
+/// Only when [`safe_to_lose_a_member`] says so.
+async fn apply_wipe(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    safe_to_lose_a_member(cluster).await?;
+    let leader = cluster
+        .leader()
+        .await
+        .filter(|l| cluster.members.contains(l));
+    let victim = match leader {
+        Some(l) if rng.chance(0.3) => l,
+        _ => cluster.members[rng.index(cluster.members.len())],
+    };
+    let old_id = cluster.nodes[victim]
+        .store_id
+        .clone()
+        .or_else(|| read_store_id(&cluster.nodes[victim].data_dir))
+        .ok_or_else(|| anyhow!("{}'s store id is unknown", cluster.label(victim)))?;
+    cluster.kill(victim).await;
+    let mut text = format!(
+        "kill -9 {} (store {old_id}), data dir removed",
+        cluster.label(victim)
+    );
+    if let Err(why) = cluster.wipe(victim) {
+        faults.description.push(text);
+        bail!("wipe failed: {why:#}");
+    }
+    if let Some(note) = cluster.fit_bootstrap_for_empty_start(victim) {
+        text.push_str(&format!("; {note}"));
+    }
+    let started = cluster
+        .start(victim, "wipe nemesis: empty data dir, usual command line")
+        .await;
+    faults.wiped = Some(Wiped {
+        victim,
+        old_id: old_id.clone(),
+        new_id: cluster.nodes[victim].store_id.clone(),
+    });
+    if let Err(failure) = started {
+        faults.description.push(text);
+        cluster
+            .unexpected_exits
+            .push(crate::cluster::UnexpectedExit {
+                name: cluster.nodes[victim].name.clone(),
+                status: failure.status.clone(),
+                log_tail: failure.output.clone(),
+            });
+        bail!(
+            "FINDING: {} did not start on an empty data dir ({}): {}",
+            cluster.label(victim),
+            failure.status,
+            failure.output.trim()
+        );
+    }
+    let new_id = match cluster.nodes[victim].store_id.clone() {
+        Some(id) if id == old_id => {
+            let name = cluster.nodes[victim].name.clone();
+            cluster
+                .unexpected_exits
+                .push(crate::cluster::UnexpectedExit {
+                    name,
+                    status: format!("came back from a wipe with its old store id {id}"),
+                    log_tail: String::new(),
+                });
+            faults.description.push(text);
+            bail!("FINDING: the wiped store came back with its old store id {id}");
+        }
+        Some(id) => id,
+        None => {
+            faults.description.push(text);
+            bail!("the restarted store wrote no store id in its store.meta");
+        }
+    };
+    text.push_str(&format!("; restarted as the new store {new_id}"));
+    // Through a running store its --peers name, it joins the cluster by itself; otherwise
+    // it waits (and is added all the same: `add-peer` opens its regions).
+    if cluster.bootstrap_names_a_running_store(victim) {
+        let asked = Instant::now();
+        let mut joined = None;
+        while asked.elapsed() < Duration::from_secs(5) {
+            if let Some(c) = cluster.cluster_of(victim).await.filter(|c| *c != 0) {
+                joined = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        text.push_str(&match joined {
+            Some(c) => format!(
+                ", which joined cluster {c:016x} after {} ms",
+                asked.elapsed().as_millis()
+            ),
+            None => ", which had not joined the cluster after 5 s".into(),
+        });
+    } else {
+        text.push_str(&format!(
+            ", which waits to be added ({})",
+            if cluster.nodes[victim].bootstrap.is_some() {
+                "its --peers name no running store"
+            } else {
+                "started without --peers"
+            }
+        ));
+    }
+    match cluster.admin(&["add-peer", &new_id]).await {
+        Ok(_) => {
+            text.push_str("; add-peer NEW: ok");
+            let removed = cluster.admin(&["remove-peer", &old_id]).await;
+            text.push_str(&format!(
+                "; remove-peer OLD: {}",
+                removed.map_or_else(|e| format!("{e:#} (retried at the heal)"), |_| "ok".into())
+            ));
+        }
+        Err(why) => text.push_str(&format!(
+            "; add-peer NEW: {why:#} (the add and the remove retried at the heal)"
+        )),
+    }
+    faults.description.push(text);
+    Ok(())
+}
+
+/// Stops a running member (SIGTERM or `kill -9`) and starts it on its data dir at another
+/// address (its namespace and IP stay: partitions still apply to it). Nothing else: no
+/// membership change; the others learn its address from it. The workload's clients keep
+/// at least one endpoint that answers (their list is fixed at the start), and find the
+/// moved store through the stores' answers.
+async fn apply_readdress(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    let candidates: Vec<usize> = cluster
+        .members
+        .iter()
+        .copied()
+        .filter(|&i| cluster.nodes[i].is_up() && !cluster.nodes[i].paused)
+        .collect();
+    let mut eligible = Vec::new();
+    for &c in &candidates {
+        let moved = Network::moved(&cluster.nodes[c].host, &cluster.nodes[c].home_address)?;
+        let live_endpoint = cluster
+            .active()
+            .into_iter()
+            .filter(|&i| cluster.nodes[i].is_up())
+            .any(|i| {
+                let at = if i == c {
+                    moved.address.as_str()
+                } else {
+                    cluster.nodes[i].address()
+                };
+                cluster.client_endpoints.iter().any(|e| e == at)
+            });
+        if live_endpoint {
+            eligible.push((c, moved));
+        }
+    }
+    if eligible.is_empty() {
+        bail!("no running member can move without leaving the clients' endpoints all dead");
+    }
+    let (victim, moved) = eligible.swap_remove(rng.index(eligible.len()));
+    let id_before = cluster.nodes[victim].store_id.clone();
+    let from = cluster.nodes[victim].address().to_string();
+    let how = if rng.chance(0.5) {
+        cluster.kill(victim).await;
+        "kill -9"
+    } else {
+        cluster.stop(victim).await;
+        "SIGTERM"
+    };
+    let to = moved.address.clone();
+    cluster.nodes[victim].host = moved;
+    let why = format!("readdress nemesis: moved from {from}, same data dir");
+    if let Err(failure) = cluster.start(victim, &why).await {
+        // Back where it was, so the run goes on; a store that cannot start on its data dir
+        // at another address is a finding (unless the harness picked a port in use).
+        cluster.nodes[victim].host.address = from.clone();
+        let back = cluster
+            .start(victim, "readdress nemesis: back at its old address")
+            .await;
+        let port_taken = failure.output.contains("in use");
+        if !port_taken {
+            cluster
+                .unexpected_exits
+                .push(crate::cluster::UnexpectedExit {
+                    name: cluster.nodes[victim].name.clone(),
+                    status: format!("did not start at {to}: {}", failure.status),
+                    log_tail: failure.output.clone(),
+                });
+        }
+        bail!(
+            "{}{} did not start at {to} ({}): {}; back at {from}: {}",
+            if port_taken { "" } else { "FINDING: " },
+            cluster.nodes[victim].name,
+            failure.status,
+            failure.output.trim(),
+            back.map_or_else(|f| f.status, |_| "ok".into())
+        );
+    }
+    let id_after = cluster.nodes[victim].store_id.clone();
+    if id_after != id_before {
+        let name = cluster.nodes[victim].name.clone();
+        cluster
+            .unexpected_exits
+            .push(crate::cluster::UnexpectedExit {
+                name,
+                status: format!(
+                    "its store id changed from {id_before:?} to {id_after:?} when it moved"
+                ),
+                log_tail: String::new(),
+            });
+    }
+    faults.moved.push(victim);
+    faults.description.push(format!(
+        "{} ({how}) moved from {from} to {to} with its data dir (store {}), no membership change",
+        cluster.nodes[victim].name,
+        id_after.as_deref().unwrap_or("?")
+    ));
     Ok(())
 }
 
@@ -529,6 +848,9 @@ pub async fn heal(
     if let Some(victim) = faults.damaged {
         notes.extend(heal_disk(victim, cluster, shared, probe_client).await);
     }
+    if let Some(wiped) = faults.wiped {
+        notes.extend(finish_wipe(wiped, cluster).await);
+    }
     for &k in &faults.killed {
         if let Err(failure) = cluster.start(k, "kill nemesis: restart").await {
             notes.push(format!(
@@ -552,8 +874,8 @@ pub async fn heal(
         }
     }
     for &r in &faults.removed {
-        let address = cluster.nodes[r].address().to_string();
-        match cluster.admin(&["add-peer", &address]).await {
+        let name = store_name(cluster, r);
+        match cluster.admin(&["add-peer", &name]).await {
             Ok(_) => {
                 cluster.members.push(r);
                 notes.push(format!("added {} back", cluster.label(r)));
@@ -569,6 +891,174 @@ pub async fn heal(
         notes.push(finish_drift(new, old, cluster).await);
     }
     ensure_running(cluster, &mut notes).await;
+    for &m in &faults.moved {
+        if let Some(note) = check_moved(m, cluster).await {
+            notes.push(note);
+        }
+    }
+    notes
+}
+
+/// Whether every region's leader reaches the moved store `index` at its new address (it
+/// tells the others itself when it starts); waits up to 15 s. `None` when it is no longer
+/// a running member (retired, or removed by another nemesis).
+async fn check_moved(index: usize, cluster: &Cluster) -> Option<String> {
+    let node = &cluster.nodes[index];
+    let id = node.store_id.clone()?;
+    if node.retired || !node.is_up() || !cluster.members.contains(&index) {
+        return None;
+    }
+    let address = node.address().to_string();
+    let started = Instant::now();
+    loop {
+        let leaders = cluster.leaders().await;
+        let stale: Vec<String> = leaders
+            .iter()
+            .filter_map(|(region, view)| match view.address_of(&id) {
+                Some(at) if at != address => Some(format!("region {region}: {at:?}")),
+                _ => None,
+            })
+            .collect();
+        if leaders.len() == cluster.config.regions as usize && stale.is_empty() {
+            return Some(format!(
+                "every region's leader reaches the moved {} at {address} ({} ms)",
+                node.name,
+                started.elapsed().as_millis()
+            ));
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            return Some(format!(
+                "SUSPICIOUS: 15 s after the heal, {} of {} regions have a leader, and leaders still list the moved {} at its old address ({})",
+                leaders.len(),
+                cluster.config.regions,
+                node.name,
+                stale.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Makes store `add` a voter of every region and store `remove` a voter of none, one
+/// `admin --region ID` call per region still to change, retried as an operator would
+/// until `within` has passed. Adds come first (the runbook's order); after three rounds of
+/// failed adds the removal goes ahead anyway (a dead member only costs the regions their
+/// fault tolerance; the final reconciliation retries the add). Returns whether it
+/// converged, and notes on what failed.
+async fn converge(
+    cluster: &Cluster,
+    add: Option<&str>,
+    remove: Option<&str>,
+    within: Duration,
+) -> (bool, Vec<String>) {
+    let deadline = Instant::now() + within;
+    let mut notes = Vec::new();
+    let mut failed_adds = 0;
+    loop {
+        let leaders = cluster.leaders().await;
+        let every_region = leaders.len() == cluster.config.regions as usize;
+        let regions_where = |id: Option<&str>, member: bool| -> Vec<u64> {
+            let Some(id) = id else { return Vec::new() };
+            leaders
+                .iter()
+                .filter(|(_, view)| view.peer_ids.iter().any(|p| p == id) == member)
+                .map(|(region, _)| *region)
+                .collect()
+        };
+        let lacking = regions_where(add, false);
+        let holding = regions_where(remove, true);
+        if every_region && lacking.is_empty() && holding.is_empty() {
+            return (true, notes);
+        }
+        if Instant::now() >= deadline {
+            notes.push(format!(
+                "gave up after {within:?}: {} of {} regions have a leader; regions still without {}: {lacking:?}; regions still with {}: {holding:?}",
+                leaders.len(),
+                cluster.config.regions,
+                add.map_or("-".into(), |id| cluster.id_label(id)),
+                remove.map_or("-".into(), |id| cluster.id_label(id)),
+            ));
+            return (false, notes);
+        }
+        if every_region {
+            let (op, id, regions) = match (add, remove) {
+                (Some(id), _) if !lacking.is_empty() && (failed_adds < 3 || holding.is_empty()) => {
+                    ("add-peer", id, lacking)
+                }
+                (_, Some(id)) => ("remove-peer", id, holding),
+                _ => ("add-peer", add.unwrap_or_default(), lacking),
+            };
+            let mut failed = false;
+            for region in regions {
+                let region_text = region.to_string();
+                if let Err(why) = cluster.admin(&["--region", &region_text, op, id]).await {
+                    failed = true;
+                    notes.push(format!(
+                        "region {region}: {op} {}: {why:#}",
+                        cluster.id_label(id)
+                    ));
+                }
+            }
+            if failed && op == "add-peer" {
+                failed_adds += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The wipe's second half: the fresh store runs, is a voter of every region, and the old
+/// store id is a voter of none.
+async fn finish_wipe(wiped: Wiped, cluster: &mut Cluster) -> Vec<String> {
+    let mut notes = Vec::new();
+    let victim = wiped.victim;
+    if !cluster.nodes[victim].is_up() {
+        if let Err(failure) = cluster
+            .start(victim, "wipe nemesis: heal (it was down)")
+            .await
+        {
+            notes.push(format!(
+                "FINDING: the wiped {} does not start ({}): {}",
+                cluster.label(victim),
+                failure.status,
+                failure.output.trim()
+            ));
+            return notes;
+        }
+    }
+    let Some(new_id) = cluster.nodes[victim].store_id.clone() else {
+        notes.push(format!(
+            "the wiped {} has no store id: not replaced",
+            cluster.label(victim)
+        ));
+        return notes;
+    };
+    if wiped.new_id.as_ref().is_some_and(|id| *id != new_id) {
+        notes.push(format!(
+            "the wiped {} was {} at its restart and is {new_id} now",
+            cluster.label(victim),
+            wiped.new_id.as_deref().unwrap_or("?")
+        ));
+    }
+    let (done, more) = converge(
+        cluster,
+        Some(&new_id),
+        Some(&wiped.old_id),
+        Duration::from_secs(60),
+    )
+    .await;
+    notes.extend(more);
+    notes.push(if done {
+        format!(
+            "{} replaced: the new store {new_id} is a voter of every region, the old {} of none",
+            cluster.nodes[victim].name, wiped.old_id
+        )
+    } else {
+        format!(
+            "the replacement of {} is unfinished (the final reconciliation retries)",
+            cluster.nodes[victim].name
+        )
+    });
     notes
 }
 
@@ -590,7 +1080,8 @@ async fn finish_drift(new: usize, old: usize, cluster: &mut Cluster) -> String {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if !joined {
-        let _ = cluster.admin(&["remove-peer", &new_address]).await;
+        let name = store_name(cluster, new);
+        let _ = cluster.admin(&["remove-peer", &name]).await;
         retire_node(new, cluster).await;
         return format!(
             "the fresh store {} never joined ({why_not}); stopped, {} stays",
@@ -615,12 +1106,12 @@ async fn retire_node(index: usize, cluster: &mut Cluster) {
     }
 }
 
-/// Removes `old` from the regions, then stops it and removes its host.
+/// Removes `old` from the regions (by store id), then stops it and removes its host.
 async fn retire(old: usize, new: usize, cluster: &mut Cluster) -> String {
-    let address = cluster.nodes[old].address().to_string();
+    let name = store_name(cluster, old);
     let mut last = String::new();
     for _ in 0..3 {
-        match cluster.admin(&["remove-peer", &address]).await {
+        match cluster.admin(&["remove-peer", &name]).await {
             Ok(_) => {
                 retire_node(old, cluster).await;
                 return format!(
@@ -702,14 +1193,36 @@ async fn heal_disk(
                 log_tail: failure.output.clone(),
             });
     }
-    // Repair as an operator would: remove it, wipe it, start it empty, add it back.
-    let address = cluster.nodes[victim].address().to_string();
-    if let Err(why) = cluster.admin(&["remove-peer", &address]).await {
-        notes.push(format!("remove-peer before the repair failed: {why:#}"));
+    // Repair as the runbook says, by store id: an address names whichever store answers
+    // there now, and the repaired store answers at the damaged one's address with a new id.
+    // Its old id out first (the others hold every committed entry, so the regions keep
+    // all of it), then the data dir wiped, the store started with its usual command line
+    // (it comes back as a new store), and the new id in.
+    let old_id = cluster.nodes[victim]
+        .store_id
+        .clone()
+        .or_else(|| read_store_id(&cluster.nodes[victim].data_dir));
+    match &old_id {
+        Some(id) => {
+            let (done, more) = converge(cluster, None, Some(id), Duration::from_secs(30)).await;
+            notes.extend(more);
+            if !done {
+                notes.push(format!(
+                    "the damaged store {id} is still a voter somewhere (the final reconciliation retries)"
+                ));
+            }
+        }
+        None => notes.push(format!(
+            "{}'s store id is unknown: its old member is left to the final reconciliation",
+            cluster.label(victim)
+        )),
     }
     if let Err(why) = cluster.wipe(victim) {
         notes.push(format!("wipe failed: {why:#}"));
         return notes;
+    }
+    if let Some(note) = cluster.fit_bootstrap_for_empty_start(victim) {
+        notes.push(note);
     }
     if let Err(failure) = cluster
         .start(victim, "disk nemesis: repaired (empty)")
@@ -723,21 +1236,49 @@ async fn heal_disk(
         ));
         return notes;
     }
-    // A fresh peer catches up by snapshot; under load that can outlast the leader's
-    // catch-up timeout, so retry as an operator would (each failure is noted).
-    for attempt in 1..=3 {
-        match cluster.admin(&["add-peer", &address]).await {
-            Ok(_) => {
-                notes.push(format!("{} wiped and added back", cluster.label(victim)));
-                break;
-            }
-            Err(why) => notes.push(format!(
-                "add-peer {attempt} of the repaired {} failed: {why:#}",
-                cluster.label(victim)
-            )),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let Some(new_id) = cluster.nodes[victim].store_id.clone() else {
+        notes.push(format!(
+            "the repaired {} wrote no store id",
+            cluster.label(victim)
+        ));
+        return notes;
+    };
+    if old_id.as_ref() == Some(&new_id) {
+        notes.push(format!(
+            "FINDING: the repaired {} came back with its old store id {new_id}",
+            cluster.label(victim)
+        ));
+        cluster
+            .unexpected_exits
+            .push(crate::cluster::UnexpectedExit {
+                name: cluster.nodes[victim].name.clone(),
+                status: format!("came back from a wipe with its old store id {new_id}"),
+                log_tail: String::new(),
+            });
+        return notes;
     }
+    // A fresh peer catches up by snapshot; under load that can outlast the leader's
+    // catch-up timeout, so the add is retried as an operator would (each failure noted).
+    let (done, more) = converge(
+        cluster,
+        Some(&new_id),
+        old_id.as_deref(),
+        Duration::from_secs(60),
+    )
+    .await;
+    notes.extend(more);
+    notes.push(if done {
+        format!(
+            "{} wiped and replaced: store {} out, the new store {new_id} in",
+            cluster.label(victim),
+            old_id.as_deref().unwrap_or("?")
+        )
+    } else {
+        format!(
+            "the repaired {} is not a voter of every region yet (the final reconciliation retries)",
+            cluster.label(victim)
+        )
+    });
     notes
 }
 
@@ -766,54 +1307,50 @@ pub async fn ensure_running(cluster: &mut Cluster, notes: &mut Vec<String>) {
     }
 }
 
-/// Makes the regions' voters exactly the intended members (adds first, then removes),
-/// from what the leaders report. Returns notes; an error when it cannot converge.
+/// Makes the regions' voters exactly the intended members, by store id (adds first, then
+/// removes; one `admin --region ID` call per region that differs), from what the leaders
+/// report. Returns notes; an error when it cannot converge.
 pub async fn reconcile_members(
     cluster: &mut Cluster,
     within: Duration,
 ) -> anyhow::Result<Vec<String>> {
-    let deadline = std::time::Instant::now() + within;
+    let deadline = Instant::now() + within;
     let mut notes = Vec::new();
     loop {
-        let intended: BTreeSet<String> = cluster.member_addresses().into_iter().collect();
+        let intended: BTreeSet<String> = cluster.member_ids().into_iter().collect();
         let leaders = cluster.leaders().await;
-        let observed: Vec<BTreeSet<String>> = leaders
-            .values()
-            .map(|(_, peers)| peers.iter().cloned().collect())
+        let observed: BTreeMap<u64, BTreeSet<String>> = leaders
+            .iter()
+            .map(|(region, view)| (*region, view.peer_ids.iter().cloned().collect()))
             .collect();
         if leaders.len() == cluster.config.regions as usize
-            && observed.iter().all(|o| *o == intended)
+            && observed.values().all(|o| *o == intended)
         {
             return Ok(notes);
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!(
                 "the regions' voters did not converge to {:?} within {within:?} (leaders report {:?})",
                 intended,
                 observed
             );
         }
-        let missing: BTreeSet<String> = observed
-            .iter()
-            .flat_map(|o| intended.difference(o).cloned().collect::<Vec<_>>())
-            .collect();
-        let extra: BTreeSet<String> = observed
-            .iter()
-            .flat_map(|o| o.difference(&intended).cloned().collect::<Vec<_>>())
-            .collect();
-        for address in &missing {
-            let result = cluster.admin(&["add-peer", address]).await;
-            notes.push(format!(
-                "reconcile: add-peer {address}: {}",
-                result.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
-            ));
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
+        for (region, voters) in &observed {
+            adds.extend(intended.difference(voters).map(|id| (*region, id.clone())));
+            removes.extend(voters.difference(&intended).map(|id| (*region, id.clone())));
         }
-        for address in &extra {
-            let result = cluster.admin(&["remove-peer", address]).await;
-            notes.push(format!(
-                "reconcile: remove-peer {address}: {}",
-                result.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
-            ));
+        for (op, changes) in [("add-peer", adds), ("remove-peer", removes)] {
+            for (region, id) in changes {
+                let region_text = region.to_string();
+                let result = cluster.admin(&["--region", &region_text, op, &id]).await;
+                notes.push(format!(
+                    "reconcile: region {region}: {op} {}: {}",
+                    cluster.id_label(&id),
+                    result.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
+                ));
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -845,16 +1382,25 @@ mod tests {
         }
         let mut rng = Rng::new(3);
         let mut saw_combination = false;
+        let mut saw_wipe = false;
         for _ in 0..500 {
             let kinds = choose(&Nemesis::ALL, &mut rng);
             assert!(!kinds.is_empty());
             assert!(
-                !kinds.contains(&Nemesis::Disk) || kinds.len() == 1,
+                !kinds.iter().any(|k| k.runs_alone()) || kinds.len() == 1,
                 "{kinds:?}"
             );
+            saw_wipe |= kinds == [Nemesis::Wipe];
             assert!(!(kinds.contains(&Nemesis::Membership) && kinds.contains(&Nemesis::Drift)));
             saw_combination |= kinds.len() > 1;
         }
-        assert!(saw_combination);
+        assert!(saw_combination && saw_wipe);
+        assert!(Nemesis::Wipe.runs_alone() && !Nemesis::Readdress.runs_alone());
+        // Only disk selected: the old choices (one alone, else dropped half the time).
+        let mut rng = Rng::new(5);
+        for _ in 0..100 {
+            let kinds = choose(&[Nemesis::Kill, Nemesis::Disk], &mut rng);
+            assert!(kinds == [Nemesis::Disk] || !kinds.contains(&Nemesis::Disk));
+        }
     }
 }

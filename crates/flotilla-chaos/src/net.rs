@@ -145,6 +145,41 @@ impl Network {
         }
     }
 
+    /// The same host (namespace, IP) listening on another address, for a store that moves
+    /// with its data: back to `home` when it is elsewhere, else to another port (in a
+    /// namespace: the next port after the usual one, so partitions by IP still apply;
+    /// on loopback: a free port).
+    pub fn moved(host: &Host, home: &str) -> anyhow::Result<Host> {
+        let address = if host.address != home {
+            home.to_string()
+        } else if host.netns.is_some() {
+            let port = host
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or(NETNS_PORT);
+            format!(
+                "{}:{}",
+                host.ip,
+                if port == NETNS_PORT {
+                    NETNS_PORT + 1
+                } else {
+                    NETNS_PORT
+                }
+            )
+        } else {
+            let mut port = free_port()?;
+            while format!("127.0.0.1:{port}") == host.address {
+                port = free_port()?;
+            }
+            format!("127.0.0.1:{port}")
+        };
+        Ok(Host {
+            address,
+            ..host.clone()
+        })
+    }
+
     /// Removes a host that is no longer used (its namespace; the server must be stopped).
     pub async fn remove_host(&mut self, host: &Host) -> anyhow::Result<()> {
         match (self, &host.netns) {
@@ -444,5 +479,26 @@ mod tests {
         assert!(!overlaps("192.168.0.0/16", [10, 200, 3]));
         assert!(!overlaps("0.0.0.0/0", [10, 200, 3]));
         assert!(!overlaps("default", [10, 200, 3]));
+    }
+
+    #[test]
+    fn a_moved_host_keeps_its_ip_and_comes_back_home() {
+        let home = Host {
+            address: "10.200.3.2:7100".into(),
+            ip: Ipv4Addr::new(10, 200, 3, 2),
+            netns: Some("ns".into()),
+        };
+        let away = Network::moved(&home, &home.address).unwrap();
+        assert_eq!(away.address, "10.200.3.2:7101");
+        assert_eq!((away.ip, &away.netns), (home.ip, &home.netns));
+        assert_eq!(Network::moved(&away, &home.address).unwrap(), home);
+        let local = Host {
+            address: "127.0.0.1:40000".into(),
+            ip: Ipv4Addr::LOCALHOST,
+            netns: None,
+        };
+        let moved = Network::moved(&local, &local.address).unwrap();
+        assert_ne!(moved.address, local.address);
+        assert!(moved.address.starts_with("127.0.0.1:"));
     }
 }

@@ -206,6 +206,9 @@ async fn drive(
     let mut rng = Rng::new(config.seed);
     start_cluster(config, cluster, journal).await?;
     let shared = Shared::new(journal.clone(), config.workload.clone());
+    // The clients' endpoints are fixed for the run; the nemeses that move stores keep one of
+    // them live, and the clients find moved and new stores through the stores' answers.
+    cluster.client_endpoints = cluster.member_addresses();
     let mut clients = Vec::new();
     for _ in 0..config.workload.clients.div_ceil(4).max(1) {
         let client = KvClient::connect(cluster.member_addresses(), shared.client_options())
