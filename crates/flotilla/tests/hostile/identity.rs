@@ -239,3 +239,30 @@ fn an_advertised_address_a_live_store_holds_is_refused_naming_it() {
         "the refused start left its data dir"
     );
 }
+
+#[test]
+fn three_empty_stores_started_at_once_make_exactly_one_cluster() {
+    let dir = TempDir::new("identity-at-once");
+    let addresses = free_addresses(3);
+    let peers = addresses.join(",");
+    let _servers: Vec<Server> = (0..3)
+        .map(|i| Server::start(&addresses[i], Some(&peers), &dir.0.join(format!("s{i}")), 2))
+        .collect();
+    let status = status_until(
+        &peers,
+        "every store in one cluster, every region led",
+        |s| {
+            led(s)
+                && s["stores"].as_array().is_some_and(|stores| {
+                    stores.len() == 3
+                        && stores.iter().all(|x| x["regions"] == 2)
+                        && stores.iter().all(|x| x["cluster"] == stores[0]["cluster"])
+                })
+        },
+    );
+    assert_ne!(
+        status["stores"][0]["cluster"], "0000000000000000",
+        "{status}"
+    );
+    assert_eq!(peer_ids(&status).len(), 3, "{status}");
+}
