@@ -32,7 +32,7 @@ const STACKED_MUTATIONS_MAX: u64 = 6;
 /// Longest range one insert, delete or duplication touches.
 const RANGE_BYTES_MAX: usize = 64;
 
-/// Applies 1 to [`STACKED_MUTATIONS_MAX`] mutations to `data` (most often one or two),
+/// Applies 1 to `STACKED_MUTATIONS_MAX` mutations to `data` (most often one or two),
 /// splicing with inputs from `corpus` at times; the result is at most `len_max` bytes.
 pub fn mutate(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>], len_max: usize) {
     // Geometric: half the inputs get one mutation, a quarter two, ...

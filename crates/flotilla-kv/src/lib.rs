@@ -1,6 +1,6 @@
 //! # flotilla-kv: the multi-raft KV store's data layer
 //!
-//! RheaKV's store on Flotilla (`DESIGN.md`, "flotilla-kv"; the reference's §2):
+//! RheaKV's store on Flotilla (`docs/DESIGN.md`, "Layers, as the code has them"):
 //!
 //! - [`region`]: [`Region`] (a key range `[start, end)` with its [`Epoch`]), [`RegionId`].
 //! - [`command`]: [`KvCommand`], the writes that go through the raft log, and

@@ -1,5 +1,5 @@
 //! Regions: the key range `[start, end)` a raft group replicates, with its epoch
-//! (DESIGN.md vocabulary: region, epoch).
+//! (docs/DESIGN.md vocabulary: region, epoch).
 //!
 //! Owns: range membership (`contains`, `contains_range`) and the compact encoding the
 //! store persists region metadata with. Must never: treat an empty `end` as anything but
@@ -23,12 +23,14 @@ impl fmt::Display for RegionId {
     }
 }
 
-/// A region's version: `conf_version` grows with every membership change, `version` with
-/// every split or merge (RheaKV's `RegionEpoch`). A request carrying an epoch other than
+/// A region's version (RheaKV's `RegionEpoch`): `conf_version` for its membership, `version`
+/// for its range. Regions are static today (made at bootstrap), so both stay 1: membership
+/// changes do not bump `conf_version` yet, and there is no split or merge; the placement
+/// driver will move them as TiKV does. A request carrying an epoch other than
 /// the region's current one is refused as stale. Ordered by `conf_version`, then `version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Epoch {
-    /// Configuration version: bumped by every membership change.
+    /// Configuration version (1 today; see the type's notes).
     pub conf_version: u64,
     /// Range version: bumped by every split or merge.
     pub version: u64,

@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use flotilla_node::{ApplyIter, Completion, LogIndex, StateMachine, Term};
-use flotilla_storage::{SnapshotReader, SnapshotWriter};
+use flotilla_node::{SnapshotReader, SnapshotWriter};
 
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{in_range, meta_keys, KvEngine, WriteBatch};

@@ -1,6 +1,6 @@
 //! What the runtime adds to the core's hibernation (`flotilla_raft`, module
 //! `raft::hibernation`): which groups sleep, and the liveness of peer processes that wakes
-//! them when their leader is gone (DESIGN.md, "Idle groups cost nothing"; TiKV's hibernate
+//! them when their leader is gone (docs/DESIGN.md, "Idle groups cost nothing"; TiKV's hibernate
 //! regions are the model).
 //!
 //! A sleeping group costs nothing per round: the manager neither ticks, polls nor publishes

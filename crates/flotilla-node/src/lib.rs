@@ -1,7 +1,7 @@
 //! # flotilla-node: the runtime that turns the core into a Raft library
 //!
-//! SOFAJRaft's node layer on tokio (`DESIGN.md`, "flotilla-node"; the reference's §1 "Node
-//! API" and "Many groups in one process"):
+//! SOFAJRaft's node layer on tokio (`docs/DESIGN.md`, "Layers, as the code has them"; SOFAJRaft's
+//! Node API and its many groups in one process):
 //!
 //! - [`NodeManager`] ([`manager`]): every group of one process, driven in rounds over one
 //!   shared log — one write and one fsync per round for all groups, one frame per
@@ -57,4 +57,4 @@ pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
 pub use transport::{Frame, Inbox, LocalTransport, Transport};
 
 pub use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};
-pub use flotilla_storage::GroupId;
+pub use flotilla_storage::{sealed, GroupId, SnapshotReader, SnapshotWriter};

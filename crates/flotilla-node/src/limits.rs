@@ -24,7 +24,7 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// destination into frames of at most this many.
 pub const FRAME_MESSAGES_MAX: usize = 65_536;
 
-/// Longest peer id, in bytes (`host:port[:index[:priority]]`); longer ones are refused by the
+/// Longest peer id, in bytes (a store id, or a name a library user chose); longer ones are refused by the
 /// decoder.
 pub const PEER_ID_BYTES_MAX: usize = 256;
 

@@ -3,7 +3,7 @@
 //!
 //! Architecture: one thread per manager (`flotilla-round`) owns the whole driver state,
 //! parks until there is work (a request, an inbound frame, the next tick; see
-//! [`crate::wake::RoundWake`]) and then runs one *round*. A round is plain synchronous
+//! `RoundWake`) and then runs one *round*. A round is plain synchronous
 //! code on that thread, so the fsync and the state machine callbacks never block an async
 //! worker, and no lock is held across an `.await`. One round, for every group with work:
 //!

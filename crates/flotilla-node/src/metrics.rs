@@ -1,5 +1,5 @@
-//! A small metrics registry and its Prometheus text rendering (the reference's §1
-//! "Metrics and diagnostics"): counters, gauges and histograms with fixed buckets, all
+//! A small metrics registry and its Prometheus text rendering (what SOFAJRaft's metrics and
+//! diagnostics offer): counters, gauges and histograms with fixed buckets, all
 //! lock-free atomics, so the round records without contention and a scrape reads without
 //! stopping it.
 //!

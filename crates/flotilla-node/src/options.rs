@@ -49,7 +49,7 @@ pub struct ManagerOptions {
     /// Template of every group's core options; `id`, `random_seed`,
     /// `start_with_vote_guard` and `hibernate_idle_ticks` are set by the manager.
     pub raft: Config,
-    /// Idle groups hibernate (DESIGN.md, "Idle groups cost nothing"): a group whose leader
+    /// Idle groups hibernate (docs/DESIGN.md, "Idle groups cost nothing"): a group whose leader
     /// had nothing to do for `hibernate_idle_ticks` stops ticking and heartbeating on every
     /// peer, and wakes on a request, a message, or its leader's process going silent or
     /// restarting (see the `hibernation` notes of [`crate::manager`]). On by default; every

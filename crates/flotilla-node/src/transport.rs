@@ -2,7 +2,7 @@
 //! manager receives on, and [`LocalTransport`] for many managers in one process (tests).
 //!
 //! Owns: the unit of traffic — one [`Frame`] per destination process per round, carrying
-//! messages of any number of groups (DESIGN.md, "Batch at every hop") — and the
+//! messages of any number of groups (docs/DESIGN.md, "Batch at every hop") — and the
 //! request/response path of snapshot transfers ([`Transport::fetch_snapshot`], served by
 //! the [`crate::SnapshotService`] an [`Inbox`] carries). Must never: block the sender (a full
 //! inbox drops the frame; raft retransmits), serve snapshot files on an async worker, or

@@ -59,7 +59,7 @@ pub struct Config {
     /// so it must not vote for another until that lease has surely ended. Only a driver
     /// that knows the peer never ran before (a fresh, empty data directory) may turn it off.
     pub start_with_vote_guard: bool,
-    /// Hibernation (DESIGN.md, "Idle groups cost nothing"): a leader that has had nothing to
+    /// Hibernation (docs/DESIGN.md, "Idle groups cost nothing"): a leader that has had nothing to
     /// do for this many ticks in a row — every peer matched its last index, everything
     /// committed and applied, no read, change, transfer or snapshot pending — sends one last
     /// heartbeat marked `hibernate` and stops sending; followers whose log matches it stop

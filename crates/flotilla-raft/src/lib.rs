@@ -1,7 +1,7 @@
 //! # flotilla-raft: the consensus core
 //!
 //! A deterministic Raft state machine with no I/O, no clock, no threads and no unseeded
-//! randomness (see `DESIGN.md`, "Sans-I/O core"). A driver — the runtime, the simulator or a
+//! randomness (see `docs/DESIGN.md`, "Sans-I/O core"). A driver — the runtime, the simulator or a
 //! test — feeds it ticks, messages, proposals, reads, configuration changes and "storage
 //! finished" notices, and after each input collects a [`Ready`]: messages to send, entries
 //! and hard state to persist, snapshots to install, committed entries to apply, reads that

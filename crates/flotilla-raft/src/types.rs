@@ -89,9 +89,10 @@ impl fmt::Display for LogIndex {
 
 /// The identity of one peer (one replica of one group).
 ///
-/// The core treats it as an opaque, cheaply clonable name. The runtime uses the address
-/// form `host:port[:index]` (SOFAJRaft's `PeerId` without the priority, which lives in the
-/// [`Configuration`]); the simulator uses `n1`, `n2`, ...
+/// The core treats it as an opaque, cheaply clonable name (never an address: where a peer
+/// is may change). The KV store uses store ids (16 hex digits); a library user names its
+/// processes as it likes (the runtime's tests use `host:port`); the simulator uses `n1`,
+/// `n2`, ... Priorities live in the [`Configuration`], not in the id.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerId(Arc<str>);
 

@@ -2,7 +2,7 @@
 //!
 //! SOFAJRaft's three storage roles — a log store, a meta store (term and vote) and a
 //! snapshot store — designed for many raft groups per process and for never losing an
-//! acknowledged write (see `DESIGN.md`, "One log for many groups" and "Durability is not
+//! acknowledged write (see `docs/DESIGN.md`, "One log for many groups" and "Durability is not
 //! optional").
 //!
 //! - [`SharedLog`] ([`log`]): one segmented, append-only log for every group of a process.

@@ -1,4 +1,4 @@
-//! The storage engine behind every region of a store (DESIGN.md, "Storage engines behind
+//! The storage engine behind every region of a store (docs/DESIGN.md, "Storage engines behind
 //! one trait"): [`KvEngine`], its atomic [`WriteBatch`], an in-memory engine
 //! ([`MemoryEngine`]: tests, the simulator) and fjall ([`FjallEngine`]: the durable default).
 //!

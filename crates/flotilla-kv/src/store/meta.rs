@@ -5,7 +5,7 @@
 //! every start; see `identity` in flotilla-node for the address book).
 //!
 //! Owns: the file format (a short text file, one fact per line, sealed by a CRC32C line and
-//! replaced atomically: `flotilla_storage::sealed`). Must never:
+//! replaced atomically: `flotilla_node::sealed`). Must never:
 //! leave a half-written file in place of a good one, or accept a file whose checksum or
 //! syntax is wrong.
 
@@ -127,13 +127,13 @@ impl StoreMeta {
                 peers
             );
         }
-        flotilla_storage::sealed::seal(&body)
+        flotilla_node::sealed::seal(&body)
     }
 
     /// Parses [`StoreMeta::render`]'s text; `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<StoreMeta, String> {
         let bad = |what: String| format!("{}: {what}", path.display());
-        let body = flotilla_storage::sealed::unseal(text, path, "a store.meta file")?;
+        let body = flotilla_node::sealed::unseal(text, path, "a store.meta file")?;
         let mut lines = body.lines();
         match lines.next() {
             Some(HEADER) => {}
@@ -197,7 +197,7 @@ impl StoreMeta {
 
     /// Replaces `dir/store.meta` atomically and durably.
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        flotilla_storage::sealed::write_atomically(&dir.join(STORE_META_FILE), &self.render())
+        flotilla_node::sealed::write_atomically(&dir.join(STORE_META_FILE), &self.render())
     }
 }
 

@@ -124,8 +124,8 @@ pub fn check_receiver(
         .or_else(|refused| refuse(identity.describe(&refused)))
 }
 
-/// Longest peer id (address) accepted in a request or an answer.
-pub const MAX_PEER_ID_BYTES: usize = 255;
+/// Longest peer id accepted in a request or an answer (the wire codec's limit too).
+pub const MAX_PEER_ID_BYTES: usize = crate::limits::PEER_ID_BYTES_MAX;
 /// Most peers one request may name.
 pub const MAX_PEERS_PER_REQUEST: usize = 1024;
 

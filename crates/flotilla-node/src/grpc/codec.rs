@@ -28,8 +28,7 @@ pub const MAX_MESSAGES_PER_FRAME: usize = crate::limits::FRAME_MESSAGES_MAX;
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 65_536;
 /// Most peers in one list of a configuration (voters, learners, old voters, priorities).
 pub const MAX_PEERS_PER_CONFIGURATION: usize = 1024;
-/// Longest peer id, in bytes (`host:port[:index[:priority]]`;
-/// [`crate::limits::PEER_ID_BYTES_MAX`]).
+/// Longest peer id, in bytes ([`crate::limits::PEER_ID_BYTES_MAX`]).
 pub const MAX_PEER_ID_BYTES: usize = crate::limits::PEER_ID_BYTES_MAX;
 /// Longest text carried in a [`RaftError`] or a snapshot fetch's error, in bytes.
 pub const MAX_ERROR_TEXT_BYTES: usize = 4096;

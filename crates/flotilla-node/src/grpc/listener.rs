@@ -7,7 +7,7 @@
 //! [`SETUPS_PLAIN_MAX`]; per source address: [`SETUPS_PER_SOURCE_MAX`], beyond which a new
 //! connection from that address evicts the oldest being set up), the time they may take
 //! ([`super::tls::HANDSHAKE_TIMEOUT_MAX`], [`PLAIN_REQUEST_TIMEOUT`]), and the back-off after
-//! accept errors ([`AcceptBackoff`]: at the file-descriptor limit the loop used to spin at
+//! accept errors (`AcceptBackoff`: at the file-descriptor limit the loop used to spin at
 //! 85% CPU and log nothing). Must never: let one source's silent connections starve the
 //! others, block the loop on one connection, log every error of a burst, or crash on a
 //! failed accept.

@@ -1,6 +1,6 @@
 //! The network transport: raft frames between processes over gRPC (tonic, HTTP/2).
 //!
-//! DESIGN.md, "One address per process, gRPC on it": a process listens on one address,
+//! docs/DESIGN.md, "One address per process, gRPC on it": a process listens on one address,
 //! which is its peer id (`host:port`), and serves the `Raft` service of
 //! `proto/raft.proto` there ([`GrpcServer`]). To send, a process opens ONE long-lived
 //! bidirectional `Raft.Stream` call to each destination and writes its [`Frame`]s on it

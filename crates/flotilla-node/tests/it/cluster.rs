@@ -60,7 +60,7 @@ pub fn temp_root(name: &str) -> std::path::PathBuf {
     ))
 }
 
-/// Manager options for tests: 10 ms ticks, a 100 ms election timeout, no periodic
+/// Manager options for tests: 10 ms ticks, a 300 ms election timeout, no periodic
 /// snapshots.
 pub fn test_options(address: PeerId, dir: impl Into<std::path::PathBuf>) -> ManagerOptions {
     let mut options = ManagerOptions::new(address, dir);

@@ -1,4 +1,4 @@
-//! Hibernation in the runtime (DESIGN.md, "Idle groups cost nothing"): idle groups stop
+//! Hibernation in the runtime (docs/DESIGN.md, "Idle groups cost nothing"): idle groups stop
 //! ticking and exchanging messages, wake on a request and commit, fail over when their
 //! leader's process dies (the beacons notice, no request needed), and reads stay
 //! linearizable across hibernate and wake. Every wait is a generous deadline; nothing here

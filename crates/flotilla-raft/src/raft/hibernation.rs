@@ -1,4 +1,4 @@
-//! Hibernation of idle groups (DESIGN.md, "Idle groups cost nothing"; TiKV's hibernate
+//! Hibernation of idle groups (docs/DESIGN.md, "Idle groups cost nothing"; TiKV's hibernate
 //! regions are the model).
 //!
 //! Owns: when a leader and its followers stop ticking, and how they wake. A leader that has

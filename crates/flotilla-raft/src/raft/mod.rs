@@ -734,8 +734,9 @@ impl<S: LogStore> Raft<S> {
     /// Validates a message before the protocol sees it, so that a buggy or hostile peer
     /// cannot trip an internal assertion: entries must follow `prev_log_index` one by one
     /// with terms that never exceed the message's term or go backwards; acknowledgements may
-    /// not claim indexes beyond this leader's log. The error says what was wrong (the
-    /// runtime logs it once and may disconnect the peer).
+    /// not claim indexes beyond this leader's log. The error says what was wrong; `step`
+    /// drops such a message and counts it in [`Raft::dropped_messages`] (the runtime exports
+    /// the count and logs the reason at debug level).
     pub fn check_message(&self, message: &Message) -> Result<(), RaftError> {
         let bad = |why: String| {
             Err(RaftError::InvalidArgument(format!(

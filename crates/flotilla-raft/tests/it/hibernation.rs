@@ -1,4 +1,4 @@
-//! Hibernation of idle groups (DESIGN.md, "Idle groups cost nothing"): when a leader
+//! Hibernation of idle groups (docs/DESIGN.md, "Idle groups cost nothing"): when a leader
 //! hibernates, which followers follow it, what wakes them, and that neither the lease nor
 //! an election is fooled by a silence that was asked for. Each test fails if the behaviour
 //! it names breaks.

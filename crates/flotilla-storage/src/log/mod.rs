@@ -15,7 +15,7 @@
 //! sequences; the oldest are removed once no group has a live entry in them). Every segment
 //! opens with a checkpoint record — each group's compaction point and last index when the
 //! segment was created — so that removing older segments loses no compaction point and
-//! recovery can start from the oldest segment kept. Byte layout: [`format`].
+//! recovery can start from the oldest segment kept. Byte layout: [`format`](mod@format).
 //!
 //! Snapshot metadata is not stored here: [`GroupLog`]'s `LogStore::snapshot_meta` answers
 //! with an empty meta, and the runtime combines the log with the snapshot store.
