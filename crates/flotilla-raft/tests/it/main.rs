@@ -3,7 +3,6 @@
 mod features;
 mod hibernation;
 mod hostile;
-mod hygiene;
 mod interaction;
 mod paper;
 mod safety;
