@@ -346,7 +346,7 @@ fn run_snapshot_fetch(bytes: &[u8]) -> bool {
             };
             let mut accepted = false;
             for request in snapshot_requests() {
-                for max_bytes in [0, 16, flotilla_node::grpc::MAX_SNAPSHOT_DATA_BYTES] {
+                for max_bytes in [0, 16, flotilla_node::grpc::SNAPSHOT_DATA_BYTES_MAX] {
                     accepted |= decode_snapshot_chunk(chunk.clone(), &request, max_bytes).is_ok();
                 }
             }

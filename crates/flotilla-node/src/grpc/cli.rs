@@ -125,9 +125,9 @@ pub fn check_receiver(
 }
 
 /// Longest peer id accepted in a request or an answer (the wire codec's limit too).
-pub const MAX_PEER_ID_BYTES: usize = crate::limits::PEER_ID_BYTES_MAX;
+pub use crate::limits::PEER_ID_BYTES_MAX;
 /// Most peers one request may name.
-pub const MAX_PEERS_PER_REQUEST: usize = 1024;
+pub const REQUEST_PEERS_MAX: usize = 1024;
 
 /// Where the CLI service finds a group's [`Node`] on this process.
 pub trait CliNodes: Send + Sync + 'static {
@@ -243,7 +243,7 @@ fn invalid(message: String) -> Status {
 
 fn valid_peer_text(text: &str) -> bool {
     !text.is_empty()
-        && text.len() <= MAX_PEER_ID_BYTES
+        && text.len() <= PEER_ID_BYTES_MAX
         && text.chars().all(|c| c.is_ascii_graphic())
 }
 
@@ -252,15 +252,15 @@ fn parse_peer(field: &str, text: &str) -> Result<PeerId, Status> {
         Ok(PeerId::new(text))
     } else {
         Err(invalid(format!(
-            "{field}: a peer id is 1 to {MAX_PEER_ID_BYTES} printable ASCII characters"
+            "{field}: a peer id is 1 to {PEER_ID_BYTES_MAX} printable ASCII characters"
         )))
     }
 }
 
 fn parse_peers(texts: &[String]) -> Result<Vec<PeerId>, Status> {
-    if texts.len() > MAX_PEERS_PER_REQUEST {
+    if texts.len() > REQUEST_PEERS_MAX {
         return Err(invalid(format!(
-            "peers: {} named, at most {MAX_PEERS_PER_REQUEST}",
+            "peers: {} named, at most {REQUEST_PEERS_MAX}",
             texts.len()
         )));
     }
@@ -574,7 +574,7 @@ impl proto::cli_server::Cli for CliService {
         request: Request<proto::RebalanceRequest>,
     ) -> Result<Response<proto::RebalanceReply>, Status> {
         let groups = request.into_inner().groups;
-        if groups.len() > MAX_PEERS_PER_REQUEST * 16 {
+        if groups.len() > REQUEST_PEERS_MAX * 16 {
             return Err(invalid(format!("groups: {} named", groups.len())));
         }
         // The addresses of every process that votes in one of these groups, and this one;
@@ -865,7 +865,7 @@ fn peer_answer(text: &str) -> Result<PeerId, CliError> {
 }
 
 fn peers_answer(reply: proto::PeersReply) -> Result<Vec<PeerId>, CliError> {
-    if reply.peers.len() > MAX_PEERS_PER_REQUEST {
+    if reply.peers.len() > REQUEST_PEERS_MAX {
         return Err(CliError::InvalidAnswer(format!(
             "{} peers",
             reply.peers.len()

@@ -2,7 +2,7 @@
 //!
 //! Owns: the wire shape of a [`Frame`] and the validation of everything decoded from a peer.
 //! Must never: panic or allocate in proportion to a number a peer claims (protobuf decoding
-//! is already bounded by [`super::MAX_FRAME_BYTES`]; the counts below bound what one frame
+//! is already bounded by [`super::FRAME_BYTES_MAX`]; the counts below bound what one frame
 //! may ask the receiver to process). Protocol rules the core checks itself (entries following
 //! `prev_log_index`, sane terms) are left to the core's gateway.
 
@@ -23,17 +23,17 @@ use crate::snapshot::{SnapshotPart, SnapshotRequest};
 use crate::transport::Frame;
 
 /// Most `(group, message)` pairs one frame may carry ([`crate::limits::FRAME_MESSAGES_MAX`]).
-pub const MAX_MESSAGES_PER_FRAME: usize = crate::limits::FRAME_MESSAGES_MAX;
+pub use crate::limits::FRAME_MESSAGES_MAX;
 /// Most entries one AppendEntries may carry (the core sends at most 1024).
-pub const MAX_ENTRIES_PER_MESSAGE: usize = 65_536;
+pub const MESSAGE_ENTRIES_MAX: usize = 65_536;
 /// Most peers in one list of a configuration (voters, learners, old voters, priorities).
-pub const MAX_PEERS_PER_CONFIGURATION: usize = 1024;
+pub const CONFIGURATION_PEERS_MAX: usize = 1024;
 /// Longest peer id, in bytes ([`crate::limits::PEER_ID_BYTES_MAX`]).
-pub const MAX_PEER_ID_BYTES: usize = crate::limits::PEER_ID_BYTES_MAX;
+pub use crate::limits::PEER_ID_BYTES_MAX;
 /// Longest text carried in a [`RaftError`] or a snapshot fetch's error, in bytes.
-pub const MAX_ERROR_TEXT_BYTES: usize = 4096;
+pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
 /// Longest snapshot file name a fetch may ask for, in bytes (the storage allows 255).
-pub const MAX_SNAPSHOT_FILE_NAME_BYTES: usize = 1024;
+pub const SNAPSHOT_FILE_NAME_BYTES_MAX: usize = 1024;
 
 /// Why a decoded frame was refused: the path of the offending field and what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -376,9 +376,9 @@ pub fn decode_frame(frame: proto::Frame) -> Result<Frame> {
         crate::identity::check_address(&frame.from_address)
             .map_err(|e| DecodeError::new(e).at("from_address"))?;
     }
-    if frame.messages.len() > MAX_MESSAGES_PER_FRAME {
+    if frame.messages.len() > FRAME_MESSAGES_MAX {
         return Err(DecodeError::new(format!(
-            "{} messages, more than the limit of {MAX_MESSAGES_PER_FRAME}",
+            "{} messages, more than the limit of {FRAME_MESSAGES_MAX}",
             frame.messages.len()
         ))
         .at("messages"));
@@ -438,9 +438,9 @@ fn decode_body(body: proto::message::Body) -> Result<MessageBody> {
         },
         Body::AppendEntries(a) => {
             let at = |e: DecodeError| e.at("append_entries");
-            if a.entries.len() > MAX_ENTRIES_PER_MESSAGE {
+            if a.entries.len() > MESSAGE_ENTRIES_MAX {
                 return Err(at(DecodeError::new(format!(
-                    "{} entries, more than the limit of {MAX_ENTRIES_PER_MESSAGE}",
+                    "{} entries, more than the limit of {MESSAGE_ENTRIES_MAX}",
                     a.entries.len()
                 ))
                 .at("entries")));
@@ -561,9 +561,9 @@ fn peer(name: &str) -> Result<PeerId> {
     if name.is_empty() {
         return Err(DecodeError::new("empty peer id"));
     }
-    if name.len() > MAX_PEER_ID_BYTES {
+    if name.len() > PEER_ID_BYTES_MAX {
         return Err(DecodeError::new(format!(
-            "peer id of {} bytes, more than the limit of {MAX_PEER_ID_BYTES}",
+            "peer id of {} bytes, more than the limit of {PEER_ID_BYTES_MAX}",
             name.len()
         )));
     }
@@ -574,9 +574,9 @@ fn peer(name: &str) -> Result<PeerId> {
 }
 
 fn peer_set(names: Vec<String>, field: &str) -> Result<BTreeSet<PeerId>> {
-    if names.len() > MAX_PEERS_PER_CONFIGURATION {
+    if names.len() > CONFIGURATION_PEERS_MAX {
         return Err(DecodeError::new(format!(
-            "{} peers, more than the limit of {MAX_PEERS_PER_CONFIGURATION}",
+            "{} peers, more than the limit of {CONFIGURATION_PEERS_MAX}",
             names.len()
         ))
         .at(field));
@@ -621,9 +621,9 @@ fn decode_configuration(conf: proto::Configuration) -> Result<Configuration> {
             DecodeError::new(format!("peer {both} is both a voter and a learner")).at("learners"),
         );
     }
-    if conf.priorities.len() > MAX_PEERS_PER_CONFIGURATION {
+    if conf.priorities.len() > CONFIGURATION_PEERS_MAX {
         return Err(DecodeError::new(format!(
-            "{} priorities, more than the limit of {MAX_PEERS_PER_CONFIGURATION}",
+            "{} priorities, more than the limit of {CONFIGURATION_PEERS_MAX}",
             conf.priorities.len()
         ))
         .at("priorities"));
@@ -654,9 +654,9 @@ fn decode_configuration(conf: proto::Configuration) -> Result<Configuration> {
 }
 
 fn text(value: String) -> Result<String> {
-    if value.len() > MAX_ERROR_TEXT_BYTES {
+    if value.len() > ERROR_TEXT_BYTES_MAX {
         return Err(DecodeError::new(format!(
-            "error text of {} bytes, more than the limit of {MAX_ERROR_TEXT_BYTES}",
+            "error text of {} bytes, more than the limit of {ERROR_TEXT_BYTES_MAX}",
             value.len()
         )));
     }
@@ -750,11 +750,11 @@ pub fn decode_snapshot_request(request: proto::SnapshotChunkRequest) -> Result<S
             if chunk.name.is_empty() {
                 return Err(root(DecodeError::new("empty file name").at("chunk.name")));
             }
-            if chunk.name.len() > MAX_SNAPSHOT_FILE_NAME_BYTES {
+            if chunk.name.len() > SNAPSHOT_FILE_NAME_BYTES_MAX {
                 return Err(root(
                     DecodeError::new(format!(
                         "file name of {} bytes, more than the limit of \
-                         {MAX_SNAPSHOT_FILE_NAME_BYTES}",
+                         {SNAPSHOT_FILE_NAME_BYTES_MAX}",
                         chunk.name.len()
                     ))
                     .at("chunk.name"),
@@ -783,7 +783,7 @@ pub fn decode_snapshot_request(request: proto::SnapshotChunkRequest) -> Result<S
 }
 
 /// Encodes the answer to a snapshot fetch. An error text longer than
-/// [`MAX_ERROR_TEXT_BYTES`] is cut (at a character boundary) so the peer accepts it.
+/// [`ERROR_TEXT_BYTES_MAX`] is cut (at a character boundary) so the peer accepts it.
 #[must_use]
 pub fn encode_snapshot_chunk(result: std::result::Result<Bytes, String>) -> proto::SnapshotChunk {
     use proto::snapshot_chunk::Result as R;
@@ -791,8 +791,8 @@ pub fn encode_snapshot_chunk(result: std::result::Result<Bytes, String>) -> prot
         result: Some(match result {
             Ok(data) => R::Data(data),
             Err(mut why) => {
-                if why.len() > MAX_ERROR_TEXT_BYTES {
-                    let mut end = MAX_ERROR_TEXT_BYTES;
+                if why.len() > ERROR_TEXT_BYTES_MAX {
+                    let mut end = ERROR_TEXT_BYTES_MAX;
                     while !why.is_char_boundary(end) {
                         end -= 1;
                     }
@@ -1169,12 +1169,12 @@ mod tests {
         assert_eq!(refused(f), "frame.from: empty peer id");
 
         let mut f = one_message();
-        f.messages[0].message.as_mut().unwrap().to = "x".repeat(MAX_PEER_ID_BYTES + 1);
+        f.messages[0].message.as_mut().unwrap().to = "x".repeat(PEER_ID_BYTES_MAX + 1);
         assert!(refused(f).starts_with("frame.messages[0].to: peer id of 257 bytes"));
 
         let mut f = one_message();
         let m = f.messages[0].clone();
-        f.messages = vec![m; MAX_MESSAGES_PER_FRAME + 1];
+        f.messages = vec![m; FRAME_MESSAGES_MAX + 1];
         assert!(refused(f).starts_with("frame.messages: 65537 messages"));
 
         let conf_frame = |conf: proto::Configuration| {
@@ -1200,7 +1200,7 @@ mod tests {
         };
         assert!(refused(conf_frame(not_joint)).contains("not joint"));
         let many = proto::Configuration {
-            learners: (0..=MAX_PEERS_PER_CONFIGURATION)
+            learners: (0..=CONFIGURATION_PEERS_MAX)
                 .map(|i| format!("p:{i}"))
                 .collect(),
             ..Default::default()
@@ -1282,7 +1282,7 @@ mod tests {
             named(String::new(), 1),
             "snapshot_request.chunk.name: empty file name"
         );
-        assert!(named("x".repeat(MAX_SNAPSHOT_FILE_NAME_BYTES + 1), 1)
+        assert!(named("x".repeat(SNAPSHOT_FILE_NAME_BYTES_MAX + 1), 1)
             .starts_with("snapshot_request.chunk.name: file name of 1025 bytes"));
         assert_eq!(
             named("data".into(), 0),
@@ -1320,14 +1320,14 @@ mod tests {
 
         // The server cuts long error texts (at a character boundary); the client refuses
         // longer ones.
-        let cut = encode_snapshot_chunk(Err("é".repeat(MAX_ERROR_TEXT_BYTES)));
+        let cut = encode_snapshot_chunk(Err("é".repeat(ERROR_TEXT_BYTES_MAX)));
         match decode_snapshot_chunk(cut, &request, 10).expect("valid") {
-            Err(why) => assert_eq!(why.len(), MAX_ERROR_TEXT_BYTES),
+            Err(why) => assert_eq!(why.len(), ERROR_TEXT_BYTES_MAX),
             Ok(_) => panic!("an error was sent"),
         }
         let raw = proto::SnapshotChunk {
             result: Some(proto::snapshot_chunk::Result::Error(
-                "x".repeat(MAX_ERROR_TEXT_BYTES + 1),
+                "x".repeat(ERROR_TEXT_BYTES_MAX + 1),
             )),
         };
         assert!(decode_snapshot_chunk(raw, &request, 10)

@@ -12,10 +12,10 @@
 //! from [`crate::limits`]).
 //! Must never: block [`Transport::send`] (a full queue drops the frame and counts it; raft
 //! retransmits), write a frame the receiver would refuse (what is queued for a destination
-//! is cut into frames of at most [`codec::MAX_MESSAGES_PER_FRAME`] messages and
-//! [`MAX_FRAME_BYTES`] bytes, in order; a message that alone exceeds a frame is dropped and
+//! is cut into frames of at most [`codec::FRAME_MESSAGES_MAX`] messages and
+//! [`FRAME_BYTES_MAX`] bytes, in order; a message that alone exceeds a frame is dropped and
 //! counted), allocate what a peer claims before checking it against
-//! [`MAX_FRAME_BYTES`] (tonic checks the length prefix against its maximum decoding size
+//! [`FRAME_BYTES_MAX`] (tonic checks the length prefix against its maximum decoding size
 //! before buffering), or let one misbehaving peer disturb the others: a frame that is
 //! oversized, undecodable or invalid ends that peer's stream with an error status and a
 //! logged error, and the server keeps serving every other stream.
@@ -26,7 +26,7 @@
 //! [`GrpcOptions::snapshot_fetch_timeout`]. The server answers it with the
 //! [`SnapshotService`] its sink offers ([`FrameSink::snapshot_service`]; a manager's
 //! [`Inbox`] offers its own), on tokio's blocking pool, at most
-//! [`MAX_CONCURRENT_SNAPSHOT_SERVES`] at a time. The answer is checked before it is handed
+//! [`SNAPSHOT_SERVES_CONCURRENT_MAX`] at a time. The answer is checked before it is handed
 //! on: no more bytes than the chunk asked for, error texts bounded.
 //!
 //! Mutual TLS ([`tls`]) is optional: with a [`TlsConfig`] in [`GrpcOptions::tls`] the
@@ -91,16 +91,16 @@ pub use tls::{TlsConfig, TlsConfigError};
 /// A sender cuts what is queued for a destination into frames within it (a single message
 /// that alone exceeds it is dropped and counted); a receiver refuses a larger frame from its
 /// length prefix, without allocating it, and ends the sender's stream.
-pub const MAX_FRAME_BYTES: usize = crate::limits::FRAME_BYTES_MAX;
+pub use crate::limits::FRAME_BYTES_MAX;
 
 /// Largest snapshot part (manifest or chunk) one `FetchSnapshot` answer may carry:
 /// [`crate::limits::SNAPSHOT_DATA_BYTES_MAX`], the frame limit less room for the answer's
 /// own encoding.
-pub const MAX_SNAPSHOT_DATA_BYTES: usize = crate::limits::SNAPSHOT_DATA_BYTES_MAX;
+pub use crate::limits::SNAPSHOT_DATA_BYTES_MAX;
 
 /// Snapshot parts a server reads at once (each on a blocking-pool thread); further requests
 /// wait their turn.
-pub const MAX_CONCURRENT_SNAPSHOT_SERVES: usize = 16;
+pub const SNAPSHOT_SERVES_CONCURRENT_MAX: usize = 16;
 
 /// Frames one stream may hold between the connection task and HTTP/2 (the rest wait in the
 /// destination's queue).
@@ -233,10 +233,10 @@ pub struct TransportStats {
     /// Frames dropped by `send` because the destination's queue was full.
     pub frames_dropped_queue_full: u64,
     /// Messages dropped because each alone encodes to more than a frame may hold
-    /// ([`MAX_FRAME_BYTES`]); the rest of their frame is sent.
+    /// ([`FRAME_BYTES_MAX`]); the rest of their frame is sent.
     pub messages_dropped_oversized: u64,
     /// Extra wire frames sent because a queued frame exceeded the receiver's limits
-    /// ([`MAX_FRAME_BYTES`], [`codec::MAX_MESSAGES_PER_FRAME`]) and was cut.
+    /// ([`FRAME_BYTES_MAX`], [`codec::FRAME_MESSAGES_MAX`]) and was cut.
     pub frames_split: u64,
     /// Frames lost with a broken stream, or addressed to an invalid destination.
     pub frames_dropped_other: u64,
@@ -372,8 +372,8 @@ impl TransportInner {
         let call = async {
             let channel = self.fetch_channel(to)?;
             let mut client = proto::raft_client::RaftClient::new(channel)
-                .max_encoding_message_size(MAX_FRAME_BYTES)
-                .max_decoding_message_size(MAX_FRAME_BYTES);
+                .max_encoding_message_size(FRAME_BYTES_MAX)
+                .max_decoding_message_size(FRAME_BYTES_MAX);
             let mut wire = Request::new(codec::encode_snapshot_request(&request));
             wire.set_timeout(limit);
             client.fetch_snapshot(wire).await.map_err(|status| {
@@ -400,7 +400,7 @@ impl TransportInner {
                 request.group
             )
         })??;
-        match codec::decode_snapshot_chunk(answer.into_inner(), &request, MAX_SNAPSHOT_DATA_BYTES) {
+        match codec::decode_snapshot_chunk(answer.into_inner(), &request, SNAPSHOT_DATA_BYTES_MAX) {
             Ok(Ok(data)) => Ok(data),
             Ok(Err(why)) => Err(format!("{to} cannot serve the snapshot: {why}")),
             Err(error) => {
@@ -521,7 +521,7 @@ impl Transport for GrpcTransport {
 
     /// One unary `FetchSnapshot` call, bounded by [`GrpcOptions::snapshot_fetch_timeout`];
     /// the answer is refused if it carries more than the chunk asked for (or more than
-    /// [`MAX_SNAPSHOT_DATA_BYTES`]) or an error text over the limit.
+    /// [`SNAPSHOT_DATA_BYTES_MAX`]) or an error text over the limit.
     fn fetch_snapshot(&self, to: &PeerId, request: SnapshotRequest) -> SnapshotFetch {
         let inner = self.inner.clone();
         let to = to.clone();
@@ -700,8 +700,8 @@ async fn stream_to(
             .await
             .map_err(|e| ConnectFailure::of(&e, with_tls))?;
         let mut client = proto::raft_client::RaftClient::new(channel)
-            .max_encoding_message_size(MAX_FRAME_BYTES)
-            .max_decoding_message_size(MAX_FRAME_BYTES);
+            .max_encoding_message_size(FRAME_BYTES_MAX)
+            .max_decoding_message_size(FRAME_BYTES_MAX);
         let (tx, rx) = mpsc::channel::<proto::Frame>(STREAM_WINDOW_FRAMES);
         let responses = client
             .stream(ReceiverStream::new(rx))
@@ -760,7 +760,7 @@ async fn stream_to(
 }
 
 /// Writes `frame` on the stream as as many wire frames as the receiver's limits need
-/// ([`MAX_FRAME_BYTES`], [`codec::MAX_MESSAGES_PER_FRAME`]), in order; a message that alone
+/// ([`FRAME_BYTES_MAX`], [`codec::FRAME_MESSAGES_MAX`]), in order; a message that alone
 /// exceeds a frame is dropped and counted. Returns false if the stream broke.
 async fn send_cut(
     to: &PeerId,
@@ -769,10 +769,10 @@ async fn send_cut(
     counters: &TransportCounters,
     metrics: &TransportMetrics,
 ) -> bool {
-    let encoded = codec::encode_frames(frame, MAX_FRAME_BYTES, codec::MAX_MESSAGES_PER_FRAME);
+    let encoded = codec::encode_frames(frame, FRAME_BYTES_MAX, codec::FRAME_MESSAGES_MAX);
     for (group, size) in &encoded.oversized {
         metrics.message_dropped(MessageDrop::Oversized, 1);
-        tracing::error!(to = %to, group, size, limit = MAX_FRAME_BYTES, "message larger than a frame: dropped");
+        tracing::error!(to = %to, group, size, limit = FRAME_BYTES_MAX, "message larger than a frame: dropped");
     }
     let extra = encoded.frames.len().saturating_sub(1);
     metrics.frames_split.add(extra as u64);
@@ -928,14 +928,14 @@ impl GrpcServer {
         let identity = sink.identity();
         let service = RaftService {
             snapshots: sink.snapshot_service(),
-            snapshot_serves: Arc::new(Semaphore::new(MAX_CONCURRENT_SNAPSHOT_SERVES)),
+            snapshot_serves: Arc::new(Semaphore::new(SNAPSHOT_SERVES_CONCURRENT_MAX)),
             sink,
             counters: counters.clone(),
             shutdown: shutdown_rx.clone(),
         };
         let server = proto::raft_server::RaftServer::new(service)
-            .max_decoding_message_size(MAX_FRAME_BYTES)
-            .max_encoding_message_size(MAX_FRAME_BYTES);
+            .max_decoding_message_size(FRAME_BYTES_MAX)
+            .max_encoding_message_size(FRAME_BYTES_MAX);
         let address = self.address.clone();
         let mut signal = shutdown_rx.clone();
         let stopped = async move {
@@ -1136,9 +1136,9 @@ impl proto::raft_server::Raft for RaftService {
         let served = tokio::task::spawn_blocking(move || {
             let served = service.serve(&request);
             match served {
-                Ok(data) if data.len() > MAX_SNAPSHOT_DATA_BYTES => Err(format!(
+                Ok(data) if data.len() > SNAPSHOT_DATA_BYTES_MAX => Err(format!(
                     "group {group}: part of {} bytes, more than the wire limit of \
-                     {MAX_SNAPSHOT_DATA_BYTES}",
+                     {SNAPSHOT_DATA_BYTES_MAX}",
                     data.len()
                 )),
                 other => other,

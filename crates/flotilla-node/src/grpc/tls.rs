@@ -58,10 +58,10 @@ use crate::metrics::{ConnectionClose, TransportMetrics};
 /// TLS handshakes a server runs at once ([`super::listener::SETUPS_TLS_MAX`]); further
 /// connections wait in the listen backlog. At most
 /// [`super::listener::SETUPS_PER_SOURCE_MAX`] of them from one source address.
-pub const MAX_CONCURRENT_TLS_HANDSHAKES: usize = super::listener::SETUPS_TLS_MAX;
+pub const TLS_HANDSHAKES_CONCURRENT_MAX: usize = super::listener::SETUPS_TLS_MAX;
 
 /// Largest PEM file read (1 MiB): certificate chains and keys are a few KiB.
-pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
+pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Longest a TLS handshake may take, on either side (a silent connection holds a handshake
 /// slot at most this long).
@@ -121,7 +121,7 @@ pub enum TlsConfigError {
         /// The operating system's reason.
         reason: String,
     },
-    /// The file is larger than [`MAX_PEM_FILE_BYTES`].
+    /// The file is larger than [`PEM_FILE_BYTES_MAX`].
     TooLarge {
         /// Which input.
         kind: PemKind,
@@ -193,7 +193,7 @@ impl fmt::Display for TlsConfigError {
             }
             TlsConfigError::TooLarge { kind, path, bytes } => write!(
                 f,
-                "TLS {kind} file {} has {bytes} bytes, more than the {MAX_PEM_FILE_BYTES} a \
+                "TLS {kind} file {} has {bytes} bytes, more than the {PEM_FILE_BYTES_MAX} a \
                  PEM file may have",
                 path.display()
             ),
@@ -444,11 +444,11 @@ fn read_pem_file(kind: PemKind, path: &Path) -> Result<Vec<u8>, TlsConfigError> 
     };
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let mut bytes = Vec::new();
-    file.take(MAX_PEM_FILE_BYTES + 1)
+    file.take(PEM_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(unreadable)?;
     let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-    if size > MAX_PEM_FILE_BYTES {
+    if size > PEM_FILE_BYTES_MAX {
         let bytes = std::fs::metadata(path).map_or(size, |m| m.len());
         return Err(TlsConfigError::TooLarge {
             kind,

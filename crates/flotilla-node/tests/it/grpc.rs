@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use flotilla_node::grpc::{
-    proto, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, MAX_FRAME_BYTES,
+    proto, GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, FRAME_BYTES_MAX,
 };
 use flotilla_node::{Frame, PeerId, Transport};
 use flotilla_raft::{Echo, LogIndex, Message, MessageBody, Term};
@@ -299,8 +299,8 @@ async fn garbage_is_refused_and_other_peers_keep_working() {
     );
 
     // Larger than the limit: refused from its length prefix.
-    let mut big = bytes::BytesMut::with_capacity(MAX_FRAME_BYTES + 1);
-    big.resize(MAX_FRAME_BYTES + 1, 0);
+    let mut big = bytes::BytesMut::with_capacity(FRAME_BYTES_MAX + 1);
+    big.resize(FRAME_BYTES_MAX + 1, 0);
     let status = raw_stream_status(&to, big.freeze()).await;
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
@@ -330,7 +330,7 @@ async fn an_oversized_frame_is_dropped_by_the_sender() {
     let entry = flotilla_raft::Entry {
         index: LogIndex(1),
         term: Term(1),
-        payload: flotilla_raft::EntryPayload::Normal(Bytes::from(vec![7u8; MAX_FRAME_BYTES])),
+        payload: flotilla_raft::EntryPayload::Normal(Bytes::from(vec![7u8; FRAME_BYTES_MAX])),
     };
     transport.send(
         &to,

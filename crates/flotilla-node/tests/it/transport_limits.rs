@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_node::grpc::codec::MAX_MESSAGES_PER_FRAME;
+use flotilla_node::grpc::codec::FRAME_MESSAGES_MAX;
 use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport};
 use flotilla_node::limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 use flotilla_node::{Frame, NodeError, PeerId, RaftError, Transport};
@@ -85,7 +85,7 @@ async fn more_messages_than_one_frame_holds_all_arrive_in_order() {
     let to = server.address().clone();
     let me = PeerId::new("127.0.0.1:4");
     let transport = GrpcTransport::new(GrpcOptions::default());
-    let count = 2 * MAX_MESSAGES_PER_FRAME + 5;
+    let count = 2 * FRAME_MESSAGES_MAX + 5;
     let messages = (0..count as u64)
         .map(|seq| (seq % 10_000, heartbeat(&me, &to, seq)))
         .collect();
