@@ -335,7 +335,11 @@ fn leader_kill_then_member_replacement_keeps_every_acknowledged_write() {
     // Add an empty fourth store, then remove the dead one: three members again.
     let fourth = free_address();
     let _fourth = Server::start(&fourth, None, &cluster.dir.join("s3"), 1);
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&fourth).is_err() {
+        assert!(Instant::now() < deadline, "the fourth store never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (code, answer) = admin(&e, &["add-peer", &fourth]);
     assert_eq!(code, 0, "add-peer: {answer}");
     let (code, answer) = admin(&e, &["remove-peer", &leader]);

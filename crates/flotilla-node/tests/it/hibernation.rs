@@ -103,8 +103,17 @@ async fn idle_groups_hibernate_and_stop_sending() {
     );
     assert!(described.contains("hibernating=true"), "{described}");
 
+    // Watch until every process has sent a beacon since (a heartbeat interval at least):
+    // meanwhile none may send a raft message.
     let before: Vec<_> = (0..3).map(|i| manager(&cluster, i).stats()).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (0..3).any(|i| manager(&cluster, i).stats().beacons_sent <= before[i].beacons_sent) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no beacons within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for (i, before) in before.iter().enumerate() {
         let after = manager(&cluster, i).stats();
         assert_eq!(after.groups_hibernating, GROUPS, "process {i} woke up");

@@ -280,6 +280,24 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn append_configuration(&mut self, configuration: Configuration) -> LogIndex {
+        // One change at a time: the configuration in force is committed before the next is
+        // proposed (C_old,new commits before C_new follows it), and only a leader proposes
+        // a configuration, and only a valid one.
+        debug_assert_eq!(
+            self.role,
+            Role::Leader,
+            "only a leader appends a configuration"
+        );
+        debug_assert!(
+            self.configurations.current_index() <= self.log.committed,
+            "a configuration appended while the one at {} is uncommitted (commit {})",
+            self.configurations.current_index(),
+            self.log.committed
+        );
+        debug_assert!(
+            configuration.validate().is_ok(),
+            "an invalid configuration appended: {configuration:?}"
+        );
         let index = self.log.last_index().next();
         self.configurations.push(index, configuration.clone());
         let entry = Entry {

@@ -1,4 +1,6 @@
-//! The scenarios of the first slice of issue 4.
+//! The Node API end to end over the in-process transport: election and apply, failover
+//! keeping acknowledged writes, restart recovery, follower reads through ReadIndex, many
+//! groups sharing fsyncs, and removing a group that holds nothing.
 
 use std::time::Duration;
 
