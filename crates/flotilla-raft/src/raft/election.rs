@@ -4,6 +4,7 @@
 //! term, or grant anything while a live leader is heard (unless the leader itself asked,
 //! through TimeoutNow).
 
+use super::planted::Planted;
 use super::Raft;
 use crate::log::LogStore;
 use crate::message::{Message, MessageBody, TERM_MAX};
@@ -139,14 +140,7 @@ impl<S: LogStore> Raft<S> {
     }
 
     fn tally(&self) -> VoteResult {
-        #[allow(unused_mut)]
-        let mut configuration = self.configurations.current().clone();
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.ignore_old_quorum {
-                configuration.old_voters = None;
-            }
-        }
+        let configuration = self.quorum_configuration();
         vote_result(&configuration, |p| self.votes.get(p).copied())
     }
 
@@ -257,14 +251,7 @@ impl<S: LogStore> Raft<S> {
             None => self.leader.is_none(),
             Some(v) => *v == message.from,
         };
-        #[allow(unused_mut)]
-        let mut can_vote = can_vote;
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.double_vote && self.leader.is_none() {
-                can_vote = true;
-            }
-        }
+        let can_vote = can_vote || (self.planted(Planted::DoubleVote) && self.leader.is_none());
         let granted = can_vote && up_to_date;
         if granted {
             self.vote = Some(message.from.clone());

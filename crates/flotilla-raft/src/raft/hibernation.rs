@@ -27,6 +27,7 @@
 //! is deliberately silent. Raft's safety does not depend on any of this: a hibernate mark
 //! only stops timers, and a peer that misses one simply stays awake.
 
+use super::planted::Planted;
 use super::Raft;
 use crate::log::LogStore;
 use crate::message::{Echo, Message, MessageBody};
@@ -152,22 +153,11 @@ impl<S: LogStore> Raft<S> {
         self.hibernated_at = self.now;
         self.idle_ticks = 0;
         self.heartbeat_elapsed = 0;
-        if !self.planted_lease_across_hibernation() {
+        if !self.planted(Planted::LeaseAcrossHibernation) {
             for pr in self.progress.values_mut() {
                 pr.echoed_tick = 0;
             }
         }
-    }
-
-    #[cfg(feature = "planted-bugs")]
-    fn planted_lease_across_hibernation(&self) -> bool {
-        self.bugs.lease_across_hibernation
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    #[allow(clippy::unused_self)]
-    fn planted_lease_across_hibernation(&self) -> bool {
-        false
     }
 
     /// Follower, on a hibernate heartbeat from its leader in `term` claiming `commit` as its
@@ -252,7 +242,7 @@ impl<S: LogStore> Raft<S> {
     /// window, and a heartbeat now so followers wake too.
     fn wake_leader(&mut self) {
         self.now += 1;
-        let keep_lease = self.planted_lease_across_hibernation();
+        let keep_lease = self.planted(Planted::LeaseAcrossHibernation);
         if !keep_lease {
             self.lease_floor_tick = self.now;
         }

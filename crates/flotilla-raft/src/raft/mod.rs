@@ -14,6 +14,7 @@
 mod change;
 mod election;
 mod hibernation;
+mod planted;
 mod read;
 mod replication;
 
@@ -37,6 +38,7 @@ use crate::types::{
 
 pub use change::ChangeStage;
 use change::{MembershipChange, Transfer};
+use planted::Planted;
 use read::ReadState;
 
 /// Deliberate protocol mistakes for the simulator's planted-bug test. Compiled only with the
@@ -592,8 +594,7 @@ impl<S: LogStore> Raft<S> {
     /// Who a sender *is* is the transport's to prove (with TLS, certificates name stores);
     /// this check keeps out removed members and strangers.
     fn accepts_sender(&self, message: &Message) -> bool {
-        #[cfg(feature = "planted-bugs")]
-        if self.bugs.skip_member_check {
+        if self.planted(Planted::SkipMemberCheck) {
             return true;
         }
         let configuration = self.configurations.current();

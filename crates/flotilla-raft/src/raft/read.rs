@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::planted::Planted;
 use super::Raft;
 use crate::error::RaftError;
 use crate::log::LogStore;
@@ -226,15 +227,12 @@ impl<S: LogStore> Raft<S> {
             reads: std::mem::take(&mut self.reads.unsent),
         };
         self.reads.rounds.push_back(round);
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.read_without_round {
-                let rounds: Vec<Round> = self.reads.rounds.drain(..).collect();
-                for round in rounds {
-                    self.answer_round(round);
-                }
-                return;
+        if self.planted(Planted::ReadWithoutRound) {
+            let rounds: Vec<Round> = self.reads.rounds.drain(..).collect();
+            for round in rounds {
+                self.answer_round(round);
             }
+            return;
         }
         let echo = Echo {
             tick: self.now,
@@ -271,14 +269,7 @@ impl<S: LogStore> Raft<S> {
         if self.reads.rounds.is_empty() {
             return;
         }
-        #[allow(unused_mut)]
-        let mut configuration = self.configurations.current().clone();
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.ignore_old_quorum {
-                configuration.old_voters = None;
-            }
-        }
+        let configuration = self.quorum_configuration().into_owned();
         let (me, mine) = (&self.id, self.reads.read_seq);
         let acked = quorum_value(&configuration, |p| {
             if p == me {

@@ -5,6 +5,7 @@
 //! Must never: count an entry of an earlier term as committed by its replicas (paper
 //! §5.4.2), count learners or catching-up peers, or acknowledge an entry before it is durable.
 
+use super::planted::Planted;
 use super::Raft;
 use crate::error::StoreError;
 use crate::log::LogStore;
@@ -398,14 +399,7 @@ impl<S: LogStore> Raft<S> {
     pub(super) fn maybe_commit(&mut self) {
         // Borrowed, not cloned: this runs on every acknowledgement, and cloning the
         // configuration (four B-trees) cost more than the quorum computation itself.
-        #[allow(unused_mut)]
-        let mut configuration = std::borrow::Cow::Borrowed(self.configurations.current());
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.ignore_old_quorum {
-                configuration.to_mut().old_voters = None;
-            }
-        }
+        let configuration = self.quorum_configuration();
         let quorum_index = committed_index(&configuration, |p| {
             self.progress
                 .get(p)
@@ -420,14 +414,7 @@ impl<S: LogStore> Raft<S> {
                 self.id
             )
         });
-        #[allow(unused_mut)]
-        let mut current_term_only = term == self.term;
-        #[cfg(feature = "planted-bugs")]
-        {
-            if self.bugs.commit_old_term {
-                current_term_only = true;
-            }
-        }
+        let current_term_only = term == self.term || self.planted(Planted::CommitOldTerm);
         if !current_term_only {
             return;
         }
@@ -600,18 +587,14 @@ impl<S: LogStore> Raft<S> {
 
     /// Stores entries starting at `first`, truncating a conflicting suffix (paper §5.3).
     fn append_from_leader(&mut self, first: LogIndex, entries: Vec<Entry>) {
-        #[allow(unused_mut, unused_variables)]
         let mut kept_suffix: Vec<Entry> = Vec::new();
         if first <= self.log.last_index() {
-            #[cfg(feature = "planted-bugs")]
-            {
-                if self.bugs.keep_conflicting_suffix {
-                    let after = first.plus(entries.len() as u64);
-                    kept_suffix = self
-                        .log
-                        .entries(after, self.log.last_index().next(), u64::MAX)
-                        .unwrap_or_default();
-                }
+            if self.planted(Planted::KeepConflictingSuffix) {
+                let after = first.plus(entries.len() as u64);
+                kept_suffix = self
+                    .log
+                    .entries(after, self.log.last_index().next(), u64::MAX)
+                    .unwrap_or_default();
             }
             self.log.truncate_from(first);
             self.configurations.truncate_suffix(first);
