@@ -315,6 +315,11 @@ impl AddressBook {
     /// there loses it). Returns whether anything changed. Refused: an invalid id or
     /// address, a full book, or a change that cannot be saved (the book is then unchanged).
     pub fn set(&self, id: &PeerId, address: &str) -> Result<bool, String> {
+        // Every received frame announces its sender's address: the common case, nothing
+        // new, costs a read lock and a comparison.
+        if self.read().entries.get(id).map(String::as_str) == Some(address) {
+            return Ok(false);
+        }
         check_address(address)?;
         if id.as_str().is_empty() || id.as_str().len() > PEER_ID_BYTES_MAX {
             return Err(format!(
