@@ -364,165 +364,247 @@ async fn execute(
             human,
         ));
     }
-    // Every store known, by address: the CLI client routes by address.
-    let mut endpoints: Vec<PeerId> = Vec::new();
-    let members = regions
-        .iter()
-        .flat_map(|info| info.peers.iter().chain(&info.learners));
-    for address in members.chain(directory.values()) {
-        let address = PeerId::new(address);
-        if !address.as_str().is_empty() && !endpoints.contains(&address) {
-            endpoints.push(address);
-        }
-    }
-    let cli_options = CliOptions {
-        tls: client.options().tls.clone(),
-        force,
-        ..CliOptions::default()
-    };
-    let cli = |group: u64| -> Result<CliClient, Failure> {
-        Ok(CliClient::new(endpoints.clone(), group)
-            .map_err(cli_failure)?
-            .with_options(cli_options.clone()))
-    };
-    let mut done: Vec<Value> = Vec::new();
-    let mut human: Vec<String> = Vec::new();
+    let mut change = Change::new(client, &directory, &regions, force);
     match op {
         AdminOp::Status | AdminOp::CloseRegion { .. } => {}
-        AdminOp::ResetPeers { store, peers } => {
-            let store = peer_arg(client, &directory, &store).await?;
-            let on = PeerId::new(&address_of(&store)?);
-            let peers = peer_list(client, &directory, &peers, "reset-peers").await?;
-            if !force {
-                return Err(Failure::usage(
-                    "reset-peers replaces the voters without consensus and can lose \
-                     acknowledged writes: add --force if the regions lost their majority for good",
-                ));
+        AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
+        AdminOp::AddPeer { peer } => change.add(&peer, false).await?,
+        AdminOp::AddLearner { peer } => change.add(&peer, true).await?,
+        AdminOp::RemovePeer { peer } => change.remove_peer(&peer).await?,
+        AdminOp::ChangePeers { peers } => change.change_peers(&peers).await?,
+        AdminOp::PromoteLearner { peer } => change.promote_learner(&peer).await?,
+        AdminOp::TransferLeader { peer } => change.transfer_leader(&peer).await?,
+        AdminOp::Snapshot { peer } => change.snapshot(&peer).await?,
+        AdminOp::Rebalance => change.rebalance().await?,
+    }
+    Ok((
+        success(vec![("done", Value::Array(change.done))]),
+        change.human.join("\n"),
+    ))
+}
+
+/// One admin operation that changes regions, carried out region by region through the
+/// CLI service: what was done, as JSON objects and as lines for people.
+struct Change<'a> {
+    client: &'a KvClient,
+    directory: &'a Directory,
+    regions: &'a [RegionInfo],
+    force: bool,
+    /// Every store known, by address: the CLI client routes by address.
+    endpoints: Vec<PeerId>,
+    cli_options: CliOptions,
+    done: Vec<Value>,
+    human: Vec<String>,
+}
+
+impl<'a> Change<'a> {
+    fn new(
+        client: &'a KvClient,
+        directory: &'a Directory,
+        regions: &'a [RegionInfo],
+        force: bool,
+    ) -> Change<'a> {
+        let mut endpoints: Vec<PeerId> = Vec::new();
+        let members = regions
+            .iter()
+            .flat_map(|info| info.peers.iter().chain(&info.learners));
+        for address in members.chain(directory.values()) {
+            let address = PeerId::new(address);
+            if !address.as_str().is_empty() && !endpoints.contains(&address) {
+                endpoints.push(address);
             }
-            for info in &regions {
-                cli(info.id)?
-                    .reset_peers(&on, &ids(&peers))
-                    .await
-                    .map_err(cli_failure)?;
-                let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
-                human.push(format!(
+        }
+        let cli_options = CliOptions {
+            tls: client.options().tls.clone(),
+            force,
+            ..CliOptions::default()
+        };
+        Change {
+            client,
+            directory,
+            regions,
+            force,
+            endpoints,
+            cli_options,
+            done: Vec::new(),
+            human: Vec::new(),
+        }
+    }
+
+    fn cli(&self, group: u64) -> Result<CliClient, Failure> {
+        Ok(CliClient::new(self.endpoints.clone(), group)
+            .map_err(cli_failure)?
+            .with_options(self.cli_options.clone()))
+    }
+
+    async fn store(&self, text: &str) -> Result<StoreRef, Failure> {
+        peer_arg(self.client, self.directory, text).await
+    }
+
+    fn record(&mut self, human: String, done: Value) {
+        self.human.push(human);
+        self.done.push(done);
+    }
+
+    async fn reset_peers(&mut self, store: &str, peers: &[String]) -> Result<(), Failure> {
+        let store = self.store(store).await?;
+        let on = PeerId::new(&address_of(&store)?);
+        let peers = peer_list(self.client, self.directory, peers, "reset-peers").await?;
+        if !self.force {
+            return Err(Failure::usage(
+                "reset-peers replaces the voters without consensus and can lose \
+                 acknowledged writes: add --force if the regions lost their majority for good",
+            ));
+        }
+        for info in self.regions {
+            self.cli(info.id)?
+                .reset_peers(&on, &ids(&peers))
+                .await
+                .map_err(cli_failure)?;
+            let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
+            self.record(
+                format!(
                     "region {}: voters on {store} reset to {}",
                     info.id,
                     names.join(",")
-                ));
-                done.push(json!({"region": info.id, "store": store.id.as_str(), "peers": names}));
-            }
+                ),
+                json!({"region": info.id, "store": store.id.as_str(), "peers": names}),
+            );
         }
-        AdminOp::AddPeer { peer } => {
-            let peer = peer_arg(client, &directory, &peer).await?;
-            for info in &regions {
-                open_on(client, &directory, &peer, info).await?;
-                cli(info.id)?
-                    .add_peer(&peer.id)
-                    .await
-                    .map_err(cli_failure)?;
-                human.push(format!("region {}: added {peer}", info.id));
-                done.push(json!({"region": info.id, "added": peer.id.as_str()}));
-            }
-        }
-        AdminOp::AddLearner { peer } => {
-            let peer = peer_arg(client, &directory, &peer).await?;
-            for info in &regions {
-                open_on(client, &directory, &peer, info).await?;
-                cli(info.id)?
-                    .add_learners(std::slice::from_ref(&peer.id))
-                    .await
-                    .map_err(cli_failure)?;
-                human.push(format!("region {}: added learner {peer}", info.id));
-                done.push(json!({"region": info.id, "learner": peer.id.as_str()}));
-            }
-        }
-        AdminOp::RemovePeer { peer } => {
-            let peer = peer_arg(client, &directory, &peer).await?;
-            for info in &regions {
-                cli(info.id)?
-                    .remove_peer(&peer.id)
-                    .await
-                    .map_err(cli_failure)?;
-                human.push(format!("region {}: removed {peer}", info.id));
-                done.push(json!({"region": info.id, "removed": peer.id.as_str()}));
-            }
-        }
-        AdminOp::ChangePeers { peers } => {
-            let peers = peer_list(client, &directory, &peers, "change-peers").await?;
-            for info in &regions {
-                for peer in &peers {
-                    if !info.peer_ids.iter().any(|p| p == peer.id.as_str()) {
-                        open_on(client, &directory, peer, info).await?;
-                    }
-                }
-                cli(info.id)?
-                    .change_peers(&ids(&peers))
-                    .await
-                    .map_err(cli_failure)?;
-                let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
-                human.push(format!(
-                    "region {}: peers are now {}",
-                    info.id,
-                    names.join(",")
-                ));
-                done.push(json!({"region": info.id, "peers": names}));
-            }
-        }
-        AdminOp::PromoteLearner { peer } => {
-            let peer = peer_arg(client, &directory, &peer).await?;
-            for info in &regions {
-                cli(info.id)?
-                    .promote_learner(&peer.id)
-                    .await
-                    .map_err(cli_failure)?;
-                human.push(format!("region {}: promoted {peer}", info.id));
-                done.push(json!({"region": info.id, "promoted": peer.id.as_str()}));
-            }
-        }
-        AdminOp::TransferLeader { peer } => {
-            let target = if peer == "any" {
-                None
-            } else {
-                Some(peer_arg(client, &directory, &peer).await?.id)
-            };
-            for info in &regions {
-                let leader = cli(info.id)?
-                    .transfer_leader(target.as_ref())
-                    .await
-                    .map_err(cli_failure)?;
-                human.push(format!("region {}: leader is {leader}", info.id));
-                done.push(json!({"region": info.id, "leader": leader.as_str()}));
-            }
-        }
-        AdminOp::Snapshot { peer } => {
-            let peer = peer_arg(client, &directory, &peer).await?;
-            let on = PeerId::new(&address_of(&peer)?);
-            for info in &regions {
-                let index = cli(info.id)?.snapshot(&on).await.map_err(cli_failure)?;
-                human.push(format!(
-                    "region {}: snapshot on {peer} at index {index}",
-                    info.id
-                ));
-                done.push(json!({"region": info.id, "peer": peer.id.as_str(), "index": index}));
-            }
-        }
-        AdminOp::Rebalance => {
-            let groups: Vec<u64> = regions.iter().map(|r| r.id).collect();
-            let Some(first) = groups.first() else {
-                return Err(Failure::failed("NoSuchRegion", "no regions to rebalance"));
-            };
-            let leaders = cli(*first)?.rebalance(&groups).await.map_err(cli_failure)?;
-            for (group, leader) in &leaders {
-                human.push(format!("region {group}: leader is {leader}"));
-                done.push(json!({"region": group, "leader": leader.as_str()}));
-            }
-        }
+        Ok(())
     }
-    Ok((
-        success(vec![("done", Value::Array(done))]),
-        human.join("\n"),
-    ))
+
+    /// `add-peer` (a voter) or `add-learner`: the store gets the region's empty peer first.
+    async fn add(&mut self, peer: &str, learner: bool) -> Result<(), Failure> {
+        let peer = self.store(peer).await?;
+        for info in self.regions {
+            open_on(self.client, self.directory, &peer, info).await?;
+            let cli = self.cli(info.id)?;
+            if learner {
+                cli.add_learners(std::slice::from_ref(&peer.id))
+                    .await
+                    .map_err(cli_failure)?;
+                self.record(
+                    format!("region {}: added learner {peer}", info.id),
+                    json!({"region": info.id, "learner": peer.id.as_str()}),
+                );
+            } else {
+                cli.add_peer(&peer.id).await.map_err(cli_failure)?;
+                self.record(
+                    format!("region {}: added {peer}", info.id),
+                    json!({"region": info.id, "added": peer.id.as_str()}),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_peer(&mut self, peer: &str) -> Result<(), Failure> {
+        let peer = self.store(peer).await?;
+        for info in self.regions {
+            self.cli(info.id)?
+                .remove_peer(&peer.id)
+                .await
+                .map_err(cli_failure)?;
+            self.record(
+                format!("region {}: removed {peer}", info.id),
+                json!({"region": info.id, "removed": peer.id.as_str()}),
+            );
+        }
+        Ok(())
+    }
+
+    async fn change_peers(&mut self, peers: &[String]) -> Result<(), Failure> {
+        let peers = peer_list(self.client, self.directory, peers, "change-peers").await?;
+        for info in self.regions {
+            for peer in &peers {
+                if !info.peer_ids.iter().any(|p| p == peer.id.as_str()) {
+                    open_on(self.client, self.directory, peer, info).await?;
+                }
+            }
+            self.cli(info.id)?
+                .change_peers(&ids(&peers))
+                .await
+                .map_err(cli_failure)?;
+            let names: Vec<String> = peers.iter().map(|p| p.id.to_string()).collect();
+            self.record(
+                format!("region {}: peers are now {}", info.id, names.join(",")),
+                json!({"region": info.id, "peers": names}),
+            );
+        }
+        Ok(())
+    }
+
+    async fn promote_learner(&mut self, peer: &str) -> Result<(), Failure> {
+        let peer = self.store(peer).await?;
+        for info in self.regions {
+            self.cli(info.id)?
+                .promote_learner(&peer.id)
+                .await
+                .map_err(cli_failure)?;
+            self.record(
+                format!("region {}: promoted {peer}", info.id),
+                json!({"region": info.id, "promoted": peer.id.as_str()}),
+            );
+        }
+        Ok(())
+    }
+
+    async fn transfer_leader(&mut self, peer: &str) -> Result<(), Failure> {
+        let target = if peer == "any" {
+            None
+        } else {
+            Some(self.store(peer).await?.id)
+        };
+        for info in self.regions {
+            let leader = self
+                .cli(info.id)?
+                .transfer_leader(target.as_ref())
+                .await
+                .map_err(cli_failure)?;
+            self.record(
+                format!("region {}: leader is {leader}", info.id),
+                json!({"region": info.id, "leader": leader.as_str()}),
+            );
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, peer: &str) -> Result<(), Failure> {
+        let peer = self.store(peer).await?;
+        let on = PeerId::new(&address_of(&peer)?);
+        for info in self.regions {
+            let index = self
+                .cli(info.id)?
+                .snapshot(&on)
+                .await
+                .map_err(cli_failure)?;
+            self.record(
+                format!("region {}: snapshot on {peer} at index {index}", info.id),
+                json!({"region": info.id, "peer": peer.id.as_str(), "index": index}),
+            );
+        }
+        Ok(())
+    }
+
+    async fn rebalance(&mut self) -> Result<(), Failure> {
+        let groups: Vec<u64> = self.regions.iter().map(|r| r.id).collect();
+        let Some(first) = groups.first() else {
+            return Err(Failure::failed("NoSuchRegion", "no regions to rebalance"));
+        };
+        let leaders = self
+            .cli(*first)?
+            .rebalance(&groups)
+            .await
+            .map_err(cli_failure)?;
+        for (group, leader) in &leaders {
+            self.record(
+                format!("region {group}: leader is {leader}"),
+                json!({"region": group, "leader": leader.as_str()}),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `admin close-region`: the store refuses a peer that belongs to a configuration or holds

@@ -2,90 +2,17 @@
 //! scripts depend on (one object with `ops_per_sec`, `p50_ms`, `p99_ms`, `p999_ms`,
 //! `max_ms`, `errors`), an op-count run of every workload, and the refusals.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Instant;
-
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-
-struct Cluster {
-    dir: PathBuf,
-    endpoints: String,
-    children: Vec<Child>,
-}
-
-impl Cluster {
-    fn start(regions: u32) -> Cluster {
-        let dir = std::env::temp_dir().join(format!(
-            "flotilla-bench-test-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        let addresses: Vec<String> = (0..3)
-            .map(|_| {
-                let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-                listener.local_addr().expect("local address").to_string()
-            })
-            .collect();
-        let endpoints = addresses.join(",");
-        let children = addresses
-            .iter()
-            .enumerate()
-            .map(|(i, address)| {
-                Command::new(BIN)
-                    .args(["server", "--addr", address, "--peers", &endpoints])
-                    .arg("--data-dir")
-                    .arg(dir.join(i.to_string()))
-                    .args(["--regions", &regions.to_string(), "--engine", "memory"])
-                    .args(["--tick-ms", "50", "--election-timeout-ms", "500"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start flotilla server")
-            })
-            .collect();
-        Cluster {
-            dir,
-            endpoints,
-            children,
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+mod support;
+use support::{json, three_nodes};
 
 /// Runs `flotilla bench ARGS --json`: (exit code, the one JSON object on stdout).
 fn bench(args: &[&str]) -> (i32, Value) {
-    let output = Command::new(BIN)
-        .arg("bench")
-        .args(args)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run flotilla bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one line on stdout for {args:?}, got {stdout:?} (stderr {})",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let value: Value = serde_json::from_str(lines[0]).expect("stdout is JSON");
-    (output.status.code().unwrap_or(-1), value)
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    json(&all)
 }
 
 fn number(value: &Value, field: &str) -> f64 {
@@ -96,7 +23,7 @@ fn number(value: &Value, field: &str) -> f64 {
 
 #[test]
 fn every_workload_reports_the_json_contract() {
-    let cluster = Cluster::start(3);
+    let cluster = three_nodes("bench", 3);
     for (workload, read, reads_expected) in [
         ("write", "index", false),
         ("mix", "index", true),
