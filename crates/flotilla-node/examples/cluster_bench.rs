@@ -34,11 +34,9 @@
 //! then empty root).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read as _};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +48,12 @@ use flotilla_node::{
     StateMachine,
 };
 use flotilla_storage::{SnapshotReader, SnapshotWriter};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+/// The child-process protocol, shared with the cross-process tests.
+#[path = "../tests/it/child.rs"]
+mod child;
+use child::{field, ChildProcess};
 
 const USAGE: &str = "\
 usage: cluster_bench [--groups 1,100] [--duration SECONDS] [--clients N] [--payload BYTES]
@@ -251,16 +253,8 @@ fn run_server() -> Result<(), String> {
     let dir = std::env::var_os(SERVER_DIR_ENV)
         .map(PathBuf::from)
         .ok_or_else(|| format!("server: {SERVER_DIR_ENV} is not set"))?;
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     // The watchdog: stdin closes when the benchmark exits, however it died.
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = closed_tx.send(());
-        std::thread::sleep(Duration::from_secs(10));
-        std::process::exit(1);
-    });
+    let closed_rx = child::watch_stdin();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -305,40 +299,11 @@ async fn serve(dir: &Path, closed: tokio::sync::oneshot::Receiver<()>) -> Result
 }
 
 async fn accept(control: TcpListener, state: Arc<ServerState>) -> Result<(), String> {
-    loop {
-        let (stream, _) = control
-            .accept()
-            .await
-            .map_err(|e| format!("server: accepting a control connection: {e}"))?;
-        tokio::spawn(serve_control(stream, state.clone()));
-    }
-}
-
-async fn serve_control(stream: TcpStream, state: Arc<ServerState>) {
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    loop {
-        let mut line = String::new();
-        let answer = match (&mut read)
-            .take(REQUEST_LINE_MAX)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) => return,
-            Ok(_) if !line.ends_with('\n') => "err request line too long".to_string(),
-            Ok(_) => answer(line.trim(), &state)
-                .await
-                .unwrap_or_else(|why| format!("err {why}")),
-            Err(e) => format!("err unreadable request: {e}"),
-        };
-        if write
-            .write_all(format!("{answer}\n").as_bytes())
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+    child::serve_lines(control, state, REQUEST_LINE_MAX, |line, state| async move {
+        answer(&line, &state).await
+    })
+    .await
+    .map_err(|why| format!("server: {why}"))
 }
 
 /// The control protocol:
@@ -554,17 +519,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
 
 /// A running server. Dropping it SIGKILLs it.
 struct ServerProcess {
-    process: Child,
-    _stdin: ChildStdin,
+    _process: ChildProcess,
     raft: PeerId,
     control: SocketAddr,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }
 
 /// Three servers and their temporary root; fields drop in order, servers first.
@@ -609,86 +566,27 @@ impl Servers {
 
 async fn spawn_server(dir: &Path) -> Result<ServerProcess, String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let mut process = Command::new(exe)
-        .arg(SERVER_ARG)
-        .env(SERVER_DIR_ENV, dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        // Ctrl-C reaches only the benchmark; servers stop when their stdin closes.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start a server: {e}"))?;
-    let (Some(stdin), Some(stdout)) = (process.stdin.take(), process.stdout.take()) else {
-        let _ = process.kill();
-        return Err("a server's stdin or stdout is not piped".into());
-    };
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut ready_tx = Some(ready_tx);
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            match (line.strip_prefix(READY), ready_tx.take()) {
-                (Some(rest), Some(tx)) => {
-                    let _ = tx.send(Ok(rest.to_string()));
-                }
-                (_, tx) => {
-                    ready_tx = tx;
-                    eprintln!("server: {line}");
-                }
-            }
-        }
-        if let Some(tx) = ready_tx {
-            let _ = tx.send(Err("the server exited before it was ready".to_string()));
-        }
-    });
-    let mut server = ServerProcess {
-        process,
-        _stdin: stdin,
-        raft: PeerId::new("127.0.0.1:0"),
-        control: SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let ready = tokio::time::timeout(WAIT, ready_rx)
+    let mut command = Command::new(exe);
+    // Ctrl-C reaches only the benchmark; servers stop when their stdin closes.
+    command.arg(SERVER_ARG).env(SERVER_DIR_ENV, dir);
+    let (process, ready) = child::spawn(command, READY, WAIT)
         .await
-        .map_err(|_| format!("no server ready within {WAIT:?}"))?
-        .map_err(|_| "the server's output reader stopped".to_string())??;
-    server.raft = PeerId::new(field(&ready, "raft")?);
-    server.control = number("control address", field(&ready, "control")?)?;
-    Ok(server)
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Result<&'a str, String> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
-        .ok_or_else(|| format!("no {key} in {line:?}"))
+        .map_err(|why| format!("server in {}: {why}", dir.display()))?;
+    Ok(ServerProcess {
+        _process: process,
+        raft: PeerId::new(field(&ready, "raft")?),
+        control: number("control address", field(&ready, "control")?)?,
+    })
 }
 
 /// One request over a fresh connection; the `ok` payload or why not.
 async fn ask(control: SocketAddr, request: &str, wait: Duration) -> Result<String, String> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(control)
-            .await
-            .map_err(|e| format!("connect {control}: {e}"))?;
-        stream
-            .write_all(format!("{request}\n").as_bytes())
-            .await
-            .map_err(|e| format!("send to {control}: {e}"))?;
-        let mut reader = BufReader::new(stream).take(ANSWER_LINE_MAX);
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| format!("read from {control}: {e}"))?;
-        Ok::<String, String>(line)
-    };
-    let line = tokio::time::timeout(wait, exchange)
+    let line = child::ask(control, request, ANSWER_LINE_MAX, wait)
         .await
-        .map_err(|_| format!("{request:?} to {control}: no answer within {wait:?}"))??;
-    match line.trim_end().strip_prefix("ok") {
-        Some(rest) if line.ends_with('\n') => Ok(rest.trim().to_string()),
-        _ => Err(format!(
-            "{request:?} to {control} answered {:?}",
-            line.trim_end()
-        )),
+        .map_err(|e| format!("{request:?} to {control}: {e}"))?;
+    match line.strip_prefix("ok") {
+        Some(rest) => Ok(rest.trim().to_string()),
+        None => Err(format!("{request:?} to {control} answered {line:?}")),
     }
 }
 

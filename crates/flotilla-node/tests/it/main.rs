@@ -2,6 +2,7 @@
 //! `LocalTransport`, on real temporary directories, with a counter state machine. No
 //! assertion about speed: every wait is a generous deadline.
 
+mod child;
 mod cli;
 mod cli_hints;
 mod cluster;

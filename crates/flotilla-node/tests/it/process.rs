@@ -18,11 +18,9 @@
 //! printed and checked against a bound of many election timeouts, never a tight one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, Read as _};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,9 +31,9 @@ use flotilla_node::{
     StateMachine,
 };
 use flotilla_storage::{SnapshotReader, SnapshotWriter};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use super::child::{self, serve_lines, watch_stdin, AskError, ChildProcess};
 use super::cluster::temp_root;
 
 /// Set in a child's environment: its data directory. Its presence makes `child_main` serve.
@@ -50,8 +48,6 @@ const READY: &str = "flotilla-child-ready";
 const REQUEST_LINE_MAX: u64 = 4096;
 /// Longest answer line the parent reads (a register's whole content).
 const ANSWER_LINE_MAX: u64 = 4 * 1024 * 1024;
-/// Lines of a child's stdout kept to explain a child that died before it was ready.
-const OUTPUT_TAIL_LINES: usize = 20;
 /// Every wait of the parent.
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -201,21 +197,6 @@ fn child_main() {
     std::process::exit(0);
 }
 
-/// The watchdog: the parent holds our stdin, so it closes when the parent exits, however
-/// it died. Answers then; if the child has not exited 10 s later, exits it.
-fn watch_stdin() -> tokio::sync::oneshot::Receiver<()> {
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = closed_tx.send(());
-        std::thread::sleep(Duration::from_secs(10));
-        std::process::exit(1);
-    });
-    closed_rx
-}
-
 struct ChildState {
     manager: Arc<NodeManager>,
     registers: Mutex<BTreeMap<GroupId, Arc<Mutex<Vec<u64>>>>>,
@@ -285,42 +266,10 @@ async fn serve_child(
 }
 
 async fn accept_control(control: TcpListener, state: Arc<ChildState>) -> Result<(), String> {
-    loop {
-        let (stream, _) = control
-            .accept()
-            .await
-            .map_err(|e| format!("accepting a control connection: {e}"))?;
-        tokio::spawn(serve_control(stream, state.clone()));
-    }
-}
-
-/// Answers one control connection, one line per request, until it closes.
-async fn serve_control(stream: TcpStream, state: Arc<ChildState>) {
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    loop {
-        let mut line = String::new();
-        let answer = match (&mut read)
-            .take(REQUEST_LINE_MAX)
-            .read_line(&mut line)
-            .await
-        {
-            Ok(0) => return,
-            Ok(_) if !line.ends_with('\n') => "err request line too long".to_string(),
-            Ok(_) => match answer(line.trim(), &state).await {
-                Ok(answer) => answer,
-                Err(why) => format!("err {why}"),
-            },
-            Err(e) => format!("err unreadable request: {e}"),
-        };
-        if write
-            .write_all(format!("{answer}\n").as_bytes())
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
+    serve_lines(control, state, REQUEST_LINE_MAX, |line, state| async move {
+        answer(&line, &state).await
+    })
+    .await
 }
 
 fn number(what: &str, text: &str) -> Result<u64, String> {
@@ -469,19 +418,10 @@ fn refusal(error: &NodeError) -> String {
 // The parent: starting, killing and talking to children.
 // ---------------------------------------------------------------------------------------
 
-/// A running child. Dropping it SIGKILLs it.
-struct ChildProcess {
-    process: Child,
-    /// Held open: the child exits when it closes.
-    _stdin: ChildStdin,
+/// A running child (killed when dropped) and its control port.
+struct Running {
+    _process: ChildProcess,
     control: SocketAddr,
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
 }
 
 /// What the child printed when ready.
@@ -492,24 +432,20 @@ struct Ready {
 }
 
 fn parse_ready(line: &str) -> Result<Ready, String> {
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .ok_or_else(|| format!("no {key} in {line:?}"))
-    };
     Ok(Ready {
-        raft: PeerId::new(field("raft=")?),
-        control: field("control=")?
+        raft: PeerId::new(child::field(line, "raft")?),
+        control: child::field(line, "control")?
             .parse()
             .map_err(|e| format!("control address in {line:?}: {e}"))?,
-        fresh: field("fresh=")? == "true",
+        fresh: child::field(line, "fresh")? == "true",
     })
 }
 
 /// Starts a child serving from `dir` on `address` and waits until it is ready.
-async fn spawn_child(dir: &Path, address: &str, timing: Timing) -> (ChildProcess, Ready) {
+async fn spawn_child(dir: &Path, address: &str, timing: Timing) -> (Running, Ready) {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let mut process = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args([
             "--exact",
             "process::child_main",
@@ -519,85 +455,22 @@ async fn spawn_child(dir: &Path, address: &str, timing: Timing) -> (ChildProcess
         ])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_ADDR_ENV, address)
-        .env(CHILD_TIMING_ENV, timing.to_env())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("spawn a child process");
-    let stdin = process.stdin.take().expect("piped stdin");
-    let stdout = process.stdout.take().expect("piped stdout");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    // Reads (and drains, so the child never blocks on a full pipe) the child's stdout.
-    std::thread::spawn(move || {
-        let mut ready_tx = Some(ready_tx);
-        let mut tail = std::collections::VecDeque::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // libtest prints "test process::child_main ... " before it on the same line.
-            if let Some(at) = line.find(READY) {
-                if let Some(tx) = ready_tx.take() {
-                    let _ = tx.send(parse_ready(&line[at..]));
-                }
-            } else if ready_tx.is_some() {
-                if tail.len() == OUTPUT_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-        if let Some(tx) = ready_tx {
-            let tail: Vec<String> = tail.into_iter().collect();
-            let _ = tx.send(Err(format!(
-                "the child exited before it was ready; its last output:\n{}",
-                tail.join("\n")
-            )));
-        }
-    });
-    // Owned from here: a panic below kills the child.
-    let mut child = ChildProcess {
-        process,
-        _stdin: stdin,
-        control: SocketAddr::from(([127, 0, 0, 1], 0)),
-    };
-    let ready = tokio::time::timeout(WAIT, ready_rx)
+        .env(CHILD_TIMING_ENV, timing.to_env());
+    let (process, line) = child::spawn(command, READY, WAIT)
         .await
-        .expect("the child is ready in time")
-        .expect("the stdout reader answers")
         .unwrap_or_else(|why| panic!("child in {}: {why}", dir.display()));
-    child.control = ready.control;
-    (child, ready)
-}
-
-/// Why a control request failed.
-#[derive(Debug)]
-enum AskError {
-    /// Never reached the child (no connection): safe to send elsewhere.
-    NotSent(String),
-    /// Sent, but no whole answer came back: its effect is unknown.
-    Lost(String),
+    let ready =
+        parse_ready(&line).unwrap_or_else(|why| panic!("child in {}: {why}", dir.display()));
+    let running = Running {
+        _process: process,
+        control: ready.control,
+    };
+    (running, ready)
 }
 
 /// One request over a fresh connection to a child's control port.
 async fn ask(control: SocketAddr, request: &str) -> Result<String, AskError> {
-    let mut stream = match tokio::time::timeout(WAIT, TcpStream::connect(control)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(AskError::NotSent(format!("connect {control}: {e}"))),
-        Err(_) => return Err(AskError::NotSent(format!("connect {control}: timed out"))),
-    };
-    if let Err(e) = stream.write_all(format!("{request}\n").as_bytes()).await {
-        return Err(AskError::Lost(format!("send to {control}: {e}")));
-    }
-    let mut reader = BufReader::new(stream).take(ANSWER_LINE_MAX);
-    let mut line = String::new();
-    match tokio::time::timeout(WAIT, reader.read_line(&mut line)).await {
-        Ok(Ok(_)) if line.ends_with('\n') => Ok(line.trim_end().to_string()),
-        Ok(Ok(_)) => Err(AskError::Lost(format!(
-            "{control} closed without an answer"
-        ))),
-        Ok(Err(e)) => Err(AskError::Lost(format!("read from {control}: {e}"))),
-        Err(_) => Err(AskError::Lost(format!("no answer from {control} in time"))),
-    }
+    child::ask(control, request, ANSWER_LINE_MAX, WAIT).await
 }
 
 /// `request`'s `ok` payload from a child that must answer it.
@@ -621,9 +494,7 @@ fn parse_values(text: &str) -> Vec<u64> {
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    child::field(line, key).unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// The outcome of one write.
@@ -639,7 +510,7 @@ enum Write {
 struct Slot {
     raft: PeerId,
     dir: PathBuf,
-    child: Mutex<Option<ChildProcess>>,
+    child: Mutex<Option<Running>>,
 }
 
 /// A temporary directory, removed on drop.
