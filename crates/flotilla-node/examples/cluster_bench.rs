@@ -1,4 +1,4 @@
-//! The 3-process benchmark of the node runtime (issue 4, acceptance): commits per second,
+//! The 3-process benchmark of the node runtime: commits per second,
 //! commit latency and entries per fsync for 1 and 100 groups on a loopback cluster with
 //! fsync on.
 //!

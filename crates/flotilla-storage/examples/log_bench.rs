@@ -1,4 +1,4 @@
-//! Benchmark of durable appends (issue 3, part 6): the shared log with group commit (one
+//! Benchmark of durable appends: the shared log with group commit (one
 //! `WriteBatch` per round holding one entry for every group: one write, one fsync) against
 //! the simplest alternative a user might pick without a shared log — one append-only file
 //! per group, each group writing and fsyncing its own file from its own thread.

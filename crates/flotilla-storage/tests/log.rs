@@ -1,4 +1,4 @@
-//! Fault tests of the shared log (issue 3, part 5): a crash at every write and fsync
+//! Fault tests of the shared log: a crash at every write and fsync
 //! boundary, byte flips anywhere in the segment files, random operation sequences against
 //! the in-memory model, fsync failures, and a smoke test on the real file system.
 //!

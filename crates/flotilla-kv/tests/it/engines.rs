@@ -172,7 +172,7 @@ fn keys_only_scans(engine: &dyn KvEngine) {
     ));
 }
 
-/// Issue 12: an empty key in a write is refused with `KeyEmpty` before anything is
+/// An empty key in a write is refused with `KeyEmpty` before anything is
 /// written — fjall asserts on one (a panic of the thread applying the batch).
 fn empty_keys_are_refused(engine: &dyn KvEngine) {
     fill(engine, &["a"]);

@@ -394,7 +394,7 @@ async fn restart_on_fjall_recovers_the_same_data() {
     cluster.stop_all().await;
 }
 
-/// Issue 12: a command an engine cannot take (an empty key, on which fjall panics) that is
+/// A command an engine cannot take (an empty key, on which fjall panics) that is
 /// already in the log — proposed straight to the node, past the store's admission, as an
 /// older version let it through — is answered as a refused operation on every replica and
 /// the group keeps applying; a replica replaying the log from the start (its engine lost)

@@ -365,7 +365,7 @@ async fn rebalance_leaves_no_process_leading_more_than_its_share() {
     processes.stop().await;
 }
 
-/// Issue 12: `ResetPeers` sent to a follower made a second leader while the real one
+/// `ResetPeers` sent to a follower once made a second leader while the real one
 /// lived, and a change leaving no live majority went through without a word. Now a reset
 /// needs `force` and is refused while the group has a live leader or quorum, and a change
 /// to voters of which fewer than a majority are live is refused unless forced.

@@ -1,4 +1,4 @@
-//! Issue 12, "bounded connections": silent TCP connections cannot keep TLS clients out (a
+//! Bounded connections: silent TCP connections cannot keep TLS clients out (a
 //! cap per source address on handshakes in flight, the oldest evicted by a newer one, a 2 s
 //! handshake limit), and plain-text
 //! connections that send nothing or half a request are closed within

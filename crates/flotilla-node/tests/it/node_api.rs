@@ -206,7 +206,7 @@ async fn many_groups_share_fsyncs() {
 }
 
 /// A group created by mistake (no configuration, no entry) can be removed from a running
-/// process and created again; one that belongs to a configuration cannot (issue 12).
+/// process and created again; one that belongs to a configuration cannot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_that_holds_nothing_can_be_removed() {
     let mut cluster = Cluster::new("remove-group", 3).await;

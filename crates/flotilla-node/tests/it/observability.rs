@@ -1,4 +1,4 @@
-//! Issue 4 part 6: `NodeManager::metrics_text` is valid Prometheus text and counts what a
+//! Observability: `NodeManager::metrics_text` is valid Prometheus text and counts what a
 //! cluster did; `NodeManager::describe` dumps every group.
 
 use std::collections::{BTreeMap, BTreeSet};

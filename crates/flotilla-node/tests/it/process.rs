@@ -1,4 +1,4 @@
-//! Cross-process tests: real OS processes talking gRPC on loopback (issue 4, "Tests").
+//! Cross-process tests: real OS processes talking gRPC on loopback.
 //!
 //! The test binary re-executes itself as a server: `child_main` returns at once unless
 //! [`CHILD_DIR_ENV`] is set, in which case it runs a `NodeManager` with the gRPC transport

@@ -1,4 +1,4 @@
-//! The second slice of issue 4: snapshot install to a new peer, removing the leader,
+//! Snapshots and membership over the runtime: snapshot install to a new peer, removing the leader,
 //! leadership transfer, learners serving reads, and no acknowledged apply lost across a
 //! leader kill under load.
 

@@ -1,5 +1,5 @@
-//! Issue 12, "what is admitted can be replicated" and "`Message.from` must equal the frame's
-//! sender": frames are cut at the receiver's limits (messages and bytes), the largest entry
+//! What is admitted can be replicated, and a message's `from` must equal its frame's
+//! sender: frames are cut at the receiver's limits (messages and bytes), the largest entry
 //! a node admits commits over gRPC, a larger one is refused before raft, and a message
 //! naming another sender than its frame is dropped and counted.
 

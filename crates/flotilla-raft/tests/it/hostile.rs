@@ -1,4 +1,4 @@
-//! Hostile but well-formed input (issue 12): messages from strangers, terms and indexes at
+//! Hostile but well-formed input: messages from strangers, terms and indexes at
 //! the top of their range, forged echoes, and membership changes that would leave a group
 //! without a live majority. Each test checks the leader stays in office, nothing wraps, and
 //! the group keeps committing.

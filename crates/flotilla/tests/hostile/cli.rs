@@ -1,4 +1,4 @@
-//! Issue 12, item 8 (the CLI): a non-UTF-8 argument is a usage error naming its position
+//! The command line: a non-UTF-8 argument is a usage error naming its position
 //! for every subcommand (it was a panic, exit 101), and `kv --encoding base64` writes and
 //! reads binary keys and values exactly, through a real three-store cluster.
 

@@ -1,4 +1,4 @@
-//! Store identity (issue 13), with real `flotilla server` processes: a store that lost its
+//! Store identity, with real `flotilla server` processes: a store that lost its
 //! disk comes back as a new store that no region counts on (nothing acknowledged is lost);
 //! a store restarted on a new address with its disk serves its regions again; bootstrap
 //! happens once, however the stores start.
@@ -165,7 +165,7 @@ fn a_store_restarted_on_a_new_address_with_its_disk_serves_its_regions_again() {
     let took = started.elapsed();
     let after = installs(&addresses[0]) + installs(&addresses[1]) + installs(&addresses[3]);
     assert_eq!(after, before, "no snapshot sent for a move: {status}");
-    // The figure the issue asks for (no timed assertion: the machine is shared).
+    // The figure worth knowing, printed (no timed assertion: the machine is shared).
     eprintln!("store moved to a new address and served again after {took:?}");
 }
 

@@ -1,4 +1,4 @@
-//! The store's side of issue 12: an empty key, a hijacking `OpenRegion`, a region opened by
+//! The store's side of the bad-input suite: an empty key, a hijacking `OpenRegion`, a region opened by
 //! mistake, a full disk, a scan of large values and a server open to the network without
 //! TLS — each against real `flotilla server` processes, asserting the refusal and that the
 //! cluster still serves.
@@ -468,7 +468,7 @@ fn a_plain_text_server_beyond_loopback_warns() {
     assert!(!stderr.contains("WARNING"), "{stderr}");
 }
 
-/// Issue 12: a batch write within the KV service's 16 MiB message limit but larger than
+/// A batch write within the KV service's 16 MiB message limit but larger than
 /// the largest entry a region can replicate was admitted, and its AppendEntries was refused
 /// by every follower for ever: nothing after it committed. Now it is refused before it is
 /// proposed, with its size and the limit named, and the region keeps serving.

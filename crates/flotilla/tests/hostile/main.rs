@@ -1,4 +1,4 @@
-//! The bad-input suite (issue 12): one process test per way a well-formed but hostile or
+//! The bad-input suite: one process test per way a well-formed but hostile or
 //! careless request could break a cluster. Each test starts real `flotilla server`
 //! processes on loopback, sends the request, and asserts the outcome: a clear refusal,
 //! nothing changed, and the cluster still serving.

@@ -1,4 +1,4 @@
-//! The raft stream and the membership calls of issue 12, against real `flotilla server`
+//! Hostile input on the raft stream and the membership calls, against real `flotilla server`
 //! processes: a term of 2^64 - 1, and a stranger's votes, heartbeat and a forged
 //! AppendEntries that claims its entry committed, sent on the raft stream; and
 //! `reset-peers` and unsafe membership changes through `flotilla admin`. Each asserts the

@@ -1,4 +1,4 @@
-//! Issue 12, item 7 (resource exhaustion) against a real `flotilla server`: hundreds of
+//! Resource exhaustion against a real `flotilla server`: hundreds of
 //! silent TCP connections and a few that send half a request. The server closes the oldest
 //! of those over the per-source cap at once and the rest within `PLAIN_REQUEST_TIMEOUT`
 //! (10 s; they used to stay open for ever), keeps serving clients meanwhile (also from the
