@@ -17,11 +17,11 @@ use flotilla_storage::{LogOptions, RaftMeta};
 
 use crate::chain::{chain_hash, Chain};
 use crate::kv::{Command, CommandKind};
-use crate::linearizability::{Checker, OpKind, OpOutcome, Operation, Verdict};
 use crate::network::{shuffle, Network, NetworkConfig, PartitionKind};
 use crate::node::{
     write_batch, Disk, PendingWrite, Request, SharedDisk, SimNode, SimSnapshot, SimStore, GROUP,
 };
+use flotilla_linearizability::{Checker, OpKind, OpOutcome, Operation, Verdict};
 
 /// Simulated time units per core tick (think milliseconds: a 100 ms tick).
 pub const TICK: u64 = 100;
