@@ -10,12 +10,13 @@ use std::collections::BTreeSet;
 
 use super::Raft;
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Priority};
 use crate::log::LogStore;
 use crate::membership::Configuration;
 use crate::message::MessageBody;
 use crate::progress::ProgressState;
 use crate::ready::{Event, Ready};
-use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Priority, Role};
+use crate::types::{Entry, EntryPayload, Role};
 
 /// Where a membership change stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

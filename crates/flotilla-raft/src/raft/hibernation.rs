@@ -29,10 +29,11 @@
 
 use super::planted::Planted;
 use super::Raft;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;
 use crate::message::{Echo, Message, MessageBody};
 use crate::progress::ProgressState;
-use crate::types::{LogIndex, PeerId, Role, Term};
+use crate::types::Role;
 
 impl<S: LogStore> Raft<S> {
     /// True while this peer hibernates: it sends nothing on its own and its timers stand

@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Priority, Term};
 use crate::log::{LogStore, RaftLog};
 use crate::membership::{Configuration, ConfigurationHistory};
 use crate::message::{
@@ -32,9 +33,7 @@ use crate::message::{
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
-use crate::types::{
-    Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term,
-};
+use crate::types::{Entry, EntryPayload, HardState, Role, SnapshotMeta};
 
 pub use change::ChangeStage;
 use change::{MembershipChange, Transfer};

@@ -12,11 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use super::planted::Planted;
 use super::Raft;
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;
 use crate::message::{Echo, Message, MessageBody};
 use crate::quorum::quorum_value;
 use crate::ready::{ReadMode, ReadResult, Ready};
-use crate::types::{LogIndex, PeerId, Role, Term};
+use crate::types::Role;
 
 #[derive(Clone, Debug)]
 enum ReadOrigin {

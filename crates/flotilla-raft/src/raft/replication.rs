@@ -8,12 +8,13 @@
 use super::planted::Planted;
 use super::Raft;
 use crate::error::StoreError;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;
 use crate::message::{AppendResult, Echo, Message, MessageBody};
 use crate::progress::ProgressState;
 use crate::quorum::{committed_index, quorum_value};
 use crate::ready::{Event, ReplicatorChange};
-use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role, Term};
+use crate::types::{Entry, EntryPayload, Role};
 
 impl<S: LogStore> Raft<S> {
     // ----- leader ------------------------------------------------------------------------
