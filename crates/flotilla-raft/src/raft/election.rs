@@ -4,7 +4,7 @@
 //! term, or grant anything while a live leader is heard (unless the leader itself asked,
 //! through TimeoutNow).
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
 use crate::ids::Priority;
 use crate::log::LogStore;

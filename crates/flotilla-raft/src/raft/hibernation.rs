@@ -27,7 +27,7 @@
 //! is deliberately silent. Raft's safety does not depend on any of this: a hibernate mark
 //! only stops timers, and a peer that misses one simply stays awake.
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
 use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;

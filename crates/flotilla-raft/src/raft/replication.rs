@@ -5,7 +5,7 @@
 //! Must never: count an entry of an earlier term as committed by its replicas (paper
 //! §5.4.2), count learners or catching-up peers, or acknowledge an entry before it is durable.
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
 use crate::error::StoreError;
 use crate::ids::{LogIndex, PeerId, Term};
