@@ -14,7 +14,7 @@ use crate::search::{Search, SearchOutcome};
 /// [`Verdict::Unknown`].
 pub const DEFAULT_MAX_STATES_PER_KEY: u64 = 1_000_000;
 
-/// Per-key linearizability checker for register histories. See the module docs for the
+/// Per-key linearizability checker for register histories. See the crate docs for the
 /// algorithm.
 ///
 /// The budget bounds the search states generated per key: every time the search tries to

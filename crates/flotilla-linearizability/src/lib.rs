@@ -1,6 +1,6 @@
-//! Linearizability checking for register histories, one key at a time.
+//! # flotilla-linearizability: linearizability checking for register histories, one key at a time
 //!
-//! This module owns Flotilla's *correctness oracle* for client-visible behaviour: given the
+//! This crate owns Flotilla's *correctness oracle* for client-visible behaviour: given the
 //! history of read / write / compare-and-set operations that clients invoked and the responses
 //! they saw (from the deterministic simulator, or from a chaos harness driving real processes),
 //! it decides whether some sequential execution of a register explains every response while

@@ -7,11 +7,12 @@
 //!
 //! The run is cut by what each part owns: `config` (what to simulate), `nodes` (driving the
 //! cores and the simulated disk), `hibernation` (the runtime's liveness beacons and wakes),
-//! `faults` (the nemesis and the outsider), `workload` (clients, the history, the liveness
-//! probe), `invariants` (the checks after every step) and `report` (the trace, the stats and
-//! the end-of-run linearizability check). This file owns the event queue and the dispatch of
-//! every event, the one place that decides what happens next.
+//! `faults` (the nemesis and the outsider), `client` and `workload` (clients, the history,
+//! the liveness probe), `invariants` (the checks after every step) and `report` (the trace,
+//! the stats and the end-of-run linearizability check). This file owns the event queue and
+//! the dispatch of every event, the one place that decides what happens next.
 
+mod client;
 mod config;
 mod faults;
 mod hibernation;
@@ -33,12 +34,12 @@ use flotilla_storage::LogOptions;
 use crate::network::{Network, NetworkConfig};
 use crate::node::{Disk, SharedDisk, SimNode};
 
+use self::client::Client;
 use self::config::random_raft_config;
-use self::workload::Client;
 
+pub use self::client::ClientOp;
 pub use self::config::{SimConfig, StorageMode, CLOCK_DRIFT_PERCENT, SIM_SEGMENT_BYTES, TICK};
 pub use self::report::{SeedReport, Violation};
-pub use self::workload::ClientOp;
 
 /// What happens at a scheduled instant.
 #[derive(Debug)]

@@ -12,25 +12,9 @@ use flotilla_raft::{LogIndex, Raft, RaftError, ReadMode, Role, Term};
 use crate::kv::{Command, CommandKind};
 use crate::node::{Request, SimNode, SimStore};
 
+use super::client::ClientOp;
 use super::config::TICK;
 use super::{EventKind, Simulation};
-
-/// One client operation in flight.
-#[derive(Clone, Debug)]
-pub struct ClientOp {
-    pub(super) op_id: u64,
-    pub(super) key: u64,
-    pub(super) kind: OpKind,
-    pub(super) invoke: u64,
-}
-
-/// A simulated client: its operation in flight (at most one), the last value it saw per key,
-/// and the node it sends to first.
-pub(super) struct Client {
-    pub(super) op: Option<ClientOp>,
-    pub(super) last_seen: BTreeMap<u64, Option<u64>>,
-    pub(super) preferred: usize,
-}
 
 /// Key the liveness probe writes; clients never use it.
 pub(super) const PROBE_KEY: u64 = u64::MAX;
