@@ -1,5 +1,5 @@
-//! The checkers: linearizability of every register key (the simulator's checker,
-//! `flotilla_sim::linearizability`), stale reads, lost acknowledged writes (register final
+//! The checkers: linearizability of every register key (the checker the simulator uses,
+//! `flotilla_linearizability`), stale reads, lost acknowledged writes (register final
 //! reads and the set's final read on every store), and the set's other anomalies.
 //!
 //! Owns: turning histories into counts a run passes or fails on. Must never: count a key
@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_sim::linearizability::{Checker, Verdict};
+use flotilla_linearizability::{Checker, Verdict};
 
 use crate::history::{Outcome, RegisterEvent, RegisterOp, SetAdd, SetRead};
 

@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use flotilla_sim::linearizability::{OpKind, OpOutcome, Operation};
+use flotilla_linearizability::{OpKind, OpOutcome, Operation};
 use serde::{Deserialize, Serialize};
 
 /// Key ids at and above this are the recovery probes' keys (one per region), not the

@@ -3,8 +3,8 @@
 //! SIGSTOP, membership changes, drift to new addresses, clock skew, disk damage, a store's
 //! data dir wiped and the store replaced, a store moved to another address) while
 //! concurrent clients run a register and a set workload, then checks the recorded
-//! histories: linearizability per key (the simulator's checker), stale reads, lost
-//! acknowledged writes, and recovery time after each heal.
+//! histories: linearizability per key (`flotilla-linearizability`, the checker the simulator
+//! uses too), stale reads, lost acknowledged writes, and recovery time after each heal.
 //!
 //! ```text
 //! cargo build --release -p flotilla -p flotilla-chaos
@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use flotilla_kv::client::ReadConsistency;
-use flotilla_sim::linearizability::{Checker, DEFAULT_MAX_STATES_PER_KEY};
+use flotilla_linearizability::{Checker, DEFAULT_MAX_STATES_PER_KEY};
 
 use crate::checker::quantile;
 use crate::cluster::ServerConfig;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla_kv::client::KvClient;
-use flotilla_sim::linearizability::Checker;
+use flotilla_linearizability::Checker;
 
 use crate::checker::{self, quantile};
 use crate::cluster::{Cluster, Journal, ServerConfig};

@@ -5,7 +5,7 @@
 //! below equal SOFAJRaft's millisecond defaults).
 
 use crate::error::RaftError;
-use crate::types::PeerId;
+use crate::ids::PeerId;
 
 /// Options of one core.
 #[derive(Clone, Debug)]

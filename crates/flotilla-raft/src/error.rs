@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::types::{LogIndex, PeerId, Term};
+use crate::ids::{LogIndex, PeerId, Term};
 
 /// An operating error returned by the core. Callers match on it; none of them is a bug.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,6 +22,7 @@
 
 mod config;
 mod error;
+mod ids;
 mod log;
 pub mod membership;
 mod message;
@@ -35,6 +36,7 @@ mod types;
 
 pub use config::Config;
 pub use error::{RaftError, StoreError};
+pub use ids::{LogIndex, PeerId, Priority, Term};
 pub use log::{LogStore, MemStorage};
 pub use membership::{Configuration, ConfigurationHistory};
 pub use message::{AppendResult, Echo, Message, MessageBody, INDEX_MAX, TERM_AHEAD_MAX, TERM_MAX};
@@ -43,7 +45,4 @@ pub use raft::PlantedBugs;
 pub use raft::{ChangeStage, DroppedMessages, Raft, Status};
 pub use ready::{Event, ReadMode, ReadResult, Ready, ReplicatorChange};
 pub use rng::Rng;
-pub use types::{
-    Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term,
-    ENTRY_OVERHEAD_BYTES,
-};
+pub use types::{Entry, EntryPayload, HardState, Role, SnapshotMeta, ENTRY_OVERHEAD_BYTES};

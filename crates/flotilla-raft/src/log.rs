@@ -9,7 +9,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::error::{RaftError, StoreError};
-use crate::types::{Entry, LogIndex, SnapshotMeta, Term};
+use crate::ids::{LogIndex, Term};
+use crate::types::{Entry, SnapshotMeta};
 
 /// Read access to the durable log, implemented by the runtime's storage (and by
 /// [`MemStorage`] for tests, the simulator and benchmarks).

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::RaftError;
-use crate::types::{LogIndex, PeerId, Priority};
+use crate::ids::{LogIndex, PeerId, Priority};
 
 /// A group configuration: voters, learners and, while a joint change is in progress, the
 /// voters of the old configuration (joint consensus, Raft paper §6).

@@ -4,7 +4,8 @@
 //! does, and validates what it decodes before handing it to the core).
 
 use crate::error::RaftError;
-use crate::types::{Entry, LogIndex, PeerId, SnapshotMeta, Term};
+use crate::ids::{LogIndex, PeerId, Term};
+use crate::types::{Entry, SnapshotMeta};
 
 /// A message whose term is more than this far ahead of the receiver's is dropped: no honest
 /// group moves through four billion terms, and accepting any jump would let one message

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::types::LogIndex;
+use crate::ids::LogIndex;
 
 /// Replication state of one peer (etcd's `StateProbe` / `StateReplicate` / `StateSnapshot`,
 /// SOFAJRaft's replicator states).

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::ids::{LogIndex, PeerId};
 use crate::membership::Configuration;
-use crate::types::{LogIndex, PeerId};
 
 /// Outcome of a vote count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,9 +17,10 @@
 //! follower whose leader's process went silent (`Raft::wake_and_campaign`).
 
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::membership::Configuration;
 use crate::message::Message;
-use crate::types::{Entry, HardState, LogIndex, PeerId, SnapshotMeta, Term};
+use crate::types::{Entry, HardState, SnapshotMeta};
 
 /// How a read is made linearizable, chosen per request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,12 +13,13 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use crate::config::Config;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::{LogStore, MemStorage};
 use crate::membership::Configuration;
 use crate::message::{AppendResult, Message, MessageBody};
 use crate::raft::Raft;
 use crate::ready::{Event, ReadResult, Ready};
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, PeerId, Role, SnapshotMeta, Term};
+use crate::types::{Entry, EntryPayload, HardState, Role, SnapshotMeta};
 
 /// One peer of a [`Cluster`]: its core, durable state and what it applied.
 pub struct Node {

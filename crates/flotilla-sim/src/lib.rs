@@ -22,10 +22,14 @@
 
 pub mod chain;
 pub mod kv;
-pub mod linearizability;
 pub mod network;
 pub mod node;
 pub mod simulation;
+
+/// The linearizability checker, which lives in its own crate (`flotilla-linearizability`) so
+/// the chaos harness shares it without depending on the simulator; re-exported under its old
+/// path.
+pub use flotilla_linearizability as linearizability;
 
 pub use simulation::{SeedReport, SimConfig, Simulation, StorageMode, Violation, TICK};
 

@@ -8,65 +8,16 @@
 
 use std::collections::BTreeSet;
 
+use super::change_state::{ChangeStage, MembershipChange, Transfer};
 use super::Raft;
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Priority};
 use crate::log::LogStore;
 use crate::membership::Configuration;
 use crate::message::MessageBody;
 use crate::progress::ProgressState;
-use crate::ready::{Event, Ready};
-use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Priority, Role};
-
-/// Where a membership change stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChangeStage {
-    /// New voters are receiving the log; they join once within `catchup_margin`.
-    CatchingUp {
-        /// Peers still behind.
-        peers: BTreeSet<PeerId>,
-    },
-    /// The joint configuration was appended at `index` and waits to commit.
-    Joint {
-        /// Index of the joint entry.
-        index: LogIndex,
-    },
-    /// The final configuration was appended at `index` and waits to commit.
-    Final {
-        /// Index of the final entry.
-        index: LogIndex,
-    },
-}
-
-/// A change requested on this leader.
-#[derive(Debug)]
-pub(super) struct MembershipChange {
-    target: Configuration,
-    pub(super) stage: ChangeStage,
-}
-
-impl MembershipChange {
-    pub(super) fn catching_up(&self) -> impl Iterator<Item = &PeerId> {
-        let peers = match &self.stage {
-            ChangeStage::CatchingUp { peers } => Some(peers),
-            _ => None,
-        };
-        peers.into_iter().flatten()
-    }
-
-    pub(super) fn fail(self, error: RaftError, ready: &mut Ready) {
-        ready
-            .events
-            .push(Event::MembershipChangeFinished { result: Err(error) });
-    }
-}
-
-/// A leadership transfer in progress.
-#[derive(Debug)]
-pub(super) struct Transfer {
-    pub(super) target: PeerId,
-    deadline: u64,
-    pub(super) timeout_now_sent: bool,
-}
+use crate::ready::Event;
+use crate::types::{Entry, EntryPayload, Role};
 
 impl<S: LogStore> Raft<S> {
     /// Changes the configuration to `target` (voters, learners, priorities) through joint

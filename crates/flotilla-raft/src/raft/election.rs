@@ -4,12 +4,13 @@
 //! term, or grant anything while a live leader is heard (unless the leader itself asked,
 //! through TimeoutNow).
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
+use crate::ids::Priority;
 use crate::log::LogStore;
 use crate::message::{Message, MessageBody, TERM_MAX};
 use crate::quorum::{vote_result, VoteResult};
-use crate::types::{Priority, Role};
+use crate::types::Role;
 
 impl<S: LogStore> Raft<S> {
     /// Follower and candidate tick: campaign when the election timer fires.
@@ -129,7 +130,7 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    fn voters_except_me(&self) -> Vec<crate::types::PeerId> {
+    fn voters_except_me(&self) -> Vec<crate::ids::PeerId> {
         let c = self.configurations.current();
         let mut voters = c.voters.clone();
         if let Some(old) = &c.old_voters {

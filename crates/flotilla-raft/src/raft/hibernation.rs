@@ -27,12 +27,13 @@
 //! is deliberately silent. Raft's safety does not depend on any of this: a hibernate mark
 //! only stops timers, and a peer that misses one simply stays awake.
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;
 use crate::message::{Echo, Message, MessageBody};
 use crate::progress::ProgressState;
-use crate::types::{LogIndex, PeerId, Role, Term};
+use crate::types::Role;
 
 impl<S: LogStore> Raft<S> {
     /// True while this peer hibernates: it sends nothing on its own and its timers stand

@@ -7,15 +7,22 @@
 //! its inputs and seed.
 //!
 //! The protocol is split by concern: `election` (pre-vote, votes, priority), `replication`
-//! (AppendEntries, heartbeats, snapshots, commit), `read` (ReadIndex and lease reads) and
-//! `change` (membership and leadership transfer). This file holds the state, the public API
-//! and the role transitions, and dispatches each message to the role's step function.
+//! (AppendEntries, heartbeats, snapshots, commit), `read` (ReadIndex and lease reads),
+//! `change` (membership and leadership transfer), `hibernation` and `planted` (the
+//! planted-bug hooks). This file holds the state, the public API and the role transitions,
+//! and dispatches each message to the role's step function. The state it holds of reads
+//! (`read_state`), of changes and transfers (`change_state`) and of planted bugs
+//! (`planted_bugs`) lives in files of their own that know nothing of [`Raft`], so that no
+//! two files of the core depend on each other.
 
 mod change;
+mod change_state;
 mod election;
 mod hibernation;
 mod planted;
+mod planted_bugs;
 mod read;
+mod read_state;
 mod replication;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +31,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::error::RaftError;
+use crate::ids::{LogIndex, PeerId, Priority, Term};
 use crate::log::{LogStore, RaftLog};
 use crate::membership::{Configuration, ConfigurationHistory};
 use crate::message::{
@@ -32,37 +40,14 @@ use crate::message::{
 use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
-use crate::types::{
-    Entry, EntryPayload, HardState, LogIndex, PeerId, Priority, Role, SnapshotMeta, Term,
-};
+use crate::types::{Entry, EntryPayload, HardState, Role, SnapshotMeta};
 
-pub use change::ChangeStage;
-use change::{MembershipChange, Transfer};
-use planted::Planted;
-use read::ReadState;
-
-/// Deliberate protocol mistakes for the simulator's planted-bug test. Compiled only with the
-/// `planted-bugs` feature; every flag is off by default.
+pub use change_state::ChangeStage;
+use change_state::{MembershipChange, Transfer};
+use planted_bugs::Planted;
 #[cfg(feature = "planted-bugs")]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PlantedBugs {
-    /// Grant a vote even after voting for another candidate in the same term.
-    pub double_vote: bool,
-    /// Commit an entry of an earlier term by counting its replicas (paper §5.4.2, Figure 8).
-    pub commit_old_term: bool,
-    /// Answer ReadIndex without confirming leadership with a heartbeat round.
-    pub read_without_round: bool,
-    /// While joint, count only the new configuration's quorum.
-    pub ignore_old_quorum: bool,
-    /// On a conflict, overwrite the conflicting entries but keep the suffix after them.
-    pub keep_conflicting_suffix: bool,
-    /// Keep the leader's lease across hibernation (echoes from before it count after it
-    /// wakes, though its clock stood still).
-    pub lease_across_hibernation: bool,
-    /// Accept raft messages from peers outside the configuration (issue 12's member check
-    /// switched off).
-    pub skip_member_check: bool,
-}
+pub use planted_bugs::PlantedBugs;
+use read_state::ReadState;
 
 /// Messages the core dropped before the protocol saw them, by reason (for metrics; the
 /// runtime sums them over groups).

@@ -3,26 +3,16 @@
 //! never carries `cfg` blocks of its own. Without the feature every hook answers `false`
 //! and compiles away.
 //!
-//! Owns: the list of plantable mistakes and the quorum configuration they may distort. Must
-//! never: answer `true` in a build without the feature.
+//! Owns: the answer to "is this mistake on?" and the quorum configuration the mistakes may
+//! distort (the list of mistakes is in `planted_bugs`). Must never: answer `true` in a build
+//! without the feature.
 
 use std::borrow::Cow;
 
+use super::planted_bugs::Planted;
 use super::Raft;
 use crate::log::LogStore;
 use crate::membership::Configuration;
-
-/// One deliberate protocol mistake (see `PlantedBugs` for what each does).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Planted {
-    DoubleVote,
-    CommitOldTerm,
-    ReadWithoutRound,
-    IgnoreOldQuorum,
-    KeepConflictingSuffix,
-    LeaseAcrossHibernation,
-    SkipMemberCheck,
-}
 
 impl<S: LogStore> Raft<S> {
     /// Whether the mistake `bug` is switched on.

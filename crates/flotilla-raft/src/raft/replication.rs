@@ -5,15 +5,16 @@
 //! Must never: count an entry of an earlier term as committed by its replicas (paper
 //! §5.4.2), count learners or catching-up peers, or acknowledge an entry before it is durable.
 
-use super::planted::Planted;
+use super::planted_bugs::Planted;
 use super::Raft;
 use crate::error::StoreError;
+use crate::ids::{LogIndex, PeerId, Term};
 use crate::log::LogStore;
 use crate::message::{AppendResult, Echo, Message, MessageBody};
 use crate::progress::ProgressState;
 use crate::quorum::{committed_index, quorum_value};
 use crate::ready::{Event, ReplicatorChange};
-use crate::types::{Entry, EntryPayload, LogIndex, PeerId, Role, Term};
+use crate::types::{Entry, EntryPayload, Role};
 
 impl<S: LogStore> Raft<S> {
     // ----- leader ------------------------------------------------------------------------
