@@ -13,8 +13,8 @@ defines: through a `use` declaration, or a path written in code (`crate::x::Y`,
 `super::Y`, `module::Y` for a module in scope). A name is followed through re-exports to
 the file that defines the item, so `use crate::Node` depends on the file that defines
 `Node`, not on `lib.rs` which re-exports it. A re-export itself (`pub use`,
-`pub(crate) use`) is not a dependency of the re-exporting file: a facade that gathers its
-children's items is not knotted with them. `#[cfg(test)]` modules are left out: a test
+`pub(crate) use`) is not a dependency of the re-exporting file, unless the file uses the
+name itself: a facade that gathers its children's items is not knotted with them. `#[cfg(test)]` modules are left out: a test
 may reach anywhere. Inline modules (`mod proto { ... }`) belong to their file.
 
 A cycle is a strongly connected set of two or more files. The script prints each with
@@ -273,6 +273,11 @@ class Crate:
                 else:
                     module.uses.append(segs)
         text_no_use = re.sub(r"(?:\bpub\s*(?:\([^)]*\))?\s+)?\buse\s+[^;]+;", " ", text)
+        # A re-exported name this file also uses itself is a dependency as well.
+        words = set(re.findall(IDENT, text_no_use))
+        for name, segs in module.reexports.items():
+            if name in words:
+                module.uses.append(segs)
         for m in re.finditer(r"(?<![A-Za-z0-9_$:])(" + IDENT + r"(?:\s*::\s*" + IDENT + r")+)", text_no_use):
             segs = [s.strip() for s in m.group(1).split("::")]
             module.code_paths.append(segs)
