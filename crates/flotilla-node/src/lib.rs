@@ -29,31 +29,39 @@
 
 #![deny(missing_docs)]
 
+mod control;
 mod error;
 mod group;
 pub mod grpc;
 mod hibernation;
 pub mod identity;
+mod install;
 pub mod limits;
 pub mod manager;
 mod metrics;
 mod node;
 mod options;
+mod request;
+mod round;
+mod shared;
 pub mod snapshot;
 mod state_machine;
+mod status;
 mod store;
 mod transport;
 mod wake;
+mod wake_policy;
 
 pub use error::NodeError;
 pub use identity::{AddressBook, Identity, StoreId};
 pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};
 pub use metrics::TransportMetrics;
-pub use node::{Node, NodeStatus};
+pub use node::Node;
 pub use options::{ManagerOptions, QueueFullPolicy};
 pub use snapshot::{SnapshotFetch, SnapshotPart, SnapshotRequest, SnapshotService};
 pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
+pub use status::NodeStatus;
 pub use transport::{Frame, Inbox, LocalTransport, Transport};
 
 pub use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};
