@@ -41,6 +41,7 @@ pub mod manager;
 mod metrics;
 mod node;
 mod options;
+pub mod rebalance;
 mod request;
 mod round;
 mod shared;
