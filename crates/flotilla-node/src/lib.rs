@@ -20,6 +20,8 @@
 //!   ticking and exchanging messages on every peer and wakes on a request or a message;
 //!   processes exchange one small liveness beacon per heartbeat interval, so the sleeping
 //!   followers of a dead leader still elect (see [`manager`]).
+//! - [`rebalance`]: leader rebalancing as a pure planner (state in, moves out), carried out
+//!   by [`grpc::CliClient::rebalance`].
 //!
 //! - [`grpc`]: the network — one address per process serving the raft stream, snapshot
 //!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on

@@ -60,12 +60,14 @@ const TICKS_PER_ROUND_MAX: u64 = 1_000;
 /// What the manager's handle asks of the round, besides the groups' requests (handled in
 /// `crate::control`).
 pub(crate) enum Control {
+    /// Open a group and answer with its handle ([`crate::NodeManager::add_group`]).
     AddGroup {
         setup: GroupSetup,
         done: oneshot::Sender<Result<Node, NodeError>>,
     },
     /// Every group's dump, taken at the start of a round.
     Describe { done: oneshot::Sender<String> },
+    /// Remove a group that holds nothing ([`crate::NodeManager::remove_group`]).
     RemoveGroup {
         group: GroupId,
         done: oneshot::Sender<Result<(), NodeError>>,
@@ -528,6 +530,8 @@ impl Driver {
         }
     }
 
+    /// One finished copy of a hosted group: on success the state machine loads it and the
+    /// log is reset to it (fsynced) before the core hears; on failure the core hears that.
     fn install_finished(&mut self, done: InstallDone) {
         let InstallDone {
             group: id,
