@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::metrics::{GroupMetrics, ReplicatorSample};
-use crate::node::{lock_status, Membership, NodeStatus, Request};
+use crate::request::{Membership, Request};
 use crate::state_machine::{ApplyIter, Completion, StateMachine, Task};
+use crate::status::{lock_status, NodeStatus};
 use crate::store::NodeStore;
 
 pub(crate) fn storage_error(e: impl std::fmt::Display) -> NodeError {

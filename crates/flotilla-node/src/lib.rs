@@ -20,6 +20,8 @@
 //!   ticking and exchanging messages on every peer and wakes on a request or a message;
 //!   processes exchange one small liveness beacon per heartbeat interval, so the sleeping
 //!   followers of a dead leader still elect (see [`manager`]).
+//! - [`rebalance`]: leader rebalancing as a pure planner (state in, moves out), carried out
+//!   by [`grpc::CliClient::rebalance`].
 //!
 //! - [`grpc`]: the network — one address per process serving the raft stream, snapshot
 //!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on
@@ -29,31 +31,40 @@
 
 #![deny(missing_docs)]
 
+mod control;
 mod error;
 mod group;
 pub mod grpc;
 mod hibernation;
 pub mod identity;
+mod install;
 pub mod limits;
 pub mod manager;
 mod metrics;
 mod node;
 mod options;
+pub mod rebalance;
+mod request;
+mod round;
+mod shared;
 pub mod snapshot;
 mod state_machine;
+mod status;
 mod store;
 mod transport;
 mod wake;
+mod wake_policy;
 
 pub use error::NodeError;
 pub use identity::{AddressBook, Identity, StoreId};
 pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};
 pub use metrics::TransportMetrics;
-pub use node::{Node, NodeStatus};
+pub use node::Node;
 pub use options::{ManagerOptions, QueueFullPolicy};
 pub use snapshot::{SnapshotFetch, SnapshotPart, SnapshotRequest, SnapshotService};
 pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
+pub use status::NodeStatus;
 pub use transport::{Frame, Inbox, LocalTransport, Transport};
 
 pub use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};

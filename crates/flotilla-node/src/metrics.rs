@@ -612,6 +612,17 @@ pub(crate) fn render(
     groups: &[GroupView<'_>],
 ) -> String {
     let mut w = Writer { out: String::new() };
+    render_process_counters(&mut w, counters, manager);
+    render_hibernation(&mut w, manager);
+    render_messages_received_and_dropped(&mut w, manager);
+    manager.transport.render(&mut w);
+    render_process_histograms(&mut w, manager);
+    render_groups(&mut w, groups);
+    w.out
+}
+
+/// The process-wide counters of the round and the shared log, and the round's gauges.
+fn render_process_counters(w: &mut Writer, counters: &ProcessCounters, manager: &ManagerMetrics) {
     let c = counters;
     w.scalar(
         "flotilla_rounds_total",
@@ -673,6 +684,11 @@ pub(crate) fn render(
         "Groups of this process that hibernate: idle, not ticked until woken.",
         manager.groups_hibernating.get(),
     );
+}
+
+/// Group wakes by reason and the liveness beacons that make them possible
+/// (`crate::hibernation`).
+fn render_hibernation(w: &mut Writer, manager: &ManagerMetrics) {
     let wakes = "flotilla_group_wakes_total";
     w.header(
         wakes,
@@ -690,6 +706,11 @@ pub(crate) fn render(
         "Liveness beacons sent to peer processes (frames without messages).",
         manager.beacons_sent.get(),
     );
+}
+
+/// Raft messages received by kind, and what was refused or dropped before raft saw it:
+/// proposals, liveness entries, messages the cores dropped.
+fn render_messages_received_and_dropped(w: &mut Writer, manager: &ManagerMetrics) {
     let received = "flotilla_messages_received_total";
     w.header(
         received,
@@ -736,7 +757,10 @@ pub(crate) fn render(
     for (reason, counter) in RAFT_DROP_REASONS.iter().zip(&manager.raft_messages_dropped) {
         w.sample(dropped, &[("reason", reason)], counter.get());
     }
-    manager.transport.render(&mut w);
+}
+
+/// The process-wide histograms: round and write durations, batch sizes.
+fn render_process_histograms(w: &mut Writer, manager: &ManagerMetrics) {
     let process_histograms: [(&str, &str, &Histogram); 6] = [
         (
             "flotilla_round_duration_seconds",
@@ -773,8 +797,6 @@ pub(crate) fn render(
         w.header(name, "histogram", help);
         w.histogram_samples(name, &[], h);
     }
-    render_groups(&mut w, groups);
-    w.out
 }
 
 type GroupHistogram = fn(&GroupMetrics) -> &Histogram;

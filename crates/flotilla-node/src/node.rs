@@ -5,107 +5,30 @@
 //! Owns: turning calls into bounded requests and answers into typed results. Must never:
 //! wait on anything but its own answer, or queue without bound.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use flotilla_raft::{Configuration, LogIndex, PeerId, RaftError, ReadMode, Role, Term};
+use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};
 use flotilla_storage::GroupId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::limits::ENTRY_BYTES_MAX;
-use crate::manager::ManagerShared;
 use crate::metrics::GroupMetrics;
 use crate::options::QueueFullPolicy;
+use crate::request::{Membership, Request};
+use crate::shared::ManagerShared;
+use crate::status::{lock_status, NodeStatus};
 
-/// What the last round saw of one group (for cheap, synchronous queries).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// Role of this peer.
-    pub role: Role,
-    /// Current term.
-    pub term: Term,
-    /// Known leader.
-    pub leader: Option<PeerId>,
-    /// Configuration in force.
-    pub configuration: Configuration,
-    /// Leader only: peers heard from within an election timeout (this one included).
-    pub alive_peers: Vec<PeerId>,
-    /// Last index in the log.
-    pub last_index: LogIndex,
-    /// Commit index.
-    pub committed: LogIndex,
-    /// Index the state machine has applied.
-    pub applied: LogIndex,
-    /// The group hibernates on this process: idle, not ticked until something wakes it
-    /// (the next request does).
-    pub hibernating: bool,
-}
+/// Every group's handle on one process, by group: filled and emptied by the round, read by
+/// the manager's handle ([`crate::NodeManager::node`], the metrics).
+pub(crate) type Nodes = Mutex<BTreeMap<GroupId, Node>>;
 
-impl Default for NodeStatus {
-    fn default() -> Self {
-        NodeStatus {
-            role: Role::Follower,
-            term: Term::ZERO,
-            leader: None,
-            configuration: Configuration::default(),
-            alive_peers: Vec::new(),
-            last_index: LogIndex::ZERO,
-            committed: LogIndex::ZERO,
-            applied: LogIndex::ZERO,
-            hibernating: false,
-        }
-    }
-}
-
-/// A membership operation (SOFAJRaft's CLI operations on one node).
-#[derive(Clone, Debug)]
-pub(crate) enum Membership {
-    AddPeer(PeerId),
-    RemovePeer(PeerId),
-    ChangePeers(BTreeSet<PeerId>),
-    AddLearners(Vec<PeerId>),
-    RemoveLearners(Vec<PeerId>),
-    PromoteLearner(PeerId),
-    ResetPeers(Vec<PeerId>),
-}
-
-/// A request to a group's round.
-pub(crate) enum Request {
-    Apply {
-        data: Bytes,
-        expected_term: Option<Term>,
-        done: oneshot::Sender<Result<Bytes, NodeError>>,
-    },
-    Read {
-        mode: ReadMode,
-        done: oneshot::Sender<Result<LogIndex, NodeError>>,
-    },
-    Change {
-        change: Membership,
-        /// Skip the strict reconfiguration check (see [`Node::change_peers_forced`]).
-        force: bool,
-        done: oneshot::Sender<Result<(), NodeError>>,
-    },
-    Transfer {
-        target: Option<PeerId>,
-        done: oneshot::Sender<Result<PeerId, NodeError>>,
-    },
-    Snapshot {
-        done: oneshot::Sender<Result<LogIndex, NodeError>>,
-    },
-    Describe {
-        done: oneshot::Sender<Result<String, NodeError>>,
-    },
-    SetElectionTimeout {
-        ticks: u64,
-        done: oneshot::Sender<Result<(), NodeError>>,
-    },
-}
-
+/// What a [`Node`] handle holds: the group's request queue and published status, and the
+/// state its manager's handles and round share.
 pub(crate) struct NodeInner {
     pub(crate) group: GroupId,
     pub(crate) requests: mpsc::Sender<Request>,
@@ -132,12 +55,6 @@ impl std::fmt::Debug for Node {
             .field("peer", &self.inner.shared.id)
             .finish()
     }
-}
-
-pub(crate) fn lock_status(status: &Mutex<NodeStatus>) -> MutexGuard<'_, NodeStatus> {
-    status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Node {

@@ -8,12 +8,12 @@
 //!   a [`SnapshotRequest`] for `(group, index, term)` from the group's snapshot store. The
 //!   reader it serves from is kept (pinned) between requests, so a snapshot superseded
 //!   mid-transfer is not deleted under a receiver that is still copying it.
-//! - **Receiving** (`run_install`): runs `flotilla_storage::copy_snapshot` (resumable,
-//!   checksummed, throttled) on a blocking-pool thread, off the manager's round, through a
-//!   [`flotilla_storage::SnapshotSource`] that turns every chunk into one transport request,
-//!   under one overall deadline and a cancel flag (a newer install supersedes it). The
-//!   outcome goes back to the round, which loads the state machine, resets the group's log
-//!   and tells the core.
+//! - **Receiving** (`crate::install`, `run_install`): runs `flotilla_storage::copy_snapshot`
+//!   (resumable, checksummed, throttled) on a blocking-pool thread, off the manager's round,
+//!   through a [`flotilla_storage::SnapshotSource`] that turns every chunk into one
+//!   transport request of the format below, under one overall deadline and a cancel flag
+//!   (a newer install supersedes it). The outcome goes back to the round, which loads the
+//!   state machine, resets the group's log and tells the core.
 //!
 //! Owns: the request format and the rule that only the exact snapshot asked for is served.
 //! Must never: serve a snapshot other than the `(index, term)` requested, touch the shared
@@ -22,18 +22,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_raft::{LogIndex, PeerId, SnapshotMeta, Term};
-use flotilla_storage::{
-    copy_snapshot, CopyOptions, GroupId, SnapshotReader, SnapshotSource, SnapshotStore,
-    StorageError, Throttle,
-};
+use flotilla_storage::{GroupId, SnapshotReader, SnapshotStore};
 
 /// A pinned reader unused for this long is released (the transfer was abandoned).
 const SERVED_IDLE_MAX: Duration = Duration::from_secs(600);
@@ -181,146 +176,5 @@ impl SnapshotService {
             })?;
         served.readers.insert(request.group, (reader.clone(), now));
         Ok(reader)
-    }
-}
-
-/// How a receiving copy runs (from the manager's options).
-#[derive(Clone)]
-pub(crate) struct InstallOptions {
-    pub(crate) chunk_bytes: u32,
-    pub(crate) deadline: Duration,
-    pub(crate) throttle: Option<Arc<Throttle>>,
-}
-
-/// A snapshot on another process, read through the transport.
-struct RemoteSource {
-    transport: Arc<dyn crate::Transport>,
-    runtime: tokio::runtime::Handle,
-    peer: PeerId,
-    cluster: u64,
-    group: GroupId,
-    meta: SnapshotMeta,
-    deadline: Instant,
-    cancel: Arc<AtomicBool>,
-}
-
-impl RemoteSource {
-    fn fetch(&self, part: SnapshotPart) -> Result<Vec<u8>, StorageError> {
-        if self.cancel.load(Ordering::SeqCst) {
-            return Err(self.error("superseded by a newer install or stopped".into()));
-        }
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(self.error("install deadline passed".into()));
-        }
-        let request = SnapshotRequest {
-            to: self.peer.clone(),
-            cluster: self.cluster,
-            group: self.group,
-            index: self.meta.index,
-            term: self.meta.term,
-            part,
-        };
-        let fetch = self.transport.fetch_snapshot(&self.peer, request);
-        // A blocking-pool thread may wait on a future; the timeout keeps the deadline.
-        match self
-            .runtime
-            .block_on(async { tokio::time::timeout(remaining, fetch).await })
-        {
-            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
-            Ok(Err(why)) => Err(self.error(why)),
-            Err(_) => Err(self.error("install deadline passed".into())),
-        }
-    }
-
-    /// A failure of the source (not bad input): `copy_snapshot` keeps its progress.
-    fn error(&self, why: String) -> StorageError {
-        StorageError::Io {
-            op: "fetch snapshot",
-            path: PathBuf::from(self.peer.as_str()),
-            source: std::io::Error::other(why),
-        }
-    }
-}
-
-impl SnapshotSource for RemoteSource {
-    fn manifest(&self) -> Result<Vec<u8>, StorageError> {
-        self.fetch(SnapshotPart::Manifest)
-    }
-
-    fn read_chunk(&self, name: &str, offset: u64, len_max: u32) -> Result<Vec<u8>, StorageError> {
-        self.fetch(SnapshotPart::Chunk {
-            name: name.to_string(),
-            offset,
-            len_max,
-        })
-    }
-}
-
-/// What one install handed back to the round.
-pub(crate) struct InstallDone {
-    pub(crate) group: GroupId,
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) result: Result<SnapshotReader, String>,
-}
-
-/// One receiving transfer, as the round starts it.
-pub(crate) struct InstallJob {
-    pub(crate) transport: Arc<dyn crate::Transport>,
-    pub(crate) runtime: tokio::runtime::Handle,
-    pub(crate) peer: PeerId,
-    pub(crate) cluster: u64,
-    pub(crate) group: GroupId,
-    pub(crate) meta: SnapshotMeta,
-    pub(crate) store: SnapshotStore,
-    pub(crate) options: InstallOptions,
-    pub(crate) cancel: Arc<AtomicBool>,
-}
-
-/// Copies the snapshot into the group's store (blocking: run it on the blocking pool).
-/// The result is the new newest snapshot, exactly the one asked for.
-pub(crate) fn run_install(job: InstallJob) -> InstallDone {
-    let InstallJob {
-        transport,
-        runtime,
-        peer,
-        cluster,
-        group,
-        meta,
-        store,
-        options,
-        cancel,
-    } = job;
-    let source = RemoteSource {
-        transport,
-        runtime,
-        peer: peer.clone(),
-        cluster,
-        group,
-        meta: meta.clone(),
-        deadline: Instant::now() + options.deadline,
-        cancel,
-    };
-    let copy = CopyOptions {
-        chunk_bytes: options.chunk_bytes,
-        throttle: options.throttle,
-        ..CopyOptions::default()
-    };
-    let result = match copy_snapshot(&source, &store, &copy) {
-        Ok((reader, report)) if reader.meta() == &meta => {
-            tracing::info!(group, from = %peer, index = %meta.index, ?report, "snapshot copied");
-            Ok(reader)
-        }
-        Ok((reader, _)) => Err(format!(
-            "the source sent the snapshot at index {} term {}, not the one asked for",
-            reader.meta().index,
-            reader.meta().term
-        )),
-        Err(e) => Err(e.to_string()),
-    };
-    InstallDone {
-        group,
-        meta,
-        result,
     }
 }

@@ -58,7 +58,7 @@ use crate::metrics::{ConnectionClose, TransportMetrics};
 /// TLS handshakes a server runs at once ([`super::listener::SETUPS_TLS_MAX`]); further
 /// connections wait in the listen backlog. At most
 /// [`super::listener::SETUPS_PER_SOURCE_MAX`] of them from one source address.
-pub const TLS_HANDSHAKES_CONCURRENT_MAX: usize = super::listener::SETUPS_TLS_MAX;
+pub use super::listener::SETUPS_TLS_MAX as TLS_HANDSHAKES_CONCURRENT_MAX;
 
 /// Largest PEM file read (1 MiB): certificate chains and keys are a few KiB.
 pub const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
