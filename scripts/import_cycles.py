@@ -3,7 +3,7 @@
 
 Run from the repository root (CI runs it with no arguments):
 
-    python3 scripts/import_cycles.py                      # the checked crates
+    python3 scripts/import_cycles.py                      # every crate under crates/
     python3 scripts/import_cycles.py crates/flotilla-node # one crate
     python3 scripts/import_cycles.py --root DIR ...       # crates under another checkout
     python3 scripts/import_cycles.py --self-test          # shows the check can fail
@@ -32,7 +32,12 @@ import sys
 import tempfile
 from collections import deque
 
-CHECKED_CRATES = ["crates/flotilla-raft", "crates/flotilla-node", "crates/flotilla-kv"]
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every crate of the workspace.
+CHECKED_CRATES = sorted(
+    os.path.join("crates", name) for name in os.listdir(os.path.join(REPOSITORY, "crates"))
+)
+)
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 ITEM_RE = re.compile(
@@ -424,10 +429,12 @@ def check(root: str, crates: list[str], quiet: bool = False) -> int:
     failures = 0
     for crate_dir in crates:
         src = os.path.join(root, crate_dir, "src")
-        if not os.path.exists(os.path.join(src, "lib.rs")):
-            print(f"import_cycles: {crate_dir}: no src/lib.rs", file=sys.stderr)
+        roots = [r for r in ("lib.rs", "main.rs") if os.path.exists(os.path.join(src, r))]
+        if not roots:
+            print(f"import_cycles: {crate_dir}: no src/lib.rs or src/main.rs", file=sys.stderr)
             return 2
-        crate = Crate(src, "lib.rs")
+        # A crate with both is checked from its library (the binary uses it as a dependency).
+        crate = Crate(src, roots[0])
         graph = crate.edges()
         cycles = strongly_connected(graph)
         edges = sum(len(d) for d in graph.values())

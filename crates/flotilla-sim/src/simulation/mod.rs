@@ -18,6 +18,7 @@ mod faults;
 mod hibernation;
 mod invariants;
 mod nodes;
+mod outcome;
 mod report;
 mod workload;
 
@@ -39,7 +40,7 @@ use self::config::random_raft_config;
 
 pub use self::client::ClientOp;
 pub use self::config::{SimConfig, StorageMode, CLOCK_DRIFT_PERCENT, SIM_SEGMENT_BYTES, TICK};
-pub use self::report::{SeedReport, Violation};
+pub use self::outcome::{SeedReport, Violation};
 
 /// What happens at a scheduled instant.
 #[derive(Debug)]

@@ -1,48 +1,14 @@
-//! What a seed reports: the [`SeedReport`] (steps, operations, first [`Violation`], whether
-//! the linearizability check ran out of budget, recovery time, stats), the trace of recent
-//! events kept for a violation, and the end of a run, which checks the client history for
+//! How a seed's report is made: the trace of recent events kept for a violation, the
+//! counters, and the end of a run, which checks the client history for
 //! linearizability. It records; it must never change what the run does next (beyond stopping
 //! it at the first violation).
-
-use std::collections::BTreeMap;
 
 use flotilla_linearizability::{Checker, OpOutcome, Verdict};
 use flotilla_raft::LogStore;
 
 use super::config::TICK;
+use super::outcome::{SeedReport, Violation};
 use super::Simulation;
-
-/// A broken invariant, with what is needed to replay it.
-#[derive(Clone, Debug)]
-pub struct Violation {
-    /// Which invariant.
-    pub invariant: &'static str,
-    /// The numbers that disagree.
-    pub detail: String,
-    /// The last events before it.
-    pub trace: Vec<String>,
-}
-
-/// The result of one seed.
-#[derive(Clone, Debug)]
-pub struct SeedReport {
-    /// The seed.
-    pub seed: u64,
-    /// Cluster size.
-    pub nodes: usize,
-    /// Events processed.
-    pub steps: u64,
-    /// Client operations recorded.
-    pub operations: usize,
-    /// The first violation, if any.
-    pub violation: Option<Violation>,
-    /// The linearizability search ran out of budget.
-    pub unknown: bool,
-    /// Ticks from the final heal to the first commit by a leader.
-    pub recovery_ticks: Option<u64>,
-    /// What happened, by kind (elections, crashes, snapshots installed, reads...).
-    pub stats: BTreeMap<&'static str, u64>,
-}
 
 /// How many recent events the trace keeps for a violation's report.
 const TRACE_LEN: usize = 40;

@@ -39,6 +39,9 @@ pub const SNAPSHOT_FILES_MAX: usize = 65_536;
 pub const FILE_NAME_BYTES_MAX: usize = 255;
 /// Largest single snapshot file accepted (1 TiB): a bigger claim is damage, not data.
 pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 1 << 40;
+/// Snapshot file names may not start with this: the store's own files inside a snapshot
+/// or download directory do.
+pub(crate) const RESERVED_PREFIX: &str = ".";
 
 /// One file of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +154,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         || name == "."
         || name == ".."
         || name == MANIFEST_NAME
-        || name.starts_with(super::RESERVED_PREFIX)
+        || name.starts_with(RESERVED_PREFIX)
         || name.contains(['/', '\\', '\0']);
     if bad {
         Err(format!("bad snapshot file name {name:?}"))

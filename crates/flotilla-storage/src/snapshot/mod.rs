@@ -62,9 +62,6 @@ pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: u32 = 128 * 1024;
 pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 = 4 * 1024 * 1024;
 /// Buffer used to checksum or copy files locally.
 const LOCAL_IO_BYTES: usize = 256 * 1024;
-/// Snapshot file names may not start with this: the store's own files inside a snapshot
-/// or download directory do.
-pub(crate) const RESERVED_PREFIX: &str = ".";
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const TEMP_PREFIX: &str = "temp-";
 const DOWNLOAD_PREFIX: &str = "download-";
