@@ -37,7 +37,6 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKED_CRATES = sorted(
     os.path.join("crates", name) for name in os.listdir(os.path.join(REPOSITORY, "crates"))
 )
-)
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 ITEM_RE = re.compile(
