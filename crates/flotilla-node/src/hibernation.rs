@@ -152,8 +152,8 @@ struct Process {
 /// Most processes the liveness map remembers. Frames name their sender, and anyone who can
 /// reach the port can send frames under any name: beyond this, the process heard from
 /// longest ago among those this one never sent to (strangers) is forgotten first, then the
-/// one heard from or sent to longest ago (issue 12, "the liveness map keyed by frame senders
-/// is bounded"). Real clusters have a few dozen processes.
+/// one heard from or sent to longest ago: the liveness map keyed by frame senders is
+/// bounded. Real clusters have a few dozen processes.
 pub(crate) const LIVENESS_PROCESSES_MAX: usize = 4096;
 
 /// What taking one frame told the liveness map.

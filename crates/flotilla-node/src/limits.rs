@@ -1,6 +1,5 @@
 //! The size limits of what crosses the network, derived from one another so that whatever a
-//! [`crate::Node`] admits can also be replicated (issue 12, "what is admitted can be
-//! replicated").
+//! [`crate::Node`] admits can also be replicated.
 //!
 //! Owns: the frame limit both ends of the raft stream enforce, the largest entry a node
 //! accepts, the largest snapshot part a fetch answer carries, and the compile-time checks

@@ -122,7 +122,7 @@ impl Configuration {
     /// Checks a configuration that arrives from elsewhere (a log entry or a snapshot from a
     /// peer, a record read from disk): at least one voter, an old half with at least one
     /// voter when joint, no peer both voter and learner. Every configuration the core makes
-    /// passes; a voterless one would make a quorum of nobody (issue 12's fuzzing found a
+    /// passes; a voterless one would make a quorum of nobody (fuzzing found a
     /// forged AppendEntries carrying one that crashed its receiver).
     pub fn validate(&self) -> Result<(), RaftError> {
         if self.voters.is_empty() {

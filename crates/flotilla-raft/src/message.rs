@@ -9,8 +9,8 @@ use crate::types::{Entry, SnapshotMeta};
 
 /// A message whose term is more than this far ahead of the receiver's is dropped: no honest
 /// group moves through four billion terms, and accepting any jump would let one message
-/// push a group's term to the top of the range (issue 12: a term of 2^64 - 1 bricked a
-/// region for good once the next term wrapped to 0).
+/// push a group's term to the top of the range (a term of 2^64 - 1 once bricked a region for
+/// good when the next term wrapped to 0).
 pub const TERM_AHEAD_MAX: u64 = 1 << 32;
 
 /// The highest term a message may carry or a peer may reach. A peer at it no longer
@@ -130,8 +130,8 @@ pub enum MessageBody {
         hibernate: bool,
         /// The voter this leader is handing leadership to, while a transfer runs. A
         /// follower honours a vote flagged as a leadership transfer (granted despite a live
-        /// leader) only from the target its leader announced, for the next term (issue
-        /// 12: a forged transfer vote deposed a healthy leader).
+        /// leader) only from the target its leader announced, for the next term (a
+        /// forged transfer vote once deposed a healthy leader).
         transfer_target: Option<PeerId>,
     },
     /// Answer to a [`MessageBody::Heartbeat`].

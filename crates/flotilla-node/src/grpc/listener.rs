@@ -1,7 +1,6 @@
 //! The server's accept loop, for plain text and TLS alike: every accepted connection is set
 //! up off the loop (a TLS handshake, or for plain text the wait for its first complete
-//! request) within a time limit before the gRPC server sees it (issue 12, "bounded
-//! connections").
+//! request) within a time limit before the gRPC server sees it: connections are bounded.
 //!
 //! Owns: how many connections are being set up at once (in all: [`SETUPS_TLS_MAX`] or
 //! [`SETUPS_PLAIN_MAX`]; per source address: [`SETUPS_PER_SOURCE_MAX`], beyond which a new

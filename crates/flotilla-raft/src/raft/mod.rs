@@ -566,7 +566,7 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
-    /// Raft traffic comes from members (issue 12): a message from a peer outside this
+    /// Raft traffic comes from members: a message from a peer outside this
     /// peer's configuration is dropped, except
     /// - by a leader, from a peer it replicates to (a voter catching up before it joins);
     /// - from the leader this peer follows in the current term (a leader that removed
@@ -1355,7 +1355,7 @@ impl<S: LogStore> Raft<S> {
     /// writes the configuration as its first entry.
     ///
     /// Refused while this peer leads or heard its leader within an election timeout (the
-    /// group has a leader, so a reset would make a second one: issue 12); the runtime also
+    /// group has a leader, so a reset would make a second one); the runtime also
     /// refuses it while a majority of the members' processes answer.
     pub fn reset_peers(&mut self, voters: Vec<PeerId>) -> Result<(), RaftError> {
         if self.role == Role::Leader {

@@ -36,7 +36,7 @@ pub struct PlantedBugs {
     /// Keep the leader's lease across hibernation (echoes from before it count after it
     /// wakes, though its clock stood still).
     pub lease_across_hibernation: bool,
-    /// Accept raft messages from peers outside the configuration (issue 12's member check
+    /// Accept raft messages from peers outside the configuration (the member check
     /// switched off).
     pub skip_member_check: bool,
 }

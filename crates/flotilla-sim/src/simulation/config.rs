@@ -69,7 +69,7 @@ pub struct SimConfig {
     /// its leader is silent for an election timeout or restarted, and a hibernating leader
     /// when a peer restarted.
     pub hibernation: bool,
-    /// A hostile outsider (issue 12): a process that is no member of the group sends
+    /// A hostile outsider: a process that is no member of the group sends
     /// well-formed messages with inflated terms — votes (some flagged as leadership
     /// transfers), AppendEntries carrying forged writes and a commit, heartbeats, and
     /// TimeoutNow — to random members, throughout the run, the liveness phase included.
