@@ -311,7 +311,8 @@ impl Driver {
             }
             for (group, message) in frame.messages {
                 // A process speaks only for itself: a message naming another sender is
-                // dropped before any group sees it (who the frame's sender really is, is the transport's and the certificates' business).
+                // dropped before any group sees it (who the frame's sender really is, is
+                // the transport's and the certificates' business).
                 if message.from != frame.from {
                     self.shared
                         .metrics
