@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use flotilla_kv::client::ReadConsistency;
-use flotilla_linearizability::{Checker, DEFAULT_MAX_STATES_PER_KEY};
+use flotilla_linearizability::{Checker, STATES_PER_KEY_MAX_DEFAULT};
 
 use crate::checker::quantile;
 use crate::cluster::ServerConfig;
@@ -106,7 +106,7 @@ struct Args {
     #[arg(long, default_value_t = 0.04)]
     clock_drift_max: f64,
     /// The linearizability search's budget per key.
-    #[arg(long, default_value_t = DEFAULT_MAX_STATES_PER_KEY)]
+    #[arg(long, default_value_t = STATES_PER_KEY_MAX_DEFAULT)]
     checker_states: u64,
     /// Where the runs' directories go (default: a new directory under the temp dir).
     #[arg(long)]

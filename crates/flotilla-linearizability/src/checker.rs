@@ -12,7 +12,7 @@ use crate::search::{Search, SearchOutcome};
 
 /// Default search budget: configurations explored per key before giving up with
 /// [`Verdict::Unknown`].
-pub const DEFAULT_MAX_STATES_PER_KEY: u64 = 1_000_000;
+pub const STATES_PER_KEY_MAX_DEFAULT: u64 = 1_000_000;
 
 /// Per-key linearizability checker for register histories. See the crate docs for the
 /// algorithm.
@@ -24,26 +24,26 @@ pub const DEFAULT_MAX_STATES_PER_KEY: u64 = 1_000_000;
 /// (malformed histories, values nobody wrote, nothing that must take effect) use none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Checker {
-    max_states_per_key: u64,
+    states_per_key_max: u64,
 }
 
 impl Default for Checker {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_STATES_PER_KEY)
+        Self::new(STATES_PER_KEY_MAX_DEFAULT)
     }
 }
 
 impl Checker {
-    /// A checker that explores at most `max_states_per_key` search configurations per key.
+    /// A checker that explores at most `states_per_key_max` search configurations per key.
     #[must_use]
-    pub fn new(max_states_per_key: u64) -> Self {
-        Self { max_states_per_key }
+    pub fn new(states_per_key_max: u64) -> Self {
+        Self { states_per_key_max }
     }
 
     /// The per-key search budget.
     #[must_use]
-    pub fn max_states_per_key(&self) -> u64 {
-        self.max_states_per_key
+    pub fn states_per_key_max(&self) -> u64 {
+        self.states_per_key_max
     }
 
     /// Checks every key independently (registers are independent); returns the first
@@ -103,7 +103,7 @@ impl Checker {
                 }
             }
         };
-        let mut search = Search::new(&prepared, self.max_states_per_key);
+        let mut search = Search::new(&prepared, self.states_per_key_max);
         let outcome = search.run();
         let verdict = match outcome {
             SearchOutcome::Linearizable => Verdict::Linearizable,

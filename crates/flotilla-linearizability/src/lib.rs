@@ -92,5 +92,5 @@ mod search;
 #[cfg(test)]
 mod tests;
 
-pub use checker::{Checker, DEFAULT_MAX_STATES_PER_KEY};
+pub use checker::{Checker, STATES_PER_KEY_MAX_DEFAULT};
 pub use history::{OpKind, OpOutcome, Operation, Value, Verdict};

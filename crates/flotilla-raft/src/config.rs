@@ -44,7 +44,7 @@ pub struct Config {
     pub read_timeout_ticks: u64,
     /// A reader fails fast when its applied index lags the read index by more than this
     /// (`None` = off, SOFAJRaft's default).
-    pub max_read_index_lag: Option<u64>,
+    pub read_index_lag_max: Option<u64>,
     /// Period of automatic snapshots (`0` = off; SOFAJRaft: 3600 s).
     pub snapshot_interval_ticks: u64,
     /// An automatic snapshot is skipped unless this many entries were applied since the
@@ -98,7 +98,7 @@ impl Config {
             catchup_timeout_ticks: 30,
             transfer_timeout_ticks: 10,
             read_timeout_ticks: 20,
-            max_read_index_lag: None,
+            read_index_lag_max: None,
             snapshot_interval_ticks: 36_000,
             snapshot_log_margin: 0,
             snapshot_install_timeout_ticks: 3_000,

@@ -48,7 +48,7 @@ pub enum RaftError {
         actual: Term,
     },
     /// A read could not be served because this peer's state machine lags too far behind the
-    /// read index (`max_read_index_lag`).
+    /// read index (`read_index_lag_max`).
     ReadLagging {
         /// Index the read must observe.
         read_index: LogIndex,

@@ -346,8 +346,8 @@ fn run_snapshot_fetch(bytes: &[u8]) -> bool {
             };
             let mut accepted = false;
             for request in snapshot_requests() {
-                for max_bytes in [0, 16, flotilla_node::grpc::SNAPSHOT_DATA_BYTES_MAX] {
-                    accepted |= decode_snapshot_chunk(chunk.clone(), &request, max_bytes).is_ok();
+                for bytes_max in [0, 16, flotilla_node::grpc::SNAPSHOT_DATA_BYTES_MAX] {
+                    accepted |= decode_snapshot_chunk(chunk.clone(), &request, bytes_max).is_ok();
                 }
             }
             accepted

@@ -805,12 +805,12 @@ pub fn encode_snapshot_chunk(result: std::result::Result<Bytes, String>) -> prot
 }
 
 /// Decodes and validates the answer to `request`: the bytes (at most the chunk's `len_max`,
-/// at most `max_bytes` in any case), or the error the serving peer gave. The outer error
+/// at most `bytes_max` in any case), or the error the serving peer gave. The outer error
 /// says the answer itself was malformed.
 pub fn decode_snapshot_chunk(
     chunk: proto::SnapshotChunk,
     request: &SnapshotRequest,
-    max_bytes: usize,
+    bytes_max: usize,
 ) -> Result<std::result::Result<Bytes, String>> {
     use proto::snapshot_chunk::Result as R;
     let root = |e: DecodeError| e.rooted("snapshot_chunk");
@@ -820,9 +820,9 @@ pub fn decode_snapshot_chunk(
     {
         R::Data(data) => {
             let limit = match &request.part {
-                SnapshotPart::Manifest => max_bytes,
+                SnapshotPart::Manifest => bytes_max,
                 SnapshotPart::Chunk { len_max, .. } => {
-                    usize::try_from(*len_max).map_or(max_bytes, |l| l.min(max_bytes))
+                    usize::try_from(*len_max).map_or(bytes_max, |l| l.min(bytes_max))
                 }
             };
             if data.len() > limit {

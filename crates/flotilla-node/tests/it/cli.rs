@@ -218,7 +218,7 @@ async fn cli_client_administers_a_group_over_grpc() {
 
     // Errors keep their kind: no such group, and an invalid peer id.
     let fast = CliOptions {
-        max_attempts: 3,
+        attempts_max: 3,
         ..CliOptions::default()
     };
     let missing = client.for_group(99).with_options(fast);
@@ -418,7 +418,7 @@ async fn reset_peers_and_unsafe_changes_are_refused_while_the_group_lives() {
     // runtime's liveness of processes does not. Wait two election timeouts (1 s each).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let strict = client.clone().with_options(CliOptions {
-        max_attempts: 2,
+        attempts_max: 2,
         ..CliOptions::default()
     });
     let error = strict

@@ -280,7 +280,7 @@ async fn three_managers_commit_over_mutual_tls_and_the_cli_works() {
         .expect("client")
         .with_options(CliOptions {
             tls: Some(client_cert.clone()),
-            max_attempts: 2,
+            attempts_max: 2,
             ..CliOptions::default()
         });
     let error = as_client
@@ -380,7 +380,7 @@ async fn a_peer_whose_certificate_another_ca_signed_cannot_join() {
         .expect("client")
         .with_options(CliOptions {
             tls: Some(configs[3].clone()),
-            max_attempts: 2,
+            attempts_max: 2,
             ..CliOptions::default()
         });
     let error = rogue_cli.get_leader().await.expect_err("rogue refused");
@@ -478,7 +478,7 @@ async fn plain_text_and_tls_do_not_mix() {
 
     // A plain-text CLI client is refused at the handshake...
     let quick = CliOptions {
-        max_attempts: 2,
+        attempts_max: 2,
         ..CliOptions::default()
     };
     let plain = CliClient::new(vec![address.clone()], 1)

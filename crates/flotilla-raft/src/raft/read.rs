@@ -62,7 +62,7 @@ impl<S: LogStore> Raft<S> {
 
     fn wait_for_apply(&mut self, id: u64, index: LogIndex, deadline: u64) {
         let applied = self.log.applied;
-        if let Some(lag) = self.config.max_read_index_lag {
+        if let Some(lag) = self.config.read_index_lag_max {
             if index.distance_from(applied) > lag {
                 self.ready.reads.push(ReadResult {
                     id,

@@ -920,11 +920,11 @@ fn one_heartbeat_round_confirms_many_reads() {
 
 fn lag_bound(id: PeerId) -> Config {
     let mut config = Config::new(id);
-    config.max_read_index_lag = Some(2);
+    config.read_index_lag_max = Some(2);
     config
 }
 
-/// A reader whose applied index lags the read index by more than `max_read_index_lag`
+/// A reader whose applied index lags the read index by more than `read_index_lag_max`
 /// fails at once with `ReadLagging`.
 #[test]
 fn reader_far_behind_the_read_index_fails_fast() {

@@ -34,7 +34,7 @@ type Stamped = GrpcCliClient<tonic::service::interceptor::InterceptedService<Cha
 /// A client of the CLI service for one group, over a list of endpoints (process
 /// addresses; the peers its calls name are peer ids, and so are the ones it answers). It finds the leader (asking any endpoint, following hints), retries on "not
 /// leader" with the hint and on connection failures with the next endpoint, within
-/// [`CliOptions::max_attempts`] and with back-off. Cheap to clone;
+/// [`CliOptions::attempts_max`] and with back-off. Cheap to clone;
 /// [`CliClient::for_group`] shares the connections.
 #[derive(Clone, Debug)]
 pub struct CliClient {
@@ -221,7 +221,7 @@ impl CliClient {
         // before an election that is still running (two stale hints can point at each
         // other), so it is followed only after a pause, like any other retry.
         let mut asked: Vec<PeerId> = Vec::new();
-        for attempt in 0..self.options.max_attempts.max(1) {
+        for attempt in 0..self.options.attempts_max.max(1) {
             let to = match target.take() {
                 Some(t) => t,
                 None => {
@@ -316,7 +316,7 @@ impl CliClient {
     pub async fn get_leader(&self) -> Result<PeerId, CliError> {
         let n = self.endpoints.len();
         let mut last = CliError::Unreachable("no endpoint knows a leader".into());
-        for attempt in 0..self.options.max_attempts.max(1) {
+        for attempt in 0..self.options.attempts_max.max(1) {
             let to = self.endpoints[attempt % n].clone();
             let request = self.group_request();
             match self

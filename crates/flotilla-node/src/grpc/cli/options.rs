@@ -9,7 +9,7 @@ use super::super::tls::TlsConfig;
 #[derive(Clone, Debug)]
 pub struct CliOptions {
     /// Calls one operation may make (redirects and retries included; at least 1).
-    pub max_attempts: usize,
+    pub attempts_max: usize,
     /// First pause between retries (doubling up to `backoff_max`).
     pub backoff_initial: Duration,
     /// Largest pause between retries.
@@ -32,7 +32,7 @@ pub struct CliOptions {
 impl Default for CliOptions {
     fn default() -> CliOptions {
         CliOptions {
-            max_attempts: 10,
+            attempts_max: 10,
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(1),

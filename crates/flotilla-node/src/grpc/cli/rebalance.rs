@@ -37,7 +37,7 @@ impl CliClient {
             voters.insert(*group, peers);
         }
         let mut failures = 0usize;
-        while failures <= self.options.max_attempts {
+        while failures <= self.options.attempts_max {
             let plan = rebalance::plan(&leaders, &voters);
             let mut replan = false;
             for step in &plan.moves {
