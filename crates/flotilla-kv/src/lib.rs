@@ -2,7 +2,8 @@
 //!
 //! RheaKV's store on Flotilla (`docs/DESIGN.md`, "Layers, as the code has them"):
 //!
-//! - [`region`]: [`Region`] (a key range `[start, end)` with its [`Epoch`]), [`RegionId`].
+//! - [`ids`]: [`RegionId`] and [`Epoch`], a leaf every other module may name.
+//! - [`region`]: [`Region`] (a key range `[start, end)` with its [`Epoch`]).
 //! - [`command`]: [`KvCommand`], the writes that go through the raft log, and
 //!   [`KvOutput`], their results, in a versioned binary format.
 //! - [`engine`]: the [`KvEngine`] trait every region of a store shares, with
@@ -28,6 +29,7 @@ mod codec;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod ids;
 pub mod limits;
 pub mod region;
 pub mod service;
@@ -37,5 +39,6 @@ pub mod store;
 pub use command::{KvCommand, KvOutput};
 pub use engine::{FjallEngine, KvEngine, MemoryEngine, WriteBatch, WriteOp};
 pub use error::KvError;
-pub use region::{Epoch, Region, RegionId};
+pub use ids::{Epoch, RegionId};
+pub use region::Region;
 pub use state_machine::{KvRegionHandle, KvStateMachine};

@@ -18,7 +18,8 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::command::{KvCommand, KvOutput};
 use crate::error::KvError;
-use crate::region::{Epoch, Region, RegionId};
+use crate::ids::{Epoch, RegionId};
+use crate::region::Region;
 use crate::store::Store;
 
 /// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.

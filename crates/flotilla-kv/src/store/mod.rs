@@ -37,8 +37,9 @@ use flotilla_node::{
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
 use crate::error::KvError;
+use crate::ids::{Epoch, RegionId};
 use crate::limits::{REGIONS_PER_STORE_MAX, SCAN_REPLY_BYTES_MAX};
-use crate::region::{Epoch, Region, RegionId};
+use crate::region::Region;
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
 use lock::DataDirLock;
 pub use lock::LOCK_FILE;
