@@ -14,9 +14,12 @@
 //! - [`limits`] and [`KvError`]: the named limits and the typed errors.
 //!
 //! - [`store`]: [`store::Store`], the store engine of one process: its data directory,
-//!   static regions, request admission (region, epoch, range, limits) and shutdown.
-//! - [`service`]: the gRPC KV service (`proto/kv.proto`) served on the store's address,
-//!   with the CLI service and `GET /metrics`.
+//!   static regions, request admission (region, epoch, range, limits) and shutdown. A store
+//!   listens nowhere.
+//! - [`service`]: the gRPC KV service (`proto/kv.proto`), and the protobuf messages the
+//!   store, the service and the client share ([`service::proto`]).
+//! - [`server`]: [`server::StoreServer`], the one place a store, its gRPC services (raft,
+//!   CLI, KV, `GET /metrics`) and its listener are put together, started and stopped.
 //! - [`client`]: [`client::KvClient`], routing by key, leader discovery, retries of
 //!   definite failures only, batching of concurrent single-key requests.
 //!
@@ -32,6 +35,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod region;
+pub mod server;
 pub mod service;
 pub mod state_machine;
 pub mod store;
