@@ -30,6 +30,8 @@ pub(super) enum Next {
     Fail,
 }
 
+/// What a failed call's `status` means: how to go on, and the error to report if nothing
+/// better comes of it.
 pub(super) fn classify(status: &Status) -> (Next, ClientError) {
     let kind = status
         .metadata()
