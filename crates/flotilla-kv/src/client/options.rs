@@ -47,7 +47,7 @@ impl ReadConsistency {
     }
 }
 
-/// Tuning of a [`KvClient`].
+/// Tuning of a [`KvClient`](super::KvClient).
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Longest one operation may take, retries included.
