@@ -18,7 +18,7 @@ use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle};
 use flotilla_node::Node;
 
 use crate::service::kv_server;
-use crate::store::{DataDir, Store, StoreError, StoreOptions};
+use crate::store::{LockedDataDir, Store, StoreError, StoreOptions};
 
 /// Finds a region's node for the CLI service (group id = region id).
 struct StoreNodes(Store);
@@ -90,7 +90,7 @@ impl StoreServer {
     /// when it cannot be); a start that fails leaves a directory it created as it was:
     /// absent.
     pub async fn start(mut options: StoreOptions) -> Result<StoreServer, StoreError> {
-        let dir = DataDir::lock(&options)?;
+        let dir = LockedDataDir::lock(&options)?;
         let (server, listen) = match bind(&options).await {
             Ok(bound) => bound,
             Err(e) => {

@@ -48,7 +48,7 @@ pub use lock::LOCK_FILE;
 pub const ADDRESS_BOOK_FILE: &str = "addresses";
 use meta::{HostedRegion, StoreMeta, STORE_META_BYTES_MAX};
 pub use open::init;
-pub(crate) use open::DataDir;
+pub(crate) use open::LockedDataDir;
 use quota::SpaceQuota;
 pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
 

@@ -151,18 +151,18 @@ pub fn init(data_dir: &Path) -> Result<(StoreId, bool), StoreError> {
 
 /// A data directory locked for one start of a store (see `lock`: one process per data
 /// directory), not yet a running store. Taken before anything is bound or written; a start
-/// that fails hands it back to [`DataDir::abandon`].
-pub(crate) struct DataDir {
+/// that fails hands it back to [`LockedDataDir::abandon`].
+pub(crate) struct LockedDataDir {
     lock: DataDirLock,
     path: PathBuf,
     /// Whether this start created the directory (taking the lock makes it).
     created: bool,
 }
 
-impl DataDir {
+impl LockedDataDir {
     /// Locks `options.data_dir` (created if missing), naming `options.address` as its
     /// holder for whoever is refused.
-    pub(crate) fn lock(options: &StoreOptions) -> Result<DataDir, StoreError> {
+    pub(crate) fn lock(options: &StoreOptions) -> Result<LockedDataDir, StoreError> {
         let path = options.data_dir.clone();
         let created = !path.exists();
         let lock = DataDirLock::acquire(&path, &options.address).map_err(|reason| {
@@ -171,7 +171,7 @@ impl DataDir {
                 reason,
             }
         })?;
-        Ok(DataDir {
+        Ok(LockedDataDir {
             lock,
             path,
             created,
@@ -181,7 +181,7 @@ impl DataDir {
     /// A start that failed: releases the lock and leaves a directory this start created as
     /// it was: absent.
     pub(crate) fn abandon(self) {
-        let DataDir {
+        let LockedDataDir {
             lock,
             path,
             created,
@@ -214,18 +214,21 @@ impl Store {
     /// named when refused); a start that fails leaves a directory it created as it was:
     /// absent.
     pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
-        let dir = DataDir::lock(&options)?;
+        let dir = LockedDataDir::lock(&options)?;
         let store = Store::open_in(dir, options).await?;
         store.start_membership();
         Ok(store)
     }
 
-    /// Opens the store in `dir`, locked by [`DataDir::lock`] with the same options, whose
+    /// Opens the store in `dir`, locked by [`LockedDataDir::lock`] with the same options, whose
     /// `address` is the address the store listens on (a port 0 already resolved by whoever
     /// bound it). Starts no membership task (see [`Store::start_membership`]). A start
     /// that fails leaves a directory it created as it was: absent.
-    pub(crate) async fn open_in(dir: DataDir, options: StoreOptions) -> Result<Store, StoreError> {
-        let DataDir {
+    pub(crate) async fn open_in(
+        dir: LockedDataDir,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let LockedDataDir {
             lock,
             path,
             created,
