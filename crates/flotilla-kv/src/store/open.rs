@@ -40,6 +40,7 @@ fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
         }),
     }
 }
+
 /// What `open` decided from the options and the data directory.
 struct Plan {
     meta: StoreMeta,
@@ -220,9 +221,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the store in `dir`, locked by [`LockedDataDir::lock`] with the same options, whose
-    /// `address` is the address the store listens on (a port 0 already resolved by whoever
-    /// bound it). Starts no membership task (see [`Store::start_membership`]). A start
+    /// Opens the store in `dir`, locked by [`LockedDataDir::lock`] with the same options,
+    /// whose `address` is the address the store listens on (a port 0 already resolved by
+    /// whoever bound it). Starts no membership task (see [`Store::start_membership`]). A start
     /// that fails leaves a directory it created as it was: absent.
     pub(crate) async fn open_in(
         dir: LockedDataDir,
@@ -273,8 +274,8 @@ impl Store {
         let Plan { meta, fresh } = plan(&options, &advertise)?;
         if advertise != listen {
             // Another process could answer there (behind NAT, in another pod): a live store
-            // that holds the address keeps it. (On the listen address the server's bind settled
-            // it.)
+            // that holds the address keeps it. (On the listen address the server's bind
+            // settled it.)
             membership::refuse_held_address(&advertise, meta.store, options.tls.as_ref()).await?;
         }
         std::fs::create_dir_all(&options.data_dir).map_err(|e| StoreError::DataDir {
