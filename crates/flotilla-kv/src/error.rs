@@ -3,7 +3,7 @@
 //! Owns: the error vocabulary shared by engines, codecs, the state machine and (later) the
 //! store and client. Must never: carry a broken invariant (those panic, STYLE.md §3).
 
-use crate::region::{Epoch, RegionId};
+use crate::ids::{Epoch, RegionId};
 
 /// An operating error of the KV layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

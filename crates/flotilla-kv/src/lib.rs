@@ -2,7 +2,8 @@
 //!
 //! RheaKV's store on Flotilla (`docs/DESIGN.md`, "Layers, as the code has them"):
 //!
-//! - [`region`]: [`Region`] (a key range `[start, end)` with its [`Epoch`]), [`RegionId`].
+//! - [`ids`]: [`RegionId`] and [`Epoch`], a leaf every other module may name.
+//! - [`region`]: [`Region`] (a key range `[start, end)` with its [`Epoch`]).
 //! - [`command`]: [`KvCommand`], the writes that go through the raft log, and
 //!   [`KvOutput`], their results, in a versioned binary format.
 //! - [`engine`]: the [`KvEngine`] trait every region of a store shares, with
@@ -13,9 +14,12 @@
 //! - [`limits`] and [`KvError`]: the named limits and the typed errors.
 //!
 //! - [`store`]: [`store::Store`], the store engine of one process: its data directory,
-//!   static regions, request admission (region, epoch, range, limits) and shutdown.
-//! - [`service`]: the gRPC KV service (`proto/kv.proto`) served on the store's address,
-//!   with the CLI service and `GET /metrics`.
+//!   static regions, request admission (region, epoch, range, limits) and shutdown. A store
+//!   listens nowhere.
+//! - [`service`]: the gRPC KV service (`proto/kv.proto`), and the protobuf messages the
+//!   store, the service and the client share ([`service::proto`]).
+//! - [`server`]: [`server::StoreServer`], the one place a store, its gRPC services (raft,
+//!   CLI, KV, `GET /metrics`) and its listener are put together, started and stopped.
 //! - [`client`]: [`client::KvClient`], routing by key, leader discovery, retries of
 //!   definite failures only, batching of concurrent single-key requests.
 //!
@@ -28,8 +32,10 @@ mod codec;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod ids;
 pub mod limits;
 pub mod region;
+pub mod server;
 pub mod service;
 pub mod state_machine;
 pub mod store;
@@ -37,5 +43,6 @@ pub mod store;
 pub use command::{KvCommand, KvOutput};
 pub use engine::{FjallEngine, KvEngine, MemoryEngine, WriteBatch, WriteOp};
 pub use error::KvError;
-pub use region::{Epoch, Region, RegionId};
+pub use ids::{Epoch, RegionId};
+pub use region::Region;
 pub use state_machine::{KvRegionHandle, KvStateMachine};

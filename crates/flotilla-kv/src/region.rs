@@ -1,5 +1,6 @@
 //! Regions: the key range `[start, end)` a raft group replicates, with its epoch
-//! (docs/DESIGN.md vocabulary: region, epoch).
+//! (docs/DESIGN.md vocabulary: region, epoch). [`RegionId`] and [`Epoch`] are defined in
+//! `ids` (a leaf) and re-exported here, so `region::{Epoch, RegionId}` keeps working.
 //!
 //! Owns: range membership (`contains`, `contains_range`) and the compact encoding the
 //! store persists region metadata with. Must never: treat an empty `end` as anything but
@@ -11,47 +12,8 @@ use bytes::Bytes;
 
 use crate::codec::{Reader, Writer};
 use crate::error::KvError;
+pub use crate::ids::{Epoch, RegionId};
 use crate::limits::KEY_BYTES_MAX;
-
-/// Identifies a region (and its raft group) across the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct RegionId(pub u64);
-
-impl fmt::Display for RegionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// A region's version (RheaKV's `RegionEpoch`): `conf_version` for its membership, `version`
-/// for its range. Regions are static today (made at bootstrap), so both stay 1: membership
-/// changes do not bump `conf_version` yet, and there is no split or merge; the placement
-/// driver will move them as TiKV does. A request carrying an epoch other than
-/// the region's current one is refused as stale. Ordered by `conf_version`, then `version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Epoch {
-    /// Configuration version (1 today; see the type's notes).
-    pub conf_version: u64,
-    /// Range version: bumped by every split or merge.
-    pub version: u64,
-}
-
-impl Epoch {
-    /// An epoch with the two versions given.
-    #[must_use]
-    pub const fn new(conf_version: u64, version: u64) -> Epoch {
-        Epoch {
-            conf_version,
-            version,
-        }
-    }
-}
-
-impl fmt::Display for Epoch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "(conf {}, version {})", self.conf_version, self.version)
-    }
-}
 
 /// A key range `[start, end)` with its epoch. An empty `end` is unbounded.
 ///

@@ -35,7 +35,8 @@ use flotilla_node::{SnapshotReader, SnapshotWriter};
 use crate::command::{KvCommand, KvOutput};
 use crate::engine::{in_range, meta_keys, KvEngine, WriteBatch};
 use crate::error::KvError;
-use crate::region::{Region, RegionId};
+use crate::ids::RegionId;
+use crate::region::Region;
 
 /// Name of the snapshot file holding the encoded [`Region`].
 pub const SNAPSHOT_REGION_FILE: &str = "region";

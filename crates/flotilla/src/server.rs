@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use flotilla_kv::store::{EngineKind, Store, StoreOptions};
+use flotilla_kv::server::StoreServer;
+use flotilla_kv::store::{EngineKind, StoreOptions};
 
 use crate::config::{self, FileConfig};
 use crate::output::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
@@ -234,8 +235,8 @@ async fn serve(options: StoreOptions) -> i32 {
     let plain_text = options.tls.is_none();
     let has_peers = options.peers.is_some();
     let listen = options.address.clone();
-    let store = match Store::open(options).await {
-        Ok(store) => store,
+    let server = match StoreServer::start(options).await {
+        Ok(server) => server,
         Err(e) => {
             eprintln!("flotilla server: {e}");
             return match e {
@@ -244,6 +245,7 @@ async fn serve(options: StoreOptions) -> i32 {
             };
         }
     };
+    let store = server.store();
     let regions = store.regions().len();
     println!(
         "flotilla server {}: store {}, data in {} ({}), {} region{}, cluster {}",
@@ -284,7 +286,7 @@ async fn serve(options: StoreOptions) -> i32 {
         "flotilla server {}: stopping (handing leadership off)",
         store.advertised_address()
     );
-    store.shutdown(Duration::from_secs(3)).await;
+    server.shutdown(Duration::from_secs(3)).await;
     println!("flotilla server {}: stopped", store.advertised_address());
     EXIT_OK
 }

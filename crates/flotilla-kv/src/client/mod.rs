@@ -5,355 +5,62 @@
 //! "not leader" hints, refreshes routes on a stale epoch or an unknown region, when a store
 //! is unreachable, and every `route_refresh_every` in the background, and backs off on
 //! "busy". A request whose connection was refused never left the client: it is a definite
-//! failure, retried elsewhere even for a write. Concurrent single-key puts, deletes and gets to one region are batched
-//! into one request, by draining what is queued while earlier batches are in flight —
-//! never by waiting for a timer (RheaKV batches up to 100 ops or 32 KiB; so does this).
-//! One batch per region and class is in flight normally; when a whole batch's worth of
-//! ops waits behind it, another sender starts, up to `batches_in_flight_max`, so under a
-//! heavy load the region's leader has the next batch to propose while one is being made
-//! durable, and under a light one batches stay as large as they can be (each request
-//! costs CPU on both ends).
+//! failure, retried elsewhere even for a write. Concurrent single-key puts, deletes and
+//! gets to one region are batched into one request, by draining what is queued while
+//! earlier batches are in flight — never by waiting for a timer (RheaKV batches up to 100
+//! ops or 32 KiB; so does this). One batch per region and class is in flight normally;
+//! when a whole batch's worth of ops waits behind it, another sender starts, up to
+//! `batches_in_flight_max`, so under a heavy load the region's leader has the next batch
+//! to propose while one is being made durable, and under a light one batches stay as
+//! large as they can be (each request costs CPU on both ends).
+//!
+//! The parts, each in its own file, below this one: `routing` (the route table: which
+//! region, which store), `connection` (a channel per store, the stores skipped for now,
+//! the KV calls), `retry` (what a failed attempt means, the backoff), `batch` (the batch
+//! queues and what a batch becomes), `error` ([`ClientError`] and what an op's result
+//! means) and `options`. This file holds [`KvClient`]'s public surface and the one loop
+//! that sends a request with retries.
 //!
 //! Owns: routing, retries and the outcome classification. Must never: retry a write whose
 //! outcome is unknown (a timeout or a connection lost after sending): such a write is
 //! answered with [`ClientError::indeterminate`] set, and the caller decides.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+mod batch;
+mod connection;
+mod error;
+mod options;
+mod retry;
+mod routing;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_node::grpc::{connect_channel, TlsConfig, ERROR_KIND_KEY, LEADER_KEY};
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::transport::Channel;
 
 use crate::region::Region;
-use crate::service::proto::{self, kv_client::KvClient as GrpcKvClient};
-use crate::service::{region_of, KV_MESSAGE_BYTES_MAX};
-
-/// A KV service client on `channel` with the server's message limits both ways
-/// ([`KV_MESSAGE_BYTES_MAX`]): tonic's 4 MiB default decoding limit would refuse a scan
-/// reply the server is allowed to send (five 1 MiB values).
-fn grpc_client(channel: Channel) -> GrpcKvClient<Channel> {
-    GrpcKvClient::new(channel)
-        .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(KV_MESSAGE_BYTES_MAX)
-}
-
-/// How reads are made linearizable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum ReadConsistency {
-    /// ReadIndex on the leader (one heartbeat round to a quorum).
-    #[default]
-    Index,
-    /// The leader's lease (ReadIndex when the lease is not valid).
-    Lease,
-    /// Any peer of the region, after a ReadIndex from the leader.
-    Follower,
-}
-
-impl std::str::FromStr for ReadConsistency {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<ReadConsistency, String> {
-        match text {
-            "index" => Ok(ReadConsistency::Index),
-            "lease" => Ok(ReadConsistency::Lease),
-            "follower" => Ok(ReadConsistency::Follower),
-            other => Err(format!(
-                "unknown read mode {other:?}: expected index, lease or follower"
-            )),
-        }
-    }
-}
-
-impl ReadConsistency {
-    fn proto(self) -> i32 {
-        match self {
-            ReadConsistency::Index => proto::ReadMode::ReadIndex as i32,
-            ReadConsistency::Lease => proto::ReadMode::Lease as i32,
-            ReadConsistency::Follower => proto::ReadMode::Follower as i32,
-        }
-    }
-}
-
-/// Tuning of a [`KvClient`].
-#[derive(Clone, Debug)]
-pub struct ClientOptions {
-    /// Longest one operation may take, retries included.
-    pub timeout: Duration,
-    /// Limit on connecting to one store.
-    pub connect_timeout: Duration,
-    /// Requests one operation may send (redirects and retries included; at least 1).
-    pub attempts_max: usize,
-    /// Batch concurrent single-key puts, deletes and gets per region.
-    pub batching: bool,
-    /// Most ops in one batch.
-    pub batch_ops_max: usize,
-    /// Most key and value bytes in one batch.
-    pub batch_bytes_max: usize,
-    /// Most batches of one region and class (writes, or gets of one read mode) in flight
-    /// at once (at least 1).
-    pub batches_in_flight_max: usize,
-    /// Mutual TLS; `None`: plain text.
-    pub tls: Option<TlsConfig>,
-    /// Refresh the route table in the background this often, so that a client left idle
-    /// while the stores are replaced one by one (containers moving) still knows current
-    /// members when it is used again; `None`: only when a request needs it.
-    pub route_refresh_every: Option<Duration>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> ClientOptions {
-        ClientOptions {
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(1),
-            attempts_max: 64,
-            batching: true,
-            batch_ops_max: 100,
-            batch_bytes_max: 32 * 1024,
-            batches_in_flight_max: 4,
-            tls: None,
-            route_refresh_every: Some(Duration::from_secs(5)),
-        }
-    }
-}
-
-/// Why an operation failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientError {
-    /// The error kind (`NotLeader`, `KeyTooLarge`, `Unavailable`, `Unknown`, ...): the
-    /// server's `flotilla-error-kind`, or the client's own.
-    pub kind: String,
-    /// What happened.
-    pub message: String,
-    /// True when a write may or may not have taken effect.
-    pub indeterminate: bool,
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        if self.indeterminate {
-            f.write_str(" (the outcome is unknown: the write may or may not have applied)")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl ClientError {
-    fn definite(kind: &str, message: impl Into<String>) -> ClientError {
-        ClientError {
-            kind: kind.to_string(),
-            message: message.into(),
-            indeterminate: false,
-        }
-    }
-
-    fn unknown(message: impl Into<String>) -> ClientError {
-        ClientError {
-            kind: "Unknown".into(),
-            message: message.into(),
-            indeterminate: true,
-        }
-    }
-}
-
-/// A region as the client routes it.
-#[derive(Clone, Debug)]
-pub struct Route {
-    /// The region.
-    pub region: Region,
-    /// Its leader as last seen.
-    pub leader: Option<String>,
-    /// Voters.
-    pub peers: Vec<String>,
-    /// Learners.
-    pub learners: Vec<String>,
-}
-
-/// How a failed attempt is handled.
-enum Next {
-    /// Retry at the leader named (or another peer when `None`).
-    Redirect(Option<String>),
-    /// Routes are stale: refresh them and retry.
-    Reroute,
-    /// Transient refusal: back off and retry.
-    Backoff,
-    /// The outcome may be unknown (a write) / the peer may be gone (a read).
-    Lost,
-    /// Final: report it.
-    Fail,
-}
-
-fn classify(status: &Status) -> (Next, ClientError) {
-    let kind = status
-        .metadata()
-        .get(ERROR_KIND_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let leader = status
-        .metadata()
-        .get(LEADER_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let message = status.message().to_string();
-    let Some(kind) = kind else {
-        // No kind: the call failed below the service (connection lost, deadline).
-        let error = match status.code() {
-            Code::DeadlineExceeded => ClientError::unknown(format!("deadline exceeded: {message}")),
-            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument => {
-                ClientError::definite("InvalidArgument", message)
-            }
-            Code::Unimplemented => ClientError::definite("Unimplemented", message),
-            _ => ClientError::unknown(format!("{:?}: {message}", status.code())),
-        };
-        let next = if error.indeterminate {
-            Next::Lost
-        } else {
-            Next::Fail
-        };
-        return (next, error);
-    };
-    let next = match kind.as_str() {
-        "NotLeader" => Next::Redirect(leader),
-        "StaleEpoch" | "NoSuchRegion" | "NoSuchGroup" | "Removed" => Next::Reroute,
-        "Busy" | "Transferring" | "LeaderNotReady" | "ReadLagging" | "ShutDown" => Next::Backoff,
-        "Unknown" | "TimedOut" => Next::Lost,
-        _ => Next::Fail,
-    };
-    let indeterminate = matches!(next, Next::Lost);
-    (
-        next,
-        ClientError {
-            kind,
-            message,
-            indeterminate,
-        },
-    )
-}
-
-/// One request of the KV service.
-#[derive(Clone)]
-enum Call {
-    Get(proto::GetRequest),
-    MultiGet(proto::MultiGetRequest),
-    Scan(proto::ScanRequest),
-    Write(proto::WriteRequest),
-}
-
-enum Reply {
-    Get(proto::GetReply),
-    MultiGet(proto::MultiGetReply),
-    Scan(proto::ScanReply),
-    Write(proto::WriteReply),
-}
-
-impl Call {
-    fn set_context(&mut self, context: proto::RegionContext) {
-        let slot = match self {
-            Call::Get(r) => &mut r.context,
-            Call::MultiGet(r) => &mut r.context,
-            Call::Scan(r) => &mut r.context,
-            Call::Write(r) => &mut r.context,
-        };
-        *slot = Some(context);
-    }
-
-    fn is_write(&self) -> bool {
-        matches!(self, Call::Write(_))
-    }
-
-    fn read(&self) -> Option<ReadConsistency> {
-        let mode = match self {
-            Call::Get(r) => r.read,
-            Call::MultiGet(r) => r.read,
-            Call::Scan(r) => r.read,
-            Call::Write(_) => return None,
-        };
-        Some(if mode == proto::ReadMode::Follower as i32 {
-            ReadConsistency::Follower
-        } else if mode == proto::ReadMode::Lease as i32 {
-            ReadConsistency::Lease
-        } else {
-            ReadConsistency::Index
-        })
-    }
-
-    async fn send(self, mut client: GrpcKvClient<Channel>) -> Result<Reply, Status> {
-        Ok(match self {
-            Call::Get(r) => Reply::Get(client.get(r).await?.into_inner()),
-            Call::MultiGet(r) => Reply::MultiGet(client.multi_get(r).await?.into_inner()),
-            Call::Scan(r) => Reply::Scan(client.scan(r).await?.into_inner()),
-            Call::Write(r) => Reply::Write(client.write(r).await?.into_inner()),
-        })
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A batch queue of one region (single-key ops of one class).
-#[derive(Default)]
-struct Batcher {
-    queue: Mutex<BatchQueue>,
-}
-
-#[derive(Default)]
-struct BatchQueue {
-    pending: VecDeque<Pending>,
-    /// Senders running (each sends one batch at a time); at most `batches_in_flight_max`.
-    senders: usize,
-}
-
-enum Pending {
-    Write {
-        op: proto::Op,
-        key: Bytes,
-        bytes: usize,
-        reply: oneshot::Sender<Result<proto::OpResult, ClientError>>,
-    },
-    Get {
-        key: Bytes,
-        reply: oneshot::Sender<Result<Option<Bytes>, ClientError>>,
-    },
-}
-
-impl Pending {
-    fn bytes(&self) -> usize {
-        match self {
-            Pending::Write { bytes, .. } => *bytes,
-            Pending::Get { key, .. } => key.len(),
-        }
-    }
-}
-
-/// Which batch queue a single-key op joins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum BatchClass {
-    Write,
-    Get(ReadConsistency),
-}
+use crate::service::proto;
+use batch::{op_value_len, BatchClass, Batcher, Batchers, Pending};
+use connection::{grpc_client, Call, Connections, Reply};
+pub use error::ClientError;
+use error::{done, error_chain, previous, swapped, wrong_reply};
+pub use options::{ClientOptions, ReadConsistency};
+use retry::{classify, never_sent, pause, Next, BACKOFF_FIRST};
+pub use routing::Route;
+use routing::RouteTable;
 
 struct ClientInner {
     endpoints: Vec<String>,
     options: ClientOptions,
-    routes: RwLock<BTreeMap<Bytes, Route>>,
-    refreshing: tokio::sync::Mutex<()>,
-    channels: Mutex<HashMap<String, Channel>>,
-    batchers: Mutex<HashMap<(u64, BatchClass), Arc<Batcher>>>,
-    cluster: AtomicU64,
-    /// Rotates follower reads and leaderless retries over the peers.
-    rotation: AtomicUsize,
-    /// Stores that refused a connection recently, and until when they are skipped.
-    down: Mutex<HashMap<String, Instant>>,
-    /// When an unreachable store last triggered a route refresh.
-    unreachable_refresh: Mutex<Option<Instant>>,
+    /// The route table and the pace of its refreshes.
+    routes: RouteTable,
+    /// A channel per store, and the stores skipped for now.
+    connections: Connections,
+    /// The batch queues, by region and class.
+    batchers: Batchers,
     /// Requests sent (attempts included).
     requests_sent: AtomicU64,
     /// Single-key operations that went out in batches, and the batches.
@@ -372,11 +79,6 @@ pub struct ClientStats {
     pub batches_sent: u64,
 }
 
-/// How long a store that refused a connection is skipped (unless no other is left).
-const DOWN_FOR: Duration = Duration::from_millis(500);
-/// Least time between two route refreshes caused by an unreachable store.
-const UNREACHABLE_REFRESH_EVERY: Duration = Duration::from_secs(1);
-
 /// A client of a Flotilla cluster. Cheap to clone; clones share routes and connections.
 #[derive(Clone)]
 pub struct KvClient {
@@ -389,16 +91,6 @@ impl std::fmt::Debug for KvClient {
             .field("endpoints", &self.inner.endpoints)
             .finish_non_exhaustive()
     }
-}
-
-/// The region holding `key` in `routes`.
-fn route_in(routes: &BTreeMap<Bytes, Route>, key: &[u8]) -> Option<Route> {
-    routes
-        .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
-        .next_back()
-        .map(|(_, route)| route)
-        .filter(|route| route.region.contains(key))
-        .cloned()
 }
 
 impl KvClient {
@@ -414,6 +106,7 @@ impl KvClient {
                 "no endpoints given",
             ));
         }
+        let connections = Connections::new(options.connect_timeout, options.tls.clone());
         let client = KvClient {
             inner: Arc::new(ClientInner {
                 endpoints,
@@ -423,14 +116,9 @@ impl KvClient {
                     batches_in_flight_max: options.batches_in_flight_max.max(1),
                     ..options
                 },
-                routes: RwLock::new(BTreeMap::new()),
-                refreshing: tokio::sync::Mutex::new(()),
-                channels: Mutex::new(HashMap::new()),
-                batchers: Mutex::new(HashMap::new()),
-                cluster: AtomicU64::new(0),
-                rotation: AtomicUsize::new(0),
-                down: Mutex::new(HashMap::new()),
-                unreachable_refresh: Mutex::new(None),
+                routes: RouteTable::new(),
+                connections,
+                batchers: Batchers::default(),
                 requests_sent: AtomicU64::new(0),
                 batched_ops: AtomicU64::new(0),
                 batches_sent: AtomicU64::new(0),
@@ -472,49 +160,22 @@ impl KvClient {
     /// The cluster id the stores reported (0 if none did).
     #[must_use]
     pub fn cluster(&self) -> u64 {
-        self.inner.cluster.load(Ordering::Relaxed)
+        self.inner.routes.cluster()
     }
 
     /// The current route table, by start key.
     #[must_use]
     pub fn routes(&self) -> Vec<Route> {
-        self.inner
-            .routes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.inner.routes.all()
     }
 
     /// A connected channel to `address` (cached).
     pub async fn channel(&self, address: &str) -> Result<Channel, ClientError> {
-        if let Some(channel) = lock(&self.inner.channels).get(address) {
-            return Ok(channel.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| {
-                ClientError::definite("InvalidArgument", format!("endpoint {address:?}: {e}"))
-            })?
-            .connect_timeout(self.inner.options.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10));
-        // Through TLS when configured (the connector does the handshake over plain TCP).
-        let channel = connect_channel(&endpoint, self.inner.options.tls.as_ref())
-            .await
-            .map_err(|e| {
-                ClientError::definite(
-                    "Unavailable",
-                    format!("cannot connect to {address}: {}", error_chain(&e)),
-                )
-            })?;
-        lock(&self.inner.channels).insert(address.to_string(), channel.clone());
-        Ok(channel)
+        self.inner.connections.channel(address).await
     }
 
     fn forget_channel(&self, address: &str) {
-        lock(&self.inner.channels).remove(address);
+        self.inner.connections.forget(address);
     }
 
     /// Every store's view of its regions: (store address, reply) for each endpoint and
@@ -721,7 +382,7 @@ impl KvClient {
     /// and the leader reported by the store that leads it with the highest term. A region
     /// reported without voters is not routed to.
     pub async fn refresh_routes(&self) -> Result<(), ClientError> {
-        let _one_at_a_time = self.inner.refreshing.lock().await;
+        let _one_at_a_time = self.inner.routes.one_refresh_at_a_time().await;
         let (replies, errors) = self.stores().await;
         if replies.is_empty() {
             let detail = errors
@@ -734,77 +395,16 @@ impl KvClient {
                 format!("no store answered ({detail})"),
             ));
         }
-        let mut best: BTreeMap<u64, (proto::RegionInfo, bool)> = BTreeMap::new();
-        for reply in &replies {
-            if reply.cluster != 0 {
-                self.inner.cluster.store(reply.cluster, Ordering::Relaxed);
-            }
-            for info in &reply.regions {
-                if info.peers.is_empty() {
-                    // A peer that belongs to no configuration (opened, not added yet; or
-                    // opened by mistake): it serves nothing, and its range must not take
-                    // the routes of the regions that do.
-                    continue;
-                }
-                let leads = info.role == "leader";
-                let better = match best.get(&info.id) {
-                    None => true,
-                    Some((old, old_leads)) => {
-                        let new_key = (info.conf_version, info.version, leads, info.term);
-                        let old_key = (old.conf_version, old.version, *old_leads, old.term);
-                        new_key > old_key
-                    }
-                };
-                if better {
-                    best.insert(info.id, (info.clone(), leads));
-                }
-            }
-        }
-        let mut routes = BTreeMap::new();
-        for (info, _) in best.into_values() {
-            let Ok(region) = region_of(&info) else {
-                continue;
-            };
-            routes.insert(
-                region.start.clone(),
-                Route {
-                    region,
-                    leader: (!info.leader.is_empty()).then(|| info.leader.clone()),
-                    peers: info.peers.clone(),
-                    learners: info.learners.clone(),
-                },
-            );
-        }
-        *self
-            .inner
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = routes;
+        self.inner.routes.install(&replies);
         Ok(())
     }
 
     async fn route(&self, key: &[u8]) -> Result<Route, ClientError> {
-        let found = route_in(
-            &self
-                .inner
-                .routes
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            key,
-        );
-        if let Some(route) = found {
+        if let Some(route) = self.inner.routes.lookup(key) {
             return Ok(route);
         }
         self.refresh_routes().await?;
-        route_in(
-            &self
-                .inner
-                .routes
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-            key,
-        )
-        .ok_or_else(|| {
+        self.inner.routes.lookup(key).ok_or_else(|| {
             ClientError::definite(
                 "NoSuchRegion",
                 format!("no region holds key {}", crate::error::show(key)),
@@ -813,32 +413,15 @@ impl KvClient {
     }
 
     fn set_leader(&self, region: &Region, leader: Option<String>) {
-        let mut routes = self
-            .inner
-            .routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(route) = routes.get_mut(&region.start) {
-            if route.region.id == region.id {
-                route.leader = leader;
-            }
-        }
+        self.inner.routes.set_leader(region, leader);
     }
 
     fn is_down(&self, address: &str) -> bool {
-        let mut down = lock(&self.inner.down);
-        match down.get(address) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                down.remove(address);
-                false
-            }
-            None => false,
-        }
+        self.inner.connections.is_down(address)
     }
 
     fn mark_down(&self, address: &str) {
-        lock(&self.inner.down).insert(address.to_string(), Instant::now() + DOWN_FOR);
+        self.inner.connections.mark_down(address);
         self.refresh_soon();
     }
 
@@ -849,12 +432,8 @@ impl KvClient {
     /// still answers (found by flotilla-chaos: after a few `drift` replacements every client
     /// was stuck on the original, removed stores while the cluster served).
     fn refresh_soon(&self) {
-        {
-            let mut last = lock(&self.inner.unreachable_refresh);
-            if last.is_some_and(|at| at.elapsed() < UNREACHABLE_REFRESH_EVERY) {
-                return;
-            }
-            *last = Some(Instant::now());
+        if !self.inner.routes.unreachable_refresh_due() {
+            return;
         }
         let client = self.clone();
         tokio::spawn(async move {
@@ -865,25 +444,9 @@ impl KvClient {
     /// The store to send to: the leader (unless it is down), else the next live peer in
     /// rotation (any peer if all are down).
     fn pick(&self, route: &Route, follower: bool) -> Option<String> {
-        if !follower {
-            if let Some(leader) = &route.leader {
-                if !self.is_down(leader) {
-                    return Some(leader.clone());
-                }
-            }
-        }
-        let all: Vec<&String> = if follower {
-            route.peers.iter().chain(&route.learners).collect()
-        } else {
-            route.peers.iter().collect()
-        };
-        let live: Vec<&String> = all.iter().copied().filter(|p| !self.is_down(p)).collect();
-        let candidates = if live.is_empty() { all } else { live };
-        if candidates.is_empty() {
-            return None;
-        }
-        let turn = self.inner.rotation.fetch_add(1, Ordering::Relaxed);
-        Some(candidates[turn % candidates.len()].clone())
+        self.inner
+            .routes
+            .pick(route, follower, |address| self.is_down(address))
     }
 
     /// Sends `call` to the region holding `route_key`, with retries. Returns the reply and
@@ -894,7 +457,7 @@ impl KvClient {
         let write = call.is_write();
         let follower = call.read() == Some(ReadConsistency::Follower);
         let mut last = ClientError::definite("Unavailable", "no attempt was made");
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = BACKOFF_FIRST;
         for attempt in 0..options.attempts_max {
             if attempt > 0 && Instant::now() >= deadline {
                 break;
@@ -917,7 +480,7 @@ impl KvClient {
                         self.set_leader(&route.region, None);
                     }
                     last = error;
-                    self.pause(&mut backoff, deadline).await;
+                    pause(&mut backoff, deadline).await;
                     continue;
                 }
             };
@@ -971,14 +534,14 @@ impl KvClient {
                     // group is electing; wait a little before asking again.
                     let hint = hint.filter(|h| *h != target && !self.is_down(h));
                     if hint.is_none() {
-                        self.pause(&mut backoff, deadline).await;
+                        pause(&mut backoff, deadline).await;
                     }
                     self.set_leader(&route.region, hint);
                 }
                 Next::Reroute => {
                     self.refresh_routes().await.ok();
                 }
-                Next::Backoff => self.pause(&mut backoff, deadline).await,
+                Next::Backoff => pause(&mut backoff, deadline).await,
                 Next::Lost => {
                     // Whatever happened to this peer, the next request must neither assume
                     // it still leads nor reuse the connection that failed — for writes too:
@@ -998,7 +561,7 @@ impl KvClient {
                         if Instant::now() >= deadline {
                             break;
                         }
-                        self.pause(&mut backoff, deadline).await;
+                        pause(&mut backoff, deadline).await;
                         continue;
                     }
                     if write {
@@ -1020,13 +583,6 @@ impl KvClient {
             message: format!("gave up: {}", last.message),
             ..last
         })
-    }
-
-    /// Sleeps `backoff` (not past `deadline`) and doubles it, up to 200 ms.
-    async fn pause(&self, backoff: &mut Duration, deadline: Instant) {
-        let pause = (*backoff).min(deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
-        *backoff = (*backoff * 2).min(Duration::from_millis(200));
     }
 
     // ---- reads ----
@@ -1381,39 +937,18 @@ impl KvClient {
     ) -> Result<Vec<Region>, ClientError> {
         // Make sure the region of `start` is known (refreshes the table if not).
         self.route(start).await?;
-        let routes = self
-            .inner
-            .routes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(routes
-            .values()
-            .map(|r| r.region.clone())
-            .filter(|r| {
-                let after_start = r.end.is_empty() || r.end.as_ref() > start.as_ref();
-                let before_end = end.is_empty() || r.start.as_ref() < end.as_ref();
-                after_start && before_end
-            })
-            .collect())
+        Ok(self.inner.routes.overlapping(start, end))
     }
 
     // ---- batching ----
 
     fn enqueue(&self, route: &Route, class: BatchClass, pending: Pending) {
-        let batcher = lock(&self.inner.batchers)
-            .entry((route.region.id.0, class))
-            .or_default()
-            .clone();
-        let start = {
-            let mut queue = lock(&batcher.queue);
-            queue.pending.push_back(pending);
-            let start = starts_sender(queue.senders, queue.pending.len(), &self.inner.options);
-            if start {
-                queue.senders += 1;
-            }
-            start
-        };
-        if start {
+        let options = &self.inner.options;
+        if let Some(batcher) = self
+            .inner
+            .batchers
+            .enqueue(&route.region, class, pending, options)
+        {
             let client = self.clone();
             tokio::spawn(async move { client.drain(batcher, class).await });
         }
@@ -1422,30 +957,7 @@ impl KvClient {
     /// One sender: sends what `batcher` holds, batch after batch, until it is empty (other
     /// senders of the same queue may run meanwhile).
     async fn drain(&self, batcher: Arc<Batcher>, class: BatchClass) {
-        loop {
-            let batch: Vec<Pending> = {
-                let mut queue = lock(&batcher.queue);
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while let Some(next) = queue.pending.front() {
-                    let size = next.bytes();
-                    if !batch.is_empty()
-                        && (batch.len() >= self.inner.options.batch_ops_max
-                            || bytes + size > self.inner.options.batch_bytes_max)
-                    {
-                        break;
-                    }
-                    bytes += size;
-                    if let Some(p) = queue.pending.pop_front() {
-                        batch.push(p);
-                    }
-                }
-                if batch.is_empty() {
-                    queue.senders -= 1;
-                    return;
-                }
-                batch
-            };
+        while let Some(batch) = batcher.next_batch(&self.inner.options) {
             self.inner.batches_sent.fetch_add(1, Ordering::Relaxed);
             self.inner
                 .batched_ops
@@ -1458,271 +970,16 @@ impl KvClient {
     }
 
     async fn send_write_batch(&self, batch: Vec<Pending>) {
-        let mut ops = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut route_key = None;
-        for pending in batch {
-            if let Pending::Write { op, key, reply, .. } = pending {
-                route_key.get_or_insert(key);
-                ops.push(op);
-                replies.push(reply);
-            }
-        }
-        let Some(route_key) = route_key else { return };
-        let call = Call::Write(proto::WriteRequest { context: None, ops });
-        match self.call(&route_key, call).await {
-            Ok((Reply::Write(reply), _)) if reply.results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(reply.results) {
-                    let _ = reply.send(Ok(result));
-                }
-            }
-            Ok(_) => {
-                for reply in replies {
-                    let _ = reply.send(Err(wrong_reply_unknown()));
-                }
-            }
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
+        let Some((route_key, call, replies)) = batch::write_call(batch) else {
+            return;
+        };
+        batch::answer_writes(replies, self.call(&route_key, call).await);
     }
 
     async fn send_get_batch(&self, batch: Vec<Pending>, read: ReadConsistency) {
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for pending in batch {
-            if let Pending::Get { key, reply } = pending {
-                keys.push(key);
-                replies.push(reply);
-            }
-        }
-        let Some(route_key) = keys.first().cloned() else {
+        let Some((route_key, call, replies)) = batch::get_call(batch, read) else {
             return;
         };
-        let call = if keys.len() == 1 {
-            Call::Get(proto::GetRequest {
-                context: None,
-                key: route_key.clone(),
-                read: read.proto(),
-            })
-        } else {
-            Call::MultiGet(proto::MultiGetRequest {
-                context: None,
-                keys,
-                read: read.proto(),
-            })
-        };
-        match self.call(&route_key, call).await {
-            Ok((Reply::Get(reply), _)) if replies.len() == 1 => {
-                for reply_to in replies {
-                    let _ = reply_to.send(Ok(reply.found.then(|| reply.value.clone())));
-                }
-            }
-            Ok((Reply::MultiGet(reply), _)) if reply.values.len() == replies.len() => {
-                for (reply_to, value) in replies.into_iter().zip(reply.values) {
-                    let _ = reply_to.send(Ok(value.found.then_some(value.value)));
-                }
-            }
-            Ok(_) => {
-                for reply in replies {
-                    let _ = reply.send(Err(wrong_reply()));
-                }
-            }
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-    }
-}
-
-/// Whether an op queued behind `senders` running senders, leaving `pending` ops waiting,
-/// starts another sender: the first always; more only once a whole batch waits.
-fn starts_sender(senders: usize, pending: usize, options: &ClientOptions) -> bool {
-    senders == 0 || (senders < options.batches_in_flight_max && pending >= options.batch_ops_max)
-}
-
-fn op_value_len(op: &proto::Op) -> usize {
-    use proto::op::Op;
-    match &op.op {
-        Some(Op::Put(p) | Op::PutIfAbsent(p) | Op::GetAndPut(p)) => p.value.len(),
-        Some(Op::CompareAndPut(c)) => c.value.len() + c.expected.as_ref().map_or(0, Bytes::len),
-        _ => 0,
-    }
-}
-
-fn wrong_reply() -> ClientError {
-    ClientError::definite("InvalidAnswer", "the store answered with a malformed reply")
-}
-
-fn wrong_reply_unknown() -> ClientError {
-    ClientError::unknown("the store answered a write with a malformed reply")
-}
-
-/// The kind of an op refused inside a batch, whose result carries only the message: the
-/// refusals a caller acts on keep their kind, the rest are `Refused`.
-fn element_error_kind(message: &str) -> &'static str {
-    // The texts of `KvError::NoSpace` and `KvError::KeyEmpty` (a test checks they match).
-    if message.starts_with("no space:") {
-        "NoSpace"
-    } else if message == "key is empty" {
-        "KeyEmpty"
-    } else {
-        "Refused"
-    }
-}
-
-fn op_error(result: &proto::OpResult) -> Option<ClientError> {
-    match &result.result {
-        Some(proto::op_result::Result::Error(why)) => {
-            Some(ClientError::definite(element_error_kind(why), why.clone()))
-        }
-        None => Some(wrong_reply_unknown()),
-        _ => None,
-    }
-}
-
-fn done(result: proto::OpResult) -> Result<(), ClientError> {
-    match op_error(&result) {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
-}
-
-fn swapped(result: proto::OpResult) -> Result<bool, ClientError> {
-    if let Some(error) = op_error(&result) {
-        return Err(error);
-    }
-    match result.result {
-        Some(proto::op_result::Result::Swapped(swapped)) => Ok(swapped),
-        _ => Err(wrong_reply_unknown()),
-    }
-}
-
-fn previous(result: proto::OpResult) -> Result<Option<Bytes>, ClientError> {
-    if let Some(error) = op_error(&result) {
-        return Err(error);
-    }
-    match result.result {
-        Some(proto::op_result::Result::Previous(value)) => Ok(value.found.then_some(value.value)),
-        _ => Err(wrong_reply_unknown()),
-    }
-}
-
-/// `error` and its sources, joined.
-/// True if `status` says the request never left this client: the connection it needed was
-/// refused or could not be made (tonic reconnects a cached channel lazily, so a store that
-/// died shows up here, not when the channel is checked). Nothing reached the store, so even
-/// a write may be sent elsewhere without risking a duplicate.
-fn never_sent(status: &Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        // hyper-util's connector error: the TCP connect itself failed.
-        if cause.to_string().starts_with("tcp connect error") {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A request on a channel whose store refuses connections fails as "never sent"; a
-    /// request that timed out, or a status without a transport cause, does not.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_refused_connection_is_known_to_have_sent_nothing() {
-        // A port that was just free: bound, then released, so nothing listens on it.
-        let address = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("address")
-        };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .expect("endpoint")
-            .connect_lazy();
-        let status = GrpcKvClient::new(channel)
-            .get(proto::GetRequest {
-                context: None,
-                key: Bytes::from_static(b"k"),
-                read: 0,
-            })
-            .await
-            .expect_err("nothing listens there");
-        assert!(
-            never_sent(&status),
-            "not recognised as never sent: {status:?} ({})",
-            error_chain(&status)
-        );
-        assert!(!never_sent(&Status::unavailable("connection reset")));
-        assert!(!never_sent(&Status::deadline_exceeded("slow")));
-    }
-
-    #[test]
-    fn batch_element_refusals_keep_their_kind() {
-        let no_space = crate::KvError::NoSpace {
-            store: "s:1".into(),
-            used: 2,
-            quota: 1,
-        };
-        assert_eq!(element_error_kind(&no_space.to_string()), "NoSpace");
-        assert_eq!(
-            element_error_kind(&crate::KvError::KeyEmpty.to_string()),
-            "KeyEmpty"
-        );
-        assert_eq!(
-            element_error_kind("key \"z\" is outside region 1"),
-            "Refused"
-        );
-    }
-
-    #[test]
-    fn a_second_batch_goes_out_only_once_a_whole_batch_waits() {
-        let options = ClientOptions {
-            batch_ops_max: 100,
-            batches_in_flight_max: 3,
-            ..ClientOptions::default()
-        };
-        assert!(
-            starts_sender(0, 1, &options),
-            "nothing in flight: send at once"
-        );
-        assert!(
-            !starts_sender(1, 1, &options),
-            "a lone op waits to join the next batch"
-        );
-        assert!(!starts_sender(1, 99, &options));
-        assert!(
-            starts_sender(1, 100, &options),
-            "a full batch waits: send it now"
-        );
-        assert!(starts_sender(2, 150, &options));
-        assert!(
-            !starts_sender(3, 1000, &options),
-            "never more than batches_in_flight_max"
-        );
+        batch::answer_gets(replies, self.call(&route_key, call).await);
     }
 }

@@ -222,7 +222,7 @@ impl<'a> ExportReader<'a> {
         let value = Bytes::copy_from_slice(&record[9 + key_len..]);
         if !super::in_range(&key, &self.start, &self.end) {
             return Err(KvError::KeyOutOfRegion {
-                region: crate::region::RegionId(0),
+                region: crate::ids::RegionId(0),
                 key: show(&key),
                 start: show(&self.start),
                 end: show(&self.end),

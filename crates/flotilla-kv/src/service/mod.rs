@@ -1,6 +1,6 @@
 //! The KV service (`proto/kv.proto`, `flotilla.kv.v1.Kv`): RheaKV's region KV API over
-//! gRPC, served by a [`Store`] on its one address next to the raft stream, the CLI service
-//! and `GET /metrics`.
+//! gRPC, served for a [`Store`] on its one address next to the raft stream, the CLI service
+//! and `GET /metrics` (composed by `crate::server`).
 //!
 //! Owns: translation between protobuf and the store's calls, and the error mapping: every
 //! refusal is a gRPC status whose metadata carries `flotilla-error-kind` (and
@@ -8,24 +8,21 @@
 //! let a malformed request reach the store (field limits are checked here or by the
 //! store before anything is proposed).
 
-use std::sync::Arc;
-
 use flotilla_node::grpc::roles::{self, Role};
-use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle, ERROR_KIND_KEY, LEADER_KEY};
-use flotilla_node::{Node, ReadMode};
+use flotilla_node::grpc::{ERROR_KIND_KEY, LEADER_KEY};
+use flotilla_node::ReadMode;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
 use crate::command::{KvCommand, KvOutput};
 use crate::error::KvError;
-use crate::region::{Epoch, Region, RegionId};
+use crate::ids::{Epoch, RegionId};
+use crate::region::Region;
 use crate::store::Store;
 
 /// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("flotilla.kv.v1");
-}
+pub mod proto;
 
 pub use crate::limits::KV_MESSAGE_BYTES_MAX;
 
@@ -233,8 +230,16 @@ pub fn region_of(info: &proto::RegionInfo) -> Result<Region, KvError> {
     )
 }
 
-struct KvService {
+/// The KV service of one store (what `crate::server` serves: [`kv_server`]).
+pub(crate) struct KvService {
     store: Store,
+}
+
+/// The KV service of `store`, with the message limits ([`KV_MESSAGE_BYTES_MAX`]) both ways.
+pub(crate) fn kv_server(store: Store) -> proto::kv_server::KvServer<KvService> {
+    proto::kv_server::KvServer::new(KvService { store })
+        .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(KV_MESSAGE_BYTES_MAX)
 }
 
 #[tonic::async_trait]
@@ -434,37 +439,4 @@ impl KvService {
                 .collect(),
         }
     }
-}
-
-/// Finds a region's node for the CLI service (group id = region id).
-struct StoreNodes(Store);
-
-impl flotilla_node::grpc::CliNodes for StoreNodes {
-    fn node(&self, group: u64) -> Option<Node> {
-        self.0.manager().node(group)
-    }
-
-    fn addresses(&self) -> flotilla_node::AddressBook {
-        self.0.addresses().clone()
-    }
-
-    fn identity(&self) -> Arc<flotilla_node::Identity> {
-        self.0.manager().identity().clone()
-    }
-}
-
-/// Serves raft, the CLI service, the KV service and `GET /metrics` for `store` on `server`.
-pub(crate) fn serve(server: GrpcServer, store: Store) -> ServerHandle {
-    let kv = proto::kv_server::KvServer::new(KvService {
-        store: store.clone(),
-    })
-    .max_decoding_message_size(KV_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(KV_MESSAGE_BYTES_MAX);
-    let metrics_store = store.clone();
-    let extra = vec![
-        ExtraService::grpc(kv),
-        ExtraService::http_get("/metrics", move || metrics_store.metrics_text()),
-    ];
-    let sink = Arc::new(store.manager().inbox());
-    server.serve_with(sink, Some(Arc::new(StoreNodes(store))), extra)
 }

@@ -181,13 +181,6 @@ impl Store {
         })
     }
 
-    /// Sets the cluster everywhere this process keeps it (the store's view and the id its
-    /// runtime checks frames against).
-    pub(super) fn set_cluster(&self, cluster: u64) {
-        *super::lock(&self.inner.cluster) = cluster;
-        self.inner.manager.set_cluster(cluster);
-    }
-
     /// Applies a bootstrap decision (not `Wait`). Returns false if the store found itself
     /// in a cluster meanwhile (an `OpenRegion`): nothing is changed then.
     async fn settle(&self, decision: Decision) -> Result<bool, KvError> {

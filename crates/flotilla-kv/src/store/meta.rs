@@ -15,7 +15,8 @@ use std::path::Path;
 use bytes::Bytes;
 use flotilla_node::{PeerId, StoreId};
 
-use crate::region::{Epoch, Region, RegionId};
+use crate::ids::{Epoch, RegionId};
+use crate::region::Region;
 
 /// File name inside the data directory.
 pub const STORE_META_FILE: &str = "store.meta";

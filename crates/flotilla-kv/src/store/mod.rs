@@ -1,6 +1,7 @@
 //! The store engine: one per process (RheaKV's `StoreEngine`), hosting one region peer per
 //! region it replicates, each a raft group of the process's [`NodeManager`] over one shared
-//! [`KvEngine`], all served on the process's one address.
+//! [`KvEngine`]. A store listens nowhere: `crate::server::StoreServer` serves it on the
+//! process's one address (and `open` says how a store opens).
 //!
 //! Owns: the data directory (`store.meta`, `addresses` (the address book), `raft/` for
 //! the node runtime, `kv/` for the fjall engine), the store's identity (a random store id
@@ -8,7 +9,8 @@
 //! cluster is made once), bootstrap of static regions, request admission (region, epoch, range,
 //! limits, no empty key, the space quota: see `quota`) before anything is proposed, the
 //! regions it hosts (`OpenRegion` validated against them; `CloseRegion` for a peer opened
-//! by mistake), and a clean shutdown that hands leadership off. Must never: let an empty
+//! by mistake), and a clean shutdown that hands leadership off (`hand_off`, then `close`
+//! once nothing serves the store). Must never: let an empty
 //! data directory stand in for a store that had data (it is always a new store), propose a
 //! request it has not validated, or host two regions that share a key.
 //!
@@ -21,6 +23,7 @@ pub mod bootstrap;
 mod lock;
 mod membership;
 pub mod meta;
+mod open;
 mod quota;
 
 use std::collections::BTreeMap;
@@ -29,22 +32,23 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_node::grpc::{GrpcOptions, GrpcServer, GrpcTransport, ServerHandle, TlsConfig};
-use flotilla_node::{
-    AddressBook, ManagerOptions, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode, StoreId,
-};
+use flotilla_node::grpc::TlsConfig;
+use flotilla_node::{AddressBook, Node, NodeError, NodeManager, PeerId, RaftError, ReadMode};
 
 use crate::command::{KvCommand, KvOutput};
-use crate::engine::{FjallEngine, KvEngine, MemoryEngine};
+use crate::engine::KvEngine;
 use crate::error::KvError;
+use crate::ids::{Epoch, RegionId};
 use crate::limits::{REGIONS_PER_STORE_MAX, SCAN_REPLY_BYTES_MAX};
-use crate::region::{Epoch, Region, RegionId};
+use crate::region::Region;
 use crate::state_machine::{completion_error, KvRegionHandle, KvStateMachine};
 use lock::DataDirLock;
 pub use lock::LOCK_FILE;
 /// File name of the address book inside the data directory.
 pub const ADDRESS_BOOK_FILE: &str = "addresses";
-use meta::{static_regions, HostedRegion, StoreMeta, STORE_META_BYTES_MAX, STORE_META_FILE};
+use meta::{HostedRegion, StoreMeta, STORE_META_BYTES_MAX};
+pub use open::init;
+pub(crate) use open::LockedDataDir;
 use quota::SpaceQuota;
 pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
 
@@ -75,7 +79,8 @@ impl std::str::FromStr for EngineKind {
 /// How a store starts.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Address to listen on (`host:port`; port 0 picks a free port).
+    /// Address to listen on (`host:port`; port 0 picks a free port: the server that binds
+    /// it resolves the port before the store opens).
     pub address: String,
     /// Address the other stores and clients reach this store at (`host:port`, host names
     /// allowed; `None`: the listen address). It may change from one start to the next:
@@ -136,7 +141,7 @@ pub enum StoreError {
     /// Bad options (the message names the option).
     #[error("{0}")]
     InvalidOptions(String),
-    /// The listening address could not be bound.
+    /// The listening address could not be bound (by `crate::server::StoreServer`).
     #[error("cannot listen on {address}: {reason}")]
     Listen {
         /// The address.
@@ -218,11 +223,9 @@ struct StoreInner {
     cluster: Mutex<u64>,
     request_timeout: Duration,
     fresh: bool,
-    /// The gRPC server, stopped by [`Store::shutdown`].
-    server: Mutex<Option<ServerHandle>>,
     /// The data directory's size against its quota (the NOSPACE alarm).
     quota: SpaceQuota,
-    /// The task measuring the data directory, stopped by [`Store::shutdown`].
+    /// The task measuring the data directory, stopped by [`Store::hand_off`].
     usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task bootstrapping, joining or announcing this store, stopped by shutdown.
     membership_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -245,21 +248,6 @@ impl std::fmt::Debug for Store {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A data directory counts as empty if it is missing or holds nothing.
-/// Empty but for the lock file this process holds.
-fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => Ok(entries
-            .filter_map(Result::ok)
-            .all(|entry| entry.file_name() == LOCK_FILE)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(StoreError::DataDir {
-            dir: dir.display().to_string(),
-            reason: format!("cannot list it: {e}"),
-        }),
-    }
 }
 
 /// The checks of [`Store::open_region`] against what this store knows (`meta`), for a
@@ -301,282 +289,7 @@ fn check_meta_size(meta: &StoreMeta) -> Result<(), KvError> {
     Ok(())
 }
 
-/// What `open` decided from the options and the data directory.
-struct Plan {
-    meta: StoreMeta,
-    fresh: bool,
-}
-
-fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
-    let dir = &options.data_dir;
-    let data_dir_error = |reason: String| StoreError::DataDir {
-        dir: dir.display().to_string(),
-        reason,
-    };
-    // A store that belongs to no cluster bootstraps or joins through --peers, which must
-    // name it; a member only tells them its address (it may have moved since).
-    let check_peers = |cluster: u64| -> Result<(), StoreError> {
-        match &options.peers {
-            Some(peers) if cluster == 0 && !peers.iter().any(|p| p.trim() == advertise) => {
-                Err(StoreError::InvalidOptions(format!(
-                    "--peers {} does not include this store's advertised address {advertise}",
-                    peers.join(",")
-                )))
-            }
-            _ => Ok(()),
-        }
-    };
-    static_regions(options.regions).map_err(StoreError::InvalidOptions)?;
-    match StoreMeta::load(dir).map_err(data_dir_error)? {
-        Some(meta) => {
-            check_peers(meta.cluster)?;
-            Ok(Plan { meta, fresh: false })
-        }
-        None => {
-            check_peers(0)?;
-            if !dir_is_empty(dir)? {
-                return Err(data_dir_error(format!(
-                    "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
-                )));
-            }
-            // A new data dir is a new store, whatever its address or command line.
-            Ok(Plan {
-                meta: StoreMeta {
-                    store: StoreId::random(),
-                    cluster: 0,
-                    bootstrap: None,
-                    regions: Vec::new(),
-                },
-                fresh: true,
-            })
-        }
-    }
-}
-
-/// Under TLS a store's certificate must name it: `flotilla://store/ID` with this data dir's
-/// store id (its peers accept frames only as the store a certificate names).
-fn check_certificate(tls: &TlsConfig, store: StoreId) -> Result<(), StoreError> {
-    use flotilla_node::grpc::roles::Role;
-    let wanted = format!("{}store/{store}", flotilla_node::grpc::roles::URI_PREFIX);
-    match tls.role() {
-        Ok(peer) if peer.role == Role::Store && peer.name == store.to_string() => Ok(()),
-        Ok(peer) => Err(StoreError::InvalidOptions(format!(
-            "--tls-cert names {peer}, but this data dir is store {store}: give this store a \
-             certificate with the URI SAN {wanted} (`flotilla server --init` creates a data \
-             dir and prints its store id first)"
-        ))),
-        Err(why) => Err(StoreError::InvalidOptions(format!(
-            "--tls-cert: {why}; a store needs the URI SAN {wanted}"
-        ))),
-    }
-}
-
-/// Creates the data dir of a new store (a fresh store id, no cluster yet) without starting
-/// it, so that its certificate can name its id; returns the id. Refused if the directory is
-/// in use or already holds a store (its id is returned then, nothing changed).
-pub fn init(data_dir: &Path) -> Result<(StoreId, bool), StoreError> {
-    let created = !data_dir.exists();
-    let lock = DataDirLock::acquire(data_dir, "flotilla server --init").map_err(|reason| {
-        StoreError::DataDir {
-            dir: data_dir.display().to_string(),
-            reason,
-        }
-    })?;
-    let data_dir_error = |reason: String| StoreError::DataDir {
-        dir: data_dir.display().to_string(),
-        reason,
-    };
-    let result = match StoreMeta::load(data_dir).map_err(data_dir_error)? {
-        Some(meta) => Ok((meta.store, false)),
-        None if !dir_is_empty(data_dir)? => Err(data_dir_error(format!(
-            "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
-        ))),
-        None => {
-            let meta = StoreMeta {
-                store: StoreId::random(),
-                cluster: 0,
-                bootstrap: None,
-                regions: Vec::new(),
-            };
-            meta.save(data_dir).map_err(data_dir_error)?;
-            Ok((meta.store, true))
-        }
-    };
-    drop(lock);
-    if result.is_err() && created && dir_is_empty(data_dir).unwrap_or(false) {
-        let _ = std::fs::remove_file(data_dir.join(LOCK_FILE));
-        let _ = std::fs::remove_dir(data_dir);
-    }
-    result
-}
-
 impl Store {
-    /// Opens (or bootstraps) the store and starts serving raft, the CLI service and the KV
-    /// service on `options.address`. Must be called within a multi-threaded tokio runtime.
-    ///
-    /// The data directory is locked first (one process per data directory, the holder
-    /// named when refused); a start that fails leaves a directory it created as it was:
-    /// absent.
-    pub async fn open(options: StoreOptions) -> Result<Store, StoreError> {
-        let dir = options.data_dir.clone();
-        let created = !dir.exists();
-        let lock =
-            DataDirLock::acquire(&dir, &options.address).map_err(|reason| StoreError::DataDir {
-                dir: dir.display().to_string(),
-                reason,
-            })?;
-        let opened = Store::open_locked(options, lock).await;
-        if opened.is_err() && created {
-            // Nothing but the lock file can be in it before store.meta is written.
-            if dir_is_empty(&dir).unwrap_or(false) {
-                let _ = std::fs::remove_file(dir.join(LOCK_FILE));
-                let _ = std::fs::remove_dir(&dir);
-            }
-        }
-        opened
-    }
-
-    async fn open_locked(
-        options: StoreOptions,
-        dir_lock: DataDirLock,
-    ) -> Result<Store, StoreError> {
-        let server = GrpcServer::bind(&options.address)
-            .await
-            .map_err(|e| StoreError::Listen {
-                address: options.address.clone(),
-                reason: e.to_string(),
-            })?;
-        let server = match &options.tls {
-            Some(tls) => server.with_tls(tls.clone()),
-            None => server,
-        };
-        let bound = server.address().as_str().to_string();
-        // Listening on port 0 gives the bound port; otherwise the address as given (so
-        // `localhost:8081` stays what the other stores were told).
-        let listen = if options.address.ends_with(":0") {
-            bound
-        } else {
-            options.address.clone()
-        };
-        let advertise = options.advertise.clone().unwrap_or_else(|| listen.clone());
-        flotilla_node::identity::check_address(&advertise)
-            .map_err(|e| StoreError::InvalidOptions(format!("--advertise-addr: {e}")))?;
-        let Plan { meta, fresh } = plan(&options, &advertise)?;
-        if advertise != listen {
-            // Another process could answer there (behind NAT, in another pod): a live store
-            // that holds the address keeps it. (On the listen address the bind settled it.)
-            membership::refuse_held_address(&advertise, meta.store, options.tls.as_ref()).await?;
-        }
-        std::fs::create_dir_all(&options.data_dir).map_err(|e| StoreError::DataDir {
-            dir: options.data_dir.display().to_string(),
-            reason: format!("cannot create it: {e}"),
-        })?;
-        meta.save(&options.data_dir)
-            .map_err(|reason| StoreError::DataDir {
-                dir: options.data_dir.display().to_string(),
-                reason,
-            })?;
-        let addresses =
-            AddressBook::open(options.data_dir.join(ADDRESS_BOOK_FILE)).map_err(|reason| {
-                StoreError::DataDir {
-                    dir: options.data_dir.display().to_string(),
-                    reason,
-                }
-            })?;
-        let peer_id = meta.store.peer_id();
-        if let Some(tls) = &options.tls {
-            check_certificate(tls, meta.store)?;
-        }
-        if let Some(previous) = addresses.id_at(&advertise).filter(|p| *p != peer_id) {
-            tracing::warn!(address = %advertise, previous = %previous, "this address was recorded for another store; it is this store's now");
-        }
-        if let Some(old) = addresses.get(&peer_id).filter(|a| *a != advertise) {
-            tracing::info!(store = %peer_id, from = %old, to = %advertise, "this store moved: it will tell the cluster its new address");
-        }
-        addresses
-            .set(&peer_id, &advertise)
-            .map_err(|reason| StoreError::DataDir {
-                dir: options.data_dir.display().to_string(),
-                reason,
-            })?;
-        let engine: Arc<dyn KvEngine> = match options.engine {
-            EngineKind::Memory => Arc::new(MemoryEngine::new()),
-            EngineKind::Fjall => {
-                let dir = options.data_dir.join("kv");
-                let engine = tokio::task::spawn_blocking(move || FjallEngine::open(dir))
-                    .await
-                    .map_err(|e| StoreError::Start(format!("opening fjall panicked: {e}")))?
-                    .map_err(|e| StoreError::Start(format!("cannot open the fjall engine: {e}")))?;
-                Arc::new(engine)
-            }
-        };
-        let mut manager_options =
-            ManagerOptions::new(peer_id.clone(), options.data_dir.join("raft"));
-        manager_options.cluster = meta.cluster;
-        manager_options.addresses = addresses.clone();
-        manager_options.tick = options.tick;
-        manager_options.raft.election_timeout_ticks = options.election_timeout_ticks;
-        manager_options.raft.snapshot_interval_ticks = options.snapshot_interval_ticks;
-        // The commit index rides on the next AppendEntries or heartbeat instead of a message
-        // of its own to each follower: 15-20% less CPU per write at 1-16 clients, measured
-        // side by side; followers apply up to a heartbeat later (reads are unaffected).
-        manager_options.raft.commit_broadcast = false;
-        manager_options
-            .raft
-            .validate()
-            .map_err(|e| StoreError::InvalidOptions(format!("raft options: {e}")))?;
-        let grpc_options = GrpcOptions {
-            tls: options.tls.clone(),
-            addresses: addresses.clone(),
-            advertise: Some(advertise.clone()),
-            ..GrpcOptions::default()
-        };
-        let transport = Arc::new(GrpcTransport::new(grpc_options));
-        let manager = NodeManager::open(manager_options, transport)
-            .await
-            .map_err(|e| StoreError::Start(format!("cannot start the raft runtime: {e}")))?;
-        let cluster = meta.cluster;
-        let inner = Arc::new(StoreInner {
-            _lock: dir_lock,
-            id: peer_id,
-            advertise,
-            addresses,
-            peers: options.peers.clone(),
-            regions_at_bootstrap: options.regions,
-            tls: options.tls.clone(),
-            data_dir: options.data_dir.clone(),
-            engine,
-            manager,
-            regions: RwLock::new(BTreeMap::new()),
-            meta: tokio::sync::Mutex::new(meta.clone()),
-            cluster: Mutex::new(cluster),
-            request_timeout: options.request_timeout,
-            fresh,
-            server: Mutex::new(None),
-            quota: SpaceQuota::new(options.quota_bytes),
-            usage_task: Mutex::new(None),
-            membership_task: Mutex::new(None),
-        });
-        let store = Store { inner };
-        // Measured once before serving, so a store restarted over its quota refuses at once.
-        measure_usage(&store.inner).await;
-        let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));
-        *lock(&store.inner.usage_task) = Some(task);
-        for hosted in &meta.regions {
-            store.start_region(hosted).await?;
-        }
-        let handle = crate::service::serve(server, store.clone());
-        *lock(&store.inner.server) = Some(handle);
-        if meta.cluster == 0 {
-            tracing::info!(store = %store.inner.id, address = %store.inner.advertise, "store belongs to no cluster yet");
-        } else {
-            tracing::info!(store = %store.inner.id, cluster = format_args!("{:016x}", meta.cluster), address = %store.inner.advertise, regions = meta.regions.len(), "store started");
-        }
-        let task = tokio::spawn(membership::run(Arc::downgrade(&store.inner)));
-        *lock(&store.inner.membership_task) = Some(task);
-        Ok(store)
-    }
-
     async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
         let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone());
         let handle = machine.handle();
@@ -1091,9 +804,11 @@ impl Store {
             .map_err(|e| KvError::Unknown(format!("the state machine's answer: {e}")))
     }
 
-    /// Stops the store: every region this store leads hands leadership to another peer
-    /// first (bounded by `handoff`), then the runtime stops and the engine is flushed.
-    pub async fn shutdown(&self, handoff: Duration) {
+    /// The first half of stopping: every region this store leads hands leadership to
+    /// another peer (bounded by `handoff`), then the data directory is no longer measured.
+    /// The store still answers: a transfer needs its peers' messages, so whatever serves the
+    /// store keeps serving until this returns (`crate::server::StoreServer::shutdown`).
+    pub async fn hand_off(&self, handoff: Duration) {
         let peers = self.all_peers();
         let transfers = peers
             .iter()
@@ -1108,13 +823,21 @@ impl Store {
         if let Some(task) = lock(&self.inner.usage_task).take() {
             task.abort();
         }
-        let handle = lock(&self.inner.server).take();
-        if let Some(handle) = handle {
-            handle.shutdown().await;
-        }
+    }
+
+    /// The second half of stopping, once nothing serves the store any more: the runtime
+    /// stops and the engine is flushed.
+    pub async fn close(&self) {
         self.inner.manager.shutdown().await;
         let engine = self.inner.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.flush()).await;
+    }
+
+    /// Sets the cluster everywhere this process keeps it (the store's view and the id its
+    /// runtime checks frames against).
+    fn set_cluster(&self, cluster: u64) {
+        *lock(&self.inner.cluster) = cluster;
+        self.inner.manager.set_cluster(cluster);
     }
 }
 
@@ -1175,6 +898,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_node::StoreId;
 
     fn region(id: u64, start: &'static [u8], end: &'static [u8]) -> Region {
         Region::new(

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_kv::client::{ClientOptions, KvClient, ReadConsistency};
+use flotilla_kv::server::StoreServer;
 use flotilla_kv::service::proto::{self, kv_client::KvClient as RawClient};
 use flotilla_kv::store::{EngineKind, Store, StoreOptions};
 use flotilla_node::grpc::ERROR_KIND_KEY;
 
 use crate::util::TempDir;
 
-async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
+async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<StoreServer> {
     // Reserve three addresses (the peer list must be known before the stores start).
     let addresses: Vec<String> = (0..3)
         .map(|_| {
@@ -29,14 +30,14 @@ async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
         options.engine = engine;
         options.tick = Duration::from_millis(20);
         options.election_timeout_ticks = 10;
-        stores.push(Store::open(options).await.expect("open store"));
+        stores.push(StoreServer::start(options).await.expect("open store"));
     }
     // Bootstrap runs in the background: wait until every store adopted the cluster and
     // knows where each region's leader is.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let settled = |stores: &[Store]| {
+    let settled = |stores: &[StoreServer]| {
         stores.iter().all(|s| {
-            let hosted = s.regions();
+            let hosted = s.store().regions();
             hosted.len() == regions as usize
                 && hosted
                     .iter()
@@ -53,10 +54,10 @@ async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<Store> {
     stores
 }
 
-async fn client_for(stores: &[Store], regions: usize) -> KvClient {
+async fn client_for(stores: &[StoreServer], regions: usize) -> KvClient {
     let endpoints: Vec<String> = stores
         .iter()
-        .map(|s| s.advertised_address().to_string())
+        .map(|s| s.store().advertised_address().to_string())
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -113,7 +114,7 @@ async fn routes_batches_and_reads_across_regions() {
     println!("200 concurrent puts: {stats:?}");
     let leader_stats: u64 = stores
         .iter()
-        .map(|s| s.manager().stats().entries_written)
+        .map(|s| s.store().manager().stats().entries_written)
         .sum();
     // Every key reads back, in every read mode, and concurrently (batched gets).
     let mut reads = Vec::new();
@@ -285,4 +286,38 @@ async fn refusals_are_distinct_and_change_nothing() {
     for store in &stores {
         store.shutdown(Duration::from_millis(500)).await;
     }
+}
+
+/// Opening a store needs no listener: two stores open on one address (nothing is bound),
+/// each a fresh store with its own id that answers from its data dir, and each stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opens_without_a_listener() {
+    let dir = TempDir::new("store-unserved");
+    // An address taken by a listener of this test: a store that tried to bind it would fail.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let mut stores = Vec::new();
+    for i in 0..2 {
+        let mut options = StoreOptions::new(address.clone(), dir.path().join(format!("s{i}")));
+        options.engine = EngineKind::Memory;
+        let store = Store::open(options)
+            .await
+            .expect("open a store without a listener");
+        assert!(store.was_fresh());
+        assert_eq!(store.advertised_address(), address);
+        assert_eq!(
+            store.cluster(),
+            0,
+            "no --peers, nobody added it: no cluster yet"
+        );
+        assert!(store.regions().is_empty());
+        assert!(dir.path().join(format!("s{i}")).join("store.meta").exists());
+        stores.push(store);
+    }
+    assert_ne!(stores[0].id(), stores[1].id());
+    for store in &stores {
+        store.hand_off(Duration::from_millis(100)).await;
+        store.close().await;
+    }
+    drop(taken);
 }

@@ -1,0 +1,145 @@
+//! [`ClientError`]: why an operation of a [`super::KvClient`] failed, and what the stores'
+//! answers mean: the result of each op of a write (done, swapped, the previous value, or
+//! the refusal of that one op) and a malformed reply.
+//!
+//! Owns: the outcome of an answer, definite or indeterminate. Must never: call an answer
+//! that may hide an applied write definite (a malformed answer to a write is `Unknown`).
+
+use bytes::Bytes;
+
+use crate::service::proto;
+
+/// Why an operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientError {
+    /// The error kind (`NotLeader`, `KeyTooLarge`, `Unavailable`, `Unknown`, ...): the
+    /// server's `flotilla-error-kind`, or the client's own.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+    /// True when a write may or may not have taken effect.
+    pub indeterminate: bool,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        if self.indeterminate {
+            f.write_str(" (the outcome is unknown: the write may or may not have applied)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl ClientError {
+    pub(super) fn definite(kind: &str, message: impl Into<String>) -> ClientError {
+        ClientError {
+            kind: kind.to_string(),
+            message: message.into(),
+            indeterminate: false,
+        }
+    }
+
+    pub(super) fn unknown(message: impl Into<String>) -> ClientError {
+        ClientError {
+            kind: "Unknown".into(),
+            message: message.into(),
+            indeterminate: true,
+        }
+    }
+}
+
+pub(super) fn wrong_reply() -> ClientError {
+    ClientError::definite("InvalidAnswer", "the store answered with a malformed reply")
+}
+
+pub(super) fn wrong_reply_unknown() -> ClientError {
+    ClientError::unknown("the store answered a write with a malformed reply")
+}
+
+/// The kind of an op refused inside a batch, whose result carries only the message: the
+/// refusals a caller acts on keep their kind, the rest are `Refused`.
+pub(super) fn element_error_kind(message: &str) -> &'static str {
+    // The texts of `KvError::NoSpace` and `KvError::KeyEmpty` (a test checks they match).
+    if message.starts_with("no space:") {
+        "NoSpace"
+    } else if message == "key is empty" {
+        "KeyEmpty"
+    } else {
+        "Refused"
+    }
+}
+
+pub(super) fn op_error(result: &proto::OpResult) -> Option<ClientError> {
+    match &result.result {
+        Some(proto::op_result::Result::Error(why)) => {
+            Some(ClientError::definite(element_error_kind(why), why.clone()))
+        }
+        None => Some(wrong_reply_unknown()),
+        _ => None,
+    }
+}
+
+pub(super) fn done(result: proto::OpResult) -> Result<(), ClientError> {
+    match op_error(&result) {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn swapped(result: proto::OpResult) -> Result<bool, ClientError> {
+    if let Some(error) = op_error(&result) {
+        return Err(error);
+    }
+    match result.result {
+        Some(proto::op_result::Result::Swapped(swapped)) => Ok(swapped),
+        _ => Err(wrong_reply_unknown()),
+    }
+}
+
+pub(super) fn previous(result: proto::OpResult) -> Result<Option<Bytes>, ClientError> {
+    if let Some(error) = op_error(&result) {
+        return Err(error);
+    }
+    match result.result {
+        Some(proto::op_result::Result::Previous(value)) => Ok(value.found.then_some(value.value)),
+        _ => Err(wrong_reply_unknown()),
+    }
+}
+
+/// `error` and its sources, joined.
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_element_refusals_keep_their_kind() {
+        let no_space = crate::KvError::NoSpace {
+            store: "s:1".into(),
+            used: 2,
+            quota: 1,
+        };
+        assert_eq!(element_error_kind(&no_space.to_string()), "NoSpace");
+        assert_eq!(
+            element_error_kind(&crate::KvError::KeyEmpty.to_string()),
+            "KeyEmpty"
+        );
+        assert_eq!(
+            element_error_kind("key \"z\" is outside region 1"),
+            "Refused"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The route table of a [`super::KvClient`]: the regions by start key, each with its
+//! peers and the leader last seen, rebuilt from what the stores report; which store a
+//! request goes to.
+//!
+//! Owns: the choice among the reports of several stores (per region the newest epoch, then
+//! the leader with the highest term), the leader hints, the rotation of follower reads and
+//! leaderless retries over a region's peers, and the pace of refreshes an unreachable store
+//! causes. Must never: route to a region reported without voters (a peer opened but not
+//! added: its range would take the routes of the regions that serve).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::region::Region;
+use crate::service::proto;
+use crate::service::region_of;
+
+/// Least time between two route refreshes caused by an unreachable store.
+const UNREACHABLE_REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// A region as the client routes it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The region.
+    pub region: Region,
+    /// Its leader as last seen.
+    pub leader: Option<String>,
+    /// Voters.
+    pub peers: Vec<String>,
+    /// Learners.
+    pub learners: Vec<String>,
+}
+
+/// The region holding `key` in `routes`.
+fn route_in(routes: &BTreeMap<Bytes, Route>, key: &[u8]) -> Option<Route> {
+    routes
+        .range::<[u8], _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(key)))
+        .next_back()
+        .map(|(_, route)| route)
+        .filter(|route| route.region.contains(key))
+        .cloned()
+}
+
+/// The routes of a client (shared by its clones).
+pub(super) struct RouteTable {
+    routes: RwLock<BTreeMap<Bytes, Route>>,
+    /// Held by the refresh in progress: one at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The cluster id the stores reported (0 if none did).
+    cluster: AtomicU64,
+    /// Rotates follower reads and leaderless retries over the peers.
+    rotation: AtomicUsize,
+    /// When an unreachable store last triggered a route refresh.
+    unreachable_refresh: Mutex<Option<Instant>>,
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub(super) fn new() -> RouteTable {
+        RouteTable {
+            routes: RwLock::new(BTreeMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+            cluster: AtomicU64::new(0),
+            rotation: AtomicUsize::new(0),
+            unreachable_refresh: Mutex::new(None),
+        }
+    }
+
+    /// The cluster id the stores reported (0 if none did).
+    pub(super) fn cluster(&self) -> u64 {
+        self.cluster.load(Ordering::Relaxed)
+    }
+
+    /// Every route, by start key.
+    pub(super) fn all(&self) -> Vec<Route> {
+        self.routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The route of the region holding `key`, if known.
+    pub(super) fn lookup(&self, key: &[u8]) -> Option<Route> {
+        route_in(
+            &self
+                .routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            key,
+        )
+    }
+
+    /// Waits for the refresh in progress, if any; the guard keeps others waiting.
+    pub(super) async fn one_refresh_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.refreshing.lock().await
+    }
+
+    /// Rebuilds the table from what the stores report: per region the newest epoch, and
+    /// the leader reported by the store that leads it with the highest term. A region
+    /// reported without voters is not routed to.
+    pub(super) fn install(&self, replies: &[proto::RegionsReply]) {
+        let mut best: BTreeMap<u64, (proto::RegionInfo, bool)> = BTreeMap::new();
+        for reply in replies {
+            if reply.cluster != 0 {
+                self.cluster.store(reply.cluster, Ordering::Relaxed);
+            }
+            for info in &reply.regions {
+                if info.peers.is_empty() {
+                    // A peer that belongs to no configuration (opened, not added yet; or
+                    // opened by mistake): it serves nothing, and its range must not take
+                    // the routes of the regions that do.
+                    continue;
+                }
+                let leads = info.role == "leader";
+                let better = match best.get(&info.id) {
+                    None => true,
+                    Some((old, old_leads)) => {
+                        let new_key = (info.conf_version, info.version, leads, info.term);
+                        let old_key = (old.conf_version, old.version, *old_leads, old.term);
+                        new_key > old_key
+                    }
+                };
+                if better {
+                    best.insert(info.id, (info.clone(), leads));
+                }
+            }
+        }
+        let mut routes = BTreeMap::new();
+        for (info, _) in best.into_values() {
+            let Ok(region) = region_of(&info) else {
+                continue;
+            };
+            routes.insert(
+                region.start.clone(),
+                Route {
+                    region,
+                    leader: (!info.leader.is_empty()).then(|| info.leader.clone()),
+                    peers: info.peers.clone(),
+                    learners: info.learners.clone(),
+                },
+            );
+        }
+        *self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = routes;
+    }
+
+    /// Records `leader` (`None`: not known) as the leader of `region`, if the table still
+    /// routes its start key to it.
+    pub(super) fn set_leader(&self, region: &Region, leader: Option<String>) {
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(route) = routes.get_mut(&region.start) {
+            if route.region.id == region.id {
+                route.leader = leader;
+            }
+        }
+    }
+
+    /// Whether an unreachable store may trigger a refresh now: at most once per
+    /// [`UNREACHABLE_REFRESH_EVERY`] (a yes counts as the refresh starting).
+    pub(super) fn unreachable_refresh_due(&self) -> bool {
+        let mut last = self
+            .unreachable_refresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < UNREACHABLE_REFRESH_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// The store to send to: the leader (unless `is_down`), else the next live peer in
+    /// rotation (any peer if all are down).
+    pub(super) fn pick(
+        &self,
+        route: &Route,
+        follower: bool,
+        is_down: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        if !follower {
+            if let Some(leader) = &route.leader {
+                if !is_down(leader) {
+                    return Some(leader.clone());
+                }
+            }
+        }
+        let all: Vec<&String> = if follower {
+            route.peers.iter().chain(&route.learners).collect()
+        } else {
+            route.peers.iter().collect()
+        };
+        let live: Vec<&String> = all.iter().copied().filter(|p| !is_down(p)).collect();
+        let candidates = if live.is_empty() { all } else { live };
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+        Some(candidates[turn % candidates.len()].clone())
+    }
+
+    /// The known regions that share a key with `[start, end)` (an empty `end`: unbounded),
+    /// by start key.
+    pub(super) fn overlapping(&self, start: &Bytes, end: &Bytes) -> Vec<Region> {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes
+            .values()
+            .map(|r| r.region.clone())
+            .filter(|r| {
+                let after_start = r.end.is_empty() || r.end.as_ref() > start.as_ref();
+                let before_end = end.is_empty() || r.start.as_ref() < end.as_ref();
+                after_start && before_end
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,50 @@
+//! The ids of the KV layer's vocabulary (docs/DESIGN.md: region, epoch): [`RegionId`] and
+//! [`Epoch`], newtypes so that a region id can never be passed as an epoch or a raft index
+//! (STYLE.md §2).
+//!
+//! Owns: the two types and how they print. A leaf: it depends on no other file of the crate,
+//! so every other file (errors, codecs, engines, the store, the client) may name them.
+//! Must never: grow behaviour that needs the rest of the crate (region ranges live in
+//! `region`).
+
+use std::fmt;
+
+/// Identifies a region (and its raft group) across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RegionId(pub u64);
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A region's version (RheaKV's `RegionEpoch`): `conf_version` for its membership, `version`
+/// for its range. Regions are static today (made at bootstrap), so both stay 1: membership
+/// changes do not bump `conf_version` yet, and there is no split or merge; the placement
+/// driver will move them as TiKV does. A request carrying an epoch other than
+/// the region's current one is refused as stale. Ordered by `conf_version`, then `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch {
+    /// Configuration version (1 today; see the type's notes).
+    pub conf_version: u64,
+    /// Range version: bumped by every split or merge.
+    pub version: u64,
+}
+
+impl Epoch {
+    /// An epoch with the two versions given.
+    #[must_use]
+    pub const fn new(conf_version: u64, version: u64) -> Epoch {
+        Epoch {
+            conf_version,
+            version,
+        }
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(conf {}, version {})", self.conf_version, self.version)
+    }
+}

@@ -1,0 +1,8 @@
+//! The code protox and tonic generate from `proto/kv.proto` at build time (see `build.rs`):
+//! the messages of the KV service and its tonic client and server.
+//!
+//! Owns: nothing but the generated code. A leaf of the crate: the store (its `Hello`
+//! exchange), the service and the client all name these messages, so they live apart from
+//! the service that implements them. Must never: hold hand-written code.
+
+tonic::include_proto!("flotilla.kv.v1");
