@@ -278,7 +278,8 @@ class Crate:
                     module.uses.append(segs)
         text_no_use = re.sub(r"(?:\bpub\s*(?:\([^)]*\))?\s+)?\buse\s+[^;]+;", " ", text)
         # A re-exported name this file also uses itself is a dependency as well.
-        words = set(re.findall(IDENT, text_no_use))
+        # (Words after `::` or `.` are an enum's variants, fields and methods, not the name.)
+        words = set(re.findall(r"(?<![A-Za-z0-9_.:])" + IDENT, text_no_use))
         for name, segs in module.reexports.items():
             if name in words:
                 module.uses.append(segs)

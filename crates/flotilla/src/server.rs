@@ -269,7 +269,7 @@ async fn serve(options: StoreOptions) -> i32 {
     );
     if plain_text && beyond_loopback(&listen).await {
         // Without TLS nothing tells a store from any other process: raft frames, admin
-        // calls and writes are accepted from whoever connects (issue 12).
+        // calls and writes are accepted from whoever connects.
         eprintln!(
             "flotilla server {}: WARNING: listening beyond loopback without TLS: anyone who \
              can reach this port is trusted, raft traffic and administration included; use \
