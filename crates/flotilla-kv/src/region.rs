@@ -169,3 +169,14 @@ impl fmt::Display for Region {
         )
     }
 }
+
+/// The region described by `info` (id, range, epoch), checked: how the client and the
+/// service read a region off the wire.
+pub fn region_of(info: &crate::service::proto::RegionInfo) -> Result<Region, KvError> {
+    Region::new(
+        RegionId(info.id),
+        info.start.clone(),
+        info.end.clone(),
+        Epoch::new(info.conf_version, info.version),
+    )
+}

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::region::region_of;
 use crate::region::Region;
 use crate::service::proto;
-use crate::service::region_of;
 
 /// Least time between two route refreshes caused by an unreachable store.
 const UNREACHABLE_REFRESH_EVERY: Duration = Duration::from_secs(1);

@@ -17,7 +17,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::command::{KvCommand, KvOutput};
 use crate::error::KvError;
 use crate::ids::{Epoch, RegionId};
-use crate::region::Region;
+use crate::region::{region_of, Region};
 use crate::store::Store;
 
 /// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.
@@ -218,16 +218,6 @@ pub fn region_info(status: &crate::store::RegionStatus) -> proto::RegionInfo {
         peer_ids: status.peer_ids.clone(),
         learner_ids: status.learner_ids.clone(),
     }
-}
-
-/// The region described by `info` (id, range, epoch), checked.
-pub fn region_of(info: &proto::RegionInfo) -> Result<Region, KvError> {
-    Region::new(
-        RegionId(info.id),
-        info.start.clone(),
-        info.end.clone(),
-        Epoch::new(info.conf_version, info.version),
-    )
 }
 
 /// The KV service of one store (what `crate::server` serves: [`kv_server`]).
