@@ -17,7 +17,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::command::{KvCommand, KvOutput};
 use crate::error::KvError;
 use crate::ids::{Epoch, RegionId};
-use crate::region::{region_of, Region};
+use crate::region::region_of;
 use crate::store::Store;
 
 /// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.
