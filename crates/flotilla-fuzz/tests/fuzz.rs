@@ -182,6 +182,11 @@ fn raft_meta_takes_2000_inputs_without_a_crash() {
 }
 
 #[test]
+fn raft_meta_legacy_takes_2000_inputs_without_a_crash() {
+    clean_run("raft-meta-legacy");
+}
+
+#[test]
 fn snapshot_manifest_takes_2000_inputs_without_a_crash() {
     clean_run("snapshot-manifest");
 }

@@ -25,7 +25,8 @@
 //! [`NodeManager::describe`] asks the round for every group's dump. Per-group work in the
 //! round runs in debug-level `tracing` spans carrying group, peer and term.
 //!
-//! Known debt: each meta save and each snapshot reset is its own fsync; a round's write is
+//! Known debt: each snapshot reset is its own fsync (a round's term/vote saves are one
+//! journal write, `flotilla_storage::FileMetaStorage`); a round's write is
 //! not pipelined with the next round's work; a sleeping follower whose leader's *group*
 //! (not process) went away on a live process — stopped by a state machine failure — is not
 //! woken by the beacons (a request or a message wakes it).
@@ -68,7 +69,7 @@ pub struct ManagerStats {
     pub entries_written: u64,
     /// Group-writes covered by those log writes (a log write covering 5 groups counts 5).
     pub group_writes: u64,
-    /// Term/vote saves (each fsynced).
+    /// Term/vote saves (groups whose meta was saved; a round's are one fsynced write).
     pub meta_saves: u64,
     /// Frames handed to the transport.
     pub frames_sent: u64,

@@ -789,7 +789,7 @@ fn render_process_histograms(w: &mut Writer, manager: &ManagerMetrics) {
         ),
         (
             "flotilla_meta_save_seconds",
-            "One term and vote save including its fsync.",
+            "One round's term and vote saves (one journal write and fsync).",
             &manager.meta_save_seconds,
         ),
     ];

@@ -12,8 +12,8 @@
 //!   a torn tail is cut (and reported), any other damage stops the open naming the file and
 //!   offset. A failed write or fsync fails the log for good. [`GroupLog`] is one group's
 //!   view: the core's `LogStore` and this crate's [`LogStorage`].
-//! - [`FileMetaStorage`] ([`meta`]): term and vote per group, replaced atomically and
-//!   fsynced before `save` returns.
+//! - [`FileMetaStorage`] ([`meta`]): term and vote of every group in one journal, a batch
+//!   of groups one write and one fsync before `save_many` returns.
 //! - [`SnapshotStore`] ([`snapshot`]): a directory per snapshot with a checksummed
 //!   manifest, committed by rename; chunked, verified, resumable, throttled copy from a
 //!   [`SnapshotSource`].

@@ -51,6 +51,14 @@ pub trait MetaStorage {
     fn load(&self, group: GroupId) -> Result<RaftMeta, StorageError>;
     /// Saves term and vote atomically. Durable on return.
     fn save(&mut self, group: GroupId, meta: &RaftMeta) -> Result<(), StorageError>;
+    /// Saves the metas of several groups, each atomically; all durable on return. A
+    /// journal makes this one write and one fsync (the runtime saves a round's changes so).
+    fn save_many(&mut self, metas: &[(GroupId, RaftMeta)]) -> Result<(), StorageError> {
+        for (group, meta) in metas {
+            self.save(*group, meta)?;
+        }
+        Ok(())
+    }
 }
 
 /// A group's snapshot store (SOFAJRaft's `SnapshotStorage`): create a writer, open a reader

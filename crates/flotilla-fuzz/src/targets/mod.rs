@@ -24,6 +24,7 @@ pub fn all() -> Vec<Target> {
         kv::store_meta(),
         storage::log_segment(),
         storage::raft_meta(),
+        storage::raft_meta_legacy(),
         storage::snapshot_manifest(),
         storage::snapshot_copy(),
         raft::raft_step(),

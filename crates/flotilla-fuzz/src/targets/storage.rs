@@ -1,6 +1,7 @@
 //! Targets on what flotilla-storage reads back from disk: `log-segment` (a shared-log
-//! segment recovered by `SharedLog::open`, then every entry read back), `raft-meta` (a
-//! group's meta file through `FileMetaStorage::open`) and `snapshot-manifest`
+//! segment recovered by `SharedLog::open`, then every entry read back), `raft-meta` (the
+//! meta journal through `FileMetaStorage::open`), `raft-meta-legacy` (a group's meta file of
+//! the older layout, migrated at open) and `snapshot-manifest`
 //! (`Manifest::decode`).
 //!
 //! Owns: seeds written by the storage module itself on its simulated file system, and the
@@ -318,9 +319,9 @@ pub(crate) fn fix_framed(data: &mut [u8], rng: &mut Rng) {
     data[crc_at..].copy_from_slice(&sum.to_le_bytes());
 }
 
-/// Meta files `FileMetaStorage` wrote: no vote, a vote, a long vote at the edge term.
-fn meta_seeds() -> Vec<Vec<u8>> {
-    let metas = [
+/// Metas worth seeding: no vote, a vote, a long vote at the edge term.
+fn seed_metas() -> [RaftMeta; 3] {
+    [
         RaftMeta::default(),
         RaftMeta {
             term: Term(3),
@@ -330,25 +331,62 @@ fn meta_seeds() -> Vec<Vec<u8>> {
             term: Term(u64::MAX),
             vote: Some(PeerId::new(&"h".repeat(300))),
         },
+    ]
+}
+
+/// Journals `FileMetaStorage` wrote: one save, a batch of groups, a group saved twice.
+fn meta_seeds() -> Vec<Vec<u8>> {
+    let metas = seed_metas();
+    let batches: [Vec<Vec<(u64, RaftMeta)>>; 3] = [
+        vec![vec![(META_GROUP, metas[1].clone())]],
+        vec![metas
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (META_GROUP + i as u64, m.clone()))
+            .collect()],
+        vec![
+            vec![(META_GROUP, metas[0].clone())],
+            vec![(META_GROUP, metas[2].clone())],
+        ],
     ];
-    metas
+    batches
         .iter()
-        .map(|meta| {
+        .map(|saves| {
             let fs = SimFs::new();
             let mut storage =
                 FileMetaStorage::open(Arc::new(fs.clone()), META_DIR).expect("seed meta dir opens");
-            storage.save(META_GROUP, meta).expect("seed meta saved");
-            fs.read_all(&Path::new(META_DIR).join(format!("{META_GROUP}.meta")))
-                .expect("seed meta file")
+            for batch in saves {
+                storage.save_many(batch).expect("seed metas saved");
+            }
+            fs.read_all(&Path::new(META_DIR).join("journal"))
+                .expect("seed meta journal")
         })
         .collect()
 }
 
-fn run_meta(bytes: &[u8]) -> bool {
+/// Repairs the journal records' checksums (header and body) as far as their lengths
+/// reach, so that mutants get past them to the counts and fields behind.
+fn fix_journal(data: &mut [u8], _rng: &mut Rng) {
+    let mut at = 0;
+    while at + 12 <= data.len() {
+        let sum = crc(&data[at..at + 8]);
+        data[at + 8..at + 12].copy_from_slice(&sum.to_le_bytes());
+        let len = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let end = at + 12 + len as usize;
+        if end + 4 > data.len() {
+            return;
+        }
+        let sum = crc(&data[at + 12..end]);
+        data[end..end + 4].copy_from_slice(&sum.to_le_bytes());
+        at = end + 4;
+    }
+}
+
+fn run_meta_file(name: &str, bytes: &[u8]) -> bool {
     let fs = SimFs::new();
     let dir = Path::new(META_DIR);
     let written = fs.create_dir_all(dir).and_then(|()| {
-        let mut file = fs.open_append(&dir.join(format!("{META_GROUP}.meta")))?;
+        let mut file = fs.open_append(&dir.join(name))?;
         file.append(bytes)?;
         file.sync()
     });
@@ -359,13 +397,33 @@ fn run_meta(bytes: &[u8]) -> bool {
     storage.load(META_GROUP).is_ok()
 }
 
-/// `raft-meta`: a group's term-and-vote file.
+/// `raft-meta`: the process's term-and-vote journal.
 pub(crate) fn raft_meta() -> Target {
     Target {
         name: "raft-meta",
-        about: "<group>.meta bytes on SimFs -> FileMetaStorage::open -> load",
+        about: "meta journal bytes on SimFs -> FileMetaStorage::open -> load",
         seeds: meta_seeds,
-        run: run_meta,
+        run: |bytes| run_meta_file("journal", bytes),
+        fixup: Some(|data, rng| fix_journal(data, rng)),
+    }
+}
+
+/// Per-group meta files of the older layout, as it wrote them.
+fn legacy_meta_seeds() -> Vec<Vec<u8>> {
+    seed_metas()
+        .iter()
+        .map(|meta| flotilla_storage::meta::encode_legacy(META_GROUP, meta))
+        .collect()
+}
+
+/// `raft-meta-legacy`: a group's term-and-vote file of the older layout, which opening
+/// migrates into the journal.
+pub(crate) fn raft_meta_legacy() -> Target {
+    Target {
+        name: "raft-meta-legacy",
+        about: "<group>.meta bytes on SimFs -> FileMetaStorage::open (migration) -> load",
+        seeds: legacy_meta_seeds,
+        run: |bytes| run_meta_file(&format!("{META_GROUP}.meta"), bytes),
         fixup: Some(|data, rng| fix_framed(data, rng)),
     }
 }
