@@ -119,9 +119,9 @@ impl Driver {
                 self.watched.insert(id, (leader, woken_at));
                 continue;
             }
-            tracing::info!(group = id, leader = %leader, ?silence, "woken follower's leader silent: campaigning");
+            tracing::debug!(group = id, leader = %leader, ?silence, "woken follower's leader silent: electing");
             if let Some(group) = self.groups.get_mut(&id) {
-                group.raft.wake_and_campaign();
+                wake_to_elect(&mut group.raft, id, &leader, &self.shared.id);
                 active.insert(id);
             }
         }
@@ -213,6 +213,7 @@ impl Driver {
     ) {
         for process in self.liveness.silent(now, self.silence_threshold()) {
             let silence = self.liveness.silence(&process, now).unwrap_or_default();
+            let (mut woken, mut campaigning) = (0u64, 0u64);
             for id in self.sleepers.following(&process) {
                 let timeout = match self.groups.get(&id) {
                     Some(group) => self.ticks_duration(group.election_timeout_ticks()),
@@ -224,10 +225,17 @@ impl Driver {
                 let Some(group) = self.groups.get_mut(&id) else {
                     continue;
                 };
-                tracing::info!(group = id, leader = %process, ?silence, "leader's process silent: waking to campaign");
-                group.raft.wake_and_campaign();
+                woken += 1;
+                if wake_to_elect(&mut group.raft, id, &process, &self.shared.id) {
+                    campaigning += 1;
+                }
                 active.insert(id);
                 self.note_if_woken(id, WakeReason::LeaderDown, None);
+            }
+            if woken > 0 {
+                // One line per silent process, not one per group: thousands of groups wake
+                // together when a store dies.
+                tracing::info!(leader = %process, ?silence, groups = woken, campaigning_here = campaigning, "leader's process silent: groups woken to elect");
             }
         }
     }
@@ -241,13 +249,14 @@ impl Driver {
             .all()
             .map(|(id, leader)| (id, leader.cloned()))
             .collect();
+        let mut woken = 0u64;
         for (id, leader) in sleeping {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
             let reason = match leader {
                 Some(leader) if leader == *process => {
-                    group.raft.wake_and_campaign();
+                    wake_to_elect(&mut group.raft, id, process, &self.shared.id);
                     WakeReason::LeaderRestarted
                 }
                 None if group.raft.configuration().contains(process) => {
@@ -256,9 +265,54 @@ impl Driver {
                 }
                 _ => continue,
             };
-            tracing::info!(group = id, peer = %process, reason = reason.name(), "peer's process restarted: waking");
+            tracing::debug!(group = id, peer = %process, reason = reason.name(), "peer's process restarted: waking");
+            woken += 1;
             active.insert(id);
             self.note_if_woken(id, reason, None);
         }
+        if woken > 0 {
+            tracing::info!(peer = %process, groups = woken, "peer's process restarted: groups woken");
+        }
     }
+}
+
+/// Wakes a follower whose leader (`gone`) is judged gone, to elect a new one: the voter that
+/// ranks first for this group among the others campaigns now, the rest wait their
+/// randomised election timeout and vote for it. Returns whether this peer campaigns.
+///
+/// Every peer ranks the same way without a word exchanged (a hash of group and peer id),
+/// so when a store dies its thousands of groups each get one candidate instead of two that
+/// split the vote, and the new leaders spread over the survivors instead of going to
+/// whichever process's round ran first.
+fn wake_to_elect<S: flotilla_raft::LogStore>(
+    raft: &mut flotilla_raft::Raft<S>,
+    group: GroupId,
+    gone: &PeerId,
+    me: &PeerId,
+) -> bool {
+    let first = raft
+        .configuration()
+        .voters
+        .iter()
+        .filter(|peer| *peer != gone)
+        .min_by_key(|peer| (election_rank(group, peer), peer.as_str().to_owned()))
+        .cloned();
+    if first.as_ref() == Some(me) {
+        raft.wake_and_campaign();
+        true
+    } else {
+        raft.wake_to_elect();
+        false
+    }
+}
+
+/// A peer's place in line to campaign for `group` (lowest first): FNV-1a over the group
+/// id and the peer id, the same on every process.
+fn election_rank(group: GroupId, peer: &PeerId) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in group.to_le_bytes().iter().chain(peer.as_str().as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }

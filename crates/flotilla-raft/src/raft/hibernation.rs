@@ -65,12 +65,25 @@ impl<S: LogStore> Raft<S> {
         if self.role != Role::Follower {
             return;
         }
-        self.stop_hibernating();
-        self.vote_guard_until = self.now;
-        self.reset_election_timer();
+        self.wake_to_elect();
         if self.may_campaign() && self.priority_allows_campaign() {
             self.campaign(false);
         }
+    }
+
+    /// As [`Raft::wake_and_campaign`], without campaigning now: the follower wakes, stops
+    /// refusing votes on the gone leader's behalf and restarts its (randomised) election
+    /// timer, so it votes for whichever peer campaigns first and campaigns itself only if
+    /// no one wins within its timeout. A driver that wakes many groups at once picks one
+    /// peer per group to campaign at once and wakes the others so: two survivors that
+    /// campaign together split their votes and wait out another timeout.
+    pub fn wake_to_elect(&mut self) {
+        if self.role != Role::Follower {
+            return;
+        }
+        self.stop_hibernating();
+        self.vote_guard_until = self.now;
+        self.reset_election_timer();
     }
 
     /// Leaves hibernation without sending anything (role changes, which send their own).
