@@ -626,7 +626,7 @@ fn status_filters_by_store_and_health_as_stores_die() {
         serde_json::json!({
             "stores": {"total": 3, "reachable": 3, "unreachable": 0},
             "regions": {"total": 3, "led": 3, "without_leader": 0, "unhealthy": 0, "listed": 3},
-            "unhealthy_by_reason": {"no_leader": 0, "peer_down": 0, "peer_missing": 0,
+            "unhealthy_by_reason": {"no_leader": 0, "no_quorum": 0, "peer_down": 0, "peer_missing": 0,
                                     "lagging": 0, "epoch_mismatch": 0},
             "applied_lag_max": 1000
         }),
@@ -729,7 +729,8 @@ fn status_filters_by_store_and_health_as_stores_die() {
         "{text}"
     );
 
-    // The leader of region 1 dies too: with two of its three voters gone, no store leads it.
+    // The leader of region 1 dies too: two of three voters gone, no region has a quorum,
+    // and no store leads region 1 (the survivor cannot win an election).
     let leader = status["regions"][0]["leader"].as_str().unwrap().to_string();
     let index = cluster
         .servers
@@ -740,6 +741,10 @@ fn status_filters_by_store_and_health_as_stores_die() {
     let status = status_until(&e, &["status", "--region", "1"], minute, |s| {
         has_problem(&s["regions"][0], "no_leader", None)
     });
+    assert!(
+        has_problem(&status["regions"][0], "no_quorum", None),
+        "{status}"
+    );
     let summary = &status["summary"];
     assert!(
         summary["regions"]["without_leader"].as_u64() >= Some(1),
@@ -749,8 +754,10 @@ fn status_filters_by_store_and_health_as_stores_die() {
         summary["regions"]["without_leader"], summary["unhealthy_by_reason"]["no_leader"],
         "{status}"
     );
+    assert_eq!(summary["unhealthy_by_reason"]["no_quorum"], 3, "{status}");
     assert_eq!(summary["stores"]["reachable"], 1, "{status}");
     assert_eq!(summary["regions"]["unhealthy"], 3, "{status}");
+    assert_eq!(summary["regions"]["listed"], 1, "{status}");
 }
 
 /// At more than 50 regions the text answer is the summary alone and says how to see the

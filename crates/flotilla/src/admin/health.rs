@@ -5,6 +5,9 @@
 //!
 //! - `no_leader`: no store that answered says it leads the region (an election is under
 //!   way, or too few voters are up to elect one).
+//! - `no_quorum`: fewer than a majority of the region's voters are on stores that answered
+//!   and report the region: it can neither elect a leader nor commit a write (a leader
+//!   that hibernated before losing its majority may still say it leads).
 //! - `peer_down`: a voter or learner of the region is on a store that did not answer
 //!   (down, unreachable, or no store knows its address).
 //! - `peer_missing`: a voter or learner is on a store that answered but does not report the
@@ -30,6 +33,7 @@ pub(super) const APPLIED_LAG_MAX: u64 = 1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Reason {
     NoLeader,
+    NoQuorum,
     PeerDown,
     PeerMissing,
     Lagging,
@@ -37,8 +41,9 @@ pub(super) enum Reason {
 }
 
 impl Reason {
-    pub(super) const ALL: [Reason; 5] = [
+    pub(super) const ALL: [Reason; 6] = [
         Reason::NoLeader,
+        Reason::NoQuorum,
         Reason::PeerDown,
         Reason::PeerMissing,
         Reason::Lagging,
@@ -49,6 +54,7 @@ impl Reason {
     pub(super) fn name(self) -> &'static str {
         match self {
             Reason::NoLeader => "no_leader",
+            Reason::NoQuorum => "no_quorum",
             Reason::PeerDown => "peer_down",
             Reason::PeerMissing => "peer_missing",
             Reason::Lagging => "lagging",
@@ -57,7 +63,8 @@ impl Reason {
     }
 }
 
-/// One reason a region needs attention, and the store it concerns (none for `no_leader`).
+/// One reason a region needs attention, and the store it concerns (none for `no_leader`
+/// and `no_quorum`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Problem {
     pub(super) reason: Reason,
@@ -106,6 +113,15 @@ pub(super) fn judge(
     if leader.is_none() {
         problems.push(Problem {
             reason: Reason::NoLeader,
+            store: None,
+            behind: None,
+        });
+    }
+    let voters: BTreeSet<&str> = merged.peer_ids.iter().map(String::as_str).collect();
+    let voters_up = voters.iter().filter(|v| reports.contains_key(*v)).count();
+    if voters_up < voters.len() / 2 + 1 {
+        problems.push(Problem {
+            reason: Reason::NoQuorum,
             store: None,
             behind: None,
         });
@@ -212,6 +228,35 @@ mod tests {
         assert_eq!(
             judged(&views, &[B, C, D], 10),
             [(Reason::NoLeader, None), (Reason::PeerDown, Some(A.into()))]
+        );
+    }
+
+    #[test]
+    fn a_region_with_a_minority_of_its_voters_reporting_has_no_quorum_even_with_a_leader() {
+        // A leader that hibernated before B and C died still says it leads.
+        let views = vec![
+            (A, report("leader", 100, 100)),
+            (D, report("learner", 100, 100)),
+        ];
+        assert_eq!(
+            judged(&views, &[A, D], 10),
+            [
+                (Reason::NoQuorum, None),
+                (Reason::PeerDown, Some(B.into())),
+                (Reason::PeerDown, Some(C.into()))
+            ]
+        );
+        // Two of three voters are a majority; a learner counts for nothing.
+        let views = vec![
+            (A, report("leader", 100, 100)),
+            (B, report("follower", 100, 100)),
+        ];
+        assert_eq!(
+            judged(&views, &[A, B], 10),
+            [
+                (Reason::PeerDown, Some(C.into())),
+                (Reason::PeerDown, Some(D.into()))
+            ]
         );
     }
 

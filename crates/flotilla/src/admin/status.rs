@@ -29,7 +29,8 @@ pub struct StatusArgs {
     #[arg(long, value_name = "STORE")]
     pub store: Option<String>,
     /// Only regions that need attention, for any of these reasons: no_leader (no store that
-    /// answered says it leads the region); peer_down (a voter or learner is on a store that
+    /// answered says it leads the region); no_quorum (fewer than a majority of its voters are
+    /// on stores that answered and report the region); peer_down (a voter or learner is on a store that
     /// did not answer); peer_missing (a voter or learner is on a store that answered but
     /// does not report the region); lagging (a voter or learner applied more than
     /// --applied-lag-max entries fewer than the leader's commit index); epoch_mismatch (a
@@ -348,13 +349,13 @@ fn store_lines(stores: &[Value]) -> Vec<String> {
         .max()
         .unwrap_or(0);
     let mut lines = vec![format!(
-        "  {:<16}  {:<width$}  {:>9}  {:>7}  {:>7}",
+        "  {:<16}  {:<width$}  {:<9}  {:>7}  {:>7}",
         "STORE", "ADDRESS", "REACHABLE", "REGIONS", "LEADERS"
     )];
     for store in stores {
         let reachable = store["reachable"] == Value::Bool(true);
         let mut line = format!(
-            "  {:<16}  {:<width$}  {:>9}  {:>7}  {:>7}",
+            "  {:<16}  {:<width$}  {:<9}  {:>7}  {:>7}",
             text(&store["id"]),
             text(&store["address"]),
             if reachable { "yes" } else { "no" },
