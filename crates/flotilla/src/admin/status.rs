@@ -420,3 +420,95 @@ fn human(
     }
     lines.join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(regions: usize) -> Summary {
+        Summary {
+            stores: 0,
+            stores_reachable: 0,
+            regions,
+            led: regions,
+            unhealthy: 0,
+            by_reason: BTreeMap::new(),
+            listed: regions,
+            applied_lag_max: APPLIED_LAG_MAX,
+        }
+    }
+
+    fn lines_of(count: usize, filters: &Filters, all: bool) -> (usize, String) {
+        let infos: Vec<RegionInfo> = (1..=count as u64)
+            .map(|id| RegionInfo {
+                id,
+                ..RegionInfo::default()
+            })
+            .collect();
+        let listed: Vec<Listed<'_>> = infos
+            .iter()
+            .map(|info| Listed {
+                info,
+                problems: Vec::new(),
+                hosts: BTreeSet::new(),
+            })
+            .collect();
+        let text = human(&summary(count), &[], filters, all, &listed);
+        let lines = text.lines().filter(|l| l.starts_with("region ")).count();
+        (lines, text)
+    }
+
+    const NONE: Filters = Filters {
+        region: None,
+        store: None,
+        unhealthy: false,
+    };
+
+    #[test]
+    fn region_lines_are_listed_up_to_the_limit_and_left_out_beyond_it() {
+        assert_eq!(lines_of(REGION_LINES_MAX, &NONE, false).0, REGION_LINES_MAX);
+        let (lines, text) = lines_of(REGION_LINES_MAX + 1, &NONE, false);
+        assert_eq!(lines, 0, "{text}");
+        assert!(
+            text.ends_with(
+                "51 region lines left out (more than 50): --all lists every region; \
+                 --unhealthy, --store STORE or --region ID list some"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines_of(REGION_LINES_MAX + 1, &NONE, true).0, 51);
+        let unhealthy = Filters {
+            unhealthy: true,
+            ..NONE
+        };
+        let (lines, text) = lines_of(REGION_LINES_MAX + 1, &unhealthy, false);
+        assert_eq!(lines, 51, "{text}");
+        assert!(
+            text.contains("\n51 region(s) match --unhealthy:\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_problem_shows_its_store_and_lag() {
+        let problem = Problem {
+            reason: Reason::Lagging,
+            store: Some("000000000000000a".into()),
+            behind: Some(1234),
+        };
+        assert_eq!(
+            problem_text(&problem),
+            "lagging 000000000000000a (1234 entries behind)"
+        );
+        assert_eq!(
+            problem_json(&problem),
+            json!({"reason": "lagging", "store": "000000000000000a", "behind": 1234})
+        );
+        let no_leader = Problem {
+            reason: Reason::NoLeader,
+            store: None,
+            behind: None,
+        };
+        assert_eq!(problem_json(&no_leader), json!({"reason": "no_leader"}));
+    }
+}
