@@ -4,16 +4,25 @@
 //! Adding a store to a region is two steps, as in SOFAJRaft (start the new node empty,
 //! then `addPeer` on the leader): `OpenRegion` on the new store creates its empty peer,
 //! then the leader adds it (catching it up first, by snapshot if needed).
+//!
+//! Owns: the flags, and the operations that change regions. `cluster.rs` gathers what the
+//! stores report and names stores; `status.rs` is `admin status` (summary, filters, output);
+//! `health.rs` judges which regions need attention. Must never: print anything but the one
+//! JSON object of `output.rs`'s contract on stdout with `--json`.
 
-use std::collections::BTreeMap;
+mod cluster;
+mod health;
+mod status;
 
 use clap::{Args, Subcommand};
 use flotilla_kv::client::KvClient;
 use flotilla_kv::service::proto::RegionInfo;
 use flotilla_node::grpc::{CliClient, CliError, CliOptions};
-use flotilla_node::{PeerId, StoreId};
+use flotilla_node::PeerId;
 use serde_json::{json, Value};
 
+use self::cluster::{gather, peer_arg, Directory, StoreRef};
+use self::status::StatusArgs;
 use crate::config::FileConfig;
 use crate::kv::ClientArgs;
 use crate::output::{success, Failure, EXIT_OK};
@@ -38,8 +47,12 @@ pub struct AdminArgs {
 /// One administrative operation.
 #[derive(Subcommand, Debug)]
 pub enum AdminOp {
-    /// Every region: range, epoch, leader, term, peers, learners, indexes.
-    Status,
+    /// A summary of the stores and regions (leaders held, regions without a leader or
+    /// unhealthy, by reason), then each region's range, epoch, leader, term, peers,
+    /// learners and indexes: every region when there are at most 50, else only with a
+    /// filter (`--region`, `--store`, `--unhealthy`) or `--all`. `--json` always lists every
+    /// region matching the filters.
+    Status(StatusArgs),
     /// Adds the store PEER (a store id, or the address of a running store) to the regions
     /// (it must run, empty or not).
     AddPeer { peer: String },
@@ -88,79 +101,6 @@ fn cli_failure(error: CliError) -> Failure {
         indeterminate: matches!(error, CliError::Unknown(_)),
         usage: false,
     }
-}
-
-/// A store named on the command line: its id, and its address when known.
-#[derive(Clone, Debug)]
-struct StoreRef {
-    id: PeerId,
-    address: Option<String>,
-}
-
-impl std::fmt::Display for StoreRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.address {
-            Some(address) => write!(f, "{} ({address})", self.id),
-            None => write!(f, "{}", self.id),
-        }
-    }
-}
-
-/// Every store the cluster knows: store id → address, from the stores' address books and
-/// their own answers.
-type Directory = BTreeMap<String, String>;
-
-/// A store named by its id (16 hex digits) or its address (HOST:PORT): an address is
-/// asked who it is (the store answering there, whatever store used to be there).
-async fn peer_arg(
-    client: &KvClient,
-    directory: &Directory,
-    text: &str,
-) -> Result<StoreRef, Failure> {
-    let text = text.trim();
-    if let Ok(id) = StoreId::parse(text) {
-        return Ok(StoreRef {
-            id: id.peer_id(),
-            address: directory.get(&id.to_string()).cloned(),
-        });
-    }
-    if flotilla_node::identity::check_address(text).is_err() {
-        return Err(Failure::usage(format!(
-            "{text:?} is neither a store id (16 hex digits) nor an address HOST:PORT"
-        )));
-    }
-    let reply = client.hello(text).await;
-    // A store that does not answer (a dead member being removed): the cluster's books say
-    // which store was last there.
-    if reply.is_err() {
-        if let Some((id, _)) = directory.iter().find(|(_, a)| a.as_str() == text) {
-            if let Ok(id) = StoreId::parse(id) {
-                return Ok(StoreRef {
-                    id: id.peer_id(),
-                    address: Some(text.to_string()),
-                });
-            }
-        }
-    }
-    let reply = reply.map_err(|e| {
-        let mut failure = Failure::from(e);
-        failure.message = format!(
-            "cannot ask {text} which store it is (is `flotilla server --addr {text}` running?): {}",
-            failure.message
-        );
-        failure
-    })?;
-    let id = reply
-        .store
-        .as_ref()
-        .and_then(|s| StoreId::parse(&s.id).ok())
-        .ok_or_else(|| {
-            Failure::failed("InvalidAnswer", format!("{text} named no valid store id"))
-        })?;
-    Ok(StoreRef {
-        id: id.peer_id(),
-        address: Some(text.to_string()),
-    })
 }
 
 /// A comma-separated list of stores for `command`: at least one, each resolved.
@@ -226,118 +166,22 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
     }
 }
 
-/// The merged view of every region: for each, the report of the store that leads it with
-/// the highest term (or else the highest term seen); every store asked; where every store
-/// is.
-async fn status(client: &KvClient) -> (Vec<RegionInfo>, Vec<Value>, Directory) {
-    let (replies, errors) = client.stores().await;
-    let mut best: BTreeMap<u64, RegionInfo> = BTreeMap::new();
-    for reply in &replies {
-        for info in &reply.regions {
-            let key = |i: &RegionInfo| (i.role == "leader", i.term, i.commit_index);
-            let better = best.get(&info.id).is_none_or(|old| key(info) > key(old));
-            if better {
-                best.insert(info.id, info.clone());
-            }
-        }
-    }
-    let mut directory = Directory::new();
-    for reply in &replies {
-        for store in &reply.stores {
-            if StoreId::parse(&store.id).is_ok() && !store.address.is_empty() {
-                directory
-                    .entry(store.id.clone())
-                    .or_insert_with(|| store.address.clone());
-            }
-        }
-    }
-    // A store's own word on where it is wins.
-    for reply in &replies {
-        directory.insert(reply.store_id.clone(), reply.store.clone());
-    }
-    let mut stores: Vec<Value> = replies
-        .iter()
-        .map(|r| {
-            json!({"id": r.store_id, "address": r.store, "reachable": true,
-                   "cluster": format!("{:016x}", r.cluster), "regions": r.regions.len()})
-        })
-        .collect();
-    stores.extend(errors.iter().map(|(address, e)| {
-        let id = directory
-            .iter()
-            .find(|(_, a)| *a == address)
-            .map_or(Value::Null, |(id, _)| Value::String(id.clone()));
-        json!({"id": id, "address": address, "reachable": false, "error": e.to_string()})
-    }));
-    (best.into_values().collect(), stores, directory)
-}
-
-/// A key for display: printable ASCII as is, other bytes as `\xNN`.
-fn key_text(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect()
-}
-
-fn region_json(info: &RegionInfo) -> Value {
-    json!({
-        "id": info.id,
-        "start": key_text(&info.start),
-        "end": key_text(&info.end),
-        "epoch": {"conf_version": info.conf_version, "version": info.version},
-        "leader": if info.leader.is_empty() { Value::Null } else { Value::String(info.leader.clone()) },
-        "leader_id": if info.leader_id.is_empty() { Value::Null } else { Value::String(info.leader_id.clone()) },
-        "term": info.term,
-        "peers": info.peers,
-        "peer_ids": info.peer_ids,
-        "learners": info.learners,
-        "learner_ids": info.learner_ids,
-        "commit_index": info.commit_index,
-        "applied_index": info.applied_index,
-    })
-}
-
-/// `id@address` (`id@?` when the address is not known).
-fn named(id: &str, address: &str) -> String {
-    format!("{id}@{}", if address.is_empty() { "?" } else { address })
-}
-
-fn region_line(info: &RegionInfo) -> String {
-    format!(
-        "region {:>3} [\"{}\", \"{}\") epoch {}/{} leader {} term {} peers {} learners {} commit {} applied {}",
-        info.id,
-        key_text(&info.start),
-        key_text(&info.end),
-        info.conf_version,
-        info.version,
-        if info.leader_id.is_empty() { "-".to_string() } else { named(&info.leader_id, &info.leader) },
-        info.term,
-        info.peer_ids.iter().zip(&info.peers).map(|(i, a)| named(i, a)).collect::<Vec<_>>().join(","),
-        if info.learner_ids.is_empty() {
-            "-".to_string()
-        } else {
-            info.learner_ids.iter().zip(&info.learners).map(|(i, a)| named(i, a)).collect::<Vec<_>>().join(",")
-        },
-        info.commit_index,
-        info.applied_index
-    )
-}
-
 async fn execute(
     client: &KvClient,
     only: Option<u64>,
     force: bool,
     op: AdminOp,
 ) -> Result<(Value, String), Failure> {
-    let (regions, stores, directory) = status(client).await;
+    let cluster = gather(client).await;
+    let directory = &cluster.directory;
     if let AdminOp::CloseRegion { store } = &op {
-        return close_region(client, &directory, &regions, only, store).await;
+        return close_region(client, directory, &cluster.regions, only, store).await;
     }
-    let regions: Vec<RegionInfo> = regions
-        .into_iter()
+    let regions: Vec<RegionInfo> = cluster
+        .regions
+        .iter()
         .filter(|r| only.is_none_or(|id| r.id == id))
+        .cloned()
         .collect();
     if let Some(id) = only {
         if regions.is_empty() {
@@ -347,26 +191,12 @@ async fn execute(
             ));
         }
     }
-    if let AdminOp::Status = op {
-        let human = regions
-            .iter()
-            .map(region_line)
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Ok((
-            success(vec![
-                (
-                    "regions",
-                    Value::Array(regions.iter().map(region_json).collect()),
-                ),
-                ("stores", Value::Array(stores)),
-            ]),
-            human,
-        ));
+    if let AdminOp::Status(args) = &op {
+        return status::status(client, &cluster, only, args).await;
     }
-    let mut change = Change::new(client, &directory, &regions, force);
+    let mut change = Change::new(client, directory, &regions, force);
     match op {
-        AdminOp::Status | AdminOp::CloseRegion { .. } => {}
+        AdminOp::Status(_) | AdminOp::CloseRegion { .. } => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,
         AdminOp::AddLearner { peer } => change.add(&peer, true).await?,

@@ -555,3 +555,294 @@ fn a_mutual_tls_cluster_serves_tls_clients_only() {
     assert_eq!(code, 0, "{answer}");
     drop(servers);
 }
+
+/// Polls `admin OP --json` until `ready` holds of its answer (exit 0), for at most `within`.
+fn status_until(
+    endpoints: &str,
+    op: &[&str],
+    within: Duration,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, answer) = admin(endpoints, op);
+        if code == 0 && ready(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin {op:?} never got there within {within:?}: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The ids of the regions of a status answer.
+fn region_ids(status: &Value) -> Vec<u64> {
+    status["regions"]
+        .as_array()
+        .expect("regions")
+        .iter()
+        .map(|r| r["id"].as_u64().expect("region id"))
+        .collect()
+}
+
+/// The store id a status answer gives the store at `address`.
+fn store_id_at(status: &Value, address: &str) -> String {
+    status["stores"]
+        .as_array()
+        .expect("stores")
+        .iter()
+        .find(|s| s["address"] == address)
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("no store at {address} in {status}"))
+        .to_string()
+}
+
+/// Whether `region` (a status answer's) has the problem `reason` (about `store`, if given).
+fn has_problem(region: &Value, reason: &str, store: Option<&str>) -> bool {
+    region["problems"].as_array().is_some_and(|problems| {
+        problems
+            .iter()
+            .any(|p| p["reason"] == reason && store.is_none_or(|s| p["store"] == s))
+    })
+}
+
+/// `admin status --store` lists exactly the regions with a peer on that store (named by id
+/// or by address, also a dead one); `--unhealthy` exactly the regions that need attention,
+/// as stores die: a dead learner's store makes its one region `peer_down`, a dead voter's
+/// every region; a region whose leader dies with a majority of its voters has `no_leader`.
+/// The JSON summary counts all of it.
+#[test]
+fn status_filters_by_store_and_health_as_stores_die() {
+    let mut cluster = three_nodes("status-filters", 3);
+    let e = cluster.endpoints.clone();
+    let minute = Duration::from_secs(60);
+    let status = status_until(&e, &["status"], minute, |s| {
+        s["summary"]["regions"]["led"] == 3 && s["summary"]["regions"]["unhealthy"] == 0
+    });
+    assert_eq!(
+        status["summary"],
+        serde_json::json!({
+            "stores": {"total": 3, "reachable": 3, "unreachable": 0},
+            "regions": {"total": 3, "led": 3, "without_leader": 0, "unhealthy": 0, "listed": 3},
+            "unhealthy_by_reason": {"no_leader": 0, "no_quorum": 0, "peer_down": 0, "peer_missing": 0,
+                                    "lagging": 0, "epoch_mismatch": 0},
+            "applied_lag_max": 1000
+        }),
+        "{status}"
+    );
+    let leaders: u64 = status["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["leaders"].as_u64().unwrap())
+        .sum();
+    assert_eq!(leaders, 3, "{status}");
+    assert!(status["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["problems"] == serde_json::json!([])));
+    let first = cluster.servers[0].address.clone();
+    let first_id = store_id_at(&status, &first);
+
+    // A fourth store, learner of region 2 only.
+    let fourth = free_address();
+    let mut fourth_server = Server::start(&fourth, None, &cluster.dir.join("s3"), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&fourth).is_err() {
+        assert!(Instant::now() < deadline, "the fourth store never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, answer) = admin(&e, &["--region", "2", "add-learner", &fourth]);
+    assert_eq!(code, 0, "add-learner: {answer}");
+    let status = status_until(&e, &["status", "--store", &fourth], minute, |s| {
+        s["summary"]["stores"]["total"] == 4 && s["summary"]["regions"]["unhealthy"] == 0
+    });
+    assert_eq!(region_ids(&status), [2], "{status}");
+    assert_eq!(status["summary"]["regions"]["listed"], 1, "{status}");
+    let fourth_id = store_id_at(&status, &fourth);
+    for name in [first.as_str(), first_id.as_str()] {
+        let (code, status) = admin(&e, &["status", "--store", name]);
+        assert_eq!((code, region_ids(&status)), (0, vec![1, 2, 3]), "{status}");
+    }
+    let (code, status) = admin(&e, &["status", "--store", &fourth_id, "--region", "3"]);
+    assert_eq!((code, region_ids(&status)), (0, vec![]), "{status}");
+
+    // The learner's store dies: region 2 alone is unhealthy, its peer there down.
+    fourth_server.kill();
+    let status = status_until(&e, &["status", "--unhealthy"], minute, |s| {
+        s["summary"]["regions"]["unhealthy"] == 1
+    });
+    assert_eq!(region_ids(&status), [2], "{status}");
+    assert!(
+        has_problem(&status["regions"][0], "peer_down", Some(&fourth_id)),
+        "{status}"
+    );
+    assert_eq!(status["summary"]["unhealthy_by_reason"]["peer_down"], 1);
+    assert_eq!(status["summary"]["regions"]["led"], 3);
+    // Named by its dead address: the stores' address books still say who was there.
+    let (code, status) = admin(&e, &["status", "--store", &fourth]);
+    assert_eq!((code, region_ids(&status)), (0, vec![2]), "{status}");
+
+    // A voter's store dies: every region is unhealthy; once re-elected, every one is led.
+    cluster.servers[0].kill();
+    let status = status_until(&e, &["status", "--unhealthy"], minute, |s| {
+        s["summary"]["regions"]["led"] == 3 && region_ids(s) == [1, 2, 3]
+    });
+    for region in status["regions"].as_array().unwrap() {
+        assert!(
+            has_problem(region, "peer_down", Some(&first_id)),
+            "{status}"
+        );
+    }
+    assert_eq!(status["summary"]["unhealthy_by_reason"]["peer_down"], 3);
+    assert_eq!(status["summary"]["unhealthy_by_reason"]["no_leader"], 0);
+    let output = run(&[
+        "admin",
+        "--endpoints",
+        &e,
+        "--timeout-ms",
+        "10000",
+        "status",
+        "--unhealthy",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("stores: 4 (2 reachable, 2 unreachable)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regions: 3 (3 led, 0 without leader), 3 unhealthy (peer_down 3)"),
+        "{text}"
+    );
+    assert!(text.contains("3 region(s) match --unhealthy:"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("region ")).count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("unhealthy: peer_down {first_id}")),
+        "{text}"
+    );
+
+    // The leader of region 1 dies too: two of three voters gone, no region has a quorum,
+    // and no store leads region 1 (the survivor cannot win an election).
+    let leader = status["regions"][0]["leader"].as_str().unwrap().to_string();
+    let index = cluster
+        .servers
+        .iter()
+        .position(|s| s.address == leader)
+        .unwrap();
+    cluster.servers[index].kill();
+    let status = status_until(&e, &["status", "--region", "1"], minute, |s| {
+        has_problem(&s["regions"][0], "no_leader", None)
+    });
+    assert!(
+        has_problem(&status["regions"][0], "no_quorum", None),
+        "{status}"
+    );
+    let summary = &status["summary"];
+    assert!(
+        summary["regions"]["without_leader"].as_u64() >= Some(1),
+        "{status}"
+    );
+    assert_eq!(
+        summary["regions"]["without_leader"], summary["unhealthy_by_reason"]["no_leader"],
+        "{status}"
+    );
+    assert_eq!(summary["unhealthy_by_reason"]["no_quorum"], 3, "{status}");
+    assert_eq!(summary["stores"]["reachable"], 1, "{status}");
+    assert_eq!(summary["regions"]["unhealthy"], 3, "{status}");
+    assert_eq!(summary["regions"]["listed"], 1, "{status}");
+}
+
+/// At more than 50 regions the text answer is the summary alone and says how to see the
+/// regions; `--all` and the filters list them; `--json` always lists every one. A store
+/// nobody knows, a malformed one and an address where nothing answers are refused, named.
+#[test]
+fn status_summarises_many_regions_and_refuses_unknown_stores() {
+    let cluster = three_nodes("status-many", 60);
+    let e = cluster.endpoints.clone();
+    let status = status_until(&e, &["status"], Duration::from_secs(60), |s| {
+        s["summary"]["regions"]["led"] == 60 && s["summary"]["regions"]["unhealthy"] == 0
+    });
+    assert_eq!(region_ids(&status), (1..=60).collect::<Vec<u64>>());
+    let stores = status["stores"].as_array().unwrap();
+    assert!(stores.iter().all(|s| s["regions"] == 60), "{status}");
+    let leaders: u64 = stores.iter().map(|s| s["leaders"].as_u64().unwrap()).sum();
+    assert_eq!(leaders, 60, "{status}");
+
+    let text = |op: &[&str]| {
+        let mut args = vec!["admin", "--endpoints", e.as_str(), "--timeout-ms", "10000"];
+        args.extend_from_slice(op);
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(0), "{op:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let region_lines = |text: &str| text.lines().filter(|l| l.starts_with("region ")).count();
+    let summary = text(&["status"]);
+    assert!(
+        summary.starts_with("stores: 3 (3 reachable, 0 unreachable)\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("regions: 60 (60 led, 0 without leader), 0 unhealthy\n"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("60 region lines left out (more than 50): --all lists every region"),
+        "{summary}"
+    );
+    assert_eq!(region_lines(&summary), 0, "{summary}");
+    for store in stores {
+        let id = store["id"].as_str().unwrap();
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.contains(id) && l.contains(" yes ") && l.contains(" 60 ")),
+            "{id}: {summary}"
+        );
+    }
+    assert_eq!(region_lines(&text(&["status", "--all"])), 60);
+    let one = text(&["status", "--region", "7"]);
+    assert_eq!(region_lines(&one), 1, "{one}");
+    assert!(
+        one.contains("1 region(s) match --region 7:\nregion   7 "),
+        "{one}"
+    );
+    let none = text(&["status", "--unhealthy"]);
+    assert!(none.ends_with("0 region(s) match --unhealthy\n"), "{none}");
+    assert_eq!(region_lines(&none), 0, "{none}");
+    let (code, healthy) = admin(&e, &["status", "--unhealthy"]);
+    assert_eq!((code, region_ids(&healthy)), (0, vec![]), "{healthy}");
+    assert_eq!(healthy["summary"]["regions"]["total"], 60, "{healthy}");
+
+    // Bad --store: a well-formed id no store knows (exit 1), not a store at all (exit 2),
+    // an address where nothing answers (exit 1): each named, with and without --json.
+    let nowhere = free_address();
+    for (name, code, kind) in [
+        ("00000000000000aa", 1, "NoSuchStore"),
+        ("not-a-store", 2, "Usage"),
+        (nowhere.as_str(), 1, ""),
+    ] {
+        let (exit, answer) = admin(&e, &["status", "--store", name]);
+        assert_eq!(exit, code, "{name}: {answer}");
+        assert_eq!(answer["ok"], false, "{answer}");
+        if !kind.is_empty() {
+            assert_eq!(answer["error"], kind, "{answer}");
+        }
+        assert!(
+            answer["message"].as_str().unwrap().contains(name),
+            "{answer}"
+        );
+        let output = run(&["admin", "--endpoints", &e, "status", "--store", name]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(output.stdout.is_empty(), "{name}");
+    }
+}
