@@ -24,7 +24,9 @@ use std::time::Duration;
 /// is compacted by snapshots), small enough to alarm well before a typical volume fills.
 pub const QUOTA_BYTES_DEFAULT: u64 = 8 * 1024 * 1024 * 1024;
 
-/// How often the data directory is measured: a walk of a few hundred files, cheap; the
+/// How often the data directory is measured: a walk of its files (a few hundred, however
+/// many regions: raft meta is one journal, a region's snapshot directory exists only once
+/// it has a snapshot), cheap; the
 /// alarm lags usage by at most this (plus the walk), so a quota should leave room for
 /// what the store can write in that time.
 pub const USAGE_INTERVAL: Duration = Duration::from_secs(2);

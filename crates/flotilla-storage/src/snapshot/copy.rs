@@ -233,6 +233,7 @@ impl Copy<'_> {
     ) -> Result<BTreeMap<u32, (u64, u32)>, StorageError> {
         let fs = self.store.shared.fs.clone();
         let root = self.store.root().to_path_buf();
+        self.store.ensure_root()?;
         // A newer install cancels an older one: drop any other download.
         let others = self.store.other_downloads(&self.dir)?;
         for other in &others {

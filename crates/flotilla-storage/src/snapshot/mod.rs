@@ -128,9 +128,14 @@ impl SnapshotStore {
     /// naming the file, if the newest snapshot does not verify (see the module docs).
     pub fn open(fs: Arc<dyn FileSystem>, root: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let root = root.into();
-        fs.create_dir_all(&root)
-            .map_err(io("create directory", &root))?;
-        let names = fs.list(&root).map_err(io("list", &root))?;
+        // The directory is made with the first snapshot written or copied (`ensure_root`):
+        // a process with ten thousand groups and no snapshots keeps no empty directories
+        // (nothing to create at start, nothing for a disk-usage walk to visit).
+        let names = if fs.exists(&root) {
+            fs.list(&root).map_err(io("list", &root))?
+        } else {
+            Vec::new()
+        };
         let mut snapshots: Vec<(u64, PathBuf)> = Vec::new();
         let mut downloads: Vec<(u64, PathBuf)> = Vec::new();
         let mut remove: Vec<PathBuf> = Vec::new();
@@ -252,10 +257,11 @@ impl SnapshotStore {
                 .root
                 .join(format!("{TEMP_PREFIX}{}", state.next_temp))
         };
-        let result = self
-            .fs()
-            .create_dir_all(&temp)
-            .map_err(io("create directory", &temp));
+        let result = self.ensure_root().and_then(|()| {
+            self.fs()
+                .create_dir_all(&temp)
+                .map_err(io("create directory", &temp))
+        });
         self.check_io(result)?;
         Ok(SnapshotWriter {
             store: self.clone(),
@@ -358,9 +364,43 @@ impl SnapshotStore {
         ))
     }
 
+    /// Creates the store's directory if it does not exist yet, and makes its name durable
+    /// (every directory it had to create, fsynced in its parent) before anything is written
+    /// in it.
+    pub(crate) fn ensure_root(&self) -> Result<(), StorageError> {
+        let root = &self.shared.root;
+        if self.fs().exists(root) {
+            return Ok(());
+        }
+        // The directories to make, deepest first, up to the first that exists.
+        let mut missing = Vec::new();
+        let mut dir = root.as_path();
+        while !self.fs().exists(dir) {
+            missing.push(dir.to_path_buf());
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => dir = parent,
+                _ => break,
+            }
+        }
+        self.fs()
+            .create_dir_all(root)
+            .map_err(io("create directory", root))?;
+        for made in missing.iter().rev() {
+            if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.fs()
+                    .sync_dir(parent)
+                    .map_err(io("fsync directory", parent))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Download directories other than `keep`.
     pub(crate) fn other_downloads(&self, keep: &Path) -> Result<Vec<PathBuf>, StorageError> {
         let root = &self.shared.root;
+        if !self.fs().exists(root) {
+            return Ok(Vec::new());
+        }
         let names = self.fs().list(root).map_err(io("list", root))?;
         Ok(names
             .iter()
