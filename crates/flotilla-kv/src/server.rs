@@ -62,7 +62,8 @@ async fn bind(options: &StoreOptions) -> Result<(GrpcServer, String), StoreError
     let server = match &options.tls {
         Some(tls) => server.with_tls(tls.clone()),
         None => server,
-    };
+    }
+    .with_frame_messages_max(options.frame_messages_max);
     let bound = server.address().as_str().to_string();
     let listen = if options.address.ends_with(":0") {
         bound

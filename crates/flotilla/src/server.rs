@@ -54,6 +54,10 @@ pub struct ServerArgs {
     /// Seconds between automatic snapshots of each region [default: 3600].
     #[arg(long, value_name = "S")]
     snapshot_interval_s: Option<u64>,
+    /// Most raft messages in one frame between stores, sent or accepted; every store of a
+    /// cluster must use the same value (tests lower it) [default: 65536, the maximum].
+    #[arg(long, value_name = "N")]
+    frame_messages_max: Option<usize>,
     /// Log filter (tracing's env-filter syntax) [default: warn,flotilla=info].
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
@@ -140,6 +144,15 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .or(file.snapshot_interval_s)
         .unwrap_or(3600);
     options.snapshot_interval_ticks = snapshot_s.saturating_mul(1000) / tick_ms;
+    if let Some(messages) = args.frame_messages_max {
+        let max = flotilla_node::grpc::codec::FRAME_MESSAGES_MAX;
+        if messages == 0 || messages > max {
+            return Err(format!(
+                "--frame-messages-max {messages}: must be 1 to {max}"
+            ));
+        }
+        options.frame_messages_max = messages;
+    }
     options.quota_bytes = args
         .quota_bytes
         .or(file.quota_bytes)

@@ -846,3 +846,64 @@ fn status_summarises_many_regions_and_refuses_unknown_stores() {
         assert!(output.stdout.is_empty(), "{name}");
     }
 }
+
+/// Many regions whose raft traffic needs many frames: with every store cutting frames at 8
+/// messages (and refusing more), 150 regions must still all be led — at start, when every
+/// region elects at once, and after the store leading most of them is killed — and the
+/// frames must really have been cut.
+#[test]
+fn many_regions_elect_with_frames_cut_small() {
+    const REGIONS: u32 = 150;
+    let dir = TempDir::new("frames-cut");
+    let addresses = free_addresses(3);
+    let peers = addresses.join(",");
+    let mut servers: Vec<Server> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Server::start_with(
+                a,
+                Some(&peers),
+                &dir.0.join(format!("s{i}")),
+                REGIONS,
+                &["--frame-messages-max", "8"],
+            )
+        })
+        .collect();
+    let status = wait_for_leaders(&peers, REGIONS as usize);
+    let split: f64 = addresses
+        .iter()
+        .map(|a| sample(&metrics(a), "flotilla_transport_frames_split_total "))
+        .sum();
+    assert!(split > 0.0, "no frame was cut: the limit was not exercised");
+
+    // The store leading the most regions dies: every region is led again, by the others.
+    let regions = status["regions"].as_array().expect("regions");
+    let leads = |address: &str| regions.iter().filter(|r| r["leader"] == address).count();
+    let victim = (0..3)
+        .max_by_key(|&i| leads(&addresses[i]))
+        .expect("three stores");
+    assert!(leads(&addresses[victim]) > 0, "{status}");
+    servers[victim].kill();
+    let survivors: Vec<&str> = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| addresses[i].as_str())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, status) = admin(&survivors.join(","), &["status"]);
+        let list = status["regions"].as_array().cloned().unwrap_or_default();
+        let led_elsewhere = list.len() == REGIONS as usize
+            && list
+                .iter()
+                .all(|r| r["leader"].is_string() && r["leader"] != addresses[victim].as_str());
+        if code == 0 && led_elsewhere {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions not all re-elected within 60 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -111,6 +111,11 @@ pub struct StoreOptions {
     /// Size of the data directory at which writes that add data are refused with
     /// [`KvError::NoSpace`] until it falls back below (see `quota`); 0: unlimited.
     pub quota_bytes: u64,
+    /// Most raft messages one frame between stores carries, sent or accepted (1 ..=
+    /// [`flotilla_node::grpc::codec::FRAME_MESSAGES_MAX`], the default). Every store of a
+    /// cluster must use the same value; lowered in tests so that a few dozen regions need
+    /// several frames.
+    pub frame_messages_max: usize,
 }
 
 impl StoreOptions {
@@ -131,6 +136,7 @@ impl StoreOptions {
             request_timeout: Duration::from_secs(5),
             tls: None,
             quota_bytes: QUOTA_BYTES_DEFAULT,
+            frame_messages_max: flotilla_node::grpc::codec::FRAME_MESSAGES_MAX,
         }
     }
 }

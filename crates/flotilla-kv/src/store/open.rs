@@ -340,6 +340,7 @@ impl Store {
             tls: options.tls.clone(),
             addresses: addresses.clone(),
             advertise: Some(advertise.clone()),
+            frame_messages_max: options.frame_messages_max,
             ..GrpcOptions::default()
         };
         let transport = Arc::new(GrpcTransport::new(grpc_options));

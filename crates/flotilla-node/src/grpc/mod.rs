@@ -126,6 +126,12 @@ pub struct GrpcOptions {
     pub addresses: AddressBook,
     /// The address this process announces in every frame (`host:port`; `None`: none).
     pub advertise: Option<String>,
+    /// Most `(group, message)` pairs one outgoing frame carries: a round's messages for a
+    /// peer are cut into frames of at most this many (1 ..= [`codec::FRAME_MESSAGES_MAX`];
+    /// the default is the maximum). It must not exceed the receivers' limit
+    /// ([`GrpcServer::with_frame_messages_max`]); lowered in tests so that a few dozen
+    /// groups already need several frames.
+    pub frame_messages_max: usize,
 }
 
 impl Default for GrpcOptions {
@@ -142,6 +148,7 @@ impl Default for GrpcOptions {
             tls: None,
             addresses: AddressBook::in_memory(),
             advertise: None,
+            frame_messages_max: codec::FRAME_MESSAGES_MAX,
         }
     }
 }

@@ -549,7 +549,7 @@ async fn stream_to(
                     tracing::info!(to = %to, from_address = at.address, "peer moved: reconnecting at its new address");
                     return Ended::Broken;
                 }
-                if !send_cut(to, &frame, &tx, counters, metrics).await {
+                if !send_cut(to, &frame, &tx, counters, metrics, options.frame_messages_max).await {
                     return Ended::Broken;
                 }
             }
@@ -569,16 +569,19 @@ async fn stream_to(
 }
 
 /// Writes `frame` on the stream as as many wire frames as the receiver's limits need
-/// ([`FRAME_BYTES_MAX`], [`codec::FRAME_MESSAGES_MAX`]), in order; a message that alone
-/// exceeds a frame is dropped and counted. Returns false if the stream broke.
+/// ([`FRAME_BYTES_MAX`], `messages_max` ≤ [`codec::FRAME_MESSAGES_MAX`]), in order; a
+/// message that alone exceeds a frame is dropped and counted. Returns false if the stream
+/// broke.
 async fn send_cut(
     to: &PeerId,
     frame: &Frame,
     tx: &mpsc::Sender<proto::Frame>,
     counters: &TransportCounters,
     metrics: &TransportMetrics,
+    messages_max: usize,
 ) -> bool {
-    let encoded = codec::encode_frames(frame, FRAME_BYTES_MAX, codec::FRAME_MESSAGES_MAX);
+    let messages_max = messages_max.clamp(1, codec::FRAME_MESSAGES_MAX);
+    let encoded = codec::encode_frames(frame, FRAME_BYTES_MAX, messages_max);
     for (group, size) in &encoded.oversized {
         metrics.message_dropped(MessageDrop::Oversized, 1);
         tracing::error!(to = %to, group, size, limit = FRAME_BYTES_MAX, "message larger than a frame: dropped");

@@ -160,6 +160,8 @@ pub struct GrpcServer {
     listener: TcpListener,
     address: PeerId,
     tls: Option<TlsConfig>,
+    /// Most messages a received frame may carry (≤ [`codec::FRAME_MESSAGES_MAX`]).
+    frame_messages_max: usize,
 }
 
 impl GrpcServer {
@@ -172,6 +174,7 @@ impl GrpcServer {
             listener,
             address,
             tls: None,
+            frame_messages_max: codec::FRAME_MESSAGES_MAX,
         })
     }
 
@@ -183,6 +186,16 @@ impl GrpcServer {
     #[must_use]
     pub fn with_tls(mut self, tls: TlsConfig) -> GrpcServer {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Refuses frames of more than `messages_max` messages (clamped to 1 ..=
+    /// [`codec::FRAME_MESSAGES_MAX`], the default): a stream that sends one is reset with a
+    /// refusal naming the limit. Senders must cut to it ([`super::GrpcOptions`]'s
+    /// `frame_messages_max`); tests lower both to prove they do.
+    #[must_use]
+    pub fn with_frame_messages_max(mut self, messages_max: usize) -> GrpcServer {
+        self.frame_messages_max = messages_max.clamp(1, codec::FRAME_MESSAGES_MAX);
         self
     }
 
@@ -245,6 +258,7 @@ impl GrpcServer {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let identity = sink.identity();
         let service = RaftService {
+            frame_messages_max: self.frame_messages_max,
             snapshots: sink.snapshot_service(),
             snapshot_serves: Arc::new(Semaphore::new(SNAPSHOT_SERVES_CONCURRENT_MAX)),
             sink,
@@ -382,6 +396,8 @@ impl Drop for ServerHandle {
 
 struct RaftService {
     sink: Arc<dyn FrameSink>,
+    /// Most messages a received frame may carry.
+    frame_messages_max: usize,
     snapshots: Option<SnapshotService>,
     /// Bounds the blocking-pool threads snapshot reads may take.
     snapshot_serves: Arc<Semaphore>,
@@ -417,8 +433,11 @@ impl proto::raft_server::Raft for RaftService {
             sender,
             frames,
             tx,
-            self.sink.clone(),
-            self.counters.clone(),
+            Receiving {
+                sink: self.sink.clone(),
+                counters: self.counters.clone(),
+                frame_messages_max: self.frame_messages_max,
+            },
             self.shutdown.clone(),
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -481,15 +500,27 @@ impl proto::raft_server::Raft for RaftService {
 
 /// Reads one peer's stream: decodes, validates and delivers each frame; on the first bad
 /// frame, logs it, ends the stream with an error status and returns.
+/// What every stream's receiving task shares with the server.
+struct Receiving {
+    sink: Arc<dyn FrameSink>,
+    counters: Arc<ServerCounters>,
+    /// Most messages a frame may carry ([`GrpcServer::with_frame_messages_max`]).
+    frame_messages_max: usize,
+}
+
 async fn receive(
     remote: String,
     certified: Option<String>,
     mut frames: Streaming<proto::Frame>,
     responses: mpsc::Sender<Result<proto::Ack, Status>>,
-    sink: Arc<dyn FrameSink>,
-    counters: Arc<ServerCounters>,
+    receiving: Receiving,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Receiving {
+        sink,
+        counters,
+        frame_messages_max,
+    } = receiving;
     let mut sender: Option<PeerId> = None;
     let refuse = |sender: &Option<PeerId>, status: Status| {
         bump(&counters.streams_refused);
@@ -527,6 +558,14 @@ async fn receive(
                 return;
             }
         };
+        if wire.messages.len() > frame_messages_max {
+            let why = format!(
+                "{} messages in one frame, more than this server's limit of {frame_messages_max}",
+                wire.messages.len()
+            );
+            refuse(&sender, Status::invalid_argument(why)).await;
+            return;
+        }
         let frame = match codec::decode_frame(wire) {
             Ok(frame) => frame,
             Err(error) => {

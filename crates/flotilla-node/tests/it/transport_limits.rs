@@ -125,6 +125,66 @@ async fn more_messages_than_one_frame_holds_all_arrive_in_order() {
     server.shutdown().await;
 }
 
+/// A lowered limit, on both sides: the sender cuts to it (every message arrives, in
+/// order), and a receiver refuses a frame over it (the stream is refused and counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lowered_frame_limit_is_obeyed_by_senders_and_enforced_by_receivers() {
+    let frame = |me: &PeerId, to: &PeerId, first: u64, count: u64| Frame {
+        from: me.clone(),
+        to: to.clone(),
+        cluster: 0,
+        from_address: String::new(),
+        incarnation: 7,
+        messages: (first..first + count)
+            .map(|seq| (seq % 50, heartbeat(me, to, seq)))
+            .collect(),
+    };
+    let me = PeerId::new("127.0.0.1:4");
+    // Both sides at 8 messages: 50 messages go as 7 frames, all of them arriving.
+    let (tx, mut rx) = mpsc::channel(1024);
+    let server = GrpcServer::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .with_frame_messages_max(8)
+        .serve(Arc::new(ChannelSink(tx)));
+    let to = server.address().clone();
+    let transport = GrpcTransport::new(GrpcOptions {
+        frame_messages_max: 8,
+        ..GrpcOptions::default()
+    });
+    transport.send(&to, frame(&me, &to, 0, 50));
+    let seqs = receive_messages(&mut rx, 50).await;
+    assert!(
+        seqs.iter().copied().eq(0..50),
+        "messages out of order or lost"
+    );
+    let stats = transport.stats();
+    assert_eq!(stats.frames_split, 6, "{stats:?}");
+    assert_eq!(server.stats().streams_refused, 0, "{:?}", server.stats());
+    server.shutdown().await;
+
+    // A sender that cuts at the default meets a receiver at 8: refused, never delivered.
+    let (tx, mut rx) = mpsc::channel(1024);
+    let server = GrpcServer::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .with_frame_messages_max(8)
+        .serve(Arc::new(ChannelSink(tx)));
+    let to = server.address().clone();
+    let transport = GrpcTransport::new(GrpcOptions::default());
+    transport.send(&to, frame(&me, &to, 0, 9));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats().streams_refused == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the frame of 9 was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(rx.try_recv().is_err(), "a refused frame was delivered");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn more_bytes_than_one_frame_holds_are_cut_and_an_oversized_message_dropped() {
     let server = GrpcServer::bind("127.0.0.1:0").await.expect("bind");
