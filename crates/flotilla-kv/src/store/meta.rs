@@ -5,9 +5,20 @@
 //! every start; see `identity` in flotilla-node for the address book).
 //!
 //! Owns: the file format (a short text file, one fact per line, sealed by a CRC32C line and
-//! replaced atomically: `flotilla_node::sealed`). Must never:
-//! leave a half-written file in place of a good one, or accept a file whose checksum or
-//! syntax is wrong.
+//! replaced atomically: `flotilla_node::sealed`) and its change log. Must never: leave a
+//! half-written file in place of a good one, or accept a file whose checksum or syntax is
+//! wrong.
+//!
+//! Change log (`store.meta.log`): opening or closing one region must not rewrite a file of
+//! ten thousand region lines, so a change is appended to the log instead, one line per
+//! change with its own checksum — `cluster <hex>`, `region <region line>` (added or
+//! replaced), `remove <id>` — followed by `crc32c <hex>` of the line before it; one fsync
+//! per batch of changes. Loading replays the log over `store.meta`. A last line without
+//! its newline is a write a crash cut short (never acknowledged) and is dropped; any other
+//! line that does not verify is damage and refused. Once the log outgrows the base file
+//! (and at least [`CHANGE_LOG_COMPACT_BYTES_MIN`]), `store.meta` is rewritten with
+//! everything and the log removed; replaying an old log over a new base gives the same
+//! state (every change sets a value), so a crash between the two loses nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,6 +31,10 @@ use crate::region::Region;
 
 /// File name inside the data directory.
 pub const STORE_META_FILE: &str = "store.meta";
+/// The change log's file name inside the data directory.
+pub const STORE_META_LOG_FILE: &str = "store.meta.log";
+/// The change log is folded into `store.meta` only once it is at least this large.
+pub const CHANGE_LOG_COMPACT_BYTES_MIN: u64 = 64 * 1024;
 const HEADER: &str = "flotilla-store 2";
 /// The header of the format before store identity (a store named by its address).
 const HEADER_V1: &str = "flotilla-store 1";
@@ -106,27 +121,7 @@ impl StoreMeta {
             self.store, self.cluster
         );
         for hosted in &self.regions {
-            let r = &hosted.region;
-            let peers = if hosted.initial_peers.is_empty() {
-                "-".to_string()
-            } else {
-                hosted
-                    .initial_peers
-                    .iter()
-                    .map(PeerId::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            let _ = writeln!(
-                body,
-                "region {} {} {} {} {} {}",
-                r.id.0,
-                r.epoch.conf_version,
-                r.epoch.version,
-                hex(&r.start),
-                hex(&r.end),
-                peers
-            );
+            let _ = writeln!(body, "{}", region_line(hosted));
         }
         flotilla_node::sealed::seal(&body)
     }
@@ -180,8 +175,17 @@ impl StoreMeta {
         })
     }
 
-    /// Reads `dir/store.meta`; `Ok(None)` when there is none.
+    /// Reads `dir/store.meta` and replays its change log; `Ok(None)` when there is none.
     pub fn load(dir: &Path) -> Result<Option<StoreMeta>, String> {
+        let Some(mut meta) = StoreMeta::load_base(dir)? else {
+            return Ok(None);
+        };
+        meta.replay_log(dir)?;
+        Ok(Some(meta))
+    }
+
+    /// Reads `dir/store.meta` alone.
+    fn load_base(dir: &Path) -> Result<Option<StoreMeta>, String> {
         let path = dir.join(STORE_META_FILE);
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
@@ -196,10 +200,176 @@ impl StoreMeta {
         StoreMeta::parse(&text, &path).map(Some)
     }
 
-    /// Replaces `dir/store.meta` atomically and durably.
+    /// Replaces `dir/store.meta` atomically and durably with everything, then removes the
+    /// change log (whose changes it holds).
     pub fn save(&self, dir: &Path) -> Result<(), String> {
-        flotilla_node::sealed::write_atomically(&dir.join(STORE_META_FILE), &self.render())
+        flotilla_node::sealed::write_atomically(&dir.join(STORE_META_FILE), &self.render())?;
+        let log = dir.join(STORE_META_LOG_FILE);
+        match std::fs::remove_file(&log) {
+            Ok(()) => std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot fsync {}: {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", log.display())),
+        }
     }
+}
+
+/// One change to a store's metadata, as the change log records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaChange {
+    /// The store now belongs to this cluster (0: none).
+    Cluster(u64),
+    /// The store hosts this region (added, or replacing the one with its id).
+    Region(HostedRegion),
+    /// The store no longer hosts this region.
+    Removed(RegionId),
+}
+
+impl MetaChange {
+    fn render(&self) -> String {
+        match self {
+            MetaChange::Cluster(cluster) => format!("cluster {cluster:016x}"),
+            MetaChange::Region(hosted) => region_line(hosted),
+            MetaChange::Removed(id) => format!("remove {}", id.0),
+        }
+    }
+
+    fn parse(text: &str) -> Option<MetaChange> {
+        if let Some(hex) = text.strip_prefix("cluster ") {
+            return u64::from_str_radix(hex, 16).ok().map(MetaChange::Cluster);
+        }
+        if let Some(id) = text.strip_prefix("remove ") {
+            return id.parse().ok().map(|id| MetaChange::Removed(RegionId(id)));
+        }
+        parse_region_line(text).map(MetaChange::Region)
+    }
+}
+
+impl StoreMeta {
+    /// Applies one change.
+    pub fn apply(&mut self, change: &MetaChange) {
+        match change {
+            MetaChange::Cluster(cluster) => self.cluster = *cluster,
+            MetaChange::Region(hosted) => {
+                match self
+                    .regions
+                    .iter_mut()
+                    .find(|h| h.region.id == hosted.region.id)
+                {
+                    Some(existing) => *existing = hosted.clone(),
+                    None => self.regions.push(hosted.clone()),
+                }
+            }
+            MetaChange::Removed(id) => self.regions.retain(|h| h.region.id != *id),
+        }
+    }
+
+    /// Appends `changes` to `dir/store.meta.log` and fsyncs it (a new log's name is made
+    /// durable too). Returns the log's size: past [`StoreMeta::log_due`], fold it with
+    /// [`StoreMeta::save`].
+    pub fn append(dir: &Path, changes: &[MetaChange]) -> Result<u64, String> {
+        use std::io::Write as _;
+        let path = dir.join(STORE_META_LOG_FILE);
+        let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+        let existed = path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| fail("open", e))?;
+        let mut text = String::new();
+        for change in changes {
+            let line = change.render();
+            let crc = crc32c::crc32c(line.as_bytes());
+            let _ = writeln!(text, "{line} crc32c {crc:08x}");
+        }
+        file.write_all(text.as_bytes())
+            .map_err(|e| fail("write", e))?;
+        file.sync_all().map_err(|e| fail("fsync", e))?;
+        if !existed {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot fsync {}: {e}", dir.display()))?;
+        }
+        file.metadata()
+            .map(|m| m.len())
+            .map_err(|e| fail("measure", e))
+    }
+
+    /// Whether a change log of `log_bytes` should be folded into `store.meta` now.
+    #[must_use]
+    pub fn log_due(&self, log_bytes: u64) -> bool {
+        // About 60 bytes a region line: the log is folded once it is larger than the base.
+        log_bytes >= CHANGE_LOG_COMPACT_BYTES_MIN
+            && log_bytes > (self.regions.len() as u64).saturating_mul(60)
+    }
+
+    /// Replays `dir/store.meta.log` over `self` (see the module docs).
+    fn replay_log(&mut self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(STORE_META_LOG_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) if bytes.len() as u64 > STORE_META_BYTES_MAX => {
+                return Err(format!(
+                    "{}: {} bytes is too large",
+                    path.display(),
+                    bytes.len()
+                ))
+            }
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| format!("{}: not UTF-8: the file is damaged", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        // A last line without its newline was cut short by a crash: never acknowledged.
+        let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        for (n, line) in complete.lines().enumerate() {
+            let change = line
+                .rsplit_once(" crc32c ")
+                .filter(|(body, crc)| {
+                    u32::from_str_radix(crc, 16).ok() == Some(crc32c::crc32c(body.as_bytes()))
+                })
+                .and_then(|(body, _)| MetaChange::parse(body))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: line {} does not verify: the file is damaged",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
+            self.apply(&change);
+        }
+        Ok(())
+    }
+}
+
+/// The length of a region's line in `store.meta`.
+pub(crate) fn region_line_len(hosted: &HostedRegion) -> usize {
+    region_line(hosted).len()
+}
+
+/// A region's line, as `store.meta` and its change log write it.
+fn region_line(hosted: &HostedRegion) -> String {
+    let r = &hosted.region;
+    let peers = if hosted.initial_peers.is_empty() {
+        "-".to_string()
+    } else {
+        hosted
+            .initial_peers
+            .iter()
+            .map(PeerId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "region {} {} {} {} {} {}",
+        r.id.0,
+        r.epoch.conf_version,
+        r.epoch.version,
+        hex(&r.start),
+        hex(&r.end),
+        peers
+    )
 }
 
 /// `-` (no bootstrap) or `<regions> <id>,<id>...`; `None` when malformed.
@@ -300,6 +470,67 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Region changes go to the change log: replayed at load, a torn last line dropped, a
+    /// damaged line refused, folded into `store.meta` by `save` (the log removed), and an
+    /// old log replayed over the folded file changes nothing.
+    #[test]
+    fn the_change_log_replays_folds_and_refuses_damage() {
+        let dir = std::env::temp_dir().join(format!("flotilla-meta-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut meta = sample();
+        meta.save(&dir).unwrap();
+        let added = HostedRegion {
+            region: Region::new(
+                RegionId(9),
+                Bytes::from_static(b"x"),
+                Bytes::new(),
+                Epoch::new(1, 1),
+            )
+            .unwrap(),
+            initial_peers: Vec::new(),
+        };
+        let changes = [
+            MetaChange::Region(added.clone()),
+            MetaChange::Removed(RegionId(2)),
+            MetaChange::Cluster(7),
+        ];
+        StoreMeta::append(&dir, &changes).unwrap();
+        for change in &changes {
+            meta.apply(change);
+        }
+        assert_eq!(StoreMeta::load(&dir).unwrap().as_ref(), Some(&meta));
+        assert!(meta.regions.iter().any(|h| h.region.id == RegionId(9)));
+        assert!(!meta.regions.iter().any(|h| h.region.id == RegionId(2)));
+        // A crash cut the next line short: it was never acknowledged, and is dropped.
+        let log = dir.join(STORE_META_LOG_FILE);
+        let good = std::fs::read(&log).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"remove 9 crc32c 0000");
+        std::fs::write(&log, &torn).unwrap();
+        assert_eq!(StoreMeta::load(&dir).unwrap().as_ref(), Some(&meta));
+        // A complete line that does not verify is damage.
+        let damaged = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("remove 2", "remove 3");
+        std::fs::write(&log, damaged).unwrap();
+        let error = StoreMeta::load(&dir).unwrap_err();
+        assert!(error.contains("does not verify"), "{error}");
+        // Folding: everything in store.meta, no log; the old log over it changes nothing.
+        std::fs::write(&log, &good).unwrap();
+        meta.save(&dir).unwrap();
+        assert!(!log.exists());
+        assert_eq!(StoreMeta::load(&dir).unwrap().as_ref(), Some(&meta));
+        std::fs::write(&log, &good).unwrap();
+        assert_eq!(StoreMeta::load(&dir).unwrap().as_ref(), Some(&meta));
+        assert!(
+            !meta.log_due(good.len() as u64),
+            "a small log is not folded"
+        );
+        assert!(meta.log_due(CHANGE_LOG_COMPACT_BYTES_MIN));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

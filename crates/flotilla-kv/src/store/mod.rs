@@ -46,7 +46,7 @@ use lock::DataDirLock;
 pub use lock::LOCK_FILE;
 /// File name of the address book inside the data directory.
 pub const ADDRESS_BOOK_FILE: &str = "addresses";
-use meta::{HostedRegion, StoreMeta, STORE_META_BYTES_MAX};
+use meta::{HostedRegion, MetaChange, StoreMeta, STORE_META_BYTES_MAX};
 pub use open::init;
 pub(crate) use open::LockedDataDir;
 use quota::SpaceQuota;
@@ -285,8 +285,8 @@ fn check_open(meta: &StoreMeta, region: &Region, cluster: u64) -> Result<(), KvE
 }
 
 /// Refuses a `store.meta` larger than a restart reads back.
-fn check_meta_size(meta: &StoreMeta) -> Result<(), KvError> {
-    let size = meta.render().len() as u64;
+fn check_meta_size(meta: &StoreMeta, adding: &HostedRegion) -> Result<(), KvError> {
+    let size = (meta.render().len() + meta::region_line_len(adding) + 1) as u64;
     if size > STORE_META_BYTES_MAX {
         return Err(KvError::RegionRefused(format!(
             "store.meta would grow to {size} bytes, over its {STORE_META_BYTES_MAX}-byte limit"
@@ -489,12 +489,13 @@ impl Store {
             region,
             initial_peers: Vec::new(),
         };
-        let mut next = meta.clone();
-        next.cluster = cluster;
-        next.regions.push(hosted.clone());
-        check_meta_size(&next)?;
-        self.save_meta(&next).await?;
-        *meta = next;
+        check_meta_size(&meta, &hosted)?;
+        let mut changes = Vec::new();
+        if meta.cluster != cluster {
+            changes.push(MetaChange::Cluster(cluster));
+        }
+        changes.push(MetaChange::Region(hosted.clone()));
+        self.record_meta(&mut meta, changes).await?;
         self.set_cluster(cluster);
         self.start_region(&hosted)
             .await
@@ -540,20 +541,41 @@ impl Store {
             .remove_group(id.0)
             .await
             .map_err(|e| KvError::RegionRefused(format!("region {id}: {e}")))?;
-        let mut next = meta.clone();
-        next.regions.retain(|hosted| hosted.region.id != id);
-        if next.regions.is_empty() {
-            next.cluster = 0;
+        let mut changes = vec![MetaChange::Removed(id)];
+        if meta.regions.iter().all(|hosted| hosted.region.id == id) {
+            changes.push(MetaChange::Cluster(0));
         }
-        self.save_meta(&next).await?;
+        self.record_meta(&mut meta, changes).await?;
         self.inner
             .regions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
-        self.set_cluster(next.cluster);
-        *meta = next;
+        self.set_cluster(meta.cluster);
         tracing::warn!(region = %id, "region closed on this store (it held nothing)");
+        Ok(())
+    }
+
+    /// Makes `changes` durable in the change log (one fsync), then applies them to `meta`;
+    /// folds the log into `store.meta` once it has outgrown it. One region's change costs
+    /// the same however many regions the store hosts (the fold is amortised).
+    async fn record_meta(
+        &self,
+        meta: &mut StoreMeta,
+        changes: Vec<MetaChange>,
+    ) -> Result<(), KvError> {
+        let dir = self.inner.data_dir.clone();
+        let to_append = changes.clone();
+        let log_bytes = tokio::task::spawn_blocking(move || StoreMeta::append(&dir, &to_append))
+            .await
+            .map_err(|e| KvError::Engine(format!("appending to store.meta.log panicked: {e}")))?
+            .map_err(KvError::Engine)?;
+        for change in &changes {
+            meta.apply(change);
+        }
+        if meta.log_due(log_bytes) {
+            self.save_meta(meta).await?;
+        }
         Ok(())
     }
 
@@ -975,6 +997,10 @@ mod tests {
         assert!(refusal(check_open(&full, &next, 7)).contains("regions_per_store_max"));
         full.regions.pop();
         assert_eq!(check_open(&full, &next, 7), Ok(()));
-        assert_eq!(check_meta_size(&full), Ok(()));
+        let adding = HostedRegion {
+            region: next,
+            initial_peers: Vec::new(),
+        };
+        assert_eq!(check_meta_size(&full, &adding), Ok(()));
     }
 }
