@@ -11,7 +11,8 @@ temporary directory, removed at the end), each with `--regions N`, and prints on
 phase as it goes, then a summary (`--json` for one JSON object on stdout instead):
 
 1. start: seconds from spawning the processes until every region has a leader
-   (`flotilla admin status --json`, polled every second);
+   (`flotilla admin status --json`, polled every second), and how many regions were led
+   in each term (more than one election in a region shows as a higher term);
 2. idle: after `--settle-s` more seconds, CPU of the three processes together over
    `--idle-s` seconds (percent of one core, from /proc/PID/stat) and resident memory per
    process (VmRSS) and per region;
@@ -152,6 +153,12 @@ def main():
         for i in range(3):
             cluster.start(i)
         report["start_all_led_s"], status = wait_all_led(args, cluster, started, "start")
+        # How many elections the start took: a region led in term 1 or 2 had no split vote.
+        terms = {}
+        for region in status["regions"]:
+            terms[region.get("term", 0)] = terms.get(region.get("term", 0), 0) + 1
+        report["start_terms"] = {str(t): n for t, n in sorted(terms.items())}
+        log(args, f"start: regions by the term they were led in: {report['start_terms']}")
 
         time.sleep(args.settle_s)
         pids = [p.pid for p in cluster.procs]
