@@ -182,6 +182,11 @@ fn raft_meta_takes_2000_inputs_without_a_crash() {
 }
 
 #[test]
+fn store_meta_log_takes_2000_inputs_without_a_crash() {
+    clean_run("store-meta-log");
+}
+
+#[test]
 fn raft_meta_legacy_takes_2000_inputs_without_a_crash() {
     clean_run("raft-meta-legacy");
 }

@@ -1,14 +1,14 @@
 //! Targets on what flotilla-kv decodes: `kv-command` (a log entry's command, applied by
 //! every replica), `kv-output` (a command's result), `kv-region` (a region record),
-//! `kv-export` (a region snapshot's data file, from disk or a peer) and `store-meta` (the
-//! data directory's `store.meta`).
+//! `kv-export` (a region snapshot's data file, from disk or a peer), `store-meta` (the
+//! data directory's `store.meta`) and `store-meta-log` (its change log).
 //!
 //! Owns: seeds from the crate's own encoders and the checksum repairs of the export and
 //! `store.meta` formats. Must never: touch the real file system.
 
 use bytes::Bytes;
 use flotilla_kv::engine::export::{ExportReader, ExportWriter};
-use flotilla_kv::store::meta::{Bootstrap, HostedRegion, StoreMeta};
+use flotilla_kv::store::meta::{Bootstrap, HostedRegion, MetaChange, StoreMeta};
 use flotilla_kv::{Epoch, KvCommand, KvOutput, Region, RegionId};
 use flotilla_node::StoreId;
 use flotilla_raft::Rng;
@@ -355,6 +355,76 @@ fn fix_store_meta(data: &mut Vec<u8>, _rng: &mut Rng) {
     data.truncate(body_end);
     let sum = crc32c::crc32c(data);
     data.extend_from_slice(format!("crc32c {sum:08x}\n").as_bytes());
+}
+
+/// Change logs as a store appends them: regions added and removed, a cluster set.
+fn store_meta_log_seeds() -> Vec<Vec<u8>> {
+    let added = |id: u64, start: &'static [u8], end: &'static [u8]| {
+        MetaChange::Region(HostedRegion {
+            region: Region::new(RegionId(id), b(start), b(end), Epoch::new(1, 1))
+                .expect("seed region"),
+            initial_peers: Vec::new(),
+        })
+    };
+    [
+        vec![MetaChange::Cluster(0x42), added(7, b"m", b"n")],
+        vec![added(8, b"", b"\x01"), MetaChange::Removed(RegionId(8))],
+        vec![MetaChange::Removed(RegionId(1)), MetaChange::Cluster(0)],
+    ]
+    .iter()
+    .map(|changes| StoreMeta::log_text(changes).into_bytes())
+    .collect()
+}
+
+/// Replays a change log over a store's metadata as a start does; what was accepted must
+/// survive a fold (render, parse) unchanged.
+fn run_store_meta_log(bytes: &[u8]) -> bool {
+    let path = std::path::Path::new("/data/store.meta.log");
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let mut meta = StoreMeta {
+        store: StoreId(0x1111),
+        cluster: 5,
+        bootstrap: None,
+        regions: Vec::new(),
+    };
+    if meta.replay_log_text(text, path).is_err() {
+        return false;
+    }
+    let folded = StoreMeta::parse(&meta.render(), path)
+        .unwrap_or_else(|e| panic!("a replayed store.meta, rendered, is refused: {e}"));
+    assert_eq!(folded, meta, "store.meta changed when folded");
+    true
+}
+
+/// Rewrites every line's checksum, so mutants reach the changes behind them.
+fn fix_store_meta_log(data: &mut Vec<u8>, _rng: &mut Rng) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut fixed = String::new();
+    for line in text.split_inclusive('\n') {
+        let (body, newline) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        let body = body.rsplit_once(" crc32c ").map_or(body, |(b, _)| b);
+        let crc = crc32c::crc32c(body.as_bytes());
+        fixed.push_str(&format!("{body} crc32c {crc:08x}{newline}"));
+    }
+    *data = fixed.into_bytes();
+}
+
+/// `store-meta-log`: the change log beside `store.meta`.
+pub(crate) fn store_meta_log() -> Target {
+    Target {
+        name: "store-meta-log",
+        about: "store.meta.log text -> StoreMeta::replay_log_text (fold checked)",
+        seeds: store_meta_log_seeds,
+        run: run_store_meta_log,
+        fixup: Some(fix_store_meta_log),
+    }
 }
 
 /// `store-meta`: the data directory's `store.meta`.

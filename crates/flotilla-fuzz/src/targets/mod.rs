@@ -22,6 +22,7 @@ pub fn all() -> Vec<Target> {
         kv::kv_region(),
         kv::kv_export(),
         kv::store_meta(),
+        kv::store_meta_log(),
         storage::log_segment(),
         storage::raft_meta(),
         storage::raft_meta_legacy(),

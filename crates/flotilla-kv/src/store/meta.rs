@@ -278,12 +278,7 @@ impl StoreMeta {
             .append(true)
             .open(&path)
             .map_err(|e| fail("open", e))?;
-        let mut text = String::new();
-        for change in changes {
-            let line = change.render();
-            let crc = crc32c::crc32c(line.as_bytes());
-            let _ = writeln!(text, "{line} crc32c {crc:08x}");
-        }
+        let text = StoreMeta::log_text(changes);
         file.write_all(text.as_bytes())
             .map_err(|e| fail("write", e))?;
         file.sync_all().map_err(|e| fail("fsync", e))?;
@@ -321,8 +316,15 @@ impl StoreMeta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
+        self.replay_log_text(&text, &path)
+    }
+
+    /// Replays a change log's text over `self`; `path` names the file in errors. A change
+    /// log is disk input: every line is checked before it changes anything.
+    pub fn replay_log_text(&mut self, text: &str, path: &Path) -> Result<(), String> {
         // A last line without its newline was cut short by a crash: never acknowledged.
         let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+        let mut changes = Vec::new();
         for (n, line) in complete.lines().enumerate() {
             let change = line
                 .rsplit_once(" crc32c ")
@@ -337,9 +339,25 @@ impl StoreMeta {
                         n + 1
                     )
                 })?;
-            self.apply(&change);
+            changes.push(change);
+        }
+        // All or nothing: a damaged log changes nothing.
+        for change in &changes {
+            self.apply(change);
         }
         Ok(())
+    }
+
+    /// A change log's text holding `changes` (what [`StoreMeta::append`] writes).
+    #[must_use]
+    pub fn log_text(changes: &[MetaChange]) -> String {
+        let mut text = String::new();
+        for change in changes {
+            let line = change.render();
+            let crc = crc32c::crc32c(line.as_bytes());
+            let _ = writeln!(text, "{line} crc32c {crc:08x}");
+        }
+        text
     }
 }
 
