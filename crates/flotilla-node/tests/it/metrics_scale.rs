@@ -1,0 +1,68 @@
+//! How `NodeManager::metrics_text` grows with the number of groups: three managers on
+//! `LocalTransport`, groups added in two steps, the size of each manager's default text
+//! measured after each step. The default text is per store: an extra group adds no series.
+
+use std::time::{Duration, Instant};
+
+use flotilla_node::NodeManager;
+
+use crate::cluster::Cluster;
+
+/// Bytes and lines of the default text of `manager`.
+fn size(manager: &NodeManager) -> (usize, usize) {
+    let text = manager.metrics_text();
+    (text.len(), text.lines().count())
+}
+
+/// Adds groups `from..to` on every process and waits until each knows a leader.
+async fn add_groups(cluster: &mut Cluster, from: u64, to: u64) {
+    for group in from..to {
+        cluster.add_group(group).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for group in from..to {
+        for i in 0..cluster.processes.len() {
+            while cluster.node(i, group).unwrap().status().leader.is_none() {
+                assert!(Instant::now() < deadline, "group {group} elected no leader");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The default text of each process at `first` and at `second` groups; answers the largest
+/// growth in bytes per extra group, and prints the figures.
+async fn measure(first: u64, second: u64) -> f64 {
+    let mut cluster = Cluster::new(&format!("metrics-scale-{second}"), 3).await;
+    add_groups(&mut cluster, 1, first + 1).await;
+    let managers = |c: &Cluster| -> Vec<(usize, usize)> {
+        c.processes
+            .iter()
+            .map(|p| size(p.manager.as_ref().unwrap()))
+            .collect()
+    };
+    let before = managers(&cluster);
+    add_groups(&mut cluster, first + 1, second + 1).await;
+    let after = managers(&cluster);
+    let mut growth = 0.0f64;
+    for (i, ((b0, l0), (b1, l1))) in before.iter().zip(&after).enumerate() {
+        let per_group = (*b1 as f64 - *b0 as f64) / (second - first) as f64;
+        println!(
+            "process {i}: {first} groups {b0} bytes {l0} lines; {second} groups {b1} bytes \
+             {l1} lines; {per_group:.1} bytes per extra group"
+        );
+        growth = growth.max(per_group);
+    }
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+    growth
+}
+
+/// The measurement of the README: 1,000 groups. Run with
+/// `cargo test -p flotilla-node --test it metrics_scale -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (1,000 groups on three managers): run on demand"]
+async fn metrics_text_at_a_thousand_groups() {
+    measure(500, 1000).await;
+}
