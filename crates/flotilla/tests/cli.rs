@@ -141,7 +141,13 @@ fn json_contract_and_exit_codes() {
     assert_eq!(regions[1]["end"], Value::from(""));
 
     // Metrics over plain HTTP on the same address.
-    let address = &cluster.servers[0].address;
+    metrics_endpoint_answers_per_store_and_per_group(&cluster.servers[0].address, regions);
+}
+
+/// `GET /metrics` of a store running two regions (`regions`, as `admin regions` lists
+/// them): per store by default, one region or all in detail on request, and a bad query
+/// refused saying why.
+fn metrics_endpoint_answers_per_store_and_per_group(address: &str, regions: &[Value]) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     use std::io::{Read, Write};
     write!(
