@@ -123,6 +123,18 @@ impl MetricsQuery {
     }
 }
 
+/// Gauges an application adds to the store's text (name, one-sentence help, value), in
+/// the same format: e.g. the KV store's regions and quota. Names must differ from the
+/// runtime's.
+#[must_use]
+pub fn gauges_text(gauges: &[(&str, &str, u64)]) -> String {
+    let mut out = Exposition::default();
+    for (name, help, value) in gauges {
+        out.gauge(name, help, *value);
+    }
+    out.text()
+}
+
 /// Counters kept by the manager since before metrics existed (`ManagerStats`).
 pub(crate) struct ProcessCounters {
     pub(crate) rounds: u64,
