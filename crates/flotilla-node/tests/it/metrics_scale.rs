@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_node::NodeManager;
+use flotilla_node::{MetricsQuery, NodeManager};
 
 use crate::cluster::Cluster;
 
@@ -55,6 +55,16 @@ async fn measure(first: u64, second: u64) -> (f64, f64) {
         );
         growth = (growth.0.max(bytes), growth.1.max(lines));
     }
+    let manager = cluster.processes[0].manager.as_ref().unwrap();
+    let detail = manager.metrics_text_for(MetricsQuery::AllGroups).unwrap();
+    let one = manager.metrics_text_for(MetricsQuery::Group(1)).unwrap();
+    println!(
+        "process 0: ?groups=all {} bytes {} lines; ?group=1 {} bytes {} lines",
+        detail.len(),
+        detail.lines().count(),
+        one.len(),
+        one.lines().count()
+    );
     for i in 0..3 {
         cluster.stop(i).await;
     }
