@@ -953,6 +953,7 @@ fn replicators_in_detail(out: &mut Exposition, views: &[GroupView<'_>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_raft::LogIndex;
 
     #[test]
     fn queries_parse_and_bad_ones_say_why() {
@@ -1011,6 +1012,105 @@ mod tests {
             "{text}"
         );
         assert_eq!(h.count(), 6);
+    }
+
+    /// A group as a scrape would see it: `committed` and `applied` indexes, `role`, and on
+    /// a leader one follower per `(peer, match_index)`.
+    fn view<'a>(
+        metrics: &'a GroupMetrics,
+        id: u64,
+        role: Role,
+        (committed, applied): (u64, u64),
+        followers: &[(&str, u64)],
+    ) -> GroupView<'a> {
+        let status = NodeStatus {
+            role,
+            leader: (role == Role::Leader).then(|| PeerId::new("me")),
+            last_index: LogIndex(committed),
+            committed: LogIndex(committed),
+            applied: LogIndex(applied),
+            ..NodeStatus::default()
+        };
+        let replicators = followers
+            .iter()
+            .map(|(peer, matched)| ReplicatorSample {
+                peer: PeerId::new(peer),
+                match_index: LogIndex(*matched),
+                next_index: LogIndex(matched + 1),
+                inflight: 0,
+                state: ProgressState::Replicate,
+            })
+            .collect();
+        GroupView {
+            id: id.to_string(),
+            metrics,
+            status,
+            requests_queued: 1,
+            replicators,
+        }
+    }
+
+    #[test]
+    fn groups_are_summed_up_by_role_and_health_with_the_worst_laggards() {
+        let metrics = GroupMetrics::new(1);
+        let me = PeerId::new("me");
+        let mut views = Vec::new();
+        // Eight followers behind in applying by 1..=8 entries; the 9th by 5,000.
+        for id in 1..=8u64 {
+            let mut v = view(&metrics, id, Role::Follower, (100, 100 - id), &[]);
+            v.status.leader = Some(PeerId::new("other"));
+            views.push(v);
+        }
+        views.push(view(&metrics, 9, Role::Follower, (6000, 1000), &[]));
+        // A leader with a follower 2,000 entries behind and one up to date.
+        views.push(view(
+            &metrics,
+            10,
+            Role::Leader,
+            (3000, 3000),
+            &[("a", 1000), ("b", 3000)],
+        ));
+        // A learner (follower role, in the learners) and a candidate.
+        let mut learner = view(&metrics, 11, Role::Follower, (5, 5), &[]);
+        learner.status.configuration.learners.insert(me.clone());
+        views.push(learner);
+        views.push(view(&metrics, 12, Role::Candidate, (5, 5), &[]));
+        let mut out = Exposition::default();
+        groups_summed_up(&mut out, &views, &me);
+        let text = out.text();
+        let has = |line: &str| assert!(text.contains(&format!("{line}\n")), "{line} in\n{text}");
+        has("flotilla_groups{role=\"leader\"} 1");
+        has("flotilla_groups{role=\"follower\"} 9");
+        has("flotilla_groups{role=\"learner\"} 1");
+        has("flotilla_groups{role=\"candidate\"} 1");
+        has("flotilla_groups{role=\"pre_candidate\"} 0");
+        // Group 9, the learner and the candidate know no leader.
+        has("flotilla_groups_unhealthy{reason=\"no_leader\"} 3");
+        has("flotilla_groups_unhealthy{reason=\"apply_lagging\"} 1");
+        has("flotilla_groups_unhealthy{reason=\"followers_lagging\"} 1");
+        has("flotilla_replicators{state=\"replicate\"} 2");
+        has("flotilla_requests_queued 12");
+        has("flotilla_groups_apply_backlog_entries_count 12");
+        has("flotilla_groups_apply_backlog_entries_bucket{le=\"0\"} 3");
+        has("flotilla_replicators_lag_entries_bucket{le=\"0\"} 1");
+        has("flotilla_replicators_lag_entries_count 2");
+        // The five worst, largest first; only the follower that lags.
+        let laggards: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flotilla_laggard_apply_backlog_entries{"))
+            .collect();
+        assert_eq!(
+            laggards,
+            [
+                "flotilla_laggard_apply_backlog_entries{group=\"9\"} 5000",
+                "flotilla_laggard_apply_backlog_entries{group=\"8\"} 8",
+                "flotilla_laggard_apply_backlog_entries{group=\"7\"} 7",
+                "flotilla_laggard_apply_backlog_entries{group=\"6\"} 6",
+                "flotilla_laggard_apply_backlog_entries{group=\"5\"} 5",
+            ]
+        );
+        has("flotilla_laggard_replicator_lag_entries{group=\"10\",peer=\"a\"} 2000");
+        assert!(!text.contains("peer=\"b\""), "{text}");
     }
 
     #[test]
