@@ -21,9 +21,11 @@
 //! never: wait for a round except for an answer the round gives, or hold a lock across an
 //! `.await`.
 //!
-//! Observability: [`NodeManager::metrics_text`] renders the `metrics` module's registry and
-//! [`NodeManager::describe`] asks the round for every group's dump. Per-group work in the
-//! round runs in debug-level `tracing` spans carrying group, peer and term.
+//! Observability: [`NodeManager::metrics_text`] (per store) and
+//! [`NodeManager::metrics_text_for`] (groups in detail) render what `metrics` records as
+//! `exposition` lays it out, and [`NodeManager::describe`] asks the round for every group's
+//! dump. Per-group work in the round runs in debug-level `tracing` spans carrying group,
+//! peer and term.
 //!
 //! Known debt: each meta save and each snapshot reset is its own fsync; a round's write is
 //! not pipelined with the next round's work; a sleeping follower whose leader's *group*
@@ -334,7 +336,7 @@ impl NodeManager {
     #[must_use]
     pub fn metrics_text(&self) -> String {
         self.metrics_text_for(MetricsQuery::Store)
-            .unwrap_or_default()
+            .expect("the store's metrics name no group and are never refused")
     }
 
     /// The metrics `query` asks for: the store ([`NodeManager::metrics_text`]), one group
