@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle};
-use flotilla_node::Node;
+use flotilla_node::{MetricsQuery, Node};
 
 use crate::service::kv_server;
 use crate::store::{LockedDataDir, Store, StoreError, StoreOptions};
@@ -37,13 +37,17 @@ impl flotilla_node::grpc::CliNodes for StoreNodes {
     }
 }
 
-/// Serves raft, the CLI service, the KV service and `GET /metrics` for `store` on `server`.
+/// Serves raft, the CLI service, the KV service and `GET /metrics` for `store` on `server`
+/// (per store by default; `?group=ID` or `?groups=all` for groups in detail).
 fn serve(server: GrpcServer, store: Store) -> ServerHandle {
     let kv = kv_server(store.clone());
     let metrics_store = store.clone();
     let extra = vec![
         ExtraService::grpc(kv),
-        ExtraService::http_get("/metrics", move || metrics_store.metrics_text()),
+        ExtraService::metrics(move |query| match query {
+            MetricsQuery::Store => Ok(metrics_store.metrics_text()),
+            detail => metrics_store.manager().metrics_text_for(detail),
+        }),
     ];
     let sink = Arc::new(store.manager().inbox());
     server.serve_with(sink, Some(Arc::new(StoreNodes(store))), extra)

@@ -12,8 +12,10 @@
 //! - [`Transport`]: how frames travel; [`LocalTransport`] joins managers in one process.
 //! - [`SnapshotService`] and [`Transport::fetch_snapshot`] ([`snapshot`]): followers pull
 //!   the leader's snapshot in chunks, off the round, resumable and throttled.
-//! - Observability: [`NodeManager::metrics_text`] (Prometheus text format: latencies,
-//!   batch sizes, queue depths, elections, snapshots, replicator lag and state),
+//! - Observability: [`NodeManager::metrics_text`] (Prometheus text format, per store:
+//!   latencies, batch sizes, queue depths, elections, snapshots, groups by role and health,
+//!   lag across groups and the worst laggards), [`NodeManager::metrics_text_for`] (one group
+//!   or every group in detail, [`exposition`]),
 //!   [`NodeManager::describe`] (every group's dump) and debug-level `tracing` spans per
 //!   group in the round.
 //! - Hibernation (on by default, [`ManagerOptions::hibernation`]): an idle group stops
@@ -27,12 +29,14 @@
 //!   fetches and the CLI service ([`grpc::CliClient`] finds the leader and retries on
 //!   "not leader"); `examples/counter` is the quick-start built on this public API.
 //!
-//! Not yet: an HTTP endpoint for metrics. Mutual TLS (optional): [`grpc::tls`].
+//! `GET /metrics` is served next to them by [`grpc::ExtraService::metrics`]. Mutual TLS
+//! (optional): [`grpc::tls`].
 
 #![deny(missing_docs)]
 
 mod control;
 mod error;
+pub mod exposition;
 mod group;
 pub mod grpc;
 mod hibernation;
@@ -56,6 +60,9 @@ mod wake;
 mod wake_policy;
 
 pub use error::NodeError;
+pub use exposition::{
+    MetricsQuery, MetricsQueryError, LAGGARDS_MAX, LAGGING_ENTRIES_MIN, METRICS_QUERY_BYTES_MAX,
+};
 pub use identity::{AddressBook, Identity, StoreId};
 pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};

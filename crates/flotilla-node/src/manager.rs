@@ -21,9 +21,11 @@
 //! never: wait for a round except for an answer the round gives, or hold a lock across an
 //! `.await`.
 //!
-//! Observability: [`NodeManager::metrics_text`] renders the `metrics` module's registry and
-//! [`NodeManager::describe`] asks the round for every group's dump. Per-group work in the
-//! round runs in debug-level `tracing` spans carrying group, peer and term.
+//! Observability: [`NodeManager::metrics_text`] (per store) and
+//! [`NodeManager::metrics_text_for`] (groups in detail) render what `metrics` records as
+//! `exposition` lays it out, and [`NodeManager::describe`] asks the round for every group's
+//! dump. Per-group work in the round runs in debug-level `tracing` spans carrying group,
+//! peer and term.
 //!
 //! Known debt: each snapshot reset is its own fsync (a round's term/vote saves are one
 //! journal write, `flotilla_storage::FileMetaStorage`); a round's write is
@@ -41,11 +43,12 @@ use flotilla_storage::{FileMetaStorage, GroupId, SharedLog};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
+use crate::exposition::{MetricsQuery, MetricsQueryError, ProcessCounters};
 use crate::group::{storage_error, GroupSetup};
 use crate::hibernation::{Liveness, Sleepers};
 use crate::identity::Identity;
 use crate::install::{InstallOptions, Installs};
-use crate::metrics::{GroupView, ManagerMetrics, ProcessCounters};
+use crate::metrics::ManagerMetrics;
 use crate::node::{Node, Nodes};
 use crate::options::ManagerOptions;
 use crate::round::{run, Control, Driver};
@@ -328,13 +331,18 @@ impl NodeManager {
         }
     }
 
-    /// Every metric of this process in Prometheus text exposition format (version 0.0.4):
-    /// process-wide counters and histograms, then per-group ones labelled `group`, then
-    /// the replicators of the groups this process leads labelled `group` and `peer` (the
-    /// follower). Reads atomics and each group's published status; never waits for a
-    /// round.
+    /// This process's metrics in the Prometheus text format (version 0.0.4), per store:
+    /// process-wide counters and histograms and the groups summed up, the same size
+    /// whatever the number of groups (`crate::exposition`). Never waits for a round.
     #[must_use]
     pub fn metrics_text(&self) -> String {
+        self.metrics_text_for(MetricsQuery::Store)
+            .expect("the store's metrics name no group and are never refused")
+    }
+
+    /// The metrics `query` asks for: the store ([`NodeManager::metrics_text`]), one group
+    /// in detail, or every group in detail. Refuses a group this process does not run.
+    pub fn metrics_text_for(&self, query: MetricsQuery) -> Result<String, MetricsQueryError> {
         let stats = self.stats();
         let counters = ProcessCounters {
             rounds: stats.rounds,
@@ -346,18 +354,8 @@ impl NodeManager {
             messages_sent: stats.messages_sent,
         };
         let nodes: Vec<Node> = lock(&self.nodes).values().cloned().collect();
-        let statuses: Vec<_> = nodes.iter().map(Node::status).collect();
-        let views: Vec<GroupView<'_>> = nodes
-            .iter()
-            .zip(&statuses)
-            .map(|(node, status)| GroupView {
-                group: node.group(),
-                metrics: node.metrics(),
-                status,
-                requests_queued: node.requests_queued(),
-            })
-            .collect();
-        crate::metrics::render(&counters, &self.shared.metrics, &views)
+        let metrics = &self.shared.metrics;
+        crate::exposition::render(query, &counters, metrics, &self.shared.id, &nodes)
     }
 
     /// A human-readable dump of this process and every group it runs (the core's

@@ -1,19 +1,20 @@
-//! A small metrics registry and its Prometheus text rendering (what SOFAJRaft's metrics and
-//! diagnostics offer): counters, gauges and histograms with fixed buckets, all
-//! lock-free atomics, so the round records without contention and a scrape reads without
-//! stopping it.
+//! The metrics a process records (what SOFAJRaft's metrics and diagnostics offer):
+//! counters and gauges on atomics, histograms of the Prometheus client library, per process
+//! and per group. `crate::exposition` turns them into the text a scrape reads.
 //!
-//! Owns: the metric names (units as suffix), their help texts and buckets, and the text
-//! exposition format. Must never: take a lock the round waits for while rendering, or
-//! allocate per observation.
+//! Owns: what is recorded where (process-wide, per group, and each group's contribution to
+//! the store-wide totals), the histograms' buckets, and the reasons that label counters.
+//! Must never: take a lock the round waits for while a scrape reads (a histogram's lock is
+//! held for one observation or one copy, never across rendering), or allocate per
+//! observation.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use flotilla_raft::progress::ProgressState;
 use flotilla_raft::{LogIndex, PeerId};
+use prometheus_client::metrics::histogram::Histogram as LibraryHistogram;
 
 use crate::hibernation::WakeReason;
 
@@ -45,87 +46,110 @@ impl Gauge {
     }
 }
 
-/// Upper bounds of duration histograms, in nanoseconds (50 µs to 10 s).
-const DURATION_BOUNDS_NS: &[u64] = &[
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
+/// Upper bounds of duration histograms, in seconds (50 µs to 10 s).
+pub(crate) const DURATION_BOUNDS_SECONDS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Upper bounds of count histograms (entries, groups per batch).
-const COUNT_BOUNDS: &[u64] = &[
-    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+/// Upper bounds of count histograms (entries, groups per batch, entries of lag).
+pub(crate) const COUNT_BOUNDS: [f64; 15] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+    16384.0,
 ];
 
 /// Upper bounds of byte-size histograms (64 B to 64 MiB).
-const BYTES_BOUNDS: &[u64] = &[
-    64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576, 4_194_304, 16_777_216, 67_108_864,
+const BYTES_BOUNDS: [f64; 11] = [
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
 ];
 
-/// A histogram with fixed buckets over integer observations (nanoseconds for durations,
-/// rendered in seconds). Buckets hold per-bucket counts; rendering makes them cumulative.
+/// A histogram of the Prometheus client library with fixed buckets, plus the count of its
+/// observations (the library reads its own only in tests) and, for a group's histogram,
+/// the store-wide one its observations also go to.
 #[derive(Debug)]
 pub(crate) struct Histogram {
-    bounds: &'static [u64],
-    /// Divisor from the observed unit to the rendered one (1e9 for seconds from nanos).
-    scale: f64,
-    /// One per bound, plus the overflow bucket.
-    buckets: Box<[AtomicU64]>,
+    histogram: LibraryHistogram,
     count: AtomicU64,
-    sum: AtomicU64,
+    /// Set once a group's handle exists (`GroupMetrics::attach`); unset for process-wide
+    /// histograms.
+    total: OnceLock<Arc<Histogram>>,
 }
 
 impl Histogram {
-    fn new(bounds: &'static [u64], scale: f64) -> Histogram {
+    fn new(bounds: &[f64]) -> Histogram {
         Histogram {
-            bounds,
-            scale,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            histogram: LibraryHistogram::new(bounds.iter().copied()),
             count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
+            total: OnceLock::new(),
         }
     }
 
     pub(crate) fn durations() -> Histogram {
-        Histogram::new(DURATION_BOUNDS_NS, 1e9)
+        Histogram::new(&DURATION_BOUNDS_SECONDS)
     }
 
     pub(crate) fn counts() -> Histogram {
-        Histogram::new(COUNT_BOUNDS, 1.0)
+        Histogram::new(&COUNT_BOUNDS)
     }
 
     pub(crate) fn bytes() -> Histogram {
-        Histogram::new(BYTES_BOUNDS, 1.0)
+        Histogram::new(&BYTES_BOUNDS)
+    }
+
+    fn observe_value(&self, value: f64) {
+        self.histogram.observe(value);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Some(total) = self.total.get() {
+            total.observe_value(value);
+        }
     }
 
     pub(crate) fn observe(&self, value: u64) {
-        let bucket = self.bounds.partition_point(|&bound| bound < value);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.observe_value(value as f64);
     }
 
     pub(crate) fn observe_duration(&self, elapsed: Duration) {
-        self.observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        self.observe_value(elapsed.as_secs_f64());
     }
 
     /// Observations so far.
     pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The library's histogram (shared: a clone sees every later observation), to expose.
+    pub(crate) fn exposed(&self) -> LibraryHistogram {
+        self.histogram.clone()
+    }
+}
+
+/// A group's counter that also counts into its store-wide total, once attached.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCounter {
+    own: Counter,
+    total: OnceLock<Arc<Counter>>,
+}
+
+impl GroupCounter {
+    pub(crate) fn add(&self, by: u64) {
+        self.own.add(by);
+        if let Some(total) = self.total.get() {
+            total.add(by);
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.own.get()
     }
 }
 
@@ -147,7 +171,7 @@ impl MessageDrop {
         MessageDrop::WrongRecipient,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             MessageDrop::SenderMismatch => "sender_mismatch",
             MessageDrop::Oversized => "oversized",
@@ -169,7 +193,7 @@ impl IdentityRefusal {
     pub(crate) const ALL: [IdentityRefusal; 2] =
         [IdentityRefusal::WrongPeer, IdentityRefusal::WrongCluster];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             IdentityRefusal::WrongPeer => "wrong_peer",
             IdentityRefusal::WrongCluster => "wrong_cluster",
@@ -197,7 +221,7 @@ impl ConnectionClose {
         ConnectionClose::RequestTimeout,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ConnectionClose::SourceCap => "source_cap",
             ConnectionClose::HandshakeTimeout => "handshake_timeout",
@@ -249,67 +273,6 @@ impl TransportMetrics {
     pub(crate) fn connections_closed(&self, reason: ConnectionClose) -> u64 {
         self.connections_closed[reason as usize].get()
     }
-
-    fn render(&self, w: &mut Writer) {
-        let dropped = "flotilla_transport_messages_dropped_total";
-        w.header(
-            dropped,
-            "counter",
-            "Raft messages dropped by the transport, by reason (sender_mismatch: its from is \
-             not the frame's sender; oversized: alone larger than a frame; wrong_recipient: \
-             its to is not this process).",
-        );
-        for reason in MessageDrop::ALL {
-            w.sample(
-                dropped,
-                &[("reason", reason.name())],
-                self.messages_dropped(reason),
-            );
-        }
-        w.scalar(
-            "flotilla_transport_frames_split_total",
-            "counter",
-            "Extra frames sent because what was queued for a destination exceeded one \
-             frame's message or byte limit.",
-            self.frames_split.get(),
-        );
-        let refused = "flotilla_identity_refused_total";
-        w.header(
-            refused,
-            "counter",
-            "Raft frames, snapshot fetches and CLI calls refused because they name another \
-             receiver (wrong_peer: another peer id, e.g. a store that lived at this address \
-             before; wrong_cluster: another cluster).",
-        );
-        for reason in IdentityRefusal::ALL {
-            w.sample(
-                refused,
-                &[("reason", reason.name())],
-                self.identity_refusals(reason),
-            );
-        }
-        let closed = "flotilla_transport_connections_closed_total";
-        w.header(
-            closed,
-            "counter",
-            "Inbound connections closed before being served, by reason (source_cap: the oldest \
-             of too many being set up from one address; handshake_timeout; request_timeout: \
-             no complete plain-text request in time).",
-        );
-        for reason in ConnectionClose::ALL {
-            w.sample(
-                closed,
-                &[("reason", reason.name())],
-                self.connections_closed(reason),
-            );
-        }
-        w.scalar(
-            "flotilla_transport_accept_errors_total",
-            "counter",
-            "Errors accepting inbound connections (the listener backs off after each).",
-            self.accept_errors.get(),
-        );
-    }
 }
 
 /// Histograms of one manager (process-wide).
@@ -343,6 +306,45 @@ pub(crate) struct ManagerMetrics {
     /// The transport's counters (shared with the transport and the server, when they
     /// count).
     pub(crate) transport: Arc<TransportMetrics>,
+    /// What every group of this process recorded, added up (each group's metrics count
+    /// into these once attached).
+    pub(crate) group_totals: GroupTotals,
+}
+
+/// The store-wide totals of the groups' histograms and counters: what a scrape shows by
+/// default instead of one series per group. A group's part stays in them when the group
+/// goes, so the counters never go down.
+#[derive(Debug)]
+pub(crate) struct GroupTotals {
+    pub(crate) apply_seconds: Arc<Histogram>,
+    pub(crate) apply_entries: Arc<Histogram>,
+    pub(crate) proposal_seconds: Arc<Histogram>,
+    pub(crate) read_index_seconds: Arc<Histogram>,
+    pub(crate) snapshot_save_seconds: Arc<Histogram>,
+    pub(crate) snapshot_installs: Arc<Counter>,
+    pub(crate) snapshot_install_failures: Arc<Counter>,
+    pub(crate) leader_starts: Arc<Counter>,
+    pub(crate) leader_changes: Arc<Counter>,
+    pub(crate) term_changes: Arc<Counter>,
+    pub(crate) replicator_events: Arc<Counter>,
+}
+
+impl Default for GroupTotals {
+    fn default() -> Self {
+        GroupTotals {
+            apply_seconds: Arc::new(Histogram::durations()),
+            apply_entries: Arc::new(Histogram::counts()),
+            proposal_seconds: Arc::new(Histogram::durations()),
+            read_index_seconds: Arc::new(Histogram::durations()),
+            snapshot_save_seconds: Arc::new(Histogram::durations()),
+            snapshot_installs: Arc::default(),
+            snapshot_install_failures: Arc::default(),
+            leader_starts: Arc::default(),
+            leader_changes: Arc::default(),
+            term_changes: Arc::default(),
+            replicator_events: Arc::default(),
+        }
+    }
 }
 
 /// Why a core dropped a message (`flotilla_raft::DroppedMessages::counts`, in that order).
@@ -405,6 +407,7 @@ impl Default for ManagerMetrics {
             liveness_processes_evicted: Counter::default(),
             raft_messages_dropped: Default::default(),
             transport: Arc::default(),
+            group_totals: GroupTotals::default(),
         }
     }
 }
@@ -430,7 +433,8 @@ pub(crate) struct ReplicatorSample {
 }
 
 /// Metrics of one group on this process. Shared by the round (which records) and the
-/// group's [`crate::Node`] handle (which records request latencies and renders).
+/// group's [`crate::Node`] handle (which records request latencies and attaches them to the
+/// store-wide totals).
 #[derive(Debug)]
 pub(crate) struct GroupMetrics {
     pub(crate) apply_seconds: Histogram,
@@ -438,12 +442,12 @@ pub(crate) struct GroupMetrics {
     pub(crate) proposal_seconds: Histogram,
     pub(crate) read_index_seconds: Histogram,
     pub(crate) snapshot_save_seconds: Histogram,
-    pub(crate) snapshot_installs: Counter,
-    pub(crate) snapshot_install_failures: Counter,
-    pub(crate) leader_starts: Counter,
-    pub(crate) leader_changes: Counter,
-    pub(crate) term_changes: Counter,
-    pub(crate) replicator_events: Counter,
+    pub(crate) snapshot_installs: GroupCounter,
+    pub(crate) snapshot_install_failures: GroupCounter,
+    pub(crate) leader_starts: GroupCounter,
+    pub(crate) leader_changes: GroupCounter,
+    pub(crate) term_changes: GroupCounter,
+    pub(crate) replicator_events: GroupCounter,
     pub(crate) proposals_pending: Gauge,
     pub(crate) reads_pending: Gauge,
     /// The term last published (to count changes).
@@ -460,12 +464,12 @@ impl GroupMetrics {
             proposal_seconds: Histogram::durations(),
             read_index_seconds: Histogram::durations(),
             snapshot_save_seconds: Histogram::durations(),
-            snapshot_installs: Counter::default(),
-            snapshot_install_failures: Counter::default(),
-            leader_starts: Counter::default(),
-            leader_changes: Counter::default(),
-            term_changes: Counter::default(),
-            replicator_events: Counter::default(),
+            snapshot_installs: GroupCounter::default(),
+            snapshot_install_failures: GroupCounter::default(),
+            leader_starts: GroupCounter::default(),
+            leader_changes: GroupCounter::default(),
+            term_changes: GroupCounter::default(),
+            replicator_events: GroupCounter::default(),
             proposals_pending: Gauge::default(),
             reads_pending: Gauge::default(),
             last_term: AtomicU64::new(term),
@@ -491,13 +495,44 @@ impl GroupMetrics {
         fill(&mut samples);
     }
 
-    fn replicators(&self) -> Vec<ReplicatorSample> {
+    /// Makes every histogram and counter of this group count into `totals` too (once; a
+    /// second call changes nothing).
+    pub(crate) fn attach(&self, totals: &GroupTotals) {
+        let histograms = [
+            (&self.apply_seconds, &totals.apply_seconds),
+            (&self.apply_entries, &totals.apply_entries),
+            (&self.proposal_seconds, &totals.proposal_seconds),
+            (&self.read_index_seconds, &totals.read_index_seconds),
+            (&self.snapshot_save_seconds, &totals.snapshot_save_seconds),
+        ];
+        for (own, total) in histograms {
+            let _ = own.total.set(total.clone());
+        }
+        let counters = [
+            (&self.snapshot_installs, &totals.snapshot_installs),
+            (
+                &self.snapshot_install_failures,
+                &totals.snapshot_install_failures,
+            ),
+            (&self.leader_starts, &totals.leader_starts),
+            (&self.leader_changes, &totals.leader_changes),
+            (&self.term_changes, &totals.term_changes),
+            (&self.replicator_events, &totals.replicator_events),
+        ];
+        for (own, total) in counters {
+            let _ = own.total.set(total.clone());
+        }
+    }
+
+    /// The replicators as of the last round (a copy; the lock is held only for it).
+    pub(crate) fn replicators(&self) -> Vec<ReplicatorSample> {
         self.replicators
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
+<<<<<<< HEAD
 
 /// One group as a scrape sees it.
 pub(crate) struct GroupView<'a> {
@@ -1040,3 +1075,5 @@ mod tests {
         assert!(w.out.contains("d_sum{peer=\"a\\\"b\\\\c\"} 0.003\n"));
     }
 }
+=======
+>>>>>>> wt-metrics

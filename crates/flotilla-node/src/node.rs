@@ -59,6 +59,9 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn new(inner: NodeInner) -> Node {
+        // From here on the group's latencies and counts also go to the store-wide totals
+        // that `/metrics` shows by default.
+        inner.metrics.attach(&inner.shared.metrics.group_totals);
         Node {
             inner: Arc::new(inner),
         }

@@ -141,7 +141,13 @@ fn json_contract_and_exit_codes() {
     assert_eq!(regions[1]["end"], Value::from(""));
 
     // Metrics over plain HTTP on the same address.
-    let address = &cluster.servers[0].address;
+    metrics_endpoint_answers_per_store_and_per_group(&cluster.servers[0].address, regions);
+}
+
+/// `GET /metrics` of a store running two regions (`regions`, as `admin regions` lists
+/// them): per store by default, one region or all in detail on request, and a bad query
+/// refused saying why.
+fn metrics_endpoint_answers_per_store_and_per_group(address: &str, regions: &[Value]) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     use std::io::{Read, Write};
     write!(
@@ -156,6 +162,44 @@ fn json_contract_and_exit_codes() {
         response.contains("flotilla_store_regions 2"),
         "{response:.2000}"
     );
+    // Per store by default: the two regions counted by role, none labelled by group.
+    let roles: f64 = [
+        "leader",
+        "follower",
+        "learner",
+        "candidate",
+        "pre_candidate",
+    ]
+    .iter()
+    .map(|role| crate::support::sample(&response, &format!("flotilla_groups{{role=\"{role}\"}} ")))
+    .sum();
+    assert_eq!(roles, 2.0, "{response:.2000}");
+    assert!(!response.contains("{group=\""), "{response:.2000}");
+    // One region in detail on request (the group label is the region id in decimal).
+    let id = &regions[0]["id"];
+    let id = id
+        .as_u64()
+        .or_else(|| u64::from_str_radix(id.as_str()?, 16).ok())
+        .unwrap_or_else(|| panic!("region id {id}"));
+    let detail = crate::support::http_get(address, &format!("/metrics?group={id}"));
+    assert!(detail.starts_with("HTTP/1.1 200"), "{detail:.200}");
+    let term = format!("flotilla_term{{group=\"{id}\"}} ");
+    assert!(
+        crate::support::sample(&detail, &term) >= 1.0,
+        "{detail:.2000}"
+    );
+    let all = crate::support::http_get(address, "/metrics?groups=all");
+    assert_eq!(
+        all.matches("flotilla_is_leader{group=").count(),
+        2,
+        "{all:.2000}"
+    );
+    // A malformed query is refused saying why; a group the store does not run is not found.
+    let bad = crate::support::http_get(address, "/metrics?group=x");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:.200}");
+    assert!(bad.contains("not a decimal group id"), "{bad}");
+    let unknown = crate::support::http_get(address, "/metrics?group=12345678");
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown:.200}");
 }
 
 /// One process per data directory: a second server on a running store's data dir (on

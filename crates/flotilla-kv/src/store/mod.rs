@@ -375,15 +375,18 @@ impl Store {
         let mut text = self.inner.manager.metrics_text();
         let regions = self.regions();
         let led = regions.iter().filter(|r| r.role == "leader").count();
-        text.push_str(&format!(
-            "# HELP flotilla_store_regions Regions this store hosts a peer of.\n\
-             # TYPE flotilla_store_regions gauge\n\
-             flotilla_store_regions {}\n\
-             # HELP flotilla_store_regions_led Regions this store's peer leads.\n\
-             # TYPE flotilla_store_regions_led gauge\n\
-             flotilla_store_regions_led {led}\n",
-            regions.len()
-        ));
+        text.push_str(&flotilla_node::exposition::gauges_text(&[
+            (
+                "flotilla_store_regions",
+                "Regions this store hosts a peer of.",
+                regions.len() as u64,
+            ),
+            (
+                "flotilla_store_regions_led",
+                "Regions this store's peer leads.",
+                led as u64,
+            ),
+        ]));
         text.push_str(&self.inner.quota.metrics_text());
         text
     }

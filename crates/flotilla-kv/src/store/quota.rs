@@ -91,20 +91,24 @@ impl SpaceQuota {
 
     /// The Prometheus lines of the quota.
     pub(crate) fn metrics_text(&self) -> String {
-        format!(
-            "# HELP flotilla_store_data_bytes Size of the store's data directory at the last measurement.\n\
-             # TYPE flotilla_store_data_bytes gauge\n\
-             flotilla_store_data_bytes {}\n\
-             # HELP flotilla_store_quota_bytes The store's data quota (0: unlimited).\n\
-             # TYPE flotilla_store_quota_bytes gauge\n\
-             flotilla_store_quota_bytes {}\n\
-             # HELP flotilla_store_nospace_alarm Whether the NOSPACE alarm is on (1): the data is over its quota and writes that add data are refused.\n\
-             # TYPE flotilla_store_nospace_alarm gauge\n\
-             flotilla_store_nospace_alarm {}\n",
-            self.used_bytes(),
-            self.quota_bytes,
-            u8::from(self.alarm())
-        )
+        flotilla_node::exposition::gauges_text(&[
+            (
+                "flotilla_store_data_bytes",
+                "Size of the store's data directory at the last measurement.",
+                self.used_bytes(),
+            ),
+            (
+                "flotilla_store_quota_bytes",
+                "The store's data quota (0: unlimited).",
+                self.quota_bytes,
+            ),
+            (
+                "flotilla_store_nospace_alarm",
+                "Whether the NOSPACE alarm is on (1): the data is over its quota and writes \
+                 that add data are refused.",
+                u64::from(self.alarm()),
+            ),
+        ])
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
 
+use crate::exposition::{MetricsQuery, MetricsQueryError};
+
 type HttpRequest = http::Request<tonic::body::Body>;
 type HttpResponse = http::Response<tonic::body::Body>;
 
@@ -44,8 +46,29 @@ enum Kind {
     HttpGet {
         path: String,
         content_type: &'static str,
-        body: Arc<dyn Fn() -> String + Send + Sync>,
+        body: Arc<HttpBody>,
     },
+}
+
+/// What answers a plain `GET`: the query string (without `?`) in, the body or a refusal out.
+type HttpBody = dyn Fn(Option<&str>) -> Result<String, HttpRefusal> + Send + Sync;
+
+/// Why a plain `GET` was refused: its HTTP status (4xx) and a one-line message for the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRefusal {
+    /// The HTTP status code.
+    pub status: u16,
+    /// What was wrong, in words.
+    pub message: String,
+}
+
+impl From<MetricsQueryError> for HttpRefusal {
+    fn from(error: MetricsQueryError) -> HttpRefusal {
+        HttpRefusal {
+            status: error.http_status(),
+            message: error.to_string(),
+        }
+    }
 }
 
 /// One more service on the process's address ([`super::GrpcServer::serve_with`]).
@@ -85,15 +108,36 @@ impl ExtraService {
     }
 
     /// A plain HTTP `GET path` answered with `body()` as Prometheus-style text
-    /// (`text/plain; version=0.0.4`), over HTTP/1.1 or HTTP/2.
+    /// (`text/plain; version=0.0.4`), over HTTP/1.1 or HTTP/2. A query string is ignored.
     pub fn http_get(path: &str, body: impl Fn() -> String + Send + Sync + 'static) -> ExtraService {
+        ExtraService::http_get_with_query(path, move |_| Ok(body()))
+    }
+
+    /// A plain HTTP `GET path` whose answer depends on the query string (without `?`):
+    /// `body` answers the text, or a refusal sent with its status and message.
+    pub fn http_get_with_query(
+        path: &str,
+        body: impl Fn(Option<&str>) -> Result<String, HttpRefusal> + Send + Sync + 'static,
+    ) -> ExtraService {
         ExtraService {
             kind: Kind::HttpGet {
                 path: path.to_string(),
-                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
                 body: Arc::new(body),
             },
         }
+    }
+
+    /// `GET /metrics` as [`crate::exposition`] describes it: the query string parsed into a
+    /// [`MetricsQuery`] and answered by `render` (the store's text for
+    /// [`MetricsQuery::Store`], [`crate::NodeManager::metrics_text_for`] for the others);
+    /// a malformed query or an unknown group is refused with its status (400, 404) and why.
+    pub fn metrics(
+        render: impl Fn(MetricsQuery) -> Result<String, MetricsQueryError> + Send + Sync + 'static,
+    ) -> ExtraService {
+        ExtraService::http_get_with_query("/metrics", move |query| {
+            Ok(render(MetricsQuery::parse(query)?)?)
+        })
     }
 
     /// Whether `request` is for this service.
@@ -114,10 +158,19 @@ impl ExtraService {
                 body,
             } => {
                 let response = if request.method() == http::Method::GET {
-                    http::Response::builder()
-                        .status(http::StatusCode::OK)
-                        .header(http::header::CONTENT_TYPE, *content_type)
-                        .body(tonic::body::Body::new(body()))
+                    match body(request.uri().query()) {
+                        Ok(text) => http::Response::builder()
+                            .status(http::StatusCode::OK)
+                            .header(http::header::CONTENT_TYPE, *content_type)
+                            .body(tonic::body::Body::new(text)),
+                        Err(refusal) => http::Response::builder()
+                            .status(
+                                http::StatusCode::from_u16(refusal.status)
+                                    .unwrap_or(http::StatusCode::BAD_REQUEST),
+                            )
+                            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                            .body(tonic::body::Body::new(format!("{}\n", refusal.message))),
+                    }
                 } else {
                     http::Response::builder()
                         .status(http::StatusCode::METHOD_NOT_ALLOWED)

@@ -77,7 +77,7 @@ pub use cli::{
     ERROR_KIND_KEY, LEADER_ID_KEY, LEADER_KEY, STORE_KEY,
 };
 pub use codec::DecodeError;
-pub use extra::ExtraService;
+pub use extra::{ExtraService, HttpRefusal};
 pub use tls::{TlsConfig, TlsConfigError};
 
 /// Largest encoded frame either side accepts: [`crate::limits::FRAME_BYTES_MAX`] (16 MiB).

@@ -11,6 +11,7 @@ mod grpc;
 mod grpc_snapshots;
 mod grpc_tls;
 mod hibernation;
+mod metrics_scale;
 mod node_api;
 mod observability;
 mod process;

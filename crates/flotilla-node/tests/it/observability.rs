@@ -1,9 +1,9 @@
-//! Observability: `NodeManager::metrics_text` is valid Prometheus text and counts what a
-//! cluster did; `NodeManager::describe` dumps every group.
+//! Observability: `NodeManager::metrics_text` (per store) and `metrics_text_for` (groups in
+//! detail) are valid Prometheus text and count what a cluster did; `NodeManager::describe` dumps every group.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_node::{NodeManager, ReadMode};
+use flotilla_node::{MetricsQuery, MetricsQueryError, NodeManager, ReadMode};
 
 use crate::cluster::Cluster;
 
@@ -248,6 +248,101 @@ fn checker_refuses_broken_text() {
     }
 }
 
+/// The default (per store) text of process `i` of `cluster` (two groups, five applies each,
+/// settled): the groups summed up by role and health, the totals of their histograms and
+/// counters, their replicators by state; no series per group.
+fn check_store_view(cluster: &Cluster, i: usize, samples: &[Sample], text: &str) {
+    let at = |name: &str, labels: &[(&str, &str)]| {
+        value(samples, name, labels)
+            .unwrap_or_else(|| panic!("process {i}: no {name} {labels:?} in\n{text}"))
+    };
+    for s in samples {
+        let per_group = s.labels.iter().any(|(k, _)| k == "group");
+        // Laggards are labelled by group, but settled groups have none.
+        assert!(
+            !per_group,
+            "process {i}: a per-group series by default: {s:?}"
+        );
+    }
+    let led = (1..=2)
+        .filter(|g| cluster.node(i, *g).unwrap().is_leader())
+        .count() as f64;
+    assert_eq!(at("flotilla_groups", &[("role", "leader")]), led);
+    assert_eq!(at("flotilla_groups", &[("role", "follower")]), 2.0 - led);
+    assert_eq!(at("flotilla_groups", &[("role", "candidate")]), 0.0);
+    for reason in ["no_leader", "apply_lagging", "followers_lagging"] {
+        assert_eq!(at("flotilla_groups_unhealthy", &[("reason", reason)]), 0.0);
+    }
+    // Both groups' applies: five each and a leader's no-op at least.
+    assert!(at("flotilla_apply_seconds_count", &[]) > 0.0);
+    assert!(at("flotilla_apply_entries_sum", &[]) >= 12.0);
+    assert!(at("flotilla_leader_changes_total", &[]) >= 2.0);
+    assert_eq!(at("flotilla_requests_queued", &[]), 0.0);
+    assert_eq!(at("flotilla_groups_apply_backlog_entries_count", &[]), 2.0);
+    let states: f64 = ["probe", "replicate", "snapshot"]
+        .iter()
+        .map(|s| at("flotilla_replicators", &[("state", s)]))
+        .sum();
+    assert_eq!(states, 2.0 * led, "two followers per group led\n{text}");
+    assert_eq!(at("flotilla_replicators_lag_entries_count", &[]), 2.0 * led);
+}
+
+/// `group`'s detailed text on process `i`: its applies, its role and, where it leads, a
+/// gauge per follower with its match index and lag.
+fn check_group_detail(cluster: &Cluster, i: usize, group: u64, text: &str) {
+    let samples = check_prometheus(text);
+    let at = |name: &str, labels: &[(&str, &str)]| {
+        value(&samples, name, labels)
+            .unwrap_or_else(|| panic!("process {i}: no {name} {labels:?} in\n{text}"))
+    };
+    let g = group.to_string();
+    let labels = [("group", g.as_str())];
+    for s in &samples {
+        assert!(s.labels.contains(&("group".into(), g.clone())), "{s:?}");
+    }
+    assert!(at("flotilla_apply_seconds_count", &labels) > 0.0);
+    // Five applies and the leader's no-op entry at least.
+    assert!(at("flotilla_apply_entries_sum", &labels) >= 6.0);
+    assert!(at("flotilla_applied_index", &labels) >= 6.0);
+    assert!(at("flotilla_leader_changes_total", &labels) >= 1.0);
+    assert_eq!(at("flotilla_requests_queued", &labels), 0.0);
+    let leads = cluster.node(i, group).unwrap().is_leader();
+    assert_eq!(
+        at("flotilla_is_leader", &labels),
+        f64::from(u8::from(leads))
+    );
+    let replicators = samples
+        .iter()
+        .filter(|s| s.name == "flotilla_replicator_match_index")
+        .count();
+    if !leads {
+        assert_eq!(replicators, 0, "process {i} follows group {group}");
+        return;
+    }
+    assert!(at("flotilla_proposal_seconds_count", &labels) >= 5.0);
+    assert_eq!(replicators, 2, "{text}");
+    let mut matched = 0.0f64;
+    for (j, p) in cluster.processes.iter().enumerate() {
+        let peer = p.address.as_str();
+        if j == i {
+            continue;
+        }
+        let labels = [("group", g.as_str()), ("peer", peer)];
+        let match_index = at("flotilla_replicator_match_index", &labels);
+        let lag = at("flotilla_replicator_lag_entries", &labels);
+        let last = at("flotilla_last_log_index", &[("group", g.as_str())]);
+        assert_eq!(lag, last - match_index, "{text}");
+        matched = matched.max(match_index);
+        let states: f64 = ["probe", "replicate", "snapshot"]
+            .iter()
+            .map(|s| at("flotilla_replicator_state", &[("peer", peer), ("state", s)]))
+            .sum();
+        assert_eq!(states, 1.0, "exactly one state per replicator\n{text}");
+    }
+    // A majority acknowledged the applies: some follower matched them.
+    assert!(matched >= 6.0, "{text}");
+}
+
 /// A few applies and reads on three managers: every manager's text is valid, counts its log
 /// writes and applies, and the leader's shows a gauge per follower with its match index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,56 +405,29 @@ async fn metrics_text_is_valid_and_counts_the_work() {
             &[("kind", "AppendEntriesResponse")],
         );
         assert!(appends > 0.0, "process {i}: no append traffic counted");
+        check_store_view(&cluster, i, &samples, &text);
+        for group in GROUPS {
+            let detail = manager
+                .metrics_text_for(MetricsQuery::Group(group))
+                .unwrap();
+            check_group_detail(&cluster, i, group, &detail);
+        }
+        let all = manager.metrics_text_for(MetricsQuery::AllGroups).unwrap();
+        let all_samples = check_prometheus(&all);
         for group in GROUPS {
             let g = group.to_string();
-            let labels = [("group", g.as_str())];
-            assert!(at("flotilla_apply_seconds_count", &labels) > 0.0);
-            // Five applies and the leader's no-op entry at least.
-            assert!(at("flotilla_apply_entries_sum", &labels) >= 6.0);
-            assert!(at("flotilla_applied_index", &labels) >= 6.0);
-            assert!(at("flotilla_leader_changes_total", &labels) >= 1.0);
-            assert_eq!(at("flotilla_requests_queued", &labels), 0.0);
-            let leads = cluster.node(i, group).unwrap().is_leader();
-            assert_eq!(
-                at("flotilla_is_leader", &labels),
-                f64::from(u8::from(leads))
+            assert!(
+                value(&all_samples, "flotilla_applied_index", &[("group", &g)]).unwrap() >= 6.0
             );
-            let replicators = samples
-                .iter()
-                .filter(|s| {
-                    s.name == "flotilla_replicator_match_index"
-                        && s.labels.contains(&("group".into(), g.clone()))
-                })
-                .count();
-            if !leads {
-                assert_eq!(replicators, 0, "process {i} follows group {group}");
-                continue;
-            }
-            assert!(at("flotilla_proposal_seconds_count", &labels) >= 5.0);
-            assert_eq!(replicators, 2, "{text}");
-            let mut matched = 0.0f64;
-            for (j, p) in cluster.processes.iter().enumerate() {
-                let peer = p.address.as_str();
-                if j == i {
-                    continue;
-                }
-                let labels = [("group", g.as_str()), ("peer", peer)];
-                let match_index = at("flotilla_replicator_match_index", &labels);
-                let lag = at("flotilla_replicator_lag_entries", &labels);
-                let last = at("flotilla_last_log_index", &[("group", g.as_str())]);
-                assert_eq!(lag, last - match_index, "{text}");
-                matched = matched.max(match_index);
-                let states: f64 = ["probe", "replicate", "snapshot"]
-                    .iter()
-                    .map(|s| at("flotilla_replicator_state", &[("peer", peer), ("state", s)]))
-                    .sum();
-                assert_eq!(states, 1.0, "exactly one state per replicator\n{text}");
-            }
-            // A majority acknowledged the applies: some follower matched them.
-            assert!(matched >= 6.0, "{text}");
         }
+        assert_eq!(
+            manager.metrics_text_for(MetricsQuery::Group(99)),
+            Err(MetricsQueryError::UnknownGroup(99))
+        );
     }
-    let leader_text = managers[leader].metrics_text();
+    let leader_text = managers[leader]
+        .metrics_text_for(MetricsQuery::Group(1))
+        .unwrap();
     let samples = check_prometheus(&leader_text);
     assert!(
         value(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{admin, free_addresses, kv, metrics, put_until_ok, Server, TempDir};
+use crate::support::{admin, free_addresses, kv, metrics, put_until_ok, sample, Server, TempDir};
 
 /// `admin status` of `endpoints` once every reachable store answered and `ok` holds.
 fn status_until(endpoints: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
@@ -132,14 +132,10 @@ fn a_store_restarted_on_a_new_address_with_its_disk_serves_its_regions_again() {
     let status = status_until(&peers, "leaders", led);
     let moved_id = id_at(&status, &addresses[2]);
     put_until_ok(&peers, "a", "1", Duration::from_secs(20));
-    // Snapshots installed, over every region, by the two stores that stay.
-    let installs = |address: &str| -> f64 {
-        metrics(address)
-            .lines()
-            .filter(|l| l.starts_with("flotilla_snapshot_installs_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    // Snapshots installed, over every region (the store's total), by the two stores that
+    // stay.
+    let installs =
+        |address: &str| -> f64 { sample(&metrics(address), "flotilla_snapshot_installs_total ") };
     let before = installs(&addresses[0]) + installs(&addresses[1]);
 
     // C moves: same disk, same command line but the address.

@@ -239,13 +239,20 @@ pub fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
     }
 }
 
-/// `GET /metrics` of a store over HTTP/1.1 (the whole answer, headers included).
+/// `GET /metrics` of a store over HTTP/1.1 (the whole answer, headers included): the
+/// store's text, the same size whatever its number of regions.
 pub fn metrics(address: &str) -> String {
-    let mut tcp = TcpStream::connect(address).expect("connect for /metrics");
+    http_get(address, "/metrics")
+}
+
+/// `GET target` (a path and query, e.g. `/metrics?group=1`) of a store over HTTP/1.1 (the
+/// whole answer, status line and headers included).
+pub fn http_get(address: &str, target: &str) -> String {
+    let mut tcp = TcpStream::connect(address).expect("connect for an HTTP GET");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n\r\n")
-        .expect("request");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: flotilla\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).expect("request");
     let mut text = String::new();
     let _ = tcp.read_to_string(&mut text);
     text
