@@ -342,7 +342,7 @@ fn process_counters(out: &mut Exposition, c: &ProcessCounters, manager: &Manager
     );
     out.counter(
         "flotilla_meta_saves_total",
-        "Term and vote saves (each fsynced).",
+        "Groups whose term and vote were saved (a round's saves share one fsync).",
         c.meta_saves,
     );
     out.counter(
@@ -520,7 +520,7 @@ fn process_histograms(out: &mut Exposition, manager: &ManagerMetrics) {
         ),
         (
             "flotilla_meta_save_seconds",
-            "One term and vote save including its fsync.",
+            "One round's term and vote saves (one journal write and fsync).",
             &manager.meta_save_seconds,
         ),
     ];
