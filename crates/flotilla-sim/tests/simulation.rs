@@ -114,6 +114,7 @@ fn a_shared_log_seed_replays_identically() {
 fn hibernating_clusters_stay_safe_and_recover() {
     let mut hibernations = 0;
     let mut woken_to_campaign = 0;
+    let mut woken_to_vote = 0;
     for seed in 200..220 {
         let nodes = nodes_for_seed(seed);
         let mut config = SimConfig::new(seed, nodes);
@@ -133,9 +134,15 @@ fn hibernating_clusters_stay_safe_and_recover() {
             "seed {seed}: no commit after the final heal"
         );
         hibernations += report.stats.get("hibernations").copied().unwrap_or(0);
+        // One follower per group campaigns at once, the others wake to vote for it.
         woken_to_campaign += report
             .stats
-            .get("hibernation wakes (leader silent)")
+            .get("hibernation wakes (leader silent, campaigning)")
+            .copied()
+            .unwrap_or(0);
+        woken_to_vote += report
+            .stats
+            .get("hibernation wakes (leader silent, waiting to vote)")
             .copied()
             .unwrap_or(0);
     }
@@ -146,5 +153,9 @@ fn hibernating_clusters_stay_safe_and_recover() {
     assert!(
         woken_to_campaign > 0,
         "no follower was ever woken to campaign"
+    );
+    assert!(
+        woken_to_vote > 0,
+        "no follower was ever woken to vote for another"
     );
 }
