@@ -38,7 +38,7 @@
 //! ten (amortised).
 //!
 //! Older layout, still read: `<group>.meta` files (magic "FLMT", version 1; body: group
-//! u64, term u64, vote flag, [vote]; framed by [`crate::codec::frame`]). At open they are
+//! u64, term u64, vote flag, optional vote; framed by [`crate::codec::frame`]). At open they are
 //! folded into the journal (journal entries are newer and win), the journal is made durable,
 //! then the files are removed.
 
