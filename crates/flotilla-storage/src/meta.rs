@@ -289,19 +289,25 @@ fn encode_records(metas: &[(GroupId, &RaftMeta)]) -> Vec<Vec<u8>> {
         if 4 + body.len() + entry_bytes(meta) > JOURNAL_RECORD_BYTES_MAX {
             flush(&mut body, &mut count, &mut records);
         }
-        body.put_u64_le(*group);
-        body.put_u64_le(meta.term.get());
-        match &meta.vote {
-            Some(peer) => {
-                body.put_u8(1);
-                put_blob(&mut body, peer.as_str().as_bytes());
-            }
-            None => body.put_u8(0),
-        }
+        put_entry(&mut body, *group, meta);
         count += 1;
     }
     flush(&mut body, &mut count, &mut records);
     records
+}
+
+/// One group's meta as both layouts write it: group u64, term u64, vote flag u8 (0 none,
+/// 1 some), then the vote as a u32 length and UTF-8.
+fn put_entry(body: &mut Vec<u8>, group: GroupId, meta: &RaftMeta) {
+    body.put_u64_le(group);
+    body.put_u64_le(meta.term.get());
+    match &meta.vote {
+        Some(peer) => {
+            body.put_u8(1);
+            put_blob(body, peer.as_str().as_bytes());
+        }
+        None => body.put_u8(0),
+    }
 }
 
 /// One journal record around `body`.
@@ -450,15 +456,7 @@ fn read_legacy(
 #[must_use]
 pub fn encode_legacy(group: GroupId, meta: &RaftMeta) -> Vec<u8> {
     let mut body = Vec::with_capacity(32);
-    body.put_u64_le(group);
-    body.put_u64_le(meta.term.get());
-    match &meta.vote {
-        Some(peer) => {
-            body.put_u8(1);
-            put_blob(&mut body, peer.as_str().as_bytes());
-        }
-        None => body.put_u8(0),
-    }
+    put_entry(&mut body, group, meta);
     frame(LEGACY_MAGIC, LEGACY_VERSION, &body)
 }
 
