@@ -121,7 +121,7 @@ impl Driver {
             }
             tracing::debug!(group = id, leader = %leader, ?silence, "woken follower's leader silent: electing");
             if let Some(group) = self.groups.get_mut(&id) {
-                wake_to_elect(&mut group.raft, id, &leader, &self.shared.id);
+                group.raft.wake_to_replace(&leader, id);
                 active.insert(id);
             }
         }
@@ -226,7 +226,7 @@ impl Driver {
                     continue;
                 };
                 woken += 1;
-                if wake_to_elect(&mut group.raft, id, &process, &self.shared.id) {
+                if group.raft.wake_to_replace(&process, id) {
                     campaigning += 1;
                 }
                 active.insert(id);
@@ -256,7 +256,7 @@ impl Driver {
             };
             let reason = match leader {
                 Some(leader) if leader == *process => {
-                    wake_to_elect(&mut group.raft, id, process, &self.shared.id);
+                    group.raft.wake_to_replace(process, id);
                     WakeReason::LeaderRestarted
                 }
                 None if group.raft.configuration().contains(process) => {
@@ -274,45 +274,4 @@ impl Driver {
             tracing::info!(peer = %process, groups = woken, "peer's process restarted: groups woken");
         }
     }
-}
-
-/// Wakes a follower whose leader (`gone`) is judged gone, to elect a new one: the voter that
-/// ranks first for this group among the others campaigns now, the rest wait their
-/// randomised election timeout and vote for it. Returns whether this peer campaigns.
-///
-/// Every peer ranks the same way without a word exchanged (a hash of group and peer id),
-/// so when a store dies its thousands of groups each get one candidate instead of two that
-/// split the vote, and the new leaders spread over the survivors instead of going to
-/// whichever process's round ran first.
-fn wake_to_elect<S: flotilla_raft::LogStore>(
-    raft: &mut flotilla_raft::Raft<S>,
-    group: GroupId,
-    gone: &PeerId,
-    me: &PeerId,
-) -> bool {
-    let first = raft
-        .configuration()
-        .voters
-        .iter()
-        .filter(|peer| *peer != gone)
-        .min_by_key(|peer| (election_rank(group, peer), peer.as_str().to_owned()))
-        .cloned();
-    if first.as_ref() == Some(me) {
-        raft.wake_and_campaign();
-        true
-    } else {
-        raft.wake_to_elect();
-        false
-    }
-}
-
-/// A peer's place in line to campaign for `group` (lowest first): FNV-1a over the group
-/// id and the peer id, the same on every process.
-fn election_rank(group: GroupId, peer: &PeerId) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in group.to_le_bytes().iter().chain(peer.as_str().as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }

@@ -42,7 +42,7 @@ pub use membership::{Configuration, ConfigurationHistory};
 pub use message::{AppendResult, Echo, Message, MessageBody, INDEX_MAX, TERM_AHEAD_MAX, TERM_MAX};
 #[cfg(feature = "planted-bugs")]
 pub use raft::PlantedBugs;
-pub use raft::{ChangeStage, DroppedMessages, Raft, Status};
+pub use raft::{election_rank, ChangeStage, DroppedMessages, Raft, Status};
 pub use ready::{Event, ReadMode, ReadResult, Ready, ReplicatorChange};
 pub use rng::Rng;
 pub use types::{Entry, EntryPayload, HardState, Role, SnapshotMeta, ENTRY_OVERHEAD_BYTES};

@@ -86,6 +86,31 @@ impl<S: LogStore> Raft<S> {
         self.reset_election_timer();
     }
 
+    /// The driver judged this follower's leader `gone` (as for
+    /// [`Raft::wake_and_campaign`]) and is waking many groups at once: the voter ranked
+    /// first among the others by [`election_rank`] with `salt` (a driver's group id)
+    /// campaigns now ([`Raft::wake_and_campaign`]), every other one only wakes to vote for
+    /// it ([`Raft::wake_to_elect`]). Every peer ranks alike without a word exchanged, so
+    /// thousands of groups waking together each get one candidate instead of several that
+    /// split the vote, and new leaders spread over the survivors. Returns whether this peer
+    /// campaigns.
+    pub fn wake_to_replace(&mut self, gone: &PeerId, salt: u64) -> bool {
+        let first = self
+            .configuration()
+            .voters
+            .iter()
+            .filter(|peer| *peer != gone)
+            .min_by_key(|peer| (election_rank(salt, peer), peer.as_str()))
+            .cloned();
+        if first.as_ref() == Some(&self.id) {
+            self.wake_and_campaign();
+            true
+        } else {
+            self.wake_to_elect();
+            false
+        }
+    }
+
     /// Leaves hibernation without sending anything (role changes, which send their own).
     pub(super) fn stop_hibernating(&mut self) {
         self.hibernating = false;
@@ -273,4 +298,16 @@ impl<S: LogStore> Raft<S> {
         self.heartbeat_elapsed = 0;
         self.broadcast_heartbeat();
     }
+}
+
+/// A peer's place in line to campaign when a leader is gone (lowest first): FNV-1a over
+/// `salt` and the peer id, the same on every process.
+#[must_use]
+pub fn election_rank(salt: u64, peer: &PeerId) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in salt.to_le_bytes().iter().chain(peer.as_str().as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }

@@ -41,6 +41,7 @@ use crate::progress::Progress;
 use crate::ready::{Event, ReadMode, Ready, ReplicatorChange};
 use crate::rng::Rng;
 use crate::types::{Entry, EntryPayload, HardState, Role, SnapshotMeta};
+pub use hibernation::election_rank;
 
 pub use change_state::ChangeStage;
 use change_state::{MembershipChange, Transfer};

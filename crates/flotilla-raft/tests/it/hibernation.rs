@@ -400,3 +400,45 @@ fn hibernate_mark_with_commit_zero_is_dropped_at_the_gateway() {
         c.queue
     );
 }
+
+/// A leader's process is gone and both followers' drivers wake them at once: exactly one
+/// (the first by `election_rank`) campaigns, the other votes for it, and it wins in the
+/// next term — one election, no split vote.
+#[test]
+fn woken_to_replace_a_gone_leader_one_peer_campaigns_and_wins_at_once() {
+    for salt in [0, 1, 7, 1234] {
+        let (mut c, ids) = hibernated();
+        let (n1, n2, n3) = (&ids[0], &ids[1], &ids[2]);
+        let term = c.node(n2).raft.term();
+        c.isolate(n1);
+        let campaigns = [
+            c.raft(n2).wake_to_replace(n1, salt),
+            c.raft(n3).wake_to_replace(n1, salt),
+        ];
+        let first =
+            if flotilla_raft::election_rank(salt, n2) < flotilla_raft::election_rank(salt, n3) {
+                n2
+            } else {
+                n3
+            };
+        assert_eq!(
+            campaigns,
+            [first == n2, first == n3],
+            "salt {salt}: only the first-ranked campaigns"
+        );
+        c.process(n2);
+        c.process(n3);
+        run(&mut c);
+        let elected = (0..100).find(|_| {
+            tick_only(&mut c, &[n2, n3], 1);
+            c.leader().is_some_and(|l| l != *n1)
+        });
+        assert!(elected.is_some(), "salt {salt}: {}", c.describe_states());
+        assert_eq!(c.leader().as_ref(), Some(first), "salt {salt}");
+        assert_eq!(
+            c.node(first).raft.term(),
+            Term(term.get() + 1),
+            "salt {salt}: one election"
+        );
+    }
+}

@@ -121,14 +121,10 @@ impl Simulation {
         let id = self.nodes[node].id.clone();
         // As the runtime does: the voter ranked first (leader aside) campaigns now, the
         // others wake to vote for it and campaign only after their own timeout.
-        let first = raft
-            .configuration()
-            .voters
-            .iter()
-            .filter(|peer| **peer != leader_id)
-            .min_by_key(|peer| (election_rank(peer.as_str()), peer.as_str().to_owned()))
-            .cloned();
-        let campaigns = first.as_ref() == Some(&id);
+        let mut campaigns = false;
+        if let Some(raft) = self.nodes[node].raft.as_mut() {
+            campaigns = raft.wake_to_replace(&leader_id, 0);
+        }
         self.note(format!(
             "{id} woken to {}: {leader_id} silent",
             if campaigns { "campaign" } else { "elect" }
@@ -138,24 +134,6 @@ impl Simulation {
         } else {
             "hibernation wakes (leader silent, waiting to vote)"
         });
-        if let Some(raft) = self.nodes[node].raft.as_mut() {
-            if campaigns {
-                raft.wake_and_campaign();
-            } else {
-                raft.wake_to_elect();
-            }
-        }
         self.process(node);
     }
-}
-
-/// A peer's place in line to campaign when its leader is silent (the simulator has one
-/// group, so the peer id alone): FNV-1a, as the runtime ranks.
-fn election_rank(peer: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in peer.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
