@@ -358,12 +358,7 @@ fn leader_kill_then_member_replacement_keeps_every_acknowledged_write() {
     // fresh `flotilla kv` process takes to start and find the new leader).
     let status = wait_for_leaders(&e, 1);
     let leader = status["regions"][0]["leader"].as_str().unwrap().to_string();
-    let index = cluster
-        .servers
-        .iter()
-        .position(|s| s.address == leader)
-        .unwrap();
-    cluster.servers[index].kill();
+    cluster.kill_at(&leader);
     let resumed = put_until_ok(&e, "after-kill", "yes", Duration::from_secs(20));
     println!(
         "writes resumed {} ms after the leader was killed",
@@ -776,12 +771,7 @@ fn status_filters_by_store_and_health_as_stores_die() {
     // The leader of region 1 dies too: two of three voters gone, no region has a quorum,
     // and no store leads region 1 (the survivor cannot win an election).
     let leader = status["regions"][0]["leader"].as_str().unwrap().to_string();
-    let index = cluster
-        .servers
-        .iter()
-        .position(|s| s.address == leader)
-        .unwrap();
-    cluster.servers[index].kill();
+    cluster.kill_at(&leader);
     let status = status_until(&e, &["status", "--region", "1"], minute, |s| {
         has_problem(&s["regions"][0], "no_leader", None)
     });

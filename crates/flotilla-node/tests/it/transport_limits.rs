@@ -125,6 +125,19 @@ async fn more_messages_than_one_frame_holds_all_arrive_in_order() {
     server.shutdown().await;
 }
 
+/// A server that refuses frames of more than `messages_max` messages, and what it receives.
+async fn server_refusing_over(
+    messages_max: usize,
+) -> (flotilla_node::grpc::ServerHandle, mpsc::Receiver<Frame>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let server = GrpcServer::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .with_frame_messages_max(messages_max)
+        .serve(Arc::new(ChannelSink(tx)));
+    (server, rx)
+}
+
 /// A lowered limit, on both sides: the sender cuts to it (every message arrives, in
 /// order), and a receiver refuses a frame over it (the stream is refused and counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,12 +154,7 @@ async fn a_lowered_frame_limit_is_obeyed_by_senders_and_enforced_by_receivers() 
     };
     let me = PeerId::new("127.0.0.1:4");
     // Both sides at 8 messages: 50 messages go as 7 frames, all of them arriving.
-    let (tx, mut rx) = mpsc::channel(1024);
-    let server = GrpcServer::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .with_frame_messages_max(8)
-        .serve(Arc::new(ChannelSink(tx)));
+    let (server, mut rx) = server_refusing_over(8).await;
     let to = server.address().clone();
     let transport = GrpcTransport::new(GrpcOptions {
         frame_messages_max: 8,
@@ -164,12 +172,7 @@ async fn a_lowered_frame_limit_is_obeyed_by_senders_and_enforced_by_receivers() 
     server.shutdown().await;
 
     // A sender that cuts at the default meets a receiver at 8: refused, never delivered.
-    let (tx, mut rx) = mpsc::channel(1024);
-    let server = GrpcServer::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .with_frame_messages_max(8)
-        .serve(Arc::new(ChannelSink(tx)));
+    let (server, mut rx) = server_refusing_over(8).await;
     let to = server.address().clone();
     let transport = GrpcTransport::new(GrpcOptions::default());
     transport.send(&to, frame(&me, &to, 0, 9));

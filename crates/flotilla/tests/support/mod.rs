@@ -204,6 +204,17 @@ pub struct ThreeNodes {
     pub endpoints: String,
 }
 
+impl ThreeNodes {
+    /// Kills (SIGKILL) the store listening at `address`.
+    pub fn kill_at(&mut self, address: &str) {
+        self.servers
+            .iter_mut()
+            .find(|s| s.address == address)
+            .unwrap_or_else(|| panic!("no store of this cluster at {address}"))
+            .kill();
+    }
+}
+
 pub fn three_nodes(name: &str, regions: u32) -> ThreeNodes {
     let dir = TempDir::new(name);
     let addresses = free_addresses(3);
