@@ -20,13 +20,16 @@ impl fmt::Display for RegionId {
 }
 
 /// A region's version (RheaKV's `RegionEpoch`): `conf_version` for its membership, `version`
-/// for its range. Regions are static today (made at bootstrap), so both stay 1: membership
-/// changes do not bump `conf_version` yet, and there is no split or merge; the placement
-/// driver will move them as TiKV does. A request carrying an epoch other than
-/// the region's current one is refused as stale. Ordered by `conf_version`, then `version`.
+/// for its range. A membership change moves `conf_version` to the index of the
+/// configuration's raft entry (so every replica reaches the same value, and it only grows;
+/// TiKV adds one instead, which needs the count carried through snapshots); `version` stays
+/// 1 until regions split and merge. A data request whose `version` is not the region's is
+/// refused as stale (its `conf_version` may be older: membership does not change which keys
+/// a region holds). Ordered by `conf_version`, then `version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Epoch {
-    /// Configuration version (1 today; see the type's notes).
+    /// Configuration version: the index of the region's last configuration entry (1 at
+    /// bootstrap).
     pub conf_version: u64,
     /// Range version: bumped by every split or merge.
     pub version: u64,

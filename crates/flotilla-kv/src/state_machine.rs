@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use flotilla_node::{ApplyIter, Completion, LogIndex, StateMachine, Term};
+use flotilla_node::{ApplyIter, Completion, Configuration, LogIndex, StateMachine, Term};
 use flotilla_node::{SnapshotReader, SnapshotWriter};
 
 use crate::command::{KvCommand, KvOutput};
@@ -43,6 +43,22 @@ pub const SNAPSHOT_REGION_FILE: &str = "region";
 /// Name of the snapshot file holding the region's data in the
 /// [`crate::engine::export`] format.
 pub const SNAPSHOT_DATA_FILE: &str = "data";
+/// What a region's state machine tells its store, in the order it happened (the store
+/// records the region's new epoch, and destroys a peer removed from the region).
+#[derive(Clone, Debug)]
+pub enum RegionEvent {
+    /// A configuration entry committed at `index`: the region's `conf_version` is now at
+    /// least `index`.
+    Configuration {
+        /// The region, with its epoch after the change.
+        region: Region,
+        /// Index of the configuration entry.
+        index: LogIndex,
+        /// The configuration.
+        configuration: Configuration,
+    },
+}
+
 /// Bytes read from a snapshot file at a time.
 const SNAPSHOT_READ_BYTES: u32 = 128 * 1024;
 
@@ -148,6 +164,8 @@ pub struct KvStateMachine {
     engine_applied: Option<LogIndex>,
     /// Why the engine failed; every later batch is refused (left unconsumed).
     failure: Option<String>,
+    /// Where [`RegionEvent`]s go (the store), if anywhere.
+    events: Option<tokio::sync::mpsc::UnboundedSender<RegionEvent>>,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -174,7 +192,18 @@ impl KvStateMachine {
             },
             engine_applied: None,
             failure: None,
+            events: None,
         }
+    }
+
+    /// Sends this region's [`RegionEvent`]s to `events`.
+    #[must_use]
+    pub fn with_events(
+        mut self,
+        events: tokio::sync::mpsc::UnboundedSender<RegionEvent>,
+    ) -> KvStateMachine {
+        self.events = Some(events);
+        self
     }
 
     /// The region as the state machine knows it.
@@ -458,6 +487,32 @@ impl StateMachine for KvStateMachine {
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
         self.load_snapshot(reader).map_err(|e| e.to_string())
     }
+
+    /// A membership change moves the region's `conf_version` to the index of its
+    /// configuration entry: every replica reaches the same value for the same
+    /// configuration, and it only grows (a later configuration has a larger index; one
+    /// heard again after a restart changes nothing). A replica that installs a snapshot
+    /// takes the epoch the snapshot's region carries.
+    fn on_configuration_committed_at(&mut self, index: LogIndex, configuration: &Configuration) {
+        let region = {
+            let mut current = self
+                .handle
+                .region
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if index.0 > current.epoch.conf_version {
+                current.epoch.conf_version = index.0;
+            }
+            current.clone()
+        };
+        if let Some(events) = &self.events {
+            let _ = events.send(RegionEvent::Configuration {
+                region,
+                index,
+                configuration: configuration.clone(),
+            });
+        }
+    }
 }
 
 impl KvStateMachine {
@@ -479,6 +534,7 @@ impl KvStateMachine {
                 region: region.id,
                 current: current.epoch,
                 given: region.epoch,
+                now: None,
             });
         }
         let engine_applied = self.engine_applied()?;

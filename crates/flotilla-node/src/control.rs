@@ -35,6 +35,9 @@ impl Driver {
                 Control::RemoveGroup { group, done } => {
                     let _ = done.send(self.remove_group(group));
                 }
+                Control::PurgeGroup { group, done } => {
+                    let _ = done.send(self.purge_group(group));
+                }
             }
         }
     }
@@ -66,7 +69,17 @@ impl Driver {
         if self.installs.is_running(id) {
             return refused(format!("group {id} is installing a snapshot"));
         }
-        self.groups.remove(&id);
+        self.drop_group(id);
+        tracing::info!(group = id, "group removed (it held nothing)");
+        Ok(())
+    }
+
+    /// Forgets group `id` on this process: its bookkeeping, its handles (they answer
+    /// `ShutDown` from then on) and its snapshot store's registration.
+    fn drop_group(&mut self, id: GroupId) {
+        if let Some(mut group) = self.groups.remove(&id) {
+            group.stop(None);
+        }
         self.awake.remove(&id);
         if self.sleepers.remove(id) {
             self.publish_sleepers();
@@ -76,8 +89,33 @@ impl Driver {
         self.beacon_targets_round = None;
         self.shared.snapshots.unregister(id);
         lock(&self.nodes).remove(&id);
-        tracing::info!(group = id, "group removed (it held nothing)");
-        Ok(())
+    }
+
+    /// See [`crate::NodeManager::purge_group`].
+    fn purge_group(&mut self, id: GroupId) -> Result<bool, NodeError> {
+        if self.installs.is_running(id) {
+            return Err(NodeError::Raft(flotilla_raft::RaftError::Busy(format!(
+                "group {id} is installing a snapshot; retry shortly"
+            ))));
+        }
+        let was_running = self.groups.contains_key(&id);
+        self.drop_group(id);
+        let mut batch = flotilla_storage::WriteBatch::new();
+        batch.reset(id, flotilla_raft::LogIndex::ZERO, flotilla_raft::Term::ZERO);
+        self.log.write(&batch).map_err(storage_error)?;
+        let snapshots_dir = self.options.data_dir.join("snapshots").join(id.to_string());
+        if self.options.fs.exists(&snapshots_dir) {
+            self.options
+                .fs
+                .remove_dir_all(&snapshots_dir)
+                .map_err(|e| NodeError::Io(format!("removing {}: {e}", snapshots_dir.display())))?;
+        }
+        tracing::info!(
+            group = id,
+            was_running,
+            "group purged: its log and snapshots are deleted"
+        );
+        Ok(was_running)
     }
 
     /// See [`crate::NodeManager::describe`].

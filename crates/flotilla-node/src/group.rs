@@ -459,9 +459,12 @@ impl Group {
             Event::StopFollowing { leader, term } => {
                 self.state_machine.on_stop_following(&leader, term);
             }
-            Event::ConfigurationCommitted { configuration, .. } => {
+            Event::ConfigurationCommitted {
+                index,
+                configuration,
+            } => {
                 self.state_machine
-                    .on_configuration_committed(&configuration);
+                    .on_configuration_committed_at(index, &configuration);
             }
             // The published status is brought up to date before the caller hears the
             // outcome, so that what it reads next (leader, peers) agrees with the answer.

@@ -298,6 +298,24 @@ impl NodeManager {
         answer.await.map_err(|_| self.shared.stopped_error())?
     }
 
+    /// Stops `group` if it runs on this process and deletes what it keeps here: its log
+    /// entries (the shared log resets it to empty) and its snapshots. Its term and vote are
+    /// kept, so a peer of the group opened here again never votes twice in a term. Answers
+    /// whether the group was running. Unlike [`NodeManager::remove_group`] it does not check
+    /// the group's configuration: the caller must know that this peer was removed from the
+    /// group (a removed peer often never hears that its removal committed), or that the
+    /// group's leftovers belong to no peer this process hosts. Refused while a snapshot
+    /// install of the group runs.
+    pub async fn purge_group(&self, group: GroupId) -> Result<bool, NodeError> {
+        let (done, answer) = oneshot::channel();
+        self.control
+            .send(Control::PurgeGroup { group, done })
+            .await
+            .map_err(|_| self.shared.stopped_error())?;
+        self.shared.wake.notify_one();
+        answer.await.map_err(|_| self.shared.stopped_error())?
+    }
+
     /// The handle of `group`, if this process hosts it.
     #[must_use]
     pub fn node(&self, group: GroupId) -> Option<Node> {

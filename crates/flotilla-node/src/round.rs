@@ -72,6 +72,12 @@ pub(crate) enum Control {
         group: GroupId,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
+    /// Stop a group if it runs and delete its log and snapshots
+    /// ([`crate::NodeManager::purge_group`]).
+    PurgeGroup {
+        group: GroupId,
+        done: oneshot::Sender<Result<bool, NodeError>>,
+    },
 }
 
 /// The text of a panic's payload.
@@ -636,6 +642,9 @@ impl Driver {
                     let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
                 }
                 Control::RemoveGroup { done, .. } => {
+                    let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
+                }
+                Control::PurgeGroup { done, .. } => {
                     let _ = done.send(Err(error.clone().unwrap_or(NodeError::ShutDown)));
                 }
                 // Dropped unanswered: the caller hears that the manager stopped.

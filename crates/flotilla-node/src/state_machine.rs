@@ -163,6 +163,15 @@ pub trait StateMachine: Send + 'static {
         let _ = configuration;
     }
 
+    /// A configuration entry committed at `index` (the index orders configurations: a
+    /// later one has a larger index). By default calls
+    /// [`StateMachine::on_configuration_committed`]; a state machine that versions its
+    /// membership (a KV region's `conf_version`) overrides this one instead.
+    fn on_configuration_committed_at(&mut self, index: LogIndex, configuration: &Configuration) {
+        let _ = index;
+        self.on_configuration_committed(configuration);
+    }
+
     /// The group stopped because of `error` (storage failure, state machine failure).
     fn on_error(&mut self, error: &NodeError) {
         let _ = error;

@@ -426,7 +426,7 @@ impl KvClient {
     }
 
     /// A store is unreachable: the region may have members this client never heard of
-    /// (membership changes do not bump the epoch yet, so no `StaleEpoch` would tell it), and
+    /// (a data request checks only the epoch's `version`, so no `StaleEpoch` tells it), and
     /// once every store it knows is gone it could never find them. So refresh the routes in
     /// the background, at most once per [`UNREACHABLE_REFRESH_EVERY`], while some known store
     /// still answers (found by flotilla-chaos: after a few `drift` replacements every client

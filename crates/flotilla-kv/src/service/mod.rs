@@ -26,6 +26,11 @@ pub mod proto;
 
 pub use crate::limits::KV_MESSAGE_BYTES_MAX;
 
+/// Metadata key of a `StaleEpoch` answer carrying the region as it is now: hex of
+/// [`crate::Region::encode`] (a client decodes it with [`crate::Region::decode`], which
+/// checks it like any input from the network).
+pub const REGION_KEY: &str = "flotilla-region";
+
 /// The kind name of `error` carried in `flotilla-error-kind`.
 #[must_use]
 pub fn kind_of(error: &KvError) -> String {
@@ -86,6 +91,12 @@ pub fn status_of(error: &KvError) -> Status {
     let mut status = Status::new(code_of(error), error.to_string());
     if let Ok(kind) = MetadataValue::try_from(kind_of(error)) {
         status.metadata_mut().insert(ERROR_KIND_KEY, kind);
+    }
+    if let KvError::StaleEpoch { now: Some(now), .. } = error {
+        let encoded: String = now.encode().iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(value) = MetadataValue::try_from(encoded) {
+            status.metadata_mut().insert(REGION_KEY, value);
+        }
     }
     if let KvError::NotLeader {
         leader: Some(leader),

@@ -14,16 +14,16 @@
 //! data directory stand in for a store that had data (it is always a new store), propose a
 //! request it has not validated, or host two regions that share a key.
 //!
-//! Not yet: regions change only by membership (no split or merge: the placement driver
-//! comes later), so `Epoch::version` stays 1 and `conf_version` is not bumped by membership
-//! changes yet; a peer removed from a region stays open (idle) on its store until restart,
-//! and so does the raft group of a closed region (the node runtime cannot remove a group).
+//! Membership changes move a region's `conf_version` (to the index of the configuration's
+//! entry) and a peer removed from its region is destroyed on its store (see `peers`).
+//! Not yet: no split or merge, so `Epoch::version` stays 1.
 
 pub mod bootstrap;
 mod lock;
 mod membership;
 pub mod meta;
 mod open;
+mod peers;
 mod quota;
 
 use std::collections::BTreeMap;
@@ -171,7 +171,6 @@ pub enum StoreError {
 /// One region peer of this store.
 #[derive(Clone)]
 struct RegionPeer {
-    region: Region,
     node: Node,
     /// What the region's state machine reports (engine failure, applied index).
     machine: KvRegionHandle,
@@ -235,6 +234,10 @@ struct StoreInner {
     usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task bootstrapping, joining or announcing this store, stopped by shutdown.
     membership_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the regions' state machines send their events (see `peers`).
+    events: tokio::sync::mpsc::UnboundedSender<crate::state_machine::RegionEvent>,
+    /// The task handling them, stopped by [`Store::close`].
+    events_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A running store. Cheap to clone.
@@ -297,7 +300,8 @@ fn check_meta_size(meta: &StoreMeta, adding: &HostedRegion) -> Result<(), KvErro
 
 impl Store {
     async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
-        let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone());
+        let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone())
+            .with_events(self.inner.events.clone());
         let handle = machine.handle();
         let node = self
             .inner
@@ -312,7 +316,6 @@ impl Store {
             .insert(
                 hosted.region.id,
                 RegionPeer {
-                    region: hosted.region.clone(),
                     node: node.clone(),
                     machine: handle,
                 },
@@ -400,17 +403,23 @@ impl Store {
             .cloned()
     }
 
-    /// The region's peer, if `epoch` is its current epoch.
-    fn admit(&self, id: RegionId, epoch: Epoch) -> Result<RegionPeer, KvError> {
+    /// The region's peer and the region as it is now, if `epoch` names the region's
+    /// current range: its `version` must be the current one. Its `conf_version` may differ
+    /// (as TiKV checks data requests): a membership change does not change which keys the
+    /// region holds, so a client whose routes predate one need not retry; the answer to a
+    /// stale `version` carries the region as it is now (`KvError::StaleEpoch`).
+    fn admit(&self, id: RegionId, epoch: Epoch) -> Result<(RegionPeer, Region), KvError> {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
-        if peer.region.epoch != epoch {
+        let region = peer.machine.region();
+        if region.epoch.version != epoch.version {
             return Err(KvError::StaleEpoch {
                 region: id,
-                current: peer.region.epoch,
+                current: region.epoch,
                 given: epoch,
+                now: Some(Box::new(region)),
             });
         }
-        Ok(peer)
+        Ok((peer, region))
     }
 
     /// Every region peer of this store (a copy: the map's lock is not held after).
@@ -445,7 +454,7 @@ impl Store {
                     set.iter().map(|p| self.address_of(p)).collect()
                 };
                 RegionStatus {
-                    region: peer.region,
+                    region: peer.machine.region(),
                     leader: status.leader.as_ref().map(|l| self.address_of(l)),
                     leader_id: status.leader.map(|l| l.as_str().to_string()),
                     term: status.term.0,
@@ -493,6 +502,9 @@ impl Store {
             initial_peers: Vec::new(),
         };
         check_meta_size(&meta, &hosted)?;
+        // A peer created empty starts from a clean slate: an earlier peer of this region
+        // on this store, destroyed by a run that a crash cut short, left nothing behind.
+        self.purge_leftovers(&hosted.region).await?;
         let mut changes = Vec::new();
         if meta.cluster != cluster {
             changes.push(MetaChange::Cluster(cluster));
@@ -618,7 +630,7 @@ impl Store {
         epoch: Epoch,
         mode: Option<ReadMode>,
     ) -> Result<Region, KvError> {
-        let peer = self.admit(id, epoch)?;
+        let (peer, region) = self.admit(id, epoch)?;
         if peer.machine.failed() {
             return Err(KvError::Engine(format!(
                 "region {id}: the storage engine failed while applying; this peer serves no reads"
@@ -635,7 +647,7 @@ impl Store {
         }
         let read = peer.node.read_index(mode.unwrap_or(ReadMode::ReadIndex));
         match tokio::time::timeout(self.inner.request_timeout, read).await {
-            Ok(Ok(_)) => Ok(peer.region),
+            Ok(Ok(_)) => Ok(region),
             Ok(Err(e)) => Err(self.node_error(id, e)),
             Err(_) => Err(KvError::Node {
                 kind: "TimedOut".into(),
@@ -656,7 +668,7 @@ impl Store {
         mode: Option<ReadMode>,
     ) -> Result<Option<Bytes>, KvError> {
         crate::limits::check_key(&key)?;
-        let region = self.admit(id, epoch)?.region;
+        let (_, region) = self.admit(id, epoch)?;
         region.check_key(&key)?;
         self.read_ready(id, epoch, mode).await?;
         self.inner.engine.get(&key)
@@ -671,7 +683,7 @@ impl Store {
         mode: Option<ReadMode>,
     ) -> Result<Vec<Option<Bytes>>, KvError> {
         crate::limits::check_batch_len(keys.len())?;
-        let region = self.admit(id, epoch)?.region;
+        let (_, region) = self.admit(id, epoch)?;
         for key in &keys {
             crate::limits::check_key(key)?;
             region.check_key(key)?;
@@ -699,7 +711,7 @@ impl Store {
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), KvError> {
         crate::limits::check_scan_limit(limit)?;
         crate::limits::check_range(&start, &end)?;
-        let region = self.admit(id, epoch)?.region;
+        let (_, region) = self.admit(id, epoch)?;
         let start = if start < region.start {
             region.start.clone()
         } else {
@@ -804,8 +816,8 @@ impl Store {
         epoch: Epoch,
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
-        let peer = self.admit(id, epoch)?;
-        command.check_region(&peer.region)?;
+        let (peer, region) = self.admit(id, epoch)?;
+        command.check_region(&region)?;
         if !peer.node.is_leader() {
             return Err(KvError::NotLeader {
                 region: id,
@@ -859,6 +871,9 @@ impl Store {
     /// The second half of stopping, once nothing serves the store any more: the runtime
     /// stops and the engine is flushed.
     pub async fn close(&self) {
+        if let Some(task) = lock(&self.inner.events_task).take() {
+            task.abort();
+        }
         self.inner.manager.shutdown().await;
         let engine = self.inner.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.flush()).await;

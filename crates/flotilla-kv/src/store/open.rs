@@ -348,6 +348,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Start(format!("cannot start the raft runtime: {e}")))?;
         let cluster = meta.cluster;
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(StoreInner {
             _lock: dir_lock,
             id: peer_id,
@@ -367,8 +368,12 @@ impl Store {
             quota: SpaceQuota::new(options.quota_bytes),
             usage_task: Mutex::new(None),
             membership_task: Mutex::new(None),
+            events,
+            events_task: Mutex::new(None),
         });
         let store = Store { inner };
+        let task = tokio::spawn(super::peers::run(Arc::downgrade(&store.inner), events_rx));
+        *lock(&store.inner.events_task) = Some(task);
         // Measured once before serving, so a store restarted over its quota refuses at once.
         measure_usage(&store.inner).await;
         let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));

@@ -6,6 +6,7 @@
 mod cluster;
 mod codec;
 mod engines;
+mod peers;
 mod replication;
 mod store;
 mod util;

@@ -14,7 +14,7 @@ use flotilla_node::grpc::ERROR_KIND_KEY;
 
 use crate::util::TempDir;
 
-async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<StoreServer> {
+pub(crate) async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<StoreServer> {
     // Reserve three addresses (the peer list must be known before the stores start).
     let addresses: Vec<String> = (0..3)
         .map(|_| {

@@ -1,0 +1,149 @@
+//! What happens to a region peer of this store after it starts: its region's epoch moves
+//! with every membership change (recorded in `store.meta`, so a restart starts from it),
+//! and a peer removed from its region is destroyed — its raft log and snapshots deleted,
+//! its keys deleted from the engine, its line removed from `store.meta` — instead of
+//! staying open and idle until restart.
+//!
+//! How a store learns that its peer was removed: from whoever saw the region's
+//! configuration move on without it — the placement driver, or `admin remove-peer` — and
+//! checked here again before anything is deleted (see [`Store::destroy_stale_peer`]). Not
+//! from the peer itself: a removed peer rarely hears that its removal committed (the leader
+//! stops sending to it), and a peer that sees a committed configuration without itself may
+//! be one added back later, replaying the region's history (peer ids are store ids here, not
+//! one id per incarnation as in TiKV, so the two look alike).
+//!
+//! Owns: the order of a destruction — `store.meta` first (a restart never reopens the peer
+//! half-destroyed), then the raft group, then the engine's keys — and the clean slate of a
+//! peer created empty (any leftover of an earlier peer of the same region on this store,
+//! from a destruction a crash cut short, is purged before it starts). Must never: destroy
+//! a peer that a configuration this store knows to be committed still holds, or keep an
+//! earlier peer's log or applied index under a new one.
+
+use std::sync::Weak;
+
+use flotilla_node::PeerId;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::meta::MetaChange;
+use super::{Store, StoreInner};
+use crate::engine::WriteBatch;
+use crate::error::KvError;
+use crate::ids::RegionId;
+use crate::region::Region;
+use crate::state_machine::{applied_key, RegionEvent};
+
+impl Store {
+    /// Handles one event of a region's state machine.
+    async fn on_region_event(&self, event: RegionEvent) {
+        match event {
+            RegionEvent::Configuration { region, .. } => {
+                if let Err(e) = self.record_epoch(&region).await {
+                    tracing::warn!(region = %region.id, error = %e, "cannot record the region's new epoch; a restart starts from the older one and catches up");
+                }
+            }
+        }
+    }
+
+    /// Records `region`'s epoch in `store.meta` when it is newer than the one recorded.
+    async fn record_epoch(&self, region: &Region) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let Some(hosted) = meta.regions.iter().find(|h| h.region.id == region.id) else {
+            return Ok(());
+        };
+        if hosted.region.epoch >= region.epoch
+            || hosted.region.start != region.start
+            || hosted.region.end != region.end
+        {
+            return Ok(());
+        }
+        let mut updated = hosted.clone();
+        updated.region.epoch = region.epoch;
+        self.record_meta(&mut meta, vec![MetaChange::Region(updated)])
+            .await
+    }
+
+    /// Destroys this store's peer of region `id` on the placement driver's word that the
+    /// region moved on without this store: its configuration at `conf_version` (the index
+    /// of that configuration's entry) does not hold this store. Checked here again: the
+    /// local peer must not know a configuration at or past `conf_version` (it would know
+    /// whether it still belongs), and must hold no entry past it (a peer added back
+    /// after that configuration would have received later entries), and must not lead.
+    /// Answers whether the peer was destroyed.
+    pub async fn destroy_stale_peer(
+        &self,
+        id: RegionId,
+        conf_version: u64,
+        members: &[PeerId],
+    ) -> Result<bool, KvError> {
+        let Some(peer) = self.peer(id) else {
+            return Ok(false);
+        };
+        if members.contains(&self.inner.id) {
+            return Ok(false);
+        }
+        let local = peer.machine.region().epoch.conf_version;
+        let status = peer.node.status();
+        let leads = status.role == flotilla_node::Role::Leader;
+        if leads || local >= conf_version || status.last_index.0 > conf_version {
+            return Ok(false);
+        }
+        let why = format!(
+            "the region's configuration at {conf_version} does not hold this store (this peer \
+             knows configuration {local} and holds entries up to {})",
+            status.last_index
+        );
+        self.destroy_peer(id, &why).await?;
+        Ok(true)
+    }
+
+    /// Destroys this store's peer of region `id`: `store.meta` first, then the raft group
+    /// (its log and snapshots), then the region's keys in the engine.
+    pub(crate) async fn destroy_peer(&self, id: RegionId, why: &str) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let Some(hosted) = meta.regions.iter().find(|h| h.region.id == id).cloned() else {
+            return Ok(());
+        };
+        self.record_meta(&mut meta, vec![MetaChange::Removed(id)])
+            .await?;
+        self.inner
+            .regions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        self.purge_leftovers(&hosted.region).await?;
+        tracing::warn!(region = %id, store = %self.inner.id, why, "peer destroyed: its log, snapshots and keys on this store are deleted");
+        Ok(())
+    }
+
+    /// Deletes whatever this store keeps of region `region` outside `store.meta`: its raft
+    /// group (stopped if it runs; log and snapshots deleted) and its keys and applied index
+    /// in the engine. The range belongs to no other region of this store (`store.meta`
+    /// never holds two that share a key), so nothing else is touched.
+    pub(super) async fn purge_leftovers(&self, region: &Region) -> Result<(), KvError> {
+        self.inner
+            .manager
+            .purge_group(region.id.0)
+            .await
+            .map_err(|e| {
+                KvError::Engine(format!("purging region {}'s raft group: {e}", region.id))
+            })?;
+        let mut batch = WriteBatch::new();
+        batch.delete_range(region.start.clone(), region.end.clone());
+        batch.meta_delete(applied_key(region.id));
+        let engine = self.inner.engine.clone();
+        tokio::task::spawn_blocking(move || engine.write(batch))
+            .await
+            .map_err(|e| KvError::Engine(format!("deleting region keys panicked: {e}")))?
+            .map_err(|e| KvError::Engine(format!("deleting region {}'s keys: {e}", region.id)))
+    }
+}
+
+/// The task that handles the region events of a store, in order, until the store closes.
+pub(super) async fn run(inner: Weak<StoreInner>, mut events: UnboundedReceiver<RegionEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        Store { inner }.on_region_event(event).await;
+    }
+}
