@@ -1,0 +1,149 @@
+//! [`PdStateMachine`]: the meta group's state machine over the node runtime, and
+//! [`PdHandle`], the read side the PD leader's planner and the admin service share.
+//!
+//! Owns: decoding each committed entry, applying it to the shared [`PdState`] and
+//! answering its proposer, and the snapshot file `pd.state`. Must never: change the state
+//! on an entry it cannot decode or on a snapshot it cannot read whole, or hold its lock
+//! while doing I/O.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use flotilla_node::{ApplyIter, LogIndex, SnapshotReader, SnapshotWriter, StateMachine};
+
+use crate::command::PdCommand;
+use crate::limits::STATE_FILE_BYTES_MAX;
+use crate::state::PdState;
+
+/// The snapshot's one file.
+pub const SNAPSHOT_STATE_FILE: &str = "pd.state";
+/// Bytes read per snapshot chunk.
+const SNAPSHOT_READ_BYTES: u32 = 1 << 20;
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: PdState,
+    applied: LogIndex,
+}
+
+/// The meta group's state machine.
+#[derive(Debug, Default)]
+pub struct PdStateMachine {
+    shared: Arc<RwLock<Shared>>,
+}
+
+/// A cheap, cloneable view of the state machine's state.
+#[derive(Clone, Debug)]
+pub struct PdHandle {
+    shared: Arc<RwLock<Shared>>,
+}
+
+impl PdHandle {
+    /// A copy of the whole state.
+    #[must_use]
+    pub fn state(&self) -> PdState {
+        self.with(Clone::clone)
+    }
+
+    /// Runs `f` over the state under the read lock (keep `f` short: apply waits).
+    pub fn with<R>(&self, f: impl FnOnce(&PdState) -> R) -> R {
+        let shared = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+        f(&shared.state)
+    }
+
+    /// The index of the last entry applied (or of the snapshot loaded).
+    #[must_use]
+    pub fn applied_index(&self) -> LogIndex {
+        self.shared
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .applied
+    }
+}
+
+impl PdStateMachine {
+    /// A state machine over the empty state.
+    #[must_use]
+    pub fn new() -> PdStateMachine {
+        PdStateMachine::default()
+    }
+
+    /// The read side.
+    #[must_use]
+    pub fn handle(&self) -> PdHandle {
+        PdHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl StateMachine for PdStateMachine {
+    fn on_apply(&mut self, iter: &mut ApplyIter) {
+        for task in iter.by_ref() {
+            let result = match PdCommand::decode(&task.data) {
+                Ok(command) => {
+                    let mut shared = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+                    let output = shared.state.apply(&command);
+                    shared.applied = task.index;
+                    Ok(output.encode())
+                }
+                Err(error) => {
+                    tracing::warn!(index = %task.index, %error, "meta group entry not applied");
+                    let mut shared = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+                    shared.applied = task.index;
+                    Err(error.to_string())
+                }
+            };
+            if let Some(completion) = task.completion {
+                completion.complete(result);
+            }
+        }
+    }
+
+    fn on_snapshot_save(&mut self, writer: &mut SnapshotWriter) -> Result<(), String> {
+        // Encode under the read lock, write after releasing it.
+        let bytes = self.handle().with(PdState::encode);
+        writer
+            .append(SNAPSHOT_STATE_FILE, &bytes)
+            .map_err(|e| format!("writing snapshot file {SNAPSHOT_STATE_FILE}: {e}"))
+    }
+
+    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        let data = read_whole(reader)?;
+        let state = PdState::decode(&data)
+            .map_err(|e| format!("snapshot at {}: {e}", reader.meta().index))?;
+        let mut shared = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        shared.state = state;
+        shared.applied = reader.meta().index;
+        tracing::info!(index = %reader.meta().index, "meta group snapshot loaded");
+        Ok(())
+    }
+}
+
+/// The whole `pd.state` file, refusing one larger than `STATE_FILE_BYTES_MAX`.
+fn read_whole(reader: &SnapshotReader) -> Result<Vec<u8>, String> {
+    let entry = reader
+        .manifest()
+        .file(SNAPSHOT_STATE_FILE)
+        .ok_or_else(|| format!("snapshot has no file {SNAPSHOT_STATE_FILE}"))?;
+    if entry.size > STATE_FILE_BYTES_MAX {
+        return Err(format!(
+            "snapshot file {SNAPSHOT_STATE_FILE} of {} bytes exceeds its limit of {STATE_FILE_BYTES_MAX} bytes",
+            entry.size
+        ));
+    }
+    let mut data = Vec::new();
+    while (data.len() as u64) < entry.size {
+        let chunk = reader
+            .read_chunk(SNAPSHOT_STATE_FILE, data.len() as u64, SNAPSHOT_READ_BYTES)
+            .map_err(|e| format!("reading snapshot file {SNAPSHOT_STATE_FILE}: {e}"))?;
+        if chunk.is_empty() {
+            return Err(format!(
+                "snapshot file {SNAPSHOT_STATE_FILE} ended at {} of {} bytes",
+                data.len(),
+                entry.size
+            ));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
+}
