@@ -147,3 +147,86 @@ fn read_whole(reader: &SnapshotReader) -> Result<Vec<u8>, String> {
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_node::StoreId;
+    use flotilla_raft::{Configuration, PeerId, SnapshotMeta, Term};
+    use flotilla_storage::SnapshotStore;
+
+    use super::*;
+    use crate::command::{PdCommand, PdOutput};
+    use crate::model::{StoreMark, StoreRecord};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(2),
+            configuration: Configuration::new([PeerId::new("a:1")]),
+        }
+    }
+
+    fn populated() -> PdStateMachine {
+        let machine = PdStateMachine::new();
+        machine
+            .shared
+            .write()
+            .unwrap()
+            .state
+            .apply(&PdCommand::PutStore(StoreRecord {
+                id: StoreId(5),
+                address: "s5:7000".into(),
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                state: StoreMark::Serving,
+            }));
+        let output = machine
+            .shared
+            .write()
+            .unwrap()
+            .state
+            .apply(&PdCommand::AllocIds { count: 4 });
+        assert_eq!(
+            output,
+            PdOutput::Ids {
+                first: 1_000_000,
+                count: 4
+            }
+        );
+        machine
+    }
+
+    #[test]
+    fn a_saved_snapshot_loads_into_another_machine() {
+        let store = SnapshotStore::in_memory().unwrap();
+        let mut source = populated();
+        let mut writer = store.create_writer(meta(12)).unwrap();
+        source.on_snapshot_save(&mut writer).unwrap();
+        let reader = writer.finish().unwrap();
+        let mut target = PdStateMachine::new();
+        let handle = target.handle();
+        target.on_snapshot_load(&reader).unwrap();
+        assert_eq!(handle.state(), source.handle().state());
+        assert_eq!(handle.applied_index(), LogIndex(12));
+        assert_eq!(handle.with(|s| s.next_id), 1_000_004);
+    }
+
+    #[test]
+    fn a_corrupt_or_missing_snapshot_file_changes_nothing() {
+        let store = SnapshotStore::in_memory().unwrap();
+        let mut writer = store.create_writer(meta(3)).unwrap();
+        writer.append(SNAPSHOT_STATE_FILE, &[1, 2, 3]).unwrap();
+        let corrupt = writer.finish().unwrap();
+        let mut machine = populated();
+        let before = machine.handle().state();
+        let error = machine.on_snapshot_load(&corrupt).unwrap_err();
+        assert!(error.contains("pd state"), "{error}");
+        assert_eq!(machine.handle().state(), before);
+
+        let mut writer = store.create_writer(meta(4)).unwrap();
+        writer.append("other", b"x").unwrap();
+        let missing = writer.finish().unwrap();
+        let error = machine.on_snapshot_load(&missing).unwrap_err();
+        assert!(error.contains(SNAPSHOT_STATE_FILE), "{error}");
+        assert_eq!(machine.handle().state(), before);
+    }
+}

@@ -327,3 +327,174 @@ pub fn may_touch(region: &RegionView, stores: &[StoreView]) -> bool {
         && state_of(stores, leader).is_live()
         && has_quorum(region, stores)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn stores(states: &[StoreState]) -> Vec<StoreView> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, state)| StoreView {
+                record: StoreRecord {
+                    id: StoreId(i as u64 + 1),
+                    address: format!("s{i}"),
+                    labels: std::collections::BTreeMap::new(),
+                    state: StoreMark::Serving,
+                },
+                state: *state,
+                region_count: 0,
+                leader_count: 0,
+                used_bytes: 0,
+                recent_adds: 0,
+                recent_removes: 0,
+            })
+            .collect()
+    }
+
+    fn region(voters: &[u64], learners: &[u64], leader: u64) -> RegionView {
+        RegionView {
+            record: RegionRecord {
+                id: 1,
+                start: Bytes::new(),
+                end: Bytes::new(),
+                conf_version: 1,
+                version: 1,
+                voters: voters.iter().map(|v| StoreId(*v)).collect(),
+                learners: learners
+                    .iter()
+                    .map(|v| StoreId(*v))
+                    .collect::<BTreeSet<_>>(),
+            },
+            leader: Some(StoreId(leader)),
+            approximate_bytes: 0,
+            in_joint: false,
+        }
+    }
+
+    #[test]
+    fn store_state_follows_the_heartbeat_age_and_the_mark() {
+        let config = PdConfig::default();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(
+            store_state(StoreMark::Serving, secs(5), &config),
+            StoreState::Up
+        );
+        assert_eq!(
+            store_state(StoreMark::Serving, secs(30), &config),
+            StoreState::Disconnected
+        );
+        assert_eq!(
+            store_state(StoreMark::Serving, secs(121), &config),
+            StoreState::Down
+        );
+        assert_eq!(
+            store_state(StoreMark::Serving, None, &config),
+            StoreState::Disconnected
+        );
+        assert_eq!(
+            store_state(StoreMark::Offline, secs(5), &config),
+            StoreState::Offline
+        );
+        assert_eq!(
+            store_state(StoreMark::Offline, secs(500), &config),
+            StoreState::Down
+        );
+        assert_eq!(
+            store_state(StoreMark::Tombstone, secs(1), &config),
+            StoreState::Tombstone
+        );
+    }
+
+    #[test]
+    fn quorum_counts_live_stores_and_removal_counts_up_ones() {
+        use StoreState::{Disconnected, Down, Up};
+        let all = stores(&[Up, Disconnected, Down, Up, Down]);
+        assert!(has_quorum(&region(&[1, 2, 3], &[], 1), &all));
+        assert!(!has_quorum(&region(&[1, 3, 5], &[], 1), &all));
+        let safe = |r: &RegionView, step| step_is_safe(r, &step, &all);
+        let r = region(&[1, 2, 3, 4], &[], 1);
+        assert!(safe(&r, Step::RemoveVoter(StoreId(3))).is_ok());
+        let r = region(&[1, 2, 3], &[], 1);
+        let why = safe(&r, Step::RemoveVoter(StoreId(3))).unwrap_err();
+        assert!(why.contains("majority of up voters"), "{why}");
+        assert!(safe(&r, Step::RemoveVoter(StoreId(1)))
+            .unwrap_err()
+            .contains("leads"));
+        assert!(safe(&r, Step::AddLearner(StoreId(4))).is_ok());
+        assert!(
+            safe(&r, Step::AddLearner(StoreId(5))).is_err(),
+            "a down store receives nothing"
+        );
+        assert!(
+            safe(&r, Step::AddLearner(StoreId(2))).is_err(),
+            "a store holding a peer"
+        );
+        assert!(
+            safe(&r, Step::PromoteLearner(StoreId(4))).is_err(),
+            "no learner there"
+        );
+        assert!(safe(
+            &region(&[1, 2, 3], &[4], 1),
+            Step::PromoteLearner(StoreId(4))
+        )
+        .is_ok());
+        assert!(
+            safe(&r, Step::TransferLeader(StoreId(2))).is_err(),
+            "a disconnected store"
+        );
+        let mut joint = region(&[1, 2, 3], &[], 1);
+        joint.in_joint = true;
+        assert!(safe(&joint, Step::AddLearner(StoreId(4)))
+            .unwrap_err()
+            .contains("joint"));
+        let mut leaderless = region(&[1, 2, 3], &[], 1);
+        leaderless.leader = None;
+        assert!(safe(&leaderless, Step::AddLearner(StoreId(4)))
+            .unwrap_err()
+            .contains("leader"));
+    }
+
+    #[test]
+    fn applying_an_operator_moves_counts_and_bumps_the_epoch() {
+        let mut view = ClusterView {
+            config: PdConfig::default(),
+            stores: stores(&[StoreState::Up; 4]),
+            regions: vec![region(&[1, 2, 3], &[], 1)],
+            operators: Vec::new(),
+        };
+        view.regions[0].approximate_bytes = 10;
+        for s in &mut view.stores[..3] {
+            s.region_count = 1;
+            s.used_bytes = 10;
+        }
+        view.stores[0].leader_count = 1;
+        let op = Operator::planned(
+            &view.regions[0].record,
+            crate::operator::OperatorKind::BalanceReplica,
+            vec![
+                Step::AddLearner(StoreId(4)),
+                Step::PromoteLearner(StoreId(4)),
+                Step::TransferLeader(StoreId(4)),
+                Step::RemoveVoter(StoreId(1)),
+            ],
+        );
+        assert!(steps_are_safe(&view.regions[0], &op.steps, &view.stores).is_ok());
+        apply_to_view(&mut view, &op);
+        let region = &view.regions[0];
+        assert_eq!(region.record.voters, [2, 3, 4].map(StoreId).into());
+        assert_eq!(region.record.conf_version, 4);
+        assert_eq!(region.leader, Some(StoreId(4)));
+        let counts: Vec<_> = view
+            .stores
+            .iter()
+            .map(|s| (s.region_count, s.leader_count, s.used_bytes))
+            .collect();
+        assert_eq!(counts, [(0, 0, 0), (1, 0, 10), (1, 0, 10), (1, 1, 10)]);
+    }
+}
