@@ -25,7 +25,8 @@ const FORMAT_VERSION: u8 = 1;
 /// One entry of the meta group's log.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PdCommand {
-    /// Registers a store or updates its address and labels (its mark is kept).
+    /// Registers a store (as serving, whatever mark the record carries) or updates its
+    /// address and labels (its mark is kept).
     PutStore(StoreRecord),
     /// Changes a store's durable mark.
     SetStoreMark {
@@ -81,11 +82,66 @@ const TAG_ADVANCE_OPERATOR: u8 = 8;
 const TAG_FINISH_OPERATOR: u8 = 9;
 
 impl PdCommand {
+    /// Checks every field against its limit in `limits`, naming the first one that
+    /// exceeds it. Call it on a command built from anything a peer or a person sent
+    /// (an address from a store's hello, a region from a heartbeat) before [`encode`].
+    ///
+    /// [`encode`]: PdCommand::encode
+    pub fn validate(&self) -> Result<(), PdError> {
+        let over = |what: &str, len: usize, limit: usize| -> Result<(), PdError> {
+            if len > limit {
+                return Err(PdError::Corrupt(format!(
+                    "pd command: {what} of {len} exceeds its limit of {limit}"
+                )));
+            }
+            Ok(())
+        };
+        match self {
+            PdCommand::PutStore(store) => {
+                over(
+                    "store address bytes",
+                    store.address.len(),
+                    ADDRESS_BYTES_MAX,
+                )?;
+                over("store labels", store.labels.len(), LABELS_MAX)?;
+                for (key, value) in &store.labels {
+                    over("label key bytes", key.len(), LABEL_BYTES_MAX)?;
+                    over("label value bytes", value.len(), LABEL_BYTES_MAX)?;
+                }
+            }
+            PdCommand::PutRegion(region) => {
+                over("region start bytes", region.start.len(), KEY_BYTES_MAX)?;
+                over("region end bytes", region.end.len(), KEY_BYTES_MAX)?;
+                let peers = region.voters.len() + region.learners.len();
+                over("region peers", peers, PEERS_MAX)?;
+            }
+            PdCommand::SetConfig { key, value, .. } => {
+                over("config key bytes", key.len(), CONFIG_BYTES_MAX)?;
+                over("config value bytes", value.len(), CONFIG_BYTES_MAX)?;
+            }
+            PdCommand::StartOperator(operator) => {
+                over("operator steps", operator.steps.len(), STEPS_MAX)?;
+                over("operator step done", operator.step, operator.steps.len())?;
+            }
+            PdCommand::AdvanceOperator { step, .. } => over("operator step", *step, STEPS_MAX)?,
+            PdCommand::FinishOperator { outcome, .. } => match outcome {
+                Outcome::Done => {}
+                Outcome::Cancelled(why) | Outcome::TimedOut(why) => {
+                    over("reason bytes", why.len(), REASON_BYTES_MAX)?;
+                }
+            },
+            PdCommand::SetStoreMark { .. }
+            | PdCommand::RemoveRegion(_)
+            | PdCommand::AllocIds { .. } => {}
+        }
+        Ok(())
+    }
+
     /// The command's bytes, as proposed to the meta group.
     ///
     /// # Panics
-    /// If a field exceeds its limit in `limits` (callers build commands from checked
-    /// input; a decoded command is always within them).
+    /// If a field exceeds its limit in `limits`: [`PdCommand::validate`] refuses such a
+    /// command, and a decoded command is always within them.
     #[must_use]
     pub fn encode(&self) -> Bytes {
         let mut w = Writer::new();
@@ -571,6 +627,26 @@ mod tests {
         w.bytes(&[b'x'; ADDRESS_BYTES_MAX + 1]);
         let error = PdCommand::decode(&w.finish()).unwrap_err().to_string();
         assert!(error.contains("store address of 257 bytes"), "{error}");
+    }
+
+    #[test]
+    fn validate_names_the_field_over_its_limit() {
+        for command in sample_commands() {
+            assert_eq!(command.validate(), Ok(()), "{command:?}");
+        }
+        let long = PdCommand::PutStore(StoreRecord {
+            id: StoreId(1),
+            address: "x".repeat(ADDRESS_BYTES_MAX + 1),
+            labels: BTreeMap::new(),
+            state: StoreMark::Serving,
+        });
+        let error = long.validate().unwrap_err().to_string();
+        assert!(error.contains("store address bytes of 257"), "{error}");
+        let finish = PdCommand::FinishOperator {
+            id: 1,
+            outcome: Outcome::Cancelled("y".repeat(REASON_BYTES_MAX + 1)),
+        };
+        assert!(finish.validate().is_err());
     }
 
     #[test]

@@ -144,6 +144,9 @@ impl PdState {
         PdOutput::Done
     }
 
+    /// Known debt: the overlap check scans every region (fine at today's thousands of
+    /// static regions; an index by start key belongs with splits and merges), and a stale
+    /// region a newer one overlaps stays recorded until its own report or `RemoveRegion`.
     fn put_region(&mut self, region: &RegionRecord) -> PdOutput {
         if let Some(current) = self.regions.get(&region.id) {
             if region.conf_version < current.conf_version || region.version < current.version {

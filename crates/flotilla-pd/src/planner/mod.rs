@@ -35,19 +35,21 @@ pub fn plan(view: &ClusterView) -> Vec<Operator> {
     let mut budget = choose::Budget::new(view);
     let mut busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
     let mut out = Vec::new();
-    let mut ids: Vec<u64> = view.regions.iter().map(|r| r.record.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
+    // Region id -> position in `work.regions` (projection never reorders them).
+    let positions: std::collections::BTreeMap<u64, usize> = view
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.record.id, i))
+        .collect();
+    for (&id, &position) in &positions {
         if !budget.replica_operators_left() {
             break;
         }
         if busy.contains(&id) {
             continue;
         }
-        let Some(region) = work.regions.iter().find(|r| r.record.id == id).cloned() else {
-            continue;
-        };
+        let region = work.regions[position].clone();
         if !may_touch(&region, &work.stores) {
             continue;
         }
