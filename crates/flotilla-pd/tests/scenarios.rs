@@ -586,3 +586,60 @@ fn generated_views_keep_the_invariants_and_converge() {
         "the generated views planned only {planned} operators"
     );
 }
+
+/// Plans and applies rounds until nothing is planned; the number of rounds.
+fn settle(view: &mut ClusterView, rounds_max: usize) -> usize {
+    for round in 0..rounds_max {
+        let ops = plan(view);
+        check_invariants(view, &ops).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if ops.is_empty() {
+            return round;
+        }
+        for op in &ops {
+            apply_to_view(view, op);
+        }
+    }
+    panic!("no convergence in {rounds_max} rounds");
+}
+
+#[test]
+fn balance_after_two_stores_join_ends_within_one_of_even() {
+    let scenario = scenarios()
+        .into_iter()
+        .find(|s| s.name == "17-balance-count.txt")
+        .expect("the scenario exists");
+    let mut view = scenario.view;
+    view.config.set("replica-schedule-limit", "16").unwrap();
+    view.config.set("leader-schedule-limit", "4").unwrap();
+    let rounds = settle(&mut view, 100);
+    assert!(rounds > 1, "the limits spread the work over rounds");
+    let regions: Vec<usize> = view.stores.iter().map(|s| s.region_count).collect();
+    let leaders: Vec<usize> = view.stores.iter().map(|s| s.leader_count).collect();
+    let spread = |v: &[usize]| v.iter().max().unwrap() - v.iter().min().unwrap();
+    assert!(spread(&regions) <= 1, "regions per store {regions:?}");
+    assert!(spread(&leaders) <= 1, "leaders per store {leaders:?}");
+    assert_eq!(
+        regions.iter().sum::<usize>(),
+        72,
+        "every region keeps 3 replicas"
+    );
+}
+
+#[test]
+fn a_down_store_is_emptied_and_every_region_gets_back_to_max_replicas() {
+    let scenario = scenarios()
+        .into_iter()
+        .find(|s| s.name == "22-schedule-limit.txt")
+        .expect("the scenario exists");
+    let mut view = scenario.view;
+    settle(&mut view, 20);
+    for region in &view.regions {
+        assert_eq!(
+            region.record.voters,
+            [1, 2, 4].map(StoreId).into(),
+            "region {}",
+            region.record.id
+        );
+        assert!(region.record.learners.is_empty());
+    }
+}
