@@ -5,6 +5,7 @@
 //! target in that list.
 
 mod kv;
+mod pd;
 pub mod planted;
 mod raft;
 mod storage;
@@ -28,6 +29,8 @@ pub fn all() -> Vec<Target> {
         storage::raft_meta_legacy(),
         storage::snapshot_manifest(),
         storage::snapshot_copy(),
+        pd::pd_command(),
+        pd::pd_state(),
         raft::raft_step(),
         raft::raft_step_generated(),
     ]

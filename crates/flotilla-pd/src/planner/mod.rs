@@ -1,0 +1,83 @@
+//! The planners: pure functions from a [`ClusterView`] to operators.
+//!
+//! [`plan`] runs the replica checker over every region (by id), then balance over the
+//! regions the checker left alone: replicas, then leaders. It honours `paused`, the
+//! schedule limits, the per-store per-minute limits and one operator per region, and every
+//! step of every operator it returns passes [`step_is_safe`] on the region as the earlier
+//! steps leave it.
+//!
+//! Owns: the order of the checkers and the round's bookkeeping. Must never: return two
+//! operators for one region, one for a region with an operator in flight, or anything
+//! while paused.
+
+mod balance;
+mod choose;
+mod replica;
+mod view;
+
+use std::collections::BTreeSet;
+
+pub use view::{
+    apply_to_view, has_quorum, may_touch, state_of, step_is_safe, steps_are_safe, store_state,
+    ClusterView, RegionView, StoreState, StoreView,
+};
+
+use crate::operator::Operator;
+
+/// The operators to start now, checker operators first (each with id 0 and `planned_on`
+/// its region's epoch).
+#[must_use]
+pub fn plan(view: &ClusterView) -> Vec<Operator> {
+    if view.config.paused {
+        return Vec::new();
+    }
+    let mut work = view.clone();
+    let mut budget = choose::Budget::new(view);
+    let mut busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
+    let mut out = Vec::new();
+    // Region id -> position in `work.regions` (projection never reorders them).
+    let positions: std::collections::BTreeMap<u64, usize> = view
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.record.id, i))
+        .collect();
+    for (&id, &position) in &positions {
+        if !budget.replica_operators_left() {
+            break;
+        }
+        if busy.contains(&id) {
+            continue;
+        }
+        let region = work.regions[position].clone();
+        if !may_touch(&region, &work.stores) {
+            continue;
+        }
+        if let Some(op) = replica::check_region(&work, &region, &budget) {
+            choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
+        }
+    }
+    balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
+    balance::balance_leaders(&mut work, &mut busy, &mut budget, &mut out);
+    out
+}
+
+/// A planted bug for the tests: [`plan`], but replacements remove the old voter before
+/// adding the new one. The scenario tests show their invariant checks catch it.
+#[cfg(any(test, feature = "planted-bugs"))]
+#[must_use]
+pub fn plan_remove_before_add(view: &ClusterView) -> Vec<Operator> {
+    use crate::operator::{OperatorKind, Step};
+    plan(view)
+        .into_iter()
+        .map(|mut op| {
+            if matches!(
+                op.kind,
+                OperatorKind::ReplaceDownPeer | OperatorKind::ReplaceOfflinePeer
+            ) {
+                op.steps.sort_by_key(|s| !matches!(s, Step::RemoveVoter(_)));
+            }
+            op
+        })
+        .collect()
+}
