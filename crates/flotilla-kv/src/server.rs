@@ -17,7 +17,7 @@ use std::time::Duration;
 use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle};
 use flotilla_node::{MetricsQuery, Node};
 
-use crate::service::kv_server;
+use crate::service::{kv_server, pd_server};
 use crate::store::{LockedDataDir, Store, StoreError, StoreOptions};
 
 /// Finds a region's node for the CLI service (group id = region id).
@@ -41,9 +41,11 @@ impl flotilla_node::grpc::CliNodes for StoreNodes {
 /// (per store by default; `?group=ID` or `?groups=all` for groups in detail).
 fn serve(server: GrpcServer, store: Store) -> ServerHandle {
     let kv = kv_server(store.clone());
+    let pd = pd_server(store.clone());
     let metrics_store = store.clone();
     let extra = vec![
         ExtraService::grpc(kv),
+        ExtraService::grpc(pd),
         ExtraService::metrics(move |query| match query {
             MetricsQuery::Store => Ok(metrics_store.metrics_text()),
             detail => metrics_store.manager().metrics_text_for(detail),

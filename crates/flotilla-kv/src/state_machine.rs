@@ -121,6 +121,8 @@ pub fn completion_error(text: String) -> KvError {
 #[derive(Debug, Clone)]
 pub struct KvRegionHandle {
     region: Arc<RwLock<Region>>,
+    /// The last configuration known committed, with the index of its entry.
+    committed: Arc<RwLock<Option<(LogIndex, Configuration)>>>,
     applied_index: Arc<AtomicU64>,
     applied_term: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
@@ -131,6 +133,17 @@ impl KvRegionHandle {
     #[must_use]
     pub fn region(&self) -> Region {
         self.region
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last configuration this replica knows committed, with the index of its entry
+    /// (`None` until it heard of one since it started: a region never changed since
+    /// bootstrap, or one whose history came in a snapshot).
+    #[must_use]
+    pub fn committed_configuration(&self) -> Option<(LogIndex, Configuration)> {
+        self.committed
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -186,6 +199,7 @@ impl KvStateMachine {
             engine,
             handle: KvRegionHandle {
                 region: Arc::new(RwLock::new(region)),
+                committed: Arc::new(RwLock::new(None)),
                 applied_index: Arc::new(AtomicU64::new(0)),
                 applied_term: Arc::new(AtomicU64::new(0)),
                 failed: Arc::new(AtomicBool::new(false)),
@@ -505,6 +519,16 @@ impl StateMachine for KvStateMachine {
             }
             current.clone()
         };
+        {
+            let mut committed = self
+                .handle
+                .committed
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if committed.as_ref().is_none_or(|(at, _)| *at < index) {
+                *committed = Some((index, configuration.clone()));
+            }
+        }
         if let Some(events) = &self.events {
             let _ = events.send(RegionEvent::Configuration {
                 region,

@@ -34,4 +34,7 @@ pub use model::{
     format_duration, parse_duration, ConfigSource, PdConfig, RegionRecord, StoreMark, StoreRecord,
 };
 pub use operator::{FinishedOperator, Operator, OperatorKind, Outcome, Step};
+pub use planner::{
+    has_quorum, plan, step_is_safe, store_state, ClusterView, RegionView, StoreState, StoreView,
+};
 pub use state::PdState;

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod health;
+mod pd;
 mod status;
 
 use clap::{Args, Subcommand};
@@ -84,6 +85,14 @@ pub enum AdminOp {
         #[arg(value_delimiter = ',')]
         peers: Vec<String>,
     },
+    /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
+    /// `resume`.
+    #[command(subcommand)]
+    Pd(pd::PdOp),
+    /// The stores as the placement driver knows them: `list`, `remove STORE`
+    /// (decommission).
+    #[command(subcommand)]
+    Store(pd::StoreOp),
     /// Removes the peer of `--region ID` from the store at `--store ADDR`, where it was
     /// opened by mistake: refused unless the peer belongs to no configuration (no store
     /// lists it as a member) and holds no data.
@@ -155,11 +164,10 @@ pub fn run(args: AdminArgs, file: &FileConfig) -> i32 {
     });
     match result {
         Ok((value, human)) => {
-            if json {
-                println!("{value}");
-            } else {
-                println!("{human}");
-            }
+            use std::io::Write as _;
+            let text = if json { value.to_string() } else { human };
+            // A closed pipe (`admin status | head`) is the reader's choice, not an error.
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
             EXIT_OK
         }
         Err(failure) => failure.report("admin", json),
@@ -174,6 +182,12 @@ async fn execute(
 ) -> Result<(Value, String), Failure> {
     let cluster = gather(client).await;
     let directory = &cluster.directory;
+    let stores = cluster.addresses();
+    match op {
+        AdminOp::Pd(op) => return pd::pd(client, &stores, op).await,
+        AdminOp::Store(op) => return pd::store(client, &stores, op).await,
+        _ => {}
+    }
     if let AdminOp::CloseRegion { store } = &op {
         return close_region(client, directory, &cluster.regions, only, store).await;
     }
@@ -196,7 +210,7 @@ async fn execute(
     }
     let mut change = Change::new(client, directory, &regions, force);
     match op {
-        AdminOp::Status(_) | AdminOp::CloseRegion { .. } => {}
+        AdminOp::Status(_) | AdminOp::CloseRegion { .. } | AdminOp::Pd(_) | AdminOp::Store(_) => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,
         AdminOp::AddLearner { peer } => change.add(&peer, true).await?,

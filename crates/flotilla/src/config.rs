@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub worker_threads: Option<usize>,
     pub quota_bytes: Option<u64>,
+    pub pd_replicas: Option<u32>,
+    pub label: Option<Vec<String>>,
+    pub max_replicas: Option<u32>,
+    pub max_store_down_time: Option<String>,
+    pub pd_heartbeat_ms: Option<u64>,
     // kv, admin
     pub endpoints: Option<Vec<String>>,
     pub json: Option<bool>,

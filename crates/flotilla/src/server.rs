@@ -70,6 +70,25 @@ pub struct ServerArgs {
     /// once usage is back below. 0: unlimited [default: 8589934592, 8 GiB].
     #[arg(long, value_name = "BYTES")]
     quota_bytes: Option<u64>,
+    /// Stores the placement driver's raft group (the meta group) starts on when this store
+    /// bootstraps a cluster: the first ones by store id [default: 3].
+    #[arg(long, value_name = "N")]
+    pd_replicas: Option<u32>,
+    /// A label of this store, `KEY=VALUE` (repeatable, e.g. `--label zone=a`): the
+    /// placement driver spreads a region's replicas over distinct values.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// Seeds the placement driver's `max-replicas` (voters per region) when the cluster
+    /// has none set yet; `admin pd config set` changes it afterwards [default: 3].
+    #[arg(long, value_name = "N")]
+    max_replicas: Option<u32>,
+    /// Seeds the placement driver's `max-store-down-time` (after it, a silent store's
+    /// replicas are replaced), written `500ms`, `10s`, `2m` [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    max_store_down_time: Option<String>,
+    /// How often this store sends its heartbeat to the placement driver [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pd_heartbeat_ms: Option<u64>,
     /// CA certificate (PEM) for mutual TLS.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -98,6 +117,7 @@ fn default_worker_threads() -> usize {
 }
 
 fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process), String> {
+    let pd = pd_options(&args, file)?;
     let addr = args
         .addr
         .or_else(|| file.addr.clone())
@@ -107,6 +127,10 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .or_else(|| file.data_dir.clone())
         .ok_or("missing --data-dir DIR")?;
     let mut options = StoreOptions::new(addr, data_dir);
+    options.pd_replicas = pd.replicas;
+    options.labels = pd.labels;
+    options.pd_settings = pd.settings;
+    options.pd_heartbeat = pd.heartbeat;
     options.advertise = args.advertise_addr.or_else(|| file.advertise_addr.clone());
     options.peers = args
         .peers
@@ -117,7 +141,7 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
     if options.regions == 0 {
         return Err("--regions must be at least 1".into());
     }
-    options.engine = match args.engine.or_else(|| file.engine.clone()) {
+    options.engine = match args.engine.clone().or_else(|| file.engine.clone()) {
         Some(name) => name
             .parse::<EngineKind>()
             .map_err(|e| format!("--engine: {e}"))?,
@@ -182,6 +206,69 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
             worker_threads,
         },
     ))
+}
+
+/// The placement driver's flags: where its group starts, this store's labels, and the
+/// settings they seed (checked here as the PD checks them, so a typo stops the start).
+fn pd_options(args: &ServerArgs, file: &FileConfig) -> Result<PdFlags, String> {
+    let replicas = args.pd_replicas.or(file.pd_replicas).unwrap_or(3);
+    if replicas == 0 || replicas > 7 {
+        return Err(format!("--pd-replicas {replicas}: must be 1 to 7"));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    let given = if args.label.is_empty() {
+        file.label.clone().unwrap_or_default()
+    } else {
+        args.label.clone()
+    };
+    for label in given {
+        let (key, value) = label
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty() && k.len() <= 64 && v.len() <= 64)
+            .ok_or_else(|| format!("--label {label:?}: expected KEY=VALUE, each 1 to 64 bytes"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    if labels.len() > 16 {
+        return Err("--label: at most 16 labels".into());
+    }
+    let mut seeds = Vec::new();
+    if let Some(n) = args.max_replicas.or(file.max_replicas) {
+        seeds.push(("max-replicas".to_string(), n.to_string()));
+    }
+    if let Some(d) = args
+        .max_store_down_time
+        .clone()
+        .or_else(|| file.max_store_down_time.clone())
+    {
+        seeds.push(("max-store-down-time".to_string(), d));
+    }
+    let mut check = flotilla_pd::model::PdConfig::default();
+    for (key, value) in &seeds {
+        check.set(key, value).map_err(|e| format!("--{key}: {e}"))?;
+    }
+    let heartbeat_ms = args
+        .pd_heartbeat_ms
+        .or(file.pd_heartbeat_ms)
+        .unwrap_or(10_000);
+    if !(100..=600_000).contains(&heartbeat_ms) {
+        return Err(format!(
+            "--pd-heartbeat-ms {heartbeat_ms}: must be 100 to 600000"
+        ));
+    }
+    Ok(PdFlags {
+        replicas,
+        labels,
+        settings: seeds,
+        heartbeat: Duration::from_millis(heartbeat_ms),
+    })
+}
+
+/// What the placement driver's flags say (see [`pd_options`]).
+struct PdFlags {
+    replicas: u32,
+    labels: std::collections::BTreeMap<String, String>,
+    settings: Vec<(String, String)>,
+    heartbeat: Duration,
 }
 
 /// Runs the server; returns the exit code.

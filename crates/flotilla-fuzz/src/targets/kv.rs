@@ -298,6 +298,7 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
             store: StoreId(0x1111),
             cluster: 0,
             bootstrap: None,
+            pd: None,
             regions: Vec::new(),
         },
         StoreMeta {
@@ -306,7 +307,9 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
             bootstrap: Some(Bootstrap {
                 regions: 3,
                 members: vec![StoreId(0x1111), StoreId(0x2222), StoreId(0x3333)],
+                pd: vec![StoreId(0x1111), StoreId(0x2222)],
             }),
+            pd: Some(vec![StoreId(0x2222).peer_id(), StoreId(0x1111).peer_id()]),
             regions: regions()
                 .into_iter()
                 .map(|region| HostedRegion {
@@ -319,6 +322,7 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
             store: StoreId(u64::MAX),
             cluster: u64::MAX,
             bootstrap: None,
+            pd: None,
             regions: vec![HostedRegion {
                 region: Region::new(RegionId(9), b(b"\x00\xff"), Bytes::new(), Epoch::new(7, 1))
                     .expect("seed region"),
@@ -370,6 +374,11 @@ fn store_meta_log_seeds() -> Vec<Vec<u8>> {
         vec![MetaChange::Cluster(0x42), added(7, b"m", b"n")],
         vec![added(8, b"", b"\x01"), MetaChange::Removed(RegionId(8))],
         vec![MetaChange::Removed(RegionId(1)), MetaChange::Cluster(0)],
+        vec![
+            MetaChange::Pd(Some(vec![StoreId(0x1111).peer_id()])),
+            MetaChange::Pd(None),
+            MetaChange::Pd(Some(Vec::new())),
+        ],
     ]
     .iter()
     .map(|changes| StoreMeta::log_text(changes).into_bytes())
@@ -387,6 +396,7 @@ fn run_store_meta_log(bytes: &[u8]) -> bool {
         store: StoreId(0x1111),
         cluster: 5,
         bootstrap: None,
+        pd: None,
         regions: Vec::new(),
     };
     if meta.replay_log_text(text, path).is_err() {

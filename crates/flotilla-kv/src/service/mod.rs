@@ -24,6 +24,10 @@ use crate::store::Store;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
 
+mod pd;
+pub(crate) use pd::pd_server;
+pub use pd::PdService;
+
 pub use crate::limits::KV_MESSAGE_BYTES_MAX;
 
 /// Metadata key of a `StaleEpoch` answer carrying the region as it is now: hex of
@@ -406,20 +410,26 @@ impl proto::kv_server::Kv for KvService {
     }
 }
 
+/// Refuses a call that acts on `store` (its regions, its meta group peer) but names
+/// another store or cluster (see `flotilla_node::grpc::check_receiver`), or comes from
+/// neither a store nor an admin.
+fn check_receiver_of<T>(store: &Store, request: &Request<T>, what: &str) -> Result<(), Status> {
+    require(request, &[Role::Store, Role::Admin], what)?;
+    let metadata = request.metadata();
+    let get = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let source = roles::remote_of(request.extensions());
+    flotilla_node::grpc::check_receiver(get, store.manager().identity(), what, &source)
+}
+
 impl KvService {
-    /// Refuses a call that acts on a region of this store but names another store or
-    /// cluster (see `flotilla_node::grpc::check_receiver`).
+    /// See [`check_receiver_of`].
     fn check_receiver<T>(&self, request: &Request<T>, what: &str) -> Result<(), Status> {
-        require(request, &[Role::Store, Role::Admin], what)?;
-        let metadata = request.metadata();
-        let get = |key: &str| {
-            metadata
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let source = roles::remote_of(request.extensions());
-        flotilla_node::grpc::check_receiver(get, self.store.manager().identity(), what, &source)
+        check_receiver_of(&self.store, request, what)
     }
 
     fn regions_reply(&self) -> proto::RegionsReply {

@@ -40,6 +40,8 @@ pub struct PeerAnswer {
     /// How its cluster was bootstrapped, if it was an initial member: static regions and
     /// the initial members with their addresses.
     pub bootstrap: Option<(u32, Vec<(StoreId, String)>)>,
+    /// The initial members of its cluster's meta group, if it was an initial member.
+    pub bootstrap_pd: Vec<StoreId>,
 }
 
 /// What the waiting store does next.
@@ -60,6 +62,8 @@ pub enum Decision {
         regions: u32,
         /// Its initial members with their addresses.
         members: Vec<(StoreId, String)>,
+        /// The initial members of its meta group.
+        pd: Vec<StoreId>,
     },
     /// Join the cluster as a new store that no region counts on yet.
     Join {
@@ -106,6 +110,7 @@ pub fn decide(
                         cluster,
                         regions: *regions,
                         members: members.clone(),
+                        pd: answer.bootstrap_pd.clone(),
                     };
                 }
             }
@@ -194,6 +199,7 @@ mod tests {
                 cluster: self.cluster,
                 peers: listed(),
                 bootstrap: self.bootstrap.clone(),
+                bootstrap_pd: Vec::new(),
             }
         }
     }
@@ -220,6 +226,7 @@ mod tests {
                 cluster,
                 regions,
                 members,
+                ..
             } => {
                 sims[who].cluster = cluster;
                 sims[who].bootstrap = Some((regions, members));

@@ -32,6 +32,15 @@ const ANNOUNCE_ROUNDS: usize = 5;
 /// Most members a bootstrap answer may name.
 const BOOTSTRAP_MEMBERS_MAX: usize = 64;
 
+/// The initial members of a new cluster's meta group: the first `replicas` of its members
+/// by store id (the same choice on every member, which all see the same list).
+pub(crate) fn meta_group_members(members: &[StoreId], replicas: u32) -> Vec<StoreId> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    sorted.truncate(replicas.max(1) as usize);
+    sorted
+}
+
 /// Asks the store at `address` who it is, saying who is asking.
 pub(crate) async fn hello(
     address: &str,
@@ -104,11 +113,20 @@ fn answer_of(reply: &proto::HelloReply) -> Result<PeerAnswer, String> {
         static_regions(reply.bootstrap_regions)?;
         Some((reply.bootstrap_regions, members))
     };
+    if reply.bootstrap_pd.len() > BOOTSTRAP_MEMBERS_MAX {
+        return Err("an answer naming too many meta group members".into());
+    }
+    let bootstrap_pd = reply
+        .bootstrap_pd
+        .iter()
+        .map(|id| StoreId::parse(id))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(PeerAnswer {
         store,
         cluster: reply.cluster,
         peers: reply.peers.clone(),
         bootstrap,
+        bootstrap_pd,
     })
 }
 
@@ -121,7 +139,7 @@ impl Store {
         }
     }
 
-    fn listed(&self) -> Vec<String> {
+    pub(super) fn listed(&self) -> Vec<String> {
         self.inner
             .peers
             .iter()
@@ -155,7 +173,7 @@ impl Store {
             }
         }
         let meta = self.inner.meta.lock().await;
-        let (bootstrap_regions, bootstrap_members) = match &meta.bootstrap {
+        let (bootstrap_regions, bootstrap_members, bootstrap_pd) = match &meta.bootstrap {
             Some(b) => (
                 b.regions,
                 b.members
@@ -165,8 +183,9 @@ impl Store {
                         address: self.address_of(&id.peer_id()),
                     })
                     .collect(),
+                b.pd.iter().map(ToString::to_string).collect(),
             ),
-            None => (0, Vec::new()),
+            None => (0, Vec::new(), Vec::new()),
         };
         Ok(proto::HelloReply {
             store: Some(self.info()),
@@ -178,6 +197,7 @@ impl Store {
             },
             bootstrap_regions,
             bootstrap_members,
+            bootstrap_pd,
         })
     }
 
@@ -201,16 +221,19 @@ impl Store {
                     store = %self.inner.id,
                     via = %via,
                     "joined an existing cluster as a new, empty store that no region counts on \
-                     yet: add it to regions with `flotilla admin add-peer {}`",
+                     yet: the placement driver moves replicas to it (or add it to regions with \
+                     `flotilla admin add-peer {}`)",
                     self.inner.id
                 );
                 return Ok(true);
             }
             Decision::Bootstrap { members } => {
                 next.cluster = flotilla_node::identity::random_nonzero_u64();
+                let ids: Vec<StoreId> = members.iter().map(|(id, _)| *id).collect();
                 next.bootstrap = Some(Bootstrap {
                     regions: self.inner.regions_at_bootstrap,
-                    members: members.iter().map(|(id, _)| *id).collect(),
+                    pd: meta_group_members(&ids, self.inner.pd_replicas),
+                    members: ids,
                 });
                 members
             }
@@ -218,11 +241,13 @@ impl Store {
                 cluster,
                 regions,
                 members,
+                pd,
             } => {
                 next.cluster = cluster;
                 next.bootstrap = Some(Bootstrap {
                     regions,
                     members: members.iter().map(|(id, _)| *id).collect(),
+                    pd,
                 });
                 members
             }
@@ -230,7 +255,11 @@ impl Store {
         let bootstrap = next.bootstrap.clone().unwrap_or(Bootstrap {
             regions: 1,
             members: Vec::new(),
+            pd: Vec::new(),
         });
+        if bootstrap.pd.iter().any(|id| id.peer_id() == self.inner.id) {
+            next.pd = Some(bootstrap.pd.iter().map(|id| id.peer_id()).collect());
+        }
         let initial_peers: Vec<PeerId> = bootstrap.members.iter().map(|id| id.peer_id()).collect();
         next.regions = static_regions(bootstrap.regions)
             .map_err(KvError::Refused)?
@@ -252,6 +281,11 @@ impl Store {
         let cluster = next.cluster;
         *meta = next.clone();
         self.set_cluster(cluster);
+        if let Some(peers) = &next.pd {
+            self.start_meta_group(peers.clone())
+                .await
+                .map_err(|e| KvError::Engine(e.to_string()))?;
+        }
         for hosted in &next.regions {
             self.start_region(hosted)
                 .await

@@ -59,6 +59,9 @@ pub struct Bootstrap {
     pub regions: u32,
     /// The initial members, by store id.
     pub members: Vec<StoreId>,
+    /// The initial members of the meta group (the placement driver's raft group), by store
+    /// id; empty for a cluster bootstrapped before the placement driver.
+    pub pd: Vec<StoreId>,
 }
 
 /// The content of `store.meta`.
@@ -72,6 +75,10 @@ pub struct StoreMeta {
     pub cluster: u64,
     /// How the cluster was bootstrapped, if this store was one of its initial members.
     pub bootstrap: Option<Bootstrap>,
+    /// Whether this store hosts a peer of the meta group (the placement driver's raft
+    /// group): `Some(initial voters)` (empty for a peer created empty, to be added by the
+    /// meta group's leader), `None` when it does not.
+    pub pd: Option<Vec<PeerId>>,
     /// Regions hosted, by id.
     pub regions: Vec<HostedRegion>,
 }
@@ -104,22 +111,24 @@ impl StoreMeta {
     /// The file's text.
     #[must_use]
     pub fn render(&self) -> String {
+        let ids = |list: &[StoreId]| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let bootstrap = match &self.bootstrap {
-            Some(b) => format!(
-                "{} {}",
-                b.regions,
-                b.members
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
+            Some(b) if b.pd.is_empty() => format!("{} {}", b.regions, ids(&b.members)),
+            Some(b) => format!("{} {} {}", b.regions, ids(&b.members), ids(&b.pd)),
             None => "-".to_string(),
         };
         let mut body = format!(
             "{HEADER}\nstore {}\ncluster {:016x}\nbootstrap {bootstrap}\n",
             self.store, self.cluster
         );
+        if let Some(peers) = &self.pd {
+            let _ = writeln!(body, "{}", pd_line(Some(peers)));
+        }
         for hosted in &self.regions {
             let _ = writeln!(body, "{}", region_line(hosted));
         }
@@ -162,7 +171,13 @@ impl StoreMeta {
                 bad("fourth line is not `bootstrap -` or `bootstrap <regions> <ids>`".into())
             })?;
         let mut regions = Vec::new();
+        let mut pd = None;
         for (n, line) in lines.enumerate() {
+            if line.starts_with("pd ") {
+                pd = parse_pd_line(line)
+                    .ok_or_else(|| bad(format!("the pd line is malformed: {line:?}")))?;
+                continue;
+            }
             let hosted = parse_region_line(line)
                 .ok_or_else(|| bad(format!("region line {} is malformed: {line:?}", n + 1)))?;
             regions.push(hosted);
@@ -171,6 +186,7 @@ impl StoreMeta {
             store,
             cluster,
             bootstrap,
+            pd,
             regions,
         })
     }
@@ -224,6 +240,8 @@ pub enum MetaChange {
     Region(HostedRegion),
     /// The store no longer hosts this region.
     Removed(RegionId),
+    /// The store hosts a peer of the meta group (`Some(initial voters)`), or no longer does.
+    Pd(Option<Vec<PeerId>>),
 }
 
 impl MetaChange {
@@ -232,12 +250,16 @@ impl MetaChange {
             MetaChange::Cluster(cluster) => format!("cluster {cluster:016x}"),
             MetaChange::Region(hosted) => region_line(hosted),
             MetaChange::Removed(id) => format!("remove {}", id.0),
+            MetaChange::Pd(peers) => pd_line(peers.as_deref()),
         }
     }
 
     fn parse(text: &str) -> Option<MetaChange> {
         if let Some(hex) = text.strip_prefix("cluster ") {
             return u64::from_str_radix(hex, 16).ok().map(MetaChange::Cluster);
+        }
+        if text.starts_with("pd ") {
+            return parse_pd_line(text).map(MetaChange::Pd);
         }
         if let Some(id) = text.strip_prefix("remove ") {
             return id.parse().ok().map(|id| MetaChange::Removed(RegionId(id)));
@@ -262,6 +284,7 @@ impl StoreMeta {
                 }
             }
             MetaChange::Removed(id) => self.regions.retain(|h| h.region.id != *id),
+            MetaChange::Pd(peers) => self.pd.clone_from(peers),
         }
     }
 
@@ -390,19 +413,64 @@ fn region_line(hosted: &HostedRegion) -> String {
     )
 }
 
-/// `-` (no bootstrap) or `<regions> <id>,<id>...`; `None` when malformed.
+/// The meta group's line: `pd -` (a peer created empty), `pd <id>,<id>...` (its initial
+/// voters), or `pd none` (the change log's word for "no longer hosted").
+fn pd_line(peers: Option<&[PeerId]>) -> String {
+    match peers {
+        None => "pd none".to_string(),
+        Some([]) => "pd -".to_string(),
+        Some(peers) => format!(
+            "pd {}",
+            peers
+                .iter()
+                .map(PeerId::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+/// Parses [`pd_line`]'s text; `None` when malformed.
+#[allow(clippy::option_option)]
+fn parse_pd_line(line: &str) -> Option<Option<Vec<PeerId>>> {
+    match line.strip_prefix("pd ")? {
+        "none" => Some(None),
+        "-" => Some(Some(Vec::new())),
+        ids => ids
+            .split(',')
+            .map(|p| StoreId::parse(p).ok().map(StoreId::peer_id))
+            .collect::<Option<Vec<_>>>()
+            .map(Some),
+    }
+}
+
+/// `-` (no bootstrap) or `<regions> <id>,<id>... [<pd id>,<pd id>...]`; `None` when
+/// malformed.
 #[allow(clippy::option_option)]
 fn parse_bootstrap(text: &str) -> Option<Option<Bootstrap>> {
     if text == "-" {
         return Some(None);
     }
-    let (regions, members) = text.split_once(' ')?;
-    let regions = regions.parse().ok()?;
-    let members = members
-        .split(',')
-        .map(|m| StoreId::parse(m).ok())
-        .collect::<Option<Vec<_>>>()?;
-    Some(Some(Bootstrap { regions, members }))
+    let mut words = text.split(' ');
+    let regions = words.next()?.parse().ok()?;
+    let list = |text: &str| {
+        text.split(',')
+            .map(|m| StoreId::parse(m).ok())
+            .collect::<Option<Vec<_>>>()
+    };
+    let members = list(words.next()?)?;
+    let pd = match words.next() {
+        Some(ids) => list(ids)?,
+        None => Vec::new(),
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    Some(Some(Bootstrap {
+        regions,
+        members,
+        pd,
+    }))
 }
 
 fn parse_region_line(line: &str) -> Option<HostedRegion> {
@@ -474,7 +542,9 @@ mod tests {
             bootstrap: Some(Bootstrap {
                 regions: 3,
                 members: vec![a, b],
+                pd: vec![a],
             }),
+            pd: Some(vec![a.peer_id()]),
             regions: regions
                 .into_iter()
                 .enumerate()
@@ -514,6 +584,8 @@ mod tests {
             MetaChange::Region(added.clone()),
             MetaChange::Removed(RegionId(2)),
             MetaChange::Cluster(7),
+            MetaChange::Pd(None),
+            MetaChange::Pd(Some(Vec::new())),
         ];
         StoreMeta::append(&dir, &changes).unwrap();
         for change in &changes {
@@ -597,6 +669,7 @@ mod tests {
             store: StoreId(7),
             cluster: 0,
             bootstrap: None,
+            pd: None,
             regions: Vec::new(),
         };
         let text = meta.render();

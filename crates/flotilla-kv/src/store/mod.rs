@@ -23,6 +23,7 @@ mod lock;
 mod membership;
 pub mod meta;
 mod open;
+pub mod pd;
 mod peers;
 mod quota;
 
@@ -116,6 +117,18 @@ pub struct StoreOptions {
     /// cluster must use the same value; lowered in tests so that a few dozen regions need
     /// several frames.
     pub frame_messages_max: usize,
+    /// How many stores the meta group (the placement driver's raft group) starts on when
+    /// this store bootstraps a cluster: the first ones by store id (default 3).
+    pub pd_replicas: u32,
+    /// This store's labels (`--label zone=a`): the placement driver spreads a region's
+    /// replicas over distinct values where the stores allow it.
+    pub labels: BTreeMap<String, String>,
+    /// Placement driver settings given as `flotilla server` flags (`max-replicas`,
+    /// `max-store-down-time`, ...): they only seed the PD's configuration, once (see
+    /// `pd`); `admin pd config set` changes it afterwards.
+    pub pd_settings: Vec<(String, String)>,
+    /// How often this store sends its heartbeat to the placement driver (default 10 s).
+    pub pd_heartbeat: Duration,
 }
 
 impl StoreOptions {
@@ -137,6 +150,10 @@ impl StoreOptions {
             tls: None,
             quota_bytes: QUOTA_BYTES_DEFAULT,
             frame_messages_max: flotilla_node::grpc::codec::FRAME_MESSAGES_MAX,
+            pd_replicas: 3,
+            labels: BTreeMap::new(),
+            pd_settings: Vec::new(),
+            pd_heartbeat: pd::STORE_HEARTBEAT_DEFAULT,
         }
     }
 }
@@ -238,6 +255,10 @@ struct StoreInner {
     events: tokio::sync::mpsc::UnboundedSender<crate::state_machine::RegionEvent>,
     /// The task handling them, stopped by [`Store::close`].
     events_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Stores the meta group starts on at a bootstrap by this store.
+    pd_replicas: u32,
+    /// The placement driver as this store runs it (see `pd`).
+    pd: pd::PdRuntime,
 }
 
 /// A running store. Cheap to clone.
@@ -852,15 +873,13 @@ impl Store {
     /// The store still answers: a transfer needs its peers' messages, so whatever serves the
     /// store keeps serving until this returns (`crate::server::StoreServer::shutdown`).
     pub async fn hand_off(&self, handoff: Duration) {
-        let peers = self.all_peers();
-        let transfers = peers
-            .iter()
-            .filter(|p| p.node.is_leader() && p.node.list_peers().len() > 1)
-            .map(|p| {
-                let node = p.node.clone();
-                async move {
-                    let _ = tokio::time::timeout(handoff, node.transfer_leadership(None)).await;
-                }
+        let mut nodes: Vec<Node> = self.all_peers().into_iter().map(|p| p.node).collect();
+        nodes.extend(self.meta_peer().map(|m| m.node));
+        let transfers = nodes
+            .into_iter()
+            .filter(|node| node.is_leader() && node.list_peers().len() > 1)
+            .map(|node| async move {
+                let _ = tokio::time::timeout(handoff, node.transfer_leadership(None)).await;
             });
         futures_join_all(transfers).await;
         if let Some(task) = lock(&self.inner.usage_task).take() {
@@ -874,6 +893,7 @@ impl Store {
         if let Some(task) = lock(&self.inner.events_task).take() {
             task.abort();
         }
+        self.stop_pd_tasks();
         self.inner.manager.shutdown().await;
         let engine = self.inner.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.flush()).await;
@@ -961,6 +981,7 @@ mod tests {
             store: StoreId(1),
             cluster: 7,
             bootstrap: None,
+            pd: None,
             regions: regions
                 .into_iter()
                 .map(|region| HostedRegion {

@@ -85,6 +85,7 @@ fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
                     store: StoreId::random(),
                     cluster: 0,
                     bootstrap: None,
+                    pd: None,
                     regions: Vec::new(),
                 },
                 fresh: true,
@@ -136,6 +137,7 @@ pub fn init(data_dir: &Path) -> Result<(StoreId, bool), StoreError> {
                 store: StoreId::random(),
                 cluster: 0,
                 bootstrap: None,
+                pd: None,
                 regions: Vec::new(),
             };
             meta.save(data_dir).map_err(data_dir_error)?;
@@ -261,6 +263,7 @@ impl Store {
         }
         let task = tokio::spawn(membership::run(Arc::downgrade(&self.inner)));
         *lock(&self.inner.membership_task) = Some(task);
+        self.start_pd_tasks();
     }
 
     async fn open_locked(
@@ -370,6 +373,12 @@ impl Store {
             membership_task: Mutex::new(None),
             events,
             events_task: Mutex::new(None),
+            pd_replicas: options.pd_replicas,
+            pd: super::pd::PdRuntime::new(
+                options.labels.clone(),
+                options.pd_settings.clone(),
+                options.pd_heartbeat,
+            ),
         });
         let store = Store { inner };
         let task = tokio::spawn(super::peers::run(Arc::downgrade(&store.inner), events_rx));
@@ -378,6 +387,9 @@ impl Store {
         measure_usage(&store.inner).await;
         let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));
         *lock(&store.inner.usage_task) = Some(task);
+        if let Some(peers) = &meta.pd {
+            store.start_meta_group(peers.clone()).await?;
+        }
         for hosted in &meta.regions {
             store.start_region(hosted).await?;
         }

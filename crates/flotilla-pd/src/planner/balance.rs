@@ -216,6 +216,9 @@ fn next_transfer(work: &ClusterView, busy: &BTreeSet<u64>, budget: &Budget) -> O
                 .regions
                 .iter()
                 .filter(|r| !busy.contains(&r.record.id) && r.leader == Some(from))
+                // Not the meta group (id 0): where the PD leads matters to nobody, and
+                // moving it pauses scheduling while the next leader warms up.
+                .filter(|r| r.record.id != 0)
                 .filter(|r| r.record.voters.contains(&to) && balanceable(r, work))
                 .find_map(|region| {
                     let op = Operator::planned(

@@ -46,6 +46,16 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
+    /// Every store address known, those that answered first.
+    pub(super) fn addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.replies.iter().map(|r| r.store.clone()).collect();
+        out.extend(self.directory.values().cloned());
+        out.extend(self.unreachable.iter().map(|(a, _)| a.clone()));
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|a| !a.is_empty() && seen.insert(a.clone()));
+        out
+    }
+
     /// Whether any store knows of store `id`: one answered as it, an address book lists it,
     /// or a region names it as a voter or learner.
     pub(super) fn knows(&self, id: &str) -> bool {

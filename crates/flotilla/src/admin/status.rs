@@ -80,6 +80,19 @@ struct Listed<'a> {
     info: &'a RegionInfo,
     problems: Vec<Problem>,
     hosts: BTreeSet<&'a str>,
+    /// Whether a majority of its voters are on stores that answered: a region without it
+    /// is never acted on by the placement driver (`admin recover` is the way back).
+    quorum: bool,
+}
+
+/// Whether a majority of `info`'s voters are on stores in `answered`.
+fn has_quorum(info: &RegionInfo, answered: &BTreeSet<&str>) -> bool {
+    let live = info
+        .peer_ids
+        .iter()
+        .filter(|id| answered.contains(id.as_str()))
+        .count();
+    live * 2 > info.peer_ids.len()
 }
 
 /// The counts at the top of the answer, over every region of the cluster (whatever the
@@ -181,13 +194,15 @@ pub(super) async fn status(
             info,
             problems,
             hosts,
+            quorum: has_quorum(info, &answered),
         };
         if matches(&filters, &region) {
             listed.push(region);
         }
     }
     summary.listed = listed.len();
-    let stores = stores_json(cluster);
+    let pd = super::pd::try_status(client, &cluster.addresses()).await;
+    let stores = stores_json(cluster, pd.as_ref());
     let value = success(vec![
         (
             "regions",
@@ -231,7 +246,19 @@ fn matches(filters: &Filters, region: &Listed<'_>) -> bool {
 }
 
 /// Every store asked: what it answered, or why it did not.
-fn stores_json(cluster: &Cluster) -> Vec<Value> {
+/// `state`: the placement driver's word when it answered ("up", "disconnected", "down",
+/// "offline", "tombstone"), else "up" for a store that answered and "unreachable".
+fn stores_json(
+    cluster: &Cluster,
+    pd: Option<&flotilla_kv::service::proto::pd::PdStatusReply>,
+) -> Vec<Value> {
+    let state = |id: &str, reachable: bool| {
+        pd.and_then(|p| p.stores.iter().find(|s| s.id == id))
+            .map_or(if reachable { "up" } else { "unreachable" }, |s| {
+                s.state.as_str()
+            })
+            .to_string()
+    };
     let mut stores: Vec<Value> = cluster
         .replies
         .iter()
@@ -239,7 +266,7 @@ fn stores_json(cluster: &Cluster) -> Vec<Value> {
             let leaders = r.regions.iter().filter(|i| i.role == "leader").count();
             json!({"id": r.store_id, "address": r.store, "reachable": true,
                    "cluster": format!("{:016x}", r.cluster), "regions": r.regions.len(),
-                   "leaders": leaders})
+                   "leaders": leaders, "state": state(&r.store_id, true)})
         })
         .collect();
     stores.extend(cluster.unreachable.iter().map(|(address, e)| {
@@ -247,8 +274,10 @@ fn stores_json(cluster: &Cluster) -> Vec<Value> {
             .directory
             .iter()
             .find(|(_, a)| *a == address)
-            .map_or(Value::Null, |(id, _)| Value::String(id.clone()));
-        json!({"id": id, "address": address, "reachable": false, "error": e.to_string()})
+            .map(|(id, _)| id.clone());
+        let state = state(id.as_deref().unwrap_or(""), false);
+        json!({"id": id, "address": address, "reachable": false, "error": e.to_string(),
+               "regions": 0, "leaders": 0, "state": state})
     }));
     stores
 }
@@ -291,6 +320,7 @@ fn region_json(region: &Listed<'_>) -> Value {
         "commit_index": info.commit_index,
         "applied_index": info.applied_index,
         "problems": region.problems.iter().map(problem_json).collect::<Vec<_>>(),
+        "quorum": region.quorum,
     })
 }
 
@@ -331,6 +361,9 @@ fn region_line(region: &Listed<'_>) -> String {
         info.commit_index,
         info.applied_index
     );
+    if !region.quorum {
+        line.push_str(" NO QUORUM (a majority of its voters is unreachable)");
+    }
     if !region.problems.is_empty() {
         let problems: Vec<String> = region.problems.iter().map(problem_text).collect();
         line.push_str(&format!(" unhealthy: {}", problems.join("; ")));
@@ -349,16 +382,17 @@ fn store_lines(stores: &[Value]) -> Vec<String> {
         .max()
         .unwrap_or(0);
     let mut lines = vec![format!(
-        "  {:<16}  {:<width$}  {:<9}  {:>7}  {:>7}",
-        "STORE", "ADDRESS", "REACHABLE", "REGIONS", "LEADERS"
+        "  {:<16}  {:<width$}  {:<9}  {:<12}  {:>7}  {:>7}",
+        "STORE", "ADDRESS", "REACHABLE", "STATE", "REGIONS", "LEADERS"
     )];
     for store in stores {
         let reachable = store["reachable"] == Value::Bool(true);
         let mut line = format!(
-            "  {:<16}  {:<width$}  {:<9}  {:>7}  {:>7}",
+            "  {:<16}  {:<width$}  {:<9}  {:<12}  {:>7}  {:>7}",
             text(&store["id"]),
             text(&store["address"]),
             if reachable { "yes" } else { "no" },
+            text(&store["state"]),
             count(&store["regions"]),
             count(&store["leaders"]),
         );
@@ -451,6 +485,7 @@ mod tests {
                 info,
                 problems: Vec::new(),
                 hosts: BTreeSet::new(),
+                quorum: true,
             })
             .collect();
         let text = human(&summary(count), &[], filters, all, &listed);

@@ -1,0 +1,596 @@
+//! The placement driver while this store leads the meta group: what the heartbeats say
+//! (soft state, in memory only, gathered afresh by every new leader), the answers to the
+//! PD service, and the scheduling loop — wait for the stores' heartbeats after becoming
+//! leader, resume or cancel the operators inherited, then plan with `flotilla_pd::plan`
+//! and start what it proposes (each operator recorded in the meta group before its first
+//! step, driven by `execute`).
+//!
+//! Owns: [`LeaderState`] and the view the planners see. Must never: plan from a view older
+//! than the warm-up (a store not heard from yet would look down), write a heartbeat to the
+//! meta group, or start a second operator on a region.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use flotilla_pd::{
+    ClusterView, PdCommand, PdOutput, PdState, RegionRecord, RegionView, StoreId, StoreMark,
+    StoreRecord, StoreState, StoreView,
+};
+
+use super::super::{lock, Store, StoreInner};
+use super::{MetaPeer, META_GROUP};
+use crate::error::KvError;
+use crate::ids::RegionId;
+use crate::service::proto::pd as proto;
+
+/// How often the scheduler looks at the cluster.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+/// A person's hold on a region lapses after this long (a crashed `admin` holds nothing
+/// for ever).
+pub(crate) const HOLD_MAX: Duration = Duration::from_secs(600);
+/// After the last store's first heartbeat, how long a new leader waits for the region
+/// reports that heartbeat asked for.
+const REPORTS_GRACE: Duration = Duration::from_secs(2);
+/// Finished operators `admin pd status` lists.
+const FINISHED_SHOWN: usize = 16;
+
+/// What one store's heartbeats said.
+pub(crate) struct StoreSoft {
+    /// The first heartbeat this leader received from it.
+    pub(crate) first: Instant,
+    pub(crate) last: Instant,
+    pub(crate) used_bytes: u64,
+}
+
+/// What one region's leader last reported beyond the durable record.
+pub(crate) struct RegionSoft {
+    pub(crate) leader: StoreId,
+    pub(crate) joint: bool,
+}
+
+/// The PD leader's soft state (empty on any other store).
+#[derive(Default)]
+pub(crate) struct LeaderState {
+    /// The meta group term it was gathered in.
+    term: u64,
+    /// When this store became leader in that term.
+    since: Option<Instant>,
+    /// Whether this leader seeded the configuration from its flags.
+    seeded: bool,
+    pub(crate) stores: HashMap<StoreId, StoreSoft>,
+    pub(crate) regions: HashMap<u64, RegionSoft>,
+    /// Operators being driven, by id, with when they started here.
+    pub(crate) running: HashMap<u64, Instant>,
+    /// Regions a person's command holds, with who and since when.
+    pub(crate) held: BTreeMap<u64, (String, Instant)>,
+    /// Peers added and removed per store, with when (the per-minute limits).
+    pub(crate) recent: HashMap<StoreId, Vec<(Instant, bool)>>,
+}
+
+impl LeaderState {
+    /// Counts of adds and removes on `store` in the last minute.
+    fn recent_counts(&self, store: StoreId) -> (u32, u32) {
+        let Some(list) = self.recent.get(&store) else {
+            return (0, 0);
+        };
+        let minute = Duration::from_secs(60);
+        let live = list.iter().filter(|(at, _)| at.elapsed() < minute);
+        let (mut adds, mut removes) = (0, 0);
+        for (_, add) in live {
+            if *add {
+                adds += 1;
+            } else {
+                removes += 1;
+            }
+        }
+        (adds, removes)
+    }
+
+    /// Records an add (`true`) or a removal on `store` now.
+    pub(crate) fn note(&mut self, store: StoreId, add: bool) {
+        let list = self.recent.entry(store).or_default();
+        list.retain(|(at, _)| at.elapsed() < Duration::from_secs(60));
+        list.push((Instant::now(), add));
+    }
+}
+
+/// A store id sent by a store, checked.
+fn store_id(text: &str, what: &str) -> Result<StoreId, KvError> {
+    StoreId::parse(text).map_err(|e| KvError::Refused(format!("{what}: {e}")))
+}
+
+fn store_ids(list: &[String], what: &str) -> Result<BTreeSet<StoreId>, KvError> {
+    list.iter().map(|id| store_id(id, what)).collect()
+}
+
+/// The state name `admin` prints.
+pub(crate) fn state_name(state: StoreState) -> &'static str {
+    match state {
+        StoreState::Up => "up",
+        StoreState::Disconnected => "disconnected",
+        StoreState::Down => "down",
+        StoreState::Offline => "offline",
+        StoreState::Tombstone => "tombstone",
+    }
+}
+
+impl Store {
+    /// This store's meta group peer if it leads the meta group; else the refusal naming
+    /// the PD leader when known.
+    pub(crate) fn pd_leading(&self) -> Result<MetaPeer, KvError> {
+        match self.meta_peer() {
+            Some(meta) if meta.node.is_leader() => Ok(meta),
+            _ => match self.pd_leader_address() {
+                Some(leader) if leader != self.inner.advertise => Err(KvError::NotLeader {
+                    region: RegionId(META_GROUP),
+                    leader: Some(leader),
+                }),
+                _ => Err(KvError::Node {
+                    kind: "PdUnavailable".into(),
+                    message: "no placement driver leader is known here yet (the meta group \
+                              may be electing one): retry shortly"
+                        .into(),
+                }),
+            },
+        }
+    }
+
+    /// How long the store `id` has not been heard from (since this leader started when
+    /// never), and its state.
+    fn store_state_of(
+        &self,
+        soft: &LeaderState,
+        record: &StoreRecord,
+        state: &PdState,
+    ) -> StoreState {
+        let since = soft
+            .stores
+            .get(&record.id)
+            .map(|s| s.last.elapsed())
+            .or_else(|| soft.since.map(|s| s.elapsed()));
+        flotilla_pd::store_state(record.state, since, &state.config)
+    }
+
+    /// Answers a store heartbeat (on the PD leader).
+    pub(crate) async fn on_store_heartbeat(
+        &self,
+        request: proto::StoreHeartbeatRequest,
+    ) -> Result<proto::StoreHeartbeatReply, KvError> {
+        let meta = self.pd_leading()?;
+        if request.cluster != self.cluster() {
+            return Err(KvError::Refused(format!(
+                "store heartbeat from cluster {:016x}, this is {:016x}",
+                request.cluster,
+                self.cluster()
+            )));
+        }
+        let info = request
+            .store
+            .as_ref()
+            .ok_or_else(|| KvError::Refused("store heartbeat without a store".into()))?;
+        let id = store_id(&info.id, "store heartbeat")?;
+        if !info.address.is_empty() {
+            flotilla_node::identity::check_address(&info.address)
+                .map_err(|e| KvError::Refused(format!("store heartbeat: {e}")))?;
+        }
+        if info.labels.len() > 16 {
+            return Err(KvError::Refused(
+                "store heartbeat: more than 16 labels".into(),
+            ));
+        }
+        let labels: BTreeMap<String, String> = info.labels.clone().into_iter().collect();
+        let known = meta.handle.with(|state| state.stores.get(&id).cloned());
+        let changed = known
+            .as_ref()
+            .is_none_or(|r| r.address != info.address || r.labels != labels);
+        if changed {
+            let record = StoreRecord {
+                id,
+                address: info.address.clone(),
+                labels,
+                state: known.as_ref().map_or(StoreMark::Serving, |r| r.state),
+            };
+            match self.pd_propose(&PdCommand::PutStore(record)).await? {
+                PdOutput::Refused(why) => return Err(KvError::Refused(why)),
+                _ => {
+                    tracing::info!(store = %id, address = %info.address, "placement driver: store registered")
+                }
+            }
+        }
+        let (stale, stores) = meta.handle.with(|state| {
+            let stores = state
+                .stores
+                .values()
+                .filter(|s| s.state != StoreMark::Tombstone && !s.address.is_empty())
+                .map(|s| proto::PdStore {
+                    id: s.id.to_string(),
+                    address: s.address.clone(),
+                    labels: std::collections::HashMap::new(),
+                })
+                .collect();
+            (stale_peers(state, id, &request.peers), stores)
+        });
+        let now = Instant::now();
+        let first_time = {
+            let mut soft = lock(&self.inner.pd.leader);
+            let first = soft.stores.get(&id).map(|s| s.first);
+            soft.stores.insert(
+                id,
+                StoreSoft {
+                    first: first.unwrap_or(now),
+                    last: now,
+                    used_bytes: request.used_bytes,
+                },
+            );
+            first.is_none()
+        };
+        Ok(proto::StoreHeartbeatReply {
+            stale,
+            pd_leader_id: self.inner.id.as_str().to_string(),
+            pd_leader: self.inner.advertise.clone(),
+            report_all: first_time,
+            stores,
+        })
+    }
+
+    /// Takes region leaders' reports (on the PD leader): the durable record changes only
+    /// when the region's epoch or members did.
+    pub(crate) async fn on_region_heartbeat(
+        &self,
+        request: proto::RegionHeartbeatRequest,
+    ) -> Result<(), KvError> {
+        let meta = self.pd_leading()?;
+        if request.cluster != self.cluster() {
+            return Err(KvError::Refused(
+                "region heartbeat from another cluster".into(),
+            ));
+        }
+        for report in request.regions {
+            let leader = store_id(&report.leader, "region report leader")?;
+            let record = RegionRecord {
+                id: report.id,
+                start: report.start.clone(),
+                end: report.end.clone(),
+                conf_version: report.conf_version,
+                version: report.version,
+                voters: store_ids(&report.voters, "region report voter")?,
+                learners: store_ids(&report.learners, "region report learner")?,
+            };
+            let current = meta
+                .handle
+                .with(|state| state.regions.get(&record.id).cloned());
+            let newer = current.as_ref().is_none_or(|c| {
+                (record.conf_version, record.version) >= (c.conf_version, c.version)
+                    && (c.voters != record.voters
+                        || c.learners != record.learners
+                        || c.conf_version != record.conf_version
+                        || c.version != record.version
+                        || c.start != record.start
+                        || c.end != record.end)
+            });
+            let stale_report = current.as_ref().is_some_and(|c| {
+                (record.conf_version, record.version) < (c.conf_version, c.version)
+            });
+            if newer {
+                if let PdOutput::Refused(why) = self
+                    .pd_propose(&PdCommand::PutRegion(record.clone()))
+                    .await?
+                {
+                    tracing::debug!(region = record.id, why, "placement driver kept its record");
+                }
+            }
+            if !stale_report {
+                lock(&self.inner.pd.leader).regions.insert(
+                    record.id,
+                    RegionSoft {
+                        leader,
+                        joint: report.joint,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The view the planners see: the durable state with the soft state over it.
+    pub(crate) fn cluster_view(&self, state: &PdState, soft: &LeaderState) -> ClusterView {
+        let mut leaders: HashMap<StoreId, usize> = HashMap::new();
+        for region in soft.regions.values() {
+            *leaders.entry(region.leader).or_default() += 1;
+        }
+        let mut hosted: HashMap<StoreId, usize> = HashMap::new();
+        for region in state.regions.values() {
+            for s in region.voters.iter().chain(&region.learners) {
+                *hosted.entry(*s).or_default() += 1;
+            }
+        }
+        let stores: Vec<StoreView> = state
+            .stores
+            .values()
+            .map(|record| {
+                let (recent_adds, recent_removes) = soft.recent_counts(record.id);
+                StoreView {
+                    record: record.clone(),
+                    state: self.store_state_of(soft, record, state),
+                    region_count: hosted.get(&record.id).copied().unwrap_or(0),
+                    leader_count: leaders.get(&record.id).copied().unwrap_or(0),
+                    used_bytes: soft.stores.get(&record.id).map_or(0, |s| s.used_bytes),
+                    recent_adds,
+                    recent_removes,
+                }
+            })
+            .collect();
+        let healthy: BTreeSet<StoreId> = stores
+            .iter()
+            .filter(|s| matches!(s.state, StoreState::Up | StoreState::Offline))
+            .map(|s| s.record.id)
+            .collect();
+        let regions = state
+            .regions
+            .values()
+            .filter(|r| {
+                soft.held
+                    .get(&r.id)
+                    .is_none_or(|(_, since)| since.elapsed() >= HOLD_MAX)
+            })
+            .map(|record| {
+                let live = soft.regions.get(&record.id);
+                RegionView {
+                    record: record.clone(),
+                    leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
+                    approximate_bytes: 0,
+                    in_joint: live.is_some_and(|l| l.joint),
+                }
+            })
+            .collect();
+        ClusterView {
+            config: state.config.clone(),
+            stores,
+            regions,
+            operators: state.operators.values().cloned().collect(),
+        }
+    }
+
+    /// One round of the scheduler on the PD leader.
+    async fn schedule_round(&self, meta: &MetaPeer) {
+        let term = meta.node.status().term.0;
+        let fresh = {
+            let mut soft = lock(&self.inner.pd.leader);
+            if soft.term != term || soft.since.is_none() {
+                *soft = LeaderState {
+                    term,
+                    since: Some(Instant::now()),
+                    ..LeaderState::default()
+                };
+                true
+            } else {
+                false
+            }
+        };
+        if fresh {
+            tracing::info!(store = %self.inner.id, term, "this store is the placement driver now; waiting for the stores' heartbeats before scheduling");
+        }
+        if !lock(&self.inner.pd.leader).seeded {
+            self.seed_settings(meta).await;
+        }
+        if self.warming_up(meta) {
+            return;
+        }
+        self.tombstone_emptied(meta).await;
+        self.resume_operators(meta);
+        let (state, view) = {
+            let soft = lock(&self.inner.pd.leader);
+            let state = meta.handle.state();
+            let view = self.cluster_view(&state, &soft);
+            (state, view)
+        };
+        if state.config.paused {
+            return;
+        }
+        for operator in flotilla_pd::plan(&view) {
+            let region = operator.region;
+            match self
+                .pd_propose(&PdCommand::StartOperator(operator.clone()))
+                .await
+            {
+                Ok(PdOutput::Ids { first, .. }) => {
+                    let mut started = operator;
+                    started.id = first;
+                    tracing::info!(region, operator = first, kind = started.kind.as_str(), steps = %started.steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "placement driver: operator started");
+                    self.spawn_operator(started);
+                }
+                Ok(PdOutput::Refused(why)) => {
+                    tracing::debug!(region, why, "placement driver: operator not started");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(region, error = %e, "placement driver: cannot record an operator");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the new leader still waits for the stores: until one heartbeat interval
+    /// (and a half) passed since it became leader, or every store not tombstoned sent its
+    /// heartbeat and [`REPORTS_GRACE`] passed since the last of them (each re-sends the
+    /// reports of the regions it leads on its first answer from this leader).
+    pub(crate) fn warming_up(&self, meta: &MetaPeer) -> bool {
+        let soft = lock(&self.inner.pd.leader);
+        let Some(since) = soft.since else {
+            return true;
+        };
+        if since.elapsed() >= self.inner.pd.heartbeat.mul_f64(1.5) {
+            return false;
+        }
+        meta.handle.with(|state| {
+            let mut latest: Option<Instant> = None;
+            for store in state
+                .stores
+                .values()
+                .filter(|s| s.state != StoreMark::Tombstone)
+            {
+                match soft.stores.get(&store.id) {
+                    None => return true,
+                    Some(heard) => latest = latest.max(Some(heard.first)),
+                }
+            }
+            latest.is_none_or(|at| at.elapsed() < REPORTS_GRACE)
+        })
+    }
+
+    /// Seeds the configuration from this store's flags where nobody set it yet.
+    async fn seed_settings(&self, meta: &MetaPeer) {
+        for (key, value) in &self.inner.pd.settings {
+            let source = meta.handle.with(|state| state.config.source(key));
+            if source != flotilla_pd::ConfigSource::Default {
+                continue;
+            }
+            let command = PdCommand::SetConfig {
+                key: key.clone(),
+                value: value.clone(),
+                source: flotilla_pd::ConfigSource::Flag,
+            };
+            match self.pd_propose(&command).await {
+                Ok(PdOutput::Refused(why)) => {
+                    tracing::warn!(
+                        key,
+                        value,
+                        why,
+                        "placement driver: a flag's setting refused"
+                    );
+                }
+                Ok(_) => tracing::info!(key, value, "placement driver: setting seeded from a flag"),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "placement driver: cannot seed a setting");
+                    return;
+                }
+            }
+        }
+        lock(&self.inner.pd.leader).seeded = true;
+    }
+
+    /// Tombstones the offline stores no region counts on any more.
+    async fn tombstone_emptied(&self, meta: &MetaPeer) {
+        let emptied: Vec<StoreId> = meta.handle.with(|state| {
+            state
+                .stores
+                .values()
+                .filter(|s| s.state == StoreMark::Offline)
+                .filter(|s| {
+                    !state
+                        .regions
+                        .values()
+                        .any(|r| r.voters.contains(&s.id) || r.learners.contains(&s.id))
+                })
+                .map(|s| s.id)
+                .collect()
+        });
+        for store in emptied {
+            let command = PdCommand::SetStoreMark {
+                store,
+                mark: StoreMark::Tombstone,
+            };
+            if let Ok(PdOutput::Done) = self.pd_propose(&command).await {
+                tracing::warn!(%store, "placement driver: store decommissioned: no replica left on it; it is a tombstone now");
+            }
+        }
+    }
+
+    /// Drives every recorded operator that no task drives here (inherited from an earlier
+    /// leader, or left when leadership came back).
+    fn resume_operators(&self, meta: &MetaPeer) {
+        let operators = meta
+            .handle
+            .with(|state| state.operators.values().cloned().collect::<Vec<_>>());
+        for operator in operators {
+            if lock(&self.inner.pd.leader)
+                .running
+                .contains_key(&operator.id)
+            {
+                continue;
+            }
+            tracing::info!(
+                region = operator.region,
+                operator = operator.id,
+                step = operator.step,
+                "placement driver: resuming an operator recorded by an earlier leader"
+            );
+            self.spawn_operator(operator);
+        }
+    }
+}
+
+/// The peers `store` reported that the PD knows to be removed: the region's recorded
+/// configuration is newer than the peer's and does not hold the store, and no operator is
+/// in flight on the region (it may be adding the store back).
+fn stale_peers(
+    state: &PdState,
+    store: StoreId,
+    peers: &[proto::HostedPeer],
+) -> Vec<proto::StalePeer> {
+    peers
+        .iter()
+        .filter_map(|peer| {
+            let record = state.regions.get(&peer.region_id)?;
+            let holds = record.voters.contains(&store) || record.learners.contains(&store);
+            let busy = state.operators.contains_key(&peer.region_id);
+            (!holds && !busy && record.conf_version > peer.conf_version).then(|| proto::StalePeer {
+                region_id: peer.region_id,
+                conf_version: record.conf_version,
+                members: record
+                    .voters
+                    .iter()
+                    .chain(&record.learners)
+                    .map(ToString::to_string)
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The scheduler of a store: acts while the store leads the meta group.
+pub(super) async fn run(inner: Weak<StoreInner>) {
+    let mut ticks = tokio::time::interval(SCHEDULE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(store) = inner.upgrade().map(|inner| Store { inner }) else {
+            return;
+        };
+        match store.meta_peer() {
+            Some(meta) if meta.node.is_leader() => store.schedule_round(&meta).await,
+            _ => {
+                let mut soft = lock(&store.inner.pd.leader);
+                if soft.since.is_some() {
+                    *soft = LeaderState::default();
+                }
+            }
+        }
+    }
+}
+
+/// `admin pd status`'s operator line.
+pub(crate) fn operator_status(
+    operator: &flotilla_pd::Operator,
+    started: Option<Instant>,
+    outcome: String,
+) -> proto::OperatorStatus {
+    proto::OperatorStatus {
+        id: operator.id,
+        region: operator.region,
+        kind: operator.kind.as_str().to_string(),
+        steps: operator.steps.iter().map(ToString::to_string).collect(),
+        step: operator.step as u64,
+        started_ms_ago: started.map_or(0, |s| {
+            u64::try_from(s.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }),
+        outcome,
+    }
+}
+
+/// How many finished operators the status shows.
+pub(crate) const fn finished_shown() -> usize {
+    FINISHED_SHOWN
+}

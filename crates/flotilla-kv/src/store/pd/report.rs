@@ -1,0 +1,405 @@
+//! What every store tells the placement driver, and how it finds it: the store heartbeat
+//! (every `--pd-heartbeat`, 10 s by default: identity, address, labels, space, and the
+//! region peers it hosts with the configuration each knows) and the region reports of the
+//! regions it leads (when their leader, configuration or epoch changed, and otherwise
+//! every [`super::REGION_REPORT_EVERY`]; a hibernating region changes nothing, so 1,000
+//! sleeping regions cost one heartbeat). The heartbeat's answer names the peers the PD
+//! knows to be removed from their regions: each is checked here again, then destroyed.
+//!
+//! Owns: the loop that sends them, and the way to the PD leader (the address last heard,
+//! then the meta group's members, then every store this one knows, following a refusal's
+//! hint). Must never: report a configuration it does not know to be committed (the PD
+//! destroys peers on its word), or take a stale-peer answer without checking it locally.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use flotilla_node::grpc::{connect_channel, ERROR_KIND_KEY, LEADER_KEY};
+use flotilla_node::{Configuration, PeerId, Role};
+use tonic::transport::{Channel, Endpoint};
+
+use super::super::{lock, Store, StoreInner};
+use super::{META_GROUP, REGION_REPORT_EVERY};
+use crate::ids::RegionId;
+use crate::service::proto::pd as proto;
+use crate::service::proto::pd::pd_client::PdClient;
+
+/// Limit on one call to the PD.
+const PD_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the loop looks for regions whose report is due.
+const REPORT_POLL: Duration = Duration::from_secs(1);
+/// Most addresses one call tries before it gives up for this round.
+const PD_CALL_TRIES_MAX: usize = 8;
+
+/// What a region leader last reported of a region, to report again only on a change.
+#[derive(Clone, PartialEq, Eq)]
+struct Reported {
+    conf_version: u64,
+    version: u64,
+    voters: Vec<String>,
+    learners: Vec<String>,
+    joint: bool,
+}
+
+/// The configuration of a region led here that is known to be committed, with its
+/// version: the last one the state machine heard committed, or (before it heard of any
+/// since the start) the configuration in force when every entry of the log is committed.
+fn committed_configuration(
+    heard: Option<(flotilla_node::LogIndex, Configuration)>,
+    status: &flotilla_node::NodeStatus,
+    conf_version: u64,
+) -> Option<(u64, Configuration)> {
+    match heard {
+        Some((index, configuration)) => Some((index.0.max(conf_version), configuration)),
+        None if status.committed >= status.last_index => {
+            Some((conf_version, status.configuration.clone()))
+        }
+        None => None,
+    }
+}
+
+fn ids(set: &BTreeSet<PeerId>) -> Vec<String> {
+    set.iter().map(|p| p.as_str().to_string()).collect()
+}
+
+/// A report of a region, from the configuration known committed.
+fn report_of(
+    id: u64,
+    range: (bytes::Bytes, bytes::Bytes),
+    version: u64,
+    status: &flotilla_node::NodeStatus,
+    committed: (u64, Configuration),
+    me: &PeerId,
+) -> proto::RegionReport {
+    let (conf_version, configuration) = committed;
+    proto::RegionReport {
+        id,
+        start: range.0,
+        end: range.1,
+        conf_version,
+        version,
+        voters: ids(&configuration.voters),
+        learners: ids(&configuration.learners),
+        joint: configuration.old_voters.is_some() || status.configuration.old_voters.is_some(),
+        leader: me.as_str().to_string(),
+        approximate_bytes: 0,
+        commit_index: status.committed.0,
+        alive: status
+            .alive_peers
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect(),
+    }
+}
+
+impl Store {
+    /// The reports due of the regions this store leads (the meta group included).
+    fn due_reports(
+        &self,
+        reported: &mut HashMap<u64, (Reported, Instant)>,
+    ) -> Vec<proto::RegionReport> {
+        let me = self.inner.id.clone();
+        let mut led = BTreeSet::new();
+        let mut candidates = Vec::new();
+        for peer in self.all_peers() {
+            let status = peer.node.status();
+            if status.role != Role::Leader {
+                continue;
+            }
+            led.insert(peer.node.group());
+            if status.hibernating && reported.contains_key(&peer.node.group()) {
+                // Asleep: nothing changed since its last report.
+                continue;
+            }
+            let region = peer.machine.region();
+            let committed = committed_configuration(
+                peer.machine.committed_configuration(),
+                &status,
+                region.epoch.conf_version,
+            );
+            candidates.extend(committed.map(|c| {
+                report_of(
+                    region.id.0,
+                    (region.start.clone(), region.end.clone()),
+                    region.epoch.version,
+                    &status,
+                    c,
+                    &me,
+                )
+            }));
+        }
+        if let Some(meta) = self.meta_peer() {
+            let status = meta.node.status();
+            if status.role == Role::Leader {
+                led.insert(META_GROUP);
+                let committed = committed_configuration(meta.committed(), &status, 1);
+                candidates.extend(
+                    committed
+                        .map(|c| report_of(META_GROUP, Default::default(), 1, &status, c, &me)),
+                );
+            }
+        }
+        let mut reports = Vec::new();
+        for report in candidates {
+            let key = Reported {
+                conf_version: report.conf_version,
+                version: report.version,
+                voters: report.voters.clone(),
+                learners: report.learners.clone(),
+                joint: report.joint,
+            };
+            let due = reported
+                .get(&report.id)
+                .is_none_or(|(last, at)| *last != key || at.elapsed() >= REGION_REPORT_EVERY);
+            if due {
+                reported.insert(report.id, (key, Instant::now()));
+                reports.push(report);
+            }
+        }
+        // A region no longer led here is reported afresh when it is led here again.
+        reported.retain(|id, _| led.contains(id));
+        reports
+    }
+
+    /// The store heartbeat's request.
+    fn heartbeat_request(&self) -> proto::StoreHeartbeatRequest {
+        let mut peers: Vec<proto::HostedPeer> = self
+            .all_peers()
+            .into_iter()
+            .map(|peer| {
+                let region = peer.machine.region();
+                let status = peer.node.status();
+                proto::HostedPeer {
+                    region_id: region.id.0,
+                    conf_version: region.epoch.conf_version,
+                    version: region.epoch.version,
+                    leader: status.role == Role::Leader,
+                    last_index: status.last_index.0,
+                }
+            })
+            .collect();
+        if let Some(meta) = self.meta_peer() {
+            let status = meta.node.status();
+            peers.push(proto::HostedPeer {
+                region_id: META_GROUP,
+                conf_version: meta.committed().map_or(1, |(index, _)| index.0.max(1)),
+                version: 1,
+                leader: status.role == Role::Leader,
+                last_index: status.last_index.0,
+            });
+        }
+        proto::StoreHeartbeatRequest {
+            store: Some(proto::PdStore {
+                id: self.inner.id.as_str().to_string(),
+                address: self.inner.advertise.clone(),
+                labels: self.inner.pd.labels.clone().into_iter().collect(),
+            }),
+            cluster: self.cluster(),
+            used_bytes: self.inner.quota.used_bytes(),
+            quota_bytes: self.inner.quota.quota_bytes(),
+            peers,
+        }
+    }
+
+    /// Sends the store heartbeat and acts on the stale peers its answer names; answers
+    /// whether the PD asked for every region report again.
+    async fn send_heartbeat(&self) -> bool {
+        let request = self.heartbeat_request();
+        let reply = self
+            .call_pd(|mut client| {
+                let request = request.clone();
+                async move { client.store_heartbeat(request).await }
+            })
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(why) => {
+                tracing::debug!(store = %self.inner.id, error = %why, "store heartbeat not delivered");
+                return false;
+            }
+        };
+        if !reply.pd_leader.is_empty() {
+            *lock(&self.inner.pd.known_leader) = Some(reply.pd_leader.clone());
+        }
+        for store in &reply.stores {
+            let Ok(id) = flotilla_node::StoreId::parse(&store.id) else {
+                continue;
+            };
+            let peer = id.peer_id();
+            let known = self.inner.addresses.resolve(&peer);
+            if peer == self.inner.id
+                || known.as_deref() == Some(store.address.as_str())
+                || flotilla_node::identity::check_address(&store.address).is_err()
+            {
+                continue;
+            }
+            match self.inner.addresses.set(&peer, &store.address) {
+                Ok(_) => {
+                    tracing::info!(store = %peer, address = %store.address, "address learned from the placement driver")
+                }
+                Err(e) => {
+                    tracing::warn!(store = %peer, error = %e, "cannot record a store's address")
+                }
+            }
+        }
+        for stale in reply.stale {
+            let members: Vec<PeerId> = stale
+                .members
+                .iter()
+                .filter_map(|m| flotilla_node::StoreId::parse(m).ok())
+                .map(flotilla_node::StoreId::peer_id)
+                .collect();
+            let result = if stale.region_id == META_GROUP {
+                self.destroy_stale_meta_peer(stale.conf_version, &members)
+                    .await
+            } else {
+                self.destroy_stale_peer(RegionId(stale.region_id), stale.conf_version, &members)
+                    .await
+            };
+            if let Err(e) = result {
+                tracing::warn!(region = stale.region_id, error = %e, "cannot destroy a peer the placement driver named as removed");
+            }
+        }
+        reply.report_all
+    }
+
+    /// Sends the region reports due.
+    async fn send_reports(&self, reports: Vec<proto::RegionReport>) -> bool {
+        let request = proto::RegionHeartbeatRequest {
+            from: self.inner.id.as_str().to_string(),
+            cluster: self.cluster(),
+            regions: reports,
+        };
+        self.call_pd(|mut client| {
+            let request = request.clone();
+            async move { client.region_heartbeat(request).await }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// The addresses to try for the PD leader, best first.
+    fn pd_candidates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(known) = self.pd_leader_address() {
+            out.push(known);
+        }
+        if let Some(meta) = self.meta_peer() {
+            for peer in meta.node.list_peers() {
+                out.extend(self.inner.addresses.resolve(&peer));
+            }
+        }
+        let mut others: Vec<String> = self
+            .inner
+            .addresses
+            .entries()
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
+        others.sort();
+        out.extend(others);
+        out.extend(self.listed());
+        let mut seen = BTreeSet::new();
+        out.retain(|a| !a.is_empty() && seen.insert(a.clone()));
+        // Itself last: it answers only when it leads the meta group.
+        if let Some(at) = out.iter().position(|a| *a == self.inner.advertise) {
+            let me = out.remove(at);
+            out.push(me);
+        }
+        out
+    }
+
+    /// Calls the PD leader with `call`, trying the candidates in order and following a
+    /// refusal's hint; remembers the address that answered.
+    pub(crate) async fn call_pd<T, F, Fut>(&self, call: F) -> Result<T, String>
+    where
+        F: Fn(PdClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut queue = self.pd_candidates();
+        let mut tried = BTreeSet::new();
+        let mut last = "no store to ask".to_string();
+        while let Some(address) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            if !tried.insert(address.clone()) || tried.len() > PD_CALL_TRIES_MAX {
+                continue;
+            }
+            let client = match self.pd_client(&address).await {
+                Ok(client) => client,
+                Err(why) => {
+                    last = why;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(PD_CALL_TIMEOUT, call(client)).await {
+                Ok(Ok(reply)) => {
+                    *lock(&self.inner.pd.known_leader) = Some(address);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => {
+                    let kind = status
+                        .metadata()
+                        .get(ERROR_KIND_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if kind == "NotLeader" {
+                        if let Some(hint) = status
+                            .metadata()
+                            .get(LEADER_KEY)
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            queue.insert(0, hint.to_string());
+                        }
+                    }
+                    last = format!("{address}: {}", status.message());
+                }
+                Err(_) => last = format!("{address}: no answer within {PD_CALL_TIMEOUT:?}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// A client of the PD service at `address`.
+    async fn pd_client(&self, address: &str) -> Result<PdClient<Channel>, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("{address} is not a valid address: {e}"))?
+            .connect_timeout(PD_CALL_TIMEOUT)
+            .timeout(PD_CALL_TIMEOUT);
+        let channel = connect_channel(&endpoint, self.inner.tls.as_ref())
+            .await
+            .map_err(|e| format!("cannot reach {address}: {e}"))?;
+        Ok(PdClient::new(channel))
+    }
+}
+
+/// The reporting loop of a store, until it closes.
+pub(super) async fn run(inner: Weak<StoreInner>) {
+    let mut reported: HashMap<u64, (Reported, Instant)> = HashMap::new();
+    let mut last_heartbeat: Option<Instant> = None;
+    let mut poll = tokio::time::interval(REPORT_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let Some(store) = inner.upgrade().map(|inner| Store { inner }) else {
+            return;
+        };
+        if store.cluster() == 0 {
+            continue;
+        }
+        let reports = store.due_reports(&mut reported);
+        if !reports.is_empty() && !store.send_reports(reports.clone()).await {
+            // Not delivered: report them again next time.
+            for report in &reports {
+                reported.remove(&report.id);
+            }
+        }
+        if last_heartbeat.is_none_or(|at| at.elapsed() >= store.inner.pd.heartbeat) {
+            last_heartbeat = Some(Instant::now());
+            if store.send_heartbeat().await {
+                // A new PD leader: it hears every region led here afresh.
+                reported.clear();
+            }
+        }
+    }
+}
