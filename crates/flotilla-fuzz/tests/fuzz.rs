@@ -212,6 +212,16 @@ fn raft_step_gen_takes_2000_inputs_without_a_crash() {
 }
 
 #[test]
+fn pd_command_takes_2000_inputs_without_a_crash() {
+    clean_run("pd-command");
+}
+
+#[test]
+fn pd_state_takes_2000_inputs_without_a_crash() {
+    clean_run("pd-state");
+}
+
+#[test]
 fn every_target_has_a_test_here() {
     let source = include_str!("fuzz.rs");
     for target in targets::all() {

@@ -208,7 +208,33 @@ async fn execute(
     if let AdminOp::Status(args) = &op {
         return status::status(client, &cluster, only, args).await;
     }
-    let mut change = Change::new(client, directory, &regions, force);
+    let membership = matches!(
+        op,
+        AdminOp::AddPeer { .. }
+            | AdminOp::AddLearner { .. }
+            | AdminOp::RemovePeer { .. }
+            | AdminOp::ChangePeers { .. }
+            | AdminOp::PromoteLearner { .. }
+    );
+    let held = if membership {
+        pd::hold(client, &stores, &regions).await?
+    } else {
+        Vec::new()
+    };
+    let result = change_regions(client, directory, &regions, force, op).await;
+    pd::release(client, &stores, &held).await;
+    result
+}
+
+/// Carries out an operation that changes `regions`.
+async fn change_regions(
+    client: &KvClient,
+    directory: &Directory,
+    regions: &[RegionInfo],
+    force: bool,
+    op: AdminOp,
+) -> Result<(Value, String), Failure> {
+    let mut change = Change::new(client, directory, regions, force);
     match op {
         AdminOp::Status(_) | AdminOp::CloseRegion { .. } | AdminOp::Pd(_) | AdminOp::Store(_) => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,

@@ -412,6 +412,7 @@ impl Store {
             ),
         ]));
         text.push_str(&self.inner.quota.metrics_text());
+        text.push_str(&self.pd_metrics_text());
         text
     }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use clap::Subcommand;
 use flotilla_kv::client::KvClient;
 use flotilla_kv::service::proto::pd::{self as proto, pd_client::PdClient};
+use flotilla_kv::service::proto::RegionInfo;
 use flotilla_node::grpc::{ERROR_KIND_KEY, LEADER_KEY};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
@@ -308,6 +309,68 @@ fn config_json(config: &[proto::ConfigEntry]) -> Value {
             .map(|c| json!({"key": c.key, "value": c.value, "source": c.source}))
             .collect(),
     )
+}
+
+/// Holds the placement driver's checkers on `regions` while a person changes them (so the
+/// two never fight); refused while an operator of the PD is in flight on one of them (the
+/// refusal says which). Answers the regions held. A cluster without a placement driver
+/// (bootstrapped before it) holds nothing.
+pub(super) async fn hold(
+    client: &KvClient,
+    stores: &[String],
+    regions: &[RegionInfo],
+) -> Result<Vec<u64>, Failure> {
+    let by = format!("flotilla admin (pid {})", std::process::id());
+    let mut held = Vec::new();
+    for info in regions {
+        let request = proto::HoldRequest {
+            region: info.id,
+            hold: true,
+            by: by.clone(),
+        };
+        let result = call_pd(client, stores, |mut c| {
+            let request = request.clone();
+            async move { c.hold(request).await }
+        })
+        .await;
+        match result {
+            Ok(_) => held.push(info.id),
+            Err(failure) if failure.kind == "Refused" => {
+                release(client, stores, &held).await;
+                return Err(failure);
+            }
+            Err(failure) => {
+                eprintln!(
+                    "note: the placement driver did not answer ({}): region {} is changed                      without holding its checkers",
+                    failure.message, info.id
+                );
+            }
+        }
+    }
+    if !held.is_empty() {
+        eprintln!(
+            "the placement driver's checkers wait on {} region(s) until this command ends",
+            held.len()
+        );
+    }
+    Ok(held)
+}
+
+/// Releases the regions [`hold`] held (best effort: a hold lapses by itself after ten
+/// minutes).
+pub(super) async fn release(client: &KvClient, stores: &[String], held: &[u64]) {
+    for region in held {
+        let request = proto::HoldRequest {
+            region: *region,
+            hold: false,
+            by: String::new(),
+        };
+        let _ = call_pd(client, stores, |mut c| {
+            let request = request.clone();
+            async move { c.hold(request).await }
+        })
+        .await;
+    }
 }
 
 /// Runs an `admin store` operation.

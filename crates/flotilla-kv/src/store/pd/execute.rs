@@ -114,6 +114,7 @@ impl Store {
         };
         match self.pd_propose(&finish).await {
             Ok(_) => {
+                lock(&self.inner.pd.counts).finished(operator.kind.as_str(), &outcome);
                 tracing::info!(operator = operator.id, region = operator.region, kind = operator.kind.as_str(), outcome = %text, "placement driver: operator finished");
             }
             Err(e) => {

@@ -66,6 +66,8 @@ pub(crate) struct LeaderState {
     pub(crate) held: BTreeMap<u64, (String, Instant)>,
     /// Peers added and removed per store, with when (the per-minute limits).
     pub(crate) recent: HashMap<StoreId, Vec<(Instant, bool)>>,
+    /// Regions named as without quorum (logged once each).
+    no_quorum: BTreeSet<u64>,
 }
 
 impl LeaderState {
@@ -295,9 +297,13 @@ impl Store {
 
     /// The view the planners see: the durable state with the soft state over it.
     pub(crate) fn cluster_view(&self, state: &PdState, soft: &LeaderState) -> ClusterView {
+        // Leaders of regions only: where the meta group is led is not balanced (the leader
+        // planner leaves it alone), so it does not count either.
         let mut leaders: HashMap<StoreId, usize> = HashMap::new();
-        for region in soft.regions.values() {
-            *leaders.entry(region.leader).or_default() += 1;
+        for (id, region) in &soft.regions {
+            if *id != META_GROUP {
+                *leaders.entry(region.leader).or_default() += 1;
+            }
         }
         let mut hosted: HashMap<StoreId, usize> = HashMap::new();
         for region in state.regions.values() {
@@ -385,6 +391,7 @@ impl Store {
             let view = self.cluster_view(&state, &soft);
             (state, view)
         };
+        self.name_regions_without_quorum(&view);
         if state.config.paused {
             return;
         }
@@ -397,6 +404,7 @@ impl Store {
                 Ok(PdOutput::Ids { first, .. }) => {
                     let mut started = operator;
                     started.id = first;
+                    lock(&self.inner.pd.counts).started(started.kind.as_str());
                     tracing::info!(region, operator = first, kind = started.kind.as_str(), steps = %started.steps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "placement driver: operator started");
                     self.spawn_operator(started);
                 }
@@ -438,6 +446,30 @@ impl Store {
             }
             latest.is_none_or(|at| at.elapsed() < REPORTS_GRACE)
         })
+    }
+
+    /// Logs, once per region while this store leads, each region that lost a majority of
+    /// its voters: the PD never acts on it (`admin recover` does, by hand).
+    fn name_regions_without_quorum(&self, view: &ClusterView) {
+        let lost: Vec<&RegionView> = view
+            .regions
+            .iter()
+            .filter(|r| !flotilla_pd::has_quorum(r, &view.stores))
+            .collect();
+        let mut soft = lock(&self.inner.pd.leader);
+        soft.no_quorum
+            .retain(|id| lost.iter().any(|r| r.record.id == *id));
+        for region in lost {
+            if soft.no_quorum.insert(region.record.id) {
+                let voters: Vec<String> = region
+                    .record
+                    .voters
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                tracing::error!(region = region.record.id, voters = %voters.join(","), "placement driver: region lost a majority of its voters; nothing is done to it automatically (`flotilla admin recover --region {} --force` resets it to its reachable members, and may lose acknowledged writes)", region.record.id);
+            }
+        }
     }
 
     /// Seeds the configuration from this store's flags where nobody set it yet.

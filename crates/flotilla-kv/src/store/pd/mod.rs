@@ -14,6 +14,7 @@
 mod admin;
 mod execute;
 mod leader;
+mod metrics;
 mod report;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,8 @@ pub(crate) struct PdRuntime {
     pub(crate) known_leader: Mutex<Option<String>>,
     /// The reporting and scheduling tasks, stopped when the store closes.
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Operators started and finished here (metrics).
+    pub(crate) counts: Mutex<metrics::OperatorCounts>,
 }
 
 impl PdRuntime {
@@ -124,6 +127,7 @@ impl PdRuntime {
             leader: Mutex::new(LeaderState::default()),
             known_leader: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
+            counts: Mutex::new(metrics::OperatorCounts::default()),
         }
     }
 }
