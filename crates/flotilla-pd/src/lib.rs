@@ -35,6 +35,7 @@ pub use model::{
 };
 pub use operator::{FinishedOperator, Operator, OperatorKind, Outcome, Step};
 pub use planner::{
-    has_quorum, plan, step_is_safe, store_state, ClusterView, RegionView, StoreState, StoreView,
+    has_quorum, plan, plan_repairs, step_is_safe, store_state, ClusterView, RegionView, StoreState,
+    StoreView,
 };
 pub use state::PdState;

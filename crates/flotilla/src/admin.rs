@@ -13,6 +13,7 @@
 mod cluster;
 mod health;
 mod pd;
+mod recover;
 mod status;
 
 use clap::{Args, Subcommand};
@@ -85,6 +86,11 @@ pub enum AdminOp {
         #[arg(value_delimiter = ',')]
         peers: Vec<String>,
     },
+    /// Unsafe: brings back `--region ID` after it lost a majority of its voters for good,
+    /// resetting its voters to those that answer (the most up-to-date log among them wins
+    /// the next election). Prints what each survivor holds; needs `--force` (writes only
+    /// the lost voters held are lost); refused while a majority answers.
+    Recover,
     /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
     /// `resume`.
     #[command(subcommand)]
@@ -186,6 +192,7 @@ async fn execute(
     match op {
         AdminOp::Pd(op) => return pd::pd(client, &stores, op).await,
         AdminOp::Store(op) => return pd::store(client, &stores, op).await,
+        AdminOp::Recover => return recover::recover(client, &cluster, only, force).await,
         _ => {}
     }
     if let AdminOp::CloseRegion { store } = &op {
@@ -236,7 +243,11 @@ async fn change_regions(
 ) -> Result<(Value, String), Failure> {
     let mut change = Change::new(client, directory, regions, force);
     match op {
-        AdminOp::Status(_) | AdminOp::CloseRegion { .. } | AdminOp::Pd(_) | AdminOp::Store(_) => {}
+        AdminOp::Status(_)
+        | AdminOp::CloseRegion { .. }
+        | AdminOp::Pd(_)
+        | AdminOp::Store(_)
+        | AdminOp::Recover => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,
         AdminOp::AddLearner { peer } => change.add(&peer, true).await?,

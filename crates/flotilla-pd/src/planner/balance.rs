@@ -193,6 +193,69 @@ pub(crate) fn balance_leaders(
 }
 
 fn next_transfer(work: &ClusterView, busy: &BTreeSet<u64>, budget: &Budget) -> Option<Operator> {
+    direct_transfer(work, busy, budget).or_else(|| chained_transfer(work, busy, budget))
+}
+
+/// A leader transfer from `from` to `to` of a region `from` leads and `to` votes in.
+fn transfer(
+    work: &ClusterView,
+    busy: &BTreeSet<u64>,
+    budget: &Budget,
+    from: StoreId,
+    to: StoreId,
+) -> Option<Operator> {
+    work.regions
+        .iter()
+        .filter(|r| !busy.contains(&r.record.id) && r.leader == Some(from))
+        // Not the meta group (id 0): where the PD leads matters to nobody, and moving it
+        // pauses scheduling while the next leader warms up.
+        .filter(|r| r.record.id != 0)
+        .filter(|r| r.record.voters.contains(&to) && balanceable(r, work))
+        .find_map(|region| {
+            let op = Operator::planned(
+                &region.record,
+                OperatorKind::BalanceLeader,
+                vec![Step::TransferLeader(to)],
+            );
+            guard(region, op, &work.stores, budget)
+        })
+}
+
+/// When the most loaded store shares no region with the least loaded ones, a transfer
+/// through a store in between: `mid` (one leader fewer than `source`, voting in a region
+/// `source` leads) first hands one of its leaders to `low` (at least two fewer than
+/// `source`); the next transfer, `source` to `mid`, is then a direct one. Each step lowers
+/// or keeps the spread (never a swap between equals), so this cannot cycle.
+fn chained_transfer(work: &ClusterView, busy: &BTreeSet<u64>, budget: &Budget) -> Option<Operator> {
+    let up: Vec<&StoreView> = work
+        .stores
+        .iter()
+        .filter(|s| s.state == StoreState::Up)
+        .collect();
+    let source = up
+        .iter()
+        .max_by_key(|s| (s.leader_count, std::cmp::Reverse(s.record.id)))?;
+    for mid in up
+        .iter()
+        .filter(|m| m.leader_count + 1 == source.leader_count)
+    {
+        // `source` must be able to hand a leader to `mid` afterwards.
+        if transfer(work, busy, budget, source.record.id, mid.record.id).is_none() {
+            continue;
+        }
+        for low in up
+            .iter()
+            .filter(|l| l.leader_count + 2 <= source.leader_count)
+        {
+            if let Some(op) = transfer(work, busy, budget, mid.record.id, low.record.id) {
+                return Some(op);
+            }
+        }
+    }
+    None
+}
+
+fn direct_transfer(work: &ClusterView, busy: &BTreeSet<u64>, budget: &Budget) -> Option<Operator> {
     let holders: BTreeSet<StoreId> = work
         .regions
         .iter()
@@ -211,23 +274,7 @@ fn next_transfer(work: &ClusterView, busy: &BTreeSet<u64>, budget: &Budget) -> O
             if target.leader_count + 2 > source.leader_count {
                 break;
             }
-            let (from, to) = (source.record.id, target.record.id);
-            let found = work
-                .regions
-                .iter()
-                .filter(|r| !busy.contains(&r.record.id) && r.leader == Some(from))
-                // Not the meta group (id 0): where the PD leads matters to nobody, and
-                // moving it pauses scheduling while the next leader warms up.
-                .filter(|r| r.record.id != 0)
-                .filter(|r| r.record.voters.contains(&to) && balanceable(r, work))
-                .find_map(|region| {
-                    let op = Operator::planned(
-                        &region.record,
-                        OperatorKind::BalanceLeader,
-                        vec![Step::TransferLeader(to)],
-                    );
-                    guard(region, op, &work.stores, budget)
-                });
+            let found = transfer(work, busy, budget, source.record.id, target.record.id);
             if found.is_some() {
                 return found;
             }

@@ -28,6 +28,18 @@ use crate::operator::Operator;
 /// its region's epoch).
 #[must_use]
 pub fn plan(view: &ClusterView) -> Vec<Operator> {
+    plan_with(view, true)
+}
+
+/// The checker's operators only (repairs), no balance: what a caller plans while the view
+/// still lags operators that just ran (the stores' counts would be stale, and balancing
+/// on stale counts moves replicas back and forth).
+#[must_use]
+pub fn plan_repairs(view: &ClusterView) -> Vec<Operator> {
+    plan_with(view, false)
+}
+
+fn plan_with(view: &ClusterView, balance: bool) -> Vec<Operator> {
     if view.config.paused {
         return Vec::new();
     }
@@ -57,8 +69,10 @@ pub fn plan(view: &ClusterView) -> Vec<Operator> {
             choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
         }
     }
-    balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
-    balance::balance_leaders(&mut work, &mut busy, &mut budget, &mut out);
+    if balance {
+        balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
+        balance::balance_leaders(&mut work, &mut busy, &mut budget, &mut out);
+    }
     out
 }
 

@@ -229,6 +229,16 @@ pub(super) async fn pd(
                 ),
                 ("regions", Value::from(s.regions.len())),
                 ("regions_without_quorum", Value::from(lost.clone())),
+                (
+                    "meta_voters",
+                    Value::from(
+                        s.regions
+                            .iter()
+                            .find(|r| r.id == 0)
+                            .map(|r| r.voters.clone())
+                            .unwrap_or_default(),
+                    ),
+                ),
                 ("held", Value::from(s.held.clone())),
             ]);
             let mut human = vec![format!(

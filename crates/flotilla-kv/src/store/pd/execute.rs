@@ -81,9 +81,11 @@ impl Store {
         }
         let store = self.clone();
         tokio::spawn(async move {
-            let id = operator.id;
+            let (id, region) = (operator.id, operator.region);
             store.drive(operator).await;
-            lock(&store.inner.pd.leader).running.remove(&id);
+            let mut soft = lock(&store.inner.pd.leader);
+            soft.running.remove(&id);
+            soft.finished_at.insert(region, Instant::now());
         });
     }
 
@@ -135,7 +137,7 @@ impl Store {
                 if !self.is_pd_leader() {
                     return Err(Stop::Deposed);
                 }
-                match self.try_step(operator.region, step).await {
+                match self.try_step(operator, index).await {
                     Ok(true) => break,
                     Ok(false) => {}
                     Err(why) => {
@@ -177,7 +179,8 @@ impl Store {
     /// One attempt at `step` on `region`: `Ok(true)` when it is done (now or before),
     /// `Ok(false)` to try again shortly (the region is busy, has no leader, or the call
     /// failed without an answer), `Err` when the region does not allow it.
-    async fn try_step(&self, region: u64, step: Step) -> Result<bool, String> {
+    async fn try_step(&self, operator: &Operator, index: usize) -> Result<bool, String> {
+        let (region, step) = (operator.region, operator.steps[index]);
         let Some(record) = self
             .meta_peer()
             .and_then(|m| m.handle.with(|s| s.regions.get(&region).cloned()))
@@ -198,6 +201,18 @@ impl Store {
         };
         if done {
             return Ok(true);
+        }
+        let moved = record.epoch() != operator.planned_on
+            || live.voters != record.voters
+            || live.learners != record.learners;
+        if index == 0 && moved {
+            // Planned on a record its leader has changed since (a report not in yet, or a
+            // person's command): what the operator was for may be done or wrong now.
+            return Err(format!(
+                "the region's members changed since it was planned (live voters {:?}, \
+                 learners {:?}; planned on voters {:?}, learners {:?})",
+                live.voters, live.learners, record.voters, record.learners
+            ));
         }
         let view = self.live_view(&record, &live);
         let stores = {
@@ -222,8 +237,15 @@ impl Store {
         };
         match result {
             Ok(()) => {
-                let add = matches!(step, Step::AddLearner(_) | Step::PromoteLearner(_));
-                lock(&self.inner.pd.leader).note(target, add);
+                // The per-store limits count replicas added and removed (a promotion or a
+                // leadership transfer moves no replica).
+                match step {
+                    Step::AddLearner(_) => lock(&self.inner.pd.leader).note(target, true),
+                    Step::RemoveVoter(_) | Step::RemoveLearner(_) => {
+                        lock(&self.inner.pd.leader).note(target, false);
+                    }
+                    Step::PromoteLearner(_) | Step::TransferLeader(_) => {}
+                }
                 tracing::info!(region, %step, "placement driver: step done");
                 Ok(true)
             }

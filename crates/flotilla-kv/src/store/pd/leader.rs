@@ -29,6 +29,11 @@ const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
 /// A person's hold on a region lapses after this long (a crashed `admin` holds nothing
 /// for ever).
 pub(crate) const HOLD_MAX: Duration = Duration::from_secs(600);
+/// A region an operator just finished on waits for its leader's next report at most this
+/// long before it is planned again (the report that shows the operator's work usually
+/// comes within a second; it may also have come just before the operator's end was
+/// recorded, and a sleeping region sends no other).
+const SETTLE_MAX: Duration = Duration::from_secs(5);
 /// After the last store's first heartbeat, how long a new leader waits for the region
 /// reports that heartbeat asked for.
 const REPORTS_GRACE: Duration = Duration::from_secs(2);
@@ -47,6 +52,8 @@ pub(crate) struct StoreSoft {
 pub(crate) struct RegionSoft {
     pub(crate) leader: StoreId,
     pub(crate) joint: bool,
+    /// When its leader last reported it.
+    pub(crate) at: Instant,
 }
 
 /// The PD leader's soft state (empty on any other store).
@@ -68,6 +75,9 @@ pub(crate) struct LeaderState {
     pub(crate) recent: HashMap<StoreId, Vec<(Instant, bool)>>,
     /// Regions named as without quorum (logged once each).
     no_quorum: BTreeSet<u64>,
+    /// When an operator on a region last finished: the region is not planned again until
+    /// its leader reported it since (the record may not show the operator's work yet).
+    pub(crate) finished_at: HashMap<u64, Instant>,
 }
 
 impl LeaderState {
@@ -288,6 +298,7 @@ impl Store {
                     RegionSoft {
                         leader,
                         joint: report.joint,
+                        at: Instant::now(),
                     },
                 );
             }
@@ -395,7 +406,27 @@ impl Store {
         if state.config.paused {
             return;
         }
-        for operator in flotilla_pd::plan(&view) {
+        let mut view = view;
+        let settled = {
+            let soft = lock(&self.inner.pd.leader);
+            let before = view.regions.len();
+            view.regions.retain(|r| {
+                let reported = soft.regions.get(&r.record.id).map(|s| s.at);
+                soft.finished_at.get(&r.record.id).is_none_or(|done| {
+                    reported.is_some_and(|at| at > *done) || done.elapsed() >= SETTLE_MAX
+                })
+            });
+            view.regions.len() == before && view.operators.is_empty()
+        };
+        // Balance only over a settled view: with operators running, or finished but not
+        // reported yet, the stores' counts lag, and balancing on them moves replicas back
+        // and forth. Repairs go on regardless.
+        let planned = if settled {
+            flotilla_pd::plan(&view)
+        } else {
+            flotilla_pd::plan_repairs(&view)
+        };
+        for operator in planned {
             let region = operator.region;
             match self
                 .pd_propose(&PdCommand::StartOperator(operator.clone()))

@@ -109,11 +109,14 @@ impl Store {
                 continue;
             }
             led.insert(peer.node.group());
-            if status.hibernating && reported.contains_key(&peer.node.group()) {
-                // Asleep: nothing changed since its last report.
+            let region = peer.machine.region();
+            let unchanged = reported
+                .get(&peer.node.group())
+                .is_some_and(|(last, _)| last.conf_version == region.epoch.conf_version);
+            if status.hibernating && unchanged {
+                // Asleep, and no configuration committed since its last report.
                 continue;
             }
-            let region = peer.machine.region();
             let committed = committed_configuration(
                 peer.machine.committed_configuration(),
                 &status,

@@ -1,0 +1,454 @@
+//! The placement driver with real server processes: stores added to a running cluster take
+//! replicas and leaders until both are within one of even; a store killed for good has
+//! its replicas replaced once it is down for `max-store-down-time`; a decommissioned store
+//! is emptied and tombstoned; the PD leader killed in the middle of its operators leaves
+//! them to the next leader, which finishes them; a region that lost a majority of its
+//! voters is never touched by the PD, and `admin recover` brings it back. No write
+//! acknowledged before is ever lost. Every wait is a generous deadline (no timing is
+//! asserted; the time to balance is printed, for the README).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// PD timing for tests: heartbeats every 500 ms, a store is down after 3 s of silence.
+const PD: [&str; 4] = ["--pd-heartbeat-ms", "500", "--max-store-down-time", "3s"];
+
+/// Waits until `check` answers `Ok`; its last `Err` says what was seen instead.
+fn until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "not within {within:?}: {what}; last seen: {seen}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pd_status(endpoints: &str) -> Result<Value, String> {
+    let (code, status) = admin(endpoints, &["pd", "status"]);
+    if code == 0 {
+        Ok(status)
+    } else {
+        Err(status.to_string())
+    }
+}
+
+/// The stores of the PD's status that are up: id → (regions, leaders).
+fn up_stores(status: &Value) -> BTreeMap<String, (u64, u64)> {
+    status["stores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["state"] == "up")
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                (
+                    s["regions"].as_u64().unwrap_or(0),
+                    s["leaders"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn spread(values: impl Iterator<Item = u64> + Clone) -> u64 {
+    values.clone().max().unwrap_or(0) - values.min().unwrap_or(0)
+}
+
+/// Every region (from `admin status`) has exactly `replicas` voters, none on `gone`.
+fn regions_settled(endpoints: &str, replicas: usize, gone: &[&str]) -> Result<Value, String> {
+    let (code, status) = admin(endpoints, &["status"]);
+    if code != 0 {
+        return Err(status.to_string());
+    }
+    for region in status["regions"].as_array().into_iter().flatten() {
+        let voters: Vec<&str> = region["peer_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if voters.len() != replicas || voters.iter().any(|v| gone.contains(v)) {
+            return Err(format!("region {} voters {voters:?}", region["id"]));
+        }
+        if !region["learner_ids"].as_array().is_none_or(Vec::is_empty) {
+            return Err(format!("region {} has learners", region["id"]));
+        }
+    }
+    Ok(status)
+}
+
+fn put_keys(endpoints: &str, prefix: &str, count: usize) {
+    for i in 0..count {
+        put_until_ok(
+            endpoints,
+            &format!("{prefix}{i:03}"),
+            &format!("v{i}"),
+            Duration::from_secs(20),
+        );
+    }
+}
+
+fn check_keys(endpoints: &str, prefix: &str, count: usize) {
+    for i in 0..count {
+        let key = format!("{prefix}{i:03}");
+        let value = until(&format!("get {key}"), Duration::from_secs(20), || {
+            let (code, answer) = kv(endpoints, &["get", &key]);
+            if code == 0 {
+                Ok(answer["value"].clone())
+            } else {
+                Err(answer.to_string())
+            }
+        });
+        assert_eq!(value, Value::from(format!("v{i}")), "key {key}");
+    }
+}
+
+fn store_id(endpoints: &str, address: &str) -> String {
+    let (code, status) = admin(endpoints, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    status["stores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["address"] == address)
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("no store at {address}: {status}"))
+        .to_string()
+}
+
+#[test]
+fn new_stores_take_replicas_and_leaders_a_dead_one_is_replaced_a_removed_one_emptied() {
+    let dir = TempDir::new("pd-balance");
+    let addresses = free_addresses(5);
+    let peers = addresses[..3].join(",");
+    let mut servers: Vec<Server> = addresses[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 24, &PD))
+        .collect();
+    let e = addresses.join(",");
+    wait_for_leaders(&peers, 24);
+    put_keys(&peers, "k", 60);
+
+    // Two stores join: the PD moves replicas and leaders to them.
+    let started = Instant::now();
+    for (i, a) in addresses.iter().enumerate().skip(3) {
+        let join = format!("{},{a}", addresses[0]);
+        servers.push(Server::start_with(
+            a,
+            Some(&join),
+            &dir.0.join(format!("s{i}")),
+            24,
+            &PD,
+        ));
+    }
+    let balanced = until(
+        "replicas and leaders balanced over 5 stores",
+        Duration::from_secs(120),
+        || {
+            let status = pd_status(&e)?;
+            let up = up_stores(&status);
+            let replicas = spread(up.values().map(|(r, _)| *r));
+            let leaders = spread(up.values().map(|(_, l)| *l));
+            let busy = status["operators"]
+                .as_array()
+                .is_some_and(|o| !o.is_empty());
+            if up.len() == 5 && replicas <= 1 && leaders <= 1 && !busy {
+                Ok(status)
+            } else {
+                Err(format!("up {up:?}, operators {}", status["operators"]))
+            }
+        },
+    );
+    eprintln!(
+        "placement driver: 3 stores with 24 regions, 2 stores added: replicas and leaders \
+         within one of even after {:.1} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        up_stores(&balanced)
+    );
+    regions_settled(&e, 3, &[]).expect("every region on 3 voters");
+    check_keys(&e, "k", 60);
+
+    // A store killed for good: its replicas are replaced after the down time.
+    let dead = addresses[4].clone();
+    let dead_id = store_id(&e, &dead);
+    servers[4].kill();
+    let live = addresses[..4].join(",");
+    until(
+        "the dead store's replicas replaced",
+        Duration::from_secs(90),
+        || regions_settled(&live, 3, &[dead_id.as_str()]),
+    );
+    check_keys(&live, "k", 60);
+
+    // Decommission: every replica moves off, then the store is a tombstone.
+    let removed = addresses[3].clone();
+    let removed_id = store_id(&live, &removed);
+    let (code, answer) = admin(&live, &["store", "remove", &removed_id]);
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(answer["state"], "offline", "{answer}");
+    until(
+        "the decommissioned store emptied and tombstoned",
+        Duration::from_secs(90),
+        || {
+            let status = pd_status(&live)?;
+            let store = status["stores"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["id"] == removed_id.as_str())
+                .cloned()
+                .unwrap_or_default();
+            if store["state"] == "tombstone" && store["regions"] == 0 {
+                Ok(())
+            } else {
+                Err(store.to_string())
+            }
+        },
+    );
+    let three = addresses[..3].join(",");
+    regions_settled(&three, 3, &[dead_id.as_str(), removed_id.as_str()])
+        .expect("every region on the three first stores");
+    check_keys(&three, "k", 60);
+}
+
+#[test]
+fn the_pd_leader_killed_mid_operator_leaves_them_to_the_next_leader() {
+    let dir = TempDir::new("pd-failover");
+    let addresses = free_addresses(4);
+    let peers = addresses[..3].join(",");
+    let mut servers: Vec<Server> = addresses[..3]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 12, &PD))
+        .collect();
+    wait_for_leaders(&peers, 12);
+    put_keys(&peers, "f", 30);
+    let e = addresses.join(",");
+    let join = format!("{},{}", addresses[0], addresses[3]);
+    servers.push(Server::start_with(
+        &addresses[3],
+        Some(&join),
+        &dir.0.join("s3"),
+        12,
+        &PD,
+    ));
+    // Kill the PD leader while it moves replicas to the new store.
+    let leader = until("an operator in flight", Duration::from_secs(60), || {
+        let status = pd_status(&e)?;
+        let busy = status["operators"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty());
+        match status["leader"].as_str() {
+            Some(leader) if busy => Ok(leader.to_string()),
+            _ => Err(status.to_string()),
+        }
+    });
+    let index = addresses
+        .iter()
+        .position(|a| *a == leader)
+        .expect("leader is a store");
+    let leader_id = store_id(&e, &leader);
+    servers[index].kill();
+    let live: Vec<String> = addresses
+        .iter()
+        .filter(|a| **a != leader)
+        .cloned()
+        .collect();
+    let live = live.join(",");
+    // The next leader finishes or cancels every operator it inherited, and repairs the
+    // regions of the killed store (down after 3 s) on the three stores left.
+    until(
+        "operators finished and every region on 3 live voters",
+        Duration::from_secs(120),
+        || {
+            let status = pd_status(&live)?;
+            if status["leader"] == leader.as_str() {
+                return Err("the old leader still named".into());
+            }
+            if status["operators"]
+                .as_array()
+                .is_some_and(|o| !o.is_empty())
+            {
+                return Err(format!("operators {}", status["operators"]));
+            }
+            regions_settled(&live, 3, &[leader_id.as_str()]).map(|_| ())
+        },
+    );
+    check_keys(&live, "f", 30);
+}
+
+#[test]
+fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
+    let dir = TempDir::new("pd-quorum");
+    let addresses = free_addresses(5);
+    let all = addresses.join(",");
+    let mut servers: Vec<Server> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Server::start_with(a, Some(&all), &dir.0.join(format!("s{i}")), 6, &PD))
+        .collect();
+    wait_for_leaders(&all, 6);
+    // The PD trims every region to 3 voters (bootstrap put them on all five).
+    let status = until(
+        "every region on 3 voters, nothing in flight",
+        Duration::from_secs(90),
+        || {
+            let status = regions_settled(&all, 3, &[])?;
+            let pd = pd_status(&all)?;
+            if pd["operators"].as_array().is_some_and(|o| !o.is_empty()) {
+                return Err(format!("operators {}", pd["operators"]));
+            }
+            Ok(status)
+        },
+    );
+    // Two voters of one region die, neither the PD leader (which keeps scheduling): the
+    // region has lost its majority. Its range starts with a printable key, so that a key
+    // in it can be written below.
+    let pd = pd_status(&all).expect("pd");
+    let pd_leader = pd["leader_id"].as_str().unwrap_or_default().to_string();
+    let meta: Vec<String> = pd["meta_voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    // Two voters, neither the PD leader and at most one a meta group member: the meta
+    // group keeps its majority and the PD keeps running.
+    let pick = |region: &Value| -> Option<Vec<String>> {
+        let voters: Vec<String> = region["peer_ids"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|p| *p != pd_leader)
+            .map(str::to_string)
+            .collect();
+        for (i, a) in voters.iter().enumerate() {
+            for b in &voters[i + 1..] {
+                if usize::from(meta.contains(a)) + usize::from(meta.contains(b)) <= 1 {
+                    return Some(vec![a.clone(), b.clone()]);
+                }
+            }
+        }
+        None
+    };
+    let (region, victims) = status["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["start"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty() && !s.contains('\\'))
+        })
+        .find_map(|r| pick(r).map(|v| (r.clone(), v)))
+        .expect("a region with a printable start and two voters the PD can lose");
+    let id = region["id"].as_u64().expect("id");
+    let start_key = region["start"].as_str().unwrap_or_default().to_string();
+    let victim_addresses: Vec<String> = victims
+        .iter()
+        .map(|v| {
+            status["stores"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["id"] == v.as_str())
+                .and_then(|s| s["address"].as_str())
+                .expect("victim address")
+                .to_string()
+        })
+        .collect();
+    for address in &victim_addresses {
+        let i = addresses
+            .iter()
+            .position(|a| a == address)
+            .expect("a store");
+        servers[i].kill();
+    }
+    let live: Vec<String> = addresses
+        .iter()
+        .filter(|a| !victim_addresses.contains(a))
+        .cloned()
+        .collect();
+    let live = live.join(",");
+    // Past the down time the PD repairs what it can; the region without quorum keeps its
+    // voters (no operator touches it) and is named.
+    std::thread::sleep(Duration::from_secs(8));
+    let named = until(
+        "the PD names the region without quorum",
+        Duration::from_secs(60),
+        || {
+            let status = pd_status(&live)?;
+            let lost = status["regions_without_quorum"].clone();
+            if lost
+                .as_array()
+                .is_some_and(|l| l.contains(&Value::from(id)))
+            {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    );
+    assert!(
+        named["operators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|o| o["region"] != id),
+        "an operator touches region {id}: {named}"
+    );
+    let (code, now) = admin(&live, &["status", "--region", &id.to_string()]);
+    assert_eq!(code, 0, "{now}");
+    let voters = now["regions"][0]["peer_ids"].clone();
+    assert_eq!(
+        voters, region["peer_ids"],
+        "the region's voters changed: {now}"
+    );
+    assert_eq!(now["regions"][0]["quorum"], false, "{now}");
+    // Without --force nothing is done, and the survivors are named.
+    let (code, refused) = admin(&live, &["recover", "--region", &id.to_string()]);
+    assert_ne!(code, 0, "{refused}");
+    // With it the region serves again, then the PD brings it back to 3 voters.
+    let (code, recovered) = admin(&live, &["recover", "--region", &id.to_string(), "--force"]);
+    assert_eq!(code, 0, "{recovered}");
+    assert_eq!(
+        recovered["survivors"].as_array().map(Vec::len),
+        Some(1),
+        "{recovered}"
+    );
+    let key = format!("{start_key}recovered");
+    put_until_ok(&live, &key, "yes", Duration::from_secs(30));
+    until(
+        "the recovered region back on 3 voters",
+        Duration::from_secs(90),
+        || {
+            let (code, now) = admin(&live, &["status", "--region", &id.to_string()]);
+            let voters: Vec<String> = now["regions"][0]["peer_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect();
+            if code == 0 && voters.len() == 3 && !voters.iter().any(|v| victims.contains(v)) {
+                Ok(())
+            } else {
+                Err(now.to_string())
+            }
+        },
+    );
+    let (code, value) = kv(&live, &["get", &key]);
+    assert_eq!((code, value["value"].as_str()), (0, Some("yes")), "{value}");
+}
