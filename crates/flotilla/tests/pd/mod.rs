@@ -288,34 +288,10 @@ fn the_pd_leader_killed_mid_operator_leaves_them_to_the_next_leader() {
     check_keys(&live, "f", 30);
 }
 
-#[test]
-fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
-    let dir = TempDir::new("pd-quorum");
-    let addresses = free_addresses(5);
-    let all = addresses.join(",");
-    let mut servers: Vec<Server> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Server::start_with(a, Some(&all), &dir.0.join(format!("s{i}")), 6, &PD))
-        .collect();
-    wait_for_leaders(&all, 6);
-    // The PD trims every region to 3 voters (bootstrap put them on all five).
-    let status = until(
-        "every region on 3 voters, nothing in flight",
-        Duration::from_secs(90),
-        || {
-            let status = regions_settled(&all, 3, &[])?;
-            let pd = pd_status(&all)?;
-            if pd["operators"].as_array().is_some_and(|o| !o.is_empty()) {
-                return Err(format!("operators {}", pd["operators"]));
-            }
-            Ok(status)
-        },
-    );
-    // Two voters of one region die, neither the PD leader (which keeps scheduling): the
-    // region has lost its majority. Its range starts with a printable key, so that a key
-    // in it can be written below.
-    let pd = pd_status(&all).expect("pd");
+/// A region to break and the two voters to kill: neither the PD leader, at most one a
+/// meta group member (the PD keeps running), the region's range starting with a printable
+/// key (so that a key in it can be written).
+fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
     let pd_leader = pd["leader_id"].as_str().unwrap_or_default().to_string();
     let meta: Vec<String> = pd["meta_voters"]
         .as_array()
@@ -343,7 +319,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
         }
         None
     };
-    let (region, victims) = status["regions"]
+    status["regions"]
         .as_array()
         .into_iter()
         .flatten()
@@ -353,7 +329,37 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
                 .is_some_and(|s| !s.is_empty() && !s.contains('\\'))
         })
         .find_map(|r| pick(r).map(|v| (r.clone(), v)))
-        .expect("a region with a printable start and two voters the PD can lose");
+        .expect("a region with a printable start and two voters the PD can lose")
+}
+
+#[test]
+fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
+    let dir = TempDir::new("pd-quorum");
+    let addresses = free_addresses(5);
+    let all = addresses.join(",");
+    let mut servers: Vec<Server> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Server::start_with(a, Some(&all), &dir.0.join(format!("s{i}")), 6, &PD))
+        .collect();
+    wait_for_leaders(&all, 6);
+    // The PD trims every region to 3 voters (bootstrap put them on all five).
+    let status = until(
+        "every region on 3 voters, nothing in flight",
+        Duration::from_secs(90),
+        || {
+            let status = regions_settled(&all, 3, &[])?;
+            let pd = pd_status(&all)?;
+            if pd["operators"].as_array().is_some_and(|o| !o.is_empty()) {
+                return Err(format!("operators {}", pd["operators"]));
+            }
+            Ok(status)
+        },
+    );
+    // Two voters of one region die, neither the PD leader (which keeps scheduling): the
+    // region has lost its majority. Its range starts with a printable key, so that a key
+    // in it can be written below.
+    let (region, victims) = a_region_to_break(&status, &pd_status(&all).expect("pd"));
     let id = region["id"].as_u64().expect("id");
     let start_key = region["start"].as_str().unwrap_or_default().to_string();
     let victim_addresses: Vec<String> = victims
