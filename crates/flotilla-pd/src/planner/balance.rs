@@ -21,11 +21,13 @@ use crate::planner::choose::{accepts_replicas, commit, label_gain, Budget};
 use crate::planner::replica::{guard, new_leader};
 use crate::planner::view::{may_touch, state_of, ClusterView, RegionView, StoreState, StoreView};
 
-/// Whether balance may move anything of `region`: touchable, every peer up, no learner,
-/// not more voters than it should have.
+/// Whether balance may move anything of `region`: not the meta group (id 0: it holds
+/// little, and moving it only risks the PD's own availability; its checker still repairs
+/// it), touchable, every peer up, no learner, not more voters than it should have.
 fn balanceable(region: &RegionView, view: &ClusterView) -> bool {
     let record = &region.record;
-    may_touch(region, &view.stores)
+    record.id != 0
+        && may_touch(region, &view.stores)
         && record.learners.is_empty()
         && record.voters.len() <= view.config.max_replicas as usize
         && record
@@ -207,9 +209,6 @@ fn transfer(
     work.regions
         .iter()
         .filter(|r| !busy.contains(&r.record.id) && r.leader == Some(from))
-        // Not the meta group (id 0): where the PD leads matters to nobody, and moving it
-        // pauses scheduling while the next leader warms up.
-        .filter(|r| r.record.id != 0)
         .filter(|r| r.record.voters.contains(&to) && balanceable(r, work))
         .find_map(|region| {
             let op = Operator::planned(

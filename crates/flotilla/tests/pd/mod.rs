@@ -361,6 +361,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
     // in it can be written below.
     let (region, victims) = a_region_to_break(&status, &pd_status(&all).expect("pd"));
     let id = region["id"].as_u64().expect("id");
+    eprintln!("breaking region {id}: killing {victims:?} (stores {all})");
     let start_key = region["start"].as_str().unwrap_or_default().to_string();
     let victim_addresses: Vec<String> = victims
         .iter()

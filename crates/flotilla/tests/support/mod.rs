@@ -89,6 +89,13 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // FLOTILLA_TEST_LOGS=DIR keeps every server's log there (named by its address).
+        if let Some(dir) = std::env::var_os("FLOTILLA_TEST_LOGS") {
+            let name = address.replace(':', "_");
+            if let Ok(file) = std::fs::File::create(Path::new(&dir).join(format!("{name}.log"))) {
+                command.stderr(file);
+            }
+        }
         if let Some(peers) = peers {
             command.args(["--peers", peers]);
         }
