@@ -353,6 +353,9 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
             if pd["operators"].as_array().is_some_and(|o| !o.is_empty()) {
                 return Err(format!("operators {}", pd["operators"]));
             }
+            if pd["meta_voters"].as_array().map(Vec::len) != Some(3) {
+                return Err(format!("meta group voters {}", pd["meta_voters"]));
+            }
             Ok(status)
         },
     );
