@@ -100,9 +100,10 @@ pub enum KvError {
         current: Epoch,
         /// The epoch the request carried.
         given: Epoch,
-        /// The region as it is now on the store that answered, when it hosts it: a client
-        /// swaps it into its routes and retries without asking for routes again.
-        now: Option<Box<crate::region::Region>>,
+        /// The region as it is now on the store that answered, when it hosts it (encoded
+        /// by `Region::encode`): a client swaps it into its routes and retries without
+        /// asking for routes again.
+        now: Option<bytes::Bytes>,
     },
     /// This store's peer of the region is not its leader.
     #[error("not leader of region {region}; leader: {}", leader.as_deref().unwrap_or("unknown"))]

@@ -97,7 +97,7 @@ pub fn status_of(error: &KvError) -> Status {
         status.metadata_mut().insert(ERROR_KIND_KEY, kind);
     }
     if let KvError::StaleEpoch { now: Some(now), .. } = error {
-        let encoded: String = now.encode().iter().map(|b| format!("{b:02x}")).collect();
+        let encoded: String = now.iter().map(|b| format!("{b:02x}")).collect();
         if let Ok(value) = MetadataValue::try_from(encoded) {
             status.metadata_mut().insert(REGION_KEY, value);
         }

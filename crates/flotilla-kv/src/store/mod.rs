@@ -438,7 +438,7 @@ impl Store {
                 region: id,
                 current: region.epoch,
                 given: epoch,
-                now: Some(Box::new(region)),
+                now: Some(region.encode()),
             });
         }
         Ok((peer, region))

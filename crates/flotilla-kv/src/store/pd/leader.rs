@@ -19,7 +19,7 @@ use flotilla_pd::{
 };
 
 use super::super::{lock, Store, StoreInner};
-use super::{MetaPeer, META_GROUP};
+use super::runtime::{LeaderState, MetaPeer, RegionSoft, StoreSoft, META_GROUP};
 use crate::error::KvError;
 use crate::ids::RegionId;
 use crate::service::proto::pd as proto;
@@ -39,73 +39,6 @@ const SETTLE_MAX: Duration = Duration::from_secs(5);
 const REPORTS_GRACE: Duration = Duration::from_secs(2);
 /// Finished operators `admin pd status` lists.
 const FINISHED_SHOWN: usize = 16;
-
-/// What one store's heartbeats said.
-pub(crate) struct StoreSoft {
-    /// The first heartbeat this leader received from it.
-    pub(crate) first: Instant,
-    pub(crate) last: Instant,
-    pub(crate) used_bytes: u64,
-}
-
-/// What one region's leader last reported beyond the durable record.
-pub(crate) struct RegionSoft {
-    pub(crate) leader: StoreId,
-    pub(crate) joint: bool,
-    /// When its leader last reported it.
-    pub(crate) at: Instant,
-}
-
-/// The PD leader's soft state (empty on any other store).
-#[derive(Default)]
-pub(crate) struct LeaderState {
-    /// The meta group term it was gathered in.
-    term: u64,
-    /// When this store became leader in that term.
-    since: Option<Instant>,
-    /// Whether this leader seeded the configuration from its flags.
-    seeded: bool,
-    pub(crate) stores: HashMap<StoreId, StoreSoft>,
-    pub(crate) regions: HashMap<u64, RegionSoft>,
-    /// Operators being driven, by id, with when they started here.
-    pub(crate) running: HashMap<u64, Instant>,
-    /// Regions a person's command holds, with who and since when.
-    pub(crate) held: BTreeMap<u64, (String, Instant)>,
-    /// Peers added and removed per store, with when (the per-minute limits).
-    pub(crate) recent: HashMap<StoreId, Vec<(Instant, bool)>>,
-    /// Regions named as without quorum (logged once each).
-    no_quorum: BTreeSet<u64>,
-    /// When an operator on a region last finished: the region is not planned again until
-    /// its leader reported it since (the record may not show the operator's work yet).
-    pub(crate) finished_at: HashMap<u64, Instant>,
-}
-
-impl LeaderState {
-    /// Counts of adds and removes on `store` in the last minute.
-    fn recent_counts(&self, store: StoreId) -> (u32, u32) {
-        let Some(list) = self.recent.get(&store) else {
-            return (0, 0);
-        };
-        let minute = Duration::from_secs(60);
-        let live = list.iter().filter(|(at, _)| at.elapsed() < minute);
-        let (mut adds, mut removes) = (0, 0);
-        for (_, add) in live {
-            if *add {
-                adds += 1;
-            } else {
-                removes += 1;
-            }
-        }
-        (adds, removes)
-    }
-
-    /// Records an add (`true`) or a removal on `store` now.
-    pub(crate) fn note(&mut self, store: StoreId, add: bool) {
-        let list = self.recent.entry(store).or_default();
-        list.retain(|(at, _)| at.elapsed() < Duration::from_secs(60));
-        list.push((Instant::now(), add));
-    }
-}
 
 /// A store id sent by a store, checked.
 fn store_id(text: &str, what: &str) -> Result<StoreId, KvError> {

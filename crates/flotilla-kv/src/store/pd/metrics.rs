@@ -9,32 +9,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use flotilla_pd::{Outcome, StoreState};
+use flotilla_pd::StoreState;
 
 use super::super::{lock, Store};
 use super::leader::state_name;
-
-/// Operators started and finished by this process, by kind (and outcome).
-#[derive(Default)]
-pub(crate) struct OperatorCounts {
-    started: BTreeMap<&'static str, u64>,
-    finished: BTreeMap<(&'static str, &'static str), u64>,
-}
-
-impl OperatorCounts {
-    pub(crate) fn started(&mut self, kind: &'static str) {
-        *self.started.entry(kind).or_default() += 1;
-    }
-
-    pub(crate) fn finished(&mut self, kind: &'static str, outcome: &Outcome) {
-        let outcome = match outcome {
-            Outcome::Done => "done",
-            Outcome::Cancelled(_) => "cancelled",
-            Outcome::TimedOut(_) => "timed_out",
-        };
-        *self.finished.entry((kind, outcome)).or_default() += 1;
-    }
-}
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

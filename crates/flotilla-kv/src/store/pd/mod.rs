@@ -16,121 +16,19 @@ mod execute;
 mod leader;
 mod metrics;
 mod report;
+mod runtime;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
-use flotilla_node::{
-    ApplyIter, Configuration, LogIndex, Node, NodeError, PeerId, RaftError, SnapshotReader,
-    SnapshotWriter, StateMachine,
-};
-use flotilla_pd::{PdCommand, PdHandle, PdOutput, PdStateMachine};
+use flotilla_node::{NodeError, PeerId, RaftError};
+use flotilla_pd::{PdCommand, PdOutput, PdStateMachine};
 
 use super::meta::MetaChange;
 use super::{lock, Store, StoreError};
 use crate::error::KvError;
 
-pub(crate) use leader::LeaderState;
-
-/// The meta group's raft group id (regions are numbered from 1).
-pub const META_GROUP: u64 = 0;
-/// How often a store sends its heartbeat to the PD, by default (TiKV: 10 s).
-pub const STORE_HEARTBEAT_DEFAULT: Duration = Duration::from_secs(10);
-/// A region leader reports an unchanged region this often (TiKV: 60 s).
-pub const REGION_REPORT_EVERY: Duration = Duration::from_secs(60);
-
-/// The last configuration a group's state machine heard committed, with its entry's index.
-type Committed = Arc<RwLock<Option<(LogIndex, Configuration)>>>;
-
-/// This store's peer of the meta group.
-#[derive(Clone)]
-pub(crate) struct MetaPeer {
-    pub(crate) node: Node,
-    pub(crate) handle: PdHandle,
-    committed: Committed,
-}
-
-impl MetaPeer {
-    /// The meta group's last configuration this peer heard committed, with its index.
-    pub(crate) fn committed(&self) -> Option<(LogIndex, Configuration)> {
-        self.committed
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// The meta group's state machine, which also keeps the last configuration committed
-/// (the meta group is repaired like a region: its reports need a committed configuration
-/// and its index as `conf_version`).
-struct MetaMachine {
-    inner: PdStateMachine,
-    committed: Committed,
-}
-
-impl StateMachine for MetaMachine {
-    fn on_apply(&mut self, iter: &mut ApplyIter) {
-        self.inner.on_apply(iter);
-    }
-
-    fn on_snapshot_save(&mut self, writer: &mut SnapshotWriter) -> Result<(), String> {
-        self.inner.on_snapshot_save(writer)
-    }
-
-    fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String> {
-        self.inner.on_snapshot_load(reader)
-    }
-
-    fn on_configuration_committed_at(&mut self, index: LogIndex, configuration: &Configuration) {
-        let mut committed = self
-            .committed
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if committed.as_ref().is_none_or(|(at, _)| *at < index) {
-            *committed = Some((index, configuration.clone()));
-        }
-    }
-}
-
-/// The PD as this store runs it.
-pub(crate) struct PdRuntime {
-    /// This store's labels, sent with its heartbeat.
-    pub(crate) labels: BTreeMap<String, String>,
-    /// Settings from this store's flags, seeded into the PD configuration once.
-    pub(crate) settings: Vec<(String, String)>,
-    /// How often the heartbeat goes.
-    pub(crate) heartbeat: Duration,
-    /// This store's peer of the meta group, if it hosts one.
-    pub(crate) meta: Mutex<Option<MetaPeer>>,
-    /// What the PD leader knows from heartbeats; reset whenever leadership changes.
-    pub(crate) leader: Mutex<LeaderState>,
-    /// The PD leader's address as last heard (a heartbeat answer or a refusal's hint).
-    pub(crate) known_leader: Mutex<Option<String>>,
-    /// The reporting and scheduling tasks, stopped when the store closes.
-    pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// Operators started and finished here (metrics).
-    pub(crate) counts: Mutex<metrics::OperatorCounts>,
-}
-
-impl PdRuntime {
-    pub(crate) fn new(
-        labels: BTreeMap<String, String>,
-        settings: Vec<(String, String)>,
-        heartbeat: Duration,
-    ) -> PdRuntime {
-        PdRuntime {
-            labels,
-            settings,
-            heartbeat,
-            meta: Mutex::new(None),
-            leader: Mutex::new(LeaderState::default()),
-            known_leader: Mutex::new(None),
-            tasks: Mutex::new(Vec::new()),
-            counts: Mutex::new(metrics::OperatorCounts::default()),
-        }
-    }
-}
+pub(crate) use runtime::{Committed, MetaMachine, MetaPeer, PdRuntime};
+pub use runtime::{META_GROUP, REGION_REPORT_EVERY, STORE_HEARTBEAT_DEFAULT};
 
 impl Store {
     /// Starts (or restarts) this store's peer of the meta group: `peers` are its initial
