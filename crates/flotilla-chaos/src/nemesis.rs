@@ -358,10 +358,11 @@ pub async fn apply(
         Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe => 0,
         Nemesis::Clock => 1,
         Nemesis::Readdress => 2,
-        // The PD leader last: after a drift or wipe stopped a store (the PD then has an
-        // operator to start, or one in flight, when its leader fails).
-        Nemesis::Pd => 4,
-        _ => 3,
+        // The PD leader after a drift stopped a store (the PD then has an operator to
+        // start, or one in flight, when its leader fails), and before kills and pauses
+        // (which may leave its group without a majority to answer who leads it).
+        Nemesis::Pd => 3,
+        _ => 4,
     };
     let mut ordered = kinds.to_vec();
     ordered.sort_by_key(rank);
@@ -759,7 +760,8 @@ async fn apply_wipe(
             }
         ));
     }
-    text.push_str("; the PD is to replace the old id");
+    text.push_str("; the PD is to replace the old id; ");
+    text.push_str(&crate::pd::register_or_remove_old(cluster, &new_id, &old_id).await);
     faults.description.push(text);
     Ok(())
 }
@@ -1240,6 +1242,9 @@ async fn heal_disk(
         cluster.label(victim),
         old_id.as_deref().unwrap_or("?")
     ));
+    if let Some(old_id) = &old_id {
+        notes.push(crate::pd::register_or_remove_old(cluster, &new_id, old_id).await);
+    }
     notes
 }
 

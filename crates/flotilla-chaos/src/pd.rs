@@ -5,7 +5,8 @@
 //! Converged means: every region has a leader and `min(max-replicas, running stores)`
 //! voters, every voter a store the harness runs, no learner; no store the harness stopped
 //! for good (a drifted store, a wiped store's old id) is a voter or learner of any region;
-//! the PD answers, has no operator in flight and counts no region without quorum.
+//! the PD answers, has no operator in flight, counts no region without quorum, and lists
+//! every running store as `up` (a store it never registered could never get a replica).
 //!
 //! Owns: reading the PD's state and judging convergence. Must never: change membership
 //! or the PD's settings, or call the cluster converged on a partial view (a region with no
@@ -35,6 +36,8 @@ pub struct PdView {
     pub without_quorum: Vec<u64>,
     /// Its `max-replicas` setting.
     pub max_replicas: usize,
+    /// The stores it knows: (store id, state).
+    pub stores: Vec<(String, String)>,
 }
 
 impl PdView {
@@ -76,7 +79,29 @@ impl PdView {
                 .map(|r| r.iter().filter_map(Value::as_u64).collect())
                 .unwrap_or_default(),
             max_replicas,
+            stores: answer["stores"]
+                .as_array()
+                .map(|stores| {
+                    stores
+                        .iter()
+                        .map(|s| {
+                            (
+                                s["id"].as_str().unwrap_or("?").to_string(),
+                                s["state"].as_str().unwrap_or("?").to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
+    }
+
+    /// The state the PD gives store `id` (`None`: it does not know the store).
+    pub fn store_state(&self, id: &str) -> Option<&str> {
+        self.stores
+            .iter()
+            .find(|(s, _)| s == id)
+            .map(|(_, state)| state.as_str())
     }
 }
 
@@ -110,6 +135,34 @@ pub async fn leader_node(cluster: &Cluster) -> anyhow::Result<(usize, String)> {
     Ok((index, view.leader_id.unwrap_or_else(|| "?".into())))
 }
 
+/// After a wipe: waits (up to five store heartbeats) for the PD to register the new store
+/// `new_id`. The PD refuses a store at an address that a store it has not tombstoned holds
+/// (the wiped store's old id holds its address); if it does, the harness does what the
+/// runbook tells a person: `admin store remove OLD_ID` (the old store is gone for good:
+/// the PD moves its replicas off, tombstones it, and the new store can register). This is
+/// no membership change by the harness: the PD chooses and makes them. Returns a note.
+pub async fn register_or_remove_old(cluster: &Cluster, new_id: &str, old_id: &str) -> String {
+    let heartbeat = Duration::from_millis(cluster.config.pd_heartbeat_ms);
+    let started = Instant::now();
+    while started.elapsed() < heartbeat * 5 {
+        if let Ok(view) = status(cluster).await {
+            if view.store_state(new_id).is_some() {
+                return format!(
+                    "the PD registered the new store {new_id} after {} ms",
+                    started.elapsed().as_millis()
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let removed = cluster.admin(&["store", "remove", old_id]).await;
+    format!(
+        "the PD has not registered the new store {new_id} after {} ms (it refuses a store at an address that the old {old_id}, not a tombstone, holds); as the runbook says, `admin store remove {old_id}`: {}",
+        started.elapsed().as_millis(),
+        removed.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
+    )
+}
+
 /// What keeps the cluster from being converged (empty: converged), given what the leaders
 /// report, the stores that run, the ids stopped for good, and the PD's view.
 pub fn judge(
@@ -133,6 +186,17 @@ pub fn judge(
                     "regions without quorum (PD): {:?}",
                     view.without_quorum
                 ));
+            }
+            for id in running {
+                match view.store_state(id) {
+                    Some("up") => {}
+                    Some(state) => {
+                        problems.push(format!("running store {id} is {state} in the PD"))
+                    }
+                    None => {
+                        problems.push(format!("running store {id} is not registered with the PD"))
+                    }
+                }
             }
             view.max_replicas
         }
@@ -238,11 +302,17 @@ mod tests {
 
     #[test]
     fn convergence_is_max_replicas_on_running_stores_and_no_operator() {
+        let running = set(&["a", "b", "c", "d", "e"]);
+        let up = |ids: &BTreeSet<String>| -> Vec<(String, String)> {
+            ids.iter()
+                .map(|id| (id.clone(), "up".to_string()))
+                .collect()
+        };
         let pd = PdView {
             max_replicas: 3,
+            stores: up(&running),
             ..PdView::default()
         };
-        let running = set(&["a", "b", "c", "d", "e"]);
         let gone = set(&["x"]);
         let mut leaders = BTreeMap::new();
         leaders.insert(1, view(&["a", "b", "c"], &[]));
@@ -267,9 +337,19 @@ mod tests {
         small.insert(1, view(&["a", "b", "c"], &[]));
         let five = PdView {
             max_replicas: 5,
+            stores: up(&three),
             ..PdView::default()
         };
         assert!(judge(1, &small, &three, &gone, Ok(&five)).is_empty());
+        // A running store the PD never registered (or counts down).
+        let mut unknown = five.clone();
+        unknown.stores.retain(|(id, _)| id != "c");
+        unknown.stores.push(("b".into(), "down".into()));
+        unknown
+            .stores
+            .retain(|(id, state)| id != "b" || state == "down");
+        let found = judge(1, &small, &three, &gone, Ok(&unknown));
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]
@@ -278,6 +358,7 @@ mod tests {
             r#"{"ok":true,"leader":"127.0.0.1:7101","leader_id":"00000000000000aa",
             "config":[{"key":"max-replicas","value":"3","source":"flag"}],
             "operators":[{"id":4,"region":2,"kind":"replace-down-peer","step":"add-learner"}],
+            "stores":[{"id":"00000000000000aa","state":"up"},{"id":"00000000000000bb","state":"down"}],
             "regions_without_quorum":[1]}"#,
         )
         .unwrap();
@@ -286,6 +367,8 @@ mod tests {
         assert_eq!(view.leader_id.as_deref(), Some("00000000000000aa"));
         assert_eq!(view.max_replicas, 3);
         assert_eq!(view.without_quorum, vec![1]);
+        assert_eq!(view.store_state("00000000000000bb"), Some("down"));
+        assert_eq!(view.store_state("00000000000000cc"), None);
         assert_eq!(
             view.operators,
             vec!["#4 region 2 replace-down-peer at add-learner"]
