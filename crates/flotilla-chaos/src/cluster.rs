@@ -850,7 +850,7 @@ impl Cluster {
 
     /// Empties the node's data directory (it must be down). Its command line stays: started
     /// again with its `--peers`, it joins the cluster as a new store (a new id) that no
-    /// region counts on, and must be added (and its old id removed) by hand.
+    /// region counts on; the PD replaces its old id's replicas (see `pd.rs`).
     pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         assert!(!node.is_up(), "wipe of {} while it runs", node.name);

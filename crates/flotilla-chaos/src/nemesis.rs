@@ -577,7 +577,30 @@ async fn apply_drift(
             failure.output.trim()
         );
     }
-    let old = running[rng.index(running.len())];
+    // A store holding a region's voter when there is one: the PD then has replicas to
+    // replace (a store the PD left empty would test nothing).
+    let voters: BTreeSet<String> = cluster
+        .leaders()
+        .await
+        .values()
+        .flat_map(|view| view.peer_ids.iter().cloned())
+        .collect();
+    let holding: Vec<usize> = running
+        .iter()
+        .copied()
+        .filter(|&i| {
+            cluster.nodes[i]
+                .store_id
+                .as_ref()
+                .is_some_and(|id| voters.contains(id))
+        })
+        .collect();
+    let pool = if holding.is_empty() {
+        &running
+    } else {
+        &holding
+    };
+    let old = pool[rng.index(pool.len())];
     cluster.members.push(new);
     let old_id = store_name(cluster, old);
     let old_label = cluster.label(old);
@@ -1179,11 +1202,11 @@ async fn heal_disk(
                 log_tail: failure.output.clone(),
             });
     }
-    // Repair as the runbook says, by store id: an address names whichever store answers
-    // there now, and the repaired store answers at the damaged one's address with a new id.
-    // Its old id out first (the others hold every committed entry, so the regions keep
-    // all of it), then the data dir wiped, the store started with its usual command line
-    // (it comes back as a new store), and the new id in.
+    // Repair by store id: an address names whichever store answers there now, and the
+    // repaired store answers at the damaged one's address with a new id. The data dir is
+    // wiped (the others hold every committed entry, so the regions keep all of it), the
+    // store started with its usual command line (it comes back as a new store), and the
+    // PD replaces the old id's replicas; the harness adds and removes no member.
     let old_id = cluster.nodes[victim]
         .store_id
         .clone()
