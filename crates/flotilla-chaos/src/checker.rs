@@ -1,6 +1,7 @@
 //! The checkers: linearizability of every register key (the checker the simulator uses,
 //! `flotilla_linearizability`), stale reads, lost acknowledged writes (register final
-//! reads and the set's final read on every store), and the set's other anomalies.
+//! reads and the set's final reads: each region's part on each of its voters), and the
+//! set's other anomalies.
 //!
 //! Owns: turning histories into counts a run passes or fails on. Must never: count a key
 //! whose search ran out of budget as a pass (it is `unknown`), or call something a stale
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use flotilla_linearizability::{Checker, Verdict};
 
 use crate::history::{Outcome, RegisterEvent, RegisterOp, SetAdd, SetRead};
+use crate::workload::set_key;
 
 /// What the register checks found.
 #[derive(Debug, Default)]
@@ -245,6 +247,9 @@ pub struct SetReport {
     pub disagreements: Vec<u64>,
     /// Stores whose final read never answered (what they hold is unknown).
     pub unread: Vec<String>,
+    /// Acknowledged elements in the range of no final read (no region read holds them:
+    /// whether they survived is unknown).
+    pub uncovered: Vec<u64>,
 }
 
 impl SetReport {
@@ -259,9 +264,10 @@ impl SetReport {
     }
 }
 
-/// Checks the set workload: every acknowledged add must be in every store's final read;
-/// nothing else may be there except elements whose add has an unknown outcome, and those
-/// must be on every store or on none.
+/// Checks the set workload: every acknowledged add must be in every final read whose
+/// range holds it (each read is a region's part of the set on one of its voters; a read
+/// without a range covers everything); nothing else may be there except elements whose
+/// add has an unknown outcome, and those must be in every read covering them or in none.
 pub fn check_set(adds: &[SetAdd], reads: &[SetRead]) -> SetReport {
     let mut report = SetReport {
         adds: adds.len(),
@@ -281,25 +287,37 @@ pub fn check_set(adds: &[SetAdd], reads: &[SetRead]) -> SetReport {
         }
     }
     report.acked = acked.len();
-    let answered: Vec<(&str, BTreeSet<u64>)> = reads
+    let keys: BTreeMap<u64, bytes::Bytes> = acked
         .iter()
-        .filter_map(|r| {
-            r.elements
-                .as_ref()
-                .map(|e| (r.store.as_str(), e.iter().copied().collect()))
-        })
+        .chain(&maybe)
+        .map(|&e| (e, set_key(e)))
         .collect();
     report.unread = reads
         .iter()
         .filter(|r| r.elements.is_none())
-        .map(|r| r.store.clone())
+        .map(SetRead::label)
+        .collect();
+    report.uncovered = acked
+        .iter()
+        .copied()
+        .filter(|e| !reads.iter().any(|r| r.covers(&keys[e])))
         .collect();
     let mut lost: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut unexpected: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut seen_maybe: BTreeMap<u64, usize> = BTreeMap::new();
-    for (store, elements) in &answered {
+    let answered: Vec<(&SetRead, BTreeSet<u64>)> = reads
+        .iter()
+        .filter_map(|r| {
+            r.elements
+                .as_ref()
+                .map(|e| (r, e.iter().copied().collect()))
+        })
+        .collect();
+    for (read, elements) in &answered {
         for element in acked.difference(elements) {
-            lost.entry(*element).or_default().push(store.to_string());
+            if read.covers(&keys[element]) {
+                lost.entry(*element).or_default().push(read.label());
+            }
         }
         for element in elements {
             if acked.contains(element) {
@@ -308,10 +326,7 @@ pub fn check_set(adds: &[SetAdd], reads: &[SetRead]) -> SetReport {
             if maybe.contains(element) {
                 *seen_maybe.entry(*element).or_default() += 1;
             } else {
-                unexpected
-                    .entry(*element)
-                    .or_default()
-                    .push(store.to_string());
+                unexpected.entry(*element).or_default().push(read.label());
             }
         }
     }
@@ -319,7 +334,13 @@ pub fn check_set(adds: &[SetAdd], reads: &[SetRead]) -> SetReport {
     report.unexpected = unexpected.into_iter().collect();
     report.disagreements = seen_maybe
         .into_iter()
-        .filter(|(_, stores)| *stores != answered.len())
+        .filter(|(element, seen)| {
+            let covering = answered
+                .iter()
+                .filter(|(r, _)| r.covers(&keys[element]))
+                .count();
+            *seen != covering
+        })
         .map(|(element, _)| element)
         .collect();
     report
@@ -518,6 +539,9 @@ mod tests {
             store: store.into(),
             elements,
             error: None,
+            region: None,
+            start: None,
+            end: None,
         };
         // Healthy: every acked element everywhere, unknown 3 nowhere, unknown 5 everywhere.
         let good = check_set(
@@ -542,6 +566,50 @@ mod tests {
         assert_eq!(bad.disagreements, vec![3]);
         assert_eq!(bad.unread, vec!["c".to_string()]);
         assert_eq!((bad.lost_count(), bad.violations()), (1, 2));
+        assert!(bad.uncovered.is_empty());
+    }
+
+    #[test]
+    fn set_reads_of_one_region_are_asked_only_for_its_elements() {
+        let add = |element: u64, outcome: Outcome| SetAdd {
+            client: 0,
+            element,
+            invoke_us: element * 10,
+            complete_us: element * 10 + 5,
+            outcome,
+            error: None,
+        };
+        let adds: Vec<SetAdd> = (1..=40).map(|e| add(e, Outcome::Written)).collect();
+        let region = |store: &str, id: u64, start: &str, end: &str, elements: Vec<u64>| SetRead {
+            store: store.into(),
+            elements: Some(elements),
+            error: None,
+            region: Some(id),
+            start: Some(start.into()),
+            end: Some(end.into()),
+        };
+        let low: Vec<u64> = (1..=40).filter(|&e| set_key(e)[0] < 0x80).collect();
+        let high: Vec<u64> = (1..=40).filter(|&e| set_key(e)[0] >= 0x80).collect();
+        assert!(!low.is_empty() && !high.is_empty());
+        // Region 1 on a and b, region 2 on b and c: each read holds its region's part.
+        let reads = vec![
+            region("a", 1, "", "80", low.clone()),
+            region("b", 1, "", "80", low.clone()),
+            region("b", 2, "80", "", high.clone()),
+            region("c", 2, "80", "", high.clone()),
+        ];
+        let good = check_set(&adds, &reads);
+        assert_eq!((good.lost_count(), good.violations()), (0, 0), "{good:?}");
+        assert!(good.uncovered.is_empty() && good.unread.is_empty());
+        // c lost one of region 2's elements: lost there only.
+        let mut bad_reads = reads.clone();
+        bad_reads[3] = region("c", 2, "80", "", high[1..].to_vec());
+        let bad = check_set(&adds, &bad_reads);
+        assert_eq!(bad.lost, vec![(high[0], vec!["c (region 2)".to_string()])]);
+        // Region 2 read nowhere: its elements are uncovered, not lost.
+        let half = check_set(&adds, &reads[..2]);
+        assert_eq!(half.lost_count(), 0);
+        assert_eq!(half.uncovered, high);
     }
 
     #[test]

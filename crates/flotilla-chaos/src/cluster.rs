@@ -1,7 +1,9 @@
 //! The server processes: starting `flotilla server` on a host (inside its namespace, and
 //! under libfaketime when its clock is skewed), killing, pausing, resuming and stopping
-//! it, damaging its log while it is down, and asking the cluster who leads and who is a
-//! member. Membership changes go through `flotilla admin`, as an operator's would.
+//! it, damaging its log while it is down, and asking the cluster who leads, who is a
+//! member, and what the placement driver (PD) is doing. The harness changes no membership
+//! to repair the cluster: the PD does; a person's membership command (the `membership`
+//! nemesis) goes through `flotilla admin`, as an operator's would.
 //!
 //! Owns: every child process (each dies with the harness: `PR_SET_PDEATHSIG`), the data
 //! directories and the server logs (one per node, appended across restarts with a line
@@ -98,6 +100,11 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     /// `--engine`.
     pub engine: String,
+    /// `--pd-heartbeat-ms`: how often each store reports to the PD.
+    pub pd_heartbeat_ms: u64,
+    /// `--max-store-down-time`: how long the PD waits before it replaces a silent store's
+    /// replicas.
+    pub max_store_down_time: Duration,
 }
 
 /// A clock skew: libfaketime's rate and wall-clock offset for one process.
@@ -176,6 +183,12 @@ pub struct LeaderView {
     pub peer_ids: Vec<String>,
     /// Its voters' addresses, in the same order ("" where the leader knows none).
     pub peers: Vec<String>,
+    /// Its learners' store ids.
+    pub learner_ids: Vec<String>,
+    /// The first key of its range.
+    pub start: bytes::Bytes,
+    /// The end of its range (exclusive; empty: the end of the key space).
+    pub end: bytes::Bytes,
 }
 
 impl LeaderView {
@@ -216,8 +229,12 @@ pub struct Cluster {
     pub network: Network,
     /// Every node slot ever used (retired ones included).
     pub nodes: Vec<Node>,
-    /// The voters the harness intends every region to have (node indexes).
+    /// The stores the harness keeps in the cluster (node indexes): every one not stopped
+    /// for good. The PD places each region's replicas on some of them.
     pub members: Vec<usize>,
+    /// Store ids the harness stopped for good (a drifted store's, a wiped store's old
+    /// one): once the PD has repaired, no region counts any of them as a member.
+    pub gone_ids: std::collections::BTreeSet<String>,
     /// libfaketime's multi-threaded library, if installed.
     pub faketime: Option<PathBuf>,
     /// What happened.
@@ -289,6 +306,7 @@ impl Cluster {
             network,
             nodes: Vec::new(),
             members: Vec::new(),
+            gone_ids: std::collections::BTreeSet::new(),
             faketime: find_faketime(),
             journal,
             unexpected_exits: Vec::new(),
@@ -339,7 +357,7 @@ impl Cluster {
             .join(",")
     }
 
-    /// Addresses of the intended members.
+    /// Addresses of the stores the harness keeps.
     pub fn member_addresses(&self) -> Vec<String> {
         self.members
             .iter()
@@ -347,11 +365,12 @@ impl Cluster {
             .collect()
     }
 
-    /// Store ids of the intended members (those started at least once since their last
-    /// wipe).
-    pub fn member_ids(&self) -> Vec<String> {
+    /// Store ids of the stores the harness keeps that run now (started at least once
+    /// since their last wipe, not paused).
+    pub fn running_ids(&self) -> Vec<String> {
         self.members
             .iter()
+            .filter(|&&i| self.nodes[i].is_up() && !self.nodes[i].paused)
             .filter_map(|&i| self.nodes[i].store_id.clone())
             .collect()
     }
@@ -405,6 +424,14 @@ impl Cluster {
             .args([
                 "--election-timeout-ms",
                 &self.config.election_timeout_ms.to_string(),
+            ])
+            .args([
+                "--pd-heartbeat-ms",
+                &self.config.pd_heartbeat_ms.to_string(),
+            ])
+            .args([
+                "--max-store-down-time",
+                &format!("{}ms", self.config.max_store_down_time.as_millis()),
             ])
             .args([
                 "--log",
@@ -658,6 +685,9 @@ impl Cluster {
                         index,
                         peer_ids: info.peer_ids.clone(),
                         peers: info.peers.clone(),
+                        learner_ids: info.learner_ids.clone(),
+                        start: info.start.clone(),
+                        end: info.end.clone(),
                     };
                     best.insert(info.id, (info.term, view));
                 }
@@ -820,7 +850,7 @@ impl Cluster {
 
     /// Empties the node's data directory (it must be down). Its command line stays: started
     /// again with its `--peers`, it joins the cluster as a new store (a new id) that no
-    /// region counts on, and must be added (and its old id removed) by hand.
+    /// region counts on; the PD replaces its old id's replicas (see `pd.rs`).
     pub fn wipe(&mut self, index: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[index];
         assert!(!node.is_up(), "wipe of {} while it runs", node.name);

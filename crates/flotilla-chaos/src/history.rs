@@ -138,6 +138,56 @@ pub struct SetRead {
     /// Why it never answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The region read (`None`: the whole set, as runs before the PD read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<u64>,
+    /// The first key of the range read, in hex (`None`: from the first key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// The end of the range read (exclusive), in hex (`None` or empty: to the last key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+impl SetRead {
+    /// Whether `key` lies in the range this read covered.
+    pub fn covers(&self, key: &[u8]) -> bool {
+        let start = self
+            .start
+            .as_deref()
+            .and_then(key_from_hex)
+            .unwrap_or_default();
+        let end = self
+            .end
+            .as_deref()
+            .and_then(key_from_hex)
+            .unwrap_or_default();
+        key >= start.as_slice() && (end.is_empty() || key < end.as_slice())
+    }
+
+    /// The store, with the region when the read was of one region.
+    pub fn label(&self) -> String {
+        match self.region {
+            Some(region) => format!("{} (region {region})", self.store),
+            None => self.store.clone(),
+        }
+    }
+}
+
+/// A key in lowercase hex.
+pub fn key_hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key from [`key_hex`]'s text; `None` when it is not hex.
+pub fn key_from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Writes `items` to `path`, one JSON object per line.

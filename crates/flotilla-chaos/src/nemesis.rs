@@ -9,33 +9,42 @@
 //! | `isolate-leader`   | the node leading most regions cut off from the others    | "                          |
 //! | `kill`             | `kill -9` of a random subset (sometimes all, sometimes the leader) | restart          |
 //! | `pause`            | SIGSTOP of the leader or a random subset                 | SIGCONT                    |
-//! | `membership`       | `admin remove-peer` of a member (often the leader)       | `admin add-peer` it back   |
-//! | `drift`            | a fresh store on a new address, empty, `add-peer`'d      | `remove-peer` of the one it replaces, which stops for good |
+//! | `membership`       | a person's `admin --region R remove-peer ID` of one voter of one region (often its leader) | `admin --region R add-peer ID` back; then the PD converges (it may remove the replica added back, or one it added meanwhile, as extra) |
+//! | `drift`            | a fresh store on a new address (empty data dir, `--peers` naming the running stores: it joins by itself), and the store it replaces stopped for good | none by the harness: the PD replaces the stopped store's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
 //! | `clock`            | restarts under libfaketime, clock rates within ±`drift` of real time (the bound the leader lease assumes), wall clocks off by minutes; half the time the worst case: the leader slowest, the rest fastest | restart with the real clock |
-//! | `disk`             | `kill -9` of one member (only when every member runs and every region's voters are the intended members, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is replaced as the runbook says: `remove-peer OLD_ID`, wiped, started as usual (a new store), `add-peer NEW_ID` |
-//! | `wipe`             | `kill -9` of one member (always alone, only when every member runs and every region's voters are the intended members), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store; then, as the runbook says, `add-peer NEW_ID` and `remove-peer OLD_ID` | the add and the remove retried per region until the new store is a voter of every region and the old id of none |
-//! | `readdress`        | a member stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
+//! | `disk`             | `kill -9` of one store (only when every store runs and the PD has converged, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and started as usual (a new store), and the PD replaces its old id |
+//! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness: the PD replaces the old id's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
+//! | `readdress`        | a store stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
+//! | `pd`               | the PD leader (`admin pd status`) faulted: `kill -9`, SIGSTOP, or (with namespaces) cut off from the others; often while an operator the same cycle's drift or wipe will start is pending | restart / SIGCONT / every packet delivered; a new PD leader takes over the operators in flight |
+//!
+//! The PD repairs (the drift, wipe and disk nemeses add and remove no member themselves):
+//! each heal that lost a store waits for the PD to converge (see `pd.rs`: every region at
+//! `max-replicas` voters on running stores, none on a store stopped for good, no operator
+//! in flight), and so does the final heal. The servers run with `--pd-heartbeat-ms 1000`
+//! and a short `--max-store-down-time` (the harness's `--max-store-down-time`, 8 s by
+//! default) so that repairs fit in a run; faults the harness undoes itself (kills, pauses,
+//! partitions) last at most `--fault-s` (5 s), less than it, so they cause no replacement.
 //!
 //! Partitions drop packets between servers only: the harness's clients reach every server
 //! (an isolated old leader still gets requests — what stale reads need).
 //!
 //! Owns: choosing faults from the seed, applying them, and healing them completely.
-//! Must never: damage or wipe more than one node's disk at a time, wipe a member while
-//! another is down or an earlier replacement is unfinished (a region must keep a majority
-//! of its old members: the wiped store's old id never answers again), restart a damaged
-//! node before the others hold every committed entry (Raft tolerates the loss of a
-//! minority's state, not of a committed entry's last copies), or name a store by its
-//! address where it means the store that used to be there (a wiped store comes back at its
-//! old address with a new id: members are removed by store id).
+//! Must never: damage or wipe more than one node's disk at a time, wipe a store while
+//! another is down or the PD has not converged (a region must keep a majority of its
+//! voters: the wiped store's old id never answers again), restart a damaged node before
+//! the others hold every committed entry (Raft tolerates the loss of a minority's state,
+//! not of a committed entry's last copies), add or remove members to repair what the PD
+//! must repair, or name a store by its address where it means the store that used to be
+//! there (a wiped store comes back at its old address with a new id).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use flotilla_kv::client::KvClient;
 
-use crate::cluster::{read_store_id, Cluster, Skew};
+use crate::cluster::{read_store_id, Cluster, LeaderView, Skew};
 use crate::net::Network;
 use crate::rng::Rng;
 use crate::workload::Shared;
@@ -57,23 +66,25 @@ pub enum Nemesis {
     Kill,
     /// SIGSTOP / SIGCONT.
     Pause,
-    /// Remove a member, add it back.
+    /// A person removes a voter of a region, then adds it back.
     Membership,
-    /// Replace a member by a fresh store on a new address.
+    /// A fresh store on a new address; the one it replaces stopped for good.
     Drift,
     /// Clock rate and wall-clock skew.
     Clock,
     /// Log damage on a stopped member.
     Disk,
-    /// A member's data dir lost: it comes back as a new store and replaces its old id.
+    /// A store's data dir lost: it comes back as a new store; the PD replaces its old id.
     Wipe,
     /// A member restarted on its data dir at another address.
     Readdress,
+    /// The PD leader killed, paused or isolated.
+    Pd,
 }
 
 impl Nemesis {
     /// Every nemesis, in the order of the table above.
-    pub const ALL: [Nemesis; 13] = [
+    pub const ALL: [Nemesis; 14] = [
         Nemesis::PartitionHalves,
         Nemesis::PartitionRing,
         Nemesis::PartitionBridge,
@@ -87,6 +98,7 @@ impl Nemesis {
         Nemesis::Disk,
         Nemesis::Wipe,
         Nemesis::Readdress,
+        Nemesis::Pd,
     ];
 
     /// The name on the command line.
@@ -105,6 +117,7 @@ impl Nemesis {
             Nemesis::Disk => "disk",
             Nemesis::Wipe => "wipe",
             Nemesis::Readdress => "readdress",
+            Nemesis::Pd => "pd",
         }
     }
 
@@ -162,14 +175,20 @@ impl Nemesis {
     }
 }
 
+/// How long a heal waits for the PD to converge after a store was lost or a person
+/// changed membership, beyond `max-store-down-time`: one replacement per region (a learner
+/// added, caught up by snapshot, promoted, the old voter removed) under the workload.
+const HEAL_CONVERGE_AFTER_DOWN: Duration = Duration::from_secs(50);
+
 /// Faults in force, and what their heal must undo.
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: BTreeSet<(usize, usize)>,
     killed: Vec<usize>,
     paused: Vec<usize>,
-    removed: Vec<usize>,
-    /// (new node, node it replaces)
+    /// (region, node) a person removed from that region.
+    removed: Vec<(u64, usize)>,
+    /// (new node, node it replaces, stopped for good)
     drift: Option<(usize, usize)>,
     skewed: Vec<usize>,
     damaged: Option<usize>,
@@ -197,8 +216,8 @@ pub struct NemesisConfig {
 
 /// Chooses which of `selected` to apply together this cycle: a random non-empty subset,
 /// except that disk damage and wipes always run alone (their safety argument needs
-/// everything else healthy) and membership and drift never run together (both change the
-/// members).
+/// everything else healthy) and membership and drift never run together (both change
+/// which stores hold the regions).
 pub fn choose(selected: &[Nemesis], rng: &mut Rng) -> Vec<Nemesis> {
     let mut kinds = rng.subset(selected);
     let alone: Vec<Nemesis> = kinds.iter().copied().filter(|k| k.runs_alone()).collect();
@@ -339,7 +358,11 @@ pub async fn apply(
         Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe => 0,
         Nemesis::Clock => 1,
         Nemesis::Readdress => 2,
-        _ => 3,
+        // The PD leader after a drift stopped a store (the PD then has an operator to
+        // start, or one in flight, when its leader fails), and before kills and pauses
+        // (which may leave its group without a majority to answer who leads it).
+        Nemesis::Pd => 3,
+        _ => 4,
     };
     let mut ordered = kinds.to_vec();
     ordered.sort_by_key(rank);
@@ -420,52 +443,8 @@ async fn apply_one(
                 .push(format!("SIGSTOP {}", cluster.labels(&victims)));
             faults.paused.extend(victims);
         }
-        Nemesis::Membership => {
-            if cluster.members.len() < 2 {
-                bail!("only one member left");
-            }
-            let leader = cluster
-                .leader()
-                .await
-                .filter(|l| cluster.members.contains(l));
-            let target = match leader {
-                Some(l) if rng.chance(0.5) => l,
-                _ => cluster.members[rng.index(cluster.members.len())],
-            };
-            let name = store_name(cluster, target);
-            cluster.admin(&["remove-peer", &name]).await?;
-            cluster.members.retain(|m| *m != target);
-            faults.description.push(format!(
-                "removed {} from every region",
-                cluster.label(target)
-            ));
-            faults.removed.push(target);
-        }
-        Nemesis::Drift => {
-            let new = cluster.add_node(None).await?;
-            if let Err(failure) = cluster
-                .start(new, "drift: a fresh store on a new address")
-                .await
-            {
-                cluster.nodes[new].retired = true;
-                bail!(
-                    "the fresh store did not start ({}): {}",
-                    failure.status,
-                    failure.output.trim()
-                );
-            }
-            let old = cluster.members[rng.index(cluster.members.len())];
-            cluster.members.push(new);
-            faults.drift = Some((new, old));
-            let address = cluster.nodes[new].address().to_string();
-            let added = cluster.admin(&["add-peer", &address]).await;
-            faults.description.push(format!(
-                "started the fresh store {} to replace {}; add-peer: {}",
-                cluster.label(new),
-                cluster.label(old),
-                added.map_or_else(|e| format!("{e:#} (retried at the heal)"), |_| "ok".into())
-            ));
-        }
+        Nemesis::Membership => apply_membership(cluster, rng, faults).await?,
+        Nemesis::Drift => apply_drift(cluster, rng, faults).await?,
         Nemesis::Clock => apply_clock(cluster, rng, config, faults).await?,
         Nemesis::Disk => {
             safe_to_lose_a_member(cluster).await?;
@@ -479,6 +458,7 @@ async fn apply_one(
         }
         Nemesis::Wipe => apply_wipe(cluster, rng, faults).await?,
         Nemesis::Readdress => apply_readdress(cluster, rng, faults).await?,
+        Nemesis::Pd => apply_pd(cluster, rng, faults).await?,
         _ => unreachable!("{kind:?} has no branch"),
     }
     Ok(())
@@ -493,14 +473,14 @@ fn store_name(cluster: &Cluster, index: usize) -> String {
         .unwrap_or_else(|| cluster.nodes[index].address().to_string())
 }
 
-/// Whether one member may lose its state (disk damage, a wipe) now: at least three members,
-/// every member running, and every region's voters exactly the intended members (an
-/// earlier replacement finished). A region then keeps a majority of its old members, and
-/// every committed entry a copy on one of them.
+/// Whether one store may lose its state (disk damage, a wipe) now: at least three stores,
+/// every one running, and the PD converged (every region at `max-replicas` voters on
+/// running stores, no operator in flight: an earlier replacement finished). A region then
+/// keeps a majority of its voters, and every committed entry a copy on one of them.
 async fn safe_to_lose_a_member(cluster: &Cluster) -> anyhow::Result<()> {
     if cluster.members.len() < 3 {
         bail!(
-            "{} members: with one lost the regions would keep no majority of their old members",
+            "{} stores: with one lost the regions would keep no majority of their voters",
             cluster.members.len()
         );
     }
@@ -510,36 +490,192 @@ async fn safe_to_lose_a_member(cluster: &Cluster) -> anyhow::Result<()> {
         .find(|&&m| !cluster.nodes[m].is_up() || cluster.nodes[m].paused)
     {
         bail!(
-            "{} is not running: no member loses its state while another is down",
+            "{} is not running: no store loses its state while another is down",
             cluster.label(down)
         );
     }
-    let intended: BTreeSet<String> = cluster.member_ids().into_iter().collect();
-    if intended.len() != cluster.members.len() {
-        bail!("a member's store id is unknown");
-    }
-    let leaders = cluster.leaders().await;
-    if leaders.len() != cluster.config.regions as usize {
+    let problems = crate::pd::problems(cluster).await;
+    if !problems.is_empty() {
         bail!(
-            "only {} of {} regions have a leader",
-            leaders.len(),
-            cluster.config.regions
+            "the PD has not converged (an earlier change is unfinished): {}",
+            problems.join("; ")
         );
-    }
-    for (region, view) in &leaders {
-        let voters: BTreeSet<String> = view.peer_ids.iter().cloned().collect();
-        if voters != intended {
-            bail!(
-                "region {region}'s voters {voters:?} are not the intended members {intended:?} (an earlier change is unfinished)"
-            );
-        }
     }
     Ok(())
 }
 
-/// Kills one member, removes its data dir and starts it again with its usual command line:
-/// it comes back as a new store (a new id) that no region counts on. Then, as the runbook
-/// says, `add-peer NEW_ID` and `remove-peer OLD_ID` (retried at the heal when they fail).
+/// A person's membership command: `admin --region R remove-peer ID` of one voter of one
+/// region (half the time the region's leader). The heal adds it back the same way.
+async fn apply_membership(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    let leaders = cluster.leaders().await;
+    let candidates: Vec<(u64, &LeaderView)> = leaders
+        .iter()
+        .filter(|(_, view)| view.peer_ids.len() >= 2)
+        .map(|(region, view)| (*region, view))
+        .collect();
+    if candidates.is_empty() {
+        bail!("no region with a leader and two voters");
+    }
+    let (region, view) = candidates[rng.index(candidates.len())];
+    let leader_id = cluster.nodes[view.index].store_id.clone();
+    let id = match leader_id {
+        Some(l) if rng.chance(0.5) && view.peer_ids.contains(&l) => l,
+        _ => view.peer_ids[rng.index(view.peer_ids.len())].clone(),
+    };
+    let node = cluster
+        .node_of_id(&id)
+        .ok_or_else(|| anyhow!("region {region}'s voter {id} is none of the harness's stores"))?;
+    let region_text = region.to_string();
+    cluster
+        .admin(&["--region", &region_text, "remove-peer", &id])
+        .await?;
+    faults.description.push(format!(
+        "admin --region {region} remove-peer {}",
+        cluster.id_label(&id)
+    ));
+    faults.removed.push((region, node));
+    Ok(())
+}
+
+/// Starts a fresh store on a new address (empty data dir; its `--peers` name the running
+/// stores and itself, so it joins the cluster by itself) and stops the store it replaces
+/// for good. No membership change: the PD replaces the stopped store's replicas once it
+/// is down for `max-store-down-time`.
+async fn apply_drift(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    let running: Vec<usize> = cluster
+        .members
+        .iter()
+        .copied()
+        .filter(|&i| cluster.nodes[i].is_up())
+        .collect();
+    if running.len() < 2 {
+        bail!("fewer than two running stores: none to join through");
+    }
+    let new = cluster.add_node(None).await?;
+    let mut peers: Vec<String> = running
+        .iter()
+        .map(|&i| cluster.nodes[i].address().to_string())
+        .collect();
+    peers.push(cluster.nodes[new].address().to_string());
+    cluster.nodes[new].bootstrap = Some(peers.join(","));
+    if let Err(failure) = cluster
+        .start(new, "drift: a fresh store on a new address")
+        .await
+    {
+        cluster.nodes[new].retired = true;
+        bail!(
+            "the fresh store did not start ({}): {}",
+            failure.status,
+            failure.output.trim()
+        );
+    }
+    // A store holding a region's voter when there is one: the PD then has replicas to
+    // replace (a store the PD left empty would test nothing).
+    let voters: BTreeSet<String> = cluster
+        .leaders()
+        .await
+        .values()
+        .flat_map(|view| view.peer_ids.iter().cloned())
+        .collect();
+    let holding: Vec<usize> = running
+        .iter()
+        .copied()
+        .filter(|&i| {
+            cluster.nodes[i]
+                .store_id
+                .as_ref()
+                .is_some_and(|id| voters.contains(id))
+        })
+        .collect();
+    let pool = if holding.is_empty() {
+        &running
+    } else {
+        &holding
+    };
+    let old = pool[rng.index(pool.len())];
+    cluster.members.push(new);
+    let old_id = store_name(cluster, old);
+    let old_label = cluster.label(old);
+    retire_node(old, cluster).await;
+    cluster.gone_ids.insert(old_id.clone());
+    faults.drift = Some((new, old));
+    faults.description.push(format!(
+        "started the fresh store {} (store {}) to replace {old_label} (store {old_id}), stopped for good",
+        cluster.label(new),
+        cluster.nodes[new].store_id.as_deref().unwrap_or("?"),
+    ));
+    Ok(())
+}
+
+/// Faults the PD leader: `kill -9` or SIGSTOP (heal: restart / SIGCONT), or, with
+/// network namespaces, cuts it off from the other stores (heal: every packet delivered).
+///
+/// After a drift of the same cycle stopped a store, it first waits (up to the PD's down
+/// time and 5 s more) for the PD to start the replacement, so that the new leader must
+/// take over an operator in flight.
+async fn apply_pd(cluster: &mut Cluster, rng: &mut Rng, faults: &mut Faults) -> anyhow::Result<()> {
+    let mut during = String::new();
+    if faults.drift.is_some() {
+        let waited = Instant::now();
+        let within = cluster.config.max_store_down_time + Duration::from_secs(5);
+        during = format!(", no operator in flight after {} s", within.as_secs());
+        while waited.elapsed() < within {
+            if let Ok(view) = crate::pd::status(cluster).await {
+                if let Some(op) = view.operators.first() {
+                    during = format!(
+                        ", {} ms after the drift, while operator {op} is in flight",
+                        waited.elapsed().as_millis()
+                    );
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (leader, id) = crate::pd::leader_node(cluster).await?;
+    if !cluster.nodes[leader].is_up() || cluster.nodes[leader].paused {
+        bail!(
+            "the PD leader {} is already down (another nemesis of this cycle)",
+            cluster.label(leader)
+        );
+    }
+    let isolate = cluster.network.has_namespaces();
+    let choice = rng.below(if isolate { 3 } else { 2 });
+    let what = match choice {
+        0 => {
+            cluster.kill(leader).await;
+            faults.killed.push(leader);
+            "kill -9"
+        }
+        1 => {
+            cluster.pause(leader);
+            faults.paused.push(leader);
+            "SIGSTOP"
+        }
+        _ => {
+            let rest = others(&cluster.active(), &[leader]);
+            cut(&mut faults.blocked, &[leader], &rest);
+            "isolated"
+        }
+    };
+    faults.description.push(format!(
+        "{what} {} (the PD leader, store {id}){during}",
+        cluster.nodes[leader].name
+    ));
+    Ok(())
+}
+
+/// Kills one store, removes its data dir and starts it again with its usual command line:
+/// it comes back as a new store (a new id) that no region counts on. No membership
+/// change: the PD replaces the old id's replicas once it is down for `max-store-down-time`.
 ///
 /// Only when [`safe_to_lose_a_member`] says so.
 async fn apply_wipe(
@@ -562,6 +698,7 @@ async fn apply_wipe(
         .or_else(|| read_store_id(&cluster.nodes[victim].data_dir))
         .ok_or_else(|| anyhow!("{}'s store id is unknown", cluster.label(victim)))?;
     cluster.kill(victim).await;
+    cluster.gone_ids.insert(old_id.clone());
     let mut text = format!(
         "kill -9 {} (store {old_id}), data dir removed",
         cluster.label(victim)
@@ -617,8 +754,8 @@ async fn apply_wipe(
         }
     };
     text.push_str(&format!("; restarted as the new store {new_id}"));
-    // Through a running store its --peers name, it joins the cluster by itself; otherwise
-    // it waits (and is added all the same: `add-peer` opens its regions).
+    // Through a running store its --peers name, it joins the cluster by itself (and the
+    // PD places replicas on it); otherwise it waits.
     if cluster.bootstrap_names_a_running_store(victim) {
         let asked = Instant::now();
         let mut joined = None;
@@ -638,7 +775,7 @@ async fn apply_wipe(
         });
     } else {
         text.push_str(&format!(
-            ", which waits to be added ({})",
+            ", which cannot join by itself ({})",
             if cluster.nodes[victim].bootstrap.is_some() {
                 "its --peers name no running store"
             } else {
@@ -646,19 +783,8 @@ async fn apply_wipe(
             }
         ));
     }
-    match cluster.admin(&["add-peer", &new_id]).await {
-        Ok(_) => {
-            text.push_str("; add-peer NEW: ok");
-            let removed = cluster.admin(&["remove-peer", &old_id]).await;
-            text.push_str(&format!(
-                "; remove-peer OLD: {}",
-                removed.map_or_else(|e| format!("{e:#} (retried at the heal)"), |_| "ok".into())
-            ));
-        }
-        Err(why) => text.push_str(&format!(
-            "; add-peer NEW: {why:#} (the add and the remove retried at the heal)"
-        )),
-    }
+    text.push_str("; the PD is to replace the old id; ");
+    text.push_str(&crate::pd::register_or_remove_old(cluster, &new_id, &old_id).await);
     faults.description.push(text);
     Ok(())
 }
@@ -848,6 +974,7 @@ pub async fn heal(
     if let Some(victim) = faults.damaged {
         notes.extend(heal_disk(victim, cluster, shared, probe_client).await);
     }
+    let wiped = faults.wiped.is_some();
     if let Some(wiped) = faults.wiped {
         notes.extend(finish_wipe(wiped, cluster).await);
     }
@@ -873,24 +1000,45 @@ pub async fn heal(
             ));
         }
     }
-    for &r in &faults.removed {
-        let name = store_name(cluster, r);
-        match cluster.admin(&["add-peer", &name]).await {
-            Ok(_) => {
-                cluster.members.push(r);
-                notes.push(format!("added {} back", cluster.label(r)));
-            }
-            Err(why) => {
-                // The final reconciliation adds it back if some region still lacks it.
-                cluster.members.push(r);
-                notes.push(format!("add-peer {} failed: {why:#}", cluster.label(r)));
-            }
-        }
+    let mut wait_for_pd = faults.drift.is_some() || !faults.removed.is_empty();
+    for &(region, r) in &faults.removed {
+        // As a person would: back by store id, in the region it was removed from (the PD
+        // may have added a replica meanwhile; it removes whichever is extra).
+        let Some(id) = cluster.nodes[r].store_id.clone() else {
+            continue;
+        };
+        let region_text = region.to_string();
+        let added = cluster
+            .admin(&["--region", &region_text, "add-peer", &id])
+            .await;
+        notes.push(format!(
+            "admin --region {region} add-peer {}: {}",
+            cluster.id_label(&id),
+            added.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
+        ));
     }
     if let Some((new, old)) = faults.drift {
-        notes.push(finish_drift(new, old, cluster).await);
+        notes.push(format!(
+            "drift: {} stopped for good, {} runs; the PD replaces the first's replicas",
+            cluster.nodes[old].name,
+            cluster.label(new)
+        ));
     }
+    wait_for_pd |= wiped || faults.damaged.is_some();
     ensure_running(cluster, &mut notes).await;
+    if wait_for_pd {
+        notes.push(
+            match crate::pd::wait_converged(
+                cluster,
+                cluster.config.max_store_down_time + HEAL_CONVERGE_AFTER_DOWN,
+            )
+            .await
+            {
+                Ok(took) => format!("the PD converged after {} ms", took.as_millis()),
+                Err(why) => format!("{why} (the final heal waits again)"),
+            },
+        );
+    }
     for &m in &faults.moved {
         if let Some(note) = check_moved(m, cluster).await {
             notes.push(note);
@@ -939,76 +1087,8 @@ async fn check_moved(index: usize, cluster: &Cluster) -> Option<String> {
     }
 }
 
-/// Makes store `add` a voter of every region and store `remove` a voter of none, one
-/// `admin --region ID` call per region still to change, retried as an operator would
-/// until `within` has passed. Adds come first (the runbook's order); after three rounds of
-/// failed adds the removal goes ahead anyway (a dead member only costs the regions their
-/// fault tolerance; the final reconciliation retries the add). Returns whether it
-/// converged, and notes on what failed.
-async fn converge(
-    cluster: &Cluster,
-    add: Option<&str>,
-    remove: Option<&str>,
-    within: Duration,
-) -> (bool, Vec<String>) {
-    let deadline = Instant::now() + within;
-    let mut notes = Vec::new();
-    let mut failed_adds = 0;
-    loop {
-        let leaders = cluster.leaders().await;
-        let every_region = leaders.len() == cluster.config.regions as usize;
-        let regions_where = |id: Option<&str>, member: bool| -> Vec<u64> {
-            let Some(id) = id else { return Vec::new() };
-            leaders
-                .iter()
-                .filter(|(_, view)| view.peer_ids.iter().any(|p| p == id) == member)
-                .map(|(region, _)| *region)
-                .collect()
-        };
-        let lacking = regions_where(add, false);
-        let holding = regions_where(remove, true);
-        if every_region && lacking.is_empty() && holding.is_empty() {
-            return (true, notes);
-        }
-        if Instant::now() >= deadline {
-            notes.push(format!(
-                "gave up after {within:?}: {} of {} regions have a leader; regions still without {}: {lacking:?}; regions still with {}: {holding:?}",
-                leaders.len(),
-                cluster.config.regions,
-                add.map_or("-".into(), |id| cluster.id_label(id)),
-                remove.map_or("-".into(), |id| cluster.id_label(id)),
-            ));
-            return (false, notes);
-        }
-        if every_region {
-            let (op, id, regions) = match (add, remove) {
-                (Some(id), _) if !lacking.is_empty() && (failed_adds < 3 || holding.is_empty()) => {
-                    ("add-peer", id, lacking)
-                }
-                (_, Some(id)) => ("remove-peer", id, holding),
-                _ => ("add-peer", add.unwrap_or_default(), lacking),
-            };
-            let mut failed = false;
-            for region in regions {
-                let region_text = region.to_string();
-                if let Err(why) = cluster.admin(&["--region", &region_text, op, id]).await {
-                    failed = true;
-                    notes.push(format!(
-                        "region {region}: {op} {}: {why:#}",
-                        cluster.id_label(id)
-                    ));
-                }
-            }
-            if failed && op == "add-peer" {
-                failed_adds += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The wipe's second half: the fresh store runs, is a voter of every region, and the old
-/// store id is a voter of none.
+/// The wipe's second half: the fresh store runs (the PD then replaces the old id's
+/// replicas; [`heal`] waits for it to converge).
 async fn finish_wipe(wiped: Wiped, cluster: &mut Cluster) -> Vec<String> {
     let mut notes = Vec::new();
     let victim = wiped.victim;
@@ -1026,70 +1106,22 @@ async fn finish_wipe(wiped: Wiped, cluster: &mut Cluster) -> Vec<String> {
             return notes;
         }
     }
-    let Some(new_id) = cluster.nodes[victim].store_id.clone() else {
+    let now = cluster.nodes[victim].store_id.clone();
+    if wiped.new_id.is_some() && wiped.new_id != now {
         notes.push(format!(
-            "the wiped {} has no store id: not replaced",
-            cluster.label(victim)
-        ));
-        return notes;
-    };
-    if wiped.new_id.as_ref().is_some_and(|id| *id != new_id) {
-        notes.push(format!(
-            "the wiped {} was {} at its restart and is {new_id} now",
+            "the wiped {} was {} at its restart and is {} now",
             cluster.label(victim),
-            wiped.new_id.as_deref().unwrap_or("?")
+            wiped.new_id.as_deref().unwrap_or("?"),
+            now.as_deref().unwrap_or("?")
         ));
     }
-    let (done, more) = converge(
-        cluster,
-        Some(&new_id),
-        Some(&wiped.old_id),
-        Duration::from_secs(60),
-    )
-    .await;
-    notes.extend(more);
-    notes.push(if done {
-        format!(
-            "{} replaced: the new store {new_id} is a voter of every region, the old {} of none",
-            cluster.nodes[victim].name, wiped.old_id
-        )
-    } else {
-        format!(
-            "the replacement of {} is unfinished (the final reconciliation retries)",
-            cluster.nodes[victim].name
-        )
-    });
+    notes.push(format!(
+        "{} runs as the new store {}; the PD is to replace the old {}",
+        cluster.nodes[victim].name,
+        now.as_deref().unwrap_or("?"),
+        wiped.old_id
+    ));
     notes
-}
-
-/// The drift's second half: makes sure the fresh store `new` is a member (add-peer again,
-/// as an operator would after a failure; if it never joins, it is removed and stopped
-/// instead), then removes `old` from the regions, stops it and removes its host.
-async fn finish_drift(new: usize, old: usize, cluster: &mut Cluster) -> String {
-    let new_address = cluster.nodes[new].address().to_string();
-    let mut joined = false;
-    let mut why_not = String::new();
-    for _ in 0..3 {
-        match cluster.admin(&["add-peer", &new_address]).await {
-            Ok(_) => {
-                joined = true;
-                break;
-            }
-            Err(why) => why_not = format!("{why:#}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    if !joined {
-        let name = store_name(cluster, new);
-        let _ = cluster.admin(&["remove-peer", &name]).await;
-        retire_node(new, cluster).await;
-        return format!(
-            "the fresh store {} never joined ({why_not}); stopped, {} stays",
-            cluster.label(new),
-            cluster.label(old)
-        );
-    }
-    retire(old, new, cluster).await
 }
 
 /// Stops a node for good and removes its host.
@@ -1106,32 +1138,9 @@ async fn retire_node(index: usize, cluster: &mut Cluster) {
     }
 }
 
-/// Removes `old` from the regions (by store id), then stops it and removes its host.
-async fn retire(old: usize, new: usize, cluster: &mut Cluster) -> String {
-    let name = store_name(cluster, old);
-    let mut last = String::new();
-    for _ in 0..3 {
-        match cluster.admin(&["remove-peer", &name]).await {
-            Ok(_) => {
-                retire_node(old, cluster).await;
-                return format!(
-                    "{} replaced by {}: removed and stopped",
-                    cluster.label(old),
-                    cluster.label(new)
-                );
-            }
-            Err(why) => last = format!("{why:#}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    format!(
-        "remove-peer {} failed ({last}); it stays a member",
-        cluster.label(old)
-    )
-}
-
 /// Restarts the damaged node once the others hold every committed entry. A node that
-/// refuses its damaged log must say which file and offset; it is then wiped and re-added.
+/// refuses its damaged log must say which file and offset; it is then wiped and started
+/// as usual (a new store), and the PD replaces its old id ([`heal`] waits for it).
 async fn heal_disk(
     victim: usize,
     cluster: &mut Cluster,
@@ -1193,27 +1202,21 @@ async fn heal_disk(
                 log_tail: failure.output.clone(),
             });
     }
-    // Repair as the runbook says, by store id: an address names whichever store answers
-    // there now, and the repaired store answers at the damaged one's address with a new id.
-    // Its old id out first (the others hold every committed entry, so the regions keep
-    // all of it), then the data dir wiped, the store started with its usual command line
-    // (it comes back as a new store), and the new id in.
+    // Repair by store id: an address names whichever store answers there now, and the
+    // repaired store answers at the damaged one's address with a new id. The data dir is
+    // wiped (the others hold every committed entry, so the regions keep all of it), the
+    // store started with its usual command line (it comes back as a new store), and the
+    // PD replaces the old id's replicas; the harness adds and removes no member.
     let old_id = cluster.nodes[victim]
         .store_id
         .clone()
         .or_else(|| read_store_id(&cluster.nodes[victim].data_dir));
     match &old_id {
         Some(id) => {
-            let (done, more) = converge(cluster, None, Some(id), Duration::from_secs(30)).await;
-            notes.extend(more);
-            if !done {
-                notes.push(format!(
-                    "the damaged store {id} is still a voter somewhere (the final reconciliation retries)"
-                ));
-            }
+            cluster.gone_ids.insert(id.clone());
         }
         None => notes.push(format!(
-            "{}'s store id is unknown: its old member is left to the final reconciliation",
+            "{}'s store id is unknown: the PD convergence cannot check its old id is gone",
             cluster.label(victim)
         )),
     }
@@ -1257,28 +1260,14 @@ async fn heal_disk(
             });
         return notes;
     }
-    // A fresh peer catches up by snapshot; under load that can outlast the leader's
-    // catch-up timeout, so the add is retried as an operator would (each failure noted).
-    let (done, more) = converge(
-        cluster,
-        Some(&new_id),
-        old_id.as_deref(),
-        Duration::from_secs(60),
-    )
-    .await;
-    notes.extend(more);
-    notes.push(if done {
-        format!(
-            "{} wiped and replaced: store {} out, the new store {new_id} in",
-            cluster.label(victim),
-            old_id.as_deref().unwrap_or("?")
-        )
-    } else {
-        format!(
-            "the repaired {} is not a voter of every region yet (the final reconciliation retries)",
-            cluster.label(victim)
-        )
-    });
+    notes.push(format!(
+        "{} wiped and started as the new store {new_id}; the PD is to replace the old {}",
+        cluster.label(victim),
+        old_id.as_deref().unwrap_or("?")
+    ));
+    if let Some(old_id) = &old_id {
+        notes.push(crate::pd::register_or_remove_old(cluster, &new_id, old_id).await);
+    }
     notes
 }
 
@@ -1304,55 +1293,6 @@ pub async fn ensure_running(cluster: &mut Cluster, notes: &mut Vec<String>) {
                     log_tail: failure.output,
                 });
         }
-    }
-}
-
-/// Makes the regions' voters exactly the intended members, by store id (adds first, then
-/// removes; one `admin --region ID` call per region that differs), from what the leaders
-/// report. Returns notes; an error when it cannot converge.
-pub async fn reconcile_members(
-    cluster: &mut Cluster,
-    within: Duration,
-) -> anyhow::Result<Vec<String>> {
-    let deadline = Instant::now() + within;
-    let mut notes = Vec::new();
-    loop {
-        let intended: BTreeSet<String> = cluster.member_ids().into_iter().collect();
-        let leaders = cluster.leaders().await;
-        let observed: BTreeMap<u64, BTreeSet<String>> = leaders
-            .iter()
-            .map(|(region, view)| (*region, view.peer_ids.iter().cloned().collect()))
-            .collect();
-        if leaders.len() == cluster.config.regions as usize
-            && observed.values().all(|o| *o == intended)
-        {
-            return Ok(notes);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the regions' voters did not converge to {:?} within {within:?} (leaders report {:?})",
-                intended,
-                observed
-            );
-        }
-        let mut adds = Vec::new();
-        let mut removes = Vec::new();
-        for (region, voters) in &observed {
-            adds.extend(intended.difference(voters).map(|id| (*region, id.clone())));
-            removes.extend(voters.difference(&intended).map(|id| (*region, id.clone())));
-        }
-        for (op, changes) in [("add-peer", adds), ("remove-peer", removes)] {
-            for (region, id) in changes {
-                let region_text = region.to_string();
-                let result = cluster.admin(&["--region", &region_text, op, &id]).await;
-                notes.push(format!(
-                    "reconcile: region {region}: {op} {}: {}",
-                    cluster.id_label(&id),
-                    result.map_or_else(|e| format!("{e:#}"), |_| "ok".into())
-                ));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

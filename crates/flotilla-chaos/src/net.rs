@@ -118,6 +118,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Network {
+    /// Whether hosts are in namespaces (a store can be cut off from the others).
+    pub fn has_namespaces(&self) -> bool {
+        matches!(self, Network::Namespaces(_))
+    }
+
     /// Namespaces if they can be made here (else loopback, with the reason why), unless
     /// `loopback` forces it.
     pub async fn create(loopback: bool) -> (Network, Option<String>) {

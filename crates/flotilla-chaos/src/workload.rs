@@ -5,15 +5,16 @@
 //!   reads in the selected modes, writes of values unique to the run, and compare-and-set
 //!   from the last value the clients saw.
 //! - **set**: adds of unique elements (each a key of its own, spread over every region),
-//!   then, once every fault healed, a read of the whole set on every store (follower reads
-//!   sent to that store itself).
+//!   then, once every fault healed and the PD converged, each region's part of the set read
+//!   on every voter of the region (a follower read sent to that store itself, clipped to
+//!   the region's range: a store hosts only the regions the PD placed on it).
 //!
 //! Also the recovery probe: after a heal, a write to every region until each succeeds.
 //!
 //! Owns: issuing operations and recording exactly what the client learned, with times.
 //! Must never: record an operation whose outcome is unknown as failed, or retry one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use flotilla_kv::client::{ClientError, ClientOptions, KvClient, ReadConsistency}
 use flotilla_kv::service::proto::{self, kv_client::KvClient as GrpcKvClient};
 
 use crate::cluster::Journal;
-use crate::history::{Outcome, RegisterEvent, RegisterOp, SetAdd, SetRead, PROBE_KEY_BASE};
+use crate::history::{self, Outcome, RegisterEvent, RegisterOp, SetAdd, SetRead, PROBE_KEY_BASE};
 use crate::rng::Rng;
 
 /// Operations one run may record (then the workload stops: histories must fit in memory
@@ -529,89 +530,106 @@ impl Shared {
     }
 }
 
-/// Reads the whole set from the store at `address` alone: a follower read of every region
-/// it hosts, page by page, sent to it directly (so what it answers is what it holds, after
-/// catching up to the leader's commit index).
-pub async fn read_set_on(client: &KvClient, address: &str, within: Duration) -> SetRead {
+/// A region's range, as its leader reports it.
+#[derive(Clone, Debug)]
+pub struct RegionRange {
+    /// The region.
+    pub id: u64,
+    /// Its first key.
+    pub start: Bytes,
+    /// Its end (exclusive; empty: the end of the key space).
+    pub end: Bytes,
+}
+
+/// Reads the part of the set in `range` from the store at `address` alone: a follower
+/// read of the region, page by page, sent to it directly (so what it answers is what it
+/// holds, after catching up to the leader's commit index), clipped to the range the
+/// region's leader reports.
+pub async fn read_region_on(
+    client: &KvClient,
+    address: &str,
+    range: &RegionRange,
+    within: Duration,
+) -> SetRead {
     let deadline = Instant::now() + within;
     let mut last_error = String::from("no attempt");
+    let read = |elements, error| SetRead {
+        store: address.to_string(),
+        elements,
+        error,
+        region: Some(range.id),
+        start: Some(history::key_hex(&range.start)),
+        end: Some(history::key_hex(&range.end)),
+    };
     while Instant::now() < deadline {
-        match read_set_once(client, address).await {
-            Ok(elements) => {
-                return SetRead {
-                    store: address.to_string(),
-                    elements: Some(elements),
-                    error: None,
-                }
-            }
+        match read_region_once(client, address, range).await {
+            Ok(elements) => return read(Some(elements), None),
             Err(why) => last_error = why,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    SetRead {
-        store: address.to_string(),
-        elements: None,
-        error: Some(last_error),
-    }
+    read(None, Some(last_error))
 }
 
-async fn read_set_once(client: &KvClient, address: &str) -> Result<Vec<u64>, String> {
+async fn read_region_once(
+    client: &KvClient,
+    address: &str,
+    range: &RegionRange,
+) -> Result<Vec<u64>, String> {
     let reply = client
         .regions_of(address)
         .await
         .map_err(|e| e.to_string())?;
+    let info = reply
+        .regions
+        .iter()
+        .find(|i| i.id == range.id)
+        .ok_or_else(|| format!("{address} does not host region {}", range.id))?;
     let channel = client.channel(address).await.map_err(|e| e.to_string())?;
     let mut grpc = GrpcKvClient::new(channel)
         .max_decoding_message_size(flotilla_kv::service::KV_MESSAGE_BYTES_MAX);
+    let context = proto::RegionContext {
+        region_id: info.id,
+        conf_version: info.conf_version,
+        version: info.version,
+    };
     let mut elements = BTreeSet::new();
-    let mut regions_read = BTreeMap::new();
-    for info in &reply.regions {
-        let context = proto::RegionContext {
-            region_id: info.id,
-            conf_version: info.conf_version,
-            version: info.version,
+    let mut start = range.start.clone();
+    loop {
+        let request = proto::ScanRequest {
+            context: Some(context),
+            start: start.clone(),
+            end: range.end.clone(),
+            limit: SCAN_PAGE,
+            reverse: false,
+            keys_only: true,
+            read: proto::ReadMode::Follower as i32,
         };
-        let mut start = info.start.clone();
-        loop {
-            let request = proto::ScanRequest {
-                context: Some(context),
-                start: start.clone(),
-                end: info.end.clone(),
-                limit: SCAN_PAGE,
-                reverse: false,
-                keys_only: true,
-                read: proto::ReadMode::Follower as i32,
-            };
-            let page = tokio::time::timeout(Duration::from_secs(10), grpc.scan(request))
-                .await
-                .map_err(|_| format!("scan of region {} on {address} timed out", info.id))?
-                .map_err(|status| {
-                    format!(
-                        "scan of region {} on {address}: {}",
-                        info.id,
-                        status.message()
-                    )
-                })?
-                .into_inner();
-            let count = page.entries.len();
-            for entry in &page.entries {
-                if let Some(element) = set_element(&entry.key) {
-                    elements.insert(element);
-                }
-            }
-            match page.entries.last() {
-                Some(last) if count == SCAN_PAGE as usize => {
-                    let mut next = last.key.to_vec();
-                    next.push(0);
-                    start = Bytes::from(next);
-                }
-                _ => break,
+        let page = tokio::time::timeout(Duration::from_secs(10), grpc.scan(request))
+            .await
+            .map_err(|_| format!("scan of region {} on {address} timed out", info.id))?
+            .map_err(|status| {
+                format!(
+                    "scan of region {} on {address}: {}",
+                    info.id,
+                    status.message()
+                )
+            })?
+            .into_inner();
+        let count = page.entries.len();
+        for entry in &page.entries {
+            if let Some(element) = set_element(&entry.key) {
+                elements.insert(element);
             }
         }
-        regions_read.insert(info.id, ());
-    }
-    if regions_read.is_empty() {
-        return Err(format!("{address} hosts no region"));
+        match page.entries.last() {
+            Some(last) if count == SCAN_PAGE as usize => {
+                let mut next = last.key.to_vec();
+                next.push(0);
+                start = Bytes::from(next);
+            }
+            _ => break,
+        }
     }
     Ok(elements.into_iter().collect())
 }
