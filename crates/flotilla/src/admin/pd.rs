@@ -83,7 +83,15 @@ where
                 continue;
             }
         };
-        match call(PdClient::new(channel)).await {
+        let within = client.options().timeout;
+        let Ok(answer) = tokio::time::timeout(within, call(PdClient::new(channel))).await else {
+            last = Failure::failed(
+                "Unavailable",
+                format!("{address} did not answer within {within:?}"),
+            );
+            continue;
+        };
+        match answer {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(status) => {
                 if let Some(hint) = status
