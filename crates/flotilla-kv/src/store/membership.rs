@@ -11,7 +11,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use flotilla_node::grpc::{connect_channel, TlsConfig};
-use flotilla_node::{PeerId, StoreId};
+use flotilla_node::StoreId;
 use tonic::transport::Endpoint;
 
 use super::bootstrap::{decide, Decision, PeerAnswer};
@@ -31,6 +31,26 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 const ANNOUNCE_ROUNDS: usize = 5;
 /// Most members a bootstrap answer may name.
 const BOOTSTRAP_MEMBERS_MAX: usize = 64;
+
+/// Voters of each static region a bootstrap makes: the placement driver's default
+/// `max-replicas`. With more initial members, each region starts on this many of them
+/// (see [`static_placement`]); the PD adds or moves replicas from there.
+pub(crate) const BOOTSTRAP_REPLICAS: usize = 3;
+
+/// The initial voters of static region number `index` (from 0) of a new cluster: `replicas`
+/// of its `members` (all of them when fewer), taken in store-id order from position
+/// `index`, so that consecutive regions start on different stores and every member gets
+/// the same share within one. The same on every member, which all see the same list.
+pub(crate) fn static_placement(members: &[StoreId], index: usize, replicas: usize) -> Vec<StoreId> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    let mut voters: Vec<StoreId> = (0..replicas.min(n))
+        .map(|k| sorted[(index + k) % n])
+        .collect();
+    voters.sort_unstable();
+    voters
+}
 
 /// The initial members of a new cluster's meta group: the first `replicas` of its members
 /// by store id (the same choice on every member, which all see the same list).
@@ -260,13 +280,17 @@ impl Store {
         if bootstrap.pd.iter().any(|id| id.peer_id() == self.inner.id) {
             next.pd = Some(bootstrap.pd.iter().map(|id| id.peer_id()).collect());
         }
-        let initial_peers: Vec<PeerId> = bootstrap.members.iter().map(|id| id.peer_id()).collect();
+        let me = StoreId::parse(self.inner.id.as_str()).map_err(KvError::Refused)?;
         next.regions = static_regions(bootstrap.regions)
             .map_err(KvError::Refused)?
             .into_iter()
-            .map(|region| HostedRegion {
-                region,
-                initial_peers: initial_peers.clone(),
+            .enumerate()
+            .filter_map(|(index, region)| {
+                let voters = static_placement(&bootstrap.members, index, BOOTSTRAP_REPLICAS);
+                voters.contains(&me).then(|| HostedRegion {
+                    region,
+                    initial_peers: voters.iter().map(|id| id.peer_id()).collect(),
+                })
             })
             .collect();
         for (id, address) in &members {
@@ -435,5 +459,39 @@ pub(super) async fn run(inner: Weak<StoreInner>) {
         Store::bootstrap_loop(&inner).await;
     } else {
         Store::announce(&inner).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Five members, 24 regions: every region on 3 distinct members, every member with
+    /// 24 * 3 / 5 regions within one, and three members or fewer hold every region.
+    #[test]
+    fn static_regions_start_on_three_members_spread_evenly() {
+        let members: Vec<StoreId> = [50, 10, 40, 20, 30].into_iter().map(StoreId).collect();
+        let mut count = std::collections::BTreeMap::new();
+        for index in 0..24 {
+            let voters = static_placement(&members, index, BOOTSTRAP_REPLICAS);
+            assert_eq!(voters.len(), 3, "{voters:?}");
+            let distinct: std::collections::BTreeSet<_> = voters.iter().collect();
+            assert_eq!(distinct.len(), 3, "{voters:?}");
+            assert_eq!(
+                voters,
+                static_placement(&members, index, 3),
+                "deterministic"
+            );
+            for v in voters {
+                *count.entry(v).or_insert(0) += 1;
+            }
+        }
+        let (min, max) = (count.values().min().unwrap(), count.values().max().unwrap());
+        assert!(max - min <= 1, "{count:?}");
+        let three: Vec<StoreId> = members[..3].to_vec();
+        for index in 0..5 {
+            assert_eq!(static_placement(&three, index, 3).len(), 3);
+        }
+        assert_eq!(static_placement(&members[..1], 7, 3), vec![StoreId(50)]);
     }
 }

@@ -48,14 +48,25 @@ pub(crate) fn check_region(
         }
     }
     if record.voters.len() < max_replicas {
-        let target = best_target(stores, record, None, budget)?;
-        let steps = vec![Step::AddLearner(target), Step::PromoteLearner(target)];
-        return guard(
-            region,
-            Operator::planned(record, OperatorKind::AddReplica, steps),
-            stores,
-            budget,
-        );
+        // A learner already there on an up store (one a cancelled operator left, say) is
+        // promoted: the core lets it vote only once it caught up.
+        let up_learner = record
+            .learners
+            .iter()
+            .find(|l| state_of(stores, **l) == StoreState::Up);
+        let steps = match (up_learner, best_target(stores, record, None, budget)) {
+            (Some(learner), _) => vec![Step::PromoteLearner(*learner)],
+            (None, Some(target)) => vec![Step::AddLearner(target), Step::PromoteLearner(target)],
+            (None, None) => Vec::new(),
+        };
+        if !steps.is_empty() {
+            return guard(
+                region,
+                Operator::planned(record, OperatorKind::AddReplica, steps),
+                stores,
+                budget,
+            );
+        }
     }
     if record.voters.len() > max_replicas {
         return remove_extra(view, region, budget);

@@ -187,6 +187,28 @@ impl Store {
         else {
             return Err(format!("region {region} is not recorded"));
         };
+        // A region that lost a majority of its voters is never acted on: an operator on it
+        // (planned before the loss) ends here.
+        let stores = {
+            let soft = lock(&self.inner.pd.leader);
+            let state = self
+                .meta_peer()
+                .map(|m| m.handle.state())
+                .ok_or("no meta group peer")?;
+            self.cluster_view(&state, &soft).stores
+        };
+        let recorded = RegionView {
+            record: record.clone(),
+            leader: None,
+            approximate_bytes: 0,
+            in_joint: false,
+        };
+        if !flotilla_pd::has_quorum(&recorded, &stores) {
+            return Err(format!(
+                "region {region} lost a majority of its voters; the placement driver leaves it \
+                 alone"
+            ));
+        }
         let cli = self.region_cli(&record)?;
         let Ok(live) = self.live_region(&cli).await else {
             return Ok(false);
@@ -215,14 +237,6 @@ impl Store {
             ));
         }
         let view = self.live_view(&record, &live);
-        let stores = {
-            let soft = lock(&self.inner.pd.leader);
-            let state = self
-                .meta_peer()
-                .map(|m| m.handle.state())
-                .ok_or("no meta group peer")?;
-            self.cluster_view(&state, &soft).stores
-        };
         flotilla_pd::step_is_safe(&view, &step, &stores)?;
         let peer = target.peer_id();
         let result = match step {
