@@ -19,7 +19,7 @@ mod status;
 use clap::{Args, Subcommand};
 use flotilla_kv::client::KvClient;
 use flotilla_kv::service::proto::RegionInfo;
-use flotilla_node::grpc::{CliClient, CliError, CliOptions};
+use flotilla_node::grpc::{CliClient, CliOptions};
 use flotilla_node::PeerId;
 use serde_json::{json, Value};
 
@@ -27,7 +27,7 @@ use self::cluster::{gather, peer_arg, Directory, StoreRef};
 use self::status::StatusArgs;
 use crate::config::FileConfig;
 use crate::kv::ClientArgs;
-use crate::output::{success, Failure, EXIT_OK};
+use crate::output::{cli_failure, success, Failure, EXIT_OK};
 
 /// `flotilla admin` flags.
 #[derive(Args, Debug)]
@@ -107,15 +107,6 @@ pub enum AdminOp {
         #[arg(long, value_name = "HOST:PORT")]
         store: String,
     },
-}
-
-fn cli_failure(error: CliError) -> Failure {
-    Failure {
-        kind: error.kind().to_string(),
-        message: error.to_string(),
-        indeterminate: matches!(error, CliError::Unknown(_)),
-        usage: false,
-    }
 }
 
 /// A comma-separated list of stores for `command`: at least one, each resolved.

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use flotilla_kv::client::ClientError;
+use flotilla_node::grpc::CliError;
 use serde_json::{json, Map, Value};
 
 /// Success.
@@ -162,6 +163,17 @@ pub fn client_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::failed("Internal", format!("cannot start the runtime: {e}")))
+}
+
+/// The failure a CLI-service error makes: its kind, its message, and whether the operation's
+/// outcome is unknown.
+pub fn cli_failure(error: CliError) -> Failure {
+    Failure {
+        kind: error.kind().to_string(),
+        message: error.to_string(),
+        indeterminate: matches!(error, CliError::Unknown(_)),
+        usage: false,
+    }
 }
 
 #[cfg(test)]

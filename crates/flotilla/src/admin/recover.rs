@@ -15,19 +15,10 @@
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
-use crate::output::{success, Failure};
+use crate::output::{cli_failure, success, Failure};
 use flotilla_kv::client::KvClient;
-use flotilla_node::grpc::{CliClient, CliError, CliOptions};
+use flotilla_node::grpc::{CliClient, CliOptions};
 use flotilla_node::PeerId;
-
-fn failure(error: CliError) -> Failure {
-    Failure {
-        kind: error.kind().to_string(),
-        message: error.to_string(),
-        indeterminate: matches!(error, CliError::Unknown(_)),
-        usage: false,
-    }
-}
 
 /// `admin recover`.
 pub(super) async fn recover(
@@ -101,10 +92,10 @@ pub(super) async fn recover(
         ..CliOptions::default()
     };
     let cli = CliClient::new(endpoints.clone(), id)
-        .map_err(failure)?
+        .map_err(cli_failure)?
         .with_options(options);
     for on in &endpoints {
-        cli.reset_peers(on, &voters).await.map_err(failure)?;
+        cli.reset_peers(on, &voters).await.map_err(cli_failure)?;
     }
     let names: Vec<&str> = voters.iter().map(PeerId::as_str).collect();
     human.push(format!(

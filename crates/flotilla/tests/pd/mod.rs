@@ -34,6 +34,19 @@ fn short_step_timeout(endpoints: &str) {
     });
 }
 
+/// Starts a new cluster of the stores at `addresses` (all of them its `--peers`), with
+/// `regions` static regions and the PD's test timing; data dirs `s0`, `s1`, ... in `dir`.
+fn start_stores(dir: &TempDir, addresses: &[String], regions: u32) -> Vec<Server> {
+    let peers = addresses.join(",");
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), regions, &PD)
+        })
+        .collect()
+}
+
 /// Waits until `check` answers `Ok`; its last `Err` says what was seen instead.
 fn until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + within;
@@ -148,11 +161,7 @@ fn new_stores_take_replicas_and_leaders_a_dead_one_is_replaced_a_removed_one_emp
     let dir = TempDir::new("pd-balance");
     let addresses = free_addresses(5);
     let peers = addresses[..3].join(",");
-    let mut servers: Vec<Server> = addresses[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 24, &PD))
-        .collect();
+    let mut servers = start_stores(&dir, &addresses[..3], 24);
     let e = addresses.join(",");
     wait_for_leaders(&peers, 24);
     put_keys(&peers, "k", 60);
@@ -244,11 +253,7 @@ fn the_pd_leader_killed_mid_operator_leaves_them_to_the_next_leader() {
     let dir = TempDir::new("pd-failover");
     let addresses = free_addresses(4);
     let peers = addresses[..3].join(",");
-    let mut servers: Vec<Server> = addresses[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 12, &PD))
-        .collect();
+    let mut servers = start_stores(&dir, &addresses[..3], 12);
     wait_for_leaders(&peers, 12);
     short_step_timeout(&peers);
     put_keys(&peers, "f", 30);
@@ -359,11 +364,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
     let dir = TempDir::new("pd-quorum");
     let addresses = free_addresses(5);
     let all = addresses.join(",");
-    let mut servers: Vec<Server> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| Server::start_with(a, Some(&all), &dir.0.join(format!("s{i}")), 6, &PD))
-        .collect();
+    let mut servers = start_stores(&dir, &addresses, 6);
     wait_for_leaders(&all, 6);
     short_step_timeout(&all);
     // The PD trims every region to 3 voters (bootstrap put them on all five).
