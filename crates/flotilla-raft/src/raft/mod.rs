@@ -1355,15 +1355,23 @@ impl<S: LogStore> Raft<S> {
     /// that lost a majority (SOFAJRaft's `resetPeers`). If this peer then wins an election it
     /// writes the configuration as its first entry.
     ///
-    /// Refused while this peer leads or heard its leader within an election timeout (the
-    /// group has a leader, so a reset would make a second one); the runtime also
-    /// refuses it while a majority of the members' processes answer.
+    /// Refused while this peer leads with a quorum heard within its lease, or heard its
+    /// leader within an election timeout (the group has a leader, so a reset would make a
+    /// second one); the runtime also refuses it while a majority of the members' processes
+    /// answer. A hibernating leader (it holds no lease, and nothing ticks its step-down: it
+    /// may have lost its majority while it slept) or one that heard no quorum for a lease
+    /// steps down first.
     pub fn reset_peers(&mut self, voters: Vec<PeerId>) -> Result<(), RaftError> {
         if self.role == Role::Leader {
-            return Err(RaftError::InvalidArgument(format!(
-                "reset-peers refused: {} leads term {} (change the membership instead)",
-                self.id, self.term
-            )));
+            if !self.hibernating && self.quorum_heard_recently() {
+                return Err(RaftError::InvalidArgument(format!(
+                    "reset-peers refused: {} leads term {} with a quorum heard within its \
+                     lease (change the membership instead)",
+                    self.id, self.term
+                )));
+            }
+            let term = self.term;
+            self.become_follower(term, None);
         }
         if let Some(leader) = self.leader.as_ref().filter(|_| self.vote_guarded()) {
             return Err(RaftError::InvalidArgument(format!(

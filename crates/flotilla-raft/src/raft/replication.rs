@@ -42,9 +42,21 @@ impl<S: LogStore> Raft<S> {
     /// while joint) within its lease steps down (never sooner than two heartbeats, so a
     /// tiny election timeout cannot make it flap). Returns true if it did.
     fn check_quorum_lost(&mut self) -> bool {
-        let (me, now) = (self.id.clone(), self.now);
+        if self.quorum_heard_recently() {
+            return false;
+        }
+        let term = self.term;
+        self.become_follower(term, None);
+        true
+    }
+
+    /// Whether this leader heard a quorum (of both halves while joint) within its lease
+    /// (never less than two heartbeats). A hibernating leader hears nothing, so after a
+    /// lease of sleep this is false even when its followers live.
+    pub(super) fn quorum_heard_recently(&self) -> bool {
+        let (me, now) = (&self.id, self.now);
         let heard = quorum_value(self.configurations.current(), |p| {
-            if *p == me {
+            if p == me {
                 now
             } else {
                 self.progress.get(p).map_or(0, |pr| pr.last_heard_tick)
@@ -54,12 +66,7 @@ impl<S: LogStore> Raft<S> {
             .config
             .lease_ticks()
             .max(2 * self.config.heartbeat_interval_ticks);
-        if heard + window > now {
-            return false;
-        }
-        let term = self.term;
-        self.become_follower(term, None);
-        true
+        heard + window > now
     }
 
     fn tick_replicators(&mut self) {

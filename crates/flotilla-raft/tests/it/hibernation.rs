@@ -442,3 +442,41 @@ fn woken_to_replace_a_gone_leader_one_peer_campaigns_and_wins_at_once() {
         );
     }
 }
+
+/// A leader whose followers died while the group hibernated is never ticked, so its
+/// step-down never runs: `reset_peers` on it (the runtime has already checked that no
+/// majority of processes answers) steps it down and resets it instead of refusing because
+/// it leads. A leader awake with a quorum heard within its lease is still refused.
+#[test]
+fn reset_peers_steps_down_a_sleeping_leader_that_lost_its_majority() {
+    let (mut c, ids) = hibernated();
+    let (n1, n2, n3) = (&ids[0], &ids[1], &ids[2]);
+    assert_eq!(c.node(n1).raft.role(), Role::Leader);
+    c.isolate(n2);
+    c.isolate(n3);
+    let survivors = vec![n1.clone()];
+    c.raft(n1).reset_peers(survivors.clone()).unwrap();
+    c.process(n1);
+    let led = tick_until(&mut c, 20 * TEST_HIBERNATE_IDLE_TICKS as usize, |c| {
+        c.node(n1).raft.role() == Role::Leader && c.node(n1).raft.configuration().voters.len() == 1
+    });
+    assert!(
+        led.is_some(),
+        "n1 did not lead its reset group:\n{}",
+        c.describe_states()
+    );
+    c.propose(n1, b"after reset").unwrap();
+    run(&mut c);
+    assert!(c
+        .applied_data(n1)
+        .contains(&Bytes::from_static(b"after reset")));
+
+    // Awake and hearing a quorum: refused.
+    let (mut c, ids) = elected_with(3, hibernating_test_config);
+    run(&mut c);
+    let refused = c.raft(&ids[0]).reset_peers(vec![ids[0].clone()]);
+    assert!(
+        matches!(refused, Err(flotilla_raft::RaftError::InvalidArgument(ref why)) if why.contains("quorum heard")),
+        "{refused:?}"
+    );
+}
