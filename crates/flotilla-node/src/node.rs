@@ -297,6 +297,12 @@ impl Node {
         lock_status(&self.inner.status).clone()
     }
 
+    /// `f` over what the last round published, without copying it (keep `f` short: the
+    /// round waits to publish).
+    pub fn with_status<R>(&self, f: impl FnOnce(&NodeStatus) -> R) -> R {
+        f(&lock_status(&self.inner.status))
+    }
+
     /// True if this peer is the leader (as of the last round).
     #[must_use]
     pub fn is_leader(&self) -> bool {

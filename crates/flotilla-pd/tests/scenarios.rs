@@ -12,7 +12,7 @@
 //!                                        # STATE: up|disconnected|down|offline|tombstone
 //! region ID voters A,B,C [learners D] [leader A] [joint] [bytes N]
 //! regions FIRST-LAST voters A,B,C [leaders A,B,C (in turn)] [bytes N]
-//! inflight REGION KIND                   # an operator already in flight
+//! inflight REGION KIND [STEP N, STEP N]  # an operator already in flight, its steps to do
 //! expect
 //! region ID KIND: STEP N, STEP N         # or `nothing`
 //! ```
@@ -44,6 +44,34 @@ fn store_ids(text: &str) -> Result<BTreeSet<StoreId>, String> {
             n.parse::<u64>()
                 .map(StoreId)
                 .map_err(|_| format!("bad store list {text:?}"))
+        })
+        .collect()
+}
+
+/// `transfer-leader 2, add-learner 4` (the words after `inflight REGION KIND`).
+fn parse_steps(words: &[&str]) -> Result<Vec<Step>, String> {
+    let text = words.join(" ");
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|step| {
+            let (action, store) = step
+                .split_once(' ')
+                .ok_or_else(|| format!("bad step {step:?}"))?;
+            let store = StoreId(
+                store
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad store in step {step:?}"))?,
+            );
+            Ok(match action {
+                "add-learner" => Step::AddLearner(store),
+                "promote-learner" => Step::PromoteLearner(store),
+                "remove-voter" => Step::RemoveVoter(store),
+                "remove-learner" => Step::RemoveLearner(store),
+                "transfer-leader" => Step::TransferLeader(store),
+                _ => return Err(format!("unknown step {action:?}")),
+            })
         })
         .collect()
 }
@@ -222,7 +250,7 @@ fn parse(name: &str, text: &str) -> Result<Scenario, String> {
             "config" if words.len() == 3 => view.config.set(words[1], words[2]).map_err(at)?,
             "store" => view.stores.push(parse_store(&words[1..]).map_err(at)?),
             "region" | "regions" => view.regions.extend(parse_regions(&words).map_err(at)?),
-            "inflight" if words.len() == 3 => {
+            "inflight" if words.len() >= 3 => {
                 let region: u64 = words[1]
                     .parse()
                     .map_err(|_| at(format!("bad region {:?}", words[1])))?;
@@ -234,7 +262,8 @@ fn parse(name: &str, text: &str) -> Result<Scenario, String> {
                     .find(|r| r.record.id == region)
                     .ok_or_else(|| at("inflight before its region".into()))?
                     .record;
-                let mut op = Operator::planned(record, kind, Vec::new());
+                let steps = parse_steps(&words[3..]).map_err(at)?;
+                let mut op = Operator::planned(record, kind, steps);
                 op.id = 1000 + region;
                 view.operators.push(op);
             }

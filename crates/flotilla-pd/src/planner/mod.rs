@@ -28,22 +28,42 @@ use crate::operator::Operator;
 /// its region's epoch).
 #[must_use]
 pub fn plan(view: &ClusterView) -> Vec<Operator> {
-    plan_with(view, true)
+    plan_with(view, Balance::All)
 }
 
-/// The checker's operators only (repairs), no balance: what a caller plans while the view
-/// still lags operators that just ran (the stores' counts would be stale, and balancing
-/// on stale counts moves replicas back and forth).
+/// The checker's operators only (repairs), no balance.
 #[must_use]
 pub fn plan_repairs(view: &ClusterView) -> Vec<Operator> {
-    plan_with(view, false)
+    plan_with(view, Balance::Nothing)
 }
 
-fn plan_with(view: &ClusterView, balance: bool) -> Vec<Operator> {
+/// Repairs and leader balance, no replica balance: what a caller plans while the view
+/// still lags replica moves that just ran (the stores' replica counts would be stale, and
+/// balancing on stale counts moves replicas back and forth). Leader counts do not lag
+/// that way: operators in flight are projected onto the view first, and a caller updates
+/// a region's leader when a transfer it made is done.
+#[must_use]
+pub fn plan_repairs_and_leaders(view: &ClusterView) -> Vec<Operator> {
+    plan_with(view, Balance::Leaders)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Balance {
+    Nothing,
+    Leaders,
+    All,
+}
+
+fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
     if view.config.paused {
         return Vec::new();
     }
     let mut work = view.clone();
+    // The loads the operators in flight leave behind (their steps not done yet), so that
+    // this round does not move what they already move.
+    for op in &view.operators {
+        apply_to_view(&mut work, op);
+    }
     let mut budget = choose::Budget::new(view);
     let mut busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
     let mut out = Vec::new();
@@ -69,8 +89,10 @@ fn plan_with(view: &ClusterView, balance: bool) -> Vec<Operator> {
             choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
         }
     }
-    if balance {
+    if balance == Balance::All {
         balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
+    }
+    if balance != Balance::Nothing {
         balance::balance_leaders(&mut work, &mut busy, &mut budget, &mut out);
     }
     out

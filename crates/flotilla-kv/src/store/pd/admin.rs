@@ -202,7 +202,9 @@ impl Store {
     pub(crate) fn pd_hold(&self, region: u64, hold: bool, by: &str) -> Result<bool, KvError> {
         let meta = self.pd_leading()?;
         if !hold {
-            lock(&self.inner.pd.leader).held.remove(&region);
+            let mut soft = lock(&self.inner.pd.leader);
+            soft.held.remove(&region);
+            soft.generation += 1;
             tracing::info!(region, by, "placement driver: region released by a person");
             return Ok(false);
         }
@@ -221,6 +223,7 @@ impl Store {
         soft.held
             .retain(|_, (_, since)| now.duration_since(*since) < HOLD_MAX);
         soft.held.insert(region, (by.to_string(), now));
+        soft.generation += 1;
         tracing::info!(
             region,
             by,

@@ -31,6 +31,10 @@ use crate::service::proto;
 
 /// Pause between two looks at a region while a step waits for it.
 const STEP_RETRY: Duration = Duration::from_millis(500);
+/// The first few looks come sooner: most steps (a transfer, a learner catching up on an
+/// empty region) are done within a few hundred milliseconds.
+const STEP_RETRY_QUICK: Duration = Duration::from_millis(100);
+const STEP_RETRY_QUICK_TRIES: u32 = 5;
 
 /// A region as its leader sees it now.
 struct Live {
@@ -82,15 +86,33 @@ impl Store {
         let store = self.clone();
         tokio::spawn(async move {
             let (id, region) = (operator.id, operator.region);
-            store.drive(operator).await;
-            let mut soft = lock(&store.inner.pd.leader);
-            soft.running.remove(&id);
-            soft.finished_at.insert(region, Instant::now());
+            let leader_now = store.drive(&operator).await;
+            {
+                let mut soft = lock(&store.inner.pd.leader);
+                soft.running.remove(&id);
+                match leader_now {
+                    // Only leadership moved, and it is known where: the view is right at
+                    // once (waiting for the new leader's report would stall balance).
+                    Some(leader) if !operator.kind.changes_replicas() => {
+                        if let Some(live) = soft.regions.get_mut(&region) {
+                            live.leader = leader;
+                            live.at = Instant::now();
+                        }
+                        soft.generation += 1;
+                    }
+                    _ => {
+                        soft.finished_at.insert(region, Instant::now());
+                    }
+                }
+            }
+            store.inner.pd.wake.notify_one();
         });
     }
 
-    async fn drive(&self, operator: Operator) {
-        let outcome = match self.run_steps(&operator).await {
+    /// Drives `operator` to its end; answers where its last transfer left leadership when
+    /// it ended done with one.
+    async fn drive(&self, operator: &Operator) -> Option<StoreId> {
+        let outcome = match self.run_steps(operator).await {
             Ok(()) => Outcome::Done,
             Err(Stop::Deposed) => {
                 tracing::info!(
@@ -98,12 +120,13 @@ impl Store {
                     region = operator.region,
                     "placement driver: leadership lost mid-operator; the next leader resumes it"
                 );
-                return;
+                return None;
             }
             Err(Stop::Ends(outcome)) => outcome,
         };
-        if !matches!(outcome, Outcome::Done) {
-            self.clean_up(&operator).await;
+        let done = matches!(outcome, Outcome::Done);
+        if !done {
+            self.clean_up(operator).await;
         }
         let text = match &outcome {
             Outcome::Done => "done".to_string(),
@@ -123,6 +146,11 @@ impl Store {
                 tracing::warn!(operator = operator.id, error = %e, "placement driver: cannot record an operator's end; the next round resumes it");
             }
         }
+        let last_transfer = operator.steps.iter().rev().find_map(|step| match step {
+            Step::TransferLeader(to) => Some(*to),
+            _ => None,
+        });
+        last_transfer.filter(|_| done)
     }
 
     /// Runs the steps left, recording each.
@@ -133,6 +161,7 @@ impl Store {
         for index in operator.step..operator.steps.len() {
             let step = operator.steps[index];
             let started = Instant::now();
+            let mut attempts = 0;
             loop {
                 if !self.is_pd_leader() {
                     return Err(Stop::Deposed);
@@ -152,7 +181,13 @@ impl Store {
                         flotilla_pd::model::format_duration(timeout)
                     ))));
                 }
-                tokio::time::sleep(STEP_RETRY).await;
+                attempts += 1;
+                let pause = if attempts <= STEP_RETRY_QUICK_TRIES {
+                    STEP_RETRY_QUICK
+                } else {
+                    STEP_RETRY
+                };
+                tokio::time::sleep(pause).await;
             }
             let advance = PdCommand::AdvanceOperator {
                 id: operator.id,
@@ -190,12 +225,9 @@ impl Store {
         // A region that lost a majority of its voters is never acted on: an operator on it
         // (planned before the loss) ends here.
         let stores = {
+            let meta = self.meta_peer().ok_or("no meta group peer")?;
             let soft = lock(&self.inner.pd.leader);
-            let state = self
-                .meta_peer()
-                .map(|m| m.handle.state())
-                .ok_or("no meta group peer")?;
-            self.cluster_view(&state, &soft).stores
+            meta.handle.with(|state| self.store_views(state, &soft))
         };
         let recorded = RegionView {
             record: record.clone(),

@@ -19,13 +19,17 @@ use flotilla_pd::{
 };
 
 use super::super::{lock, Store, StoreInner};
-use super::runtime::{LeaderState, MetaPeer, RegionSoft, StoreSoft, META_GROUP};
+use super::runtime::{Fingerprint, LeaderState, MetaPeer, RegionSoft, StoreSoft, META_GROUP};
 use crate::error::KvError;
 use crate::ids::RegionId;
 use crate::service::proto::pd as proto;
 
 /// How often the scheduler looks at the cluster.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+/// Most time between two rounds while nothing moves (see `nothing_moved`).
+const QUIET_ROUND_MAX: Duration = Duration::from_secs(10);
+/// The least time between two rounds that an operator's end started.
+const SCHEDULE_GAP_MIN: Duration = Duration::from_millis(50);
 /// A person's hold on a region lapses after this long (a crashed `admin` holds nothing
 /// for ever).
 pub(crate) const HOLD_MAX: Duration = Duration::from_secs(600);
@@ -168,6 +172,9 @@ impl Store {
                     used_bytes: request.used_bytes,
                 },
             );
+            if first.is_none() {
+                soft.generation += 1;
+            }
             first.is_none()
         };
         Ok(proto::StoreHeartbeatReply {
@@ -226,7 +233,8 @@ impl Store {
                 }
             }
             if !stale_report {
-                lock(&self.inner.pd.leader).regions.insert(
+                let mut soft = lock(&self.inner.pd.leader);
+                let previous = soft.regions.insert(
                     record.id,
                     RegionSoft {
                         leader,
@@ -234,6 +242,11 @@ impl Store {
                         at: Instant::now(),
                     },
                 );
+                // A report that changes nothing still counts for `finished_at`'s settling,
+                // which a round with a region waiting never skips.
+                if previous.is_none_or(|p| p.leader != leader || p.joint != report.joint) {
+                    soft.generation += 1;
+                }
             }
         }
         Ok(())
@@ -241,36 +254,7 @@ impl Store {
 
     /// The view the planners see: the durable state with the soft state over it.
     pub(crate) fn cluster_view(&self, state: &PdState, soft: &LeaderState) -> ClusterView {
-        // Leaders of regions only: where the meta group is led is not balanced (the leader
-        // planner leaves it alone), so it does not count either.
-        let mut leaders: HashMap<StoreId, usize> = HashMap::new();
-        for (id, region) in &soft.regions {
-            if *id != META_GROUP {
-                *leaders.entry(region.leader).or_default() += 1;
-            }
-        }
-        let mut hosted: HashMap<StoreId, usize> = HashMap::new();
-        for region in state.regions.values() {
-            for s in region.voters.iter().chain(&region.learners) {
-                *hosted.entry(*s).or_default() += 1;
-            }
-        }
-        let stores: Vec<StoreView> = state
-            .stores
-            .values()
-            .map(|record| {
-                let (recent_adds, recent_removes) = soft.recent_counts(record.id);
-                StoreView {
-                    record: record.clone(),
-                    state: self.store_state_of(soft, record, state),
-                    region_count: hosted.get(&record.id).copied().unwrap_or(0),
-                    leader_count: leaders.get(&record.id).copied().unwrap_or(0),
-                    used_bytes: soft.stores.get(&record.id).map_or(0, |s| s.used_bytes),
-                    recent_adds,
-                    recent_removes,
-                }
-            })
-            .collect();
+        let stores = self.store_views(state, soft);
         let healthy: BTreeSet<StoreId> = stores
             .iter()
             .filter(|s| matches!(s.state, StoreState::Up | StoreState::Offline))
@@ -302,6 +286,40 @@ impl Store {
         }
     }
 
+    /// The stores as the planners see them, with their replica and leader counts.
+    pub(crate) fn store_views(&self, state: &PdState, soft: &LeaderState) -> Vec<StoreView> {
+        // Leaders of regions only: where the meta group is led is not balanced (the leader
+        // planner leaves it alone), so it does not count either.
+        let mut leaders: HashMap<StoreId, usize> = HashMap::new();
+        for (id, region) in &soft.regions {
+            if *id != META_GROUP {
+                *leaders.entry(region.leader).or_default() += 1;
+            }
+        }
+        let mut hosted: HashMap<StoreId, usize> = HashMap::new();
+        for region in state.regions.values() {
+            for s in region.voters.iter().chain(&region.learners) {
+                *hosted.entry(*s).or_default() += 1;
+            }
+        }
+        state
+            .stores
+            .values()
+            .map(|record| {
+                let (recent_adds, recent_removes) = soft.recent_counts(record.id);
+                StoreView {
+                    record: record.clone(),
+                    state: self.store_state_of(soft, record, state),
+                    region_count: hosted.get(&record.id).copied().unwrap_or(0),
+                    leader_count: leaders.get(&record.id).copied().unwrap_or(0),
+                    used_bytes: soft.stores.get(&record.id).map_or(0, |s| s.used_bytes),
+                    recent_adds,
+                    recent_removes,
+                }
+            })
+            .collect()
+    }
+
     /// One round of the scheduler on the PD leader.
     async fn schedule_round(&self, meta: &MetaPeer) {
         let term = meta.node.status().term.0;
@@ -329,14 +347,15 @@ impl Store {
         }
         self.tombstone_emptied(meta).await;
         self.resume_operators(meta);
-        let (state, view) = {
+        if self.nothing_moved(meta) {
+            return;
+        }
+        let view = {
             let soft = lock(&self.inner.pd.leader);
-            let state = meta.handle.state();
-            let view = self.cluster_view(&state, &soft);
-            (state, view)
+            meta.handle.with(|state| self.cluster_view(state, &soft))
         };
         self.name_regions_without_quorum(&view);
-        if state.config.paused {
+        if view.config.paused {
             return;
         }
         let mut view = view;
@@ -349,16 +368,27 @@ impl Store {
                     reported.is_some_and(|at| at > *done) || done.elapsed() >= SETTLE_MAX
                 })
             });
-            view.regions.len() == before && view.operators.is_empty()
+            view.regions.len() == before
+                && !view.operators.iter().any(|o| o.kind.changes_replicas())
         };
-        // Balance only over a settled view: with operators running, or finished but not
-        // reported yet, the stores' counts lag, and balancing on them moves replicas back
-        // and forth. Repairs go on regardless.
+        // Balance replicas only over a settled view: with replica moves running, or
+        // finished but not reported yet, the stores' counts lag, and balancing on them
+        // moves replicas back and forth. Repairs and leader balance go on regardless (the
+        // planner projects the operators in flight; a transfer done updates its region's
+        // leader at once).
         let planned = if settled {
             flotilla_pd::plan(&view)
         } else {
-            flotilla_pd::plan_repairs(&view)
+            flotilla_pd::plan_repairs_and_leaders(&view)
         };
+        if planned.is_empty() && settled {
+            // Nothing to do over a settled view: until something moves, neither is there
+            // next time (`nothing_moved`).
+            let fingerprint = self.fingerprint(meta);
+            lock(&self.inner.pd.leader).quiet = Some((fingerprint, Instant::now()));
+        } else {
+            lock(&self.inner.pd.leader).quiet = None;
+        }
         for operator in planned {
             let region = operator.region;
             match self
@@ -382,6 +412,40 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// What a round's outcome depends on, short of the whole view: the meta group's
+    /// applied index (records, operators, settings), the soft state's generation, and the
+    /// stores' states and per-minute counts (which move with time alone).
+    fn fingerprint(&self, meta: &MetaPeer) -> Fingerprint {
+        let soft = lock(&self.inner.pd.leader);
+        let stores = meta.handle.with(|state| {
+            state
+                .stores
+                .values()
+                .map(|record| {
+                    let (adds, removes) = soft.recent_counts(record.id);
+                    let state = self.store_state_of(&soft, record, state);
+                    (record.id, state as u8, adds, removes)
+                })
+                .collect()
+        });
+        Fingerprint {
+            applied: meta.handle.applied_index().0,
+            generation: soft.generation,
+            stores,
+        }
+    }
+
+    /// Whether the last round planned nothing over a settled view and nothing it depends
+    /// on moved since (then this round would plan nothing either: skipping it keeps an
+    /// idle PD cheap at 10,000 regions). A round runs at least every [`QUIET_ROUND_MAX`]
+    /// all the same (holds and settle windows lapse with time).
+    fn nothing_moved(&self, meta: &MetaPeer) -> bool {
+        let Some((last, at)) = lock(&self.inner.pd.leader).quiet.clone() else {
+            return false;
+        };
+        at.elapsed() < QUIET_ROUND_MAX && self.fingerprint(meta) == last
     }
 
     /// Whether the new leader still waits for the stores: until one heartbeat interval
@@ -546,12 +610,20 @@ fn stale_peers(
         .collect()
 }
 
-/// The scheduler of a store: acts while the store leads the meta group.
+/// The scheduler of a store: acts while the store leads the meta group, every
+/// [`SCHEDULE_EVERY`] and, no more often than [`SCHEDULE_GAP_MIN`], when an operator ends
+/// (its slot can take the next one at once).
 pub(super) async fn run(inner: Weak<StoreInner>) {
     let mut ticks = tokio::time::interval(SCHEDULE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(wake) = inner.upgrade().map(|inner| inner.pd.wake.clone()) else {
+        return;
+    };
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = wake.notified() => tokio::time::sleep(SCHEDULE_GAP_MIN).await,
+        }
         let Some(store) = inner.upgrade().map(|inner| Store { inner }) else {
             return;
         };

@@ -103,20 +103,20 @@ impl Store {
         let me = self.inner.id.clone();
         let mut led = BTreeSet::new();
         let mut candidates = Vec::new();
-        for peer in self.all_peers() {
-            let status = peer.node.status();
-            if status.role != Role::Leader {
-                continue;
-            }
+        // Most peers follow: pick the leaders without copying anyone's status.
+        let leading = self.peers_where(|peer| peer.node.with_status(|s| s.role == Role::Leader));
+        for peer in leading {
+            let hibernating = peer.node.with_status(|s| s.hibernating);
             led.insert(peer.node.group());
             let region = peer.machine.region();
             let unchanged = reported
                 .get(&peer.node.group())
                 .is_some_and(|(last, _)| last.conf_version == region.epoch.conf_version);
-            if status.hibernating && unchanged {
+            if hibernating && unchanged {
                 // Asleep, and no configuration committed since its last report.
                 continue;
             }
+            let status = peer.node.status();
             let committed = committed_configuration(
                 peer.machine.committed_configuration(),
                 &status,
@@ -162,7 +162,9 @@ impl Store {
             }
         }
         // A region no longer led here is reported afresh when it is led here again.
-        reported.retain(|id, _| led.contains(id));
+        if reported.len() != led.len() || reported.keys().any(|id| !led.contains(id)) {
+            reported.retain(|id, _| led.contains(id));
+        }
         reports
     }
 
@@ -173,13 +175,15 @@ impl Store {
             .into_iter()
             .map(|peer| {
                 let region = peer.machine.region();
-                let status = peer.node.status();
+                let (leader, last_index) = peer
+                    .node
+                    .with_status(|s| (s.role == Role::Leader, s.last_index.0));
                 proto::HostedPeer {
                     region_id: region.id.0,
                     conf_version: region.epoch.conf_version,
                     version: region.epoch.version,
-                    leader: status.role == Role::Leader,
-                    last_index: status.last_index.0,
+                    leader,
+                    last_index,
                 }
             })
             .collect();

@@ -92,6 +92,8 @@ pub(crate) struct PdRuntime {
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Operators started and finished here (metrics).
     pub(crate) counts: Mutex<OperatorCounts>,
+    /// Wakes the scheduler when an operator ends.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 
 impl PdRuntime {
@@ -109,6 +111,7 @@ impl PdRuntime {
             known_leader: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             counts: Mutex::new(OperatorCounts::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -151,6 +154,21 @@ pub(crate) struct LeaderState {
     /// When an operator on a region last finished: the region is not planned again until
     /// its leader reported it since (the record may not show the operator's work yet).
     pub(crate) finished_at: HashMap<u64, Instant>,
+    /// Bumped by every change of the above that could change a plan (a region's leader
+    /// or joint state, a store heard first, a hold): with the meta group's applied index
+    /// and the stores' states it tells the scheduler whether anything moved.
+    pub(crate) generation: u64,
+    /// What the last round that planned nothing looked at, and when it ran.
+    pub(crate) quiet: Option<(Fingerprint, Instant)>,
+}
+
+/// What a scheduling round's outcome depends on, short of the whole view.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    pub(crate) applied: u64,
+    pub(crate) generation: u64,
+    /// Per store: id, state, adds and removes in the last minute.
+    pub(crate) stores: Vec<(StoreId, u8, u32, u32)>,
 }
 
 impl LeaderState {
