@@ -7,8 +7,8 @@
 //! batch inside a batch (bounded recursion: one level).
 
 use bytes::Bytes;
+use flotilla_storage::fields::{FieldReader, FieldWriter};
 
-use crate::codec::{Reader, Writer};
 use crate::error::KvError;
 use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::region::Region;
@@ -219,7 +219,7 @@ impl KvCommand {
     /// refuses such a command first.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut writer = Writer::with_capacity(self.encoded_len_hint());
+        let mut writer = FieldWriter::with_capacity(self.encoded_len_hint());
         writer.u8(FORMAT_VERSION);
         self.encode_into(&mut writer);
         writer.finish()
@@ -249,7 +249,7 @@ impl KvCommand {
         }
     }
 
-    fn encode_into(&self, writer: &mut Writer) {
+    fn encode_into(&self, writer: &mut FieldWriter) {
         match self {
             KvCommand::Put { key, value } => {
                 writer.u8(tag::PUT);
@@ -314,7 +314,7 @@ impl KvCommand {
     /// tags, short input, lengths over the limits (before allocating), a nested batch,
     /// more than [`BATCH_KEYS_MAX`] keys in all, and trailing bytes.
     pub fn decode(data: &[u8]) -> Result<KvCommand, KvError> {
-        let mut reader = Reader::new(data, "command");
+        let mut reader = FieldReader::new(data, "command");
         let version = reader.u8("format version")?;
         if version != FORMAT_VERSION {
             return Err(KvError::Corrupt(format!(
@@ -337,9 +337,9 @@ impl KvCommand {
     }
 }
 
-fn decode_command(reader: &mut Reader<'_>, top: bool) -> Result<KvCommand, KvError> {
-    let key = |r: &mut Reader<'_>| r.bytes("key", KEY_BYTES_MAX);
-    let value = |r: &mut Reader<'_>| r.bytes("value", VALUE_BYTES_MAX);
+fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, KvError> {
+    let key = |r: &mut FieldReader<'_>| r.bytes("key", KEY_BYTES_MAX);
+    let value = |r: &mut FieldReader<'_>| r.bytes("value", VALUE_BYTES_MAX);
     let command = match reader.u8("tag")? {
         tag::PUT => KvCommand::Put {
             key: key(reader)?,
@@ -431,13 +431,13 @@ impl KvOutput {
     /// longer than [`ERROR_TEXT_BYTES_MAX`] are cut at a character boundary.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut writer = Writer::with_capacity(16);
+        let mut writer = FieldWriter::with_capacity(16);
         writer.u8(FORMAT_VERSION);
         self.encode_into(&mut writer);
         writer.finish()
     }
 
-    fn encode_into(&self, writer: &mut Writer) {
+    fn encode_into(&self, writer: &mut FieldWriter) {
         match self {
             KvOutput::Done => writer.u8(output_tag::DONE),
             KvOutput::Swapped(swapped) => {
@@ -470,7 +470,7 @@ impl KvOutput {
     /// Decodes [`KvOutput::encode`]'s output with the same refusals as
     /// [`KvCommand::decode`].
     pub fn decode(data: &[u8]) -> Result<KvOutput, KvError> {
-        let mut reader = Reader::new(data, "output");
+        let mut reader = FieldReader::new(data, "output");
         let version = reader.u8("format version")?;
         if version != FORMAT_VERSION {
             return Err(KvError::Corrupt(format!(
@@ -483,7 +483,7 @@ impl KvOutput {
     }
 }
 
-fn decode_output(reader: &mut Reader<'_>, top: bool) -> Result<KvOutput, KvError> {
+fn decode_output(reader: &mut FieldReader<'_>, top: bool) -> Result<KvOutput, KvError> {
     match reader.u8("tag")? {
         output_tag::DONE => Ok(KvOutput::Done),
         output_tag::SWAPPED => match reader.u8("swapped flag")? {

@@ -156,6 +156,14 @@ pub enum KvError {
     },
 }
 
+/// A field of a command, output or region that did not decode: its message already names
+/// what was being read and the field (see [`flotilla_storage::fields`]).
+impl From<flotilla_storage::fields::DecodeError> for KvError {
+    fn from(error: flotilla_storage::fields::DecodeError) -> KvError {
+        KvError::Corrupt(error.0)
+    }
+}
+
 /// Escapes a key for an error message: printable ASCII as is, other bytes as `\xNN`,
 /// at most 64 bytes shown.
 pub(crate) fn show(key: &[u8]) -> String {

@@ -28,7 +28,6 @@
 #![deny(missing_docs)]
 
 pub mod client;
-mod codec;
 pub mod command;
 pub mod engine;
 pub mod error;

@@ -9,8 +9,8 @@
 use std::fmt;
 
 use bytes::Bytes;
+use flotilla_storage::fields::{FieldReader, FieldWriter};
 
-use crate::codec::{Reader, Writer};
 use crate::error::KvError;
 pub use crate::ids::{Epoch, RegionId};
 use crate::limits::KEY_BYTES_MAX;
@@ -127,7 +127,8 @@ impl Region {
     /// Compact binary form: format version, id, epoch, start, end.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut writer = Writer::with_capacity(1 + 8 * 3 + 8 + self.start.len() + self.end.len());
+        let mut writer =
+            FieldWriter::with_capacity(1 + 8 * 3 + 8 + self.start.len() + self.end.len());
         writer.u8(REGION_FORMAT_VERSION);
         writer.u64(self.id.0);
         writer.u64(self.epoch.conf_version);
@@ -140,7 +141,7 @@ impl Region {
     /// Decodes [`Region::encode`]'s output, refusing other versions, short or trailing
     /// input, oversized keys and an empty range.
     pub fn decode(data: &[u8]) -> Result<Region, KvError> {
-        let mut reader = Reader::new(data, "region");
+        let mut reader = FieldReader::new(data, "region");
         let version = reader.u8("format version")?;
         if version != REGION_FORMAT_VERSION {
             return Err(KvError::Corrupt(format!(

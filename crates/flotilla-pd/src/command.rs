@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use flotilla_node::StoreId;
+use flotilla_storage::fields::{FieldReader, FieldWriter};
 
-use crate::codec::{Reader, Writer};
 use crate::error::PdError;
 use crate::limits::{
     ADDRESS_BYTES_MAX, CONFIG_BYTES_MAX, KEY_BYTES_MAX, LABELS_MAX, LABEL_BYTES_MAX, PEERS_MAX,
@@ -144,7 +144,7 @@ impl PdCommand {
     /// command, and a decoded command is always within them.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut w = Writer::new();
+        let mut w = FieldWriter::with_capacity(64);
         w.u8(FORMAT_VERSION);
         match self {
             PdCommand::PutStore(store) => {
@@ -195,7 +195,7 @@ impl PdCommand {
     /// Decodes a command from a log entry, refusing anything malformed with an error that
     /// names the field.
     pub fn decode(data: &[u8]) -> Result<PdCommand, PdError> {
-        let mut r = Reader::new(data, "pd command");
+        let mut r = FieldReader::new(data, "pd command");
         read_version(&mut r)?;
         let command = match r.u8("tag")? {
             TAG_PUT_STORE => PdCommand::PutStore(read_store(&mut r)?),
@@ -222,7 +222,7 @@ impl PdCommand {
                 id: r.u64("operator id")?,
                 outcome: read_outcome(&mut r)?,
             },
-            tag => return Err(r.error(format_args!("unknown tag {tag}"))),
+            tag => return Err(r.error(format_args!("unknown tag {tag}")).into()),
         };
         r.finish()?;
         Ok(command)
@@ -254,7 +254,7 @@ impl PdOutput {
     /// character boundary) so that it always decodes.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut w = Writer::new();
+        let mut w = FieldWriter::with_capacity(64);
         w.u8(FORMAT_VERSION);
         match self {
             PdOutput::Done => w.u8(OUTPUT_DONE),
@@ -273,7 +273,7 @@ impl PdOutput {
 
     /// Decodes an output, refusing anything malformed.
     pub fn decode(data: &[u8]) -> Result<PdOutput, PdError> {
-        let mut r = Reader::new(data, "pd output");
+        let mut r = FieldReader::new(data, "pd output");
         read_version(&mut r)?;
         let output = match r.u8("tag")? {
             OUTPUT_DONE => PdOutput::Done,
@@ -282,7 +282,7 @@ impl PdOutput {
                 count: r.u32("id count")?,
             },
             OUTPUT_REFUSED => PdOutput::Refused(r.string("refusal", REASON_BYTES_MAX)?),
-            tag => return Err(r.error(format_args!("unknown tag {tag}"))),
+            tag => return Err(r.error(format_args!("unknown tag {tag}")).into()),
         };
         r.finish()?;
         Ok(output)
@@ -301,7 +301,7 @@ pub(crate) fn truncate(text: &str, limit: usize) -> &str {
     &text[..end]
 }
 
-fn write_bounded(w: &mut Writer, data: &[u8], limit: usize, what: &str) {
+fn write_bounded(w: &mut FieldWriter, data: &[u8], limit: usize, what: &str) {
     assert!(
         data.len() <= limit,
         "{what} of {} bytes exceeds its limit of {limit} bytes",
@@ -310,44 +310,49 @@ fn write_bounded(w: &mut Writer, data: &[u8], limit: usize, what: &str) {
     w.bytes(data);
 }
 
-fn read_version(r: &mut Reader<'_>) -> Result<(), PdError> {
+fn read_version(r: &mut FieldReader<'_>) -> Result<(), PdError> {
     match r.u8("format version")? {
         FORMAT_VERSION => Ok(()),
-        version => Err(r.error(format_args!(
-            "format version {version}, this build reads {FORMAT_VERSION}"
-        ))),
+        version => Err(r
+            .error(format_args!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            ))
+            .into()),
     }
 }
 
-pub(crate) fn read_store_id(r: &mut Reader<'_>, field: &str) -> Result<StoreId, PdError> {
+pub(crate) fn read_store_id(r: &mut FieldReader<'_>, field: &str) -> Result<StoreId, PdError> {
     match r.u64(field)? {
-        0 => Err(r.error(format_args!("{field} is 0, not a store id"))),
+        0 => Err(r.error(format_args!("{field} is 0, not a store id")).into()),
         id => Ok(StoreId(id)),
     }
 }
 
-fn read_mark(r: &mut Reader<'_>) -> Result<StoreMark, PdError> {
+fn read_mark(r: &mut FieldReader<'_>) -> Result<StoreMark, PdError> {
     let code = r.u8("store mark")?;
-    StoreMark::from_code(code).ok_or_else(|| r.error(format_args!("unknown store mark {code}")))
+    StoreMark::from_code(code)
+        .ok_or_else(|| r.error(format_args!("unknown store mark {code}")).into())
 }
 
-pub(crate) fn read_source(r: &mut Reader<'_>) -> Result<ConfigSource, PdError> {
+pub(crate) fn read_source(r: &mut FieldReader<'_>) -> Result<ConfigSource, PdError> {
     let code = r.u8("config source")?;
     ConfigSource::from_code(code)
-        .ok_or_else(|| r.error(format_args!("unknown config source {code}")))
+        .ok_or_else(|| r.error(format_args!("unknown config source {code}")).into())
 }
 
-fn read_step_index(r: &mut Reader<'_>) -> Result<usize, PdError> {
+fn read_step_index(r: &mut FieldReader<'_>) -> Result<usize, PdError> {
     let step = r.u64("operator step")?;
     match usize::try_from(step) {
         Ok(step) if step <= STEPS_MAX => Ok(step),
-        _ => Err(r.error(format_args!(
-            "operator step {step} exceeds the step limit {STEPS_MAX}"
-        ))),
+        _ => Err(r
+            .error(format_args!(
+                "operator step {step} exceeds the step limit {STEPS_MAX}"
+            ))
+            .into()),
     }
 }
 
-pub(crate) fn write_store(w: &mut Writer, store: &StoreRecord) {
+pub(crate) fn write_store(w: &mut FieldWriter, store: &StoreRecord) {
     w.u64(store.id.0);
     write_bounded(
         w,
@@ -369,7 +374,7 @@ pub(crate) fn write_store(w: &mut Writer, store: &StoreRecord) {
     w.u8(store.state.code());
 }
 
-pub(crate) fn read_store(r: &mut Reader<'_>) -> Result<StoreRecord, PdError> {
+pub(crate) fn read_store(r: &mut FieldReader<'_>) -> Result<StoreRecord, PdError> {
     let id = read_store_id(r, "store id")?;
     let address = r.string("store address", ADDRESS_BYTES_MAX)?;
     let count = r.count("labels", LABELS_MAX, 8)?;
@@ -378,7 +383,9 @@ pub(crate) fn read_store(r: &mut Reader<'_>) -> Result<StoreRecord, PdError> {
         let key = r.string("label key", LABEL_BYTES_MAX)?;
         let value = r.string("label value", LABEL_BYTES_MAX)?;
         if labels.insert(key.clone(), value).is_some() {
-            return Err(r.error(format_args!("store {id}: label {key:?} twice")));
+            return Err(r
+                .error(format_args!("store {id}: label {key:?} twice"))
+                .into());
         }
     }
     let state = read_mark(r)?;
@@ -390,7 +397,7 @@ pub(crate) fn read_store(r: &mut Reader<'_>) -> Result<StoreRecord, PdError> {
     })
 }
 
-pub(crate) fn write_region(w: &mut Writer, region: &RegionRecord) {
+pub(crate) fn write_region(w: &mut FieldWriter, region: &RegionRecord) {
     w.u64(region.id);
     write_bounded(w, &region.start, KEY_BYTES_MAX, "region start");
     write_bounded(w, &region.end, KEY_BYTES_MAX, "region end");
@@ -410,19 +417,19 @@ pub(crate) fn write_region(w: &mut Writer, region: &RegionRecord) {
     }
 }
 
-fn read_peers(r: &mut Reader<'_>, field: &str) -> Result<BTreeSet<StoreId>, PdError> {
+fn read_peers(r: &mut FieldReader<'_>, field: &str) -> Result<BTreeSet<StoreId>, PdError> {
     let count = r.count(field, PEERS_MAX, 8)?;
     let mut peers = BTreeSet::new();
     for _ in 0..count {
         let store = read_store_id(r, field)?;
         if !peers.insert(store) {
-            return Err(r.error(format_args!("{field}: store {store} twice")));
+            return Err(r.error(format_args!("{field}: store {store} twice")).into());
         }
     }
     Ok(peers)
 }
 
-pub(crate) fn read_region(r: &mut Reader<'_>) -> Result<RegionRecord, PdError> {
+pub(crate) fn read_region(r: &mut FieldReader<'_>) -> Result<RegionRecord, PdError> {
     let id = r.u64("region id")?;
     let start = r.bytes("region start", KEY_BYTES_MAX)?;
     let end = r.bytes("region end", KEY_BYTES_MAX)?;
@@ -431,21 +438,27 @@ pub(crate) fn read_region(r: &mut Reader<'_>) -> Result<RegionRecord, PdError> {
     let voters = read_peers(r, "voters")?;
     let learners = read_peers(r, "learners")?;
     if voters.len() + learners.len() > PEERS_MAX {
-        return Err(r.error(format_args!(
-            "region {id} has {} peers, the limit is {PEERS_MAX}",
-            voters.len() + learners.len()
-        )));
+        return Err(r
+            .error(format_args!(
+                "region {id} has {} peers, the limit is {PEERS_MAX}",
+                voters.len() + learners.len()
+            ))
+            .into());
     }
     if let Some(both) = voters.intersection(&learners).next() {
-        return Err(r.error(format_args!(
-            "region {id}: store {both} is both voter and learner"
-        )));
+        return Err(r
+            .error(format_args!(
+                "region {id}: store {both} is both voter and learner"
+            ))
+            .into());
     }
     if !end.is_empty() && end <= start {
-        return Err(r.error(format_args!("region {id}: end key not after start key")));
+        return Err(r
+            .error(format_args!("region {id}: end key not after start key"))
+            .into());
     }
     if id == 0 && !(start.is_empty() && end.is_empty()) {
-        return Err(r.error("region 0 (the meta group) has a key range"));
+        return Err(r.error("region 0 (the meta group) has a key range").into());
     }
     Ok(RegionRecord {
         id,
@@ -458,7 +471,7 @@ pub(crate) fn read_region(r: &mut Reader<'_>) -> Result<RegionRecord, PdError> {
     })
 }
 
-pub(crate) fn write_operator(w: &mut Writer, operator: &Operator) {
+pub(crate) fn write_operator(w: &mut FieldWriter, operator: &Operator) {
     w.u64(operator.id);
     w.u64(operator.region);
     w.u8(operator.kind.code());
@@ -481,7 +494,7 @@ pub(crate) fn write_operator(w: &mut Writer, operator: &Operator) {
     w.u64(operator.step as u64);
 }
 
-pub(crate) fn read_operator(r: &mut Reader<'_>) -> Result<Operator, PdError> {
+pub(crate) fn read_operator(r: &mut FieldReader<'_>) -> Result<Operator, PdError> {
     let id = r.u64("operator id")?;
     let region = r.u64("operator region")?;
     let code = r.u8("operator kind")?;
@@ -500,10 +513,12 @@ pub(crate) fn read_operator(r: &mut Reader<'_>) -> Result<Operator, PdError> {
     }
     let step = read_step_index(r)?;
     if step > steps.len() {
-        return Err(r.error(format_args!(
-            "operator {id}: step {step} is past its {} steps",
-            steps.len()
-        )));
+        return Err(r
+            .error(format_args!(
+                "operator {id}: step {step} is past its {} steps",
+                steps.len()
+            ))
+            .into());
     }
     Ok(Operator {
         id,
@@ -515,7 +530,7 @@ pub(crate) fn read_operator(r: &mut Reader<'_>) -> Result<Operator, PdError> {
     })
 }
 
-pub(crate) fn write_outcome(w: &mut Writer, outcome: &Outcome) {
+pub(crate) fn write_outcome(w: &mut FieldWriter, outcome: &Outcome) {
     match outcome {
         Outcome::Done => w.u8(0),
         Outcome::Cancelled(why) => {
@@ -529,7 +544,7 @@ pub(crate) fn write_outcome(w: &mut Writer, outcome: &Outcome) {
     }
 }
 
-pub(crate) fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, PdError> {
+pub(crate) fn read_outcome(r: &mut FieldReader<'_>) -> Result<Outcome, PdError> {
     match r.u8("outcome")? {
         0 => Ok(Outcome::Done),
         1 => Ok(Outcome::Cancelled(
@@ -538,7 +553,7 @@ pub(crate) fn read_outcome(r: &mut Reader<'_>) -> Result<Outcome, PdError> {
         2 => Ok(Outcome::TimedOut(
             r.string("timeout reason", REASON_BYTES_MAX)?,
         )),
-        code => Err(r.error(format_args!("unknown outcome {code}"))),
+        code => Err(r.error(format_args!("unknown outcome {code}")).into()),
     }
 }
 
@@ -620,7 +635,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("format version 2"), "{error}");
-        let mut w = Writer::new();
+        let mut w = FieldWriter::with_capacity(64);
         w.u8(FORMAT_VERSION);
         w.u8(TAG_PUT_STORE);
         w.u64(1);

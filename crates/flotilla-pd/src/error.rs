@@ -14,3 +14,11 @@ pub enum PdError {
     #[error("snapshot: {0}")]
     Snapshot(String),
 }
+
+/// A field that did not decode: its message already names what was being read and the
+/// field (see [`flotilla_storage::fields`]).
+impl From<flotilla_storage::fields::DecodeError> for PdError {
+    fn from(error: flotilla_storage::fields::DecodeError) -> PdError {
+        PdError::Corrupt(error.0)
+    }
+}

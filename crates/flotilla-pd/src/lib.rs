@@ -16,7 +16,6 @@
 
 #![deny(missing_docs)]
 
-mod codec;
 pub mod command;
 pub mod error;
 pub mod limits;

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use flotilla_node::StoreId;
+use flotilla_storage::fields::{FieldReader, FieldWriter};
 
-use crate::codec::{Reader, Writer};
 use crate::command::{
     read_operator, read_outcome, read_region, read_source, read_store, truncate, write_operator,
     write_outcome, write_region, write_store, PdCommand, PdOutput,
@@ -286,7 +286,7 @@ impl PdState {
     /// The snapshot bytes (`pd.state`).
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let mut w = Writer::new();
+        let mut w = FieldWriter::with_capacity(64);
         w.u8(SNAPSHOT_VERSION);
         w.u64(self.next_id);
         w.u64(self.next_operator_id);
@@ -327,13 +327,15 @@ impl PdState {
     /// Decodes a snapshot, refusing anything malformed or inconsistent (duplicate ids, an
     /// operator on an unknown region or two on one region).
     pub fn decode(data: &[u8]) -> Result<PdState, PdError> {
-        let mut r = Reader::new(data, "pd state");
+        let mut r = FieldReader::new(data, "pd state");
         match r.u8("snapshot version")? {
             SNAPSHOT_VERSION => {}
             version => {
-                return Err(r.error(format_args!(
-                    "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
-                )))
+                return Err(r
+                    .error(format_args!(
+                        "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
+                    ))
+                    .into())
             }
         }
         let mut state = PdState {
@@ -355,30 +357,34 @@ impl PdState {
         for _ in 0..count {
             let store = read_store(&mut r)?;
             if state.stores.insert(store.id, store.clone()).is_some() {
-                return Err(r.error(format_args!("store {} twice", store.id)));
+                return Err(r.error(format_args!("store {} twice", store.id)).into());
             }
         }
         let count = r.count("regions", REGIONS_MAX, 40)?;
         for _ in 0..count {
             let region = read_region(&mut r)?;
             if state.regions.insert(region.id, region.clone()).is_some() {
-                return Err(r.error(format_args!("region {} twice", region.id)));
+                return Err(r.error(format_args!("region {} twice", region.id)).into());
             }
         }
         let count = r.count("operators", REGIONS_MAX, 45)?;
         for _ in 0..count {
             let operator = read_operator(&mut r)?;
             if !state.regions.contains_key(&operator.region) {
-                return Err(r.error(format_args!(
-                    "operator {} on unknown region {}",
-                    operator.id, operator.region
-                )));
+                return Err(r
+                    .error(format_args!(
+                        "operator {} on unknown region {}",
+                        operator.id, operator.region
+                    ))
+                    .into());
             }
             if let Some(other) = state.operators.insert(operator.region, operator.clone()) {
-                return Err(r.error(format_args!(
-                    "operators {} and {} on region {}",
-                    other.id, operator.id, operator.region
-                )));
+                return Err(r
+                    .error(format_args!(
+                        "operators {} and {} on region {}",
+                        other.id, operator.id, operator.region
+                    ))
+                    .into());
             }
         }
         let count = r.count("finished operators", FINISHED_MAX, 46)?;

@@ -21,11 +21,14 @@
 //!   and failure injection) — every fault test runs on the simulated one.
 //! - [`memory`]: in-memory log and meta for tests and the simulator
 //!   ([`SnapshotStore::in_memory`] for snapshots).
+//! - [`fields`]: the bounded field reader and writer the KV layer and the placement driver
+//!   encode their commands, outputs and metadata with.
 
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod error;
+pub mod fields;
 pub mod fs;
 pub mod log;
 pub mod memory;
