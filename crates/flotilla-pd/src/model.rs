@@ -11,6 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_node::StoreId;
 
+/// The most voters `max-replicas` allows (and a bootstrap records).
+pub const MAX_REPLICAS_MAX: u32 = 7;
+
 /// A store's durable mark, set by people (`admin store remove`) and the PD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StoreMark {
@@ -240,7 +243,9 @@ impl PdConfig {
         let value = value.trim();
         let bad = |why: &str| format!("config {key}: {value:?} {why}");
         match key {
-            "max-replicas" => self.max_replicas = parse_count(value, 1, 7).map_err(|w| bad(&w))?,
+            "max-replicas" => {
+                self.max_replicas = parse_count(value, 1, MAX_REPLICAS_MAX).map_err(|w| bad(&w))?;
+            }
             "max-store-down-time" => {
                 self.max_store_down_time = parse_bounded_duration(value).map_err(|w| bad(&w))?;
             }

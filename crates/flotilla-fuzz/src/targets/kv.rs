@@ -308,6 +308,7 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
                 regions: 3,
                 members: vec![StoreId(0x1111), StoreId(0x2222), StoreId(0x3333)],
                 pd: vec![StoreId(0x1111), StoreId(0x2222)],
+                replicas: 5,
             }),
             pd: Some(vec![StoreId(0x2222).peer_id(), StoreId(0x1111).peer_id()]),
             regions: regions()

@@ -15,7 +15,7 @@
 //! scan and its batch (one write lock serialises writes and imports).
 //!
 //! Known debt: fjall 2 has no range tombstone, so a delete-range writes one tombstone per
-//! key present; `approximate_keys` counts the range.
+//! key present; `approximate_size` walks the range.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -26,7 +26,9 @@ use bytes::Bytes;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::export::{ExportReader, ExportWriter};
-use super::{bounds, check_batch, check_scan, take_within, KvEngine, WriteBatch, WriteOp};
+use super::{
+    bounds, check_batch, check_scan, take_within, KvEngine, RangeSize, WriteBatch, WriteOp,
+};
 use crate::error::{show, KvError};
 
 /// Tuning of a [`FjallEngine`].
@@ -366,15 +368,16 @@ impl KvEngine for FjallEngine {
         fjall_batch.commit().map_err(|e| engine_error("commit", &e))
     }
 
-    fn approximate_keys(&self, start: &[u8], end: &[u8]) -> Result<u64, KvError> {
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<RangeSize, KvError> {
         crate::limits::check_range(start, end)?;
         let view = self.view(&self.data);
-        let mut count = 0u64;
+        let mut size = RangeSize::default();
         for item in view.range::<&[u8], _>(bounds(start, end)) {
-            item.map_err(|e| lsm_error::convert("count", e))?;
-            count += 1;
+            let (key, value) = item.map_err(|e| lsm_error::convert("count", e))?;
+            size.keys += 1;
+            size.bytes += (key.len() + value.len()) as u64;
         }
-        Ok(count)
+        Ok(size)
     }
 
     fn export_range(&self, start: &[u8], end: &[u8], out: &mut dyn Write) -> Result<u64, KvError> {

@@ -12,7 +12,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytes::Bytes;
 
 use super::export::{ExportReader, ExportWriter};
-use super::{bounds, check_batch, check_scan, take_within, KvEngine, WriteBatch, WriteOp};
+use super::{
+    bounds, check_batch, check_scan, take_within, KvEngine, RangeSize, WriteBatch, WriteOp,
+};
 use crate::error::KvError;
 
 type Space = BTreeMap<Bytes, Bytes>;
@@ -163,10 +165,15 @@ impl KvEngine for MemoryEngine {
         Ok(())
     }
 
-    fn approximate_keys(&self, start: &[u8], end: &[u8]) -> Result<u64, KvError> {
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<RangeSize, KvError> {
         crate::limits::check_range(start, end)?;
         let spaces = self.read()?;
-        Ok(spaces.data.range::<[u8], _>(bounds(start, end)).count() as u64)
+        let mut size = RangeSize::default();
+        for (key, value) in spaces.data.range::<[u8], _>(bounds(start, end)) {
+            size.keys += 1;
+            size.bytes += (key.len() + value.len()) as u64;
+        }
+        Ok(size)
     }
 
     fn export_range(&self, start: &[u8], end: &[u8], out: &mut dyn Write) -> Result<u64, KvError> {

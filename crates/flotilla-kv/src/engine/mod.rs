@@ -75,6 +75,15 @@ pub enum WriteOp {
     },
 }
 
+/// What a key range holds, about ([`KvEngine::approximate_size`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeSize {
+    /// Data keys.
+    pub keys: u64,
+    /// Bytes of those keys and their values.
+    pub bytes: u64,
+}
+
 /// Operations applied atomically and in order by [`KvEngine::write`]: a reader sees all of
 /// them or none, and a later operation on a key wins over an earlier one (a put after a
 /// delete-range covering its key survives).
@@ -212,9 +221,10 @@ pub trait KvEngine: Send + Sync + 'static {
     /// Applies `batch` atomically (see [`WriteBatch`]).
     fn write(&self, batch: WriteBatch) -> Result<(), KvError>;
 
-    /// About how many data keys `[start, end)` holds (for split decisions; both engines
-    /// count exactly today, in time linear in the range).
-    fn approximate_keys(&self, start: &[u8], end: &[u8]) -> Result<u64, KvError>;
+    /// About how many data keys `[start, end)` holds and how many bytes of keys and
+    /// values (for the placement driver's balance by size and for split decisions; both
+    /// engines count exactly today, in time linear in the range).
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<RangeSize, KvError>;
 
     /// Writes every data pair of `[start, end)` to `out` in the [`export`] format, as of
     /// one point in time; returns how many pairs.

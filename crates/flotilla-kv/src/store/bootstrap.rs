@@ -42,6 +42,9 @@ pub struct PeerAnswer {
     pub bootstrap: Option<(u32, Vec<(StoreId, String)>)>,
     /// The initial members of its cluster's meta group, if it was an initial member.
     pub bootstrap_pd: Vec<StoreId>,
+    /// Voters each static region started with (0: not said, a cluster bootstrapped
+    /// before the bootstrapper's `--max-replicas` was carried: 3).
+    pub bootstrap_replicas: u32,
 }
 
 /// What the waiting store does next.
@@ -64,6 +67,8 @@ pub enum Decision {
         members: Vec<(StoreId, String)>,
         /// The initial members of its meta group.
         pd: Vec<StoreId>,
+        /// Voters each static region starts with (0: 3).
+        replicas: u32,
     },
     /// Join the cluster as a new store that no region counts on yet.
     Join {
@@ -111,6 +116,7 @@ pub fn decide(
                         regions: *regions,
                         members: members.clone(),
                         pd: answer.bootstrap_pd.clone(),
+                        replicas: answer.bootstrap_replicas,
                     };
                 }
             }
@@ -200,6 +206,7 @@ mod tests {
                 peers: listed(),
                 bootstrap: self.bootstrap.clone(),
                 bootstrap_pd: Vec::new(),
+                bootstrap_replicas: 0,
             }
         }
     }

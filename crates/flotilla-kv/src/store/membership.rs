@@ -141,16 +141,37 @@ fn answer_of(reply: &proto::HelloReply) -> Result<PeerAnswer, String> {
         .iter()
         .map(|id| StoreId::parse(id))
         .collect::<Result<Vec<_>, _>>()?;
+    if reply.bootstrap_replicas > flotilla_pd::model::MAX_REPLICAS_MAX {
+        return Err(format!(
+            "an answer whose static regions started on {} voters (at most {})",
+            reply.bootstrap_replicas,
+            flotilla_pd::model::MAX_REPLICAS_MAX
+        ));
+    }
     Ok(PeerAnswer {
         store,
         cluster: reply.cluster,
         peers: reply.peers.clone(),
         bootstrap,
         bootstrap_pd,
+        bootstrap_replicas: reply.bootstrap_replicas,
     })
 }
 
 impl Store {
+    /// This store's `--max-replicas` (the PD setting it seeds), which a bootstrap by this
+    /// store records as the voters of each static region; the default 3 without it.
+    fn max_replicas_flag(&self) -> u32 {
+        self.inner
+            .pd
+            .settings
+            .iter()
+            .find(|(key, _)| key == "max-replicas")
+            .and_then(|(_, value)| value.parse().ok())
+            .filter(|n| (1..=flotilla_pd::model::MAX_REPLICAS_MAX).contains(n))
+            .unwrap_or(BOOTSTRAP_REPLICAS as u32)
+    }
+
     /// This store, as it introduces itself.
     fn info(&self) -> proto::StoreInfo {
         proto::StoreInfo {
@@ -193,6 +214,7 @@ impl Store {
             }
         }
         let meta = self.inner.meta.lock().await;
+        let bootstrap_replicas = meta.bootstrap.as_ref().map_or(0, |b| b.replicas);
         let (bootstrap_regions, bootstrap_members, bootstrap_pd) = match &meta.bootstrap {
             Some(b) => (
                 b.regions,
@@ -218,6 +240,7 @@ impl Store {
             bootstrap_regions,
             bootstrap_members,
             bootstrap_pd,
+            bootstrap_replicas,
         })
     }
 
@@ -254,6 +277,7 @@ impl Store {
                     regions: self.inner.regions_at_bootstrap,
                     pd: meta_group_members(&ids, self.inner.pd_replicas),
                     members: ids,
+                    replicas: self.max_replicas_flag(),
                 });
                 members
             }
@@ -262,12 +286,14 @@ impl Store {
                 regions,
                 members,
                 pd,
+                replicas,
             } => {
                 next.cluster = cluster;
                 next.bootstrap = Some(Bootstrap {
                     regions,
                     members: members.iter().map(|(id, _)| *id).collect(),
                     pd,
+                    replicas,
                 });
                 members
             }
@@ -276,6 +302,7 @@ impl Store {
             regions: 1,
             members: Vec::new(),
             pd: Vec::new(),
+            replicas: 0,
         });
         if bootstrap.pd.iter().any(|id| id.peer_id() == self.inner.id) {
             next.pd = Some(bootstrap.pd.iter().map(|id| id.peer_id()).collect());
@@ -286,7 +313,8 @@ impl Store {
             .into_iter()
             .enumerate()
             .filter_map(|(index, region)| {
-                let voters = static_placement(&bootstrap.members, index, BOOTSTRAP_REPLICAS);
+                let voters =
+                    static_placement(&bootstrap.members, index, bootstrap.replicas_or_default());
                 voters.contains(&me).then(|| HostedRegion {
                     region,
                     initial_peers: voters.iter().map(|id| id.peer_id()).collect(),

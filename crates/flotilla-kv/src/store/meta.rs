@@ -62,6 +62,21 @@ pub struct Bootstrap {
     /// The initial members of the meta group (the placement driver's raft group), by store
     /// id; empty for a cluster bootstrapped before the placement driver.
     pub pd: Vec<StoreId>,
+    /// Voters each static region started with: the bootstrapper's `--max-replicas` (0 for
+    /// a cluster bootstrapped before it was recorded: 3, the default then).
+    pub replicas: u32,
+}
+
+impl Bootstrap {
+    /// Voters each static region starts with.
+    #[must_use]
+    pub fn replicas_or_default(&self) -> usize {
+        if self.replicas == 0 {
+            super::membership::BOOTSTRAP_REPLICAS
+        } else {
+            self.replicas as usize
+        }
+    }
 }
 
 /// The content of `store.meta`.
@@ -119,7 +134,16 @@ impl StoreMeta {
         };
         let bootstrap = match &self.bootstrap {
             Some(b) if b.pd.is_empty() => format!("{} {}", b.regions, ids(&b.members)),
-            Some(b) => format!("{} {} {}", b.regions, ids(&b.members), ids(&b.pd)),
+            Some(b) if b.replicas == 0 => {
+                format!("{} {} {}", b.regions, ids(&b.members), ids(&b.pd))
+            }
+            Some(b) => format!(
+                "{} {} {} {}",
+                b.regions,
+                ids(&b.members),
+                ids(&b.pd),
+                b.replicas
+            ),
             None => "-".to_string(),
         };
         let mut body = format!(
@@ -444,8 +468,8 @@ fn parse_pd_line(line: &str) -> Option<Option<Vec<PeerId>>> {
     }
 }
 
-/// `-` (no bootstrap) or `<regions> <id>,<id>... [<pd id>,<pd id>...]`; `None` when
-/// malformed.
+/// `-` (no bootstrap) or `<regions> <id>,<id>... [<pd id>,<pd id>... [<replicas>]]`;
+/// `None` when malformed.
 #[allow(clippy::option_option)]
 fn parse_bootstrap(text: &str) -> Option<Option<Bootstrap>> {
     if text == "-" {
@@ -463,6 +487,13 @@ fn parse_bootstrap(text: &str) -> Option<Option<Bootstrap>> {
         Some(ids) => list(ids)?,
         None => Vec::new(),
     };
+    let replicas = match words.next() {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=flotilla_pd::model::MAX_REPLICAS_MAX).contains(n))?,
+        None => 0,
+    };
     if words.next().is_some() {
         return None;
     }
@@ -470,6 +501,7 @@ fn parse_bootstrap(text: &str) -> Option<Option<Bootstrap>> {
         regions,
         members,
         pd,
+        replicas,
     }))
 }
 
@@ -543,6 +575,7 @@ mod tests {
                 regions: 3,
                 members: vec![a, b],
                 pd: vec![a],
+                replicas: 5,
             }),
             pd: Some(vec![a.peer_id()]),
             regions: regions
@@ -661,6 +694,33 @@ mod tests {
         assert!(error.contains("format 1"), "{error}");
         assert!(error.contains("empty data dir"), "{error}");
         assert!(error.contains("Runbook: a store lost its disk"), "{error}");
+    }
+
+    /// The bootstrap line's voters per static region: written when known, read back; a
+    /// line from before it was recorded means 3; a count beyond 7 is damage.
+    #[test]
+    fn bootstrap_replicas_round_trip_and_default_to_three() {
+        assert_eq!(
+            parse_bootstrap("3 0000000000008081 0000000000008081 5")
+                .unwrap()
+                .unwrap()
+                .replicas,
+            5
+        );
+        let old = parse_bootstrap("3 0000000000008081 0000000000008081")
+            .unwrap()
+            .unwrap();
+        assert_eq!((old.replicas, old.replicas_or_default()), (0, 3));
+        assert_eq!(
+            parse_bootstrap("3 0000000000008081 0000000000008081 9"),
+            None
+        );
+        assert_eq!(
+            parse_bootstrap("3 0000000000008081 0000000000008081 x"),
+            None
+        );
+        let text = sample().render();
+        assert!(text.contains(" 5\n"), "{text}");
     }
 
     #[test]

@@ -102,8 +102,17 @@ fn scans(engine: &dyn KvEngine) {
             limit: SCAN_LIMIT_MAX
         })
     );
-    assert_eq!(engine.approximate_keys(b"b", b"").unwrap(), 4);
-    assert_eq!(engine.approximate_keys(b"", b"c").unwrap(), 2);
+    let size = engine.approximate_size(b"b", b"").unwrap();
+    let stored: u64 = engine
+        .scan(b"b", b"", 100, false)
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    assert_eq!(size.keys, 4);
+    assert!(stored > 0);
+    assert_eq!(size.bytes, stored);
+    assert_eq!(engine.approximate_size(b"", b"c").unwrap().keys, 2);
 }
 
 /// Keys-only scans give the keys of `scan`, in its order, with its limits and refusals;

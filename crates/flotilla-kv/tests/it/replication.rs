@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flotilla_kv::engine::RangeSize;
 use flotilla_kv::state_machine::completion_error;
 use flotilla_kv::{Epoch, KvCommand, KvEngine, KvError, KvOutput, Region, RegionId};
 
@@ -543,8 +544,8 @@ impl KvEngine for FailingEngine {
         self.inner.write(batch)
     }
 
-    fn approximate_keys(&self, start: &[u8], end: &[u8]) -> Result<u64, KvError> {
-        self.inner.approximate_keys(start, end)
+    fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<RangeSize, KvError> {
+        self.inner.approximate_size(start, end)
     }
 
     fn export_range(

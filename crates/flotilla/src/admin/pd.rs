@@ -217,6 +217,8 @@ pub(super) async fn pd(
                 .filter(|r| !r.quorum)
                 .map(|r| r.id)
                 .collect();
+            // Sizes as each region's leader last measured them (the PD's balance by size).
+            let region_bytes: u64 = s.regions.iter().map(|r| r.approximate_bytes).sum();
             let value = success(vec![
                 ("leader", Value::from(s.leader.clone())),
                 ("leader_id", Value::from(s.leader_id.clone())),
@@ -236,6 +238,7 @@ pub(super) async fn pd(
                     Value::Array(s.finished.iter().map(operator_json).collect()),
                 ),
                 ("regions", Value::from(s.regions.len())),
+                ("region_bytes", Value::from(region_bytes)),
                 ("regions_without_quorum", Value::from(lost.clone())),
                 (
                     "meta_voters",
@@ -262,7 +265,7 @@ pub(super) async fn pd(
             )];
             human.extend(stores_table(&s.stores));
             human.push(format!(
-                "regions: {} ({} without quorum{})",
+                "regions: {}, about {region_bytes} bytes of keys and values ({} without quorum{})",
                 s.regions.len(),
                 lost.len(),
                 if lost.is_empty() {

@@ -165,6 +165,18 @@ fn new_stores_take_replicas_and_leaders_a_dead_one_is_replaced_a_removed_one_emp
     let e = addresses.join(",");
     wait_for_leaders(&peers, 24);
     put_keys(&peers, "k", 60);
+    // Region leaders measure their regions' sizes and report them.
+    until(
+        "the written keys' bytes reported to the PD",
+        Duration::from_secs(60),
+        || {
+            let status = pd_status(&peers)?;
+            match status["region_bytes"].as_u64() {
+                Some(bytes) if bytes >= 60 => Ok(()),
+                _ => Err(format!("region_bytes {}", status["region_bytes"])),
+            }
+        },
+    );
 
     // Two stores join: the PD moves replicas and leaders to them.
     let started = Instant::now();
@@ -311,8 +323,8 @@ fn the_pd_leader_killed_mid_operator_leaves_them_to_the_next_leader() {
     check_keys(&live, "f", 30);
 }
 
-/// A region to break and the two voters to kill: its leader and another voter, at most one
-/// a meta group member (the meta group keeps its majority, so a PD keeps running even if
+/// A region to break and the two voters to kill: its two followers, at most one a meta
+/// group member (the meta group keeps its majority, so a PD keeps running even if
 /// its leader was one of them), the region's range starting with a printable key (so that
 /// a key in it can be written).
 fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
@@ -332,19 +344,16 @@ fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
             .filter_map(Value::as_str)
             .map(str::to_string)
             .collect();
-        // The region's leader dies too: the survivor is a follower, which `recover` may
-        // reset once it has not heard a leader for an election timeout (a leader that
-        // lost its majority while its region slept keeps leading, and reset-peers refuses
-        // a leader: see the notes).
+        // The region's two followers die: its leader survives, most likely asleep (an
+        // idle region hibernates, and nothing then ticks its step-down), and `recover`
+        // must reset it all the same.
         let leader = region["leader_id"].as_str()?.to_string();
         if !voters.contains(&leader) {
             return None;
         }
-        voters
-            .iter()
-            .filter(|b| **b != leader)
-            .find(|b| usize::from(meta.contains(&leader)) + usize::from(meta.contains(*b)) <= 1)
-            .map(|b| vec![leader.clone(), b.clone()])
+        let followers: Vec<String> = voters.into_iter().filter(|v| *v != leader).collect();
+        let in_meta = followers.iter().filter(|f| meta.contains(*f)).count();
+        (followers.len() == 2 && in_meta <= 1).then_some(followers)
     };
     status["regions"]
         .as_array()
@@ -367,7 +376,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
     let mut servers = start_stores(&dir, &addresses, 6);
     wait_for_leaders(&all, 6);
     short_step_timeout(&all);
-    // The PD trims every region to 3 voters (bootstrap put them on all five).
+    // Every region starts on 3 of the five (the default max-replicas).
     let status = until(
         "every region on 3 voters, nothing in flight",
         Duration::from_secs(90),
@@ -497,4 +506,31 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
     );
     let (code, value) = kv(&live, &["get", &key]);
     assert_eq!((code, value["value"].as_str()), (0, Some("yes")), "{value}");
+}
+
+/// A bootstrapper's `--max-replicas` is how many voters each static region starts with
+/// (the other members adopt it): no operator is needed to reach it.
+#[test]
+fn static_regions_start_on_max_replicas_voters() {
+    let dir = TempDir::new("pd-bootstrap-replicas");
+    let addresses = free_addresses(4);
+    let peers = addresses.join(",");
+    let flags = [PD.as_slice(), &["--max-replicas", "4"]].concat();
+    let _servers: Vec<Server> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 4, &flags)
+        })
+        .collect();
+    wait_for_leaders(&peers, 4);
+    regions_settled(&peers, 4, &[]).expect("every region started on 4 voters");
+    let pd = until("the PD answers", Duration::from_secs(60), || pd_status(&peers));
+    let moved: Vec<&Value> = pd["finished"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["kind"] != "balance-leader")
+        .collect();
+    assert!(moved.is_empty(), "replicas were moved to reach 4: {moved:?}");
 }

@@ -68,20 +68,23 @@ impl Store {
             .take(finished_shown())
             .map(|f| operator_status(&f.operator, None, outcome_text(&f.outcome)))
             .collect();
+        let views: std::collections::HashMap<u64, &flotilla_pd::RegionView> =
+            view.regions.iter().map(|r| (r.record.id, r)).collect();
         let regions = state
             .regions
             .values()
             .map(|record| {
-                let leader = soft.regions.get(&record.id).map(|r| r.leader.to_string());
-                let region_view = view.regions.iter().find(|r| r.record.id == record.id);
+                let live = soft.regions.get(&record.id);
+                let region_view = views.get(&record.id);
                 proto::RegionHealth {
                     id: record.id,
                     quorum: region_view.is_none_or(|r| flotilla_pd::has_quorum(r, &view.stores)),
-                    leader: leader.unwrap_or_default(),
+                    leader: live.map(|r| r.leader.to_string()).unwrap_or_default(),
                     voters: record.voters.iter().map(ToString::to_string).collect(),
                     learners: record.learners.iter().map(ToString::to_string).collect(),
                     conf_version: record.conf_version,
                     version: record.version,
+                    approximate_bytes: live.map_or(0, |r| r.bytes),
                 }
             })
             .collect();

@@ -239,12 +239,17 @@ impl Store {
                     RegionSoft {
                         leader,
                         joint: report.joint,
+                        bytes: report.approximate_bytes,
                         at: Instant::now(),
                     },
                 );
                 // A report that changes nothing still counts for `finished_at`'s settling,
                 // which a round with a region waiting never skips.
-                if previous.is_none_or(|p| p.leader != leader || p.joint != report.joint) {
+                if previous.is_none_or(|p| {
+                    p.leader != leader
+                        || p.joint != report.joint
+                        || p.bytes != report.approximate_bytes
+                }) {
                     soft.generation += 1;
                 }
             }
@@ -273,7 +278,7 @@ impl Store {
                 RegionView {
                     record: record.clone(),
                     leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
-                    approximate_bytes: 0,
+                    approximate_bytes: live.map_or(0, |l| l.bytes),
                     in_joint: live.is_some_and(|l| l.joint),
                 }
             })

@@ -1,9 +1,11 @@
 //! What every store tells the placement driver, and how it finds it: the store heartbeat
 //! (every `--pd-heartbeat`, 10 s by default: identity, address, labels, space, and the
 //! region peers it hosts with the configuration each knows) and the region reports of the
-//! regions it leads (when their leader, configuration or epoch changed, and otherwise
-//! every [`super::REGION_REPORT_EVERY`]; a hibernating region changes nothing, so 1,000
-//! sleeping regions cost one heartbeat). The heartbeat's answer names the peers the PD
+//! regions it leads (when their leader, configuration or epoch changed or their size by
+//! more than an eighth, and otherwise every [`super::REGION_REPORT_EVERY`]; a hibernating
+//! region changes nothing, so 1,000 sleeping regions cost one heartbeat). A region's size
+//! is measured by its leader when it first leads it and then, if it was written, at most
+//! every six heartbeats. The heartbeat's answer names the peers the PD
 //! knows to be removed from their regions: each is checked here again, then destroyed.
 //!
 //! Owns: the loop that sends them, and the way to the PD leader (the address last heard,
@@ -33,6 +35,10 @@ const REPORT_POLL: Duration = Duration::from_secs(1);
 /// Most addresses one call tries before it gives up for this round.
 const PD_CALL_TRIES_MAX: usize = 8;
 
+/// Most regions whose size one poll measures (a store that just started, or took over
+/// many leaders, measures them over a few seconds rather than all at once).
+const SIZES_PER_POLL: usize = 64;
+
 /// What a region leader last reported of a region, to report again only on a change.
 #[derive(Clone, PartialEq, Eq)]
 struct Reported {
@@ -41,6 +47,27 @@ struct Reported {
     voters: Vec<String>,
     learners: Vec<String>,
     joint: bool,
+    bytes: u64,
+}
+
+impl Reported {
+    /// Whether `self`, reported last, still says what `now` says: the same shape, and a
+    /// size within an eighth (a growing region is reported as it grows, not on every
+    /// write; the slow report carries the rest).
+    fn still_says(&self, now: &Reported) -> bool {
+        let same_shape = (self.conf_version, self.version, self.joint)
+            == (now.conf_version, now.version, now.joint)
+            && self.voters == now.voters
+            && self.learners == now.learners;
+        same_shape && self.bytes.abs_diff(now.bytes) <= self.bytes / 8
+    }
+}
+
+/// A region's size as last measured here, with the applied index it was measured at.
+struct Measured {
+    applied: u64,
+    bytes: u64,
+    at: Instant,
 }
 
 /// The configuration of a region led here that is known to be committed, with its
@@ -72,6 +99,7 @@ fn report_of(
     status: &flotilla_node::NodeStatus,
     committed: (u64, Configuration),
     me: &PeerId,
+    bytes: u64,
 ) -> proto::RegionReport {
     let (conf_version, configuration) = committed;
     proto::RegionReport {
@@ -84,7 +112,7 @@ fn report_of(
         learners: ids(&configuration.learners),
         joint: configuration.old_voters.is_some() || status.configuration.old_voters.is_some(),
         leader: me.as_str().to_string(),
-        approximate_bytes: 0,
+        approximate_bytes: bytes,
         commit_index: status.committed.0,
         alive: status
             .alive_peers
@@ -99,6 +127,7 @@ impl Store {
     fn due_reports(
         &self,
         reported: &mut HashMap<u64, (Reported, Instant)>,
+        sizes: &HashMap<u64, Measured>,
     ) -> Vec<proto::RegionReport> {
         let me = self.inner.id.clone();
         let mut led = BTreeSet::new();
@@ -109,9 +138,11 @@ impl Store {
             let hibernating = peer.node.with_status(|s| s.hibernating);
             led.insert(peer.node.group());
             let region = peer.machine.region();
-            let unchanged = reported
-                .get(&peer.node.group())
-                .is_some_and(|(last, _)| last.conf_version == region.epoch.conf_version);
+            let bytes = sizes.get(&region.id.0).map_or(0, |m| m.bytes);
+            let unchanged = reported.get(&peer.node.group()).is_some_and(|(last, _)| {
+                last.conf_version == region.epoch.conf_version
+                    && last.bytes.abs_diff(bytes) <= last.bytes / 8
+            });
             if hibernating && unchanged {
                 // Asleep, and no configuration committed since its last report.
                 continue;
@@ -130,6 +161,7 @@ impl Store {
                     &status,
                     c,
                     &me,
+                    bytes,
                 )
             }));
         }
@@ -140,7 +172,7 @@ impl Store {
                 let committed = committed_configuration(meta.committed(), &status, 1);
                 candidates.extend(
                     committed
-                        .map(|c| report_of(META_GROUP, Default::default(), 1, &status, c, &me)),
+                        .map(|c| report_of(META_GROUP, Default::default(), 1, &status, c, &me, 0)),
                 );
             }
         }
@@ -152,10 +184,11 @@ impl Store {
                 voters: report.voters.clone(),
                 learners: report.learners.clone(),
                 joint: report.joint,
+                bytes: report.approximate_bytes,
             };
-            let due = reported
-                .get(&report.id)
-                .is_none_or(|(last, at)| *last != key || at.elapsed() >= REGION_REPORT_EVERY);
+            let due = reported.get(&report.id).is_none_or(|(last, at)| {
+                !last.still_says(&key) || at.elapsed() >= REGION_REPORT_EVERY
+            });
             if due {
                 reported.insert(report.id, (key, Instant::now()));
                 reports.push(report);
@@ -166,6 +199,54 @@ impl Store {
             reported.retain(|id, _| led.contains(id));
         }
         reports
+    }
+
+    /// Measures the size of regions led here that were never measured, or whose applied
+    /// index moved since a measure older than `every` (a sleeping region is measured
+    /// once), at most [`SIZES_PER_POLL`] a call, off the async threads. Forgets regions
+    /// no longer led here.
+    async fn measure_sizes(&self, sizes: &mut HashMap<u64, Measured>, every: Duration) {
+        let leading = self.peers_where(|peer| peer.node.with_status(|s| s.role == Role::Leader));
+        let led: BTreeSet<u64> = leading.iter().map(|p| p.node.group()).collect();
+        sizes.retain(|id, _| led.contains(id));
+        let due: Vec<(u64, u64, bytes::Bytes, bytes::Bytes)> = leading
+            .iter()
+            .filter_map(|peer| {
+                let applied = peer.node.with_status(|s| s.applied.0);
+                let id = peer.node.group();
+                let stale = sizes
+                    .get(&id)
+                    .is_none_or(|m| m.applied != applied && m.at.elapsed() >= every);
+                stale.then(|| {
+                    let region = peer.machine.region();
+                    (id, applied, region.start, region.end)
+                })
+            })
+            .take(SIZES_PER_POLL)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let engine = self.inner.engine.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            due.into_iter()
+                .filter_map(|(id, applied, start, end)| {
+                    match engine.approximate_size(&start, &end) {
+                        Ok(size) => Some((id, applied, size.bytes)),
+                        Err(e) => {
+                            tracing::warn!(region = id, error = %e, "cannot measure a region's size");
+                            None
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let at = Instant::now();
+        for (id, applied, bytes) in measured {
+            sizes.insert(id, Measured { applied, bytes, at });
+        }
     }
 
     /// The store heartbeat's request.
@@ -383,6 +464,7 @@ impl Store {
 /// The reporting loop of a store, until it closes.
 pub(super) async fn run(inner: Weak<StoreInner>) {
     let mut reported: HashMap<u64, (Reported, Instant)> = HashMap::new();
+    let mut sizes: HashMap<u64, Measured> = HashMap::new();
     let mut last_heartbeat: Option<Instant> = None;
     let mut poll = tokio::time::interval(REPORT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -394,7 +476,11 @@ pub(super) async fn run(inner: Weak<StoreInner>) {
         if store.cluster() == 0 {
             continue;
         }
-        let reports = store.due_reports(&mut reported);
+        // A written region is measured again at most every six heartbeats (a minute by
+        // default, as often as an unchanged region is reported).
+        let every = store.inner.pd.heartbeat.saturating_mul(6);
+        store.measure_sizes(&mut sizes, every).await;
+        let reports = store.due_reports(&mut reported, &sizes);
         if !reports.is_empty() && !store.send_reports(reports.clone()).await {
             // Not delivered: report them again next time.
             for report in &reports {

@@ -128,6 +128,8 @@ pub(crate) struct StoreSoft {
 pub(crate) struct RegionSoft {
     pub(crate) leader: StoreId,
     pub(crate) joint: bool,
+    /// Bytes of keys and values, as its leader last measured them.
+    pub(crate) bytes: u64,
     /// When its leader last reported it.
     pub(crate) at: Instant,
 }
