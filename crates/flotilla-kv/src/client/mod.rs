@@ -48,9 +48,9 @@ use connection::{grpc_client, Call, Connections, Reply};
 pub use error::ClientError;
 use error::{done, error_chain, previous, swapped, wrong_reply};
 pub use options::{ClientOptions, ReadConsistency};
-use retry::{classify, never_sent, pause, Next, BACKOFF_FIRST};
+use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
-use routing::RouteTable;
+use routing::{covers_key_space, RouteTable, STORES_LEARNED_MAX};
 
 struct ClientInner {
     endpoints: Vec<String>,
@@ -189,6 +189,33 @@ impl KvClient {
                 }
             }
         }
+        let (mut replies, mut errors) = self.ask_stores(addresses.clone()).await;
+        // The stores asked may not hold every region (a client given only a store that
+        // joined and holds nothing yet): then ask the stores their address books name
+        // (every store learns every other's address from the placement driver).
+        if !covers_key_space(&replies) {
+            let more: Vec<String> = replies
+                .iter()
+                .flat_map(|r| r.stores.iter().map(|s| s.address.clone()))
+                .filter(|a| !a.is_empty() && !addresses.contains(a) && !self.is_down(a))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .take(STORES_LEARNED_MAX)
+                .collect();
+            if !more.is_empty() {
+                let (r, e) = self.ask_stores(more).await;
+                replies.extend(r);
+                errors.extend(e);
+            }
+        }
+        (replies, errors)
+    }
+
+    /// Asks each of `addresses` for its regions, all at once.
+    async fn ask_stores(
+        &self,
+        addresses: Vec<String>,
+    ) -> (Vec<proto::RegionsReply>, Vec<(String, ClientError)>) {
         let mut replies = Vec::new();
         let mut errors = Vec::new();
         let asks: Vec<_> = addresses
@@ -539,7 +566,13 @@ impl KvClient {
                     self.set_leader(&route.region, hint);
                 }
                 Next::Reroute => {
-                    self.refresh_routes().await.ok();
+                    // A stale epoch names the region as it is now: take it in and retry
+                    // at once; anything else (or a key it no longer holds) asks the stores.
+                    let adopted = stale_region(&status)
+                        .is_some_and(|now| self.inner.routes.adopt(&route, now));
+                    if !adopted || self.inner.routes.lookup(route_key).is_none() {
+                        self.refresh_routes().await.ok();
+                    }
                 }
                 Next::Backoff => pause(&mut backoff, deadline).await,
                 Next::Lost => {

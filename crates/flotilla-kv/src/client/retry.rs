@@ -79,6 +79,26 @@ pub(super) fn classify(status: &Status) -> (Next, ClientError) {
     )
 }
 
+/// The region a `StaleEpoch` refusal carries as it is now (metadata `flotilla-region`,
+/// the region's encoding in hex), if any and if it decodes.
+pub(super) fn stale_region(status: &Status) -> Option<crate::region::Region> {
+    let hex = status
+        .metadata()
+        .get(crate::service::REGION_KEY)?
+        .to_str()
+        .ok()?;
+    // A region's encoding: two keys and a few fixed fields.
+    let encoded_max = 2 * crate::limits::KEY_BYTES_MAX + 64;
+    if hex.len() % 2 != 0 || hex.len() > 2 * encoded_max {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    crate::region::Region::decode(&bytes?).ok()
+}
+
 /// True if `status` says the request never left this client: the connection it needed was
 /// refused or could not be made (tonic reconnects a cached channel lazily, so a store that
 /// died shows up here, not when the channel is checked). Nothing reached the store, so even

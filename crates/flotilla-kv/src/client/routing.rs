@@ -35,6 +35,32 @@ pub struct Route {
     pub learners: Vec<String>,
 }
 
+/// Most stores one route refresh learns from the others' address books and asks.
+pub(super) const STORES_LEARNED_MAX: usize = 256;
+
+/// Whether the regions `replies` report (those with voters) cover every key, from the
+/// first to past the last, without a hole.
+pub(super) fn covers_key_space(replies: &[proto::RegionsReply]) -> bool {
+    let mut ranges: Vec<(&[u8], &[u8])> = replies
+        .iter()
+        .flat_map(|r| &r.regions)
+        .filter(|info| !info.peers.is_empty())
+        .map(|info| (info.start.as_ref(), info.end.as_ref()))
+        .collect();
+    ranges.sort_unstable();
+    let mut covered: &[u8] = b"";
+    for (start, end) in ranges {
+        if start > covered {
+            return false;
+        }
+        if end.is_empty() {
+            return true;
+        }
+        covered = covered.max(end);
+    }
+    false
+}
+
 /// The region holding `key` in `routes`.
 fn route_in(routes: &BTreeMap<Bytes, Route>, key: &[u8]) -> Option<Route> {
     routes
@@ -152,6 +178,40 @@ impl RouteTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = routes;
     }
 
+    /// Takes in `now`, the region as the replica that refused a request with a stale
+    /// epoch holds it (its range may have shrunk in a split, or grown in a merge), when
+    /// it is newer than what `asked` routed: the route keeps its peers and leader with the
+    /// new range and epoch, and every route `now` overlaps gives way. A key outside the
+    /// new range then finds no route and refreshes; a key inside it is sent again at once,
+    /// without asking the stores. Answers whether the table changed.
+    pub(super) fn adopt(&self, asked: &Route, now: Region) -> bool {
+        if now.id != asked.region.id
+            || (now.epoch.version, now.epoch.conf_version)
+                <= (asked.region.epoch.version, asked.region.epoch.conf_version)
+        {
+            return false;
+        }
+        let mut routes = self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        routes.retain(|_, route| {
+            let overlaps = (now.end.is_empty() || route.region.start < now.end)
+                && (route.region.end.is_empty() || now.start < route.region.end);
+            !(overlaps || route.region.id == now.id)
+        });
+        routes.insert(
+            now.start.clone(),
+            Route {
+                region: now,
+                leader: asked.leader.clone(),
+                peers: asked.peers.clone(),
+                learners: asked.learners.clone(),
+            },
+        );
+        true
+    }
+
     /// Records `leader` (`None`: not known) as the leader of `region`, if the table still
     /// routes its start key to it.
     pub(super) fn set_leader(&self, region: &Region, leader: Option<String>) {
@@ -225,5 +285,113 @@ impl RouteTable {
                 after_start && before_end
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Epoch, RegionId};
+
+    fn region(id: u64, start: &str, end: &str, version: u64) -> Region {
+        let epoch = Epoch {
+            conf_version: 1,
+            version,
+        };
+        Region::new(
+            RegionId(id),
+            Bytes::from(start.to_string()),
+            Bytes::from(end.to_string()),
+            epoch,
+        )
+        .unwrap()
+    }
+
+    fn reply(ranges: &[(&str, &str)]) -> proto::RegionsReply {
+        proto::RegionsReply {
+            regions: ranges
+                .iter()
+                .map(|(start, end)| proto::RegionInfo {
+                    start: Bytes::from(start.to_string()),
+                    end: Bytes::from(end.to_string()),
+                    peers: vec!["127.0.0.1:1".into()],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn key_space_coverage_finds_holes() {
+        assert!(!covers_key_space(&[]));
+        assert!(covers_key_space(&[reply(&[("", "")])]));
+        assert!(covers_key_space(&[
+            reply(&[("m", "")]),
+            reply(&[("", "m")])
+        ]));
+        assert!(
+            !covers_key_space(&[reply(&[("", "f"), ("m", "")])]),
+            "hole [f, m)"
+        );
+        assert!(!covers_key_space(&[reply(&[("", "m")])]), "nothing past m");
+        assert!(
+            !covers_key_space(&[reply(&[("a", "")])]),
+            "nothing before a"
+        );
+        assert!(covers_key_space(&[reply(&[
+            ("", "p"),
+            ("f", "m"),
+            ("p", "")
+        ])]));
+        let mut voterless = reply(&[("", "")]);
+        voterless.regions[0].peers.clear();
+        assert!(
+            !covers_key_space(&[voterless]),
+            "a region without voters routes nothing"
+        );
+    }
+
+    fn route(region: Region) -> Route {
+        Route {
+            region,
+            leader: Some("127.0.0.1:1".into()),
+            peers: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            learners: Vec::new(),
+        }
+    }
+
+    fn table(routes: &[Route]) -> RouteTable {
+        let table = RouteTable::new();
+        *table.routes.write().unwrap() = routes
+            .iter()
+            .map(|r| (r.region.start.clone(), r.clone()))
+            .collect();
+        table
+    }
+
+    /// A split narrowed region 1 to [a, m): the client takes it in, keeps its peers and
+    /// leader, and a key past the new end finds no route (it refreshes); an older or
+    /// equal epoch, or another region's, changes nothing.
+    #[test]
+    fn a_stale_epoch_region_is_taken_in_and_older_ones_are_not() {
+        let asked = route(region(1, "a", "z", 1));
+        let other = route(region(2, "z", "", 1));
+        let t = table(&[asked.clone(), other.clone()]);
+        assert!(!t.adopt(&asked, region(1, "a", "m", 1)), "same epoch");
+        assert!(!t.adopt(&asked, region(2, "a", "m", 5)), "another region");
+        assert!(t.adopt(&asked, region(1, "a", "m", 2)));
+        let now = t.lookup(b"c").expect("a key still in region 1");
+        assert_eq!(now.region.end, Bytes::from_static(b"m"));
+        assert_eq!(now.region.epoch.version, 2);
+        assert_eq!(now.peers, asked.peers);
+        assert_eq!(now.leader, asked.leader);
+        assert!(t.lookup(b"q").is_none(), "a key the region gave away");
+        assert_eq!(t.lookup(b"zz").unwrap().region.id, RegionId(2));
+        // A merge grew region 1 over region 2's range: region 2's route gives way.
+        let asked = t.lookup(b"c").unwrap();
+        assert!(t.adopt(&asked, region(1, "a", "", 3)));
+        assert_eq!(t.lookup(b"zz").unwrap().region.id, RegionId(1));
+        assert_eq!(t.all().len(), 1);
     }
 }

@@ -509,28 +509,66 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
 }
 
 /// A bootstrapper's `--max-replicas` is how many voters each static region starts with
-/// (the other members adopt it): no operator is needed to reach it.
+/// (the other members adopt it): no operator is needed to reach it. And a client given
+/// only a store that holds no region still finds every region (through the address book
+/// the PD fills).
 #[test]
 fn static_regions_start_on_max_replicas_voters() {
     let dir = TempDir::new("pd-bootstrap-replicas");
-    let addresses = free_addresses(4);
-    let peers = addresses.join(",");
+    let addresses = free_addresses(5);
+    let peers = addresses[..4].join(",");
     let flags = [PD.as_slice(), &["--max-replicas", "4"]].concat();
-    let _servers: Vec<Server> = addresses
+    let mut servers: Vec<Server> = addresses[..4]
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 4, &flags)
-        })
+        .map(|(i, a)| Server::start_with(a, Some(&peers), &dir.0.join(format!("s{i}")), 4, &flags))
         .collect();
     wait_for_leaders(&peers, 4);
     regions_settled(&peers, 4, &[]).expect("every region started on 4 voters");
-    let pd = until("the PD answers", Duration::from_secs(60), || pd_status(&peers));
+    let pd = until("the PD answers", Duration::from_secs(60), || {
+        pd_status(&peers)
+    });
     let moved: Vec<&Value> = pd["finished"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|o| o["kind"] != "balance-leader")
         .collect();
-    assert!(moved.is_empty(), "replicas were moved to reach 4: {moved:?}");
+    assert!(
+        moved.is_empty(),
+        "replicas were moved to reach 4: {moved:?}"
+    );
+
+    // A fifth store joins while the PD is paused: it holds no region, and a client that
+    // knows only it still reads and writes every region.
+    let (code, paused) = admin(&peers, &["pd", "pause"]);
+    assert_eq!(code, 0, "{paused}");
+    let fifth = addresses[4].clone();
+    let join = format!("{},{fifth}", addresses[0]);
+    servers.push(Server::start_with(
+        &fifth,
+        Some(&join),
+        &dir.0.join("s4"),
+        4,
+        &flags,
+    ));
+    let all = addresses.join(",");
+    until(
+        "the fifth store registered with the PD",
+        Duration::from_secs(60),
+        || {
+            let status = pd_status(&all)?;
+            let up = up_stores(&status);
+            if up.len() == 5 {
+                Ok(())
+            } else {
+                Err(format!("up {up:?}"))
+            }
+        },
+    );
+    let (code, status) = admin(&fifth, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    put_until_ok(&fifth, "via-the-fifth", "yes", Duration::from_secs(30));
+    let (code, got) = kv(&fifth, &["get", "via-the-fifth"]);
+    assert_eq!((code, got["value"].as_str()), (0, Some("yes")), "{got}");
 }
