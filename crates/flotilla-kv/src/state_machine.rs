@@ -57,6 +57,13 @@ pub enum RegionEvent {
         /// The configuration.
         configuration: Configuration,
     },
+    /// This peer started (an entry of its term committed) or stopped leading the region.
+    Leader {
+        /// The region.
+        region: RegionId,
+        /// Whether it leads now.
+        leading: bool,
+    },
 }
 
 /// Bytes read from a snapshot file at a time.
@@ -402,6 +409,14 @@ fn apply_command(
 }
 
 impl StateMachine for KvStateMachine {
+    fn on_leader_start(&mut self, _term: flotilla_node::Term) {
+        self.send_leader(true);
+    }
+
+    fn on_leader_stop(&mut self, _term: flotilla_node::Term) {
+        self.send_leader(false);
+    }
+
     fn on_apply(&mut self, iter: &mut ApplyIter) {
         if let Some(why) = &self.failure {
             // Leaving the batch unconsumed stops the group (see the module docs).
@@ -540,6 +555,13 @@ impl StateMachine for KvStateMachine {
 }
 
 impl KvStateMachine {
+    fn send_leader(&self, leading: bool) {
+        if let Some(events) = &self.events {
+            let region = self.handle.region().id;
+            let _ = events.send(RegionEvent::Leader { region, leading });
+        }
+    }
+
     fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), KvError> {
         let meta = reader.meta();
         let current = self.handle.region();

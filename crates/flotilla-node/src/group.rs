@@ -268,6 +268,10 @@ impl Group {
                 answer(done, self.take_snapshot());
             }
             Request::Describe { done } => answer(done, Ok(self.raft.describe())),
+            Request::Campaign { done } => {
+                self.raft.campaign_now();
+                answer(done, Ok(()));
+            }
             Request::SetElectionTimeout { ticks, done } => {
                 answer(
                     done,
@@ -636,7 +640,9 @@ impl Group {
                 Request::Read { done, .. } | Request::Snapshot { done } => {
                     answer(done, Err(refusal))
                 }
-                Request::Change { done, .. } | Request::SetElectionTimeout { done, .. } => {
+                Request::Change { done, .. }
+                | Request::SetElectionTimeout { done, .. }
+                | Request::Campaign { done } => {
                     answer(done, Err(refusal));
                 }
                 Request::Transfer { done, .. } => answer(done, Err(refusal)),

@@ -219,6 +219,15 @@ impl Node {
         .await
     }
 
+    /// Starts an election now (with pre-vote), as if the election timer fired: a way to
+    /// choose who leads a new group first (a bootstrap spreads its regions' first leaders
+    /// over the stores). Nothing happens on a leader or a peer that may not campaign; the
+    /// answer says only that the core took the request.
+    pub async fn campaign(&self) -> Result<(), NodeError> {
+        self.submit(|done| Request::Campaign { done }, NodeError::ShutDown)
+            .await
+    }
+
     /// Takes a snapshot now; answers with its index.
     pub async fn snapshot(&self) -> Result<LogIndex, NodeError> {
         self.submit(|done| Request::Snapshot { done }, NodeError::ShutDown)

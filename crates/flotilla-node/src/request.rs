@@ -56,4 +56,7 @@ pub(crate) enum Request {
         ticks: u64,
         done: oneshot::Sender<Result<(), NodeError>>,
     },
+    Campaign {
+        done: oneshot::Sender<Result<(), NodeError>>,
+    },
 }

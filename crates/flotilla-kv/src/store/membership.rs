@@ -52,6 +52,15 @@ pub(crate) fn static_placement(members: &[StoreId], index: usize, replicas: usiz
     voters
 }
 
+/// The member that campaigns first in static region number `index` of a new cluster: the
+/// first of its voters in [`static_placement`]'s rotation, so each member is asked to lead
+/// an equal share.
+pub(crate) fn first_leader(members: &[StoreId], index: usize) -> Option<StoreId> {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    (!sorted.is_empty()).then(|| sorted[index % sorted.len()])
+}
+
 /// The initial members of a new cluster's meta group: the first `replicas` of its members
 /// by store id (the same choice on every member, which all see the same list).
 pub(crate) fn meta_group_members(members: &[StoreId], replicas: u32) -> Vec<StoreId> {
@@ -308,6 +317,7 @@ impl Store {
             next.pd = Some(bootstrap.pd.iter().map(|id| id.peer_id()).collect());
         }
         let me = StoreId::parse(self.inner.id.as_str()).map_err(KvError::Refused)?;
+        let mut first_leader_here = std::collections::BTreeSet::new();
         next.regions = static_regions(bootstrap.regions)
             .map_err(KvError::Refused)?
             .into_iter()
@@ -315,6 +325,9 @@ impl Store {
             .filter_map(|(index, region)| {
                 let voters =
                     static_placement(&bootstrap.members, index, bootstrap.replicas_or_default());
+                if first_leader(&bootstrap.members, index) == Some(me) {
+                    first_leader_here.insert(region.id);
+                }
                 voters.contains(&me).then(|| HostedRegion {
                     region,
                     initial_peers: voters.iter().map(|id| id.peer_id()).collect(),
@@ -339,9 +352,19 @@ impl Store {
                 .map_err(|e| KvError::Engine(e.to_string()))?;
         }
         for hosted in &next.regions {
-            self.start_region(hosted)
+            let node = self
+                .start_region(hosted)
                 .await
                 .map_err(|e| KvError::Engine(e.to_string()))?;
+            if first_leader_here.contains(&hosted.region.id) {
+                // Its first leader, if the election goes as asked: the leaders of a new
+                // cluster start spread over the stores instead of mostly on the one that
+                // bootstrapped it (which opens its regions first), so the placement
+                // driver has no leaders to move.
+                tokio::spawn(async move {
+                    let _ = node.campaign().await;
+                });
+            }
         }
         let named: Vec<String> = members
             .iter()
@@ -500,9 +523,13 @@ mod tests {
     fn static_regions_start_on_three_members_spread_evenly() {
         let members: Vec<StoreId> = [50, 10, 40, 20, 30].into_iter().map(StoreId).collect();
         let mut count = std::collections::BTreeMap::new();
+        let mut firsts = std::collections::BTreeMap::new();
         for index in 0..24 {
             let voters = static_placement(&members, index, BOOTSTRAP_REPLICAS);
             assert_eq!(voters.len(), 3, "{voters:?}");
+            let first = first_leader(&members, index).expect("a first leader");
+            assert!(voters.contains(&first), "{first} leads {voters:?}");
+            *firsts.entry(first).or_insert(0) += 1;
             let distinct: std::collections::BTreeSet<_> = voters.iter().collect();
             assert_eq!(distinct.len(), 3, "{voters:?}");
             assert_eq!(
@@ -516,6 +543,13 @@ mod tests {
         }
         let (min, max) = (count.values().min().unwrap(), count.values().max().unwrap());
         assert!(max - min <= 1, "{count:?}");
+        // Every member is asked to lead 24 / 5 regions first, within one.
+        assert_eq!(firsts.len(), 5, "{firsts:?}");
+        let (min, max) = (
+            firsts.values().min().unwrap(),
+            firsts.values().max().unwrap(),
+        );
+        assert!(max - min <= 1, "{firsts:?}");
         let three: Vec<StoreId> = members[..3].to_vec();
         for index in 0..5 {
             assert_eq!(static_placement(&three, index, 3).len(), 3);

@@ -444,19 +444,6 @@ impl Store {
         Ok((peer, region))
     }
 
-    /// The region peers of this store that `keep` picks (a copy: the map's lock is not
-    /// held after; `keep` runs under it, so keep it short).
-    fn peers_where(&self, keep: impl Fn(&RegionPeer) -> bool) -> Vec<RegionPeer> {
-        self.inner
-            .regions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .filter(|peer| keep(peer))
-            .cloned()
-            .collect()
-    }
-
     /// Every region peer of this store (a copy: the map's lock is not held after).
     fn all_peers(&self) -> Vec<RegionPeer> {
         self.inner

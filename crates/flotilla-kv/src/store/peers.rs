@@ -25,7 +25,7 @@ use flotilla_node::PeerId;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::meta::MetaChange;
-use super::{Store, StoreInner};
+use super::{lock, Store, StoreInner};
 use crate::engine::WriteBatch;
 use crate::error::KvError;
 use crate::ids::RegionId;
@@ -37,8 +37,19 @@ impl Store {
     async fn on_region_event(&self, event: RegionEvent) {
         match event {
             RegionEvent::Configuration { region, .. } => {
+                lock(&self.inner.pd.led).dirty.insert(region.id.0);
                 if let Err(e) = self.record_epoch(&region).await {
                     tracing::warn!(region = %region.id, error = %e, "cannot record the region's new epoch; a restart starts from the older one and catches up");
+                }
+            }
+            RegionEvent::Leader { region, leading } => {
+                let mut led = lock(&self.inner.pd.led);
+                if leading {
+                    led.led.insert(region.0);
+                    led.dirty.insert(region.0);
+                } else {
+                    led.led.remove(&region.0);
+                    led.lost.insert(region.0);
                 }
             }
         }

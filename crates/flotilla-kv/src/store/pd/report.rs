@@ -2,11 +2,14 @@
 //! (every `--pd-heartbeat`, 10 s by default: identity, address, labels, space, and the
 //! region peers it hosts with the configuration each knows) and the region reports of the
 //! regions it leads (when their leader, configuration or epoch changed or their size by
-//! more than an eighth, and otherwise every [`super::REGION_REPORT_EVERY`]; a hibernating
-//! region changes nothing, so 1,000 sleeping regions cost one heartbeat). A region's size
-//! is measured by its leader when it first leads it and then, if it was written, at most
-//! every six heartbeats. The heartbeat's answer names the peers the PD
-//! knows to be removed from their regions: each is checked here again, then destroyed.
+//! more than an eighth, and otherwise every [`super::REGION_REPORT_EVERY`] unless asleep;
+//! a hibernating region changes nothing, so 1,000 sleeping regions cost one heartbeat).
+//! The loop learns which regions it leads from their state machines' leader events, and
+//! looks each second only at those that changed and those not looked at for six
+//! heartbeats; a region's size is measured by its leader when it first leads it and then,
+//! if it was written, at most every six heartbeats. The heartbeat's answer names the peers
+//! the PD knows to be removed from their regions: each is checked here again, then
+//! destroyed.
 //!
 //! Owns: the loop that sends them, and the way to the PD leader (the address last heard,
 //! then the meta group's members, then every store this one knows, following a refusal's
@@ -38,6 +41,8 @@ const PD_CALL_TRIES_MAX: usize = 8;
 /// Most regions whose size one poll measures (a store that just started, or took over
 /// many leaders, measures them over a few seconds rather than all at once).
 const SIZES_PER_POLL: usize = 64;
+/// Most led regions one poll looks at (the rest wait for the next poll).
+const LOOKS_PER_POLL: usize = 512;
 
 /// What a region leader last reported of a region, to report again only on a change.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,6 +73,28 @@ struct Measured {
     applied: u64,
     bytes: u64,
     at: Instant,
+}
+
+/// What the report loop keeps of a region led here.
+struct Tracked {
+    /// When the loop last looked at it.
+    looked: Instant,
+    /// What it last reported, and when.
+    reported: Option<(Reported, Instant)>,
+    measured: Option<Measured>,
+}
+
+impl Reported {
+    fn of(report: &proto::RegionReport) -> Reported {
+        Reported {
+            conf_version: report.conf_version,
+            version: report.version,
+            voters: report.voters.clone(),
+            learners: report.learners.clone(),
+            joint: report.joint,
+            bytes: report.approximate_bytes,
+        }
+    }
 }
 
 /// The configuration of a region led here that is known to be committed, with its
@@ -123,112 +150,179 @@ fn report_of(
 }
 
 impl Store {
-    /// The reports due of the regions this store leads (the meta group included).
-    fn due_reports(
+    /// The led regions to look at now: those whose leadership or configuration changed
+    /// (`dirty`), and those not looked at for `every` — at most [`LOOKS_PER_POLL`], the
+    /// changed ones first. Ids no longer led are dropped.
+    fn regions_to_look_at(&self, tracked: &mut HashMap<u64, Tracked>, every: Duration) -> Vec<u64> {
+        let mut led = lock(&self.inner.pd.led);
+        let dirty = std::mem::take(&mut led.dirty);
+        // Lost since the last look (and perhaps led again: then it is dirty too and is
+        // reported afresh).
+        for id in std::mem::take(&mut led.lost) {
+            tracked.remove(&id);
+        }
+        let mut out: Vec<u64> = dirty
+            .into_iter()
+            .filter(|id| led.led.contains(id))
+            .collect();
+        let mut chosen: BTreeSet<u64> = out.iter().copied().collect();
+        for id in &led.led {
+            if out.len() >= LOOKS_PER_POLL {
+                break;
+            }
+            let due = tracked.get(id).is_none_or(|t| t.looked.elapsed() >= every);
+            if due && chosen.insert(*id) {
+                out.push(*id);
+            }
+        }
+        // Left for the next poll: what did not fit.
+        let (now, later) = out.split_at(out.len().min(LOOKS_PER_POLL));
+        led.dirty.extend(later.iter().copied());
+        now.to_vec()
+    }
+
+    /// The reports due of the regions this store leads (the meta group included): the
+    /// regions `regions_to_look_at` names, measured first when never measured or written
+    /// since a measure older than `every` (off the async threads, at most
+    /// [`SIZES_PER_POLL`] a poll), reported when what they say changed, and otherwise
+    /// every [`REGION_REPORT_EVERY`] unless asleep and unchanged.
+    async fn due_reports(
         &self,
-        reported: &mut HashMap<u64, (Reported, Instant)>,
-        sizes: &HashMap<u64, Measured>,
+        tracked: &mut HashMap<u64, Tracked>,
+        every: Duration,
     ) -> Vec<proto::RegionReport> {
         let me = self.inner.id.clone();
-        let mut led = BTreeSet::new();
         let mut candidates = Vec::new();
-        // Most peers follow: pick the leaders without copying anyone's status.
-        let leading = self.peers_where(|peer| peer.node.with_status(|s| s.role == Role::Leader));
-        for peer in leading {
-            let hibernating = peer.node.with_status(|s| s.hibernating);
-            led.insert(peer.node.group());
-            let region = peer.machine.region();
-            let bytes = sizes.get(&region.id.0).map_or(0, |m| m.bytes);
-            let unchanged = reported.get(&peer.node.group()).is_some_and(|(last, _)| {
-                last.conf_version == region.epoch.conf_version
-                    && last.bytes.abs_diff(bytes) <= last.bytes / 8
-            });
-            if hibernating && unchanged {
-                // Asleep, and no configuration committed since its last report.
+        let mut to_measure = Vec::new();
+        let mut not_yet = Vec::new();
+        for id in self.regions_to_look_at(tracked, every) {
+            let Some(peer) = self.peer(RegionId(id)) else {
+                tracked.remove(&id);
+                continue;
+            };
+            let status = peer.node.status();
+            if status.role != Role::Leader {
+                // Its leader event came before its status said so: look again shortly.
+                not_yet.push(id);
                 continue;
             }
-            let status = peer.node.status();
+            let region = peer.machine.region();
+            let entry = tracked.entry(id).or_insert_with(|| Tracked {
+                looked: Instant::now(),
+                reported: None,
+                measured: None,
+            });
+            entry.looked = Instant::now();
+            let stale_size = entry
+                .measured
+                .as_ref()
+                .is_none_or(|m| m.applied != status.applied.0 && m.at.elapsed() >= every);
+            if stale_size && to_measure.len() < SIZES_PER_POLL {
+                to_measure.push((
+                    id,
+                    status.applied.0,
+                    region.start.clone(),
+                    region.end.clone(),
+                ));
+            }
             let committed = committed_configuration(
                 peer.machine.committed_configuration(),
                 &status,
                 region.epoch.conf_version,
             );
-            candidates.extend(committed.map(|c| {
-                report_of(
-                    region.id.0,
-                    (region.start.clone(), region.end.clone()),
-                    region.epoch.version,
-                    &status,
-                    c,
-                    &me,
-                    bytes,
-                )
-            }));
+            if let Some(committed) = committed {
+                candidates.push((region, status, committed));
+            }
         }
-        if let Some(meta) = self.meta_peer() {
-            let status = meta.node.status();
-            if status.role == Role::Leader {
-                led.insert(META_GROUP);
-                let committed = committed_configuration(meta.committed(), &status, 1);
-                candidates.extend(
-                    committed
-                        .map(|c| report_of(META_GROUP, Default::default(), 1, &status, c, &me, 0)),
-                );
+        if !not_yet.is_empty() {
+            lock(&self.inner.pd.led).dirty.extend(not_yet);
+        }
+        for (id, applied, bytes) in self.measure(to_measure).await {
+            if let Some(entry) = tracked.get_mut(&id) {
+                entry.measured = Some(Measured {
+                    applied,
+                    bytes,
+                    at: Instant::now(),
+                });
             }
         }
         let mut reports = Vec::new();
-        for report in candidates {
-            let key = Reported {
-                conf_version: report.conf_version,
-                version: report.version,
-                voters: report.voters.clone(),
-                learners: report.learners.clone(),
-                joint: report.joint,
-                bytes: report.approximate_bytes,
+        for (region, status, committed) in candidates {
+            let id = region.id.0;
+            let Some(entry) = tracked.get_mut(&id) else {
+                continue;
             };
-            let due = reported.get(&report.id).is_none_or(|(last, at)| {
-                !last.still_says(&key) || at.elapsed() >= REGION_REPORT_EVERY
+            let bytes = entry.measured.as_ref().map_or(0, |m| m.bytes);
+            let report = report_of(
+                id,
+                (region.start.clone(), region.end.clone()),
+                region.epoch.version,
+                &status,
+                committed,
+                &me,
+                bytes,
+            );
+            let key = Reported::of(&report);
+            let due = entry.reported.as_ref().is_none_or(|(last, at)| {
+                !last.still_says(&key)
+                    || (!status.hibernating && at.elapsed() >= REGION_REPORT_EVERY)
             });
             if due {
-                reported.insert(report.id, (key, Instant::now()));
+                entry.reported = Some((key, Instant::now()));
                 reports.push(report);
             }
         }
-        // A region no longer led here is reported afresh when it is led here again.
-        if reported.len() != led.len() || reported.keys().any(|id| !led.contains(id)) {
-            reported.retain(|id, _| led.contains(id));
+        if let Some(report) = self.meta_report(tracked) {
+            reports.push(report);
         }
         reports
     }
 
-    /// Measures the size of regions led here that were never measured, or whose applied
-    /// index moved since a measure older than `every` (a sleeping region is measured
-    /// once), at most [`SIZES_PER_POLL`] a call, off the async threads. Forgets regions
-    /// no longer led here.
-    async fn measure_sizes(&self, sizes: &mut HashMap<u64, Measured>, every: Duration) {
-        let leading = self.peers_where(|peer| peer.node.with_status(|s| s.role == Role::Leader));
-        let led: BTreeSet<u64> = leading.iter().map(|p| p.node.group()).collect();
-        sizes.retain(|id, _| led.contains(id));
-        let due: Vec<(u64, u64, bytes::Bytes, bytes::Bytes)> = leading
-            .iter()
-            .filter_map(|peer| {
-                let applied = peer.node.with_status(|s| s.applied.0);
-                let id = peer.node.group();
-                let stale = sizes
-                    .get(&id)
-                    .is_none_or(|m| m.applied != applied && m.at.elapsed() >= every);
-                stale.then(|| {
-                    let region = peer.machine.region();
-                    (id, applied, region.start, region.end)
-                })
-            })
-            .take(SIZES_PER_POLL)
-            .collect();
+    /// The meta group's report when this store leads it and it is due (the meta group is
+    /// repaired like a region; it has no leader events of its own here).
+    fn meta_report(&self, tracked: &mut HashMap<u64, Tracked>) -> Option<proto::RegionReport> {
+        let meta = self.meta_peer()?;
+        let status = meta.node.status();
+        if status.role != Role::Leader {
+            tracked.remove(&META_GROUP);
+            return None;
+        }
+        let committed = committed_configuration(meta.committed(), &status, 1)?;
+        let report = report_of(
+            META_GROUP,
+            Default::default(),
+            1,
+            &status,
+            committed,
+            &self.inner.id,
+            0,
+        );
+        let key = Reported::of(&report);
+        let entry = tracked.entry(META_GROUP).or_insert_with(|| Tracked {
+            looked: Instant::now(),
+            reported: None,
+            measured: None,
+        });
+        let due = entry
+            .reported
+            .as_ref()
+            .is_none_or(|(last, at)| !last.still_says(&key) || at.elapsed() >= REGION_REPORT_EVERY);
+        due.then(|| {
+            entry.reported = Some((key, Instant::now()));
+            report
+        })
+    }
+
+    /// Measures the regions `due` names (id, applied index, range), off the async threads.
+    async fn measure(
+        &self,
+        due: Vec<(u64, u64, bytes::Bytes, bytes::Bytes)>,
+    ) -> Vec<(u64, u64, u64)> {
         if due.is_empty() {
-            return;
+            return Vec::new();
         }
         let engine = self.inner.engine.clone();
-        let measured = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             due.into_iter()
                 .filter_map(|(id, applied, start, end)| {
                     match engine.approximate_size(&start, &end) {
@@ -239,14 +333,10 @@ impl Store {
                         }
                     }
                 })
-                .collect::<Vec<_>>()
+                .collect()
         })
         .await
-        .unwrap_or_default();
-        let at = Instant::now();
-        for (id, applied, bytes) in measured {
-            sizes.insert(id, Measured { applied, bytes, at });
-        }
+        .unwrap_or_default()
     }
 
     /// The store heartbeat's request.
@@ -463,8 +553,7 @@ impl Store {
 
 /// The reporting loop of a store, until it closes.
 pub(super) async fn run(inner: Weak<StoreInner>) {
-    let mut reported: HashMap<u64, (Reported, Instant)> = HashMap::new();
-    let mut sizes: HashMap<u64, Measured> = HashMap::new();
+    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
     let mut last_heartbeat: Option<Instant> = None;
     let mut poll = tokio::time::interval(REPORT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -476,22 +565,37 @@ pub(super) async fn run(inner: Weak<StoreInner>) {
         if store.cluster() == 0 {
             continue;
         }
-        // A written region is measured again at most every six heartbeats (a minute by
-        // default, as often as an unchanged region is reported).
-        let every = store.inner.pd.heartbeat.saturating_mul(6);
-        store.measure_sizes(&mut sizes, every).await;
-        let reports = store.due_reports(&mut reported, &sizes);
+        // Each led region is looked at again every six heartbeats (a minute by default):
+        // a written one is measured again then.
+        let every = store
+            .inner
+            .pd
+            .heartbeat
+            .saturating_mul(6)
+            .min(REGION_REPORT_EVERY);
+        let reports = store.due_reports(&mut tracked, every).await;
         if !reports.is_empty() && !store.send_reports(reports.clone()).await {
             // Not delivered: report them again next time.
+            let mut led = lock(&store.inner.pd.led);
             for report in &reports {
-                reported.remove(&report.id);
+                if let Some(entry) = tracked.get_mut(&report.id) {
+                    entry.reported = None;
+                }
+                if report.id != META_GROUP {
+                    led.dirty.insert(report.id);
+                }
             }
         }
         if last_heartbeat.is_none_or(|at| at.elapsed() >= store.inner.pd.heartbeat) {
             last_heartbeat = Some(Instant::now());
             if store.send_heartbeat().await {
                 // A new PD leader: it hears every region led here afresh.
-                reported.clear();
+                for entry in tracked.values_mut() {
+                    entry.reported = None;
+                }
+                let mut led = lock(&store.inner.pd.led);
+                let all = led.led.clone();
+                led.dirty.extend(all);
             }
         }
     }

@@ -94,6 +94,19 @@ pub(crate) struct PdRuntime {
     pub(crate) counts: Mutex<OperatorCounts>,
     /// Wakes the scheduler when an operator ends.
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// The regions this store leads, from their state machines' leader events.
+    pub(crate) led: Mutex<LedRegions>,
+}
+
+/// The regions a store leads, as their state machines said, and those to report soon:
+/// the report loop looks at these instead of every peer every second.
+#[derive(Default)]
+pub(crate) struct LedRegions {
+    pub(crate) led: BTreeSet<u64>,
+    /// Led regions whose leadership or configuration changed since the last look.
+    pub(crate) dirty: BTreeSet<u64>,
+    /// Regions no longer led here since the last look (reported afresh when led again).
+    pub(crate) lost: BTreeSet<u64>,
 }
 
 impl PdRuntime {
@@ -112,6 +125,7 @@ impl PdRuntime {
             tasks: Mutex::new(Vec::new()),
             counts: Mutex::new(OperatorCounts::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            led: Mutex::new(LedRegions::default()),
         }
     }
 }
