@@ -26,8 +26,9 @@ use crate::service::proto::pd as proto;
 
 /// How often the scheduler looks at the cluster.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
-/// Most time between two rounds while nothing moves (see `nothing_moved`).
-const QUIET_ROUND_MAX: Duration = Duration::from_secs(10);
+/// Most time between two rounds while nothing moves (see `nothing_moved`): what changes
+/// with time alone (a hold lapsing after ten minutes) waits at most this long.
+const QUIET_ROUND_MAX: Duration = Duration::from_secs(60);
 /// The least time between two rounds that an operator's end started.
 const SCHEDULE_GAP_MIN: Duration = Duration::from_millis(50);
 /// A person's hold on a region lapses after this long (a crashed `admin` holds nothing

@@ -16,7 +16,7 @@
 //! hint). Must never: report a configuration it does not know to be committed (the PD
 //! destroys peers on its word), or take a stale-peer answer without checking it locally.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ const PD_CALL_TRIES_MAX: usize = 8;
 /// Most regions whose size one poll measures (a store that just started, or took over
 /// many leaders, measures them over a few seconds rather than all at once).
 const SIZES_PER_POLL: usize = 64;
+/// Every this many store heartbeats name the peers the store holds.
+const HEARTBEATS_PER_PEER_LIST: u32 = 6;
 /// Most led regions one poll looks at (the rest wait for the next poll).
 const LOOKS_PER_POLL: usize = 512;
 
@@ -73,6 +75,14 @@ struct Measured {
     applied: u64,
     bytes: u64,
     at: Instant,
+}
+
+/// What the report loop keeps between polls.
+#[derive(Default)]
+struct LoopState {
+    tracked: HashMap<u64, Tracked>,
+    /// The regions looked at, in the order they were (each with when): the next due.
+    queue: VecDeque<(Instant, u64)>,
 }
 
 /// What the report loop keeps of a region led here.
@@ -153,26 +163,32 @@ impl Store {
     /// The led regions to look at now: those whose leadership or configuration changed
     /// (`dirty`), and those not looked at for `every` — at most [`LOOKS_PER_POLL`], the
     /// changed ones first. Ids no longer led are dropped.
-    fn regions_to_look_at(&self, tracked: &mut HashMap<u64, Tracked>, every: Duration) -> Vec<u64> {
+    fn regions_to_look_at(&self, state: &mut LoopState, every: Duration) -> Vec<u64> {
+        let now = Instant::now();
         let mut led = lock(&self.inner.pd.led);
         let dirty = std::mem::take(&mut led.dirty);
         // Lost since the last look (and perhaps led again: then it is dirty too and is
         // reported afresh).
         for id in std::mem::take(&mut led.lost) {
-            tracked.remove(&id);
+            state.tracked.remove(&id);
         }
         let mut out: Vec<u64> = dirty
             .into_iter()
             .filter(|id| led.led.contains(id))
             .collect();
         let mut chosen: BTreeSet<u64> = out.iter().copied().collect();
-        for id in &led.led {
-            if out.len() >= LOOKS_PER_POLL {
+        // The queue is in the order regions were looked at: only its front can be due.
+        while out.len() < LOOKS_PER_POLL {
+            let Some(&(at, id)) = state.queue.front() else {
+                break;
+            };
+            if now.saturating_duration_since(at) < every {
                 break;
             }
-            let due = tracked.get(id).is_none_or(|t| t.looked.elapsed() >= every);
-            if due && chosen.insert(*id) {
-                out.push(*id);
+            state.queue.pop_front();
+            let current = state.tracked.get(&id).is_some_and(|t| t.looked == at);
+            if current && led.led.contains(&id) && chosen.insert(id) {
+                out.push(id);
             }
         }
         // Left for the next poll: what did not fit.
@@ -188,14 +204,15 @@ impl Store {
     /// every [`REGION_REPORT_EVERY`] unless asleep and unchanged.
     async fn due_reports(
         &self,
-        tracked: &mut HashMap<u64, Tracked>,
+        state: &mut LoopState,
         every: Duration,
     ) -> Vec<proto::RegionReport> {
         let me = self.inner.id.clone();
         let mut candidates = Vec::new();
         let mut to_measure = Vec::new();
         let mut not_yet = Vec::new();
-        for id in self.regions_to_look_at(tracked, every) {
+        for id in self.regions_to_look_at(state, every) {
+            let tracked = &mut state.tracked;
             let Some(peer) = self.peer(RegionId(id)) else {
                 tracked.remove(&id);
                 continue;
@@ -213,6 +230,7 @@ impl Store {
                 measured: None,
             });
             entry.looked = Instant::now();
+            state.queue.push_back((entry.looked, id));
             let stale_size = entry
                 .measured
                 .as_ref()
@@ -237,6 +255,7 @@ impl Store {
         if !not_yet.is_empty() {
             lock(&self.inner.pd.led).dirty.extend(not_yet);
         }
+        let tracked = &mut state.tracked;
         for (id, applied, bytes) in self.measure(to_measure).await {
             if let Some(entry) = tracked.get_mut(&id) {
                 entry.measured = Some(Measured {
@@ -339,10 +358,14 @@ impl Store {
         .unwrap_or_default()
     }
 
-    /// The store heartbeat's request.
-    fn heartbeat_request(&self) -> proto::StoreHeartbeatRequest {
-        let mut peers: Vec<proto::HostedPeer> = self
-            .all_peers()
+    /// The store heartbeat's request, naming the peers held when `with_peers`.
+    fn heartbeat_request(&self, with_peers: bool) -> proto::StoreHeartbeatRequest {
+        let held = if with_peers {
+            self.all_peers()
+        } else {
+            Vec::new()
+        };
+        let mut peers: Vec<proto::HostedPeer> = held
             .into_iter()
             .map(|peer| {
                 let region = peer.machine.region();
@@ -358,7 +381,7 @@ impl Store {
                 }
             })
             .collect();
-        if let Some(meta) = self.meta_peer() {
+        if let Some(meta) = self.meta_peer().filter(|_| with_peers) {
             let status = meta.node.status();
             peers.push(proto::HostedPeer {
                 region_id: META_GROUP,
@@ -382,9 +405,10 @@ impl Store {
     }
 
     /// Sends the store heartbeat and acts on the stale peers its answer names; answers
-    /// whether the PD asked for every region report again.
-    async fn send_heartbeat(&self) -> bool {
-        let request = self.heartbeat_request();
+    /// whether the PD asked for every region report again, or `None` when the heartbeat
+    /// was not delivered.
+    async fn send_heartbeat(&self, with_peers: bool) -> Option<bool> {
+        let request = self.heartbeat_request(with_peers);
         let reply = self
             .call_pd(|mut client| {
                 let request = request.clone();
@@ -395,7 +419,7 @@ impl Store {
             Ok(reply) => reply,
             Err(why) => {
                 tracing::debug!(store = %self.inner.id, error = %why, "store heartbeat not delivered");
-                return false;
+                return None;
             }
         };
         if !reply.pd_leader.is_empty() {
@@ -440,7 +464,7 @@ impl Store {
                 tracing::warn!(region = stale.region_id, error = %e, "cannot destroy a peer the placement driver named as removed");
             }
         }
-        reply.report_all
+        Some(reply.report_all)
     }
 
     /// Sends the region reports due.
@@ -553,8 +577,10 @@ impl Store {
 
 /// The reporting loop of a store, until it closes.
 pub(super) async fn run(inner: Weak<StoreInner>) {
-    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
+    let mut state = LoopState::default();
     let mut last_heartbeat: Option<Instant> = None;
+    // Heartbeats since the last one that named the peers held (`None`: name them next).
+    let mut since_peers: Option<u32> = None;
     let mut poll = tokio::time::interval(REPORT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -573,12 +599,12 @@ pub(super) async fn run(inner: Weak<StoreInner>) {
             .heartbeat
             .saturating_mul(6)
             .min(REGION_REPORT_EVERY);
-        let reports = store.due_reports(&mut tracked, every).await;
+        let reports = store.due_reports(&mut state, every).await;
         if !reports.is_empty() && !store.send_reports(reports.clone()).await {
             // Not delivered: report them again next time.
             let mut led = lock(&store.inner.pd.led);
             for report in &reports {
-                if let Some(entry) = tracked.get_mut(&report.id) {
+                if let Some(entry) = state.tracked.get_mut(&report.id) {
                     entry.reported = None;
                 }
                 if report.id != META_GROUP {
@@ -588,9 +614,18 @@ pub(super) async fn run(inner: Weak<StoreInner>) {
         }
         if last_heartbeat.is_none_or(|at| at.elapsed() >= store.inner.pd.heartbeat) {
             last_heartbeat = Some(Instant::now());
-            if store.send_heartbeat().await {
+            let with_peers = since_peers.is_none_or(|n| n + 1 >= HEARTBEATS_PER_PEER_LIST);
+            let answer = store.send_heartbeat(with_peers).await;
+            since_peers = match answer {
+                // A new PD leader hears the peers at once, whatever this one said.
+                Some(true) => None,
+                Some(false) if with_peers => Some(0),
+                Some(false) => since_peers.map(|n| n + 1),
+                None => since_peers,
+            };
+            if answer == Some(true) {
                 // A new PD leader: it hears every region led here afresh.
-                for entry in tracked.values_mut() {
+                for entry in state.tracked.values_mut() {
                     entry.reported = None;
                 }
                 let mut led = lock(&store.inner.pd.led);
