@@ -623,7 +623,10 @@ async fn apply_drift(
 /// take over an operator in flight.
 async fn apply_pd(cluster: &mut Cluster, rng: &mut Rng, faults: &mut Faults) -> anyhow::Result<()> {
     let mut during = String::new();
-    if faults.drift.is_some() {
+    // A drifted or wiped store in this cycle leaves an id the PD replaces once it is down
+    // for `max-store-down-time`: wait for that operator, so the PD leader dies with work
+    // in flight (the next leader must finish or clean it up).
+    if faults.drift.is_some() || faults.wiped.is_some() {
         let waited = Instant::now();
         let within = cluster.config.max_store_down_time + Duration::from_secs(5);
         during = format!(", no operator in flight after {} s", within.as_secs());
@@ -631,7 +634,7 @@ async fn apply_pd(cluster: &mut Cluster, rng: &mut Rng, faults: &mut Faults) -> 
             if let Ok(view) = crate::pd::status(cluster).await {
                 if let Some(op) = view.operators.first() {
                     during = format!(
-                        ", {} ms after the drift, while operator {op} is in flight",
+                        ", {} ms after the drift or wipe, while operator {op} is in flight",
                         waited.elapsed().as_millis()
                     );
                     break;
