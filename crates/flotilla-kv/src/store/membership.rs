@@ -15,7 +15,7 @@ use flotilla_node::StoreId;
 use tonic::transport::Endpoint;
 
 use super::bootstrap::{decide, Decision, PeerAnswer};
-use super::meta::{static_regions, Bootstrap, HostedRegion};
+use super::meta::{static_regions, Bootstrap, HostedRegion, BOOTSTRAP_REPLICAS};
 use super::{Store, StoreInner};
 use crate::error::KvError;
 use crate::service::proto;
@@ -31,11 +31,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 const ANNOUNCE_ROUNDS: usize = 5;
 /// Most members a bootstrap answer may name.
 const BOOTSTRAP_MEMBERS_MAX: usize = 64;
-
-/// Voters of each static region a bootstrap makes: the placement driver's default
-/// `max-replicas`. With more initial members, each region starts on this many of them
-/// (see [`static_placement`]); the PD adds or moves replicas from there.
-pub(crate) const BOOTSTRAP_REPLICAS: usize = 3;
 
 /// The initial voters of static region number `index` (from 0) of a new cluster: `replicas`
 /// of its `members` (all of them when fewer), taken in store-id order from position

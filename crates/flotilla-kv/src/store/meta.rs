@@ -67,12 +67,18 @@ pub struct Bootstrap {
     pub replicas: u32,
 }
 
+/// Voters of each static region a bootstrap makes when the bootstrapper was given no
+/// `--max-replicas`, and for a bootstrap line from before it was recorded: the placement
+/// driver's default. With more initial members, each region starts on this many of them
+/// (see `membership::static_placement`); the PD adds or moves replicas from there.
+pub(crate) const BOOTSTRAP_REPLICAS: usize = 3;
+
 impl Bootstrap {
     /// Voters each static region starts with.
     #[must_use]
     pub fn replicas_or_default(&self) -> usize {
         if self.replicas == 0 {
-            super::membership::BOOTSTRAP_REPLICAS
+            BOOTSTRAP_REPLICAS
         } else {
             self.replicas as usize
         }
