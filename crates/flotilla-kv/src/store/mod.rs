@@ -27,10 +27,10 @@ pub mod pd;
 mod peers;
 mod quota;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_node::grpc::TlsConfig;
@@ -255,6 +255,10 @@ struct StoreInner {
     events: tokio::sync::mpsc::UnboundedSender<crate::state_machine::RegionEvent>,
     /// The task handling them, stopped by [`Store::close`].
     events_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When each region was last asked to open here (`OpenRegion`, taken under the meta
+    /// lock): a stale-peer verdict from before then is out of date (the PD may be adding
+    /// this store back; see `peers::destroy_stale_peer`).
+    opened_at: Mutex<HashMap<RegionId, Instant>>,
     /// Stores the meta group starts on at a bootstrap by this store.
     pd_replicas: u32,
     /// The placement driver as this store runs it (see `pd`).
@@ -501,6 +505,7 @@ impl Store {
     /// outgrow what a restart reads back.
     pub async fn open_region(&self, region: Region, cluster: u64) -> Result<(), KvError> {
         let mut meta = self.inner.meta.lock().await;
+        lock(&self.inner.opened_at).insert(region.id, Instant::now());
         if let Some(existing) = meta.regions.iter().find(|h| h.region.id == region.id) {
             let existing = &existing.region;
             if existing.start == region.start && existing.end == region.end {

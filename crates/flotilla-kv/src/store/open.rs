@@ -373,6 +373,7 @@ impl Store {
             membership_task: Mutex::new(None),
             events,
             events_task: Mutex::new(None),
+            opened_at: Mutex::new(std::collections::HashMap::new()),
             pd_replicas: options.pd_replicas,
             pd: super::pd::PdRuntime::new(
                 options.labels.clone(),

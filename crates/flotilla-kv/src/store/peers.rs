@@ -78,13 +78,18 @@ impl Store {
     /// of that configuration's entry) does not hold this store. Checked here again: the
     /// local peer must not know a configuration at or past `conf_version` (it would know
     /// whether it still belongs), and must hold no entry past it (a peer added back
-    /// after that configuration would have received later entries), and must not lead.
+    /// after that configuration would have received later entries), and must not lead; and
+    /// the region must not have been asked to open here since `asked_at` (when the
+    /// heartbeat the verdict answers was made): the PD may have started adding this store
+    /// back since, and the entries that say so may not have arrived yet (found by
+    /// flotilla-chaos: a learner destroyed 8 ms after it was added never caught up).
     /// Answers whether the peer was destroyed.
     pub async fn destroy_stale_peer(
         &self,
         id: RegionId,
         conf_version: u64,
         members: &[PeerId],
+        asked_at: std::time::Instant,
     ) -> Result<bool, KvError> {
         let Some(peer) = self.peer(id) else {
             return Ok(false);
@@ -103,16 +108,29 @@ impl Store {
              knows configuration {local} and holds entries up to {})",
             status.last_index
         );
-        self.destroy_peer(id, &why).await?;
-        Ok(true)
+        self.destroy_peer(id, &why, Some(asked_at)).await
     }
 
     /// Destroys this store's peer of region `id`: `store.meta` first, then the raft group
-    /// (its log and snapshots), then the region's keys in the engine.
-    pub(crate) async fn destroy_peer(&self, id: RegionId, why: &str) -> Result<(), KvError> {
+    /// (its log and snapshots), then the region's keys in the engine. With
+    /// `unless_opened_since`, nothing is done if the region was asked to open here since
+    /// then (checked under the meta lock `open_region` takes). Answers whether it did.
+    pub(crate) async fn destroy_peer(
+        &self,
+        id: RegionId,
+        why: &str,
+        unless_opened_since: Option<std::time::Instant>,
+    ) -> Result<bool, KvError> {
         let mut meta = self.inner.meta.lock().await;
+        let opened = lock(&self.inner.opened_at).get(&id).copied();
+        if let (Some(since), Some(opened)) = (unless_opened_since, opened) {
+            if opened >= since {
+                tracing::info!(region = %id, store = %self.inner.id, "a removed peer is kept: the region was asked to open here since the placement driver judged it stale");
+                return Ok(false);
+            }
+        }
         let Some(hosted) = meta.regions.iter().find(|h| h.region.id == id).cloned() else {
-            return Ok(());
+            return Ok(false);
         };
         self.record_meta(&mut meta, vec![MetaChange::Removed(id)])
             .await?;
@@ -123,7 +141,7 @@ impl Store {
             .remove(&id);
         self.purge_leftovers(&hosted.region).await?;
         tracing::warn!(region = %id, store = %self.inner.id, why, "peer destroyed: its log, snapshots and keys on this store are deleted");
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes whatever this store keeps of region `region` outside `store.meta`: its raft

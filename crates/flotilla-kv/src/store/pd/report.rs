@@ -408,6 +408,7 @@ impl Store {
     /// whether the PD asked for every region report again, or `None` when the heartbeat
     /// was not delivered.
     async fn send_heartbeat(&self, with_peers: bool) -> Option<bool> {
+        let asked_at = Instant::now();
         let request = self.heartbeat_request(with_peers);
         let reply = self
             .call_pd(|mut client| {
@@ -457,8 +458,13 @@ impl Store {
                 self.destroy_stale_meta_peer(stale.conf_version, &members)
                     .await
             } else {
-                self.destroy_stale_peer(RegionId(stale.region_id), stale.conf_version, &members)
-                    .await
+                self.destroy_stale_peer(
+                    RegionId(stale.region_id),
+                    stale.conf_version,
+                    &members,
+                    asked_at,
+                )
+                .await
             };
             if let Err(e) = result {
                 tracing::warn!(region = stale.region_id, error = %e, "cannot destroy a peer the placement driver named as removed");
