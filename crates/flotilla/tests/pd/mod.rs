@@ -47,6 +47,11 @@ fn start_stores(dir: &TempDir, addresses: &[String], regions: u32) -> Vec<Server
         .collect()
 }
 
+/// The elements of the JSON array `value` (none when it is not an array).
+fn items(value: &Value) -> impl Iterator<Item = &Value> {
+    value.as_array().into_iter().flatten()
+}
+
 /// Waits until `check` answers `Ok`; its last `Err` says what was seen instead.
 fn until<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
     let deadline = Instant::now() + within;
@@ -73,10 +78,7 @@ fn pd_status(endpoints: &str) -> Result<Value, String> {
 
 /// The stores of the PD's status that are up: id → (regions, leaders).
 fn up_stores(status: &Value) -> BTreeMap<String, (u64, u64)> {
-    status["stores"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(&status["stores"])
         .filter(|s| s["state"] == "up")
         .map(|s| {
             (
@@ -100,11 +102,8 @@ fn regions_settled(endpoints: &str, replicas: usize, gone: &[&str]) -> Result<Va
     if code != 0 {
         return Err(status.to_string());
     }
-    for region in status["regions"].as_array().into_iter().flatten() {
-        let voters: Vec<&str> = region["peer_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for region in items(&status["regions"]) {
+        let voters: Vec<&str> = items(&region["peer_ids"])
             .filter_map(Value::as_str)
             .collect();
         if voters.len() != replicas || voters.iter().any(|v| gone.contains(v)) {
@@ -146,14 +145,11 @@ fn check_keys(endpoints: &str, prefix: &str, count: usize) {
 fn store_id(endpoints: &str, address: &str) -> String {
     let (code, status) = admin(endpoints, &["status"]);
     assert_eq!(code, 0, "{status}");
-    status["stores"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let id = items(&status["stores"])
         .find(|s| s["address"] == address)
         .and_then(|s| s["id"].as_str())
-        .unwrap_or_else(|| panic!("no store at {address}: {status}"))
-        .to_string()
+        .map(str::to_string);
+    id.unwrap_or_else(|| panic!("no store at {address}: {status}"))
 }
 
 #[test]
@@ -240,10 +236,7 @@ fn new_stores_take_replicas_and_leaders_a_dead_one_is_replaced_a_removed_one_emp
         Duration::from_secs(90),
         || {
             let status = pd_status(&live)?;
-            let store = status["stores"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let store = items(&status["stores"])
                 .find(|s| s["id"] == removed_id.as_str())
                 .cloned()
                 .unwrap_or_default();
@@ -328,10 +321,7 @@ fn the_pd_leader_killed_mid_operator_leaves_them_to_the_next_leader() {
 /// its leader was one of them), the region's range starting with a printable key (so that
 /// a key in it can be written).
 fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
-    let meta: Vec<String> = pd["meta_voters"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let meta: Vec<String> = items(&pd["meta_voters"])
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect();
@@ -355,10 +345,7 @@ fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
         let in_meta = followers.iter().filter(|f| meta.contains(*f)).count();
         (followers.len() == 2 && in_meta <= 1).then_some(followers)
     };
-    status["regions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(&status["regions"])
         .filter(|r| {
             r["start"]
                 .as_str()
@@ -402,10 +389,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
     let victim_addresses: Vec<String> = victims
         .iter()
         .map(|v| {
-            status["stores"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            items(&status["stores"])
                 .find(|s| s["id"] == v.as_str())
                 .and_then(|s| s["address"].as_str())
                 .expect("victim address")
@@ -452,11 +436,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
         Duration::from_secs(30),
         || {
             let status = pd_status(&live)?;
-            let touching = status["operators"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|o| o["region"] == id);
+            let touching = items(&status["operators"]).any(|o| o["region"] == id);
             if touching {
                 Err(status["operators"].to_string())
             } else {
@@ -490,10 +470,7 @@ fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
         Duration::from_secs(90),
         || {
             let (code, now) = admin(&live, &["status", "--region", &id.to_string()]);
-            let voters: Vec<String> = now["regions"][0]["peer_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let voters: Vec<String> = items(&now["regions"][0]["peer_ids"])
                 .filter_map(Value::as_str)
                 .map(str::to_string)
                 .collect();
@@ -528,10 +505,7 @@ fn static_regions_start_on_max_replicas_voters() {
     let pd = until("the PD answers", Duration::from_secs(60), || {
         pd_status(&peers)
     });
-    let moved: Vec<&Value> = pd["finished"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let moved: Vec<&Value> = items(&pd["finished"])
         .filter(|o| o["kind"] != "balance-leader")
         .collect();
     assert!(
