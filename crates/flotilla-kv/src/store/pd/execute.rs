@@ -227,7 +227,7 @@ impl Store {
         let stores = {
             let meta = self.meta_peer().ok_or("no meta group peer")?;
             let soft = lock(&self.inner.pd.leader);
-            meta.handle.with(|state| self.store_views(state, &soft))
+            meta.handle.with(|state| self.store_states(state, &soft))
         };
         let recorded = RegionView {
             record: record.clone(),

@@ -308,6 +308,18 @@ impl Store {
                 *hosted.entry(*s).or_default() += 1;
             }
         }
+        let mut views = self.store_states(state, soft);
+        for view in &mut views {
+            view.region_count = hosted.get(&view.record.id).copied().unwrap_or(0);
+            view.leader_count = leaders.get(&view.record.id).copied().unwrap_or(0);
+        }
+        views
+    }
+
+    /// The stores with their states, bytes and per-minute counts, but region and leader
+    /// counts left at 0: enough for the safety checks (`has_quorum`, `step_is_safe` read
+    /// states only) without a walk over every region.
+    pub(crate) fn store_states(&self, state: &PdState, soft: &LeaderState) -> Vec<StoreView> {
         state
             .stores
             .values()
@@ -316,8 +328,8 @@ impl Store {
                 StoreView {
                     record: record.clone(),
                     state: self.store_state_of(soft, record, state),
-                    region_count: hosted.get(&record.id).copied().unwrap_or(0),
-                    leader_count: leaders.get(&record.id).copied().unwrap_or(0),
+                    region_count: 0,
+                    leader_count: 0,
                     used_bytes: soft.stores.get(&record.id).map_or(0, |s| s.used_bytes),
                     recent_adds,
                     recent_removes,
@@ -426,14 +438,9 @@ impl Store {
     fn fingerprint(&self, meta: &MetaPeer) -> Fingerprint {
         let soft = lock(&self.inner.pd.leader);
         let stores = meta.handle.with(|state| {
-            state
-                .stores
-                .values()
-                .map(|record| {
-                    let (adds, removes) = soft.recent_counts(record.id);
-                    let state = self.store_state_of(&soft, record, state);
-                    (record.id, state as u8, adds, removes)
-                })
+            self.store_states(state, &soft)
+                .iter()
+                .map(|s| (s.record.id, s.state as u8, s.recent_adds, s.recent_removes))
                 .collect()
         });
         Fingerprint {
