@@ -248,8 +248,11 @@ impl Store {
                 &status,
                 region.epoch.conf_version,
             );
-            if let Some(committed) = committed {
-                candidates.push((region, status, committed));
+            match committed {
+                Some(committed) => candidates.push((region, status, committed)),
+                // Not known committed yet (a leader whose first entry is not committed):
+                // look again shortly rather than at the next slow look.
+                None => not_yet.push(id),
             }
         }
         if !not_yet.is_empty() {
