@@ -44,6 +44,10 @@ pub struct PdState {
     pub finished: VecDeque<FinishedOperator>,
     /// The id the next started operator gets.
     pub next_operator_id: u64,
+    /// Region ids by start key (region 0 has no range and is not here). Recorded regions
+    /// never overlap, so the ones a range overlaps are its predecessor and those starting
+    /// inside it: found without scanning every region.
+    starts: BTreeMap<Bytes, u64>,
 }
 
 impl Default for PdState {
@@ -56,6 +60,7 @@ impl Default for PdState {
             operators: BTreeMap::new(),
             finished: VecDeque::new(),
             next_operator_id: 1,
+            starts: BTreeMap::new(),
         }
     }
 }
@@ -75,7 +80,7 @@ impl PdState {
                 if self.operators.contains_key(id) {
                     return refused(format!("region {id} has an operator in flight"));
                 }
-                self.regions.remove(id);
+                self.remove_region(*id);
                 PdOutput::Done
             }
             PdCommand::AllocIds { count } => self.alloc_ids(*count),
@@ -155,9 +160,12 @@ impl PdState {
         PdOutput::Done
     }
 
-    /// Known debt: the overlap check scans every region (fine at today's thousands of
-    /// static regions; an index by start key belongs with splits and merges), and a stale
-    /// region a newer one overlaps stays recorded until its own report or `RemoveRegion`.
+    /// Records `region` (a report of its current range, epoch and peers). Refused,
+    /// changing nothing: an older epoch than recorded, a new region past `REGIONS_MAX`, a
+    /// range overlapping a recorded region at the same or a newer version, or overlapping
+    /// an older one that has an operator in flight. Older regions it overlaps are dropped:
+    /// a split or merge gave their keys to this one, and a region that still exists with a
+    /// smaller range is recorded again by its own next report.
     fn put_region(&mut self, region: &RegionRecord) -> PdOutput {
         if let Some(current) = self.regions.get(&region.id) {
             if region.conf_version < current.conf_version || region.version < current.version {
@@ -174,18 +182,71 @@ impl PdState {
                 region.id
             ));
         }
-        if let Some(other) = self
-            .regions
-            .values()
-            .find(|o| o.id != region.id && o.version >= region.version && o.overlaps(region))
-        {
-            return refused(format!(
-                "region {} at version {} overlaps region {} at version {}",
-                region.id, region.version, other.id, other.version
-            ));
+        let overlapped = self.overlapping(region);
+        for id in &overlapped {
+            let other = &self.regions[id];
+            if other.version >= region.version {
+                return refused(format!(
+                    "region {} at version {} overlaps region {} at version {}",
+                    region.id, region.version, other.id, other.version
+                ));
+            }
+            if self.operators.contains_key(id) {
+                return refused(format!(
+                    "region {} at version {} overlaps region {} at version {}, which has an \
+                     operator in flight",
+                    region.id, region.version, other.id, other.version
+                ));
+            }
         }
-        self.regions.insert(region.id, region.clone());
+        for id in overlapped {
+            self.remove_region(id);
+        }
+        self.remove_region(region.id);
+        self.insert_region(region.clone());
         PdOutput::Done
+    }
+
+    /// The recorded regions other than `region.id` whose ranges overlap `region`'s.
+    fn overlapping(&self, region: &RegionRecord) -> Vec<u64> {
+        if region.id == 0 {
+            return Vec::new();
+        }
+        let before = self
+            .starts
+            .range(..=region.start.clone())
+            .next_back()
+            .map(|(_, id)| *id);
+        let upper = if region.end.is_empty() {
+            std::ops::Bound::Unbounded
+        } else {
+            std::ops::Bound::Excluded(region.end.clone())
+        };
+        let inside = self
+            .starts
+            .range((std::ops::Bound::Excluded(region.start.clone()), upper))
+            .map(|(_, id)| *id);
+        before
+            .into_iter()
+            .chain(inside)
+            .filter(|id| *id != region.id)
+            .filter(|id| self.regions.get(id).is_some_and(|o| o.overlaps(region)))
+            .collect()
+    }
+
+    fn insert_region(&mut self, region: RegionRecord) {
+        if region.id != 0 {
+            self.starts.insert(region.start.clone(), region.id);
+        }
+        self.regions.insert(region.id, region);
+    }
+
+    fn remove_region(&mut self, id: u64) {
+        if let Some(old) = self.regions.remove(&id) {
+            if id != 0 && self.starts.get(&old.start) == Some(&id) {
+                self.starts.remove(&old.start);
+            }
+        }
     }
 
     fn alloc_ids(&mut self, count: u32) -> PdOutput {
@@ -363,9 +424,15 @@ impl PdState {
         let count = r.count("regions", REGIONS_MAX, 40)?;
         for _ in 0..count {
             let region = read_region(&mut r)?;
-            if state.regions.insert(region.id, region.clone()).is_some() {
+            if state.regions.contains_key(&region.id) {
                 return Err(r.error(format_args!("region {} twice", region.id)).into());
             }
+            if let Some(other) = state.overlapping(&region).first() {
+                return Err(r
+                    .error(format_args!("regions {} and {other} overlap", region.id))
+                    .into());
+            }
+            state.insert_region(region);
         }
         let count = r.count("operators", REGIONS_MAX, 45)?;
         for _ in 0..count {
@@ -518,6 +585,15 @@ mod tests {
             PdOutput::Done,
             "a newer version wins"
         );
+        assert!(
+            !state.regions.contains_key(&1),
+            "the older region it overlaps is dropped"
+        );
+        assert_eq!(
+            state.apply(&put(region(1, b"", b"k", (2, 2)))),
+            PdOutput::Done,
+            "and comes back with its own next report"
+        );
         assert_eq!(
             state.apply(&put(region(0, b"", b"", (1, 1)))),
             PdOutput::Done,
@@ -525,6 +601,79 @@ mod tests {
         );
         assert_eq!(state.apply(&PdCommand::RemoveRegion(3)), PdOutput::Done);
         assert!(!state.regions.contains_key(&3));
+        assert_index_matches(&state);
+    }
+
+    /// The start-key index names exactly the recorded regions (region 0 aside), and no two
+    /// recorded regions overlap.
+    fn assert_index_matches(state: &PdState) {
+        let indexed: BTreeMap<u64, Bytes> = state
+            .starts
+            .iter()
+            .map(|(k, id)| (*id, k.clone()))
+            .collect();
+        let recorded: BTreeMap<u64, Bytes> = state
+            .regions
+            .values()
+            .filter(|r| r.id != 0)
+            .map(|r| (r.id, r.start.clone()))
+            .collect();
+        assert_eq!(indexed, recorded);
+        for a in state.regions.values() {
+            for b in state.regions.values() {
+                assert!(a.id == b.id || !a.overlaps(b), "{a:?} overlaps {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn splits_and_merges_replace_the_records_they_overlap() {
+        let mut state = PdState::default();
+        let put = |r: RegionRecord| PdCommand::PutRegion(r);
+        for (id, start, end) in [(1, &b""[..], &b"g"[..]), (2, b"g", b"t"), (3, b"t", b"")] {
+            let record = RegionRecord {
+                start: Bytes::copy_from_slice(start),
+                end: Bytes::copy_from_slice(end),
+                ..region(id, b"", b"", (1, 1))
+            };
+            assert_eq!(state.apply(&put(record)), PdOutput::Done);
+        }
+        // Region 2 splits at "m": the child's report may come first.
+        assert_eq!(
+            state.apply(&put(region(9, b"m", b"t", (1, 2)))),
+            PdOutput::Done
+        );
+        assert!(!state.regions.contains_key(&2));
+        assert_index_matches(&state);
+        assert_eq!(
+            state.apply(&put(region(2, b"g", b"m", (1, 2)))),
+            PdOutput::Done
+        );
+        // The parent's report from before the split is stale now.
+        refused_unchanged(&mut state, put(region(2, b"g", b"t", (1, 1))));
+        assert_index_matches(&state);
+        // An operator in flight on an overlapped region holds the newer record back.
+        let op = Operator::planned(
+            &state.regions[&3],
+            OperatorKind::BalanceLeader,
+            vec![Step::TransferLeader(StoreId(2))],
+        );
+        assert!(matches!(
+            state.apply(&PdCommand::StartOperator(op)),
+            PdOutput::Ids { .. }
+        ));
+        let why = refused_unchanged(&mut state, put(region(9, b"m", b"", (1, 3))));
+        assert!(why.contains("operator in flight"), "{why}");
+        // Regions 1 and 2 merge into 2, which then starts where 1 did.
+        assert_eq!(
+            state.apply(&put(region(2, b"", b"m", (1, 3)))),
+            PdOutput::Done
+        );
+        assert!(!state.regions.contains_key(&1));
+        assert_eq!(state.starts.get(&Bytes::new()), Some(&2));
+        assert_index_matches(&state);
+        let decoded = PdState::decode(&state.encode()).expect("decodes");
+        assert_eq!(decoded, state);
     }
 
     #[test]

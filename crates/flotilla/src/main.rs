@@ -20,6 +20,7 @@ mod demo;
 mod kv;
 mod output;
 mod server;
+mod trim;
 
 use clap::{Parser, Subcommand};
 

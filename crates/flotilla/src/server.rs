@@ -345,6 +345,7 @@ async fn serve(options: StoreOptions) -> i32 {
             };
         }
     };
+    crate::trim::spawn();
     let store = server.store();
     let regions = store.regions().len();
     println!(
