@@ -64,7 +64,25 @@ pub(crate) struct GroupSetup {
     /// Initial voters (used when the group has no snapshot; empty: a peer waiting to be
     /// added).
     pub(crate) peers: Vec<PeerId>,
+    /// Where the group begins when it has no snapshot yet (instead of an empty log with
+    /// `peers` as voters): a region split off another.
+    pub(crate) start: Option<GroupStart>,
     pub(crate) state_machine: Box<dyn StateMachine>,
+}
+
+/// Where a new group's log begins: as if a snapshot at `index` (of `term`) holding
+/// `configuration` were installed, the state machine's state at that index being already
+/// in place. A region split off its parent starts so at the split entry, on every replica
+/// alike; its own entries follow from `index + 1`, so configuration indexes (a region's
+/// `conf_version`) keep growing past the parent's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStart {
+    /// The index the log starts after.
+    pub index: LogIndex,
+    /// The term of that index.
+    pub term: Term,
+    /// The configuration in force there.
+    pub configuration: Configuration,
 }
 
 pub(crate) struct Group {
@@ -109,17 +127,30 @@ impl Group {
         let GroupSetup {
             id,
             peers,
+            start,
             mut state_machine,
         } = setup;
         let saved_meta = meta.load(id).map_err(storage_error)?;
-        let (snapshot, applied) = match snapshots.open_reader() {
-            Some(reader) => {
+        let mut started_without_file = false;
+        let (snapshot, applied) = match (snapshots.open_reader(), start) {
+            (Some(reader), _) => {
                 state_machine
                     .on_snapshot_load(&reader)
                     .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))?;
                 (reader.meta().clone(), reader.meta().index)
             }
-            None => (
+            (None, Some(start)) => {
+                started_without_file = true;
+                (
+                    SnapshotMeta {
+                        index: start.index,
+                        term: start.term,
+                        configuration: start.configuration,
+                    },
+                    start.index,
+                )
+            }
+            (None, None) => (
                 SnapshotMeta {
                     index: LogIndex::ZERO,
                     term: Term::ZERO,
@@ -128,6 +159,7 @@ impl Group {
                 LogIndex::ZERO,
             ),
         };
+        state_machine.on_configuration_applied(snapshot.index, &snapshot.configuration);
         let group_log = log.group(id);
         if needs_reset(&group_log, &snapshot) {
             // A snapshot copied from the leader became the newest, but the process stopped
@@ -138,6 +170,13 @@ impl Group {
             log.write(&batch).map_err(storage_error)?;
             tracing::info!(group = id, index = %snapshot.index, "log reset to an installed snapshot at restart");
         }
+        // A group started at a split entry of some term has heard of that term: its term
+        // never stays below its log's last term (its own entries would sort before it).
+        let (term, vote) = if saved_meta.term < snapshot.term {
+            (snapshot.term, None)
+        } else {
+            (saved_meta.term, saved_meta.vote.clone())
+        };
         let store = NodeStore {
             log: group_log,
             snapshot,
@@ -145,13 +184,13 @@ impl Group {
         // The commit index is not stored: the core clamps it up to the snapshot and learns
         // the rest from the leader.
         let hard_state = flotilla_raft::HardState {
-            term: saved_meta.term,
-            vote: saved_meta.vote.clone(),
+            term,
+            vote,
             commit: LogIndex::ZERO,
         };
         let raft = Raft::new(config, store, hard_state, applied)?;
         let saved_meta_term = saved_meta.term.get();
-        let group = Group {
+        let mut group = Group {
             id,
             raft,
             state_machine,
@@ -168,6 +207,13 @@ impl Group {
             metrics: Arc::new(GroupMetrics::new(saved_meta_term)),
             requested,
         };
+        if started_without_file {
+            // A peer added later, with nothing, needs entries up to the start from a
+            // snapshot: make one now, while the state machine is at the start.
+            if let Err(e) = group.take_snapshot() {
+                tracing::warn!(group = id, error = %e, "no snapshot at the group's start; the next periodic one will do");
+            }
+        }
         group.publish();
         Ok(group)
     }
@@ -403,31 +449,46 @@ impl Group {
                 }
                 None => None,
             };
-            if let EntryPayload::Normal(data) = entry.payload {
-                tasks.push(Task {
+            match entry.payload {
+                EntryPayload::Normal(data) => tasks.push(Task {
                     index: entry.index,
                     term: entry.term,
                     data,
                     completion,
-                });
+                }),
+                EntryPayload::Configuration(configuration) => {
+                    // The entries before it apply first: the state machine sees each
+                    // configuration at its place in the applied state.
+                    self.apply_tasks(std::mem::take(&mut tasks), last)?;
+                    self.state_machine
+                        .on_configuration_applied(entry.index, &configuration);
+                }
+                EntryPayload::NoOp => {}
             }
         }
-        if !tasks.is_empty() {
-            let mut iter = ApplyIter::new(tasks);
-            let started = Instant::now();
-            self.state_machine.on_apply(&mut iter);
-            self.metrics
-                .apply_seconds
-                .observe_duration(started.elapsed());
-            if iter.remaining() > 0 {
-                return Err(NodeError::Raft(RaftError::StateMachine(format!(
-                    "on_apply returned with {} of the batch ending at {last} unconsumed",
-                    iter.remaining()
-                ))));
-            }
-        }
+        self.apply_tasks(tasks, last)?;
         self.metrics.apply_entries.observe(batch);
         self.raft.on_applied(last);
+        Ok(())
+    }
+
+    /// Hands `tasks` (part of the batch ending at `last`) to the state machine.
+    fn apply_tasks(&mut self, tasks: Vec<Task>, last: LogIndex) -> Result<(), NodeError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut iter = ApplyIter::new(tasks);
+        let started = Instant::now();
+        self.state_machine.on_apply(&mut iter);
+        self.metrics
+            .apply_seconds
+            .observe_duration(started.elapsed());
+        if iter.remaining() > 0 {
+            return Err(NodeError::Raft(RaftError::StateMachine(format!(
+                "on_apply returned with {} of the batch ending at {last} unconsumed",
+                iter.remaining()
+            ))));
+        }
         Ok(())
     }
 
@@ -559,7 +620,11 @@ impl Group {
     pub(crate) fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), NodeError> {
         self.state_machine
             .on_snapshot_load(reader)
-            .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))
+            .map_err(|why| NodeError::Raft(RaftError::StateMachine(why)))?;
+        let meta = reader.meta();
+        self.state_machine
+            .on_configuration_applied(meta.index, &meta.configuration);
+        Ok(())
     }
 
     /// Publishes the core's status for the handle's synchronous queries. Runs for every

@@ -63,6 +63,7 @@ pub use error::NodeError;
 pub use exposition::{
     MetricsQuery, MetricsQueryError, LAGGARDS_MAX, LAGGING_ENTRIES_MIN, METRICS_QUERY_BYTES_MAX,
 };
+pub use group::GroupStart;
 pub use identity::{AddressBook, Identity, StoreId};
 pub use limits::{ENTRY_BYTES_MAX, FRAME_BYTES_MAX};
 pub use manager::{ManagerStats, NodeManager};

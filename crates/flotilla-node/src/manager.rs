@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::NodeError;
 use crate::exposition::{MetricsQuery, MetricsQueryError, ProcessCounters};
-use crate::group::{storage_error, GroupSetup};
+use crate::group::{storage_error, GroupSetup, GroupStart};
 use crate::hibernation::{Liveness, Sleepers};
 use crate::identity::Identity;
 use crate::install::{InstallOptions, Installs};
@@ -270,12 +270,35 @@ impl NodeManager {
         peers: Vec<PeerId>,
         state_machine: impl StateMachine,
     ) -> Result<Node, NodeError> {
-        let (done, answer) = oneshot::channel();
-        let setup = GroupSetup {
+        self.add_group_setup(GroupSetup {
             id: group,
             peers,
+            start: None,
             state_machine: Box::new(state_machine),
-        };
+        })
+        .await
+    }
+
+    /// Adds `group` beginning at `start` (a region split off its parent) instead of with an
+    /// empty log: see [`GroupStart`]. Once the group has a snapshot of its own (it takes one
+    /// as it opens) `start` is not read again, but a restart must pass the same one.
+    pub async fn add_group_at(
+        &self,
+        group: GroupId,
+        start: GroupStart,
+        state_machine: impl StateMachine,
+    ) -> Result<Node, NodeError> {
+        self.add_group_setup(GroupSetup {
+            id: group,
+            peers: Vec::new(),
+            start: Some(start),
+            state_machine: Box::new(state_machine),
+        })
+        .await
+    }
+
+    async fn add_group_setup(&self, setup: GroupSetup) -> Result<Node, NodeError> {
+        let (done, answer) = oneshot::channel();
         self.control
             .send(Control::AddGroup { setup, done })
             .await

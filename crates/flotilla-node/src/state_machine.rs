@@ -172,6 +172,18 @@ pub trait StateMachine: Send + 'static {
         self.on_configuration_committed(configuration);
     }
 
+    /// The configuration in force at `index`, in apply order: called for each
+    /// configuration entry when the entries before it have been applied and those after
+    /// it not yet, and with a snapshot's configuration (at the snapshot's index) after
+    /// the group opens from or installs it, or with its initial one when it starts
+    /// without. Unlike [`StateMachine::on_configuration_committed_at`] (which follows the
+    /// commit index), every replica sees the same configuration at the same point of its
+    /// applied state, so a command may depend on it (a region split hands the child the
+    /// parent's peers).
+    fn on_configuration_applied(&mut self, index: LogIndex, configuration: &Configuration) {
+        let _ = (index, configuration);
+    }
+
     /// The group stopped because of `error` (storage failure, state machine failure).
     fn on_error(&mut self, error: &NodeError) {
         let _ = error;

@@ -266,6 +266,31 @@ impl Cluster {
         p.counters.insert(group, value);
     }
 
+    /// Starts `group` on process `i` at `start` (`add_group_at`), its counter at `value`:
+    /// the state at the start.
+    pub async fn add_group_at(
+        &mut self,
+        i: usize,
+        group: GroupId,
+        start: flotilla_node::GroupStart,
+        value: u64,
+    ) {
+        let p = &mut self.processes[i];
+        let manager = p.manager.as_ref().expect("running");
+        let value = Arc::new(AtomicU64::new(value));
+        manager
+            .add_group_at(
+                group,
+                start,
+                Counter {
+                    value: value.clone(),
+                },
+            )
+            .await
+            .expect("add group at");
+        p.counters.insert(group, value);
+    }
+
     /// Waits for a leader of `group` among the processes in `among`.
     pub async fn leader_among(&self, group: GroupId, among: &[usize]) -> usize {
         let deadline = tokio::time::Instant::now() + WAIT;

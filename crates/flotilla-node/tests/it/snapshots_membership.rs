@@ -293,3 +293,62 @@ async fn no_acknowledged_apply_lost_across_leader_kill() {
     assert!(after > max);
     cluster.stop_all().await;
 }
+
+/// A group begun at a split entry (`add_group_at`): its log continues after the start, its
+/// term past the start's, the state at the start is the state machine's own; it takes a
+/// snapshot as it opens, so a peer added later with nothing gets one; a restart with the
+/// same start resumes from the group's own state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_started_at_an_index_continues_after_it() {
+    use flotilla_node::{Configuration, GroupStart, LogIndex, Term};
+
+    let mut cluster = Cluster::new("start-at", 4).await;
+    let voters = cluster.peers[..3].to_vec();
+    let start = GroupStart {
+        index: LogIndex(50),
+        term: Term(3),
+        configuration: Configuration::new(voters.clone()),
+    };
+    for i in 0..3 {
+        cluster.add_group_at(i, GROUP, start.clone(), 100).await;
+    }
+    for _ in 0..3 {
+        cluster.apply(GROUP, 1).await.unwrap();
+    }
+    let leader = cluster.leader_among(GROUP, &[0, 1, 2]).await;
+    let node = cluster.node(leader, GROUP).unwrap();
+    assert_eq!(
+        cluster.counter(leader, GROUP),
+        103,
+        "100 at the start, 3 added"
+    );
+    let status = node.status();
+    assert!(
+        status.term > Term(3),
+        "term {:?} after the start's",
+        status.term
+    );
+    assert!(
+        node.applied_index() > LogIndex(50),
+        "applied {}",
+        node.applied_index()
+    );
+    // A peer with nothing joins: it needs the state at the start, from a snapshot.
+    cluster.add_group_with(3, GROUP, Vec::new()).await;
+    let new_peer = cluster.peers[3].clone();
+    retry("add_learners", || node.add_learners(vec![new_peer.clone()])).await;
+    cluster.wait_counter(3, GROUP, 103).await;
+    let stats = cluster.processes[3].manager.as_ref().unwrap().stats();
+    assert!(stats.snapshots_installed >= 1, "{stats:?}");
+    // A follower restarts with the same start and resumes from its own state.
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    cluster.stop(follower).await;
+    cluster.start(follower).await;
+    cluster
+        .add_group_at(follower, GROUP, start.clone(), 100)
+        .await;
+    cluster.apply(GROUP, 1).await.unwrap();
+    cluster.wait_counter(follower, GROUP, 104).await;
+    cluster.wait_counter(3, GROUP, 104).await;
+    cluster.stop_all().await;
+}
