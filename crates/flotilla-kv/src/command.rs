@@ -10,6 +10,7 @@ use bytes::Bytes;
 use flotilla_storage::fields::{FieldReader, FieldWriter};
 
 use crate::error::KvError;
+use crate::ids::RegionId;
 use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::region::Region;
 
@@ -75,6 +76,19 @@ pub enum KvCommand {
     /// ([`KvOutput::Batch`]); a refused element changes nothing and the others still apply.
     /// Elements may not be batches themselves.
     Batch(Vec<KvCommand>),
+    /// Splits the region at `key` (an admin entry: the store's `split_region` proposes it,
+    /// never a client): the region keeps `[start, key)` and `child`, a new region id, takes
+    /// `[key, end)` on the same stores, both at `version + 1`. Refused, changing nothing,
+    /// unless the region is at `version` when the entry applies, `key` lies strictly
+    /// inside it, and its configuration is not joint. Output: [`KvOutput::Done`].
+    Split {
+        /// The child's first key.
+        key: Bytes,
+        /// The child's region id (allocated by the placement driver).
+        child: RegionId,
+        /// The region's `version` the split was planned on.
+        version: u64,
+    },
 }
 
 /// Tags of the encoded commands.
@@ -88,6 +102,7 @@ mod tag {
     pub const BATCH_PUT: u8 = 7;
     pub const BATCH_DELETE: u8 = 8;
     pub const BATCH: u8 = 9;
+    pub const SPLIT: u8 = 10;
 }
 
 /// Smallest encoding of one key (its u32 length).
@@ -172,6 +187,17 @@ impl KvCommand {
                     .iter()
                     .try_for_each(|c| c.validate_element(false, check_key))
             }
+            KvCommand::Split { key, child, .. } => {
+                if !top {
+                    return Err(KvError::Corrupt("a split may not be batched".into()));
+                }
+                if child.0 == 0 {
+                    return Err(KvError::Corrupt(
+                        "a split's child may not be region 0".into(),
+                    ));
+                }
+                check_key(key)
+            }
         }
     }
 
@@ -182,7 +208,8 @@ impl KvCommand {
         match self {
             KvCommand::Delete { .. }
             | KvCommand::DeleteRange { .. }
-            | KvCommand::BatchDelete(_) => false,
+            | KvCommand::BatchDelete(_)
+            | KvCommand::Split { .. } => false,
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
             | KvCommand::CompareAndPut { .. }
@@ -209,6 +236,13 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(k, _)| region.check_key(k)),
             KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|k| region.check_key(k)),
             KvCommand::Batch(commands) => commands.iter().try_for_each(|c| c.check_region(region)),
+            // The split key must lie strictly inside: the parent keeps at least its start.
+            KvCommand::Split { key, .. } => {
+                if key == &region.start {
+                    return Err(region.out_of_region(key));
+                }
+                region.check_key(key)
+            }
         }
     }
 
@@ -246,6 +280,7 @@ impl KvCommand {
                     .map(KvCommand::encoded_len_hint)
                     .sum::<usize>()
             }
+            KvCommand::Split { key, .. } => 5 + key.len() + 16,
         }
     }
 
@@ -306,6 +341,16 @@ impl KvCommand {
                 for command in commands {
                     command.encode_into(writer);
                 }
+            }
+            KvCommand::Split {
+                key,
+                child,
+                version,
+            } => {
+                writer.u8(tag::SPLIT);
+                writer.bytes(key);
+                writer.u64(child.0);
+                writer.u64(*version);
             }
         }
     }
@@ -392,6 +437,11 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
                 "command: a batch of commands may not hold another batch".into(),
             ))
         }
+        tag::SPLIT => KvCommand::Split {
+            key: key(reader)?,
+            child: RegionId(reader.u64("split child")?),
+            version: reader.u64("split version")?,
+        },
         unknown => {
             return Err(KvError::Corrupt(format!(
                 "command: unknown tag {unknown} ({} bytes left)",

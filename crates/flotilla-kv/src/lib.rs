@@ -36,6 +36,7 @@ pub mod limits;
 pub mod region;
 pub mod server;
 pub mod service;
+pub mod split;
 pub mod state_machine;
 pub mod store;
 

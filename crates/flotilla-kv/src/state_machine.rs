@@ -37,6 +37,7 @@ use crate::engine::{in_range, meta_keys, KvEngine, WriteBatch};
 use crate::error::KvError;
 use crate::ids::RegionId;
 use crate::region::Region;
+use crate::split::{apply_split, record_key, SplitRecord};
 
 /// Name of the snapshot file holding the encoded [`Region`].
 pub const SNAPSHOT_REGION_FILE: &str = "region";
@@ -57,6 +58,9 @@ pub enum RegionEvent {
         /// The configuration.
         configuration: Configuration,
     },
+    /// The region split (its state machine applied a [`KvCommand::Split`]): the store
+    /// records both ranges, starts the child and deletes the record from the engine.
+    Split(SplitRecord),
     /// This peer started (an entry of its term committed) or stopped leading the region.
     Leader {
         /// The region.
@@ -186,6 +190,8 @@ pub struct KvStateMachine {
     failure: Option<String>,
     /// Where [`RegionEvent`]s go (the store), if anywhere.
     events: Option<tokio::sync::mpsc::UnboundedSender<RegionEvent>>,
+    /// The configuration in force at the applied index (`on_configuration_applied`).
+    configuration: Option<Configuration>,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -214,6 +220,7 @@ impl KvStateMachine {
             engine_applied: None,
             failure: None,
             events: None,
+            configuration: None,
         }
     }
 
@@ -404,6 +411,13 @@ fn apply_command(
             KvOutput::Done
         }
         KvCommand::Batch(_) => unreachable!("handled above"),
+        // `on_apply` applies a split itself; one anywhere else (in a batch) was refused
+        // by `validate` above.
+        KvCommand::Split { .. } => {
+            return Ok(Err(KvError::Refused(
+                "a split applies only as an entry of its own".into(),
+            )))
+        }
     };
     Ok(Ok(output))
 }
@@ -430,7 +444,7 @@ impl StateMachine for KvStateMachine {
                 return;
             }
         };
-        let region = self.handle.region();
+        let mut region = self.handle.region();
         let engine = Arc::clone(&self.engine);
         let mut overlay = Overlay::new(engine.as_ref());
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
@@ -445,6 +459,53 @@ impl StateMachine for KvStateMachine {
             last = Some((task.index, task.term));
             let result = match KvCommand::decode(&task.data) {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
+                Ok(KvCommand::Split {
+                    key,
+                    child,
+                    version,
+                }) => {
+                    let split = apply_split(
+                        &region,
+                        self.configuration.as_ref(),
+                        &key,
+                        child,
+                        version,
+                        task.index,
+                        task.term,
+                    );
+                    match split {
+                        Err(refusal) => Err(refusal.to_string()),
+                        Ok(record) => {
+                            // What came before in the batch is written with the split, so
+                            // the applied index never passes an unwritten entry.
+                            let mut batch =
+                                std::mem::replace(&mut overlay, Overlay::new(engine.as_ref()))
+                                    .into_batch();
+                            batch.meta_put(
+                                applied_key(region.id),
+                                encode_applied(task.index, task.term),
+                            );
+                            batch.meta_put(
+                                applied_key(child),
+                                encode_applied(task.index, task.term),
+                            );
+                            batch.meta_put(record_key(child), record.encode());
+                            match self.engine.write(batch) {
+                                Ok(()) => {
+                                    self.set_applied(task.index, task.term);
+                                    region = record.parent.clone();
+                                    self.split_applied(record);
+                                    Ok(KvOutput::Done.encode())
+                                }
+                                Err(e) => {
+                                    engine_failure =
+                                        Some(format!("writing the split at {}: {e}", task.index));
+                                    Err(e.to_string())
+                                }
+                            }
+                        }
+                    }
+                }
                 Ok(command) => match apply_command(&command, &region, &mut overlay) {
                     Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
                     Err(e) => {
@@ -522,6 +583,10 @@ impl StateMachine for KvStateMachine {
     /// configuration, and it only grows (a later configuration has a larger index; one
     /// heard again after a restart changes nothing). A replica that installs a snapshot
     /// takes the epoch the snapshot's region carries.
+    fn on_configuration_applied(&mut self, _index: LogIndex, configuration: &Configuration) {
+        self.configuration = Some(configuration.clone());
+    }
+
     fn on_configuration_committed_at(&mut self, index: LogIndex, configuration: &Configuration) {
         let region = {
             let mut current = self
@@ -555,6 +620,25 @@ impl StateMachine for KvStateMachine {
 }
 
 impl KvStateMachine {
+    /// Takes the parent's new range and tells the store, which starts the child.
+    fn split_applied(&mut self, record: SplitRecord) {
+        *self
+            .handle
+            .region
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = record.parent.clone();
+        tracing::info!(
+            parent = %record.parent,
+            child = %record.child,
+            key = %crate::error::show(&record.child.start),
+            index = %record.index,
+            "region split"
+        );
+        if let Some(events) = &self.events {
+            let _ = events.send(RegionEvent::Split(record));
+        }
+    }
+
     fn send_leader(&self, leading: bool) {
         if let Some(events) = &self.events {
             let region = self.handle.region().id;
@@ -572,6 +656,16 @@ impl KvStateMachine {
                 meta.index, region.id, current.id
             )));
         }
+        let engine_applied = self.engine_applied()?;
+        if engine_applied >= meta.index {
+            // A restart over a durable engine that already holds this snapshot's state or
+            // later: the entries after it are skipped up to `engine_applied`. Nothing is
+            // imported, and the region keeps the newer of the two descriptions (a region
+            // that split after its snapshot was taken is smaller than the snapshot says).
+            tracing::info!(region = %region.id, snapshot = %meta.index, engine = %engine_applied, "engine ahead of the snapshot; not re-imported");
+            self.adopt(region);
+            return Ok(());
+        }
         let same_range = region.start == current.start && region.end == current.end;
         if !same_range && region.epoch <= current.epoch {
             // Importing another range than ours without a newer epoch could overwrite keys
@@ -582,14 +676,6 @@ impl KvStateMachine {
                 given: region.epoch,
                 now: None,
             });
-        }
-        let engine_applied = self.engine_applied()?;
-        if engine_applied >= meta.index {
-            // A restart over a durable engine that already holds this snapshot's state or
-            // later: the entries after it are skipped up to `engine_applied`.
-            tracing::info!(region = %region.id, snapshot = %meta.index, engine = %engine_applied, "engine ahead of the snapshot; not re-imported");
-            self.adopt(region);
-            return Ok(());
         }
         // Verify the whole file before touching the engine, so a corrupt snapshot changes
         // nothing even when the import is too large to stage in memory.

@@ -14,6 +14,7 @@ mod cluster;
 mod health;
 mod pd;
 mod recover;
+mod split;
 mod status;
 
 use clap::{Args, Subcommand};
@@ -91,6 +92,14 @@ pub enum AdminOp {
     /// the next election). Prints what each survivor holds; needs `--force` (writes only
     /// the lost voters held are lost); refused while a majority answers.
     Recover,
+    /// Splits `--region ID` at `--key K` through its leader: the region keeps the keys
+    /// before K, a new region (its id from the placement driver) takes K and the keys after
+    /// it, on the same stores. Prints both regions.
+    Split {
+        /// The first key of the new region (UTF-8); must lie strictly inside the region.
+        #[arg(long, value_name = "KEY")]
+        key: String,
+    },
     /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
     /// `resume`.
     #[command(subcommand)]
@@ -184,6 +193,7 @@ async fn execute(
         AdminOp::Pd(op) => return pd::pd(client, &stores, op).await,
         AdminOp::Store(op) => return pd::store(client, &stores, op).await,
         AdminOp::Recover => return recover::recover(client, &cluster, only, force).await,
+        AdminOp::Split { key } => return split::split(client, &cluster, only, &key).await,
         _ => {}
     }
     if let AdminOp::CloseRegion { store } = &op {
@@ -238,6 +248,7 @@ async fn change_regions(
         | AdminOp::CloseRegion { .. }
         | AdminOp::Pd(_)
         | AdminOp::Store(_)
+        | AdminOp::Split { .. }
         | AdminOp::Recover => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,

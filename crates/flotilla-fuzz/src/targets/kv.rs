@@ -316,6 +316,7 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
                 .map(|region| HostedRegion {
                     region,
                     initial_peers: peers.clone(),
+                    start: None,
                 })
                 .collect(),
         },
@@ -327,7 +328,12 @@ fn store_meta_seeds() -> Vec<Vec<u8>> {
             regions: vec![HostedRegion {
                 region: Region::new(RegionId(9), b(b"\x00\xff"), Bytes::new(), Epoch::new(7, 1))
                     .expect("seed region"),
-                initial_peers: Vec::new(),
+                initial_peers: vec![StoreId(0x8081).peer_id()],
+                start: Some(flotilla_kv::store::meta::RegionStart {
+                    index: 12,
+                    term: 2,
+                    learners: Vec::new(),
+                }),
             }],
         },
     ];
@@ -369,6 +375,7 @@ fn store_meta_log_seeds() -> Vec<Vec<u8>> {
             region: Region::new(RegionId(id), b(start), b(end), Epoch::new(1, 1))
                 .expect("seed region"),
             initial_peers: Vec::new(),
+            start: None,
         })
     };
     [

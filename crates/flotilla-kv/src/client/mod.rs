@@ -405,6 +405,27 @@ impl KvClient {
         }
     }
 
+    /// Asks the store at `store`, which must lead region `id`, to split it at `key`
+    /// (`admin split`). Does not retry: a `NotLeader` refusal names the leader when known.
+    pub async fn split_region(
+        &self,
+        store: &str,
+        id: u64,
+        key: Bytes,
+    ) -> Result<proto::SplitRegionReply, ClientError> {
+        let channel = self.channel(store).await?;
+        let mut client = grpc_client(channel);
+        let request = proto::SplitRegionRequest { region_id: id, key };
+        match tokio::time::timeout(self.inner.options.timeout, client.split_region(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(classify(&status).1),
+            Err(_) => Err(ClientError::unknown(format!(
+                "{store} did not answer within {:?}; the split may still happen",
+                self.inner.options.timeout
+            ))),
+        }
+    }
+
     /// Rebuilds the route table from what the stores report: per region the newest epoch,
     /// and the leader reported by the store that leads it with the highest term. A region
     /// reported without voters is not routed to.

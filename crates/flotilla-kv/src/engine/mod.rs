@@ -37,6 +37,8 @@ pub mod meta_keys {
     pub const APPLIED_PREFIX: &[u8] = b"applied/";
     /// Region metadata, `region/` + region id (8 bytes, big endian); reserved for the store.
     pub const REGION_PREFIX: &[u8] = b"region/";
+    /// A split applied whose store has not yet recorded it (`crate::split`).
+    pub const SPLIT_PREFIX: &[u8] = b"split/";
 }
 
 /// One operation of a [`WriteBatch`].

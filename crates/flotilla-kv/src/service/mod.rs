@@ -388,6 +388,31 @@ impl proto::kv_server::Kv for KvService {
         Ok(Response::new(self.regions_reply()))
     }
 
+    async fn split_region(
+        &self,
+        request: Request<proto::SplitRegionRequest>,
+    ) -> Result<Response<proto::SplitRegionReply>, Status> {
+        require(&request, &[Role::Admin], "a region split")?;
+        let r = request.into_inner();
+        let (parent, child) = self
+            .store
+            .split_region(RegionId(r.region_id), r.key)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let info = |region: crate::region::Region| proto::RegionInfo {
+            id: region.id.0,
+            start: region.start,
+            end: region.end,
+            conf_version: region.epoch.conf_version,
+            version: region.epoch.version,
+            ..proto::RegionInfo::default()
+        };
+        Ok(Response::new(proto::SplitRegionReply {
+            parent: Some(info(parent)),
+            child: Some(info(child)),
+        }))
+    }
+
     async fn hello(
         &self,
         request: Request<proto::HelloRequest>,

@@ -105,6 +105,18 @@ impl proto::pd_server::Pd for PdService {
             .map_err(|e| status_of(&e))
     }
 
+    async fn alloc_ids(
+        &self,
+        request: Request<proto::AllocIdsRequest>,
+    ) -> Result<Response<proto::AllocIdsReply>, Status> {
+        require(&request, &[Role::Store, Role::Admin], "pd alloc ids")?;
+        self.store
+            .pd_alloc_ids(request.into_inner().count)
+            .await
+            .map(|(first, count)| Response::new(proto::AllocIdsReply { first, count }))
+            .map_err(|e| status_of(&e))
+    }
+
     async fn hold(
         &self,
         request: Request<proto::HoldRequest>,

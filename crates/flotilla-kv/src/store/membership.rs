@@ -326,6 +326,7 @@ impl Store {
                 voters.contains(&me).then(|| HostedRegion {
                     region,
                     initial_peers: voters.iter().map(|id| id.peer_id()).collect(),
+                    start: None,
                 })
             })
             .collect();

@@ -47,8 +47,25 @@ pub struct HostedRegion {
     /// The region as this store last recorded it.
     pub region: Region,
     /// The voters the region was bootstrapped with (the same list on every initial peer);
-    /// empty for a peer created empty to be added by the region's leader.
+    /// empty for a peer created empty to be added by the region's leader. For a region
+    /// split off another: the parent's voters at the split.
     pub initial_peers: Vec<PeerId>,
+    /// For a region split off another on this store: where its log begins.
+    pub start: Option<RegionStart>,
+}
+
+/// Where the log of a region split off its parent begins: after the parent's split entry
+/// (`index`, of `term`), with the parent's voters (`HostedRegion::initial_peers`) and
+/// `learners` at that entry. Every replica of the parent that applies the split starts the
+/// child so, with the parent's data for the child's keys already in its engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStart {
+    /// Index of the split entry in the parent's log.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The parent's learners at the split.
+    pub learners: Vec<PeerId>,
 }
 
 /// How the cluster this store belongs to was bootstrapped (the same on every initial
@@ -422,17 +439,8 @@ pub(crate) fn region_line_len(hosted: &HostedRegion) -> usize {
 /// A region's line, as `store.meta` and its change log write it.
 fn region_line(hosted: &HostedRegion) -> String {
     let r = &hosted.region;
-    let peers = if hosted.initial_peers.is_empty() {
-        "-".to_string()
-    } else {
-        hosted
-            .initial_peers
-            .iter()
-            .map(PeerId::as_str)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    format!(
+    let peers = id_list(&hosted.initial_peers);
+    let mut line = format!(
         "region {} {} {} {} {} {}",
         r.id.0,
         r.epoch.conf_version,
@@ -440,7 +448,56 @@ fn region_line(hosted: &HostedRegion) -> String {
         hex(&r.start),
         hex(&r.end),
         peers
-    )
+    );
+    if let Some(start) = &hosted.start {
+        // `at=<index>/<term>/<learners or ->`
+        line.push_str(&format!(
+            " at={}/{}/{}",
+            start.index,
+            start.term,
+            id_list(&start.learners)
+        ));
+    }
+    line
+}
+
+/// `-` or `<id>,<id>...`.
+fn id_list(peers: &[PeerId]) -> String {
+    if peers.is_empty() {
+        "-".to_string()
+    } else {
+        peers
+            .iter()
+            .map(PeerId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Parses [`id_list`]'s text; `None` when malformed.
+fn parse_id_list(text: &str) -> Option<Vec<PeerId>> {
+    if text == "-" {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|p| StoreId::parse(p).ok().map(StoreId::peer_id))
+        .collect()
+}
+
+/// Parses the `at=` word of a region line; `None` when malformed.
+fn parse_start(word: &str) -> Option<RegionStart> {
+    let mut parts = word.strip_prefix("at=")?.split('/');
+    let index = parts.next()?.parse().ok()?;
+    let term = parts.next()?.parse().ok()?;
+    let learners = parse_id_list(parts.next()?)?;
+    if parts.next().is_some() || index == 0 {
+        return None;
+    }
+    Some(RegionStart {
+        index,
+        term,
+        learners,
+    })
 }
 
 /// The meta group's line: `pd -` (a peer created empty), `pd <id>,<id>...` (its initial
@@ -518,22 +575,19 @@ fn parse_region_line(line: &str) -> Option<HostedRegion> {
     let version = words.next()?.parse().ok()?;
     let start = unhex(words.next()?)?;
     let end = unhex(words.next()?)?;
-    let peers = words.next()?;
+    let initial_peers = parse_id_list(words.next()?)?;
+    let split_start = match words.next() {
+        Some(word) => Some(parse_start(word)?),
+        None => None,
+    };
     if words.next().is_some() {
         return None;
     }
-    let initial_peers = if peers == "-" {
-        Vec::new()
-    } else {
-        peers
-            .split(',')
-            .map(|p| StoreId::parse(p).ok().map(StoreId::peer_id))
-            .collect::<Option<Vec<_>>>()?
-    };
     let region = Region::new(id, start, end, Epoch::new(conf_version, version)).ok()?;
     Some(HostedRegion {
         region,
         initial_peers,
+        start: split_start,
     })
 }
 
@@ -594,6 +648,12 @@ mod tests {
                     } else {
                         vec![a.peer_id(), b.peer_id()]
                     },
+                    // Region 2 was split off another at entry 70 of term 4.
+                    start: (i == 1).then(|| RegionStart {
+                        index: 70,
+                        term: 4,
+                        learners: vec![StoreId(0x8083).peer_id()],
+                    }),
                 })
                 .collect(),
         }
@@ -618,6 +678,7 @@ mod tests {
             )
             .unwrap(),
             initial_peers: Vec::new(),
+            start: None,
         };
         let changes = [
             MetaChange::Region(added.clone()),

@@ -26,6 +26,7 @@ mod open;
 pub mod pd;
 mod peers;
 mod quota;
+mod split;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -328,12 +329,21 @@ impl Store {
         let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone())
             .with_events(self.inner.events.clone());
         let handle = machine.handle();
-        let node = self
-            .inner
-            .manager
-            .add_group(hosted.region.id.0, hosted.initial_peers.clone(), machine)
-            .await
-            .map_err(|e| StoreError::Start(format!("cannot start {}: {e}", hosted.region)))?;
+        let manager = &self.inner.manager;
+        let id = hosted.region.id.0;
+        let node = match &hosted.start {
+            Some(start) => {
+                manager
+                    .add_group_at(id, split::group_start(hosted, start), machine)
+                    .await
+            }
+            None => {
+                manager
+                    .add_group(id, hosted.initial_peers.clone(), machine)
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::Start(format!("cannot start {}: {e}", hosted.region)))?;
         self.inner
             .regions
             .write()
@@ -527,6 +537,7 @@ impl Store {
         let hosted = HostedRegion {
             region,
             initial_peers: Vec::new(),
+            start: None,
         };
         check_meta_size(&meta, &hosted)?;
         // A peer created empty starts from a clean slate: an earlier peer of this region
@@ -772,6 +783,11 @@ impl Store {
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
         command.validate()?;
+        if matches!(command, KvCommand::Split { .. }) {
+            return Err(KvError::Refused(
+                "a split is not a write: ask for it with split_region (`admin split`)".into(),
+            ));
+        }
         if self.inner.quota.alarm() {
             if let KvCommand::Batch(elements) = &command {
                 if elements.iter().any(|e| !e.adds_data()) {
@@ -993,6 +1009,7 @@ mod tests {
                 .map(|region| HostedRegion {
                     region,
                     initial_peers: Vec::new(),
+                    start: None,
                 })
                 .collect(),
         }
@@ -1036,6 +1053,7 @@ mod tests {
                 )
                 .expect("a valid region"),
                 initial_peers: Vec::new(),
+                start: None,
             })
             .collect();
         let next = region(u64::MAX, b"\xff", b"");
@@ -1045,6 +1063,7 @@ mod tests {
         let adding = HostedRegion {
             region: next,
             initial_peers: Vec::new(),
+            start: None,
         };
         assert_eq!(check_meta_size(&full, &adding), Ok(()));
     }

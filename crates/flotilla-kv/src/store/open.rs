@@ -391,7 +391,14 @@ impl Store {
         if let Some(peers) = &meta.pd {
             store.start_meta_group(peers.clone()).await?;
         }
-        for hosted in &meta.regions {
+        // A split a crash cut short is finished first: its parent must not start with the
+        // range it had before.
+        store
+            .finish_recorded_splits()
+            .await
+            .map_err(|e| StoreError::Start(format!("cannot finish a recorded split: {e}")))?;
+        let regions = store.inner.meta.lock().await.regions.clone();
+        for hosted in &regions {
             store.start_region(hosted).await?;
         }
         Ok(store)

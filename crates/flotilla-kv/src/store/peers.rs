@@ -42,6 +42,12 @@ impl Store {
                     tracing::warn!(region = %region.id, error = %e, "cannot record the region's new epoch; a restart starts from the older one and catches up");
                 }
             }
+            RegionEvent::Split(record) => {
+                lock(&self.inner.pd.led).dirty.insert(record.parent.id.0);
+                if let Err(e) = self.finish_split(&record, true).await {
+                    tracing::error!(parent = %record.parent, child = %record.child, error = %e, "cannot finish the split on this store; a restart finishes it");
+                }
+            }
             RegionEvent::Leader { region, leading } => {
                 let mut led = lock(&self.inner.pd.led);
                 if leading {

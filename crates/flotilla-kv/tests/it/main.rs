@@ -8,5 +8,6 @@ mod codec;
 mod engines;
 mod peers;
 mod replication;
+mod split;
 mod store;
 mod util;

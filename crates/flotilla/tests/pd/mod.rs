@@ -546,3 +546,71 @@ fn static_regions_start_on_max_replicas_voters() {
     let (code, got) = kv(&fifth, &["get", "via-the-fifth"]);
     assert_eq!((code, got["value"].as_str()), (0, Some("yes")), "{got}");
 }
+
+/// `admin split` divides a region through its leader: both halves on every store, each
+/// led, every key readable where it was; the PD records both (the parent's record
+/// replaced by its smaller range, the child's added); refusals change nothing.
+#[test]
+fn admin_split_divides_a_region_and_the_pd_records_both() {
+    let dir = TempDir::new("pd-split");
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let endpoints = addresses.join(",");
+    let _stores = start_stores(&dir, &addresses, 1);
+    put_keys(&endpoints, "k", 20);
+    // Refused, nothing changed: no --region, a key outside the region.
+    let (code, answer) = admin(&endpoints, &["split", "--key", "k010"]);
+    assert_eq!(code, 2, "{answer}");
+    let (code, answer) = admin(&endpoints, &["--region", "7", "split", "--key", "k010"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("NoSuchRegion")),
+        "{answer}"
+    );
+    let split = until("the split", Duration::from_secs(60), || {
+        let (code, answer) = admin(&endpoints, &["--region", "1", "split", "--key", "k010"]);
+        if code == 0 {
+            Ok(answer)
+        } else {
+            Err(answer.to_string())
+        }
+    });
+    assert_eq!(split["region"]["end"], "k010", "{split}");
+    assert_eq!(split["child"]["start"], "k010", "{split}");
+    assert_eq!(split["child"]["version"], 2, "{split}");
+    let child = split["child"]["id"].as_u64().expect("child id");
+    let status = until(
+        "both halves led on three voters",
+        Duration::from_secs(60),
+        || {
+            let status = regions_settled(&endpoints, 3, &[])?;
+            let regions: Vec<&Value> = items(&status["regions"]).collect();
+            let ids: Vec<u64> = regions.iter().filter_map(|r| r["id"].as_u64()).collect();
+            if ids.len() == 2 && ids.contains(&1) && ids.contains(&child) {
+                Ok(status)
+            } else {
+                Err(format!("regions {ids:?}"))
+            }
+        },
+    );
+    println!("after the split: {}", status["regions"]);
+    // The split key again: the parent no longer holds it.
+    let (code, answer) = admin(&endpoints, &["--region", "1", "split", "--key", "k015"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("KeyOutOfRegion")),
+        "{answer}"
+    );
+    check_keys(&endpoints, "k", 20);
+    put_keys(&endpoints, "k", 20);
+    until(
+        "the PD records both halves",
+        Duration::from_secs(60),
+        || {
+            let status = pd_status(&endpoints)?;
+            // The meta group's record and the two regions.
+            (status["regions"] == 3)
+                .then_some(())
+                .ok_or(format!("PD regions {}", status["regions"]))
+        },
+    );
+}

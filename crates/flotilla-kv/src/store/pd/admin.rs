@@ -156,6 +156,23 @@ impl Store {
         })
     }
 
+    /// Hands out `count` new ids from the meta group's allocator (this store must lead
+    /// it): `(first, count)`.
+    pub(crate) async fn pd_alloc_ids(&self, count: u32) -> Result<(u64, u32), KvError> {
+        self.pd_leading()?;
+        let command = PdCommand::AllocIds { count };
+        command
+            .validate()
+            .map_err(|e| KvError::Refused(e.to_string()))?;
+        match self.pd_propose(&command).await? {
+            PdOutput::Ids { first, count } => Ok((first, count)),
+            PdOutput::Refused(why) => Err(KvError::Refused(why)),
+            other => Err(KvError::Unknown(format!(
+                "the meta group answered an id allocation with {other:?}"
+            ))),
+        }
+    }
+
     /// `admin pd pause|resume`.
     pub(crate) async fn pd_pause(&self, paused: bool) -> Result<bool, KvError> {
         let reply = self

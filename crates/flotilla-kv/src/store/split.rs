@@ -1,0 +1,193 @@
+//! What a store does with a split its region's state machine applied (see `crate::split`
+//! for the rule itself): record the parent's smaller range and the child in `store.meta`,
+//! start the child's raft group where the split entry left the parent's log, and delete
+//! the split's record from the engine. The record is deleted last, so a crash anywhere in
+//! between leaves it for the next start, which finishes the job before it opens any region.
+//!
+//! Owns: that order, and its idempotence (a record acted on twice changes nothing the
+//! second time). Must never: reopen a parent with its range from before the split, or
+//! start a child whose parent this store no longer hosts.
+//!
+//! A replica that has not applied the split yet drops whatever the child's other replicas
+//! send it (the node runtime drops frames for a group it does not host): it creates no
+//! peer of the child and no range of it overlaps the parent's. Once it applies the split it
+//! starts the child at the split entry, and the child's leader catches it up from its log,
+//! or from the snapshot the child took as it started.
+
+use bytes::Bytes;
+use flotilla_node::{Configuration, GroupStart, LogIndex, Term};
+
+use super::meta::{HostedRegion, MetaChange, RegionStart};
+use super::Store;
+use crate::command::KvCommand;
+use crate::engine::meta_keys;
+use crate::error::KvError;
+use crate::ids::RegionId;
+use crate::region::Region;
+use crate::service::proto::pd::AllocIdsRequest;
+use crate::split::{record_key, SplitRecord};
+
+/// Most split records read back at a start (one per split a crash cut short; in practice
+/// a handful).
+const RECORDS_READ_MAX: usize = crate::limits::SCAN_LIMIT_MAX;
+
+impl Store {
+    /// Splits region `id`, which this store must lead, at `key` (`admin split`): a child
+    /// id from the placement driver, then the split entry through the region's log.
+    /// Answers the parent and the child as they are after it. Refused, changing nothing:
+    /// a key not strictly inside the region, a region this store does not lead, no PD
+    /// leader reachable for the id, or (when the entry applies) a region that moved on
+    /// meanwhile or is changing membership.
+    pub async fn split_region(
+        &self,
+        id: RegionId,
+        key: Bytes,
+    ) -> Result<(Region, Region), KvError> {
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        let region = peer.machine.region();
+        let probe = KvCommand::Split {
+            key: key.clone(),
+            child: RegionId(u64::MAX),
+            version: region.epoch.version,
+        };
+        probe.validate()?;
+        probe.check_region(&region)?;
+        if !peer.node.is_leader() {
+            return Err(KvError::NotLeader {
+                region: id,
+                leader: peer
+                    .node
+                    .leader_id()
+                    .and_then(|l| self.inner.addresses.resolve(&l)),
+            });
+        }
+        let child = self
+            .call_pd(
+                |mut client| async move { client.alloc_ids(AllocIdsRequest { count: 1 }).await },
+            )
+            .await
+            .map_err(|why| KvError::Node {
+                kind: "PdUnavailable".into(),
+                message: format!("no id for the split's child region: {why}"),
+            })?
+            .first;
+        let command = KvCommand::Split {
+            key,
+            child: RegionId(child),
+            version: region.epoch.version,
+        };
+        self.propose(id, region.epoch, command).await?;
+        let parent = peer.machine.region();
+        // The store's event task starts the child just after the entry applied.
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        loop {
+            if let Some(peer) = self.peer(RegionId(child)) {
+                return Ok((parent, peer.machine.region()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KvError::Unknown(format!(
+                    "region {id} split, but its child {child} has not started on this store \
+                     within {:?}",
+                    self.inner.request_timeout
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Records `record`'s split in `store.meta` and starts the child (unless `start` is
+    /// false: at open, where every hosted region starts next), then deletes the record.
+    /// Nothing is done for a parent this store no longer hosts.
+    pub(crate) async fn finish_split(
+        &self,
+        record: &SplitRecord,
+        start: bool,
+    ) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let parent = meta
+            .regions
+            .iter()
+            .find(|h| h.region.id == record.parent.id)
+            .cloned();
+        let child_hosted = meta.regions.iter().any(|h| h.region.id == record.child.id);
+        let mut child = None;
+        if let Some(parent) = parent {
+            let mut changes = Vec::new();
+            if parent.region.epoch.version < record.parent.epoch.version {
+                let mut updated = parent.clone();
+                let conf_version = parent
+                    .region
+                    .epoch
+                    .conf_version
+                    .max(record.parent.epoch.conf_version);
+                updated.region = record.parent.clone();
+                updated.region.epoch.conf_version = conf_version;
+                changes.push(MetaChange::Region(updated));
+            }
+            if !child_hosted {
+                let hosted = HostedRegion {
+                    region: record.child.clone(),
+                    initial_peers: record.voters.clone(),
+                    start: Some(RegionStart {
+                        index: record.index.0,
+                        term: record.term.0,
+                        learners: record.learners.clone(),
+                    }),
+                };
+                changes.push(MetaChange::Region(hosted.clone()));
+                child = Some(hosted);
+            }
+            if !changes.is_empty() {
+                self.record_meta(&mut meta, changes).await?;
+            }
+        } else {
+            tracing::info!(parent = %record.parent.id, child = %record.child, "split of a region no longer hosted here: nothing to start");
+        }
+        if let (Some(hosted), true) = (child, start) {
+            self.start_region(&hosted)
+                .await
+                .map_err(|e| KvError::Engine(e.to_string()))?;
+            tracing::info!(parent = %record.parent, child = %record.child, store = %self.inner.id, "split child started");
+        }
+        drop(meta);
+        let engine = self.inner.engine.clone();
+        let key = record_key(record.child.id);
+        tokio::task::spawn_blocking(move || engine.meta_delete(key))
+            .await
+            .map_err(|e| KvError::Engine(format!("deleting a split record panicked: {e}")))?
+    }
+
+    /// Finishes the splits a crash left unrecorded (their records are still in the
+    /// engine). Runs at open, before any region starts.
+    pub(crate) async fn finish_recorded_splits(&self) -> Result<(), KvError> {
+        let engine = self.inner.engine.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            let mut end = meta_keys::SPLIT_PREFIX.to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            engine.meta_scan(meta_keys::SPLIT_PREFIX, &end, RECORDS_READ_MAX)
+        })
+        .await
+        .map_err(|e| KvError::Engine(format!("reading split records panicked: {e}")))??;
+        for (key, value) in records {
+            let record = SplitRecord::decode(&value).map_err(|e| {
+                KvError::Corrupt(format!("split record {}: {e}", crate::error::show(&key)))
+            })?;
+            tracing::info!(parent = %record.parent, child = %record.child, "finishing a split recorded before a restart");
+            self.finish_split(&record, false).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the group of a region split off another begins.
+pub(crate) fn group_start(hosted: &HostedRegion, start: &RegionStart) -> GroupStart {
+    let mut configuration = Configuration::new(hosted.initial_peers.iter().cloned());
+    configuration.learners = start.learners.iter().cloned().collect();
+    GroupStart {
+        index: LogIndex(start.index),
+        term: Term(start.term),
+        configuration,
+    }
+}

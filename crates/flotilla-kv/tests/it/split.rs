@@ -1,0 +1,190 @@
+//! Region split over three stores in one process: the split entry divides the region on
+//! every store, the child starts where the parent's log left it and takes writes, clients
+//! with routes from before the split find the keys on either side, a scan across the new
+//! boundary returns every key once and in order, a store down during the split catches up
+//! when it comes back (it starts the child when it applies the split from its log), and a
+//! restart reopens both regions with their ranges.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_kv::client::{ClientOptions, KvClient, ReadConsistency};
+use flotilla_kv::server::StoreServer;
+use flotilla_kv::store::EngineKind;
+use flotilla_kv::{KvError, RegionId};
+
+use crate::store::start;
+use crate::util::TempDir;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The regions a store hosts: `(id, start, end, version, led)`.
+fn hosted(store: &StoreServer) -> Vec<(u64, Bytes, Bytes, u64, bool)> {
+    let mut regions: Vec<_> = store
+        .store()
+        .regions()
+        .into_iter()
+        .map(|r| {
+            (
+                r.region.id.0,
+                r.region.start.clone(),
+                r.region.end.clone(),
+                r.region.epoch.version,
+                r.leader.as_deref().is_some_and(|l| !l.is_empty()),
+            )
+        })
+        .collect();
+    regions.sort();
+    regions
+}
+
+/// Splits region `id` through whichever store leads it.
+async fn split(
+    stores: &[StoreServer],
+    id: u64,
+    key: &str,
+) -> (flotilla_kv::Region, flotilla_kv::Region) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for s in stores {
+            match s.store().split_region(RegionId(id), b(key)).await {
+                Ok(halves) => return halves,
+                Err(KvError::NotLeader { .. }) => {}
+                Err(e) => panic!("split of {id} at {key}: {e}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader took the split");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client(stores: &[StoreServer]) -> KvClient {
+    let endpoints: Vec<String> = stores
+        .iter()
+        .map(|s| s.store().advertised_address().to_string())
+        .collect();
+    KvClient::connect(endpoints, ClientOptions::default())
+        .await
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_divides_the_region_everywhere_and_nothing_is_lost() {
+    let dir = TempDir::new("split");
+    let mut stores = start(&dir, 1, EngineKind::Fjall).await;
+    let kv = client(&stores).await;
+    let letters: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+    for k in &letters {
+        kv.put(b(k), b(&format!("v{k}"))).await.expect("put");
+    }
+    // Keys outside, at the start, or a region that does not exist: refused, nothing changes.
+    let leader = &stores[0];
+    assert!(matches!(
+        leader.store().split_region(RegionId(9), b("m")).await,
+        Err(KvError::NoSuchRegion(_))
+    ));
+    let (parent, child) = split(&stores, 1, "m").await;
+    assert_eq!(
+        (parent.start.clone(), parent.end.clone()),
+        (Bytes::new(), b("m"))
+    );
+    assert_eq!(
+        (child.start.clone(), child.end.clone()),
+        (b("m"), Bytes::new())
+    );
+    assert_eq!(parent.epoch.version, 2);
+    assert_eq!(child.epoch.version, 2);
+    assert!(
+        child.id.0 >= 1_000_000,
+        "the child's id comes from the PD: {}",
+        child.id
+    );
+    let expected = vec![
+        (1, Bytes::new(), b("m"), 2, true),
+        (child.id.0, b("m"), Bytes::new(), 2, true),
+    ];
+    for s in &stores {
+        until("every store hosts both halves, each led", || {
+            let now = hosted(s);
+            (now == expected).then_some(()).ok_or(format!("{now:?}"))
+        })
+        .await;
+    }
+    // The same client, its routes from before: every key reads back, both sides take
+    // writes, and a scan across the boundary returns every key once, in order.
+    for k in &letters {
+        let value = kv.get(b(k), ReadConsistency::Index).await.expect("get");
+        assert_eq!(value, Some(b(&format!("v{k}"))), "key {k}");
+    }
+    kv.put(b("b2"), b("left")).await.expect("put left");
+    kv.put(b("q2"), b("right")).await.expect("put right");
+    let scanned = kv
+        .scan(
+            Bytes::new(),
+            Bytes::new(),
+            1000,
+            false,
+            ReadConsistency::Index,
+        )
+        .await
+        .expect("scan");
+    let keys: Vec<Bytes> = scanned.iter().map(|(k, _)| k.clone()).collect();
+    let mut want: Vec<Bytes> = letters.iter().map(|k| b(k)).collect();
+    want.extend([b("b2"), b("q2")]);
+    want.sort();
+    assert_eq!(keys, want);
+    // The child splits again (a split of a split), then every store restarts: both ranges
+    // and every key come back.
+    let (_, grandchild) = split(&stores, child.id.0, "t").await;
+    kv.put(b("u2"), b("far"))
+        .await
+        .expect("put in the grandchild");
+    for s in &stores {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+    drop(stores);
+    stores = start(&dir, 1, EngineKind::Fjall).await;
+    let kv = client(&stores).await;
+    for s in &stores {
+        until("the three regions reopen", || {
+            let now = hosted(s);
+            let ids: Vec<u64> = now.iter().map(|r| r.0).collect();
+            (ids == vec![1, child.id.0, grandchild.id.0] && now.iter().all(|r| r.4))
+                .then_some(())
+                .ok_or(format!("{now:?}"))
+        })
+        .await;
+    }
+    let scanned = kv
+        .scan(
+            Bytes::new(),
+            Bytes::new(),
+            1000,
+            false,
+            ReadConsistency::Index,
+        )
+        .await
+        .expect("scan after restart");
+    want.push(b("u2"));
+    want.sort();
+    assert_eq!(
+        scanned.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        want
+    );
+    for s in &stores {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
