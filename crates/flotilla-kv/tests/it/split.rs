@@ -188,3 +188,97 @@ async fn a_split_divides_the_region_everywhere_and_nothing_is_lost() {
         s.shutdown(Duration::from_millis(200)).await;
     }
 }
+
+/// A replica held back across the split (its store stopped while the region splits and
+/// the child takes writes): when it comes back, the child's leader reaches it before the
+/// parent's split entry does; it drops those frames (it hosts no child yet and creates
+/// nothing over the parent's range), applies the split from the parent's log, starts the
+/// child at the split entry and catches up: the child's keys written while it was away
+/// read back on it, and the old parent range is served by two regions, never overlapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_held_back_across_the_split_catches_up_without_overlap() {
+    use flotilla_kv::store::StoreOptions;
+    let dir = TempDir::new("split-lag");
+    let mut stores = start(&dir, 1, EngineKind::Fjall).await;
+    let kv = client(&stores).await;
+    kv.put(b("a1"), b("before")).await.expect("put");
+    kv.put(b("x1"), b("before")).await.expect("put");
+    let lagging = stores.pop().expect("three stores");
+    let address = lagging.store().advertised_address().to_string();
+    let peers: Vec<String> = stores
+        .iter()
+        .map(|s| s.store().advertised_address().to_string())
+        .chain([address.clone()])
+        .collect();
+    lagging.shutdown(Duration::from_millis(200)).await;
+    drop(lagging);
+    let (_, child) = split(&stores, 1, "m").await;
+    for i in 0..20 {
+        kv.put(b(&format!("x{i:02}")), b("while away"))
+            .await
+            .expect("put");
+    }
+    let mut options = StoreOptions::new(address, dir.path().join("s2"));
+    options.peers = Some(peers);
+    options.engine = EngineKind::Fjall;
+    options.tick = Duration::from_millis(20);
+    options.election_timeout_ticks = 10;
+    let back = StoreServer::start(options)
+        .await
+        .expect("restart the lagging store");
+    until("the lagging store hosts both halves", || {
+        let now = hosted(&back);
+        let ranges: Vec<(u64, Bytes, Bytes)> = now
+            .iter()
+            .map(|r| (r.0, r.1.clone(), r.2.clone()))
+            .collect();
+        (ranges
+            == vec![
+                (1, Bytes::new(), b("m")),
+                (child.id.0, b("m"), Bytes::new()),
+            ])
+        .then_some(())
+        .ok_or(format!("{now:?}"))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..20 {
+        let key = b(&format!("x{i:02}"));
+        loop {
+            let read = back
+                .store()
+                .get(child.id, child.epoch, key.clone(), None)
+                .await;
+            match read {
+                Ok(Some(value)) => {
+                    assert_eq!(value, b("while away"));
+                    break;
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "x{i:02} on the lagging store: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let left = back
+        .store()
+        .get(RegionId(1), child.epoch, b("a1"), None)
+        .await
+        .expect("the parent serves its half");
+    assert_eq!(left, Some(b("before")));
+    assert!(
+        matches!(
+            back.store()
+                .get(RegionId(1), child.epoch, b("x1"), None)
+                .await,
+            Err(KvError::KeyOutOfRegion { .. })
+        ),
+        "the parent no longer serves the child's keys"
+    );
+    back.shutdown(Duration::from_millis(200)).await;
+    for s in &stores {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
