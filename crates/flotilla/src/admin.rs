@@ -94,11 +94,12 @@ pub enum AdminOp {
     Recover,
     /// Splits `--region ID` at `--key K` through its leader: the region keeps the keys
     /// before K, a new region (its id from the placement driver) takes K and the keys after
-    /// it, on the same stores. Prints both regions.
+    /// it, on the same stores. Without `--key`, at the key that halves the region's bytes.
+    /// Prints both regions.
     Split {
         /// The first key of the new region (UTF-8); must lie strictly inside the region.
         #[arg(long, value_name = "KEY")]
-        key: String,
+        key: Option<String>,
     },
     /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
     /// `resume`.
@@ -193,7 +194,9 @@ async fn execute(
         AdminOp::Pd(op) => return pd::pd(client, &stores, op).await,
         AdminOp::Store(op) => return pd::store(client, &stores, op).await,
         AdminOp::Recover => return recover::recover(client, &cluster, only, force).await,
-        AdminOp::Split { key } => return split::split(client, &cluster, only, &key).await,
+        AdminOp::Split { key } => {
+            return split::split(client, &cluster, only, key.as_deref()).await
+        }
         _ => {}
     }
     if let AdminOp::CloseRegion { store } = &op {

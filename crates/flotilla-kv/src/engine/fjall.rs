@@ -380,6 +380,17 @@ impl KvEngine for FjallEngine {
         Ok(size)
     }
 
+    fn middle_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Bytes>, KvError> {
+        let total = self.approximate_size(start, end)?.bytes;
+        let view = self.view(&self.data);
+        let pairs = view.range::<&[u8], _>(bounds(start, end)).map(|item| {
+            let (key, value) = item.map_err(|e| lsm_error::convert("middle key", e))?;
+            let bytes = (key.len() + value.len()) as u64;
+            Ok((key, bytes))
+        });
+        super::pick_middle(total, pairs)
+    }
+
     fn export_range(&self, start: &[u8], end: &[u8], out: &mut dyn Write) -> Result<u64, KvError> {
         crate::limits::check_range(start, end)?;
         // One view for the whole export: a point in time, streamed without a lock.

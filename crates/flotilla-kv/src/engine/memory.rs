@@ -176,6 +176,16 @@ impl KvEngine for MemoryEngine {
         Ok(size)
     }
 
+    fn middle_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Bytes>, KvError> {
+        let total = self.approximate_size(start, end)?.bytes;
+        let spaces = self.read()?;
+        let pairs = spaces
+            .data
+            .range::<[u8], _>(bounds(start, end))
+            .map(|(key, value)| Ok((key, (key.len() + value.len()) as u64)));
+        super::pick_middle(total, pairs)
+    }
+
     fn export_range(&self, start: &[u8], end: &[u8], out: &mut dyn Write) -> Result<u64, KvError> {
         crate::limits::check_range(start, end)?;
         // Copy out (reference counts only) so no I/O happens under the lock.

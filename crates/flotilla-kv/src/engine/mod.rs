@@ -77,6 +77,25 @@ pub enum WriteOp {
     },
 }
 
+/// The middle key of a walk over a range whose pairs total `total` bytes: see
+/// [`KvEngine::middle_key`]. `pairs` yields each key with its pair's size, in order.
+pub(crate) fn pick_middle<K, I>(total: u64, pairs: I) -> Result<Option<Bytes>, KvError>
+where
+    K: AsRef<[u8]>,
+    I: IntoIterator<Item = Result<(K, u64), KvError>>,
+{
+    let half = total / 2;
+    let mut seen = 0u64;
+    for (position, pair) in pairs.into_iter().enumerate() {
+        let (key, bytes) = pair?;
+        seen += bytes;
+        if position > 0 && seen >= half {
+            return Ok(Some(Bytes::copy_from_slice(key.as_ref())));
+        }
+    }
+    Ok(None)
+}
+
 /// What a key range holds, about ([`KvEngine::approximate_size`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RangeSize {
@@ -227,6 +246,12 @@ pub trait KvEngine: Send + Sync + 'static {
     /// values (for the placement driver's balance by size and for split decisions; both
     /// engines count exactly today, in time linear in the range).
     fn approximate_size(&self, start: &[u8], end: &[u8]) -> Result<RangeSize, KvError>;
+
+    /// A key that divides `[start, end)` into two halves of about equal bytes of keys and
+    /// values (a region's split key): the first key at which the bytes before it and it
+    /// reach half, never the range's first key. `None` when the range holds fewer than two
+    /// keys. Time linear in the range (two walks).
+    fn middle_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Bytes>, KvError>;
 
     /// Writes every data pair of `[start, end)` to `out` in the [`export`] format, as of
     /// one point in time; returns how many pairs.

@@ -32,8 +32,9 @@ use crate::split::{record_key, SplitRecord};
 const RECORDS_READ_MAX: usize = crate::limits::SCAN_LIMIT_MAX;
 
 impl Store {
-    /// Splits region `id`, which this store must lead, at `key` (`admin split`): a child
-    /// id from the placement driver, then the split entry through the region's log.
+    /// Splits region `id`, which this store must lead, at `key` (`admin split`; an empty
+    /// key: the engine's middle key of the region by size): a child id from the placement
+    /// driver, then the split entry through the region's log.
     /// Answers the parent and the child as they are after it. Refused, changing nothing:
     /// a key not strictly inside the region, a region this store does not lead, no PD
     /// leader reachable for the id, or (when the entry applies) a region that moved on
@@ -45,6 +46,11 @@ impl Store {
     ) -> Result<(Region, Region), KvError> {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
         let region = peer.machine.region();
+        let key = if key.is_empty() {
+            self.middle_key(&region).await?
+        } else {
+            key
+        };
         let probe = KvCommand::Split {
             key: key.clone(),
             child: RegionId(u64::MAX),
@@ -93,6 +99,20 @@ impl Store {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// The key that halves `region`'s bytes on this store's engine.
+    async fn middle_key(&self, region: &Region) -> Result<Bytes, KvError> {
+        let engine = self.inner.engine.clone();
+        let (start, end) = (region.start.clone(), region.end.clone());
+        let middle = tokio::task::spawn_blocking(move || engine.middle_key(&start, &end))
+            .await
+            .map_err(|e| KvError::Engine(format!("finding a split key panicked: {e}")))??;
+        middle.ok_or_else(|| {
+            KvError::Refused(format!(
+                "{region} holds fewer than two keys: there is nothing to split"
+            ))
+        })
     }
 
     /// Records `record`'s split in `store.meta` and starts the child (unless `start` is

@@ -356,6 +356,29 @@ fn import_refuses_damage(engine: &dyn KvEngine) {
     assert_eq!(keys(&everything(engine)), ["a", "b", "c", "d", "f"]);
 }
 
+/// The middle key by size: half the bytes before it, never the range's first key, none
+/// for fewer than two keys; ranges bound it.
+fn middle_keys(engine: &dyn KvEngine) {
+    assert_eq!(engine.middle_key(b"", b"").unwrap(), None, "empty");
+    engine.put(b("k00"), b("x")).unwrap();
+    assert_eq!(engine.middle_key(b"", b"").unwrap(), None, "one key");
+    for i in 1..10 {
+        engine.put(b(&format!("k{i:02}")), b("x")).unwrap();
+    }
+    // Ten pairs of 4 bytes: the fifth key brings the total to half.
+    assert_eq!(engine.middle_key(b"", b"").unwrap(), Some(b("k04")));
+    assert_eq!(engine.middle_key(b"k05", b"").unwrap(), Some(b("k07")));
+    assert_eq!(engine.middle_key(b"k05", b"k07").unwrap(), Some(b("k06")));
+    // One heavy pair at the front: never the first key.
+    engine.put(b("k00"), Bytes::from(vec![0u8; 1000])).unwrap();
+    assert_eq!(engine.middle_key(b"", b"").unwrap(), Some(b("k01")));
+    // One heavy pair at the back: the split leaves it on its own.
+    engine.put(b("k00"), b("x")).unwrap();
+    engine.put(b("k09"), Bytes::from(vec![0u8; 1000])).unwrap();
+    assert_eq!(engine.middle_key(b"", b"").unwrap(), Some(b("k09")));
+    assert!(engine.middle_key(b"z", b"a").is_err(), "an inverted range");
+}
+
 fn memory() -> MemoryEngine {
     MemoryEngine::new()
 }
@@ -411,6 +434,7 @@ conformance!(
     batches_apply_in_order,
     meta_space_is_separate,
     import_refuses_damage,
+    middle_keys,
 );
 
 /// fjall keeps its data across a reopen.

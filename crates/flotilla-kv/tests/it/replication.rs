@@ -548,6 +548,10 @@ impl KvEngine for FailingEngine {
         self.inner.approximate_size(start, end)
     }
 
+    fn middle_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Bytes>, KvError> {
+        self.inner.middle_key(start, end)
+    }
+
     fn export_range(
         &self,
         start: &[u8],

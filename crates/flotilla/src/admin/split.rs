@@ -1,6 +1,7 @@
-//! `flotilla admin split --region R --key K`: splits region R at key K through its leader.
-//! The region keeps the keys before K; a new region (its id from the placement driver)
-//! takes K and the keys after it, on the same stores.
+//! `flotilla admin split --region R [--key K]`: splits region R at key K (default: the key
+//! that halves the region's bytes) through its leader. The region keeps the keys before
+//! K; a new region (its id from the placement driver) takes K and the keys after it, on
+//! the same stores.
 //!
 //! Owns: finding the leader (the one the stores report first, then every store, a few
 //! rounds while leadership moves) and the output. Must never: retry a split that may have
@@ -31,14 +32,17 @@ pub(super) async fn split(
     client: &KvClient,
     cluster: &Cluster,
     only: Option<u64>,
-    key: &str,
+    key: Option<&str>,
 ) -> Result<(Value, String), Failure> {
     let Some(id) = only else {
         return Err(Failure::usage("split needs --region ID"));
     };
-    if key.is_empty() {
-        return Err(Failure::usage("split needs a non-empty --key"));
+    if key == Some("") {
+        return Err(Failure::usage(
+            "split: --key may not be empty (leave it out to split at the middle)",
+        ));
     }
+    let key = key.unwrap_or("");
     let Some(region) = cluster.regions.iter().find(|r| r.id == id) else {
         return Err(Failure::failed(
             "NoSuchRegion",
@@ -72,8 +76,9 @@ pub(super) async fn split(
                         ));
                     };
                     let human = format!(
-                        "region {id} split at {key:?}: region {} keeps [{:?}, {:?}), new region {} \
+                        "region {id} split at {:?}: region {} keeps [{:?}, {:?}), new region {} \
                          takes [{:?}, {:?}) (version {})",
+                        String::from_utf8_lossy(&child.start),
                         parent.id,
                         String::from_utf8_lossy(&parent.start),
                         String::from_utf8_lossy(&parent.end),

@@ -547,9 +547,10 @@ fn static_regions_start_on_max_replicas_voters() {
     assert_eq!((code, got["value"].as_str()), (0, Some("yes")), "{got}");
 }
 
-/// `admin split` divides a region through its leader: both halves on every store, each
-/// led, every key readable where it was; the PD records both (the parent's record
-/// replaced by its smaller range, the child's added); refusals change nothing.
+/// `admin split` divides a region through its leader, at a given key or at the key that
+/// halves its bytes: both halves on every store, each led, every key readable where it
+/// was; the PD records them (the parent's record replaced by its smaller range, the
+/// child's added); refusals change nothing.
 #[test]
 fn admin_split_divides_a_region_and_the_pd_records_both() {
     let dir = TempDir::new("pd-split");
@@ -602,13 +603,41 @@ fn admin_split_divides_a_region_and_the_pd_records_both() {
     );
     check_keys(&endpoints, "k", 20);
     put_keys(&endpoints, "k", 20);
+    // Without --key: at the key that halves the child's bytes (it holds k010..k019).
+    let middle = until("the split at the middle", Duration::from_secs(60), || {
+        let id = child.to_string();
+        let (code, answer) = admin(&endpoints, &["--region", &id, "split"]);
+        if code == 0 {
+            Ok(answer)
+        } else {
+            Err(answer.to_string())
+        }
+    });
+    let key = middle["child"]["start"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        key.as_str() > "k010" && key.as_str() <= "k015",
+        "middle key {key}: {middle}"
+    );
     until(
-        "the PD records both halves",
+        "three regions, each led on three voters",
+        Duration::from_secs(60),
+        || {
+            let status = regions_settled(&endpoints, 3, &[])?;
+            let count = items(&status["regions"]).count();
+            (count == 3).then_some(()).ok_or(format!("{count} regions"))
+        },
+    );
+    check_keys(&endpoints, "k", 20);
+    until(
+        "the PD records the three regions",
         Duration::from_secs(60),
         || {
             let status = pd_status(&endpoints)?;
-            // The meta group's record and the two regions.
-            (status["regions"] == 3)
+            // The meta group's record and the three regions.
+            (status["regions"] == 4)
                 .then_some(())
                 .ok_or(format!("PD regions {}", status["regions"]))
         },
