@@ -127,13 +127,53 @@ pub fn completion_error(text: String) -> KvError {
     }
 }
 
+/// A configuration as a region keeps it between changes: its peers in short lists. A
+/// [`Configuration`]'s sets and maps cost several times as much, for every region a store
+/// hosts; priorities are not kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    /// The voters.
+    pub voters: Vec<flotilla_node::PeerId>,
+    /// The learners.
+    pub learners: Vec<flotilla_node::PeerId>,
+    /// The outgoing voters while the configuration is joint.
+    pub old_voters: Option<Vec<flotilla_node::PeerId>>,
+}
+
+impl Members {
+    /// The peers of `configuration`.
+    #[must_use]
+    pub fn of(configuration: &Configuration) -> Members {
+        Members {
+            voters: configuration.voters.iter().cloned().collect(),
+            learners: configuration.learners.iter().cloned().collect(),
+            old_voters: configuration
+                .old_voters
+                .as_ref()
+                .map(|old| old.iter().cloned().collect()),
+        }
+    }
+
+    /// Back to a configuration (without priorities).
+    #[must_use]
+    pub fn configuration(&self) -> Configuration {
+        let mut configuration = Configuration::new(self.voters.iter().cloned());
+        configuration.learners = self.learners.iter().cloned().collect();
+        configuration.old_voters = self
+            .old_voters
+            .as_ref()
+            .map(|old| old.iter().cloned().collect());
+        configuration
+    }
+}
+
 /// What the store can observe of a region's state machine once the state machine itself
 /// was handed to the node runtime. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct KvRegionHandle {
     region: Arc<RwLock<Region>>,
     /// The last configuration known committed, with the index of its entry.
-    committed: Arc<RwLock<Option<(LogIndex, Configuration)>>>,
+    committed: Arc<RwLock<Option<(LogIndex, Members)>>>,
     applied_index: Arc<AtomicU64>,
     applied_term: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
@@ -157,7 +197,8 @@ impl KvRegionHandle {
         self.committed
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .as_ref()
+            .map(|(index, members)| (*index, members.configuration()))
     }
 
     /// Index of the last entry whose effect is in the engine.
@@ -191,7 +232,7 @@ pub struct KvStateMachine {
     /// Where [`RegionEvent`]s go (the store), if anywhere.
     events: Option<tokio::sync::mpsc::UnboundedSender<RegionEvent>>,
     /// The configuration in force at the applied index (`on_configuration_applied`).
-    configuration: Option<Configuration>,
+    configuration: Option<Members>,
 }
 
 impl std::fmt::Debug for KvStateMachine {
@@ -464,9 +505,10 @@ impl StateMachine for KvStateMachine {
                     child,
                     version,
                 }) => {
+                    let configuration = self.configuration.as_ref().map(Members::configuration);
                     let split = apply_split(
                         &region,
-                        self.configuration.as_ref(),
+                        configuration.as_ref(),
                         &key,
                         child,
                         version,
@@ -584,7 +626,7 @@ impl StateMachine for KvStateMachine {
     /// heard again after a restart changes nothing). A replica that installs a snapshot
     /// takes the epoch the snapshot's region carries.
     fn on_configuration_applied(&mut self, _index: LogIndex, configuration: &Configuration) {
-        self.configuration = Some(configuration.clone());
+        self.configuration = Some(Members::of(configuration));
     }
 
     fn on_configuration_committed_at(&mut self, index: LogIndex, configuration: &Configuration) {
@@ -606,7 +648,7 @@ impl StateMachine for KvStateMachine {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if committed.as_ref().is_none_or(|(at, _)| *at < index) {
-                *committed = Some((index, configuration.clone()));
+                *committed = Some((index, Members::of(configuration)));
             }
         }
         if let Some(events) = &self.events {

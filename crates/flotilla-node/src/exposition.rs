@@ -135,6 +135,17 @@ pub fn gauges_text(gauges: &[(&str, &str, u64)]) -> String {
     out.text()
 }
 
+/// Counters an application adds to the store's text (name ending in `_total`, help,
+/// value), like [`gauges_text`].
+#[must_use]
+pub fn counters_text(counters: &[(&str, &str, u64)]) -> String {
+    let mut out = Exposition::default();
+    for (name, help, value) in counters {
+        out.counter(name, help, *value);
+    }
+    out.text()
+}
+
 /// Counters kept by the manager since before metrics existed (`ManagerStats`).
 pub(crate) struct ProcessCounters {
     pub(crate) rounds: u64,

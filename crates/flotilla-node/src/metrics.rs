@@ -78,7 +78,11 @@ const BYTES_BOUNDS: [f64; 11] = [
 /// the store-wide one its observations also go to.
 #[derive(Debug)]
 pub(crate) struct Histogram {
-    histogram: LibraryHistogram,
+    /// Made at the first observation (or the first scrape that shows it): most of a
+    /// store's thousands of groups never propose, read, snapshot or even apply an entry
+    /// while they sleep, and each histogram's buckets cost about 400 bytes.
+    histogram: OnceLock<LibraryHistogram>,
+    bounds: &'static [f64],
     count: AtomicU64,
     /// Set once a group's handle exists (`GroupMetrics::attach`); unset for process-wide
     /// histograms.
@@ -86,9 +90,10 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &[f64]) -> Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
-            histogram: LibraryHistogram::new(bounds.iter().copied()),
+            histogram: OnceLock::new(),
+            bounds,
             count: AtomicU64::new(0),
             total: OnceLock::new(),
         }
@@ -106,8 +111,13 @@ impl Histogram {
         Histogram::new(&BYTES_BOUNDS)
     }
 
+    fn library(&self) -> &LibraryHistogram {
+        self.histogram
+            .get_or_init(|| LibraryHistogram::new(self.bounds.iter().copied()))
+    }
+
     fn observe_value(&self, value: f64) {
-        self.histogram.observe(value);
+        self.library().observe(value);
         self.count.fetch_add(1, Ordering::Relaxed);
         if let Some(total) = self.total.get() {
             total.observe_value(value);
@@ -129,7 +139,7 @@ impl Histogram {
 
     /// The library's histogram (shared: a clone sees every later observation), to expose.
     pub(crate) fn exposed(&self) -> LibraryHistogram {
-        self.histogram.clone()
+        self.library().clone()
     }
 }
 

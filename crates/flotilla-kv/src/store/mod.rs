@@ -260,6 +260,8 @@ struct StoreInner {
     /// lock): a stale-peer verdict from before then is out of date (the PD may be adding
     /// this store back; see `peers::destroy_stale_peer`).
     opened_at: Mutex<HashMap<RegionId, Instant>>,
+    /// Splits applied here whose child this store started (`flotilla_store_splits_total`).
+    splits: std::sync::atomic::AtomicU64,
     /// Stores the meta group starts on at a bootstrap by this store.
     pd_replicas: u32,
     /// The placement driver as this store runs it (see `pd`).
@@ -425,6 +427,12 @@ impl Store {
                 led as u64,
             ),
         ]));
+        text.push_str(&flotilla_node::exposition::counters_text(&[(
+            "flotilla_store_splits_total",
+            "Region splits this store applied as a replica of the parent and started the \
+             child of.",
+            self.inner.splits.load(std::sync::atomic::Ordering::Relaxed),
+        )]));
         text.push_str(&self.inner.quota.metrics_text());
         text.push_str(&self.pd_metrics_text());
         text

@@ -374,6 +374,7 @@ impl Store {
             events,
             events_task: Mutex::new(None),
             opened_at: Mutex::new(std::collections::HashMap::new()),
+            splits: std::sync::atomic::AtomicU64::new(0),
             pd_replicas: options.pd_replicas,
             pd: super::pd::PdRuntime::new(
                 options.labels.clone(),

@@ -167,6 +167,9 @@ impl Store {
             self.start_region(&hosted)
                 .await
                 .map_err(|e| KvError::Engine(e.to_string()))?;
+            self.inner
+                .splits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(parent = %record.parent, child = %record.child, store = %self.inner.id, "split child started");
         }
         drop(meta);

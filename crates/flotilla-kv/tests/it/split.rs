@@ -156,6 +156,15 @@ async fn a_split_divides_the_region_everywhere_and_nothing_is_lost() {
         .await
         .expect("put in the grandchild");
     for s in &stores {
+        until("every store counts two splits", || {
+            let text = s.store().metrics_text();
+            text.contains("\nflotilla_store_splits_total 2\n")
+                .then_some(())
+                .ok_or_else(|| "no `flotilla_store_splits_total 2`".to_string())
+        })
+        .await;
+    }
+    for s in &stores {
         s.shutdown(Duration::from_millis(200)).await;
     }
     drop(stores);
