@@ -54,6 +54,22 @@ pub struct HostedRegion {
     pub start: Option<RegionStart>,
 }
 
+impl HostedRegion {
+    /// Where the raft group of a region split off another begins (`None` for the others).
+    #[must_use]
+    pub fn group_start(&self) -> Option<flotilla_node::GroupStart> {
+        let start = self.start.as_ref()?;
+        let mut configuration =
+            flotilla_node::Configuration::new(self.initial_peers.iter().cloned());
+        configuration.learners = start.learners.iter().cloned().collect();
+        Some(flotilla_node::GroupStart {
+            index: flotilla_node::LogIndex(start.index),
+            term: flotilla_node::Term(start.term),
+            configuration,
+        })
+    }
+}
+
 /// Where the log of a region split off its parent begins: after the parent's split entry
 /// (`index`, of `term`), with the parent's voters (`HostedRegion::initial_peers`) and
 /// `learners` at that entry. Every replica of the parent that applies the split starts the

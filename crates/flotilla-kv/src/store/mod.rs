@@ -333,12 +333,8 @@ impl Store {
         let handle = machine.handle();
         let manager = &self.inner.manager;
         let id = hosted.region.id.0;
-        let node = match &hosted.start {
-            Some(start) => {
-                manager
-                    .add_group_at(id, split::group_start(hosted, start), machine)
-                    .await
-            }
+        let node = match hosted.group_start() {
+            Some(start) => manager.add_group_at(id, start, machine).await,
             None => {
                 manager
                     .add_group(id, hosted.initial_peers.clone(), machine)
@@ -436,6 +432,18 @@ impl Store {
         text.push_str(&self.inner.quota.metrics_text());
         text.push_str(&self.pd_metrics_text());
         text
+    }
+
+    /// The refusal of a request only the leader of region `id` takes, naming the leader
+    /// `peer` knows of (by address, when the address book has it).
+    fn not_leader(&self, id: RegionId, peer: &RegionPeer) -> KvError {
+        KvError::NotLeader {
+            region: id,
+            leader: peer
+                .node
+                .leader_id()
+                .and_then(|l| self.inner.addresses.resolve(&l)),
+        }
     }
 
     fn peer(&self, id: RegionId) -> Option<RegionPeer> {
@@ -870,13 +878,7 @@ impl Store {
         let (peer, region) = self.admit(id, epoch)?;
         command.check_region(&region)?;
         if !peer.node.is_leader() {
-            return Err(KvError::NotLeader {
-                region: id,
-                leader: peer
-                    .node
-                    .leader_id()
-                    .and_then(|l| self.inner.addresses.resolve(&l)),
-            });
+            return Err(self.not_leader(id, &peer));
         }
         let encoded = command.encode();
         crate::limits::check_command_bytes(encoded.len())?;

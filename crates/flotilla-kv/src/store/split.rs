@@ -15,7 +15,6 @@
 //! or from the snapshot the child took as it started.
 
 use bytes::Bytes;
-use flotilla_node::{Configuration, GroupStart, LogIndex, Term};
 
 use super::meta::{HostedRegion, MetaChange, RegionStart};
 use super::Store;
@@ -59,13 +58,7 @@ impl Store {
         probe.validate()?;
         probe.check_region(&region)?;
         if !peer.node.is_leader() {
-            return Err(KvError::NotLeader {
-                region: id,
-                leader: peer
-                    .node
-                    .leader_id()
-                    .and_then(|l| self.inner.addresses.resolve(&l)),
-            });
+            return Err(self.not_leader(id, &peer));
         }
         let child = self
             .call_pd(
@@ -201,16 +194,5 @@ impl Store {
             self.finish_split(&record, false).await?;
         }
         Ok(())
-    }
-}
-
-/// Where the group of a region split off another begins.
-pub(crate) fn group_start(hosted: &HostedRegion, start: &RegionStart) -> GroupStart {
-    let mut configuration = Configuration::new(hosted.initial_peers.iter().cloned());
-    configuration.learners = start.learners.iter().cloned().collect();
-    GroupStart {
-        index: LogIndex(start.index),
-        term: Term(start.term),
-        configuration,
     }
 }
