@@ -1,5 +1,6 @@
-//! Region split: the rule a replica applies to a [`KvCommand::Split`] entry, and the record
-//! of a split a store has yet to act on.
+//! Region split: the rule a replica applies to a split entry
+//! ([`crate::command::KvCommand::Split`]), and the record of a split a store has yet to
+//! act on.
 //!
 //! A split is one entry in the parent's raft log. Every replica applies it at the same
 //! point of its log, with the same region and the same configuration in force (the node
