@@ -86,7 +86,7 @@ impl Driver {
         }
         self.watched.remove(&id);
         self.requests_left.remove(&id);
-        self.beacon_targets_round = None;
+        self.beacon_targets_at = None;
         self.shared.snapshots.unregister(id);
         lock(&self.nodes).remove(&id);
     }
@@ -194,7 +194,7 @@ impl Driver {
         let group_metrics = group.metrics().clone();
         self.groups.insert(id, group);
         self.awake.insert(id);
-        self.beacon_targets_round = None;
+        self.beacon_targets_at = None;
         let tick_ms = u64::try_from(self.options.tick.as_millis()).unwrap_or(u64::MAX);
         let node = Node::new(NodeInner {
             group: id,

@@ -106,6 +106,8 @@ pub(crate) struct Group {
     metrics: Arc<GroupMetrics>,
     /// Shared with the handle: a request was queued since the round last polled.
     requested: Arc<AtomicBool>,
+    /// The configuration index the driver last saw (its beacon targets follow changes).
+    pub(crate) beacon_configuration: LogIndex,
 }
 
 impl Group {
@@ -190,6 +192,7 @@ impl Group {
         };
         let raft = Raft::new(config, store, hard_state, applied)?;
         let saved_meta_term = saved_meta.term.get();
+        let beacon_configuration = raft.configuration_index();
         let mut group = Group {
             id,
             raft,
@@ -206,6 +209,7 @@ impl Group {
             installing: false,
             metrics: Arc::new(GroupMetrics::new(saved_meta_term)),
             requested,
+            beacon_configuration,
         };
         if started_without_file {
             // A peer added later, with nothing, needs entries up to the start from a

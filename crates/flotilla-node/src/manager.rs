@@ -188,7 +188,7 @@ impl NodeManager {
             watched: BTreeMap::new(),
             liveness: Liveness::default(),
             beacon_targets: BTreeSet::new(),
-            beacon_targets_round: None,
+            beacon_targets_at: None,
             failed: None,
             runtime,
             installs,

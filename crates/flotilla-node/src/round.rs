@@ -163,8 +163,8 @@ pub(crate) struct Driver {
     pub(crate) liveness: Liveness,
     /// Processes sharing a group with this one: they get a beacon when sent nothing else.
     pub(crate) beacon_targets: BTreeSet<PeerId>,
-    /// Round of the last recomputation of `beacon_targets` (`None`: due now).
-    pub(crate) beacon_targets_round: Option<u64>,
+    /// When `beacon_targets` were last recomputed (`None`: due now).
+    pub(crate) beacon_targets_at: Option<Instant>,
     pub(crate) failed: Option<NodeError>,
     /// Where install copies are spawned (the round runs on its own thread).
     pub(crate) runtime: tokio::runtime::Handle,
@@ -241,6 +241,9 @@ impl Driver {
             if let Some(group) = self.groups.get(id) {
                 group.publish();
             }
+        }
+        if self.options.hibernation {
+            self.note_configuration_changes(&active);
         }
         self.put_to_sleep(&active);
         self.more_work = !self.requests_left.is_empty()

@@ -20,7 +20,6 @@
 //! request or a message wakes it).
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use flotilla_raft::PeerId;
@@ -29,9 +28,13 @@ use flotilla_storage::GroupId;
 use crate::hibernation::WakeReason;
 use crate::round::{Driver, Outbound};
 
-/// Rounds between two recomputations of the processes to send beacons to (also redone when
-/// a group is added).
-const BEACON_TARGETS_REFRESH_ROUNDS: u64 = 50;
+/// Longest time between two recomputations of the processes to send beacons to. They are
+/// also recomputed when a group is added or removed and when a group visited by a round
+/// comes out of it with another configuration (`note_configuration_changes`): this
+/// backstop only bounds how long a change seen some other way goes unnoticed. A walk over
+/// every group's configuration is most of an idle process's work at 10,000 groups, so it
+/// is not done every few rounds.
+const BEACON_TARGETS_REFRESH: Duration = Duration::from_secs(10);
 
 impl Driver {
     /// A round an election timeout late means this process stalled (a pause, a swapped-out
@@ -164,13 +167,12 @@ impl Driver {
     /// One beacon (a frame without messages) to every process sharing a group with this
     /// one that was sent nothing else for a heartbeat interval.
     pub(crate) fn send_beacons(&mut self, now: Instant) {
-        let round = self.shared.stats.rounds.load(Ordering::Relaxed);
         let stale = self
-            .beacon_targets_round
-            .is_none_or(|at| round >= at + BEACON_TARGETS_REFRESH_ROUNDS);
+            .beacon_targets_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= BEACON_TARGETS_REFRESH);
         if stale {
             self.beacon_targets = self.peer_processes();
-            self.beacon_targets_round = Some(round);
+            self.beacon_targets_at = Some(now);
         }
         let period = self.ticks_duration(self.options.raft.heartbeat_interval_ticks);
         let due = self.liveness.beacons_due(&self.beacon_targets, now, period);
@@ -186,6 +188,23 @@ impl Driver {
             .beacons_sent
             .add(outbound.frames.len() as u64);
         self.send(outbound);
+    }
+
+    /// Makes the beacon targets due for recomputation if a group `active` names came out of
+    /// this round with another configuration than it had when they were last computed.
+    /// Only groups a round visits can change configuration (a sleeping group takes no
+    /// entries and no snapshot), so this costs nothing per sleeping group.
+    pub(crate) fn note_configuration_changes(&mut self, active: &BTreeSet<GroupId>) {
+        for id in active {
+            let Some(group) = self.groups.get_mut(id) else {
+                continue;
+            };
+            let index = group.raft.configuration_index();
+            if group.beacon_configuration != index {
+                group.beacon_configuration = index;
+                self.beacon_targets_at = None;
+            }
+        }
     }
 
     /// Every process with a peer in one of this process's groups.

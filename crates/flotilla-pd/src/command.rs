@@ -599,6 +599,16 @@ mod tests {
                     Step::RemoveVoter(StoreId(3)),
                 ],
             )),
+            PdCommand::StartOperator(Operator::planned(
+                &region,
+                OperatorKind::SplitRegion,
+                vec![Step::Split(StoreId(2))],
+            )),
+            PdCommand::SetConfig {
+                key: "region-split-bytes".into(),
+                value: "64KiB".into(),
+                source: ConfigSource::Set,
+            },
             PdCommand::AdvanceOperator { id: 4, step: 2 },
             PdCommand::FinishOperator {
                 id: 4,

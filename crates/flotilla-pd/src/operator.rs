@@ -25,11 +25,13 @@ pub enum OperatorKind {
     BalanceReplica,
     /// Leadership moves from a store leading many regions to one leading few.
     BalanceLeader,
+    /// A region grown past `region-split-bytes` or `region-split-keys` is split in two.
+    SplitRegion,
 }
 
 impl OperatorKind {
     /// Every kind, in code order.
-    pub const ALL: [OperatorKind; 7] = [
+    pub const ALL: [OperatorKind; 8] = [
         OperatorKind::ReplaceDownPeer,
         OperatorKind::ReplaceOfflinePeer,
         OperatorKind::AddReplica,
@@ -37,6 +39,7 @@ impl OperatorKind {
         OperatorKind::RemoveStrayLearner,
         OperatorKind::BalanceReplica,
         OperatorKind::BalanceLeader,
+        OperatorKind::SplitRegion,
     ];
 
     /// The kebab-case name.
@@ -50,6 +53,7 @@ impl OperatorKind {
             OperatorKind::RemoveStrayLearner => "remove-stray-learner",
             OperatorKind::BalanceReplica => "balance-replica",
             OperatorKind::BalanceLeader => "balance-leader",
+            OperatorKind::SplitRegion => "split-region",
         }
     }
 
@@ -68,6 +72,7 @@ impl OperatorKind {
             OperatorKind::RemoveStrayLearner => 4,
             OperatorKind::BalanceReplica => 5,
             OperatorKind::BalanceLeader => 6,
+            OperatorKind::SplitRegion => 7,
         }
     }
 
@@ -76,10 +81,20 @@ impl OperatorKind {
     }
 
     /// Whether the operator changes membership (counted against
-    /// `replica-schedule-limit`) rather than only moving leadership.
+    /// `replica-schedule-limit`) rather than moving leadership or splitting.
     #[must_use]
     pub fn changes_replicas(self) -> bool {
-        self != OperatorKind::BalanceLeader
+        !matches!(
+            self,
+            OperatorKind::BalanceLeader | OperatorKind::SplitRegion
+        )
+    }
+
+    /// Whether the operator only moves leadership (counted against
+    /// `leader-schedule-limit`).
+    #[must_use]
+    pub fn moves_leadership_only(self) -> bool {
+        self == OperatorKind::BalanceLeader
     }
 }
 
@@ -102,6 +117,10 @@ pub enum Step {
     RemoveLearner(StoreId),
     /// Move leadership to the store's voter.
     TransferLeader(StoreId),
+    /// Split the region at its middle key by size, through its leader (the store it led
+    /// on when planned; the executor asks whichever store leads it by then). Done once the
+    /// region's version moved past the one the operator was planned on.
+    Split(StoreId),
 }
 
 impl Step {
@@ -113,7 +132,8 @@ impl Step {
             | Step::PromoteLearner(s)
             | Step::RemoveVoter(s)
             | Step::RemoveLearner(s)
-            | Step::TransferLeader(s) => s,
+            | Step::TransferLeader(s)
+            | Step::Split(s) => s,
         }
     }
 
@@ -126,6 +146,7 @@ impl Step {
             Step::RemoveVoter(_) => "remove-voter",
             Step::RemoveLearner(_) => "remove-learner",
             Step::TransferLeader(_) => "transfer-leader",
+            Step::Split(_) => "split",
         }
     }
 
@@ -136,6 +157,7 @@ impl Step {
             Step::RemoveVoter(_) => 2,
             Step::RemoveLearner(_) => 3,
             Step::TransferLeader(_) => 4,
+            Step::Split(_) => 5,
         }
     }
 
@@ -146,6 +168,7 @@ impl Step {
             2 => Step::RemoveVoter(store),
             3 => Step::RemoveLearner(store),
             4 => Step::TransferLeader(store),
+            5 => Step::Split(store),
             _ => return None,
         })
     }

@@ -10,8 +10,8 @@
 //! config KEY VALUE                       # as `admin pd config set`
 //! store N STATE [KEY=VALUE...] [adds=N] [removes=N]
 //!                                        # STATE: up|disconnected|down|offline|tombstone
-//! region ID voters A,B,C [learners D] [leader A] [joint] [bytes N]
-//! regions FIRST-LAST voters A,B,C [leaders A,B,C (in turn)] [bytes N]
+//! region ID voters A,B,C [learners D] [leader A] [joint] [bytes N] [keys N]
+//! regions FIRST-LAST voters A,B,C [leaders A,B,C (in turn)] [bytes N] [keys N]
 //! inflight REGION KIND [STEP N, STEP N]  # an operator already in flight, its steps to do
 //! expect
 //! region ID KIND: STEP N, STEP N         # or `nothing`
@@ -70,6 +70,7 @@ fn parse_steps(words: &[&str]) -> Result<Vec<Step>, String> {
                 "remove-voter" => Step::RemoveVoter(store),
                 "remove-learner" => Step::RemoveLearner(store),
                 "transfer-leader" => Step::TransferLeader(store),
+                "split" => Step::Split(store),
                 _ => return Err(format!("unknown step {action:?}")),
             })
         })
@@ -148,6 +149,7 @@ fn region(id: u64, voters: BTreeSet<StoreId>) -> RegionView {
         },
         leader: None,
         approximate_bytes: 0,
+        approximate_keys: 0,
         in_joint: false,
     }
 }
@@ -204,6 +206,10 @@ fn parse_regions(words: &[&str]) -> Result<Vec<RegionView>, String> {
             "bytes" => {
                 let bytes: u64 = value.parse().map_err(|_| format!("bad bytes {value:?}"))?;
                 regions.iter_mut().for_each(|r| r.approximate_bytes = bytes);
+            }
+            "keys" => {
+                let keys: u64 = value.parse().map_err(|_| format!("bad keys {value:?}"))?;
+                regions.iter_mut().for_each(|r| r.approximate_keys = keys);
             }
             other => return Err(format!("unknown region word {other:?}")),
         }
@@ -409,6 +415,7 @@ fn apply_to_view_region(region: &mut RegionView, step: Step) {
             record.learners.remove(&s);
         }
         Step::TransferLeader(s) => region.leader = Some(s),
+        Step::Split(_) => record.version += 1,
     }
 }
 

@@ -415,7 +415,11 @@ impl KvClient {
     ) -> Result<proto::SplitRegionReply, ClientError> {
         let channel = self.channel(store).await?;
         let mut client = grpc_client(channel);
-        let request = proto::SplitRegionRequest { region_id: id, key };
+        let request = proto::SplitRegionRequest {
+            region_id: id,
+            key,
+            version: 0,
+        };
         match tokio::time::timeout(self.inner.options.timeout, client.split_region(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(classify(&status).1),

@@ -392,11 +392,13 @@ impl proto::kv_server::Kv for KvService {
         &self,
         request: Request<proto::SplitRegionRequest>,
     ) -> Result<Response<proto::SplitRegionReply>, Status> {
-        require(&request, &[Role::Admin], "a region split")?;
+        // The placement driver runs inside a store: its splits come with a store's role.
+        require(&request, &[Role::Admin, Role::Store], "a region split")?;
         let r = request.into_inner();
+        let version = (r.version != 0).then_some(r.version);
         let (parent, child) = self
             .store
-            .split_region(RegionId(r.region_id), r.key)
+            .split_region_at(RegionId(r.region_id), r.key, version)
             .await
             .map_err(|e| status_of(&e))?;
         let info = |region: crate::region::Region| proto::RegionInfo {

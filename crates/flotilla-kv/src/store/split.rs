@@ -43,8 +43,28 @@ impl Store {
         id: RegionId,
         key: Bytes,
     ) -> Result<(Region, Region), KvError> {
+        self.split_region_at(id, key, None).await
+    }
+
+    /// [`Store::split_region`], refused with [`KvError::StaleEpoch`] (nothing changed)
+    /// unless the region's version is `version` when one is given: the placement driver
+    /// retries a split whose answer it lost, and must never split the parent twice.
+    pub async fn split_region_at(
+        &self,
+        id: RegionId,
+        key: Bytes,
+        version: Option<u64>,
+    ) -> Result<(Region, Region), KvError> {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
         let region = peer.machine.region();
+        if let Some(version) = version.filter(|v| *v != region.epoch.version) {
+            return Err(KvError::StaleEpoch {
+                region: id,
+                current: region.epoch,
+                given: crate::region::Epoch::new(region.epoch.conf_version, version),
+                now: Some(region.encode()),
+            });
+        }
         let key = if key.is_empty() {
             self.middle_key(&region).await?
         } else {

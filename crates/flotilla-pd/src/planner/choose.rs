@@ -14,6 +14,11 @@ use crate::model::{RegionRecord, StoreMark};
 use crate::operator::{Operator, Step};
 use crate::planner::view::{ClusterView, StoreState, StoreView};
 
+/// Splits in flight at once. A split is one log entry on its region and costs a walk over
+/// the region's keys to find its middle: a handful at a time keeps that walk off many
+/// regions' leaders at once, and regions grow far slower than eight splits take.
+pub(crate) const SPLITS_IN_FLIGHT_MAX: usize = 8;
+
 /// What this round may still do.
 pub(crate) struct Budget {
     adds: BTreeMap<StoreId, u32>,
@@ -21,6 +26,7 @@ pub(crate) struct Budget {
     per_store_per_minute: u32,
     replica_operators_left: usize,
     leader_operators_left: usize,
+    split_operators_left: usize,
 }
 
 impl Budget {
@@ -31,7 +37,12 @@ impl Budget {
             .iter()
             .filter(|o| o.kind.changes_replicas())
             .count();
-        let leader_in_flight = view.operators.len() - replica_in_flight;
+        let leader_in_flight = view
+            .operators
+            .iter()
+            .filter(|o| o.kind.moves_leadership_only())
+            .count();
+        let split_in_flight = view.operators.len() - replica_in_flight - leader_in_flight;
         Budget {
             adds: view
                 .stores
@@ -48,6 +59,7 @@ impl Budget {
                 .saturating_sub(replica_in_flight),
             leader_operators_left: (config.leader_schedule_limit as usize)
                 .saturating_sub(leader_in_flight),
+            split_operators_left: SPLITS_IN_FLIGHT_MAX.saturating_sub(split_in_flight),
         }
     }
 
@@ -67,36 +79,52 @@ impl Budget {
         self.leader_operators_left > 0
     }
 
+    pub(crate) fn split_operators_left(&self) -> bool {
+        self.split_operators_left > 0
+    }
+
+    fn left(&self, kind: crate::operator::OperatorKind) -> usize {
+        if kind.changes_replicas() {
+            self.replica_operators_left
+        } else if kind.moves_leadership_only() {
+            self.leader_operators_left
+        } else {
+            self.split_operators_left
+        }
+    }
+
+    fn left_for(&mut self, kind: crate::operator::OperatorKind) -> &mut usize {
+        if kind.changes_replicas() {
+            &mut self.replica_operators_left
+        } else if kind.moves_leadership_only() {
+            &mut self.leader_operators_left
+        } else {
+            &mut self.split_operators_left
+        }
+    }
+
     /// Whether `op` fits what is left: its kind's schedule limit, and every store it adds
     /// to or removes from under its per-minute limit.
     pub(crate) fn fits(&self, op: &Operator) -> bool {
-        let kind_left = if op.kind.changes_replicas() {
-            self.replica_operators_left
-        } else {
-            self.leader_operators_left
-        };
-        kind_left > 0
+        self.left(op.kind) > 0
             && op.steps.iter().all(|step| match step {
                 Step::AddLearner(s) => self.can_add(*s),
                 Step::RemoveVoter(s) | Step::RemoveLearner(s) => self.can_remove(*s),
-                Step::PromoteLearner(_) | Step::TransferLeader(_) => true,
+                Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => true,
             })
     }
 
     /// Charges `op` (which [`Budget::fits`]).
     pub(crate) fn take(&mut self, op: &Operator) {
-        if op.kind.changes_replicas() {
-            self.replica_operators_left -= 1;
-        } else {
-            self.leader_operators_left -= 1;
-        }
+        let left = self.left_for(op.kind);
+        *left = left.saturating_sub(1);
         for step in &op.steps {
             match step {
                 Step::AddLearner(s) => *self.adds.entry(*s).or_insert(0) += 1,
                 Step::RemoveVoter(s) | Step::RemoveLearner(s) => {
                     *self.removes.entry(*s).or_insert(0) += 1;
                 }
-                Step::PromoteLearner(_) | Step::TransferLeader(_) => {}
+                Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => {}
             }
         }
     }

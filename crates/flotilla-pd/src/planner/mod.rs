@@ -1,7 +1,7 @@
 //! The planners: pure functions from a [`ClusterView`] to operators.
 //!
-//! [`plan`] runs the replica checker over every region (by id), then balance over the
-//! regions the checker left alone: replicas, then leaders. It honours `paused`, the
+//! [`plan`] runs the replica checker over every region (by id), then the split checker
+//! over the regions it left alone, then balance over the rest: replicas, then leaders. It honours `paused`, the
 //! schedule limits, the per-store per-minute limits and one operator per region, and every
 //! step of every operator it returns passes [`step_is_safe`] on the region as the earlier
 //! steps leave it.
@@ -13,6 +13,7 @@
 mod balance;
 mod choose;
 mod replica;
+mod split;
 mod view;
 
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ pub fn plan(view: &ClusterView) -> Vec<Operator> {
     plan_with(view, Balance::All)
 }
 
-/// The checker's operators only (repairs), no balance.
+/// The checkers' operators only (repairs and splits), no balance.
 #[must_use]
 pub fn plan_repairs(view: &ClusterView) -> Vec<Operator> {
     plan_with(view, Balance::Nothing)
@@ -86,6 +87,22 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
             continue;
         }
         if let Some(op) = replica::check_region(&work, &region, &budget) {
+            choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
+        }
+    }
+    // Splits: a region too big to move cheaply is split before it is balanced.
+    for (&id, &position) in &positions {
+        if !budget.split_operators_left() {
+            break;
+        }
+        if busy.contains(&id) {
+            continue;
+        }
+        let region = work.regions[position].clone();
+        if !may_touch(&region, &work.stores) {
+            continue;
+        }
+        if let Some(op) = split::check_region(&work, &region) {
             choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
         }
     }

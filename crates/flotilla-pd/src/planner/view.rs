@@ -108,8 +108,10 @@ pub struct RegionView {
     pub record: RegionRecord,
     /// Its leader's store, from the last region heartbeat.
     pub leader: Option<StoreId>,
-    /// Its approximate size.
+    /// Its approximate size: bytes of its keys and values, as its leader last measured.
     pub approximate_bytes: u64,
+    /// Its keys, as its leader last measured.
+    pub approximate_keys: u64,
     /// In a joint configuration (a membership change is half done).
     pub in_joint: bool,
 }
@@ -227,6 +229,16 @@ pub fn step_is_safe(region: &RegionView, step: &Step, stores: &[StoreView]) -> R
                 return Err(format!("region {id}: store {store} already leads"));
             }
         }
+        Step::Split(_) => {
+            if id == 0 {
+                return Err("the meta group has no key range to split".to_string());
+            }
+            if !state_of(stores, leader).is_live() {
+                return Err(format!(
+                    "region {id}: its leader's store {leader} is not live"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -253,6 +265,12 @@ pub(crate) fn apply_step(region: &mut RegionView, step: Step) {
             record.conf_version += 1;
         }
         Step::TransferLeader(s) => region.leader = Some(s),
+        // The parent keeps the lower half; its child is not in the view until reported.
+        Step::Split(_) => {
+            record.version += 1;
+            region.approximate_bytes /= 2;
+            region.approximate_keys /= 2;
+        }
     }
 }
 
@@ -310,6 +328,21 @@ pub fn apply_to_view(view: &mut ClusterView, op: &Operator) {
                 }
             }
             Step::PromoteLearner(_) => {}
+            // Every store of the region holds one region more (the child).
+            Step::Split(_) => {
+                let peers: Vec<StoreId> = region
+                    .record
+                    .voters
+                    .iter()
+                    .chain(&region.record.learners)
+                    .copied()
+                    .collect();
+                for s in peers {
+                    if let Some(i) = store_of(&mut view.stores, s) {
+                        view.stores[i].region_count += 1;
+                    }
+                }
+            }
         }
     }
 }
@@ -373,6 +406,7 @@ mod tests {
             },
             leader: Some(StoreId(leader)),
             approximate_bytes: 0,
+            approximate_keys: 0,
             in_joint: false,
         }
     }

@@ -394,6 +394,14 @@ impl<S: LogStore> Raft<S> {
         self.configurations.current()
     }
 
+    /// The index of the entry (or snapshot) that carried the configuration in force: it
+    /// moves whenever the configuration does, so a caller can notice a change without
+    /// comparing configurations.
+    #[must_use]
+    pub fn configuration_index(&self) -> LogIndex {
+        self.configurations.current_index()
+    }
+
     /// The underlying store.
     #[must_use]
     pub fn store(&self) -> &S {

@@ -30,7 +30,8 @@ pub enum PdOp {
     ConfigShow,
     /// Changes one setting: max-replicas, max-store-down-time, store-disconnected-time,
     /// replica-ops-per-store-per-minute, leader-schedule-limit, replica-schedule-limit,
-    /// operator-step-timeout, size-balance-percent (durations written 500ms, 10s, 2m).
+    /// operator-step-timeout, size-balance-percent, region-split-bytes, region-split-keys
+    /// (durations written 500ms, 10s, 2m; sizes 4096, 64KiB, 96MiB, 1GiB).
     ConfigSet { key: String, value: String },
     /// Stops all scheduling (for maintenance); operators in flight finish.
     Pause,
@@ -219,6 +220,10 @@ pub(super) async fn pd(
                 .collect();
             // Sizes as each region's leader last measured them (the PD's balance by size).
             let region_bytes: u64 = s.regions.iter().map(|r| r.approximate_bytes).sum();
+            let region_keys: u64 = s.regions.iter().map(|r| r.approximate_keys).sum();
+            // The regions closest to `region-split-bytes` / `region-split-keys`.
+            let largest_bytes = s.regions.iter().map(|r| r.approximate_bytes).max();
+            let largest_keys = s.regions.iter().map(|r| r.approximate_keys).max();
             let value = success(vec![
                 ("leader", Value::from(s.leader.clone())),
                 ("leader_id", Value::from(s.leader_id.clone())),
@@ -239,6 +244,15 @@ pub(super) async fn pd(
                 ),
                 ("regions", Value::from(s.regions.len())),
                 ("region_bytes", Value::from(region_bytes)),
+                ("region_keys", Value::from(region_keys)),
+                (
+                    "largest_region_bytes",
+                    Value::from(largest_bytes.unwrap_or(0)),
+                ),
+                (
+                    "largest_region_keys",
+                    Value::from(largest_keys.unwrap_or(0)),
+                ),
                 ("regions_without_quorum", Value::from(lost.clone())),
                 (
                     "meta_voters",
@@ -265,8 +279,11 @@ pub(super) async fn pd(
             )];
             human.extend(stores_table(&s.stores));
             human.push(format!(
-                "regions: {}, about {region_bytes} bytes of keys and values ({} without quorum{})",
+                "regions: {}, about {region_bytes} bytes in {region_keys} keys (the largest region: \
+                 {} bytes, {} keys; {} without quorum{})",
                 s.regions.len(),
+                largest_bytes.unwrap_or(0),
+                largest_keys.unwrap_or(0),
                 lost.len(),
                 if lost.is_empty() {
                     String::new()

@@ -643,3 +643,67 @@ fn admin_split_divides_a_region_and_the_pd_records_both() {
         },
     );
 }
+
+#[test]
+fn the_pd_splits_regions_past_region_split_keys_and_loses_no_key() {
+    let dir = TempDir::new("pd-split-keys");
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let endpoints = addresses.join(",");
+    let _stores = start_stores(&dir, &addresses, 1);
+    // Refused, nothing changed: a size that is not one, a key count of 0.
+    let (code, answer) = admin(
+        &endpoints,
+        &["pd", "config-set", "region-split-bytes", "12 parsecs"],
+    );
+    assert_eq!(code, 1, "{answer}");
+    let (code, answer) = admin(&endpoints, &["pd", "config-set", "region-split-keys", "0"]);
+    assert_eq!(code, 1, "{answer}");
+    put_keys(&endpoints, "k", 200);
+    let started = Instant::now();
+    until("the PD takes a setting", Duration::from_secs(60), || {
+        let (code, answer) = admin(&endpoints, &["pd", "config-set", "region-split-keys", "60"]);
+        (code == 0).then_some(()).ok_or(answer.to_string())
+    });
+    // 200 keys, split at 60 or more: halves of 100, then of 50, below the threshold.
+    let status = until(
+        "regions of fewer than 60 keys each",
+        Duration::from_secs(120),
+        || {
+            let status = regions_settled(&endpoints, 3, &[])?;
+            let count = items(&status["regions"]).count();
+            if count < 4 {
+                return Err(format!("{count} regions"));
+            }
+            let pd = pd_status(&endpoints)?;
+            // The PD's records: the meta group and every region, each measured since.
+            let largest = pd["largest_region_keys"].as_u64().unwrap_or(u64::MAX);
+            let recorded = pd["regions"].as_u64().unwrap_or(0) as usize;
+            let busy = items(&pd["operators"]).count();
+            if recorded == count + 1 && largest < 60 && pd["region_keys"] == 200 && busy == 0 {
+                Ok(status)
+            } else {
+                Err(format!(
+                    "{count} regions, the PD records {recorded} with {} keys, the largest {largest}, \
+                     {busy} operators in flight",
+                    pd["region_keys"]
+                ))
+            }
+        },
+    );
+    println!(
+        "200 keys, region-split-keys 60: {} regions within {:?}",
+        items(&status["regions"]).count(),
+        started.elapsed()
+    );
+    let (code, pd) = admin(&endpoints, &["pd", "status"]);
+    assert_eq!(code, 0, "{pd}");
+    let splits = items(&pd["finished"])
+        .filter(|o| o["kind"] == "split-region" && o["outcome"] == "done")
+        .count();
+    assert!(
+        splits >= 3,
+        "the PD's finished operators: {}",
+        pd["finished"]
+    );
+    check_keys(&endpoints, "k", 200);
+}

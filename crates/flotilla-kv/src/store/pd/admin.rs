@@ -85,6 +85,7 @@ impl Store {
                     conf_version: record.conf_version,
                     version: record.version,
                     approximate_bytes: live.map_or(0, |r| r.bytes),
+                    approximate_keys: live.map_or(0, |r| r.keys),
                 }
             })
             .collect();

@@ -18,12 +18,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use flotilla_node::grpc::{connect_channel, CliClient, CLUSTER_KEY, STORE_KEY};
+use flotilla_node::grpc::{connect_channel, CliClient, CLUSTER_KEY, ERROR_KIND_KEY, STORE_KEY};
 use flotilla_node::PeerId;
 use flotilla_pd::{
     Operator, Outcome, PdCommand, PdOutput, RegionRecord, RegionView, Step, StoreId,
 };
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use super::super::{lock, Store};
 use super::META_GROUP;
@@ -222,6 +222,11 @@ impl Store {
         else {
             return Err(format!("region {region} is not recorded"));
         };
+        // A split is done once the region's version moved on (its leader reported the
+        // smaller parent): the split entry applied, whoever proposed it.
+        if matches!(step, Step::Split(_)) && record.version != operator.planned_on.1 {
+            return Ok(true);
+        }
         // A region that lost a majority of its voters is never acted on: an operator on it
         // (planned before the loss) ends here.
         let stores = {
@@ -233,6 +238,7 @@ impl Store {
             record: record.clone(),
             leader: None,
             approximate_bytes: 0,
+            approximate_keys: 0,
             in_joint: false,
         };
         if !flotilla_pd::has_quorum(&recorded, &stores) {
@@ -252,6 +258,7 @@ impl Store {
             Step::RemoveVoter(s) => !live.voters.contains(&s),
             Step::RemoveLearner(s) => !live.learners.contains(&s),
             Step::TransferLeader(s) => live.leader == s,
+            Step::Split(_) => false,
         };
         if done {
             return Ok(true);
@@ -280,6 +287,11 @@ impl Store {
             Step::RemoveVoter(_) => cli.remove_peer(&peer).await,
             Step::RemoveLearner(_) => cli.remove_learners(std::slice::from_ref(&peer)).await,
             Step::TransferLeader(_) => cli.transfer_leader(Some(&peer)).await.map(|_| ()),
+            Step::Split(_) => {
+                return self
+                    .split_through(&record, live.leader, operator.planned_on.1)
+                    .await
+            }
         };
         match result {
             Ok(()) => {
@@ -290,7 +302,7 @@ impl Store {
                     Step::RemoveVoter(_) | Step::RemoveLearner(_) => {
                         lock(&self.inner.pd.leader).note(target, false);
                     }
-                    Step::PromoteLearner(_) | Step::TransferLeader(_) => {}
+                    Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => {}
                 }
                 tracing::info!(region, %step, "placement driver: step done");
                 Ok(true)
@@ -357,12 +369,13 @@ impl Store {
             record,
             leader: Some(live.leader),
             approximate_bytes: 0,
+            approximate_keys: 0,
             in_joint: joint,
         }
     }
 
-    /// Opens an empty peer of `record` on store `target` (idempotent there).
-    async fn open_peer_on(&self, record: &RegionRecord, target: StoreId) -> Result<(), String> {
+    /// A channel to store `target` at the address the PD knows for it.
+    async fn channel_to(&self, target: StoreId) -> Result<Channel, String> {
         let address = self
             .store_address(target)
             .ok_or_else(|| format!("no address known for store {target}"))?;
@@ -370,9 +383,72 @@ impl Store {
             .map_err(|e| format!("{address}: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10));
-        let channel = connect_channel(&endpoint, self.inner.tls.as_ref())
+        connect_channel(&endpoint, self.inner.tls.as_ref())
             .await
-            .map_err(|e| format!("cannot reach store {target} at {address}: {e}"))?;
+            .map_err(|e| format!("cannot reach store {target} at {address}: {e}"))
+    }
+
+    /// Asks `leader`, which leads `record`'s region, to split it at its middle key if its
+    /// version is still `version`: `Ok(true)` when it split, `Ok(false)` to look again
+    /// (not the leader any more, no answer, or the version moved on: the region's report
+    /// shows whether by this split), `Err` when the region cannot be split.
+    async fn split_through(
+        &self,
+        record: &RegionRecord,
+        leader: StoreId,
+        version: u64,
+    ) -> Result<bool, String> {
+        let region = record.id;
+        let channel = match self.channel_to(leader).await {
+            Ok(channel) => channel,
+            Err(why) => {
+                tracing::info!(region, error = %why, "placement driver: split not done yet");
+                return Ok(false);
+            }
+        };
+        let cluster = self.cluster();
+        let request = proto::SplitRegionRequest {
+            region_id: region,
+            key: bytes::Bytes::new(),
+            version,
+        };
+        match proto::kv_client::KvClient::new(channel)
+            .split_region(addressed(request, leader, cluster)?)
+            .await
+        {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                let child = reply.child.as_ref().map_or(0, |c| c.id);
+                let key = reply.child.as_ref().map_or(&[][..], |c| &c.start[..]);
+                tracing::info!(region, child, key = %key.escape_ascii(), "placement driver: region split");
+                Ok(true)
+            }
+            Err(status) => {
+                let kind = status
+                    .metadata()
+                    .get(ERROR_KIND_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                match kind.as_str() {
+                    // Nothing to split (one key), or the region is changing membership: the
+                    // next round looks at it afresh.
+                    "Refused" | "KeyOutOfRegion" | "InvalidArgument" => Err(format!(
+                        "store {leader} refused the split: {}",
+                        status.message()
+                    )),
+                    _ => {
+                        tracing::info!(region, %leader, kind, error = status.message(), "placement driver: split not done yet");
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens an empty peer of `record` on store `target` (idempotent there).
+    async fn open_peer_on(&self, record: &RegionRecord, target: StoreId) -> Result<(), String> {
+        let channel = self.channel_to(target).await?;
         let cluster = self.cluster();
         if record.id == META_GROUP {
             proto::pd::pd_client::PdClient::new(channel)

@@ -241,6 +241,7 @@ impl Store {
                         leader,
                         joint: report.joint,
                         bytes: report.approximate_bytes,
+                        keys: report.approximate_keys,
                         at: Instant::now(),
                     },
                 );
@@ -250,6 +251,7 @@ impl Store {
                     p.leader != leader
                         || p.joint != report.joint
                         || p.bytes != report.approximate_bytes
+                        || p.keys != report.approximate_keys
                 }) {
                     soft.generation += 1;
                 }
@@ -280,6 +282,7 @@ impl Store {
                     record: record.clone(),
                     leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
                     approximate_bytes: live.map_or(0, |l| l.bytes),
+                    approximate_keys: live.map_or(0, |l| l.keys),
                     in_joint: live.is_some_and(|l| l.joint),
                 }
             })
@@ -387,7 +390,10 @@ impl Store {
                 })
             });
             view.regions.len() == before
-                && !view.operators.iter().any(|o| o.kind.changes_replicas())
+                && !view
+                    .operators
+                    .iter()
+                    .any(|o| !o.kind.moves_leadership_only())
         };
         // Balance replicas only over a settled view: with replica moves running, or
         // finished but not reported yet, the stores' counts lag, and balancing on them

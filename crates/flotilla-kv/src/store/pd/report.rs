@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::super::{lock, Store, StoreInner};
 use super::{META_GROUP, REGION_REPORT_EVERY};
+use crate::engine::RangeSize;
 use crate::ids::RegionId;
 use crate::service::proto::pd as proto;
 use crate::service::proto::pd::pd_client::PdClient;
@@ -55,25 +56,31 @@ struct Reported {
     learners: Vec<String>,
     joint: bool,
     bytes: u64,
+    keys: u64,
 }
 
 impl Reported {
     /// Whether `self`, reported last, still says what `now` says: the same shape, and a
-    /// size within an eighth (a growing region is reported as it grows, not on every
-    /// write; the slow report carries the rest).
+    /// size (bytes and keys) within an eighth (a growing region is reported as it grows,
+    /// not on every write; the slow report carries the rest).
     fn still_says(&self, now: &Reported) -> bool {
         let same_shape = (self.conf_version, self.version, self.joint)
             == (now.conf_version, now.version, now.joint)
             && self.voters == now.voters
             && self.learners == now.learners;
-        same_shape && self.bytes.abs_diff(now.bytes) <= self.bytes / 8
+        same_shape
+            && self.bytes.abs_diff(now.bytes) <= self.bytes / 8
+            && self.keys.abs_diff(now.keys) <= self.keys / 8
     }
 }
 
-/// A region's size as last measured here, with the applied index it was measured at.
+/// A region's size as last measured here, with the applied index and the version (a
+/// split changes the range: a measure from before it says nothing of the halves) it was
+/// measured at.
 struct Measured {
     applied: u64,
-    bytes: u64,
+    version: u64,
+    size: RangeSize,
     at: Instant,
 }
 
@@ -103,6 +110,7 @@ impl Reported {
             learners: report.learners.clone(),
             joint: report.joint,
             bytes: report.approximate_bytes,
+            keys: report.approximate_keys,
         }
     }
 }
@@ -136,7 +144,7 @@ fn report_of(
     status: &flotilla_node::NodeStatus,
     committed: (u64, Configuration),
     me: &PeerId,
-    bytes: u64,
+    size: RangeSize,
 ) -> proto::RegionReport {
     let (conf_version, configuration) = committed;
     proto::RegionReport {
@@ -149,7 +157,8 @@ fn report_of(
         learners: ids(&configuration.learners),
         joint: configuration.old_voters.is_some() || status.configuration.old_voters.is_some(),
         leader: me.as_str().to_string(),
-        approximate_bytes: bytes,
+        approximate_bytes: size.bytes,
+        approximate_keys: size.keys,
         commit_index: status.committed.0,
         alive: status
             .alive_peers
@@ -231,14 +240,14 @@ impl Store {
             });
             entry.looked = Instant::now();
             state.queue.push_back((entry.looked, id));
-            let stale_size = entry
-                .measured
-                .as_ref()
-                .is_none_or(|m| m.applied != status.applied.0 && m.at.elapsed() >= every);
+            let stale_size = entry.measured.as_ref().is_none_or(|m| {
+                m.version != region.epoch.version
+                    || (m.applied != status.applied.0 && m.at.elapsed() >= every)
+            });
             if stale_size && to_measure.len() < SIZES_PER_POLL {
                 to_measure.push((
                     id,
-                    status.applied.0,
+                    (status.applied.0, region.epoch.version),
                     region.start.clone(),
                     region.end.clone(),
                 ));
@@ -259,11 +268,12 @@ impl Store {
             lock(&self.inner.pd.led).dirty.extend(not_yet);
         }
         let tracked = &mut state.tracked;
-        for (id, applied, bytes) in self.measure(to_measure).await {
+        for (id, (applied, version), size) in self.measure(to_measure).await {
             if let Some(entry) = tracked.get_mut(&id) {
                 entry.measured = Some(Measured {
                     applied,
-                    bytes,
+                    version,
+                    size,
                     at: Instant::now(),
                 });
             }
@@ -274,7 +284,12 @@ impl Store {
             let Some(entry) = tracked.get_mut(&id) else {
                 continue;
             };
-            let bytes = entry.measured.as_ref().map_or(0, |m| m.bytes);
+            // A measure from before a split (or a merge) is not reported with the new range.
+            let size = entry
+                .measured
+                .as_ref()
+                .filter(|m| m.version == region.epoch.version)
+                .map_or(RangeSize::default(), |m| m.size);
             let report = report_of(
                 id,
                 (region.start.clone(), region.end.clone()),
@@ -282,7 +297,7 @@ impl Store {
                 &status,
                 committed,
                 &me,
-                bytes,
+                size,
             );
             let key = Reported::of(&report);
             let due = entry.reported.as_ref().is_none_or(|(last, at)| {
@@ -317,7 +332,7 @@ impl Store {
             &status,
             committed,
             &self.inner.id,
-            0,
+            RangeSize::default(),
         );
         let key = Reported::of(&report);
         let entry = tracked.entry(META_GROUP).or_insert_with(|| Tracked {
@@ -335,11 +350,12 @@ impl Store {
         })
     }
 
-    /// Measures the regions `due` names (id, applied index, range), off the async threads.
+    /// Measures the regions `due` names (id, applied index and version, range), off the
+    /// async threads.
     async fn measure(
         &self,
-        due: Vec<(u64, u64, bytes::Bytes, bytes::Bytes)>,
-    ) -> Vec<(u64, u64, u64)> {
+        due: Vec<(u64, (u64, u64), bytes::Bytes, bytes::Bytes)>,
+    ) -> Vec<(u64, (u64, u64), RangeSize)> {
         if due.is_empty() {
             return Vec::new();
         }
@@ -348,7 +364,7 @@ impl Store {
             due.into_iter()
                 .filter_map(|(id, applied, start, end)| {
                     match engine.approximate_size(&start, &end) {
-                        Ok(size) => Some((id, applied, size.bytes)),
+                        Ok(size) => Some((id, applied, size)),
                         Err(e) => {
                             tracing::warn!(region = id, error = %e, "cannot measure a region's size");
                             None

@@ -144,6 +144,8 @@ pub(crate) struct RegionSoft {
     pub(crate) joint: bool,
     /// Bytes of keys and values, as its leader last measured them.
     pub(crate) bytes: u64,
+    /// Keys, as its leader last measured them.
+    pub(crate) keys: u64,
     /// When its leader last reported it.
     pub(crate) at: Instant,
 }
