@@ -662,6 +662,26 @@ impl Cluster {
         replies
     }
 
+    /// Asks node `index` to split `region` at `key` (empty: at its middle key by size).
+    /// Answers the child's id and first key.
+    pub async fn split_region(
+        &self,
+        index: usize,
+        region: u64,
+        key: bytes::Bytes,
+    ) -> anyhow::Result<(u64, bytes::Bytes)> {
+        let client = self
+            .admin_client
+            .as_ref()
+            .ok_or_else(|| anyhow!("no admin client"))?;
+        let reply = client
+            .split_region(self.nodes[index].address(), region, key)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let child = reply.child.unwrap_or_default();
+        Ok((child.id, child.start))
+    }
+
     /// The cluster id the store at node `index` reports (0 while it belongs to none).
     pub async fn cluster_of(&self, index: usize) -> Option<u64> {
         let client = self.admin_client.as_ref()?;

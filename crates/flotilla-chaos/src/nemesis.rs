@@ -15,6 +15,7 @@
 //! | `disk`             | `kill -9` of one store (only when every store runs and the PD has converged, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and started as usual (a new store), and the PD replaces its old id |
 //! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness: the PD replaces the old id's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
 //! | `readdress`        | a store stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
+//! | `split`            | a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), and the PD's `region-split-keys` set to 200, 1,000 or 5,000 so that it splits regions by itself meanwhile (regions only grow in number until merge lands) | none: a split is permanent; the final checks read every key through the new regions |
 //! | `pd`               | the PD leader (`admin pd status`) faulted: `kill -9`, SIGSTOP, or (with namespaces) cut off from the others; often while an operator the same cycle's drift or wipe will start is pending | restart / SIGCONT / every packet delivered; a new PD leader takes over the operators in flight |
 //!
 //! The PD repairs (the drift, wipe and disk nemeses add and remove no member themselves):
@@ -80,11 +81,13 @@ pub enum Nemesis {
     Readdress,
     /// The PD leader killed, paused or isolated.
     Pd,
+    /// A region split by hand, and the PD splitting regions by key count.
+    Split,
 }
 
 impl Nemesis {
     /// Every nemesis, in the order of the table above.
-    pub const ALL: [Nemesis; 14] = [
+    pub const ALL: [Nemesis; 15] = [
         Nemesis::PartitionHalves,
         Nemesis::PartitionRing,
         Nemesis::PartitionBridge,
@@ -99,6 +102,7 @@ impl Nemesis {
         Nemesis::Wipe,
         Nemesis::Readdress,
         Nemesis::Pd,
+        Nemesis::Split,
     ];
 
     /// The name on the command line.
@@ -118,6 +122,7 @@ impl Nemesis {
             Nemesis::Wipe => "wipe",
             Nemesis::Readdress => "readdress",
             Nemesis::Pd => "pd",
+            Nemesis::Split => "split",
         }
     }
 
@@ -355,7 +360,7 @@ pub async fn apply(
     // leader it leaves); then partitions, kills and pauses.
     // A move comes before kills and pauses, which may then hit the store at its new address.
     let rank = |k: &Nemesis| match k {
-        Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe => 0,
+        Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe | Nemesis::Split => 0,
         Nemesis::Clock => 1,
         Nemesis::Readdress => 2,
         // The PD leader after a drift stopped a store (the PD then has an operator to
@@ -459,6 +464,7 @@ async fn apply_one(
         Nemesis::Wipe => apply_wipe(cluster, rng, faults).await?,
         Nemesis::Readdress => apply_readdress(cluster, rng, faults).await?,
         Nemesis::Pd => apply_pd(cluster, rng, faults).await?,
+        Nemesis::Split => apply_split(cluster, rng, faults).await?,
         _ => unreachable!("{kind:?} has no branch"),
     }
     Ok(())
@@ -538,6 +544,63 @@ async fn apply_membership(
         cluster.id_label(&id)
     ));
     faults.removed.push((region, node));
+    Ok(())
+}
+
+/// Splits a random region through its leader, at a random workload key inside it or (half
+/// the time, or when none of the keys tried falls inside) at its middle key, and sets the
+/// PD's `region-split-keys` to a value chosen anew, so the PD splits regions by itself too.
+async fn apply_split(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    let threshold = [200u64, 1000, 5000][rng.index(3)].to_string();
+    match cluster
+        .admin(&["pd", "config-set", "region-split-keys", &threshold])
+        .await
+    {
+        Ok(_) => faults
+            .description
+            .push(format!("PD region-split-keys {threshold}")),
+        Err(why) => faults
+            .description
+            .push(format!("PD region-split-keys not set: {why:#}")),
+    }
+    let leaders = cluster.leaders().await;
+    if leaders.is_empty() {
+        bail!("no region with a leader");
+    }
+    let ids: Vec<u64> = leaders.keys().copied().collect();
+    let region = ids[rng.index(ids.len())];
+    let view = &leaders[&region];
+    let inside = |key: &[u8]| key > &view.start[..] && (view.end.is_empty() || key < &view.end[..]);
+    let key = if rng.chance(0.5) {
+        (0..32)
+            .map(|_| crate::workload::register_key(rng.below(4096)))
+            .find(|k| inside(k))
+            .unwrap_or_default()
+    } else {
+        bytes::Bytes::new()
+    };
+    let at = if key.is_empty() {
+        "its middle".to_string()
+    } else {
+        format!("{:?}", key.escape_ascii().to_string())
+    };
+    let leader = view.index;
+    match cluster.split_region(leader, region, key).await {
+        Ok((child, start)) => faults.description.push(format!(
+            "region {region} split at {at} by {}: child {child} from {:?}",
+            cluster.label(leader),
+            start.escape_ascii().to_string()
+        )),
+        // Refused or unanswered: what the workload saw is checked all the same.
+        Err(why) => faults.description.push(format!(
+            "region {region} split at {at} by {}: {why:#}",
+            cluster.label(leader)
+        )),
+    }
     Ok(())
 }
 

@@ -123,6 +123,24 @@ impl KvCommand {
         }
     }
 
+    /// The first key the command writes (a batch: its first element's), if any; `None`
+    /// for a split, which writes no key.
+    #[must_use]
+    pub fn first_key(&self) -> Option<&Bytes> {
+        match self {
+            KvCommand::Put { key, .. }
+            | KvCommand::Delete { key }
+            | KvCommand::CompareAndPut { key, .. }
+            | KvCommand::PutIfAbsent { key, .. }
+            | KvCommand::GetAndPut { key, .. } => Some(key),
+            KvCommand::DeleteRange { start, .. } => Some(start),
+            KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
+            KvCommand::BatchDelete(keys) => keys.first(),
+            KvCommand::Batch(commands) => commands.iter().find_map(KvCommand::first_key),
+            KvCommand::Split { .. } => None,
+        }
+    }
+
     /// Checks everything the engines require of a command before it is proposed or
     /// applied: no empty key in a write (the engines cannot store one), key and value
     /// sizes, batch sizes (at most [`BATCH_KEYS_MAX`] keys in all), valid ranges, no batch

@@ -161,7 +161,7 @@ impl ConfigSource {
 }
 
 /// Every configuration key, in the order [`PdConfig::entries`] lists them.
-pub const CONFIG_KEYS: [&str; 11] = [
+pub const CONFIG_KEYS: [&str; 12] = [
     "max-replicas",
     "max-store-down-time",
     "store-disconnected-time",
@@ -172,6 +172,7 @@ pub const CONFIG_KEYS: [&str; 11] = [
     "size-balance-percent",
     "region-split-bytes",
     "region-split-keys",
+    "region-split-load",
     "paused",
 ];
 
@@ -226,6 +227,10 @@ pub struct PdConfig {
     /// A region holding this many keys is split (default 960,000: 96 MiB at 100-byte
     /// pairs, so that a region of small pairs splits as soon as one of large pairs).
     pub region_split_keys: u64,
+    /// A region written faster than this many keys per second (through its leader) in
+    /// two reports in a row is split at the key that divides its writes (default 3,000,
+    /// TiKV's load-split threshold; 0 turns load-based splitting off).
+    pub region_split_load: u64,
     /// `admin pd pause`: the planners return nothing.
     pub paused: bool,
     sources: BTreeMap<String, ConfigSource>,
@@ -244,6 +249,7 @@ impl Default for PdConfig {
             size_balance_percent: 20,
             region_split_bytes: REGION_SPLIT_BYTES_DEFAULT,
             region_split_keys: REGION_SPLIT_KEYS_DEFAULT,
+            region_split_load: 3000,
             paused: false,
             sources: BTreeMap::new(),
         }
@@ -302,6 +308,10 @@ impl PdConfig {
             "region-split-keys" => {
                 self.region_split_keys =
                     parse_u64(value, 1, SPLIT_KEYS_MAX).map_err(|w| bad(&w))?;
+            }
+            "region-split-load" => {
+                self.region_split_load =
+                    parse_u64(value, 0, SPLIT_KEYS_MAX).map_err(|w| bad(&w))?;
             }
             "paused" => {
                 self.paused = match value {
@@ -365,6 +375,7 @@ impl PdConfig {
             "size-balance-percent" => self.size_balance_percent.to_string(),
             "region-split-bytes" => format_bytes(self.region_split_bytes),
             "region-split-keys" => self.region_split_keys.to_string(),
+            "region-split-load" => self.region_split_load.to_string(),
             _ => self.paused.to_string(),
         }
     }

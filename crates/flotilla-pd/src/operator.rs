@@ -27,11 +27,13 @@ pub enum OperatorKind {
     BalanceLeader,
     /// A region grown past `region-split-bytes` or `region-split-keys` is split in two.
     SplitRegion,
+    /// A region written faster than `region-split-load` is split where its writes divide.
+    SplitHotRegion,
 }
 
 impl OperatorKind {
     /// Every kind, in code order.
-    pub const ALL: [OperatorKind; 8] = [
+    pub const ALL: [OperatorKind; 9] = [
         OperatorKind::ReplaceDownPeer,
         OperatorKind::ReplaceOfflinePeer,
         OperatorKind::AddReplica,
@@ -40,6 +42,7 @@ impl OperatorKind {
         OperatorKind::BalanceReplica,
         OperatorKind::BalanceLeader,
         OperatorKind::SplitRegion,
+        OperatorKind::SplitHotRegion,
     ];
 
     /// The kebab-case name.
@@ -54,6 +57,7 @@ impl OperatorKind {
             OperatorKind::BalanceReplica => "balance-replica",
             OperatorKind::BalanceLeader => "balance-leader",
             OperatorKind::SplitRegion => "split-region",
+            OperatorKind::SplitHotRegion => "split-hot-region",
         }
     }
 
@@ -73,6 +77,7 @@ impl OperatorKind {
             OperatorKind::BalanceReplica => 5,
             OperatorKind::BalanceLeader => 6,
             OperatorKind::SplitRegion => 7,
+            OperatorKind::SplitHotRegion => 8,
         }
     }
 
@@ -86,7 +91,7 @@ impl OperatorKind {
     pub fn changes_replicas(self) -> bool {
         !matches!(
             self,
-            OperatorKind::BalanceLeader | OperatorKind::SplitRegion
+            OperatorKind::BalanceLeader | OperatorKind::SplitRegion | OperatorKind::SplitHotRegion
         )
     }
 
@@ -121,6 +126,9 @@ pub enum Step {
     /// on when planned; the executor asks whichever store leads it by then). Done once the
     /// region's version moved past the one the operator was planned on.
     Split(StoreId),
+    /// Split the region at the key that divides the writes its leader proposed lately
+    /// (load-based split); done as [`Step::Split`] is.
+    SplitByLoad(StoreId),
 }
 
 impl Step {
@@ -133,7 +141,8 @@ impl Step {
             | Step::RemoveVoter(s)
             | Step::RemoveLearner(s)
             | Step::TransferLeader(s)
-            | Step::Split(s) => s,
+            | Step::Split(s)
+            | Step::SplitByLoad(s) => s,
         }
     }
 
@@ -147,6 +156,7 @@ impl Step {
             Step::RemoveLearner(_) => "remove-learner",
             Step::TransferLeader(_) => "transfer-leader",
             Step::Split(_) => "split",
+            Step::SplitByLoad(_) => "split-by-load",
         }
     }
 
@@ -158,6 +168,7 @@ impl Step {
             Step::RemoveLearner(_) => 3,
             Step::TransferLeader(_) => 4,
             Step::Split(_) => 5,
+            Step::SplitByLoad(_) => 6,
         }
     }
 
@@ -169,6 +180,7 @@ impl Step {
             3 => Step::RemoveLearner(store),
             4 => Step::TransferLeader(store),
             5 => Step::Split(store),
+            6 => Step::SplitByLoad(store),
             _ => return None,
         })
     }

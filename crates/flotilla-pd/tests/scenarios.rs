@@ -10,8 +10,8 @@
 //! config KEY VALUE                       # as `admin pd config set`
 //! store N STATE [KEY=VALUE...] [adds=N] [removes=N]
 //!                                        # STATE: up|disconnected|down|offline|tombstone
-//! region ID voters A,B,C [learners D] [leader A] [joint] [bytes N] [keys N]
-//! regions FIRST-LAST voters A,B,C [leaders A,B,C (in turn)] [bytes N] [keys N]
+//! region ID voters A,B,C [learners D] [leader A] [joint] [hot] [bytes N] [keys N]
+//! regions FIRST-LAST voters A,B,C [leaders A,B,C (in turn)] [hot] [bytes N] [keys N]
 //! inflight REGION KIND [STEP N, STEP N]  # an operator already in flight, its steps to do
 //! expect
 //! region ID KIND: STEP N, STEP N         # or `nothing`
@@ -71,6 +71,7 @@ fn parse_steps(words: &[&str]) -> Result<Vec<Step>, String> {
                 "remove-learner" => Step::RemoveLearner(store),
                 "transfer-leader" => Step::TransferLeader(store),
                 "split" => Step::Split(store),
+                "split-by-load" => Step::SplitByLoad(store),
                 _ => return Err(format!("unknown step {action:?}")),
             })
         })
@@ -150,6 +151,7 @@ fn region(id: u64, voters: BTreeSet<StoreId>) -> RegionView {
         leader: None,
         approximate_bytes: 0,
         approximate_keys: 0,
+        hot: false,
         in_joint: false,
     }
 }
@@ -175,6 +177,10 @@ fn parse_regions(words: &[&str]) -> Result<Vec<RegionView>, String> {
     while let Some(word) = words.next() {
         if *word == "joint" {
             regions.iter_mut().for_each(|r| r.in_joint = true);
+            continue;
+        }
+        if *word == "hot" {
+            regions.iter_mut().for_each(|r| r.hot = true);
             continue;
         }
         let value = words
@@ -415,7 +421,7 @@ fn apply_to_view_region(region: &mut RegionView, step: Step) {
             record.learners.remove(&s);
         }
         Step::TransferLeader(s) => region.leader = Some(s),
-        Step::Split(_) => record.version += 1,
+        Step::Split(_) | Step::SplitByLoad(_) => record.version += 1,
     }
 }
 

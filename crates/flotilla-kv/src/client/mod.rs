@@ -419,6 +419,7 @@ impl KvClient {
             region_id: id,
             key,
             version: 0,
+            by_load: false,
         };
         match tokio::time::timeout(self.inner.options.timeout, client.split_region(request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),

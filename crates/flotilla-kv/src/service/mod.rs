@@ -18,7 +18,7 @@ use crate::command::{KvCommand, KvOutput};
 use crate::error::KvError;
 use crate::ids::{Epoch, RegionId};
 use crate::region::region_of;
-use crate::store::Store;
+use crate::store::{SplitAt, Store};
 
 /// The protobuf messages and the tonic client and server generated from `proto/kv.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -396,9 +396,14 @@ impl proto::kv_server::Kv for KvService {
         require(&request, &[Role::Admin, Role::Store], "a region split")?;
         let r = request.into_inner();
         let version = (r.version != 0).then_some(r.version);
+        let how = if r.by_load {
+            SplitAt::Load
+        } else {
+            SplitAt::Key(r.key)
+        };
         let (parent, child) = self
             .store
-            .split_region_at(RegionId(r.region_id), r.key, version)
+            .split_region_at(RegionId(r.region_id), how, version)
             .await
             .map_err(|e| status_of(&e))?;
         let info = |region: crate::region::Region| proto::RegionInfo {

@@ -19,6 +19,7 @@
 //! Not yet: no split or merge, so `Epoch::version` stays 1.
 
 pub mod bootstrap;
+mod load;
 mod lock;
 mod membership;
 pub mod meta;
@@ -53,6 +54,7 @@ pub use open::init;
 pub(crate) use open::LockedDataDir;
 use quota::SpaceQuota;
 pub use quota::{QUOTA_BYTES_DEFAULT, USAGE_INTERVAL};
+pub use split::SplitAt;
 
 /// Which [`KvEngine`] a store keeps its data in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,6 +194,8 @@ struct RegionPeer {
     node: Node,
     /// What the region's state machine reports (engine failure, applied index).
     machine: KvRegionHandle,
+    /// The writes this store proposed while leading it (load-based split).
+    load: Arc<load::WriteLoad>,
 }
 
 /// What the store knows of one region (`admin status`).
@@ -351,6 +355,7 @@ impl Store {
                 RegionPeer {
                     node: node.clone(),
                     machine: handle,
+                    load: Arc::default(),
                 },
             );
         Ok(node)
@@ -882,6 +887,7 @@ impl Store {
         }
         let encoded = command.encode();
         crate::limits::check_command_bytes(encoded.len())?;
+        peer.load.record(&command);
         let apply = peer.node.apply(encoded, None);
         let output = match tokio::time::timeout(self.inner.request_timeout, apply).await {
             Ok(Ok(output)) => output,

@@ -26,6 +26,15 @@ use crate::region::Region;
 use crate::service::proto::pd::AllocIdsRequest;
 use crate::split::{record_key, SplitRecord};
 
+/// Where [`Store::split_region_at`] splits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SplitAt {
+    /// At this key (empty: the key that halves the region's bytes).
+    Key(Bytes),
+    /// At the key that divides the writes this leader proposed lately (load-based split).
+    Load,
+}
+
 /// Most split records read back at a start (one per split a crash cut short; in practice
 /// a handful).
 const RECORDS_READ_MAX: usize = crate::limits::SCAN_LIMIT_MAX;
@@ -43,7 +52,7 @@ impl Store {
         id: RegionId,
         key: Bytes,
     ) -> Result<(Region, Region), KvError> {
-        self.split_region_at(id, key, None).await
+        self.split_region_at(id, SplitAt::Key(key), None).await
     }
 
     /// [`Store::split_region`], refused with [`KvError::StaleEpoch`] (nothing changed)
@@ -52,7 +61,7 @@ impl Store {
     pub async fn split_region_at(
         &self,
         id: RegionId,
-        key: Bytes,
+        at: SplitAt,
         version: Option<u64>,
     ) -> Result<(Region, Region), KvError> {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
@@ -65,10 +74,17 @@ impl Store {
                 now: Some(region.encode()),
             });
         }
-        let key = if key.is_empty() {
-            self.middle_key(&region).await?
-        } else {
-            key
+        let key = match at {
+            SplitAt::Key(key) if !key.is_empty() => key,
+            SplitAt::Key(_) => self.middle_key(&region).await?,
+            SplitAt::Load => peer
+                .load
+                .split_key(&region.start, &region.end)
+                .ok_or_else(|| {
+                    KvError::Refused(format!(
+                        "{region}: too few writes seen here, or all to one key, to divide its load"
+                    ))
+                })?,
         };
         let probe = KvCommand::Split {
             key: key.clone(),

@@ -110,7 +110,10 @@ impl Budget {
             && op.steps.iter().all(|step| match step {
                 Step::AddLearner(s) => self.can_add(*s),
                 Step::RemoveVoter(s) | Step::RemoveLearner(s) => self.can_remove(*s),
-                Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => true,
+                Step::PromoteLearner(_)
+                | Step::TransferLeader(_)
+                | Step::Split(_)
+                | Step::SplitByLoad(_) => true,
             })
     }
 
@@ -124,7 +127,10 @@ impl Budget {
                 Step::RemoveVoter(s) | Step::RemoveLearner(s) => {
                     *self.removes.entry(*s).or_insert(0) += 1;
                 }
-                Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => {}
+                Step::PromoteLearner(_)
+                | Step::TransferLeader(_)
+                | Step::Split(_)
+                | Step::SplitByLoad(_) => {}
             }
         }
     }

@@ -112,6 +112,9 @@ pub struct RegionView {
     pub approximate_bytes: u64,
     /// Its keys, as its leader last measured.
     pub approximate_keys: u64,
+    /// Written faster than `region-split-load` in its last two reports (the caller
+    /// counts; the planners read no clock).
+    pub hot: bool,
     /// In a joint configuration (a membership change is half done).
     pub in_joint: bool,
 }
@@ -229,7 +232,7 @@ pub fn step_is_safe(region: &RegionView, step: &Step, stores: &[StoreView]) -> R
                 return Err(format!("region {id}: store {store} already leads"));
             }
         }
-        Step::Split(_) => {
+        Step::Split(_) | Step::SplitByLoad(_) => {
             if id == 0 {
                 return Err("the meta group has no key range to split".to_string());
             }
@@ -266,10 +269,11 @@ pub(crate) fn apply_step(region: &mut RegionView, step: Step) {
         }
         Step::TransferLeader(s) => region.leader = Some(s),
         // The parent keeps the lower half; its child is not in the view until reported.
-        Step::Split(_) => {
+        Step::Split(_) | Step::SplitByLoad(_) => {
             record.version += 1;
             region.approximate_bytes /= 2;
             region.approximate_keys /= 2;
+            region.hot = false;
         }
     }
 }
@@ -329,7 +333,7 @@ pub fn apply_to_view(view: &mut ClusterView, op: &Operator) {
             }
             Step::PromoteLearner(_) => {}
             // Every store of the region holds one region more (the child).
-            Step::Split(_) => {
+            Step::Split(_) | Step::SplitByLoad(_) => {
                 let peers: Vec<StoreId> = region
                     .record
                     .voters
@@ -407,6 +411,7 @@ mod tests {
             leader: Some(StoreId(leader)),
             approximate_bytes: 0,
             approximate_keys: 0,
+            hot: false,
             in_joint: false,
         }
     }

@@ -707,3 +707,66 @@ fn the_pd_splits_regions_past_region_split_keys_and_loses_no_key() {
     );
     check_keys(&endpoints, "k", 200);
 }
+
+#[test]
+fn the_pd_splits_a_region_written_faster_than_region_split_load() {
+    let dir = TempDir::new("pd-split-load");
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let endpoints = addresses.join(",");
+    let _stores = start_stores(&dir, &addresses, 1);
+    wait_for_leaders(&endpoints, 1);
+    until("the PD takes a setting", Duration::from_secs(60), || {
+        let (code, answer) = admin(&endpoints, &["pd", "config-set", "region-split-load", "20"]);
+        (code == 0).then_some(()).ok_or(answer.to_string())
+    });
+    // Writes spread over 1,000 keys, in the background, while the PD watches the rate.
+    let load = {
+        let endpoints = endpoints.clone();
+        std::thread::spawn(move || {
+            json(&[
+                "bench",
+                "--endpoints",
+                &endpoints,
+                "--workload",
+                "write",
+                "--clients",
+                "4",
+                "--keys",
+                "1000",
+                "--duration",
+                "15",
+                "--warmup",
+                "0",
+                "--json",
+            ])
+        })
+    };
+    let started = Instant::now();
+    let pd = until("a load-based split", Duration::from_secs(60), || {
+        let pd = pd_status(&endpoints)?;
+        let done = items(&pd["finished"])
+            .any(|o| o["kind"] == "split-hot-region" && o["outcome"] == "done");
+        done.then_some(pd.clone()).ok_or(format!(
+            "regions {}, operators {}, finished {}",
+            pd["regions"], pd["operators"], pd["finished"]
+        ))
+    });
+    println!(
+        "region-split-load 20: split by load {:?} after the writes began; the PD: {}",
+        started.elapsed(),
+        pd["finished"]
+    );
+    let (code, bench) = load.join().expect("the load thread");
+    assert_eq!(code, 0, "{bench}");
+    assert!(bench["ops"].as_u64().unwrap_or(0) > 0, "{bench}");
+    // Both halves hold keys the bench wrote: the split key divided the writes (no half
+    // holds them all).
+    until("both halves measured", Duration::from_secs(60), || {
+        let pd = pd_status(&endpoints)?;
+        let (all, largest) = (&pd["region_keys"], &pd["largest_region_keys"]);
+        let divided = all.as_u64() > largest.as_u64() && largest.as_u64() > Some(0);
+        divided
+            .then_some(())
+            .ok_or(format!("keys {all}, the largest region {largest}"))
+    });
+}

@@ -86,6 +86,7 @@ impl Store {
                     version: record.version,
                     approximate_bytes: live.map_or(0, |r| r.bytes),
                     approximate_keys: live.map_or(0, |r| r.keys),
+                    write_keys_per_sec: live.map_or(0, |r| r.write_rate),
                 }
             })
             .collect();

@@ -224,7 +224,8 @@ impl Store {
         };
         // A split is done once the region's version moved on (its leader reported the
         // smaller parent): the split entry applied, whoever proposed it.
-        if matches!(step, Step::Split(_)) && record.version != operator.planned_on.1 {
+        let splits = matches!(step, Step::Split(_) | Step::SplitByLoad(_));
+        if splits && record.version != operator.planned_on.1 {
             return Ok(true);
         }
         // A region that lost a majority of its voters is never acted on: an operator on it
@@ -239,6 +240,7 @@ impl Store {
             leader: None,
             approximate_bytes: 0,
             approximate_keys: 0,
+            hot: false,
             in_joint: false,
         };
         if !flotilla_pd::has_quorum(&recorded, &stores) {
@@ -258,7 +260,7 @@ impl Store {
             Step::RemoveVoter(s) => !live.voters.contains(&s),
             Step::RemoveLearner(s) => !live.learners.contains(&s),
             Step::TransferLeader(s) => live.leader == s,
-            Step::Split(_) => false,
+            Step::Split(_) | Step::SplitByLoad(_) => false,
         };
         if done {
             return Ok(true);
@@ -287,10 +289,11 @@ impl Store {
             Step::RemoveVoter(_) => cli.remove_peer(&peer).await,
             Step::RemoveLearner(_) => cli.remove_learners(std::slice::from_ref(&peer)).await,
             Step::TransferLeader(_) => cli.transfer_leader(Some(&peer)).await.map(|_| ()),
-            Step::Split(_) => {
+            Step::Split(_) | Step::SplitByLoad(_) => {
+                let by_load = matches!(step, Step::SplitByLoad(_));
                 return self
-                    .split_through(&record, live.leader, operator.planned_on.1)
-                    .await
+                    .split_through(&record, live.leader, operator.planned_on.1, by_load)
+                    .await;
             }
         };
         match result {
@@ -302,7 +305,10 @@ impl Store {
                     Step::RemoveVoter(_) | Step::RemoveLearner(_) => {
                         lock(&self.inner.pd.leader).note(target, false);
                     }
-                    Step::PromoteLearner(_) | Step::TransferLeader(_) | Step::Split(_) => {}
+                    Step::PromoteLearner(_)
+                    | Step::TransferLeader(_)
+                    | Step::Split(_)
+                    | Step::SplitByLoad(_) => {}
                 }
                 tracing::info!(region, %step, "placement driver: step done");
                 Ok(true)
@@ -370,6 +376,7 @@ impl Store {
             leader: Some(live.leader),
             approximate_bytes: 0,
             approximate_keys: 0,
+            hot: false,
             in_joint: joint,
         }
     }
@@ -388,8 +395,8 @@ impl Store {
             .map_err(|e| format!("cannot reach store {target} at {address}: {e}"))
     }
 
-    /// Asks `leader`, which leads `record`'s region, to split it at its middle key if its
-    /// version is still `version`: `Ok(true)` when it split, `Ok(false)` to look again
+    /// Asks `leader`, which leads `record`'s region, to split it at its middle key (or,
+    /// `by_load`, where its writes divide) if its version is still `version`: `Ok(true)` when it split, `Ok(false)` to look again
     /// (not the leader any more, no answer, or the version moved on: the region's report
     /// shows whether by this split), `Err` when the region cannot be split.
     async fn split_through(
@@ -397,6 +404,7 @@ impl Store {
         record: &RegionRecord,
         leader: StoreId,
         version: u64,
+        by_load: bool,
     ) -> Result<bool, String> {
         let region = record.id;
         let channel = match self.channel_to(leader).await {
@@ -411,6 +419,7 @@ impl Store {
             region_id: region,
             key: bytes::Bytes::new(),
             version,
+            by_load,
         };
         match proto::kv_client::KvClient::new(channel)
             .split_region(addressed(request, leader, cluster)?)

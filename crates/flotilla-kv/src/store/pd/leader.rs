@@ -44,6 +44,11 @@ const SETTLE_MAX: Duration = Duration::from_secs(5);
 const REPORTS_GRACE: Duration = Duration::from_secs(2);
 /// Finished operators `admin pd status` lists.
 const FINISHED_SHOWN: usize = 16;
+/// Region reports in a row written at or above `region-split-load` before a region counts
+/// as hot (load-based split): a burst seen once does not split a region. The leader looks
+/// at a written region every six store heartbeats, so two reports span about a minute at
+/// the default `--pd-heartbeat-ms`.
+const HOT_REPORTS: u32 = 2;
 
 /// A store id sent by a store, checked.
 fn store_id(text: &str, what: &str) -> Result<StoreId, KvError> {
@@ -234,7 +239,17 @@ impl Store {
                 }
             }
             if !stale_report {
+                let split_load = meta.handle.with(|state| state.config.region_split_load);
                 let mut soft = lock(&self.inner.pd.leader);
+                // Reports in a row at or above `region-split-load` (a new version starts
+                // the count again: the halves of a split are measured afresh).
+                let hot = split_load > 0 && report.write_keys_per_sec >= split_load;
+                let hot_reports = match soft.regions.get(&record.id) {
+                    Some(p) if hot && p.version == record.version => {
+                        p.hot_reports.saturating_add(1)
+                    }
+                    _ => u32::from(hot),
+                };
                 let previous = soft.regions.insert(
                     record.id,
                     RegionSoft {
@@ -242,6 +257,9 @@ impl Store {
                         joint: report.joint,
                         bytes: report.approximate_bytes,
                         keys: report.approximate_keys,
+                        write_rate: report.write_keys_per_sec,
+                        hot_reports,
+                        version: record.version,
                         at: Instant::now(),
                     },
                 );
@@ -252,6 +270,7 @@ impl Store {
                         || p.joint != report.joint
                         || p.bytes != report.approximate_bytes
                         || p.keys != report.approximate_keys
+                        || p.hot_reports != hot_reports
                 }) {
                     soft.generation += 1;
                 }
@@ -283,6 +302,7 @@ impl Store {
                     leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
                     approximate_bytes: live.map_or(0, |l| l.bytes),
                     approximate_keys: live.map_or(0, |l| l.keys),
+                    hot: live.is_some_and(|l| l.hot_reports >= HOT_REPORTS),
                     in_joint: live.is_some_and(|l| l.joint),
                 }
             })

@@ -57,6 +57,7 @@ struct Reported {
     joint: bool,
     bytes: u64,
     keys: u64,
+    write_rate: u64,
 }
 
 impl Reported {
@@ -71,6 +72,7 @@ impl Reported {
         same_shape
             && self.bytes.abs_diff(now.bytes) <= self.bytes / 8
             && self.keys.abs_diff(now.keys) <= self.keys / 8
+            && self.write_rate.abs_diff(now.write_rate) <= self.write_rate / 4
     }
 }
 
@@ -99,6 +101,11 @@ struct Tracked {
     /// What it last reported, and when.
     reported: Option<(Reported, Instant)>,
     measured: Option<Measured>,
+    /// Keys written through this store when the loop last looked, and when: the write
+    /// rate reported is the difference over the time between two looks.
+    written: Option<(u64, Instant)>,
+    /// The write rate measured at the last look (keys per second).
+    write_rate: u64,
 }
 
 impl Reported {
@@ -111,6 +118,7 @@ impl Reported {
             joint: report.joint,
             bytes: report.approximate_bytes,
             keys: report.approximate_keys,
+            write_rate: report.write_keys_per_sec,
         }
     }
 }
@@ -136,7 +144,8 @@ fn ids(set: &BTreeSet<PeerId>) -> Vec<String> {
     set.iter().map(|p| p.as_str().to_string()).collect()
 }
 
-/// A report of a region, from the configuration known committed.
+/// A report of a region, from the configuration known committed, with its size and write
+/// rate (keys per second).
 fn report_of(
     id: u64,
     range: (bytes::Bytes, bytes::Bytes),
@@ -144,7 +153,7 @@ fn report_of(
     status: &flotilla_node::NodeStatus,
     committed: (u64, Configuration),
     me: &PeerId,
-    size: RangeSize,
+    (size, write_rate): (RangeSize, u64),
 ) -> proto::RegionReport {
     let (conf_version, configuration) = committed;
     proto::RegionReport {
@@ -159,6 +168,7 @@ fn report_of(
         leader: me.as_str().to_string(),
         approximate_bytes: size.bytes,
         approximate_keys: size.keys,
+        write_keys_per_sec: write_rate,
         commit_index: status.committed.0,
         alive: status
             .alive_peers
@@ -237,8 +247,20 @@ impl Store {
                 looked: Instant::now(),
                 reported: None,
                 measured: None,
+                written: None,
+                write_rate: 0,
             });
             entry.looked = Instant::now();
+            let written = peer.load.keys_written();
+            if let Some((before, at)) = entry.written {
+                let seconds = at.elapsed().as_secs_f64();
+                if seconds >= 0.5 {
+                    entry.write_rate = (written.saturating_sub(before) as f64 / seconds) as u64;
+                    entry.written = Some((written, Instant::now()));
+                }
+            } else {
+                entry.written = Some((written, Instant::now()));
+            }
             state.queue.push_back((entry.looked, id));
             let stale_size = entry.measured.as_ref().is_none_or(|m| {
                 m.version != region.epoch.version
@@ -297,7 +319,7 @@ impl Store {
                 &status,
                 committed,
                 &me,
-                size,
+                (size, entry.write_rate),
             );
             let key = Reported::of(&report);
             let due = entry.reported.as_ref().is_none_or(|(last, at)| {
@@ -332,13 +354,15 @@ impl Store {
             &status,
             committed,
             &self.inner.id,
-            RangeSize::default(),
+            (RangeSize::default(), 0),
         );
         let key = Reported::of(&report);
         let entry = tracked.entry(META_GROUP).or_insert_with(|| Tracked {
             looked: Instant::now(),
             reported: None,
             measured: None,
+            written: None,
+            write_rate: 0,
         });
         let due = entry
             .reported

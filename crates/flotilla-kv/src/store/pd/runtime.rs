@@ -146,6 +146,12 @@ pub(crate) struct RegionSoft {
     pub(crate) bytes: u64,
     /// Keys, as its leader last measured them.
     pub(crate) keys: u64,
+    /// Keys written per second through its leader, as last reported.
+    pub(crate) write_rate: u64,
+    /// Reports in a row with `write_rate` at or above `region-split-load`.
+    pub(crate) hot_reports: u32,
+    /// The region's version in its last report.
+    pub(crate) version: u64,
     /// When its leader last reported it.
     pub(crate) at: Instant,
 }
