@@ -15,7 +15,7 @@
 //! | `disk`             | `kill -9` of one store (only when every store runs and the PD has converged, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and started as usual (a new store), and the PD replaces its old id |
 //! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness: the PD replaces the old id's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
 //! | `readdress`        | a store stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
-//! | `split`            | a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), and the PD's `region-split-keys` set to 200, 1,000 or 5,000 so that it splits regions by itself meanwhile (regions only grow in number until merge lands) | none: a split is permanent; the final checks read every key through the new regions |
+//! | `split`            | a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), and the PD's `region-split-keys` set to 300, 1,000 or 5,000 so that it splits regions by itself meanwhile (regions only grow in number until merge lands) | none: a split is permanent; the final checks read every key through the new regions |
 //! | `pd`               | the PD leader (`admin pd status`) faulted: `kill -9`, SIGSTOP, or (with namespaces) cut off from the others; often while an operator the same cycle's drift or wipe will start is pending | restart / SIGCONT / every packet delivered; a new PD leader takes over the operators in flight |
 //!
 //! The PD repairs (the drift, wipe and disk nemeses add and remove no member themselves):
@@ -555,7 +555,7 @@ async fn apply_split(
     rng: &mut Rng,
     faults: &mut Faults,
 ) -> anyhow::Result<()> {
-    let threshold = [200u64, 1000, 5000][rng.index(3)].to_string();
+    let threshold = [300u64, 1000, 5000][rng.index(3)].to_string();
     match cluster
         .admin(&["pd", "config-set", "region-split-keys", &threshold])
         .await

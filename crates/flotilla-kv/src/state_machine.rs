@@ -61,6 +61,9 @@ pub enum RegionEvent {
     /// The region split (its state machine applied a [`KvCommand::Split`]): the store
     /// records both ranges, starts the child and deletes the record from the engine.
     Split(SplitRecord),
+    /// A snapshot made the region newer than this replica had it (its range smaller
+    /// after splits the replica passed over): the store records the region as it is now.
+    Adopted(Region),
     /// This peer started (an entry of its term committed) or stopped leading the region.
     Leader {
         /// The region.
@@ -620,6 +623,17 @@ impl StateMachine for KvStateMachine {
         self.load_snapshot(reader).map_err(|e| e.to_string())
     }
 
+    /// A snapshot of another range than this replica's, at an epoch not newer than its
+    /// own, is refused before anything changes: typically a snapshot of the region from
+    /// before a split, sent to a replica opened with the region as it is after it. Its
+    /// import would overwrite keys another region of this store may own. The leader takes
+    /// a snapshot of a region as soon as it split, and sends that one next.
+    fn check_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        self.snapshot_region(reader)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// A membership change moves the region's `conf_version` to the index of its
     /// configuration entry: every replica reaches the same value for the same
     /// configuration, and it only grows (a later configuration has a larger index; one
@@ -688,7 +702,10 @@ impl KvStateMachine {
         }
     }
 
-    fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), KvError> {
+    /// The region `reader`'s snapshot describes, if this replica may load it: the same
+    /// region, and (unless the engine is already past the snapshot) the same range or a
+    /// newer epoch.
+    fn snapshot_region(&mut self, reader: &SnapshotReader) -> Result<Region, KvError> {
         let meta = reader.meta();
         let current = self.handle.region();
         let region = Region::decode(&read_whole(reader, SNAPSHOT_REGION_FILE)?)?;
@@ -698,15 +715,8 @@ impl KvStateMachine {
                 meta.index, region.id, current.id
             )));
         }
-        let engine_applied = self.engine_applied()?;
-        if engine_applied >= meta.index {
-            // A restart over a durable engine that already holds this snapshot's state or
-            // later: the entries after it are skipped up to `engine_applied`. Nothing is
-            // imported, and the region keeps the newer of the two descriptions (a region
-            // that split after its snapshot was taken is smaller than the snapshot says).
-            tracing::info!(region = %region.id, snapshot = %meta.index, engine = %engine_applied, "engine ahead of the snapshot; not re-imported");
-            self.adopt(region);
-            return Ok(());
+        if self.engine_applied()? >= meta.index {
+            return Ok(region);
         }
         let same_range = region.start == current.start && region.end == current.end;
         if !same_range && region.epoch <= current.epoch {
@@ -718,6 +728,22 @@ impl KvStateMachine {
                 given: region.epoch,
                 now: None,
             });
+        }
+        Ok(region)
+    }
+
+    fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), KvError> {
+        let meta = reader.meta();
+        let region = self.snapshot_region(reader)?;
+        let engine_applied = self.engine_applied()?;
+        if engine_applied >= meta.index {
+            // A restart over a durable engine that already holds this snapshot's state or
+            // later: the entries after it are skipped up to `engine_applied`. Nothing is
+            // imported, and the region keeps the newer of the two descriptions (a region
+            // that split after its snapshot was taken is smaller than the snapshot says).
+            tracing::info!(region = %region.id, snapshot = %meta.index, engine = %engine_applied, "engine ahead of the snapshot; not re-imported");
+            self.adopt(region);
+            return Ok(());
         }
         // Verify the whole file before touching the engine, so a corrupt snapshot changes
         // nothing even when the import is too large to stage in memory.
@@ -753,13 +779,20 @@ impl KvStateMachine {
     /// Takes the snapshot's region description if it is newer than ours (a snapshot never
     /// carries another range at an epoch that is not newer: refused above).
     fn adopt(&mut self, region: Region) {
-        let mut current = self
-            .handle
-            .region
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if region.epoch > current.epoch {
-            *current = region;
+        let adopted = {
+            let mut current = self
+                .handle
+                .region
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let newer = region.epoch > current.epoch;
+            if newer {
+                *current = region.clone();
+            }
+            newer
+        };
+        if let (true, Some(events)) = (adopted, &self.events) {
+            let _ = events.send(RegionEvent::Adopted(region));
         }
     }
 }

@@ -621,6 +621,12 @@ impl Group {
     }
 
     /// Replaces the state machine's state with an installed snapshot.
+    /// Whether the state machine takes the snapshot `reader` holds (nothing changes either
+    /// way).
+    pub(crate) fn check_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        self.state_machine.check_snapshot(reader)
+    }
+
     pub(crate) fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), NodeError> {
         self.state_machine
             .on_snapshot_load(reader)

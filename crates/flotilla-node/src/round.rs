@@ -568,6 +568,13 @@ impl Driver {
                 return;
             }
         };
+        if let Err(why) = group.check_snapshot(&reader) {
+            tracing::warn!(group = id, index = %meta.index, error = %why, "the state machine refused the snapshot (nothing changed); the leader will send one again");
+            bump(&self.shared.stats.snapshot_installs_failed, 1);
+            group.metrics().snapshot_install_failures.add(1);
+            group.raft.on_snapshot_install_failed(&meta);
+            return;
+        }
         if let Err(e) = group.load_snapshot(&reader) {
             tracing::error!(group = id, error = %e, "loading the snapshot failed; group stopped");
             let mut group = self.groups.remove(&id).expect("group present");

@@ -138,6 +138,17 @@ pub trait StateMachine: Send + 'static {
     /// sent one).
     fn on_snapshot_load(&mut self, reader: &SnapshotReader) -> Result<(), String>;
 
+    /// Whether the snapshot the leader sent may be loaded, asked before
+    /// [`StateMachine::on_snapshot_load`] (not at restart). An `Err` changes nothing: the
+    /// install counts as failed, the peer keeps its state, and the leader sends a snapshot
+    /// again later (a newer one, if it took one meanwhile). For a state machine that can
+    /// tell a snapshot is of no use to it yet, e.g. one describing more than this peer
+    /// may hold.
+    fn check_snapshot(&mut self, reader: &SnapshotReader) -> Result<(), String> {
+        let _ = reader;
+        Ok(())
+    }
+
     /// This peer became leader and an entry of `term` committed.
     fn on_leader_start(&mut self, term: Term) {
         let _ = term;

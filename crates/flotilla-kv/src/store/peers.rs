@@ -48,6 +48,12 @@ impl Store {
                     tracing::error!(parent = %record.parent, child = %record.child, error = %e, "cannot finish the split on this store; a restart finishes it");
                 }
             }
+            RegionEvent::Adopted(region) => {
+                lock(&self.inner.pd.led).dirty.insert(region.id.0);
+                if let Err(e) = self.record_adopted(&region).await {
+                    tracing::warn!(region = %region.id, error = %e, "cannot record the region a snapshot brought; a restart takes it from the snapshot again");
+                }
+            }
             RegionEvent::Leader { region, leading } => {
                 let mut led = lock(&self.inner.pd.led);
                 if leading {
@@ -59,6 +65,25 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Records `region` as a snapshot brought it (range and epoch) in `store.meta`, when
+    /// its epoch is newer than the one recorded: a replica that installed a snapshot taken
+    /// after splits it never applied holds a smaller range now, and the store must know it
+    /// (a child of those splits may be opened here next, beside it).
+    async fn record_adopted(&self, region: &Region) -> Result<(), KvError> {
+        let mut meta = self.inner.meta.lock().await;
+        let Some(hosted) = meta.regions.iter().find(|h| h.region.id == region.id) else {
+            return Ok(());
+        };
+        if hosted.region.epoch >= region.epoch {
+            return Ok(());
+        }
+        let mut updated = hosted.clone();
+        updated.region = region.clone();
+        tracing::info!(region = %region, "a snapshot brought the region as it is now; recorded");
+        self.record_meta(&mut meta, vec![MetaChange::Region(updated)])
+            .await
     }
 
     /// Records `region`'s epoch in `store.meta` when it is newer than the one recorded.

@@ -159,6 +159,10 @@ impl Store {
             .find(|h| h.region.id == record.parent.id)
             .cloned();
         let child_hosted = meta.regions.iter().any(|h| h.region.id == record.child.id);
+        // A replica that joined the parent after the split entry (it replays the entry from
+        // a snapshot taken before it) is no member of the child: it only shrinks.
+        let me = &self.inner.id;
+        let member = record.voters.contains(me) || record.learners.contains(me);
         let mut child = None;
         if let Some(parent) = parent {
             let mut changes = Vec::new();
@@ -173,7 +177,10 @@ impl Store {
                 updated.region.epoch.conf_version = conf_version;
                 changes.push(MetaChange::Region(updated));
             }
-            if !child_hosted {
+            if !child_hosted && !member {
+                tracing::info!(parent = %record.parent, child = %record.child, store = %me, "split from before this store joined the region: the child is not hosted here");
+            }
+            if !child_hosted && member {
                 let hosted = HostedRegion {
                     region: record.child.clone(),
                     initial_peers: record.voters.clone(),
@@ -202,11 +209,34 @@ impl Store {
             tracing::info!(parent = %record.parent, child = %record.child, store = %self.inner.id, "split child started");
         }
         drop(meta);
+        if start {
+            self.snapshot_parent(record.parent.id);
+        }
         let engine = self.inner.engine.clone();
         let key = record_key(record.child.id);
         tokio::task::spawn_blocking(move || engine.meta_delete(key))
             .await
             .map_err(|e| KvError::Engine(format!("deleting a split record panicked: {e}")))?
+    }
+
+    /// Takes a snapshot of the parent of a split just applied, in the background: the
+    /// parent's newest snapshot must describe it as it is now, because a peer added later
+    /// (a learner the PD adds to balance) is caught up from that snapshot, and a replica
+    /// opened with the smaller range refuses one of the larger range from before the split.
+    fn snapshot_parent(&self, parent: RegionId) {
+        let Some(peer) = self.peer(parent) else {
+            return;
+        };
+        tokio::spawn(async move {
+            match peer.node.snapshot().await {
+                Ok(index) => {
+                    tracing::debug!(region = %parent, %index, "snapshot of a region after its split");
+                }
+                Err(e) => {
+                    tracing::info!(region = %parent, error = %e, "no snapshot of a region after its split (the next periodic one will do)");
+                }
+            }
+        });
     }
 
     /// Finishes the splits a crash left unrecorded (their records are still in the

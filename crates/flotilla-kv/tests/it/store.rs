@@ -15,6 +15,16 @@ use flotilla_node::grpc::ERROR_KIND_KEY;
 use crate::util::TempDir;
 
 pub(crate) async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Vec<StoreServer> {
+    start_with(dir, regions, engine, |_| {}).await
+}
+
+/// [`start`], with `tune` applied to each store's options last.
+pub(crate) async fn start_with(
+    dir: &TempDir,
+    regions: u32,
+    engine: EngineKind,
+    tune: impl Fn(&mut StoreOptions),
+) -> Vec<StoreServer> {
     // Reserve three addresses (the peer list must be known before the stores start).
     let addresses: Vec<String> = (0..3)
         .map(|_| {
@@ -30,6 +40,7 @@ pub(crate) async fn start(dir: &TempDir, regions: u32, engine: EngineKind) -> Ve
         options.engine = engine;
         options.tick = Duration::from_millis(20);
         options.election_timeout_ticks = 10;
+        tune(&mut options);
         stores.push(StoreServer::start(options).await.expect("open store"));
     }
     // Bootstrap runs in the background: wait until every store adopted the cluster and

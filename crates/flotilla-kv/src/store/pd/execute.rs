@@ -456,7 +456,11 @@ impl Store {
     }
 
     /// Opens an empty peer of `record` on store `target` (idempotent there).
-    async fn open_peer_on(&self, record: &RegionRecord, target: StoreId) -> Result<(), String> {
+    pub(crate) async fn open_peer_on(
+        &self,
+        record: &RegionRecord,
+        target: StoreId,
+    ) -> Result<(), String> {
         let channel = self.channel_to(target).await?;
         let cluster = self.cluster();
         if record.id == META_GROUP {

@@ -167,22 +167,54 @@ impl Store {
             (stale_peers(state, id, &request.peers), stores)
         });
         let now = Instant::now();
-        let first_time = {
+        let (first_time, to_open) = {
             let mut soft = lock(&self.inner.pd.leader);
-            let first = soft.stores.get(&id).map(|s| s.first);
+            let previous = soft.stores.get(&id);
+            let first = previous.map(|s| s.first);
+            let seen_missing = previous.map(|s| s.missing.clone()).unwrap_or_default();
+            let missing = if request.peers.is_empty() {
+                seen_missing.clone()
+            } else {
+                let held = &soft.held;
+                meta.handle
+                    .with(|state| missing_peers(state, id, &request.peers, held))
+            };
+            // Missing in two lists in a row (a split applied between the list and the
+            // child's start, or a region being opened, is not yet missing).
+            let to_open: Vec<u64> = if request.peers.is_empty() {
+                Vec::new()
+            } else {
+                missing.intersection(&seen_missing).copied().collect()
+            };
             soft.stores.insert(
                 id,
                 StoreSoft {
                     first: first.unwrap_or(now),
                     last: now,
                     used_bytes: request.used_bytes,
+                    missing,
                 },
             );
             if first.is_none() {
                 soft.generation += 1;
             }
-            first.is_none()
+            (first.is_none(), to_open)
         };
+        for region in to_open {
+            let Some(record) = meta
+                .handle
+                .with(|state| state.regions.get(&region).cloned())
+            else {
+                continue;
+            };
+            tracing::info!(store = %id, region, "placement driver: the store lacks its peer of a region that counts it (a split it passed over by installing a later snapshot of the parent); opening the peer there");
+            let store = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.open_peer_on(&record, id).await {
+                    tracing::warn!(store = %id, region = record.id, error = %e, "placement driver: cannot open a missing peer; the next peer list tries again");
+                }
+            });
+        }
         Ok(proto::StoreHeartbeatReply {
             stale,
             pd_leader_id: self.inner.id.as_str().to_string(),
@@ -624,6 +656,40 @@ impl Store {
 /// The peers `store` reported that the PD knows to be removed: the region's recorded
 /// configuration is newer than the peer's and does not hold the store, and no operator is
 /// in flight on the region (it may be adding the store back).
+/// The regions whose record counts a peer on `store` that its peer list `peers` lacks,
+/// when that can only mean the store passed over the region's creation: the store is at
+/// the recorded version of every region it hosts (so it applied every split of them, and a
+/// missing child is not one it is about to start), no operator is changing the region and
+/// no person holds it. Such a peer is the child of a split whose entry the store skipped
+/// by installing a snapshot of the parent taken after it. Opening it empty is safe: the
+/// store never hosted the child, so it never acknowledged an entry of the child's log, and
+/// its peer catches up from the child's leader like a new one.
+fn missing_peers(
+    state: &PdState,
+    store: StoreId,
+    peers: &[proto::HostedPeer],
+    held: &BTreeMap<u64, (String, Instant)>,
+) -> BTreeSet<u64> {
+    let lagging = peers.iter().any(|peer| {
+        peer.region_id != META_GROUP
+            && state
+                .regions
+                .get(&peer.region_id)
+                .is_some_and(|r| r.version > peer.version)
+    });
+    if lagging {
+        return BTreeSet::new();
+    }
+    let hosted: BTreeSet<u64> = peers.iter().map(|p| p.region_id).collect();
+    state
+        .regions
+        .values()
+        .filter(|r| r.id != META_GROUP && r.has_peer(store) && !hosted.contains(&r.id))
+        .filter(|r| !state.operators.contains_key(&r.id) && !held.contains_key(&r.id))
+        .map(|r| r.id)
+        .collect()
+}
+
 fn stale_peers(
     state: &PdState,
     store: StoreId,
@@ -700,4 +766,66 @@ pub(crate) fn operator_status(
 /// How many finished operators the status shows.
 pub(crate) const fn finished_shown() -> usize {
     FINISHED_SHOWN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_pd::{Operator, OperatorKind, Step};
+
+    fn region(id: u64, start: &'static [u8], end: &'static [u8], version: u64) -> RegionRecord {
+        RegionRecord {
+            id,
+            start: bytes::Bytes::from_static(start),
+            end: bytes::Bytes::from_static(end),
+            conf_version: 1,
+            version,
+            voters: [StoreId(1), StoreId(2), StoreId(3)].into(),
+            learners: BTreeSet::new(),
+        }
+    }
+
+    fn hosted(region: u64, version: u64) -> proto::HostedPeer {
+        proto::HostedPeer {
+            region_id: region,
+            conf_version: 1,
+            version,
+            leader: false,
+            last_index: 10,
+        }
+    }
+
+    #[test]
+    fn a_peer_is_missing_only_on_a_store_that_applied_every_split_it_hosts() {
+        let mut state = PdState::default();
+        // Region 1 split into 1 [, m) and 7 [m, ), both at version 2.
+        for record in [region(1, b"", b"m", 2), region(7, b"m", b"", 2)] {
+            state.apply(&PdCommand::PutRegion(record));
+        }
+        let none = BTreeMap::new();
+        let store = StoreId(3);
+        // The store installed a parent snapshot from after the split: 7 is missing.
+        let caught_up = [hosted(META_GROUP, 1), hosted(1, 2)];
+        let missing = missing_peers(&state, store, &caught_up, &none);
+        assert_eq!(missing, [7].into());
+        // The store has not applied the split yet: it will start the child itself.
+        let lagging = [hosted(1, 1)];
+        assert!(missing_peers(&state, store, &lagging, &none).is_empty());
+        // It hosts both: nothing is missing.
+        let both = [hosted(1, 2), hosted(7, 2)];
+        assert!(missing_peers(&state, store, &both, &none).is_empty());
+        // A store the region does not count is missing nothing.
+        assert!(missing_peers(&state, StoreId(9), &caught_up, &none).is_empty());
+        // A person holds region 7, or an operator changes it: left to them.
+        let held: BTreeMap<u64, (String, Instant)> =
+            [(7, ("admin".to_string(), Instant::now()))].into();
+        assert!(missing_peers(&state, store, &caught_up, &held).is_empty());
+        let operator = Operator::planned(
+            &region(7, b"m", b"", 2),
+            OperatorKind::BalanceLeader,
+            vec![Step::TransferLeader(StoreId(1))],
+        );
+        state.apply(&PdCommand::StartOperator(operator));
+        assert!(missing_peers(&state, store, &caught_up, &none).is_empty());
+    }
 }

@@ -136,6 +136,9 @@ pub(crate) struct StoreSoft {
     pub(crate) first: Instant,
     pub(crate) last: Instant,
     pub(crate) used_bytes: u64,
+    /// Regions that counted a peer on it its last peer list lacked (see
+    /// `leader::missing_peers`): opened there when the next list lacks them too.
+    pub(crate) missing: BTreeSet<u64>,
 }
 
 /// What one region's leader last reported beyond the durable record.
