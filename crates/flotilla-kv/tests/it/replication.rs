@@ -467,8 +467,9 @@ async fn a_poisoned_entry_is_refused_and_the_log_heals() {
 }
 
 /// A snapshot of another range at an epoch that is not newer is refused: importing it
-/// could overwrite keys another region of the store owns. The peer's group stops and its
-/// engine is left as it was.
+/// could overwrite keys another region of the store owns. The peer refuses it before
+/// anything changes (the install counts as failed; the leader sends one again later),
+/// keeps running, and its engine is left as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_of_another_range_is_refused() {
     let mut cluster = KvCluster::new("snapshot-range", 4, EngineKind::Memory).await;
@@ -496,14 +497,35 @@ async fn snapshot_of_another_range_is_refused() {
     // The change cannot complete (the new peer never catches up): ask in the background.
     let new_peer = cluster.peers[3].clone();
     let adding = tokio::spawn(async move { node.add_peer(new_peer).await });
+    // The peer refuses the snapshot before changing anything (the install counts as
+    // failed) and keeps running, waiting for one it may take.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while cluster.node(3, g).is_some() {
+    let refused = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("flotilla_snapshot_install_failures_total")
+                && !l.contains('{')
+                && l.split_whitespace().nth(1) != Some("0")
+        })
+    };
+    loop {
+        let text = cluster.processes[3]
+            .manager
+            .as_ref()
+            .expect("process 3 runs")
+            .metrics_text();
+        if refused(&text) {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the peer with another range kept running"
+            "the peer with another range never refused the snapshot"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        cluster.node(3, g).is_some(),
+        "the refusing peer keeps running"
+    );
     assert_eq!(
         cluster.engine(3).scan(b"", b"", 100, false).unwrap(),
         pairs(&[("k5", "mine")])
