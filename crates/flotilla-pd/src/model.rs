@@ -228,8 +228,9 @@ pub struct PdConfig {
     /// pairs, so that a region of small pairs splits as soon as one of large pairs).
     pub region_split_keys: u64,
     /// A region written faster than this many keys per second (through its leader) in
-    /// two reports in a row is split at the key that divides its writes (default 3,000,
-    /// TiKV's load-split threshold; 0 turns load-based splitting off).
+    /// its reports for six store heartbeats (a minute by default) is split at the key
+    /// that divides its writes (default 3,000, TiKV's load-split threshold; 0 turns
+    /// load-based splitting off).
     pub region_split_load: u64,
     /// `admin pd pause`: the planners return nothing.
     pub paused: bool,

@@ -62,14 +62,24 @@ pub(super) fn wrong_reply_unknown() -> ClientError {
 /// The kind of an op refused inside a batch, whose result carries only the message: the
 /// refusals a caller acts on keep their kind, the rest are `Refused`.
 pub(super) fn element_error_kind(message: &str) -> &'static str {
-    // The texts of `KvError::NoSpace` and `KvError::KeyEmpty` (a test checks they match).
+    // The texts of `KvError::NoSpace`, `KvError::KeyEmpty` and `KvError::KeyOutOfRegion`
+    // (a test checks they match).
     if message.starts_with("no space:") {
         "NoSpace"
     } else if message == "key is empty" {
         "KeyEmpty"
+    } else if key_moved(message) {
+        "KeyOutOfRegion"
     } else {
         "Refused"
     }
+}
+
+/// Whether an op's refusal says its key is no longer in the region it was sent to: the
+/// region split (or will merge) between the client's routing and the op's apply. Such an
+/// op changed nothing, and goes to the key's region as it is now.
+pub(super) fn key_moved(message: &str) -> bool {
+    message.starts_with("key ") && message.contains(" is outside region ")
 }
 
 pub(super) fn op_error(result: &proto::OpResult) -> Option<ClientError> {
@@ -137,9 +147,18 @@ mod tests {
             element_error_kind(&crate::KvError::KeyEmpty.to_string()),
             "KeyEmpty"
         );
-        assert_eq!(
-            element_error_kind("key \"z\" is outside region 1"),
-            "Refused"
-        );
+        // A key that left its region (a split between routing and apply) is rerouted.
+        let region = crate::Region::new(
+            crate::RegionId(1),
+            bytes::Bytes::new(),
+            bytes::Bytes::from_static(b"m"),
+            crate::Epoch::new(1, 2),
+        )
+        .unwrap();
+        let moved = region.out_of_region(b"z").to_string();
+        assert!(key_moved(&moved), "{moved}");
+        assert_eq!(element_error_kind(&moved), "KeyOutOfRegion");
+        assert_eq!(element_error_kind("something else went wrong"), "Refused");
+        assert!(!key_moved("value too large"));
     }
 }

@@ -46,11 +46,27 @@ use crate::service::proto;
 use batch::{op_value_len, BatchClass, Batcher, Batchers, Pending};
 use connection::{grpc_client, Call, Connections, Reply};
 pub use error::ClientError;
-use error::{done, error_chain, previous, swapped, wrong_reply};
+use error::{done, error_chain, key_moved, previous, swapped, wrong_reply, wrong_reply_unknown};
 pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
 use routing::{covers_key_space, RouteTable, STORES_LEARNED_MAX};
+
+/// Pause before an op whose key left its region is routed again (the stores' reports
+/// catch up with a split within a few rounds).
+const KEY_MOVED_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether a write op's result is a refusal because its key left the region it was sent
+/// to (nothing was written).
+fn moved(result: &proto::OpResult) -> bool {
+    matches!(&result.result, Some(proto::op_result::Result::Error(why)) if key_moved(why))
+}
+
+/// Whether a request was refused, changing nothing, because a key it carried is not in
+/// the region it was sent to (the region split since the client routed it).
+fn left_region(error: &ClientError) -> bool {
+    error.kind == "KeyOutOfRegion" && !error.indeterminate
+}
 
 struct ClientInner {
     endpoints: Vec<String>,
@@ -452,17 +468,31 @@ impl KvClient {
         Ok(())
     }
 
+    /// The region holding `key`, asking the stores again while none does: right after a
+    /// split the stores may report the smaller parent before the child has a leader to
+    /// report it, so a key can be in no region for a moment. Gives up with `NoSuchRegion`
+    /// after the client's timeout.
     async fn route(&self, key: &[u8]) -> Result<Route, ClientError> {
         if let Some(route) = self.inner.routes.lookup(key) {
             return Ok(route);
         }
-        self.refresh_routes().await?;
-        self.inner.routes.lookup(key).ok_or_else(|| {
-            ClientError::definite(
-                "NoSuchRegion",
-                format!("no region holds key {}", crate::error::show(key)),
-            )
-        })
+        let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
+        let mut pause = KEY_MOVED_PAUSE;
+        loop {
+            self.refresh_routes().await?;
+            if let Some(route) = self.inner.routes.lookup(key) {
+                return Ok(route);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ClientError::definite(
+                    "NoSuchRegion",
+                    format!("no region holds key {}", crate::error::show(key)),
+                ));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        }
     }
 
     fn set_leader(&self, region: &Region, leader: Option<String>) {
@@ -653,6 +683,14 @@ impl KvClient {
         read: ReadConsistency,
     ) -> Result<Option<Bytes>, ClientError> {
         let key = key.into();
+        self.routed_again(|| self.get_once(key.clone(), read)).await
+    }
+
+    async fn get_once(
+        &self,
+        key: Bytes,
+        read: ReadConsistency,
+    ) -> Result<Option<Bytes>, ClientError> {
         if self.inner.options.batching {
             let route = self.route(&key).await?;
             let (reply, answer) = oneshot::channel();
@@ -678,8 +716,16 @@ impl KvClient {
         keys: Vec<Bytes>,
         read: ReadConsistency,
     ) -> Result<Vec<Option<Bytes>>, ClientError> {
+        self.routed_again(|| self.multi_get_once(&keys, read)).await
+    }
+
+    async fn multi_get_once(
+        &self,
+        keys: &[Bytes],
+        read: ReadConsistency,
+    ) -> Result<Vec<Option<Bytes>>, ClientError> {
         let mut values = vec![None; keys.len()];
-        for (route_key, indexes) in self.group_by_region(&keys).await? {
+        for (route_key, indexes) in self.group_by_region(keys).await? {
             let part: Vec<Bytes> = indexes.iter().map(|&i| keys[i].clone()).collect();
             let call = Call::MultiGet(proto::MultiGetRequest {
                 context: None,
@@ -802,7 +848,54 @@ impl KvClient {
 
     // ---- writes ----
 
+    /// Writes one op; an op refused because its key left the region it was sent to (a
+    /// split applied between routing and apply: nothing was written) goes again to the
+    /// key's region as it is now, until the client's timeout.
     async fn write_one(
+        &self,
+        key: Bytes,
+        op: proto::op::Op,
+    ) -> Result<proto::OpResult, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
+        loop {
+            let result = self.write_one_attempt(key.clone(), op.clone()).await;
+            let again = match &result {
+                Ok(result) => moved(result),
+                Err(e) => left_region(e),
+            };
+            if !again || tokio::time::Instant::now() >= deadline {
+                return result;
+            }
+            self.after_key_moved().await;
+        }
+    }
+
+    /// Runs `attempt` again, routed anew, while it fails because a key left the region it
+    /// was sent to (a batch formed before a split holds keys of both halves: every attempt
+    /// routes its keys again), until the client's timeout.
+    async fn routed_again<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
+        loop {
+            match attempt().await {
+                Err(e) if left_region(&e) && tokio::time::Instant::now() < deadline => {
+                    self.after_key_moved().await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Routes anew after an op's key left its region.
+    async fn after_key_moved(&self) {
+        self.refresh_routes().await.ok();
+        tokio::time::sleep(KEY_MOVED_PAUSE).await;
+    }
+
+    async fn write_one_attempt(
         &self,
         key: Bytes,
         op: proto::op::Op,
@@ -904,27 +997,50 @@ impl KvClient {
     }
 
     /// Sets every pair: atomically within each region, region by region.
+    /// Pairs whose key left the region they were sent to (nothing was written for them)
+    /// are sent again to their regions as they are now, until the client's timeout.
     pub async fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), ClientError> {
-        let keys: Vec<Bytes> = pairs.iter().map(|(k, _)| k.clone()).collect();
-        for (route_key, indexes) in self.group_by_region(&keys).await? {
-            let ops = indexes
-                .iter()
-                .map(|&i| proto::Op {
-                    op: Some(proto::op::Op::Put(proto::Put {
-                        key: pairs[i].0.clone(),
-                        value: pairs[i].1.clone(),
-                    })),
-                })
-                .collect();
-            let call = Call::Write(proto::WriteRequest { context: None, ops });
-            let Reply::Write(reply) = self.call(&route_key, call).await?.0 else {
-                return Err(wrong_reply());
-            };
-            for result in reply.results {
-                done(result)?;
+        self.routed_again(|| self.batch_put_once(pairs.clone()))
+            .await
+    }
+
+    async fn batch_put_once(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
+        let mut left = pairs;
+        loop {
+            let keys: Vec<Bytes> = left.iter().map(|(k, _)| k.clone()).collect();
+            let mut again = Vec::new();
+            for (route_key, indexes) in self.group_by_region(&keys).await? {
+                let ops = indexes
+                    .iter()
+                    .map(|&i| proto::Op {
+                        op: Some(proto::op::Op::Put(proto::Put {
+                            key: left[i].0.clone(),
+                            value: left[i].1.clone(),
+                        })),
+                    })
+                    .collect();
+                let call = Call::Write(proto::WriteRequest { context: None, ops });
+                let Reply::Write(reply) = self.call(&route_key, call).await?.0 else {
+                    return Err(wrong_reply());
+                };
+                if reply.results.len() != indexes.len() {
+                    return Err(wrong_reply_unknown());
+                }
+                for (result, &i) in reply.results.into_iter().zip(&indexes) {
+                    if moved(&result) && tokio::time::Instant::now() < deadline {
+                        again.push(left[i].clone());
+                    } else {
+                        done(result)?;
+                    }
+                }
             }
+            if again.is_empty() {
+                return Ok(());
+            }
+            left = again;
+            self.after_key_moved().await;
         }
-        Ok(())
     }
 
     /// Removes every key of `[start, end)` (an empty `end`: unbounded), region by region.
@@ -933,42 +1049,58 @@ impl KvClient {
         start: impl Into<Bytes>,
         end: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        let (start, end) = (start.into(), end.into());
+        let (start, end): (Bytes, Bytes) = (start.into(), end.into());
+        self.routed_again(|| self.delete_range_once(start.clone(), end.clone()))
+            .await
+    }
+
+    async fn delete_range_once(&self, start: Bytes, end: Bytes) -> Result<(), ClientError> {
         if !end.is_empty() && start > end {
             return Err(ClientError::definite(
                 "InvalidRange",
                 "delete-range start is after its end",
             ));
         }
-        for region in self.regions_overlapping(&start, &end).await? {
-            let part_start = if start > region.start {
-                start.clone()
-            } else {
-                region.start.clone()
-            };
-            let part_end = match (end.is_empty(), region.end.is_empty()) {
-                (true, _) => region.end.clone(),
-                (false, true) => end.clone(),
-                (false, false) => end.clone().min(region.end.clone()),
-            };
-            let op = proto::Op {
-                op: Some(proto::op::Op::DeleteRange(proto::DeleteRange {
-                    start: part_start.clone(),
-                    end: part_end,
-                })),
-            };
-            let call = Call::Write(proto::WriteRequest {
-                context: None,
-                ops: vec![op],
-            });
-            let Reply::Write(reply) = self.call(&part_start, call).await?.0 else {
-                return Err(wrong_reply());
-            };
-            for result in reply.results {
-                done(result)?;
+        let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
+        let mut from = start;
+        'parts: loop {
+            for region in self.regions_overlapping(&from, &end).await? {
+                let part_start = if from > region.start {
+                    from.clone()
+                } else {
+                    region.start.clone()
+                };
+                let part_end = match (end.is_empty(), region.end.is_empty()) {
+                    (true, _) => region.end.clone(),
+                    (false, true) => end.clone(),
+                    (false, false) => end.clone().min(region.end.clone()),
+                };
+                let op = proto::Op {
+                    op: Some(proto::op::Op::DeleteRange(proto::DeleteRange {
+                        start: part_start.clone(),
+                        end: part_end,
+                    })),
+                };
+                let call = Call::Write(proto::WriteRequest {
+                    context: None,
+                    ops: vec![op],
+                });
+                let Reply::Write(reply) = self.call(&part_start, call).await?.0 else {
+                    return Err(wrong_reply());
+                };
+                for result in reply.results {
+                    // The part's region split meanwhile: nothing was deleted; go on from the
+                    // part's start over the regions as they are now.
+                    if moved(&result) && tokio::time::Instant::now() < deadline {
+                        from = part_start;
+                        self.after_key_moved().await;
+                        continue 'parts;
+                    }
+                    done(result)?;
+                }
             }
+            return Ok(());
         }
-        Ok(())
     }
 
     // ---- splitting over regions ----

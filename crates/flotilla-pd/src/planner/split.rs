@@ -1,6 +1,6 @@
 //! The split checker: a region grown past `region-split-bytes` or `region-split-keys` is
 //! split in two at its middle key by size, by its leader, through its log; a region
-//! written faster than `region-split-load` for two reports in a row (`hot`) is split at
+//! written faster than `region-split-load` for a while (`hot`: the caller decides) is split at
 //! the key that divides its writes.
 //!
 //! Owns: when a region is big or hot enough to split. Must never: split the meta group, or

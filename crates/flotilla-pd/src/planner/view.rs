@@ -112,8 +112,8 @@ pub struct RegionView {
     pub approximate_bytes: u64,
     /// Its keys, as its leader last measured.
     pub approximate_keys: u64,
-    /// Written faster than `region-split-load` in its last two reports (the caller
-    /// counts; the planners read no clock).
+    /// Written faster than `region-split-load` in its reports for a while (the caller
+    /// decides how long; the planners read no clock).
     pub hot: bool,
     /// In a joint configuration (a membership change is half done).
     pub in_joint: bool,

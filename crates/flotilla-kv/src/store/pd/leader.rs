@@ -44,11 +44,12 @@ const SETTLE_MAX: Duration = Duration::from_secs(5);
 const REPORTS_GRACE: Duration = Duration::from_secs(2);
 /// Finished operators `admin pd status` lists.
 const FINISHED_SHOWN: usize = 16;
-/// Region reports in a row written at or above `region-split-load` before a region counts
-/// as hot (load-based split): a burst seen once does not split a region. The leader looks
-/// at a written region every six store heartbeats, so two reports span about a minute at
-/// the default `--pd-heartbeat-ms`.
-const HOT_REPORTS: u32 = 2;
+/// How long a region's reports must have said it is written at or above
+/// `region-split-load` (every report since the first such one; a report below it starts
+/// again) before it counts as hot, in store heartbeats: a minute at the default
+/// `--pd-heartbeat-ms`. A burst of writes, a benchmark's first seconds, splits nothing. A
+/// leader reports a region again when its rate moves by more than a quarter.
+const HOT_HOLD_HEARTBEATS: u32 = 6;
 
 /// A store id sent by a store, checked.
 fn store_id(text: &str, what: &str) -> Result<StoreId, KvError> {
@@ -273,15 +274,15 @@ impl Store {
             if !stale_report {
                 let split_load = meta.handle.with(|state| state.config.region_split_load);
                 let mut soft = lock(&self.inner.pd.leader);
-                // Reports in a row at or above `region-split-load` (a new version starts
-                // the count again: the halves of a split are measured afresh).
+                // Since when its reports say it is written at or above `region-split-load`
+                // (a report below it, or a new version, starts again: the halves of a
+                // split are measured afresh).
                 let hot = split_load > 0 && report.write_keys_per_sec >= split_load;
-                let hot_reports = match soft.regions.get(&record.id) {
-                    Some(p) if hot && p.version == record.version => {
-                        p.hot_reports.saturating_add(1)
-                    }
-                    _ => u32::from(hot),
-                };
+                let hot_since = match soft.regions.get(&record.id) {
+                    Some(p) if hot && p.version == record.version => p.hot_since,
+                    _ => None,
+                }
+                .or_else(|| hot.then(Instant::now));
                 let previous = soft.regions.insert(
                     record.id,
                     RegionSoft {
@@ -290,7 +291,7 @@ impl Store {
                         bytes: report.approximate_bytes,
                         keys: report.approximate_keys,
                         write_rate: report.write_keys_per_sec,
-                        hot_reports,
+                        hot_since,
                         version: record.version,
                         at: Instant::now(),
                     },
@@ -302,7 +303,7 @@ impl Store {
                         || p.joint != report.joint
                         || p.bytes != report.approximate_bytes
                         || p.keys != report.approximate_keys
-                        || p.hot_reports != hot_reports
+                        || p.hot_since.is_some() != hot_since.is_some()
                 }) {
                     soft.generation += 1;
                 }
@@ -314,6 +315,7 @@ impl Store {
     /// The view the planners see: the durable state with the soft state over it.
     pub(crate) fn cluster_view(&self, state: &PdState, soft: &LeaderState) -> ClusterView {
         let stores = self.store_views(state, soft);
+        let hot_hold = self.inner.pd.heartbeat.saturating_mul(HOT_HOLD_HEARTBEATS);
         let healthy: BTreeSet<StoreId> = stores
             .iter()
             .filter(|s| matches!(s.state, StoreState::Up | StoreState::Offline))
@@ -334,7 +336,9 @@ impl Store {
                     leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
                     approximate_bytes: live.map_or(0, |l| l.bytes),
                     approximate_keys: live.map_or(0, |l| l.keys),
-                    hot: live.is_some_and(|l| l.hot_reports >= HOT_REPORTS),
+                    hot: live.is_some_and(|l| {
+                        l.hot_since.is_some_and(|since| since.elapsed() >= hot_hold)
+                    }),
                     in_joint: live.is_some_and(|l| l.joint),
                 }
             })

@@ -151,8 +151,9 @@ pub(crate) struct RegionSoft {
     pub(crate) keys: u64,
     /// Keys written per second through its leader, as last reported.
     pub(crate) write_rate: u64,
-    /// Reports in a row with `write_rate` at or above `region-split-load`.
-    pub(crate) hot_reports: u32,
+    /// Since when its reports have said `write_rate` is at or above `region-split-load`
+    /// (`None`: the last one did not).
+    pub(crate) hot_since: Option<Instant>,
     /// The region's version in its last report.
     pub(crate) version: u64,
     /// When its leader last reported it.
