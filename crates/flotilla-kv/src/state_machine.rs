@@ -126,8 +126,20 @@ pub const UNKNOWN_OUTCOME_PREFIX: &str = "outcome unknown: ";
 pub fn completion_error(text: String) -> KvError {
     match text.strip_prefix(UNKNOWN_OUTCOME_PREFIX) {
         Some(why) => KvError::Unknown(why.to_string()),
+        // A command whose key left the region between admission and apply (a split
+        // applied before it): it changed nothing, and keeps the kind a client routes again
+        // on (the text is `KvError::KeyOutOfRegion`'s; a test checks they match).
+        None if key_left_region(&text) => KvError::Node {
+            kind: "KeyOutOfRegion".into(),
+            message: text,
+        },
         None => KvError::Refused(text),
     }
+}
+
+/// Whether a refusal's text is that of [`KvError::KeyOutOfRegion`].
+fn key_left_region(text: &str) -> bool {
+    text.starts_with("key ") && text.contains(" is outside region ")
 }
 
 /// A configuration as a region keeps it between changes: its peers in short lists. A
@@ -866,4 +878,29 @@ fn read_whole(reader: &SnapshotReader, name: &'static str) -> Result<Vec<u8>, Kv
         .read_to_end(&mut data)
         .map_err(|e| KvError::Engine(format!("reading snapshot file {name}: {e}")))?;
     Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_that_left_its_region_keeps_its_kind_through_the_completion() {
+        let region = Region::new(
+            RegionId(1),
+            Bytes::new(),
+            Bytes::from_static(b"m"),
+            crate::ids::Epoch::new(1, 2),
+        )
+        .unwrap();
+        let moved = completion_error(region.out_of_region(b"z").to_string());
+        assert!(
+            matches!(&moved, KvError::Node { kind, .. } if kind == "KeyOutOfRegion"),
+            "{moved:?}"
+        );
+        assert!(matches!(
+            completion_error("value too large".into()),
+            KvError::Refused(_)
+        ));
+    }
 }

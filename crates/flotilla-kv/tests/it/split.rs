@@ -46,6 +46,49 @@ async fn log_index(store: &StoreServer, region: u64, which: &str) -> u64 {
         .unwrap_or_else(|| panic!("no first index in {text:?}"))
 }
 
+/// Waits until `back` hosts region 1 as `["", "m")` and `child` as `["m", "")`.
+async fn hosts_both_halves(back: &StoreServer, child: &flotilla_kv::Region) {
+    until("the lagging store hosts both halves", || {
+        let ranges: Vec<(u64, Bytes, Bytes)> = hosted(back)
+            .iter()
+            .map(|r| (r.0, r.1.clone(), r.2.clone()))
+            .collect();
+        (ranges
+            == vec![
+                (1, Bytes::new(), b("m")),
+                (child.id.0, b("m"), Bytes::new()),
+            ])
+        .then_some(())
+        .ok_or(format!("{ranges:?}"))
+    })
+    .await;
+}
+
+/// The keys `x00`..`x19` written while `back` was away read back on it from `child`.
+async fn read_back_while_away(back: &StoreServer, child: &flotilla_kv::Region) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..20 {
+        let key = b(&format!("x{i:02}"));
+        loop {
+            let read = back
+                .store()
+                .get(child.id, child.epoch, key.clone(), None)
+                .await;
+            match read {
+                Ok(Some(value)) => {
+                    assert_eq!(value, b("while away"));
+                    break;
+                }
+                other => assert!(
+                    Instant::now() < deadline,
+                    "x{i:02} on the lagging store: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// The regions a store hosts: `(id, start, end, version, led)`.
 fn hosted(store: &StoreServer) -> Vec<(u64, Bytes, Bytes, u64, bool)> {
     let mut regions: Vec<_> = store
@@ -253,42 +296,8 @@ async fn a_replica_held_back_across_the_split_catches_up_without_overlap() {
     let back = StoreServer::start(options)
         .await
         .expect("restart the lagging store");
-    until("the lagging store hosts both halves", || {
-        let now = hosted(&back);
-        let ranges: Vec<(u64, Bytes, Bytes)> = now
-            .iter()
-            .map(|r| (r.0, r.1.clone(), r.2.clone()))
-            .collect();
-        (ranges
-            == vec![
-                (1, Bytes::new(), b("m")),
-                (child.id.0, b("m"), Bytes::new()),
-            ])
-        .then_some(())
-        .ok_or(format!("{now:?}"))
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for i in 0..20 {
-        let key = b(&format!("x{i:02}"));
-        loop {
-            let read = back
-                .store()
-                .get(child.id, child.epoch, key.clone(), None)
-                .await;
-            match read {
-                Ok(Some(value)) => {
-                    assert_eq!(value, b("while away"));
-                    break;
-                }
-                other => assert!(
-                    Instant::now() < deadline,
-                    "x{i:02} on the lagging store: {other:?}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    hosts_both_halves(&back, &child).await;
+    read_back_while_away(&back, &child).await;
     let left = back
         .store()
         .get(RegionId(1), child.epoch, b("a1"), None)
@@ -383,20 +392,7 @@ async fn a_replica_that_skips_the_split_by_snapshot_gets_the_child_from_the_pd()
     let back = StoreServer::start(options)
         .await
         .expect("restart the lagging store");
-    until("the lagging store hosts both halves", || {
-        let ranges: Vec<(u64, Bytes, Bytes)> = hosted(&back)
-            .iter()
-            .map(|r| (r.0, r.1.clone(), r.2.clone()))
-            .collect();
-        (ranges
-            == vec![
-                (1, Bytes::new(), b("m")),
-                (child.id.0, b("m"), Bytes::new()),
-            ])
-        .then_some(())
-        .ok_or(format!("{ranges:?}"))
-    })
-    .await;
+    hosts_both_halves(&back, &child).await;
     // Which way the child came (the split applied from the log, or the PD opening the
     // peer after a parent snapshot from after the split): both must end the same. The PD's
     // rule is tested on its own (`store::pd::leader` tests); this run shows the path.
@@ -410,27 +406,7 @@ async fn a_replica_that_skips_the_split_by_snapshot_gets_the_child_from_the_pd()
             "from the PD, after a parent snapshot taken after the split"
         }
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for i in 0..20 {
-        let key = b(&format!("x{i:02}"));
-        loop {
-            let read = back
-                .store()
-                .get(child.id, child.epoch, key.clone(), None)
-                .await;
-            match read {
-                Ok(Some(value)) => {
-                    assert_eq!(value, b("while away"));
-                    break;
-                }
-                other => assert!(
-                    Instant::now() < deadline,
-                    "x{i:02} on the lagging store: {other:?}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    read_back_while_away(&back, &child).await;
     back.shutdown(Duration::from_millis(200)).await;
     for s in &stores {
         s.shutdown(Duration::from_millis(200)).await;

@@ -65,9 +65,9 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
     for op in &view.operators {
         apply_to_view(&mut work, op);
     }
-    let mut budget = choose::Budget::new(view);
-    let mut busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
-    let mut out = Vec::new();
+    let budget = choose::Budget::new(view);
+    let busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
+    let out = Vec::new();
     // Region id -> position in `work.regions` (projection never reorders them).
     let positions: std::collections::BTreeMap<u64, usize> = view
         .regions
@@ -75,37 +75,29 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
         .enumerate()
         .map(|(i, r)| (r.record.id, i))
         .collect();
-    for (&id, &position) in &positions {
-        if !budget.replica_operators_left() {
-            break;
-        }
-        if busy.contains(&id) {
-            continue;
-        }
-        let region = work.regions[position].clone();
-        if !may_touch(&region, &work.stores) {
-            continue;
-        }
-        if let Some(op) = replica::check_region(&work, &region, &budget) {
-            choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
-        }
-    }
+    let mut round = Round {
+        work,
+        busy,
+        budget,
+        out,
+    };
+    round.check_each(
+        &positions,
+        choose::Budget::replica_operators_left,
+        replica::check_region,
+    );
     // Splits: a region too big to move cheaply is split before it is balanced.
-    for (&id, &position) in &positions {
-        if !budget.split_operators_left() {
-            break;
-        }
-        if busy.contains(&id) {
-            continue;
-        }
-        let region = work.regions[position].clone();
-        if !may_touch(&region, &work.stores) {
-            continue;
-        }
-        if let Some(op) = split::check_region(&work, &region) {
-            choose::commit(&mut work, &mut busy, &mut budget, &mut out, op);
-        }
-    }
+    round.check_each(
+        &positions,
+        choose::Budget::split_operators_left,
+        |work, region, _| split::check_region(work, region),
+    );
+    let Round {
+        mut work,
+        mut busy,
+        mut budget,
+        mut out,
+    } = round;
     if balance == Balance::All {
         balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
     }
@@ -113,6 +105,48 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
         balance::balance_leaders(&mut work, &mut busy, &mut budget, &mut out);
     }
     out
+}
+
+/// What a round of planning has so far: the view with the chosen operators projected,
+/// the regions they touch, the limits left, and the operators.
+struct Round {
+    work: ClusterView,
+    busy: BTreeSet<u64>,
+    budget: choose::Budget,
+    out: Vec<Operator>,
+}
+
+impl Round {
+    /// Runs `check` over every region (by id) that no operator touches and that may be
+    /// touched, while `left` says the budget allows another, committing what it plans.
+    fn check_each(
+        &mut self,
+        positions: &std::collections::BTreeMap<u64, usize>,
+        left: fn(&choose::Budget) -> bool,
+        check: impl Fn(&ClusterView, &RegionView, &choose::Budget) -> Option<Operator>,
+    ) {
+        for (&id, &position) in positions {
+            if !left(&self.budget) {
+                break;
+            }
+            if self.busy.contains(&id) {
+                continue;
+            }
+            let region = self.work.regions[position].clone();
+            if !may_touch(&region, &self.work.stores) {
+                continue;
+            }
+            if let Some(op) = check(&self.work, &region, &self.budget) {
+                choose::commit(
+                    &mut self.work,
+                    &mut self.busy,
+                    &mut self.budget,
+                    &mut self.out,
+                    op,
+                );
+            }
+        }
+    }
 }
 
 /// A planted bug for the tests: [`plan`], but replacements remove the old voter before

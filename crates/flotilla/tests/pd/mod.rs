@@ -723,7 +723,7 @@ fn the_pd_splits_a_region_written_faster_than_region_split_load() {
     let load = {
         let endpoints = endpoints.clone();
         std::thread::spawn(move || {
-            json(&[
+            let output = run(&[
                 "bench",
                 "--endpoints",
                 &endpoints,
@@ -738,7 +738,11 @@ fn the_pd_splits_a_region_written_faster_than_region_split_load() {
                 "--warmup",
                 "0",
                 "--json",
-            ])
+            ]);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let value: Value = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            (output.status.code().unwrap_or(-1), value, stderr)
         })
     };
     let started = Instant::now();
@@ -756,12 +760,12 @@ fn the_pd_splits_a_region_written_faster_than_region_split_load() {
         started.elapsed(),
         pd["finished"]
     );
-    let (code, bench) = load.join().expect("the load thread");
-    assert_eq!(code, 0, "{bench}");
+    let (code, bench, stderr) = load.join().expect("the load thread");
+    assert_eq!(code, 0, "{bench} {stderr}");
     assert!(bench["ops"].as_u64().unwrap_or(0) > 0, "{bench}");
     // The split happened under the writes: none of them saw it as an error (a write whose
     // key left its region between routing and apply is routed again).
-    assert_eq!(bench["errors"], 0, "{bench}");
+    assert_eq!(bench["errors"], 0, "{bench} {stderr}");
     // Both halves hold keys the bench wrote: the split key divided the writes (no half
     // holds them all).
     until("both halves measured", Duration::from_secs(60), || {
