@@ -320,7 +320,16 @@ fn completion_errors_keep_unknown_apart_from_refused() {
         KvError::Unknown("disk gone".into())
     );
     assert_eq!(
+        completion_error("batch too large".into()),
+        KvError::Refused("batch too large".into())
+    );
+    // A key that left its region (a split applied first) keeps the kind a client routes
+    // again on.
+    assert_eq!(
         completion_error("key \"z\" is outside region 3".into()),
-        KvError::Refused("key \"z\" is outside region 3".into())
+        KvError::Node {
+            kind: "KeyOutOfRegion".into(),
+            message: "key \"z\" is outside region 3".into()
+        }
     );
 }
