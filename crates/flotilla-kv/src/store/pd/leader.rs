@@ -689,7 +689,15 @@ fn missing_peers(
         .regions
         .values()
         .filter(|r| r.id != META_GROUP && r.has_peer(store) && !hosted.contains(&r.id))
-        .filter(|r| !state.operators.contains_key(&r.id) && !held.contains_key(&r.id))
+        // A leadership transfer in flight may well be waiting for this very peer (it was
+        // planned on the record); any other operator changes the region: left to it.
+        .filter(|r| {
+            let moving = state
+                .operators
+                .get(&r.id)
+                .is_some_and(|op| !op.kind.moves_leadership_only());
+            !moving && !held.contains_key(&r.id)
+        })
         .map(|r| r.id)
         .collect()
 }
@@ -824,12 +832,25 @@ mod tests {
         let held: BTreeMap<u64, (String, Instant)> =
             [(7, ("admin".to_string(), Instant::now()))].into();
         assert!(missing_peers(&state, store, &caught_up, &held).is_empty());
-        let operator = Operator::planned(
+        // A leader transfer in flight may wait for the very peer: it is opened all the same.
+        let transfer = Operator::planned(
             &region(7, b"m", b"", 2),
             OperatorKind::BalanceLeader,
-            vec![Step::TransferLeader(StoreId(1))],
+            vec![Step::TransferLeader(store)],
         );
-        state.apply(&PdCommand::StartOperator(operator));
+        state.apply(&PdCommand::StartOperator(transfer));
+        assert_eq!(missing_peers(&state, store, &caught_up, &none), [7].into());
+        let mut replacing = Operator::planned(
+            &region(1, b"", b"m", 2),
+            OperatorKind::ReplaceDownPeer,
+            vec![Step::AddLearner(StoreId(4))],
+        );
+        replacing.region = 7;
+        state.apply(&PdCommand::FinishOperator {
+            id: 1,
+            outcome: flotilla_pd::Outcome::Done,
+        });
+        state.apply(&PdCommand::StartOperator(replacing));
         assert!(missing_peers(&state, store, &caught_up, &none).is_empty());
     }
 }
