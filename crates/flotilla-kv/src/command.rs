@@ -10,8 +10,9 @@ use bytes::Bytes;
 use flotilla_storage::fields::{FieldReader, FieldWriter};
 
 use crate::error::KvError;
-use crate::ids::RegionId;
+use crate::ids::{Epoch, RegionId};
 use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::merge::MergeState;
 use crate::region::Region;
 
 /// Version of the command and output formats; the first byte of every encoding.
@@ -89,6 +90,33 @@ pub enum KvCommand {
         /// The region's `version` the split was planned on.
         version: u64,
     },
+    /// Freezes the region as the source of a merge into `target` (an admin entry: see
+    /// `crate::merge`). Refused, changing nothing, unless the region is at `version`, touches
+    /// `target`, is not merging already and its configuration is not joint. Output:
+    /// [`KvOutput::Done`].
+    PrepareMerge {
+        /// The target, at the epoch the merge expects it at.
+        target: Region,
+        /// The region's `version` the merge was planned on.
+        version: u64,
+    },
+    /// Extends the region (the target) over the frozen source the state describes. Refused
+    /// unless the region is still at the state's target epoch, touches the source and has
+    /// its members. Output: [`KvOutput::Done`].
+    CommitMerge(Box<MergeState>),
+    /// Moves the region's version if it is still at `expected`, so that no merge expecting
+    /// that epoch commits into it after this entry. Output: [`KvOutput::Done`].
+    FenceMerge {
+        /// The epoch a merge into this region expected.
+        expected: Epoch,
+    },
+    /// Thaws the region, a frozen merge source at `version`, with its version moved.
+    /// Proposed only once the target is fenced and did not absorb it. Output:
+    /// [`KvOutput::Done`].
+    RollbackMerge {
+        /// The frozen region's `version`.
+        version: u64,
+    },
 }
 
 /// Tags of the encoded commands.
@@ -103,7 +131,14 @@ mod tag {
     pub const BATCH_DELETE: u8 = 8;
     pub const BATCH: u8 = 9;
     pub const SPLIT: u8 = 10;
+    pub const PREPARE_MERGE: u8 = 11;
+    pub const COMMIT_MERGE: u8 = 12;
+    pub const FENCE_MERGE: u8 = 13;
+    pub const ROLLBACK_MERGE: u8 = 14;
 }
+
+/// Longest encoded region or merge state a merge entry carries.
+const MERGE_FIELD_BYTES_MAX: usize = 64 * 1024;
 
 /// Smallest encoding of one key (its u32 length).
 const KEY_BYTES_MIN: usize = 4;
@@ -137,7 +172,11 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
             KvCommand::BatchDelete(keys) => keys.first(),
             KvCommand::Batch(commands) => commands.iter().find_map(KvCommand::first_key),
-            KvCommand::Split { .. } => None,
+            KvCommand::Split { .. }
+            | KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge(_)
+            | KvCommand::FenceMerge { .. }
+            | KvCommand::RollbackMerge { .. } => None,
         }
     }
 
@@ -216,7 +255,30 @@ impl KvCommand {
                 }
                 check_key(key)
             }
+            KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge(_)
+            | KvCommand::FenceMerge { .. }
+            | KvCommand::RollbackMerge { .. } => {
+                if !top {
+                    return Err(KvError::Corrupt("a merge step may not be batched".into()));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the command is an admin entry applied on its own (a split or a merge step),
+    /// not a data write.
+    #[must_use]
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            KvCommand::Split { .. }
+                | KvCommand::PrepareMerge { .. }
+                | KvCommand::CommitMerge(_)
+                | KvCommand::FenceMerge { .. }
+                | KvCommand::RollbackMerge { .. }
+        )
     }
 
     /// Whether the command can add data to the store (a put of any kind), as opposed to
@@ -227,7 +289,11 @@ impl KvCommand {
             KvCommand::Delete { .. }
             | KvCommand::DeleteRange { .. }
             | KvCommand::BatchDelete(_)
-            | KvCommand::Split { .. } => false,
+            | KvCommand::Split { .. }
+            | KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge(_)
+            | KvCommand::FenceMerge { .. }
+            | KvCommand::RollbackMerge { .. } => false,
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
             | KvCommand::CompareAndPut { .. }
@@ -261,6 +327,11 @@ impl KvCommand {
                 }
                 region.check_key(key)
             }
+            // Checked against the region when they apply (`crate::merge`).
+            KvCommand::PrepareMerge { .. }
+            | KvCommand::CommitMerge(_)
+            | KvCommand::FenceMerge { .. }
+            | KvCommand::RollbackMerge { .. } => Ok(()),
         }
     }
 
@@ -299,6 +370,11 @@ impl KvCommand {
                     .sum::<usize>()
             }
             KvCommand::Split { key, .. } => 5 + key.len() + 16,
+            KvCommand::PrepareMerge { target, .. } => 64 + target.start.len() + target.end.len(),
+            KvCommand::CommitMerge(state) => {
+                256 + 2 * (state.source.start.len() + state.source.end.len())
+            }
+            KvCommand::FenceMerge { .. } | KvCommand::RollbackMerge { .. } => 17,
         }
     }
 
@@ -368,6 +444,24 @@ impl KvCommand {
                 writer.u8(tag::SPLIT);
                 writer.bytes(key);
                 writer.u64(child.0);
+                writer.u64(*version);
+            }
+            KvCommand::PrepareMerge { target, version } => {
+                writer.u8(tag::PREPARE_MERGE);
+                writer.bytes(&target.encode());
+                writer.u64(*version);
+            }
+            KvCommand::CommitMerge(state) => {
+                writer.u8(tag::COMMIT_MERGE);
+                writer.bytes(&state.encode());
+            }
+            KvCommand::FenceMerge { expected } => {
+                writer.u8(tag::FENCE_MERGE);
+                writer.u64(expected.conf_version);
+                writer.u64(expected.version);
+            }
+            KvCommand::RollbackMerge { version } => {
+                writer.u8(tag::ROLLBACK_MERGE);
                 writer.u64(*version);
             }
         }
@@ -459,6 +553,22 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
             key: key(reader)?,
             child: RegionId(reader.u64("split child")?),
             version: reader.u64("split version")?,
+        },
+        tag::PREPARE_MERGE => KvCommand::PrepareMerge {
+            target: Region::decode(&reader.bytes("merge target", MERGE_FIELD_BYTES_MAX)?)?,
+            version: reader.u64("merge version")?,
+        },
+        tag::COMMIT_MERGE => KvCommand::CommitMerge(Box::new(MergeState::decode(
+            &reader.bytes("merge state", MERGE_FIELD_BYTES_MAX)?,
+        )?)),
+        tag::FENCE_MERGE => KvCommand::FenceMerge {
+            expected: Epoch::new(
+                reader.u64("fence conf version")?,
+                reader.u64("fence version")?,
+            ),
+        },
+        tag::ROLLBACK_MERGE => KvCommand::RollbackMerge {
+            version: reader.u64("rollback version")?,
         },
         unknown => {
             return Err(KvError::Corrupt(format!(

@@ -23,7 +23,10 @@
 //! - [`client`]: [`client::KvClient`], routing by key, leader discovery, retries of
 //!   definite failures only, batching of concurrent single-key requests.
 //!
-//! Not yet: splits and merges (regions are static), sequences and locks.
+//! - [`split`] and [`merge`]: the rules a replica applies to split and merge entries, and
+//!   the records a store finishes after a crash.
+//!
+//! Not yet: sequences and locks.
 
 #![deny(missing_docs)]
 
@@ -33,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod merge;
 pub mod region;
 pub mod server;
 pub mod service;

@@ -36,11 +36,15 @@ use crate::command::{KvCommand, KvOutput};
 use crate::engine::{in_range, meta_keys, KvEngine, WriteBatch};
 use crate::error::KvError;
 use crate::ids::RegionId;
+use crate::merge::{MergeRecord, MergeState};
 use crate::region::Region;
 use crate::split::{apply_split, record_key, SplitRecord};
 
 /// Name of the snapshot file holding the encoded [`Region`].
 pub const SNAPSHOT_REGION_FILE: &str = "region";
+/// Name of the snapshot file holding a frozen merge source's [`MergeState`] (absent when
+/// the region is not merging).
+pub const SNAPSHOT_MERGE_FILE: &str = "merge";
 /// Name of the snapshot file holding the region's data in the
 /// [`crate::engine::export`] format.
 pub const SNAPSHOT_DATA_FILE: &str = "data";
@@ -61,9 +65,14 @@ pub enum RegionEvent {
     /// The region split (its state machine applied a [`KvCommand::Split`]): the store
     /// records both ranges, starts the child and deletes the record from the engine.
     Split(SplitRecord),
-    /// A snapshot made the region newer than this replica had it (its range smaller
-    /// after splits the replica passed over): the store records the region as it is now.
+    /// A snapshot or a merge step made the region newer than this replica had it (its
+    /// range smaller after splits the replica passed over, its epoch moved by a merge
+    /// step): the store records the region as it is now.
     Adopted(Region),
+    /// The region absorbed a merge source (its state machine applied a
+    /// [`KvCommand::CommitMerge`]): the store records the wider range, drops the source's
+    /// group (never its keys) and deletes the record from the engine.
+    Merged(MergeRecord),
     /// This peer started (an entry of its term committed) or stopped leading the region.
     Leader {
         /// The region.
@@ -133,6 +142,13 @@ pub fn completion_error(text: String) -> KvError {
             kind: "KeyOutOfRegion".into(),
             message: text,
         },
+        // A data command in a frozen source's log after its PrepareMerge.
+        None if text.starts_with("region ") && text.contains(" is merging into region ") => {
+            KvError::Node {
+                kind: MERGING_KIND.into(),
+                message: text,
+            }
+        }
         None => KvError::Refused(text),
     }
 }
@@ -192,6 +208,8 @@ pub struct KvRegionHandle {
     applied_index: Arc<AtomicU64>,
     applied_term: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
+    /// The merge this region is frozen for, as its source.
+    merging: Arc<RwLock<Option<MergeState>>>,
 }
 
 impl KvRegionHandle {
@@ -226,6 +244,16 @@ impl KvRegionHandle {
     #[must_use]
     pub fn applied_term(&self) -> Term {
         Term(self.applied_term.load(Ordering::Acquire))
+    }
+
+    /// The merge this region is frozen for, as its source (`None`: not merging). A frozen
+    /// region serves no reads and takes no writes: its keys are about to be the target's.
+    #[must_use]
+    pub fn merging(&self) -> Option<MergeState> {
+        self.merging
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the engine failed under this region: its data may lag the log, so it must
@@ -272,6 +300,7 @@ impl KvStateMachine {
                 applied_index: Arc::new(AtomicU64::new(0)),
                 applied_term: Arc::new(AtomicU64::new(0)),
                 failed: Arc::new(AtomicBool::new(false)),
+                merging: Arc::new(RwLock::new(None)),
             },
             engine_applied: None,
             failure: None,
@@ -310,8 +339,66 @@ impl KvStateMachine {
         }
         let region = self.handle.region().id;
         let (index, term) = read_applied(self.engine.as_ref(), region)?;
+        self.restore_merge_steps()?;
         self.set_applied(index, term);
         Ok(index)
+    }
+
+    /// Reads, before anything applies, what the engine keeps of this region's merge steps
+    /// (they move its epoch without a configuration entry or a split record, and a restart
+    /// skips entries the engine holds): a newer version recorded under `region/`, and the
+    /// merge it is frozen for under `merge/`. Done by [`KvStateMachine::restore`] or at the
+    /// first callback.
+    fn restore_merge_steps(&mut self) -> Result<(), KvError> {
+        let id = self.handle.region().id;
+        if let Some(data) = self.engine.meta_get(&crate::merge::region_key(id))? {
+            let recorded = Region::decode(&data).map_err(|e| {
+                KvError::Corrupt(format!("region {id} as a merge step left it: {e}"))
+            })?;
+            let current = self.handle.region();
+            if recorded.id == id && recorded.epoch.version > current.epoch.version {
+                let mut region = recorded;
+                region.epoch.conf_version =
+                    region.epoch.conf_version.max(current.epoch.conf_version);
+                self.set_region(region.clone());
+                self.send(RegionEvent::Adopted(region));
+            }
+        }
+        let state = match self.engine.meta_get(&crate::merge::state_key(id))? {
+            Some(data) => Some(MergeState::decode(&data)?),
+            None => None,
+        };
+        self.set_merging(state);
+        Ok(())
+    }
+
+    /// Reads what the engine holds of this region before the runtime starts it (its
+    /// applied index, and the region as merge steps left it), so the store serves the
+    /// region as it is from the start.
+    pub fn restore(&mut self) -> Result<(), KvError> {
+        self.engine_applied().map(|_| ())
+    }
+
+    fn set_region(&self, region: Region) {
+        *self
+            .handle
+            .region
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = region;
+    }
+
+    fn set_merging(&self, state: Option<MergeState>) {
+        *self
+            .handle
+            .merging
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+    }
+
+    fn send(&self, event: RegionEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
     }
 
     fn set_applied(&mut self, index: LogIndex, term: Term) {
@@ -395,17 +482,22 @@ impl<'a> Overlay<'a> {
 fn apply_command(
     command: &KvCommand,
     region: &Region,
+    frozen: Option<&MergeState>,
     overlay: &mut Overlay<'_>,
 ) -> Result<Result<KvOutput, KvError>, KvError> {
     if let KvCommand::Batch(commands) = command {
         let mut results = Vec::with_capacity(commands.len());
         for element in commands {
-            let result = apply_command(element, region, overlay)?;
+            let result = apply_command(element, region, frozen, overlay)?;
             results.push(result.map_err(|e| e.to_string()));
         }
         return Ok(Ok(KvOutput::Batch(results)));
     }
-    // Refusals first, before any write: a refused command changes nothing.
+    // Refusals first, before any write: a refused command changes nothing. A frozen merge
+    // source takes no write after its PrepareMerge, alike on every replica.
+    if let Some(state) = frozen {
+        return Ok(Err(merging_refusal(region, state)));
+    }
     if let Err(refusal) = command
         .validate()
         .and_then(|()| command.check_region(region))
@@ -467,15 +559,120 @@ fn apply_command(
             KvOutput::Done
         }
         KvCommand::Batch(_) => unreachable!("handled above"),
-        // `on_apply` applies a split itself; one anywhere else (in a batch) was refused
-        // by `validate` above.
-        KvCommand::Split { .. } => {
+        // `on_apply` applies admin entries itself; one anywhere else (in a batch) was
+        // refused by `validate` above.
+        KvCommand::Split { .. }
+        | KvCommand::PrepareMerge { .. }
+        | KvCommand::CommitMerge(_)
+        | KvCommand::FenceMerge { .. }
+        | KvCommand::RollbackMerge { .. } => {
             return Ok(Err(KvError::Refused(
-                "a split applies only as an entry of its own".into(),
+                "a split or merge step applies only as an entry of its own".into(),
             )))
         }
     };
     Ok(Ok(output))
+}
+
+/// The refusal of a data command or read on a frozen merge source: nothing changed, and a
+/// client routes it again (its keys are the target's once the merge commits, or the
+/// source's again if it rolls back).
+#[must_use]
+pub fn merging_refusal(region: &Region, state: &MergeState) -> KvError {
+    KvError::Node {
+        kind: MERGING_KIND.into(),
+        message: format!(
+            "region {} is merging into region {}: retry once the merge ends",
+            region.id, state.target.id
+        ),
+    }
+}
+
+/// The error kind of [`merging_refusal`].
+pub const MERGING_KIND: &str = "RegionMerging";
+
+/// What an admin entry does when it applies.
+enum AdminOutcome {
+    Split(SplitRecord),
+    Prepare(MergeState),
+    Commit(MergeRecord),
+    Fence(Option<Region>),
+    Rollback(Region),
+}
+
+/// The outcome of admin entry `command` on `region` (frozen for `merging`, with
+/// `configuration` in force) at (`index`, `term`), or why it is refused. Pure.
+fn admin_outcome(
+    command: &KvCommand,
+    region: &Region,
+    merging: Option<&MergeState>,
+    configuration: Option<&Configuration>,
+    index: LogIndex,
+    term: Term,
+) -> Result<AdminOutcome, KvError> {
+    let frozen = |what: &str| match merging {
+        Some(state) => Err(KvError::Refused(format!(
+            "{what} of {region}: it is frozen, merging into region {}",
+            state.target.id
+        ))),
+        None => Ok(()),
+    };
+    match command {
+        KvCommand::Split {
+            key,
+            child,
+            version,
+        } => {
+            frozen("split")?;
+            apply_split(region, configuration, key, *child, *version, index, term)
+                .map(AdminOutcome::Split)
+        }
+        KvCommand::PrepareMerge { target, version } => {
+            frozen("merge")?;
+            crate::merge::apply_prepare(region, configuration, target, *version, index)
+                .map(AdminOutcome::Prepare)
+        }
+        KvCommand::CommitMerge(state) => {
+            frozen("merge into")?;
+            crate::merge::apply_commit(region, configuration, state, index, term)
+                .map(AdminOutcome::Commit)
+        }
+        KvCommand::FenceMerge { expected } => {
+            crate::merge::apply_fence(region, *expected).map(AdminOutcome::Fence)
+        }
+        KvCommand::RollbackMerge { version } => {
+            crate::merge::apply_rollback(region, merging, *version).map(AdminOutcome::Rollback)
+        }
+        other => Err(KvError::Refused(format!("{other:?} is not an admin entry"))),
+    }
+}
+
+impl AdminOutcome {
+    /// The meta writes that go with the entry's applied index, atomically.
+    fn add_writes(&self, batch: &mut WriteBatch, region: RegionId, index: LogIndex, term: Term) {
+        match self {
+            AdminOutcome::Split(record) => {
+                batch.meta_put(applied_key(record.child.id), encode_applied(index, term));
+                batch.meta_put(record_key(record.child.id), record.encode());
+            }
+            AdminOutcome::Prepare(state) => {
+                batch.meta_put(crate::merge::state_key(region), state.encode());
+                batch.meta_put(crate::merge::region_key(region), state.source.encode());
+            }
+            AdminOutcome::Commit(record) => {
+                batch.meta_put(crate::merge::record_key(record.source.id), record.encode());
+                batch.meta_put(crate::merge::region_key(region), record.target.encode());
+            }
+            AdminOutcome::Fence(Some(fenced)) => {
+                batch.meta_put(crate::merge::region_key(region), fenced.encode());
+            }
+            AdminOutcome::Fence(None) => {}
+            AdminOutcome::Rollback(thawed) => {
+                batch.meta_delete(crate::merge::state_key(region));
+                batch.meta_put(crate::merge::region_key(region), thawed.encode());
+            }
+        }
+    }
 }
 
 impl StateMachine for KvStateMachine {
@@ -515,25 +712,20 @@ impl StateMachine for KvStateMachine {
             last = Some((task.index, task.term));
             let result = match KvCommand::decode(&task.data) {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
-                Ok(KvCommand::Split {
-                    key,
-                    child,
-                    version,
-                }) => {
+                Ok(command) if command.is_admin() => {
                     let configuration = self.configuration.as_ref().map(Members::configuration);
-                    let split = apply_split(
+                    let merging = self.handle.merging();
+                    match admin_outcome(
+                        &command,
                         &region,
+                        merging.as_ref(),
                         configuration.as_ref(),
-                        &key,
-                        child,
-                        version,
                         task.index,
                         task.term,
-                    );
-                    match split {
+                    ) {
                         Err(refusal) => Err(refusal.to_string()),
-                        Ok(record) => {
-                            // What came before in the batch is written with the split, so
+                        Ok(outcome) => {
+                            // What came before in the batch is written with the step, so
                             // the applied index never passes an unwritten entry.
                             let mut batch =
                                 std::mem::replace(&mut overlay, Overlay::new(engine.as_ref()))
@@ -542,28 +734,30 @@ impl StateMachine for KvStateMachine {
                                 applied_key(region.id),
                                 encode_applied(task.index, task.term),
                             );
-                            batch.meta_put(
-                                applied_key(child),
-                                encode_applied(task.index, task.term),
-                            );
-                            batch.meta_put(record_key(child), record.encode());
+                            outcome.add_writes(&mut batch, region.id, task.index, task.term);
                             match self.engine.write(batch) {
                                 Ok(()) => {
                                     self.set_applied(task.index, task.term);
-                                    region = record.parent.clone();
-                                    self.split_applied(record);
+                                    region = self.admin_applied(outcome, &region);
                                     Ok(KvOutput::Done.encode())
                                 }
                                 Err(e) => {
-                                    engine_failure =
-                                        Some(format!("writing the split at {}: {e}", task.index));
+                                    engine_failure = Some(format!(
+                                        "writing the admin entry at {}: {e}",
+                                        task.index
+                                    ));
                                     Err(e.to_string())
                                 }
                             }
                         }
                     }
                 }
-                Ok(command) => match apply_command(&command, &region, &mut overlay) {
+                Ok(command) => match apply_command(
+                    &command,
+                    &region,
+                    self.handle.merging().as_ref(),
+                    &mut overlay,
+                ) {
                     Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
                     Err(e) => {
                         engine_failure = Some(format!("entry {}: {e}", task.index));
@@ -619,6 +813,12 @@ impl StateMachine for KvStateMachine {
         writer
             .append(SNAPSHOT_REGION_FILE, &region.encode())
             .map_err(|e| format!("writing snapshot file {SNAPSHOT_REGION_FILE}: {e}"))?;
+        if let Some(state) = self.handle.merging() {
+            // A replica caught up from this snapshot is frozen as this one is.
+            writer
+                .append(SNAPSHOT_MERGE_FILE, &state.encode())
+                .map_err(|e| format!("writing snapshot file {SNAPSHOT_MERGE_FILE}: {e}"))?;
+        }
         let mut out = SnapshotFileWriter {
             writer,
             name: SNAPSHOT_DATA_FILE,
@@ -688,6 +888,53 @@ impl StateMachine for KvStateMachine {
 }
 
 impl KvStateMachine {
+    /// Takes the region an admin entry left and tells the store; answers that region.
+    fn admin_applied(&mut self, outcome: AdminOutcome, region: &Region) -> Region {
+        match outcome {
+            AdminOutcome::Split(record) => {
+                let parent = record.parent.clone();
+                self.split_applied(record);
+                parent
+            }
+            AdminOutcome::Prepare(state) => {
+                let frozen = state.source.clone();
+                tracing::info!(source = %frozen, target = %state.target, index = %state.index, "region frozen for a merge");
+                self.set_region(frozen.clone());
+                self.set_merging(Some(state));
+                self.send(RegionEvent::Adopted(frozen.clone()));
+                frozen
+            }
+            AdminOutcome::Commit(record) => {
+                let merged = record.target.clone();
+                tracing::info!(
+                    source = %record.source,
+                    target = %merged,
+                    start = %crate::error::show(&merged.start),
+                    end = %crate::error::show(&merged.end),
+                    index = %record.index,
+                    "regions merged"
+                );
+                self.set_region(merged.clone());
+                self.send(RegionEvent::Merged(record));
+                merged
+            }
+            AdminOutcome::Fence(Some(fenced)) => {
+                tracing::info!(region = %fenced, "merge fenced: no merge expecting the older epoch commits here");
+                self.set_region(fenced.clone());
+                self.send(RegionEvent::Adopted(fenced.clone()));
+                fenced
+            }
+            AdminOutcome::Fence(None) => region.clone(),
+            AdminOutcome::Rollback(thawed) => {
+                tracing::info!(region = %thawed, "merge rolled back: the region serves its keys again");
+                self.set_region(thawed.clone());
+                self.set_merging(None);
+                self.send(RegionEvent::Adopted(thawed.clone()));
+                thawed
+            }
+        }
+    }
+
     /// Takes the parent's new range and tells the store, which starts the child.
     fn split_applied(&mut self, record: SplitRecord) {
         *self
@@ -757,6 +1004,19 @@ impl KvStateMachine {
             self.adopt(region);
             return Ok(());
         }
+        let merging = match reader.manifest().file(SNAPSHOT_MERGE_FILE) {
+            Some(_) => Some(MergeState::decode(&read_whole(
+                reader,
+                SNAPSHOT_MERGE_FILE,
+            )?)?),
+            None => None,
+        };
+        if merging.as_ref().is_some_and(|m| m.source.id != region.id) {
+            return Err(KvError::Corrupt(format!(
+                "snapshot at {} of region {} carries the merge of another region",
+                meta.index, region.id
+            )));
+        }
         // Verify the whole file before touching the engine, so a corrupt snapshot changes
         // nothing even when the import is too large to stage in memory.
         let count = crate::engine::export::verify_export(
@@ -778,10 +1038,20 @@ impl KvStateMachine {
             "region {} snapshot {}: imported {imported} pairs, verified {count}",
             region.id, meta.index
         );
-        self.engine.meta_put(
+        let mut batch = WriteBatch::new();
+        match &merging {
+            Some(state) => {
+                batch.meta_put(crate::merge::state_key(region.id), state.encode());
+                batch.meta_put(crate::merge::region_key(region.id), region.encode());
+            }
+            None => batch.meta_delete(crate::merge::state_key(region.id)),
+        }
+        batch.meta_put(
             applied_key(region.id),
             encode_applied(meta.index, meta.term),
-        )?;
+        );
+        self.engine.write(batch)?;
+        self.set_merging(merging);
         self.set_applied(meta.index, meta.term);
         tracing::info!(region = %region.id, index = %meta.index, keys = imported, "region snapshot loaded");
         self.adopt(region);

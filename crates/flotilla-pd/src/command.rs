@@ -489,7 +489,7 @@ pub(crate) fn write_operator(w: &mut FieldWriter, operator: &Operator) {
     w.count(operator.steps.len());
     for step in &operator.steps {
         w.u8(step.code());
-        w.u64(step.store().0);
+        w.u64(step.argument());
     }
     w.u64(operator.step as u64);
 }

@@ -161,7 +161,7 @@ impl ConfigSource {
 }
 
 /// Every configuration key, in the order [`PdConfig::entries`] lists them.
-pub const CONFIG_KEYS: [&str; 12] = [
+pub const CONFIG_KEYS: [&str; 15] = [
     "max-replicas",
     "max-store-down-time",
     "store-disconnected-time",
@@ -173,6 +173,9 @@ pub const CONFIG_KEYS: [&str; 12] = [
     "region-split-bytes",
     "region-split-keys",
     "region-split-load",
+    "region-merge-bytes",
+    "region-merge-keys",
+    "split-merge-interval",
     "paused",
 ];
 
@@ -232,6 +235,18 @@ pub struct PdConfig {
     /// that divides its writes (default 3,000, TiKV's load-split threshold; 0 turns
     /// load-based splitting off).
     pub region_split_load: u64,
+    /// A region whose data is under this many bytes, and whose neighbour's is too, may
+    /// merge into it (default 20 MiB, TiKV's `max-merge-region-size`: a fifth of
+    /// `region-split-bytes`, so that a merged region is far from splitting again; 0 turns
+    /// merging off).
+    pub region_merge_bytes: u64,
+    /// ... and holding fewer than this many keys (default 200,000, TiKV's
+    /// `max-merge-region-keys`).
+    pub region_merge_keys: u64,
+    /// A region that split (or merged) less than this long ago is not merged (default
+    /// 1 hour, TiKV's: a region split by load or size is not merged back before its
+    /// halves had a chance to be balanced).
+    pub split_merge_interval: Duration,
     /// `admin pd pause`: the planners return nothing.
     pub paused: bool,
     sources: BTreeMap<String, ConfigSource>,
@@ -251,6 +266,9 @@ impl Default for PdConfig {
             region_split_bytes: REGION_SPLIT_BYTES_DEFAULT,
             region_split_keys: REGION_SPLIT_KEYS_DEFAULT,
             region_split_load: 3000,
+            region_merge_bytes: 20 << 20,
+            region_merge_keys: 200_000,
+            split_merge_interval: Duration::from_secs(3600),
             paused: false,
             sources: BTreeMap::new(),
         }
@@ -313,6 +331,17 @@ impl PdConfig {
             "region-split-load" => {
                 self.region_split_load =
                     parse_u64(value, 0, SPLIT_KEYS_MAX).map_err(|w| bad(&w))?;
+            }
+            "region-merge-bytes" => {
+                self.region_merge_bytes =
+                    parse_bytes(value, 0, SPLIT_BYTES_MAX).map_err(|w| bad(&w))?;
+            }
+            "region-merge-keys" => {
+                self.region_merge_keys =
+                    parse_u64(value, 0, SPLIT_KEYS_MAX).map_err(|w| bad(&w))?;
+            }
+            "split-merge-interval" => {
+                self.split_merge_interval = parse_bounded_duration(value).map_err(|w| bad(&w))?;
             }
             "paused" => {
                 self.paused = match value {
@@ -377,6 +406,9 @@ impl PdConfig {
             "region-split-bytes" => format_bytes(self.region_split_bytes),
             "region-split-keys" => self.region_split_keys.to_string(),
             "region-split-load" => self.region_split_load.to_string(),
+            "region-merge-bytes" => format_bytes(self.region_merge_bytes),
+            "region-merge-keys" => self.region_merge_keys.to_string(),
+            "split-merge-interval" => format_duration(self.split_merge_interval),
             _ => self.paused.to_string(),
         }
     }

@@ -29,11 +29,14 @@ pub enum OperatorKind {
     SplitRegion,
     /// A region written faster than `region-split-load` is split where its writes divide.
     SplitHotRegion,
+    /// A region small enough (`region-merge-bytes`, `region-merge-keys`) merges into a small
+    /// neighbour, after its replicas were moved onto the neighbour's stores.
+    MergeRegion,
 }
 
 impl OperatorKind {
     /// Every kind, in code order.
-    pub const ALL: [OperatorKind; 9] = [
+    pub const ALL: [OperatorKind; 10] = [
         OperatorKind::ReplaceDownPeer,
         OperatorKind::ReplaceOfflinePeer,
         OperatorKind::AddReplica,
@@ -43,6 +46,7 @@ impl OperatorKind {
         OperatorKind::BalanceLeader,
         OperatorKind::SplitRegion,
         OperatorKind::SplitHotRegion,
+        OperatorKind::MergeRegion,
     ];
 
     /// The kebab-case name.
@@ -58,6 +62,7 @@ impl OperatorKind {
             OperatorKind::BalanceLeader => "balance-leader",
             OperatorKind::SplitRegion => "split-region",
             OperatorKind::SplitHotRegion => "split-hot-region",
+            OperatorKind::MergeRegion => "merge-region",
         }
     }
 
@@ -78,6 +83,7 @@ impl OperatorKind {
             OperatorKind::BalanceLeader => 6,
             OperatorKind::SplitRegion => 7,
             OperatorKind::SplitHotRegion => 8,
+            OperatorKind::MergeRegion => 9,
         }
     }
 
@@ -129,12 +135,26 @@ pub enum Step {
     /// Split the region at the key that divides the writes its leader proposed lately
     /// (load-based split); done as [`Step::Split`] is.
     SplitByLoad(StoreId),
+    /// Freeze the region as the source of a merge into region `target` (its PrepareMerge,
+    /// through its leader). Done once the region is frozen for that target.
+    PrepareMerge {
+        /// The region it merges into.
+        target: u64,
+    },
+    /// Extend region `target` over the frozen region (its CommitMerge, through the target's
+    /// leader), once every replica of the region applied the prepare. Done once the target
+    /// covers the region's range.
+    CommitMerge {
+        /// The region it merges into.
+        target: u64,
+    },
 }
 
 impl Step {
-    /// The store the step acts on.
+    /// The store the step acts on (`None` for a merge step: it acts on two regions
+    /// through their leaders).
     #[must_use]
-    pub fn store(self) -> StoreId {
+    pub fn store(self) -> Option<StoreId> {
         match self {
             Step::AddLearner(s)
             | Step::PromoteLearner(s)
@@ -142,7 +162,17 @@ impl Step {
             | Step::RemoveLearner(s)
             | Step::TransferLeader(s)
             | Step::Split(s)
-            | Step::SplitByLoad(s) => s,
+            | Step::SplitByLoad(s) => Some(s),
+            Step::PrepareMerge { .. } | Step::CommitMerge { .. } => None,
+        }
+    }
+
+    /// The step's argument as recorded: its store's id, or a merge step's target region.
+    #[must_use]
+    pub fn argument(self) -> u64 {
+        match self {
+            Step::PrepareMerge { target } | Step::CommitMerge { target } => target,
+            other => other.store().map_or(0, |s| s.0),
         }
     }
 
@@ -157,6 +187,8 @@ impl Step {
             Step::TransferLeader(_) => "transfer-leader",
             Step::Split(_) => "split",
             Step::SplitByLoad(_) => "split-by-load",
+            Step::PrepareMerge { .. } => "prepare-merge",
+            Step::CommitMerge { .. } => "commit-merge",
         }
     }
 
@@ -169,6 +201,8 @@ impl Step {
             Step::TransferLeader(_) => 4,
             Step::Split(_) => 5,
             Step::SplitByLoad(_) => 6,
+            Step::PrepareMerge { .. } => 7,
+            Step::CommitMerge { .. } => 8,
         }
     }
 
@@ -181,6 +215,8 @@ impl Step {
             4 => Step::TransferLeader(store),
             5 => Step::Split(store),
             6 => Step::SplitByLoad(store),
+            7 => Step::PrepareMerge { target: store.0 },
+            8 => Step::CommitMerge { target: store.0 },
             _ => return None,
         })
     }
@@ -188,7 +224,12 @@ impl Step {
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.action(), self.store())
+        match self {
+            Step::PrepareMerge { target } | Step::CommitMerge { target } => {
+                write!(f, "{} into region {target}", self.action())
+            }
+            _ => write!(f, "{} {}", self.action(), self.argument()),
+        }
     }
 }
 

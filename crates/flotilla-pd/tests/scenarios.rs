@@ -152,6 +152,7 @@ fn region(id: u64, voters: BTreeSet<StoreId>) -> RegionView {
         approximate_bytes: 0,
         approximate_keys: 0,
         hot: false,
+        settled: false,
         in_joint: false,
     }
 }
@@ -296,7 +297,7 @@ fn describe(op: &Operator) -> String {
     let steps: Vec<String> = op
         .steps
         .iter()
-        .map(|s| format!("{} {}", s.action(), s.store().0))
+        .map(|s| format!("{} {}", s.action(), s.argument()))
         .collect();
     format!("region {} {}: {}", op.region, op.kind, steps.join(", "))
 }
@@ -421,7 +422,10 @@ fn apply_to_view_region(region: &mut RegionView, step: Step) {
             record.learners.remove(&s);
         }
         Step::TransferLeader(s) => region.leader = Some(s),
-        Step::Split(_) | Step::SplitByLoad(_) => record.version += 1,
+        Step::Split(_) | Step::SplitByLoad(_) | Step::PrepareMerge { .. } => {
+            record.version += 1;
+        }
+        Step::CommitMerge { .. } => {}
     }
 }
 

@@ -79,7 +79,15 @@ pub(super) fn element_error_kind(message: &str) -> &'static str {
 /// region split (or will merge) between the client's routing and the op's apply. Such an
 /// op changed nothing, and goes to the key's region as it is now.
 pub(super) fn key_moved(message: &str) -> bool {
-    message.starts_with("key ") && message.contains(" is outside region ")
+    (message.starts_with("key ") && message.contains(" is outside region "))
+        || region_merging(message)
+}
+
+/// Whether a refusal says the region is frozen for a merge (the text of
+/// `crate::state_machine::merging_refusal`): nothing changed, and the key's region is the
+/// merge's target once it commits (or the source again if it rolls back).
+pub(super) fn region_merging(message: &str) -> bool {
+    message.starts_with("region ") && message.contains(" is merging into region ")
 }
 
 pub(super) fn op_error(result: &proto::OpResult) -> Option<ClientError> {

@@ -65,7 +65,8 @@ fn moved(result: &proto::OpResult) -> bool {
 /// Whether a request was refused, changing nothing, because a key it carried is not in
 /// the region it was sent to (the region split since the client routed it).
 fn left_region(error: &ClientError) -> bool {
-    error.kind == "KeyOutOfRegion" && !error.indeterminate
+    (error.kind == "KeyOutOfRegion" || error.kind == crate::state_machine::MERGING_KIND)
+        && !error.indeterminate
 }
 
 struct ClientInner {
@@ -795,50 +796,82 @@ impl KvClient {
         }
         crate::limits::check_scan_limit(limit)
             .map_err(|e| ClientError::definite("ScanLimitTooLarge", e.to_string()))?;
+        // A walk of the key space by cursor, one region at a time as the stores have them
+        // when asked: each answer is clipped by the store to the region it served it from,
+        // which the client learns with it, and the cursor moves past that region. Regions
+        // that split or merge during the scan move the next step's routing, never the
+        // keys already returned: each key comes once, in order.
         let mut out = Vec::new();
-        let mut regions = self.regions_overlapping(&start, &end).await?;
-        if reverse {
-            regions.reverse();
-        }
-        for region in regions {
-            if out.len() >= limit {
+        let mut low = start.clone();
+        let mut high = end.clone();
+        while out.len() < limit {
+            if !high.is_empty() && low >= high {
                 break;
             }
-            let route_key = if start > region.start {
-                start.clone()
+            // Forward: the region of `low`. Reverse: the region the table says holds the
+            // keys just below `high` (checked against the store's answer below).
+            let route_key = if reverse {
+                self.route(&low).await?;
+                match self
+                    .inner
+                    .routes
+                    .overlapping(&low, &high)
+                    .last()
+                    .map(|r| r.start.clone())
+                {
+                    Some(region_start) if region_start > low => region_start,
+                    _ => low.clone(),
+                }
             } else {
-                region.start.clone()
+                low.clone()
             };
-            let mut part_start = route_key.clone();
-            let mut part_end = end.clone();
-            // Pages of one region: a store answers at most scan_reply_bytes_max of keys and
-            // values and says when it left pairs for another call.
-            while out.len() < limit {
-                let call = Call::Scan(proto::ScanRequest {
-                    context: None,
-                    start: part_start.clone(),
-                    end: part_end.clone(),
-                    limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
-                    reverse,
-                    keys_only,
-                    read: read.proto(),
-                });
-                let Reply::Scan(reply) = self.call(&route_key, call).await?.0 else {
-                    return Err(wrong_reply());
-                };
-                let last = reply.entries.last().map(|kv| kv.key.clone());
-                out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
-                let Some(last) = last.filter(|_| reply.more) else {
-                    break;
-                };
-                if reverse {
-                    part_end = last;
-                } else {
+            let call = Call::Scan(proto::ScanRequest {
+                context: None,
+                start: low.clone(),
+                end: high.clone(),
+                limit: u32::try_from(limit - out.len()).unwrap_or(u32::MAX),
+                reverse,
+                keys_only,
+                read: read.proto(),
+            });
+            let (reply, region) = self
+                .routed_again(|| self.call(&route_key, call.clone()))
+                .await?;
+            let Reply::Scan(reply) = reply else {
+                return Err(wrong_reply());
+            };
+            let reaches_high = region.end.is_empty() || (!high.is_empty() && region.end >= high);
+            if reverse && !reaches_high {
+                // The table was behind (the region of `high` split or merged): the answer
+                // skipped keys between the region's end and `high`. Routed again.
+                self.refresh_routes().await.ok();
+                tokio::time::sleep(KEY_MOVED_PAUSE).await;
+                continue;
+            }
+            let last = reply.entries.last().map(|kv| kv.key.clone());
+            out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+            match last.filter(|_| reply.more) {
+                // More of this region: go on past the last key returned.
+                Some(last) if reverse => high = last,
+                Some(last) => {
                     // The smallest key after `last`.
                     let mut next = Vec::with_capacity(last.len() + 1);
                     next.extend_from_slice(&last);
                     next.push(0);
-                    part_start = Bytes::from(next);
+                    low = Bytes::from(next);
+                }
+                // This region is done: on to the next one.
+                None if reverse => {
+                    if region.start.is_empty() || region.start <= low {
+                        break;
+                    }
+                    high = region.start.clone();
+                }
+                None => {
+                    if reaches_high {
+                        break;
+                    }
+                    low = region.end.clone();
                 }
             }
         }

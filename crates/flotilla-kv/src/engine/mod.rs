@@ -35,10 +35,16 @@ pub mod meta_keys {
     /// Per-region applied state, `applied/` + region id (8 bytes, big endian); written by
     /// the KV state machine with every batch it applies.
     pub const APPLIED_PREFIX: &[u8] = b"applied/";
-    /// Region metadata, `region/` + region id (8 bytes, big endian); reserved for the store.
+    /// A region's description as a merge step left it, `region/` + region id (8 bytes, big
+    /// endian): its epoch moved without a range change the store records otherwise.
     pub const REGION_PREFIX: &[u8] = b"region/";
     /// A split applied whose store has not yet recorded it (`crate::split`).
     pub const SPLIT_PREFIX: &[u8] = b"split/";
+    /// A frozen merge source's state, `merge/` + region id (`crate::merge::MergeState`).
+    pub const MERGE_PREFIX: &[u8] = b"merge/";
+    /// A merge applied whose store has not yet dropped the source, `merged/` + source id
+    /// (`crate::merge::MergeRecord`).
+    pub const MERGED_PREFIX: &[u8] = b"merged/";
 }
 
 /// One operation of a [`WriteBatch`].

@@ -420,6 +420,75 @@ impl proto::kv_server::Kv for KvService {
         }))
     }
 
+    async fn merge_step(
+        &self,
+        request: Request<proto::MergeStepRequest>,
+    ) -> Result<Response<proto::MergeStepReply>, Status> {
+        require(&request, &[Role::Admin, Role::Store], "a merge step")?;
+        let r = request.into_inner();
+        let id = RegionId(r.region_id);
+        let store = &self.store;
+        let fail = |e: KvError| status_of(&e);
+        let decode_state = |data: &[u8]| {
+            crate::merge::MergeState::decode(data).map_err(|e| {
+                status_of(&KvError::Refused(format!(
+                    "merge step: the merge state: {e}"
+                )))
+            })
+        };
+        match r.phase {
+            1 => {
+                let target = r.target.ok_or_else(|| {
+                    status_of(&KvError::Refused(
+                        "merge step: prepare names no target".into(),
+                    ))
+                })?;
+                let target = crate::region::Region::new(
+                    RegionId(target.id),
+                    target.start,
+                    target.end,
+                    Epoch::new(target.conf_version, target.version),
+                )
+                .map_err(fail)?;
+                store
+                    .prepare_merge(id, target, r.version)
+                    .await
+                    .map_err(fail)?;
+            }
+            2 => {
+                let state = decode_state(&r.state)?;
+                store.commit_merge(id, state).await.map_err(fail)?;
+            }
+            3 => {
+                let expected = Epoch::new(r.expected_conf_version, r.expected_version);
+                store.fence_merge(id, expected).await.map_err(fail)?;
+            }
+            4 => {
+                store.rollback_merge(id, r.version).await.map_err(fail)?;
+            }
+            5 => {}
+            other => {
+                return Err(status_of(&KvError::Refused(format!(
+                    "merge step: unknown phase {other} (1 prepare, 2 commit, 3 fence, 4 roll \
+                     back, 5 state)"
+                ))))
+            }
+        }
+        let view = store.merge_view(id).map_err(fail)?;
+        Ok(Response::new(proto::MergeStepReply {
+            region: Some(proto::RegionInfo {
+                id: view.region.id.0,
+                start: view.region.start.clone(),
+                end: view.region.end.clone(),
+                conf_version: view.region.epoch.conf_version,
+                version: view.region.epoch.version,
+                ..proto::RegionInfo::default()
+            }),
+            state: view.merging.map(|s| s.encode()).unwrap_or_default(),
+            applied_index: view.applied.0,
+        }))
+    }
+
     async fn hello(
         &self,
         request: Request<proto::HelloRequest>,

@@ -22,6 +22,7 @@ pub mod bootstrap;
 mod load;
 mod lock;
 mod membership;
+mod merge;
 pub mod meta;
 mod open;
 pub mod pd;
@@ -49,6 +50,7 @@ use lock::DataDirLock;
 pub use lock::LOCK_FILE;
 /// File name of the address book inside the data directory.
 pub const ADDRESS_BOOK_FILE: &str = "addresses";
+pub use merge::MergeView;
 use meta::{HostedRegion, MetaChange, StoreMeta, STORE_META_BYTES_MAX};
 pub use open::init;
 pub(crate) use open::LockedDataDir;
@@ -266,6 +268,9 @@ struct StoreInner {
     opened_at: Mutex<HashMap<RegionId, Instant>>,
     /// Splits applied here whose child this store started (`flotilla_store_splits_total`).
     splits: std::sync::atomic::AtomicU64,
+    /// Merges finished here: a source dropped after its target absorbed it
+    /// (`flotilla_store_merges_total`).
+    merges: std::sync::atomic::AtomicU64,
     /// Stores the meta group starts on at a bootstrap by this store.
     pd_replicas: u32,
     /// The placement driver as this store runs it (see `pd`).
@@ -332,8 +337,11 @@ fn check_meta_size(meta: &StoreMeta, adding: &HostedRegion) -> Result<(), KvErro
 
 impl Store {
     async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
-        let machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone())
+        let mut machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone())
             .with_events(self.inner.events.clone());
+        machine.restore().map_err(|e| {
+            StoreError::Start(format!("cannot read {}'s state: {e}", hosted.region))
+        })?;
         let handle = machine.handle();
         let manager = &self.inner.manager;
         let id = hosted.region.id.0;
@@ -428,12 +436,20 @@ impl Store {
                 led as u64,
             ),
         ]));
-        text.push_str(&flotilla_node::exposition::counters_text(&[(
-            "flotilla_store_splits_total",
-            "Region splits this store applied as a replica of the parent and started the \
-             child of.",
-            self.inner.splits.load(std::sync::atomic::Ordering::Relaxed),
-        )]));
+        text.push_str(&flotilla_node::exposition::counters_text(&[
+            (
+                "flotilla_store_splits_total",
+                "Region splits this store applied as a replica of the parent and started \
+                 the child of.",
+                self.inner.splits.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "flotilla_store_merges_total",
+                "Region merges this store applied as a replica of the target and dropped \
+                 the source of.",
+                self.inner.merges.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        ]));
         text.push_str(&self.inner.quota.metrics_text());
         text.push_str(&self.pd_metrics_text());
         text
@@ -706,7 +722,12 @@ impl Store {
         }
         let read = peer.node.read_index(mode.unwrap_or(ReadMode::ReadIndex));
         match tokio::time::timeout(self.inner.request_timeout, read).await {
-            Ok(Ok(_)) => Ok(region),
+            // Checked once the replica applied up to the read point: a source frozen by
+            // then may already be absorbed by its target, which takes writes to its keys.
+            Ok(Ok(_)) => match peer.machine.merging() {
+                Some(state) => Err(crate::state_machine::merging_refusal(&region, &state)),
+                None => Ok(region),
+            },
             Ok(Err(e)) => Err(self.node_error(id, e)),
             Err(_) => Err(KvError::Node {
                 kind: "TimedOut".into(),
@@ -804,9 +825,11 @@ impl Store {
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
         command.validate()?;
-        if matches!(command, KvCommand::Split { .. }) {
+        if command.is_admin() {
             return Err(KvError::Refused(
-                "a split is not a write: ask for it with split_region (`admin split`)".into(),
+                "a split or merge step is not a write: ask for it with `admin split` or \
+                 `admin merge`"
+                    .into(),
             ));
         }
         if self.inner.quota.alarm() {
@@ -882,6 +905,11 @@ impl Store {
     ) -> Result<KvOutput, KvError> {
         let (peer, region) = self.admit(id, epoch)?;
         command.check_region(&region)?;
+        if !command.is_admin() {
+            if let Some(state) = peer.machine.merging() {
+                return Err(crate::state_machine::merging_refusal(&region, &state));
+            }
+        }
         if !peer.node.is_leader() {
             return Err(self.not_leader(id, &peer));
         }

@@ -375,6 +375,7 @@ impl Store {
             events_task: Mutex::new(None),
             opened_at: Mutex::new(std::collections::HashMap::new()),
             splits: std::sync::atomic::AtomicU64::new(0),
+            merges: std::sync::atomic::AtomicU64::new(0),
             pd_replicas: options.pd_replicas,
             pd: super::pd::PdRuntime::new(
                 options.labels.clone(),
@@ -398,6 +399,11 @@ impl Store {
             .finish_recorded_splits()
             .await
             .map_err(|e| StoreError::Start(format!("cannot finish a recorded split: {e}")))?;
+        // So is a merge: its source must not start over keys its target owns now.
+        store
+            .finish_recorded_merges()
+            .await
+            .map_err(|e| StoreError::Start(format!("cannot finish a recorded merge: {e}")))?;
         let regions = store.inner.meta.lock().await.regions.clone();
         for hosted in &regions {
             store.start_region(hosted).await?;

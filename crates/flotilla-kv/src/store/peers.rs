@@ -48,6 +48,12 @@ impl Store {
                     tracing::error!(parent = %record.parent, child = %record.child, error = %e, "cannot finish the split on this store; a restart finishes it");
                 }
             }
+            RegionEvent::Merged(record) => {
+                lock(&self.inner.pd.led).dirty.insert(record.target.id.0);
+                if let Err(e) = self.finish_merge(&record).await {
+                    tracing::error!(source = %record.source, target = %record.target, error = %e, "cannot finish the merge on this store; a restart finishes it");
+                }
+            }
             RegionEvent::Adopted(region) => {
                 lock(&self.inner.pd.led).dirty.insert(region.id.0);
                 if let Err(e) = self.record_adopted(&region).await {
@@ -163,6 +169,11 @@ impl Store {
         let Some(hosted) = meta.regions.iter().find(|h| h.region.id == id).cloned() else {
             return Ok(false);
         };
+        if let Some(state) = self.peer(id).and_then(|p| p.machine.merging()) {
+            // Its keys are about to be the target's: only the merge's end drops it.
+            tracing::warn!(region = %id, target = %state.target, why, "a frozen merge source is not destroyed");
+            return Ok(false);
+        }
         self.record_meta(&mut meta, vec![MetaChange::Removed(id)])
             .await?;
         self.inner

@@ -113,7 +113,9 @@ impl Budget {
                 Step::PromoteLearner(_)
                 | Step::TransferLeader(_)
                 | Step::Split(_)
-                | Step::SplitByLoad(_) => true,
+                | Step::SplitByLoad(_)
+                | Step::PrepareMerge { .. }
+                | Step::CommitMerge { .. } => true,
             })
     }
 
@@ -130,7 +132,9 @@ impl Budget {
                 Step::PromoteLearner(_)
                 | Step::TransferLeader(_)
                 | Step::Split(_)
-                | Step::SplitByLoad(_) => {}
+                | Step::SplitByLoad(_)
+                | Step::PrepareMerge { .. }
+                | Step::CommitMerge { .. } => {}
             }
         }
     }

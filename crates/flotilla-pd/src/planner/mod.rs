@@ -1,7 +1,8 @@
 //! The planners: pure functions from a [`ClusterView`] to operators.
 //!
 //! [`plan`] runs the replica checker over every region (by id), then the split checker
-//! over the regions it left alone, then balance over the rest: replicas, then leaders. It honours `paused`, the
+//! over the regions it left alone, then the merge checker, then balance over the rest:
+//! replicas, then leaders. It honours `paused`, the
 //! schedule limits, the per-store per-minute limits and one operator per region, and every
 //! step of every operator it returns passes [`step_is_safe`] on the region as the earlier
 //! steps leave it.
@@ -12,6 +13,7 @@
 
 mod balance;
 mod choose;
+mod merge;
 mod replica;
 mod split;
 mod view;
@@ -66,7 +68,20 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
         apply_to_view(&mut work, op);
     }
     let budget = choose::Budget::new(view);
-    let busy: BTreeSet<u64> = view.operators.iter().map(|o| o.region).collect();
+    // An operator's region is busy, and so is the target of a merge in flight (a change to
+    // it would make the merge's commit refused).
+    let busy: BTreeSet<u64> = view
+        .operators
+        .iter()
+        .flat_map(|o| {
+            let targets = o.steps.iter().filter_map(|s| match s {
+                crate::operator::Step::PrepareMerge { target }
+                | crate::operator::Step::CommitMerge { target } => Some(*target),
+                _ => None,
+            });
+            std::iter::once(o.region).chain(targets)
+        })
+        .collect();
     let out = Vec::new();
     // Region id -> position in `work.regions` (projection never reorders them).
     let positions: std::collections::BTreeMap<u64, usize> = view
@@ -98,6 +113,8 @@ fn plan_with(view: &ClusterView, balance: Balance) -> Vec<Operator> {
         mut budget,
         mut out,
     } = round;
+    // Merges: small settled neighbours, after repairs and splits, before balance.
+    merge::check_all(&mut work, &mut busy, &mut budget, &mut out);
     if balance == Balance::All {
         balance::balance_replicas(&mut work, &mut busy, &mut budget, &mut out);
     }

@@ -115,6 +115,9 @@ pub struct RegionView {
     /// Written faster than `region-split-load` in its reports for a while (the caller
     /// decides how long; the planners read no clock).
     pub hot: bool,
+    /// Its range has not changed (no split, no merge) for `split-merge-interval` (the
+    /// caller decides; the planners read no clock): it may merge.
+    pub settled: bool,
     /// In a joint configuration (a membership change is half done).
     pub in_joint: bool,
 }
@@ -179,7 +182,18 @@ pub fn step_is_safe(region: &RegionView, step: &Step, stores: &[StoreView]) -> R
     if region.in_joint {
         return Err(format!("region {id} is in a joint configuration"));
     }
-    let store = step.store();
+    let Some(store) = step.store() else {
+        // A merge step: the executor checks both regions live, through their leaders.
+        if id == 0 {
+            return Err("the meta group never merges".to_string());
+        }
+        if !state_of(stores, leader).is_live() {
+            return Err(format!(
+                "region {id}: its leader's store {leader} is not live"
+            ));
+        }
+        return Ok(());
+    };
     let state = state_of(stores, store);
     match *step {
         Step::AddLearner(_) => {
@@ -232,6 +246,7 @@ pub fn step_is_safe(region: &RegionView, step: &Step, stores: &[StoreView]) -> R
                 return Err(format!("region {id}: store {store} already leads"));
             }
         }
+        Step::PrepareMerge { .. } | Step::CommitMerge { .. } => {}
         Step::Split(_) | Step::SplitByLoad(_) => {
             if id == 0 {
                 return Err("the meta group has no key range to split".to_string());
@@ -273,6 +288,11 @@ pub(crate) fn apply_step(region: &mut RegionView, step: Step) {
             record.version += 1;
             region.approximate_bytes /= 2;
             region.approximate_keys /= 2;
+            region.hot = false;
+        }
+        // The source is frozen, then gone (the target's report brings the wider range).
+        Step::PrepareMerge { .. } | Step::CommitMerge { .. } => {
+            record.version += 1;
             region.hot = false;
         }
     }
@@ -347,6 +367,22 @@ pub fn apply_to_view(view: &mut ClusterView, op: &Operator) {
                     }
                 }
             }
+            Step::PrepareMerge { .. } => {}
+            // Every store of the region holds one region fewer (the source).
+            Step::CommitMerge { .. } => {
+                let peers: Vec<StoreId> = region
+                    .record
+                    .voters
+                    .iter()
+                    .chain(&region.record.learners)
+                    .copied()
+                    .collect();
+                for s in peers {
+                    if let Some(i) = store_of(&mut view.stores, s) {
+                        view.stores[i].region_count = view.stores[i].region_count.saturating_sub(1);
+                    }
+                }
+            }
         }
     }
 }
@@ -412,6 +448,7 @@ mod tests {
             approximate_bytes: 0,
             approximate_keys: 0,
             hot: false,
+            settled: false,
             in_joint: false,
         }
     }

@@ -708,6 +708,107 @@ fn the_pd_splits_regions_past_region_split_keys_and_loses_no_key() {
     check_keys(&endpoints, "k", 200);
 }
 
+/// Scans `prefix`'s keys forward and backward and checks each of the `count` keys comes
+/// exactly once, in order, with its value.
+fn check_scans(endpoints: &str, prefix: &str, count: usize) {
+    let limit = (count + 10).to_string();
+    for reverse in [false, true] {
+        let mut args = vec!["scan", prefix, "", "--limit", &limit];
+        if reverse {
+            args.push("--reverse");
+        }
+        let scan = until("a scan", Duration::from_secs(20), || {
+            let (code, answer) = kv(endpoints, &args);
+            (code == 0)
+                .then_some(answer.clone())
+                .ok_or(answer.to_string())
+        });
+        let mut got: Vec<(String, String)> = items(&scan["entries"])
+            .map(|kv| {
+                (
+                    kv["key"].as_str().unwrap_or_default().to_string(),
+                    kv["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if reverse {
+            got.reverse();
+        }
+        let want: Vec<(String, String)> = (0..count)
+            .map(|i| (format!("{prefix}{i:03}"), format!("v{i}")))
+            .collect();
+        assert_eq!(got, want, "scan (reverse: {reverse})");
+    }
+}
+
+#[test]
+fn the_pd_merges_small_regions_back_and_loses_no_key() {
+    let dir = TempDir::new("pd-merge");
+    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let endpoints = addresses.join(",");
+    let _stores = start_stores(&dir, &addresses, 1);
+    put_keys(&endpoints, "k", 200);
+    let set = |key: &str, value: &str| {
+        until("the PD takes a setting", Duration::from_secs(60), || {
+            let (code, answer) = admin(&endpoints, &["pd", "config-set", key, value]);
+            (code == 0).then_some(()).ok_or(answer.to_string())
+        });
+    };
+    // Refused, nothing changed: an interval of 0.
+    let (code, answer) = admin(
+        &endpoints,
+        &["pd", "config-set", "split-merge-interval", "0s"],
+    );
+    assert_eq!(code, 1, "{answer}");
+    set("region-split-keys", "40");
+    let split = until("at least 5 regions", Duration::from_secs(120), || {
+        let status = regions_settled(&endpoints, 3, &[])?;
+        let count = items(&status["regions"]).count();
+        (count >= 5)
+            .then_some(count)
+            .ok_or(format!("{count} regions"))
+    });
+    check_keys(&endpoints, "k", 200);
+    check_scans(&endpoints, "k", 200);
+    // Splits off; merges once a region kept its range for a second.
+    set("region-split-keys", "1000000");
+    set("split-merge-interval", "1s");
+    let started = Instant::now();
+    until("one region again", Duration::from_secs(180), || {
+        let status = regions_settled(&endpoints, 3, &[])?;
+        let count = items(&status["regions"]).count();
+        let pd = pd_status(&endpoints)?;
+        let recorded = pd["regions"].as_u64().unwrap_or(0);
+        if count == 1 && recorded == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{count} regions, the PD records {recorded}, operators {}",
+                pd["operators"]
+            ))
+        }
+    });
+    println!(
+        "200 keys in {split} regions merged back into one within {:?}",
+        started.elapsed()
+    );
+    let (code, pd) = admin(&endpoints, &["pd", "status"]);
+    assert_eq!(code, 0, "{pd}");
+    let merges = items(&pd["finished"])
+        .filter(|o| o["kind"] == "merge-region" && o["outcome"] == "done")
+        .count();
+    assert!(
+        merges >= split - 1,
+        "the PD's finished operators: {}",
+        pd["finished"]
+    );
+    check_keys(&endpoints, "k", 200);
+    check_scans(&endpoints, "k", 200);
+    // The merged region takes writes over the whole range.
+    put_keys(&endpoints, "m", 20);
+    check_keys(&endpoints, "m", 20);
+}
+
 #[test]
 fn the_pd_splits_a_region_written_faster_than_region_split_load() {
     let dir = TempDir::new("pd-split-load");

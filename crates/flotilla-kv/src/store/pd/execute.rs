@@ -216,6 +216,13 @@ impl Store {
     /// failed without an answer), `Err` when the region does not allow it.
     async fn try_step(&self, operator: &Operator, index: usize) -> Result<bool, String> {
         let (region, step) = (operator.region, operator.steps[index]);
+        match step {
+            Step::PrepareMerge { target } => {
+                return self.prepare_merge_step(operator, target).await
+            }
+            Step::CommitMerge { target } => return self.commit_merge_step(operator, target).await,
+            _ => {}
+        }
         let Some(record) = self
             .meta_peer()
             .and_then(|m| m.handle.with(|s| s.regions.get(&region).cloned()))
@@ -241,6 +248,7 @@ impl Store {
             approximate_bytes: 0,
             approximate_keys: 0,
             hot: false,
+            settled: false,
             in_joint: false,
         };
         if !flotilla_pd::has_quorum(&recorded, &stores) {
@@ -253,14 +261,19 @@ impl Store {
         let Ok(live) = self.live_region(&cli).await else {
             return Ok(false);
         };
-        let target = step.store();
+        let Some(target) = step.store() else {
+            return Err(format!("step {step} names no store"));
+        };
         let done = match step {
             Step::AddLearner(s) => live.learners.contains(&s) || live.voters.contains(&s),
             Step::PromoteLearner(s) => live.voters.contains(&s),
             Step::RemoveVoter(s) => !live.voters.contains(&s),
             Step::RemoveLearner(s) => !live.learners.contains(&s),
             Step::TransferLeader(s) => live.leader == s,
-            Step::Split(_) | Step::SplitByLoad(_) => false,
+            Step::Split(_)
+            | Step::SplitByLoad(_)
+            | Step::PrepareMerge { .. }
+            | Step::CommitMerge { .. } => false,
         };
         if done {
             return Ok(true);
@@ -289,6 +302,9 @@ impl Store {
             Step::RemoveVoter(_) => cli.remove_peer(&peer).await,
             Step::RemoveLearner(_) => cli.remove_learners(std::slice::from_ref(&peer)).await,
             Step::TransferLeader(_) => cli.transfer_leader(Some(&peer)).await.map(|_| ()),
+            Step::PrepareMerge { .. } | Step::CommitMerge { .. } => {
+                return Err(format!("step {step} is not a replica step"))
+            }
             Step::Split(_) | Step::SplitByLoad(_) => {
                 let by_load = matches!(step, Step::SplitByLoad(_));
                 return self
@@ -308,7 +324,9 @@ impl Store {
                     Step::PromoteLearner(_)
                     | Step::TransferLeader(_)
                     | Step::Split(_)
-                    | Step::SplitByLoad(_) => {}
+                    | Step::SplitByLoad(_)
+                    | Step::PrepareMerge { .. }
+                    | Step::CommitMerge { .. } => {}
                 }
                 tracing::info!(region, %step, "placement driver: step done");
                 Ok(true)
@@ -377,6 +395,7 @@ impl Store {
             approximate_bytes: 0,
             approximate_keys: 0,
             hot: false,
+            settled: false,
             in_joint: joint,
         }
     }
@@ -508,8 +527,11 @@ impl Store {
     }
 
     /// After a cancelled operator: a learner it added and did not promote is removed (a
-    /// voter never is).
+    /// voter never is); a merge source it froze is thawed unless its target absorbed it.
     async fn clean_up(&self, operator: &Operator) {
+        if operator.kind == flotilla_pd::OperatorKind::MergeRegion {
+            self.end_merge(operator).await;
+        }
         // A learner step's target held no peer when the operator was planned
         // (`step_is_safe`), so a learner there now was added by this operator.
         let added: Vec<StoreId> = operator
@@ -538,5 +560,337 @@ impl Store {
                 tracing::info!(region = operator.region, %store, ok = result.is_ok(), "placement driver: removing the learner a cancelled operator added");
             }
         }
+    }
+}
+
+/// What a merge step call failed with: the error kind the store answered (empty when the
+/// call got no answer) and its message.
+struct MergeCallError {
+    kind: String,
+    message: String,
+}
+
+impl MergeCallError {
+    /// Whether the step may succeed if asked again (no leader there, no answer).
+    fn transient(&self) -> bool {
+        !matches!(
+            self.kind.as_str(),
+            "Refused" | "StaleEpoch" | "InvalidArgument" | "KeyOutOfRegion" | "RegionRefused"
+        )
+    }
+}
+
+impl std::fmt::Display for MergeCallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.kind, self.message)
+        }
+    }
+}
+
+/// A region's merge state as one store's replica has it.
+struct MergeLook {
+    region: crate::region::Region,
+    merging: Option<crate::merge::MergeState>,
+    applied: u64,
+}
+
+const PHASE_PREPARE: u32 = 1;
+const PHASE_COMMIT: u32 = 2;
+const PHASE_FENCE: u32 = 3;
+const PHASE_ROLLBACK: u32 = 4;
+const PHASE_STATE: u32 = 5;
+
+impl Store {
+    /// One `MergeStep` call to store `to`.
+    async fn merge_call(
+        &self,
+        to: StoreId,
+        request: proto::MergeStepRequest,
+    ) -> Result<MergeLook, MergeCallError> {
+        let channel = self
+            .channel_to(to)
+            .await
+            .map_err(|message| MergeCallError {
+                kind: String::new(),
+                message,
+            })?;
+        let cluster = self.cluster();
+        let request = addressed(request, to, cluster).map_err(|message| MergeCallError {
+            kind: "InvalidArgument".into(),
+            message,
+        })?;
+        let reply = proto::kv_client::KvClient::new(channel)
+            .merge_step(request)
+            .await
+            .map_err(|status| MergeCallError {
+                kind: status
+                    .metadata()
+                    .get(ERROR_KIND_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                message: status.message().to_string(),
+            })?
+            .into_inner();
+        let bad = |message: String| MergeCallError {
+            kind: "InvalidArgument".into(),
+            message,
+        };
+        let info = reply
+            .region
+            .ok_or_else(|| bad(format!("store {to} answered a merge step without a region")))?;
+        let region = crate::region::Region::new(
+            crate::ids::RegionId(info.id),
+            info.start,
+            info.end,
+            crate::ids::Epoch::new(info.conf_version, info.version),
+        )
+        .map_err(|e| bad(format!("store {to}: {e}")))?;
+        let merging = if reply.state.is_empty() {
+            None
+        } else {
+            Some(
+                crate::merge::MergeState::decode(&reply.state)
+                    .map_err(|e| bad(format!("store {to}: {e}")))?,
+            )
+        };
+        Ok(MergeLook {
+            region,
+            merging,
+            applied: reply.applied_index,
+        })
+    }
+
+    /// The PD's record of region `id`.
+    fn record_of(&self, id: u64) -> Option<RegionRecord> {
+        self.meta_peer()
+            .and_then(|m| m.handle.with(|s| s.regions.get(&id).cloned()))
+    }
+
+    /// Region `record` as its leader has it now (the leader's store and its look).
+    async fn look_at_leader(
+        &self,
+        record: &RegionRecord,
+    ) -> Result<(Live, MergeLook), MergeCallError> {
+        let cli = self.region_cli(record).map_err(|message| MergeCallError {
+            kind: String::new(),
+            message,
+        })?;
+        let live = self
+            .live_region(&cli)
+            .await
+            .map_err(|message| MergeCallError {
+                kind: String::new(),
+                message,
+            })?;
+        let look = self
+            .merge_call(live.leader, merge_request(PHASE_STATE, record.id))
+            .await?;
+        Ok((live, look))
+    }
+
+    /// The PrepareMerge step of `operator` (its region the source) into `target`.
+    async fn prepare_merge_step(&self, operator: &Operator, target: u64) -> Result<bool, String> {
+        let source = operator.region;
+        let source_record = self
+            .record_of(source)
+            .ok_or_else(|| format!("region {source} is not recorded"))?;
+        let target_record = self
+            .record_of(target)
+            .ok_or_else(|| format!("merge target {target} is not recorded"))?;
+        let Ok((source_live, source_look)) = self.look_at_leader(&source_record).await else {
+            return Ok(false);
+        };
+        if let Some(state) = &source_look.merging {
+            if state.target.id.0 == target {
+                return Ok(true);
+            }
+            return Err(format!(
+                "region {source} is frozen for a merge into {}",
+                state.target
+            ));
+        }
+        let Ok((target_live, target_look)) = self.look_at_leader(&target_record).await else {
+            return Ok(false);
+        };
+        if target_look.merging.is_some() {
+            return Err(format!(
+                "merge target {target} is itself frozen for a merge"
+            ));
+        }
+        if source_live.voters != target_live.voters
+            || !source_live.learners.is_empty()
+            || !target_live.learners.is_empty()
+        {
+            return Err(format!(
+                "regions {source} and {target} are not on the same stores (voters {:?} and \
+                 {:?}, learners {:?} and {:?})",
+                source_live.voters, target_live.voters, source_live.learners, target_live.learners
+            ));
+        }
+        let mut request = merge_request(PHASE_PREPARE, source);
+        request.version = operator.planned_on.1;
+        let t = &target_look.region;
+        request.target = Some(proto::RegionInfo {
+            id: t.id.0,
+            start: t.start.clone(),
+            end: t.end.clone(),
+            conf_version: t.epoch.conf_version,
+            version: t.epoch.version,
+            ..proto::RegionInfo::default()
+        });
+        match self.merge_call(source_live.leader, request).await {
+            Ok(_) => {
+                tracing::info!(source, target = %t, "placement driver: merge prepared (source frozen)");
+                Ok(true)
+            }
+            Err(e) if e.transient() => {
+                tracing::info!(source, target, error = %e, "placement driver: merge prepare not done yet");
+                Ok(false)
+            }
+            Err(e) => Err(format!("the source's leader refused the prepare: {e}")),
+        }
+    }
+
+    /// The CommitMerge step of `operator` (its region the source) into `target`.
+    async fn commit_merge_step(&self, operator: &Operator, target: u64) -> Result<bool, String> {
+        let source = operator.region;
+        let target_record = self
+            .record_of(target)
+            .ok_or_else(|| format!("merge target {target} is not recorded"))?;
+        let Some(source_record) = self.record_of(source) else {
+            // The PD dropped the source's record: the target reported the wider range.
+            return Ok(true);
+        };
+        let Ok((target_live, target_look)) = self.look_at_leader(&target_record).await else {
+            return Ok(false);
+        };
+        if target_look.region.epoch.version > target_record.version
+            && target_look
+                .region
+                .contains_range(&source_record.start, &source_record.end)
+        {
+            return Ok(true);
+        }
+        let Ok((_, source_look)) = self.look_at_leader(&source_record).await else {
+            return Ok(false);
+        };
+        let Some(state) = source_look.merging else {
+            return Err(format!("region {source} is not frozen for the merge"));
+        };
+        // Every replica of the source must have applied the prepare: its engine then holds
+        // the source's final keys, which the target takes over on that store.
+        for peer in state.voters.iter().chain(&state.learners) {
+            let Ok(store) = StoreId::parse(peer.as_str()) else {
+                return Err(format!("region {source}: peer {peer} is not a store id"));
+            };
+            match self
+                .merge_call(store, merge_request(PHASE_STATE, source))
+                .await
+            {
+                Ok(look) if look.merging.is_some() && look.applied >= state.index.0 => {}
+                Ok(_) | Err(_) => {
+                    tracing::debug!(source, %store, "placement driver: a source replica has not applied the prepare yet");
+                    return Ok(false);
+                }
+            }
+        }
+        let mut request = merge_request(PHASE_COMMIT, target);
+        request.state = state.encode();
+        match self.merge_call(target_live.leader, request).await {
+            Ok(look) => {
+                tracing::info!(source = %state.source, target = %look.region, "placement driver: regions merged");
+                Ok(true)
+            }
+            Err(e) if e.transient() => {
+                tracing::info!(source, target, error = %e, "placement driver: merge commit not done yet");
+                Ok(false)
+            }
+            Err(e) => Err(format!("the target's leader refused the commit: {e}")),
+        }
+    }
+
+    /// Ends a cancelled merge: if its source is frozen, fences the target (no commit
+    /// expecting its old epoch applies after that), then thaws the source unless the
+    /// target absorbed it. Retried until done, the step timeout, or this store stops
+    /// leading the PD (the next leader resumes the operator, and so its end).
+    async fn end_merge(&self, operator: &Operator) {
+        let source = operator.region;
+        let Some(target) = operator.steps.iter().find_map(|s| match s {
+            Step::PrepareMerge { target } | Step::CommitMerge { target } => Some(*target),
+            _ => None,
+        }) else {
+            return;
+        };
+        let timeout = self.meta_peer().map_or(Duration::from_secs(300), |m| {
+            m.handle.with(|s| s.config.operator_step_timeout)
+        });
+        let started = Instant::now();
+        while started.elapsed() < timeout && self.is_pd_leader() {
+            match self.try_end_merge(source, target).await {
+                Ok(outcome) => {
+                    tracing::info!(source, target, outcome, "placement driver: merge ended");
+                    return;
+                }
+                Err(why) => {
+                    tracing::info!(source, target, error = %why, "placement driver: cannot end the merge yet");
+                    tokio::time::sleep(STEP_RETRY).await;
+                }
+            }
+        }
+        tracing::warn!(source, target, "placement driver: a cancelled merge's source may still be frozen; the operator's next run ends it");
+    }
+
+    async fn try_end_merge(&self, source: u64, target: u64) -> Result<&'static str, String> {
+        let Some(source_record) = self.record_of(source) else {
+            return Ok("the source is gone: merged");
+        };
+        let (source_live, source_look) = self
+            .look_at_leader(&source_record)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(state) = source_look.merging else {
+            return Ok("the source was not frozen");
+        };
+        let target_record = self
+            .record_of(target)
+            .ok_or_else(|| format!("merge target {target} is not recorded"))?;
+        let (target_live, _) = self
+            .look_at_leader(&target_record)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut fence = merge_request(PHASE_FENCE, target);
+        fence.expected_conf_version = state.target.epoch.conf_version;
+        fence.expected_version = state.target.epoch.version;
+        let fenced = self
+            .merge_call(target_live.leader, fence)
+            .await
+            .map_err(|e| e.to_string())?;
+        if fenced.region.epoch == state.target.epoch {
+            return Err("the target's epoch did not move".into());
+        }
+        if fenced
+            .region
+            .contains_range(&state.source.start, &state.source.end)
+        {
+            return Ok("the target absorbed the source: merged");
+        }
+        let mut rollback = merge_request(PHASE_ROLLBACK, source);
+        rollback.version = state.source.epoch.version;
+        self.merge_call(source_live.leader, rollback)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok("rolled back: the source serves its keys again")
+    }
+}
+
+fn merge_request(phase: u32, region: u64) -> proto::MergeStepRequest {
+    proto::MergeStepRequest {
+        phase,
+        region_id: region,
+        ..proto::MergeStepRequest::default()
     }
 }

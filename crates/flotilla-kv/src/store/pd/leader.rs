@@ -283,6 +283,10 @@ impl Store {
                     _ => None,
                 }
                 .or_else(|| hot.then(Instant::now));
+                let version_since = match soft.regions.get(&record.id) {
+                    Some(p) if p.version == record.version => p.version_since,
+                    _ => Instant::now(),
+                };
                 let previous = soft.regions.insert(
                     record.id,
                     RegionSoft {
@@ -293,6 +297,7 @@ impl Store {
                         write_rate: report.write_keys_per_sec,
                         hot_since,
                         version: record.version,
+                        version_since,
                         at: Instant::now(),
                     },
                 );
@@ -338,6 +343,9 @@ impl Store {
                     approximate_keys: live.map_or(0, |l| l.keys),
                     hot: live.is_some_and(|l| {
                         l.hot_since.is_some_and(|since| since.elapsed() >= hot_hold)
+                    }),
+                    settled: live.is_some_and(|l| {
+                        l.version_since.elapsed() >= state.config.split_merge_interval
                     }),
                     in_joint: live.is_some_and(|l| l.joint),
                 }

@@ -156,6 +156,9 @@ pub(crate) struct RegionSoft {
     pub(crate) hot_since: Option<Instant>,
     /// The region's version in its last report.
     pub(crate) version: u64,
+    /// Since when its reports have carried that version (to this leader): a region may
+    /// merge once this is `split-merge-interval` old.
+    pub(crate) version_since: Instant,
     /// When its leader last reported it.
     pub(crate) at: Instant,
 }
