@@ -44,6 +44,15 @@ impl Store {
         })
     }
 
+    /// [`Store::merge_view`] of a region this store leads (a follower's view may lag).
+    fn leader_view(&self, id: RegionId) -> Result<MergeView, KvError> {
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        if !peer.node.is_leader() {
+            return Err(self.not_leader(id, &peer));
+        }
+        self.merge_view(id)
+    }
+
     /// Proposes an admin `command` to region `id`, which this store must lead.
     async fn propose_step(&self, id: RegionId, command: KvCommand) -> Result<Region, KvError> {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
@@ -106,8 +115,11 @@ impl Store {
     /// Moves region `target`'s version if it is still at `expected`: no merge expecting
     /// that epoch commits into it afterwards. Answers the target as it is after.
     pub async fn fence_merge(&self, target: RegionId, expected: Epoch) -> Result<Region, KvError> {
-        let view = self.merge_view(target)?;
-        if view.region.epoch != expected {
+        let view = self.leader_view(target)?;
+        // Moved past `expected` by an entry applied here (never "older": a new leader's
+        // applied state may lag the epoch the caller read).
+        let epoch = view.region.epoch;
+        if epoch.version > expected.version || epoch.conf_version > expected.conf_version {
             return Ok(view.region);
         }
         self.propose_step(target, KvCommand::FenceMerge { expected })
@@ -117,8 +129,9 @@ impl Store {
     /// Thaws the frozen region `source` (at `version`). Answers it as it is after; a
     /// region not frozen any more answers itself.
     pub async fn rollback_merge(&self, source: RegionId, version: u64) -> Result<Region, KvError> {
-        let view = self.merge_view(source)?;
-        if view.merging.is_none() {
+        let view = self.leader_view(source)?;
+        if view.merging.is_none() && view.region.epoch.version > version {
+            // Thawed already (by this rollback, its answer lost).
             return Ok(view.region);
         }
         self.propose_step(source, KvCommand::RollbackMerge { version })

@@ -6,6 +6,7 @@
 mod cluster;
 mod codec;
 mod engines;
+mod merge;
 mod peers;
 mod replication;
 mod split;

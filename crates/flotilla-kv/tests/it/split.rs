@@ -20,7 +20,7 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-async fn until(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
+pub(crate) async fn until(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match ok() {
@@ -90,7 +90,7 @@ async fn read_back_while_away(back: &StoreServer, child: &flotilla_kv::Region) {
 }
 
 /// The regions a store hosts: `(id, start, end, version, led)`.
-fn hosted(store: &StoreServer) -> Vec<(u64, Bytes, Bytes, u64, bool)> {
+pub(crate) fn hosted(store: &StoreServer) -> Vec<(u64, Bytes, Bytes, u64, bool)> {
     let mut regions: Vec<_> = store
         .store()
         .regions()
@@ -111,7 +111,7 @@ fn hosted(store: &StoreServer) -> Vec<(u64, Bytes, Bytes, u64, bool)> {
 
 /// Splits region `id` through whichever store leads it (retrying while no store leads it
 /// or no PD leader is known).
-async fn split(
+pub(crate) async fn split(
     stores: &[StoreServer],
     id: u64,
     key: &str,
@@ -132,7 +132,7 @@ async fn split(
     }
 }
 
-async fn client(stores: &[StoreServer]) -> KvClient {
+pub(crate) async fn client(stores: &[StoreServer]) -> KvClient {
     let endpoints: Vec<String> = stores
         .iter()
         .map(|s| s.store().advertised_address().to_string())

@@ -869,7 +869,8 @@ impl Store {
             .merge_call(target_live.leader, fence)
             .await
             .map_err(|e| e.to_string())?;
-        if fenced.region.epoch == state.target.epoch {
+        let (now, expected) = (fenced.region.epoch, state.target.epoch);
+        if now.version <= expected.version && now.conf_version <= expected.conf_version {
             return Err("the target's epoch did not move".into());
         }
         if fenced
