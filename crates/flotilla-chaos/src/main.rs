@@ -62,7 +62,7 @@ const EXIT_HARNESS: i32 = 2;
 struct Args {
     /// Nemeses, comma-separated: partition-halves, partition-ring, partition-bridge,
     /// partition-one-way, isolate-leader, kill, pause, membership, drift, clock, disk,
-    /// wipe, readdress, pd, split; or `partitions`, `all`, `none`. Each cycle applies a
+    /// wipe, readdress, pd, split-merge; or `partitions`, `all`, `none`. Each cycle applies a
     /// random non-empty subset.
     #[arg(long, default_value = "all")]
     nemesis: String,
@@ -173,8 +173,8 @@ fn suite(name: &str) -> anyhow::Result<Vec<Plan>> {
         // its old id (at the same address) is a tombstone, which needs a store outside
         // each region to move the old id's replicas to (`pd::register_or_remove_old`).
         "quick" => Ok(vec![
-            plan("partitions,split", 5, 40)?,
-            plan("kill,pause,pd,split", 5, 40)?,
+            plan("partitions,split-merge", 5, 40)?,
+            plan("kill,pause,pd,split-merge", 5, 40)?,
             plan("membership,drift,wipe,pd", 4, 40)?,
             plan("clock,isolate-leader,disk", 4, 40)?,
             plan("wipe,readdress", 4, 40)?,

@@ -15,7 +15,7 @@
 //! | `disk`             | `kill -9` of one store (only when every store runs and the PD has converged, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and started as usual (a new store), and the PD replaces its old id |
 //! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness: the PD replaces the old id's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
 //! | `readdress`        | a store stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
-//! | `split`            | a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), and the PD's `region-split-keys` set to 300, 1,000 or 5,000 so that it splits regions by itself meanwhile (regions only grow in number until merge lands) | none: a split is permanent; the final checks read every key through the new regions |
+//! | `split-merge`      | half the time a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), with the PD's `region-split-keys` set to 300, 1,000 or 5,000 and `split-merge-interval` to 1h so that it splits regions by itself meanwhile; the other half two random neighbours merged (`admin merge`, not waited for), with `region-split-keys` at 1,000,000 and `split-merge-interval` at 1s so that the PD merges small regions by itself meanwhile | none: splits and merges are permanent; the final checks read every key through the regions as they ended |
 //! | `pd`               | the PD leader (`admin pd status`) faulted: `kill -9`, SIGSTOP, or (with namespaces) cut off from the others; often while an operator the same cycle's drift or wipe will start is pending | restart / SIGCONT / every packet delivered; a new PD leader takes over the operators in flight |
 //!
 //! The PD repairs (the drift, wipe and disk nemeses add and remove no member themselves):
@@ -81,8 +81,9 @@ pub enum Nemesis {
     Readdress,
     /// The PD leader killed, paused or isolated.
     Pd,
-    /// A region split by hand, and the PD splitting regions by key count.
-    Split,
+    /// A region split by hand and the PD splitting regions by key count, or two neighbours
+    /// merged by hand and the PD merging small regions.
+    SplitMerge,
 }
 
 impl Nemesis {
@@ -102,7 +103,7 @@ impl Nemesis {
         Nemesis::Wipe,
         Nemesis::Readdress,
         Nemesis::Pd,
-        Nemesis::Split,
+        Nemesis::SplitMerge,
     ];
 
     /// The name on the command line.
@@ -122,7 +123,7 @@ impl Nemesis {
             Nemesis::Wipe => "wipe",
             Nemesis::Readdress => "readdress",
             Nemesis::Pd => "pd",
-            Nemesis::Split => "split",
+            Nemesis::SplitMerge => "split-merge",
         }
     }
 
@@ -360,7 +361,7 @@ pub async fn apply(
     // leader it leaves); then partitions, kills and pauses.
     // A move comes before kills and pauses, which may then hit the store at its new address.
     let rank = |k: &Nemesis| match k {
-        Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe | Nemesis::Split => 0,
+        Nemesis::Membership | Nemesis::Drift | Nemesis::Wipe | Nemesis::SplitMerge => 0,
         Nemesis::Clock => 1,
         Nemesis::Readdress => 2,
         // The PD leader after a drift stopped a store (the PD then has an operator to
@@ -464,7 +465,8 @@ async fn apply_one(
         Nemesis::Wipe => apply_wipe(cluster, rng, faults).await?,
         Nemesis::Readdress => apply_readdress(cluster, rng, faults).await?,
         Nemesis::Pd => apply_pd(cluster, rng, faults).await?,
-        Nemesis::Split => apply_split(cluster, rng, faults).await?,
+        Nemesis::SplitMerge if rng.chance(0.5) => apply_merge(cluster, rng, faults).await?,
+        Nemesis::SplitMerge => apply_split(cluster, rng, faults).await?,
         _ => unreachable!("{kind:?} has no branch"),
     }
     Ok(())
@@ -547,6 +549,74 @@ async fn apply_membership(
     Ok(())
 }
 
+/// Sets the PD's `key` to `value`, noting it (or why not) in the faults.
+async fn pd_set(cluster: &mut Cluster, faults: &mut Faults, key: &str, value: &str) {
+    match cluster.admin(&["pd", "config-set", key, value]).await {
+        Ok(_) => faults.description.push(format!("PD {key} {value}")),
+        Err(why) => faults
+            .description
+            .push(format!("PD {key} not set: {why:#}")),
+    }
+}
+
+/// Merges two random neighbouring regions through the PD (`admin merge`, not waited for:
+/// the operator runs on under the next faults), with splits by key count off and
+/// `split-merge-interval` at 1 s, so the PD merges small regions by itself too.
+async fn apply_merge(
+    cluster: &mut Cluster,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    pd_set(cluster, faults, "region-split-keys", "1000000").await;
+    pd_set(cluster, faults, "split-merge-interval", "1s").await;
+    let leaders = cluster.leaders().await;
+    let pairs: Vec<(u64, u64)> = leaders
+        .iter()
+        .flat_map(|(a, va)| {
+            leaders
+                .iter()
+                .filter(move |(b, vb)| a != *b && !va.end.is_empty() && va.end == vb.start)
+                .map(move |(b, _)| (*a, *b))
+        })
+        .collect();
+    if pairs.is_empty() {
+        faults
+            .description
+            .push("no two neighbouring regions to merge".to_string());
+        return Ok(());
+    }
+    let (left, right) = pairs[rng.index(pairs.len())];
+    // Either way round: the left one into the right one, or the right one into the left.
+    let (source, target) = if rng.chance(0.5) {
+        (left, right)
+    } else {
+        (right, left)
+    };
+    let (source_text, target_text) = (source.to_string(), target.to_string());
+    match cluster
+        .admin(&[
+            "--region",
+            &source_text,
+            "merge",
+            "--into",
+            &target_text,
+            "--wait-ms",
+            "0",
+        ])
+        .await
+    {
+        Ok(answer) => faults.description.push(format!(
+            "region {source} merging into region {target}: operator {}",
+            answer["operator"]
+        )),
+        // Refused (an operator in flight, no leader) or unanswered: checked all the same.
+        Err(why) => faults.description.push(format!(
+            "region {source} into region {target} not merged: {why:#}"
+        )),
+    }
+    Ok(())
+}
+
 /// Splits a random region through its leader, at a random workload key inside it or (half
 /// the time, or when none of the keys tried falls inside) at its middle key, and sets the
 /// PD's `region-split-keys` to a value chosen anew, so the PD splits regions by itself too.
@@ -556,17 +626,8 @@ async fn apply_split(
     faults: &mut Faults,
 ) -> anyhow::Result<()> {
     let threshold = [300u64, 1000, 5000][rng.index(3)].to_string();
-    match cluster
-        .admin(&["pd", "config-set", "region-split-keys", &threshold])
-        .await
-    {
-        Ok(_) => faults
-            .description
-            .push(format!("PD region-split-keys {threshold}")),
-        Err(why) => faults
-            .description
-            .push(format!("PD region-split-keys not set: {why:#}")),
-    }
+    pd_set(cluster, faults, "region-split-keys", &threshold).await;
+    pd_set(cluster, faults, "split-merge-interval", "1h").await;
     let leaders = cluster.leaders().await;
     if leaders.is_empty() {
         bail!("no region with a leader");

@@ -698,6 +698,8 @@ impl StateMachine for KvStateMachine {
             }
         };
         let mut region = self.handle.region();
+        // The merge this region is frozen for (read once a batch; admin entries change it).
+        let mut frozen = self.handle.merging();
         let engine = Arc::clone(&self.engine);
         let mut overlay = Overlay::new(engine.as_ref());
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
@@ -714,11 +716,10 @@ impl StateMachine for KvStateMachine {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
                 Ok(command) if command.is_admin() => {
                     let configuration = self.configuration.as_ref().map(Members::configuration);
-                    let merging = self.handle.merging();
                     match admin_outcome(
                         &command,
                         &region,
-                        merging.as_ref(),
+                        frozen.as_ref(),
                         configuration.as_ref(),
                         task.index,
                         task.term,
@@ -739,6 +740,7 @@ impl StateMachine for KvStateMachine {
                                 Ok(()) => {
                                     self.set_applied(task.index, task.term);
                                     region = self.admin_applied(outcome, &region);
+                                    frozen = self.handle.merging();
                                     Ok(KvOutput::Done.encode())
                                 }
                                 Err(e) => {
@@ -752,18 +754,15 @@ impl StateMachine for KvStateMachine {
                         }
                     }
                 }
-                Ok(command) => match apply_command(
-                    &command,
-                    &region,
-                    self.handle.merging().as_ref(),
-                    &mut overlay,
-                ) {
-                    Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
-                    Err(e) => {
-                        engine_failure = Some(format!("entry {}: {e}", task.index));
-                        Err(e.to_string())
+                Ok(command) => {
+                    match apply_command(&command, &region, frozen.as_ref(), &mut overlay) {
+                        Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
+                        Err(e) => {
+                            engine_failure = Some(format!("entry {}: {e}", task.index));
+                            Err(e.to_string())
+                        }
                     }
-                },
+                }
             };
             if let Some(completion) = task.completion {
                 answers.push((completion, result));

@@ -237,8 +237,8 @@ pub struct PdConfig {
     pub region_split_load: u64,
     /// A region whose data is under this many bytes, and whose neighbour's is too, may
     /// merge into it (default 20 MiB, TiKV's `max-merge-region-size`: a fifth of
-    /// `region-split-bytes`, so that a merged region is far from splitting again; 0 turns
-    /// merging off).
+    /// `region-split-bytes`, so that a merged region is far from splitting again; 0 here or
+    /// in `region_merge_keys` turns the merge checker off).
     pub region_merge_bytes: u64,
     /// ... and holding fewer than this many keys (default 200,000, TiKV's
     /// `max-merge-region-keys`).

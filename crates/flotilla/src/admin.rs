@@ -12,6 +12,7 @@
 
 mod cluster;
 mod health;
+mod merge;
 mod pd;
 mod recover;
 mod split;
@@ -100,6 +101,17 @@ pub enum AdminOp {
         /// The first key of the new region (UTF-8); must lie strictly inside the region.
         #[arg(long, value_name = "KEY")]
         key: Option<String>,
+    },
+    /// Merges `--region SOURCE` into its neighbour `--into TARGET` through the placement
+    /// driver (SOURCE's replicas are moved onto TARGET's stores first), and waits for the
+    /// merge to end.
+    Merge {
+        /// The region that absorbs SOURCE's range.
+        #[arg(long, value_name = "TARGET")]
+        into: u64,
+        /// How long to wait for the merge to end (0: print the operator and return).
+        #[arg(long, value_name = "MS", default_value_t = 60_000)]
+        wait_ms: u64,
     },
     /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
     /// `resume`.
@@ -197,6 +209,10 @@ async fn execute(
         AdminOp::Split { key } => {
             return split::split(client, &cluster, only, key.as_deref()).await
         }
+        AdminOp::Merge { into, wait_ms } => {
+            let wait = std::time::Duration::from_millis(wait_ms);
+            return merge::merge(client, &stores, only, into, wait).await;
+        }
         _ => {}
     }
     if let AdminOp::CloseRegion { store } = &op {
@@ -252,6 +268,7 @@ async fn change_regions(
         | AdminOp::Pd(_)
         | AdminOp::Store(_)
         | AdminOp::Split { .. }
+        | AdminOp::Merge { .. }
         | AdminOp::Recover => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,

@@ -117,6 +117,19 @@ impl proto::pd_server::Pd for PdService {
             .map_err(|e| status_of(&e))
     }
 
+    async fn merge(
+        &self,
+        request: Request<proto::MergeRequest>,
+    ) -> Result<Response<proto::MergeReply>, Status> {
+        require(&request, &[Role::Admin], "pd merge")?;
+        let request = request.into_inner();
+        self.store
+            .pd_merge(request.source, request.target)
+            .await
+            .map(|(operator, steps)| Response::new(proto::MergeReply { operator, steps }))
+            .map_err(|e| status_of(&e))
+    }
+
     async fn hold(
         &self,
         request: Request<proto::HoldRequest>,

@@ -201,6 +201,32 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the frozen sources `target` absorbed without this store applying the commit:
+    /// its replica here installed a snapshot taken after the merge, which brought the wider
+    /// range (and the source's keys as the target holds them). Nothing to do otherwise.
+    pub(crate) async fn finish_merges_absorbed_by(&self, target: &Region) -> Result<(), KvError> {
+        let absorbed: Vec<MergeState> = self
+            .inner
+            .regions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(|peer| peer.machine.merging())
+            .filter(|state| absorbed(target, state))
+            .collect();
+        for state in absorbed {
+            tracing::info!(source = %state.source, target = %target, "a snapshot of the target covers a frozen source: the merge is finished here");
+            let record = MergeRecord {
+                source: state.source.clone(),
+                target: target.clone(),
+                index: state.index,
+                term: flotilla_node::Term(0),
+            };
+            self.finish_merge(&record).await?;
+        }
+        Ok(())
+    }
+
     /// Finishes the merges a crash left unrecorded (their records are still in the
     /// engine). Runs at open, before any region starts.
     pub(crate) async fn finish_recorded_merges(&self) -> Result<(), KvError> {

@@ -56,6 +56,11 @@ impl Store {
             }
             RegionEvent::Adopted(region) => {
                 lock(&self.inner.pd.led).dirty.insert(region.id.0);
+                // A source the snapshot's wider range absorbed goes first, so that
+                // `store.meta` never holds two regions over one key.
+                if let Err(e) = self.finish_merges_absorbed_by(&region).await {
+                    tracing::error!(region = %region, error = %e, "cannot drop a merge source the region's snapshot absorbed; a restart finishes it");
+                }
                 if let Err(e) = self.record_adopted(&region).await {
                     tracing::warn!(region = %region.id, error = %e, "cannot record the region a snapshot brought; a restart takes it from the snapshot again");
                 }

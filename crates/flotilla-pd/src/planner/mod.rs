@@ -20,6 +20,7 @@ mod view;
 
 use std::collections::BTreeSet;
 
+pub use merge::plan_merge;
 pub use view::{
     apply_to_view, has_quorum, may_touch, state_of, step_is_safe, steps_are_safe, store_state,
     ClusterView, RegionView, StoreState, StoreView,

@@ -770,6 +770,62 @@ fn the_pd_merges_small_regions_back_and_loses_no_key() {
     });
     check_keys(&endpoints, "k", 200);
     check_scans(&endpoints, "k", 200);
+    // A person's merge, through the PD. Refused, nothing changed: no --region, regions
+    // that are not neighbours.
+    set("region-split-keys", "1000000");
+    let (code, answer) = admin(&endpoints, &["merge", "--into", "1"]);
+    assert_eq!(code, 2, "{answer}");
+    let status = regions_settled(&endpoints, 3, &[]).expect("settled");
+    let mut ranges: Vec<(String, u64)> = items(&status["regions"])
+        .map(|r| {
+            (
+                r["start"].as_str().unwrap_or_default().to_string(),
+                r["id"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    ranges.sort();
+    let (first, second, third) = (ranges[0].1, ranges[1].1, ranges[2].1);
+    let (code, answer) = admin(
+        &endpoints,
+        &[
+            "--region",
+            &first.to_string(),
+            "merge",
+            "--into",
+            &third.to_string(),
+        ],
+    );
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("Refused")),
+        "{answer}"
+    );
+    let merged = until("a person's merge", Duration::from_secs(60), || {
+        let (code, answer) = admin(
+            &endpoints,
+            &[
+                "--region",
+                &second.to_string(),
+                "merge",
+                "--into",
+                &first.to_string(),
+            ],
+        );
+        (code == 0)
+            .then_some(answer.clone())
+            .ok_or(answer.to_string())
+    });
+    assert_eq!(merged["outcome"], "done", "{merged}");
+    until("one region fewer", Duration::from_secs(60), || {
+        let status = regions_settled(&endpoints, 3, &[])?;
+        let count = items(&status["regions"]).count();
+        (count == split - 1)
+            .then_some(())
+            .ok_or(format!("{count} regions"))
+    });
+    check_keys(&endpoints, "k", 200);
+    check_scans(&endpoints, "k", 200);
     // Splits off; merges once a region kept its range for a second.
     set("region-split-keys", "1000000");
     set("split-merge-interval", "1s");

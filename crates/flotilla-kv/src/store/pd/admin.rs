@@ -219,6 +219,40 @@ impl Store {
         })
     }
 
+    /// `admin merge`: starts a `merge-region` operator of `source` into `target` (see
+    /// [`flotilla_pd::plan_merge`] for what refuses it). Answers its id and steps.
+    pub(crate) async fn pd_merge(
+        &self,
+        source: u64,
+        target: u64,
+    ) -> Result<(u64, Vec<String>), KvError> {
+        let meta = self.pd_leading()?;
+        let operator = {
+            let state = meta.handle.state();
+            let soft = lock(&self.inner.pd.leader);
+            let view = self.cluster_view(&state, &soft);
+            flotilla_pd::plan_merge(&view, source, target).map_err(KvError::Refused)?
+        };
+        let steps: Vec<String> = operator.steps.iter().map(ToString::to_string).collect();
+        match self
+            .pd_propose(&flotilla_pd::PdCommand::StartOperator(operator.clone()))
+            .await?
+        {
+            flotilla_pd::PdOutput::Ids { first, .. } => {
+                let mut started = operator;
+                started.id = first;
+                lock(&self.inner.pd.counts).started(started.kind.as_str());
+                tracing::info!(source, target, operator = first, steps = %steps.join(", "), "placement driver: merge started by a person's command");
+                self.spawn_operator(started);
+                Ok((first, steps))
+            }
+            flotilla_pd::PdOutput::Refused(why) => Err(KvError::Refused(why)),
+            other => Err(KvError::Unknown(format!(
+                "the meta group answered {other:?} to a merge operator"
+            ))),
+        }
+    }
+
     /// Holds (or releases) the checkers on a region while a person changes it; refused
     /// while an operator is in flight on it.
     pub(crate) fn pd_hold(&self, region: u64, hold: bool, by: &str) -> Result<bool, KvError> {
