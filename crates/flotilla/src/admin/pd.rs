@@ -103,6 +103,14 @@ where
                     queue.insert(0, hint.to_string());
                 }
                 last = status_failure(&status);
+                // The leader's own answer (a refusal, a bad setting) is final: asking the
+                // other stores would only bury it under their "not the leader".
+                if !matches!(
+                    last.kind.as_str(),
+                    "NotLeader" | "PdUnavailable" | "Unavailable" | "ShutDown"
+                ) {
+                    return Err(last);
+                }
             }
         }
     }
