@@ -977,7 +977,9 @@ impl KvStateMachine {
             return Ok(region);
         }
         let same_range = region.start == current.start && region.end == current.end;
-        if !same_range && region.epoch <= current.epoch {
+        // By range version: a replica waiting for this snapshot may have heard of later
+        // configurations, so its `conf_version` says nothing about its range.
+        if !same_range && region.epoch.version <= current.epoch.version {
             // Importing another range than ours without a newer epoch could overwrite keys
             // another region of this store owns now.
             return Err(KvError::StaleEpoch {
@@ -1066,13 +1068,15 @@ impl KvStateMachine {
                 .region
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let newer = region.epoch > current.epoch;
+            let newer = region.epoch.supersedes(&current.epoch);
             if newer {
-                *current = region.clone();
+                let conf_version = current.epoch.conf_version.max(region.epoch.conf_version);
+                *current = region;
+                current.epoch.conf_version = conf_version;
             }
-            newer
+            newer.then(|| current.clone())
         };
-        if let (true, Some(events)) = (adopted, &self.events) {
+        if let (Some(region), Some(events)) = (adopted, &self.events) {
             let _ = events.send(RegionEvent::Adopted(region));
         }
     }

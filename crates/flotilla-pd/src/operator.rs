@@ -224,11 +224,12 @@ impl Step {
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Step::PrepareMerge { target } | Step::CommitMerge { target } => {
+        match (self, self.store()) {
+            (_, Some(store)) => write!(f, "{} {store}", self.action()),
+            (Step::PrepareMerge { target } | Step::CommitMerge { target }, None) => {
                 write!(f, "{} into region {target}", self.action())
             }
-            _ => write!(f, "{} {}", self.action(), self.argument()),
+            (_, None) => write!(f, "{} {}", self.action(), self.argument()),
         }
     }
 }

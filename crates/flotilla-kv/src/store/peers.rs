@@ -87,11 +87,15 @@ impl Store {
         let Some(hosted) = meta.regions.iter().find(|h| h.region.id == region.id) else {
             return Ok(());
         };
-        if hosted.region.epoch >= region.epoch {
+        if !region.epoch.supersedes(&hosted.region.epoch) {
             return Ok(());
         }
         let mut updated = hosted.clone();
         updated.region = region.clone();
+        updated.region.epoch.conf_version = region
+            .epoch
+            .conf_version
+            .max(hosted.region.epoch.conf_version);
         tracing::info!(region = %region, "a snapshot brought the region as it is now; recorded");
         self.record_meta(&mut meta, vec![MetaChange::Region(updated)])
             .await
