@@ -716,6 +716,31 @@ impl StateMachine for KvStateMachine {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
                 Ok(command) if command.is_admin() => {
                     let configuration = self.configuration.as_ref().map(Members::configuration);
+                    // A commit that this store cannot take: its engine does not hold the
+                    // source frozen at this merge (a replica that joined the target after
+                    // the merge and replays it from the log, its store never having held
+                    // the source, or only a removed replica's stale copy). The outcome is
+                    // that of every other replica, but this engine would hold other keys:
+                    // the replica stops here and serves nothing rather than diverge.
+                    if let (KvCommand::CommitMerge(state), Some(_)) =
+                        (&command, configuration.as_ref())
+                    {
+                        if let Err(why) = self.local_source_frozen(state) {
+                            engine_failure = Some(format!(
+                                "entry {}: the merge of region {} cannot be applied on this \
+                                 store: {why}",
+                                task.index, state.source.id
+                            ));
+                            answers.push((
+                                match task.completion {
+                                    Some(c) => c,
+                                    None => break,
+                                },
+                                Err(why),
+                            ));
+                            break;
+                        }
+                    }
                     match admin_outcome(
                         &command,
                         &region,
@@ -932,6 +957,30 @@ impl KvStateMachine {
                 thawed
             }
         }
+    }
+
+    /// Whether this store's engine holds the merge source `state` names frozen at that
+    /// very merge (its PrepareMerge applied here, so every source entry before it too).
+    fn local_source_frozen(&self, state: &MergeState) -> Result<(), String> {
+        let here = self
+            .engine
+            .meta_get(&crate::merge::state_key(state.source.id))
+            .map_err(|e| format!("reading the source's merge state: {e}"))?;
+        let Some(data) = here else {
+            return Err(format!(
+                "this store's engine holds no frozen replica of region {}",
+                state.source.id
+            ));
+        };
+        let local = MergeState::decode(&data).map_err(|e| e.to_string())?;
+        if local.index != state.index || local.target.id != state.target.id {
+            return Err(format!(
+                "this store's replica of region {} is frozen at entry {} for region {}, the \
+                 merge names entry {} for region {}",
+                state.source.id, local.index, local.target.id, state.index, state.target.id
+            ));
+        }
+        Ok(())
     }
 
     /// Takes the parent's new range and tells the store, which starts the child.

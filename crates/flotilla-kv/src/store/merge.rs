@@ -175,6 +175,14 @@ impl Store {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .remove(&source);
         }
+        // The source's log goes next: what its entries wrote (and the commit) must be on
+        // disk first, since no replay can bring them back after that.
+        let engine = self.inner.engine.clone();
+        tokio::task::spawn_blocking(move || engine.flush())
+            .await
+            .map_err(|e| {
+                KvError::Engine(format!("flushing before a merge's end panicked: {e}"))
+            })??;
         self.inner
             .manager
             .purge_group(source.0)
@@ -197,6 +205,10 @@ impl Store {
         self.inner
             .merges
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A replica added to the target later must be caught up from a snapshot of the
+        // merged range, never by replaying the commit (its store would not hold the
+        // source's keys).
+        self.snapshot_parent(record.target.id);
         tracing::info!(source = %record.source, target = %record.target, store = %self.inner.id, "merge finished on this store: the source's group is dropped, its keys are the target's");
         Ok(())
     }

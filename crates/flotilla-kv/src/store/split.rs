@@ -223,7 +223,7 @@ impl Store {
     /// parent's newest snapshot must describe it as it is now, because a peer added later
     /// (a learner the PD adds to balance) is caught up from that snapshot, and a replica
     /// opened with the smaller range refuses one of the larger range from before the split.
-    fn snapshot_parent(&self, parent: RegionId) {
+    pub(crate) fn snapshot_parent(&self, parent: RegionId) {
         let Some(peer) = self.peer(parent) else {
             return;
         };

@@ -128,6 +128,29 @@ impl Store {
         if !done {
             self.clean_up(operator).await;
         }
+        if done && operator.kind == flotilla_pd::OperatorKind::MergeRegion {
+            let recorded: std::collections::BTreeMap<u64, u64> = self
+                .meta_peer()
+                .map(|m| {
+                    m.handle
+                        .with(|s| s.regions.iter().map(|(id, r)| (*id, r.version)).collect())
+                })
+                .unwrap_or_default();
+            let target = operator.steps.iter().find_map(|s| match s {
+                Step::CommitMerge { target } => Some(*target),
+                _ => None,
+            });
+            let mut soft = lock(&self.inner.pd.leader);
+            soft.merged.retain(|id| recorded.contains_key(id));
+            soft.merged.insert(operator.region);
+            soft.merge_targets
+                .retain(|id, (before, _)| recorded.get(id).is_some_and(|v| v <= before));
+            if let Some(target) = target {
+                let before = recorded.get(&target).copied().unwrap_or(0);
+                soft.merge_targets.insert(target, (before, Instant::now()));
+            }
+            soft.generation += 1;
+        }
         let text = match &outcome {
             Outcome::Done => "done".to_string(),
             Outcome::Cancelled(why) => format!("cancelled: {why}"),
@@ -597,6 +620,12 @@ struct MergeLook {
     applied: u64,
 }
 
+/// Entries a replica may lag its leader by when a merge freezes its source.
+const MERGE_LAG_MAX: u64 = 100;
+/// How long a frozen source waits for its replicas to apply the prepare before the merge
+/// is rolled back (writes to the source are refused meanwhile).
+const MERGE_COMMIT_WAIT_MAX: Duration = Duration::from_secs(20);
+
 const PHASE_PREPARE: u32 = 1;
 const PHASE_COMMIT: u32 = 2;
 const PHASE_FENCE: u32 = 3;
@@ -731,6 +760,26 @@ impl Store {
                 source_live.voters, target_live.voters, source_live.learners, target_live.learners
             ));
         }
+        // Every replica of both must answer and be close to its leader: the source stays
+        // frozen until each of its replicas applied the prepare, so a merge starts only
+        // when that can be quick.
+        for (record, leader_look, live) in [
+            (&source_record, &source_look, &source_live),
+            (&target_record, &target_look, &target_live),
+        ] {
+            for store in live.voters.iter().chain(&live.learners) {
+                match self
+                    .merge_call(*store, merge_request(PHASE_STATE, record.id))
+                    .await
+                {
+                    Ok(look) if look.applied + MERGE_LAG_MAX >= leader_look.applied => {}
+                    _ => {
+                        tracing::info!(region = record.id, %store, "placement driver: a replica lags or does not answer; the merge waits before freezing anything");
+                        return Ok(false);
+                    }
+                }
+            }
+        }
         let mut request = merge_request(PHASE_PREPARE, source);
         request.version = operator.planned_on.1;
         let t = &target_look.region;
@@ -793,11 +842,28 @@ impl Store {
             {
                 Ok(look) if look.merging.is_some() && look.applied >= state.index.0 => {}
                 Ok(_) | Err(_) => {
+                    let since = *lock(&self.inner.pd.leader)
+                        .commit_waits
+                        .entry(operator.id)
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() >= MERGE_COMMIT_WAIT_MAX {
+                        lock(&self.inner.pd.leader)
+                            .commit_waits
+                            .remove(&operator.id);
+                        return Err(format!(
+                            "the source's replica on store {store} has not applied the prepare \
+                             within {MERGE_COMMIT_WAIT_MAX:?}: the merge is rolled back rather \
+                             than keep the source frozen"
+                        ));
+                    }
                     tracing::debug!(source, %store, "placement driver: a source replica has not applied the prepare yet");
                     return Ok(false);
                 }
             }
         }
+        lock(&self.inner.pd.leader)
+            .commit_waits
+            .remove(&operator.id);
         let mut request = merge_request(PHASE_COMMIT, target);
         request.state = state.encode();
         match self.merge_call(target_live.leader, request).await {

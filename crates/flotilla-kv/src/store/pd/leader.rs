@@ -45,6 +45,10 @@ const REPORTS_GRACE: Duration = Duration::from_secs(2);
 /// Finished operators `admin pd status` lists.
 const FINISHED_SHOWN: usize = 16;
 /// How long a region's reports must have said it is written at or above
+/// How long at most the PD plans nothing on a merge's target while it waits for the
+/// target's report of the merged range.
+const MERGE_TARGET_HOLD_MAX: Duration = Duration::from_secs(60);
+
 /// `region-split-load` (every report since the first such one; a report below it starts
 /// again) before it counts as hot, in store heartbeats: a minute at the default
 /// `--pd-heartbeat-ms`. A burst of writes, a benchmark's first seconds, splits nothing. A
@@ -333,6 +337,10 @@ impl Store {
                 soft.held
                     .get(&r.id)
                     .is_none_or(|(_, since)| since.elapsed() >= HOLD_MAX)
+                    && !soft.merged.contains(&r.id)
+                    && soft.merge_targets.get(&r.id).is_none_or(|(before, since)| {
+                        r.version > *before || since.elapsed() >= MERGE_TARGET_HOLD_MAX
+                    })
             })
             .map(|record| {
                 let live = soft.regions.get(&record.id);
@@ -682,29 +690,37 @@ fn missing_peers(
     peers: &[proto::HostedPeer],
     held: &BTreeMap<u64, (String, Instant)>,
 ) -> BTreeSet<u64> {
-    let lagging = peers.iter().any(|peer| {
-        peer.region_id != META_GROUP
-            && state
+    // Regions this store hosts at an older version than recorded: one of them may still
+    // apply, from its log, the split that makes a missing child here.
+    let lagging: Vec<&RegionRecord> = peers
+        .iter()
+        .filter(|peer| peer.region_id != META_GROUP)
+        .filter_map(|peer| {
+            state
                 .regions
                 .get(&peer.region_id)
-                .is_some_and(|r| r.version > peer.version)
-    });
-    if lagging {
-        return BTreeSet::new();
-    }
+                .filter(|r| r.version > peer.version)
+        })
+        .collect();
     let hosted: BTreeSet<u64> = peers.iter().map(|p| p.region_id).collect();
     state
         .regions
         .values()
         .filter(|r| r.id != META_GROUP && r.has_peer(store) && !hosted.contains(&r.id))
-        // A leadership transfer in flight may well be waiting for this very peer (it was
-        // planned on the record); any other operator changes the region: left to it.
+        // A lagging region can have been this one's ancestor only if it starts at or
+        // before it (a split keeps the parent's start; a merge only moves a start back).
+        .filter(|r| lagging.iter().all(|l| l.start > r.start))
+        // An operator that adds or removes this very store changes the region: left to
+        // it. Any other step (a leadership transfer, perhaps to this peer) may well be
+        // waiting for the peer.
         .filter(|r| {
-            let moving = state
-                .operators
-                .get(&r.id)
-                .is_some_and(|op| !op.kind.moves_leadership_only());
-            !moving && !held.contains_key(&r.id)
+            let changes_here = state.operators.get(&r.id).is_some_and(|op| {
+                op.current_step().is_some_and(|step| {
+                    step.store() == Some(store)
+                        && !matches!(step, flotilla_pd::Step::TransferLeader(_))
+                })
+            });
+            !changes_here && !held.contains_key(&r.id)
         })
         .map(|r| r.id)
         .collect()
@@ -859,6 +875,33 @@ mod tests {
             outcome: flotilla_pd::Outcome::Done,
         });
         state.apply(&PdCommand::StartOperator(replacing));
+        // An operator that changes another store of the region: opened all the same.
+        assert_eq!(missing_peers(&state, store, &caught_up, &none), [7].into());
+        // One that removes this very store: left to it.
+        let mut removing = Operator::planned(
+            &region(1, b"", b"m", 2),
+            OperatorKind::RemoveExtraReplica,
+            vec![Step::RemoveVoter(store)],
+        );
+        removing.region = 7;
+        state.apply(&PdCommand::FinishOperator {
+            id: 2,
+            outcome: flotilla_pd::Outcome::Done,
+        });
+        state.apply(&PdCommand::StartOperator(removing));
         assert!(missing_peers(&state, store, &caught_up, &none).is_empty());
+        // A region lagging here that starts after the missing one cannot be its ancestor.
+        let mut three = PdState::default();
+        for record in [
+            region(1, b"", b"m", 2),
+            region(7, b"m", b"x", 2),
+            region(9, b"x", b"", 2),
+        ] {
+            three.apply(&PdCommand::PutRegion(record));
+        }
+        let later = [hosted(1, 2), hosted(9, 1)];
+        assert_eq!(missing_peers(&three, store, &later, &none), [7].into());
+        let earlier = [hosted(1, 1), hosted(9, 2)];
+        assert!(missing_peers(&three, store, &earlier, &none).is_empty());
     }
 }

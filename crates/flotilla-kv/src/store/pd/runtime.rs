@@ -178,6 +178,16 @@ pub(crate) struct LeaderState {
     pub(crate) running: HashMap<u64, Instant>,
     /// Regions a person's command holds, with who and since when.
     pub(crate) held: BTreeMap<u64, (String, Instant)>,
+    /// Merge sources whose merge ended done while their record is still there (the
+    /// target's report with the wider range drops it): nothing is planned on them, since
+    /// an operator on a region that is gone would block that report until it timed out.
+    pub(crate) merged: std::collections::BTreeSet<u64>,
+    /// Targets of merges that ended done, with the version their record had then: nothing
+    /// is planned on one until its leader reported the merged range (a replica added from
+    /// the old record would be opened over the old range), or for a minute at most.
+    pub(crate) merge_targets: BTreeMap<u64, (u64, Instant)>,
+    /// Merge operators whose commit waits for source replicas, since when.
+    pub(crate) commit_waits: HashMap<u64, Instant>,
     /// Peers added and removed per store, with when (the per-minute limits).
     pub(crate) recent: HashMap<StoreId, Vec<(Instant, bool)>>,
     /// Regions named as without quorum (logged once each).
