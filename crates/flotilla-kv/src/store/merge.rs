@@ -207,8 +207,8 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A replica added to the target later must be caught up from a snapshot of the
         // merged range, never by replaying the commit (its store would not hold the
-        // source's keys).
-        self.snapshot_parent(record.target.id);
+        // source's keys): the log is compacted past the commit at once.
+        self.compact_past_merge(record.target.id);
         tracing::info!(source = %record.source, target = %record.target, store = %self.inner.id, "merge finished on this store: the source's group is dropped, its keys are the target's");
         Ok(())
     }
@@ -260,6 +260,39 @@ impl Store {
             self.finish_merge(&record).await?;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Compacts region `id`'s log past the entry just applied: a snapshot, then (on the
+    /// leader) a no-op entry and a second snapshot, since a snapshot compacts the log back
+    /// to the one before it. In the background; a failure leaves it to periodic snapshots.
+    fn compact_past_merge(&self, id: RegionId) {
+        let Some(peer) = self.peer(id) else {
+            return;
+        };
+        let store = self.clone();
+        tokio::spawn(async move {
+            let first = peer.node.snapshot().await;
+            let leads = peer.node.is_leader();
+            let second = match (&first, leads) {
+                (Ok(_), true) => {
+                    let epoch = peer.machine.region().epoch;
+                    match store
+                        .propose(id, epoch, KvCommand::BatchPut(Vec::new()))
+                        .await
+                    {
+                        Ok(_) => peer.node.snapshot().await.map(Some),
+                        Err(e) => {
+                            tracing::info!(region = %id, error = %e, "no entry after a merge's snapshot: the log is compacted past the merge by the next periodic snapshots");
+                            Ok(None)
+                        }
+                    }
+                }
+                _ => Ok(None),
+            };
+            tracing::info!(region = %id, first = ?first.map_err(|e| e.to_string()), second = ?second.map_err(|e| e.to_string()), "snapshots of a merge's target");
+        });
     }
 }
 

@@ -190,6 +190,21 @@ impl Store {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&id);
+        // Keys another region of this store covers are that region's (a merge target's
+        // range over a stale replica of its source): only the group goes then.
+        let shared = meta.regions.iter().any(|other| {
+            let (a, b) = (&other.region, &hosted.region);
+            (a.end.is_empty() || b.start < a.end) && (b.end.is_empty() || a.start < b.end)
+        });
+        if shared {
+            self.inner
+                .manager
+                .purge_group(id.0)
+                .await
+                .map_err(|e| KvError::Engine(format!("purging region {id}'s raft group: {e}")))?;
+            tracing::warn!(region = %id, store = %self.inner.id, why, "peer destroyed: its log and snapshots are deleted; its keys are another region's here and stay");
+            return Ok(true);
+        }
         self.purge_leftovers(&hosted.region).await?;
         tracing::warn!(region = %id, store = %self.inner.id, why, "peer destroyed: its log, snapshots and keys on this store are deleted");
         Ok(true)

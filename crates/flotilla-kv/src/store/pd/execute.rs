@@ -141,8 +141,10 @@ impl Store {
                 _ => None,
             });
             let mut soft = lock(&self.inner.pd.leader);
-            soft.merged.retain(|id| recorded.contains_key(id));
             soft.merged.insert(operator.region);
+            while soft.merged.len() > super::runtime::MERGED_REMEMBERED {
+                soft.merged.pop_first();
+            }
             soft.merge_targets
                 .retain(|id, (before, _)| recorded.get(id).is_some_and(|v| v <= before));
             if let Some(target) = target {

@@ -158,6 +158,7 @@ impl Store {
                 }
             }
         }
+        let merged = lock(&self.inner.pd.leader).merged.clone();
         let (stale, stores) = meta.handle.with(|state| {
             let stores = state
                 .stores
@@ -169,7 +170,7 @@ impl Store {
                     labels: std::collections::HashMap::new(),
                 })
                 .collect();
-            (stale_peers(state, id, &request.peers), stores)
+            (stale_peers(state, id, &request.peers, &merged), stores)
         });
         let now = Instant::now();
         let (first_time, to_open) = {
@@ -730,11 +731,21 @@ fn stale_peers(
     state: &PdState,
     store: StoreId,
     peers: &[proto::HostedPeer],
+    merged: &BTreeSet<u64>,
 ) -> Vec<proto::StalePeer> {
     peers
         .iter()
         .filter_map(|peer| {
-            let record = state.regions.get(&peer.region_id)?;
+            let Some(record) = state.regions.get(&peer.region_id) else {
+                // A merge source gone for good (this PD leader saw its merge end): a replica
+                // of it left on a store (removed before the merge froze it) belongs to no
+                // configuration any more, and its range overlaps the target's.
+                return merged.contains(&peer.region_id).then(|| proto::StalePeer {
+                    region_id: peer.region_id,
+                    conf_version: u64::MAX,
+                    members: Vec::new(),
+                });
+            };
             let holds = record.voters.contains(&store) || record.learners.contains(&store);
             let busy = state.operators.contains_key(&peer.region_id);
             (!holds && !busy && record.conf_version > peer.conf_version).then(|| proto::StalePeer {

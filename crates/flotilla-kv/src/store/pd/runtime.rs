@@ -141,6 +141,9 @@ pub(crate) struct StoreSoft {
     pub(crate) missing: BTreeSet<u64>,
 }
 
+/// Merge sources the PD leader remembers (ids grow, so the smallest go first).
+pub(crate) const MERGED_REMEMBERED: usize = 4096;
+
 /// What one region's leader last reported beyond the durable record.
 pub(crate) struct RegionSoft {
     pub(crate) leader: StoreId,
@@ -178,9 +181,10 @@ pub(crate) struct LeaderState {
     pub(crate) running: HashMap<u64, Instant>,
     /// Regions a person's command holds, with who and since when.
     pub(crate) held: BTreeMap<u64, (String, Instant)>,
-    /// Merge sources whose merge ended done while their record is still there (the
-    /// target's report with the wider range drops it): nothing is planned on them, since
-    /// an operator on a region that is gone would block that report until it timed out.
+    /// Merge sources whose merge ended done (the newest [`MERGED_REMEMBERED`]): nothing is
+    /// planned on them while their record is still there (an operator on a region that is
+    /// gone would block the target's report until it timed out), and a replica of one
+    /// left on a store is named stale.
     pub(crate) merged: std::collections::BTreeSet<u64>,
     /// Targets of merges that ended done, with the version their record had then: nothing
     /// is planned on one until its leader reported the merged range (a replica added from
