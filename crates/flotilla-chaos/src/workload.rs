@@ -166,6 +166,10 @@ pub struct Shared {
     last_seen: Mutex<HashMap<u64, Option<u64>>>,
     /// Register keys used.
     keys_used: Mutex<BTreeSet<u64>>,
+    /// The history key of each probe key (by the region start it is derived from): one
+    /// register per stored key, whichever region holds it (after a merge the target takes
+    /// its source's start, and with it the source's probe key).
+    probe_ids: Mutex<HashMap<Bytes, u64>>,
     /// Set when the workload must stop.
     pub stop: AtomicBool,
 }
@@ -186,8 +190,16 @@ impl Shared {
             set_adds: Mutex::new(Vec::new()),
             last_seen: Mutex::new(HashMap::new()),
             keys_used: Mutex::new(BTreeSet::new()),
+            probe_ids: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         })
+    }
+
+    /// The history key of the probe key of the region starting at `start`.
+    fn probe_id(&self, start: &Bytes) -> u64 {
+        let mut ids = lock(&self.probe_ids);
+        let next = ids.len() as u64;
+        PROBE_KEY_BASE + *ids.entry(start.clone()).or_insert(next)
     }
 
     fn unique(&self) -> u64 {
@@ -423,10 +435,10 @@ impl Shared {
         // The client's own route table (it follows redirects and refreshes on stale routes
         // itself): a refresh here would ask every store it ever knew, retired ones included,
         // and charge their connect timeouts to the recovery time.
-        let mut regions: Vec<(u64, Bytes)> = client
+        let mut regions: Vec<Bytes> = client
             .routes()
             .iter()
-            .map(|r| (r.region.id.0, r.region.start.clone()))
+            .map(|r| r.region.start.clone())
             .collect();
         while regions.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -434,16 +446,16 @@ impl Shared {
             regions = client
                 .routes()
                 .iter()
-                .map(|r| (r.region.id.0, r.region.start.clone()))
+                .map(|r| r.region.start.clone())
                 .collect();
         }
         let tasks: Vec<_> = regions
             .into_iter()
-            .map(|(region, start)| {
+            .map(|start| {
                 let shared = self.clone();
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let key = PROBE_KEY_BASE + region;
+                    let key = shared.probe_id(&start);
                     while Instant::now() < deadline {
                         let event = shared
                             .write(&client, PROBE_CLIENT, key, probe_key(&start))
@@ -480,7 +492,7 @@ impl Shared {
             .collect();
         for route in client.routes() {
             keys.push((
-                PROBE_KEY_BASE + route.region.id.0,
+                self.probe_id(&route.region.start),
                 probe_key(&route.region.start),
             ));
         }
