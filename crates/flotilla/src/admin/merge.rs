@@ -29,10 +29,11 @@ pub(super) async fn merge(
         return Err(Failure::usage("merge needs --region SOURCE"));
     };
     let request = proto::MergeRequest { source, target };
-    let started = call_pd(client, stores, |mut c| {
-        let request = request.clone();
-        async move { c.merge(request).await }
-    })
+    let started = call_pd(
+        client,
+        stores,
+        |mut c| async move { c.merge(request).await },
+    )
     .await?;
     let operator = started.operator;
     let mut human = format!(
