@@ -716,31 +716,10 @@ impl StateMachine for KvStateMachine {
                 Err(e) => Err(format!("entry {} does not decode: {e}", task.index)),
                 Ok(command) if command.is_admin() => {
                     let configuration = self.configuration.as_ref().map(Members::configuration);
-                    // A commit that this store cannot take: its engine does not hold the
-                    // source frozen at this merge (a replica that joined the target after
-                    // the merge and replays it from the log, its store never having held
-                    // the source, or only a removed replica's stale copy). The outcome is
-                    // that of every other replica, but this engine would hold other keys:
-                    // the replica stops here and serves nothing rather than diverge.
-                    if let (KvCommand::CommitMerge(state), Some(_)) =
-                        (&command, configuration.as_ref())
-                    {
-                        if let Err(why) = self.local_source_frozen(state) {
-                            engine_failure = Some(format!(
-                                "entry {}: the merge of region {} cannot be applied on this \
-                                 store: {why}",
-                                task.index, state.source.id
-                            ));
-                            answers.push((
-                                match task.completion {
-                                    Some(c) => c,
-                                    None => break,
-                                },
-                                Err(why),
-                            ));
-                            break;
-                        }
-                    }
+                    let cannot_take = match &command {
+                        KvCommand::CommitMerge(state) => self.local_source_frozen(state).err(),
+                        _ => None,
+                    };
                     match admin_outcome(
                         &command,
                         &region,
@@ -750,6 +729,21 @@ impl StateMachine for KvStateMachine {
                         task.term,
                     ) {
                         Err(refusal) => Err(refusal.to_string()),
+                        // A commit every replica takes that this store cannot: its engine
+                        // does not hold the source frozen at this merge (a replica that
+                        // joined the target after the merge and replays it from the log,
+                        // its store never having held the source, or only a removed
+                        // replica's stale copy). This replica stops here and serves
+                        // nothing rather than diverge.
+                        Ok(AdminOutcome::Commit(record)) if cannot_take.is_some() => {
+                            let why = cannot_take.unwrap_or_default();
+                            engine_failure = Some(format!(
+                                "entry {}: the merge of region {} cannot be applied on this \
+                                 store: {why}",
+                                task.index, record.source.id
+                            ));
+                            Err(why)
+                        }
                         Ok(outcome) => {
                             // What came before in the batch is written with the step, so
                             // the applied index never passes an unwritten entry.
