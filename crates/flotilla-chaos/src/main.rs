@@ -179,12 +179,14 @@ fn suite(name: &str) -> anyhow::Result<Vec<Plan>> {
             plan("clock,isolate-leader,disk", 4, 40)?,
             plan("wipe,readdress", 4, 40)?,
         ]),
-        // Each nemesis alone for three minutes, then everything together.
+        // Each nemesis alone for three minutes, splits and merges among kills and
+        // partitions, then everything together.
         "full" => {
             let mut plans = Vec::new();
             for n in Nemesis::ALL {
                 plans.push(plan(n.name(), 5, 180)?);
             }
+            plans.push(plan("kill,partitions,split-merge", 5, 180)?);
             plans.push(plan("all", 5, 180)?);
             Ok(plans)
         }

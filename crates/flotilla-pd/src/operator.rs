@@ -32,11 +32,15 @@ pub enum OperatorKind {
     /// A region small enough (`region-merge-bytes`, `region-merge-keys`) merges into a small
     /// neighbour, after its replicas were moved onto the neighbour's stores.
     MergeRegion,
+    /// A voter whose replica stopped on its store (its KV engine failed under it, or a
+    /// merge's commit it could not apply) is replaced: it still votes, so the region has
+    /// quorum, but it serves nothing and never catches up.
+    ReplaceFailedPeer,
 }
 
 impl OperatorKind {
     /// Every kind, in code order.
-    pub const ALL: [OperatorKind; 10] = [
+    pub const ALL: [OperatorKind; 11] = [
         OperatorKind::ReplaceDownPeer,
         OperatorKind::ReplaceOfflinePeer,
         OperatorKind::AddReplica,
@@ -47,6 +51,7 @@ impl OperatorKind {
         OperatorKind::SplitRegion,
         OperatorKind::SplitHotRegion,
         OperatorKind::MergeRegion,
+        OperatorKind::ReplaceFailedPeer,
     ];
 
     /// The kebab-case name.
@@ -63,6 +68,7 @@ impl OperatorKind {
             OperatorKind::SplitRegion => "split-region",
             OperatorKind::SplitHotRegion => "split-hot-region",
             OperatorKind::MergeRegion => "merge-region",
+            OperatorKind::ReplaceFailedPeer => "replace-failed-peer",
         }
     }
 
@@ -84,6 +90,7 @@ impl OperatorKind {
             OperatorKind::SplitRegion => 7,
             OperatorKind::SplitHotRegion => 8,
             OperatorKind::MergeRegion => 9,
+            OperatorKind::ReplaceFailedPeer => 10,
         }
     }
 

@@ -154,6 +154,7 @@ fn region(id: u64, voters: BTreeSet<StoreId>) -> RegionView {
         hot: false,
         settled: false,
         in_joint: false,
+        failed: Vec::new(),
     }
 }
 
@@ -218,6 +219,9 @@ fn parse_regions(words: &[&str]) -> Result<Vec<RegionView>, String> {
                 let keys: u64 = value.parse().map_err(|_| format!("bad keys {value:?}"))?;
                 regions.iter_mut().for_each(|r| r.approximate_keys = keys);
             }
+            "failed" => regions
+                .iter_mut()
+                .try_for_each(|r| store_ids(value).map(|f| r.failed = f.into_iter().collect()))?,
             other => return Err(format!("unknown region word {other:?}")),
         }
     }

@@ -203,6 +203,7 @@ mod tests {
             hot: false,
             settled: true,
             in_joint: false,
+            failed: Vec::new(),
         }
     }
 

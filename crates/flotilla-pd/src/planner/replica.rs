@@ -1,5 +1,5 @@
 //! The replica checker: one region at a time, in priority order, down peer → offline peer
-//! → missing replica → extra replica → stray learner.
+//! → failed peer → missing replica → extra replica → stray learner.
 //!
 //! Owns: which of those a region needs and the steps that fix it. Must never: remove a
 //! voter before its replacement is promoted, remove the leader's voter without moving
@@ -42,6 +42,21 @@ pub(crate) fn check_region(
             region,
             offline,
             OperatorKind::ReplaceOfflinePeer,
+            budget,
+        ) {
+            return Some(op);
+        }
+    } else if let Some(failed) = record
+        .voters
+        .iter()
+        .copied()
+        .find(|v| region.failed.contains(v))
+    {
+        if let Some(op) = replace(
+            view,
+            region,
+            failed,
+            OperatorKind::ReplaceFailedPeer,
             budget,
         ) {
             return Some(op);

@@ -120,6 +120,9 @@ pub struct RegionView {
     pub settled: bool,
     /// In a joint configuration (a membership change is half done).
     pub in_joint: bool,
+    /// Stores whose replica of the region stopped (their heartbeats say so): replaced by
+    /// the replica checker.
+    pub failed: Vec<StoreId>,
 }
 
 /// Everything a planner looks at.
@@ -450,6 +453,7 @@ mod tests {
             hot: false,
             settled: false,
             in_joint: false,
+            failed: Vec::new(),
         }
     }
 

@@ -275,6 +275,7 @@ impl Store {
             hot: false,
             settled: false,
             in_joint: false,
+            failed: Vec::new(),
         };
         if !flotilla_pd::has_quorum(&recorded, &stores) {
             return Err(format!(
@@ -422,6 +423,7 @@ impl Store {
             hot: false,
             settled: false,
             in_joint: joint,
+            failed: Vec::new(),
         }
     }
 

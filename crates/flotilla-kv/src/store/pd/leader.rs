@@ -54,6 +54,9 @@ const MERGE_TARGET_HOLD_MAX: Duration = Duration::from_secs(60);
 /// `--pd-heartbeat-ms`. A burst of writes, a benchmark's first seconds, splits nothing. A
 /// leader reports a region again when its rate moves by more than a quarter.
 const HOT_HOLD_HEARTBEATS: u32 = 6;
+/// Most stopped replicas one store heartbeat names (the rest wait for the next ones to be
+/// replaced first).
+const FAILED_REPORTED_MAX: usize = 1024;
 
 /// A store id sent by a store, checked.
 fn store_id(text: &str, what: &str) -> Result<StoreId, KvError> {
@@ -199,6 +202,12 @@ impl Store {
                     last: now,
                     used_bytes: request.used_bytes,
                     missing,
+                    failed: request
+                        .failed_regions
+                        .iter()
+                        .copied()
+                        .take(FAILED_REPORTED_MAX)
+                        .collect(),
                 },
             );
             if first.is_none() {
@@ -331,6 +340,16 @@ impl Store {
             .filter(|s| matches!(s.state, StoreState::Up | StoreState::Offline))
             .map(|s| s.record.id)
             .collect();
+        // Stores whose replica of a region stopped, by region (only up stores: a down
+        // store's voters are replaced as such).
+        let mut failed_on: BTreeMap<u64, Vec<StoreId>> = BTreeMap::new();
+        for (store, store_soft) in &soft.stores {
+            if healthy.contains(store) {
+                for region in &store_soft.failed {
+                    failed_on.entry(*region).or_default().push(*store);
+                }
+            }
+        }
         let regions = state
             .regions
             .values()
@@ -345,6 +364,7 @@ impl Store {
             })
             .map(|record| {
                 let live = soft.regions.get(&record.id);
+                let failed = failed_on.get(&record.id).cloned().unwrap_or_default();
                 RegionView {
                     record: record.clone(),
                     leader: live.map(|l| l.leader).filter(|l| healthy.contains(l)),
@@ -357,6 +377,7 @@ impl Store {
                         l.version_since.elapsed() >= state.config.split_merge_interval
                     }),
                     in_joint: live.is_some_and(|l| l.joint),
+                    failed,
                 }
             })
             .collect();

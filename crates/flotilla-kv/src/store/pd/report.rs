@@ -484,7 +484,22 @@ impl Store {
             used_bytes: self.inner.quota.used_bytes(),
             quota_bytes: self.inner.quota.quota_bytes(),
             peers,
+            failed_regions: self.failed_regions(),
         }
+    }
+
+    /// The regions whose replica here stopped (its engine failed under it; it still takes
+    /// part in elections but serves nothing), at most 1,024: the PD replaces them.
+    fn failed_regions(&self) -> Vec<u64> {
+        let mut failed: Vec<u64> = self
+            .all_peers()
+            .into_iter()
+            .filter(|peer| peer.machine.failed())
+            .map(|peer| peer.machine.region().id.0)
+            .collect();
+        failed.sort_unstable();
+        failed.truncate(1024);
+        failed
     }
 
     /// Sends the store heartbeat and acts on the stale peers its answer names; answers

@@ -139,6 +139,8 @@ pub(crate) struct StoreSoft {
     /// Regions that counted a peer on it its last peer list lacked (see
     /// `leader::missing_peers`): opened there when the next list lacks them too.
     pub(crate) missing: BTreeSet<u64>,
+    /// Regions whose replica on it stopped, as its last heartbeat said.
+    pub(crate) failed: BTreeSet<u64>,
 }
 
 /// Merge sources the PD leader remembers (ids grow, so the smallest go first).
