@@ -157,20 +157,35 @@ impl RouteTable {
                 }
             }
         }
-        let mut routes = BTreeMap::new();
-        for (info, _) in best.into_values() {
-            let Ok(region) = region_of(&info) else {
-                continue;
-            };
-            routes.insert(
-                region.start.clone(),
-                Route {
+        // Two reported regions may overlap: a replica removed, or left behind by a merge,
+        // that its store has not destroyed yet still reports its old range. The newer range
+        // wins: whoever holds a key now got it by a split or merge that moved its version
+        // past every earlier holder's. (Keyed by start alone, an old report starting
+        // inside a merged region's range would take its keys for good.)
+        let mut candidates: Vec<Route> = best
+            .into_values()
+            .filter_map(|(info, _)| {
+                let region = region_of(&info).ok()?;
+                Some(Route {
                     region,
                     leader: (!info.leader.is_empty()).then(|| info.leader.clone()),
                     peers: info.peers.clone(),
                     learners: info.learners.clone(),
-                },
-            );
+                })
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            let key = |r: &Route| (r.region.epoch.version, r.region.epoch.conf_version);
+            key(b).cmp(&key(a))
+        });
+        let mut routes: BTreeMap<Bytes, Route> = BTreeMap::new();
+        for route in candidates {
+            let overlaps = routes
+                .values()
+                .any(|kept| overlap(&kept.region, &route.region));
+            if !overlaps {
+                routes.insert(route.region.start.clone(), route);
+            }
         }
         *self
             .routes
@@ -288,6 +303,11 @@ impl RouteTable {
     }
 }
 
+/// Whether regions `a` and `b` share a key.
+fn overlap(a: &Region, b: &Region) -> bool {
+    (a.end.is_empty() || b.start < a.end) && (b.end.is_empty() || a.start < b.end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +388,41 @@ mod tests {
             .map(|r| (r.region.start.clone(), r.clone()))
             .collect();
         table
+    }
+
+    /// A store still reports region 2 as it was before it merged into region 1 (a replica
+    /// not destroyed yet); region 1 took its range, with a higher version: region 1 routes
+    /// every key of it, whatever the order of the replies.
+    #[test]
+    fn a_stale_report_overlapping_a_newer_region_is_not_routed() {
+        let info = |id: u64, start: &str, end: &str, version: u64| proto::RegionInfo {
+            id,
+            start: Bytes::from(start.to_string()),
+            end: Bytes::from(end.to_string()),
+            version,
+            conf_version: 1,
+            peers: vec!["127.0.0.1:1".into()],
+            ..Default::default()
+        };
+        let merged = proto::RegionsReply {
+            regions: vec![info(1, "a", "z", 7), info(3, "z", "", 2)],
+            ..Default::default()
+        };
+        let stale = proto::RegionsReply {
+            regions: vec![info(2, "m", "z", 4)],
+            ..Default::default()
+        };
+        for replies in [
+            vec![merged.clone(), stale.clone()],
+            vec![stale.clone(), merged.clone()],
+        ] {
+            let t = RouteTable::new();
+            t.install(&replies);
+            assert_eq!(t.lookup(b"q").unwrap().region.id, RegionId(1));
+            assert_eq!(t.lookup(b"b").unwrap().region.id, RegionId(1));
+            assert_eq!(t.lookup(b"zz").unwrap().region.id, RegionId(3));
+            assert_eq!(t.all().len(), 2);
+        }
     }
 
     /// A split narrowed region 1 to [a, m): the client takes it in, keeps its peers and

@@ -758,13 +758,26 @@ fn stale_peers(
         .iter()
         .filter_map(|peer| {
             let Some(record) = state.regions.get(&peer.region_id) else {
-                // A merge source gone for good (this PD leader saw its merge end): a replica
-                // of it left on a store (removed before the merge froze it) belongs to no
-                // configuration any more, and its range overlaps the target's.
-                return merged.contains(&peer.region_id).then(|| proto::StalePeer {
-                    region_id: peer.region_id,
-                    conf_version: u64::MAX,
-                    members: Vec::new(),
+                // A merge source gone for good (this PD leader saw its merge end, or a
+                // recorded region with a higher version covers some of its range: whoever
+                // holds a key now got it by a split or merge that moved its version past
+                // every earlier holder's; a split child not reported yet overlaps only its
+                // parent's older record): a replica of it left on a store (removed before
+                // the merge froze it) belongs to no configuration any more, and its range
+                // overlaps the target's.
+                let superseded = peer.range_known
+                    && peer.region_id != META_GROUP
+                    && state.regions.values().any(|r| {
+                        r.version > peer.version
+                            && (r.end.is_empty() || peer.start < r.end)
+                            && (peer.end.is_empty() || r.start < peer.end)
+                    });
+                return (merged.contains(&peer.region_id) || superseded).then(|| {
+                    proto::StalePeer {
+                        region_id: peer.region_id,
+                        conf_version: u64::MAX,
+                        members: Vec::new(),
+                    }
                 });
             };
             let holds = record.voters.contains(&store) || record.learners.contains(&store);
@@ -860,7 +873,39 @@ mod tests {
             version,
             leader: false,
             last_index: 10,
+            ..Default::default()
         }
+    }
+
+    /// Region 2 [m, z) merged into region 1, now [a, z) at version 7, and a PD leader
+    /// that never saw the merge end: a replica of region 2 left on a store is stale by its
+    /// range; a split child of region 1 the PD has not heard of yet (a higher version) is
+    /// not, nor is a peer whose range the store did not send.
+    #[test]
+    fn a_peer_of_an_unrecorded_region_is_stale_only_under_a_newer_recorded_range() {
+        let mut state = PdState::default();
+        state.apply(&PdCommand::PutRegion(region(1, b"a", b"z", 7)));
+        let with_range =
+            |id: u64, start: &'static [u8], end: &'static [u8], version: u64| proto::HostedPeer {
+                start: bytes::Bytes::from_static(start),
+                end: bytes::Bytes::from_static(end),
+                range_known: true,
+                ..hosted(id, version)
+            };
+        let left_behind = with_range(2, b"m", b"z", 4);
+        let child = with_range(9, b"q", b"z", 8);
+        let elsewhere = with_range(4, b"z", b"", 3);
+        let unsent = hosted(3, 2);
+        let stale = stale_peers(
+            &state,
+            StoreId(3),
+            &[left_behind, child, elsewhere, unsent],
+            &BTreeSet::new(),
+        );
+        let named: Vec<u64> = stale.iter().map(|s| s.region_id).collect();
+        assert_eq!(named, [2]);
+        assert_eq!(stale[0].conf_version, u64::MAX);
+        assert!(stale[0].members.is_empty());
     }
 
     #[test]

@@ -51,6 +51,9 @@ const LOOKS_PER_POLL: usize = 512;
 /// by an eighth: a region filling at 30,000 keys/s reaches a split threshold seconds after
 /// passing it, not a minute.
 const GROWTH_MEASURE_MIN: Duration = Duration::from_secs(10);
+/// Longest range (both keys together) a peer list names with a peer: a list of 10,000
+/// peers stays under 2 MiB.
+const HOSTED_RANGE_BYTES_MAX: usize = 128;
 /// Fewest keys written since a region's last measure for it to be measured early.
 const GROWTH_WRITES_MIN: u64 = 10_000;
 
@@ -455,12 +458,21 @@ impl Store {
                 let (leader, last_index) = peer
                     .node
                     .with_status(|s| (s.role == Role::Leader, s.last_index.0));
+                let range_known = region.start.len() + region.end.len() <= HOSTED_RANGE_BYTES_MAX;
+                let (start, end) = if range_known {
+                    (region.start.clone(), region.end.clone())
+                } else {
+                    Default::default()
+                };
                 proto::HostedPeer {
                     region_id: region.id.0,
                     conf_version: region.epoch.conf_version,
                     version: region.epoch.version,
                     leader,
                     last_index,
+                    start,
+                    end,
+                    range_known,
                 }
             })
             .collect();
@@ -472,6 +484,7 @@ impl Store {
                 version: 1,
                 leader: status.role == Role::Leader,
                 last_index: status.last_index.0,
+                ..Default::default()
             });
         }
         proto::StoreHeartbeatRequest {
