@@ -5,9 +5,15 @@
 //! TCP retransmits into the void). Without namespaces (not root, no `ip`, no `iptables`),
 //! every server listens on 127.0.0.1 and only the faults that need no network control run.
 //!
+//! Traffic between two namespaces crosses the bridge, and where the bridge netfilter module
+//! is loaded (Docker loads it, and sets the host's `FORWARD` policy to `DROP`) bridged
+//! packets pass the host's `FORWARD` chain: the harness inserts one rule accepting what
+//! enters and leaves its own bridge, at the top of that chain, and deletes it at teardown.
+//!
 //! Owns: creating and removing every namespace, link and rule it uses, and nothing else: it
-//! never touches a namespace, link or address it did not create (names carry this
-//! process's id; leftovers of a dead harness are recognised by that id and removed).
+//! never touches a namespace, link, address or rule it did not create (names, and the
+//! comment on its rule, carry this process's id; leftovers of a dead harness are recognised
+//! by that id and removed).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -63,6 +69,33 @@ pub struct Namespaces {
     live: Vec<String>,
     /// The bridge exists.
     bridge_up: bool,
+    /// The host's `FORWARD` rule accepting the bridge's traffic is in place.
+    forward_rule: bool,
+}
+
+/// The comment on the harness's host `FORWARD` rule: `flotilla-chaos-<pid>`.
+fn forward_comment(pid: u32) -> String {
+    format!("{NETNS_PREFIX}{pid}")
+}
+
+/// The host `FORWARD` rule letting traffic through `bridge` (inserted at the top, or
+/// deleted), as `iptables` arguments after `-I FORWARD 1` or `-D FORWARD`.
+fn forward_rule_args(bridge: &str, pid: u32) -> Vec<String> {
+    [
+        "-i",
+        bridge,
+        "-o",
+        bridge,
+        "-m",
+        "comment",
+        "--comment",
+        &forward_comment(pid),
+        "-j",
+        "ACCEPT",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect()
 }
 
 /// Runs a command to completion; fails with its stderr when it exits non-zero.
@@ -250,7 +283,7 @@ impl Namespaces {
         if unsafe { libc::geteuid() } != 0 {
             bail!("network namespaces need root");
         }
-        for program in ["ip", "iptables-restore"] {
+        for program in ["ip", "iptables", "iptables-restore"] {
             if !on_path(program) {
                 bail!("{program} is not installed (apt-get install iproute2 iptables)");
             }
@@ -273,9 +306,19 @@ impl Namespaces {
             next_host: 1,
             live: Vec::new(),
             bridge_up: true,
+            forward_rule: false,
         };
         let gateway = format!("{}.{}.{}.254/24", subnet[0], subnet[1], subnet[2]);
         let setup = async {
+            // Before any traffic: a host whose FORWARD policy drops (Docker's) would
+            // otherwise silence the bridge.
+            let mut insert = vec!["-I".to_string(), "FORWARD".into(), "1".into()];
+            insert.extend(forward_rule_args(&bridge, pid));
+            let insert: Vec<&str> = insert.iter().map(String::as_str).collect();
+            run("iptables", &insert)
+                .await
+                .context("cannot let the bridge's traffic through the host's FORWARD chain")?;
+            namespaces.forward_rule = true;
             run("ip", &["addr", "add", &gateway, "dev", &bridge]).await?;
             run("ip", &["link", "set", &bridge, "up"]).await?;
             // Probe one namespace now, so a machine that cannot make them falls back early.
@@ -337,6 +380,14 @@ impl Namespaces {
                 eprintln!("flotilla-chaos: cannot remove namespace {netns}: {why:#}");
             }
         }
+        if std::mem::take(&mut self.forward_rule) {
+            let mut delete = vec!["-D".to_string(), "FORWARD".into()];
+            delete.extend(forward_rule_args(&self.bridge, std::process::id()));
+            let delete: Vec<&str> = delete.iter().map(String::as_str).collect();
+            if let Err(why) = run("iptables", &delete).await {
+                eprintln!("flotilla-chaos: cannot remove the host FORWARD rule: {why:#}");
+            }
+        }
         if !std::mem::take(&mut self.bridge_up) {
             return;
         }
@@ -362,6 +413,15 @@ impl Drop for Namespaces {
         };
         for netns in std::mem::take(&mut self.live) {
             quiet(&["netns", "del", &netns]);
+        }
+        if std::mem::take(&mut self.forward_rule) {
+            let mut delete = vec!["-D".to_string(), "FORWARD".into()];
+            delete.extend(forward_rule_args(&self.bridge, std::process::id()));
+            let _ = std::process::Command::new("iptables")
+                .args(&delete)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         if std::mem::take(&mut self.bridge_up) {
             quiet(&["link", "del", &self.bridge]);
@@ -414,9 +474,49 @@ fn overlaps(text: &str, subnet: [u8; 3]) -> bool {
     ours & mask == theirs & mask
 }
 
-/// Removes namespaces (and the servers in them) and bridges that a harness which is no
-/// longer running left behind. Only names this harness makes are considered.
+/// Removes the host `FORWARD` rules that harnesses which are no longer running left
+/// behind (recognised by their comment, `flotilla-chaos-<pid>`).
+async fn remove_leftover_forward_rules() {
+    let Ok(rules) = run("iptables", &["-S", "FORWARD"]).await else {
+        return;
+    };
+    for line in rules.lines() {
+        // "-A FORWARD -i fch123b0 -o fch123b0 -m comment --comment flotilla-chaos-123 -j ACCEPT"
+        let Some(pid) = dead_harness_rule(line) else {
+            continue;
+        };
+        let Some(spec) = line.strip_prefix("-A FORWARD ") else {
+            continue;
+        };
+        let mut args = vec!["-D", "FORWARD"];
+        args.extend(spec.split_whitespace());
+        if run("iptables", &args).await.is_ok() {
+            eprintln!(
+                "flotilla-chaos: removed the host FORWARD rule left by harness {pid}, which is gone"
+            );
+        }
+    }
+}
+
+/// The pid of the harness whose rule `line` (`iptables -S` output) is, if that harness is
+/// no longer running.
+fn dead_harness_rule(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    let comment = words
+        .find(|w| *w == "--comment")
+        .and_then(|_| words.next())?;
+    let pid: u32 = comment
+        .trim_matches('"')
+        .strip_prefix(NETNS_PREFIX)?
+        .parse()
+        .ok()?;
+    (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// Removes namespaces (and the servers in them), bridges and host rules that a harness
+/// which is no longer running left behind. Only names this harness makes are considered.
 async fn remove_leftovers() {
+    remove_leftover_forward_rules().await;
     let Ok(list) = run("ip", &["netns", "list"]).await else {
         return;
     };
@@ -474,6 +574,28 @@ async fn remove_leftovers() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rules_of_harnesses_that_are_gone_are_leftovers() {
+        let ours = format!(
+            "-A FORWARD -i fch1b0 -o fch1b0 -m comment --comment {} -j ACCEPT",
+            forward_comment(std::process::id())
+        );
+        assert_eq!(dead_harness_rule(&ours), None, "this harness runs");
+        // Pids are below 2^22 on Linux: this one cannot run.
+        let gone = "-A FORWARD -i fch9b0 -o fch9b0 -m comment --comment \"flotilla-chaos-99999999\" -j ACCEPT";
+        assert_eq!(dead_harness_rule(gone), Some(99_999_999));
+        assert_eq!(dead_harness_rule("-A FORWARD -j DOCKER-USER"), None);
+        assert_eq!(
+            dead_harness_rule("-A FORWARD -m comment --comment other-tool-5 -j ACCEPT"),
+            None
+        );
+        let args = forward_rule_args("fch1b0", 42);
+        assert_eq!(
+            args.join(" "),
+            "-i fch1b0 -o fch1b0 -m comment --comment flotilla-chaos-42 -j ACCEPT"
+        );
+    }
 
     #[test]
     fn subnet_overlap() {

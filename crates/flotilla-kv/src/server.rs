@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_node::grpc::{ExtraService, GrpcServer, ServerHandle};
+use flotilla_node::grpc::{ExtraService, GrpcServer, HttpRefusal, ServerHandle};
 use flotilla_node::{MetricsQuery, Node};
 
 use crate::service::{kv_server, pd_server};
@@ -37,12 +37,14 @@ impl flotilla_node::grpc::CliNodes for StoreNodes {
     }
 }
 
-/// Serves raft, the CLI service, the KV service and `GET /metrics` for `store` on `server`
-/// (per store by default; `?group=ID` or `?groups=all` for groups in detail).
+/// Serves raft, the CLI service, the KV service, `GET /metrics` (per store by default;
+/// `?group=ID` or `?groups=all` for groups in detail), `GET /ready` and `GET /live` for
+/// `store` on `server`.
 fn serve(server: GrpcServer, store: Store) -> ServerHandle {
     let kv = kv_server(store.clone());
     let pd = pd_server(store.clone());
     let metrics_store = store.clone();
+    let ready_store = store.clone();
     let extra = vec![
         ExtraService::grpc(kv),
         ExtraService::grpc(pd),
@@ -50,6 +52,17 @@ fn serve(server: GrpcServer, store: Store) -> ServerHandle {
             MetricsQuery::Store => Ok(metrics_store.metrics_text()),
             detail => metrics_store.manager().metrics_text_for(detail),
         }),
+        // Kubernetes' probes and `flotilla health`: 200 or 503 with the reason.
+        ExtraService::http_get_with_query("/ready", move |_| {
+            ready_store
+                .readiness()
+                .map(|text| format!("{text}\n"))
+                .map_err(|message| HttpRefusal {
+                    status: 503,
+                    message,
+                })
+        }),
+        ExtraService::http_get("/live", || "live: the store's process serves\n".to_string()),
     ];
     let sink = Arc::new(store.manager().inbox());
     server.serve_with(sink, Some(Arc::new(StoreNodes(store))), extra)

@@ -17,6 +17,7 @@ mod admin;
 mod bench;
 mod config;
 mod demo;
+mod health;
 mod kv;
 mod output;
 mod server;
@@ -52,6 +53,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures throughput and latency of a Flotilla (or etcd) cluster under a workload.
     Bench(bench::BenchArgs),
+    /// Asks one store whether it is ready (`GET /ready`): exit 0 when it is, 1 when not
+    /// (Docker's HEALTHCHECK).
+    Health(health::HealthArgs),
 }
 
 fn main() {
@@ -105,6 +109,7 @@ fn main() {
         Command::Admin(args) => admin::run(args, &file),
         Command::Demo(args) => demo::run(args, &file),
         Command::Bench(args) => bench::run(args, &file),
+        Command::Health(args) => health::run(args, &file),
     };
     std::process::exit(code);
 }

@@ -943,3 +943,79 @@ fn many_regions_elect_with_frames_cut_small() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `GET /live`, `GET /ready` and `flotilla health` (Docker's HEALTHCHECK, Kubernetes'
+/// probes): a store that belongs to no cluster yet is live but not ready (503, exit 1,
+/// saying why); once in a cluster with a leader for each region it is ready (200, exit 0);
+/// nothing listening is a failure naming the address; a bad `--check` is a usage error.
+#[test]
+fn a_store_is_live_at_once_and_ready_once_its_regions_have_leaders() {
+    let dir = TempDir::new("health");
+    let waiting_address = free_address();
+    let _waiting = Server::start(&waiting_address, None, &dir.0.join("waiting"), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let live = loop {
+        let (code, answer) = json(&[
+            "health",
+            "--endpoint",
+            &waiting_address,
+            "--check",
+            "live",
+            "--json",
+        ]);
+        if code == 0 || std::time::Instant::now() >= deadline {
+            break (code, answer);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(live.0, 0, "{}", live.1);
+    let ready = crate::support::http_get(&waiting_address, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready:.300}");
+    assert!(ready.contains("belongs to no cluster"), "{ready}");
+    let (code, answer) = json(&["health", "--endpoint", &waiting_address, "--json"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("NotReady")),
+        "{answer}"
+    );
+
+    let address = free_address();
+    let _store = Server::start(&address, Some(&address), &dir.0.join("store"), 2);
+    wait_for_leaders(&address, 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (code, answer) = loop {
+        let (code, answer) = json(&["health", "--endpoint", &address, "--json"]);
+        if code == 0 || std::time::Instant::now() >= deadline {
+            break (code, answer);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(code, 0, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2 regions"),
+        "{answer}"
+    );
+    let ready = crate::support::http_get(&address, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready:.300}");
+
+    let nobody = free_address();
+    let (code, answer) = json(&["health", "--endpoint", &nobody, "--json"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("Unavailable")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap_or("").contains(&nobody),
+        "{answer}"
+    );
+    let (code, answer) = json(&["health", "--endpoint", &address, "--check", "x", "--json"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (2, Some("Usage")),
+        "{answer}"
+    );
+}

@@ -506,6 +506,54 @@ impl Store {
             .collect()
     }
 
+    /// Whether the store is ready to serve (`GET /ready`, `flotilla health`): it belongs to
+    /// a cluster, and every region it hosts knows a leader and has not stopped. `Ok` says
+    /// how many regions; `Err` says what is not ready (at most five regions named).
+    pub fn readiness(&self) -> Result<String, String> {
+        if self.cluster() == 0 {
+            return Err(
+                "not ready: the store belongs to no cluster yet (it waits to be \
+                        bootstrapped or given a region)"
+                    .into(),
+            );
+        }
+        let peers = self.all_peers();
+        let mut leaderless = Vec::new();
+        let mut stopped = Vec::new();
+        for peer in &peers {
+            let id = peer.machine.region().id;
+            if peer.machine.failed() {
+                stopped.push(id.to_string());
+            } else if peer.node.with_status(|s| s.leader.is_none()) {
+                leaderless.push(id.to_string());
+            }
+        }
+        let name = |ids: &mut Vec<String>| {
+            ids.sort();
+            let more = ids.len().saturating_sub(5);
+            let mut text = ids.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        match (stopped.is_empty(), leaderless.is_empty()) {
+            (true, true) => Ok(format!(
+                "ready: cluster {:016x}, {} regions, each with a known leader",
+                self.cluster(),
+                peers.len()
+            )),
+            (false, _) => Err(format!(
+                "not ready: the replicas of regions {} stopped here",
+                name(&mut stopped)
+            )),
+            (true, false) => Err(format!(
+                "not ready: regions {} know no leader",
+                name(&mut leaderless)
+            )),
+        }
+    }
+
     /// What this store knows of every region it hosts.
     #[must_use]
     pub fn regions(&self) -> Vec<RegionStatus> {

@@ -53,7 +53,7 @@ enum Kind {
 /// What answers a plain `GET`: the query string (without `?`) in, the body or a refusal out.
 type HttpBody = dyn Fn(Option<&str>) -> Result<String, HttpRefusal> + Send + Sync;
 
-/// Why a plain `GET` was refused: its HTTP status (4xx) and a one-line message for the body.
+/// Why a plain `GET` was refused: its HTTP status (4xx, or 503 for a service not ready) and a one-line message for the body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRefusal {
     /// The HTTP status code.
