@@ -17,20 +17,9 @@ DURATION=${3:-10}
 PHASES=${4:-8}
 KEYS=${5:-400000}
 SPLIT_KEYS=${6:-20000}
-P=127.0.0.1:27221,127.0.0.1:27222,127.0.0.1:27223
-WORK=$(mktemp -d /tmp/flotilla-grow.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.2; done; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-for i in 0 1 2; do
-    "$B" server --addr "127.0.0.1:$((27221 + i))" --peers "$P" --data-dir "$WORK/s$i" \
-        --regions 1 --engine fjall >"$WORK/s$i.log" 2>&1 &
-    pids+=($!)
-done
+# shellcheck source=scripts/lib-stores.sh
+source "$(dirname "$0")/lib-stores.sh"
+start_stores "$B" 27221 grow --regions 1 --engine fjall
 until "$B" admin --endpoints "$P" --json pd config-set region-split-keys "$SPLIT_KEYS" \
     >/dev/null 2>&1; do
     sleep 0.5

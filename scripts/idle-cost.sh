@@ -13,20 +13,9 @@ set -euo pipefail
 B=${1:?usage: idle-cost.sh BINARY TAG [REGIONS]}
 TAG=${2:?usage: idle-cost.sh BINARY TAG [REGIONS]}
 N=${3:-1000}
-P=127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003
-WORK=$(mktemp -d /tmp/flotilla-idle-cost.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.2; done; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-for i in 0 1 2; do
-    "$B" server --addr "127.0.0.1:$((27001 + i))" --peers "$P" --data-dir "$WORK/s$i" \
-        --regions "$N" --engine fjall >"$WORK/s$i.log" 2>&1 &
-    pids+=($!)
-done
+# shellcheck source=scripts/lib-stores.sh
+source "$(dirname "$0")/lib-stores.sh"
+start_stores "$B" 27001 idle-cost --regions "$N" --engine fjall
 echo "[$TAG] started ${#pids[@]} stores with $N regions; measuring after ${SETTLE:-75} s" >&2
 sleep "${SETTLE:-75}"
 for p in "${pids[@]}"; do

@@ -16,20 +16,9 @@ CLIENTS=${2:-64}
 DURATION=${3:-10}
 DELAY=${4:-3}
 KEYS=${5:-100000}
-P=127.0.0.1:27211,127.0.0.1:27212,127.0.0.1:27213
-WORK=$(mktemp -d /tmp/flotilla-merge-load.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.2; done; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-for i in 0 1 2; do
-    "$B" server --addr "127.0.0.1:$((27211 + i))" --peers "$P" --data-dir "$WORK/s$i" \
-        --regions 1 --engine fjall >"$WORK/s$i.log" 2>&1 &
-    pids+=($!)
-done
+# shellcheck source=scripts/lib-stores.sh
+source "$(dirname "$0")/lib-stores.sh"
+start_stores "$B" 27211 merge-load --regions 1 --engine fjall
 # Load-based splits off, and no merge but the one this script asks for.
 until "$B" admin --endpoints "$P" --json pd config-set region-split-load 0 >/dev/null 2>&1; do
     sleep 0.5

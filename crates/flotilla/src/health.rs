@@ -13,14 +13,21 @@ use serde_json::json;
 use crate::config::FileConfig;
 use crate::output::{Failure, EXIT_FAILED, EXIT_OK};
 
+/// Where `--endpoint` is read from when not given (the image's HEALTHCHECK runs `flotilla
+/// health` with no flags: a container whose store listens elsewhere than the default sets it).
+const ENDPOINT_ENV: &str = "FLOTILLA_HEALTH_ENDPOINT";
+/// The endpoint when neither the flag nor the variable names one: the image's default
+/// `--addr` port on loopback.
+const DEFAULT_ENDPOINT: &str = "127.0.0.1:7100";
 /// Most bytes of an answer read (a readiness answer is one line).
 const ANSWER_BYTES_MAX: u64 = 64 * 1024;
 
 #[derive(Args, Debug)]
 pub struct HealthArgs {
-    /// The store to ask (HOST:PORT, its `--addr`)
-    #[arg(long, default_value = "127.0.0.1:7100")]
-    endpoint: String,
+    /// The store to ask (HOST:PORT, its `--addr`) [default: $FLOTILLA_HEALTH_ENDPOINT, else
+    /// 127.0.0.1:7100]
+    #[arg(long)]
+    endpoint: Option<String>,
     /// `ready` (`GET /ready`: in a cluster, every hosted region knows a leader) or `live`
     /// (`GET /live`: the process serves)
     #[arg(long, default_value = "ready")]
@@ -46,7 +53,12 @@ pub fn run(args: HealthArgs, _file: &FileConfig) -> i32 {
         return Failure::usage("--timeout-ms must be at least 1").report("health", args.json);
     }
     let timeout = Duration::from_millis(args.timeout_ms);
-    match get(&args.endpoint, path, timeout) {
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    match get(&endpoint, path, timeout) {
         Ok((200, body)) => {
             if args.json {
                 println!(
@@ -67,8 +79,7 @@ pub fn run(args: HealthArgs, _file: &FileConfig) -> i32 {
                 );
             } else {
                 eprintln!(
-                    "flotilla health: {} answered {status}: {}",
-                    args.endpoint,
+                    "flotilla health: {endpoint} answered {status}: {}",
                     body.trim()
                 );
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod deploy;
 mod pd;
 mod support;
 use support::*;
