@@ -57,12 +57,19 @@ const HOSTED_RANGE_BYTES_MAX: usize = 128;
 /// Fewest keys written since a region's last measure for it to be measured early.
 const GROWTH_WRITES_MIN: u64 = 10_000;
 
+/// How many times its last walk took an early measure of a region waits at least: the
+/// early measures of a region rewritten in place (whose writes never grow it) then cost at
+/// most 1 % of a core (a walk of a million keys takes a few hundred milliseconds).
+const GROWTH_MEASURE_COST_FACTOR: u32 = 100;
+
 /// Whether `written` keys written since measure `m` may have grown the region by an eighth
 /// of the keys it held (every write a new key, the worst case), and at least
-/// [`GROWTH_WRITES_MIN`]: then it is measured again after [`GROWTH_MEASURE_MIN`].
+/// [`GROWTH_WRITES_MIN`]: then it is measured again after [`GROWTH_MEASURE_MIN`], or a
+/// hundred times its last walk's duration if longer.
 fn grown_enough(m: &Measured, written: u64) -> bool {
+    let wait = GROWTH_MEASURE_MIN.max(m.took.saturating_mul(GROWTH_MEASURE_COST_FACTOR));
     written.saturating_sub(m.written) >= (m.size.keys / 8).max(GROWTH_WRITES_MIN)
-        && m.at.elapsed() >= GROWTH_MEASURE_MIN
+        && m.at.elapsed() >= wait
 }
 
 /// What a region leader last reported of a region, to report again only on a change.
@@ -104,6 +111,8 @@ struct Measured {
     at: Instant,
     /// The region's keys written (its load's counter) when measured.
     written: u64,
+    /// How long the walk took.
+    took: Duration,
 }
 
 /// What the report loop keeps between polls.
@@ -332,7 +341,7 @@ impl Store {
             lock(&self.inner.pd.led).dirty.extend(not_yet);
         }
         let tracked = &mut state.tracked;
-        for (id, (applied, version), size) in self.measure(to_measure).await {
+        for (id, (applied, version), (size, took)) in self.measure(to_measure).await {
             if let Some(entry) = tracked.get_mut(&id) {
                 entry.measured = Some(Measured {
                     applied,
@@ -340,6 +349,7 @@ impl Store {
                     size,
                     at: Instant::now(),
                     written: written_at.get(&id).copied().unwrap_or(0),
+                    took,
                 });
             }
         }
@@ -418,11 +428,11 @@ impl Store {
     }
 
     /// Measures the regions `due` names (id, applied index and version, range), off the
-    /// async threads.
+    /// async threads; answers each size with how long its walk took.
     async fn measure(
         &self,
         due: Vec<(u64, (u64, u64), bytes::Bytes, bytes::Bytes)>,
-    ) -> Vec<(u64, (u64, u64), RangeSize)> {
+    ) -> Vec<(u64, (u64, u64), (RangeSize, Duration))> {
         if due.is_empty() {
             return Vec::new();
         }
@@ -430,8 +440,9 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             due.into_iter()
                 .filter_map(|(id, applied, start, end)| {
+                    let began = Instant::now();
                     match engine.approximate_size(&start, &end) {
-                        Ok(size) => Some((id, applied, size)),
+                        Ok(size) => Some((id, applied, (size, began.elapsed()))),
                         Err(e) => {
                             tracing::warn!(region = id, error = %e, "cannot measure a region's size");
                             None
