@@ -13,6 +13,7 @@ use flotilla_kv::service::proto::RegionInfo;
 use serde_json::{json, Value};
 
 use super::cluster::Cluster;
+use super::status::key_text;
 use crate::output::{success, Failure};
 
 /// Rounds over the stores while no store takes the split as leader.
@@ -21,8 +22,8 @@ const ROUNDS: usize = 5;
 fn region_json(region: &RegionInfo) -> Value {
     json!({
         "id": region.id,
-        "start": String::from_utf8_lossy(&region.start),
-        "end": String::from_utf8_lossy(&region.end),
+        "start": key_text(&region.start),
+        "end": key_text(&region.end),
         "conf_version": region.conf_version,
         "version": region.version,
     })
@@ -76,15 +77,15 @@ pub(super) async fn split(
                         ));
                     };
                     let human = format!(
-                        "region {id} split at {:?}: region {} keeps [{:?}, {:?}), new region {} \
-                         takes [{:?}, {:?}) (version {})",
-                        String::from_utf8_lossy(&child.start),
+                        "region {id} split at \"{}\": region {} keeps [\"{}\", \"{}\"), new region \
+                         {} takes [\"{}\", \"{}\") (version {})",
+                        key_text(&child.start),
                         parent.id,
-                        String::from_utf8_lossy(&parent.start),
-                        String::from_utf8_lossy(&parent.end),
+                        key_text(&parent.start),
+                        key_text(&parent.end),
                         child.id,
-                        String::from_utf8_lossy(&child.start),
-                        String::from_utf8_lossy(&child.end),
+                        key_text(&child.start),
+                        key_text(&child.end),
                         child.version
                     );
                     let value = success(vec![

@@ -282,8 +282,9 @@ fn stores_json(
     stores
 }
 
-/// A key for display: printable ASCII as is, other bytes as `\xNN`.
-fn key_text(bytes: &[u8]) -> String {
+/// A key for display: printable ASCII as is, other bytes as `\xNN` (`admin status` and
+/// `admin split`: a binary key is shown exactly, never as lossy UTF-8).
+pub(super) fn key_text(bytes: &[u8]) -> String {
     bytes
         .iter()
         .flat_map(|&b| std::ascii::escape_default(b))
