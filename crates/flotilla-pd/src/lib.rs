@@ -34,7 +34,7 @@ pub use model::{
 };
 pub use operator::{FinishedOperator, Operator, OperatorKind, Outcome, Step};
 pub use planner::{
-    has_quorum, plan, plan_merge, plan_repairs, plan_repairs_and_leaders, step_is_safe,
+    has_quorum, plan, plan_merge, plan_repairs, plan_repairs_and_leaders, state_of, step_is_safe,
     store_state, ClusterView, RegionView, StoreState, StoreView,
 };
 pub use state::PdState;

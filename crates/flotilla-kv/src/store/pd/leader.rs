@@ -602,13 +602,28 @@ impl Store {
             .retain(|id| lost.iter().any(|r| r.record.id == *id));
         for region in lost {
             if soft.no_quorum.insert(region.record.id) {
-                let voters: Vec<String> = region
+                // What survives: the voters on stores still heard from (their logs hold
+                // what the region has; `admin recover` elects the most up-to-date).
+                let (alive, gone): (Vec<StoreId>, Vec<StoreId>) = region
                     .record
                     .voters
                     .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                tracing::error!(region = region.record.id, voters = %voters.join(","), "placement driver: region lost a majority of its voters; nothing is done to it automatically (`flotilla admin recover --region {} --force` resets it to its reachable members, and may lose acknowledged writes)", region.record.id);
+                    .partition(|v| flotilla_pd::state_of(&view.stores, **v).is_live());
+                let list = |ids: &[StoreId]| {
+                    ids.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                tracing::error!(
+                    region = region.record.id,
+                    start = %crate::error::show(&region.record.start),
+                    end = %crate::error::show(&region.record.end),
+                    surviving_voters = %list(&alive),
+                    lost_voters = %list(&gone),
+                    "placement driver: region lost a majority of its voters; nothing is done to it automatically (`flotilla admin recover --region {} --force` resets it to its surviving voters; writes only the lost voters held are lost)",
+                    region.record.id
+                );
             }
         }
     }
