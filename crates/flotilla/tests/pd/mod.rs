@@ -367,11 +367,11 @@ fn a_region_to_break(status: &Value, pd: &Value) -> (Value, Vec<String>) {
         .expect("a region with a printable start and two voters the PD can lose")
 }
 
-/// Ignored in the default suite: it failed in a CI dry run (2026-12-06) because the PD's
-/// record of the broken region's voters lagged the stores' view right after earlier
-/// replacements: the PD kept retrying a repair of the broken region (its add-learner timing
-/// out) and named another region as without quorum. See the PD-failover test's open bug;
-/// run with `-- --ignored`.
+/// Ignored in the default suite: it failed in a CI dry run (2026-12-06). The PD kept
+/// retrying a repair of the broken region (its add-learner timing out) and named another
+/// region as without quorum, as if its record of the broken region's voters lagged the
+/// stores' view right after earlier repairs (a reading, not proven). See the PD-failover
+/// test's open bug; run with `-- --ignored`.
 #[test]
 #[ignore = "open bug: the PD's record of a region's voters may lag right after repairs (see the comment)"]
 fn a_region_without_quorum_is_left_alone_until_recovered_by_hand() {
