@@ -210,11 +210,7 @@ impl RouteTable {
             .routes
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        routes.retain(|_, route| {
-            let overlaps = (now.end.is_empty() || route.region.start < now.end)
-                && (route.region.end.is_empty() || now.start < route.region.end);
-            !(overlaps || route.region.id == now.id)
-        });
+        routes.retain(|_, route| !(overlap(&route.region, &now) || route.region.id == now.id));
         routes.insert(
             now.start.clone(),
             Route {
