@@ -77,6 +77,17 @@ pub struct Config {
     /// follower applies only what it learned is committed), nor do reads: a ReadIndex
     /// round's heartbeats carry the commit, and lease reads are the leader's.
     pub commit_broadcast: bool,
+    /// A peer that joins an existing group (started knowing no members, with an empty log
+    /// and no snapshot) takes a snapshot from the leader before any entry: it answers
+    /// AppendEntries with [`crate::AppendResult::NeedSnapshot`] until one is installed, and
+    /// the leader sends its newest snapshot (asking its driver for one if it has none).
+    /// Off (the default), a joiner replays the leader's log from its first entry, which is
+    /// right when every peer's state before entry 1 is the same empty state. A driver whose
+    /// joiners start from another state than the founders did (a multi-raft store, whose
+    /// new replica starts with the region's current range rather than the range the log's
+    /// first entries were written against) turns it on: replaying those entries against
+    /// that state would not reproduce what the founders applied.
+    pub join_from_snapshot: bool,
 }
 
 impl Config {
@@ -106,6 +117,7 @@ impl Config {
             start_with_vote_guard: true,
             hibernate_idle_ticks: 0,
             commit_broadcast: true,
+            join_from_snapshot: false,
         }
     }
 

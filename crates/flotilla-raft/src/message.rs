@@ -67,6 +67,9 @@ pub enum AppendResult {
     },
     /// The follower cannot take entries now (installing a snapshot, queue full).
     Busy,
+    /// The follower joined the group empty and takes a snapshot before any entry
+    /// ([`crate::Config::join_from_snapshot`]).
+    NeedSnapshot,
 }
 
 /// Contents of a [`Message`].

@@ -480,6 +480,7 @@ pub fn describe_message(m: &Message) -> String {
                 format!(" reject rejected={rejected} hint={hint}")
             }
             AppendResult::Busy => " busy".to_string(),
+            AppendResult::NeedSnapshot => " need-snapshot".to_string(),
         },
         MessageBody::Heartbeat {
             commit,

@@ -161,6 +161,10 @@ pub(crate) fn crafted_messages() -> Vec<Message> {
             result: AppendResult::Busy,
             echo,
         },
+        MessageBody::AppendEntriesResponse {
+            result: AppendResult::NeedSnapshot,
+            echo,
+        },
         MessageBody::Heartbeat {
             commit: LogIndex(7),
             echo,
@@ -603,7 +607,7 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
             }
         }
         4 => MessageBody::AppendEntriesResponse {
-            result: match choices.u8() % 3 {
+            result: match choices.u8() % 4 {
                 0 => AppendResult::Success {
                     last_index: LogIndex(choices.near(last)),
                 },
@@ -612,7 +616,8 @@ fn generated_message(cluster: &mut Cluster, choices: &mut Choices<'_>) -> Messag
                     hint: LogIndex(choices.near(last)),
                     hint_term: Term(choices.near(term_now)),
                 },
-                _ => AppendResult::Busy,
+                2 => AppendResult::Busy,
+                _ => AppendResult::NeedSnapshot,
             },
             echo,
         },

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use flotilla_kv::client::ReadConsistency;
 use flotilla_kv::server::StoreServer;
 use flotilla_kv::store::EngineKind;
-use flotilla_kv::{KvCommand, KvError, Region};
+use flotilla_kv::{KvCommand, KvError, Region, RegionId};
 
-use crate::split::{client, hosted, split, until};
+use crate::split::{client, hosted, log_index, split, until};
 use crate::store::start;
 use crate::util::TempDir;
 
@@ -219,6 +219,129 @@ async fn a_merge_survives_a_crash_after_each_step_and_a_rollback_thaws_the_sourc
             .expect("hosted")
             .merging
             .is_none());
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
+
+/// Merges region 2 of `stores` (two regions from bootstrap) into region 1 through the store
+/// API; returns once every store hosts the merged region alone.
+async fn merge_region_2_into_1(stores: &[StoreServer]) {
+    let described = |id: u64| {
+        stores[0]
+            .store()
+            .regions()
+            .into_iter()
+            .find(|r| r.region.id.0 == id)
+            .map(|r| r.region)
+            .expect("hosted")
+    };
+    let (target, source) = (described(1), described(2));
+    let state = on_leader(stores, "prepare", |s| {
+        let target = target.clone();
+        let version = source.epoch.version;
+        async move { s.prepare_merge(source.id, target, version).await }
+    })
+    .await;
+    for s in stores {
+        until("every replica frozen", || {
+            let view = s.store().merge_view(source.id).map_err(|e| e.to_string())?;
+            view.merging.map(|_| ()).ok_or("not frozen".into())
+        })
+        .await;
+    }
+    on_leader(stores, "commit", |s| {
+        let state = state.clone();
+        async move { s.commit_merge(target.id, state).await }
+    })
+    .await;
+    for s in stores {
+        until("one region over everything", || {
+            let now = hosted(s);
+            (now.len() == 1 && now[0].1.is_empty() && now[0].2.is_empty())
+                .then_some(())
+                .ok_or(format!("{now:?}"))
+        })
+        .await;
+    }
+}
+
+/// A replica added to a region after a merge holds the source's keys: it starts from a
+/// snapshot, never by replaying the target's log from its first entry against the merged
+/// range (found by flotilla-chaos: such a replay refused the merge entry as stale, and the
+/// new replica lacked every key of the source's range while serving it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_after_a_merge_holds_the_sources_keys() {
+    let dir = TempDir::new("merge-then-add");
+    // Two regions from bootstrap, split at byte 0x80: no snapshot before the merge, so
+    // every replica's log starts at entry 1 (as in the chaos run that found this).
+    let stores = start(&dir, 2, EngineKind::Fjall).await;
+    let kv = client(&stores).await;
+    let keys = ["a", "m", "z", "\u{e9}a", "\u{e9}z"];
+    for k in keys {
+        kv.put(b(k), b(&format!("v{k}"))).await.expect("put");
+    }
+    merge_region_2_into_1(&stores).await;
+    let id = RegionId(1);
+    let leads = |s: &StoreServer| s.store().manager().node(1).is_some_and(|n| n.is_leader());
+    let at_merge = stores.iter().position(leads).expect("a leader");
+    // The merge's leader compacted its log past the merge; the others still hold theirs
+    // from entry 1. Lead from one of them, so that entry 1 is there to be replayed.
+    let (next, joiner) = ((at_merge + 1) % 3, (at_merge + 2) % 3);
+    let next_id = stores[next].store().id().clone();
+    let node = stores[at_merge].store().manager().node(1).expect("node");
+    node.transfer_leadership(Some(next_id))
+        .await
+        .expect("transfer");
+    until("the new leader leads", || {
+        leads(&stores[next]).then_some(()).ok_or("not yet".into())
+    })
+    .await;
+    assert_eq!(
+        log_index(&stores[next], 1, "first=").await,
+        1,
+        "the leader's log must start at entry 1 for this test to mean anything"
+    );
+    // Take the third store out of the region and destroy its peer (keys included)...
+    let leader = stores[next].store().clone();
+    let node = leader.manager().node(1).expect("leader node");
+    let gone = stores[joiner].store().clone();
+    node.remove_peer(gone.id().clone()).await.expect("remove");
+    let conf = |s: &flotilla_kv::store::Store| s.regions()[0].region.epoch.conf_version;
+    until("the removal applied on the leader", || {
+        (node.status().configuration.old_voters.is_none() && !node.list_peers().contains(gone.id()))
+            .then_some(())
+            .ok_or("joint".into())
+    })
+    .await;
+    let members = node.list_peers();
+    assert!(gone
+        .destroy_stale_peer(id, conf(&leader), &members, Instant::now())
+        .await
+        .expect("destroy"));
+    // ...then add it back empty: it must come back with every key, the source's included.
+    let region = leader.regions()[0].region.clone();
+    gone.open_region(region.clone(), leader.cluster())
+        .await
+        .expect("open again");
+    node.add_peer(gone.id().clone()).await.expect("add it back");
+    until("the new peer catches up", || {
+        (gone.regions().first().map(|r| r.region.epoch.conf_version) == Some(conf(&leader)))
+            .then_some(())
+            .ok_or("behind".into())
+    })
+    .await;
+    for k in keys {
+        let value = gone
+            .get(id, region.epoch, b(k), None)
+            .await
+            .expect("a follower read on the new peer");
+        assert_eq!(value, Some(b(&format!("v{k}"))), "key {k} on the new peer");
+    }
+    assert!(
+        log_index(&stores[joiner], 1, "first=").await > 1,
+        "the new peer's log starts at entry 1: it replayed the log instead of taking a snapshot"
+    );
+    for s in &stores {
         s.shutdown(Duration::from_millis(200)).await;
     }
 }

@@ -33,7 +33,7 @@ pub(crate) async fn until(what: &str, mut ok: impl FnMut() -> Result<(), String>
 
 /// An index of `region`'s log on `store` (`first=` or `last=`, from its raft core's
 /// description).
-async fn log_index(store: &StoreServer, region: u64, which: &str) -> u64 {
+pub(crate) async fn log_index(store: &StoreServer, region: u64, which: &str) -> u64 {
     let node = store
         .store()
         .manager()

@@ -230,6 +230,7 @@ pub fn encode_message(message: &Message) -> proto::Message {
                     hint_term: hint_term.get(),
                 }),
                 AppendResult::Busy => R::Busy(proto::Empty {}),
+                AppendResult::NeedSnapshot => R::NeedSnapshot(proto::Empty {}),
             };
             Body::AppendEntriesResponse(proto::AppendEntriesResponse {
                 result: Some(result),
@@ -470,6 +471,7 @@ fn decode_body(body: proto::message::Body) -> Result<MessageBody> {
                     hint_term: Term(j.hint_term),
                 },
                 R::Busy(proto::Empty {}) => AppendResult::Busy,
+                R::NeedSnapshot(proto::Empty {}) => AppendResult::NeedSnapshot,
             };
             MessageBody::AppendEntriesResponse {
                 result,
@@ -1002,6 +1004,7 @@ mod tests {
                 hint_term: Term(1),
             },
             AppendResult::Busy,
+            AppendResult::NeedSnapshot,
         ] {
             bodies.push(MessageBody::AppendEntriesResponse {
                 result,

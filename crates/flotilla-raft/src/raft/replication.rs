@@ -377,7 +377,29 @@ impl<S: LogStore> Raft<S> {
                 pr.become_probe();
                 pr.paused = true;
             }
+            AppendResult::NeedSnapshot => {
+                if self.latest_snapshot.index > LogIndex::ZERO {
+                    self.send_snapshot(from);
+                    return;
+                }
+                // No snapshot to send yet: ask the driver for one, and probe again at the
+                // next heartbeat answer (which then finds it).
+                pr.become_probe();
+                pr.paused = true;
+                if self.log.applied > LogIndex::ZERO {
+                    self.ready.events.push(Event::SnapshotDue);
+                }
+            }
         }
+    }
+
+    /// A joiner that has neither entries nor a snapshot yet, under
+    /// [`crate::Config::join_from_snapshot`]: it takes no entry before a snapshot.
+    fn awaits_first_snapshot(&self) -> bool {
+        self.config.join_from_snapshot
+            && self.latest_snapshot.index == LogIndex::ZERO
+            && self.log.last_index() == LogIndex::ZERO
+            && self.configurations.current().voters.is_empty()
     }
 
     fn handle_snapshot_response(&mut self, from: &PeerId, installed: Option<LogIndex>) {
@@ -540,6 +562,14 @@ impl<S: LogStore> Raft<S> {
         if self.installing_snapshot.is_some() || self.busy {
             let body = MessageBody::AppendEntriesResponse {
                 result: AppendResult::Busy,
+                echo,
+            };
+            self.send(from, body);
+            return;
+        }
+        if self.awaits_first_snapshot() {
+            let body = MessageBody::AppendEntriesResponse {
+                result: AppendResult::NeedSnapshot,
                 echo,
             };
             self.send(from, body);

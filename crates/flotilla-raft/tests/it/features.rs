@@ -1038,6 +1038,73 @@ fn follower_behind_the_first_index_is_sent_a_snapshot() {
     assert_eq!(c.applied_data(n3).len(), 6);
 }
 
+fn joining_from_snapshot(id: PeerId) -> Config {
+    let mut config = Config::new(id);
+    config.join_from_snapshot = true;
+    config
+}
+
+/// Under `join_from_snapshot` a peer that joins empty takes no entry before a snapshot,
+/// although the leader's log still starts at entry 1: it answers `NeedSnapshot`, the
+/// leader (which has no snapshot yet) asks its driver for one, and sends it once it
+/// exists; the joiner then holds the same data and takes entries from there on.
+#[test]
+fn a_joiner_takes_a_snapshot_before_any_entry_when_configured_to() {
+    let (mut c, ids) = elected_with(3, joining_from_snapshot);
+    let n1 = &ids[0];
+    for data in [&b"a"[..], b"b", b"c"] {
+        c.propose(n1, data).unwrap();
+        run(&mut c);
+    }
+    let n4 = id("n4");
+    c.add_node(n4.clone(), Configuration::default());
+    c.raft(n1).add_learners(std::slice::from_ref(&n4)).unwrap();
+    c.process(n1);
+    let msgs = tick_rounds(&mut c, 3);
+    let refused = sent(&msgs, &n4, n1, "AppendEntriesResponse")
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::AppendEntriesResponse {
+                    result: AppendResult::NeedSnapshot,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(refused >= 1, "the joiner never asked for a snapshot");
+    assert!(
+        c.applied_data(&n4).is_empty(),
+        "the joiner applied entries before a snapshot"
+    );
+    assert_eq!(c.node(&n4).raft.status().last_index, LogIndex::ZERO);
+    assert!(has_event(&c, n1, |e| *e == Event::SnapshotDue));
+    let meta = c.snapshot(n1);
+    let msgs = tick_rounds(&mut c, 2 * TIMEOUT as usize);
+    assert!(sent(&msgs, n1, &n4, "InstallSnapshot").count() >= 1);
+    assert_eq!(c.node(&n4).raft.status().snapshot_index, meta.index);
+    c.propose(n1, b"d").unwrap();
+    run(&mut c);
+    assert_eq!(c.applied_data(&n4), c.applied_data(n1));
+    assert_eq!(c.applied_data(&n4).len(), 4);
+}
+
+/// Without `join_from_snapshot` (the default) a joiner replays the log from entry 1.
+#[test]
+fn by_default_a_joiner_replays_the_log_from_the_first_entry() {
+    let (mut c, ids) = elected(3);
+    let n1 = &ids[0];
+    c.propose(n1, b"a").unwrap();
+    run(&mut c);
+    let n4 = id("n4");
+    c.add_node(n4.clone(), Configuration::default());
+    c.raft(n1).add_learners(std::slice::from_ref(&n4)).unwrap();
+    c.process(n1);
+    tick_rounds(&mut c, 3);
+    assert_eq!(c.node(&n4).raft.status().snapshot_index, LogIndex::ZERO);
+    assert_eq!(c.applied_data(&n4), c.applied_data(n1));
+}
+
 // ----- membership ----------------------------------------------------------------------
 
 fn change_finished(c: &Cluster, leader: &PeerId) -> Option<Result<Configuration, RaftError>> {
