@@ -45,6 +45,8 @@ fn serve(server: GrpcServer, store: Store) -> ServerHandle {
     let pd = pd_server(store.clone());
     let metrics_store = store.clone();
     let ready_store = store.clone();
+    // `flotilla manager` learns which store a container runs from this line.
+    let live_text = format!("live: store {} serves\n", store.id());
     let extra = vec![
         ExtraService::grpc(kv),
         ExtraService::grpc(pd),
@@ -62,7 +64,7 @@ fn serve(server: GrpcServer, store: Store) -> ServerHandle {
                     message,
                 })
         }),
-        ExtraService::http_get("/live", || "live: the store's process serves\n".to_string()),
+        ExtraService::http_get("/live", move || live_text.clone()),
     ];
     let sink = Arc::new(store.manager().inbox());
     server.serve_with(sink, Some(Arc::new(StoreNodes(store))), extra)

@@ -18,6 +18,8 @@ mod recover;
 mod split;
 mod status;
 
+pub(crate) use pd::call_pd;
+
 use clap::{Args, Subcommand};
 use flotilla_kv::client::KvClient;
 use flotilla_kv::service::proto::RegionInfo;

@@ -90,7 +90,7 @@ pub fn run(args: HealthArgs, _file: &FileConfig) -> i32 {
 }
 
 /// `GET path` on `endpoint` over HTTP/1.1: the status code and the body.
-fn get(endpoint: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+pub(crate) fn get(endpoint: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let address = endpoint
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {endpoint}: {e}"))?

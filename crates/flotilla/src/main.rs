@@ -5,6 +5,8 @@
 //! - `flotilla admin`: status and membership of the regions (the CLI service).
 //! - `flotilla bench`: a load generator, against Flotilla or etcd (side-by-side figures).
 //! - `flotilla demo`: a three-process cluster on loopback, a workload, a leader kill.
+//! - `flotilla health`: a store's readiness, for Docker's `HEALTHCHECK`.
+//! - `flotilla manager --docker`: tells the placement driver when a store's volume is gone.
 //!
 //! Every flag can also be set in a TOML file given by `--config` (keys are the flag names
 //! without the leading dashes, e.g. `data-dir = "/var/lib/flotilla"`); a flag on the command
@@ -19,6 +21,7 @@ mod config;
 mod demo;
 mod health;
 mod kv;
+mod manager;
 mod output;
 mod server;
 mod trim;
@@ -56,6 +59,10 @@ enum Command {
     /// Asks one store whether it is ready (`GET /ready`): exit 0 when it is, 1 when not
     /// (Docker's HEALTHCHECK).
     Health(health::HealthArgs),
+    /// Watches Docker for store containers and the volumes holding their data, and tells
+    /// the placement driver when a store's data is gone for good (its volume removed), so
+    /// that its replicas are replaced at once. Never changes membership itself.
+    Manager(manager::ManagerArgs),
 }
 
 fn main() {
@@ -110,6 +117,7 @@ fn main() {
         Command::Demo(args) => demo::run(args, &file),
         Command::Bench(args) => bench::run(args, &file),
         Command::Health(args) => health::run(args, &file),
+        Command::Manager(args) => manager::run(args, &file),
     };
     std::process::exit(code);
 }

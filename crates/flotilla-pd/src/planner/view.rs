@@ -24,7 +24,8 @@ pub enum StoreState {
     /// Silent for longer than `max-store-down-time`: its replicas are replaced.
     Down,
     /// Marked offline (decommissioning) and heard from recently: its replicas are moved
-    /// away; live for "has quorum", not healthy for "may remove".
+    /// away; live for "has quorum", not healthy for "may remove". Marked offline and
+    /// silent for longer than `store-disconnected-time`, a store is [`StoreState::Down`].
     Offline,
     /// Marked tombstone: gone for good.
     Tombstone,
@@ -78,6 +79,11 @@ pub fn store_state(
             StoreMark::Offline => StoreState::Offline,
             _ => StoreState::Up,
         },
+        // A store being decommissioned that stopped answering is lost at once: it leaves
+        // anyway, and waiting out `max-store-down-time` would only keep its regions a
+        // replica short. `flotilla manager` marks a store offline when the volume that held
+        // its data is removed, so its replacement starts within `store-disconnected-time`.
+        Some(_) if mark == StoreMark::Offline => StoreState::Down,
         _ => StoreState::Disconnected,
     }
 }
@@ -484,6 +490,16 @@ mod tests {
         assert_eq!(
             store_state(StoreMark::Offline, secs(500), &config),
             StoreState::Down
+        );
+        // Offline and silent past `store-disconnected-time`: lost now, not after
+        // `max-store-down-time` (its volume is gone, or it was leaving anyway).
+        assert_eq!(
+            store_state(StoreMark::Offline, secs(30), &config),
+            StoreState::Down
+        );
+        assert_eq!(
+            store_state(StoreMark::Offline, None, &config),
+            StoreState::Disconnected
         );
         assert_eq!(
             store_state(StoreMark::Tombstone, secs(1), &config),

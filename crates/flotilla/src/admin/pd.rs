@@ -60,7 +60,7 @@ fn status_failure(status: &tonic::Status) -> Failure {
 
 /// Calls the PD leader with `call`: the `stores` (addresses) in turn, a refusal's hint
 /// first.
-pub(super) async fn call_pd<T, F, Fut>(
+pub(crate) async fn call_pd<T, F, Fut>(
     client: &KvClient,
     stores: &[String],
     call: F,
