@@ -76,6 +76,12 @@ pub enum Decision {
         cluster: u64,
         /// The peer that told.
         via: String,
+        /// The stores the answering peers named with their addresses (their clusters'
+        /// initial members), this one excluded: a store that joined through one peer must
+        /// still reach the placement driver if that peer dies before its first heartbeat
+        /// (found by the PD-failover test: a new store that knew only the killed PD
+        /// leader's address never registered with the next one, and nothing was repaired).
+        known: Vec<(StoreId, String)>,
     },
 }
 
@@ -125,7 +131,21 @@ pub fn decide(
             .iter()
             .find(|a| answers.get(**a).is_some_and(|x| x.cluster == cluster))
             .map_or_else(String::new, |a| (*a).clone());
-        return Decision::Join { cluster, via };
+        let mut known: Vec<(StoreId, String)> = others
+            .iter()
+            .filter_map(|a| answers.get(*a))
+            .filter(|answer| answer.cluster == cluster)
+            .filter_map(|answer| answer.bootstrap.as_ref())
+            .flat_map(|(_, members)| members.iter().cloned())
+            .filter(|(id, address)| *id != me && !address.is_empty())
+            .collect();
+        known.sort();
+        known.dedup_by(|a, b| a.0 == b.0);
+        return Decision::Join {
+            cluster,
+            via,
+            known,
+        };
     }
     // Rule 2: every listed peer empty.
     let silent: Vec<&str> = others
@@ -348,7 +368,8 @@ mod tests {
             decide(wiped, C, &listed(), &answers),
             Decision::Join {
                 cluster: 7,
-                via: A.into()
+                via: A.into(),
+                known: vec![(StoreId(0x10), B.into()), (StoreId(0x30), A.into())],
             }
         );
         // Even when one listed peer is silent and the other is an empty store.

@@ -258,7 +258,16 @@ impl Store {
         let mut next = meta.clone();
         let members = match decision {
             Decision::Wait(_) => return Ok(false),
-            Decision::Join { cluster, via } => {
+            Decision::Join {
+                cluster,
+                via,
+                known,
+            } => {
+                for (id, address) in &known {
+                    if let Err(e) = self.inner.addresses.set(&id.peer_id(), address) {
+                        tracing::warn!(store = %id, error = %e, "cannot record a store's address");
+                    }
+                }
                 next.cluster = cluster;
                 self.save_meta(&next).await?;
                 *meta = next;

@@ -191,6 +191,15 @@ pub fn step_is_safe(region: &RegionView, step: &Step, stores: &[StoreView]) -> R
     if region.in_joint {
         return Err(format!("region {id} is in a joint configuration"));
     }
+    // An operator planned before the region lost its majority (two of its stores died
+    // together, the PD heard of it a moment later) is cancelled at its next step: a region
+    // without quorum is left alone until a person recovers it.
+    if !has_quorum(region, stores) {
+        return Err(format!(
+            "region {id} has lost its quorum: it is left alone until recovered by hand \
+             (`admin recover`)"
+        ));
+    }
     let Some(store) = step.store() else {
         // A merge step: the executor checks both regions live, through their leaders.
         if id == 0 {
@@ -523,6 +532,12 @@ mod tests {
             .unwrap_err()
             .contains("leads"));
         assert!(safe(&r, Step::AddLearner(StoreId(4))).is_ok());
+        // A region that lost its majority takes no step at all, even a harmless-looking
+        // one (an operator planned just before the PD saw the loss is cancelled there).
+        let lost = region(&[1, 3, 5], &[], 1);
+        let why = safe(&lost, Step::AddLearner(StoreId(4))).unwrap_err();
+        assert!(why.contains("lost its quorum"), "{why}");
+        assert!(safe(&lost, Step::TransferLeader(StoreId(1))).is_err());
         assert!(
             safe(&r, Step::AddLearner(StoreId(5))).is_err(),
             "a down store receives nothing"

@@ -43,6 +43,8 @@ const DEFAULT_DATA_DIR: &str = "/data";
 const LEARN_WITHIN: Duration = Duration::from_secs(60);
 /// Longest wait between reconnections to Docker.
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// How often a store removal the PD did not take is asked for again.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct ManagerArgs {
@@ -75,7 +77,10 @@ pub struct Held {
     pub container: String,
     /// The store's address then.
     pub address: String,
-    /// The volume was removed and the store marked offline.
+    /// Docker removed the volume.
+    #[serde(default)]
+    pub removed: bool,
+    /// The volume was removed and the PD took the store's removal (marked offline).
     #[serde(default)]
     pub gone: bool,
 }
@@ -85,7 +90,8 @@ pub struct Held {
 pub struct Knowledge {
     /// Volume name → what it held.
     pub volumes: BTreeMap<String, Held>,
-    /// The time (seconds since the epoch) of the last Docker event handled.
+    /// The time (nanoseconds since the epoch) of the last Docker event handled: the
+    /// stream reopens from its second, and what was handled already is skipped.
     pub last_event: Option<i64>,
 }
 
@@ -117,6 +123,8 @@ pub struct StoreContainer {
     pub name: String,
     /// Running now.
     pub running: bool,
+    /// When it last started (Docker's `State.StartedAt`).
+    pub started_at: String,
     /// The named volume mounted at its data dir, if one is.
     pub volume: Option<String>,
     /// The store's address: the `flotilla.address` label, else `--advertise-addr`, else
@@ -160,6 +168,10 @@ pub fn store_container(inspect: &Value) -> Option<StoreContainer> {
             .trim_start_matches('/')
             .to_string(),
         running: inspect["State"]["Running"].as_bool().unwrap_or(false),
+        started_at: inspect["State"]["StartedAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         volume,
         address,
     })
@@ -212,7 +224,8 @@ pub fn observe(event: &Value) -> Observed {
         (Some("volume"), Some("destroy")) if !id.is_empty() => Observed::VolumeRemoved(id),
         (Some("container"), Some(action)) if is_store && !id.is_empty() => match action {
             "start" => Observed::Started(id),
-            "die" | "stop" | "kill" => Observed::Stopped(id),
+            // Every stop, kill or crash ends in one `die`.
+            "die" => Observed::Stopped(id),
             "destroy" => Observed::Destroyed(id),
             _ => Observed::Other,
         },
@@ -232,9 +245,11 @@ struct Manager {
 pub fn run(args: ManagerArgs, file: &FileConfig) -> i32 {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: the log of a manager run as a service is read by tools.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     if !args.docker {
         return Failure::usage("name the container runtime to watch: `--docker`")
@@ -298,27 +313,77 @@ impl Manager {
             api = version["ApiVersion"].as_str().unwrap_or("?"),
             "connected to Docker"
         );
-        // The stream opens first, from the last event handled, so that nothing happening
-        // during the reconciliation is missed.
-        let since = self.knowledge.last_event;
-        let mut events = if once {
-            None
-        } else {
-            Some(self.docker.events(since).await?)
-        };
-        self.reconcile().await?;
-        let Some(events) = events.as_mut() else {
-            return Ok(());
-        };
-        while let Some(event) = events.next().await? {
-            let observed = observe(&event);
-            self.handle(observed).await;
-            if let Some(time) = event["time"].as_i64() {
-                self.knowledge.last_event = Some(time);
-                self.save();
-            }
+        if once {
+            return self.reconcile().await;
         }
-        Ok(())
+        // The stream opens first, from the second of the last event handled, so that
+        // nothing happening during the reconciliation is missed; events handled already
+        // are skipped by their time in nanoseconds.
+        let handled = self.knowledge.last_event;
+        let events = self
+            .docker
+            .events(handled.map(|nanos| nanos / 1_000_000_000))
+            .await?;
+        // Read by a task of its own, so that waiting for the next event never holds up
+        // the retries below (and a read is never cut short half way).
+        let (sender, mut received) = tokio::sync::mpsc::channel(64);
+        let reader = tokio::spawn(read_events(events, sender));
+        self.reconcile().await?;
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        let ended = loop {
+            tokio::select! {
+                event = received.recv() => match event {
+                    Some(Ok(event)) => {
+                        let nanos = event["timeNano"].as_i64();
+                        if nanos.is_some() && nanos <= handled {
+                            continue;
+                        }
+                        self.handle(observe(&event)).await;
+                        if nanos.is_some() {
+                            self.knowledge.last_event = nanos;
+                            self.save();
+                        }
+                    }
+                    Some(Err(why)) => break Err(why),
+                    None => break Ok(()),
+                },
+                _ = retry.tick() => self.retry_removals().await,
+            }
+        };
+        reader.abort();
+        ended
+    }
+
+    /// Marks again the stores whose volume was removed but whose removal the PD did not
+    /// take yet (it had no leader at that moment, say: the store was the PD's leader).
+    async fn retry_removals(&mut self) {
+        let pending: Vec<String> = self
+            .knowledge
+            .volumes
+            .iter()
+            .filter(|(_, held)| held.removed && !held.gone)
+            .map(|(volume, _)| volume.clone())
+            .collect();
+        for volume in pending {
+            self.volume_removed(&volume).await;
+        }
+    }
+
+    /// Where to reach the cluster: the stores running now as the manager learned them
+    /// (containers move, and the `--endpoints` given at start may all be gone), then the
+    /// `--endpoints` given.
+    fn endpoints(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .knowledge
+            .volumes
+            .values()
+            .filter(|held| !held.removed)
+            .map(|held| held.address.clone())
+            .collect();
+        out.extend(self.endpoints.iter().cloned());
+        let mut seen = BTreeSet::new();
+        out.retain(|a| seen.insert(a.clone()));
+        out
     }
 
     fn save(&self) {
@@ -412,7 +477,7 @@ impl Manager {
                 return;
             }
         };
-        let Some(container) = store_container(&inspect) else {
+        let Some(container) = store_container(&inspect).filter(|c| c.running) else {
             return;
         };
         let Some(address) = container.address.clone() else {
@@ -423,6 +488,16 @@ impl Manager {
             tracing::warn!(container = %container.name, address = %address, "a store container's store did not say who it is within 60 s");
             return;
         };
+        // The answer is this container's only if it held the address all along: a
+        // container that stopped meanwhile may have left its address to another store
+        // (drift (c): a new store on the old address). Same start, still running: the
+        // port was its own throughout, so the answer was too.
+        let again = self.docker.get(&format!("/containers/{id}/json")).await;
+        let still = again.ok().as_ref().and_then(store_container);
+        if !still.is_some_and(|c| c.running && c.started_at == container.started_at) {
+            tracing::info!(container = %container.name, address = %address, "a store container stopped while asked who it is: not learned from that answer");
+            return;
+        }
         let Some(volume) = container.volume.clone() else {
             tracing::warn!(container = %container.name, store = %store, "a store's data dir is on no named volume: the manager cannot tell when its data is gone (the PD replaces it after max-store-down-time)");
             return;
@@ -431,10 +506,14 @@ impl Manager {
             store: store.clone(),
             container: id[..id.len().min(12)].to_string(),
             address: address.clone(),
+            removed: false,
             gone: false,
         };
         let before = self.knowledge.volumes.insert(volume.clone(), held);
         match before {
+            Some(old) if old.store == store && old.address == address && !old.removed => {
+                tracing::debug!(container = %container.name, store = %store, volume = %volume, "a known store");
+            }
             Some(old) if old.store == store => tracing::info!(
                 container = %container.name, store = %store, volume = %volume, address = %address,
                 previous_address = %old.address,
@@ -463,6 +542,12 @@ impl Manager {
         if held.gone {
             return;
         }
+        if !held.removed {
+            if let Some(h) = self.knowledge.volumes.get_mut(volume) {
+                h.removed = true;
+            }
+            self.save();
+        }
         // A store still answering as that store is not gone, whatever Docker says.
         if ask_store_once(&held.address).await.as_deref() == Some(held.store.as_str()) {
             tracing::warn!(volume, store = %held.store, address = %held.address, "a volume that held a store was removed, yet that store still answers: leaving it alone");
@@ -471,7 +556,8 @@ impl Manager {
         let request = proto::StoreRemoveRequest {
             store: held.store.clone(),
         };
-        let result = crate::admin::call_pd(&self.client, &self.endpoints, |mut c| {
+        let endpoints = self.endpoints();
+        let result = crate::admin::call_pd(&self.client, &endpoints, |mut c| {
             let request = request.clone();
             async move { c.store_remove(request).await }
         })
@@ -492,8 +578,27 @@ impl Manager {
             Err(failure) => tracing::error!(
                 volume, store = %held.store, error = %failure.message,
                 "the volume that held a store was removed, but the placement driver did not \
-                 take the store's removal; the next reconciliation tries again"
+                 take the store's removal yet; asking again shortly"
             ),
+        }
+    }
+}
+
+/// Forwards Docker's events to `sender` until the stream ends or fails (the error last).
+async fn read_events(
+    mut events: docker::Events,
+    sender: tokio::sync::mpsc::Sender<Result<Value, String>>,
+) {
+    loop {
+        let next = events.next().await;
+        let last = !matches!(next, Ok(Some(_)));
+        let item = match next {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => return,
+            Err(why) => Err(why),
+        };
+        if sender.send(item).await.is_err() || last {
+            return;
         }
     }
 }
@@ -624,6 +729,7 @@ mod tests {
         );
         assert_eq!(observe(&container("start", false)), Observed::Other);
         assert_eq!(observe(&container("exec_start", true)), Observed::Other);
+        assert_eq!(observe(&container("kill", true)), Observed::Other);
         let volume = json!({"Type": "volume", "Action": "destroy", "Actor": {"ID": "flotilla-s1", "Attributes": {"driver": "local"}}});
         assert_eq!(
             observe(&volume),
@@ -657,6 +763,7 @@ mod tests {
                 store: "ab".into(),
                 container: "c".into(),
                 address: "127.0.0.1:1".into(),
+                removed: true,
                 gone: false,
             },
         );
