@@ -13,7 +13,7 @@
 //! | `drift`            | a fresh store on a new address (empty data dir, `--peers` naming the running stores: it joins by itself), and the store it replaces stopped for good | none by the harness: the PD replaces the stopped store's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
 //! | `clock`            | restarts under libfaketime, clock rates within ±`drift` of real time (the bound the leader lease assumes), wall clocks off by minutes; half the time the worst case: the leader slowest, the rest fastest | restart with the real clock |
 //! | `disk`             | `kill -9` of one store (only when every store runs and the PD has converged, as for `wipe`), then its log's tail cut or bytes flipped | once the others committed a write in every region, restart; a store that refuses its damaged log (it must name the file and offset) is wiped and started as usual (a new store), and the PD replaces its old id |
-//! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness: the PD replaces the old id's replicas once it is down for `max-store-down-time`; the heal waits for the PD to converge |
+//! | `wipe`             | `kill -9` of one store (always alone, only when every store runs and the PD has converged: every region at `max-replicas` voters, no operator in flight), its data dir removed, restarted with its usual command line (same address, same `--peers`, its own address added if it moved): it comes back as a new store | none by the harness, or half the time what `flotilla manager` does when a volume is removed: the old id marked offline (`admin store remove`); the PD replaces the old id's replicas once it is down (offline and silent: at once; otherwise after `max-store-down-time`); the heal waits for the PD to converge |
 //! | `readdress`        | a store stopped (SIGTERM or `kill -9`) and restarted on its data dir at another address (same namespace and IP, another port; or back to its first address); no membership change | it runs (and the leaders list it at its new address) |
 //! | `split-merge`      | half the time a region split at a random workload key inside it or at its middle key, through its leader (`admin split`), with the PD's `region-split-keys` set to 300, 1,000 or 5,000 and `split-merge-interval` to 1h so that it splits regions by itself meanwhile; the other half two random neighbours merged (`admin merge`, not waited for), with `region-split-keys` at 1,000,000 and `split-merge-interval` at 1s so that the PD merges small regions by itself meanwhile | none: splits and merges are permanent; the final checks read every key through the regions as they ended |
 //! | `pd`               | the PD leader (`admin pd status`) faulted: `kill -9`, SIGSTOP, or (with namespaces) cut off from the others; often while an operator the same cycle's drift or wipe will start is pending | restart / SIGCONT / every packet delivered; a new PD leader takes over the operators in flight |
@@ -802,7 +802,9 @@ async fn apply_pd(cluster: &mut Cluster, rng: &mut Rng, faults: &mut Faults) -> 
 
 /// Kills one store, removes its data dir and starts it again with its usual command line:
 /// it comes back as a new store (a new id) that no region counts on. No membership
-/// change: the PD replaces the old id's replicas once it is down for `max-store-down-time`.
+/// change: the PD replaces the old id's replicas once it is down, after
+/// `max-store-down-time`, or at once when (half the time) the harness marks it offline as
+/// `flotilla manager` does when a store's volume is removed.
 ///
 /// Only when [`safe_to_lose_a_member`] says so.
 async fn apply_wipe(
@@ -881,6 +883,29 @@ async fn apply_wipe(
         }
     };
     text.push_str(&format!("; restarted as the new store {new_id}"));
+    // Half the time the harness says what `flotilla manager` says when a store's volume is
+    // removed: its data is gone for good (marked offline), so the PD replaces it at once
+    // instead of after `max-store-down-time`.
+    if rng.chance(0.5) {
+        // As the manager, asked again while the PD has no leader (the wiped store may have
+        // been the PD's leader).
+        let asked = Instant::now();
+        let mut answer = cluster.admin(&["store", "remove", &old_id]).await;
+        while answer.is_err() && asked.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            answer = cluster.admin(&["store", "remove", &old_id]).await;
+        }
+        match answer {
+            Ok(_) => text.push_str(&format!(
+                "; the old store {old_id} marked offline (`admin store remove`, as the \
+                 manager does when a volume is removed)"
+            )),
+            Err(why) => text.push_str(&format!(
+                "; marking the old store {old_id} offline failed ({why:#}); the PD replaces \
+                 it after max-store-down-time"
+            )),
+        }
+    }
     // Through a running store its --peers name, it joins the cluster by itself (and the
     // PD places replicas on it); otherwise it waits.
     if cluster.bootstrap_names_a_running_store(victim) {

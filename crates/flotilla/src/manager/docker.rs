@@ -358,7 +358,7 @@ async fn read_body<R: AsyncBufReadExt + Unpin>(
 }
 
 /// `text` with every byte but unreserved ones percent-encoded (a query parameter).
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {

@@ -396,7 +396,10 @@ impl Manager {
     /// exists as removed.
     async fn reconcile(&mut self) -> Result<(), String> {
         let filter = format!(r#"{{"label":["{STORE_LABEL}"]}}"#);
-        let path = format!("/containers/json?all=1&filters={}", encode(&filter));
+        let path = format!(
+            "/containers/json?all=1&filters={}",
+            docker::percent_encode(&filter)
+        );
         let listed = self.docker.get(&path).await?;
         let mut running = 0;
         for container in listed.as_array().into_iter().flatten() {
@@ -627,18 +630,6 @@ async fn ask_store_once(address: &str) -> Option<String> {
     .flatten()
     .filter(|(status, _)| *status == 200)
     .and_then(|(_, body)| store_of_live(&body))
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
