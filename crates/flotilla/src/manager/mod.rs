@@ -83,6 +83,10 @@ pub struct Held {
     /// The volume was removed and the PD took the store's removal (marked offline).
     #[serde(default)]
     pub gone: bool,
+    /// The volume was removed and the PD refused the store's removal for good (it knows
+    /// no such store, say): why. Not asked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The state file's contents.
@@ -239,6 +243,18 @@ struct Manager {
     endpoints: Vec<String>,
     state_path: PathBuf,
     knowledge: Knowledge,
+    /// Containers being asked who they are, by id: each by a task of its own, so that a
+    /// store slow to answer never holds up the events behind it.
+    learning: BTreeSet<String>,
+    learned_sender: tokio::sync::mpsc::UnboundedSender<Learned>,
+    learned: tokio::sync::mpsc::UnboundedReceiver<Learned>,
+}
+
+/// What a learning task found: the container (its id) and, if it runs a store on a named
+/// volume and answered who it is, that volume and what it holds.
+struct Learned {
+    id: String,
+    found: Option<(String, Held, String)>,
 }
 
 /// Runs the manager; returns the exit code.
@@ -272,12 +288,16 @@ pub fn run(args: ManagerArgs, file: &FileConfig) -> i32 {
             Ok(client) => client,
             Err(failure) => return Failure::from(failure).report("manager", false),
         };
+        let (learned_sender, learned) = tokio::sync::mpsc::unbounded_channel();
         let mut manager = Manager {
             docker: Docker::new(&args.socket),
             client,
             endpoints: settings.endpoints,
             state_path: args.state,
             knowledge,
+            learning: BTreeSet::new(),
+            learned_sender,
+            learned,
         };
         manager.watch(args.once).await
     })
@@ -314,7 +334,14 @@ impl Manager {
             "connected to Docker"
         );
         if once {
-            return self.reconcile().await;
+            self.reconcile().await?;
+            while !self.learning.is_empty() {
+                match self.learned.recv().await {
+                    Some(learned) => self.record(learned).await,
+                    None => break,
+                }
+            }
+            return Ok(());
         }
         // The stream opens first, from the second of the last event handled, so that
         // nothing happening during the reconciliation is missed; events handled already
@@ -347,6 +374,7 @@ impl Manager {
                     Some(Err(why)) => break Err(why),
                     None => break Ok(()),
                 },
+                Some(learned) = self.learned.recv() => self.record(learned).await,
                 _ = retry.tick() => self.retry_removals().await,
             }
         };
@@ -361,7 +389,7 @@ impl Manager {
             .knowledge
             .volumes
             .iter()
-            .filter(|(_, held)| held.removed && !held.gone)
+            .filter(|(_, held)| held.removed && !held.gone && held.refused.is_none())
             .map(|(volume, _)| volume.clone())
             .collect();
         for volume in pending {
@@ -406,7 +434,7 @@ impl Manager {
             if container["State"] == "running" {
                 if let Some(id) = container["Id"].as_str() {
                     running += 1;
-                    self.learn(id).await;
+                    self.learn(id);
                 }
             }
         }
@@ -438,7 +466,7 @@ impl Manager {
 
     async fn handle(&mut self, observed: Observed) {
         match observed {
-            Observed::Started(id) => self.learn(&id).await,
+            Observed::Started(id) => self.learn(&id),
             Observed::Stopped(id) => self.gone_container(&id, true),
             Observed::Destroyed(id) => self.gone_container(&id, false),
             Observed::VolumeRemoved(volume) => self.volume_removed(&volume).await,
@@ -471,68 +499,64 @@ impl Manager {
         }
     }
 
-    /// Learns which store the container `id` runs and on which volume.
-    async fn learn(&mut self, id: &str) {
-        let inspect = match self.docker.get(&format!("/containers/{id}/json")).await {
-            Ok(inspect) => inspect,
-            Err(why) => {
-                tracing::warn!(container = %id, error = %why, "cannot inspect a store container");
-                return;
-            }
-        };
-        let Some(container) = store_container(&inspect).filter(|c| c.running) else {
-            return;
-        };
-        let Some(address) = container.address.clone() else {
-            tracing::warn!(container = %container.name, "a store container names no address (label `flotilla.address` or `--advertise-addr`): the manager cannot tell which store it runs");
-            return;
-        };
-        let Some(store) = ask_store(&address).await else {
-            tracing::warn!(container = %container.name, address = %address, "a store container's store did not say who it is within 60 s");
-            return;
-        };
-        // The answer is this container's only if it held the address all along: a
-        // container that stopped meanwhile may have left its address to another store
-        // (drift (c): a new store on the old address). Same start, still running: the
-        // port was its own throughout, so the answer was too.
-        let again = self.docker.get(&format!("/containers/{id}/json")).await;
-        let still = again.ok().as_ref().and_then(store_container);
-        if !still.is_some_and(|c| c.running && c.started_at == container.started_at) {
-            tracing::info!(container = %container.name, address = %address, "a store container stopped while asked who it is: not learned from that answer");
+    /// Starts learning which store the container `id` runs and on which volume (a task
+    /// of its own; [`Manager::record`] takes its answer). A container already being asked
+    /// about is not asked twice.
+    fn learn(&mut self, id: &str) {
+        if !self.learning.insert(id.to_string()) {
             return;
         }
-        let Some(volume) = container.volume.clone() else {
-            tracing::warn!(container = %container.name, store = %store, "a store's data dir is on no named volume: the manager cannot tell when its data is gone (the PD replaces it after max-store-down-time)");
+        let docker = self.docker.clone();
+        let sender = self.learned_sender.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let found = ask_container(&docker, &id).await;
+            // The receiver is gone only when the manager exits.
+            let _ = sender.send(Learned { id, found });
+        });
+    }
+
+    /// Keeps what a learning task found.
+    async fn record(&mut self, learned: Learned) {
+        self.learning.remove(&learned.id);
+        let Some((volume, held, name)) = learned.found else {
             return;
         };
-        let held = Held {
-            store: store.clone(),
-            container: id[..id.len().min(12)].to_string(),
-            address: address.clone(),
-            removed: false,
-            gone: false,
-        };
+        let store = held.store.clone();
+        let address = held.address.clone();
         let before = self.knowledge.volumes.insert(volume.clone(), held);
         match before {
             Some(old) if old.store == store && old.address == address && !old.removed => {
-                tracing::debug!(container = %container.name, store = %store, volume = %volume, "a known store");
+                tracing::debug!(container = %name, store = %store, volume = %volume, "a known store");
             }
             Some(old) if old.store == store => tracing::info!(
-                container = %container.name, store = %store, volume = %volume, address = %address,
+                container = %name, store = %store, volume = %volume, address = %address,
                 previous_address = %old.address,
                 "a store started on its volume again: same store, nothing copied"
             ),
             Some(old) => tracing::info!(
-                container = %container.name, store = %store, volume = %volume,
+                container = %name, store = %store, volume = %volume,
                 previous_store = %old.store,
                 "a new store on a volume of the same name (the old one was removed)"
             ),
             None => tracing::info!(
-                container = %container.name, store = %store, volume = %volume, address = %address,
+                container = %name, store = %store, volume = %volume, address = %address,
                 "learned a store's volume"
             ),
         }
         self.save();
+        // The volume may have been removed between the task's last look and now, its event
+        // handled before this answer (when the volume was not known yet): look once more.
+        if let Err(why) = self
+            .docker
+            .get(&format!("/volumes/{}", docker::percent_encode(&volume)))
+            .await
+        {
+            if why.contains(" with 404") {
+                tracing::info!(volume = %volume, store = %store, "a volume learned just now is gone already");
+                self.volume_removed(&volume).await;
+            }
+        }
     }
 
     /// The volume `volume` was removed: if it held a store, that store's data is gone for
@@ -542,7 +566,7 @@ impl Manager {
             tracing::debug!(volume, "a volume no known store used was removed");
             return;
         };
-        if held.gone {
+        if held.gone || held.refused.is_some() {
             return;
         }
         if !held.removed {
@@ -578,6 +602,26 @@ impl Manager {
                 }
                 self.save();
             }
+            Err(failure) if failure.message.contains("already a tombstone") => {
+                tracing::info!(volume, store = %held.store, "the volume that held a store was removed; the store was removed from the cluster already");
+                if let Some(h) = self.knowledge.volumes.get_mut(volume) {
+                    h.gone = true;
+                }
+                self.save();
+            }
+            Err(failure) if !transient(&failure.kind) => {
+                tracing::error!(
+                    volume, store = %held.store, error = %failure.message, kind = %failure.kind,
+                    "the volume that held a store was removed, but the placement driver \
+                     refused the store's removal: not asked again (the PD replaces the \
+                     store's replicas after max-store-down-time, or run `flotilla admin \
+                     store remove` by hand)"
+                );
+                if let Some(h) = self.knowledge.volumes.get_mut(volume) {
+                    h.refused = Some(failure.message);
+                }
+                self.save();
+            }
             Err(failure) => tracing::error!(
                 volume, store = %held.store, error = %failure.message,
                 "the volume that held a store was removed, but the placement driver did not \
@@ -585,6 +629,25 @@ impl Manager {
             ),
         }
     }
+}
+
+/// Whether a failure of the PD call may pass by itself (no leader now, a timeout): the
+/// call is made again. Anything else (a refusal, a permission) is the PD's answer.
+fn transient(kind: &str) -> bool {
+    matches!(
+        kind,
+        "NotLeader"
+            | "PdUnavailable"
+            | "Unavailable"
+            | "ShutDown"
+            | "Busy"
+            | "Unknown"
+            | "TimedOut"
+            | "Timeout"
+            | "LeaderNotReady"
+            | "Transferring"
+            | "Internal"
+    )
 }
 
 /// Forwards Docker's events to `sender` until the stream ends or fails (the error last).
@@ -604,6 +667,50 @@ async fn read_events(
             return;
         }
     }
+}
+
+/// Which store the container `id` runs and on which volume: `(volume, held, name)`, or
+/// `None` (with the reason logged) when that cannot be told.
+async fn ask_container(docker: &Docker, id: &str) -> Option<(String, Held, String)> {
+    let inspect = match docker.get(&format!("/containers/{id}/json")).await {
+        Ok(inspect) => inspect,
+        Err(why) => {
+            tracing::warn!(container = %id, error = %why, "cannot inspect a store container");
+            return None;
+        }
+    };
+    let container = store_container(&inspect).filter(|c| c.running)?;
+    let Some(address) = container.address.clone() else {
+        tracing::warn!(container = %container.name, "a store container names no address (label `flotilla.address` or `--advertise-addr`): the manager cannot tell which store it runs");
+        return None;
+    };
+    let Some(store) = ask_store(&address).await else {
+        tracing::warn!(container = %container.name, address = %address, within = ?LEARN_WITHIN, "a store container's store did not say who it is");
+        return None;
+    };
+    // The answer is this container's only if it held the address all along: a container
+    // that stopped meanwhile may have left its address to another store (drift (c): a new
+    // store on the old address). Same start, still running: the port was its own
+    // throughout, so the answer was too.
+    let again = docker.get(&format!("/containers/{id}/json")).await;
+    let still = again.ok().as_ref().and_then(store_container);
+    if !still.is_some_and(|c| c.running && c.started_at == container.started_at) {
+        tracing::info!(container = %container.name, address = %address, "a store container stopped while asked who it is: not learned from that answer");
+        return None;
+    }
+    let Some(volume) = container.volume.clone() else {
+        tracing::warn!(container = %container.name, store = %store, "a store's data dir is on no named volume: the manager cannot tell when its data is gone (the PD replaces it after max-store-down-time)");
+        return None;
+    };
+    let held = Held {
+        store,
+        container: id[..id.len().min(12)].to_string(),
+        address,
+        removed: false,
+        gone: false,
+        refused: None,
+    };
+    Some((volume, held, container.name))
 }
 
 /// Asks the store at `address` who it is, for up to [`LEARN_WITHIN`].
@@ -732,6 +839,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_failure_that_may_pass_is_asked_again() {
+        for kind in ["NotLeader", "PdUnavailable", "Unavailable", "ShutDown"] {
+            assert!(transient(kind), "{kind}");
+        }
+        for kind in [
+            "Refused",
+            "PermissionDenied",
+            "Unauthenticated",
+            "InvalidArgument",
+        ] {
+            assert!(!transient(kind), "{kind}");
+        }
+    }
+
+    #[test]
     fn the_store_id_is_read_from_live() {
         assert_eq!(
             store_of_live("live: store 423469c0be1d6040 serves\n").as_deref(),
@@ -756,6 +878,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 removed: true,
                 gone: false,
+                refused: Some("the placement driver knows no store ab".into()),
             },
         );
         knowledge.last_event = Some(17);
