@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod client;
 pub mod command;
 pub mod engine;

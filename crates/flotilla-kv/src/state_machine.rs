@@ -1145,7 +1145,7 @@ impl Write for SnapshotFileWriter<'_> {
 }
 
 /// `std::io::Read` over one file of a snapshot, chunk by chunk.
-struct SnapshotFileReader<'a> {
+pub(crate) struct SnapshotFileReader<'a> {
     reader: &'a SnapshotReader,
     name: &'static str,
     offset: u64,
@@ -1154,7 +1154,7 @@ struct SnapshotFileReader<'a> {
 }
 
 impl<'a> SnapshotFileReader<'a> {
-    fn new(reader: &'a SnapshotReader, name: &'static str) -> SnapshotFileReader<'a> {
+    pub(crate) fn new(reader: &'a SnapshotReader, name: &'static str) -> SnapshotFileReader<'a> {
         SnapshotFileReader {
             reader,
             name,
@@ -1186,7 +1186,7 @@ impl Read for SnapshotFileReader<'_> {
 }
 
 /// A small snapshot file, whole (the region file).
-fn read_whole(reader: &SnapshotReader, name: &'static str) -> Result<Vec<u8>, KvError> {
+pub(crate) fn read_whole(reader: &SnapshotReader, name: &'static str) -> Result<Vec<u8>, KvError> {
     const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;
     let mut data = Vec::new();
     SnapshotFileReader::new(reader, name)

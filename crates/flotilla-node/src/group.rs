@@ -586,7 +586,7 @@ impl Group {
 
     /// Saves the state machine at the applied index into the snapshot store, then lets the
     /// core compact the log (back to the previous snapshot).
-    fn take_snapshot(&mut self) -> Result<LogIndex, NodeError> {
+    fn take_snapshot(&mut self) -> Result<SnapshotMeta, NodeError> {
         if self.installing {
             return Err(NodeError::Raft(RaftError::Busy(
                 "a snapshot from the leader is being installed".into(),
@@ -595,7 +595,7 @@ impl Group {
         let applied = self.raft.applied();
         if let Some(newest) = self.snapshots.newest_meta() {
             if newest.index >= applied {
-                return Ok(newest.index);
+                return Ok(newest);
             }
         }
         let started = Instant::now();
@@ -611,8 +611,8 @@ impl Group {
         self.metrics
             .snapshot_save_seconds
             .observe_duration(started.elapsed());
-        self.raft.on_snapshot_saved(meta);
-        Ok(applied)
+        self.raft.on_snapshot_saved(meta.clone());
+        Ok(meta)
     }
 
     /// The group's snapshot store (the manager copies installs into it).
@@ -712,9 +712,8 @@ impl Group {
             let refusal = error.cloned().unwrap_or(NodeError::ShutDown);
             match request {
                 Request::Apply { done, .. } => answer(done, Err(refusal)),
-                Request::Read { done, .. } | Request::Snapshot { done } => {
-                    answer(done, Err(refusal))
-                }
+                Request::Read { done, .. } => answer(done, Err(refusal)),
+                Request::Snapshot { done } => answer(done, Err(refusal)),
                 Request::Change { done, .. }
                 | Request::SetElectionTimeout { done, .. }
                 | Request::Campaign { done } => {

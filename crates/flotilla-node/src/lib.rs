@@ -75,5 +75,7 @@ pub use state_machine::{ApplyIter, Completion, StateMachine, Task};
 pub use status::NodeStatus;
 pub use transport::{Frame, Inbox, LocalTransport, Transport};
 
-pub use flotilla_raft::{Configuration, LogIndex, PeerId, RaftError, ReadMode, Role, Term};
+pub use flotilla_raft::{
+    Configuration, LogIndex, PeerId, RaftError, ReadMode, Role, SnapshotMeta, Term,
+};
 pub use flotilla_storage::{sealed, GroupId, SnapshotReader, SnapshotWriter};

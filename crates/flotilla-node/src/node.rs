@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, Term};
+use flotilla_raft::{LogIndex, PeerId, RaftError, ReadMode, Role, SnapshotMeta, Term};
 use flotilla_storage::GroupId;
 use tokio::sync::{mpsc, oneshot};
 
@@ -230,6 +230,12 @@ impl Node {
 
     /// Takes a snapshot now; answers with its index.
     pub async fn snapshot(&self) -> Result<LogIndex, NodeError> {
+        self.snapshot_meta().await.map(|meta| meta.index)
+    }
+
+    /// Takes a snapshot now (or finds one already at the applied index); answers with its
+    /// meta: what [`crate::SnapshotRequest`] names to fetch it (a backup does).
+    pub async fn snapshot_meta(&self) -> Result<SnapshotMeta, NodeError> {
         self.submit(|done| Request::Snapshot { done }, NodeError::ShutDown)
             .await
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use flotilla_raft::{LogIndex, PeerId, ReadMode, Term};
+use flotilla_raft::{LogIndex, PeerId, ReadMode, SnapshotMeta, Term};
 use tokio::sync::oneshot;
 
 use crate::error::NodeError;
@@ -47,7 +47,7 @@ pub(crate) enum Request {
         done: oneshot::Sender<Result<PeerId, NodeError>>,
     },
     Snapshot {
-        done: oneshot::Sender<Result<LogIndex, NodeError>>,
+        done: oneshot::Sender<Result<SnapshotMeta, NodeError>>,
     },
     Describe {
         done: oneshot::Sender<Result<String, NodeError>>,

@@ -34,7 +34,8 @@ pub struct PdState {
     /// Regions by id (region 0 is the meta group).
     pub regions: BTreeMap<u64, RegionRecord>,
     /// The next id `AllocIds` hands out. Starts at `ALLOCATED_ID_FIRST` (1,000,000) so an
-    /// allocated id never collides with the static regions numbered `1..=N` at bootstrap.
+    /// allocated id never collides with the static regions numbered `1..=N` at bootstrap;
+    /// always past every recorded region's id (a restored cluster's regions included).
     pub next_id: u64,
     /// The scheduling configuration.
     pub config: PdConfig,
@@ -204,6 +205,12 @@ impl PdState {
         }
         self.remove_region(region.id);
         self.insert_region(region.clone());
+        // A region the allocator did not hand out (a cluster restored from a backup keeps
+        // the old cluster's region ids) is never handed out again. In a cluster that was
+        // never restored every id past the static ones came from here: nothing changes.
+        if region.id >= ALLOCATED_ID_FIRST {
+            self.next_id = self.next_id.max(region.id.saturating_add(1));
+        }
         PdOutput::Done
     }
 
@@ -695,6 +702,23 @@ mod tests {
         );
         refused_unchanged(&mut state, PdCommand::AllocIds { count: 0 });
         refused_unchanged(&mut state, PdCommand::AllocIds { count: 1001 });
+        // A region reported with an id the allocator never handed out (a restored
+        // cluster's): the allocator moves past it; a static region's id changes nothing.
+        let restored = region(2_000_000, b"", b"", (1, 1));
+        assert_eq!(state.apply(&PdCommand::PutRegion(restored)), PdOutput::Done);
+        assert_eq!(
+            state.apply(&PdCommand::AllocIds { count: 1 }),
+            PdOutput::Ids {
+                first: 2_000_001,
+                count: 1
+            }
+        );
+        let mut fresh = PdState::default();
+        assert_eq!(
+            fresh.apply(&PdCommand::PutRegion(region(7, b"", b"", (1, 1)))),
+            PdOutput::Done
+        );
+        assert_eq!(fresh.next_id, 1_000_000);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! `health.rs` judges which regions need attention. Must never: print anything but the one
 //! JSON object of `output.rs`'s contract on stdout with `--json`.
 
+mod backup;
 mod cluster;
 mod health;
 mod merge;
@@ -115,6 +116,15 @@ pub enum AdminOp {
         #[arg(long, value_name = "MS", default_value_t = 60_000)]
         wait_ms: u64,
     },
+    /// Copies every region into DIR (new or empty): per region a snapshot its leader makes
+    /// after a linearizable read, so it holds every write acknowledged before the backup
+    /// reached it; checksummed, verified as it is written, `backup.meta` written last.
+    /// `flotilla server --restore DIR` seeds a new cluster from it.
+    Backup {
+        /// Where to write the backup.
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
     /// The placement driver: `status`, `config-show`, `config-set KEY VALUE`, `pause`,
     /// `resume`.
     #[command(subcommand)]
@@ -215,6 +225,14 @@ async fn execute(
             let wait = std::time::Duration::from_millis(wait_ms);
             return merge::merge(client, &stores, only, into, wait).await;
         }
+        AdminOp::Backup { dir } => {
+            if only.is_some() {
+                return Err(Failure::usage(
+                    "backup copies every region: leave out --region",
+                ));
+            }
+            return backup::backup(client, &dir).await;
+        }
         _ => {}
     }
     if let AdminOp::CloseRegion { store } = &op {
@@ -271,6 +289,7 @@ async fn change_regions(
         | AdminOp::Store(_)
         | AdminOp::Split { .. }
         | AdminOp::Merge { .. }
+        | AdminOp::Backup { .. }
         | AdminOp::Recover => {}
         AdminOp::ResetPeers { store, peers } => change.reset_peers(&store, &peers).await?,
         AdminOp::AddPeer { peer } => change.add(&peer, false).await?,

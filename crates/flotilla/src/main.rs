@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs one store of a cluster.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Reads and writes keys.
     Kv(kv::KvArgs),
     /// Shows and changes the cluster's regions and their members.
@@ -111,7 +111,7 @@ fn main() {
         }
     };
     let code = match cli.command {
-        Command::Server(args) => server::run(args, &file),
+        Command::Server(args) => server::run(*args, &file),
         Command::Kv(args) => kv::run(args, &file),
         Command::Admin(args) => admin::run(args, &file),
         Command::Demo(args) => demo::run(args, &file),

@@ -39,6 +39,13 @@ pub struct ServerArgs {
     /// empty store waits to be added.
     #[arg(long, value_name = "A,B,C", value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Seed a new cluster from a backup (`flotilla admin backup DIR`): this store, on a new
+    /// data dir and without other --peers, becomes the one member of a new cluster holding
+    /// every region of the backup (checked in full first; a backup that does not verify
+    /// changes nothing). Start the other stores with --peers naming this one: the placement
+    /// driver replicates every region onto them.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
     /// Static regions a new cluster splits the key space into [default: 1].
     #[arg(long, value_name = "N")]
     regions: Option<u32>,
@@ -138,6 +145,7 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .map(config::list)
         .filter(|p| !p.is_empty());
     options.regions = args.regions.or(file.regions).unwrap_or(1);
+    options.restore = args.restore;
     if options.regions == 0 {
         return Err("--regions must be at least 1".into());
     }

@@ -448,6 +448,31 @@ impl KvClient {
         }
     }
 
+    /// Asks the store at `store`, which must lead region `id`, for a snapshot of it that
+    /// holds every write acknowledged before the call (`admin backup`). Does not retry: a
+    /// `NotLeader` refusal names the leader when known.
+    pub async fn backup_region(
+        &self,
+        store: &str,
+        id: u64,
+    ) -> Result<proto::BackupRegionReply, ClientError> {
+        let channel = self.channel(store).await?;
+        let mut client = grpc_client(channel);
+        let request = proto::BackupRegionRequest { region_id: id };
+        match tokio::time::timeout(self.inner.options.timeout, client.backup_region(request)).await
+        {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(classify(&status).1),
+            Err(_) => Err(ClientError::definite(
+                "TimedOut",
+                format!(
+                    "{store} did not make region {id}'s snapshot within {:?}",
+                    self.inner.options.timeout
+                ),
+            )),
+        }
+    }
+
     /// Rebuilds the route table from what the stores report: per region the newest epoch,
     /// and the leader reported by the store that leads it with the highest term. A region
     /// reported without voters is not routed to.

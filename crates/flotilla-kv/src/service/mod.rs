@@ -420,6 +420,25 @@ impl proto::kv_server::Kv for KvService {
         }))
     }
 
+    async fn backup_region(
+        &self,
+        request: Request<proto::BackupRegionRequest>,
+    ) -> Result<Response<proto::BackupRegionReply>, Status> {
+        require(&request, &[Role::Admin], "a region backup")?;
+        let id = RegionId(request.into_inner().region_id);
+        let meta = self
+            .store
+            .backup_snapshot(id)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::BackupRegionReply {
+            store: self.store.id().as_str().to_string(),
+            cluster: self.store.cluster(),
+            index: meta.index.0,
+            term: meta.term.0,
+        }))
+    }
+
     async fn merge_step(
         &self,
         request: Request<proto::MergeStepRequest>,

@@ -137,7 +137,7 @@ pub struct StoreMeta {
     pub regions: Vec<HostedRegion>,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     if bytes.is_empty() {
         return "-".to_string();
     }
@@ -147,7 +147,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn unhex(text: &str) -> Option<Bytes> {
+pub(crate) fn unhex(text: &str) -> Option<Bytes> {
     if text == "-" {
         return Some(Bytes::new());
     }

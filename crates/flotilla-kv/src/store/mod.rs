@@ -18,6 +18,7 @@
 //! entry) and a peer removed from its region is destroyed on its store (see `peers`).
 //! Not yet: no split or merge, so `Epoch::version` stays 1.
 
+mod backup;
 pub mod bootstrap;
 mod load;
 mod lock;
@@ -134,6 +135,10 @@ pub struct StoreOptions {
     pub pd_settings: Vec<(String, String)>,
     /// How often this store sends its heartbeat to the placement driver (default 10 s).
     pub pd_heartbeat: Duration,
+    /// A backup directory (`flotilla admin backup`) to seed a new cluster from: the store
+    /// (its data dir new, or made by `--init`) becomes the one member of a new cluster
+    /// holding every region of the backup, and other stores join it (see `crate::backup`).
+    pub restore: Option<PathBuf>,
 }
 
 impl StoreOptions {
@@ -159,6 +164,7 @@ impl StoreOptions {
             labels: BTreeMap::new(),
             pd_settings: Vec::new(),
             pd_heartbeat: pd::STORE_HEARTBEAT_DEFAULT,
+            restore: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use flotilla_node::grpc::{GrpcOptions, GrpcTransport, TlsConfig};
 use flotilla_node::{AddressBook, ManagerOptions, NodeManager, StoreId};
 
 use super::lock::{DataDirLock, LOCK_FILE};
-use super::meta::{static_regions, StoreMeta, STORE_META_FILE};
+use super::meta::{static_regions, HostedRegion, RegionStart, StoreMeta, STORE_META_FILE};
 use super::quota::SpaceQuota;
 use super::{
     lock, measure_usage, measure_usage_every, membership, EngineKind, Store, StoreError,
@@ -45,6 +45,34 @@ fn dir_is_empty(dir: &Path) -> Result<bool, StoreError> {
 struct Plan {
     meta: StoreMeta,
     fresh: bool,
+    /// A verified backup to import before the store's meta is first saved (`--restore`).
+    restore: Option<crate::backup::Verified>,
+}
+
+/// The meta of a store seeded from `backup`: the one member of a new cluster, its meta
+/// group's one voter, and a voter of every region of the backup, each region's log starting
+/// after its snapshot (as a region split off another does).
+fn restored_meta(store: StoreId, backup: &crate::backup::Backup) -> StoreMeta {
+    let me = store.peer_id();
+    StoreMeta {
+        store,
+        cluster: flotilla_node::identity::random_nonzero_u64(),
+        bootstrap: None,
+        pd: Some(vec![me.clone()]),
+        regions: backup
+            .regions
+            .iter()
+            .map(|r| HostedRegion {
+                region: r.region.clone(),
+                initial_peers: vec![me.clone()],
+                start: Some(RegionStart {
+                    index: r.index,
+                    term: r.term,
+                    learners: Vec::new(),
+                }),
+            })
+            .collect(),
+    }
 }
 
 fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
@@ -67,16 +95,65 @@ fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
         }
     };
     static_regions(options.regions).map_err(StoreError::InvalidOptions)?;
-    match StoreMeta::load(dir).map_err(data_dir_error)? {
+    let loaded = StoreMeta::load(dir).map_err(data_dir_error)?;
+    if let Some(from) = &options.restore {
+        // A restore makes a new cluster of one store: the others join it afterwards.
+        if let Some(others) = options
+            .peers
+            .as_ref()
+            .filter(|peers| peers.iter().any(|p| p.trim() != advertise))
+        {
+            return Err(StoreError::InvalidOptions(format!(
+                "--restore starts a new cluster on this store alone: leave out --peers {} \
+                 (start the other stores afterwards with --peers {advertise})",
+                others.join(",")
+            )));
+        }
+        let store = match &loaded {
+            Some(meta) if meta.cluster != 0 || !meta.regions.is_empty() => {
+                return Err(data_dir_error(format!(
+                    "--restore needs a new data dir, and this one holds store {} of cluster \
+                     {:016x}: nothing was changed",
+                    meta.store, meta.cluster
+                )))
+            }
+            // Made by `--init` (its certificate may name its id): the id is kept.
+            Some(meta) => meta.store,
+            None if !dir_is_empty(dir)? => {
+                return Err(data_dir_error(format!(
+                    "--restore needs a new data dir; this one is not empty and holds no \
+                     {STORE_META_FILE}"
+                )))
+            }
+            None => StoreId::random(),
+        };
+        let verified = crate::backup::verify(from).map_err(|why| {
+            StoreError::InvalidOptions(format!(
+                "--restore {}: {why}; nothing was changed",
+                from.display()
+            ))
+        })?;
+        return Ok(Plan {
+            meta: restored_meta(store, &verified.backup),
+            fresh: true,
+            restore: Some(verified),
+        });
+    }
+    match loaded {
         Some(meta) => {
             check_peers(meta.cluster)?;
-            Ok(Plan { meta, fresh: false })
+            Ok(Plan {
+                meta,
+                fresh: false,
+                restore: None,
+            })
         }
         None => {
             check_peers(0)?;
             if !dir_is_empty(dir)? {
                 return Err(data_dir_error(format!(
-                    "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir"
+                    "it is not empty and holds no {STORE_META_FILE}: not a Flotilla data dir \
+                     (or a `--restore` that was cut short: empty it and restore again)"
                 )));
             }
             // A new data dir is a new store, whatever its address or command line.
@@ -89,9 +166,58 @@ fn plan(options: &StoreOptions, advertise: &str) -> Result<Plan, StoreError> {
                     regions: Vec::new(),
                 },
                 fresh: true,
+                restore: None,
             })
         }
     }
+}
+
+/// Imports a verified backup into `engine`, then saves the store's `meta` (only then is
+/// the data dir a store: see `plan`).
+async fn restore_into(
+    engine: &Arc<dyn KvEngine>,
+    verified: crate::backup::Verified,
+    meta: &StoreMeta,
+    data_dir: &Path,
+) -> Result<(), StoreError> {
+    let into = engine.clone();
+    let regions = verified.backup.regions.len();
+    tokio::task::spawn_blocking(move || import_backup(&into, &verified))
+        .await
+        .map_err(|e| StoreError::Start(format!("restoring panicked: {e}")))??;
+    meta.save(data_dir).map_err(|reason| StoreError::DataDir {
+        dir: data_dir.display().to_string(),
+        reason,
+    })?;
+    tracing::info!(
+        store = %meta.store,
+        cluster = format_args!("{:016x}", meta.cluster),
+        regions,
+        "a new cluster seeded from a backup: this store is its one member; start the others \
+         with --peers naming this store, and the placement driver replicates every region \
+         onto them"
+    );
+    Ok(())
+}
+
+/// Loads every region of a verified backup into `engine` (each as its state machine loads a
+/// snapshot: the data verified first, then imported, then the applied index set). Blocking.
+fn import_backup(
+    engine: &Arc<dyn KvEngine>,
+    verified: &crate::backup::Verified,
+) -> Result<(), StoreError> {
+    use flotilla_node::StateMachine as _;
+    for (entry, reader) in verified.backup.regions.iter().zip(&verified.snapshots) {
+        let mut machine =
+            crate::state_machine::KvStateMachine::new(entry.region.clone(), engine.clone());
+        machine
+            .on_snapshot_load(reader)
+            .map_err(|why| StoreError::Start(format!("restoring {}: {why}", entry.region)))?;
+        tracing::info!(region = %entry.region, keys = entry.keys, index = entry.index, "region restored from the backup");
+    }
+    engine
+        .flush()
+        .map_err(|e| StoreError::Start(format!("restoring: flushing the engine: {e}")))
 }
 
 /// Under TLS a store's certificate must name it: `flotilla://store/ID` with this data dir's
@@ -274,7 +400,11 @@ impl Store {
         let advertise = options.advertise.clone().unwrap_or_else(|| listen.clone());
         flotilla_node::identity::check_address(&advertise)
             .map_err(|e| StoreError::InvalidOptions(format!("--advertise-addr: {e}")))?;
-        let Plan { meta, fresh } = plan(&options, &advertise)?;
+        let Plan {
+            meta,
+            fresh,
+            restore,
+        } = plan(&options, &advertise)?;
         if advertise != listen {
             // Another process could answer there (behind NAT, in another pod): a live store
             // that holds the address keeps it. (On the listen address the server's bind
@@ -285,11 +415,15 @@ impl Store {
             dir: options.data_dir.display().to_string(),
             reason: format!("cannot create it: {e}"),
         })?;
-        meta.save(&options.data_dir)
-            .map_err(|reason| StoreError::DataDir {
-                dir: options.data_dir.display().to_string(),
-                reason,
-            })?;
+        // A restore saves its meta only once every region is imported: a restore cut
+        // short leaves a data dir that refuses to start, never a store missing data.
+        if restore.is_none() {
+            meta.save(&options.data_dir)
+                .map_err(|reason| StoreError::DataDir {
+                    dir: options.data_dir.display().to_string(),
+                    reason,
+                })?;
+        }
         let addresses =
             AddressBook::open(options.data_dir.join(ADDRESS_BOOK_FILE)).map_err(|reason| {
                 StoreError::DataDir {
@@ -324,6 +458,9 @@ impl Store {
                 Arc::new(engine)
             }
         };
+        if let Some(verified) = restore {
+            restore_into(&engine, verified, &meta, &options.data_dir).await?;
+        }
         let mut manager_options =
             ManagerOptions::new(peer_id.clone(), options.data_dir.join("raft"));
         manager_options.cluster = meta.cluster;

@@ -4,8 +4,8 @@
 //!
 //! Owns: reading that name from a certificate the handshake already verified against the
 //! CAs (a small DER walk over the subject alternative name extension, every length checked),
-//! and the rules: raft frames and snapshot fetches only from a store certificate, frames
-//! only as the store it names; CLI and region administration from a store or admin
+//! and the rules: raft frames only from a store certificate, as the store it names; snapshot
+//! fetches from a store or admin certificate (a backup); CLI and region administration from a store or admin
 //! certificate; the KV data service from any role. Must never: panic or read out of bounds
 //! on a malformed certificate (it is then refused), or grant a role a certificate does not
 //! name.

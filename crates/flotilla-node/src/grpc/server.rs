@@ -454,8 +454,12 @@ impl proto::raft_server::Raft for RaftService {
             tracing::warn!(remote = %remote, code = ?status.code(), error = status.message(), "snapshot fetch refused");
             status
         };
-        role.require(&[roles::Role::Store], "a snapshot fetch")
-            .map_err(|why| refuse(Status::permission_denied(why)))?;
+        // A store installing its leader's snapshot, or an operator's backup.
+        role.require(
+            &[roles::Role::Store, roles::Role::Admin],
+            "a snapshot fetch",
+        )
+        .map_err(|why| refuse(Status::permission_denied(why)))?;
         let Some(service) = self.snapshots.clone() else {
             return Err(refuse(Status::unimplemented(
                 "this process serves no snapshots",

@@ -966,3 +966,157 @@ fn the_pd_splits_a_region_written_faster_than_region_split_load() {
             .ok_or(format!("keys {all}, the largest region {largest}"))
     });
 }
+
+/// `admin backup` copies every region of a running cluster (one of them split off by the
+/// PD's id allocator); a damaged copy is refused by `--restore` with the file named and no
+/// data dir made; `server --restore` seeds a new one-store cluster holding every key; two
+/// stores joining it get every region (the meta group too) from the PD; and the new
+/// cluster's allocator hands out ids past the restored regions'.
+#[test]
+fn a_backup_seeds_a_new_cluster_that_holds_every_key_and_grows() {
+    let dir = TempDir::new("pd-backup");
+    let addresses = free_addresses(6);
+    let peers = addresses[..3].join(",");
+    let servers = start_stores(&dir, &addresses[..3], 2);
+    wait_for_leaders(&peers, 2);
+    put_keys(&peers, "k", 40);
+    // Region 2 holds the keys from "\x80"; region 1 holds "k...": split it.
+    let (code, split) = admin(&peers, &["--region", "1", "split", "--key", "k020"]);
+    assert_eq!(code, 0, "{split}");
+    let child = split["child"]["id"].as_u64().expect("the child's id");
+    assert!(child >= 1_000_000, "{split}");
+    put_keys(&peers, "m", 10);
+
+    let backup = dir.0.join("backup");
+    let backup_text = backup.to_str().unwrap();
+    let (code, taken) = admin(&peers, &["backup", backup_text]);
+    assert_eq!(code, 0, "{taken}");
+    assert_eq!(taken["regions"], 3, "{taken}");
+    assert_eq!(taken["keys"], 50, "{taken}");
+    // Never into a directory that holds anything.
+    let (code, refused) = admin(&peers, &["backup", backup_text]);
+    assert_eq!(code, 2, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("not empty"),
+        "{refused}"
+    );
+    drop(servers);
+
+    // A flipped byte in a region's data: refused, naming the file; nothing made.
+    let damaged = dir.0.join("damaged");
+    copy_dir(&backup, &damaged);
+    let data = find_file(&damaged.join(format!("region-{child}")), "data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    let refused_dir = dir.0.join("refused");
+    let output = run(&[
+        "server",
+        "--addr",
+        &addresses[3],
+        "--data-dir",
+        refused_dir.to_str().unwrap(),
+        "--restore",
+        damaged.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(data.to_str().unwrap()) && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        !refused_dir.exists(),
+        "a refused restore made {refused_dir:?}"
+    );
+
+    // The restore: one store, every key, writes taken.
+    let restored = addresses[3].clone();
+    let _first = Server::start_with(
+        &restored,
+        None,
+        &dir.0.join("r0"),
+        1,
+        &[&PD[..], &["--restore", backup_text]].concat(),
+    );
+    wait_for_leaders(&restored, 3);
+    check_keys(&restored, "k", 40);
+    check_keys(&restored, "m", 10);
+    put_keys(&restored, "n", 5);
+
+    // Two stores join it; the PD gives them every region and the meta group.
+    let grown = format!("{restored},{},{}", addresses[4], addresses[5]);
+    let _others: Vec<Server> = addresses[4..]
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            Server::start_with(
+                a,
+                Some(&format!("{restored},{a}")),
+                &dir.0.join(format!("r{}", i + 1)),
+                1,
+                &PD,
+            )
+        })
+        .collect();
+    until(
+        "every region on three stores",
+        Duration::from_secs(120),
+        || regions_settled(&grown, 3, &[]),
+    );
+    until(
+        "the meta group on three stores",
+        Duration::from_secs(120),
+        || {
+            let status = pd_status(&restored)?;
+            let stores = up_stores(&status);
+            // Every up store hosts a meta group peer: its region count includes region 0.
+            if stores.len() == 3 && stores.values().all(|(regions, _)| *regions == 4) {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    );
+    check_keys(&grown, "k", 40);
+    check_keys(&grown, "n", 5);
+    let (code, split) = admin(
+        &grown,
+        &["--region", &child.to_string(), "split", "--key", "k030"],
+    );
+    assert_eq!(code, 0, "{split}");
+    let next = split["child"]["id"].as_u64().expect("the child's id");
+    assert!(next > child, "a restored id handed out again: {split}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The file named `name` somewhere under `dir`.
+fn find_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    fn search(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                if let Some(found) = search(&path, name) {
+                    return Some(found);
+                }
+            } else if path.file_name().is_some_and(|n| n == name) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    search(dir, name).unwrap_or_else(|| panic!("no {name} under {dir:?}"))
+}
