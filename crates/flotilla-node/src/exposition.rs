@@ -602,6 +602,12 @@ fn group_totals(out: &mut Exposition, manager: &ManagerMetrics) {
             t.snapshot_install_failures.get(),
         ),
         (
+            "flotilla_snapshot_fetched_bytes_total",
+            "Bytes fetched from leaders by completed snapshot copies (a resumed copy counts \
+             only what it fetched again), all groups.",
+            t.snapshot_fetched_bytes.get(),
+        ),
+        (
             "flotilla_leader_starts_total",
             "Times a peer of this process became its group's leader.",
             t.leader_starts.get(),
@@ -799,7 +805,7 @@ fn groups_in_detail(out: &mut Exposition, views: &[GroupView<'_>]) {
             .collect();
         out.histograms(name, help, samples);
     }
-    let values: [(&str, MetricType, &str, GroupValue); 16] = [
+    let values: [(&str, MetricType, &str, GroupValue); 17] = [
         (
             "flotilla_snapshot_saves_total",
             MetricType::Counter,
@@ -817,6 +823,12 @@ fn groups_in_detail(out: &mut Exposition, views: &[GroupView<'_>]) {
             MetricType::Counter,
             "Snapshot installs that failed (copy error, deadline, superseded).",
             |g| g.metrics.snapshot_install_failures.get(),
+        ),
+        (
+            "flotilla_snapshot_fetched_bytes_total",
+            MetricType::Counter,
+            "Bytes fetched from the leader by completed snapshot copies.",
+            |g| g.metrics.snapshot_fetched_bytes.get(),
         ),
         (
             "flotilla_leader_starts_total",

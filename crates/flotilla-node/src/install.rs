@@ -245,6 +245,9 @@ pub(crate) struct InstallDone {
     pub(crate) group: GroupId,
     pub(crate) meta: SnapshotMeta,
     pub(crate) result: Result<SnapshotReader, String>,
+    /// Bytes fetched from the leader by a copy that completed (a resumed copy counts only
+    /// what it fetched again; 0 when the copy failed).
+    pub(crate) fetched_bytes: u64,
 }
 
 /// One receiving transfer, as the round starts it.
@@ -289,21 +292,27 @@ pub(crate) fn run_install(job: InstallJob) -> InstallDone {
         throttle: options.throttle,
         ..CopyOptions::default()
     };
+    let mut fetched_bytes = 0;
     let result = match copy_snapshot(&source, &store, &copy) {
         Ok((reader, report)) if reader.meta() == &meta => {
             tracing::info!(group, from = %peer, index = %meta.index, ?report, "snapshot copied");
+            fetched_bytes = report.bytes_fetched;
             Ok(reader)
         }
-        Ok((reader, _)) => Err(format!(
-            "the source sent the snapshot at index {} term {}, not the one asked for",
-            reader.meta().index,
-            reader.meta().term
-        )),
+        Ok((reader, report)) => {
+            fetched_bytes = report.bytes_fetched;
+            Err(format!(
+                "the source sent the snapshot at index {} term {}, not the one asked for",
+                reader.meta().index,
+                reader.meta().term
+            ))
+        }
         Err(e) => Err(e.to_string()),
     };
     InstallDone {
         group,
         meta,
         result,
+        fetched_bytes,
     }
 }

@@ -549,10 +549,12 @@ impl Driver {
             group: id,
             meta,
             result,
+            fetched_bytes,
         } = done;
         let Some(group) = self.groups.get_mut(&id) else {
             return;
         };
+        group.metrics().snapshot_fetched_bytes.add(fetched_bytes);
         let reader = match result {
             // An older copy can still be taken if it moves the state machine forward.
             Ok(reader) if meta.index > group.raft.applied() => reader,

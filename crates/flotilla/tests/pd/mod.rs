@@ -1079,6 +1079,11 @@ fn a_backup_seeds_a_new_cluster_that_holds_every_key_and_grows() {
             }
         },
     );
+    // The joiners got every region by snapshot: the bytes show on their metrics.
+    for joiner in &addresses[4..] {
+        let fetched = sample(&metrics(joiner), "flotilla_snapshot_fetched_bytes_total ");
+        assert!(fetched > 0.0, "{joiner} fetched {fetched} snapshot bytes");
+    }
     check_keys(&grown, "k", 40);
     check_keys(&grown, "n", 5);
     let (code, split) = admin(
