@@ -2,15 +2,20 @@
 """The four drifts of a store container, on real Docker, with `flotilla manager --docker`.
 
     python3 scripts/docker_drifts.py [--bin target/release/flotilla] [--no-build]
+                                     [--manager docker|host]
 
 Needs a running Docker engine and the `flotilla:local` image (built here with
 scripts/docker-image.sh unless --no-build). Every container runs on the host network on a
-loopback port with its own named volume; the manager runs on the host. The cluster's
+loopback port with its own named volume; the manager runs in a container of the same image
+with Docker's socket mounted (`--manager host`: as a process on this host). The cluster's
 `max-store-down-time` is 10 minutes, so any replacement seen within the script's bounds was
 started by the manager, not by the timer.
 
-A writer puts keys one after another through the whole run. Then ten drifts in turn
-(a, b, c, a, b, c, ...), with a manager restart half way:
+Two workloads run through the whole run: a writer puts keys one after another (a set:
+every acknowledged key must be there at the end), and a register is read and moved on by
+compare-and-set (its reads must never go back, and it must end at or past the last value
+acknowledged). Then ten drifts in turn (a, b, c, a, b, c, ...), with the manager's
+container removed and run again half way:
   (a) new address, same volume: the store keeps its id; no replica is replaced.
   (b) new address, new empty volume (the old volume removed): a new store; the old one's
       replicas are replaced onto it (learner first).
@@ -21,8 +26,9 @@ A writer puts keys one after another through the whole run. Then ten drifts in t
       names it without quorum and starts nothing on it; `admin recover --force` brings it
       back on its surviving voter.
 Per drift it prints the longest time no write was acknowledged, for (b) and (c) the time
-from the removal to the new store being a voter of every region and the bytes on the new
-store's volume; at the end, how many acknowledged writes were lost (must be 0).
+from the removal to the new store being a voter of every region, and the bytes the new (or
+moved) store fetched from leaders by snapshot (`flotilla_snapshot_fetched_bytes_total`);
+at the end, how many acknowledged writes were lost (must be 0).
 
 Every acknowledged key is read back after each drift. Exit 0 when every check holds, 1 on
 the first that does not (the manager's and the stores' logs are kept and named), 77 when
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 IMAGE = "flotilla:local"
@@ -46,6 +53,7 @@ PREFIX = "flotilla-drift"
 TEST_LABEL = "flotilla.test=drifts"
 BASE_PORT = 7300
 KEYS = 60
+BULK_KEYS = 20000
 
 
 class Failed(Exception):
@@ -63,11 +71,15 @@ def run(args, check=True, capture=True, timeout=120):
     return result
 
 
+MANAGER = f"{PREFIX}-manager"
+
+
 class Cluster:
-    def __init__(self, binary, work):
+    def __init__(self, binary, work, manager_in="docker"):
         self.bin = binary
         self.work = work
         self.manager = None
+        self.manager_in = manager_in
         self.manager_log = os.path.join(work, "manager.log")
         self.addresses = {}  # container name -> address
         self.lock = threading.Lock()  # the writer thread reads `addresses`
@@ -173,6 +185,17 @@ class Cluster:
     # ----- the manager ------------------------------------------------------------------
 
     def start_manager(self):
+        if self.manager_in == "docker":
+            # What the README shows: the image's `manager`, Docker's socket mounted, its
+            # state on a volume of its own (kept when the container is removed).
+            run(["docker", "run", "-d", "--name", MANAGER, "--network", "host",
+                 "--label", TEST_LABEL, "--no-healthcheck",
+                 "-v", "/var/run/docker.sock:/var/run/docker.sock",
+                 "-v", f"{PREFIX}-manager-state:/state", IMAGE,
+                 "manager", "--docker", "--endpoints", self.endpoints(),
+                 "--state", "/state/flotilla-manager.json"])
+            self.manager = MANAGER
+            return
         handle = open(self.manager_log, "a")
         self.manager = subprocess.Popen(
             [self.bin, "manager", "--docker", "--endpoints", self.endpoints(),
@@ -180,16 +203,45 @@ class Cluster:
             stdout=handle, stderr=subprocess.STDOUT)
 
     def stop_manager(self):
-        if self.manager:
+        """Stops the manager; a container is removed (its log kept in `manager.log`)."""
+        if self.manager is None:
+            return
+        if self.manager_in == "docker":
+            if os.path.isdir(self.work):  # gone once a passing run removed it
+                logs = run(["docker", "logs", MANAGER], check=False)
+                with open(self.manager_log, "a") as f:
+                    f.write(logs.stdout + logs.stderr)
+            run(["docker", "rm", "-f", MANAGER], check=False)
+        else:
             self.manager.terminate()
             self.manager.wait(timeout=10)
-            self.manager = None
+        self.manager = None
+
+    def manager_lines(self):
+        lines = []
+        if os.path.exists(self.manager_log):
+            with open(self.manager_log) as f:
+                lines = f.read().splitlines()
+        if self.manager_in == "docker" and self.manager is not None:
+            logs = run(["docker", "logs", MANAGER], check=False)
+            lines += (logs.stdout + logs.stderr).splitlines()
+        return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
 
     def manager_said(self, *parts):
         """Whether one line of the manager's log holds every one of `parts`."""
-        with open(self.manager_log) as f:
-            lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in f]
-        return any(all(p in line for p in parts) for line in lines)
+        return any(all(p in line for p in parts) for line in self.manager_lines())
+
+    def fetched_bytes(self, address):
+        """Bytes the store at `address` fetched from leaders by snapshot so far."""
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError as e:
+            raise Failed(f"GET {address}/metrics: {e}")
+        for line in text.splitlines():
+            if line.startswith("flotilla_snapshot_fetched_bytes_total "):
+                return int(float(line.split()[1]))
+        raise Failed(f"{address}/metrics has no flotilla_snapshot_fetched_bytes_total")
 
     # ----- data -------------------------------------------------------------------------
 
@@ -252,7 +304,55 @@ class Writer(threading.Thread):
         return [key for _, key in self.acks if key not in present]
 
 
-FIGURES = []  # (drift, longest write gap s, to replacement s or None, bytes on the new store)
+class Register(threading.Thread):
+    """A register moved on by compare-and-set through the whole run: read its value v,
+    then `cas v v+1`. A single client, so with linearizable reads every value it reads is at
+    least every value read or acknowledged before; at the end it must hold at least the last
+    value acknowledged. A CAS whose outcome is unknown (a timeout) is resolved by the next
+    read."""
+
+    KEY = "register"
+
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.stopping = threading.Event()
+        self.floor = 0  # the highest value read or acknowledged so far
+        self.reads = 0
+        self.swapped = 0
+        self.violation = None
+
+    def run(self):
+        while not self.stopping.is_set() and self.violation is None:
+            answer = self.cluster.cli("kv", "get", self.KEY, timeout_ms=3000)
+            if not answer.get("ok"):
+                continue
+            value = int(answer.get("value") or 0)
+            self.reads += 1
+            if value < self.floor:
+                self.violation = f"register read {value} after {self.floor} was read or acknowledged"
+                return
+            self.floor = value
+            cas = self.cluster.cli("kv", "cas", self.KEY, str(value), str(value + 1),
+                                   timeout_ms=3000)
+            if cas.get("ok") and cas.get("swapped"):
+                self.swapped += 1
+                self.floor = value + 1
+
+    def check(self):
+        if self.violation:
+            raise Failed(f"INVARIANT: {self.violation}")
+        answer = self.cluster.cli("kv", "get", self.KEY, timeout_ms=15000)
+        if not answer.get("ok"):
+            raise Failed(f"kv get {self.KEY}: {answer}")
+        final = int(answer.get("value") or 0)
+        if final < self.floor:
+            raise Failed(f"the register holds {final}, below {self.floor}, which was "
+                         "acknowledged or read: an acknowledged write was lost")
+        return final
+
+
+FIGURES = []  # (drift, longest write gap s, to replacement s or None, bytes fetched by snapshot)
 
 
 def volume_bytes(volume):
@@ -353,8 +453,10 @@ def drift_a(c, m, writer):
             lambda: None if c.manager_said("same store, nothing copied", f"store={store}",
                                            f"address={address}") else "not yet", 60)
     gap = writer.longest_gap(started, done)
-    FIGURES.append(("a", gap, None, None))
-    log(f"(a) ok: store {store} kept its id at {address}; nothing replaced; longest write gap {gap:.2f} s")
+    fetched = c.fetched_bytes(address)
+    FIGURES.append(("a", gap, None, fetched))
+    log(f"(a) ok: store {store} kept its id at {address}; nothing replaced; longest write gap "
+        f"{gap:.2f} s; {fetched} bytes fetched by snapshot")
 
 
 def drift_bc(c, m, writer, same_address):
@@ -381,11 +483,11 @@ def drift_bc(c, m, writer, same_address):
     c.until(f"the manager's log marks store {gone} offline",
             lambda: None if c.manager_said("marked offline", gone) else "not yet", 60)
     gap = writer.longest_gap(started, done)
-    copied = volume_bytes(new_volume)
-    FIGURES.append((kind, gap, done - started, copied))
+    fetched = c.fetched_bytes(address)
+    FIGURES.append((kind, gap, done - started, fetched))
     log(f"({kind}) ok: new store {store} at {address}, never mistaken for {gone}; a voter of "
         f"every region {done - started:.1f} s after the removal; longest write gap {gap:.2f} s; "
-        f"{copied} bytes on the new store")
+        f"{fetched} bytes fetched by snapshot ({volume_bytes(new_volume)} bytes on its volume)")
 
 
 def queued_moves(c, m):
@@ -528,6 +630,8 @@ def main():
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
     parser.add_argument("--bin", default=os.path.join(target, "release", "flotilla"))
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--manager", choices=["docker", "host"], default="docker",
+                        help="run the manager in a container (default) or on this host")
     args = parser.parse_args()
     missing = docker_available()
     if missing:
@@ -539,7 +643,7 @@ def main():
     if not args.no_build:
         run(["bash", os.path.join(root, "scripts", "docker-image.sh")], capture=False, timeout=3600)
     work = tempfile.mkdtemp(prefix="flotilla-drifts.")
-    c = Cluster(args.bin, work)
+    c = Cluster(args.bin, work, args.manager)
     cleanup(c)
     started = time.time()
     try:
@@ -559,15 +663,26 @@ def main():
                 lambda: None if all(c.manager_said(f"{PREFIX}-v{i}") for i in (1, 2, 3))
                 else "not yet", 60)
         c.write_keys("k0")
+        # Some bulk, so that what a replacement copies is worth measuring: 20,000 values
+        # of 1,000 bytes spread over the four regions.
+        run([args.bin, "bench", "--endpoints", c.endpoints(), "--workload", "write",
+             "--keys", str(BULK_KEYS), "--value-size", "1000", "--preload", "true",
+             "--clients", "64", "--duration", "1", "--warmup", "0"], timeout=300)
+        log(f"{BULK_KEYS} keys of 1,000 bytes written (flotilla bench --preload)")
         writer = Writer(c)
         writer.start()
+        initial = c.cli("kv", "put", Register.KEY, "0", timeout_ms=15000)
+        if not initial.get("ok"):
+            raise Failed(f"kv put {Register.KEY} 0: {initial}")
+        register = Register(c)
+        register.start()
         # Ten drifts in turn, a-b-c, with a manager restart half way (what it learned is
         # in its state file; the work in flight is the PD's).
         for i, kind in enumerate("abcabcabca"):
             if i == 5:
                 c.stop_manager()
                 c.start_manager()
-                log("the manager restarted")
+                log(f"the manager restarted ({args.manager})")
             if kind == "a":
                 drift_a(c, m, writer)
             else:
@@ -575,7 +690,12 @@ def main():
             c.check_keys(["k0"])
         queued_moves(c, m)
         writer.stopping.set()
+        register.stopping.set()
         writer.join(timeout=30)
+        register.join(timeout=30)
+        final = register.check()
+        log(f"the register: {register.reads} reads, {register.swapped} compare-and-sets "
+            f"acknowledged, never read going back; it holds {final} (at least {register.floor})")
         lost = writer.lost()
         log(f"the workload: {len(writer.acks)} writes acknowledged, "
             f"{writer.unacknowledged} not; acknowledged writes lost: {len(lost)}")
@@ -589,7 +709,7 @@ def main():
             if kind != "a":
                 line += "; removal to replacement voter (s): " + ", ".join(
                     f"{f[2]:.1f}" for f in rows)
-                line += "; bytes on the new store: " + ", ".join(str(f[3]) for f in rows)
+            line += "; bytes fetched by snapshot: " + ", ".join(str(f[3]) for f in rows)
             log(line)
         drift_d(c, m)
         log(f"every drift correct in {time.time() - started:.0f} s")

@@ -494,7 +494,7 @@ impl Manager {
             None => tracing::info!(
                 container = short,
                 what = if stopped { "stopped" } else { "removed" },
-                "a store container went away (its store is not known yet)"
+                "a store container went away (not the one last seen running a known store: nothing to do)"
             ),
         }
     }

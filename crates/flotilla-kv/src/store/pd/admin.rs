@@ -49,7 +49,9 @@ impl Store {
                 state: state_name(s.state).to_string(),
                 regions: s.region_count as u64,
                 leaders: s.leader_count as u64,
-                used_bytes: s.used_bytes,
+                // The data dir's size as the store reported it (the planners weigh
+                // region sizes instead: see `store_views`).
+                used_bytes: soft.stores.get(&s.record.id).map_or(0, |x| x.used_bytes),
                 last_heartbeat_ms_ago: soft
                     .stores
                     .get(&s.record.id)

@@ -399,15 +399,26 @@ impl Store {
                 *leaders.entry(region.leader).or_default() += 1;
             }
         }
-        let mut hosted: HashMap<StoreId, usize> = HashMap::new();
+        // A store's bytes, for balance by size, are its regions' sizes as their leaders
+        // measured them, not its data dir's size: raft logs (compacted only at snapshots),
+        // preallocated segments and a destroyed replica's files still on disk dominate that,
+        // and it lags the moves by a measurement and a heartbeat. Balancing on it moved
+        // replicas onto new stores and back every round (found by the Docker drift test
+        // with 20 MB of data). Region sizes move with the records, as the planners project.
+        let mut hosted: HashMap<StoreId, (usize, u64)> = HashMap::new();
         for region in state.regions.values() {
+            let bytes = soft.regions.get(&region.id).map_or(0, |l| l.bytes);
             for s in region.voters.iter().chain(&region.learners) {
-                *hosted.entry(*s).or_default() += 1;
+                let entry = hosted.entry(*s).or_default();
+                entry.0 += 1;
+                entry.1 = entry.1.saturating_add(bytes);
             }
         }
         let mut views = self.store_states(state, soft);
         for view in &mut views {
-            view.region_count = hosted.get(&view.record.id).copied().unwrap_or(0);
+            let (regions, bytes) = hosted.get(&view.record.id).copied().unwrap_or((0, 0));
+            view.region_count = regions;
+            view.used_bytes = bytes;
             view.leader_count = leaders.get(&view.record.id).copied().unwrap_or(0);
         }
         views
