@@ -515,9 +515,10 @@ def queued_moves(c, m):
 
 
 def printable_region(regions, meta, _leader_of):
-    """A region to break and two of its three voters to lose, at most one of them a meta
-    group voter (the PD keeps its majority and keeps running), its two followers if they
-    qualify; its start printable (a key in it is written after the recovery)."""
+    """A region to break and two of its three voters to lose: at most one of them a meta
+    group voter (the PD keeps its majority and keeps running), and no other region with
+    both as voters (only this one loses its majority); its two followers if they qualify;
+    its start printable (a key in it is written after the recovery)."""
     for region in regions:
         start = region.get("start", "")
         voters = region["peer_ids"]
@@ -528,7 +529,9 @@ def printable_region(regions, meta, _leader_of):
         pairs = [followers] if len(followers) == 2 else []
         pairs += [[a, b] for i, a in enumerate(voters) for b in voters[i + 1:]]
         for pair in pairs:
-            if sum(v in meta for v in pair) <= 1:
+            shared = [r["id"] for r in regions if r["id"] != region["id"]
+                      and set(pair) <= set(r["peer_ids"])]
+            if sum(v in meta for v in pair) <= 1 and not shared:
                 return region, pair
     return None, None
 
