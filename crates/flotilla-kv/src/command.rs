@@ -110,6 +110,28 @@ pub enum KvCommand {
         /// The epoch a merge into this region expected.
         expected: Epoch,
     },
+    /// Hands out the next `step` values of the sequence named `key`: `[start, start + step)`,
+    /// where `start` is where the previous range ended (0 for a new sequence). A sequence
+    /// lives in its own key space (a `get` of `key` does not see it) and belongs to the
+    /// region holding `key`. Refused, changing nothing: a `step` of 0 or over
+    /// [`SEQUENCE_STEP_MAX`], or a range past `u64::MAX`. Output: [`KvOutput::Range`].
+    SequenceNext {
+        /// The sequence's name.
+        key: Bytes,
+        /// How many values.
+        step: u64,
+    },
+    /// The value the sequence named `key` hands out next (0 for a new one), read through
+    /// the log. Output: [`KvOutput::Counter`].
+    SequenceLatest {
+        /// The sequence's name.
+        key: Bytes,
+    },
+    /// Resets the sequence named `key` to 0 (forgets it). Output: [`KvOutput::Done`].
+    SequenceReset {
+        /// The sequence's name.
+        key: Bytes,
+    },
     /// Thaws the region, a frozen merge source at `version`, with its version moved.
     /// Proposed only once the target is fenced and did not absorb it. Output:
     /// [`KvOutput::Done`].
@@ -135,7 +157,13 @@ mod tag {
     pub const COMMIT_MERGE: u8 = 12;
     pub const FENCE_MERGE: u8 = 13;
     pub const ROLLBACK_MERGE: u8 = 14;
+    pub const SEQUENCE_NEXT: u8 = 15;
+    pub const SEQUENCE_LATEST: u8 = 16;
+    pub const SEQUENCE_RESET: u8 = 17;
 }
+
+/// Most values one [`KvCommand::SequenceNext`] hands out (2^32).
+pub const SEQUENCE_STEP_MAX: u64 = 1 << 32;
 
 /// Longest encoded region or merge state a merge entry carries.
 const MERGE_FIELD_BYTES_MAX: usize = 64 * 1024;
@@ -167,7 +195,10 @@ impl KvCommand {
             | KvCommand::Delete { key }
             | KvCommand::CompareAndPut { key, .. }
             | KvCommand::PutIfAbsent { key, .. }
-            | KvCommand::GetAndPut { key, .. } => Some(key),
+            | KvCommand::GetAndPut { key, .. }
+            | KvCommand::SequenceNext { key, .. }
+            | KvCommand::SequenceLatest { key }
+            | KvCommand::SequenceReset { key } => Some(key),
             KvCommand::DeleteRange { start, .. } => Some(start),
             KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
             KvCommand::BatchDelete(keys) => keys.first(),
@@ -211,7 +242,18 @@ impl KvCommand {
                 check_key(key)?;
                 limits::check_value(value)
             }
-            KvCommand::Delete { key } => check_key(key),
+            KvCommand::Delete { key }
+            | KvCommand::SequenceLatest { key }
+            | KvCommand::SequenceReset { key } => check_key(key),
+            KvCommand::SequenceNext { key, step } => {
+                check_key(key)?;
+                if *step == 0 || *step > SEQUENCE_STEP_MAX {
+                    return Err(KvError::Refused(format!(
+                        "sequence step {step}: must be 1 to {SEQUENCE_STEP_MAX}"
+                    )));
+                }
+                Ok(())
+            }
             // An empty start or end is a bound ("from the first key", "unbounded").
             KvCommand::DeleteRange { start, end } => {
                 limits::check_key(start)?;
@@ -293,13 +335,16 @@ impl KvCommand {
             | KvCommand::PrepareMerge { .. }
             | KvCommand::CommitMerge(_)
             | KvCommand::FenceMerge { .. }
-            | KvCommand::RollbackMerge { .. } => false,
+            | KvCommand::RollbackMerge { .. }
+            | KvCommand::SequenceLatest { .. }
+            | KvCommand::SequenceReset { .. } => false,
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
             | KvCommand::CompareAndPut { .. }
             | KvCommand::PutIfAbsent { .. }
             | KvCommand::GetAndPut { .. }
-            | KvCommand::BatchPut(_) => true,
+            | KvCommand::BatchPut(_)
+            | KvCommand::SequenceNext { .. } => true,
         }
     }
 
@@ -312,7 +357,10 @@ impl KvCommand {
             | KvCommand::Delete { key }
             | KvCommand::CompareAndPut { key, .. }
             | KvCommand::PutIfAbsent { key, .. }
-            | KvCommand::GetAndPut { key, .. } => region.check_key(key),
+            | KvCommand::GetAndPut { key, .. }
+            | KvCommand::SequenceNext { key, .. }
+            | KvCommand::SequenceLatest { key }
+            | KvCommand::SequenceReset { key } => region.check_key(key),
             KvCommand::DeleteRange { start, end } => {
                 let end = if end.is_empty() { &region.end } else { end };
                 region.check_range(start, end)
@@ -354,7 +402,10 @@ impl KvCommand {
             KvCommand::Put { key, value }
             | KvCommand::PutIfAbsent { key, value }
             | KvCommand::GetAndPut { key, value } => 1 + pair(key, value),
-            KvCommand::Delete { key } => 5 + key.len(),
+            KvCommand::Delete { key }
+            | KvCommand::SequenceLatest { key }
+            | KvCommand::SequenceReset { key } => 5 + key.len(),
+            KvCommand::SequenceNext { key, .. } => 13 + key.len(),
             KvCommand::DeleteRange { start, end } => 1 + pair(start, end),
             KvCommand::CompareAndPut {
                 key,
@@ -464,6 +515,19 @@ impl KvCommand {
                 writer.u8(tag::ROLLBACK_MERGE);
                 writer.u64(*version);
             }
+            KvCommand::SequenceNext { key, step } => {
+                writer.u8(tag::SEQUENCE_NEXT);
+                writer.bytes(key);
+                writer.u64(*step);
+            }
+            KvCommand::SequenceLatest { key } => {
+                writer.u8(tag::SEQUENCE_LATEST);
+                writer.bytes(key);
+            }
+            KvCommand::SequenceReset { key } => {
+                writer.u8(tag::SEQUENCE_RESET);
+                writer.bytes(key);
+            }
         }
     }
 
@@ -570,6 +634,12 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
         tag::ROLLBACK_MERGE => KvCommand::RollbackMerge {
             version: reader.u64("rollback version")?,
         },
+        tag::SEQUENCE_NEXT => KvCommand::SequenceNext {
+            key: key(reader)?,
+            step: reader.u64("sequence step")?,
+        },
+        tag::SEQUENCE_LATEST => KvCommand::SequenceLatest { key: key(reader)? },
+        tag::SEQUENCE_RESET => KvCommand::SequenceReset { key: key(reader)? },
         unknown => {
             return Err(KvError::Corrupt(format!(
                 "command: unknown tag {unknown} ({} bytes left)",
@@ -593,6 +663,15 @@ pub enum KvOutput {
     /// One result per element of a [`KvCommand::Batch`], in order; an error is the
     /// refusal's message (that element changed nothing).
     Batch(Vec<Result<KvOutput, String>>),
+    /// The values a [`KvCommand::SequenceNext`] handed out: `[start, end)`.
+    Range {
+        /// The first value.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+    /// A sequence's next value ([`KvCommand::SequenceLatest`]).
+    Counter(u64),
 }
 
 mod output_tag {
@@ -600,6 +679,8 @@ mod output_tag {
     pub const SWAPPED: u8 = 2;
     pub const PREVIOUS: u8 = 3;
     pub const BATCH: u8 = 4;
+    pub const RANGE: u8 = 5;
+    pub const COUNTER: u8 = 6;
     pub const ELEMENT_OK: u8 = 0;
     pub const ELEMENT_ERR: u8 = 1;
 }
@@ -625,6 +706,15 @@ impl KvOutput {
             KvOutput::Previous(previous) => {
                 writer.u8(output_tag::PREVIOUS);
                 writer.option(previous.as_deref());
+            }
+            KvOutput::Range { start, end } => {
+                writer.u8(output_tag::RANGE);
+                writer.u64(*start);
+                writer.u64(*end);
+            }
+            KvOutput::Counter(value) => {
+                writer.u8(output_tag::COUNTER);
+                writer.u64(*value);
             }
             KvOutput::Batch(results) => {
                 writer.u8(output_tag::BATCH);
@@ -674,6 +764,17 @@ fn decode_output(reader: &mut FieldReader<'_>, top: bool) -> Result<KvOutput, Kv
         output_tag::PREVIOUS => Ok(KvOutput::Previous(
             reader.option("previous value", VALUE_BYTES_MAX)?,
         )),
+        output_tag::RANGE => {
+            let start = reader.u64("range start")?;
+            let end = reader.u64("range end")?;
+            if end < start {
+                return Err(KvError::Corrupt(format!(
+                    "output: range end {end} before its start {start}"
+                )));
+            }
+            Ok(KvOutput::Range { start, end })
+        }
+        output_tag::COUNTER => Ok(KvOutput::Counter(reader.u64("counter")?)),
         output_tag::BATCH if top => {
             let count = reader.count("batch results", BATCH_KEYS_MAX, 2)?;
             let mut results = Vec::with_capacity(count);

@@ -39,6 +39,7 @@ pub mod ids;
 pub mod limits;
 pub mod merge;
 pub mod region;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod split;

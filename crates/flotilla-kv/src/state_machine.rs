@@ -421,6 +421,8 @@ struct Overlay<'a> {
     points: BTreeMap<Bytes, Option<Bytes>>,
     /// Ranges deleted; a key in one and not in `points` is absent.
     ranges: Vec<(Bytes, Bytes)>,
+    /// Meta keys written (sequences): `None` = deleted.
+    meta: BTreeMap<Bytes, Option<Bytes>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -429,7 +431,23 @@ impl<'a> Overlay<'a> {
             engine,
             points: BTreeMap::new(),
             ranges: Vec::new(),
+            meta: BTreeMap::new(),
         }
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
+        match self.meta.get(key) {
+            Some(state) => Ok(state.clone()),
+            None => self.engine.meta_get(key),
+        }
+    }
+
+    fn meta_put(&mut self, key: Bytes, value: Bytes) {
+        self.meta.insert(key, Some(value));
+    }
+
+    fn meta_delete(&mut self, key: Bytes) {
+        self.meta.insert(key, None);
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
@@ -471,6 +489,12 @@ impl<'a> Overlay<'a> {
             match state {
                 Some(value) => batch.put(key, value),
                 None => batch.delete(key),
+            }
+        }
+        for (key, state) in self.meta {
+            match state {
+                Some(value) => batch.meta_put(key, value),
+                None => batch.meta_delete(key),
             }
         }
         batch
@@ -556,6 +580,32 @@ fn apply_command(
             for key in keys {
                 overlay.delete(key);
             }
+            KvOutput::Done
+        }
+        KvCommand::SequenceNext { key, step } => {
+            let record = crate::sequence::record_key(&key);
+            let start = match crate::sequence::decode(&key, overlay.meta_get(&record)?.as_deref()) {
+                Ok(start) => start,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let Some(end) = start.checked_add(step) else {
+                return Ok(Err(KvError::Refused(format!(
+                    "sequence {} is at {start}: a step of {step} would pass 2^64 - 1",
+                    crate::error::show(&key)
+                ))));
+            };
+            overlay.meta_put(record, Bytes::copy_from_slice(&end.to_be_bytes()));
+            KvOutput::Range { start, end }
+        }
+        KvCommand::SequenceLatest { key } => {
+            let record = crate::sequence::record_key(&key);
+            match crate::sequence::decode(&key, overlay.meta_get(&record)?.as_deref()) {
+                Ok(next) => KvOutput::Counter(next),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        KvCommand::SequenceReset { key } => {
+            overlay.meta_delete(crate::sequence::record_key(&key));
             KvOutput::Done
         }
         KvCommand::Batch(_) => unreachable!("handled above"),
@@ -845,7 +895,13 @@ impl StateMachine for KvStateMachine {
             .engine
             .export_range(&region.start, &region.end, &mut out)
             .map_err(|e| format!("exporting {region}: {e}"))?;
-        tracing::debug!(region = %region.id, index = %snapshot_index, keys = count, "region snapshot saved");
+        let mut out = SnapshotFileWriter {
+            writer,
+            name: crate::sequence::SNAPSHOT_SEQUENCES_FILE,
+        };
+        let sequences = crate::sequence::export(self.engine.as_ref(), &region, &mut out)
+            .map_err(|e| format!("exporting the sequences of {region}: {e}"))?;
+        tracing::debug!(region = %region.id, index = %snapshot_index, keys = count, sequences, "region snapshot saved");
         Ok(())
     }
 
@@ -1068,6 +1124,17 @@ impl KvStateMachine {
             &region.start,
             &region.end,
         )?;
+        if reader
+            .manifest()
+            .file(crate::sequence::SNAPSHOT_SEQUENCES_FILE)
+            .is_some()
+        {
+            crate::engine::export::verify_export(
+                &mut SnapshotFileReader::new(reader, crate::sequence::SNAPSHOT_SEQUENCES_FILE),
+                &region.start,
+                &region.end,
+            )?;
+        }
         // Invalidate the applied state first: a crash inside the import must not leave
         // the old (higher) applied index over the snapshot's data.
         self.engine.meta_delete(applied_key(region.id))?;
@@ -1083,6 +1150,20 @@ impl KvStateMachine {
             region.id, meta.index
         );
         let mut batch = WriteBatch::new();
+        // The sequences of the range, as the snapshot has them (a snapshot from before
+        // sequences existed has none: the range then holds none either).
+        if reader
+            .manifest()
+            .file(crate::sequence::SNAPSHOT_SEQUENCES_FILE)
+            .is_some()
+        {
+            crate::sequence::import(
+                self.engine.as_ref(),
+                &region,
+                &mut SnapshotFileReader::new(reader, crate::sequence::SNAPSHOT_SEQUENCES_FILE),
+                &mut batch,
+            )?;
+        }
         match &merging {
             Some(state) => {
                 batch.meta_put(crate::merge::state_key(region.id), state.encode());

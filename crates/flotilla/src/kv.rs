@@ -136,6 +136,27 @@ pub enum KvOp {
         #[arg(long, default_value = "index")]
         read: String,
     },
+    /// Sequences named by keys (a key space of their own: `get KEY` does not see them):
+    /// `next KEY [--step N]`, `latest KEY`, `reset KEY`.
+    #[command(subcommand)]
+    Seq(SeqOp),
+}
+
+/// `flotilla kv seq`.
+#[derive(Subcommand, Debug)]
+pub enum SeqOp {
+    /// Hands out the next N values of the sequence KEY: prints [start, end), never handed
+    /// out before (also across failovers).
+    Next {
+        key: String,
+        /// How many values (1 to 2^32).
+        #[arg(long, default_value_t = 1)]
+        step: u64,
+    },
+    /// Prints the value the sequence KEY hands out next (0 for a new one).
+    Latest { key: String },
+    /// Resets the sequence KEY to 0.
+    Reset { key: String },
 }
 
 /// One KV operation with its keys, values and bounds decoded (`--encoding`) and checked
@@ -168,6 +189,16 @@ enum Request {
         limit: usize,
         reverse: bool,
         read: ReadConsistency,
+    },
+    SequenceNext {
+        key: Bytes,
+        step: u64,
+    },
+    SequenceLatest {
+        key: Bytes,
+    },
+    SequenceReset {
+        key: Bytes,
     },
 }
 
@@ -246,6 +277,24 @@ fn prepare(op: KvOp, encoding: Encoding) -> Result<Request, Failure> {
                 read: read(&r)?,
             }
         }
+        KvOp::Seq(SeqOp::Next { key: k, step }) => {
+            if step == 0 || step > flotilla_kv::command::SEQUENCE_STEP_MAX {
+                return Err(Failure::usage(format!(
+                    "--step {step}: must be 1 to {}",
+                    flotilla_kv::command::SEQUENCE_STEP_MAX
+                )));
+            }
+            Request::SequenceNext {
+                key: key(e, "KEY", &k)?,
+                step,
+            }
+        }
+        KvOp::Seq(SeqOp::Latest { key: k }) => Request::SequenceLatest {
+            key: key(e, "KEY", &k)?,
+        },
+        KvOp::Seq(SeqOp::Reset { key: k }) => Request::SequenceReset {
+            key: key(e, "KEY", &k)?,
+        },
     })
 }
 
@@ -306,6 +355,27 @@ async fn execute(
         }
         Request::Delete { key } => {
             client.delete(key).await?;
+            (success(vec![]), Some("OK".into()))
+        }
+        Request::SequenceNext { key, step } => {
+            let (start, end) = client.sequence_next(key, step).await?;
+            (
+                success(vec![
+                    ("start", Value::from(start)),
+                    ("end", Value::from(end)),
+                ]),
+                Some(format!("[{start}, {end})")),
+            )
+        }
+        Request::SequenceLatest { key } => {
+            let next = client.sequence_latest(key).await?;
+            (
+                success(vec![("value", Value::from(next))]),
+                Some(next.to_string()),
+            )
+        }
+        Request::SequenceReset { key } => {
+            client.sequence_reset(key).await?;
             (success(vec![]), Some("OK".into()))
         }
         Request::Cas { key, expected, new } => {

@@ -79,6 +79,32 @@ fn json_contract_and_exit_codes() {
     assert_eq!(kv(e, &["delete", "a"]).0, 0);
     assert_eq!(kv(e, &["get", "a"]).1["value"], Value::Null);
 
+    // Sequences: ranges one after another, a key space of their own, reset.
+    assert_eq!(
+        kv(e, &["seq", "next", "ids", "--step", "10"]),
+        (0, serde_json::json!({"ok": true, "start": 0, "end": 10}))
+    );
+    assert_eq!(
+        kv(e, &["seq", "next", "ids"]),
+        (0, serde_json::json!({"ok": true, "start": 10, "end": 11}))
+    );
+    assert_eq!(
+        kv(e, &["seq", "latest", "ids"]),
+        (0, serde_json::json!({"ok": true, "value": 11}))
+    );
+    assert_eq!(kv(e, &["get", "ids"]).1["value"], Value::Null);
+    assert_eq!(
+        kv(e, &["seq", "reset", "ids"]),
+        (0, serde_json::json!({"ok": true}))
+    );
+    assert_eq!(kv(e, &["seq", "latest", "ids"]).1["value"], Value::from(0));
+    let (code, answer) = kv(e, &["seq", "next", "ids", "--step", "0"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (2, Some("Usage")),
+        "{answer}"
+    );
+
     // Certain failures: exit 1, ok=false, indeterminate=false, nothing changed.
     let (code, answer) = kv(e, &["scan", "z", "a"]);
     assert_eq!(

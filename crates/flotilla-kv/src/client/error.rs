@@ -117,6 +117,26 @@ pub(super) fn swapped(result: proto::OpResult) -> Result<bool, ClientError> {
     }
 }
 
+pub(super) fn range(result: proto::OpResult) -> Result<(u64, u64), ClientError> {
+    if let Some(error) = op_error(&result) {
+        return Err(error);
+    }
+    match result.result {
+        Some(proto::op_result::Result::Range(r)) if r.start <= r.end => Ok((r.start, r.end)),
+        _ => Err(wrong_reply_unknown()),
+    }
+}
+
+pub(super) fn counter(result: proto::OpResult) -> Result<u64, ClientError> {
+    if let Some(error) = op_error(&result) {
+        return Err(error);
+    }
+    match result.result {
+        Some(proto::op_result::Result::Counter(next)) => Ok(next),
+        _ => Err(wrong_reply_unknown()),
+    }
+}
+
 pub(super) fn previous(result: proto::OpResult) -> Result<Option<Bytes>, ClientError> {
     if let Some(error) = op_error(&result) {
         return Err(error);

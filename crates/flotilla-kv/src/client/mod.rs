@@ -46,7 +46,10 @@ use crate::service::proto;
 use batch::{op_value_len, BatchClass, Batcher, Batchers, Pending};
 use connection::{grpc_client, Call, Connections, Reply};
 pub use error::ClientError;
-use error::{done, error_chain, key_moved, previous, swapped, wrong_reply, wrong_reply_unknown};
+use error::{
+    counter, done, error_chain, key_moved, previous, range, swapped, wrong_reply,
+    wrong_reply_unknown,
+};
 pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
@@ -1023,6 +1026,36 @@ impl KvClient {
             value: value.into(),
         });
         swapped(self.write_one(key, op).await?)
+    }
+
+    /// Hands out the next `step` values (1 to 2^32) of the sequence named `key`: `[start,
+    /// end)`, never handed out before, also across failovers. An answer that did not come
+    /// (`Unknown`) may have consumed a range: ask again for a new one.
+    pub async fn sequence_next(
+        &self,
+        key: impl Into<Bytes>,
+        step: u64,
+    ) -> Result<(u64, u64), ClientError> {
+        let key = key.into();
+        let op = proto::op::Op::SequenceNext(proto::SequenceNext {
+            key: key.clone(),
+            step,
+        });
+        range(self.write_one(key, op).await?)
+    }
+
+    /// The value the sequence named `key` hands out next (0 for a new one).
+    pub async fn sequence_latest(&self, key: impl Into<Bytes>) -> Result<u64, ClientError> {
+        let key = key.into();
+        let op = proto::op::Op::SequenceLatest(proto::Delete { key: key.clone() });
+        counter(self.write_one(key, op).await?)
+    }
+
+    /// Resets the sequence named `key` to 0.
+    pub async fn sequence_reset(&self, key: impl Into<Bytes>) -> Result<(), ClientError> {
+        let key = key.into();
+        let op = proto::op::Op::SequenceReset(proto::Delete { key: key.clone() });
+        done(self.write_one(key, op).await?)
     }
 
     /// Sets `key` to `value` if absent; answers the value that was there (`None`: the put

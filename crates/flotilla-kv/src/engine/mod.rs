@@ -45,6 +45,9 @@ pub mod meta_keys {
     /// A merge applied whose store has not yet dropped the source, `merged/` + source id
     /// (`crate::merge::MergeRecord`).
     pub const MERGED_PREFIX: &[u8] = b"merged/";
+    /// A sequence, `seq/` + its name (the key naming it), its next value as 8 bytes big
+    /// endian (`crate::sequence`).
+    pub const SEQUENCE_PREFIX: &[u8] = b"seq/";
 }
 
 /// One operation of a [`WriteBatch`].

@@ -185,6 +185,12 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
                 key: p.key,
                 value: p.value,
             },
+            Some(Op::SequenceNext(n)) => KvCommand::SequenceNext {
+                key: n.key,
+                step: n.step,
+            },
+            Some(Op::SequenceLatest(d)) => KvCommand::SequenceLatest { key: d.key },
+            Some(Op::SequenceReset(d)) => KvCommand::SequenceReset { key: d.key },
             None => return Err(invalid(format!("op {i} is empty"))),
         };
         commands.push(command);
@@ -205,6 +211,8 @@ fn result_of(output: Result<KvOutput, String>) -> proto::OpResult {
             found: previous.is_some(),
             value: previous.unwrap_or_default(),
         }),
+        Ok(KvOutput::Range { start, end }) => R::Range(proto::Range { start, end }),
+        Ok(KvOutput::Counter(next)) => R::Counter(next),
         Ok(KvOutput::Batch(_)) => R::Error("nested batch output".into()),
         Err(why) => R::Error(why),
     };
@@ -337,9 +345,14 @@ impl proto::kv_server::Kv for KvService {
             .map_err(|e| status_of(&e))?;
         let results = match (batched, output) {
             (true, KvOutput::Batch(outputs)) => outputs.into_iter().map(result_of).collect(),
-            (false, output @ (KvOutput::Done | KvOutput::Swapped(_) | KvOutput::Previous(_))) => {
-                vec![result_of(Ok(output))]
-            }
+            (
+                false,
+                output @ (KvOutput::Done
+                | KvOutput::Swapped(_)
+                | KvOutput::Previous(_)
+                | KvOutput::Range { .. }
+                | KvOutput::Counter(_)),
+            ) => vec![result_of(Ok(output))],
             (_, other) => {
                 return Err(status_of(&KvError::Unknown(format!(
                     "the state machine answered {other:?} to a {} write",

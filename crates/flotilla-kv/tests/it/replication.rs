@@ -673,3 +673,104 @@ async fn engine_failure_answers_unknown_and_stops_the_region() {
     drop(failing);
     cluster.stop_all().await;
 }
+
+/// Sequences through the log: ranges follow one another and never repeat, a refused step
+/// changes nothing, `get` of the name does not see the sequence, a reset starts it over,
+/// and a peer added later (caught up by snapshot) hands out what the others would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequences_hand_out_ranges_once_and_travel_in_snapshots() {
+    let mut cluster = KvCluster::new("sequences", 4, EngineKind::Memory).await;
+    let region = Region::new(RegionId(5), b("s"), b("t"), Epoch::new(1, 1)).unwrap();
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    let next = |key: &str, step: u64| KvCommand::SequenceNext { key: b(key), step };
+    let latest = |key: &str| KvCommand::SequenceLatest { key: b(key) };
+    assert_eq!(
+        cluster.propose(g, next("seq-a", 10)).await,
+        Ok(KvOutput::Range { start: 0, end: 10 })
+    );
+    assert_eq!(
+        cluster.propose(g, next("seq-a", 1)).await,
+        Ok(KvOutput::Range { start: 10, end: 11 })
+    );
+    // In one batch, each element sees the one before.
+    assert_eq!(
+        cluster
+            .propose(
+                g,
+                KvCommand::Batch(vec![next("seq-b", 3), next("seq-b", 3)])
+            )
+            .await,
+        Ok(KvOutput::Batch(vec![
+            Ok(KvOutput::Range { start: 0, end: 3 }),
+            Ok(KvOutput::Range { start: 3, end: 6 })
+        ]))
+    );
+    // Refused: a step past the limit, a range past 2^64 - 1; nothing changes.
+    assert!(cluster.propose(g, next("seq-a", 0)).await.is_err());
+    assert_eq!(
+        cluster
+            .propose(
+                g,
+                next("seq-a", flotilla_kv::command::SEQUENCE_STEP_MAX + 1)
+            )
+            .await
+            .map_err(|_| ()),
+        Err(())
+    );
+    assert_eq!(
+        cluster.propose(g, latest("seq-a")).await,
+        Ok(KvOutput::Counter(11))
+    );
+    // Outside the region: refused.
+    assert!(cluster.propose(g, next("a", 1)).await.is_err());
+    // The sequence's name holds no data.
+    assert!(cluster.engine(0).get(b"seq-a").unwrap().is_none());
+    assert_eq!(
+        cluster
+            .propose(g, KvCommand::SequenceReset { key: b("seq-b") })
+            .await,
+        Ok(KvOutput::Done)
+    );
+    assert_eq!(
+        cluster.propose(g, latest("seq-b")).await,
+        Ok(KvOutput::Counter(0))
+    );
+    // A fourth peer, whose engine holds a stale record of seq-a, caught up by snapshot.
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let node = cluster.node(leader, g).unwrap();
+    let first = node.snapshot().await.unwrap();
+    cluster.propose(g, next("seq-c", 1)).await.unwrap();
+    assert!(node.snapshot().await.unwrap() > first);
+    cluster
+        .engine(3)
+        .meta_put(
+            flotilla_kv::sequence::record_key(b"seq-a"),
+            Bytes::copy_from_slice(&3u64.to_be_bytes()),
+        )
+        .unwrap();
+    cluster.add_region_on(3, &region, Vec::new()).await;
+    let new_peer = cluster.peers[3].clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = node.add_peer(new_peer.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.converged(g).await;
+    let record = cluster
+        .engine(3)
+        .meta_get(&flotilla_kv::sequence::record_key(b"seq-a"))
+        .unwrap();
+    assert_eq!(record, Some(Bytes::copy_from_slice(&11u64.to_be_bytes())));
+    let stats = cluster.processes[3].manager.as_ref().unwrap().stats();
+    assert!(stats.snapshots_installed >= 1, "{stats:?}");
+    // Whoever leads next, the sequence goes on from 11.
+    assert_eq!(
+        cluster.propose(g, next("seq-a", 5)).await,
+        Ok(KvOutput::Range { start: 11, end: 16 })
+    );
+    cluster.stop_all().await;
+}
