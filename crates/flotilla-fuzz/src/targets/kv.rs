@@ -55,6 +55,12 @@ fn commands() -> Vec<KvCommand> {
         },
         KvCommand::BatchPut(vec![(b(b"a"), b(b"1")), (b(b"b"), b(b"2"))]),
         KvCommand::BatchDelete(vec![b(b"a"), b(b"b"), b(b"c")]),
+        KvCommand::SequenceNext {
+            key: b(b"ids"),
+            step: 100,
+        },
+        KvCommand::SequenceLatest { key: b(b"ids") },
+        KvCommand::SequenceReset { key: b(b"ids") },
         KvCommand::Batch(vec![
             put,
             KvCommand::Delete { key: b(b"x") },
@@ -92,6 +98,8 @@ fn outputs() -> Vec<KvOutput> {
         KvOutput::Swapped(true),
         KvOutput::Previous(Some(b(b"old"))),
         KvOutput::Previous(None),
+        KvOutput::Range { start: 7, end: 107 },
+        KvOutput::Counter(107),
         KvOutput::Batch(vec![
             Ok(KvOutput::Done),
             Err("key too long".into()),
