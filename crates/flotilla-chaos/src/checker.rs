@@ -357,6 +357,38 @@ pub fn quantile(samples: &[u64], q: f64) -> Option<u64> {
     Some(sorted[rank - 1])
 }
 
+/// Ranges handed out twice: for each sequence, every pair of acknowledged ranges that
+/// overlap (or a range whose end is before its start), in words.
+pub fn check_sequences(ranges: &[crate::workload::SequenceRange]) -> Vec<String> {
+    let mut by_sequence: std::collections::BTreeMap<u64, Vec<(u64, u64)>> =
+        std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for r in ranges {
+        if r.end <= r.start {
+            out.push(format!(
+                "sequence {}: an empty or reversed range [{}, {})",
+                r.sequence, r.start, r.end
+            ));
+        }
+        by_sequence
+            .entry(r.sequence)
+            .or_default()
+            .push((r.start, r.end));
+    }
+    for (sequence, mut list) in by_sequence {
+        list.sort_unstable();
+        for pair in list.windows(2) {
+            if pair[1].0 < pair[0].1 {
+                out.push(format!(
+                    "sequence {sequence}: [{}, {}) and [{}, {}) overlap: values handed out twice",
+                    pair[0].0, pair[0].1, pair[1].0, pair[1].1
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,5 +650,19 @@ mod tests {
         assert_eq!(quantile(&[5], 0.5), Some(5));
         assert_eq!(quantile(&[4, 1, 3, 2], 0.5), Some(2));
         assert_eq!(quantile(&[4, 1, 3, 2], 1.0), Some(4));
+    }
+
+    #[test]
+    fn sequence_ranges_handed_out_twice_are_found() {
+        use crate::workload::SequenceRange;
+        let r = |sequence, start, end| SequenceRange {
+            sequence,
+            start,
+            end,
+        };
+        assert!(check_sequences(&[r(1, 0, 5), r(1, 5, 9), r(2, 0, 5)]).is_empty());
+        let found = check_sequences(&[r(1, 0, 5), r(1, 4, 9), r(2, 3, 3)]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|f| f.contains("overlap")), "{found:?}");
     }
 }

@@ -506,9 +506,24 @@ fn check_and_report(
         .lock()
         .map(|s| s.clone())
         .unwrap_or_default();
+    let sequence_ranges = shared
+        .sequence_ranges
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let sequence_unknown = shared
+        .sequence_unknown
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
     let checking = Instant::now();
     let register_report = checker::check_register(&register, &Checker::new(config.checker_states));
     let set_report = checker::check_set(&adds, &driven.set_reads);
+    let sequence_violations = checker::check_sequences(&sequence_ranges);
+    journal.note(format!(
+        "checked {} sequence ranges acknowledged ({} unknown): {} handed out twice",
+        sequence_ranges.len(),
+        sequence_unknown,
+        sequence_violations.len()
+    ));
     journal.note(format!(
         "checked {} register keys and {} set adds ({} acknowledged) in {} ms",
         register_report.keys,
@@ -524,11 +539,15 @@ fn check_and_report(
         + adds
             .iter()
             .filter(|a| a.outcome == Outcome::Unknown)
-            .count();
-    let findings = describe_findings(config, cluster, &driven, &register_report, &set_report);
+            .count()
+        + sequence_unknown;
+    let mut findings = describe_findings(config, cluster, &driven, &register_report, &set_report);
+    findings.section("sequence values handed out twice", &sequence_violations);
 
-    let violations =
-        register_report.violations.len() + set_report.violations() + cluster.unexpected_exits.len();
+    let violations = register_report.violations.len()
+        + set_report.violations()
+        + sequence_violations.len()
+        + cluster.unexpected_exits.len();
     let unknown = register_report.unknown.len()
         + driven.unread_keys.len()
         + set_report.unread.len()
@@ -540,7 +559,7 @@ fn check_and_report(
         nodes: config.nodes,
         seconds: driven.workload_seconds,
         seed: config.seed,
-        ops: register.len() + adds.len(),
+        ops: register.len() + adds.len() + sequence_ranges.len() + sequence_unknown,
         indeterminate,
         violations,
         unknown,

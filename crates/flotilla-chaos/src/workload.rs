@@ -9,6 +9,10 @@
 //!   on every voter of the region (a follower read sent to that store itself, clipped to
 //!   the region's range: a store hosts only the regions the PD placed on it).
 //!
+//! - **sequence** (always, one client besides the others): `seq next` on a few sequences
+//!   spread over the regions, recording every range acknowledged; no value may be handed
+//!   out twice (`crate::checker::check_sequences`).
+//!
 //! Also the recovery probe: after a heal, a write to every region until each succeeds.
 //!
 //! Owns: issuing operations and recording exactly what the client learned, with times.
@@ -38,6 +42,28 @@ const FINAL_CLIENT: u64 = 1_000_001;
 const REGISTER_LANES: u64 = 4;
 /// Elements per page of the final set read (the store's scan limit is 10,000).
 const SCAN_PAGE: u32 = 5_000;
+/// Sequences the sequence client draws from.
+const SEQUENCES: u64 = 4;
+/// Largest step the sequence client asks for.
+const SEQUENCE_STEP_MAX: u64 = 100;
+
+/// One range a `seq next` answered: handed out to this client, never to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceRange {
+    /// Which sequence.
+    pub sequence: u64,
+    /// `[start, end)`.
+    pub start: u64,
+    /// See `start`.
+    pub end: u64,
+}
+
+/// The name of sequence `id`, spread over the regions like the other keys.
+pub fn sequence_key(id: u64) -> Bytes {
+    let mut key = vec![spread(id ^ 0xaaaa)];
+    key.extend_from_slice(format!("q{id:04}").as_bytes());
+    Bytes::from(key)
+}
 
 /// Which workloads run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +188,10 @@ pub struct Shared {
     pub register: Mutex<Vec<RegisterEvent>>,
     /// The set's adds.
     pub set_adds: Mutex<Vec<SetAdd>>,
+    /// Ranges `seq next` acknowledged.
+    pub sequence_ranges: Mutex<Vec<SequenceRange>>,
+    /// `seq next` calls whose outcome is unknown.
+    pub sequence_unknown: AtomicU64,
     /// The last value the clients saw per register key (CAS expects it).
     last_seen: Mutex<HashMap<u64, Option<u64>>>,
     /// Register keys used.
@@ -188,6 +218,8 @@ impl Shared {
             register_ops_started: AtomicU64::new(0),
             register: Mutex::new(Vec::new()),
             set_adds: Mutex::new(Vec::new()),
+            sequence_ranges: Mutex::new(Vec::new()),
+            sequence_unknown: AtomicU64::new(0),
             last_seen: Mutex::new(HashMap::new()),
             keys_used: Mutex::new(BTreeSet::new()),
             probe_ids: Mutex::new(HashMap::new()),
@@ -207,7 +239,7 @@ impl Shared {
     }
 
     fn recorded(&self) -> usize {
-        lock(&self.register).len() + lock(&self.set_adds).len()
+        lock(&self.register).len() + lock(&self.set_adds).len() + lock(&self.sequence_ranges).len()
     }
 
     fn push_register(&self, event: RegisterEvent) {
@@ -235,7 +267,13 @@ impl Shared {
         rng: &mut Rng,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let count = self.config.clients.max(1);
-        (0..count)
+        let sequence = {
+            let shared = self.clone();
+            let client = clients[count % clients.len()].clone();
+            let rng = rng.fork(count as u64);
+            tokio::spawn(async move { shared.sequence_worker(client, rng).await })
+        };
+        let mut workers: Vec<tokio::task::JoinHandle<()>> = (0..count)
             .map(|worker| {
                 let shared = self.clone();
                 let client = clients[worker % clients.len()].clone();
@@ -254,7 +292,34 @@ impl Shared {
                     }
                 })
             })
-            .collect()
+            .collect();
+        workers.push(sequence);
+        workers
+    }
+
+    /// `seq next` on random sequences, each acknowledged range recorded.
+    async fn sequence_worker(&self, client: KvClient, mut rng: Rng) {
+        while self.keep_going() {
+            let sequence = rng.below(SEQUENCES);
+            let step = 1 + rng.below(SEQUENCE_STEP_MAX);
+            let answer = tokio::time::timeout(
+                self.config.op_timeout,
+                client.sequence_next(sequence_key(sequence), step),
+            )
+            .await;
+            match answer {
+                Ok(Ok((start, end))) => lock(&self.sequence_ranges).push(SequenceRange {
+                    sequence,
+                    start,
+                    end,
+                }),
+                Ok(Err(e)) if !e.indeterminate => {}
+                _ => {
+                    self.sequence_unknown.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.think(&mut rng).await;
+        }
     }
 
     fn keep_going(&self) -> bool {
