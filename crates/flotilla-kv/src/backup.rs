@@ -15,7 +15,7 @@
 //!                    not a backup (an interrupted one)
 //! region-<id>/       the region's snapshot as a snapshot store keeps it:
 //!   snapshot-<index>/  manifest (every file's size and CRC32C) + `region` + `data`
-//!                      + `sequences`
+//!                      + `sequences` + `locks`
 //! ```
 //!
 //! `backup.meta` is text, one fact per line, sealed by a CRC32C line:
@@ -294,17 +294,18 @@ fn check_region(dir: &Path, expected: &BackupRegion) -> Result<SnapshotReader, S
         &region.end,
     )
     .map_err(|e| fail(format!("its data file: {e}")))?;
-    if reader
-        .manifest()
-        .file(crate::sequence::SNAPSHOT_SEQUENCES_FILE)
-        .is_some()
-    {
-        verify_export(
-            &mut SnapshotFileReader::new(&reader, crate::sequence::SNAPSHOT_SEQUENCES_FILE),
-            &region.start,
-            &region.end,
-        )
-        .map_err(|e| fail(format!("its sequences file: {e}")))?;
+    for name in [
+        crate::sequence::SNAPSHOT_SEQUENCES_FILE,
+        crate::lock::SNAPSHOT_LOCKS_FILE,
+    ] {
+        if reader.manifest().file(name).is_some() {
+            verify_export(
+                &mut SnapshotFileReader::new(&reader, name),
+                &region.start,
+                &region.end,
+            )
+            .map_err(|e| fail(format!("its {name} file: {e}")))?;
+        }
     }
     if keys != expected.keys {
         return Err(fail(format!(

@@ -12,6 +12,7 @@ use flotilla_storage::fields::{FieldReader, FieldWriter};
 use crate::error::KvError;
 use crate::ids::{Epoch, RegionId};
 use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::lock::{LockOp, LockState};
 use crate::merge::MergeState;
 use crate::region::Region;
 
@@ -132,6 +133,18 @@ pub enum KvCommand {
         /// The sequence's name.
         key: Bytes,
     },
+    /// An operation on the lock named `name` (see `crate::lock`) at the time `now_ms` the
+    /// leader stamped (the store overwrites whatever a client sent). Output:
+    /// [`KvOutput::Lock`]; a renew or release by anyone but the holder is refused
+    /// (`NotOwner`).
+    Lock {
+        /// The lock's name (a key: the region holding it decides).
+        name: Bytes,
+        /// What to do.
+        op: LockOp,
+        /// The leader's stamp.
+        now_ms: u64,
+    },
     /// Thaws the region, a frozen merge source at `version`, with its version moved.
     /// Proposed only once the target is fenced and did not absorb it. Output:
     /// [`KvOutput::Done`].
@@ -160,6 +173,15 @@ mod tag {
     pub const SEQUENCE_NEXT: u8 = 15;
     pub const SEQUENCE_LATEST: u8 = 16;
     pub const SEQUENCE_RESET: u8 = 17;
+    pub const LOCK: u8 = 18;
+}
+
+/// Tags of the encoded lock operations.
+mod lock_tag {
+    pub const ACQUIRE: u8 = 1;
+    pub const RENEW: u8 = 2;
+    pub const RELEASE: u8 = 3;
+    pub const STATUS: u8 = 4;
 }
 
 /// Most values one [`KvCommand::SequenceNext`] hands out (2^32).
@@ -198,7 +220,8 @@ impl KvCommand {
             | KvCommand::GetAndPut { key, .. }
             | KvCommand::SequenceNext { key, .. }
             | KvCommand::SequenceLatest { key }
-            | KvCommand::SequenceReset { key } => Some(key),
+            | KvCommand::SequenceReset { key }
+            | KvCommand::Lock { name: key, .. } => Some(key),
             KvCommand::DeleteRange { start, .. } => Some(start),
             KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
             KvCommand::BatchDelete(keys) => keys.first(),
@@ -245,6 +268,10 @@ impl KvCommand {
             KvCommand::Delete { key }
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key } => check_key(key),
+            KvCommand::Lock { name, op, .. } => {
+                check_key(name)?;
+                crate::lock::validate(op)
+            }
             KvCommand::SequenceNext { key, step } => {
                 check_key(key)?;
                 if *step == 0 || *step > SEQUENCE_STEP_MAX {
@@ -338,6 +365,7 @@ impl KvCommand {
             | KvCommand::RollbackMerge { .. }
             | KvCommand::SequenceLatest { .. }
             | KvCommand::SequenceReset { .. } => false,
+            KvCommand::Lock { op, .. } => matches!(op, LockOp::Acquire { .. }),
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
             | KvCommand::CompareAndPut { .. }
@@ -360,7 +388,8 @@ impl KvCommand {
             | KvCommand::GetAndPut { key, .. }
             | KvCommand::SequenceNext { key, .. }
             | KvCommand::SequenceLatest { key }
-            | KvCommand::SequenceReset { key } => region.check_key(key),
+            | KvCommand::SequenceReset { key }
+            | KvCommand::Lock { name: key, .. } => region.check_key(key),
             KvCommand::DeleteRange { start, end } => {
                 let end = if end.is_empty() { &region.end } else { end };
                 region.check_range(start, end)
@@ -406,6 +435,15 @@ impl KvCommand {
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key } => 5 + key.len(),
             KvCommand::SequenceNext { key, .. } => 13 + key.len(),
+            KvCommand::Lock { name, op, .. } => {
+                32 + name.len()
+                    + match op {
+                        LockOp::Acquire { owner, .. }
+                        | LockOp::Renew { owner }
+                        | LockOp::Release { owner } => owner.len(),
+                        LockOp::Status => 0,
+                    }
+            }
             KvCommand::DeleteRange { start, end } => 1 + pair(start, end),
             KvCommand::CompareAndPut {
                 key,
@@ -528,6 +566,27 @@ impl KvCommand {
                 writer.u8(tag::SEQUENCE_RESET);
                 writer.bytes(key);
             }
+            KvCommand::Lock { name, op, now_ms } => {
+                writer.u8(tag::LOCK);
+                writer.bytes(name);
+                match op {
+                    LockOp::Acquire { owner, lease_ms } => {
+                        writer.u8(lock_tag::ACQUIRE);
+                        writer.bytes(owner);
+                        writer.u64(*lease_ms);
+                    }
+                    LockOp::Renew { owner } => {
+                        writer.u8(lock_tag::RENEW);
+                        writer.bytes(owner);
+                    }
+                    LockOp::Release { owner } => {
+                        writer.u8(lock_tag::RELEASE);
+                        writer.bytes(owner);
+                    }
+                    LockOp::Status => writer.u8(lock_tag::STATUS),
+                }
+                writer.u64(*now_ms);
+            }
         }
     }
 
@@ -640,6 +699,34 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
         },
         tag::SEQUENCE_LATEST => KvCommand::SequenceLatest { key: key(reader)? },
         tag::SEQUENCE_RESET => KvCommand::SequenceReset { key: key(reader)? },
+        tag::LOCK => {
+            let name = key(reader)?;
+            let owner =
+                |r: &mut FieldReader<'_>| r.bytes("lock owner", crate::lock::OWNER_BYTES_MAX);
+            let op = match reader.u8("lock op")? {
+                lock_tag::ACQUIRE => LockOp::Acquire {
+                    owner: owner(reader)?,
+                    lease_ms: reader.u64("lock lease")?,
+                },
+                lock_tag::RENEW => LockOp::Renew {
+                    owner: owner(reader)?,
+                },
+                lock_tag::RELEASE => LockOp::Release {
+                    owner: owner(reader)?,
+                },
+                lock_tag::STATUS => LockOp::Status,
+                other => {
+                    return Err(KvError::Corrupt(format!(
+                        "command: unknown lock op {other}"
+                    )))
+                }
+            };
+            KvCommand::Lock {
+                name,
+                op,
+                now_ms: reader.u64("lock time")?,
+            }
+        }
         unknown => {
             return Err(KvError::Corrupt(format!(
                 "command: unknown tag {unknown} ({} bytes left)",
@@ -672,6 +759,8 @@ pub enum KvOutput {
     },
     /// A sequence's next value ([`KvCommand::SequenceLatest`]).
     Counter(u64),
+    /// A lock's state after a [`KvCommand::Lock`].
+    Lock(LockState),
 }
 
 mod output_tag {
@@ -681,6 +770,7 @@ mod output_tag {
     pub const BATCH: u8 = 4;
     pub const RANGE: u8 = 5;
     pub const COUNTER: u8 = 6;
+    pub const LOCK: u8 = 7;
     pub const ELEMENT_OK: u8 = 0;
     pub const ELEMENT_ERR: u8 = 1;
 }
@@ -715,6 +805,16 @@ impl KvOutput {
             KvOutput::Counter(value) => {
                 writer.u8(output_tag::COUNTER);
                 writer.u64(*value);
+            }
+            KvOutput::Lock(state) => {
+                writer.u8(output_tag::LOCK);
+                writer.u8(u8::from(state.acquired));
+                writer.u8(u8::from(state.held));
+                writer.bytes(&state.owner);
+                writer.u64(state.token);
+                writer.u64(state.lease_ms);
+                writer.u64(state.remaining_ms);
+                writer.u64(u64::from(state.count));
             }
             KvOutput::Batch(results) => {
                 writer.u8(output_tag::BATCH);
@@ -775,6 +875,25 @@ fn decode_output(reader: &mut FieldReader<'_>, top: bool) -> Result<KvOutput, Kv
             Ok(KvOutput::Range { start, end })
         }
         output_tag::COUNTER => Ok(KvOutput::Counter(reader.u64("counter")?)),
+        output_tag::LOCK => {
+            let flag = |r: &mut FieldReader<'_>, what: &str| match r.u8(what)? {
+                0 => Ok(false),
+                1 => Ok(true),
+                other => Err(KvError::Corrupt(format!(
+                    "output: {what} {other}, expected 0 or 1"
+                ))),
+            };
+            Ok(KvOutput::Lock(LockState {
+                acquired: flag(reader, "lock acquired flag")?,
+                held: flag(reader, "lock held flag")?,
+                owner: reader.bytes("lock owner", crate::lock::OWNER_BYTES_MAX)?,
+                token: reader.u64("lock token")?,
+                lease_ms: reader.u64("lock lease")?,
+                remaining_ms: reader.u64("lock remaining")?,
+                count: u32::try_from(reader.u64("lock count")?)
+                    .map_err(|_| KvError::Corrupt("output: lock count past u32".into()))?,
+            }))
+        }
         output_tag::BATCH if top => {
             let count = reader.count("batch results", BATCH_KEYS_MAX, 2)?;
             let mut results = Vec::with_capacity(count);

@@ -37,6 +37,7 @@ pub mod engine;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod lock;
 pub mod merge;
 pub mod region;
 pub mod sequence;

@@ -49,25 +49,38 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<u64, KvError> {
     }
 }
 
-/// The meta-key range holding the sequences of `[start, end)` (an empty `end`: to the
-/// end of the key space).
-fn record_range(start: &[u8], end: &[u8]) -> (Bytes, Bytes) {
-    let from = record_key(start);
+/// The meta-key range holding the records under `prefix` of `[start, end)` (an empty
+/// `end`: to the end of the key space).
+fn record_range(prefix: &[u8], start: &[u8], end: &[u8]) -> (Bytes, Bytes) {
+    let with = |key: &[u8]| {
+        let mut out = prefix.to_vec();
+        out.extend_from_slice(key);
+        Bytes::from(out)
+    };
     let to = if end.is_empty() {
-        let mut past = meta_keys::SEQUENCE_PREFIX.to_vec();
+        let mut past = prefix.to_vec();
         if let Some(last) = past.last_mut() {
             *last += 1;
         }
         Bytes::from(past)
     } else {
-        record_key(end)
+        with(end)
     };
-    (from, to)
+    (with(start), to)
 }
 
-/// Every sequence of `region`, in key order: `(name, next value)`.
-fn scan(engine: &dyn KvEngine, region: &Region) -> Result<Vec<(Bytes, Bytes)>, KvError> {
-    let (mut from, to) = record_range(&region.start, &region.end);
+/// A check of one record of a key space: its name and value.
+pub(crate) type RecordCheck = fn(&[u8], &[u8]) -> Result<(), KvError>;
+
+/// Every record under `prefix` named by a key of `region`, in key order: `(name, value)`,
+/// each checked.
+fn scan(
+    engine: &dyn KvEngine,
+    region: &Region,
+    prefix: &[u8],
+    check: RecordCheck,
+) -> Result<Vec<(Bytes, Bytes)>, KvError> {
+    let (mut from, to) = record_range(prefix, &region.start, &region.end);
     let mut out = Vec::new();
     loop {
         let page = engine.meta_scan(&from, &to, PAGE)?;
@@ -78,8 +91,8 @@ fn scan(engine: &dyn KvEngine, region: &Region) -> Result<Vec<(Bytes, Bytes)>, K
             from = Bytes::from(next);
         }
         for (key, value) in page {
-            let name = key.slice(meta_keys::SEQUENCE_PREFIX.len()..);
-            decode(&name, Some(&value))?;
+            let name = key.slice(prefix.len()..);
+            check(&name, &value)?;
             out.push((name, value));
         }
         if !full {
@@ -88,17 +101,69 @@ fn scan(engine: &dyn KvEngine, region: &Region) -> Result<Vec<(Bytes, Bytes)>, K
     }
 }
 
+/// Writes the records under `prefix` of `region` to `out` (a snapshot file in the range
+/// export format, keys: the names); answers how many.
+pub(crate) fn export_space(
+    engine: &dyn KvEngine,
+    region: &Region,
+    prefix: &[u8],
+    check: RecordCheck,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, KvError> {
+    let mut writer = ExportWriter::new(out, &region.start, &region.end)?;
+    for (name, value) in scan(engine, region, prefix, check)? {
+        writer.pair(&name, &value)?;
+    }
+    writer.finish()
+}
+
+/// Adds to `batch` what replaces the records under `prefix` of `region` with those of
+/// `input` (a snapshot file, read and checked in full before anything is added).
+pub(crate) fn import_space(
+    engine: &dyn KvEngine,
+    region: &Region,
+    prefix: &[u8],
+    check: RecordCheck,
+    input: &mut dyn std::io::Read,
+    batch: &mut WriteBatch,
+) -> Result<u64, KvError> {
+    let mut reader = ExportReader::new(input, &region.start, &region.end)?;
+    let mut incoming = Vec::new();
+    while let Some((name, value)) = reader.next_pair()? {
+        check(&name, &value)?;
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&name);
+        incoming.push((Bytes::from(key), value));
+    }
+    for (name, _) in scan(engine, region, prefix, check)? {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&name);
+        batch.meta_delete(Bytes::from(key));
+    }
+    let count = incoming.len() as u64;
+    for (key, value) in incoming {
+        batch.meta_put(key, value);
+    }
+    Ok(count)
+}
+
+fn check_sequence(name: &[u8], value: &[u8]) -> Result<(), KvError> {
+    decode(name, Some(value)).map(|_| ())
+}
+
 /// Writes the sequences of `region` to `out` (the snapshot file); answers how many.
 pub fn export(
     engine: &dyn KvEngine,
     region: &Region,
     out: &mut dyn std::io::Write,
 ) -> Result<u64, KvError> {
-    let mut writer = ExportWriter::new(out, &region.start, &region.end)?;
-    for (name, value) in scan(engine, region)? {
-        writer.pair(&name, &value)?;
-    }
-    writer.finish()
+    export_space(
+        engine,
+        region,
+        meta_keys::SEQUENCE_PREFIX,
+        check_sequence,
+        out,
+    )
 }
 
 /// Adds to `batch` what replaces the sequences of `region` with those of `input` (a
@@ -110,20 +175,14 @@ pub fn import(
     input: &mut dyn std::io::Read,
     batch: &mut WriteBatch,
 ) -> Result<u64, KvError> {
-    let mut reader = ExportReader::new(input, &region.start, &region.end)?;
-    let mut incoming = Vec::new();
-    while let Some((name, value)) = reader.next_pair()? {
-        decode(&name, Some(&value))?;
-        incoming.push((record_key(&name), value));
-    }
-    for (name, _) in scan(engine, region)? {
-        batch.meta_delete(record_key(&name));
-    }
-    let count = incoming.len() as u64;
-    for (key, value) in incoming {
-        batch.meta_put(key, value);
-    }
-    Ok(count)
+    import_space(
+        engine,
+        region,
+        meta_keys::SEQUENCE_PREFIX,
+        check_sequence,
+        input,
+        batch,
+    )
 }
 
 #[cfg(test)]

@@ -142,6 +142,10 @@ pub fn completion_error(text: String) -> KvError {
             kind: "KeyOutOfRegion".into(),
             message: text,
         },
+        None if text.starts_with(crate::lock::NOT_OWNER_PREFIX) => KvError::Node {
+            kind: crate::lock::NOT_OWNER_KIND.into(),
+            message: text,
+        },
         // A data command in a frozen source's log after its PrepareMerge.
         None if text.starts_with("region ") && text.contains(" is merging into region ") => {
             KvError::Node {
@@ -210,9 +214,17 @@ pub struct KvRegionHandle {
     failed: Arc<AtomicBool>,
     /// The merge this region is frozen for, as its source.
     merging: Arc<RwLock<Option<MergeState>>>,
+    /// Lock clocks as applied here (`crate::lock::LockClocks`).
+    clocks: Arc<crate::lock::LockClocks>,
 }
 
 impl KvRegionHandle {
+    /// The time a leader stamps on an entry of lock `name` (`crate::lock::LockClocks`).
+    #[must_use]
+    pub fn lock_stamp(&self, name: &[u8]) -> u64 {
+        self.clocks.stamp(name)
+    }
+
     /// The region as the state machine knows it (a snapshot may have replaced it).
     #[must_use]
     pub fn region(&self) -> Region {
@@ -301,6 +313,7 @@ impl KvStateMachine {
                 applied_term: Arc::new(AtomicU64::new(0)),
                 failed: Arc::new(AtomicBool::new(false)),
                 merging: Arc::new(RwLock::new(None)),
+                clocks: Arc::default(),
             },
             engine_applied: None,
             failure: None,
@@ -421,8 +434,11 @@ struct Overlay<'a> {
     points: BTreeMap<Bytes, Option<Bytes>>,
     /// Ranges deleted; a key in one and not in `points` is absent.
     ranges: Vec<(Bytes, Bytes)>,
-    /// Meta keys written (sequences): `None` = deleted.
+    /// Meta keys written (sequences, locks): `None` = deleted.
     meta: BTreeMap<Bytes, Option<Bytes>>,
+    /// Where lock clocks applied here are remembered (the leader's stamps continue from
+    /// them).
+    clocks: Option<&'a crate::lock::LockClocks>,
 }
 
 impl<'a> Overlay<'a> {
@@ -432,7 +448,13 @@ impl<'a> Overlay<'a> {
             points: BTreeMap::new(),
             ranges: Vec::new(),
             meta: BTreeMap::new(),
+            clocks: None,
         }
+    }
+
+    fn with_clocks(mut self, clocks: &'a crate::lock::LockClocks) -> Overlay<'a> {
+        self.clocks = Some(clocks);
+        self
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
@@ -608,6 +630,29 @@ fn apply_command(
             overlay.meta_delete(crate::sequence::record_key(&key));
             KvOutput::Done
         }
+        KvCommand::Lock { name, op, now_ms } => {
+            let record_key = crate::lock::record_key(&name);
+            let record = match overlay
+                .meta_get(&record_key)?
+                .map(|bytes| crate::lock::LockRecord::decode(&bytes))
+                .transpose()
+            {
+                Ok(record) => record,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            match crate::lock::apply(&name, &op, now_ms, record) {
+                Ok((kept, state)) => {
+                    if let Some(kept) = kept {
+                        if let Some(clocks) = overlay.clocks {
+                            clocks.applied(name.clone(), kept.clock_ms);
+                        }
+                        overlay.meta_put(record_key, kept.encode());
+                    }
+                    KvOutput::Lock(state)
+                }
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
         KvCommand::Batch(_) => unreachable!("handled above"),
         // `on_apply` applies admin entries itself; one anywhere else (in a batch) was
         // refused by `validate` above.
@@ -751,7 +796,8 @@ impl StateMachine for KvStateMachine {
         // The merge this region is frozen for (read once a batch; admin entries change it).
         let mut frozen = self.handle.merging();
         let engine = Arc::clone(&self.engine);
-        let mut overlay = Overlay::new(engine.as_ref());
+        let clocks = Arc::clone(&self.handle.clocks);
+        let mut overlay = Overlay::new(engine.as_ref()).with_clocks(&clocks);
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
         // The last entry applied here (not skipped), which the write records.
         let mut last = None;
@@ -797,9 +843,11 @@ impl StateMachine for KvStateMachine {
                         Ok(outcome) => {
                             // What came before in the batch is written with the step, so
                             // the applied index never passes an unwritten entry.
-                            let mut batch =
-                                std::mem::replace(&mut overlay, Overlay::new(engine.as_ref()))
-                                    .into_batch();
+                            let mut batch = std::mem::replace(
+                                &mut overlay,
+                                Overlay::new(engine.as_ref()).with_clocks(&clocks),
+                            )
+                            .into_batch();
                             batch.meta_put(
                                 applied_key(region.id),
                                 encode_applied(task.index, task.term),
@@ -901,6 +949,12 @@ impl StateMachine for KvStateMachine {
         };
         let sequences = crate::sequence::export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the sequences of {region}: {e}"))?;
+        let mut out = SnapshotFileWriter {
+            writer,
+            name: crate::lock::SNAPSHOT_LOCKS_FILE,
+        };
+        crate::lock::export(self.engine.as_ref(), &region, &mut out)
+            .map_err(|e| format!("exporting the locks of {region}: {e}"))?;
         tracing::debug!(region = %region.id, index = %snapshot_index, keys = count, sequences, "region snapshot saved");
         Ok(())
     }
@@ -1124,16 +1178,17 @@ impl KvStateMachine {
             &region.start,
             &region.end,
         )?;
-        if reader
-            .manifest()
-            .file(crate::sequence::SNAPSHOT_SEQUENCES_FILE)
-            .is_some()
-        {
-            crate::engine::export::verify_export(
-                &mut SnapshotFileReader::new(reader, crate::sequence::SNAPSHOT_SEQUENCES_FILE),
-                &region.start,
-                &region.end,
-            )?;
+        for name in [
+            crate::sequence::SNAPSHOT_SEQUENCES_FILE,
+            crate::lock::SNAPSHOT_LOCKS_FILE,
+        ] {
+            if reader.manifest().file(name).is_some() {
+                crate::engine::export::verify_export(
+                    &mut SnapshotFileReader::new(reader, name),
+                    &region.start,
+                    &region.end,
+                )?;
+            }
         }
         // Invalidate the applied state first: a crash inside the import must not leave
         // the old (higher) applied index over the snapshot's data.
@@ -1161,6 +1216,18 @@ impl KvStateMachine {
                 self.engine.as_ref(),
                 &region,
                 &mut SnapshotFileReader::new(reader, crate::sequence::SNAPSHOT_SEQUENCES_FILE),
+                &mut batch,
+            )?;
+        }
+        if reader
+            .manifest()
+            .file(crate::lock::SNAPSHOT_LOCKS_FILE)
+            .is_some()
+        {
+            crate::lock::import(
+                self.engine.as_ref(),
+                &region,
+                &mut SnapshotFileReader::new(reader, crate::lock::SNAPSHOT_LOCKS_FILE),
                 &mut batch,
             )?;
         }

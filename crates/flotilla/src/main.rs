@@ -21,6 +21,7 @@ mod config;
 mod demo;
 mod health;
 mod kv;
+mod lock;
 mod manager;
 mod output;
 mod server;
@@ -49,6 +50,8 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Reads and writes keys.
     Kv(kv::KvArgs),
+    /// A distributed lock: acquire (lease, fencing token), renew, release, status.
+    Lock(lock::LockArgs),
     /// Shows and changes the cluster's regions and their members.
     Admin(admin::AdminArgs),
     /// Starts a three-process cluster on loopback, runs a workload, kills the leader
@@ -113,6 +116,7 @@ fn main() {
     let code = match cli.command {
         Command::Server(args) => server::run(*args, &file),
         Command::Kv(args) => kv::run(args, &file),
+        Command::Lock(args) => lock::run(args, &file),
         Command::Admin(args) => admin::run(args, &file),
         Command::Demo(args) => demo::run(args, &file),
         Command::Bench(args) => bench::run(args, &file),

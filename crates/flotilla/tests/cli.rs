@@ -79,31 +79,8 @@ fn json_contract_and_exit_codes() {
     assert_eq!(kv(e, &["delete", "a"]).0, 0);
     assert_eq!(kv(e, &["get", "a"]).1["value"], Value::Null);
 
-    // Sequences: ranges one after another, a key space of their own, reset.
-    assert_eq!(
-        kv(e, &["seq", "next", "ids", "--step", "10"]),
-        (0, serde_json::json!({"ok": true, "start": 0, "end": 10}))
-    );
-    assert_eq!(
-        kv(e, &["seq", "next", "ids"]),
-        (0, serde_json::json!({"ok": true, "start": 10, "end": 11}))
-    );
-    assert_eq!(
-        kv(e, &["seq", "latest", "ids"]),
-        (0, serde_json::json!({"ok": true, "value": 11}))
-    );
-    assert_eq!(kv(e, &["get", "ids"]).1["value"], Value::Null);
-    assert_eq!(
-        kv(e, &["seq", "reset", "ids"]),
-        (0, serde_json::json!({"ok": true}))
-    );
-    assert_eq!(kv(e, &["seq", "latest", "ids"]).1["value"], Value::from(0));
-    let (code, answer) = kv(e, &["seq", "next", "ids", "--step", "0"]);
-    assert_eq!(
-        (code, answer["error"].as_str()),
-        (2, Some("Usage")),
-        "{answer}"
-    );
+    sequences_contract(e);
+    locks_contract(e);
 
     // Certain failures: exit 1, ok=false, indeterminate=false, nothing changed.
     let (code, answer) = kv(e, &["scan", "z", "a"]);
@@ -170,6 +147,95 @@ fn json_contract_and_exit_codes() {
 
     // Metrics over plain HTTP on the same address.
     metrics_endpoint_answers_per_store_and_per_group(&cluster.servers[0].address, regions);
+}
+
+/// `kv seq`: ranges one after another, a key space of their own, reset, a bad step.
+fn sequences_contract(e: &str) {
+    assert_eq!(
+        kv(e, &["seq", "next", "ids", "--step", "10"]),
+        (0, serde_json::json!({"ok": true, "start": 0, "end": 10}))
+    );
+    assert_eq!(
+        kv(e, &["seq", "next", "ids"]),
+        (0, serde_json::json!({"ok": true, "start": 10, "end": 11}))
+    );
+    assert_eq!(
+        kv(e, &["seq", "latest", "ids"]),
+        (0, serde_json::json!({"ok": true, "value": 11}))
+    );
+    assert_eq!(kv(e, &["get", "ids"]).1["value"], Value::Null);
+    assert_eq!(
+        kv(e, &["seq", "reset", "ids"]),
+        (0, serde_json::json!({"ok": true}))
+    );
+    assert_eq!(kv(e, &["seq", "latest", "ids"]).1["value"], Value::from(0));
+    let (code, answer) = kv(e, &["seq", "next", "ids", "--step", "0"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (2, Some("Usage")),
+        "{answer}"
+    );
+}
+
+/// `lock`: a holder, a refused second owner, reentry with the same token, NotOwner,
+/// release, and the next holder's greater token.
+fn locks_contract(e: &str) {
+    let lock = |op: &[&str]| {
+        let mut args = vec!["lock", "--endpoints", e, "--json", "--timeout-ms", "3000"];
+        args.extend_from_slice(op);
+        json(&args)
+    };
+    let acquire = |owner: &str| lock(&["acquire", "job", "--owner", owner, "--lease-ms", "60000"]);
+    assert_eq!(
+        acquire("a"),
+        (
+            0,
+            serde_json::json!({"ok": true, "acquired": true, "token": 1, "lease_ms": 60000})
+        )
+    );
+    assert_eq!(
+        acquire("b"),
+        (
+            0,
+            serde_json::json!({"ok": true, "acquired": false, "token": null, "holder": "a"})
+        )
+    );
+    assert_eq!(acquire("a").1["token"], Value::from(1));
+    let (code, answer) = lock(&["release", "job", "--owner", "b"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (1, Some("NotOwner")),
+        "{answer}"
+    );
+    let (code, status) = lock(&["status", "job"]);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(
+        (&status["held"], &status["owner"], &status["token"]),
+        (&Value::Bool(true), &Value::from("a"), &Value::from(1))
+    );
+    assert!(
+        status["expires_in_ms"].as_u64().unwrap() <= 60_000,
+        "{status}"
+    );
+    assert_eq!(
+        lock(&["renew", "job", "--owner", "a"]),
+        (0, serde_json::json!({"ok": true}))
+    );
+    // Acquired twice: two releases free it.
+    for _ in 0..2 {
+        assert_eq!(
+            lock(&["release", "job", "--owner", "a"]),
+            (0, serde_json::json!({"ok": true}))
+        );
+    }
+    assert_eq!(lock(&["status", "job"]).1["held"], Value::Bool(false));
+    assert_eq!(acquire("b").1["token"], Value::from(2));
+    let (code, answer) = lock(&["acquire", "job", "--owner", "c", "--lease-ms", "0"]);
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (2, Some("Usage")),
+        "{answer}"
+    );
 }
 
 /// `GET /metrics` of a store running two regions (`regions`, as `admin regions` lists

@@ -61,6 +61,26 @@ fn commands() -> Vec<KvCommand> {
         },
         KvCommand::SequenceLatest { key: b(b"ids") },
         KvCommand::SequenceReset { key: b(b"ids") },
+        KvCommand::Lock {
+            name: b(b"job"),
+            op: flotilla_kv::lock::LockOp::Acquire {
+                owner: b(b"worker-1"),
+                lease_ms: 30_000,
+            },
+            now_ms: 1_700_000_000_000,
+        },
+        KvCommand::Lock {
+            name: b(b"job"),
+            op: flotilla_kv::lock::LockOp::Release {
+                owner: b(b"worker-1"),
+            },
+            now_ms: 7,
+        },
+        KvCommand::Lock {
+            name: b(b"job"),
+            op: flotilla_kv::lock::LockOp::Status,
+            now_ms: 0,
+        },
         KvCommand::Batch(vec![
             put,
             KvCommand::Delete { key: b(b"x") },
@@ -100,6 +120,15 @@ fn outputs() -> Vec<KvOutput> {
         KvOutput::Previous(None),
         KvOutput::Range { start: 7, end: 107 },
         KvOutput::Counter(107),
+        KvOutput::Lock(flotilla_kv::lock::LockState {
+            acquired: true,
+            held: true,
+            owner: b(b"worker-1"),
+            token: 3,
+            lease_ms: 30_000,
+            remaining_ms: 29_000,
+            count: 1,
+        }),
         KvOutput::Batch(vec![
             Ok(KvOutput::Done),
             Err("key too long".into()),

@@ -70,6 +70,8 @@ pub(super) fn element_error_kind(message: &str) -> &'static str {
         "KeyEmpty"
     } else if key_moved(message) {
         "KeyOutOfRegion"
+    } else if message.starts_with(crate::lock::NOT_OWNER_PREFIX) {
+        crate::lock::NOT_OWNER_KIND
     } else {
         "Refused"
     }
@@ -123,6 +125,24 @@ pub(super) fn range(result: proto::OpResult) -> Result<(u64, u64), ClientError> 
     }
     match result.result {
         Some(proto::op_result::Result::Range(r)) if r.start <= r.end => Ok((r.start, r.end)),
+        _ => Err(wrong_reply_unknown()),
+    }
+}
+
+pub(super) fn lock_state(result: proto::OpResult) -> Result<crate::lock::LockState, ClientError> {
+    if let Some(error) = op_error(&result) {
+        return Err(error);
+    }
+    match result.result {
+        Some(proto::op_result::Result::Lock(s)) => Ok(crate::lock::LockState {
+            acquired: s.acquired,
+            held: s.held,
+            owner: s.owner,
+            token: s.token,
+            lease_ms: s.lease_ms,
+            remaining_ms: s.remaining_ms,
+            count: s.count,
+        }),
         _ => Err(wrong_reply_unknown()),
     }
 }

@@ -47,7 +47,7 @@ use batch::{op_value_len, BatchClass, Batcher, Batchers, Pending};
 use connection::{grpc_client, Call, Connections, Reply};
 pub use error::ClientError;
 use error::{
-    counter, done, error_chain, key_moved, previous, range, swapped, wrong_reply,
+    counter, done, error_chain, key_moved, lock_state, previous, range, swapped, wrong_reply,
     wrong_reply_unknown,
 };
 pub use options::{ClientOptions, ReadConsistency};
@@ -1042,6 +1042,63 @@ impl KvClient {
             step,
         });
         range(self.write_one(key, op).await?)
+    }
+
+    /// One operation on the lock named `name` (see [`crate::lock`]); its time is the
+    /// leader's. A renew or release by anyone but the holder fails with kind `NotOwner`.
+    pub async fn lock(
+        &self,
+        name: impl Into<Bytes>,
+        op: crate::lock::LockOp,
+    ) -> Result<crate::lock::LockState, ClientError> {
+        use proto::lock_request::Kind;
+        let name = name.into();
+        let (kind, owner, lease_ms) = match op {
+            crate::lock::LockOp::Acquire { owner, lease_ms } => (Kind::Acquire, owner, lease_ms),
+            crate::lock::LockOp::Renew { owner } => (Kind::Renew, owner, 0),
+            crate::lock::LockOp::Release { owner } => (Kind::Release, owner, 0),
+            crate::lock::LockOp::Status => (Kind::Status, Bytes::new(), 0),
+        };
+        let op = proto::op::Op::Lock(proto::LockRequest {
+            name: name.clone(),
+            kind: kind as i32,
+            owner,
+            lease_ms,
+        });
+        lock_state(self.write_one(name, op).await?)
+    }
+
+    /// Takes the lock `name` for `owner` with a lease, retrying (back-off from 20 ms up to
+    /// 500 ms) while another owner holds it, for up to `wait`. Answers the last state:
+    /// `acquired` says whether it was taken.
+    pub async fn lock_acquire(
+        &self,
+        name: impl Into<Bytes>,
+        owner: impl Into<Bytes>,
+        lease_ms: u64,
+        wait: std::time::Duration,
+    ) -> Result<crate::lock::LockState, ClientError> {
+        let name = name.into();
+        let owner = owner.into();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let state = self
+                .lock(
+                    name.clone(),
+                    crate::lock::LockOp::Acquire {
+                        owner: owner.clone(),
+                        lease_ms,
+                    },
+                )
+                .await?;
+            let now = tokio::time::Instant::now();
+            if state.acquired || now >= deadline {
+                return Ok(state);
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
     }
 
     /// The value the sequence named `key` hands out next (0 for a new one).

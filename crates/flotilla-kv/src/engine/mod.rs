@@ -48,6 +48,8 @@ pub mod meta_keys {
     /// A sequence, `seq/` + its name (the key naming it), its next value as 8 bytes big
     /// endian (`crate::sequence`).
     pub const SEQUENCE_PREFIX: &[u8] = b"seq/";
+    /// A lock, `lock/` + its name (`crate::lock::LockRecord`).
+    pub const LOCK_PREFIX: &[u8] = b"lock/";
 }
 
 /// One operation of a [`WriteBatch`].

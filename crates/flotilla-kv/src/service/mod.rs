@@ -191,6 +191,25 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
             },
             Some(Op::SequenceLatest(d)) => KvCommand::SequenceLatest { key: d.key },
             Some(Op::SequenceReset(d)) => KvCommand::SequenceReset { key: d.key },
+            Some(Op::Lock(l)) => {
+                use proto::lock_request::Kind;
+                let op = match Kind::try_from(l.kind) {
+                    Ok(Kind::Acquire) => crate::lock::LockOp::Acquire {
+                        owner: l.owner,
+                        lease_ms: l.lease_ms,
+                    },
+                    Ok(Kind::Renew) => crate::lock::LockOp::Renew { owner: l.owner },
+                    Ok(Kind::Release) => crate::lock::LockOp::Release { owner: l.owner },
+                    Ok(Kind::Status) => crate::lock::LockOp::Status,
+                    Err(_) => return Err(invalid(format!("op {i}: unknown lock op {}", l.kind))),
+                };
+                // The leader stamps the time when it proposes (`Store::write`).
+                KvCommand::Lock {
+                    name: l.name,
+                    op,
+                    now_ms: 0,
+                }
+            }
             None => return Err(invalid(format!("op {i} is empty"))),
         };
         commands.push(command);
@@ -213,6 +232,15 @@ fn result_of(output: Result<KvOutput, String>) -> proto::OpResult {
         }),
         Ok(KvOutput::Range { start, end }) => R::Range(proto::Range { start, end }),
         Ok(KvOutput::Counter(next)) => R::Counter(next),
+        Ok(KvOutput::Lock(state)) => R::Lock(proto::LockState {
+            acquired: state.acquired,
+            held: state.held,
+            owner: state.owner,
+            token: state.token,
+            lease_ms: state.lease_ms,
+            remaining_ms: state.remaining_ms,
+            count: state.count,
+        }),
         Ok(KvOutput::Batch(_)) => R::Error("nested batch output".into()),
         Err(why) => R::Error(why),
     };
@@ -351,7 +379,8 @@ impl proto::kv_server::Kv for KvService {
                 | KvOutput::Swapped(_)
                 | KvOutput::Previous(_)
                 | KvOutput::Range { .. }
-                | KvOutput::Counter(_)),
+                | KvOutput::Counter(_)
+                | KvOutput::Lock(_)),
             ) => vec![result_of(Ok(output))],
             (_, other) => {
                 return Err(status_of(&KvError::Unknown(format!(

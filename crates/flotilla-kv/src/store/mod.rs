@@ -879,6 +879,7 @@ impl Store {
         command: KvCommand,
     ) -> Result<KvOutput, KvError> {
         command.validate()?;
+        let command = self.stamp_locks(id, command);
         if command.is_admin() {
             return Err(KvError::Refused(
                 "a split or merge step is not a write: ask for it with `admin split` or \
@@ -897,6 +898,29 @@ impl Store {
             }
         }
         self.propose(id, epoch, command).await
+    }
+
+    /// The command with every lock operation in it stamped with the time this store (the
+    /// region's leader, if the proposal is to succeed) gives it (`crate::lock`): whatever a
+    /// client sent is replaced.
+    fn stamp_locks(&self, id: RegionId, command: KvCommand) -> KvCommand {
+        let Some(peer) = self.peer(id) else {
+            return command;
+        };
+        let stamp = |command: KvCommand| match command {
+            KvCommand::Lock { name, op, .. } => KvCommand::Lock {
+                now_ms: peer.machine.lock_stamp(&name),
+                name,
+                op,
+            },
+            other => other,
+        };
+        match command {
+            KvCommand::Batch(elements) => {
+                KvCommand::Batch(elements.into_iter().map(stamp).collect())
+            }
+            other => stamp(other),
+        }
     }
 
     /// The NOSPACE refusal, with the last measurement.

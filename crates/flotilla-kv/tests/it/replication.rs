@@ -774,3 +774,108 @@ async fn sequences_hand_out_ranges_once_and_travel_in_snapshots() {
     );
     cluster.stop_all().await;
 }
+
+/// A lock through the log: a holder, a refused second owner, reentry, NotOwner, release,
+/// tokens that grow per holder; the leader's stamps continue from the clock it applied;
+/// a peer added later (caught up by snapshot) holds the same record, and after a leader
+/// change to it the lock is still held with the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_decided_by_its_region_and_travels_in_snapshots() {
+    use flotilla_kv::lock::{LockOp, LockRecord, LockState};
+    let mut cluster = KvCluster::new("locks", 4, EngineKind::Memory).await;
+    let region = Region::new(RegionId(6), b("l"), b("m"), Epoch::new(1, 1)).unwrap();
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    let lock = |op: LockOp, now_ms: u64| KvCommand::Lock {
+        name: b("lock-1"),
+        op,
+        now_ms,
+    };
+    let acquire = |who: &str| LockOp::Acquire {
+        owner: b(who),
+        lease_ms: 60_000,
+    };
+    let state = |output: Result<KvOutput, String>| match output {
+        Ok(KvOutput::Lock(state)) => state,
+        other => panic!("not a lock state: {other:?}"),
+    };
+    let a = state(cluster.propose(g, lock(acquire("a"), 1_000)).await);
+    assert!(a.acquired);
+    assert_eq!(a.token, 1);
+    let b_try = state(cluster.propose(g, lock(acquire("b"), 2_000)).await);
+    assert_eq!(
+        b_try,
+        LockState {
+            acquired: false,
+            held: true,
+            owner: b("a"),
+            token: 1,
+            lease_ms: 60_000,
+            remaining_ms: 59_000,
+            count: 1,
+        }
+    );
+    // A stamp that goes back moves nothing.
+    let status = state(cluster.propose(g, lock(LockOp::Status, 0)).await);
+    assert_eq!(status.remaining_ms, 59_000);
+    let refused = cluster
+        .propose(g, lock(LockOp::Renew { owner: b("b") }, 2_000))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.starts_with(flotilla_kv::lock::NOT_OWNER_PREFIX),
+        "{refused}"
+    );
+    // Every replica applied the entries and remembers the lock's clock (2,000 ms) for
+    // its stamps, which continue from it.
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let target = cluster.handle(leader, g).applied_index();
+    for i in 0..3 {
+        cluster.wait_applied(i, g, target).await;
+        let stamp = cluster.handle(i, g).lock_stamp(b"lock-1");
+        assert!(
+            (2_000..2_000 + 60_000).contains(&stamp),
+            "peer {i}: {stamp}"
+        );
+    }
+    // A fourth peer caught up by snapshot holds the record.
+    let node = cluster.node(leader, g).unwrap();
+    let first = node.snapshot().await.unwrap();
+    cluster
+        .propose(g, lock(LockOp::Status, 3_000))
+        .await
+        .unwrap();
+    assert!(node.snapshot().await.unwrap() > first);
+    cluster.add_region_on(3, &region, Vec::new()).await;
+    let new_peer = cluster.peers[3].clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = node.add_peer(new_peer.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.converged(g).await;
+    let record = cluster
+        .engine(3)
+        .meta_get(&flotilla_kv::lock::record_key(b"lock-1"))
+        .unwrap()
+        .map(|bytes| LockRecord::decode(&bytes).unwrap())
+        .expect("the new peer holds the lock's record");
+    assert_eq!(
+        (record.token, record.owner.clone(), record.clock_ms),
+        (1, b("a"), 3_000)
+    );
+    // Released by its holder, the next holder gets token 2.
+    let released = state(
+        cluster
+            .propose(g, lock(LockOp::Release { owner: b("a") }, 4_000))
+            .await,
+    );
+    assert!(!released.held);
+    let b_now = state(cluster.propose(g, lock(acquire("b"), 5_000)).await);
+    assert!(b_now.acquired);
+    assert_eq!(b_now.token, 2);
+    cluster.stop_all().await;
+}
