@@ -904,6 +904,15 @@ impl Store {
     /// region's leader, if the proposal is to succeed) gives it (`crate::lock`): whatever a
     /// client sent is replaced.
     fn stamp_locks(&self, id: RegionId, command: KvCommand) -> KvCommand {
+        let is_lock = |c: &KvCommand| matches!(c, KvCommand::Lock { .. });
+        let has_lock = match &command {
+            KvCommand::Batch(elements) => elements.iter().any(is_lock),
+            other => is_lock(other),
+        };
+        // Most writes hold no lock operation: no lookup for them.
+        if !has_lock {
+            return command;
+        }
         let Some(peer) = self.peer(id) else {
             return command;
         };
