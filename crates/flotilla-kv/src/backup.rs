@@ -15,7 +15,7 @@
 //!                    not a backup (an interrupted one)
 //! region-<id>/       the region's snapshot as a snapshot store keeps it:
 //!   snapshot-<index>/  manifest (every file's size and CRC32C) + `region` + `data`
-//!                      + `sequences` + `locks`
+//!                      + `sequences` + `locks` + `fences`
 //! ```
 //!
 //! `backup.meta` is text, one fact per line, sealed by a CRC32C line:
@@ -306,6 +306,18 @@ fn check_region(dir: &Path, expected: &BackupRegion) -> Result<SnapshotReader, S
             )
             .map_err(|e| fail(format!("its {name} file: {e}")))?;
         }
+    }
+    if reader
+        .manifest()
+        .file(crate::fence::SNAPSHOT_FENCES_FILE)
+        .is_some()
+    {
+        verify_export(
+            &mut SnapshotFileReader::new(&reader, crate::fence::SNAPSHOT_FENCES_FILE),
+            b"",
+            b"",
+        )
+        .map_err(|e| fail(format!("its fences file: {e}")))?;
     }
     if keys != expected.keys {
         return Err(fail(format!(

@@ -133,6 +133,18 @@ pub enum KvCommand {
         /// The sequence's name.
         key: Bytes,
     },
+    /// A data write fenced by lock `lock`'s token `token` (see `crate::fence`): refused,
+    /// changing nothing, if the region already accepted a write fenced by a higher token of
+    /// that lock. `command` is a single data write (no batch, no split, lock or sequence).
+    /// Output: `command`'s.
+    Fenced {
+        /// The lock's name.
+        lock: Bytes,
+        /// The writer's token.
+        token: u64,
+        /// The write.
+        command: Box<KvCommand>,
+    },
     /// An operation on the lock named `name` (see `crate::lock`) at the time `now_ms` the
     /// leader stamped (the store overwrites whatever a client sent). Output:
     /// [`KvOutput::Lock`]; a renew or release by anyone but the holder is refused
@@ -174,6 +186,7 @@ mod tag {
     pub const SEQUENCE_LATEST: u8 = 16;
     pub const SEQUENCE_RESET: u8 = 17;
     pub const LOCK: u8 = 18;
+    pub const FENCED: u8 = 19;
 }
 
 /// Tags of the encoded lock operations.
@@ -204,6 +217,7 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.len(),
             KvCommand::BatchDelete(keys) => keys.len(),
             KvCommand::Batch(commands) => commands.iter().map(KvCommand::key_count).sum(),
+            KvCommand::Fenced { command, .. } => command.key_count(),
             _ => 1,
         }
     }
@@ -226,6 +240,7 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
             KvCommand::BatchDelete(keys) => keys.first(),
             KvCommand::Batch(commands) => commands.iter().find_map(KvCommand::first_key),
+            KvCommand::Fenced { command, .. } => command.first_key(),
             KvCommand::Split { .. }
             | KvCommand::PrepareMerge { .. }
             | KvCommand::CommitMerge(_)
@@ -271,6 +286,26 @@ impl KvCommand {
             KvCommand::Lock { name, op, .. } => {
                 check_key(name)?;
                 crate::lock::validate(op)
+            }
+            KvCommand::Fenced { lock, command, .. } => {
+                check_key(lock)?;
+                let data_write = matches!(
+                    **command,
+                    KvCommand::Put { .. }
+                        | KvCommand::Delete { .. }
+                        | KvCommand::DeleteRange { .. }
+                        | KvCommand::CompareAndPut { .. }
+                        | KvCommand::PutIfAbsent { .. }
+                        | KvCommand::GetAndPut { .. }
+                        | KvCommand::BatchPut(_)
+                        | KvCommand::BatchDelete(_)
+                );
+                if !data_write {
+                    return Err(KvError::Corrupt(
+                        "only a single data write may be fenced".into(),
+                    ));
+                }
+                command.validate_element(false, check_key)
             }
             KvCommand::SequenceNext { key, step } => {
                 check_key(key)?;
@@ -366,6 +401,7 @@ impl KvCommand {
             | KvCommand::SequenceLatest { .. }
             | KvCommand::SequenceReset { .. } => false,
             KvCommand::Lock { op, .. } => matches!(op, LockOp::Acquire { .. }),
+            KvCommand::Fenced { command, .. } => command.adds_data(),
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
             | KvCommand::CompareAndPut { .. }
@@ -397,6 +433,7 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(k, _)| region.check_key(k)),
             KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|k| region.check_key(k)),
             KvCommand::Batch(commands) => commands.iter().try_for_each(|c| c.check_region(region)),
+            KvCommand::Fenced { command, .. } => command.check_region(region),
             // The split key must lie strictly inside: the parent keeps at least its start.
             KvCommand::Split { key, .. } => {
                 if key == &region.start {
@@ -435,6 +472,7 @@ impl KvCommand {
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key } => 5 + key.len(),
             KvCommand::SequenceNext { key, .. } => 13 + key.len(),
+            KvCommand::Fenced { lock, command, .. } => 13 + lock.len() + command.encoded_len_hint(),
             KvCommand::Lock { name, op, .. } => {
                 32 + name.len()
                     + match op {
@@ -565,6 +603,16 @@ impl KvCommand {
             KvCommand::SequenceReset { key } => {
                 writer.u8(tag::SEQUENCE_RESET);
                 writer.bytes(key);
+            }
+            KvCommand::Fenced {
+                lock,
+                token,
+                command,
+            } => {
+                writer.u8(tag::FENCED);
+                writer.bytes(lock);
+                writer.u64(*token);
+                command.encode_into(writer);
             }
             KvCommand::Lock { name, op, now_ms } => {
                 writer.u8(tag::LOCK);
@@ -699,6 +747,24 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
         },
         tag::SEQUENCE_LATEST => KvCommand::SequenceLatest { key: key(reader)? },
         tag::SEQUENCE_RESET => KvCommand::SequenceReset { key: key(reader)? },
+        tag::FENCED => {
+            let lock = key(reader)?;
+            let token = reader.u64("fence token")?;
+            // One level only: a fenced write holds a data write, never another wrapper.
+            let command = match decode_command(reader, false)? {
+                KvCommand::Fenced { .. } => {
+                    return Err(KvError::Corrupt(
+                        "command: a fenced write may not hold another".into(),
+                    ))
+                }
+                other => other,
+            };
+            KvCommand::Fenced {
+                lock,
+                token,
+                command: Box::new(command),
+            }
+        }
         tag::LOCK => {
             let name = key(reader)?;
             let owner =

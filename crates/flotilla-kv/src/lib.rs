@@ -35,6 +35,7 @@ pub mod client;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod fence;
 pub mod ids;
 pub mod limits;
 pub mod lock;

@@ -146,6 +146,14 @@ pub fn completion_error(text: String) -> KvError {
             kind: crate::lock::NOT_OWNER_KIND.into(),
             message: text,
         },
+        None if text.starts_with(crate::fence::FENCED_PREFIX) => KvError::Node {
+            kind: crate::fence::FENCED_KIND.into(),
+            message: text,
+        },
+        None if text.starts_with(crate::fence::FULL_PREFIX) => KvError::Node {
+            kind: crate::fence::FULL_KIND.into(),
+            message: text,
+        },
         // A data command in a frozen source's log after its PrepareMerge.
         None if text.starts_with("region ") && text.contains(" is merging into region ") => {
             KvError::Node {
@@ -439,6 +447,10 @@ struct Overlay<'a> {
     /// Where lock clocks applied here are remembered (the leader's stamps continue from
     /// them).
     clocks: Option<&'a crate::lock::LockClocks>,
+    /// The region's fence records in the engine (read once, when first needed), and those
+    /// this overlay added.
+    fences_stored: Option<usize>,
+    fences_added: usize,
 }
 
 impl<'a> Overlay<'a> {
@@ -449,7 +461,22 @@ impl<'a> Overlay<'a> {
             ranges: Vec::new(),
             meta: BTreeMap::new(),
             clocks: None,
+            fences_stored: None,
+            fences_added: 0,
         }
+    }
+
+    /// Fence records `region` holds, counting those this overlay added.
+    fn fence_count(&mut self, region: crate::ids::RegionId) -> Result<usize, KvError> {
+        let stored = match self.fences_stored {
+            Some(stored) => stored,
+            None => {
+                let stored = crate::fence::records(self.engine, region)?.len();
+                self.fences_stored = Some(stored);
+                stored
+            }
+        };
+        Ok(stored + self.fences_added)
     }
 
     fn with_clocks(mut self, clocks: &'a crate::lock::LockClocks) -> Overlay<'a> {
@@ -630,29 +657,15 @@ fn apply_command(
             overlay.meta_delete(crate::sequence::record_key(&key));
             KvOutput::Done
         }
-        KvCommand::Lock { name, op, now_ms } => {
-            let record_key = crate::lock::record_key(&name);
-            let record = match overlay
-                .meta_get(&record_key)?
-                .map(|bytes| crate::lock::LockRecord::decode(&bytes))
-                .transpose()
-            {
-                Ok(record) => record,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-            match crate::lock::apply(&name, &op, now_ms, record) {
-                Ok((kept, state)) => {
-                    if let Some(kept) = kept {
-                        if let Some(clocks) = overlay.clocks {
-                            clocks.applied(name.clone(), kept.clock_ms);
-                        }
-                        overlay.meta_put(record_key, kept.encode());
-                    }
-                    KvOutput::Lock(state)
-                }
-                Err(refusal) => return Ok(Err(refusal)),
-            }
-        }
+        KvCommand::Fenced {
+            lock,
+            token,
+            command,
+        } => return apply_fenced(&lock, token, &command, region, frozen, overlay),
+        KvCommand::Lock { name, op, now_ms } => match apply_lock(name, &op, now_ms, overlay)? {
+            Ok(state) => KvOutput::Lock(state),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
         KvCommand::Batch(_) => unreachable!("handled above"),
         // `on_apply` applies admin entries itself; one anywhere else (in a batch) was
         // refused by `validate` above.
@@ -667,6 +680,73 @@ fn apply_command(
         }
     };
     Ok(Ok(output))
+}
+
+/// A fenced data write (`crate::fence`): refused for a token older than one the region
+/// accepted for the lock; otherwise the write, and the token recorded if it applied.
+fn apply_fenced(
+    lock: &Bytes,
+    token: u64,
+    command: &KvCommand,
+    region: &Region,
+    frozen: Option<&MergeState>,
+    overlay: &mut Overlay<'_>,
+) -> Result<Result<KvOutput, KvError>, KvError> {
+    let record = crate::fence::record_key(region.id, lock);
+    let accepted = match overlay.meta_get(&record)? {
+        Some(value) => match crate::fence::decode(&value) {
+            Ok(accepted) => Some(accepted),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        None => None,
+    };
+    match accepted {
+        Some(accepted) if token < accepted => {
+            return Ok(Err(crate::fence::fenced(region.id, lock, token, accepted)))
+        }
+        None if overlay.fence_count(region.id)? >= crate::fence::FENCES_PER_REGION_MAX => {
+            return Ok(Err(crate::fence::full(region.id, lock)))
+        }
+        _ => {}
+    }
+    let result = apply_command(command, region, frozen, overlay)?;
+    if result.is_ok() && accepted.is_none_or(|a| token > a) {
+        if accepted.is_none() {
+            overlay.fences_added += 1;
+        }
+        overlay.meta_put(record, Bytes::copy_from_slice(&token.to_be_bytes()));
+    }
+    Ok(result)
+}
+
+/// A lock operation (`crate::lock::apply`) on the record the overlay holds.
+fn apply_lock(
+    name: Bytes,
+    op: &crate::lock::LockOp,
+    now_ms: u64,
+    overlay: &mut Overlay<'_>,
+) -> Result<Result<crate::lock::LockState, KvError>, KvError> {
+    let record_key = crate::lock::record_key(&name);
+    let record = match overlay
+        .meta_get(&record_key)?
+        .map(|bytes| crate::lock::LockRecord::decode(&bytes))
+        .transpose()
+    {
+        Ok(record) => record,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    match crate::lock::apply(&name, op, now_ms, record) {
+        Ok((kept, state)) => {
+            if let Some(kept) = kept {
+                if let Some(clocks) = overlay.clocks {
+                    clocks.applied(name.clone(), kept.clock_ms);
+                }
+                overlay.meta_put(record_key, kept.encode());
+            }
+            Ok(Ok(state))
+        }
+        Err(refusal) => Ok(Err(refusal)),
+    }
 }
 
 /// The refusal of a data command or read on a frozen merge source: nothing changed, and a
@@ -853,7 +933,27 @@ impl StateMachine for KvStateMachine {
                                 encode_applied(task.index, task.term),
                             );
                             outcome.add_writes(&mut batch, region.id, task.index, task.term);
-                            match self.engine.write(batch) {
+                            // Fence records follow the keys: a split's child refuses what
+                            // its parent refused, a merge's target the most of both.
+                            let fences = match &outcome {
+                                AdminOutcome::Split(record) => crate::fence::copy(
+                                    engine.as_ref(),
+                                    record.parent.id,
+                                    record.child.id,
+                                    false,
+                                    &mut batch,
+                                ),
+                                AdminOutcome::Commit(record) => crate::fence::copy(
+                                    engine.as_ref(),
+                                    record.source.id,
+                                    record.target.id,
+                                    true,
+                                    &mut batch,
+                                ),
+                                _ => Ok(()),
+                            };
+                            let written = fences.and_then(|()| self.engine.write(batch));
+                            match written {
                                 Ok(()) => {
                                     self.set_applied(task.index, task.term);
                                     region = self.admin_applied(outcome, &region);
@@ -955,6 +1055,12 @@ impl StateMachine for KvStateMachine {
         };
         crate::lock::export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the locks of {region}: {e}"))?;
+        let mut out = SnapshotFileWriter {
+            writer,
+            name: crate::fence::SNAPSHOT_FENCES_FILE,
+        };
+        crate::fence::export(self.engine.as_ref(), region.id, &mut out)
+            .map_err(|e| format!("exporting the fence records of {region}: {e}"))?;
         tracing::debug!(region = %region.id, index = %snapshot_index, keys = count, sequences, "region snapshot saved");
         Ok(())
     }
@@ -1190,6 +1296,18 @@ impl KvStateMachine {
                 )?;
             }
         }
+        // Fence records are named by locks, not keys: any name.
+        if reader
+            .manifest()
+            .file(crate::fence::SNAPSHOT_FENCES_FILE)
+            .is_some()
+        {
+            crate::engine::export::verify_export(
+                &mut SnapshotFileReader::new(reader, crate::fence::SNAPSHOT_FENCES_FILE),
+                b"",
+                b"",
+            )?;
+        }
         // Invalidate the applied state first: a crash inside the import must not leave
         // the old (higher) applied index over the snapshot's data.
         self.engine.meta_delete(applied_key(region.id))?;
@@ -1228,6 +1346,18 @@ impl KvStateMachine {
                 self.engine.as_ref(),
                 &region,
                 &mut SnapshotFileReader::new(reader, crate::lock::SNAPSHOT_LOCKS_FILE),
+                &mut batch,
+            )?;
+        }
+        if reader
+            .manifest()
+            .file(crate::fence::SNAPSHOT_FENCES_FILE)
+            .is_some()
+        {
+            crate::fence::import(
+                self.engine.as_ref(),
+                region.id,
+                &mut SnapshotFileReader::new(reader, crate::fence::SNAPSHOT_FENCES_FILE),
                 &mut batch,
             )?;
         }

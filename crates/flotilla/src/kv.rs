@@ -110,8 +110,18 @@ pub enum KvOp {
         #[arg(long, default_value = "index")]
         read: String,
     },
-    /// Sets KEY to VALUE.
-    Put { key: String, value: String },
+    /// Sets KEY to VALUE (fenced, with --fence-lock and --fence-token: refused once the
+    /// region holding KEY accepted a write fenced by a higher token of that lock).
+    Put {
+        key: String,
+        value: String,
+        /// The lock whose token fences this write (`flotilla lock acquire`).
+        #[arg(long, value_name = "NAME", requires = "fence_token")]
+        fence_lock: Option<String>,
+        /// The writer's token of --fence-lock.
+        #[arg(long, value_name = "N", requires = "fence_lock")]
+        fence_token: Option<u64>,
+    },
     /// Removes KEY.
     Delete { key: String },
     /// Sets KEY to NEW if it holds EXPECTED.
@@ -170,6 +180,7 @@ enum Request {
     Put {
         key: Bytes,
         value: Bytes,
+        fence: Option<(Bytes, u64)>,
     },
     Delete {
         key: Bytes,
@@ -231,9 +242,18 @@ fn prepare(op: KvOp, encoding: Encoding) -> Result<Request, Failure> {
             key: key(e, "KEY", &k)?,
             read: read(&r)?,
         },
-        KvOp::Put { key: k, value: v } => Request::Put {
+        KvOp::Put {
+            key: k,
+            value: v,
+            fence_lock,
+            fence_token,
+        } => Request::Put {
             key: key(e, "KEY", &k)?,
             value: value(e, "VALUE", &v)?,
+            fence: match (fence_lock, fence_token) {
+                (Some(lock), Some(token)) => Some((key(e, "--fence-lock", &lock)?, token)),
+                _ => None,
+            },
         },
         KvOp::PutIfAbsent { key: k, value: v } => Request::PutIfAbsent {
             key: key(e, "KEY", &k)?,
@@ -349,8 +369,11 @@ async fn execute(
             };
             (success(vec![("value", shown(value.as_ref()))]), Some(human))
         }
-        Request::Put { key, value } => {
-            client.put(key, value).await?;
+        Request::Put { key, value, fence } => {
+            match fence {
+                Some((lock, token)) => client.put_fenced(key, value, lock, token).await?,
+                None => client.put(key, value).await?,
+            }
             (success(vec![]), Some("OK".into()))
         }
         Request::Delete { key } => {
@@ -447,12 +470,15 @@ mod tests {
         let put = KvOp::Put {
             key: "AP/DKA==".into(),
             value: "/wD+".into(),
+            fence_lock: None,
+            fence_token: None,
         };
         assert_eq!(
             prepare(put, Encoding::Base64).unwrap(),
             Request::Put {
                 key: Bytes::from_static(&[0x00, 0xff, 0xc3, 0x28]),
                 value: Bytes::from_static(&[0xff, 0x00, 0xfe]),
+                fence: None,
             }
         );
         // The same argument under utf8 is its text.
@@ -488,6 +514,8 @@ mod tests {
                 KvOp::Put {
                     key: "a!".into(),
                     value: "eA==".into(),
+                    fence_lock: None,
+                    fence_token: None,
                 },
                 "KEY",
             ),
@@ -495,6 +523,8 @@ mod tests {
                 KvOp::Put {
                     key: "eA==".into(),
                     value: "eA=".into(),
+                    fence_lock: None,
+                    fence_token: None,
                 },
                 "VALUE",
             ),

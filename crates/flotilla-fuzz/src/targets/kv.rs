@@ -81,6 +81,14 @@ fn commands() -> Vec<KvCommand> {
             op: flotilla_kv::lock::LockOp::Status,
             now_ms: 0,
         },
+        KvCommand::Fenced {
+            lock: b(b"job"),
+            token: 4,
+            command: Box::new(KvCommand::Put {
+                key: b(b"report"),
+                value: b(b"done"),
+            }),
+        },
         KvCommand::Batch(vec![
             put,
             KvCommand::Delete { key: b(b"x") },

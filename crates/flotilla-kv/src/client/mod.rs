@@ -917,6 +917,19 @@ impl KvClient {
         key: Bytes,
         op: proto::op::Op,
     ) -> Result<proto::OpResult, ClientError> {
+        self.write_one_fenced(key, op, None).await
+    }
+
+    async fn write_one_fenced(
+        &self,
+        key: Bytes,
+        op: proto::op::Op,
+        fence: Option<proto::Fence>,
+    ) -> Result<proto::OpResult, ClientError> {
+        let op = proto::Op {
+            op: Some(op),
+            fence,
+        };
         let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
         loop {
             let result = self.write_one_attempt(key.clone(), op.clone()).await;
@@ -959,9 +972,8 @@ impl KvClient {
     async fn write_one_attempt(
         &self,
         key: Bytes,
-        op: proto::op::Op,
+        op: proto::Op,
     ) -> Result<proto::OpResult, ClientError> {
-        let op = proto::Op { op: Some(op) };
         if self.inner.options.batching {
             let route = self.route(&key).await?;
             let bytes = key.len() + op_value_len(&op);
@@ -1002,6 +1014,28 @@ impl KvClient {
             value: value.into(),
         });
         done(self.write_one(key, op).await?)
+    }
+
+    /// Sets `key` to `value`, fenced by lock `lock`'s token `token` (see [`crate::fence`]):
+    /// refused with kind `Fenced`, changing nothing, if the region holding `key` already
+    /// accepted a write fenced by a higher token of that lock.
+    pub async fn put_fenced(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        lock: impl Into<Bytes>,
+        token: u64,
+    ) -> Result<(), ClientError> {
+        let key = key.into();
+        let op = proto::op::Op::Put(proto::Put {
+            key: key.clone(),
+            value: value.into(),
+        });
+        let fence = proto::Fence {
+            lock: lock.into(),
+            token,
+        };
+        done(self.write_one_fenced(key, op, Some(fence)).await?)
     }
 
     /// Removes `key`.
@@ -1166,6 +1200,7 @@ impl KvClient {
                             key: left[i].0.clone(),
                             value: left[i].1.clone(),
                         })),
+                        fence: None,
                     })
                     .collect();
                 let call = Call::Write(proto::WriteRequest { context: None, ops });
@@ -1228,6 +1263,7 @@ impl KvClient {
                         start: part_start.clone(),
                         end: part_end,
                     })),
+                    fence: None,
                 };
                 let call = Call::Write(proto::WriteRequest {
                     context: None,

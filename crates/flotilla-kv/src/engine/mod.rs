@@ -50,6 +50,9 @@ pub mod meta_keys {
     pub const SEQUENCE_PREFIX: &[u8] = b"seq/";
     /// A lock, `lock/` + its name (`crate::lock::LockRecord`).
     pub const LOCK_PREFIX: &[u8] = b"lock/";
+    /// A region's fence record, `fence/` + region id (8 bytes, big endian) + lock name
+    /// (`crate::fence`).
+    pub const FENCE_PREFIX: &[u8] = b"fence/";
 }
 
 /// One operation of a [`WriteBatch`].

@@ -162,6 +162,7 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
     let mut commands = Vec::with_capacity(ops.len());
     for (i, op) in ops.into_iter().enumerate() {
         use proto::op::Op;
+        let fence = op.fence;
         let command = match op.op {
             Some(Op::Put(p)) => KvCommand::Put {
                 key: p.key,
@@ -211,6 +212,14 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
                 }
             }
             None => return Err(invalid(format!("op {i} is empty"))),
+        };
+        let command = match fence {
+            Some(fence) => KvCommand::Fenced {
+                lock: fence.lock,
+                token: fence.token,
+                command: Box::new(command),
+            },
+            None => command,
         };
         commands.push(command);
     }

@@ -240,6 +240,7 @@ async fn refusals_are_distinct_and_change_nothing() {
                 key: Bytes::copy_from_slice(key),
                 value: Bytes::from_static(b"2"),
             })),
+            fence: None,
         }],
     };
     let mut raw = RawClient::new(client.channel(&leader).await.unwrap());
