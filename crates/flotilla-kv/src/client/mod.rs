@@ -31,6 +31,7 @@ mod error;
 mod options;
 mod retry;
 mod routing;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,7 @@ pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
 use routing::{covers_key_space, RouteTable, STORES_LEARNED_MAX};
+pub use watchdog::LockWatchdog;
 
 /// Pause before an op whose key left its region is routed again (the stores' reports
 /// catch up with a split within a few rounds).

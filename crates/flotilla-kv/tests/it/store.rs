@@ -333,3 +333,52 @@ async fn a_store_opens_without_a_listener() {
     }
     drop(taken);
 }
+
+/// The lock watchdog keeps a short lease alive well past its length; dropped, the lock
+/// ends with its lease and another owner takes it with a greater token; a holder whose
+/// lease ended cannot renew (the watchdog's view says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_watchdog_keeps_a_lease_alive_until_dropped() {
+    use flotilla_kv::client::LockWatchdog;
+    use flotilla_kv::lock::LockOp;
+    let dir = TempDir::new("watchdog");
+    let stores = start(&dir, 1, EngineKind::Memory).await;
+    let client = crate::split::client(&stores).await;
+    let held = LockWatchdog::acquire(&client, "wd", "a", 300, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("free at first");
+    assert!(held.held());
+    // Three leases later, still held by a, thanks to the renewals.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let status = client.lock("wd", LockOp::Status).await.unwrap();
+    assert!(status.held && status.owner.as_ref() == b"a", "{status:?}");
+    assert!(held.held());
+    let first = held.token();
+    let other = client
+        .lock_acquire("wd", "b", 300, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!other.acquired);
+    // Dropped: no more renewals; b gets it once the lease ends.
+    drop(held);
+    let b = client
+        .lock_acquire("wd", "b", 60_000, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(b.acquired, "{b:?}");
+    assert!(b.token > first);
+    let refused = client
+        .lock(
+            "wd",
+            LockOp::Renew {
+                owner: Bytes::from_static(b"a"),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, "NotOwner", "{refused}");
+    for store in &stores {
+        store.shutdown(Duration::ZERO).await;
+    }
+}
