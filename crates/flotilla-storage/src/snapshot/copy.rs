@@ -8,8 +8,14 @@
 //! durable, CRC32C of those bytes), each record CRC'd and written only after the file's
 //! bytes were fsynced. A later copy of the same snapshot (same index, term and manifest
 //! bytes) re-reads and verifies each checkpointed prefix, then asks the source only for what
-//! follows (SOFAJRaft restarts from zero). A file the local newest snapshot already has with
-//! the same name, size and checksum is copied locally instead of fetched.
+//! follows (SOFAJRaft restarts from zero).
+//!
+//! Every file is fetched, even one the local newest snapshot holds with the same name, size
+//! and checksum: a CRC32C cannot tell such files apart when they end with their own CRC32C
+//! (every record of the KV store's range export does), since the CRC of any data followed
+//! by its CRC is one constant. Reusing by checksum installed another range's file into a
+//! region's snapshot (found by flotilla-chaos: two empty lock-record files of the same size,
+//! one for the range before a split, one for after).
 //!
 //! Must never: install a file whose size or checksum differs from the manifest, write
 //! outside the download directory (names are validated in [`super::manifest`]), allocate
@@ -89,8 +95,6 @@ pub struct CopyReport {
     pub bytes_fetched: u64,
     /// Bytes kept from an earlier, interrupted copy (verified, not fetched again).
     pub bytes_resumed: u64,
-    /// Files copied from the local newest snapshot instead of fetched.
-    pub files_reused: usize,
 }
 
 /// Copies the snapshot `source` offers into `store` and makes it the newest. On a source
@@ -195,19 +199,12 @@ impl Copy<'_> {
             .open_append(&self.dir.join(PROGRESS_NAME))
             .map_err(io("open", &self.dir.join(PROGRESS_NAME)))
             .map_err(local)?;
-        // Pin the local newest snapshot for reuse while we copy.
-        let local_snapshot = self.store.open_reader();
         let files = self.manifest.files.clone();
         for (index, entry) in files.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| {
                 CopyError::BadInput(StorageError::InvalidArgument("too many files".into()))
             })?;
             let mut file = self.resume_file(index, &entry.name, checkpoints.get(&index))?;
-            if file.len == 0 {
-                if let Some(reader) = &local_snapshot {
-                    self.reuse_local(reader, &mut file, entry)?;
-                }
-            }
             self.report.bytes_resumed += file.len;
             self.fetch(&mut file, entry.size, progress.as_mut())?;
             if file.len != entry.size || file.crc != entry.checksum {
@@ -315,47 +312,6 @@ impl Copy<'_> {
             len,
             crc,
         })
-    }
-
-    /// Copies an identical file from the local snapshot; on any mismatch leaves `file` empty.
-    fn reuse_local(
-        &mut self,
-        reader: &SnapshotReader,
-        file: &mut Receiving,
-        entry: &super::FileEntry,
-    ) -> Result<(), CopyError> {
-        if reader.manifest().file(&entry.name) != Some(entry) {
-            return Ok(());
-        }
-        while file.len < entry.size {
-            let chunk = reader
-                .read_chunk(&entry.name, file.len, SNAPSHOT_CHUNK_BYTES_MAX)
-                .map_err(local)?;
-            if chunk.is_empty() {
-                break;
-            }
-            file.handle
-                .append(&chunk)
-                .map_err(io("write", &file.path))
-                .map_err(local)?;
-            file.len += chunk.len() as u64;
-            file.crc = crc32c::crc32c_append(file.crc, &chunk);
-        }
-        if file.len == entry.size && file.crc == entry.checksum {
-            self.report.files_reused += 1;
-            return Ok(());
-        }
-        // The local copy changed under us (disk damage): fetch it instead.
-        let fs = self.fs();
-        fs.truncate(&file.path, 0)
-            .map_err(io("truncate", &file.path))
-            .map_err(local)?;
-        file.handle = fs
-            .open_append(&file.path)
-            .map_err(io("open", &file.path))
-            .map_err(local)?;
-        (file.len, file.crc) = (0, 0);
-        Ok(())
     }
 
     /// Fetches the rest of `file` from the source, checkpointing as it goes.
