@@ -429,6 +429,7 @@ async fn final_reads(
     driven.unread_keys = shared
         .final_register_reads(probe_client, SETTLE_TIMEOUT)
         .await;
+    shared.final_lock_read(probe_client, SETTLE_TIMEOUT).await;
     let mut asked = 0;
     if config.workload.workloads != workload::Workloads::Register {
         // A region split off just before may still be electing: wait for every key to
@@ -518,6 +519,23 @@ fn check_and_report(
     let register_report = checker::check_register(&register, &Checker::new(config.checker_states));
     let set_report = checker::check_set(&adds, &driven.set_reads);
     let sequence_violations = checker::check_sequences(&sequence_ranges);
+    let lock_events = shared
+        .lock_events
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let lock_report = crate::locks::check(&lock_events);
+    journal.note(format!(
+        "checked the lock workload: {} acquired, {} fenced writes acknowledged, {} refused as \
+         fenced; {} violations, {} acknowledged writes lost; {} overlapping holds (reported, \
+         not failed: pauses make them unavoidable with any lease lock)",
+        lock_report.acquired,
+        lock_report.writes_acked,
+        lock_report.writes_fenced,
+        lock_report.violations.len(),
+        lock_report.lost.len(),
+        lock_report.overlaps
+    ));
     journal.note(format!(
         "checked {} sequence ranges acknowledged ({} unknown): {} handed out twice",
         sequence_ranges.len(),
@@ -543,23 +561,40 @@ fn check_and_report(
         + sequence_unknown;
     let mut findings = describe_findings(config, cluster, &driven, &register_report, &set_report);
     findings.section("sequence values handed out twice", &sequence_violations);
+    findings.section(
+        "lock tokens or fenced writes out of order",
+        &lock_report.violations,
+    );
+    findings.section("lost acknowledged fenced writes", &lock_report.lost);
+    let lock_unread: Vec<String> = if lock_report.final_read || lock_report.writes_acked == 0 {
+        Vec::new()
+    } else {
+        vec!["the lock workload's register: no final read answered".into()]
+    };
+    findings.section("final reads that never answered (locks)", &lock_unread);
 
     let violations = register_report.violations.len()
         + set_report.violations()
         + sequence_violations.len()
+        + lock_report.violations.len()
         + cluster.unexpected_exits.len();
     let unknown = register_report.unknown.len()
         + driven.unread_keys.len()
         + set_report.unread.len()
         + usize::from(!set_report.uncovered.is_empty())
-        + driven.liveness.len();
-    let lost = register_report.lost.len() + set_report.lost_count();
+        + driven.liveness.len()
+        + lock_unread.len();
+    let lost = register_report.lost.len() + set_report.lost_count() + lock_report.lost.len();
     let mut result = RunResult {
         nemeses: Nemesis::list_name(nemeses),
         nodes: config.nodes,
         seconds: driven.workload_seconds,
         seed: config.seed,
-        ops: register.len() + adds.len() + sequence_ranges.len() + sequence_unknown,
+        ops: register.len()
+            + adds.len()
+            + sequence_ranges.len()
+            + sequence_unknown
+            + lock_events.len(),
         indeterminate,
         violations,
         unknown,
@@ -574,6 +609,7 @@ fn check_and_report(
     history::write_jsonl(&config.dir.join("history-register.jsonl"), &register)?;
     history::write_jsonl(&config.dir.join("history-set.jsonl"), &adds)?;
     history::write_jsonl(&config.dir.join("final-set-reads.jsonl"), &driven.set_reads)?;
+    history::write_jsonl(&config.dir.join("history-lock.jsonl"), &lock_events)?;
     let mut report = journal.lines();
     report.push(String::new());
     report.push(result_line(&result));

@@ -9,6 +9,8 @@
 //!   on every voter of the region (a follower read sent to that store itself, clipped to
 //!   the region's range: a store hosts only the regions the PD placed on it).
 //!
+//! - **lock** (always, two clients besides the others): acquire one lock, a fenced write
+//!   of the register `crate::locks` names with the token, release (`crate::locks::check`).
 //! - **sequence** (always, one client besides the others): `seq next` on a few sequences
 //!   spread over the regions, recording every range acknowledged; no value may be handed
 //!   out twice (`crate::checker::check_sequences`).
@@ -190,6 +192,8 @@ pub struct Shared {
     pub set_adds: Mutex<Vec<SetAdd>>,
     /// Ranges `seq next` acknowledged.
     pub sequence_ranges: Mutex<Vec<SequenceRange>>,
+    /// The lock workload's history.
+    pub lock_events: Mutex<Vec<crate::locks::LockEvent>>,
     /// `seq next` calls whose outcome is unknown.
     pub sequence_unknown: AtomicU64,
     /// The last value the clients saw per register key (CAS expects it).
@@ -219,6 +223,7 @@ impl Shared {
             register: Mutex::new(Vec::new()),
             set_adds: Mutex::new(Vec::new()),
             sequence_ranges: Mutex::new(Vec::new()),
+            lock_events: Mutex::new(Vec::new()),
             sequence_unknown: AtomicU64::new(0),
             last_seen: Mutex::new(HashMap::new()),
             keys_used: Mutex::new(BTreeSet::new()),
@@ -239,7 +244,10 @@ impl Shared {
     }
 
     fn recorded(&self) -> usize {
-        lock(&self.register).len() + lock(&self.set_adds).len() + lock(&self.sequence_ranges).len()
+        lock(&self.register).len()
+            + lock(&self.set_adds).len()
+            + lock(&self.sequence_ranges).len()
+            + lock(&self.lock_events).len()
     }
 
     fn push_register(&self, event: RegisterEvent) {
@@ -294,7 +302,150 @@ impl Shared {
             })
             .collect();
         workers.push(sequence);
+        for i in 0..crate::locks::LOCK_CLIENTS {
+            let shared = self.clone();
+            let index = count + 1 + i as usize;
+            let client = clients[index % clients.len()].clone();
+            let rng = rng.fork(index as u64);
+            workers.push(tokio::spawn(async move {
+                shared.lock_worker(client, i, rng).await;
+            }));
+        }
         workers
+    }
+
+    /// Acquire, a fenced write with the token, release; every step recorded.
+    async fn lock_worker(&self, client: KvClient, worker: u64, mut rng: Rng) {
+        use crate::locks::{LockEvent, LockOutcome};
+        let owner = Bytes::from(format!("worker-{worker}"));
+        let mut n = 0u64;
+        let timeout = self.config.op_timeout + crate::locks::ACQUIRE_WAIT;
+        while self.keep_going() {
+            let record = |op: &str, token: u64, value: String, invoke_us, outcome| LockEvent {
+                worker,
+                op: op.into(),
+                token,
+                value,
+                invoke_us,
+                complete_us: self.journal.now_us(),
+                outcome,
+            };
+            let outcome_of = |e: &ClientError| {
+                if e.indeterminate {
+                    LockOutcome::Unknown
+                } else if e.kind == flotilla_kv::fence::FENCED_KIND {
+                    LockOutcome::Fenced
+                } else {
+                    LockOutcome::Failed
+                }
+            };
+            let invoke = self.journal.now_us();
+            let acquired = tokio::time::timeout(
+                timeout,
+                client.lock_acquire(
+                    crate::locks::lock_name(),
+                    owner.clone(),
+                    crate::locks::LEASE_MS,
+                    crate::locks::ACQUIRE_WAIT,
+                ),
+            )
+            .await;
+            let token = match acquired {
+                Ok(Ok(state)) if state.acquired => {
+                    lock(&self.lock_events).push(record(
+                        "acquire",
+                        0,
+                        String::new(),
+                        invoke,
+                        LockOutcome::Acquired(state.token),
+                    ));
+                    state.token
+                }
+                other => {
+                    let outcome = match other {
+                        Ok(Ok(_)) => LockOutcome::NotAcquired,
+                        Ok(Err(e)) if !e.indeterminate => LockOutcome::Failed,
+                        _ => LockOutcome::Unknown,
+                    };
+                    lock(&self.lock_events).push(record(
+                        "acquire",
+                        0,
+                        String::new(),
+                        invoke,
+                        outcome,
+                    ));
+                    self.think(&mut rng).await;
+                    continue;
+                }
+            };
+            n += 1;
+            let value = format!("{token}:{worker}:{n}");
+            let invoke = self.journal.now_us();
+            let written = tokio::time::timeout(
+                self.config.op_timeout,
+                client.put_fenced(
+                    crate::locks::register_key(),
+                    Bytes::from(value.clone()),
+                    crate::locks::lock_name(),
+                    token,
+                ),
+            )
+            .await;
+            let outcome = match written {
+                Ok(Ok(())) => LockOutcome::Ok,
+                Ok(Err(e)) => outcome_of(&e),
+                Err(_) => LockOutcome::Unknown,
+            };
+            lock(&self.lock_events).push(record("write", token, value, invoke, outcome));
+            self.think(&mut rng).await;
+            let invoke = self.journal.now_us();
+            let released = tokio::time::timeout(
+                self.config.op_timeout,
+                client.lock(
+                    crate::locks::lock_name(),
+                    flotilla_kv::lock::LockOp::Release {
+                        owner: owner.clone(),
+                    },
+                ),
+            )
+            .await;
+            let outcome = match released {
+                Ok(Ok(_)) => LockOutcome::Ok,
+                Ok(Err(e)) => outcome_of(&e),
+                Err(_) => LockOutcome::Unknown,
+            };
+            lock(&self.lock_events).push(record("release", token, String::new(), invoke, outcome));
+            self.think(&mut rng).await;
+        }
+    }
+
+    /// The lock workload's final read of its register (after every fault healed).
+    pub async fn final_lock_read(&self, client: &KvClient, within: Duration) {
+        use crate::locks::{LockEvent, LockOutcome};
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let invoke_us = self.journal.now_us();
+            match client
+                .get(crate::locks::register_key(), ReadConsistency::Index)
+                .await
+            {
+                Ok(value) => {
+                    lock(&self.lock_events).push(LockEvent {
+                        worker: FINAL_CLIENT,
+                        op: "final-read".into(),
+                        token: 0,
+                        value: String::new(),
+                        invoke_us,
+                        complete_us: self.journal.now_us(),
+                        outcome: LockOutcome::Read(
+                            value.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                        ),
+                    });
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// `seq next` on random sequences, each acknowledged range recorded.

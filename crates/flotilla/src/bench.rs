@@ -201,6 +201,12 @@ fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
         .etcd_connect
         .parse()
         .map_err(|e| Failure::usage(format!("--etcd-connect: {e}")))?;
+    if matches!(workload, Workload::Lock | Workload::Sequence) && target == TargetKind::Etcd {
+        return Err(Failure::usage(format!(
+            "--workload {}: Flotilla only (etcd's lock and counters are not compared here)",
+            workload.name()
+        )));
+    }
     Ok(Plan {
         target,
         endpoints,
@@ -241,6 +247,47 @@ impl Target {
                 .map_err(|e| e.to_string()),
             Target::Etcd(etcd) => etcd.put(key, value.to_vec()).await,
         }
+    }
+
+    /// One lock cycle on the lock named `key` by `owner`: acquire (waiting while another
+    /// holds it), release.
+    async fn lock_cycle(&mut self, key: Vec<u8>, owner: &Bytes) -> Result<(), String> {
+        let Target::Flotilla { client, .. } = self else {
+            return Err("the lock workload is Flotilla's only".into());
+        };
+        let name = Bytes::from(key);
+        let state = client
+            .lock_acquire(name.clone(), owner.clone(), 30_000, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !state.acquired {
+            return Err(format!(
+                "lock not acquired within 10 s (held by {:?})",
+                state.owner
+            ));
+        }
+        client
+            .lock(
+                name,
+                flotilla_kv::lock::LockOp::Release {
+                    owner: owner.clone(),
+                },
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// One `seq next` of one value on the sequence named `key`.
+    async fn sequence_next(&mut self, key: Vec<u8>) -> Result<(), String> {
+        let Target::Flotilla { client, .. } = self else {
+            return Err("the sequence workload is Flotilla's only".into());
+        };
+        client
+            .sequence_next(Bytes::from(key), 1)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     async fn get(&mut self, key: Vec<u8>) -> Result<bool, String> {
@@ -372,14 +419,16 @@ async fn client_task(
     let mut rng = Rng::new(plan.seed ^ workload::mix64(id as u64 + 1));
     let mut measured = Measured::default();
     let read_percent = plan.workload.read_percent();
+    let owner = Bytes::from(format!("bench-{id}"));
     while !shared.stop.load(Ordering::Relaxed) {
         let is_read = read_percent > 0 && rng.below(100) < read_percent;
         let key = workload::key(chooser.next(&mut rng));
         let started = Instant::now();
-        let result = if is_read {
-            target.get(key).await.map(|_| ())
-        } else {
-            target.put(key, &value).await
+        let result = match plan.workload {
+            Workload::Lock => target.lock_cycle(key, &owner).await,
+            Workload::Sequence => target.sequence_next(key).await,
+            _ if is_read => target.get(key).await.map(|_| ()),
+            _ => target.put(key, &value).await,
         };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let measuring = shared.measuring.load(Ordering::Relaxed);

@@ -11,6 +11,12 @@ pub enum Workload {
     Mix,
     /// Read-heavy: 95 % reads, 5 % writes.
     Read,
+    /// Lock cycles (Flotilla only): acquire a lock named by a key (waiting while another
+    /// client holds it), release it; one op is the whole cycle. `--keys 1`: every client
+    /// on one lock; `--keys` at least `--clients`: mostly uncontended.
+    Lock,
+    /// `seq next` of one value on a sequence named by a key (Flotilla only).
+    Sequence,
 }
 
 impl std::str::FromStr for Workload {
@@ -21,8 +27,10 @@ impl std::str::FromStr for Workload {
             "write" => Ok(Workload::Write),
             "mix" => Ok(Workload::Mix),
             "read" => Ok(Workload::Read),
+            "lock" => Ok(Workload::Lock),
+            "sequence" => Ok(Workload::Sequence),
             other => Err(format!(
-                "unknown workload {other:?}: expected write, mix or read"
+                "unknown workload {other:?}: expected write, mix, read, lock or sequence"
             )),
         }
     }
@@ -32,7 +40,7 @@ impl Workload {
     /// Percentage of ops that are reads.
     pub fn read_percent(self) -> u64 {
         match self {
-            Workload::Write => 0,
+            Workload::Write | Workload::Lock | Workload::Sequence => 0,
             Workload::Mix => 10,
             Workload::Read => 95,
         }
@@ -44,6 +52,8 @@ impl Workload {
             Workload::Write => "write",
             Workload::Mix => "mix",
             Workload::Read => "read",
+            Workload::Lock => "lock",
+            Workload::Sequence => "sequence",
         }
     }
 }
