@@ -305,7 +305,21 @@ async fn a_replica_added_after_a_merge_holds_the_sources_keys() {
     let leader = stores[next].store().clone();
     let node = leader.manager().node(1).expect("leader node");
     let gone = stores[joiner].store().clone();
-    node.remove_peer(gone.id().clone()).await.expect("remove");
+    // A leader just elected takes no membership change before it committed an entry of
+    // its term (`Busy`): ask until it does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match node.remove_peer(gone.id().clone()).await {
+            Ok(()) => break,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("has not committed") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("remove: {e:?}"),
+        }
+    }
     let conf = |s: &flotilla_kv::store::Store| s.regions()[0].region.epoch.conf_version;
     until("the removal applied on the leader", || {
         (node.status().configuration.old_voters.is_none() && !node.list_peers().contains(gone.id()))
