@@ -282,10 +282,7 @@ pub fn apply(
 /// The meta key of lock `name`'s record.
 #[must_use]
 pub fn record_key(name: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(meta_keys::LOCK_PREFIX.len() + name.len());
-    out.extend_from_slice(meta_keys::LOCK_PREFIX);
-    out.extend_from_slice(name);
-    Bytes::from(out)
+    crate::sequence::prefixed(meta_keys::LOCK_PREFIX, name)
 }
 
 fn check_record(_name: &[u8], value: &[u8]) -> Result<(), KvError> {

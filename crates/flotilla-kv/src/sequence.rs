@@ -24,13 +24,18 @@ pub const SNAPSHOT_SEQUENCES_FILE: &str = "sequences";
 /// Most sequence records read from the engine at a time.
 const PAGE: usize = 1024;
 
+/// `prefix` followed by `name`: the meta key of a record of a key space.
+pub(crate) fn prefixed(prefix: &[u8], name: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(prefix.len() + name.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(name);
+    Bytes::from(out)
+}
+
 /// The meta key of the sequence named `key`.
 #[must_use]
 pub fn record_key(key: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(meta_keys::SEQUENCE_PREFIX.len() + key.len());
-    out.extend_from_slice(meta_keys::SEQUENCE_PREFIX);
-    out.extend_from_slice(key);
-    Bytes::from(out)
+    prefixed(meta_keys::SEQUENCE_PREFIX, key)
 }
 
 /// The next value a record holds (a missing record: 0).
@@ -52,11 +57,7 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<u64, KvError> {
 /// The meta-key range holding the records under `prefix` of `[start, end)` (an empty
 /// `end`: to the end of the key space).
 fn record_range(prefix: &[u8], start: &[u8], end: &[u8]) -> (Bytes, Bytes) {
-    let with = |key: &[u8]| {
-        let mut out = prefix.to_vec();
-        out.extend_from_slice(key);
-        Bytes::from(out)
-    };
+    let with = |key: &[u8]| prefixed(prefix, key);
     let to = if end.is_empty() {
         let mut past = prefix.to_vec();
         if let Some(last) = past.last_mut() {
@@ -131,14 +132,10 @@ pub(crate) fn import_space(
     let mut incoming = Vec::new();
     while let Some((name, value)) = reader.next_pair()? {
         check(&name, &value)?;
-        let mut key = prefix.to_vec();
-        key.extend_from_slice(&name);
-        incoming.push((Bytes::from(key), value));
+        incoming.push((prefixed(prefix, &name), value));
     }
     for (name, _) in scan(engine, region, prefix, check)? {
-        let mut key = prefix.to_vec();
-        key.extend_from_slice(&name);
-        batch.meta_delete(Bytes::from(key));
+        batch.meta_delete(prefixed(prefix, &name));
     }
     let count = incoming.len() as u64;
     for (key, value) in incoming {

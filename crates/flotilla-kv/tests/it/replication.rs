@@ -37,6 +37,18 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(Bytes, Bytes)> {
     list.iter().map(|(k, v)| (b(k), b(v))).collect()
 }
 
+/// Opens `region` empty on process 3 and has its leader `node` add it (retried while the
+/// leader is not ready for a membership change).
+async fn add_fourth_peer(cluster: &mut KvCluster, region: &Region, node: &flotilla_node::Node) {
+    cluster.add_region_on(3, region, Vec::new()).await;
+    let new_peer = cluster.peers[3].clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = node.add_peer(new_peer.clone()).await {
+        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn whole(id: u64) -> Region {
     Region::whole(RegionId(id), Epoch::new(1, 1))
 }
@@ -296,13 +308,7 @@ async fn snapshot_installed_on_a_new_peer() {
     // The new peer's engine already holds a stale key in the region, and one outside it.
     cluster.engine(3).put(b("k50"), b("stale")).unwrap();
     cluster.engine(3).put(b("z"), b("other region")).unwrap();
-    cluster.add_region_on(3, &region, Vec::new()).await;
-    let new_peer = cluster.peers[3].clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = node.add_peer(new_peer.clone()).await {
-        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    add_fourth_peer(&mut cluster, &region, &node).await;
     cluster.propose(g, put("k98", "after")).await.unwrap();
     let data = cluster.converged(g).await;
     assert_eq!(data.len(), 4);
@@ -752,13 +758,7 @@ async fn sequences_hand_out_ranges_once_and_travel_in_snapshots() {
             Bytes::copy_from_slice(&3u64.to_be_bytes()),
         )
         .unwrap();
-    cluster.add_region_on(3, &region, Vec::new()).await;
-    let new_peer = cluster.peers[3].clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = node.add_peer(new_peer.clone()).await {
-        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    add_fourth_peer(&mut cluster, &region, &node).await;
     cluster.converged(g).await;
     let record = cluster
         .engine(3)
@@ -849,13 +849,7 @@ async fn a_lock_is_decided_by_its_region_and_travels_in_snapshots() {
         .await
         .unwrap();
     assert!(node.snapshot().await.unwrap() > first);
-    cluster.add_region_on(3, &region, Vec::new()).await;
-    let new_peer = cluster.peers[3].clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = node.add_peer(new_peer.clone()).await {
-        assert!(tokio::time::Instant::now() < deadline, "add_peer: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    add_fourth_peer(&mut cluster, &region, &node).await;
     cluster.converged(g).await;
     let record = cluster
         .engine(3)
