@@ -15,7 +15,7 @@
 //!                    not a backup (an interrupted one)
 //! region-<id>/       the region's snapshot as a snapshot store keeps it:
 //!   snapshot-<index>/  manifest (every file's size and CRC32C) + `region` + `data`
-//!                      + `sequences` + `locks` + `fences`
+//!                      + `sequences` + `locks` + `fences` (+ `fence-floor`)
 //! ```
 //!
 //! `backup.meta` is text, one fact per line, sealed by a CRC32C line:
@@ -318,6 +318,20 @@ fn check_region(dir: &Path, expected: &BackupRegion) -> Result<SnapshotReader, S
             b"",
         )
         .map_err(|e| fail(format!("its fences file: {e}")))?;
+    }
+    if reader
+        .manifest()
+        .file(crate::fence::SNAPSHOT_FENCE_FLOOR_FILE)
+        .is_some()
+    {
+        read_whole(&reader, crate::fence::SNAPSHOT_FENCE_FLOOR_FILE)
+            .and_then(|bytes| crate::fence::decode(&bytes))
+            .map_err(|e| {
+                fail(format!(
+                    "its {} file: {e}",
+                    crate::fence::SNAPSHOT_FENCE_FLOOR_FILE
+                ))
+            })?;
     }
     if keys != expected.keys {
         return Err(fail(format!(

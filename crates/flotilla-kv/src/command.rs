@@ -156,6 +156,11 @@ pub enum KvCommand {
         op: LockOp,
         /// The leader's stamp.
         now_ms: u64,
+        /// The leader's wall clock when it proposed, in ms since the Unix epoch: the least
+        /// token a new holder gets (`crate::lock`), so that tokens of different locks
+        /// roughly follow real time (what lets a region drop fence records safely,
+        /// `crate::fence`). Never used to decide a lease.
+        wall_ms: u64,
     },
     /// Thaws the region, a frozen merge source at `version`, with its version moved.
     /// Proposed only once the target is fenced and did not absorb it. Output:
@@ -185,8 +190,11 @@ mod tag {
     pub const SEQUENCE_NEXT: u8 = 15;
     pub const SEQUENCE_LATEST: u8 = 16;
     pub const SEQUENCE_RESET: u8 = 17;
+    /// A lock operation as the first release with locks wrote it (no wall time).
     pub const LOCK: u8 = 18;
     pub const FENCED: u8 = 19;
+    /// A lock operation with the leader's wall time.
+    pub const LOCK_WALL: u8 = 20;
 }
 
 /// Tags of the encoded lock operations.
@@ -284,11 +292,11 @@ impl KvCommand {
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key } => check_key(key),
             KvCommand::Lock { name, op, .. } => {
-                check_key(name)?;
+                crate::lock::check_name(name)?;
                 crate::lock::validate(op)
             }
             KvCommand::Fenced { lock, command, .. } => {
-                check_key(lock)?;
+                crate::lock::check_name(lock)?;
                 let data_write = matches!(
                     **command,
                     KvCommand::Put { .. }
@@ -474,7 +482,7 @@ impl KvCommand {
             KvCommand::SequenceNext { key, .. } => 13 + key.len(),
             KvCommand::Fenced { lock, command, .. } => 13 + lock.len() + command.encoded_len_hint(),
             KvCommand::Lock { name, op, .. } => {
-                32 + name.len()
+                40 + name.len()
                     + match op {
                         LockOp::Acquire { owner, .. }
                         | LockOp::Renew { owner }
@@ -614,8 +622,13 @@ impl KvCommand {
                 writer.u64(*token);
                 command.encode_into(writer);
             }
-            KvCommand::Lock { name, op, now_ms } => {
-                writer.u8(tag::LOCK);
+            KvCommand::Lock {
+                name,
+                op,
+                now_ms,
+                wall_ms,
+            } => {
+                writer.u8(tag::LOCK_WALL);
                 writer.bytes(name);
                 match op {
                     LockOp::Acquire { owner, lease_ms } => {
@@ -634,6 +647,7 @@ impl KvCommand {
                     LockOp::Status => writer.u8(lock_tag::STATUS),
                 }
                 writer.u64(*now_ms);
+                writer.u64(*wall_ms);
             }
         }
     }
@@ -765,7 +779,7 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
                 command: Box::new(command),
             }
         }
-        tag::LOCK => {
+        found @ (tag::LOCK | tag::LOCK_WALL) => {
             let name = key(reader)?;
             let owner =
                 |r: &mut FieldReader<'_>| r.bytes("lock owner", crate::lock::OWNER_BYTES_MAX);
@@ -787,10 +801,17 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
                     )))
                 }
             };
+            let now_ms = reader.u64("lock time")?;
+            let wall_ms = if found == tag::LOCK_WALL {
+                reader.u64("lock wall time")?
+            } else {
+                0
+            };
             KvCommand::Lock {
                 name,
                 op,
-                now_ms: reader.u64("lock time")?,
+                now_ms,
+                wall_ms,
             }
         }
         unknown => {

@@ -14,8 +14,11 @@
 //! earlier ([`HOLDER_MARGIN_PERCENT`]).
 //!
 //! **Tokens** grow per lock name: the record keeps the last token handed out, free or
-//! held, and a new holder gets the next one; a re-acquire by the holder (reentrancy) keeps
-//! it. The record lives in the engine's meta space (`lock/` + name) and belongs to the
+//! held, and a new holder gets the next one, or the leader's wall clock in milliseconds
+//! when that is more (the entry carries it); a re-acquire by the holder (reentrancy) keeps
+//! it. The wall clock never decides a lease and cannot make a token go back; it only makes
+//! a fresh lock's first token about "now", so that tokens of different locks roughly follow
+//! real time, which is what lets a region drop fence records for a floor (`crate::fence`). The record lives in the engine's meta space (`lock/` + name) and belongs to the
 //! region holding the name, like a sequence: splits and merges need no copy, and region
 //! snapshots carry the records of their range (file `locks`).
 //!
@@ -176,6 +179,15 @@ pub enum LockOp {
     Status,
 }
 
+/// Refuses a lock name that is empty (fence records and snapshot files use the empty name
+/// for themselves) or longer than a key may be.
+pub fn check_name(name: &[u8]) -> Result<(), KvError> {
+    if name.is_empty() {
+        return Err(KvError::Refused("a lock name may not be empty".into()));
+    }
+    crate::limits::check_key(name)
+}
+
 /// Checks an operation's fields (before it is proposed, and again when it applies).
 pub fn validate(op: &LockOp) -> Result<(), KvError> {
     let owner = match op {
@@ -206,13 +218,15 @@ fn not_owner(name: &[u8], why: String) -> KvError {
     }
 }
 
-/// Applies `op` on lock `name` at the stamped time `now_ms` to its record (`None`: never
-/// used): the record to keep (`None`: unchanged) and the answer, or the refusal (nothing
-/// changes). Pure and deterministic.
+/// Applies `op` on lock `name` at the stamped time `now_ms` (and the leader's wall time
+/// `wall_ms`, the least token a new holder gets) to its record (`None`: never used): the
+/// record to keep (`None`: unchanged) and the answer, or the refusal (nothing changes).
+/// Pure and deterministic.
 pub fn apply(
     name: &[u8],
     op: &LockOp,
     now_ms: u64,
+    wall_ms: u64,
     record: Option<LockRecord>,
 ) -> Result<(Option<LockRecord>, LockState), KvError> {
     validate(op)?;
@@ -231,9 +245,16 @@ pub fn apply(
             if held {
                 record.count = record.count.saturating_add(1);
             } else {
-                record.token = record.token.checked_add(1).ok_or_else(|| {
-                    KvError::Refused(format!("lock {}: no token left", crate::error::show(name)))
-                })?;
+                record.token = record
+                    .token
+                    .checked_add(1)
+                    .ok_or_else(|| {
+                        KvError::Refused(format!(
+                            "lock {}: no token left",
+                            crate::error::show(name)
+                        ))
+                    })?
+                    .max(wall_ms);
                 record.owner = owner.clone();
                 record.count = 1;
             }
@@ -367,7 +388,17 @@ mod tests {
 
     /// Applies `op` at `now`, keeping the record in `kept`.
     fn step(kept: &mut Option<LockRecord>, op: &LockOp, now: u64) -> Result<LockState, KvError> {
-        let (record, state) = apply(b"L", op, now, kept.clone())?;
+        step_at(kept, op, now, 0)
+    }
+
+    /// [`step`] with the leader's wall time `wall`.
+    fn step_at(
+        kept: &mut Option<LockRecord>,
+        op: &LockOp,
+        now: u64,
+        wall: u64,
+    ) -> Result<LockState, KvError> {
+        let (record, state) = apply(b"L", op, now, wall, kept.clone())?;
         if record.is_some() {
             *kept = record;
         }
@@ -396,6 +427,28 @@ mod tests {
         let b = step(&mut kept, &acquire("b", 1000), 900).unwrap();
         assert!(b.acquired);
         assert_eq!(b.token, 2);
+    }
+
+    #[test]
+    fn a_new_holders_token_is_at_least_the_leaders_wall_time_and_never_goes_back() {
+        let mut kept = None;
+        let release = LockOp::Release { owner: owner("a") };
+        let a = step_at(&mut kept, &acquire("a", 1000), 0, 1_700_000_000_000).unwrap();
+        assert_eq!(a.token, 1_700_000_000_000);
+        // Re-entry keeps the token whatever the wall time says.
+        let again = step_at(&mut kept, &acquire("a", 1000), 1, 1_800_000_000_000).unwrap();
+        assert_eq!(again.token, a.token);
+        step_at(&mut kept, &release, 2, 0).unwrap();
+        step_at(&mut kept, &release, 3, 0).unwrap();
+        // A leader whose wall clock is behind (or that sent none): the next token anyway.
+        let b = step_at(&mut kept, &acquire("a", 1000), 4, 1_600_000_000_000).unwrap();
+        assert_eq!(b.token, a.token + 1);
+        step_at(&mut kept, &release, 5, 0).unwrap();
+        // One ahead: its time.
+        let c = step_at(&mut kept, &acquire("a", 1000), 6, 1_900_000_000_000).unwrap();
+        assert_eq!(c.token, 1_900_000_000_000);
+        // The wall time never decides the lease: the lock's clock does.
+        assert_eq!(c.remaining_ms, 1000);
     }
 
     #[test]
@@ -443,6 +496,8 @@ mod tests {
         assert!(validate(&acquire("a", 0)).is_err());
         assert!(validate(&acquire("a", LEASE_MS_MAX + 1)).is_err());
         assert!(validate(&acquire("", 10)).is_err());
+        assert!(check_name(b"").is_err());
+        assert!(check_name(b"job").is_ok());
         assert!(validate(&LockOp::Renew {
             owner: Bytes::from(vec![b'x'; OWNER_BYTES_MAX + 1])
         })

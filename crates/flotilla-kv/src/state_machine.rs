@@ -150,10 +150,6 @@ pub fn completion_error(text: String) -> KvError {
             kind: crate::fence::FENCED_KIND.into(),
             message: text,
         },
-        None if text.starts_with(crate::fence::FULL_PREFIX) => KvError::Node {
-            kind: crate::fence::FULL_KIND.into(),
-            message: text,
-        },
         // A data command in a frozen source's log after its PrepareMerge.
         None if text.starts_with("region ") && text.contains(" is merging into region ") => {
             KvError::Node {
@@ -448,9 +444,10 @@ struct Overlay<'a> {
     /// them).
     clocks: Option<&'a crate::lock::LockClocks>,
     /// The region's fence records in the engine (read once, when first needed), and those
-    /// this overlay added.
+    /// this overlay added and dropped.
     fences_stored: Option<usize>,
     fences_added: usize,
+    fences_dropped: usize,
 }
 
 impl<'a> Overlay<'a> {
@@ -463,6 +460,7 @@ impl<'a> Overlay<'a> {
             clocks: None,
             fences_stored: None,
             fences_added: 0,
+            fences_dropped: 0,
         }
     }
 
@@ -476,7 +474,45 @@ impl<'a> Overlay<'a> {
                 stored
             }
         };
-        Ok(stored + self.fences_added)
+        Ok((stored + self.fences_added).saturating_sub(self.fences_dropped))
+    }
+
+    /// The region's fence floor as this overlay sees it.
+    fn fence_floor(&self, region: crate::ids::RegionId) -> Result<u64, KvError> {
+        self.meta_get(&crate::fence::floor_key(region))?
+            .map_or(Ok(0), |value| crate::fence::decode(&value))
+    }
+
+    /// Makes room for one more fence record in `region` (`crate::fence`): drops the
+    /// record with the least token and raises the floor to it.
+    fn drop_oldest_fence(&mut self, region: crate::ids::RegionId) -> Result<(), KvError> {
+        let mut table: BTreeMap<Bytes, u64> = crate::fence::records(self.engine, region)?
+            .into_iter()
+            .collect();
+        // What this overlay wrote over the engine's records.
+        let floor_key = crate::fence::floor_key(region);
+        for (key, state) in self.meta.range(floor_key.clone()..) {
+            if !key.starts_with(&floor_key) {
+                break;
+            }
+            let lock = key.slice(floor_key.len()..);
+            if lock.is_empty() {
+                continue;
+            }
+            match state {
+                Some(value) => table.insert(lock, crate::fence::decode(value)?),
+                None => table.remove(&lock),
+            };
+        }
+        let keep = crate::fence::FENCES_PER_REGION_MAX.saturating_sub(1);
+        let (dropped, floor) =
+            crate::fence::drop_oldest(&mut table, keep, self.fence_floor(region)?);
+        self.fences_dropped += dropped.len();
+        for lock in dropped {
+            self.meta_delete(crate::fence::record_key(region, &lock));
+        }
+        self.meta_put(floor_key, crate::fence::encode(floor));
+        Ok(())
     }
 
     fn with_clocks(mut self, clocks: &'a crate::lock::LockClocks) -> Overlay<'a> {
@@ -662,7 +698,12 @@ fn apply_command(
             token,
             command,
         } => return apply_fenced(&lock, token, &command, region, frozen, overlay),
-        KvCommand::Lock { name, op, now_ms } => match apply_lock(name, &op, now_ms, overlay)? {
+        KvCommand::Lock {
+            name,
+            op,
+            now_ms,
+            wall_ms,
+        } => match apply_lock(name, &op, (now_ms, wall_ms), overlay)? {
             Ok(state) => KvOutput::Lock(state),
             Err(refusal) => return Ok(Err(refusal)),
         },
@@ -700,21 +741,29 @@ fn apply_fenced(
         },
         None => None,
     };
-    match accepted {
-        Some(accepted) if token < accepted => {
-            return Ok(Err(crate::fence::fenced(region.id, lock, token, accepted)))
+    if let Some(accepted) = accepted {
+        if token < accepted {
+            return Ok(Err(crate::fence::fenced(region.id, lock, token, accepted)));
         }
-        None if overlay.fence_count(region.id)? >= crate::fence::FENCES_PER_REGION_MAX => {
-            return Ok(Err(crate::fence::full(region.id, lock)))
+    } else {
+        let floor = overlay.fence_floor(region.id)?;
+        if token < floor {
+            return Ok(Err(crate::fence::below_floor(
+                region.id, lock, token, floor,
+            )));
         }
-        _ => {}
     }
     let result = apply_command(command, region, frozen, overlay)?;
     if result.is_ok() && accepted.is_none_or(|a| token > a) {
         if accepted.is_none() {
+            // A full table drops its oldest record for the new one (only once the write
+            // applied: a refused write changes nothing).
+            if overlay.fence_count(region.id)? >= crate::fence::FENCES_PER_REGION_MAX {
+                overlay.drop_oldest_fence(region.id)?;
+            }
             overlay.fences_added += 1;
         }
-        overlay.meta_put(record, Bytes::copy_from_slice(&token.to_be_bytes()));
+        overlay.meta_put(record, crate::fence::encode(token));
     }
     Ok(result)
 }
@@ -723,7 +772,7 @@ fn apply_fenced(
 fn apply_lock(
     name: Bytes,
     op: &crate::lock::LockOp,
-    now_ms: u64,
+    (now_ms, wall_ms): (u64, u64),
     overlay: &mut Overlay<'_>,
 ) -> Result<Result<crate::lock::LockState, KvError>, KvError> {
     let record_key = crate::lock::record_key(&name);
@@ -735,7 +784,7 @@ fn apply_lock(
         Ok(record) => record,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    match crate::lock::apply(&name, op, now_ms, record) {
+    match crate::lock::apply(&name, op, now_ms, wall_ms, record) {
         Ok((kept, state)) => {
             if let Some(kept) = kept {
                 if let Some(clocks) = overlay.clocks {
@@ -1035,6 +1084,21 @@ impl StateMachine for KvStateMachine {
                 .append(SNAPSHOT_MERGE_FILE, &state.encode())
                 .map_err(|e| format!("writing snapshot file {SNAPSHOT_MERGE_FILE}: {e}"))?;
         }
+        let fence_floor = crate::fence::floor(self.engine.as_ref(), region.id)
+            .map_err(|e| format!("reading the fence floor of {region}: {e}"))?;
+        if fence_floor > 0 {
+            writer
+                .append(
+                    crate::fence::SNAPSHOT_FENCE_FLOOR_FILE,
+                    &fence_floor.to_be_bytes(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "writing snapshot file {}: {e}",
+                        crate::fence::SNAPSHOT_FENCE_FLOOR_FILE
+                    )
+                })?;
+        }
         let mut out = SnapshotFileWriter {
             writer,
             name: SNAPSHOT_DATA_FILE,
@@ -1271,6 +1335,16 @@ impl KvStateMachine {
             )?)?),
             None => None,
         };
+        let fence_floor = match reader
+            .manifest()
+            .file(crate::fence::SNAPSHOT_FENCE_FLOOR_FILE)
+        {
+            Some(_) => crate::fence::decode(&read_whole(
+                reader,
+                crate::fence::SNAPSHOT_FENCE_FLOOR_FILE,
+            )?)?,
+            None => 0,
+        };
         if merging.as_ref().is_some_and(|m| m.source.id != region.id) {
             return Err(KvError::Corrupt(format!(
                 "snapshot at {} of region {} carries the merge of another region",
@@ -1358,6 +1432,7 @@ impl KvStateMachine {
                 self.engine.as_ref(),
                 region.id,
                 &mut SnapshotFileReader::new(reader, crate::fence::SNAPSHOT_FENCES_FILE),
+                fence_floor,
                 &mut batch,
             )?;
         }

@@ -186,11 +186,22 @@ fn locks_contract(e: &str) {
         json(&args)
     };
     let acquire = |owner: &str| lock(&["acquire", "job", "--owner", owner, "--lease-ms", "60000"]);
+    // A fresh lock's first token is the leader's wall time in ms (this machine's clock).
+    let wall_before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (code, first) = acquire("a");
+    let token = first["token"].as_u64().expect("a token");
+    assert!(
+        (wall_before.saturating_sub(1_000)..wall_before + 60_000).contains(&token),
+        "{first}"
+    );
     assert_eq!(
-        acquire("a"),
+        (code, first),
         (
             0,
-            serde_json::json!({"ok": true, "acquired": true, "token": 1, "lease_ms": 60000})
+            serde_json::json!({"ok": true, "acquired": true, "token": token, "lease_ms": 60000})
         )
     );
     assert_eq!(
@@ -200,7 +211,7 @@ fn locks_contract(e: &str) {
             serde_json::json!({"ok": true, "acquired": false, "token": null, "holder": "a"})
         )
     );
-    assert_eq!(acquire("a").1["token"], Value::from(1));
+    assert_eq!(acquire("a").1["token"], Value::from(token));
     let (code, answer) = lock(&["release", "job", "--owner", "b"]);
     assert_eq!(
         (code, answer["error"].as_str()),
@@ -211,7 +222,7 @@ fn locks_contract(e: &str) {
     assert_eq!(code, 0, "{status}");
     assert_eq!(
         (&status["held"], &status["owner"], &status["token"]),
-        (&Value::Bool(true), &Value::from("a"), &Value::from(1))
+        (&Value::Bool(true), &Value::from("a"), &Value::from(token))
     );
     assert!(
         status["expires_in_ms"].as_u64().unwrap() <= 60_000,
@@ -229,7 +240,8 @@ fn locks_contract(e: &str) {
         );
     }
     assert_eq!(lock(&["status", "job"]).1["held"], Value::Bool(false));
-    assert_eq!(acquire("b").1["token"], Value::from(2));
+    let next = acquire("b").1["token"].as_u64().expect("a token");
+    assert!(next > token, "{next} after {token}");
     let (code, answer) = lock(&["acquire", "job", "--owner", "c", "--lease-ms", "0"]);
     assert_eq!(
         (code, answer["error"].as_str()),
@@ -1115,9 +1127,11 @@ fn a_store_is_live_at_once_and_ready_once_its_regions_have_leaders() {
 
 /// Fenced writes through the CLI: a lock's holders write with their tokens; a write with a
 /// token older than one the region accepted is refused (`Fenced`, exit 1, nothing changed),
-/// also in the child after the region splits (the child keeps its parent's fence records).
+/// also in the child after the region splits (the child keeps its parent's fence records),
+/// and after the child merges back (the merged region keeps each lock's highest token of
+/// the two, also for a lock only the child had seen).
 #[test]
-fn fenced_writes_refuse_older_tokens_also_after_a_split() {
+fn fenced_writes_refuse_older_tokens_also_after_a_split_and_a_merge() {
     let cluster = three_nodes("fenced", 1);
     let e = cluster.endpoints.as_str();
     let lock = |op: &[&str]| {
@@ -1125,7 +1139,7 @@ fn fenced_writes_refuse_older_tokens_also_after_a_split() {
         args.extend_from_slice(op);
         json(&args)
     };
-    let fenced = |key: &str, value: &str, token: u64| {
+    let fenced_by = |lock_name: &str, key: &str, value: &str, token: u64| {
         let token = token.to_string();
         kv(
             e,
@@ -1134,12 +1148,13 @@ fn fenced_writes_refuse_older_tokens_also_after_a_split() {
                 key,
                 value,
                 "--fence-lock",
-                "job",
+                lock_name,
                 "--fence-token",
                 &token,
             ],
         )
     };
+    let fenced = |key: &str, value: &str, token: u64| fenced_by("job", key, value, token);
     let first = lock(&["acquire", "job", "--owner", "a", "--lease-ms", "60000"]).1["token"]
         .as_u64()
         .expect("a token");
@@ -1163,14 +1178,14 @@ fn fenced_writes_refuse_older_tokens_also_after_a_split() {
     // Split the region between fk-1 and fk-3: the child refuses the old token too.
     // (The split needs the placement driver's id allocator: retried while it elects.)
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let child = loop {
         let (code, split) = admin(e, &["--region", "1", "split", "--key", "fk-2"]);
         if code == 0 {
-            break;
+            break split["child"]["id"].as_u64().expect("the child's id");
         }
         assert!(Instant::now() < deadline, "{split}");
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     let (code, answer) = fenced("fk-3", "a-late", first);
     assert_eq!(
         (code, answer["error"].as_str()),
@@ -1179,4 +1194,41 @@ fn fenced_writes_refuse_older_tokens_also_after_a_split() {
     );
     assert_eq!(fenced("fk-3", "b3", second).0, 0);
     assert_eq!(kv(e, &["get", "fk-3"]).1["value"], Value::from("b3"));
+    // A second lock, written only in the child: its older holder's token x, then y.
+    let token_of = |owner: &str| {
+        lock(&["acquire", "job2", "--owner", owner, "--lease-ms", "60000"]).1["token"]
+            .as_u64()
+            .expect("a token")
+    };
+    let x = token_of("x");
+    assert_eq!(lock(&["release", "job2", "--owner", "x"]).0, 0);
+    let y = token_of("y");
+    assert!(y > x);
+    assert_eq!(fenced_by("job2", "fk-3", "y3", y).0, 0);
+    // Merge the child back into region 1 (the PD may be electing: asked again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, merged) = admin(e, &["--region", &child.to_string(), "merge", "--into", "1"]);
+        if code == 0 && merged["outcome"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{merged}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // fk-1 and fk-3 are in one region again. Both keys refuse both locks' older tokens:
+    // fk-1's region had never seen job2, the child's record came with the merge.
+    for key in ["fk-1", "fk-3"] {
+        for (lock_name, old) in [("job", first), ("job2", x)] {
+            let (code, answer) = fenced_by(lock_name, key, "late", old);
+            assert_eq!(
+                (code, answer["error"].as_str()),
+                (1, Some("Fenced")),
+                "{key} {lock_name}: {answer}"
+            );
+        }
+    }
+    assert_eq!(fenced_by("job2", "fk-1", "y1", y).0, 0);
+    assert_eq!(fenced("fk-3", "b3-again", second).0, 0);
+    assert_eq!(kv(e, &["get", "fk-1"]).1["value"], Value::from("y1"));
+    assert_eq!(kv(e, &["get", "fk-3"]).1["value"], Value::from("b3-again"));
 }

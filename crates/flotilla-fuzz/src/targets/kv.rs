@@ -68,6 +68,7 @@ fn commands() -> Vec<KvCommand> {
                 lease_ms: 30_000,
             },
             now_ms: 1_700_000_000_000,
+            wall_ms: 1_700_000_000_000,
         },
         KvCommand::Lock {
             name: b(b"job"),
@@ -75,11 +76,13 @@ fn commands() -> Vec<KvCommand> {
                 owner: b(b"worker-1"),
             },
             now_ms: 7,
+            wall_ms: 7,
         },
         KvCommand::Lock {
             name: b(b"job"),
             op: flotilla_kv::lock::LockOp::Status,
             now_ms: 0,
+            wall_ms: 0,
         },
         KvCommand::Fenced {
             lock: b(b"job"),

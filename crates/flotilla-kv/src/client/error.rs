@@ -74,8 +74,6 @@ pub(super) fn element_error_kind(message: &str) -> &'static str {
         crate::lock::NOT_OWNER_KIND
     } else if message.starts_with(crate::fence::FENCED_PREFIX) {
         crate::fence::FENCED_KIND
-    } else if message.starts_with(crate::fence::FULL_PREFIX) {
-        crate::fence::FULL_KIND
     } else {
         "Refused"
     }

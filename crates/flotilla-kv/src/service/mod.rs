@@ -209,6 +209,7 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
                     name: l.name,
                     op,
                     now_ms: 0,
+                    wall_ms: 0,
                 }
             }
             None => return Err(invalid(format!("op {i} is empty"))),

@@ -916,9 +916,17 @@ impl Store {
         let Some(peer) = self.peer(id) else {
             return command;
         };
+        // The wall clock only seeds a fresh holder's token (`crate::lock`); before 1970 or
+        // unreadable, 0 leaves tokens counting on.
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         let stamp = |command: KvCommand| match command {
             KvCommand::Lock { name, op, .. } => KvCommand::Lock {
                 now_ms: peer.machine.lock_stamp(&name),
+                wall_ms,
                 name,
                 op,
             },

@@ -793,6 +793,7 @@ async fn a_lock_is_decided_by_its_region_and_travels_in_snapshots() {
         name: b("lock-1"),
         op,
         now_ms,
+        wall_ms: 0,
     };
     let acquire = |who: &str| LockOp::Acquire {
         owner: b(who),
@@ -871,5 +872,88 @@ async fn a_lock_is_decided_by_its_region_and_travels_in_snapshots() {
     let b_now = state(cluster.propose(g, lock(acquire("b"), 5_000)).await);
     assert!(b_now.acquired);
     assert_eq!(b_now.token, 2);
+    cluster.stop_all().await;
+}
+
+/// A region's fence table at its bound drops the record with the least token and raises
+/// its floor to it: the dropped lock's older tokens are still refused (below the floor), a
+/// new lock's newer ones are taken, a refused write changes nothing, and a peer caught up
+/// by snapshot holds the floor and the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_fence_table_drops_its_oldest_record_for_a_floor() {
+    use flotilla_kv::fence::{self, FENCES_PER_REGION_MAX};
+    let mut cluster = KvCluster::new("fence-floor", 4, EngineKind::Memory).await;
+    let region = Region::new(RegionId(8), b("f"), b("g"), Epoch::new(1, 1)).unwrap();
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    let fenced = |lock: &str, token: u64, value: &str| KvCommand::Fenced {
+        lock: b(lock),
+        token,
+        command: Box::new(put("f-key", value)),
+    };
+    // Fill the table: lock l-i at token 1,000 + i.
+    let names: Vec<String> = (0..FENCES_PER_REGION_MAX)
+        .map(|i| format!("l-{i:05}"))
+        .collect();
+    for chunk in names.chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|name| {
+                let i: u64 = name[2..].parse().unwrap();
+                fenced(name, 1_000 + i, "fill")
+            })
+            .collect();
+        cluster.propose(g, KvCommand::Batch(batch)).await.unwrap();
+    }
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let records = |c: &KvCluster, i: usize| fence::records(c.engine(i), region.id).unwrap();
+    let floor = |c: &KvCluster, i: usize| fence::floor(c.engine(i), region.id).unwrap();
+    assert_eq!(records(&cluster, leader).len(), FENCES_PER_REGION_MAX);
+    assert_eq!(floor(&cluster, leader), 0);
+    // One more lock: l-00000 (the least token) is dropped, the floor is its token.
+    cluster
+        .propose(g, fenced("new", 900_000, "new"))
+        .await
+        .unwrap();
+    assert_eq!(records(&cluster, leader).len(), FENCES_PER_REGION_MAX);
+    assert_eq!(floor(&cluster, leader), 1_000);
+    // The dropped lock's older token is refused, naming the floor; nothing changed.
+    let refused = cluster
+        .propose(g, fenced("l-00000", 999, "late"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.starts_with(fence::FENCED_PREFIX) && refused.contains("floor 1000"),
+        "{refused}"
+    );
+    // A lock the region never saw, with an old token: below the floor too.
+    assert!(cluster.propose(g, fenced("other", 5, "x")).await.is_err());
+    assert_eq!(floor(&cluster, leader), 1_000);
+    // The dropped lock at the floor's token is taken again (it was its record), which
+    // drops the next oldest.
+    cluster
+        .propose(g, fenced("l-00000", 1_000, "again"))
+        .await
+        .unwrap();
+    assert_eq!(floor(&cluster, leader), 1_001);
+    assert!(cluster
+        .propose(g, fenced("l-00001", 1_000, "late"))
+        .await
+        .is_err());
+    // Records kept are unchanged: l-00002's 1,002 still refuses 1,001.
+    assert!(cluster
+        .propose(g, fenced("l-00002", 1_001, "late"))
+        .await
+        .is_err());
+    // A fourth peer caught up by snapshot holds the same records and floor.
+    let node = cluster.node(leader, g).unwrap();
+    node.snapshot().await.unwrap();
+    add_fourth_peer(&mut cluster, &region, &node).await;
+    cluster.converged(g).await;
+    assert_eq!(floor(&cluster, 3), 1_001);
+    assert_eq!(records(&cluster, 3), records(&cluster, leader));
     cluster.stop_all().await;
 }
