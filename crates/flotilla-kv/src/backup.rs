@@ -297,6 +297,8 @@ fn check_region(dir: &Path, expected: &BackupRegion) -> Result<SnapshotReader, S
     for name in [
         crate::sequence::SNAPSHOT_SEQUENCES_FILE,
         crate::lock::SNAPSHOT_LOCKS_FILE,
+        crate::lease::SNAPSHOT_LEASES_FILE,
+        crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
     ] {
         if reader.manifest().file(name).is_some() {
             verify_export(

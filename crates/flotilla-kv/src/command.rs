@@ -11,6 +11,7 @@ use flotilla_storage::fields::{FieldReader, FieldWriter};
 
 use crate::error::KvError;
 use crate::ids::{Epoch, RegionId};
+use crate::lease::{LeaseOp, LeaseState};
 use crate::limits::{self, BATCH_KEYS_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::lock::{LockOp, LockState};
 use crate::merge::MergeState;
@@ -162,6 +163,34 @@ pub enum KvCommand {
         /// `crate::fence`). Never used to decide a lease.
         wall_ms: u64,
     },
+    /// An operation on the lease whose route key is `key` (`crate::lease::route_key`: the
+    /// id's 8 bytes; the region holding it is the lease's home) at the time `now_ms` the
+    /// leader stamped. Output: [`KvOutput::Lease`]; an operation on a lease that does not
+    /// exist or ended is refused (`LeaseNotFound`).
+    Lease {
+        /// The lease's route key.
+        key: Bytes,
+        /// What to do.
+        op: LeaseOp,
+        /// The leader's stamp.
+        now_ms: u64,
+    },
+    /// A put whose key follows lease `lease` (marked in the key's region: the lease's home
+    /// recorded the key first). `command` is a [`KvCommand::Put`]. Output: `command`'s.
+    Leased {
+        /// The lease id.
+        lease: u64,
+        /// The put.
+        command: Box<KvCommand>,
+    },
+    /// Deletes `key` if it still follows lease `lease` (what an ended lease's home
+    /// proposes for each of its keys). Output: [`KvOutput::Swapped`]: whether it did.
+    LeaseDelete {
+        /// The key.
+        key: Bytes,
+        /// The lease it must follow.
+        lease: u64,
+    },
     /// Thaws the region, a frozen merge source at `version`, with its version moved.
     /// Proposed only once the target is fenced and did not absorb it. Output:
     /// [`KvOutput::Done`].
@@ -195,6 +224,9 @@ mod tag {
     pub const FENCED: u8 = 19;
     /// A lock operation with the leader's wall time.
     pub const LOCK_WALL: u8 = 20;
+    pub const LEASE: u8 = 21;
+    pub const LEASED: u8 = 22;
+    pub const LEASE_DELETE: u8 = 23;
 }
 
 /// Tags of the encoded lock operations.
@@ -203,6 +235,17 @@ mod lock_tag {
     pub const RENEW: u8 = 2;
     pub const RELEASE: u8 = 3;
     pub const STATUS: u8 = 4;
+}
+
+/// Tags of the encoded lease operations.
+mod lease_tag {
+    pub const GRANT: u8 = 1;
+    pub const KEEP_ALIVE: u8 = 2;
+    pub const REVOKE: u8 = 3;
+    pub const ATTACH: u8 = 4;
+    pub const STATUS: u8 = 5;
+    pub const EXPIRE: u8 = 6;
+    pub const FORGET: u8 = 7;
 }
 
 /// Most values one [`KvCommand::SequenceNext`] hands out (2^32).
@@ -225,7 +268,9 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.len(),
             KvCommand::BatchDelete(keys) => keys.len(),
             KvCommand::Batch(commands) => commands.iter().map(KvCommand::key_count).sum(),
-            KvCommand::Fenced { command, .. } => command.key_count(),
+            KvCommand::Fenced { command, .. } | KvCommand::Leased { command, .. } => {
+                command.key_count()
+            }
             _ => 1,
         }
     }
@@ -243,12 +288,16 @@ impl KvCommand {
             | KvCommand::SequenceNext { key, .. }
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key }
-            | KvCommand::Lock { name: key, .. } => Some(key),
+            | KvCommand::Lock { name: key, .. }
+            | KvCommand::Lease { key, .. }
+            | KvCommand::LeaseDelete { key, .. } => Some(key),
             KvCommand::DeleteRange { start, .. } => Some(start),
             KvCommand::BatchPut(pairs) => pairs.first().map(|(k, _)| k),
             KvCommand::BatchDelete(keys) => keys.first(),
             KvCommand::Batch(commands) => commands.iter().find_map(KvCommand::first_key),
-            KvCommand::Fenced { command, .. } => command.first_key(),
+            KvCommand::Fenced { command, .. } | KvCommand::Leased { command, .. } => {
+                command.first_key()
+            }
             KvCommand::Split { .. }
             | KvCommand::PrepareMerge { .. }
             | KvCommand::CommitMerge(_)
@@ -314,6 +363,27 @@ impl KvCommand {
                     ));
                 }
                 command.validate_element(false, check_key)
+            }
+            KvCommand::Lease { key, op, .. } => {
+                if key.len() != 8 {
+                    return Err(KvError::Corrupt(format!(
+                        "a lease's route key has {} bytes, expected 8",
+                        key.len()
+                    )));
+                }
+                crate::lease::check_id(crate::lease::id_of(key))?;
+                crate::lease::validate(op)
+            }
+            KvCommand::Leased { lease, command } => {
+                crate::lease::check_id(*lease)?;
+                if !matches!(**command, KvCommand::Put { .. }) {
+                    return Err(KvError::Corrupt("only a put may follow a lease".into()));
+                }
+                command.validate_element(false, check_key)
+            }
+            KvCommand::LeaseDelete { key, lease } => {
+                crate::lease::check_id(*lease)?;
+                check_key(key)
             }
             KvCommand::SequenceNext { key, step } => {
                 check_key(key)?;
@@ -409,6 +479,11 @@ impl KvCommand {
             | KvCommand::SequenceLatest { .. }
             | KvCommand::SequenceReset { .. } => false,
             KvCommand::Lock { op, .. } => matches!(op, LockOp::Acquire { .. }),
+            KvCommand::Lease { op, .. } => {
+                matches!(op, LeaseOp::Grant { .. } | LeaseOp::Attach { .. })
+            }
+            KvCommand::Leased { .. } => true,
+            KvCommand::LeaseDelete { .. } => false,
             KvCommand::Fenced { command, .. } => command.adds_data(),
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
@@ -433,7 +508,9 @@ impl KvCommand {
             | KvCommand::SequenceNext { key, .. }
             | KvCommand::SequenceLatest { key }
             | KvCommand::SequenceReset { key }
-            | KvCommand::Lock { name: key, .. } => region.check_key(key),
+            | KvCommand::Lock { name: key, .. }
+            | KvCommand::Lease { key, .. }
+            | KvCommand::LeaseDelete { key, .. } => region.check_key(key),
             KvCommand::DeleteRange { start, end } => {
                 let end = if end.is_empty() { &region.end } else { end };
                 region.check_range(start, end)
@@ -441,7 +518,9 @@ impl KvCommand {
             KvCommand::BatchPut(pairs) => pairs.iter().try_for_each(|(k, _)| region.check_key(k)),
             KvCommand::BatchDelete(keys) => keys.iter().try_for_each(|k| region.check_key(k)),
             KvCommand::Batch(commands) => commands.iter().try_for_each(|c| c.check_region(region)),
-            KvCommand::Fenced { command, .. } => command.check_region(region),
+            KvCommand::Fenced { command, .. } | KvCommand::Leased { command, .. } => {
+                command.check_region(region)
+            }
             // The split key must lie strictly inside: the parent keeps at least its start.
             KvCommand::Split { key, .. } => {
                 if key == &region.start {
@@ -481,6 +560,16 @@ impl KvCommand {
             | KvCommand::SequenceReset { key } => 5 + key.len(),
             KvCommand::SequenceNext { key, .. } => 13 + key.len(),
             KvCommand::Fenced { lock, command, .. } => 13 + lock.len() + command.encoded_len_hint(),
+            KvCommand::Leased { command, .. } => 9 + command.encoded_len_hint(),
+            KvCommand::LeaseDelete { key, .. } => 13 + key.len(),
+            KvCommand::Lease { key, op, .. } => {
+                32 + key.len()
+                    + match op {
+                        LeaseOp::Attach { key } => key.len(),
+                        LeaseOp::Forget { keys } => keys.iter().map(|k| 4 + k.len()).sum(),
+                        _ => 0,
+                    }
+            }
             KvCommand::Lock { name, op, .. } => {
                 40 + name.len()
                     + match op {
@@ -649,6 +738,32 @@ impl KvCommand {
                 writer.u64(*now_ms);
                 writer.u64(*wall_ms);
             }
+            KvCommand::Lease { .. } | KvCommand::Leased { .. } | KvCommand::LeaseDelete { .. } => {
+                self.encode_lease_into(writer);
+            }
+        }
+    }
+
+    /// The lease commands' part of [`KvCommand::encode_into`].
+    fn encode_lease_into(&self, writer: &mut FieldWriter) {
+        match self {
+            KvCommand::Lease { key, op, now_ms } => {
+                writer.u8(tag::LEASE);
+                writer.bytes(key);
+                encode_lease_op(op, writer);
+                writer.u64(*now_ms);
+            }
+            KvCommand::Leased { lease, command } => {
+                writer.u8(tag::LEASED);
+                writer.u64(*lease);
+                command.encode_into(writer);
+            }
+            KvCommand::LeaseDelete { key, lease } => {
+                writer.u8(tag::LEASE_DELETE);
+                writer.bytes(key);
+                writer.u64(*lease);
+            }
+            _ => {}
         }
     }
 
@@ -679,10 +794,98 @@ impl KvCommand {
     }
 }
 
+fn encode_lease_op(op: &LeaseOp, writer: &mut FieldWriter) {
+    match op {
+        LeaseOp::Grant { ttl_ms } => {
+            writer.u8(lease_tag::GRANT);
+            writer.u64(*ttl_ms);
+        }
+        LeaseOp::KeepAlive => writer.u8(lease_tag::KEEP_ALIVE),
+        LeaseOp::Revoke => writer.u8(lease_tag::REVOKE),
+        LeaseOp::Attach { key } => {
+            writer.u8(lease_tag::ATTACH);
+            writer.bytes(key);
+        }
+        LeaseOp::Status => writer.u8(lease_tag::STATUS),
+        LeaseOp::Expire => writer.u8(lease_tag::EXPIRE),
+        LeaseOp::Forget { keys } => {
+            writer.u8(lease_tag::FORGET);
+            writer.count(keys.len());
+            for key in keys {
+                writer.bytes(key);
+            }
+        }
+    }
+}
+
+/// The lease commands (`tag::LEASE`, `LEASED`, `LEASE_DELETE`) after their tag.
+fn decode_lease_command(found: u8, reader: &mut FieldReader<'_>) -> Result<KvCommand, KvError> {
+    let key = |r: &mut FieldReader<'_>| r.bytes("key", KEY_BYTES_MAX);
+    Ok(match found {
+        tag::LEASE => {
+            let route = key(reader)?;
+            let op = match reader.u8("lease op")? {
+                lease_tag::GRANT => LeaseOp::Grant {
+                    ttl_ms: reader.u64("lease ttl")?,
+                },
+                lease_tag::KEEP_ALIVE => LeaseOp::KeepAlive,
+                lease_tag::REVOKE => LeaseOp::Revoke,
+                lease_tag::ATTACH => LeaseOp::Attach { key: key(reader)? },
+                lease_tag::STATUS => LeaseOp::Status,
+                lease_tag::EXPIRE => LeaseOp::Expire,
+                lease_tag::FORGET => {
+                    let count = reader.count(
+                        "lease forget keys",
+                        crate::lease::KEYS_PER_LEASE_MAX,
+                        KEY_BYTES_MIN,
+                    )?;
+                    let mut keys = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        keys.push(key(reader)?);
+                    }
+                    LeaseOp::Forget { keys }
+                }
+                other => {
+                    return Err(KvError::Corrupt(format!(
+                        "command: unknown lease op {other}"
+                    )))
+                }
+            };
+            KvCommand::Lease {
+                key: route,
+                op,
+                now_ms: reader.u64("lease time")?,
+            }
+        }
+        tag::LEASED => {
+            let lease = reader.u64("lease id")?;
+            let command = match decode_command(reader, false)? {
+                put @ KvCommand::Put { .. } => put,
+                _ => {
+                    return Err(KvError::Corrupt(
+                        "command: only a put may follow a lease".into(),
+                    ))
+                }
+            };
+            KvCommand::Leased {
+                lease,
+                command: Box::new(command),
+            }
+        }
+        _ => KvCommand::LeaseDelete {
+            key: key(reader)?,
+            lease: reader.u64("lease id")?,
+        },
+    })
+}
+
 fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, KvError> {
     let key = |r: &mut FieldReader<'_>| r.bytes("key", KEY_BYTES_MAX);
     let value = |r: &mut FieldReader<'_>| r.bytes("value", VALUE_BYTES_MAX);
     let command = match reader.u8("tag")? {
+        found @ (tag::LEASE | tag::LEASED | tag::LEASE_DELETE) => {
+            decode_lease_command(found, reader)?
+        }
         tag::PUT => KvCommand::Put {
             key: key(reader)?,
             value: value(reader)?,
@@ -848,6 +1051,8 @@ pub enum KvOutput {
     Counter(u64),
     /// A lock's state after a [`KvCommand::Lock`].
     Lock(LockState),
+    /// A lease's state after a [`KvCommand::Lease`].
+    Lease(LeaseState),
 }
 
 mod output_tag {
@@ -858,6 +1063,7 @@ mod output_tag {
     pub const RANGE: u8 = 5;
     pub const COUNTER: u8 = 6;
     pub const LOCK: u8 = 7;
+    pub const LEASE: u8 = 8;
     pub const ELEMENT_OK: u8 = 0;
     pub const ELEMENT_ERR: u8 = 1;
 }
@@ -902,6 +1108,16 @@ impl KvOutput {
                 writer.u64(state.lease_ms);
                 writer.u64(state.remaining_ms);
                 writer.u64(u64::from(state.count));
+            }
+            KvOutput::Lease(state) => {
+                writer.u8(output_tag::LEASE);
+                writer.u64(state.ttl_ms);
+                writer.u64(state.remaining_ms);
+                writer.u8(u8::from(state.alive));
+                writer.count(state.keys.len());
+                for key in &state.keys {
+                    writer.bytes(key);
+                }
             }
             KvOutput::Batch(results) => {
                 writer.u8(output_tag::BATCH);
@@ -979,6 +1195,34 @@ fn decode_output(reader: &mut FieldReader<'_>, top: bool) -> Result<KvOutput, Kv
                 remaining_ms: reader.u64("lock remaining")?,
                 count: u32::try_from(reader.u64("lock count")?)
                     .map_err(|_| KvError::Corrupt("output: lock count past u32".into()))?,
+            }))
+        }
+        output_tag::LEASE => {
+            let ttl_ms = reader.u64("lease ttl")?;
+            let remaining_ms = reader.u64("lease remaining")?;
+            let alive = match reader.u8("lease alive flag")? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(KvError::Corrupt(format!(
+                        "output: lease alive flag {other}, expected 0 or 1"
+                    )))
+                }
+            };
+            let count = reader.count(
+                "lease keys",
+                crate::lease::KEYS_PER_LEASE_MAX,
+                KEY_BYTES_MIN,
+            )?;
+            let mut keys = Vec::with_capacity(count);
+            for _ in 0..count {
+                keys.push(reader.bytes("lease key", KEY_BYTES_MAX)?);
+            }
+            Ok(KvOutput::Lease(LeaseState {
+                ttl_ms,
+                remaining_ms,
+                alive,
+                keys,
             }))
         }
         output_tag::BATCH if top => {

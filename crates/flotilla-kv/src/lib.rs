@@ -37,6 +37,7 @@ pub mod engine;
 pub mod error;
 pub mod fence;
 pub mod ids;
+pub mod lease;
 pub mod limits;
 pub mod lock;
 pub mod merge;

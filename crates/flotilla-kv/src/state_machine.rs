@@ -150,6 +150,10 @@ pub fn completion_error(text: String) -> KvError {
             kind: crate::fence::FENCED_KIND.into(),
             message: text,
         },
+        None if text.starts_with(crate::lease::NOT_FOUND_PREFIX) => KvError::Node {
+            kind: crate::lease::NOT_FOUND_KIND.into(),
+            message: text,
+        },
         // A data command in a frozen source's log after its PrepareMerge.
         None if text.starts_with("region ") && text.contains(" is merging into region ") => {
             KvError::Node {
@@ -220,9 +224,44 @@ pub struct KvRegionHandle {
     merging: Arc<RwLock<Option<MergeState>>>,
     /// Lock clocks as applied here (`crate::lock::LockClocks`).
     clocks: Arc<crate::lock::LockClocks>,
+    /// Lease clocks as applied here, by route key (`crate::lease`).
+    lease_clocks: Arc<crate::lock::LockClocks>,
+    /// Whether keys of the region may follow leases (false: none does, and writes and
+    /// reads skip the marks).
+    leases: Arc<AtomicBool>,
+}
+
+/// Whether any key of `region` follows a lease (a mark in the engine).
+fn marks_in(engine: &dyn KvEngine, region: &Region) -> bool {
+    let from = crate::lease::mark_key(&region.start);
+    let to = if region.end.is_empty() {
+        let mut past = crate::engine::meta_keys::LEASE_KEY_PREFIX.to_vec();
+        if let Some(last) = past.last_mut() {
+            *last += 1;
+        }
+        Bytes::from(past)
+    } else {
+        crate::lease::mark_key(&region.end)
+    };
+    // A failed read counts as "maybe": the marks are then looked at.
+    engine
+        .meta_scan(&from, &to, 1)
+        .map_or(true, |page| !page.is_empty())
 }
 
 impl KvRegionHandle {
+    /// The time a leader stamps on an entry of the lease with route key `route`.
+    #[must_use]
+    pub fn lease_stamp(&self, route: &[u8]) -> u64 {
+        self.lease_clocks.stamp(route)
+    }
+
+    /// Whether keys of the region may follow leases.
+    #[must_use]
+    pub fn may_have_lease_keys(&self) -> bool {
+        self.leases.load(Ordering::Acquire)
+    }
+
     /// The time a leader stamps on an entry of lock `name` (`crate::lock::LockClocks`).
     #[must_use]
     pub fn lock_stamp(&self, name: &[u8]) -> u64 {
@@ -308,6 +347,7 @@ impl KvStateMachine {
     /// The state machine of `region` over the store's `engine`.
     #[must_use]
     pub fn new(region: Region, engine: Arc<dyn KvEngine>) -> KvStateMachine {
+        let leases = marks_in(engine.as_ref(), &region);
         KvStateMachine {
             engine,
             handle: KvRegionHandle {
@@ -318,6 +358,8 @@ impl KvStateMachine {
                 failed: Arc::new(AtomicBool::new(false)),
                 merging: Arc::new(RwLock::new(None)),
                 clocks: Arc::default(),
+                lease_clocks: Arc::default(),
+                leases: Arc::new(AtomicBool::new(leases)),
             },
             engine_applied: None,
             failure: None,
@@ -443,6 +485,10 @@ struct Overlay<'a> {
     /// Where lock clocks applied here are remembered (the leader's stamps continue from
     /// them).
     clocks: Option<&'a crate::lock::LockClocks>,
+    /// The same for lease clocks.
+    lease_clocks: Option<&'a crate::lock::LockClocks>,
+    /// Whether keys may follow leases: writes then drop their marks.
+    leases: bool,
     /// The region's fence records in the engine (read once, when first needed), and those
     /// this overlay added and dropped.
     fences_stored: Option<usize>,
@@ -458,6 +504,8 @@ impl<'a> Overlay<'a> {
             ranges: Vec::new(),
             meta: BTreeMap::new(),
             clocks: None,
+            lease_clocks: None,
+            leases: false,
             fences_stored: None,
             fences_added: 0,
             fences_dropped: 0,
@@ -520,6 +568,50 @@ impl<'a> Overlay<'a> {
         self
     }
 
+    fn with_leases(mut self, clocks: &'a crate::lock::LockClocks, leases: bool) -> Overlay<'a> {
+        self.lease_clocks = Some(clocks);
+        self.leases = leases;
+        self
+    }
+
+    /// Drops the lease marks of the keys in `[start, end)` (a write without a lease
+    /// detaches a key, as in etcd).
+    fn drop_marks(&mut self, start: &[u8], end: &[u8]) -> Result<(), KvError> {
+        let from = crate::lease::mark_key(start);
+        let to = if end.is_empty() {
+            let mut past = crate::engine::meta_keys::LEASE_KEY_PREFIX.to_vec();
+            if let Some(last) = past.last_mut() {
+                *last += 1;
+            }
+            Bytes::from(past)
+        } else {
+            crate::lease::mark_key(end)
+        };
+        let mut doomed: Vec<Bytes> = self
+            .meta
+            .range(from.clone()..to.clone())
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut cursor = from;
+        loop {
+            let page = self.engine.meta_scan(&cursor, &to, 1024)?;
+            let full = page.len() == 1024;
+            if let Some((last, _)) = page.last() {
+                let mut next = last.to_vec();
+                next.push(0);
+                cursor = Bytes::from(next);
+            }
+            doomed.extend(page.into_iter().map(|(key, _)| key));
+            if !full {
+                break;
+            }
+        }
+        for key in doomed {
+            self.meta_delete(key);
+        }
+        Ok(())
+    }
+
     fn meta_get(&self, key: &[u8]) -> Result<Option<Bytes>, KvError> {
         match self.meta.get(key) {
             Some(state) => Ok(state.clone()),
@@ -546,14 +638,23 @@ impl<'a> Overlay<'a> {
     }
 
     fn put(&mut self, key: Bytes, value: Bytes) {
+        if self.leases {
+            self.meta_delete(crate::lease::mark_key(&key));
+        }
         self.points.insert(key, Some(value));
     }
 
     fn delete(&mut self, key: Bytes) {
+        if self.leases {
+            self.meta_delete(crate::lease::mark_key(&key));
+        }
         self.points.insert(key, None);
     }
 
-    fn delete_range(&mut self, start: Bytes, end: Bytes) {
+    fn delete_range(&mut self, start: Bytes, end: Bytes) -> Result<(), KvError> {
+        if self.leases {
+            self.drop_marks(&start, &end)?;
+        }
         for (_, state) in self
             .points
             .range_mut::<[u8], _>(crate::engine::bounds(&start, &end))
@@ -561,6 +662,7 @@ impl<'a> Overlay<'a> {
             *state = None;
         }
         self.ranges.push((start, end));
+        Ok(())
     }
 
     /// The engine batch: ranges first, then each key's final state (a put after a range
@@ -629,7 +731,7 @@ fn apply_command(
             } else {
                 end
             };
-            overlay.delete_range(start, end);
+            overlay.delete_range(start, end)?;
             KvOutput::Done
         }
         KvCommand::CompareAndPut {
@@ -707,6 +809,13 @@ fn apply_command(
             Ok(state) => KvOutput::Lock(state),
             Err(refusal) => return Ok(Err(refusal)),
         },
+        KvCommand::Lease { key, op, now_ms } => match apply_lease(key, &op, now_ms, overlay)? {
+            Ok(state) => KvOutput::Lease(state),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+        leased @ (KvCommand::Leased { .. } | KvCommand::LeaseDelete { .. }) => {
+            return apply_lease_data(leased, overlay)
+        }
         KvCommand::Batch(_) => unreachable!("handled above"),
         // `on_apply` applies admin entries itself; one anywhere else (in a batch) was
         // refused by `validate` above.
@@ -791,6 +900,78 @@ fn apply_lock(
                     clocks.applied(name.clone(), kept.clock_ms);
                 }
                 overlay.meta_put(record_key, kept.encode());
+            }
+            Ok(Ok(state))
+        }
+        Err(refusal) => Ok(Err(refusal)),
+    }
+}
+
+/// A put following a lease (the key marked), or a lease's delete of a key that still
+/// follows it.
+fn apply_lease_data(
+    command: KvCommand,
+    overlay: &mut Overlay<'_>,
+) -> Result<Result<KvOutput, KvError>, KvError> {
+    match command {
+        KvCommand::Leased { lease, command } => {
+            let KvCommand::Put { key, value } = *command else {
+                return Ok(Err(KvError::Refused(
+                    "only a put may follow a lease".into(),
+                )));
+            };
+            overlay.put(key.clone(), value);
+            overlay.leases = true;
+            overlay.meta_put(
+                crate::lease::mark_key(&key),
+                Bytes::copy_from_slice(&lease.to_be_bytes()),
+            );
+            Ok(Ok(KvOutput::Done))
+        }
+        KvCommand::LeaseDelete { key, lease } => {
+            let mark = overlay.meta_get(&crate::lease::mark_key(&key))?;
+            let follows = match mark.as_deref().map(crate::lease::decode_mark) {
+                Some(Ok(id)) => id == lease,
+                Some(Err(refusal)) => return Ok(Err(refusal)),
+                None => false,
+            };
+            if follows {
+                overlay.delete(key);
+            }
+            Ok(Ok(KvOutput::Swapped(follows)))
+        }
+        _ => Ok(Err(KvError::Refused("not a lease write".into()))),
+    }
+}
+
+/// A lease operation (`crate::lease::apply`) on the record the overlay holds.
+fn apply_lease(
+    route: Bytes,
+    op: &crate::lease::LeaseOp,
+    now_ms: u64,
+    overlay: &mut Overlay<'_>,
+) -> Result<Result<crate::lease::LeaseState, KvError>, KvError> {
+    let id = crate::lease::id_of(&route);
+    let record_key = crate::lease::record_key(id);
+    let record = match overlay
+        .meta_get(&record_key)?
+        .map(|bytes| crate::lease::LeaseRecord::decode(&bytes))
+        .transpose()
+    {
+        Ok(record) => record,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    match crate::lease::apply(id, op, now_ms, record) {
+        Ok((change, state)) => {
+            match change {
+                crate::lease::Change::Unchanged => {}
+                crate::lease::Change::Keep(kept) => {
+                    if let Some(clocks) = overlay.lease_clocks {
+                        clocks.applied(route, kept.clock_ms);
+                    }
+                    overlay.meta_put(record_key, kept.encode());
+                }
+                crate::lease::Change::Drop => overlay.meta_delete(record_key),
             }
             Ok(Ok(state))
         }
@@ -926,7 +1107,14 @@ impl StateMachine for KvStateMachine {
         let mut frozen = self.handle.merging();
         let engine = Arc::clone(&self.engine);
         let clocks = Arc::clone(&self.handle.clocks);
-        let mut overlay = Overlay::new(engine.as_ref()).with_clocks(&clocks);
+        let lease_clocks = Arc::clone(&self.handle.lease_clocks);
+        let leases = Arc::clone(&self.handle.leases);
+        let fresh = || {
+            Overlay::new(engine.as_ref())
+                .with_clocks(&clocks)
+                .with_leases(&lease_clocks, leases.load(Ordering::Acquire))
+        };
+        let mut overlay = fresh();
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
         // The last entry applied here (not skipped), which the write records.
         let mut last = None;
@@ -972,11 +1160,10 @@ impl StateMachine for KvStateMachine {
                         Ok(outcome) => {
                             // What came before in the batch is written with the step, so
                             // the applied index never passes an unwritten entry.
-                            let mut batch = std::mem::replace(
-                                &mut overlay,
-                                Overlay::new(engine.as_ref()).with_clocks(&clocks),
-                            )
-                            .into_batch();
+                            if overlay.leases {
+                                leases.store(true, Ordering::Release);
+                            }
+                            let mut batch = std::mem::replace(&mut overlay, fresh()).into_batch();
                             batch.meta_put(
                                 applied_key(region.id),
                                 encode_applied(task.index, task.term),
@@ -1007,6 +1194,10 @@ impl StateMachine for KvStateMachine {
                                     self.set_applied(task.index, task.term);
                                     region = self.admin_applied(outcome, &region);
                                     frozen = self.handle.merging();
+                                    // A merge brings the source's keys, marks included.
+                                    if marks_in(engine.as_ref(), &region) {
+                                        leases.store(true, Ordering::Release);
+                                    }
                                     Ok(KvOutput::Done.encode())
                                 }
                                 Err(e) => {
@@ -1040,6 +1231,9 @@ impl StateMachine for KvStateMachine {
         let Some((index, term)) = last else {
             return;
         };
+        if overlay.leases {
+            leases.store(true, Ordering::Release);
+        }
         if engine_failure.is_none() {
             let mut batch = overlay.into_batch();
             batch.meta_put(applied_key(region.id), encode_applied(index, term));
@@ -1119,6 +1313,18 @@ impl StateMachine for KvStateMachine {
         };
         crate::lock::export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the locks of {region}: {e}"))?;
+        let mut out = SnapshotFileWriter {
+            writer,
+            name: crate::lease::SNAPSHOT_LEASES_FILE,
+        };
+        crate::lease::export(self.engine.as_ref(), &region, &mut out)
+            .map_err(|e| format!("exporting the leases of {region}: {e}"))?;
+        let mut out = SnapshotFileWriter {
+            writer,
+            name: crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
+        };
+        crate::lease::export_marks(self.engine.as_ref(), &region, &mut out)
+            .map_err(|e| format!("exporting the lease marks of {region}: {e}"))?;
         let mut out = SnapshotFileWriter {
             writer,
             name: crate::fence::SNAPSHOT_FENCES_FILE,
@@ -1361,6 +1567,8 @@ impl KvStateMachine {
         for name in [
             crate::sequence::SNAPSHOT_SEQUENCES_FILE,
             crate::lock::SNAPSHOT_LOCKS_FILE,
+            crate::lease::SNAPSHOT_LEASES_FILE,
+            crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
         ] {
             if reader.manifest().file(name).is_some() {
                 crate::engine::export::verify_export(
@@ -1423,6 +1631,7 @@ impl KvStateMachine {
                 &mut batch,
             )?;
         }
+        self.import_lease_files(reader, &region, &mut batch)?;
         if reader
             .manifest()
             .file(crate::fence::SNAPSHOT_FENCES_FILE)
@@ -1451,7 +1660,45 @@ impl KvStateMachine {
         self.set_merging(merging);
         self.set_applied(meta.index, meta.term);
         tracing::info!(region = %region.id, index = %meta.index, keys = imported, "region snapshot loaded");
+        if marks_in(self.engine.as_ref(), &region) {
+            self.handle.leases.store(true, Ordering::Release);
+        }
         self.adopt(region);
+        Ok(())
+    }
+
+    /// Adds to `batch` the leases (home records) and the marks of the range's keys a
+    /// snapshot carries; a snapshot from before leases existed has neither, and the range
+    /// then holds neither.
+    fn import_lease_files(
+        &self,
+        reader: &SnapshotReader,
+        region: &Region,
+        batch: &mut WriteBatch,
+    ) -> Result<(), KvError> {
+        type Import = fn(
+            &dyn KvEngine,
+            &Region,
+            &mut dyn std::io::Read,
+            &mut WriteBatch,
+        ) -> Result<u64, KvError>;
+        let lease_files: [(&'static str, Import); 2] = [
+            (crate::lease::SNAPSHOT_LEASES_FILE, crate::lease::import),
+            (
+                crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
+                crate::lease::import_marks,
+            ),
+        ];
+        for (name, import) in lease_files {
+            if reader.manifest().file(name).is_some() {
+                import(
+                    self.engine.as_ref(),
+                    region,
+                    &mut SnapshotFileReader::new(reader, name),
+                    batch,
+                )?;
+            }
+        }
         Ok(())
     }
 

@@ -121,6 +121,9 @@ pub enum KvOp {
         /// The writer's token of --fence-lock.
         #[arg(long, value_name = "N", requires = "fence_lock")]
         fence_token: Option<u64>,
+        /// The lease KEY follows (`flotilla lease grant`): its end deletes KEY.
+        #[arg(long, value_name = "ID", conflicts_with = "fence_lock")]
+        lease: Option<u64>,
     },
     /// Removes KEY.
     Delete { key: String },
@@ -181,6 +184,7 @@ enum Request {
         key: Bytes,
         value: Bytes,
         fence: Option<(Bytes, u64)>,
+        lease: Option<u64>,
     },
     Delete {
         key: Bytes,
@@ -247,12 +251,17 @@ fn prepare(op: KvOp, encoding: Encoding) -> Result<Request, Failure> {
             value: v,
             fence_lock,
             fence_token,
+            lease,
         } => Request::Put {
             key: key(e, "KEY", &k)?,
             value: value(e, "VALUE", &v)?,
             fence: match (fence_lock, fence_token) {
                 (Some(lock), Some(token)) => Some((key(e, "--fence-lock", &lock)?, token)),
                 _ => None,
+            },
+            lease: match lease {
+                Some(0) => return Err(Failure::usage("--lease 0: lease ids start at 1")),
+                other => other,
             },
         },
         KvOp::PutIfAbsent { key: k, value: v } => Request::PutIfAbsent {
@@ -369,10 +378,16 @@ async fn execute(
             };
             (success(vec![("value", shown(value.as_ref()))]), Some(human))
         }
-        Request::Put { key, value, fence } => {
-            match fence {
-                Some((lock, token)) => client.put_fenced(key, value, lock, token).await?,
-                None => client.put(key, value).await?,
+        Request::Put {
+            key,
+            value,
+            fence,
+            lease,
+        } => {
+            match (fence, lease) {
+                (Some((lock, token)), _) => client.put_fenced(key, value, lock, token).await?,
+                (None, Some(lease)) => client.put_with_lease(key, value, lease).await?,
+                (None, None) => client.put(key, value).await?,
             }
             (success(vec![]), Some("OK".into()))
         }
@@ -472,6 +487,7 @@ mod tests {
             value: "/wD+".into(),
             fence_lock: None,
             fence_token: None,
+            lease: None,
         };
         assert_eq!(
             prepare(put, Encoding::Base64).unwrap(),
@@ -479,6 +495,7 @@ mod tests {
                 key: Bytes::from_static(&[0x00, 0xff, 0xc3, 0x28]),
                 value: Bytes::from_static(&[0xff, 0x00, 0xfe]),
                 fence: None,
+                lease: None,
             }
         );
         // The same argument under utf8 is its text.
@@ -516,6 +533,7 @@ mod tests {
                     value: "eA==".into(),
                     fence_lock: None,
                     fence_token: None,
+                    lease: None,
                 },
                 "KEY",
             ),
@@ -525,6 +543,7 @@ mod tests {
                     value: "eA=".into(),
                     fence_lock: None,
                     fence_token: None,
+                    lease: None,
                 },
                 "VALUE",
             ),

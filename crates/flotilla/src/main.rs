@@ -21,6 +21,7 @@ mod config;
 mod demo;
 mod health;
 mod kv;
+mod lease;
 mod lock;
 mod manager;
 mod output;
@@ -52,6 +53,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// A distributed lock: acquire (lease, fencing token), renew, release, status.
     Lock(lock::LockArgs),
+    /// Leases (etcd's): grant, keep-alive, revoke, ttl; keys follow one with `kv put --lease`.
+    Lease(lease::LeaseArgs),
     /// Shows and changes the cluster's regions and their members.
     Admin(admin::AdminArgs),
     /// Starts a three-process cluster on loopback, runs a workload, kills the leader
@@ -117,6 +120,7 @@ fn main() {
         Command::Server(args) => server::run(*args, &file),
         Command::Kv(args) => kv::run(args, &file),
         Command::Lock(args) => lock::run(args, &file),
+        Command::Lease(args) => lease::run(args, &file),
         Command::Admin(args) => admin::run(args, &file),
         Command::Demo(args) => demo::run(args, &file),
         Command::Bench(args) => bench::run(args, &file),

@@ -1232,3 +1232,78 @@ fn fenced_writes_refuse_older_tokens_also_after_a_split_and_a_merge() {
     assert_eq!(kv(e, &["get", "fk-1"]).1["value"], Value::from("y1"));
     assert_eq!(kv(e, &["get", "fk-3"]).1["value"], Value::from("b3-again"));
 }
+
+/// Leases through the CLI, with keys in two regions: grant, put --lease in both, ttl lists
+/// the keys, keep-alive, revoke deletes both keys, a put on the revoked lease is refused
+/// (`LeaseNotFound`, exit 1, nothing written); a lease left to run out hides its key from
+/// reads at once, and `revoke` then deletes it.
+#[test]
+fn a_lease_spans_regions_and_its_end_deletes_its_keys() {
+    let cluster = three_nodes("leases", 1);
+    let e = cluster.endpoints.as_str();
+    let lease = |op: &[&str]| {
+        let mut args = vec!["lease", "--endpoints", e, "--json", "--timeout-ms", "3000"];
+        args.extend_from_slice(op);
+        json(&args)
+    };
+    // Two regions: [.., "m") and ["m", ..).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin(e, &["--region", "1", "split", "--key", "m"]).0 != 0 {
+        assert!(Instant::now() < deadline, "the split did not happen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, granted) = lease(&["grant", "60000"]);
+    assert_eq!(code, 0, "{granted}");
+    assert_eq!(granted["ttl_ms"], 60000, "{granted}");
+    let id = granted["id"].as_u64().expect("an id").to_string();
+    for key in ["a-leased", "z-leased"] {
+        let (code, put) = kv(e, &["put", key, "v", "--lease", &id]);
+        assert_eq!(code, 0, "{put}");
+    }
+    assert_eq!(kv(e, &["put", "plain", "p"]).0, 0);
+    let (code, ttl) = lease(&["ttl", &id]);
+    assert_eq!(code, 0, "{ttl}");
+    assert_eq!(ttl["keys"], serde_json::json!(["a-leased", "z-leased"]));
+    assert!(ttl["remaining_ms"].as_u64().unwrap() <= 60_000, "{ttl}");
+    let (code, kept) = lease(&["keep-alive", &id, "--count", "1"]);
+    assert_eq!((code, &kept["id"]), (0, &granted["id"]), "{kept}");
+    assert_eq!(kv(e, &["get", "z-leased"]).1["value"], "v");
+    // Revoked: both keys deleted, the plain key kept; the lease is gone.
+    assert_eq!(
+        lease(&["revoke", &id]),
+        (0, serde_json::json!({"ok": true, "deleted": 2}))
+    );
+    for key in ["a-leased", "z-leased"] {
+        assert_eq!(kv(e, &["get", key]).1["value"], Value::Null, "{key}");
+    }
+    assert_eq!(kv(e, &["get", "plain"]).1["value"], "p");
+    let (code, refused) = kv(e, &["put", "a-leased", "late", "--lease", &id]);
+    assert_eq!(
+        (code, refused["error"].as_str()),
+        (1, Some("LeaseNotFound")),
+        "{refused}"
+    );
+    assert_eq!(kv(e, &["get", "a-leased"]).1["value"], Value::Null);
+    let (code, gone) = lease(&["ttl", &id]);
+    assert_eq!(
+        (code, gone["error"].as_str()),
+        (1, Some("LeaseNotFound")),
+        "{gone}"
+    );
+    // A lease left to run out: its key is hidden from reads once it ended on its clock.
+    let short = lease(&["grant", "1000"]).1["id"]
+        .as_u64()
+        .expect("an id")
+        .to_string();
+    assert_eq!(kv(e, &["put", "short", "s", "--lease", &short]).0, 0);
+    assert_eq!(kv(e, &["get", "short"]).1["value"], "s");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(kv(e, &["get", "short"]).1["value"], Value::Null);
+    assert_eq!(
+        lease(&["revoke", &short]),
+        (0, serde_json::json!({"ok": true, "deleted": 1}))
+    );
+    // Usage errors change nothing.
+    assert_eq!(lease(&["grant", "10"]).0, 2);
+    assert_eq!(lease(&["ttl", "0"]).0, 2);
+}

@@ -25,7 +25,7 @@ use crate::service::proto;
 /// Where the result of a batched write op goes.
 pub(super) type WriteAnswer = oneshot::Sender<Result<proto::OpResult, ClientError>>;
 /// Where the value of a batched get goes.
-pub(super) type GetAnswer = oneshot::Sender<Result<Option<Bytes>, ClientError>>;
+pub(super) type GetAnswer = oneshot::Sender<Result<Option<(Bytes, u64)>, ClientError>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -214,12 +214,12 @@ pub(super) fn answer_gets(replies: Vec<GetAnswer>, answer: Result<(Reply, Region
     match answer {
         Ok((Reply::Get(reply), _)) if replies.len() == 1 => {
             for reply_to in replies {
-                let _ = reply_to.send(Ok(reply.found.then(|| reply.value.clone())));
+                let _ = reply_to.send(Ok(reply.found.then(|| (reply.value.clone(), reply.lease))));
             }
         }
         Ok((Reply::MultiGet(reply), _)) if reply.values.len() == replies.len() => {
             for (reply_to, value) in replies.into_iter().zip(reply.values) {
-                let _ = reply_to.send(Ok(value.found.then_some(value.value)));
+                let _ = reply_to.send(Ok(value.found.then_some((value.value, value.lease))));
             }
         }
         Ok(_) => {

@@ -74,6 +74,8 @@ pub(super) fn element_error_kind(message: &str) -> &'static str {
         crate::lock::NOT_OWNER_KIND
     } else if message.starts_with(crate::fence::FENCED_PREFIX) {
         crate::fence::FENCED_KIND
+    } else if message.starts_with(crate::lease::NOT_FOUND_PREFIX) {
+        crate::lease::NOT_FOUND_KIND
     } else {
         "Refused"
     }

@@ -28,6 +28,7 @@
 mod batch;
 mod connection;
 mod error;
+mod lease;
 mod options;
 mod retry;
 mod routing;
@@ -51,6 +52,7 @@ use error::{
     counter, done, error_chain, key_moved, lock_state, previous, range, swapped, wrong_reply,
     wrong_reply_unknown,
 };
+pub use lease::LeaseKeeper;
 pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
@@ -88,6 +90,8 @@ struct ClientInner {
     /// Single-key operations that went out in batches, and the batches.
     batched_ops: AtomicU64,
     batches_sent: AtomicU64,
+    /// Leases seen alive, and until when they surely are (`lease`).
+    leases_alive: lease::AliveCache,
 }
 
 /// Counters of a [`KvClient`] (shared by its clones).
@@ -144,6 +148,7 @@ impl KvClient {
                 requests_sent: AtomicU64::new(0),
                 batched_ops: AtomicU64::new(0),
                 batches_sent: AtomicU64::new(0),
+                leases_alive: lease::AliveCache::default(),
             }),
         };
         client.refresh_routes().await?;
@@ -714,14 +719,17 @@ impl KvClient {
         read: ReadConsistency,
     ) -> Result<Option<Bytes>, ClientError> {
         let key = key.into();
-        self.routed_again(|| self.get_once(key.clone(), read)).await
+        let found = self
+            .routed_again(|| self.get_once(key.clone(), read))
+            .await?;
+        self.unexpired(found).await
     }
 
     async fn get_once(
         &self,
         key: Bytes,
         read: ReadConsistency,
-    ) -> Result<Option<Bytes>, ClientError> {
+    ) -> Result<Option<(Bytes, u64)>, ClientError> {
         if self.inner.options.batching {
             let route = self.route(&key).await?;
             let (reply, answer) = oneshot::channel();
@@ -736,7 +744,7 @@ impl KvClient {
             read: read.proto(),
         });
         match self.call(&key, call).await? {
-            (Reply::Get(r), _) => Ok(r.found.then_some(r.value)),
+            (Reply::Get(r), _) => Ok(r.found.then_some((r.value, r.lease))),
             _ => Err(wrong_reply()),
         }
     }
@@ -747,14 +755,21 @@ impl KvClient {
         keys: Vec<Bytes>,
         read: ReadConsistency,
     ) -> Result<Vec<Option<Bytes>>, ClientError> {
-        self.routed_again(|| self.multi_get_once(&keys, read)).await
+        let found = self
+            .routed_again(|| self.multi_get_once(&keys, read))
+            .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for value in found {
+            out.push(self.unexpired(value).await?);
+        }
+        Ok(out)
     }
 
     async fn multi_get_once(
         &self,
         keys: &[Bytes],
         read: ReadConsistency,
-    ) -> Result<Vec<Option<Bytes>>, ClientError> {
+    ) -> Result<Vec<Option<(Bytes, u64)>>, ClientError> {
         let mut values = vec![None; keys.len()];
         for (route_key, indexes) in self.group_by_region(keys).await? {
             let part: Vec<Bytes> = indexes.iter().map(|&i| keys[i].clone()).collect();
@@ -770,7 +785,7 @@ impl KvClient {
                 return Err(wrong_reply());
             }
             for (i, value) in indexes.into_iter().zip(reply.values) {
-                values[i] = value.found.then_some(value.value);
+                values[i] = value.found.then_some((value.value, value.lease));
             }
         }
         Ok(values)
@@ -879,7 +894,11 @@ impl KvClient {
                 continue;
             }
             let last = reply.entries.last().map(|kv| kv.key.clone());
-            out.extend(reply.entries.into_iter().map(|kv| (kv.key, kv.value)));
+            for kv in reply.entries {
+                if kv.lease == 0 || self.lease_alive(kv.lease).await? {
+                    out.push((kv.key, kv.value));
+                }
+            }
             match last.filter(|_| reply.more) {
                 // More of this region: go on past the last key returned.
                 Some(last) if reverse => high = last,
@@ -931,7 +950,13 @@ impl KvClient {
         let op = proto::Op {
             op: Some(op),
             fence,
+            lease_id: 0,
         };
+        self.write_op(key, op).await
+    }
+
+    /// Writes `op` (routed by `key`), as [`KvClient::write_one`] does.
+    async fn write_op(&self, key: Bytes, op: proto::Op) -> Result<proto::OpResult, ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.options.timeout;
         loop {
             let result = self.write_one_attempt(key.clone(), op.clone()).await;
@@ -1203,6 +1228,7 @@ impl KvClient {
                             value: left[i].1.clone(),
                         })),
                         fence: None,
+                        lease_id: 0,
                     })
                     .collect();
                 let call = Call::Write(proto::WriteRequest { context: None, ops });
@@ -1266,6 +1292,7 @@ impl KvClient {
                         end: part_end,
                     })),
                     fence: None,
+                    lease_id: 0,
                 };
                 let call = Call::Write(proto::WriteRequest {
                     context: None,

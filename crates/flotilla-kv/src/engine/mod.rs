@@ -53,6 +53,10 @@ pub mod meta_keys {
     /// A region's fence record, `fence/` + region id (8 bytes, big endian) + lock name
     /// (`crate::fence`).
     pub const FENCE_PREFIX: &[u8] = b"fence/";
+    /// A lease at its home, `lease/` + its route key (`crate::lease::LeaseRecord`).
+    pub const LEASE_PREFIX: &[u8] = b"lease/";
+    /// The lease a data key follows, `lease-key/` + the key (8 bytes, big endian).
+    pub const LEASE_KEY_PREFIX: &[u8] = b"lease-key/";
 }
 
 /// One operation of a [`WriteBatch`].

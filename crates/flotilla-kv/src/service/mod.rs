@@ -163,6 +163,7 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
     for (i, op) in ops.into_iter().enumerate() {
         use proto::op::Op;
         let fence = op.fence;
+        let lease = op.lease_id;
         let command = match op.op {
             Some(Op::Put(p)) => KvCommand::Put {
                 key: p.key,
@@ -212,7 +213,39 @@ pub fn command_of(ops: Vec<proto::Op>) -> Result<KvCommand, Status> {
                     wall_ms: 0,
                 }
             }
+            Some(Op::Lease(l)) => {
+                use crate::lease::LeaseOp;
+                use proto::lease_request::Kind;
+                let op = match Kind::try_from(l.kind) {
+                    Ok(Kind::Grant) => LeaseOp::Grant { ttl_ms: l.ttl_ms },
+                    Ok(Kind::KeepAlive) => LeaseOp::KeepAlive,
+                    Ok(Kind::Revoke) => LeaseOp::Revoke,
+                    Ok(Kind::Attach) => LeaseOp::Attach { key: l.key },
+                    Ok(Kind::Status) => LeaseOp::Status,
+                    Ok(Kind::Expire) => LeaseOp::Expire,
+                    Ok(Kind::Forget) => LeaseOp::Forget { keys: l.keys },
+                    Err(_) => return Err(invalid(format!("op {i}: unknown lease op {}", l.kind))),
+                };
+                // The leader stamps the time when it proposes (`Store::write`).
+                KvCommand::Lease {
+                    key: crate::lease::route_key(l.id),
+                    op,
+                    now_ms: 0,
+                }
+            }
+            Some(Op::LeaseDelete(d)) => KvCommand::LeaseDelete {
+                key: d.key,
+                lease: d.lease,
+            },
             None => return Err(invalid(format!("op {i} is empty"))),
+        };
+        let command = if lease == 0 {
+            command
+        } else {
+            KvCommand::Leased {
+                lease,
+                command: Box::new(command),
+            }
         };
         let command = match fence {
             Some(fence) => KvCommand::Fenced {
@@ -239,6 +272,7 @@ fn result_of(output: Result<KvOutput, String>) -> proto::OpResult {
         Ok(KvOutput::Previous(previous)) => R::Previous(proto::MaybeValue {
             found: previous.is_some(),
             value: previous.unwrap_or_default(),
+            lease: 0,
         }),
         Ok(KvOutput::Range { start, end }) => R::Range(proto::Range { start, end }),
         Ok(KvOutput::Counter(next)) => R::Counter(next),
@@ -250,6 +284,12 @@ fn result_of(output: Result<KvOutput, String>) -> proto::OpResult {
             lease_ms: state.lease_ms,
             remaining_ms: state.remaining_ms,
             count: state.count,
+        }),
+        Ok(KvOutput::Lease(state)) => R::Lease(proto::LeaseState {
+            ttl_ms: state.ttl_ms,
+            remaining_ms: state.remaining_ms,
+            alive: state.alive,
+            keys: state.keys,
         }),
         Ok(KvOutput::Batch(_)) => R::Error("nested batch output".into()),
         Err(why) => R::Error(why),
@@ -302,14 +342,32 @@ impl proto::kv_server::Kv for KvService {
         let r = request.into_inner();
         let (id, epoch) = context(r.context)?;
         let mode = read_mode(r.read)?;
-        let value = self
-            .store
-            .get(id, epoch, r.key, mode)
-            .await
-            .map_err(|e| status_of(&e))?;
+        let marks = |store: &Store| {
+            store
+                .lease_marks(id, std::slice::from_ref(&r.key))
+                .map(|m| m.first().copied().unwrap_or(0))
+                .map_err(|e| status_of(&e))
+        };
+        // The value and its lease read alike: the mark looked at before and after (a write
+        // in between changes the mark or leaves the value under the same lease).
+        let mut rounds = 0;
+        let (value, lease) = loop {
+            let before = marks(&self.store)?;
+            let value = self
+                .store
+                .get(id, epoch, r.key.clone(), mode)
+                .await
+                .map_err(|e| status_of(&e))?;
+            let after = marks(&self.store)?;
+            rounds += 1;
+            if before == after || rounds == 3 {
+                break (value, after.max(before));
+            }
+        };
         Ok(Response::new(proto::GetReply {
             found: value.is_some(),
             value: value.unwrap_or_default(),
+            lease,
         }))
     }
 
@@ -322,15 +380,21 @@ impl proto::kv_server::Kv for KvService {
         let mode = read_mode(r.read)?;
         let values = self
             .store
-            .multi_get(id, epoch, r.keys, mode)
+            .multi_get(id, epoch, r.keys.clone(), mode)
             .await
+            .map_err(|e| status_of(&e))?;
+        let leases = self
+            .store
+            .lease_marks(id, &r.keys)
             .map_err(|e| status_of(&e))?;
         Ok(Response::new(proto::MultiGetReply {
             values: values
                 .into_iter()
-                .map(|v| proto::MaybeValue {
+                .zip(leases)
+                .map(|(v, lease)| proto::MaybeValue {
                     found: v.is_some(),
                     value: v.unwrap_or_default(),
+                    lease,
                 })
                 .collect(),
         }))
@@ -358,11 +422,17 @@ impl proto::kv_server::Kv for KvService {
             )
             .await
             .map_err(|e| status_of(&e))?;
+        let keys: Vec<bytes::Bytes> = entries.iter().map(|(key, _)| key.clone()).collect();
+        let leases = self
+            .store
+            .lease_marks(id, &keys)
+            .map_err(|e| status_of(&e))?;
         // Keys only: the store read no value, every one here is empty.
         Ok(Response::new(proto::ScanReply {
             entries: entries
                 .into_iter()
-                .map(|(key, value)| proto::KeyValue { key, value })
+                .zip(leases)
+                .map(|((key, value), lease)| proto::KeyValue { key, value, lease })
                 .collect(),
             more,
         }))
@@ -390,7 +460,8 @@ impl proto::kv_server::Kv for KvService {
                 | KvOutput::Previous(_)
                 | KvOutput::Range { .. }
                 | KvOutput::Counter(_)
-                | KvOutput::Lock(_)),
+                | KvOutput::Lock(_)
+                | KvOutput::Lease(_)),
             ) => vec![result_of(Ok(output))],
             (_, other) => {
                 return Err(status_of(&KvError::Unknown(format!(

@@ -808,6 +808,26 @@ impl Store {
         self.inner.engine.get(&key)
     }
 
+    /// The leases `keys` of region `id` follow (0: none), as this store's engine holds
+    /// them now; all 0 at once for a region none of whose keys ever followed one.
+    pub fn lease_marks(&self, id: RegionId, keys: &[Bytes]) -> Result<Vec<u64>, KvError> {
+        let none = || Ok(vec![0; keys.len()]);
+        let Some(peer) = self.peer(id) else {
+            return none();
+        };
+        if !peer.machine.may_have_lease_keys() {
+            return none();
+        }
+        keys.iter()
+            .map(|key| {
+                self.inner
+                    .engine
+                    .meta_get(&crate::lease::mark_key(key))?
+                    .map_or(Ok(0), |mark| crate::lease::decode_mark(&mark))
+            })
+            .collect()
+    }
+
     /// A linearizable multi-get (every key in the region).
     pub async fn multi_get(
         &self,
@@ -904,7 +924,7 @@ impl Store {
     /// region's leader, if the proposal is to succeed) gives it (`crate::lock`): whatever a
     /// client sent is replaced.
     fn stamp_locks(&self, id: RegionId, command: KvCommand) -> KvCommand {
-        let is_lock = |c: &KvCommand| matches!(c, KvCommand::Lock { .. });
+        let is_lock = |c: &KvCommand| matches!(c, KvCommand::Lock { .. } | KvCommand::Lease { .. });
         let has_lock = match &command {
             KvCommand::Batch(elements) => elements.iter().any(is_lock),
             other => is_lock(other),
@@ -928,6 +948,11 @@ impl Store {
                 now_ms: peer.machine.lock_stamp(&name),
                 wall_ms,
                 name,
+                op,
+            },
+            KvCommand::Lease { key, op, .. } => KvCommand::Lease {
+                now_ms: peer.machine.lease_stamp(&key),
+                key,
                 op,
             },
             other => other,

@@ -241,6 +241,7 @@ async fn refusals_are_distinct_and_change_nothing() {
                 value: Bytes::from_static(b"2"),
             })),
             fence: None,
+            lease_id: 0,
         }],
     };
     let mut raw = RawClient::new(client.channel(&leader).await.unwrap());
