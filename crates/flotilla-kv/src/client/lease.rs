@@ -8,9 +8,7 @@
 //! `remaining` less the clock margin has passed here, so a read of a key whose lease was
 //! just checked costs no second round trip.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,46 +17,6 @@ use super::error::{op_error, wrong_reply_unknown};
 use super::{ClientError, KvClient};
 use crate::lease::{LeaseOp, LeaseState};
 use crate::service::proto;
-
-/// Leases most recently seen alive, and until when (here) they surely are.
-#[derive(Debug, Default)]
-pub(super) struct AliveCache {
-    until: Mutex<HashMap<u64, Instant>>,
-}
-
-/// Leases the cache remembers before it forgets them all.
-const ALIVE_CACHE_MAX: usize = 100_000;
-
-impl AliveCache {
-    fn alive(&self, id: u64) -> bool {
-        let until = self
-            .until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        until.get(&id).is_some_and(|t| Instant::now() < *t)
-    }
-
-    fn remember(&self, id: u64, asked_at: Instant, remaining_ms: u64) {
-        // The home's clock may run up to 4 % fast against ours each way (`lock`'s margin).
-        let margin = remaining_ms * crate::lock::HOLDER_MARGIN_PERCENT / 100;
-        let surely = asked_at + Duration::from_millis(remaining_ms - margin);
-        let mut until = self
-            .until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if until.len() >= ALIVE_CACHE_MAX && !until.contains_key(&id) {
-            until.clear();
-        }
-        until.insert(id, surely);
-    }
-
-    fn forget(&self, id: u64) {
-        self.until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
-    }
-}
 
 fn lease_state(result: proto::OpResult) -> Result<LeaseState, ClientError> {
     if let Some(error) = op_error(&result) {

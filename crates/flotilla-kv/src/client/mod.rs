@@ -25,6 +25,7 @@
 //! outcome is unknown (a timeout or a connection lost after sending): such a write is
 //! answered with [`ClientError::indeterminate`] set, and the caller decides.
 
+mod alive;
 mod batch;
 mod connection;
 mod error;
@@ -91,7 +92,7 @@ struct ClientInner {
     batched_ops: AtomicU64,
     batches_sent: AtomicU64,
     /// Leases seen alive, and until when they surely are (`lease`).
-    leases_alive: lease::AliveCache,
+    leases_alive: alive::AliveCache,
 }
 
 /// Counters of a [`KvClient`] (shared by its clones).
@@ -148,7 +149,7 @@ impl KvClient {
                 requests_sent: AtomicU64::new(0),
                 batched_ops: AtomicU64::new(0),
                 batches_sent: AtomicU64::new(0),
-                leases_alive: lease::AliveCache::default(),
+                leases_alive: alive::AliveCache::default(),
             }),
         };
         client.refresh_routes().await?;
