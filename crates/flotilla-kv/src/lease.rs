@@ -425,7 +425,8 @@ pub fn import_marks(
 }
 
 /// The leases of `region` (home records) that are past their deadline on a clock at
-/// `clock_of(id)`, or ended with keys left: `(id, ended)`, at most `limit`.
+/// `clock_of(id)`, whose clock this replica has not seen (`clock_of` answers 0: an entry
+/// makes it known), or that ended with keys left: `(id, record)`, at most `limit`.
 pub fn due(
     engine: &dyn KvEngine,
     region: &Region,
@@ -458,8 +459,8 @@ pub fn due(
                 continue;
             };
             let record = LeaseRecord::decode(&value)?;
-            let clock = record.clock_ms.max(clock_of(id));
-            if record.ended || clock >= record.deadline_ms {
+            let seen = clock_of(id);
+            if record.ended || seen == 0 || record.clock_ms.max(seen) >= record.deadline_ms {
                 out.push((id, record));
                 if out.len() >= limit {
                     return Ok(out);

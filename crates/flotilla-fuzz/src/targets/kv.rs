@@ -92,6 +92,34 @@ fn commands() -> Vec<KvCommand> {
                 value: b(b"done"),
             }),
         },
+        KvCommand::Lease {
+            key: flotilla_kv::lease::route_key(9),
+            op: flotilla_kv::lease::LeaseOp::Grant { ttl_ms: 5_000 },
+            now_ms: 3,
+        },
+        KvCommand::Lease {
+            key: flotilla_kv::lease::route_key(9),
+            op: flotilla_kv::lease::LeaseOp::Forget {
+                keys: vec![b(b"a"), b(b"b")],
+            },
+            now_ms: 4,
+        },
+        KvCommand::Lease {
+            key: flotilla_kv::lease::route_key(9),
+            op: flotilla_kv::lease::LeaseOp::Attach { key: b(b"a") },
+            now_ms: 5,
+        },
+        KvCommand::Leased {
+            lease: 9,
+            command: Box::new(KvCommand::Put {
+                key: b(b"a"),
+                value: b(b"1"),
+            }),
+        },
+        KvCommand::LeaseDelete {
+            key: b(b"a"),
+            lease: 9,
+        },
         KvCommand::Batch(vec![
             put,
             KvCommand::Delete { key: b(b"x") },

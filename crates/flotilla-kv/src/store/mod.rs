@@ -20,6 +20,7 @@
 
 mod backup;
 pub mod bootstrap;
+mod leases;
 mod load;
 mod lock;
 mod membership;
@@ -262,6 +263,8 @@ struct StoreInner {
     quota: SpaceQuota,
     /// The task measuring the data directory, stopped by [`Store::hand_off`].
     usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The lease reaper (`leases`), stopped by [`Store::hand_off`].
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The task bootstrapping, joining or announcing this store, stopped by shutdown.
     membership_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the regions' state machines send their events (see `peers`).
@@ -1071,11 +1074,17 @@ impl Store {
         if let Some(task) = lock(&self.inner.usage_task).take() {
             task.abort();
         }
+        if let Some(task) = lock(&self.inner.lease_task).take() {
+            task.abort();
+        }
     }
 
     /// The second half of stopping, once nothing serves the store any more: the runtime
     /// stops and the engine is flushed.
     pub async fn close(&self) {
+        if let Some(task) = lock(&self.inner.lease_task).take() {
+            task.abort();
+        }
         if let Some(task) = lock(&self.inner.events_task).take() {
             task.abort();
         }

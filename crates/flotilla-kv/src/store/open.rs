@@ -513,6 +513,7 @@ impl Store {
             fresh,
             quota: SpaceQuota::new(options.quota_bytes),
             usage_task: Mutex::new(None),
+            lease_task: Mutex::new(None),
             membership_task: Mutex::new(None),
             events,
             events_task: Mutex::new(None),
@@ -533,6 +534,8 @@ impl Store {
         measure_usage(&store.inner).await;
         let task = tokio::spawn(measure_usage_every(Arc::downgrade(&store.inner)));
         *lock(&store.inner.usage_task) = Some(task);
+        let task = tokio::spawn(super::leases::reap_every(Arc::downgrade(&store.inner)));
+        *lock(&store.inner.lease_task) = Some(task);
         if let Some(peers) = &meta.pd {
             store.start_meta_group(peers.clone()).await?;
         }
