@@ -30,6 +30,7 @@
 mod checker;
 mod cluster;
 mod history;
+mod leases;
 mod locks;
 mod nemesis;
 mod net;

@@ -525,6 +525,20 @@ fn check_and_report(
         .map(|l| l.clone())
         .unwrap_or_default();
     let lock_report = crate::locks::check(&lock_events);
+    let lease_events = shared
+        .lease_events
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let lease_report = crate::leases::check(&lease_events);
+    journal.note(format!(
+        "checked the lease workload: {} leases, {} reads ({} found the key); {} violations \
+         (a key read after its lease surely ended, or missed while it surely lived)",
+        lease_report.leases,
+        lease_report.reads,
+        lease_report.found,
+        lease_report.violations.len()
+    ));
     journal.note(format!(
         "checked the lock workload: {} acquired, {} fenced writes acknowledged, {} refused as \
          fenced; {} violations, {} acknowledged writes lost; {} overlapping holds (reported, \
@@ -566,6 +580,10 @@ fn check_and_report(
         &lock_report.violations,
     );
     findings.section("lost acknowledged fenced writes", &lock_report.lost);
+    findings.section(
+        "lease reads out of the lease's bounds",
+        &lease_report.violations,
+    );
     let lock_unread: Vec<String> = if lock_report.final_read || lock_report.writes_acked == 0 {
         Vec::new()
     } else {
@@ -577,6 +595,7 @@ fn check_and_report(
         + set_report.violations()
         + sequence_violations.len()
         + lock_report.violations.len()
+        + lease_report.violations.len()
         + cluster.unexpected_exits.len();
     let unknown = register_report.unknown.len()
         + driven.unread_keys.len()
@@ -594,7 +613,8 @@ fn check_and_report(
             + adds.len()
             + sequence_ranges.len()
             + sequence_unknown
-            + lock_events.len(),
+            + lock_events.len()
+            + lease_events.len(),
         indeterminate,
         violations,
         unknown,

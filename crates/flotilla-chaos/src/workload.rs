@@ -11,6 +11,10 @@
 //!
 //! - **lock** (always, two clients besides the others): acquire one lock, a fenced write
 //!   of the register `crate::locks` names with the token, release (`crate::locks::check`).
+//! - **lease** (always, one client besides the others): grant a lease, attach a key of its
+//!   own, keep it alive a few times, then read the key until it is gone
+//!   (`crate::leases::check`: never missed while the lease surely lives, never seen once it
+//!   surely ended).
 //! - **sequence** (always, one client besides the others): `seq next` on a few sequences
 //!   spread over the regions, recording every range acknowledged; no value may be handed
 //!   out twice (`crate::checker::check_sequences`).
@@ -194,6 +198,8 @@ pub struct Shared {
     pub sequence_ranges: Mutex<Vec<SequenceRange>>,
     /// The lock workload's history.
     pub lock_events: Mutex<Vec<crate::locks::LockEvent>>,
+    /// The lease workload's history.
+    pub lease_events: Mutex<Vec<crate::leases::LeaseEvent>>,
     /// `seq next` calls whose outcome is unknown.
     pub sequence_unknown: AtomicU64,
     /// The last value the clients saw per register key (CAS expects it).
@@ -224,6 +230,7 @@ impl Shared {
             set_adds: Mutex::new(Vec::new()),
             sequence_ranges: Mutex::new(Vec::new()),
             lock_events: Mutex::new(Vec::new()),
+            lease_events: Mutex::new(Vec::new()),
             sequence_unknown: AtomicU64::new(0),
             last_seen: Mutex::new(HashMap::new()),
             keys_used: Mutex::new(BTreeSet::new()),
@@ -248,6 +255,7 @@ impl Shared {
             + lock(&self.set_adds).len()
             + lock(&self.sequence_ranges).len()
             + lock(&self.lock_events).len()
+            + lock(&self.lease_events).len()
     }
 
     fn push_register(&self, event: RegisterEvent) {
@@ -302,6 +310,15 @@ impl Shared {
             })
             .collect();
         workers.push(sequence);
+        {
+            let shared = self.clone();
+            let index = count + 1 + crate::locks::LOCK_CLIENTS as usize;
+            let client = clients[index % clients.len()].clone();
+            let rng = rng.fork(index as u64);
+            workers.push(tokio::spawn(async move {
+                shared.lease_worker(client, rng).await;
+            }));
+        }
         for i in 0..crate::locks::LOCK_CLIENTS {
             let shared = self.clone();
             let index = count + 1 + i as usize;
@@ -416,6 +433,88 @@ impl Shared {
             };
             lock(&self.lock_events).push(record("release", token, String::new(), invoke, outcome));
             self.think(&mut rng).await;
+        }
+    }
+
+    /// Grants a lease, attaches a key, keeps it alive 0 to 2 times, then reads the key
+    /// until it is gone (twice not found) or the run stops; every step recorded.
+    async fn lease_worker(&self, client: KvClient, mut rng: Rng) {
+        use crate::leases::{key_of, LeaseEvent, LeaseOutcome, LATE_MARGIN_MS, TTL_MS};
+        let timeout = self.config.op_timeout;
+        let mut n = 0u64;
+        while self.keep_going() {
+            n += 1;
+            let push = |op: &str, invoke_us: u64, outcome: LeaseOutcome| {
+                lock(&self.lease_events).push(LeaseEvent {
+                    n,
+                    op: op.into(),
+                    invoke_us,
+                    complete_us: self.journal.now_us(),
+                    outcome,
+                });
+            };
+            let outcome_of = |error: Option<&ClientError>| match error {
+                None => LeaseOutcome::Ok,
+                Some(e) if !e.indeterminate => LeaseOutcome::Failed,
+                Some(_) => LeaseOutcome::Unknown,
+            };
+            let invoke = self.journal.now_us();
+            let id = match tokio::time::timeout(timeout, client.lease_grant(TTL_MS)).await {
+                Ok(Ok((id, _))) => {
+                    push("grant", invoke, LeaseOutcome::Ok);
+                    id
+                }
+                other => {
+                    let outcome = match other {
+                        Ok(Err(e)) => outcome_of(Some(&e)),
+                        _ => LeaseOutcome::Unknown,
+                    };
+                    push("grant", invoke, outcome);
+                    self.think(&mut rng).await;
+                    continue;
+                }
+            };
+            let invoke = self.journal.now_us();
+            let put = tokio::time::timeout(
+                timeout,
+                client.put_with_lease(key_of(n), Bytes::from_static(b"leased"), id),
+            )
+            .await;
+            let outcome = match put {
+                Ok(result) => outcome_of(result.as_ref().err()),
+                Err(_) => LeaseOutcome::Unknown,
+            };
+            push("put", invoke, outcome);
+            for _ in 0..rng.below(3) {
+                tokio::time::sleep(Duration::from_millis(TTL_MS / 4)).await;
+                let invoke = self.journal.now_us();
+                let kept = tokio::time::timeout(
+                    timeout,
+                    client.lease(id, flotilla_kv::lease::LeaseOp::KeepAlive),
+                )
+                .await;
+                let outcome = match kept {
+                    Ok(result) => outcome_of(result.as_ref().err()),
+                    Err(_) => LeaseOutcome::Unknown,
+                };
+                push("keep-alive", invoke, outcome);
+            }
+            // Read until the key is gone, at most a little past the latest it may live.
+            let give_up =
+                Instant::now() + Duration::from_millis(2 * TTL_MS + LATE_MARGIN_MS + 2_000);
+            let mut missing = 0;
+            while missing < 2 && Instant::now() < give_up && self.keep_going() {
+                tokio::time::sleep(Duration::from_millis(TTL_MS / 8)).await;
+                let invoke = self.journal.now_us();
+                let read =
+                    tokio::time::timeout(timeout, client.get(key_of(n), ReadConsistency::Index))
+                        .await;
+                if let Ok(Ok(value)) = read {
+                    let found = value.is_some();
+                    missing = if found { 0 } else { missing + 1 };
+                    push("read", invoke, LeaseOutcome::Read(found));
+                }
+            }
         }
     }
 
