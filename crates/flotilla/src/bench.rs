@@ -46,6 +46,8 @@ const KEYS_MAX: u64 = 100_000_000;
 const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Concurrent writers of the preload.
 const PRELOAD_CLIENTS: usize = 64;
+/// The time to live of the keep-alive workload's leases.
+const KEEP_ALIVE_TTL_MS: u64 = 60_000;
 /// Error messages kept to show (the count is exact; the texts are a sample).
 const ERROR_SAMPLES_MAX: usize = 5;
 /// Pause of a client after a failed op (a down cluster must not be spun on).
@@ -201,9 +203,14 @@ fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
         .etcd_connect
         .parse()
         .map_err(|e| Failure::usage(format!("--etcd-connect: {e}")))?;
-    if matches!(workload, Workload::Lock | Workload::Sequence) && target == TargetKind::Etcd {
+    if matches!(
+        workload,
+        Workload::Lock | Workload::Sequence | Workload::KeepAlive
+    ) && target == TargetKind::Etcd
+    {
         return Err(Failure::usage(format!(
-            "--workload {}: Flotilla only (etcd's lock and counters are not compared here)",
+            "--workload {}: Flotilla only (etcd's lock, counters and leases are not compared \
+             here)",
             workload.name()
         )));
     }
@@ -220,7 +227,9 @@ fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
         distribution,
         distribution_name: args.distribution,
         lease,
-        preload: args.preload.unwrap_or(workload.read_percent() > 0),
+        // The keep-alive workload's preload grants its leases: always.
+        preload: workload == Workload::KeepAlive
+            || args.preload.unwrap_or(workload.read_percent() > 0),
         etcd_connect,
         timeout: Duration::from_millis(args.timeout_ms),
         seed: args.seed,
@@ -273,6 +282,33 @@ impl Target {
                     owner: owner.clone(),
                 },
             )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Grants a lease of [`KEEP_ALIVE_TTL_MS`]: its id.
+    async fn lease_grant(&mut self) -> Result<u64, String> {
+        let Target::Flotilla { client, .. } = self else {
+            return Err("the keep-alive workload is Flotilla's only".into());
+        };
+        client
+            .lease_grant(KEEP_ALIVE_TTL_MS)
+            .await
+            .map(|(id, _)| id)
+            .map_err(|e| e.to_string())
+    }
+
+    /// One keep-alive of lease `id`.
+    async fn keep_alive(&mut self, id: u64) -> Result<(), String> {
+        let Target::Flotilla { client, .. } = self else {
+            return Err("the keep-alive workload is Flotilla's only".into());
+        };
+        if id == 0 {
+            return Err("a lease the preload could not grant".into());
+        }
+        client
+            .lease(id, flotilla_kv::lease::LeaseOp::KeepAlive)
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -374,6 +410,8 @@ async fn connect(plan: &Plan) -> Result<(Target, String), Failure> {
 /// State shared by the client tasks and the controller.
 #[derive(Default)]
 struct Shared {
+    /// The keep-alive workload's leases, by key index (0: not granted).
+    lease_ids: Vec<AtomicU64>,
     /// Set once the warm-up is over; cleared when the window closes.
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -422,11 +460,19 @@ async fn client_task(
     let owner = Bytes::from(format!("bench-{id}"));
     while !shared.stop.load(Ordering::Relaxed) {
         let is_read = read_percent > 0 && rng.below(100) < read_percent;
-        let key = workload::key(chooser.next(&mut rng));
+        let index = chooser.next(&mut rng);
+        let key = workload::key(index);
         let started = Instant::now();
         let result = match plan.workload {
             Workload::Lock => target.lock_cycle(key, &owner).await,
             Workload::Sequence => target.sequence_next(key).await,
+            Workload::KeepAlive => {
+                let id = shared
+                    .lease_ids
+                    .get(usize::try_from(index).unwrap_or(usize::MAX))
+                    .map_or(0, |id| id.load(Ordering::Relaxed));
+                target.keep_alive(id).await
+            }
             _ if is_read => target.get(key).await.map(|_| ()),
             _ => target.put(key, &value).await,
         };
@@ -479,6 +525,7 @@ async fn preload(target: &Target, plan: &Plan, value: &Bytes, shared: &Arc<Share
                 shared.clone(),
             );
             let keys = plan.keys;
+            let lease_ids = plan.workload == Workload::KeepAlive;
             tokio::spawn(async move {
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
@@ -486,7 +533,19 @@ async fn preload(target: &Target, plan: &Plan, value: &Bytes, shared: &Arc<Share
                         break;
                     }
                     let mut attempts = 0;
-                    while let Err(error) = target.put(workload::key(index), &value).await {
+                    loop {
+                        let done = if lease_ids {
+                            target.lease_grant().await.map(|id| {
+                                if let Some(slot) = shared.lease_ids.get(index as usize) {
+                                    slot.store(id, Ordering::Relaxed);
+                                }
+                            })
+                        } else {
+                            target.put(workload::key(index), &value).await
+                        };
+                        let Err(error) = done else {
+                            break;
+                        };
                         attempts += 1;
                         shared.note_error(error);
                         if attempts == 3 {
@@ -588,7 +647,14 @@ struct Report {
 async fn execute(plan: Plan) -> Result<Report, Failure> {
     let (target, reached) = connect(&plan).await?;
     let plan = Arc::new(plan);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        lease_ids: if plan.workload == Workload::KeepAlive {
+            (0..plan.keys).map(|_| AtomicU64::new(0)).collect()
+        } else {
+            Vec::new()
+        },
+        ..Shared::default()
+    });
     let value = Bytes::from(
         (0..plan.value_size)
             .map(|i| b'a' + (i % 26) as u8)

@@ -17,6 +17,9 @@ pub enum Workload {
     Lock,
     /// `seq next` of one value on a sequence named by a key (Flotilla only).
     Sequence,
+    /// Lease keep-alives (Flotilla only): `--keys` leases granted first (60 s to live),
+    /// then each op keeps one of them alive.
+    KeepAlive,
 }
 
 impl std::str::FromStr for Workload {
@@ -29,8 +32,10 @@ impl std::str::FromStr for Workload {
             "read" => Ok(Workload::Read),
             "lock" => Ok(Workload::Lock),
             "sequence" => Ok(Workload::Sequence),
+            "keep-alive" => Ok(Workload::KeepAlive),
             other => Err(format!(
-                "unknown workload {other:?}: expected write, mix, read, lock or sequence"
+                "unknown workload {other:?}: expected write, mix, read, lock, sequence or \
+                 keep-alive"
             )),
         }
     }
@@ -40,7 +45,7 @@ impl Workload {
     /// Percentage of ops that are reads.
     pub fn read_percent(self) -> u64 {
         match self {
-            Workload::Write | Workload::Lock | Workload::Sequence => 0,
+            Workload::Write | Workload::Lock | Workload::Sequence | Workload::KeepAlive => 0,
             Workload::Mix => 10,
             Workload::Read => 95,
         }
@@ -54,6 +59,7 @@ impl Workload {
             Workload::Read => "read",
             Workload::Lock => "lock",
             Workload::Sequence => "sequence",
+            Workload::KeepAlive => "keep-alive",
         }
     }
 }
