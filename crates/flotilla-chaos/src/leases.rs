@@ -14,7 +14,10 @@
 //! The stated margin ([`LATE_MARGIN_MS`]): a lease's time stands still on a replica that
 //! restarted until the lease's next entry there (the reaper's within half a second), so a
 //! home led by a restarted replica keeps a lease up to one more time to live, plus a
-//! second for the reaper and the read's own round trips.
+//! second for the reaper and the read's own round trips. And a fault that restarts servers
+//! may stop the lease's time from its start to its recovery (all the home's replicas
+//! restarted, or the one leading it after): the late bound grows by every such fault
+//! window it overlaps.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +78,24 @@ pub struct LeaseReport {
     pub violations: Vec<String>,
 }
 
-/// Checks the lease workload's history (see the module docs).
+/// `bound` moved past each of `restarts` (fault windows, µs) that starts before it and
+/// ends after `from`, by the part of the window after `from`.
+fn extended(from: u64, bound: u64, restarts: &[(u64, u64)]) -> u64 {
+    let mut windows = restarts.to_vec();
+    windows.sort_unstable();
+    let mut bound = bound;
+    for (start, end) in windows {
+        if start < bound && end > from {
+            bound += end - start.max(from);
+        }
+    }
+    bound
+}
+
+/// Checks the lease workload's history (see the module docs); `restarts` are the windows
+/// of faults that restarted servers.
 #[must_use]
-pub fn check(events: &[LeaseEvent]) -> LeaseReport {
+pub fn check(events: &[LeaseEvent], restarts: &[(u64, u64)]) -> LeaseReport {
     let mut report = LeaseReport::default();
     let mut by_lease: std::collections::BTreeMap<u64, Vec<&LeaseEvent>> =
         std::collections::BTreeMap::new();
@@ -108,7 +126,7 @@ pub fn check(events: &[LeaseEvent]) -> LeaseReport {
         let dead_after = events
             .iter()
             .filter(|e| e.op != "read" && e.outcome != LeaseOutcome::Failed)
-            .map(|e| e.complete_us + late_us)
+            .map(|e| extended(e.complete_us, e.complete_us + late_us, restarts))
             .max();
         for read in events.iter().filter(|e| e.op == "read") {
             let LeaseOutcome::Read(found) = read.outcome else {
@@ -169,7 +187,7 @@ mod tests {
             // Well after it: not found, fine.
             event(1, "read", 9_000 * ms, 9_010 * ms, LeaseOutcome::Read(false)),
         ];
-        assert!(check(&history).violations.is_empty());
+        assert!(check(&history, &[]).violations.is_empty());
         // Missed while it surely lived (before 500 + 1,840 ms).
         let mut early = history.clone();
         early.push(event(
@@ -179,7 +197,7 @@ mod tests {
             2_010 * ms,
             LeaseOutcome::Read(false),
         ));
-        assert_eq!(check(&early).violations.len(), 1);
+        assert_eq!(check(&early, &[]).violations.len(), 1);
         // Found long after it surely ended (after 510 + 2,160 + 3,000 ms).
         let mut late = history.clone();
         late.push(event(
@@ -189,7 +207,7 @@ mod tests {
             6_010 * ms,
             LeaseOutcome::Read(true),
         ));
-        assert_eq!(check(&late).violations.len(), 1);
+        assert_eq!(check(&late, &[]).violations.len(), 1);
         // An unknown keep-alive may have applied late: it moves the late bound.
         late.push(event(
             1,
@@ -198,9 +216,22 @@ mod tests {
             3_000 * ms,
             LeaseOutcome::Unknown,
         ));
-        assert!(check(&late).violations.is_empty());
+        assert!(check(&late, &[]).violations.is_empty());
+        // A restart window after the last renewal moves the late bound by its length.
+        let mut restarted = history.clone();
+        restarted.push(event(
+            1,
+            "read",
+            8_000 * ms,
+            8_010 * ms,
+            LeaseOutcome::Read(true),
+        ));
+        assert_eq!(check(&restarted, &[]).violations.len(), 1);
+        assert!(check(&restarted, &[(1_000 * ms, 4_000 * ms)])
+            .violations
+            .is_empty());
         // A lease never granted is not checked.
-        let report = check(&[event(2, "read", 0, 1, LeaseOutcome::Read(true))]);
+        let report = check(&[event(2, "read", 0, 1, LeaseOutcome::Read(true))], &[]);
         assert_eq!(report.leases, 0);
     }
 }

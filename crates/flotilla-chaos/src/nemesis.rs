@@ -87,6 +87,21 @@ pub enum Nemesis {
 }
 
 impl Nemesis {
+    /// Whether the fault stops server processes and starts them again (a restarted
+    /// replica's lease clocks stand still until a lease's next entry: `crate::leases`).
+    pub fn restarts_servers(self) -> bool {
+        matches!(
+            self,
+            Nemesis::Kill
+                | Nemesis::Drift
+                | Nemesis::Clock
+                | Nemesis::Disk
+                | Nemesis::Wipe
+                | Nemesis::Readdress
+                | Nemesis::Pd
+        )
+    }
+
     /// Every nemesis, in the order of the table above.
     pub const ALL: [Nemesis; 15] = [
         Nemesis::PartitionHalves,

@@ -194,6 +194,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
 /// What the timeline produced besides the histories.
 struct Driven {
     faults: usize,
+    /// From the start of each fault that restarted servers to its recovery, µs since the
+    /// run started (`crate::leases::check`).
+    restarts: Vec<(u64, u64)>,
     recoveries_ms: Vec<u64>,
     liveness: Vec<String>,
     set_reads: Vec<SetRead>,
@@ -230,6 +233,7 @@ async fn drive(
     let mut nemesis_rng = rng.fork(0x6e65_6d65);
     let mut driven = Driven {
         faults: 0,
+        restarts: Vec::new(),
         recoveries_ms: Vec::new(),
         liveness: Vec::new(),
         set_reads: Vec::new(),
@@ -321,6 +325,7 @@ async fn cycle(
 ) {
     let journal = cluster.journal.clone();
     let kinds = nemesis::choose(nemeses, rng);
+    let fault_us = journal.now_us();
     let applied = nemesis::apply(&kinds, cluster, rng, &config.nemesis).await;
     driven.faults += 1;
     journal.note(format!(
@@ -339,6 +344,9 @@ async fn cycle(
     match shared.probe(probe_client, SETTLE_TIMEOUT).await {
         Some(d) => {
             driven.recoveries_ms.push(d.as_millis() as u64);
+            if kinds.iter().any(|k| k.restarts_servers()) {
+                driven.restarts.push((fault_us, journal.now_us()));
+            }
             journal.note(format!(
                 "healed in {healed_ms} ms ({}); every region took a write {} ms later",
                 if notes.is_empty() {
@@ -530,7 +538,7 @@ fn check_and_report(
         .lock()
         .map(|l| l.clone())
         .unwrap_or_default();
-    let lease_report = crate::leases::check(&lease_events);
+    let lease_report = crate::leases::check(&lease_events, &driven.restarts);
     journal.note(format!(
         "checked the lease workload: {} leases, {} reads ({} found the key); {} violations \
          (a key read after its lease surely ended, or missed while it surely lived)",
