@@ -957,3 +957,81 @@ async fn a_full_fence_table_drops_its_oldest_record_for_a_floor() {
     assert_eq!(records(&cluster, 3), records(&cluster, leader));
     cluster.stop_all().await;
 }
+
+/// A lease decided by its home region's log: grant, attach, a put following it, a plain
+/// put detaching the key; a peer caught up by snapshot holds the record and the marks; a
+/// lease delete removes only a key that still follows the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_and_its_marks_travel_in_snapshots() {
+    use flotilla_kv::lease::{self, LeaseOp, LeaseRecord};
+    let mut cluster = KvCluster::new("leases", 4, EngineKind::Memory).await;
+    let region = whole(9);
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    let id = 77;
+    let op = |op: LeaseOp, now_ms: u64| KvCommand::Lease {
+        key: lease::route_key(id),
+        op,
+        now_ms,
+    };
+    let leased = |key: &str| KvCommand::Leased {
+        lease: id,
+        command: Box::new(put(key, "v")),
+    };
+    cluster
+        .propose(g, op(LeaseOp::Grant { ttl_ms: 60_000 }, 1_000))
+        .await
+        .unwrap();
+    for key in ["a", "b"] {
+        cluster
+            .propose(g, op(LeaseOp::Attach { key: b(key) }, 1_100))
+            .await
+            .unwrap();
+        cluster.propose(g, leased(key)).await.unwrap();
+    }
+    // A plain put detaches b.
+    cluster.propose(g, put("b", "plain")).await.unwrap();
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let node = cluster.node(leader, g).unwrap();
+    node.snapshot().await.unwrap();
+    add_fourth_peer(&mut cluster, &region, &node).await;
+    cluster.converged(g).await;
+    let engine = cluster.engine(3);
+    let record = engine
+        .meta_get(&lease::record_key(id))
+        .unwrap()
+        .map(|bytes| LeaseRecord::decode(&bytes).unwrap())
+        .expect("the new peer holds the lease");
+    assert_eq!((record.ttl_ms, record.keys.len()), (60_000, 2));
+    let mark = |key: &[u8]| {
+        engine
+            .meta_get(&lease::mark_key(key))
+            .unwrap()
+            .map(|m| lease::decode_mark(&m).unwrap())
+    };
+    assert_eq!((mark(b"a"), mark(b"b")), (Some(id), None));
+    // The lease's delete: a (still following) goes, b (detached) stays.
+    for (key, deleted) in [("a", true), ("b", false)] {
+        let answer = cluster
+            .propose(
+                g,
+                KvCommand::LeaseDelete {
+                    key: b(key),
+                    lease: id,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, KvOutput::Swapped(deleted), "{key}");
+    }
+    let target = cluster.handle(leader, g).applied_index();
+    cluster.wait_applied(3, g, target).await;
+    let engine = cluster.engine(3);
+    assert_eq!(engine.get(b"a").unwrap(), None);
+    assert_eq!(engine.get(b"b").unwrap(), Some(b("plain")));
+    assert_eq!(mark(b"a"), None);
+    cluster.stop_all().await;
+}

@@ -383,3 +383,70 @@ async fn the_lock_watchdog_keeps_a_lease_alive_until_dropped() {
         store.shutdown(Duration::ZERO).await;
     }
 }
+
+/// `LeaseKeeper` keeps a lease (and its key) alive past several times to live until
+/// dropped; then the lease runs out, the key is hidden at once and the store's reaper
+/// deletes it and the lease's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_keeper_keeps_a_lease_alive_until_dropped_then_the_store_reaps_it() {
+    use flotilla_kv::client::LeaseKeeper;
+    use flotilla_kv::lease::LeaseOp;
+    let dir = TempDir::new("lease-keeper");
+    let stores = start(&dir, 1, EngineKind::Memory).await;
+    let client = crate::split::client(&stores).await;
+    let (id, granted) = client.lease_grant(1_000).await.unwrap();
+    assert_eq!(granted.ttl_ms, 1_000);
+    client.put_with_lease("kept", "v", id).await.unwrap();
+    let keeper = LeaseKeeper::start(client.clone(), id, 1_000);
+    // Three times to live later, still alive, thanks to the renewals.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(!keeper.lost());
+    let alive = client.lease(id, LeaseOp::Status).await.unwrap();
+    assert!(
+        alive.alive && alive.keys == vec![Bytes::from_static(b"kept")],
+        "{alive:?}"
+    );
+    assert_eq!(
+        client.get("kept", ReadConsistency::Index).await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+    drop(keeper);
+    // Dropped: the lease runs out within its time to live (and the clock margin).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        client.get("kept", ReadConsistency::Index).await.unwrap(),
+        None
+    );
+    // The reaper ends it and deletes the key: the engine no longer holds it, nor the
+    // lease's record.
+    let store = stores[0].store();
+    let region = client
+        .routes()
+        .into_iter()
+        .find(|r| r.region.contains(b"kept"))
+        .unwrap()
+        .region;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The store's own answer, without the client's check of the lease.
+        let stored = store
+            .get(region.id, region.epoch, Bytes::from_static(b"kept"), None)
+            .await
+            .unwrap();
+        let marks = store
+            .lease_marks(region.id, &[Bytes::from_static(b"kept")])
+            .unwrap();
+        // An expiry of a lease without a record answers an empty state (ttl 0).
+        let record = client.lease(id, LeaseOp::Expire).await.unwrap();
+        if stored.is_none() && marks == vec![0] && record.ttl_ms == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = client.lease(id, LeaseOp::KeepAlive).await.unwrap_err();
+    assert_eq!(refused.kind, "LeaseNotFound", "{refused}");
+    for store in &stores {
+        store.shutdown(Duration::ZERO).await;
+    }
+}
