@@ -28,7 +28,7 @@
 use bytes::Bytes;
 use flotilla_storage::fields::{FieldReader, FieldWriter};
 
-use crate::engine::{meta_keys, KvEngine, WriteBatch};
+use crate::engine::{meta_keys, KvEngine};
 use crate::error::KvError;
 use crate::region::Region;
 
@@ -372,57 +372,17 @@ fn check_mark(_name: &[u8], value: &[u8]) -> Result<(), KvError> {
     decode_mark(value).map(|_| ())
 }
 
-/// Writes the lease records of `region` to `out` (a snapshot file); answers how many.
-pub fn export(
-    engine: &dyn KvEngine,
-    region: &Region,
-    out: &mut dyn std::io::Write,
-) -> Result<u64, KvError> {
-    crate::sequence::export_space(engine, region, meta_keys::LEASE_PREFIX, check_record, out)
-}
+/// The lease records at their homes (file `leases`).
+pub(crate) const LEASES: crate::sequence::KeySpace = crate::sequence::KeySpace {
+    prefix: meta_keys::LEASE_PREFIX,
+    check: check_record,
+};
 
-/// Adds to `batch` what replaces the lease records of `region` with those of `input`.
-pub fn import(
-    engine: &dyn KvEngine,
-    region: &Region,
-    input: &mut dyn std::io::Read,
-    batch: &mut WriteBatch,
-) -> Result<u64, KvError> {
-    crate::sequence::import_space(
-        engine,
-        region,
-        meta_keys::LEASE_PREFIX,
-        check_record,
-        input,
-        batch,
-    )
-}
-
-/// Writes the lease marks of `region`'s keys to `out` (a snapshot file); answers how many.
-pub fn export_marks(
-    engine: &dyn KvEngine,
-    region: &Region,
-    out: &mut dyn std::io::Write,
-) -> Result<u64, KvError> {
-    crate::sequence::export_space(engine, region, meta_keys::LEASE_KEY_PREFIX, check_mark, out)
-}
-
-/// Adds to `batch` what replaces the lease marks of `region`'s keys with those of `input`.
-pub fn import_marks(
-    engine: &dyn KvEngine,
-    region: &Region,
-    input: &mut dyn std::io::Read,
-    batch: &mut WriteBatch,
-) -> Result<u64, KvError> {
-    crate::sequence::import_space(
-        engine,
-        region,
-        meta_keys::LEASE_KEY_PREFIX,
-        check_mark,
-        input,
-        batch,
-    )
-}
+/// The marks of the keys that follow leases (file `lease-keys`).
+pub(crate) const MARKS: crate::sequence::KeySpace = crate::sequence::KeySpace {
+    prefix: meta_keys::LEASE_KEY_PREFIX,
+    check: check_mark,
+};
 
 /// The leases of `region` (home records) that are past their deadline on a clock at
 /// `clock_of(id)`, whose clock this replica has not seen (`clock_of` answers 0: an entry

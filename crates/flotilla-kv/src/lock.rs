@@ -316,8 +316,14 @@ pub fn export(
     region: &Region,
     out: &mut dyn std::io::Write,
 ) -> Result<u64, KvError> {
-    crate::sequence::export_space(engine, region, meta_keys::LOCK_PREFIX, check_record, out)
+    LOCKS.export(engine, region, out)
 }
+
+/// The lock records (file `locks`).
+const LOCKS: crate::sequence::KeySpace = crate::sequence::KeySpace {
+    prefix: meta_keys::LOCK_PREFIX,
+    check: check_record,
+};
 
 /// Adds to `batch` what replaces the lock records of `region` with those of `input` (a
 /// snapshot file, checked in full first).
@@ -327,14 +333,7 @@ pub fn import(
     input: &mut dyn std::io::Read,
     batch: &mut WriteBatch,
 ) -> Result<u64, KvError> {
-    crate::sequence::import_space(
-        engine,
-        region,
-        meta_keys::LOCK_PREFIX,
-        check_record,
-        input,
-        batch,
-    )
+    LOCKS.import(engine, region, input, batch)
 }
 
 /// Per region: each lock's clock as this replica last applied it, and when (its own

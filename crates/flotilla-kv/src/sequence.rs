@@ -102,6 +102,39 @@ fn scan(
     }
 }
 
+/// A key space of meta records named by data keys (sequences, locks, leases, lease marks):
+/// its prefix and the check of one record; a region snapshot carries the records named by
+/// the region's keys, in a file of their own.
+pub(crate) struct KeySpace {
+    /// The meta-key prefix.
+    pub prefix: &'static [u8],
+    /// The check of one record.
+    pub check: RecordCheck,
+}
+
+impl KeySpace {
+    /// Writes the space's records of `region` to `out` (a snapshot file); how many.
+    pub(crate) fn export(
+        &self,
+        engine: &dyn KvEngine,
+        region: &Region,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, KvError> {
+        export_space(engine, region, self.prefix, self.check, out)
+    }
+
+    /// Adds to `batch` what replaces the space's records of `region` with `input`'s.
+    pub(crate) fn import(
+        &self,
+        engine: &dyn KvEngine,
+        region: &Region,
+        input: &mut dyn std::io::Read,
+        batch: &mut WriteBatch,
+    ) -> Result<u64, KvError> {
+        import_space(engine, region, self.prefix, self.check, input, batch)
+    }
+}
+
 /// Writes the records under `prefix` of `region` to `out` (a snapshot file in the range
 /// export format, keys: the names); answers how many.
 pub(crate) fn export_space(

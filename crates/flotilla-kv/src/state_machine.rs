@@ -1317,13 +1317,15 @@ impl StateMachine for KvStateMachine {
             writer,
             name: crate::lease::SNAPSHOT_LEASES_FILE,
         };
-        crate::lease::export(self.engine.as_ref(), &region, &mut out)
+        crate::lease::LEASES
+            .export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the leases of {region}: {e}"))?;
         let mut out = SnapshotFileWriter {
             writer,
             name: crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
         };
-        crate::lease::export_marks(self.engine.as_ref(), &region, &mut out)
+        crate::lease::MARKS
+            .export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the lease marks of {region}: {e}"))?;
         let mut out = SnapshotFileWriter {
             writer,
@@ -1676,22 +1678,12 @@ impl KvStateMachine {
         region: &Region,
         batch: &mut WriteBatch,
     ) -> Result<(), KvError> {
-        type Import = fn(
-            &dyn KvEngine,
-            &Region,
-            &mut dyn std::io::Read,
-            &mut WriteBatch,
-        ) -> Result<u64, KvError>;
-        let lease_files: [(&'static str, Import); 2] = [
-            (crate::lease::SNAPSHOT_LEASES_FILE, crate::lease::import),
-            (
-                crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
-                crate::lease::import_marks,
-            ),
-        ];
-        for (name, import) in lease_files {
+        for (name, space) in [
+            (crate::lease::SNAPSHOT_LEASES_FILE, &crate::lease::LEASES),
+            (crate::lease::SNAPSHOT_LEASE_KEYS_FILE, &crate::lease::MARKS),
+        ] {
             if reader.manifest().file(name).is_some() {
-                import(
+                space.import(
                     self.engine.as_ref(),
                     region,
                     &mut SnapshotFileReader::new(reader, name),
