@@ -5,7 +5,7 @@
 //! Owns: the flags and the `--json` contract: `grant` prints
 //! `{"ok":true,"id":N,"ttl_ms":N}`; `keep-alive` prints one
 //! `{"ok":true,"id":N,"ttl_ms":N,"remaining_ms":N}` per renewal (every third of the time
-//! to live, `--count` times, 0: until interrupted); `revoke` prints
+//! to live over one keep-alive stream, `--count` times, 0: until interrupted); `revoke` prints
 //! `{"ok":true,"deleted":N}`; `ttl` prints
 //! `{"ok":true,"id":N,"ttl_ms":N,"remaining_ms":N,"keys":[..]}`. A lease that does not
 //! exist or ended: exit 1, `"error":"LeaseNotFound"`.
@@ -120,8 +120,17 @@ async fn execute(
         }
         LeaseCmd::KeepAlive { id, count } => {
             let mut renewed = 0;
+            let mut stream = client.lease_keep_alive_stream().await?;
             loop {
-                let state = client.lease(id, LeaseOp::KeepAlive).await?;
+                let state = match stream.keep_alive(id).await {
+                    Ok(state) => state,
+                    Err(e) if e.kind == flotilla_kv::lease::NOT_FOUND_KIND => return Err(e.into()),
+                    // The store went away or a leader moved: a new stream, one more try.
+                    Err(_) => {
+                        stream = client.lease_keep_alive_stream().await?;
+                        stream.keep_alive(id).await?
+                    }
+                };
                 print(
                     &success(state_json(id, &state)),
                     &format!("lease {id} kept alive, {} ms left", state.remaining_ms),

@@ -205,8 +205,86 @@ impl KvClient {
     }
 }
 
-/// Keeps a lease alive until dropped: a task renews it every third of its time to live
-/// and stops at the first `LeaseNotFound` (the lease ended: [`LeaseKeeper::lost`]).
+/// A keep-alive stream to one store (etcd's `LeaseKeepAlive`): each
+/// [`KeepAliveStream::keep_alive`] sends one request and waits for its answer; the store
+/// forwards it to the lease's home.
+#[derive(Debug)]
+pub struct KeepAliveStream {
+    requests: tokio::sync::mpsc::Sender<proto::LeaseKeepAliveRequest>,
+    replies: tonic::Streaming<proto::LeaseKeepAliveReply>,
+}
+
+impl KvClient {
+    /// Opens a keep-alive stream to the first store that takes it (the endpoints, then the
+    /// stores the routes name).
+    pub async fn lease_keep_alive_stream(&self) -> Result<KeepAliveStream, ClientError> {
+        let mut stores = self.inner.endpoints.clone();
+        for route in self.routes() {
+            for address in route.leader.into_iter().chain(route.peers) {
+                if !stores.contains(&address) {
+                    stores.push(address);
+                }
+            }
+        }
+        let mut last =
+            ClientError::definite("Unavailable", "no store to keep leases alive through");
+        for address in stores {
+            let channel = match self.channel(&address).await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let (requests, outbound) = tokio::sync::mpsc::channel(16);
+            let mut grpc = proto::kv_client::KvClient::new(channel)
+                .max_decoding_message_size(crate::limits::KV_MESSAGE_BYTES_MAX);
+            match grpc
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outbound))
+                .await
+            {
+                Ok(response) => {
+                    return Ok(KeepAliveStream {
+                        requests,
+                        replies: response.into_inner(),
+                    })
+                }
+                Err(status) => last = super::retry::classify(&status).1,
+            }
+        }
+        Err(last)
+    }
+}
+
+impl KeepAliveStream {
+    /// Keeps lease `id` alive: its time to live and what is left of it.
+    pub async fn keep_alive(&mut self, id: u64) -> Result<LeaseState, ClientError> {
+        let closed = || ClientError::definite("Unavailable", "the keep-alive stream closed");
+        self.requests
+            .send(proto::LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| closed())?;
+        match self.replies.message().await {
+            Ok(Some(reply)) if reply.error_kind.is_empty() => Ok(LeaseState {
+                ttl_ms: reply.ttl_ms,
+                remaining_ms: reply.remaining_ms,
+                alive: true,
+                keys: Vec::new(),
+            }),
+            Ok(Some(reply)) => Err(ClientError {
+                indeterminate: reply.error_kind == "Unknown",
+                kind: reply.error_kind,
+                message: reply.error,
+            }),
+            Ok(None) => Err(closed()),
+            Err(status) => Err(super::retry::classify(&status).1),
+        }
+    }
+}
+
+/// Keeps a lease alive until dropped: a task renews it every third of its time to live,
+/// through a keep-alive stream (opened again after an error), and stops at the first
+/// `LeaseNotFound` (the lease ended: [`LeaseKeeper::lost`]).
 #[derive(Debug)]
 pub struct LeaseKeeper {
     id: u64,
@@ -222,16 +300,32 @@ impl LeaseKeeper {
         let flag = std::sync::Arc::clone(&lost);
         let period = Duration::from_millis((ttl_ms / 3).max(1));
         let task = tokio::spawn(async move {
+            let mut stream: Option<KeepAliveStream> = None;
             loop {
                 tokio::time::sleep(period).await;
-                match client.lease(id, LeaseOp::KeepAlive).await {
+                if stream.is_none() {
+                    match client.lease_keep_alive_stream().await {
+                        Ok(opened) => stream = Some(opened),
+                        Err(e) => {
+                            tracing::debug!(lease = id, error = %e, "keep-alive stream not opened");
+                            continue;
+                        }
+                    }
+                }
+                let Some(open) = stream.as_mut() else {
+                    continue;
+                };
+                match open.keep_alive(id).await {
                     Ok(_) => {}
                     Err(e) if e.kind == crate::lease::NOT_FOUND_KIND => {
                         flag.store(true, std::sync::atomic::Ordering::Release);
                         return;
                     }
-                    // Transient (a leader change): the next round tries again.
-                    Err(e) => tracing::debug!(lease = id, error = %e, "keep-alive failed"),
+                    // Transient (a leader change, the store gone): a new stream next round.
+                    Err(e) => {
+                        tracing::debug!(lease = id, error = %e, "keep-alive failed");
+                        stream = None;
+                    }
                 }
             }
         });

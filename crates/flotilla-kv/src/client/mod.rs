@@ -53,7 +53,7 @@ use error::{
     counter, done, error_chain, key_moved, lock_state, previous, range, swapped, wrong_reply,
     wrong_reply_unknown,
 };
-pub use lease::LeaseKeeper;
+pub use lease::{KeepAliveStream, LeaseKeeper};
 pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;

@@ -473,6 +473,47 @@ impl proto::kv_server::Kv for KvService {
         Ok(Response::new(proto::WriteReply { results }))
     }
 
+    type LeaseKeepAliveStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::LeaseKeepAliveReply, Status>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<tonic::Streaming<proto::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut inbound = request.into_inner();
+        // One request answered at a time, at most 16 answers waiting: a client that stops
+        // reading stops being served.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = inbound.message().await {
+                let id = request.id;
+                let reply = match store.lease_keep_alive(id).await {
+                    Ok(state) => proto::LeaseKeepAliveReply {
+                        id,
+                        ttl_ms: state.ttl_ms,
+                        remaining_ms: state.remaining_ms,
+                        error_kind: String::new(),
+                        error: String::new(),
+                    },
+                    Err(e) => proto::LeaseKeepAliveReply {
+                        id,
+                        ttl_ms: 0,
+                        remaining_ms: 0,
+                        error_kind: e.kind,
+                        error: e.message,
+                    },
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn regions(
         &self,
         _request: Request<proto::RegionsRequest>,

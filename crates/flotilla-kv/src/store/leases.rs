@@ -31,20 +31,19 @@ const DUE_PER_ROUND: usize = 256;
 pub(super) async fn reap_every(inner: std::sync::Weak<StoreInner>) {
     let mut ticks = tokio::time::interval(REAP_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut client: Option<KvClient> = None;
     loop {
         ticks.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let store = Store { inner };
-        store.reap_once(&mut client).await;
+        store.reap_once().await;
     }
 }
 
 impl Store {
     /// One round of the reaper.
-    async fn reap_once(&self, client: &mut Option<KvClient>) {
+    async fn reap_once(&self) {
         let mut ended: Vec<(u64, LeaseRecord)> = Vec::new();
         for peer in self.all_peers() {
             if !peer.node.is_leader() || peer.machine.failed() {
@@ -110,7 +109,7 @@ impl Store {
         if ended.is_empty() {
             return;
         }
-        let Some(client) = self.reaper_client(client).await else {
+        let Some(client) = self.cluster_client().await else {
             return;
         };
         for (id, record) in ended {
@@ -133,9 +132,25 @@ impl Store {
         }
     }
 
-    /// The reaper's client of the cluster (made once, when first needed): every store this
+    /// Keeps lease `id` alive at its home, wherever that is (`LeaseKeepAlive`).
+    pub async fn lease_keep_alive(
+        &self,
+        id: u64,
+    ) -> Result<crate::lease::LeaseState, crate::client::ClientError> {
+        let Some(client) = self.cluster_client().await else {
+            return Err(crate::client::ClientError {
+                kind: "Unavailable".into(),
+                message: "this store reaches no store of its cluster yet".into(),
+                indeterminate: false,
+            });
+        };
+        client.lease(id, LeaseOp::KeepAlive).await
+    }
+
+    /// The store's client of the cluster (made once, when first needed): every store this
     /// one knows of, with this store's TLS.
-    async fn reaper_client<'a>(&self, client: &'a mut Option<KvClient>) -> Option<&'a KvClient> {
+    pub(crate) async fn cluster_client(&self) -> Option<KvClient> {
+        let mut client = self.inner.cluster_client.lock().await;
         if client.is_none() {
             let mut endpoints = vec![self.inner.advertise.clone()];
             for (_, address) in self.inner.addresses.entries() {
@@ -151,11 +166,11 @@ impl Store {
             match KvClient::connect(endpoints, options).await {
                 Ok(made) => *client = Some(made),
                 Err(why) => {
-                    tracing::info!(error = %why, "lease reaper: no client of the cluster yet");
+                    tracing::info!(error = %why, "no client of the cluster yet");
                     return None;
                 }
             }
         }
-        client.as_ref()
+        client.clone()
     }
 }

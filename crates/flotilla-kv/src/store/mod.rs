@@ -265,6 +265,9 @@ struct StoreInner {
     usage_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The lease reaper (`leases`), stopped by [`Store::hand_off`].
     lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A client of the cluster with this store's TLS (made when first needed): the
+    /// reaper's deletions and forwarded keep-alives go through it.
+    cluster_client: tokio::sync::Mutex<Option<crate::client::KvClient>>,
     /// The task bootstrapping, joining or announcing this store, stopped by shutdown.
     membership_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the regions' state machines send their events (see `peers`).

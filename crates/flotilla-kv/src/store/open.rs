@@ -514,6 +514,7 @@ impl Store {
             quota: SpaceQuota::new(options.quota_bytes),
             usage_task: Mutex::new(None),
             lease_task: Mutex::new(None),
+            cluster_client: tokio::sync::Mutex::new(None),
             membership_task: Mutex::new(None),
             events,
             events_task: Mutex::new(None),

@@ -446,6 +446,15 @@ async fn the_lease_keeper_keeps_a_lease_alive_until_dropped_then_the_store_reaps
     }
     let refused = client.lease(id, LeaseOp::KeepAlive).await.unwrap_err();
     assert_eq!(refused.kind, "LeaseNotFound", "{refused}");
+    // Through a keep-alive stream: a live lease is kept, an ended one refused, and the
+    // stream stays open after the refusal.
+    let mut stream = client.lease_keep_alive_stream().await.unwrap();
+    let refused = stream.keep_alive(id).await.unwrap_err();
+    assert_eq!(refused.kind, "LeaseNotFound", "{refused}");
+    let (other, _) = client.lease_grant(5_000).await.unwrap();
+    let kept = stream.keep_alive(other).await.unwrap();
+    assert_eq!(kept.ttl_ms, 5_000);
+    assert!(kept.remaining_ms > 4_000, "{kept:?}");
     for store in &stores {
         store.shutdown(Duration::ZERO).await;
     }
