@@ -15,6 +15,11 @@ use crate::error::KvError;
 pub use crate::ids::{Epoch, RegionId};
 use crate::limits::KEY_BYTES_MAX;
 
+/// Metadata key of a `StaleEpoch` answer carrying the region as it is now: hex of
+/// [`Region::encode`] (a client decodes it with [`Region::decode`], which checks it like
+/// any input from the network).
+pub const REGION_KEY: &str = "flotilla-region";
+
 /// A key range `[start, end)` with its epoch. An empty `end` is unbounded.
 ///
 /// Invariant: `end` is empty or `start < end` (checked by [`Region::new`] and

@@ -84,7 +84,7 @@ pub(super) fn classify(status: &Status) -> (Next, ClientError) {
 pub(super) fn stale_region(status: &Status) -> Option<crate::region::Region> {
     let hex = status
         .metadata()
-        .get(crate::service::REGION_KEY)?
+        .get(crate::region::REGION_KEY)?
         .to_str()
         .ok()?;
     // A region's encoding: two keys and a few fixed fields.

@@ -29,11 +29,7 @@ pub(crate) use pd::pd_server;
 pub use pd::PdService;
 
 pub use crate::limits::KV_MESSAGE_BYTES_MAX;
-
-/// Metadata key of a `StaleEpoch` answer carrying the region as it is now: hex of
-/// [`crate::Region::encode`] (a client decodes it with [`crate::Region::decode`], which
-/// checks it like any input from the network).
-pub const REGION_KEY: &str = "flotilla-region";
+pub use crate::region::REGION_KEY;
 
 /// The kind name of `error` carried in `flotilla-error-kind`.
 #[must_use]
