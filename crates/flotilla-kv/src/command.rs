@@ -818,6 +818,21 @@ fn encode_lease_op(op: &LeaseOp, writer: &mut FieldWriter) {
     }
 }
 
+/// A lease's list of keys (a forget's, or a state's): at most
+/// [`crate::lease::KEYS_PER_LEASE_MAX`].
+fn lease_keys(reader: &mut FieldReader<'_>) -> Result<Vec<Bytes>, KvError> {
+    let count = reader.count(
+        "lease keys",
+        crate::lease::KEYS_PER_LEASE_MAX,
+        KEY_BYTES_MIN,
+    )?;
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        keys.push(reader.bytes("lease key", KEY_BYTES_MAX)?);
+    }
+    Ok(keys)
+}
+
 /// The lease commands (`tag::LEASE`, `LEASED`, `LEASE_DELETE`) after their tag.
 fn decode_lease_command(found: u8, reader: &mut FieldReader<'_>) -> Result<KvCommand, KvError> {
     let key = |r: &mut FieldReader<'_>| r.bytes("key", KEY_BYTES_MAX);
@@ -833,18 +848,9 @@ fn decode_lease_command(found: u8, reader: &mut FieldReader<'_>) -> Result<KvCom
                 lease_tag::ATTACH => LeaseOp::Attach { key: key(reader)? },
                 lease_tag::STATUS => LeaseOp::Status,
                 lease_tag::EXPIRE => LeaseOp::Expire,
-                lease_tag::FORGET => {
-                    let count = reader.count(
-                        "lease forget keys",
-                        crate::lease::KEYS_PER_LEASE_MAX,
-                        KEY_BYTES_MIN,
-                    )?;
-                    let mut keys = Vec::with_capacity(count);
-                    for _ in 0..count {
-                        keys.push(key(reader)?);
-                    }
-                    LeaseOp::Forget { keys }
-                }
+                lease_tag::FORGET => LeaseOp::Forget {
+                    keys: lease_keys(reader)?,
+                },
                 other => {
                     return Err(KvError::Corrupt(format!(
                         "command: unknown lease op {other}"
@@ -1209,20 +1215,11 @@ fn decode_output(reader: &mut FieldReader<'_>, top: bool) -> Result<KvOutput, Kv
                     )))
                 }
             };
-            let count = reader.count(
-                "lease keys",
-                crate::lease::KEYS_PER_LEASE_MAX,
-                KEY_BYTES_MIN,
-            )?;
-            let mut keys = Vec::with_capacity(count);
-            for _ in 0..count {
-                keys.push(reader.bytes("lease key", KEY_BYTES_MAX)?);
-            }
             Ok(KvOutput::Lease(LeaseState {
                 ttl_ms,
                 remaining_ms,
                 alive,
-                keys,
+                keys: lease_keys(reader)?,
             }))
         }
         output_tag::BATCH if top => {

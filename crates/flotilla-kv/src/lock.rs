@@ -320,7 +320,7 @@ pub fn export(
 }
 
 /// The lock records (file `locks`).
-const LOCKS: crate::sequence::KeySpace = crate::sequence::KeySpace {
+pub(crate) const LOCKS: crate::sequence::KeySpace = crate::sequence::KeySpace {
     prefix: meta_keys::LOCK_PREFIX,
     check: check_record,
 };

@@ -1307,26 +1307,20 @@ impl StateMachine for KvStateMachine {
         };
         let sequences = crate::sequence::export(self.engine.as_ref(), &region, &mut out)
             .map_err(|e| format!("exporting the sequences of {region}: {e}"))?;
-        let mut out = SnapshotFileWriter {
-            writer,
-            name: crate::lock::SNAPSHOT_LOCKS_FILE,
-        };
-        crate::lock::export(self.engine.as_ref(), &region, &mut out)
-            .map_err(|e| format!("exporting the locks of {region}: {e}"))?;
-        let mut out = SnapshotFileWriter {
-            writer,
-            name: crate::lease::SNAPSHOT_LEASES_FILE,
-        };
-        crate::lease::LEASES
-            .export(self.engine.as_ref(), &region, &mut out)
-            .map_err(|e| format!("exporting the leases of {region}: {e}"))?;
-        let mut out = SnapshotFileWriter {
-            writer,
-            name: crate::lease::SNAPSHOT_LEASE_KEYS_FILE,
-        };
-        crate::lease::MARKS
-            .export(self.engine.as_ref(), &region, &mut out)
-            .map_err(|e| format!("exporting the lease marks of {region}: {e}"))?;
+        // The meta records named by the region's keys, a file per key space.
+        for (name, space) in [
+            (crate::lock::SNAPSHOT_LOCKS_FILE, &crate::lock::LOCKS),
+            (crate::lease::SNAPSHOT_LEASES_FILE, &crate::lease::LEASES),
+            (crate::lease::SNAPSHOT_LEASE_KEYS_FILE, &crate::lease::MARKS),
+        ] {
+            space
+                .export(
+                    self.engine.as_ref(),
+                    &region,
+                    &mut SnapshotFileWriter { writer, name },
+                )
+                .map_err(|e| format!("exporting snapshot file {name} of {region}: {e}"))?;
+        }
         let mut out = SnapshotFileWriter {
             writer,
             name: crate::fence::SNAPSHOT_FENCES_FILE,
