@@ -191,6 +191,10 @@ pub enum KvCommand {
         /// The lease it must follow.
         lease: u64,
     },
+    /// Starts, renews or ends the region's watch interest (`crate::watch`): proposed by the
+    /// store serving a watch, or ending it, never by a client. Output: `Counter(since)` for
+    /// an interest, `Swapped(ended)` for an end.
+    Watch(crate::watch::WatchOp),
     /// Thaws the region, a frozen merge source at `version`, with its version moved.
     /// Proposed only once the target is fenced and did not absorb it. Output:
     /// [`KvOutput::Done`].
@@ -227,6 +231,8 @@ mod tag {
     pub const LEASE: u8 = 21;
     pub const LEASED: u8 = 22;
     pub const LEASE_DELETE: u8 = 23;
+    pub const WATCH_INTEREST: u8 = 24;
+    pub const WATCH_END: u8 = 25;
 }
 
 /// Tags of the encoded lock operations.
@@ -302,7 +308,8 @@ impl KvCommand {
             | KvCommand::PrepareMerge { .. }
             | KvCommand::CommitMerge(_)
             | KvCommand::FenceMerge { .. }
-            | KvCommand::RollbackMerge { .. } => None,
+            | KvCommand::RollbackMerge { .. }
+            | KvCommand::Watch(_) => None,
         }
     }
 
@@ -446,6 +453,12 @@ impl KvCommand {
                 }
                 Ok(())
             }
+            KvCommand::Watch(_) => {
+                if !top {
+                    return Err(KvError::Corrupt("a watch entry may not be batched".into()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -484,6 +497,8 @@ impl KvCommand {
             }
             KvCommand::Leased { .. } => true,
             KvCommand::LeaseDelete { .. } => false,
+            // Interest makes history grow; an end only stops it.
+            KvCommand::Watch(op) => matches!(op, crate::watch::WatchOp::Interest),
             KvCommand::Fenced { command, .. } => command.adds_data(),
             KvCommand::Batch(commands) => commands.iter().any(KvCommand::adds_data),
             KvCommand::Put { .. }
@@ -532,7 +547,8 @@ impl KvCommand {
             KvCommand::PrepareMerge { .. }
             | KvCommand::CommitMerge(_)
             | KvCommand::FenceMerge { .. }
-            | KvCommand::RollbackMerge { .. } => Ok(()),
+            | KvCommand::RollbackMerge { .. }
+            | KvCommand::Watch(_) => Ok(()),
         }
     }
 
@@ -599,6 +615,7 @@ impl KvCommand {
                 256 + 2 * (state.source.start.len() + state.source.end.len())
             }
             KvCommand::FenceMerge { .. } | KvCommand::RollbackMerge { .. } => 17,
+            KvCommand::Watch(_) => 9,
         }
     }
 
@@ -687,6 +704,11 @@ impl KvCommand {
             KvCommand::RollbackMerge { version } => {
                 writer.u8(tag::ROLLBACK_MERGE);
                 writer.u64(*version);
+            }
+            KvCommand::Watch(crate::watch::WatchOp::Interest) => writer.u8(tag::WATCH_INTEREST),
+            KvCommand::Watch(crate::watch::WatchOp::End { renewals }) => {
+                writer.u8(tag::WATCH_END);
+                writer.u64(*renewals);
             }
             KvCommand::SequenceNext { key, step } => {
                 writer.u8(tag::SEQUENCE_NEXT);
@@ -964,6 +986,10 @@ fn decode_command(reader: &mut FieldReader<'_>, top: bool) -> Result<KvCommand, 
         tag::ROLLBACK_MERGE => KvCommand::RollbackMerge {
             version: reader.u64("rollback version")?,
         },
+        tag::WATCH_INTEREST => KvCommand::Watch(crate::watch::WatchOp::Interest),
+        tag::WATCH_END => KvCommand::Watch(crate::watch::WatchOp::End {
+            renewals: reader.u64("watch renewals")?,
+        }),
         tag::SEQUENCE_NEXT => KvCommand::SequenceNext {
             key: key(reader)?,
             step: reader.u64("sequence step")?,

@@ -48,6 +48,7 @@ pub mod service;
 pub mod split;
 pub mod state_machine;
 pub mod store;
+pub mod watch;
 
 pub use command::{KvCommand, KvOutput};
 pub use engine::{FjallEngine, KvEngine, MemoryEngine, WriteBatch, WriteOp};

@@ -229,6 +229,8 @@ pub struct KvRegionHandle {
     /// Whether keys of the region may follow leases (false: none does, and writes and
     /// reads skip the marks).
     leases: Arc<AtomicBool>,
+    /// The region's watch interest, renewals and live broadcast (`crate::watch`).
+    watch: Arc<crate::watch::WatchHub>,
 }
 
 /// Whether any key of `region` follows a lease (a mark in the engine).
@@ -250,6 +252,12 @@ fn marks_in(engine: &dyn KvEngine, region: &Region) -> bool {
 }
 
 impl KvRegionHandle {
+    /// The region's watch state on this replica.
+    #[must_use]
+    pub fn watch(&self) -> &Arc<crate::watch::WatchHub> {
+        &self.watch
+    }
+
     /// The time a leader stamps on an entry of the lease with route key `route`.
     #[must_use]
     pub fn lease_stamp(&self, route: &[u8]) -> u64 {
@@ -360,6 +368,7 @@ impl KvStateMachine {
                 clocks: Arc::default(),
                 lease_clocks: Arc::default(),
                 leases: Arc::new(AtomicBool::new(leases)),
+                watch: Arc::default(),
             },
             engine_applied: None,
             failure: None,
@@ -399,6 +408,10 @@ impl KvStateMachine {
         let region = self.handle.region().id;
         let (index, term) = read_applied(self.engine.as_ref(), region)?;
         self.restore_merge_steps()?;
+        // Interest outlives a restart by the retention from now (its last renewal here is
+        // not known).
+        let interest = crate::watch::read_interest(self.engine.as_ref(), region)?;
+        self.handle.watch.set_interest(interest, true);
         self.set_applied(index, term);
         Ok(index)
     }
@@ -494,6 +507,9 @@ struct Overlay<'a> {
     fences_stored: Option<usize>,
     fences_added: usize,
     fences_dropped: usize,
+    /// The changes of the entry being applied, while the region is watched
+    /// (`crate::watch`): `None` records nothing.
+    watch: Option<Vec<crate::watch::WatchItem>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -509,6 +525,7 @@ impl<'a> Overlay<'a> {
             fences_stored: None,
             fences_added: 0,
             fences_dropped: 0,
+            watch: None,
         }
     }
 
@@ -641,19 +658,81 @@ impl<'a> Overlay<'a> {
         if self.leases {
             self.meta_delete(crate::lease::mark_key(&key));
         }
+        if let Some(items) = &mut self.watch {
+            items.push(crate::watch::WatchItem::Put {
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
         self.points.insert(key, Some(value));
     }
 
-    fn delete(&mut self, key: Bytes) {
+    fn delete(&mut self, key: Bytes) -> Result<(), KvError> {
         if self.leases {
             self.meta_delete(crate::lease::mark_key(&key));
         }
+        // A watcher hears of a key that existed going away only.
+        if self.watch.is_some() && self.get(&key)?.is_some() {
+            if let Some(items) = &mut self.watch {
+                items.push(crate::watch::WatchItem::Delete { key: key.clone() });
+            }
+        }
         self.points.insert(key, None);
+        Ok(())
+    }
+
+    /// The keys present in `[start, end)` as this overlay sees them (a watched
+    /// delete-range's events).
+    fn present_keys(&self, start: &Bytes, end: &Bytes) -> Result<Vec<Bytes>, KvError> {
+        const PAGE: usize = 1024;
+        let mut present: BTreeMap<Bytes, ()> = BTreeMap::new();
+        let mut cursor = start.clone();
+        loop {
+            let (page, _) = self
+                .engine
+                .scan_keys(&cursor, end, PAGE, false, usize::MAX)?;
+            let full = page.len() == PAGE;
+            if let Some(last) = page.last() {
+                let mut next = last.to_vec();
+                next.push(0);
+                cursor = Bytes::from(next);
+            }
+            for key in page {
+                present.insert(key, ());
+            }
+            if !full {
+                break;
+            }
+        }
+        for (key, state) in self
+            .points
+            .range::<[u8], _>(crate::engine::bounds(start, end))
+        {
+            if state.is_some() {
+                present.insert(key.clone(), ());
+            }
+        }
+        let mut keys = Vec::with_capacity(present.len());
+        for key in present.into_keys() {
+            if self.get(&key)?.is_some() {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     }
 
     fn delete_range(&mut self, start: Bytes, end: Bytes) -> Result<(), KvError> {
         if self.leases {
             self.drop_marks(&start, &end)?;
+        }
+        if self.watch.is_some() {
+            let gone = self.present_keys(&start, &end)?;
+            if let Some(items) = &mut self.watch {
+                items.extend(
+                    gone.into_iter()
+                        .map(|key| crate::watch::WatchItem::Delete { key }),
+                );
+            }
         }
         for (_, state) in self
             .points
@@ -685,6 +764,138 @@ impl<'a> Overlay<'a> {
             }
         }
         batch
+    }
+}
+
+/// What a batch being applied does for watchers (`crate::watch`).
+struct WatchApply {
+    /// The interest as of the entry being applied.
+    interest: Option<crate::watch::Interest>,
+    /// Whether an interest entry applied since the last write.
+    renewed: bool,
+    /// The entries recorded since the last write, to go live once written.
+    live: Vec<crate::watch::WatchEntry>,
+}
+
+/// This replica's wall clock in ms since the Unix epoch (0 if unreadable).
+fn wall_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+impl WatchApply {
+    /// Applies a watch entry: the interest it leaves goes into the overlay.
+    fn apply(
+        &mut self,
+        op: crate::watch::WatchOp,
+        region: RegionId,
+        index: u64,
+        overlay: &mut Overlay<'_>,
+    ) -> KvOutput {
+        let (next, value) = crate::watch::apply(op, self.interest, index);
+        if next != self.interest {
+            match next {
+                Some(interest) => {
+                    overlay.meta_put(crate::watch::interest_key(region), interest.encode());
+                }
+                None => overlay.meta_delete(crate::watch::interest_key(region)),
+            }
+        }
+        self.interest = next;
+        match op {
+            crate::watch::WatchOp::Interest => {
+                self.renewed = true;
+                KvOutput::Counter(value)
+            }
+            crate::watch::WatchOp::End { .. } => KvOutput::Swapped(value == 1),
+        }
+    }
+
+    /// Records entry `index`'s changes (if any) in the overlay and for the live watchers.
+    fn record(
+        &mut self,
+        region: RegionId,
+        index: u64,
+        items: Vec<crate::watch::WatchItem>,
+        overlay: &mut Overlay<'_>,
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        if let Some(interest) = &mut self.interest {
+            interest.last = index;
+            overlay.meta_put(crate::watch::interest_key(region), interest.encode());
+        }
+        let record = crate::watch::WatchRecord {
+            wall_ms: wall_now_ms(),
+            items,
+        };
+        overlay.meta_put(crate::watch::history_key(region, index), record.encode());
+        self.live.push(crate::watch::WatchEntry {
+            index,
+            items: Arc::new(record.items),
+        });
+    }
+
+    /// What a split or a merge's commit adds for watchers: a watched parent records the
+    /// split and gives the child its interest; a target records where the source's keys
+    /// went and takes the source's interest.
+    fn admin_writes(
+        &mut self,
+        outcome: &AdminOutcome,
+        engine: &dyn KvEngine,
+        region: RegionId,
+        index: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<(), KvError> {
+        match outcome {
+            AdminOutcome::Split(record) if self.interest.is_some() => {
+                let items = vec![crate::watch::WatchItem::Split {
+                    child: record.child.id,
+                    version: record.child.epoch.version,
+                    key: record.child.start.clone(),
+                }];
+                let entry = crate::watch::WatchRecord {
+                    wall_ms: wall_now_ms(),
+                    items,
+                };
+                batch.meta_put(crate::watch::history_key(region, index), entry.encode());
+                let child = crate::watch::Interest::starting(index);
+                batch.meta_put(crate::watch::interest_key(record.child.id), child.encode());
+                self.live.push(crate::watch::WatchEntry {
+                    index,
+                    items: Arc::new(entry.items),
+                });
+            }
+            AdminOutcome::Commit(record) => {
+                // The frozen source's interest as its log left it (this store holds the
+                // source frozen at this very merge: checked before the commit applies).
+                let source = crate::watch::read_interest(engine, record.source.id)?;
+                let merged = crate::watch::Merged {
+                    target: region,
+                    commit: index,
+                    last: source.map_or(u64::MAX, |interest| interest.last),
+                };
+                batch.meta_put(crate::watch::merged_key(record.source.id), merged.encode());
+                if self.interest.is_none() && source.is_some() {
+                    let taken = crate::watch::Interest::starting(index);
+                    batch.meta_put(crate::watch::interest_key(region), taken.encode());
+                    self.interest = Some(taken);
+                    self.renewed = true;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The batch was written: the interest and the entries are the replica's.
+    fn written(&mut self, hub: &crate::watch::WatchHub) {
+        hub.set_interest(self.interest, std::mem::take(&mut self.renewed));
+        hub.publish(self.live.drain(..));
     }
 }
 
@@ -721,7 +932,7 @@ fn apply_command(
             KvOutput::Done
         }
         KvCommand::Delete { key } => {
-            overlay.delete(key);
+            overlay.delete(key)?;
             KvOutput::Done
         }
         KvCommand::DeleteRange { start, end } => {
@@ -765,7 +976,7 @@ fn apply_command(
         }
         KvCommand::BatchDelete(keys) => {
             for key in keys {
-                overlay.delete(key);
+                overlay.delete(key)?;
             }
             KvOutput::Done
         }
@@ -823,9 +1034,10 @@ fn apply_command(
         | KvCommand::PrepareMerge { .. }
         | KvCommand::CommitMerge(_)
         | KvCommand::FenceMerge { .. }
-        | KvCommand::RollbackMerge { .. } => {
+        | KvCommand::RollbackMerge { .. }
+        | KvCommand::Watch(_) => {
             return Ok(Err(KvError::Refused(
-                "a split or merge step applies only as an entry of its own".into(),
+                "a split, merge step or watch entry applies only as an entry of its own".into(),
             )))
         }
     };
@@ -936,7 +1148,7 @@ fn apply_lease_data(
                 None => false,
             };
             if follows {
-                overlay.delete(key);
+                overlay.delete(key)?;
             }
             Ok(Ok(KvOutput::Swapped(follows)))
         }
@@ -1115,6 +1327,13 @@ impl StateMachine for KvStateMachine {
                 .with_leases(&lease_clocks, leases.load(Ordering::Acquire))
         };
         let mut overlay = fresh();
+        // Watch history (`crate::watch`): recorded while the region has interest.
+        let hub = Arc::clone(&self.handle.watch);
+        let mut watch = WatchApply {
+            interest: hub.interest(),
+            renewed: false,
+            live: Vec::new(),
+        };
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
         // The last entry applied here (not skipped), which the write records.
         let mut last = None;
@@ -1169,6 +1388,13 @@ impl StateMachine for KvStateMachine {
                                 encode_applied(task.index, task.term),
                             );
                             outcome.add_writes(&mut batch, region.id, task.index, task.term);
+                            let watched = watch.admin_writes(
+                                &outcome,
+                                engine.as_ref(),
+                                region.id,
+                                task.index.0,
+                                &mut batch,
+                            );
                             // Fence records follow the keys: a split's child refuses what
                             // its parent refused, a merge's target the most of both.
                             let fences = match &outcome {
@@ -1188,9 +1414,11 @@ impl StateMachine for KvStateMachine {
                                 ),
                                 _ => Ok(()),
                             };
-                            let written = fences.and_then(|()| self.engine.write(batch));
+                            let written =
+                                watched.and(fences).and_then(|()| self.engine.write(batch));
                             match written {
                                 Ok(()) => {
+                                    watch.written(&hub);
                                     self.set_applied(task.index, task.term);
                                     region = self.admin_applied(outcome, &region);
                                     frozen = self.handle.merging();
@@ -1211,14 +1439,28 @@ impl StateMachine for KvStateMachine {
                         }
                     }
                 }
+                Ok(KvCommand::Watch(op)) => match &frozen {
+                    Some(state) => Err(merging_refusal(&region, state).to_string()),
+                    None => Ok(watch
+                        .apply(op, region.id, task.index.0, &mut overlay)
+                        .encode()),
+                },
                 Ok(command) => {
-                    match apply_command(&command, &region, frozen.as_ref(), &mut overlay) {
-                        Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
-                        Err(e) => {
-                            engine_failure = Some(format!("entry {}: {e}", task.index));
-                            Err(e.to_string())
-                        }
+                    if watch.interest.is_some() {
+                        overlay.watch = Some(Vec::new());
                     }
+                    let result =
+                        match apply_command(&command, &region, frozen.as_ref(), &mut overlay) {
+                            Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
+                            Err(e) => {
+                                engine_failure = Some(format!("entry {}: {e}", task.index));
+                                Err(e.to_string())
+                            }
+                        };
+                    if let Some(items) = overlay.watch.take() {
+                        watch.record(region.id, task.index.0, items, &mut overlay);
+                    }
+                    result
                 }
             };
             if let Some(completion) = task.completion {
@@ -1238,7 +1480,10 @@ impl StateMachine for KvStateMachine {
             let mut batch = overlay.into_batch();
             batch.meta_put(applied_key(region.id), encode_applied(index, term));
             match self.engine.write(batch) {
-                Ok(()) => self.set_applied(index, term),
+                Ok(()) => {
+                    watch.written(&hub);
+                    self.set_applied(index, term);
+                }
                 Err(e) => engine_failure = Some(format!("writing entries up to {index}: {e}")),
             }
         }
@@ -1290,6 +1535,19 @@ impl StateMachine for KvStateMachine {
                     format!(
                         "writing snapshot file {}: {e}",
                         crate::fence::SNAPSHOT_FENCE_FLOOR_FILE
+                    )
+                })?;
+        }
+        let interest = crate::watch::read_interest(self.engine.as_ref(), region.id)
+            .map_err(|e| format!("reading the watch interest of {region}: {e}"))?;
+        if let Some(interest) = interest {
+            // A replica caught up from this snapshot records history as this one does.
+            writer
+                .append(crate::watch::SNAPSHOT_INTEREST_FILE, &interest.encode())
+                .map_err(|e| {
+                    format!(
+                        "writing snapshot file {}: {e}",
+                        crate::watch::SNAPSHOT_INTEREST_FILE
                     )
                 })?;
         }
@@ -1547,6 +1805,13 @@ impl KvStateMachine {
             )?)?,
             None => 0,
         };
+        let interest = match reader.manifest().file(crate::watch::SNAPSHOT_INTEREST_FILE) {
+            Some(_) => Some(crate::watch::Interest::decode(&read_whole(
+                reader,
+                crate::watch::SNAPSHOT_INTEREST_FILE,
+            )?)?),
+            None => None,
+        };
         if merging.as_ref().is_some_and(|m| m.source.id != region.id) {
             return Err(KvError::Corrupt(format!(
                 "snapshot at {} of region {} carries the merge of another region",
@@ -1652,7 +1917,21 @@ impl KvStateMachine {
             applied_key(region.id),
             encode_applied(meta.index, meta.term),
         );
-        self.engine.write(batch)?;
+        match interest {
+            Some(interest) => {
+                batch.meta_put(crate::watch::interest_key(region.id), interest.encode());
+            }
+            None => batch.meta_delete(crate::watch::interest_key(region.id)),
+        }
+        // This replica never applied the entries the snapshot covers: its history is
+        // complete only after them.
+        self.handle.watch.raise_floor(
+            self.engine.as_ref(),
+            region.id,
+            meta.index.0.saturating_add(1),
+            batch,
+        )?;
+        self.handle.watch.set_interest(interest, true);
         self.set_merging(merging);
         self.set_applied(meta.index, meta.term);
         tracing::info!(region = %region.id, index = %meta.index, keys = imported, "region snapshot loaded");

@@ -33,6 +33,7 @@ mod lease;
 mod options;
 mod retry;
 mod routing;
+mod watch;
 mod watchdog;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ pub use options::{ClientOptions, ReadConsistency};
 use retry::{classify, never_sent, pause, stale_region, Next, BACKOFF_FIRST};
 pub use routing::Route;
 use routing::{covers_key_space, RouteTable, STORES_LEARNED_MAX};
+pub use watch::{WatchError, WatchEvent, WatchEventKind, Watcher};
 pub use watchdog::LockWatchdog;
 
 /// Pause before an op whose key left its region is routed again (the stores' reports

@@ -25,6 +25,7 @@ use crate::store::{SplitAt, Store};
 pub mod proto;
 
 mod pd;
+pub mod watch;
 pub(crate) use pd::pd_server;
 pub use pd::PdService;
 
@@ -501,6 +502,46 @@ impl proto::kv_server::Kv for KvService {
                     },
                 };
                 if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<proto::WatchReply, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let context = request.context.unwrap_or_default();
+        let cursor = request
+            .cursor
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("watch: the cursor is missing"))
+            .and_then(|cursor| watch::cursor_from_proto(cursor).map_err(|e| status_of(&e)))?;
+        let mut messages = self
+            .store
+            .watch(RegionId(context.region_id), cursor, request.from_now)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                // A watcher that went away ends the store's stream at once (it renews the
+                // region's interest while it runs), not at the next change.
+                let message = tokio::select! {
+                    message = messages.recv() => message,
+                    () = tx.closed() => return,
+                };
+                let Some(message) = message else {
+                    return;
+                };
+                if tx.send(watch::reply_of(message)).await.is_err() {
                     return;
                 }
             }

@@ -38,6 +38,8 @@ pub(super) async fn reap_every(inner: std::sync::Weak<StoreInner>) {
         };
         let store = Store { inner };
         store.reap_once().await;
+        // Watch history's upkeep goes with it (`watch`).
+        store.watch_upkeep().await;
     }
 }
 

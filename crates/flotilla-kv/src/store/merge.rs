@@ -198,6 +198,8 @@ impl Store {
         let key = record_key(source);
         tokio::task::spawn_blocking(move || {
             engine.write(batch)?;
+            // The source's watch history stays for its retention: a watch of its keys
+            // resumes through it into the target (`watch`).
             engine.meta_delete(key)
         })
         .await

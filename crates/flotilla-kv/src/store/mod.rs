@@ -31,6 +31,7 @@ pub mod pd;
 mod peers;
 mod quota;
 mod split;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -136,6 +137,9 @@ pub struct StoreOptions {
     pub pd_settings: Vec<(String, String)>,
     /// How often this store sends its heartbeat to the placement driver (default 10 s).
     pub pd_heartbeat: Duration,
+    /// How long watch history is kept, and how long a region records it after its last
+    /// watcher left (`crate::watch`; default [`crate::watch::RETENTION_MS_DEFAULT`] ms).
+    pub watch_retention: Duration,
     /// A backup directory (`flotilla admin backup`) to seed a new cluster from: the store
     /// (its data dir new, or made by `--init`) becomes the one member of a new cluster
     /// holding every region of the backup, and other stores join it (see `crate::backup`).
@@ -166,6 +170,7 @@ impl StoreOptions {
             pd_settings: Vec::new(),
             pd_heartbeat: pd::STORE_HEARTBEAT_DEFAULT,
             restore: None,
+            watch_retention: Duration::from_millis(crate::watch::RETENTION_MS_DEFAULT),
         }
     }
 }
@@ -287,6 +292,8 @@ struct StoreInner {
     pd_replicas: u32,
     /// The placement driver as this store runs it (see `pd`).
     pd: pd::PdRuntime,
+    /// How long watch history is kept (`StoreOptions::watch_retention`).
+    watch_retention: Duration,
 }
 
 /// A running store. Cheap to clone.

@@ -527,6 +527,7 @@ impl Store {
                 options.pd_settings.clone(),
                 options.pd_heartbeat,
             ),
+            watch_retention: options.watch_retention,
         });
         let store = Store { inner };
         let task = tokio::spawn(super::peers::run(Arc::downgrade(&store.inner), events_rx));

@@ -226,10 +226,14 @@ impl Store {
         batch.delete_range(region.start.clone(), region.end.clone());
         batch.meta_delete(applied_key(region.id));
         let engine = self.inner.engine.clone();
-        tokio::task::spawn_blocking(move || engine.write(batch))
-            .await
-            .map_err(|e| KvError::Engine(format!("deleting region keys panicked: {e}")))?
-            .map_err(|e| KvError::Engine(format!("deleting region {}'s keys: {e}", region.id)))
+        let id = region.id;
+        tokio::task::spawn_blocking(move || {
+            engine.write(batch)?;
+            super::watch::forget_region(engine.as_ref(), id)
+        })
+        .await
+        .map_err(|e| KvError::Engine(format!("deleting region keys panicked: {e}")))?
+        .map_err(|e| KvError::Engine(format!("deleting region {}'s keys: {e}", region.id)))
     }
 }
 

@@ -12,3 +12,4 @@ mod replication;
 mod split;
 mod store;
 mod util;
+mod watch;

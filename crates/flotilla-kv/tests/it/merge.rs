@@ -225,7 +225,7 @@ async fn a_merge_survives_a_crash_after_each_step_and_a_rollback_thaws_the_sourc
 
 /// Merges region 2 of `stores` (two regions from bootstrap) into region 1 through the store
 /// API; returns once every store hosts the merged region alone.
-async fn merge_region_2_into_1(stores: &[StoreServer]) {
+pub(crate) async fn merge_region_2_into_1(stores: &[StoreServer]) {
     let described = |id: u64| {
         stores[0]
             .store()

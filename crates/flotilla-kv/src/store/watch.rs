@@ -1,0 +1,585 @@
+//! Serving watches (`crate::watch`): a region's history from a cursor, then its live
+//! entries; and the upkeep of history: the retention trim, and the end of interest nobody
+//! renews.
+//!
+//! A watch is served by the region's leader: it proposes the interest entry (starting
+//! the history, or renewing it) and renews it every [`renew_every`] while the stream is
+//! open; a leader that lost the lead ends the stream (`NotLeader`) and the client resumes
+//! at the new one. The live broadcast is bounded ([`crate::watch::LIVE_ENTRIES_MAX`]): a
+//! watcher that falls behind is cut off with `Compacted` naming its own position, from
+//! which it resumes through the history.
+//!
+//! Owns: the order of a watch's messages (history before live, no entry twice, no entry
+//! skipped) and the handovers at splits and merges. Must never: answer a position whose
+//! history this replica does not hold completely, except with `Compacted`.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use crate::command::{KvCommand, KvOutput};
+use crate::engine::WriteBatch;
+use crate::error::KvError;
+use crate::ids::RegionId;
+use crate::watch::{Cursor, Merged, WatchItem, WatchOp, WatchRecord, WHOLE};
+
+use super::Store;
+
+/// Messages of one watch stream buffered before the stream waits for its reader.
+const STREAM_BUFFER: usize = 64;
+/// History records read per page.
+const HISTORY_PAGE: usize = 256;
+/// History records one region's trim removes per round.
+const TRIM_PER_ROUND: usize = 1024;
+/// How often a stream checks that its region still lives here.
+const GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a stream renews its region's interest: well within the retention.
+#[must_use]
+pub fn renew_every(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// One message of a watch stream.
+#[derive(Clone, Debug)]
+pub enum WatchMessage {
+    /// Events of entry `cursor.index` (numbered in the entry), and the cursor after them;
+    /// with no events: the cursor's position (the first message, and a handover to the
+    /// region a merge moved its keys to, after which the stream ends).
+    Events {
+        /// The cursor after the events.
+        cursor: Cursor,
+        /// The events, each with its number in the entry.
+        events: Vec<(u32, WatchItem)>,
+    },
+    /// A split handed part of the cursor's keys to `child` (watched there from right
+    /// after the split); `cursor` keeps the rest (the stream ends if that is nothing).
+    Split {
+        /// The cursor after the split.
+        cursor: Cursor,
+        /// The new cursor in the child.
+        child: Cursor,
+    },
+    /// The history the cursor needs is gone, or it fell behind the live broadcast: the
+    /// stream ends. `resume_from`: the oldest position it can resume from.
+    Compacted {
+        /// Why.
+        message: String,
+        /// The oldest position it can resume from, if one is known.
+        resume_from: Option<Cursor>,
+    },
+    /// The stream ends with this error; the watcher resumes from its cursor (elsewhere).
+    Failed(KvError),
+}
+
+impl Store {
+    /// Starts serving a watch of `cursor`'s keys in region `id` (this store must lead
+    /// it): `from_now` places the cursor at the region's applied index first. A cursor of
+    /// another region is one of a merged source whose keys went to `id`.
+    pub async fn watch(
+        &self,
+        id: RegionId,
+        mut cursor: Cursor,
+        from_now: bool,
+    ) -> Result<mpsc::Receiver<WatchMessage>, KvError> {
+        let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
+        let engine = self.inner.engine.clone();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // A merged source's history still to deliver before the target's: (source, its
+        // last entry with changes, where the target takes over).
+        let mut prelude = None;
+        if cursor.region != id {
+            let merged = engine
+                .meta_get(&crate::watch::merged_key(cursor.region))?
+                .map(|value| Merged::decode(&value))
+                .transpose()?;
+            let region = peer.machine.region();
+            let at_merge = |merged: &Merged| Cursor {
+                region: id,
+                version: region.epoch.version,
+                index: merged.commit,
+                event: WHOLE,
+                ..cursor.clone()
+            };
+            match merged {
+                Some(merged) if merged.target == id && cursor.needed() > merged.last => {
+                    cursor = at_merge(&merged);
+                }
+                Some(merged) if merged.target == id => {
+                    // The source's history is still here if its retention did not pass.
+                    let source_floor =
+                        match crate::watch::read_interest(engine.as_ref(), cursor.region)? {
+                            Some(interest) if merged.last != u64::MAX => interest
+                                .since
+                                .saturating_add(1)
+                                .max(crate::watch::local_floor(engine.as_ref(), cursor.region)?),
+                            _ => u64::MAX,
+                        };
+                    if cursor.needed() < source_floor {
+                        let _ = tx.try_send(WatchMessage::Compacted {
+                            message: format!(
+                                "region {} merged into region {id} at entry {} and its history \
+                                 from entry {} on is gone",
+                                cursor.region,
+                                merged.commit,
+                                cursor.needed()
+                            ),
+                            resume_from: Some(at_merge(&merged)),
+                        });
+                        return Ok(rx);
+                    }
+                    prelude = Some((cursor.region, merged.last, at_merge(&merged)));
+                }
+                _ => {
+                    let _ = tx.try_send(WatchMessage::Compacted {
+                        message: format!(
+                            "region {} is gone and region {id} holds no history of it",
+                            cursor.region
+                        ),
+                        resume_from: None,
+                    });
+                    return Ok(rx);
+                }
+            }
+        }
+        let region = peer.machine.region();
+        let since = match self
+            .write(id, region.epoch, KvCommand::Watch(WatchOp::Interest))
+            .await?
+        {
+            KvOutput::Counter(since) => since,
+            other => {
+                return Err(KvError::Unknown(format!(
+                    "the state machine answered a watch interest with {other:?}"
+                )))
+            }
+        };
+        let hub = peer.machine.watch().clone();
+        let live = hub.subscribe();
+        if from_now {
+            let region = peer.machine.region();
+            if !region.contains_range(&cursor.start, &cursor.end) {
+                return Err(KvError::StaleEpoch {
+                    region: id,
+                    current: region.epoch,
+                    given: crate::ids::Epoch {
+                        conf_version: region.epoch.conf_version,
+                        version: cursor.version,
+                    },
+                    now: Some(region.encode()),
+                });
+            }
+            cursor.version = region.epoch.version;
+            cursor.index = peer.machine.applied_index().0;
+            cursor.event = WHOLE;
+        }
+        let floor = since
+            .saturating_add(1)
+            .max(crate::watch::local_floor(engine.as_ref(), id)?);
+        let here = prelude
+            .as_ref()
+            .map_or(&cursor, |(_, _, at_merge)| at_merge);
+        if here.needed() < floor {
+            let resume_from = Cursor {
+                index: floor - 1,
+                event: WHOLE,
+                ..here.clone()
+            };
+            let _ = tx.try_send(WatchMessage::Compacted {
+                message: format!(
+                    "region {id} holds history from entry {floor} on; the watch needs it from \
+                     entry {}",
+                    here.needed()
+                ),
+                resume_from: Some(resume_from),
+            });
+            return Ok(rx);
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut stream = Stream { cursor, tx };
+            let end = stream.serve(&store, id, prelude, live).await;
+            if let Some(message) = end {
+                let _ = stream.tx.send(message).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Where a region's keys went once it is gone from this store: a message moving the
+    /// cursor to the merge's target, `Compacted`, or an error to resume elsewhere.
+    fn watch_gone(&self, id: RegionId, cursor: &Cursor) -> WatchMessage {
+        let merged = self
+            .inner
+            .engine
+            .meta_get(&crate::watch::merged_key(id))
+            .ok()
+            .flatten()
+            .and_then(|value| Merged::decode(&value).ok());
+        match merged {
+            Some(merged) => {
+                let moved = Cursor {
+                    region: merged.target,
+                    index: merged.commit,
+                    event: WHOLE,
+                    ..cursor.clone()
+                };
+                if cursor.needed() > merged.last {
+                    WatchMessage::Events {
+                        cursor: moved,
+                        events: Vec::new(),
+                    }
+                } else {
+                    WatchMessage::Compacted {
+                        message: format!(
+                            "region {id} merged into region {} with events the watch did not \
+                             have",
+                            merged.target
+                        ),
+                        resume_from: Some(moved),
+                    }
+                }
+            }
+            None => WatchMessage::Failed(KvError::NoSuchRegion(id)),
+        }
+    }
+
+    /// One round of history upkeep: each region's records older than the retention are
+    /// trimmed (raising the local floor), and a region this store leads whose interest
+    /// nobody renewed for the retention has it ended.
+    pub(super) async fn watch_upkeep(&self) {
+        let retention = self.inner.watch_retention;
+        let horizon = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(retention)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        // History of regions no longer here (a merged source's, kept for its watchers)
+        // is trimmed too, and forgotten once empty.
+        let engine = self.inner.engine.clone();
+        let hubs: std::collections::BTreeMap<RegionId, std::sync::Arc<crate::watch::WatchHub>> =
+            self.all_peers()
+                .iter()
+                .map(|peer| (peer.machine.region().id, peer.machine.watch().clone()))
+                .collect();
+        let trimmed = tokio::task::spawn_blocking(move || {
+            for region in crate::watch::regions_with_history(engine.as_ref())? {
+                trim(
+                    engine.as_ref(),
+                    hubs.get(&region).map(AsRef::as_ref),
+                    region,
+                    horizon,
+                )?;
+            }
+            Ok::<(), KvError>(())
+        })
+        .await
+        .map_err(|e| KvError::Engine(format!("the watch trim panicked: {e}")))
+        .and_then(|r| r);
+        if let Err(why) = trimmed {
+            tracing::warn!(error = %why, "watch history trim failed");
+        }
+        for peer in self.all_peers() {
+            if peer.machine.failed() {
+                continue;
+            }
+            let region = peer.machine.region();
+            let hub = peer.machine.watch();
+            let Some(interest) = hub.interest() else {
+                continue;
+            };
+            if !peer.node.is_leader() || hub.renewed_ago() < retention {
+                continue;
+            }
+            let end = KvCommand::Watch(WatchOp::End {
+                renewals: interest.renewals,
+            });
+            match self.write(region.id, region.epoch, end).await {
+                Ok(KvOutput::Swapped(true)) => {
+                    tracing::info!(region = %region.id, "watch interest ended: nobody renewed it");
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    tracing::debug!(region = %region.id, error = %why, "watch interest end not proposed");
+                }
+            }
+        }
+    }
+}
+
+/// Deletes `region`'s history records applied before `horizon` (ms since the Unix epoch,
+/// this replica's clock), at most [`TRIM_PER_ROUND`], raising its local floor past them.
+/// A region no state machine here runs (`hub` none) is forgotten once its history is.
+fn trim(
+    engine: &dyn crate::engine::KvEngine,
+    hub: Option<&crate::watch::WatchHub>,
+    region: RegionId,
+    horizon: u64,
+) -> Result<(), KvError> {
+    let (from, to) = crate::watch::history_range(region, 0);
+    let page = engine.meta_scan(&from, &to, TRIM_PER_ROUND)?;
+    let whole = page.len();
+    let mut batch = WriteBatch::new();
+    let mut floor = 0;
+    for (key, value) in page {
+        let Some(index) = crate::watch::index_of(region, &key) else {
+            break;
+        };
+        // An unreadable record is as good as gone: trimmed with the old ones.
+        let old = WatchRecord::decode(&value).map_or(true, |record| record.wall_ms < horizon);
+        if !old {
+            break;
+        }
+        batch.meta_delete(key);
+        floor = index.saturating_add(1);
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match hub {
+        Some(hub) => hub.raise_floor(engine, region, floor, batch),
+        None if batch.len() == whole && whole < TRIM_PER_ROUND => {
+            // Its last records: nothing of it stays.
+            engine.write(batch)?;
+            forget_region(engine, region)
+        }
+        None => crate::watch::raise_floor(engine, region, floor, batch),
+    }
+}
+
+/// Removes what this store kept of `region`'s watches (its peer is gone from here): the
+/// interest, the local floor and the history. Where a merged source's keys went stays.
+pub(super) fn forget_region(
+    engine: &dyn crate::engine::KvEngine,
+    region: RegionId,
+) -> Result<(), KvError> {
+    let mut batch = WriteBatch::new();
+    batch.meta_delete(crate::watch::interest_key(region));
+    batch.meta_delete(crate::watch::floor_key(region));
+    engine.write(batch)?;
+    let (from, to) = crate::watch::history_range(region, 0);
+    loop {
+        let page = engine.meta_scan(&from, &to, TRIM_PER_ROUND)?;
+        let full = page.len() == TRIM_PER_ROUND;
+        let mut batch = WriteBatch::new();
+        for (key, _) in page {
+            batch.meta_delete(key);
+        }
+        if !batch.is_empty() {
+            engine.write(batch)?;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// One watch stream being served.
+struct Stream {
+    cursor: Cursor,
+    tx: mpsc::Sender<WatchMessage>,
+}
+
+impl Stream {
+    /// Sends `message`; `false` once the watcher is gone.
+    async fn send(&self, message: WatchMessage) -> bool {
+        self.tx.send(message).await.is_ok()
+    }
+
+    /// Serves the stream until it ends; answers the last message, if any.
+    async fn serve(
+        &mut self,
+        store: &Store,
+        id: RegionId,
+        prelude: Option<(RegionId, u64, Cursor)>,
+        mut live: tokio::sync::broadcast::Receiver<crate::watch::WatchEntry>,
+    ) -> Option<WatchMessage> {
+        let header = WatchMessage::Events {
+            cursor: self.cursor.clone(),
+            events: Vec::new(),
+        };
+        if !self.send(header).await {
+            return None;
+        }
+        // A merged source's rest first, then the handover to the target.
+        if let Some((source, last, at_merge)) = prelude {
+            match self.replay(store, source, self.cursor.needed(), last).await {
+                Ok(Delivered::Going) => {}
+                Ok(Delivered::Ended) => return None,
+                Err(e) => return Some(WatchMessage::Failed(e)),
+            }
+            self.cursor = at_merge;
+            let moved = WatchMessage::Events {
+                cursor: self.cursor.clone(),
+                events: Vec::new(),
+            };
+            if !self.send(moved).await {
+                return None;
+            }
+        }
+        // The history first: every entry written before the live receiver existed is in
+        // the engine; the live ones after `next` follow.
+        let mut next = self.cursor.needed();
+        match self.replay(store, id, next, u64::MAX).await {
+            Ok(Delivered::Going) => next = next.max(self.cursor.needed()),
+            Ok(Delivered::Ended) => return None,
+            Err(e) => return Some(WatchMessage::Failed(e)),
+        }
+        // Then live.
+        let renew = renew_every(store.inner.watch_retention);
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew, renew);
+        let mut checks =
+            tokio::time::interval_at(tokio::time::Instant::now() + GONE_CHECK, GONE_CHECK);
+        loop {
+            tokio::select! {
+                entry = live.recv() => match entry {
+                    Ok(entry) => {
+                        if entry.index < next {
+                            continue;
+                        }
+                        match self.deliver(entry.index, &entry.items).await {
+                            Delivered::Going => next = entry.index.saturating_add(1),
+                            Delivered::Ended => return None,
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        return Some(WatchMessage::Compacted {
+                            message: format!(
+                                "the watch fell {missed} entries behind region {id}'s live \
+                                 changes (at most {} are held): resume from its position",
+                                crate::watch::LIVE_ENTRIES_MAX
+                            ),
+                            resume_from: Some(self.cursor.clone()),
+                        });
+                    }
+                    Err(RecvError::Closed) => return Some(store.watch_gone(id, &self.cursor)),
+                },
+                _ = renewals.tick() => {
+                    let Some(peer) = store.peer(id) else {
+                        return Some(store.watch_gone(id, &self.cursor));
+                    };
+                    let epoch = peer.machine.region().epoch;
+                    let interest = KvCommand::Watch(WatchOp::Interest);
+                    match store.write(id, epoch, interest).await {
+                        Ok(_) => {}
+                        Err(e @ (KvError::NotLeader { .. } | KvError::NoSuchRegion(_))) => {
+                            return Some(WatchMessage::Failed(e));
+                        }
+                        // Busy or slow: the next renewal tries again, well within the
+                        // retention.
+                        Err(why) => {
+                            tracing::debug!(region = %id, error = %why, "watch interest not renewed");
+                        }
+                    }
+                }
+                _ = checks.tick() => {
+                    if store.peer(id).is_none() {
+                        return Some(store.watch_gone(id, &self.cursor));
+                    }
+                }
+                () = self.tx.closed() => return None,
+            }
+        }
+    }
+
+    /// Delivers `region`'s history records from entry `from` up to entry `last`.
+    async fn replay(
+        &mut self,
+        store: &Store,
+        region: RegionId,
+        from: u64,
+        last: u64,
+    ) -> Result<Delivered, KvError> {
+        let engine = store.inner.engine.clone();
+        let mut next = from;
+        loop {
+            let (start, end) = crate::watch::history_range(region, next);
+            let page = engine.meta_scan(&start, &end, HISTORY_PAGE)?;
+            let full = page.len() == HISTORY_PAGE;
+            for (key, value) in page {
+                let Some(index) = crate::watch::index_of(region, &key) else {
+                    continue;
+                };
+                if index > last {
+                    return Ok(Delivered::Going);
+                }
+                let record = WatchRecord::decode(&value)?;
+                if let Delivered::Ended = self.deliver(index, &record.items).await {
+                    return Ok(Delivered::Ended);
+                }
+                next = index.saturating_add(1);
+            }
+            if !full {
+                return Ok(Delivered::Going);
+            }
+        }
+    }
+
+    /// Sends entry `index`'s events the cursor watches (after its position) and moves the
+    /// cursor past the entry; a split narrows it and hands the rest to the child.
+    async fn deliver(&mut self, index: u64, items: &[WatchItem]) -> Delivered {
+        if index < self.cursor.needed() {
+            return Delivered::Going;
+        }
+        let after =
+            (index == self.cursor.index && self.cursor.event != WHOLE).then_some(self.cursor.event);
+        let mut events = Vec::new();
+        for (number, item) in items.iter().enumerate() {
+            let number = u32::try_from(number).unwrap_or(u32::MAX - 1);
+            if after.is_some_and(|after| number <= after) {
+                continue;
+            }
+            match item {
+                WatchItem::Put { key, .. } | WatchItem::Delete { key } => {
+                    if self.cursor.covers(key) {
+                        events.push((number, item.clone()));
+                    }
+                }
+                WatchItem::Split {
+                    child,
+                    version,
+                    key,
+                } => {
+                    let (parent, child) = self.cursor.split(index, *child, *version, key);
+                    self.cursor = parent;
+                    if let Some(child) = child {
+                        let message = WatchMessage::Split {
+                            cursor: self.cursor.clone(),
+                            child,
+                        };
+                        if !self.send(message).await {
+                            return Delivered::Ended;
+                        }
+                    }
+                    if self.cursor.is_empty() {
+                        return Delivered::Ended;
+                    }
+                }
+            }
+        }
+        self.cursor.index = index;
+        self.cursor.event = WHOLE;
+        if events.is_empty() {
+            return Delivered::Going;
+        }
+        let message = WatchMessage::Events {
+            cursor: self.cursor.clone(),
+            events,
+        };
+        if self.send(message).await {
+            Delivered::Going
+        } else {
+            Delivered::Ended
+        }
+    }
+}
+
+/// Whether a stream goes on after an entry.
+enum Delivered {
+    Going,
+    Ended,
+}
