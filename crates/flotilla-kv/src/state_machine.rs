@@ -787,6 +787,40 @@ fn wall_now_ms() -> u64 {
 }
 
 impl WatchApply {
+    /// For a batch applied with the interest `hub` holds.
+    fn new(hub: &crate::watch::WatchHub) -> WatchApply {
+        WatchApply {
+            interest: hub.interest(),
+            renewed: false,
+            live: Vec::new(),
+        }
+    }
+
+    /// Applies a data or watch entry (`region` frozen for a merge or not, at `index`) to
+    /// the overlay, recording its changes while the region is watched. The outer error is
+    /// an engine failure, the inner one a refusal.
+    fn apply_entry(
+        &mut self,
+        command: &KvCommand,
+        (region, frozen, index): (&Region, Option<&MergeState>, u64),
+        overlay: &mut Overlay<'_>,
+    ) -> Result<Result<KvOutput, KvError>, KvError> {
+        if let KvCommand::Watch(op) = command {
+            return Ok(match frozen {
+                Some(state) => Err(merging_refusal(region, state)),
+                None => Ok(self.apply(*op, region.id, index, overlay)),
+            });
+        }
+        if self.interest.is_some() {
+            overlay.watch = Some(Vec::new());
+        }
+        let result = apply_command(command, region, frozen, overlay)?;
+        if let Some(items) = overlay.watch.take() {
+            self.record(region.id, index, items, overlay);
+        }
+        Ok(result)
+    }
+
     /// Applies a watch entry: the interest it leaves goes into the overlay.
     fn apply(
         &mut self,
@@ -1265,6 +1299,20 @@ fn admin_outcome(
 }
 
 impl AdminOutcome {
+    /// Fence records follow the keys: a split's child refuses what its parent refused, a
+    /// merge's target the most of both.
+    fn copy_fences(&self, engine: &dyn KvEngine, batch: &mut WriteBatch) -> Result<(), KvError> {
+        match self {
+            AdminOutcome::Split(record) => {
+                crate::fence::copy(engine, record.parent.id, record.child.id, false, batch)
+            }
+            AdminOutcome::Commit(record) => {
+                crate::fence::copy(engine, record.source.id, record.target.id, true, batch)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The meta writes that go with the entry's applied index, atomically.
     fn add_writes(&self, batch: &mut WriteBatch, region: RegionId, index: LogIndex, term: Term) {
         match self {
@@ -1329,11 +1377,7 @@ impl StateMachine for KvStateMachine {
         let mut overlay = fresh();
         // Watch history (`crate::watch`): recorded while the region has interest.
         let hub = Arc::clone(&self.handle.watch);
-        let mut watch = WatchApply {
-            interest: hub.interest(),
-            renewed: false,
-            live: Vec::new(),
-        };
+        let mut watch = WatchApply::new(&hub);
         let mut answers: Vec<(Completion, Result<Bytes, String>)> = Vec::new();
         // The last entry applied here (not skipped), which the write records.
         let mut last = None;
@@ -1397,23 +1441,7 @@ impl StateMachine for KvStateMachine {
                             );
                             // Fence records follow the keys: a split's child refuses what
                             // its parent refused, a merge's target the most of both.
-                            let fences = match &outcome {
-                                AdminOutcome::Split(record) => crate::fence::copy(
-                                    engine.as_ref(),
-                                    record.parent.id,
-                                    record.child.id,
-                                    false,
-                                    &mut batch,
-                                ),
-                                AdminOutcome::Commit(record) => crate::fence::copy(
-                                    engine.as_ref(),
-                                    record.source.id,
-                                    record.target.id,
-                                    true,
-                                    &mut batch,
-                                ),
-                                _ => Ok(()),
-                            };
+                            let fences = outcome.copy_fences(engine.as_ref(), &mut batch);
                             let written =
                                 watched.and(fences).and_then(|()| self.engine.write(batch));
                             match written {
@@ -1439,28 +1467,15 @@ impl StateMachine for KvStateMachine {
                         }
                     }
                 }
-                Ok(KvCommand::Watch(op)) => match &frozen {
-                    Some(state) => Err(merging_refusal(&region, state).to_string()),
-                    None => Ok(watch
-                        .apply(op, region.id, task.index.0, &mut overlay)
-                        .encode()),
-                },
                 Ok(command) => {
-                    if watch.interest.is_some() {
-                        overlay.watch = Some(Vec::new());
+                    let entry = (&region, frozen.as_ref(), task.index.0);
+                    match watch.apply_entry(&command, entry, &mut overlay) {
+                        Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
+                        Err(e) => {
+                            engine_failure = Some(format!("entry {}: {e}", task.index));
+                            Err(e.to_string())
+                        }
                     }
-                    let result =
-                        match apply_command(&command, &region, frozen.as_ref(), &mut overlay) {
-                            Ok(result) => result.map(|o| o.encode()).map_err(|e| e.to_string()),
-                            Err(e) => {
-                                engine_failure = Some(format!("entry {}: {e}", task.index));
-                                Err(e.to_string())
-                            }
-                        };
-                    if let Some(items) = overlay.watch.take() {
-                        watch.record(region.id, task.index.0, items, &mut overlay);
-                    }
-                    result
                 }
             };
             if let Some(completion) = task.completion {
@@ -1805,13 +1820,7 @@ impl KvStateMachine {
             )?)?,
             None => 0,
         };
-        let interest = match reader.manifest().file(crate::watch::SNAPSHOT_INTEREST_FILE) {
-            Some(_) => Some(crate::watch::Interest::decode(&read_whole(
-                reader,
-                crate::watch::SNAPSHOT_INTEREST_FILE,
-            )?)?),
-            None => None,
-        };
+        let interest = snapshot_interest(reader)?;
         if merging.as_ref().is_some_and(|m| m.source.id != region.id) {
             return Err(KvError::Corrupt(format!(
                 "snapshot at {} of region {} carries the merge of another region",
@@ -1987,6 +1996,17 @@ impl KvStateMachine {
         if let (Some(region), Some(events)) = (adopted, &self.events) {
             let _ = events.send(RegionEvent::Adopted(region));
         }
+    }
+}
+
+/// The watch interest a snapshot carries (none: the region was not watched).
+fn snapshot_interest(reader: &SnapshotReader) -> Result<Option<crate::watch::Interest>, KvError> {
+    let name = crate::watch::SNAPSHOT_INTEREST_FILE;
+    match reader.manifest().file(name) {
+        Some(_) => Ok(Some(crate::watch::Interest::decode(&read_whole(
+            reader, name,
+        )?)?)),
+        None => Ok(None),
     }
 }
 

@@ -612,7 +612,7 @@ impl Cursor {
         version: u64,
         key: &Bytes,
     ) -> (Cursor, Option<Cursor>) {
-        let child_start = if &self.start > key {
+        let child_start = if self.start > key {
             self.start.clone()
         } else {
             key.clone()
@@ -625,7 +625,7 @@ impl Cursor {
             start: child_start,
             end: self.end.clone(),
         };
-        let parent_end = if self.end.is_empty() || &self.end > key {
+        let parent_end = if self.end.is_empty() || self.end > key {
             key.clone()
         } else {
             self.end.clone()
@@ -672,7 +672,7 @@ pub fn encode_token(cursors: &[Cursor]) -> String {
 /// Decodes [`encode_token`]'s output: refuses anything else with an error naming what.
 pub fn decode_token(token: &str) -> Result<Vec<Cursor>, KvError> {
     let bad = |why: String| KvError::Refused(format!("watch token is not valid: {why}"));
-    if token.len() % 2 != 0 || token.is_empty() {
+    if !token.len().is_multiple_of(2) || token.is_empty() {
         return Err(bad(format!("{} hex digits", token.len())));
     }
     let mut bytes = Vec::with_capacity(token.len() / 2);

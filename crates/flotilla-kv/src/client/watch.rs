@@ -96,7 +96,7 @@ impl Drop for Watcher {
 
 /// What a stream tells the watch.
 enum StreamMessage {
-    Reply(proto::WatchReply),
+    Reply(Box<proto::WatchReply>),
     /// The stream ended (with the error, if it failed); it is opened again unless fatal.
     Ended(Option<ClientError>),
 }
@@ -320,7 +320,7 @@ async fn run_stream(
     };
     loop {
         let message = match stream.message().await {
-            Ok(Some(reply)) => StreamMessage::Reply(reply),
+            Ok(Some(reply)) => StreamMessage::Reply(Box::new(reply)),
             Ok(None) => StreamMessage::Ended(None),
             Err(status) => StreamMessage::Ended(Some(classify(&status).1)),
         };
@@ -488,7 +488,7 @@ impl Driver {
                 self.start(id, delay);
                 return true;
             }
-            StreamMessage::Reply(reply) => reply,
+            StreamMessage::Reply(reply) => *reply,
         };
         if !reply.compacted.is_empty() {
             let resume_from = reply
