@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub log: Option<String>,
     pub worker_threads: Option<usize>,
     pub quota_bytes: Option<u64>,
+    pub watch_retention_ms: Option<u64>,
     pub pd_replicas: Option<u32>,
     pub label: Option<Vec<String>>,
     pub max_replicas: Option<u32>,

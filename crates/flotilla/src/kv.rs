@@ -149,6 +149,19 @@ pub enum KvOp {
         #[arg(long, default_value = "index")]
         read: String,
     },
+    /// Streams the changes to the keys starting with PREFIX (empty: every key), one JSON
+    /// object per line per event: {"type":"put"|"delete","key","value","token"}. Runs
+    /// until Ctrl-C or --until-ms (exit 0); a fatal error prints a last line
+    /// {"ok":false,"error","message","resume_from":TOKEN|null} (exit 1).
+    Watch {
+        prefix: String,
+        /// Resume right after the event that carried TOKEN.
+        #[arg(long, value_name = "TOKEN")]
+        from: Option<String>,
+        /// Stop after N ms.
+        #[arg(long, value_name = "N")]
+        until_ms: Option<u64>,
+    },
     /// Sequences named by keys (a key space of their own: `get KEY` does not see them):
     /// `next KEY [--step N]`, `latest KEY`, `reset KEY`.
     #[command(subcommand)]
@@ -318,6 +331,11 @@ fn prepare(op: KvOp, encoding: Encoding) -> Result<Request, Failure> {
                 step,
             }
         }
+        KvOp::Watch { .. } => {
+            return Err(Failure::usage(
+                "a watch is a stream: `flotilla kv watch PREFIX`",
+            ))
+        }
         KvOp::Seq(SeqOp::Latest { key: k }) => Request::SequenceLatest {
             key: key(e, "KEY", &k)?,
         },
@@ -335,6 +353,14 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         Err(failure) => return failure.report("kv", json_flag),
     };
     let encoding = args.encoding.or(file.encoding).unwrap_or_default();
+    if let KvOp::Watch {
+        prefix,
+        from,
+        until_ms,
+    } = args.op
+    {
+        return crate::watch::run(settings, encoding, &prefix, from, until_ms);
+    }
     let request = match prepare(args.op, encoding) {
         Ok(request) => request,
         Err(failure) => return failure.report("kv", settings.json),

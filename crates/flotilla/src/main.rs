@@ -27,6 +27,7 @@ mod manager;
 mod output;
 mod server;
 mod trim;
+mod watch;
 
 use clap::{Parser, Subcommand};
 

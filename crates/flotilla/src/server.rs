@@ -77,6 +77,11 @@ pub struct ServerArgs {
     /// once usage is back below. 0: unlimited [default: 8589934592, 8 GiB].
     #[arg(long, value_name = "BYTES")]
     quota_bytes: Option<u64>,
+    /// How long watch history is kept (a watcher resumes from a token within it), and how
+    /// long a region goes on recording history after its last watcher left [default:
+    /// 300000, 5 minutes; at least 1000].
+    #[arg(long, value_name = "MS")]
+    watch_retention_ms: Option<u64>,
     /// Stores the placement driver's raft group (the meta group) starts on when this store
     /// bootstraps a cluster: the first ones by store id [default: 3].
     #[arg(long, value_name = "N")]
@@ -189,6 +194,17 @@ fn options(args: ServerArgs, file: &FileConfig) -> Result<(StoreOptions, Process
         .quota_bytes
         .or(file.quota_bytes)
         .unwrap_or(flotilla_kv::store::QUOTA_BYTES_DEFAULT);
+    let retention = args
+        .watch_retention_ms
+        .or(file.watch_retention_ms)
+        .unwrap_or(flotilla_kv::watch::RETENTION_MS_DEFAULT);
+    if retention < flotilla_kv::watch::RETENTION_MS_MIN {
+        return Err(format!(
+            "--watch-retention-ms {retention}: must be at least {}",
+            flotilla_kv::watch::RETENTION_MS_MIN
+        ));
+    }
+    options.watch_retention = Duration::from_millis(retention);
     options.tls = config::tls(
         args.tls_ca.or_else(|| file.tls_ca.clone()),
         args.tls_cert.or_else(|| file.tls_cert.clone()),

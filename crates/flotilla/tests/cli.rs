@@ -1310,3 +1310,150 @@ fn a_lease_spans_regions_and_its_end_deletes_its_keys() {
     assert_eq!(lease(&["grant", "10"]).0, 2);
     assert_eq!(lease(&["ttl", "0"]).0, 2);
 }
+
+/// `kv watch` through the CLI, over a prefix spanning two regions: one JSON line per event
+/// in commit order per key, only the prefix's keys; a watcher killed and resumed from an
+/// event's token sees exactly the events after it; a bad token ends with a last line
+/// `ok:false` naming no position, exit 1.
+#[test]
+fn a_watch_prints_each_change_once_and_resumes_from_a_token() {
+    use std::io::BufRead;
+    let cluster = three_nodes("watch", 1);
+    let e = cluster.endpoints.as_str();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin(e, &["--region", "1", "split", "--key", "w/m"]).0 != 0 {
+        assert!(Instant::now() < deadline, "the split did not happen");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut watcher = Command::new(BIN)
+        .args(["kv", "watch", "w/", "--endpoints", e, "--until-ms", "60000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the watcher");
+    let stdout = watcher.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let value: Value = serde_json::from_str(&line).expect("each line is JSON");
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch is placed once it reports a change made after it started.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert_eq!(kv(e, &["put", "w/0", "ready"]).0, 0);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            assert_eq!(
+                (&line["type"], &line["key"]),
+                (&Value::from("put"), &Value::from("w/0")),
+                "{line}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch never reported");
+    }
+    for op in [
+        &["put", "w/a", "1"][..],
+        &["put", "w/z", "2"],
+        &["put", "x/outside", "no"],
+        &["put", "w/a", "3"],
+        &["delete", "w/z"],
+    ] {
+        assert_eq!(kv(e, op).0, 0, "{op:?}");
+    }
+    let mut events = Vec::new();
+    while events.len() < 4 {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("only {events:?}"));
+        // Late "ready" puts may still come; every other line is one of the changes.
+        if line["key"] != "w/0" {
+            events.push(line);
+        }
+    }
+    let of = |events: &[Value], key: &str| -> Vec<(String, Value)> {
+        events
+            .iter()
+            .filter(|l| l["key"] == key)
+            .map(|l| (l["type"].as_str().unwrap().to_string(), l["value"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        of(&events, "w/a"),
+        vec![
+            ("put".into(), Value::from("1")),
+            ("put".into(), Value::from("3"))
+        ]
+    );
+    assert_eq!(
+        of(&events, "w/z"),
+        vec![
+            ("put".into(), Value::from("2")),
+            ("delete".into(), Value::Null)
+        ]
+    );
+    assert!(events
+        .iter()
+        .all(|l| l["token"].as_str().is_some_and(|t| !t.is_empty())));
+    // Killed, then resumed from the first change's token: the three after it, once each.
+    watcher.kill().expect("kill the watcher");
+    let _ = watcher.wait();
+    let token = events
+        .iter()
+        .find(|l| l["key"] == "w/a")
+        .and_then(|l| l["token"].as_str())
+        .unwrap()
+        .to_string();
+    let output = run(&[
+        "kv",
+        "watch",
+        "w/",
+        "--endpoints",
+        e,
+        "--from",
+        &token,
+        "--until-ms",
+        "3000",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let resumed: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let after: Vec<Value> = events
+        .iter()
+        .skip_while(|l| l["token"] != token.as_str())
+        .skip(1)
+        .cloned()
+        .collect();
+    assert_eq!(resumed.len(), 3, "{resumed:?}");
+    for key in ["w/a", "w/z"] {
+        assert_eq!(of(&resumed, key), of(&after, key), "{key}");
+    }
+    // A token that does not decode, or is another prefix's: a last line naming no
+    // position, exit 1.
+    for (prefix, bad) in [("w/", "zz"), ("y/", token.as_str())] {
+        let output = run(&[
+            "kv",
+            "watch",
+            prefix,
+            "--endpoints",
+            e,
+            "--from",
+            bad,
+            "--until-ms",
+            "3000",
+        ]);
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(last["ok"], false, "{last}");
+        assert_eq!(last["error"], "InvalidArgument", "{last}");
+        assert_eq!(last["resume_from"], Value::Null, "{last}");
+    }
+}
