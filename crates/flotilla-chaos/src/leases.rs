@@ -78,6 +78,21 @@ pub struct LeaseReport {
     pub violations: Vec<String>,
 }
 
+impl LeaseReport {
+    /// The journal's line for it.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "checked the lease workload: {} leases, {} reads ({} found the key); {} violations \
+             (a key read after its lease surely ended, or missed while it surely lived)",
+            self.leases,
+            self.reads,
+            self.found,
+            self.violations.len()
+        )
+    }
+}
+
 /// `bound` moved past each of `restarts` (fault windows, µs) that starts before it and
 /// ends after `from`, by the part of the window after `from`.
 fn extended(from: u64, bound: u64, restarts: &[(u64, u64)]) -> u64 {

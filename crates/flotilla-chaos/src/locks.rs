@@ -92,6 +92,24 @@ pub struct LockReport {
     pub overlaps: usize,
 }
 
+impl LockReport {
+    /// The journal's line for it.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "checked the lock workload: {} acquired, {} fenced writes acknowledged, {} refused \
+             as fenced; {} violations, {} acknowledged writes lost; {} overlapping holds \
+             (reported, not failed: pauses make them unavoidable with any lease lock)",
+            self.acquired,
+            self.writes_acked,
+            self.writes_fenced,
+            self.violations.len(),
+            self.lost.len(),
+            self.overlaps
+        )
+    }
+}
+
 /// The token a written value carries (`TOKEN:worker:n`).
 fn token_of(value: &str) -> Option<u64> {
     value.split(':').next()?.parse().ok()

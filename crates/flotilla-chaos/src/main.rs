@@ -37,6 +37,7 @@ mod net;
 mod pd;
 mod rng;
 mod run;
+mod watches;
 mod workload;
 
 use std::path::{Path, PathBuf};

@@ -438,6 +438,7 @@ async fn final_reads(
         .final_register_reads(probe_client, SETTLE_TIMEOUT)
         .await;
     shared.final_lock_read(probe_client, SETTLE_TIMEOUT).await;
+    shared.final_watch(probe_client, SETTLE_TIMEOUT).await;
     let mut asked = 0;
     if config.workload.workloads != workload::Workloads::Register {
         // A region split off just before may still be electing: wait for every key to
@@ -539,25 +540,15 @@ fn check_and_report(
         .map(|l| l.clone())
         .unwrap_or_default();
     let lease_report = crate::leases::check(&lease_events, &driven.restarts);
-    journal.note(format!(
-        "checked the lease workload: {} leases, {} reads ({} found the key); {} violations \
-         (a key read after its lease surely ended, or missed while it surely lived)",
-        lease_report.leases,
-        lease_report.reads,
-        lease_report.found,
-        lease_report.violations.len()
-    ));
-    journal.note(format!(
-        "checked the lock workload: {} acquired, {} fenced writes acknowledged, {} refused as \
-         fenced; {} violations, {} acknowledged writes lost; {} overlapping holds (reported, \
-         not failed: pauses make them unavoidable with any lease lock)",
-        lock_report.acquired,
-        lock_report.writes_acked,
-        lock_report.writes_fenced,
-        lock_report.violations.len(),
-        lock_report.lost.len(),
-        lock_report.overlaps
-    ));
+    let watch_events = shared
+        .watch_events
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let watch_report = crate::watches::check(&watch_events);
+    journal.note(watch_report.summary());
+    journal.note(lease_report.summary());
+    journal.note(lock_report.summary());
     journal.note(format!(
         "checked {} sequence ranges acknowledged ({} unknown): {} handed out twice",
         sequence_ranges.len(),
@@ -580,7 +571,8 @@ fn check_and_report(
             .iter()
             .filter(|a| a.outcome == Outcome::Unknown)
             .count()
-        + sequence_unknown;
+        + sequence_unknown
+        + watch_report.unknown;
     let mut findings = describe_findings(config, cluster, &driven, &register_report, &set_report);
     findings.section("sequence values handed out twice", &sequence_violations);
     findings.section(
@@ -591,6 +583,14 @@ fn check_and_report(
     findings.section(
         "lease reads out of the lease's bounds",
         &lease_report.violations,
+    );
+    findings.section(
+        "watch events repeated, invented or out of order",
+        &watch_report.violations,
+    );
+    findings.section(
+        "acknowledged writes a resumed watch never delivered",
+        &watch_report.lost,
     );
     let lock_unread: Vec<String> = if lock_report.final_read || lock_report.writes_acked == 0 {
         Vec::new()
@@ -604,6 +604,7 @@ fn check_and_report(
         + sequence_violations.len()
         + lock_report.violations.len()
         + lease_report.violations.len()
+        + watch_report.violations.len()
         + cluster.unexpected_exits.len();
     let unknown = register_report.unknown.len()
         + driven.unread_keys.len()
@@ -611,7 +612,10 @@ fn check_and_report(
         + usize::from(!set_report.uncovered.is_empty())
         + driven.liveness.len()
         + lock_unread.len();
-    let lost = register_report.lost.len() + set_report.lost_count() + lock_report.lost.len();
+    let lost = register_report.lost.len()
+        + set_report.lost_count()
+        + lock_report.lost.len()
+        + watch_report.lost.len();
     let mut result = RunResult {
         nemeses: Nemesis::list_name(nemeses),
         nodes: config.nodes,
@@ -622,7 +626,8 @@ fn check_and_report(
             + sequence_ranges.len()
             + sequence_unknown
             + lock_events.len()
-            + lease_events.len(),
+            + lease_events.len()
+            + watch_events.len(),
         indeterminate,
         violations,
         unknown,
@@ -638,6 +643,7 @@ fn check_and_report(
     history::write_jsonl(&config.dir.join("history-set.jsonl"), &adds)?;
     history::write_jsonl(&config.dir.join("final-set-reads.jsonl"), &driven.set_reads)?;
     history::write_jsonl(&config.dir.join("history-lock.jsonl"), &lock_events)?;
+    history::write_jsonl(&config.dir.join("history-watch.jsonl"), &watch_events)?;
     let mut report = journal.lines();
     report.push(String::new());
     report.push(result_line(&result));

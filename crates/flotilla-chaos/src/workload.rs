@@ -15,6 +15,10 @@
 //!   own, keep it alive a few times, then read the key until it is gone
 //!   (`crate::leases::check`: never missed while the lease surely lives, never seen once it
 //!   surely ended).
+//! - **watch** (always, two clients besides the others): a writer puts unique values to a
+//!   few keys of a prefix while a watcher of it is killed and resumed from its last token
+//!   every few seconds (`crate::watches::check`: every acknowledged write delivered
+//!   exactly once, in order per key).
 //! - **sequence** (always, one client besides the others): `seq next` on a few sequences
 //!   spread over the regions, recording every range acknowledged; no value may be handed
 //!   out twice (`crate::checker::check_sequences`).
@@ -200,6 +204,12 @@ pub struct Shared {
     pub lock_events: Mutex<Vec<crate::locks::LockEvent>>,
     /// The lease workload's history.
     pub lease_events: Mutex<Vec<crate::leases::LeaseEvent>>,
+    /// The watch workload's history.
+    pub watch_events: Mutex<Vec<crate::watches::WatchEvent>>,
+    /// The watcher's last position (the final catch-up resumes from it).
+    watch_token: Mutex<Option<String>>,
+    /// Set once the watcher first placed its watch: the writer starts then.
+    watch_placed: AtomicBool,
     /// `seq next` calls whose outcome is unknown.
     pub sequence_unknown: AtomicU64,
     /// The last value the clients saw per register key (CAS expects it).
@@ -231,6 +241,9 @@ impl Shared {
             sequence_ranges: Mutex::new(Vec::new()),
             lock_events: Mutex::new(Vec::new()),
             lease_events: Mutex::new(Vec::new()),
+            watch_events: Mutex::new(Vec::new()),
+            watch_token: Mutex::new(None),
+            watch_placed: AtomicBool::new(false),
             sequence_unknown: AtomicU64::new(0),
             last_seen: Mutex::new(HashMap::new()),
             keys_used: Mutex::new(BTreeSet::new()),
@@ -256,6 +269,7 @@ impl Shared {
             + lock(&self.sequence_ranges).len()
             + lock(&self.lock_events).len()
             + lock(&self.lease_events).len()
+            + lock(&self.watch_events).len()
     }
 
     fn push_register(&self, event: RegisterEvent) {
@@ -317,6 +331,19 @@ impl Shared {
             let rng = rng.fork(index as u64);
             workers.push(tokio::spawn(async move {
                 shared.lease_worker(client, rng).await;
+            }));
+        }
+        for role in 0..2u64 {
+            let shared = self.clone();
+            let index = count + 2 + crate::locks::LOCK_CLIENTS as usize + role as usize;
+            let client = clients[index % clients.len()].clone();
+            let rng = rng.fork(index as u64);
+            workers.push(tokio::spawn(async move {
+                if role == 0 {
+                    shared.watch_writer(client, rng).await;
+                } else {
+                    shared.watch_watcher(client, rng).await;
+                }
             }));
         }
         for i in 0..crate::locks::LOCK_CLIENTS {
@@ -515,6 +542,155 @@ impl Shared {
                     push("read", invoke, LeaseOutcome::Read(found));
                 }
             }
+        }
+    }
+
+    /// Puts unique values to the watched keys, one at a time, once the watcher is placed.
+    async fn watch_writer(&self, client: KvClient, mut rng: Rng) {
+        use crate::watches::{key_of, WatchEvent, WriteOutcome, KEYS};
+        while !self.watch_placed.load(Ordering::Relaxed) && self.keep_going() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while self.keep_going() {
+            let key = rng.below(KEYS);
+            let value = self.unique();
+            let invoke_us = self.journal.now_us();
+            let put = tokio::time::timeout(
+                self.config.op_timeout,
+                client.put(key_of(key), Bytes::from(value.to_string())),
+            )
+            .await;
+            let outcome = match put {
+                Ok(Ok(())) => WriteOutcome::Ok,
+                Ok(Err(e)) if !e.indeterminate => WriteOutcome::Failed,
+                _ => WriteOutcome::Unknown,
+            };
+            lock(&self.watch_events).push(WatchEvent::Write {
+                key,
+                value,
+                invoke_us,
+                complete_us: self.journal.now_us(),
+                outcome,
+            });
+            self.think(&mut rng).await;
+        }
+    }
+
+    /// Records one event the watcher delivered, and its token as the watcher's position.
+    fn watch_seen(&self, event: &flotilla_kv::client::WatchEvent) {
+        use crate::watches::{number_of, WatchEvent};
+        let key = number_of(&event.key).unwrap_or(u64::MAX);
+        let value = std::str::from_utf8(&event.value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        lock(&self.watch_events).push(WatchEvent::Seen {
+            key,
+            value,
+            at_us: self.journal.now_us(),
+        });
+        *lock(&self.watch_token) = Some(event.token.clone());
+    }
+
+    /// Reads one watch session until `end` or `until` fails; after a `Compacted` answer
+    /// the position becomes the one it names.
+    async fn watch_session(
+        &self,
+        watcher: &mut flotilla_kv::client::Watcher,
+        end: tokio::time::Instant,
+        until: impl Fn() -> bool,
+    ) {
+        use crate::watches::WatchEvent;
+        while until() {
+            match tokio::time::timeout_at(end, watcher.next()).await {
+                Err(_) | Ok(None) => return,
+                Ok(Some(Ok(event))) => self.watch_seen(&event),
+                Ok(Some(Err(e))) => {
+                    let compacted = e.kind == flotilla_kv::watch::COMPACTED_KIND;
+                    lock(&self.watch_events).push(WatchEvent::Session {
+                        what: if compacted { "compacted" } else { "error" }.into(),
+                        detail: e.to_string(),
+                    });
+                    if let (true, Some(resume)) = (compacted, e.resume_from) {
+                        *lock(&self.watch_token) = Some(resume);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Watches the prefix in sessions of 0.5 to 3.5 s, each ended by dropping the watch
+    /// (a killed watcher) and resumed from the last token.
+    async fn watch_watcher(&self, client: KvClient, mut rng: Rng) {
+        use crate::watches::{prefix, WatchEvent};
+        while self.keep_going() {
+            let token = lock(&self.watch_token).clone();
+            let watch = tokio::time::timeout(
+                self.config.op_timeout,
+                client.watch(prefix(), token.as_deref()),
+            )
+            .await;
+            let Ok(Ok(mut watcher)) = watch else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            };
+            if token.is_none() {
+                *lock(&self.watch_token) = Some(watcher.position().to_string());
+                self.watch_placed.store(true, Ordering::Relaxed);
+            }
+            let end = tokio::time::Instant::now() + Duration::from_millis(500 + rng.below(3_000));
+            self.watch_session(&mut watcher, end, || self.keep_going())
+                .await;
+            drop(watcher);
+            lock(&self.watch_events).push(WatchEvent::Session {
+                what: "resumed".into(),
+                detail: String::new(),
+            });
+            tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
+        }
+    }
+
+    /// The watcher's catch-up after every fault healed: resumed from its last token, it
+    /// reads until every acknowledged write was delivered, or nothing came for a while.
+    pub async fn final_watch(&self, client: &KvClient, within: Duration) {
+        use crate::watches::{prefix, WatchEvent, WriteOutcome};
+        let Some(token) = lock(&self.watch_token).clone() else {
+            return;
+        };
+        let acked: BTreeSet<u64> = lock(&self.watch_events)
+            .iter()
+            .filter_map(|e| match e {
+                WatchEvent::Write {
+                    value,
+                    outcome: WriteOutcome::Ok,
+                    ..
+                } => Some(*value),
+                _ => None,
+            })
+            .collect();
+        let missing = || {
+            let seen: BTreeSet<u64> = lock(&self.watch_events)
+                .iter()
+                .filter_map(|e| match e {
+                    WatchEvent::Seen { value, .. } => Some(*value),
+                    _ => None,
+                })
+                .collect();
+            acked.difference(&seen).count()
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        let mut token = token;
+        while tokio::time::Instant::now() < deadline && missing() > 0 {
+            let Ok(mut watcher) = client.watch(prefix(), Some(&token)).await else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            };
+            // Sessions of 5 s, until nothing is missing.
+            let end = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
+            self.watch_session(&mut watcher, end, || missing() > 0)
+                .await;
+            token = lock(&self.watch_token).clone().unwrap_or(token);
         }
     }
 

@@ -79,12 +79,24 @@ impl std::error::Error for WatchError {}
 pub struct Watcher {
     events: mpsc::Receiver<Result<WatchEvent, WatchError>>,
     driver: tokio::task::JoinHandle<()>,
+    position: String,
 }
 
 impl Watcher {
     /// The next event (`None` never comes while the watch runs: an end is an error).
     pub async fn next(&mut self) -> Option<Result<WatchEvent, WatchError>> {
-        self.events.recv().await
+        let next = self.events.recv().await;
+        if let Some(Ok(event)) = &next {
+            self.position.clone_from(&event.token);
+        }
+        next
+    }
+
+    /// The token resuming right after the last event [`Watcher::next`] returned (before
+    /// any: where the watch started).
+    #[must_use]
+    pub fn position(&self) -> &str {
+        &self.position
     }
 }
 
@@ -160,12 +172,21 @@ impl KvClient {
             driver.add(cursor, placed);
         }
         let driver = tokio::spawn(async move { driver.run(messages).await });
-        let watcher = Watcher { events, driver };
         // "From now" is once every piece has its position: a change made after this
         // returns is delivered.
         let timeout = self.inner.options.timeout;
         match tokio::time::timeout(timeout, ready).await {
-            Ok(_) => Ok(watcher),
+            Ok(Ok(position)) => Ok(Watcher {
+                events,
+                driver,
+                position,
+            }),
+            // The watch ended before it was placed: its error is the first answer.
+            Ok(Err(_)) => Ok(Watcher {
+                events,
+                driver,
+                position: String::new(),
+            }),
             Err(_) => Err(ClientError::definite(
                 "Unavailable",
                 format!("the watch was not placed within the operation timeout ({timeout:?})"),
@@ -353,8 +374,9 @@ struct Driver {
     next_slot: u64,
     messages_tx: mpsc::Sender<(u64, u64, StreamMessage)>,
     events: mpsc::Sender<Result<WatchEvent, WatchError>>,
-    /// Told once every piece is placed (or the watch ended first).
-    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Told the watch's token once every piece is placed (dropped if the watch ended
+    /// first).
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 /// A watch dropped (or ended) stops its streams: a stream left open would keep its
@@ -406,6 +428,17 @@ impl Driver {
         }));
     }
 
+    /// Tells the caller of `watch` the watch's token, once every piece is placed.
+    fn tell_ready(&mut self) {
+        if !self.slots.values().all(|s| s.placed) {
+            return;
+        }
+        if let Some(ready) = self.ready.take() {
+            let cursors: Vec<Cursor> = self.slots.values().map(|s| s.cursor.clone()).collect();
+            let _ = ready.send(crate::watch::encode_token(&cursors));
+        }
+    }
+
     /// The token of every cursor, with slot `id`'s at `at`.
     fn token_with(&self, id: u64, at: &Cursor) -> String {
         let cursors: Vec<Cursor> = self
@@ -427,11 +460,7 @@ impl Driver {
         // every cursor's position.
         let mut waiting: VecDeque<(u64, StreamMessage)> = VecDeque::new();
         let mut pauses: BTreeMap<u64, Duration> = BTreeMap::new();
-        if self.slots.values().all(|s| s.placed) {
-            if let Some(ready) = self.ready.take() {
-                let _ = ready.send(());
-            }
-        }
+        self.tell_ready();
         while let Some((id, generation, message)) = messages.recv().await {
             let Some(slot) = self.slots.get(&id) else {
                 continue;
@@ -448,9 +477,7 @@ impl Driver {
                 return;
             }
             if !all_placed && self.slots.values().all(|s| s.placed) {
-                if let Some(ready) = self.ready.take() {
-                    let _ = ready.send(());
-                }
+                self.tell_ready();
                 while let Some((id, message)) = waiting.pop_front() {
                     if !self.handle(id, message, &mut pauses).await {
                         return;
