@@ -104,6 +104,9 @@ pub struct BenchArgs {
     /// Seed of the key and op sequence.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The watch workload's watchers (each a watch of every key).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    watchers: usize,
     /// Print exactly one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -135,7 +138,11 @@ struct Plan {
     etcd_connect: EtcdConnect,
     timeout: Duration,
     seed: u64,
+    watchers: usize,
 }
+
+/// Most watchers of the watch workload.
+const WATCHERS_MAX: usize = 1_000;
 
 fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
     let target = match args.target.as_str() {
@@ -203,9 +210,15 @@ fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
         .etcd_connect
         .parse()
         .map_err(|e| Failure::usage(format!("--etcd-connect: {e}")))?;
+    if args.watchers == 0 || args.watchers > WATCHERS_MAX {
+        return Err(Failure::usage(format!(
+            "--watchers {}: must be 1 to {WATCHERS_MAX}",
+            args.watchers
+        )));
+    }
     if matches!(
         workload,
-        Workload::Lock | Workload::Sequence | Workload::KeepAlive
+        Workload::Lock | Workload::Sequence | Workload::KeepAlive | Workload::Watch
     ) && target == TargetKind::Etcd
     {
         return Err(Failure::usage(format!(
@@ -233,6 +246,7 @@ fn plan(args: BenchArgs, file: &FileConfig) -> Result<Plan, Failure> {
         etcd_connect,
         timeout: Duration::from_millis(args.timeout_ms),
         seed: args.seed,
+        watchers: args.watchers,
     })
 }
 
@@ -473,6 +487,7 @@ async fn client_task(
                     .map_or(0, |id| id.load(Ordering::Relaxed));
                 target.keep_alive(id).await
             }
+            Workload::Watch => target.put(key, &stamped(&value)).await,
             _ if is_read => target.get(key).await.map(|_| ()),
             _ => target.put(key, &value).await,
         };
@@ -501,6 +516,81 @@ async fn client_task(
         }
     }
     measured
+}
+
+/// This machine's wall clock in ns since the Unix epoch (the watch workload's stamps: the
+/// writers and watchers share the machine).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `value` with its first 8 bytes replaced by the time of the call (the watch workload).
+fn stamped(value: &Bytes) -> Bytes {
+    let mut stamped = value.to_vec();
+    stamped.resize(stamped.len().max(8), b'a');
+    stamped[..8].copy_from_slice(&now_ns().to_be_bytes());
+    Bytes::from(stamped)
+}
+
+/// What the watchers of the watch workload measured.
+struct Watched {
+    /// Events delivered in the measured window.
+    events: u64,
+    /// Their delivery: from the put's call to the event's arrival (µs).
+    delivery: Histogram,
+}
+
+/// One watcher of every key: counts and times the events delivered while measuring.
+async fn watcher_task(mut watcher: flotilla_kv::client::Watcher, shared: Arc<Shared>) -> Watched {
+    let mut watched = Watched {
+        events: 0,
+        delivery: Histogram::default(),
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(200), watcher.next()).await;
+        let event = match next {
+            Err(_) => continue,
+            Ok(Some(Ok(event))) => event,
+            Ok(Some(Err(e))) => {
+                shared.note_error(format!("watch: {e}"));
+                break;
+            }
+            Ok(None) => break,
+        };
+        if !shared.measuring.load(Ordering::Relaxed) || event.value.len() < 8 {
+            continue;
+        }
+        let mut stamp = [0u8; 8];
+        stamp.copy_from_slice(&event.value[..8]);
+        let sent = u64::from_be_bytes(stamp);
+        watched.events += 1;
+        watched
+            .delivery
+            .record(now_ns().saturating_sub(sent) / 1_000);
+    }
+    watched
+}
+
+/// Starts the watch workload's watchers (each placed before it returns).
+async fn start_watchers(
+    target: &Target,
+    plan: &Plan,
+    shared: &Arc<Shared>,
+) -> Result<Vec<tokio::task::JoinHandle<Watched>>, Failure> {
+    let Target::Flotilla { client, .. } = target else {
+        return Ok(Vec::new());
+    };
+    if plan.workload != Workload::Watch {
+        return Ok(Vec::new());
+    }
+    let mut tasks = Vec::with_capacity(plan.watchers);
+    for _ in 0..plan.watchers {
+        let watcher = client.watch(Bytes::new(), None).await?;
+        tasks.push(tokio::spawn(watcher_task(watcher, shared.clone())));
+    }
+    Ok(tasks)
 }
 
 /// Writes every key once with [`PRELOAD_CLIENTS`] writers; answers the failures.
@@ -642,6 +732,8 @@ struct Report {
     errors: u64,
     preload_failures: u64,
     error_samples: Vec<String>,
+    /// The watch workload's watchers.
+    watched: Option<Watched>,
 }
 
 async fn execute(plan: Plan) -> Result<Report, Failure> {
@@ -666,6 +758,7 @@ async fn execute(plan: Plan) -> Result<Report, Failure> {
         0
     };
     let chooser = Arc::new(KeyChooser::new(plan.distribution, plan.keys));
+    let watchers = start_watchers(&target, &plan, &shared).await?;
     let tasks: Vec<_> = (0..plan.clients)
         .map(|id| {
             tokio::spawn(client_task(
@@ -731,6 +824,16 @@ async fn execute(plan: Plan) -> Result<Report, Failure> {
     }
     let mut all = reads.clone();
     all.merge(&writes);
+    let mut watched = Watched {
+        events: 0,
+        delivery: Histogram::default(),
+    };
+    for watcher in watchers {
+        if let Ok(measured) = watcher.await {
+            watched.events += measured.events;
+            watched.delivery.merge(&measured.delivery);
+        }
+    }
     let error_samples = std::mem::take(
         &mut *shared
             .error_samples
@@ -746,6 +849,7 @@ async fn execute(plan: Plan) -> Result<Report, Failure> {
         errors: shared.errors.load(Ordering::Relaxed),
         preload_failures,
         error_samples,
+        watched: (plan.workload == Workload::Watch).then_some(watched),
     })
 }
 
@@ -764,7 +868,7 @@ fn read_mode_name(plan: &Plan) -> &'static str {
 fn to_json(plan: &Plan, report: &Report) -> serde_json::Value {
     let seconds = report.elapsed.as_secs_f64();
     let ops = report.all.count();
-    json!({
+    let mut value = json!({
         "ok": true,
         "target": match plan.target { TargetKind::Flotilla => "flotilla", TargetKind::Etcd => "etcd" },
         "workload": plan.workload.name(),
@@ -786,7 +890,26 @@ fn to_json(plan: &Plan, report: &Report) -> serde_json::Value {
         "read_p99_ms": ms(report.reads.percentile(99.0)),
         "errors": report.errors,
         "preload_failures": report.preload_failures,
-    })
+    });
+    if let (Some(watched), Some(object)) = (&report.watched, value.as_object_mut()) {
+        let per_sec = watched.events as f64 / seconds.max(1e-9);
+        object.insert("watchers".into(), json!(plan.watchers));
+        object.insert("events".into(), json!(watched.events));
+        object.insert("events_per_sec".into(), json!(per_sec.round()));
+        object.insert(
+            "events_per_sec_per_watcher".into(),
+            json!((per_sec / plan.watchers as f64).round()),
+        );
+        object.insert(
+            "delivery_p50_ms".into(),
+            json!(ms(watched.delivery.percentile(50.0))),
+        );
+        object.insert(
+            "delivery_p99_ms".into(),
+            json!(ms(watched.delivery.percentile(99.0))),
+        );
+    }
+    value
 }
 
 fn print_human(plan: &Plan, report: &Report) {
@@ -818,6 +941,18 @@ fn print_human(plan: &Plan, report: &Report) {
     if report.writes.count() > 0 && report.reads.count() > 0 {
         line("  writes", &report.writes);
         line("  reads", &report.reads);
+    }
+    if let Some(watched) = &report.watched {
+        println!(
+            "watch        {} watchers, {} events {:>10.0} events/s ({:.0} per watcher)   delivery p50 {:>8.3}  p99 {:>8.3}  max {:>8.3} ms",
+            plan.watchers,
+            watched.events,
+            watched.events as f64 / seconds,
+            watched.events as f64 / seconds / plan.watchers as f64,
+            ms(watched.delivery.percentile(50.0)),
+            ms(watched.delivery.percentile(99.0)),
+            ms(watched.delivery.max()),
+        );
     }
     println!(
         "errors       {}{}",

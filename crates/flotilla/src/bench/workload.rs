@@ -20,6 +20,10 @@ pub enum Workload {
     /// Lease keep-alives (Flotilla only): `--keys` leases granted first (60 s to live),
     /// then each op keeps one of them alive.
     KeepAlive,
+    /// Writes under watch (Flotilla only): `--watchers` watches of every key each receive
+    /// every write; measures delivery (from the put's call to the event's arrival) and
+    /// events per second.
+    Watch,
 }
 
 impl std::str::FromStr for Workload {
@@ -33,9 +37,10 @@ impl std::str::FromStr for Workload {
             "lock" => Ok(Workload::Lock),
             "sequence" => Ok(Workload::Sequence),
             "keep-alive" => Ok(Workload::KeepAlive),
+            "watch" => Ok(Workload::Watch),
             other => Err(format!(
-                "unknown workload {other:?}: expected write, mix, read, lock, sequence or \
-                 keep-alive"
+                "unknown workload {other:?}: expected write, mix, read, lock, sequence, \
+                 keep-alive or watch"
             )),
         }
     }
@@ -45,7 +50,11 @@ impl Workload {
     /// Percentage of ops that are reads.
     pub fn read_percent(self) -> u64 {
         match self {
-            Workload::Write | Workload::Lock | Workload::Sequence | Workload::KeepAlive => 0,
+            Workload::Write
+            | Workload::Lock
+            | Workload::Sequence
+            | Workload::KeepAlive
+            | Workload::Watch => 0,
             Workload::Mix => 10,
             Workload::Read => 95,
         }
@@ -60,6 +69,7 @@ impl Workload {
             Workload::Lock => "lock",
             Workload::Sequence => "sequence",
             Workload::KeepAlive => "keep-alive",
+            Workload::Watch => "watch",
         }
     }
 }
