@@ -57,6 +57,14 @@ pub mod meta_keys {
     pub const LEASE_PREFIX: &[u8] = b"lease/";
     /// The lease a data key follows, `lease-key/` + the key (8 bytes, big endian).
     pub const LEASE_KEY_PREFIX: &[u8] = b"lease-key/";
+    /// Watch history and its state: `watch/`, `watch-interest/`, `watch-floor/`,
+    /// `watch-merged/` (owned by `crate::watch`, which defines them).
+    pub const WATCH_PREFIXES: [&[u8]; 4] = [
+        crate::watch::HISTORY_PREFIX,
+        crate::watch::INTEREST_PREFIX,
+        crate::watch::FLOOR_PREFIX,
+        crate::watch::MERGED_PREFIX,
+    ];
 }
 
 /// One operation of a [`WriteBatch`].
