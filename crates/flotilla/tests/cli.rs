@@ -1400,6 +1400,18 @@ fn a_watch_prints_each_change_once_and_resumes_from_a_token() {
     assert!(events
         .iter()
         .all(|l| l["token"].as_str().is_some_and(|t| !t.is_empty())));
+    // The stores count what they sent, and both regions record history.
+    let (mut sent, mut recording) = (0.0, 0.0);
+    for server in &cluster.servers {
+        let text = metrics(&server.address);
+        sent += sample(&text, "flotilla_watch_events_total ");
+        recording += sample(&text, "flotilla_watch_regions_recording ");
+    }
+    assert!(sent >= 5.0, "{sent} events counted");
+    assert!(
+        recording >= 2.0 * 3.0,
+        "{recording} region replicas recording"
+    );
     // Killed, then resumed from the first change's token: the three after it, once each.
     watcher.kill().expect("kill the watcher");
     let _ = watcher.wait();

@@ -120,6 +120,8 @@ fn commands() -> Vec<KvCommand> {
             key: b(b"a"),
             lease: 9,
         },
+        KvCommand::Watch(flotilla_kv::watch::WatchOp::Interest),
+        KvCommand::Watch(flotilla_kv::watch::WatchOp::End { renewals: 3 }),
         KvCommand::Batch(vec![
             put,
             KvCommand::Delete { key: b(b"x") },

@@ -294,6 +294,8 @@ struct StoreInner {
     pd: pd::PdRuntime,
     /// How long watch history is kept (`StoreOptions::watch_retention`).
     watch_retention: Duration,
+    /// What the watch streams did (metrics).
+    watch_stats: watch::WatchStats,
 }
 
 /// A running store. Cheap to clone.
@@ -470,6 +472,7 @@ impl Store {
             ),
         ]));
         text.push_str(&self.inner.quota.metrics_text());
+        text.push_str(&self.watch_metrics_text());
         text.push_str(&self.pd_metrics_text());
         text
     }

@@ -41,6 +41,33 @@ pub fn renew_every(retention: Duration) -> Duration {
     (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
+/// What this store's watch streams did (`flotilla_watch_*` metrics).
+#[derive(Debug, Default)]
+pub(super) struct WatchStats {
+    /// Streams open now.
+    streams: std::sync::atomic::AtomicU64,
+    /// Events sent.
+    events: std::sync::atomic::AtomicU64,
+    /// Streams ended with `Compacted`.
+    compacted: std::sync::atomic::AtomicU64,
+}
+
+impl WatchStats {
+    /// Counts a message about to be sent.
+    fn count(&self, message: &WatchMessage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match message {
+            WatchMessage::Events { events, .. } => {
+                self.events.fetch_add(events.len() as u64, Relaxed);
+            }
+            WatchMessage::Compacted { .. } => {
+                self.compacted.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One message of a watch stream.
 #[derive(Clone, Debug)]
 pub enum WatchMessage {
@@ -117,28 +144,34 @@ impl Store {
                             _ => u64::MAX,
                         };
                     if cursor.needed() < source_floor {
-                        let _ = tx.try_send(WatchMessage::Compacted {
-                            message: format!(
+                        self.watch_send_now(
+                            &tx,
+                            WatchMessage::Compacted {
+                                message: format!(
                                 "region {} merged into region {id} at entry {} and its history \
                                  from entry {} on is gone",
                                 cursor.region,
                                 merged.commit,
                                 cursor.needed()
                             ),
-                            resume_from: Some(at_merge(&merged)),
-                        });
+                                resume_from: Some(at_merge(&merged)),
+                            },
+                        );
                         return Ok(rx);
                     }
                     prelude = Some((cursor.region, merged.last, at_merge(&merged)));
                 }
                 _ => {
-                    let _ = tx.try_send(WatchMessage::Compacted {
-                        message: format!(
-                            "region {} is gone and region {id} holds no history of it",
-                            cursor.region
-                        ),
-                        resume_from: None,
-                    });
+                    self.watch_send_now(
+                        &tx,
+                        WatchMessage::Compacted {
+                            message: format!(
+                                "region {} is gone and region {id} holds no history of it",
+                                cursor.region
+                            ),
+                            resume_from: None,
+                        },
+                    );
                     return Ok(rx);
                 }
             }
@@ -186,25 +219,83 @@ impl Store {
                 event: WHOLE,
                 ..here.clone()
             };
-            let _ = tx.try_send(WatchMessage::Compacted {
-                message: format!(
-                    "region {id} holds history from entry {floor} on; the watch needs it from \
+            self.watch_send_now(
+                &tx,
+                WatchMessage::Compacted {
+                    message: format!(
+                        "region {id} holds history from entry {floor} on; the watch needs it from \
                      entry {}",
-                    here.needed()
-                ),
-                resume_from: Some(resume_from),
-            });
+                        here.needed()
+                    ),
+                    resume_from: Some(resume_from),
+                },
+            );
             return Ok(rx);
         }
         let store = self.clone();
         tokio::spawn(async move {
-            let mut stream = Stream { cursor, tx };
+            use std::sync::atomic::Ordering::Relaxed;
+            store.inner.watch_stats.streams.fetch_add(1, Relaxed);
+            let mut stream = Stream {
+                store: store.clone(),
+                cursor,
+                tx,
+                hub,
+                since,
+                region: id,
+            };
             let end = stream.serve(&store, id, prelude, live).await;
             if let Some(message) = end {
-                let _ = stream.tx.send(message).await;
+                stream.send(message).await;
             }
+            store.inner.watch_stats.streams.fetch_sub(1, Relaxed);
         });
         Ok(rx)
+    }
+
+    /// Sends the only message of a stream that ends at once (counted; the channel is
+    /// new, so there is room).
+    fn watch_send_now(&self, tx: &mpsc::Sender<WatchMessage>, message: WatchMessage) {
+        self.inner.watch_stats.count(&message);
+        let _ = tx.try_send(message);
+    }
+
+    /// The watch metrics in Prometheus text format.
+    pub(super) fn watch_metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.inner.watch_stats;
+        let recording = self
+            .all_peers()
+            .iter()
+            .filter(|peer| peer.machine.watch().interest().is_some())
+            .count();
+        let mut text = flotilla_node::exposition::gauges_text(&[
+            (
+                "flotilla_watch_streams",
+                "Watch streams this store serves now.",
+                stats.streams.load(Relaxed),
+            ),
+            (
+                "flotilla_watch_regions_recording",
+                "Regions of this store recording watch history (someone watched them within \
+                 the retention).",
+                recording as u64,
+            ),
+        ]);
+        text.push_str(&flotilla_node::exposition::counters_text(&[
+            (
+                "flotilla_watch_events_total",
+                "Watch events this store sent.",
+                stats.events.load(Relaxed),
+            ),
+            (
+                "flotilla_watch_compacted_total",
+                "Watch streams this store ended with Compacted (history gone, or the \
+                 watcher fell behind).",
+                stats.compacted.load(Relaxed),
+            ),
+        ]));
+        text
     }
 
     /// Where a region's keys went once it is gone from this store: a message moving the
@@ -380,13 +471,35 @@ pub(super) fn forget_region(
 
 /// One watch stream being served.
 struct Stream {
+    store: Store,
     cursor: Cursor,
     tx: mpsc::Sender<WatchMessage>,
+    /// The region's watch state, and the interest the stream started under.
+    hub: std::sync::Arc<crate::watch::WatchHub>,
+    since: u64,
+    /// The region serving it (`hub`'s).
+    region: RegionId,
 }
 
 impl Stream {
+    /// Whether the interest the stream started under still holds: if it ended (nobody
+    /// renewed it for the retention) entries went unrecorded, and the stream must not
+    /// go on past them as if nothing happened.
+    fn interrupted(&self) -> Option<WatchMessage> {
+        let intact = self
+            .hub
+            .interest()
+            .is_some_and(|interest| interest.since == self.since);
+        (!intact).then(|| {
+            WatchMessage::Failed(KvError::Busy(
+                "the region's watch interest ended and started again: resume".into(),
+            ))
+        })
+    }
+
     /// Sends `message`; `false` once the watcher is gone.
     async fn send(&self, message: WatchMessage) -> bool {
+        self.store.inner.watch_stats.count(&message);
         self.tx.send(message).await.is_ok()
     }
 
@@ -408,9 +521,9 @@ impl Stream {
         // A merged source's rest first, then the handover to the target.
         if let Some((source, last, at_merge)) = prelude {
             match self.replay(store, source, self.cursor.needed(), last).await {
-                Ok(Delivered::Going) => {}
-                Ok(Delivered::Ended) => return None,
-                Err(e) => return Some(WatchMessage::Failed(e)),
+                Delivered::Going => {}
+                Delivered::Ended => return None,
+                Delivered::Stop(message) => return Some(message),
             }
             self.cursor = at_merge;
             let moved = WatchMessage::Events {
@@ -425,9 +538,9 @@ impl Stream {
         // the engine; the live ones after `next` follow.
         let mut next = self.cursor.needed();
         match self.replay(store, id, next, u64::MAX).await {
-            Ok(Delivered::Going) => next = next.max(self.cursor.needed()),
-            Ok(Delivered::Ended) => return None,
-            Err(e) => return Some(WatchMessage::Failed(e)),
+            Delivered::Going => next = next.max(self.cursor.needed()),
+            Delivered::Ended => return None,
+            Delivered::Stop(message) => return Some(message),
         }
         // Then live.
         let renew = renew_every(store.inner.watch_retention);
@@ -441,9 +554,13 @@ impl Stream {
                         if entry.index < next {
                             continue;
                         }
+                        if let Some(interrupted) = self.interrupted() {
+                            return Some(interrupted);
+                        }
                         match self.deliver(entry.index, &entry.items).await {
                             Delivered::Going => next = entry.index.saturating_add(1),
                             Delivered::Ended => return None,
+                            Delivered::Stop(message) => return Some(message),
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -486,35 +603,62 @@ impl Stream {
         }
     }
 
-    /// Delivers `region`'s history records from entry `from` up to entry `last`.
-    async fn replay(
-        &mut self,
-        store: &Store,
-        region: RegionId,
-        from: u64,
-        last: u64,
-    ) -> Result<Delivered, KvError> {
+    /// Delivers `region`'s history records from entry `from` up to entry `last`. Each page
+    /// read is checked whole: the retention trim removed nothing from `from` on before it
+    /// was read (it raises the floor with what it deletes), and (the stream's own region)
+    /// the interest did not end meanwhile.
+    async fn replay(&mut self, store: &Store, region: RegionId, from: u64, last: u64) -> Delivered {
         let engine = store.inner.engine.clone();
+        let failed = |e: KvError| Delivered::Stop(WatchMessage::Failed(e));
         let mut next = from;
         loop {
             let (start, end) = crate::watch::history_range(region, next);
-            let page = engine.meta_scan(&start, &end, HISTORY_PAGE)?;
+            let page = match engine.meta_scan(&start, &end, HISTORY_PAGE) {
+                Ok(page) => page,
+                Err(e) => return failed(e),
+            };
+            let floor = match crate::watch::local_floor(engine.as_ref(), region) {
+                Ok(floor) => floor,
+                Err(e) => return failed(e),
+            };
+            if floor > next {
+                return Delivered::Stop(WatchMessage::Compacted {
+                    message: format!(
+                        "region {region}'s history before entry {floor} passed its retention \
+                         while the watch read it"
+                    ),
+                    resume_from: Some(Cursor {
+                        index: floor - 1,
+                        event: WHOLE,
+                        ..self.cursor.clone()
+                    }),
+                });
+            }
+            if region == self.region {
+                if let Some(interrupted) = self.interrupted() {
+                    return Delivered::Stop(interrupted);
+                }
+            }
             let full = page.len() == HISTORY_PAGE;
             for (key, value) in page {
                 let Some(index) = crate::watch::index_of(region, &key) else {
                     continue;
                 };
                 if index > last {
-                    return Ok(Delivered::Going);
+                    return Delivered::Going;
                 }
-                let record = WatchRecord::decode(&value)?;
-                if let Delivered::Ended = self.deliver(index, &record.items).await {
-                    return Ok(Delivered::Ended);
+                let record = match WatchRecord::decode(&value) {
+                    Ok(record) => record,
+                    Err(e) => return failed(e),
+                };
+                match self.deliver(index, &record.items).await {
+                    Delivered::Going => {}
+                    other => return other,
                 }
                 next = index.saturating_add(1);
             }
             if !full {
-                return Ok(Delivered::Going);
+                return Delivered::Going;
             }
         }
     }
@@ -581,5 +725,8 @@ impl Stream {
 /// Whether a stream goes on after an entry.
 enum Delivered {
     Going,
+    /// The watcher is gone.
     Ended,
+    /// The stream ends with this message.
+    Stop(WatchMessage),
 }
