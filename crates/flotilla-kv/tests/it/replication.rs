@@ -1035,3 +1035,128 @@ async fn a_lease_and_its_marks_travel_in_snapshots() {
     assert_eq!(mark(b"a"), None);
     cluster.stop_all().await;
 }
+
+/// Watch history through the log: every replica records the same entries (a delete of an
+/// absent key is no event, a delete-range lists the keys it removed), a replica caught up
+/// by a snapshot records from then on (the snapshot carries the interest) and holds
+/// history only after the snapshot, and an end naming an old renewal count changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_history_is_the_same_on_every_replica_and_its_interest_travels_in_snapshots() {
+    use flotilla_kv::watch::{self, WatchItem, WatchOp, WatchRecord};
+    let mut cluster = KvCluster::new("watch-history", 4, EngineKind::Memory).await;
+    let region = whole(9);
+    let voters = cluster.peers[..3].to_vec();
+    for i in 0..3 {
+        cluster.add_region_on(i, &region, voters.clone()).await;
+    }
+    let g = region.id.0;
+    // Not watched yet: nothing recorded.
+    cluster.propose(g, put("early", "0")).await.unwrap();
+    let KvOutput::Counter(since) = cluster
+        .propose(g, KvCommand::Watch(WatchOp::Interest))
+        .await
+        .unwrap()
+    else {
+        panic!("an interest answers where it started");
+    };
+    cluster.propose(g, put("a", "1")).await.unwrap();
+    cluster
+        .propose(g, KvCommand::Delete { key: b("absent") })
+        .await
+        .unwrap();
+    cluster.propose(g, put("b", "2")).await.unwrap();
+    cluster
+        .propose(
+            g,
+            KvCommand::DeleteRange {
+                start: b("a"),
+                end: b("c"),
+            },
+        )
+        .await
+        .unwrap();
+    // A renewal came after the leader's count: the end changes nothing.
+    cluster
+        .propose(g, KvCommand::Watch(WatchOp::Interest))
+        .await
+        .unwrap();
+    let ended = cluster
+        .propose(g, KvCommand::Watch(WatchOp::End { renewals: 0 }))
+        .await
+        .unwrap();
+    assert_eq!(ended, KvOutput::Swapped(false));
+    let leader = cluster.leader_among(g, &[0, 1, 2]).await;
+    let target = cluster.handle(leader, g).applied_index();
+    let history = |cluster: &KvCluster, i: usize| -> Vec<(u64, Vec<WatchItem>)> {
+        let (from, to) = watch::history_range(region.id, 0);
+        cluster
+            .engine(i)
+            .meta_scan(&from, &to, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(key, value)| {
+                (
+                    watch::index_of(region.id, &key).unwrap(),
+                    WatchRecord::decode(&value).unwrap().items,
+                )
+            })
+            .collect()
+    };
+    for i in 0..3 {
+        cluster.wait_applied(i, g, target).await;
+    }
+    let recorded = history(&cluster, 0);
+    let items: Vec<&WatchItem> = recorded.iter().flat_map(|(_, items)| items).collect();
+    assert_eq!(
+        items,
+        vec![
+            &WatchItem::Put {
+                key: b("a"),
+                value: b("1")
+            },
+            &WatchItem::Put {
+                key: b("b"),
+                value: b("2")
+            },
+            &WatchItem::Delete { key: b("a") },
+            &WatchItem::Delete { key: b("b") },
+        ]
+    );
+    assert!(recorded.iter().all(|(index, _)| *index > since));
+    assert_eq!(history(&cluster, 1), recorded);
+    assert_eq!(history(&cluster, 2), recorded);
+    // A fourth replica from a snapshot (the log compacted past the history): the
+    // interest, no history before the snapshot, and what comes after recorded as
+    // everywhere.
+    let node = cluster.node(leader, g).unwrap();
+    let first = node.snapshot().await.unwrap();
+    cluster.propose(g, put("between", "x")).await.unwrap();
+    assert!(node.snapshot().await.unwrap() > first);
+    add_fourth_peer(&mut cluster, &region, &node).await;
+    cluster.propose(g, put("c", "3")).await.unwrap();
+    cluster.converged(g).await;
+    let stats = cluster.processes[3].manager.as_ref().unwrap().stats();
+    assert!(stats.snapshots_installed >= 1, "{stats:?}");
+    let engine = cluster.engine(3);
+    assert_eq!(
+        watch::read_interest(engine, region.id)
+            .unwrap()
+            .map(|i| i.since),
+        Some(since)
+    );
+    let floor = watch::local_floor(engine, region.id).unwrap();
+    assert!(floor > recorded.last().unwrap().0, "floor {floor}");
+    let late = history(&cluster, 3);
+    let everywhere = history(&cluster, 0);
+    assert!(late.iter().all(|(index, _)| *index >= floor), "{late:?}");
+    assert_eq!(late.last(), everywhere.last());
+    assert_eq!(
+        late.last().unwrap().1,
+        vec![WatchItem::Put {
+            key: b("c"),
+            value: b("3")
+        }]
+    );
+    cluster.stop_all().await;
+}
