@@ -39,21 +39,22 @@
 use bytes::Bytes;
 use flotilla_storage::fields::{FieldReader, FieldWriter};
 
+use crate::engine::meta_keys;
 use crate::error::KvError;
 use crate::ids::RegionId;
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Meta prefix of the history: `watch/` + region id (8 bytes, big endian) + log index (8
 /// bytes, big endian) → [`WatchRecord`].
-pub const HISTORY_PREFIX: &[u8] = b"watch/";
+pub const HISTORY_PREFIX: &[u8] = meta_keys::WATCH_HISTORY_PREFIX;
 /// Meta prefix of a region's interest: `watch-interest/` + region id → [`Interest`].
-pub const INTEREST_PREFIX: &[u8] = b"watch-interest/";
+pub const INTEREST_PREFIX: &[u8] = meta_keys::WATCH_INTEREST_PREFIX;
 /// Meta prefix of a replica's local floor: `watch-floor/` + region id → the first index
 /// whose history this replica may hold (8 bytes, big endian).
-pub const FLOOR_PREFIX: &[u8] = b"watch-floor/";
+pub const FLOOR_PREFIX: &[u8] = meta_keys::WATCH_FLOOR_PREFIX;
 /// Meta prefix of where a merged source's keys went: `watch-merged/` + source id →
 /// [`Merged`].
-pub const MERGED_PREFIX: &[u8] = b"watch-merged/";
+pub const MERGED_PREFIX: &[u8] = meta_keys::WATCH_MERGED_PREFIX;
 /// Name of the snapshot file holding the region's interest (empty: none).
 pub const SNAPSHOT_INTEREST_FILE: &str = "watch-interest";
 /// The event number meaning "every event of the entry was delivered".

@@ -359,7 +359,8 @@ pub fn run(args: KvArgs, file: &FileConfig) -> i32 {
         until_ms,
     } = args.op
     {
-        return crate::watch::run(settings, encoding, &prefix, from, until_ms);
+        let client = (settings.endpoints, settings.options, settings.json);
+        return crate::watch::run(client, encoding, &prefix, from, until_ms);
     }
     let request = match prepare(args.op, encoding) {
         Ok(request) => request,

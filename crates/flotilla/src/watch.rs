@@ -11,10 +11,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_kv::client::{KvClient, WatchEventKind};
+use flotilla_kv::client::{ClientOptions, KvClient, WatchEventKind};
 use serde_json::{json, Value};
 
-use crate::kv::ClientSettings;
 use crate::output::{Encoding, Failure, EXIT_OK};
 
 /// Exit code of a watch ended by an error.
@@ -39,7 +38,7 @@ fn print(line: &Value) {
 
 /// Runs the watch; returns the exit code.
 pub fn run(
-    settings: ClientSettings,
+    (endpoints, options, json): (Vec<String>, ClientOptions, bool),
     encoding: Encoding,
     prefix: &str,
     from: Option<String>,
@@ -47,21 +46,27 @@ pub fn run(
 ) -> i32 {
     let prefix = match encoding.decode("PREFIX", prefix) {
         Ok(prefix) => prefix,
-        Err(failure) => return failure.report("kv", settings.json),
+        Err(failure) => return failure.report("kv", json),
     };
     if let Err(e) = flotilla_kv::limits::check_key(&prefix) {
         let failure = Failure::failed("KeyTooLarge", format!("prefix: {e}"));
-        return failure.report("kv", settings.json);
+        return failure.report("kv", json);
     }
     let runtime = match crate::output::client_runtime() {
         Ok(runtime) => runtime,
-        Err(failure) => return failure.report("kv", settings.json),
+        Err(failure) => return failure.report("kv", json),
     };
-    runtime.block_on(watch(settings, encoding, prefix, from, until_ms))
+    runtime.block_on(watch(
+        (endpoints, options),
+        encoding,
+        prefix,
+        from,
+        until_ms,
+    ))
 }
 
 async fn watch(
-    settings: ClientSettings,
+    (endpoints, options): (Vec<String>, ClientOptions),
     encoding: Encoding,
     prefix: Bytes,
     from: Option<String>,
@@ -71,7 +76,7 @@ async fn watch(
         print(&failure_line(kind, message, resume_from));
         EXIT_FAILED
     };
-    let client = match KvClient::connect(settings.endpoints, settings.options).await {
+    let client = match KvClient::connect(endpoints, options).await {
         Ok(client) => client,
         Err(e) => return fail(&e.kind, &e.message, None),
     };

@@ -57,14 +57,15 @@ pub mod meta_keys {
     pub const LEASE_PREFIX: &[u8] = b"lease/";
     /// The lease a data key follows, `lease-key/` + the key (8 bytes, big endian).
     pub const LEASE_KEY_PREFIX: &[u8] = b"lease-key/";
-    /// Watch history and its state: `watch/`, `watch-interest/`, `watch-floor/`,
-    /// `watch-merged/` (owned by `crate::watch`, which defines them).
-    pub const WATCH_PREFIXES: [&[u8]; 4] = [
-        crate::watch::HISTORY_PREFIX,
-        crate::watch::INTEREST_PREFIX,
-        crate::watch::FLOOR_PREFIX,
-        crate::watch::MERGED_PREFIX,
-    ];
+    /// Watch history, `watch/` + region id + log index (`crate::watch::WatchRecord`).
+    pub const WATCH_HISTORY_PREFIX: &[u8] = b"watch/";
+    /// A region's watch interest, `watch-interest/` + region id (`crate::watch::Interest`).
+    pub const WATCH_INTEREST_PREFIX: &[u8] = b"watch-interest/";
+    /// A replica's local floor of a region's watch history, `watch-floor/` + region id.
+    pub const WATCH_FLOOR_PREFIX: &[u8] = b"watch-floor/";
+    /// Where a merged source's keys went, `watch-merged/` + source id
+    /// (`crate::watch::Merged`).
+    pub const WATCH_MERGED_PREFIX: &[u8] = b"watch-merged/";
 }
 
 /// One operation of a [`WriteBatch`].

@@ -541,7 +541,8 @@ impl proto::kv_server::Kv for KvService {
                 let Some(message) = message else {
                     return;
                 };
-                if tx.send(watch::reply_of(message)).await.is_err() {
+                let reply = watch::reply_of(message).map_err(|e| status_of(&e));
+                if tx.send(reply).await.is_err() {
                     return;
                 }
             }

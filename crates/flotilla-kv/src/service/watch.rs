@@ -4,8 +4,6 @@
 //! Owns: the checks of a cursor a client sent (key sizes, a valid range). Must never: let
 //! a cursor with an oversized key or an inverted range reach the store.
 
-use tonic::Status;
-
 use crate::error::KvError;
 use crate::ids::RegionId;
 use crate::store::watch::WatchMessage;
@@ -42,7 +40,7 @@ pub fn cursor_from_proto(cursor: &proto::WatchCursor) -> Result<Cursor, KvError>
 }
 
 /// The reply (or the error ending the stream) for `message`.
-pub(super) fn reply_of(message: WatchMessage) -> Result<proto::WatchReply, Status> {
+pub(super) fn reply_of(message: WatchMessage) -> Result<proto::WatchReply, KvError> {
     let mut reply = proto::WatchReply::default();
     match message {
         WatchMessage::Events { cursor, events } => {
@@ -77,7 +75,7 @@ pub(super) fn reply_of(message: WatchMessage) -> Result<proto::WatchReply, Statu
             reply.compacted = message;
             reply.resume_from = resume_from.as_ref().map(cursor_to_proto);
         }
-        WatchMessage::Failed(error) => return Err(super::status_of(&error)),
+        WatchMessage::Failed(error) => return Err(error),
     }
     Ok(reply)
 }

@@ -32,6 +32,7 @@ mod peers;
 mod quota;
 mod split;
 pub mod watch;
+mod watch_stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -295,7 +296,7 @@ struct StoreInner {
     /// How long watch history is kept (`StoreOptions::watch_retention`).
     watch_retention: Duration,
     /// What the watch streams did (metrics).
-    watch_stats: watch::WatchStats,
+    watch_stats: watch_stats::WatchStats,
 }
 
 /// A running store. Cheap to clone.

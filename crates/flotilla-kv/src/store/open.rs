@@ -528,7 +528,7 @@ impl Store {
                 options.pd_heartbeat,
             ),
             watch_retention: options.watch_retention,
-            watch_stats: super::watch::WatchStats::default(),
+            watch_stats: super::watch_stats::WatchStats::default(),
         });
         let store = Store { inner };
         let task = tokio::spawn(super::peers::run(Arc::downgrade(&store.inner), events_rx));

@@ -41,30 +41,12 @@ pub fn renew_every(retention: Duration) -> Duration {
     (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
 }
 
-/// What this store's watch streams did (`flotilla_watch_*` metrics).
-#[derive(Debug, Default)]
-pub(super) struct WatchStats {
-    /// Streams open now.
-    streams: std::sync::atomic::AtomicU64,
-    /// Events sent.
-    events: std::sync::atomic::AtomicU64,
-    /// Streams ended with `Compacted`.
-    compacted: std::sync::atomic::AtomicU64,
-}
-
-impl WatchStats {
-    /// Counts a message about to be sent.
-    fn count(&self, message: &WatchMessage) {
-        use std::sync::atomic::Ordering::Relaxed;
-        match message {
-            WatchMessage::Events { events, .. } => {
-                self.events.fetch_add(events.len() as u64, Relaxed);
-            }
-            WatchMessage::Compacted { .. } => {
-                self.compacted.fetch_add(1, Relaxed);
-            }
-            _ => {}
-        }
+/// Counts `message` in the store's watch metrics as it is sent.
+fn count(stats: &super::watch_stats::WatchStats, message: &WatchMessage) {
+    match message {
+        WatchMessage::Events { events, .. } => stats.sent(events.len(), false),
+        WatchMessage::Compacted { .. } => stats.sent(0, true),
+        _ => {}
     }
 }
 
@@ -234,8 +216,7 @@ impl Store {
         }
         let store = self.clone();
         tokio::spawn(async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            store.inner.watch_stats.streams.fetch_add(1, Relaxed);
+            store.inner.watch_stats.opened();
             let mut stream = Stream {
                 store: store.clone(),
                 cursor,
@@ -248,7 +229,7 @@ impl Store {
             if let Some(message) = end {
                 stream.send(message).await;
             }
-            store.inner.watch_stats.streams.fetch_sub(1, Relaxed);
+            store.inner.watch_stats.closed();
         });
         Ok(rx)
     }
@@ -256,46 +237,18 @@ impl Store {
     /// Sends the only message of a stream that ends at once (counted; the channel is
     /// new, so there is room).
     fn watch_send_now(&self, tx: &mpsc::Sender<WatchMessage>, message: WatchMessage) {
-        self.inner.watch_stats.count(&message);
+        count(&self.inner.watch_stats, &message);
         let _ = tx.try_send(message);
     }
 
     /// The watch metrics in Prometheus text format.
     pub(super) fn watch_metrics_text(&self) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
-        let stats = &self.inner.watch_stats;
         let recording = self
             .all_peers()
             .iter()
             .filter(|peer| peer.machine.watch().interest().is_some())
             .count();
-        let mut text = flotilla_node::exposition::gauges_text(&[
-            (
-                "flotilla_watch_streams",
-                "Watch streams this store serves now.",
-                stats.streams.load(Relaxed),
-            ),
-            (
-                "flotilla_watch_regions_recording",
-                "Regions of this store recording watch history (someone watched them within \
-                 the retention).",
-                recording as u64,
-            ),
-        ]);
-        text.push_str(&flotilla_node::exposition::counters_text(&[
-            (
-                "flotilla_watch_events_total",
-                "Watch events this store sent.",
-                stats.events.load(Relaxed),
-            ),
-            (
-                "flotilla_watch_compacted_total",
-                "Watch streams this store ended with Compacted (history gone, or the \
-                 watcher fell behind).",
-                stats.compacted.load(Relaxed),
-            ),
-        ]));
-        text
+        self.inner.watch_stats.metrics_text(recording as u64)
     }
 
     /// Where a region's keys went once it is gone from this store: a message moving the
@@ -499,7 +452,7 @@ impl Stream {
 
     /// Sends `message`; `false` once the watcher is gone.
     async fn send(&self, message: WatchMessage) -> bool {
-        self.store.inner.watch_stats.count(&message);
+        count(&self.store.inner.watch_stats, &message);
         self.tx.send(message).await.is_ok()
     }
 
