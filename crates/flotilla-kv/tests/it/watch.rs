@@ -287,3 +287,51 @@ async fn a_watcher_that_stops_reading_is_cut_off_and_resumes_from_its_position()
         s.shutdown(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_resumes_after_every_store_restarted() {
+    use flotilla_kv::server::StoreServer;
+    use flotilla_kv::store::StoreOptions;
+    let dir = TempDir::new("watch-restart");
+    let stores = start(&dir, 1, EngineKind::Fjall).await;
+    let addresses: Vec<String> = stores
+        .iter()
+        .map(|s| s.store().advertised_address().to_string())
+        .collect();
+    let kv = client(&stores).await;
+    let mut watcher = kv.watch(b(b"r/"), None).await.expect("watch");
+    put(&kv, b"r/a", b"1").await;
+    let first = take(&mut watcher, 1).await;
+    put(&kv, b"r/b", b"2").await;
+    take(&mut watcher, 1).await;
+    drop(watcher);
+    drop(kv);
+    for s in stores {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+    // Every store back on its data: the history is on disk with the data.
+    let mut back = Vec::new();
+    for (i, address) in addresses.iter().enumerate() {
+        let mut options = StoreOptions::new(address.clone(), dir.path().join(format!("s{i}")));
+        options.peers = Some(addresses.clone());
+        options.engine = EngineKind::Fjall;
+        options.tick = Duration::from_millis(20);
+        options.election_timeout_ticks = 10;
+        back.push(StoreServer::start(options).await.expect("restart"));
+    }
+    let kv = client(&back).await;
+    let mut resumed = kv
+        .watch(b(b"r/"), Some(&first[0].token))
+        .await
+        .expect("resume");
+    put(&kv, b"r/c", b"3").await;
+    let events = take(&mut resumed, 2).await;
+    assert_eq!(
+        per_key(&events),
+        expect(&[(b"r/b", Some(b"2")), (b"r/c", Some(b"3"))])
+    );
+    quiet(&mut resumed).await;
+    for s in &back {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
