@@ -897,6 +897,11 @@ impl WatchApply {
                     items,
                 };
                 batch.meta_put(crate::watch::history_key(region, index), entry.encode());
+                // The split is a change a merge's handover must not pass over.
+                if let Some(interest) = &mut self.interest {
+                    interest.last = index;
+                    batch.meta_put(crate::watch::interest_key(region), interest.encode());
+                }
                 let child = crate::watch::Interest::starting(index);
                 batch.meta_put(crate::watch::interest_key(record.child.id), child.encode());
                 self.live.push(crate::watch::WatchEntry {

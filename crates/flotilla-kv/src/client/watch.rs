@@ -187,10 +187,14 @@ impl KvClient {
                 driver,
                 position: String::new(),
             }),
-            Err(_) => Err(ClientError::definite(
-                "Unavailable",
-                format!("the watch was not placed within the operation timeout ({timeout:?})"),
-            )),
+            Err(_) => {
+                // Nothing of it may go on: its streams would renew interest for nobody.
+                driver.abort();
+                Err(ClientError::definite(
+                    "Unavailable",
+                    format!("the watch was not placed within the operation timeout ({timeout:?})"),
+                ))
+            }
         }
     }
 
@@ -297,6 +301,11 @@ impl KvClient {
                                     }
                                     Next::Reroute => {
                                         self.refresh_routes().await.ok();
+                                        // A new piece wider than its region now: the
+                                        // watch places it again from the routes.
+                                        if from_now && error.kind == "StaleEpoch" {
+                                            return Err(error);
+                                        }
                                     }
                                     Next::Backoff => {}
                                     Next::Lost => {
@@ -428,6 +437,30 @@ impl Driver {
         }));
     }
 
+    /// Replaces the new piece `id`, wider than its region (a split came between the
+    /// routes and the placement), by the pieces the routes give now.
+    async fn place_again(&mut self, id: u64) -> bool {
+        let Some(slot) = self.slots.get(&id) else {
+            return true;
+        };
+        let (start, end) = (slot.cursor.start.clone(), slot.cursor.end.clone());
+        match self.client.cursors_from_now(&start, &end).await {
+            Ok(pieces) => {
+                if let Some(mut old) = self.slots.remove(&id) {
+                    if let Some(stream) = old.stream.take() {
+                        stream.abort();
+                    }
+                }
+                for piece in pieces {
+                    self.add(piece, false);
+                }
+            }
+            // No routes now: the same piece again, a little later.
+            Err(_) => self.start(id, REOPEN_PAUSE_MAX),
+        }
+        true
+    }
+
     /// Tells the caller of `watch` the watch's token, once every piece is placed.
     fn tell_ready(&mut self) {
         if !self.slots.values().all(|s| s.placed) {
@@ -497,6 +530,10 @@ impl Driver {
         let reply = match message {
             StreamMessage::Ended(error) => {
                 if let Some(error) = &error {
+                    let unplaced = self.slots.get(&id).is_some_and(|slot| !slot.placed);
+                    if unplaced && error.kind == "StaleEpoch" {
+                        return self.place_again(id).await;
+                    }
                     if fatal(error) {
                         let _ = self
                             .events
@@ -545,10 +582,15 @@ impl Driver {
         pauses.remove(&id);
         let count = reply.events.len();
         for (n, event) in reply.events.into_iter().enumerate() {
-            // After a reply's last event the piece has every event of the entry it
-            // watches: its token says so (a merge's handover checks whole entries).
+            // After a reply's last event the piece is where the reply's cursor says: every
+            // event of the entry it watches (a merge's handover checks whole entries), or
+            // the last one sent of an entry that goes on in the next reply.
             let at = Cursor {
-                event: if n + 1 == count { WHOLE } else { event.event },
+                event: if n + 1 == count {
+                    cursor.event
+                } else {
+                    event.event
+                },
                 ..cursor.clone()
             };
             let token = self.token_with(id, &at);
@@ -575,8 +617,22 @@ impl Driver {
             slot.cursor = cursor;
             slot.placed = true;
         }
-        if let Some(child) = reply.child.as_ref().and_then(|c| cursor_from_proto(c).ok()) {
-            self.add(child, true);
+        if let Some(child) = reply.child.as_ref() {
+            match cursor_from_proto(child) {
+                Ok(child) => self.add(child, true),
+                Err(e) => {
+                    // Its keys would go unwatched: the watch ends, resumable from before.
+                    let _ = self
+                        .events
+                        .send(Err(WatchError {
+                            kind: "Corrupt".into(),
+                            message: format!("a split's new piece does not decode: {e}"),
+                            resume_from: None,
+                        }))
+                        .await;
+                    return false;
+                }
+            }
         }
         if empty {
             if let Some(slot) = self.slots.remove(&id) {

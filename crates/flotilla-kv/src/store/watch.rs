@@ -32,6 +32,9 @@ const STREAM_BUFFER: usize = 64;
 const HISTORY_PAGE: usize = 256;
 /// History records one region's trim removes per round.
 const TRIM_PER_ROUND: usize = 1024;
+/// Bytes of keys and values one message carries before an entry's events go on in the
+/// next (a reply is at most `KV_MESSAGE_BYTES_MAX`, 16 MiB; a value at most 1 MiB).
+const MESSAGE_BYTES: usize = 1024 * 1024;
 /// How often a stream checks that its region still lives here.
 const GONE_CHECK: Duration = Duration::from_secs(1);
 
@@ -48,6 +51,41 @@ fn count(stats: &super::watch_stats::WatchStats, message: &WatchMessage) {
         WatchMessage::Compacted { .. } => stats.sent(0, true),
         _ => {}
     }
+}
+
+/// Merges a resumed cursor is followed through, at most.
+const MERGE_CHAIN_MAX: usize = 16;
+
+/// Where a merged source's cursor goes on: the target, its range version, the commit.
+#[derive(Clone, Copy, Debug)]
+struct Handover {
+    region: RegionId,
+    version: u64,
+    commit: u64,
+}
+
+impl Handover {
+    /// `cursor` (its keys as they are now) placed right after the commit in the target.
+    fn cursor(&self, cursor: &Cursor) -> Cursor {
+        Cursor {
+            region: self.region,
+            version: self.version,
+            index: self.commit,
+            event: WHOLE,
+            ..cursor.clone()
+        }
+    }
+}
+
+/// How a cursor of a merged source is served by the target.
+enum Resolved {
+    /// From this position in the target.
+    Here(Cursor),
+    /// The source's rest first (its history still here, up to its last change), then
+    /// the handover.
+    Prelude(Cursor, (Handover, u64)),
+    /// Not servable: the stream's only message.
+    Gone(WatchMessage),
 }
 
 /// One message of a watch stream.
@@ -95,67 +133,36 @@ impl Store {
         let peer = self.peer(id).ok_or(KvError::NoSuchRegion(id))?;
         let engine = self.inner.engine.clone();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        // A merged source's history still to deliver before the target's: (source, its
-        // last entry with changes, where the target takes over).
+        let version = peer.machine.region().epoch.version;
+        // A cursor of a merged source (maybe through several merges) continues here.
         let mut prelude = None;
         if cursor.region != id {
-            let merged = engine
-                .meta_get(&crate::watch::merged_key(cursor.region))?
-                .map(|value| Merged::decode(&value))
-                .transpose()?;
-            let region = peer.machine.region();
-            let at_merge = |merged: &Merged| Cursor {
-                region: id,
-                version: region.epoch.version,
-                index: merged.commit,
-                event: WHOLE,
-                ..cursor.clone()
-            };
-            match merged {
-                Some(merged) if merged.target == id && cursor.needed() > merged.last => {
-                    cursor = at_merge(&merged);
+            match self.resolve_merged(id, version, cursor)? {
+                Resolved::Here(here) => cursor = here,
+                Resolved::Prelude(source, handover) => {
+                    cursor = source;
+                    prelude = Some(handover);
                 }
-                Some(merged) if merged.target == id => {
-                    // The source's history is still here if its retention did not pass.
-                    let source_floor =
-                        match crate::watch::read_interest(engine.as_ref(), cursor.region)? {
-                            Some(interest) if merged.last != u64::MAX => interest
-                                .since
-                                .saturating_add(1)
-                                .max(crate::watch::local_floor(engine.as_ref(), cursor.region)?),
-                            _ => u64::MAX,
-                        };
-                    if cursor.needed() < source_floor {
-                        self.watch_send_now(
-                            &tx,
-                            WatchMessage::Compacted {
-                                message: format!(
-                                "region {} merged into region {id} at entry {} and its history \
-                                 from entry {} on is gone",
-                                cursor.region,
-                                merged.commit,
-                                cursor.needed()
-                            ),
-                                resume_from: Some(at_merge(&merged)),
-                            },
-                        );
-                        return Ok(rx);
-                    }
-                    prelude = Some((cursor.region, merged.last, at_merge(&merged)));
-                }
-                _ => {
-                    self.watch_send_now(
-                        &tx,
-                        WatchMessage::Compacted {
-                            message: format!(
-                                "region {} is gone and region {id} holds no history of it",
-                                cursor.region
-                            ),
-                            resume_from: None,
-                        },
-                    );
+                Resolved::Gone(message) => {
+                    self.watch_send_now(&tx, message);
                     return Ok(rx);
                 }
+            }
+        }
+        if from_now {
+            // Checked before anything is proposed: a piece wider than the region is placed
+            // again by the client, and leaves no interest entry behind.
+            let region = peer.machine.region();
+            if !region.contains_range(&cursor.start, &cursor.end) {
+                return Err(KvError::StaleEpoch {
+                    region: id,
+                    current: region.epoch,
+                    given: crate::ids::Epoch {
+                        conf_version: region.epoch.conf_version,
+                        version: cursor.version,
+                    },
+                    now: Some(region.encode()),
+                });
             }
         }
         let region = peer.machine.region();
@@ -173,28 +180,17 @@ impl Store {
         let hub = peer.machine.watch().clone();
         let live = hub.subscribe();
         if from_now {
-            let region = peer.machine.region();
-            if !region.contains_range(&cursor.start, &cursor.end) {
-                return Err(KvError::StaleEpoch {
-                    region: id,
-                    current: region.epoch,
-                    given: crate::ids::Epoch {
-                        conf_version: region.epoch.conf_version,
-                        version: cursor.version,
-                    },
-                    now: Some(region.encode()),
-                });
-            }
-            cursor.version = region.epoch.version;
+            cursor.version = peer.machine.region().epoch.version;
             cursor.index = peer.machine.applied_index().0;
             cursor.event = WHOLE;
         }
         let floor = since
             .saturating_add(1)
             .max(crate::watch::local_floor(engine.as_ref(), id)?);
-        let here = prelude
-            .as_ref()
-            .map_or(&cursor, |(_, _, at_merge)| at_merge);
+        let here = prelude.as_ref().map_or_else(
+            || cursor.clone(),
+            |(handover, _): &(Handover, u64)| handover.cursor(&cursor),
+        );
         if here.needed() < floor {
             let resume_from = Cursor {
                 index: floor - 1,
@@ -234,6 +230,76 @@ impl Store {
         Ok(rx)
     }
 
+    /// Where a cursor of region `cursor.region`, merged away (maybe through several
+    /// merges, each a pure handover), continues in region `id` (range version `version`).
+    /// A cursor whose region this store knows no merge of may be the region's own
+    /// elsewhere (routes behind): a retryable `NoSuchRegion`.
+    fn resolve_merged(
+        &self,
+        id: RegionId,
+        version: u64,
+        mut cursor: Cursor,
+    ) -> Result<Resolved, KvError> {
+        let engine = self.inner.engine.as_ref();
+        for _ in 0..MERGE_CHAIN_MAX {
+            let Some(merged) = engine
+                .meta_get(&crate::watch::merged_key(cursor.region))?
+                .map(|value| Merged::decode(&value))
+                .transpose()?
+            else {
+                return Err(KvError::NoSuchRegion(cursor.region));
+            };
+            let handover = Handover {
+                region: merged.target,
+                version,
+                commit: merged.commit,
+            };
+            if cursor.needed() > merged.last {
+                // Every change of the source reached the watcher: on in the target.
+                cursor = handover.cursor(&cursor);
+                if cursor.region == id {
+                    return Ok(Resolved::Here(cursor));
+                }
+                continue;
+            }
+            let gone = |why: String| {
+                Resolved::Gone(WatchMessage::Compacted {
+                    message: why,
+                    resume_from: (merged.target == id).then(|| handover.cursor(&cursor)),
+                })
+            };
+            if merged.target != id {
+                return Ok(gone(format!(
+                    "region {} merged into region {} with changes the watch did not have, and \
+                     region {id} does not serve them",
+                    cursor.region, merged.target
+                )));
+            }
+            // The source's history is still here if its retention did not pass.
+            let floor = match crate::watch::read_interest(engine, cursor.region)? {
+                Some(interest) if merged.last != u64::MAX => interest
+                    .since
+                    .saturating_add(1)
+                    .max(crate::watch::local_floor(engine, cursor.region)?),
+                _ => u64::MAX,
+            };
+            if cursor.needed() < floor {
+                return Ok(gone(format!(
+                    "region {} merged into region {id} at entry {} and its history from entry {} \
+                     on is gone",
+                    cursor.region,
+                    merged.commit,
+                    cursor.needed()
+                )));
+            }
+            return Ok(Resolved::Prelude(cursor, (handover, merged.last)));
+        }
+        Ok(Resolved::Gone(WatchMessage::Compacted {
+            message: format!("more than {MERGE_CHAIN_MAX} merges since the watch's position"),
+            resume_from: None,
+        }))
+    }
+
     /// Sends the only message of a stream that ends at once (counted; the channel is
     /// new, so there is room).
     fn watch_send_now(&self, tx: &mpsc::Sender<WatchMessage>, message: WatchMessage) {
@@ -252,40 +318,27 @@ impl Store {
     }
 
     /// Where a region's keys went once it is gone from this store: a message moving the
-    /// cursor to the merge's target, `Compacted`, or an error to resume elsewhere.
+    /// cursor to the merge's target (every change of the region reached it), else an
+    /// error the watcher resumes from (elsewhere, or through the target's copy of the
+    /// region's history).
     fn watch_gone(&self, id: RegionId, cursor: &Cursor) -> WatchMessage {
         let merged = self
             .inner
             .engine
             .meta_get(&crate::watch::merged_key(id))
-            .ok()
-            .flatten()
-            .and_then(|value| Merged::decode(&value).ok());
+            .and_then(|value| value.map(|v| Merged::decode(&v)).transpose());
         match merged {
-            Some(merged) => {
-                let moved = Cursor {
+            Ok(Some(merged)) if cursor.needed() > merged.last => WatchMessage::Events {
+                cursor: Cursor {
                     region: merged.target,
                     index: merged.commit,
                     event: WHOLE,
                     ..cursor.clone()
-                };
-                if cursor.needed() > merged.last {
-                    WatchMessage::Events {
-                        cursor: moved,
-                        events: Vec::new(),
-                    }
-                } else {
-                    WatchMessage::Compacted {
-                        message: format!(
-                            "region {id} merged into region {} with events the watch did not \
-                             have",
-                            merged.target
-                        ),
-                        resume_from: Some(moved),
-                    }
-                }
-            }
-            None => WatchMessage::Failed(KvError::NoSuchRegion(id)),
+                },
+                events: Vec::new(),
+            },
+            Ok(_) => WatchMessage::Failed(KvError::NoSuchRegion(id)),
+            Err(e) => WatchMessage::Failed(e),
         }
     }
 
@@ -302,22 +355,32 @@ impl Store {
                 .as_millis(),
         )
         .unwrap_or(u64::MAX);
-        // History of regions no longer here (a merged source's, kept for its watchers)
-        // is trimmed too, and forgotten once empty.
+        // History of a merged source (no longer hosted here, kept for its watchers) is
+        // trimmed too, and forgotten once empty. A region hosted but not started yet (a
+        // store starting) is left for a later round: its state machine owns its floor.
         let engine = self.inner.engine.clone();
         let hubs: std::collections::BTreeMap<RegionId, std::sync::Arc<crate::watch::WatchHub>> =
             self.all_peers()
                 .iter()
                 .map(|peer| (peer.machine.region().id, peer.machine.watch().clone()))
                 .collect();
+        let hosted: std::collections::BTreeSet<RegionId> = self
+            .inner
+            .meta
+            .lock()
+            .await
+            .regions
+            .iter()
+            .map(|hosted| hosted.region.id)
+            .collect();
         let trimmed = tokio::task::spawn_blocking(move || {
             for region in crate::watch::regions_with_history(engine.as_ref())? {
-                trim(
-                    engine.as_ref(),
-                    hubs.get(&region).map(AsRef::as_ref),
-                    region,
-                    horizon,
-                )?;
+                let owner = match hubs.get(&region) {
+                    Some(hub) => Owner::Running(hub),
+                    None if hosted.contains(&region) => continue,
+                    None => Owner::Merged,
+                };
+                trim(engine.as_ref(), owner, region, horizon)?;
             }
             Ok::<(), KvError>(())
         })
@@ -355,12 +418,22 @@ impl Store {
     }
 }
 
+/// Who keeps a region's watch history on this store.
+enum Owner<'a> {
+    /// Its running state machine (with the hub that serializes floor changes).
+    Running(&'a crate::watch::WatchHub),
+    /// Nobody: the region is not hosted here any more (a merged source's history, kept
+    /// for the retention so a watch of it can resume through the target).
+    Merged,
+}
+
 /// Deletes `region`'s history records applied before `horizon` (ms since the Unix epoch,
 /// this replica's clock), at most [`TRIM_PER_ROUND`], raising its local floor past them.
-/// A region no state machine here runs (`hub` none) is forgotten once its history is.
+/// A region no longer hosted is forgotten once its last record went, only if this store
+/// knows where its keys went (a merge); its floor stays, at its highest.
 fn trim(
     engine: &dyn crate::engine::KvEngine,
-    hub: Option<&crate::watch::WatchHub>,
+    owner: Owner<'_>,
     region: RegionId,
     horizon: u64,
 ) -> Result<(), KvError> {
@@ -384,14 +457,21 @@ fn trim(
     if batch.is_empty() {
         return Ok(());
     }
-    match hub {
-        Some(hub) => hub.raise_floor(engine, region, floor, batch),
-        None if batch.len() == whole && whole < TRIM_PER_ROUND => {
-            // Its last records: nothing of it stays.
-            engine.write(batch)?;
-            forget_region(engine, region)
+    match owner {
+        Owner::Running(hub) => hub.raise_floor(engine, region, floor, batch),
+        Owner::Merged => {
+            let last = batch.len() == whole && whole < TRIM_PER_ROUND;
+            let merged = engine
+                .meta_get(&crate::watch::merged_key(region))?
+                .is_some();
+            if last && merged {
+                // Its last records: the interest goes too, and the floor stays at its
+                // highest so that nothing of it is ever served again.
+                batch.meta_delete(crate::watch::interest_key(region));
+                return crate::watch::raise_floor(engine, region, u64::MAX, batch);
+            }
+            crate::watch::raise_floor(engine, region, floor, batch)
         }
-        None => crate::watch::raise_floor(engine, region, floor, batch),
     }
 }
 
@@ -461,7 +541,7 @@ impl Stream {
         &mut self,
         store: &Store,
         id: RegionId,
-        prelude: Option<(RegionId, u64, Cursor)>,
+        prelude: Option<(Handover, u64)>,
         mut live: tokio::sync::broadcast::Receiver<crate::watch::WatchEntry>,
     ) -> Option<WatchMessage> {
         let header = WatchMessage::Events {
@@ -472,13 +552,15 @@ impl Stream {
             return None;
         }
         // A merged source's rest first, then the handover to the target.
-        if let Some((source, last, at_merge)) = prelude {
+        if let Some((handover, last)) = prelude {
+            let source = self.cursor.region;
             match self.replay(store, source, self.cursor.needed(), last).await {
                 Delivered::Going => {}
                 Delivered::Ended => return None,
                 Delivered::Stop(message) => return Some(message),
             }
-            self.cursor = at_merge;
+            // The keys as the source's history left them (a split there narrowed them).
+            self.cursor = handover.cursor(&self.cursor);
             let moved = WatchMessage::Events {
                 cursor: self.cursor.clone(),
                 events: Vec::new(),
@@ -502,6 +584,9 @@ impl Stream {
             tokio::time::interval_at(tokio::time::Instant::now() + GONE_CHECK, GONE_CHECK);
         loop {
             tokio::select! {
+                // Entries already queued go first: a check of the region must not cut a
+                // stream off before what it still holds.
+                biased;
                 entry = live.recv() => match entry {
                     Ok(entry) => {
                         if entry.index < next {
@@ -547,7 +632,11 @@ impl Stream {
                     }
                 }
                 _ = checks.tick() => {
-                    if store.peer(id).is_none() {
+                    // Gone, or opened again (another state machine, another hub).
+                    let same = store
+                        .peer(id)
+                        .is_some_and(|peer| std::sync::Arc::ptr_eq(peer.machine.watch(), &self.hub));
+                    if !same {
                         return Some(store.watch_gone(id, &self.cursor));
                     }
                 }
@@ -625,17 +714,22 @@ impl Stream {
         let after =
             (index == self.cursor.index && self.cursor.event != WHOLE).then_some(self.cursor.event);
         let mut events = Vec::new();
+        let mut bytes = 0;
         for (number, item) in items.iter().enumerate() {
             let number = u32::try_from(number).unwrap_or(u32::MAX - 1);
             if after.is_some_and(|after| number <= after) {
                 continue;
             }
             match item {
-                WatchItem::Put { key, .. } | WatchItem::Delete { key } => {
-                    if self.cursor.covers(key) {
-                        events.push((number, item.clone()));
-                    }
+                WatchItem::Put { key, value } if self.cursor.covers(key) => {
+                    bytes += key.len() + value.len();
+                    events.push((number, item.clone()));
                 }
+                WatchItem::Delete { key } if self.cursor.covers(key) => {
+                    bytes += key.len();
+                    events.push((number, item.clone()));
+                }
+                WatchItem::Put { .. } | WatchItem::Delete { .. } => {}
                 WatchItem::Split {
                     child,
                     version,
@@ -655,6 +749,20 @@ impl Stream {
                     if self.cursor.is_empty() {
                         return Delivered::Ended;
                     }
+                }
+            }
+            // A large entry goes in several messages, each within what a reply may carry;
+            // the cursor names the last event sent.
+            if bytes >= MESSAGE_BYTES && !events.is_empty() {
+                self.cursor.index = index;
+                self.cursor.event = number;
+                let message = WatchMessage::Events {
+                    cursor: self.cursor.clone(),
+                    events: std::mem::take(&mut events),
+                };
+                bytes = 0;
+                if !self.send(message).await {
+                    return Delivered::Ended;
                 }
             }
         }

@@ -265,6 +265,48 @@ pub(crate) async fn merge_region_2_into_1(stores: &[StoreServer]) {
     }
 }
 
+/// Merges region `source` into its neighbour `target` through the store API; returns once
+/// no store hosts the source.
+pub(crate) async fn merge(stores: &[StoreServer], source: u64, target: u64) {
+    let described = |id: u64| {
+        stores[0]
+            .store()
+            .regions()
+            .into_iter()
+            .find(|r| r.region.id.0 == id)
+            .map(|r| r.region)
+            .expect("hosted")
+    };
+    let (target, source) = (described(target), described(source));
+    let state = on_leader(stores, "prepare", |s| {
+        let target = target.clone();
+        let version = source.epoch.version;
+        async move { s.prepare_merge(source.id, target, version).await }
+    })
+    .await;
+    for s in stores {
+        until("every replica frozen", || {
+            let view = s.store().merge_view(source.id).map_err(|e| e.to_string())?;
+            view.merging.map(|_| ()).ok_or("not frozen".into())
+        })
+        .await;
+    }
+    on_leader(stores, "commit", |s| {
+        let state = state.clone();
+        async move { s.commit_merge(target.id, state).await }
+    })
+    .await;
+    for s in stores {
+        until("the source dropped", || {
+            let now = hosted(s);
+            (!now.iter().any(|r| r.0 == source.id.0))
+                .then_some(())
+                .ok_or(format!("{now:?}"))
+        })
+        .await;
+    }
+}
+
 /// A replica added to a region after a merge holds the source's keys: it starts from a
 /// snapshot, never by replaying the target's log from its first entry against the merged
 /// range (found by flotilla-chaos: such a replay refused the merge entry as stale, and the

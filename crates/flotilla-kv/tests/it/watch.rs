@@ -9,7 +9,7 @@ use bytes::Bytes;
 use flotilla_kv::client::{KvClient, WatchEvent, WatchEventKind, Watcher};
 use flotilla_kv::store::EngineKind;
 
-use crate::merge::merge_region_2_into_1;
+use crate::merge::{merge, merge_region_2_into_1};
 use crate::split::{client, split};
 use crate::store::{start, start_with};
 use crate::util::TempDir;
@@ -332,6 +332,51 @@ async fn a_token_resumes_after_every_store_restarted() {
     );
     quiet(&mut resumed).await;
     for s in &back {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
+
+/// A token from before a split of a region that then merged away: the split is a change
+/// the handover must not pass over (the child's keys would go unwatched), and the source's
+/// rest is replayed with the keys the split left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_before_a_split_and_a_merge_resumes_through_both() {
+    let dir = TempDir::new("watch-split-merge");
+    // Regions 1 ["", 0x80) and 2 [0x80, "").
+    let stores = start(&dir, 2, EngineKind::Fjall).await;
+    let kv = client(&stores).await;
+    let mut live = kv.watch(Bytes::new(), None).await.expect("watch");
+    put(&kv, b"\x85a", b"1").await;
+    let first = take(&mut live, 1).await;
+    // Region 2 splits (the child takes the keys from U+0090's bytes on); only the child
+    // changes; then the rest of region 2 merges into region 1.
+    split(&stores, 2, "\u{90}").await;
+    put(&kv, "\u{95}x".as_bytes(), b"2").await;
+    merge(&stores, 2, 1).await;
+    put(&kv, "\u{96}y".as_bytes(), b"3").await;
+    put(&kv, b"\x86c", b"4").await;
+    let wanted = [
+        ("\u{95}x".as_bytes(), Some(&b"2"[..])),
+        ("\u{96}y".as_bytes(), Some(&b"3"[..])),
+        (&b"\x86c"[..], Some(&b"4"[..])),
+    ];
+    let later = take(&mut live, 3).await;
+    assert_eq!(per_key(&later), expect(&wanted));
+    let mut resumed = kv
+        .watch(Bytes::new(), Some(&first[0].token))
+        .await
+        .expect("resume");
+    let again = take(&mut resumed, 3).await;
+    assert_eq!(per_key(&again), expect(&wanted));
+    quiet(&mut resumed).await;
+    // Its token covers the key space in disjoint pieces: it resumes too.
+    let token = again.last().unwrap().token.clone();
+    drop(resumed);
+    let mut once_more = kv.watch(Bytes::new(), Some(&token)).await.expect("resume");
+    put(&kv, b"\x87d", b"5").await;
+    let last = take(&mut once_more, 1).await;
+    assert_eq!(per_key(&last), expect(&[(b"\x87d", Some(b"5"))]));
+    for s in &stores {
         s.shutdown(Duration::from_millis(200)).await;
     }
 }
