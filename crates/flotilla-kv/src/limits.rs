@@ -9,6 +9,10 @@ use crate::error::KvError;
 pub const KEY_BYTES_MAX: usize = 8 * 1024;
 /// Largest value, in bytes.
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Largest part of an entry's watch history (`crate::watch`): one change of the largest
+/// key and value, and its framing. The engines take meta values this large for the watch
+/// history only.
+pub const WATCH_PART_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Most keys (or operations) in one batch command, multi-get or batch of commands.
 pub const BATCH_KEYS_MAX: usize = 10_000;
 /// Most regions one store hosts a peer of (`OpenRegion` refuses more). Each is a raft group

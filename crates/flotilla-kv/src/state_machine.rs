@@ -863,14 +863,13 @@ impl WatchApply {
             interest.last = index;
             overlay.meta_put(crate::watch::interest_key(region), interest.encode());
         }
-        let record = crate::watch::WatchRecord {
-            wall_ms: wall_now_ms(),
-            items,
-        };
-        overlay.meta_put(crate::watch::history_key(region, index), record.encode());
+        let parts = crate::watch::record_parts(wall_now_ms(), &items);
+        for (part, value) in (0u32..).zip(parts) {
+            overlay.meta_put(crate::watch::history_key(region, index, part), value);
+        }
         self.live.push(crate::watch::WatchEntry {
             index,
-            items: Arc::new(record.items),
+            items: Arc::new(items),
         });
     }
 
@@ -896,7 +895,7 @@ impl WatchApply {
                     wall_ms: wall_now_ms(),
                     items,
                 };
-                batch.meta_put(crate::watch::history_key(region, index), entry.encode());
+                batch.meta_put(crate::watch::history_key(region, index, 0), entry.encode());
                 // The split is a change a merge's handover must not pass over.
                 if let Some(interest) = &mut self.interest {
                     interest.last = index;

@@ -45,7 +45,8 @@ use crate::ids::RegionId;
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Meta prefix of the history: `watch/` + region id (8 bytes, big endian) + log index (8
-/// bytes, big endian) → [`WatchRecord`].
+/// bytes, big endian) + part (4 bytes, big endian) → [`WatchRecord`]: an entry's changes
+/// in parts of about [`PART_BYTES`] (one change larger than that is a part of its own).
 pub const HISTORY_PREFIX: &[u8] = meta_keys::WATCH_HISTORY_PREFIX;
 /// Meta prefix of a region's interest: `watch-interest/` + region id → [`Interest`].
 pub const INTEREST_PREFIX: &[u8] = meta_keys::WATCH_INTEREST_PREFIX;
@@ -80,18 +81,26 @@ fn region_key(prefix: &[u8], region: RegionId) -> Bytes {
     Bytes::from(key)
 }
 
-/// The meta key of the history record of entry `index` of `region`.
+/// Encoded bytes of changes one history part holds, about.
+pub const PART_BYTES: usize = 512 * 1024;
+/// Largest history part (`crate::limits::WATCH_PART_BYTES_MAX`).
+pub const PART_BYTES_MAX: usize = crate::limits::WATCH_PART_BYTES_MAX;
+
+/// The meta key of part `part` of the history record of entry `index` of `region`.
 #[must_use]
-pub fn history_key(region: RegionId, index: u64) -> Bytes {
+pub fn history_key(region: RegionId, index: u64, part: u32) -> Bytes {
     let mut key = region_key(HISTORY_PREFIX, region).to_vec();
     key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&part.to_be_bytes());
     Bytes::from(key)
 }
 
 /// The meta range of `region`'s history from entry `from` on.
 #[must_use]
 pub fn history_range(region: RegionId, from: u64) -> (Bytes, Bytes) {
-    let start = history_key(region, from);
+    let mut start = region_key(HISTORY_PREFIX, region).to_vec();
+    start.extend_from_slice(&from.to_be_bytes());
+    let start = Bytes::from(start);
     let end = match region.0.checked_add(1) {
         Some(next) => region_key(HISTORY_PREFIX, RegionId(next)),
         None => {
@@ -110,7 +119,43 @@ pub fn history_range(region: RegionId, from: u64) -> (Bytes, Bytes) {
 pub fn index_of(region: RegionId, key: &[u8]) -> Option<u64> {
     let prefix = region_key(HISTORY_PREFIX, region);
     let rest = key.strip_prefix(prefix.as_ref())?;
-    Some(u64::from_be_bytes(rest.try_into().ok()?))
+    if rest.len() != 12 {
+        return None;
+    }
+    Some(u64::from_be_bytes(rest[..8].try_into().ok()?))
+}
+
+/// The parts of the history record of an entry applied at `wall_ms` with `items`:
+/// consecutive runs of its changes of about [`PART_BYTES`] each, in order.
+#[must_use]
+pub fn record_parts(wall_ms: u64, items: &[WatchItem]) -> Vec<Bytes> {
+    let size = |item: &WatchItem| match item {
+        WatchItem::Put { key, value } => 9 + key.len() + value.len(),
+        WatchItem::Delete { key } => 5 + key.len(),
+        WatchItem::Split { key, .. } => 21 + key.len(),
+    };
+    let mut parts = Vec::new();
+    let mut run: Vec<WatchItem> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        if !run.is_empty() && bytes + size(item) > PART_BYTES {
+            let items = std::mem::take(&mut run);
+            parts.push(WatchRecord { wall_ms, items }.encode());
+            bytes = 0;
+        }
+        bytes += size(item);
+        run.push(item.clone());
+    }
+    if !run.is_empty() || parts.is_empty() {
+        parts.push(
+            WatchRecord {
+                wall_ms,
+                items: run,
+            }
+            .encode(),
+        );
+    }
+    parts
 }
 
 /// The meta key of `region`'s interest.
@@ -800,6 +845,34 @@ mod tests {
                 "{garbage}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_large_entry_is_recorded_in_parts_that_hold_its_changes_in_order() {
+        let big = Bytes::from(vec![b'v'; crate::limits::VALUE_BYTES_MAX]);
+        let items: Vec<WatchItem> = (0..5)
+            .map(|i| WatchItem::Put {
+                key: Bytes::from(vec![b'k'; crate::limits::KEY_BYTES_MAX - i]),
+                value: big.clone(),
+            })
+            .chain((0..1000).map(|i| WatchItem::Delete {
+                key: Bytes::from(format!("small-{i:04}")),
+            }))
+            .collect();
+        let parts = record_parts(7, &items);
+        assert!(parts.len() >= 6, "{} parts", parts.len());
+        assert!(parts.iter().all(|part| part.len() <= PART_BYTES_MAX));
+        let mut again = Vec::new();
+        for part in &parts {
+            let record = WatchRecord::decode(part).unwrap();
+            assert_eq!(record.wall_ms, 7);
+            again.extend(record.items);
+        }
+        assert_eq!(again, items);
+        assert_eq!(record_parts(7, &[]).len(), 1);
+        let key = history_key(RegionId(3), 9, 2);
+        assert_eq!(index_of(RegionId(3), &key), Some(9));
+        assert_eq!(index_of(RegionId(4), &key), None);
     }
 
     #[test]

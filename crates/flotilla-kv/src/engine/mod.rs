@@ -383,6 +383,17 @@ pub(crate) fn check_batch(batch: &WriteBatch) -> Result<(), KvError> {
     use crate::limits::{check_key, check_range, check_value, check_write_key};
     for op in batch.ops() {
         match op {
+            // A part of an entry's watch history may hold one change of the largest key
+            // and value with its framing (`crate::limits::WATCH_PART_BYTES_MAX`).
+            WriteOp::MetaPut { key, value } if key.starts_with(meta_keys::WATCH_HISTORY_PREFIX) => {
+                check_write_key(key)?;
+                if value.len() > crate::limits::WATCH_PART_BYTES_MAX {
+                    return Err(KvError::ValueTooLarge {
+                        size: value.len(),
+                        limit: crate::limits::WATCH_PART_BYTES_MAX,
+                    });
+                }
+            }
             WriteOp::Put { key, value } | WriteOp::MetaPut { key, value } => {
                 check_write_key(key)?;
                 check_value(value)?;

@@ -652,9 +652,12 @@ impl Stream {
     async fn replay(&mut self, store: &Store, region: RegionId, from: u64, last: u64) -> Delivered {
         let engine = store.inner.engine.clone();
         let failed = |e: KvError| Delivered::Stop(WatchMessage::Failed(e));
+        let (mut start, end) = crate::watch::history_range(region, from);
+        // The entry whose parts are being gathered (they may straddle pages).
+        let mut pending: Option<(u64, Vec<WatchItem>)> = None;
+        // The first entry not delivered yet.
         let mut next = from;
         loop {
-            let (start, end) = crate::watch::history_range(region, next);
             let page = match engine.meta_scan(&start, &end, HISTORY_PAGE) {
                 Ok(page) => page,
                 Err(e) => return failed(e),
@@ -663,7 +666,8 @@ impl Stream {
                 Ok(floor) => floor,
                 Err(e) => return failed(e),
             };
-            if floor > next {
+            let undelivered = pending.as_ref().map_or(next, |(index, _)| *index);
+            if floor > undelivered {
                 return Delivered::Stop(WatchMessage::Compacted {
                     message: format!(
                         "region {region}'s history before entry {floor} passed its retention \
@@ -682,25 +686,41 @@ impl Stream {
                 }
             }
             let full = page.len() == HISTORY_PAGE;
+            if let Some((key, _)) = page.last() {
+                let mut after = key.to_vec();
+                after.push(0);
+                start = bytes::Bytes::from(after);
+            }
             for (key, value) in page {
                 let Some(index) = crate::watch::index_of(region, &key) else {
                     continue;
                 };
-                if index > last {
-                    return Delivered::Going;
-                }
                 let record = match WatchRecord::decode(&value) {
                     Ok(record) => record,
                     Err(e) => return failed(e),
                 };
-                match self.deliver(index, &record.items).await {
-                    Delivered::Going => {}
-                    other => return other,
+                if let Some((at, items)) = &mut pending {
+                    if *at == index {
+                        items.extend(record.items);
+                        continue;
+                    }
                 }
-                next = index.saturating_add(1);
+                if let Some((at, items)) = pending.take() {
+                    match self.deliver(at, &items).await {
+                        Delivered::Going => next = at.saturating_add(1),
+                        other => return other,
+                    }
+                }
+                if index > last {
+                    return Delivered::Going;
+                }
+                pending = Some((index, record.items));
             }
             if !full {
-                return Delivered::Going;
+                return match pending.take() {
+                    Some((at, items)) => self.deliver(at, &items).await,
+                    None => Delivered::Going,
+                };
             }
         }
     }

@@ -380,3 +380,44 @@ async fn a_token_from_before_a_split_and_a_merge_resumes_through_both() {
         s.shutdown(Duration::from_millis(200)).await;
     }
 }
+
+/// An entry larger than one reply carries comes in several; a token from the middle of it
+/// resumes with the rest of the same entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_entry_comes_in_several_replies_and_resumes_from_its_middle() {
+    let dir = TempDir::new("watch-large");
+    let stores = start(&dir, 1, EngineKind::Memory).await;
+    let kv = client(&stores).await;
+    let mut watcher = kv.watch(b(b"big/"), None).await.expect("watch");
+    let value = Bytes::from(vec![b'v'; 700 * 1024]);
+    let pairs: Vec<(Bytes, Bytes)> = (0..6)
+        .map(|i| (b(format!("big/{i}").as_bytes()), value.clone()))
+        .collect();
+    kv.batch_put(pairs).await.expect("one batch");
+    let events = take(&mut watcher, 6).await;
+    let keys: Vec<&[u8]> = events.iter().map(|e| e.key.as_ref()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            &b"big/0"[..],
+            b"big/1",
+            b"big/2",
+            b"big/3",
+            b"big/4",
+            b"big/5"
+        ]
+    );
+    assert!(events.iter().all(|e| e.value.len() == value.len()));
+    drop(watcher);
+    let mut resumed = kv
+        .watch(b(b"big/"), Some(&events[2].token))
+        .await
+        .expect("resume");
+    let rest = take(&mut resumed, 3).await;
+    let keys: Vec<&[u8]> = rest.iter().map(|e| e.key.as_ref()).collect();
+    assert_eq!(keys, vec![&b"big/3"[..], b"big/4", b"big/5"]);
+    quiet(&mut resumed).await;
+    for s in &stores {
+        s.shutdown(Duration::from_millis(200)).await;
+    }
+}
