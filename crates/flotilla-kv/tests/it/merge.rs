@@ -226,34 +226,7 @@ async fn a_merge_survives_a_crash_after_each_step_and_a_rollback_thaws_the_sourc
 /// Merges region 2 of `stores` (two regions from bootstrap) into region 1 through the store
 /// API; returns once every store hosts the merged region alone.
 pub(crate) async fn merge_region_2_into_1(stores: &[StoreServer]) {
-    let described = |id: u64| {
-        stores[0]
-            .store()
-            .regions()
-            .into_iter()
-            .find(|r| r.region.id.0 == id)
-            .map(|r| r.region)
-            .expect("hosted")
-    };
-    let (target, source) = (described(1), described(2));
-    let state = on_leader(stores, "prepare", |s| {
-        let target = target.clone();
-        let version = source.epoch.version;
-        async move { s.prepare_merge(source.id, target, version).await }
-    })
-    .await;
-    for s in stores {
-        until("every replica frozen", || {
-            let view = s.store().merge_view(source.id).map_err(|e| e.to_string())?;
-            view.merging.map(|_| ()).ok_or("not frozen".into())
-        })
-        .await;
-    }
-    on_leader(stores, "commit", |s| {
-        let state = state.clone();
-        async move { s.commit_merge(target.id, state).await }
-    })
-    .await;
+    merge(stores, 2, 1).await;
     for s in stores {
         until("one region over everything", || {
             let now = hosted(s);
