@@ -336,8 +336,9 @@ pub fn import(
     LOCKS.import(engine, region, input, batch)
 }
 
-/// Per region: each lock's clock as this replica last applied it, and when (its own
-/// monotonic clock): what its stamps continue from if it leads.
+/// Per store (shared by its regions, so a split's child or a merge's target goes on from
+/// it): each lock's clock as this replica last applied it, and when (its own monotonic
+/// clock): what its stamps continue from if it leads.
 #[derive(Debug, Default)]
 pub struct LockClocks {
     seen: Mutex<HashMap<Bytes, (u64, Instant)>>,

@@ -377,6 +377,21 @@ impl KvStateMachine {
         }
     }
 
+    /// Keeps lock and lease clocks in `locks` and `leases`: the store's, shared by all its
+    /// regions, so that a lock's or a lease's time carries over a split or a merge (its
+    /// name or route key is in one region at a time; the region that holds it next on
+    /// this store goes on from what this store saw).
+    #[must_use]
+    pub fn with_clocks(
+        mut self,
+        locks: Arc<crate::lock::LockClocks>,
+        leases: Arc<crate::lock::LockClocks>,
+    ) -> KvStateMachine {
+        self.handle.clocks = locks;
+        self.handle.lease_clocks = leases;
+        self
+    }
+
     /// Sends this region's [`RegionEvent`]s to `events`.
     #[must_use]
     pub fn with_events(

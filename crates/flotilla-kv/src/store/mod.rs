@@ -297,6 +297,10 @@ struct StoreInner {
     watch_retention: Duration,
     /// What the watch streams did (metrics).
     watch_stats: watch_stats::WatchStats,
+    /// Lock and lease clocks as this store applied them, shared by its regions (a split's
+    /// child and a merge's target go on from them: `KvStateMachine::with_clocks`).
+    lock_clocks: Arc<crate::lock::LockClocks>,
+    lease_clocks: Arc<crate::lock::LockClocks>,
 }
 
 /// A running store. Cheap to clone.
@@ -360,6 +364,10 @@ fn check_meta_size(meta: &StoreMeta, adding: &HostedRegion) -> Result<(), KvErro
 impl Store {
     async fn start_region(&self, hosted: &HostedRegion) -> Result<Node, StoreError> {
         let mut machine = KvStateMachine::new(hosted.region.clone(), self.inner.engine.clone())
+            .with_clocks(
+                self.inner.lock_clocks.clone(),
+                self.inner.lease_clocks.clone(),
+            )
             .with_events(self.inner.events.clone());
         machine.restore().map_err(|e| {
             StoreError::Start(format!("cannot read {}'s state: {e}", hosted.region))

@@ -529,6 +529,8 @@ impl Store {
             ),
             watch_retention: options.watch_retention,
             watch_stats: super::watch_stats::WatchStats::default(),
+            lock_clocks: Arc::default(),
+            lease_clocks: Arc::default(),
         });
         let store = Store { inner };
         let task = tokio::spawn(super::peers::run(Arc::downgrade(&store.inner), events_rx));
