@@ -129,21 +129,16 @@ pub fn index_of(region: RegionId, key: &[u8]) -> Option<u64> {
 /// consecutive runs of its changes of about [`PART_BYTES`] each, in order.
 #[must_use]
 pub fn record_parts(wall_ms: u64, items: &[WatchItem]) -> Vec<Bytes> {
-    let size = |item: &WatchItem| match item {
-        WatchItem::Put { key, value } => 9 + key.len() + value.len(),
-        WatchItem::Delete { key } => 5 + key.len(),
-        WatchItem::Split { key, .. } => 21 + key.len(),
-    };
     let mut parts = Vec::new();
     let mut run: Vec<WatchItem> = Vec::new();
     let mut bytes = 0;
     for item in items {
-        if !run.is_empty() && bytes + size(item) > PART_BYTES {
+        if !run.is_empty() && bytes + item.encoded_len() > PART_BYTES {
             let items = std::mem::take(&mut run);
             parts.push(WatchRecord { wall_ms, items }.encode());
             bytes = 0;
         }
-        bytes += size(item);
+        bytes += item.encoded_len();
         run.push(item.clone());
     }
     if !run.is_empty() || parts.is_empty() {
@@ -333,6 +328,16 @@ pub enum WatchItem {
 }
 
 impl WatchItem {
+    /// Bytes it takes in a [`WatchRecord`].
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            WatchItem::Put { key, value } => 9 + key.len() + value.len(),
+            WatchItem::Delete { key } => 5 + key.len(),
+            WatchItem::Split { key, .. } => 21 + key.len(),
+        }
+    }
+
     /// The key a data item changed (`None` for a split).
     #[must_use]
     pub fn key(&self) -> Option<&Bytes> {
@@ -357,15 +362,7 @@ impl WatchRecord {
     /// The stored form.
     #[must_use]
     pub fn encode(&self) -> Bytes {
-        let size: usize = self
-            .items
-            .iter()
-            .map(|item| match item {
-                WatchItem::Put { key, value } => 9 + key.len() + value.len(),
-                WatchItem::Delete { key } => 5 + key.len(),
-                WatchItem::Split { key, .. } => 21 + key.len(),
-            })
-            .sum();
+        let size: usize = self.items.iter().map(WatchItem::encoded_len).sum();
         let mut w = FieldWriter::with_capacity(16 + size);
         w.u8(RECORD_VERSION);
         w.u64(self.wall_ms);
